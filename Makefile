@@ -1,0 +1,27 @@
+# Two entry points, each doing its own set-up in .venv (see README).
+PY ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: test report bench lint
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH (Python 3.11)"; exit 1; }
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	# torch before anything that depends on it, so the CPU wheel is chosen (shared/toolchain.md).
+	$(VENV)/bin/pip install -q 'torch>=2.4,<2.14'
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+report: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m models eval --model minilm
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m benchmark bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,257 @@
+"""Spike encodings and the neurons that produce and consume them.
+
+Every encoding maps an integer *code* (what the quantizer produced) to a *spike train*
+``[T, ...]`` and back, exactly. Accumulating a spike train against integer weights gives
+the integer dot product ``sum_k w[n, k] * q[k]`` bit for bit. Proofs: ``docs/encodings.md``.
+
+Kinds (``Encoding.kind``):
+
+``ttfs``
+    Kirin's time-to-first-spike single spike, unsigned: codes ``0 .. 2**b - 1``, window
+    ``T = 2**b - 1``. Code ``q >= 1`` fires once at step ``t = T - q``; ``0`` is silent.
+``ttfs-signed``
+    The sign-magnitude form: codes ``-(2**(b-1) - 1) .. 2**(b-1) - 1``, window
+    ``T = 2**(b-1) - 1``, one spike of value ``sign(q)`` at ``t = T - |q|``.
+``rate``
+    Integrate-and-fire, binary spikes, ``T`` steps, ``v(0) = theta/2``, soft reset:
+    codes ``0 .. T``.
+``graded``
+    Integer-spiking neuron: up to ``L`` spikes per step (a graded spike ``0 .. L``), ``T``
+    steps, codes ``0 .. L*T`` (exact for all n-bit values when ``L*T = 2**n - 1``).
+``ternary``
+    Spikes in ``{-1, 0, +1}``, subtractive reset, thresholds ``+-theta/2``: codes ``-T .. T``.
+``int``
+    Plain signed integers for the MAC array, ``b`` bits symmetric, one "step".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .contract import int_matmul
+
+KINDS = ("ttfs", "ttfs-signed", "rate", "graded", "ternary", "int")
+#: Encodings whose spikes feed the two-level (synaptic current I, membrane V) TTFS neuron.
+TTFS_KINDS = ("ttfs", "ttfs-signed")
+#: Encodings whose train comes from the integrate-and-fire neuron (closed form below).
+IF_KINDS = ("rate", "graded", "ternary")
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One spike encoding, with its parameters.
+
+    Parameters
+    ----------
+    kind:
+        One of :data:`KINDS`.
+    bits:
+        Value bits for ``ttfs``, ``ttfs-signed`` and ``int``.
+    steps:
+        Time steps ``T`` for ``rate``, ``graded`` and ``ternary``.
+    levels:
+        Spikes per step ``L`` for ``graded``.
+    """
+
+    kind: str
+    bits: int = 4
+    steps: int = 0
+    levels: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown encoding {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.kind in ("ttfs", "int") and not 1 <= self.bits <= 16:
+            raise ValueError(f"{self.kind} bits must be in 1..16, not {self.bits}")
+        if self.kind == "ttfs-signed" and not 2 <= self.bits <= 16:
+            raise ValueError(f"ttfs-signed bits must be in 2..16, not {self.bits}")
+        if self.kind in IF_KINDS and not 1 <= self.steps <= 4096:
+            raise ValueError(f"{self.kind} steps must be in 1..4096, not {self.steps}")
+        if self.kind == "graded" and not 1 <= self.levels <= 255:
+            raise ValueError(f"graded levels must be in 1..255, not {self.levels}")
+        if self.kind != "graded" and self.levels != 1:
+            raise ValueError(f"levels is only for graded spikes, not {self.kind}")
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def signed(self) -> bool:
+        """Whether codes (and spikes) can be negative."""
+        return self.kind in ("ttfs-signed", "ternary", "int")
+
+    @property
+    def time_steps(self) -> int:
+        """Window length T (1 for plain integers)."""
+        if self.kind == "ttfs":
+            return 2**self.bits - 1
+        if self.kind == "ttfs-signed":
+            return 2 ** (self.bits - 1) - 1
+        if self.kind == "int":
+            return 1
+        return self.steps
+
+    @property
+    def qmin(self) -> int:
+        """Smallest code."""
+        return -self.qmax if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        """Largest code."""
+        if self.kind == "int":
+            return 2 ** (self.bits - 1) - 1
+        if self.kind == "graded":
+            return self.levels * self.steps
+        return self.time_steps
+
+    @property
+    def is_spiking(self) -> bool:
+        """False only for plain integers (the MAC array's encoding)."""
+        return self.kind != "int"
+
+    @property
+    def threshold(self) -> int:
+        """IF threshold theta in code units (the neuron gains q per step)."""
+        return self.time_steps
+
+    @property
+    def v0(self) -> int:
+        """IF initial membrane potential, theta/2 rounded down."""
+        return self.threshold // 2
+
+    def name(self) -> str:
+        """Short human-readable name, e.g. ``ttfs4`` or ``graded T=5 L=3``."""
+        if self.kind in ("ttfs", "ttfs-signed", "int"):
+            return f"{self.kind}{self.bits}"
+        if self.kind == "graded":
+            return f"graded T={self.steps} L={self.levels}"
+        return f"{self.kind} T={self.steps}"
+
+    def to_json(self) -> dict:
+        """JSON form (round-trips through :meth:`from_json`)."""
+        return {"kind": self.kind, "bits": self.bits, "steps": self.steps, "levels": self.levels}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Encoding:
+        """Inverse of :meth:`to_json`; validates."""
+        return cls(d["kind"], int(d["bits"]), int(d["steps"]), int(d["levels"]))
+
+    def signed_variant(self) -> Encoding:
+        """The encoding to use for signed data where a zero point is not allowed."""
+        if self.signed:
+            return self
+        if self.kind == "ttfs":
+            return Encoding("ttfs-signed", self.bits)
+        if self.kind == "rate":
+            return Encoding("ternary", steps=self.steps)
+        raise ValueError(f"{self.name()} has no signed form; use ternary or ttfs-signed")
+
+
+def check_codes(q: torch.Tensor, enc: Encoding, where: str = "codes") -> None:
+    """Raise ``ValueError`` naming ``where`` if a code is outside the encoding's range."""
+    if q.numel() and (int(q.min()) < enc.qmin or int(q.max()) > enc.qmax):
+        raise ValueError(
+            f"{where}: codes span [{int(q.min())}, {int(q.max())}], outside "
+            f"[{enc.qmin}, {enc.qmax}] of {enc.name()}"
+        )
+
+
+# -- encoders / neurons --------------------------------------------------------------------
+def ttfs_fire(u: torch.Tensor, enc: Encoding) -> torch.Tensor:
+    """TTFS output neuron with silence threshold: requantized value ``u`` -> spike train.
+
+    In the firing window the neuron's membrane ramps, ``V(t) = |u| + t``; it fires once,
+    at the first step where ``V(t) >= T``, i.e. at ``t = T - |u|``. The silence threshold
+    ``theta_s = 1`` keeps it silent for ``|u| < 1``: zero costs no spike. ``u`` must already
+    be clamped to the code range (the requantizer does that).
+    """
+    check_codes(u, enc, "ttfs_fire input")
+    t_steps = enc.time_steps
+    t = torch.arange(t_steps).view(-1, *([1] * u.dim()))
+    mag = u.abs()
+    fire = (mag >= 1) & (mag + t == t_steps)
+    return (fire.to(torch.int8) * torch.sign(u).to(torch.int8)).to(torch.int8)
+
+
+def if_fire(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
+    """IF neuron (rate, graded, ternary) driven by a constant input ``q`` per step.
+
+    Closed form of the soft-reset neuron with ``v(0) = theta/2``: the cumulative spike count
+    after ``t`` steps is ``C(t) = floor((v0 + t*q) / theta)``, so the spike at step ``t`` is
+    ``C(t+1) - C(t)``. ``docs/encodings.md`` proves this equals the step-by-step neuron
+    (:func:`if_neuron_stepwise`) and that ``C(T) = q``.
+    """
+    check_codes(q, enc, "if_fire input")
+    t = torch.arange(enc.time_steps + 1).view(-1, *([1] * q.dim()))
+    c = torch.div(enc.v0 + t * q.to(torch.int64), enc.threshold, rounding_mode="floor")
+    return (c[1:] - c[:-1]).to(torch.int8)
+
+
+def if_neuron_stepwise(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
+    """The literal step-by-step IF neuron (reference for :func:`if_fire`; loops over T)."""
+    smin, smax = {"rate": (0, 1), "graded": (0, enc.levels), "ternary": (-1, 1)}[enc.kind]
+    v = torch.full_like(q, enc.v0, dtype=torch.int64)
+    out = []
+    for _ in range(enc.time_steps):
+        v = v + q
+        s = torch.div(v, enc.threshold, rounding_mode="floor").clamp(smin, smax)
+        v = v - s * enc.threshold
+        out.append(s)
+    return torch.stack(out).to(torch.int8)
+
+
+def encode(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
+    """Codes ``[...]`` -> spike train ``[T, ...]`` (int8). ``int`` gives ``[1, ...]`` values."""
+    if enc.kind in TTFS_KINDS:
+        return ttfs_fire(q, enc)
+    if enc.kind in IF_KINDS:
+        return if_fire(q, enc)
+    check_codes(q, enc)
+    return q.unsqueeze(0).clone()
+
+
+def decode(train: torch.Tensor, enc: Encoding) -> torch.Tensor:
+    """Spike train -> codes: TTFS reads the spike time, IF kinds count spikes."""
+    if train.shape[0] != enc.time_steps:
+        raise ValueError(f"spike train has {train.shape[0]} steps, {enc.name()} has {enc.time_steps}")
+    if enc.kind in TTFS_KINDS:
+        n = train.ne(0).sum(0)
+        if n.numel() and int(n.max()) > 1:
+            raise ValueError("TTFS spike train has more than one spike for an input")
+        t = torch.arange(enc.time_steps).view(-1, *([1] * (train.dim() - 1)))
+        return (train.to(torch.int64) * (enc.time_steps - t)).sum(0)
+    return train.to(torch.int64).sum(0)
+
+
+def accumulate(train: torch.Tensor, w: torch.Tensor, enc: Encoding) -> torch.Tensor:
+    """Spike-domain dot product: train ``[T, M, K]`` against weights ``[N, K]`` -> ``[M, N]``.
+
+    TTFS: each spike adds (or subtracts) its weight row into the synaptic current ``I``
+    at its step; every step the membrane adds the current, ``V += I``; after the window
+    ``V = sum_k w[n, k] * q[k]``. IF kinds: each spike adds ``s * w`` into ``V`` directly.
+    ``int`` is the MAC array: one step, ``V = q @ w.T``.
+    """
+    per_step = int_matmul(train, w.t())  # [T, M, N]: what the spike events add at each step
+    if enc.kind in TTFS_KINDS:
+        current = torch.cumsum(per_step, 0)  # I(t)
+        return current.sum(0)  # V(T) = sum_t I(t)
+    return per_step.sum(0)
+
+
+def spike_counts(q: torch.Tensor, enc: Encoding) -> tuple[int, int]:
+    """(spike events, spike units) that codes ``q`` produce, without building the train.
+
+    Closed forms: TTFS fires once per nonzero code; rate and ternary fire ``|q|`` unit spikes
+    on ``|q|`` distinct steps; graded needs the train (events are steps with a nonzero spike).
+    """
+    if enc.kind in TTFS_KINDS:
+        n = int(q.count_nonzero())
+        return n, n
+    if enc.kind in ("rate", "ternary"):
+        n = int(q.abs().sum())
+        return n, n
+    if enc.kind == "graded":
+        train = if_fire(q, enc)
+        return int(train.count_nonzero()), int(q.abs().sum())
+    return 0, 0
