@@ -1,0 +1,162 @@
+"""The transformer graph the accelerator runs, written once for every family.
+
+:func:`forward` walks the blocks in execution order. Every GEMM goes through an ``ops``
+object: :class:`FloatOps` computes in float64 (the FP reference, and calibration when given
+a recorder); the golden model (:mod:`models.golden`) does the integer/spike arithmetic of
+the hardware. Everything else (embeddings, norms, activation functions, softmax, rotary,
+residuals) is host work from :mod:`models.nonlinear`.
+
+GEMM node names, in execution order per block ``i``: ``layers.i.q``, ``.k``, ``.v``
+(linear), ``.qk`` (Q K^T per head), ``.av`` (P V per head), ``.o``, then ``.gate`` (gated
+FFNs only), ``.up``, ``.down``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from . import nonlinear as nl
+from .arch import ArchSpec
+
+F = torch.float64
+
+
+def gemm_nodes(spec: ArchSpec) -> list[dict]:
+    """Every GEMM of one forward pass, in execution order, with its static shape.
+
+    ``M`` is the number of tokens (per call); ``K`` and ``N`` are the reduction and output
+    sizes (``tokens`` where they depend on the sequence); ``heads`` is the batch of
+    per-head matmuls. ``direct`` says the output feeds the next GEMM straight from the
+    output neuron unit instead of going back to the host.
+    """
+    h, d, kvd = spec.hidden, spec.head_dim, spec.kv_heads * spec.head_dim
+    qd = spec.heads * d
+    rotary = spec.position == "rotary"
+    nodes = []
+    for i in range(spec.layers):
+        p = f"layers.{i}."
+        nodes += [
+            dict(name=p + "q", kind="linear", K=h, N=qd, heads=1, direct=not rotary),
+            dict(name=p + "k", kind="linear", K=h, N=kvd, heads=1, direct=not rotary),
+            dict(name=p + "v", kind="linear", K=h, N=kvd, heads=1, direct=True),
+            dict(name=p + "qk", kind="qk", K=d, N="tokens", heads=spec.heads, direct=False),
+            dict(name=p + "av", kind="av", K="tokens", N=d, heads=spec.heads, direct=True),
+            dict(name=p + "o", kind="linear", K=qd, N=h, heads=1, direct=False),
+        ]
+        if spec.gated:
+            nodes.append(dict(name=p + "gate", kind="linear", K=h, N=spec.ffn, heads=1,
+                              direct=False))
+        nodes += [
+            dict(name=p + "up", kind="linear", K=h, N=spec.ffn, heads=1, direct=False),
+            dict(name=p + "down", kind="linear", K=spec.ffn, N=h, heads=1, direct=False),
+        ]
+    return nodes
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[M, H*d]`` -> ``[H, M, d]``."""
+    m = x.shape[0]
+    return x.reshape(m, heads, -1).transpose(0, 1)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``[H, M, d]`` -> ``[M, H*d]``."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
+
+
+def _norm(spec: ArchSpec, params, key: str, x: torch.Tensor) -> torch.Tensor:
+    w = params[key + ".w"].to(F)
+    if spec.norm == "rmsnorm":
+        return nl.rms_norm(x, w, spec.norm_eps)
+    return nl.layer_norm(x, w, params[key + ".b"].to(F), spec.norm_eps)
+
+
+def embed(spec: ArchSpec, params, ids: torch.Tensor) -> torch.Tensor:
+    """Token (+ position, + segment 0) embeddings, normalised for BERT."""
+    x = params["embed.tok.w"][ids].to(F)
+    if spec.position == "absolute":
+        pos = torch.arange(len(ids)) + spec.position_offset
+        x = x + params["embed.pos.w"][pos].to(F)
+    if "embed.type.w" in params:
+        x = x + params["embed.type.w"].to(F)
+    if spec.emb_norm:
+        x = _norm(spec, params, "embed.norm", x)
+    return x
+
+
+def forward(spec: ArchSpec, params, ids: torch.Tensor, ops) -> torch.Tensor:
+    """Run one sequence ``ids`` ``[M]``; returns the final hidden states ``[M, hidden]``."""
+    if ids.dim() != 1 or len(ids) == 0:
+        raise ValueError(f"ids must be a non-empty 1-D token sequence, got shape {tuple(ids.shape)}")
+    if spec.position == "absolute" and len(ids) + spec.position_offset > spec.max_positions:
+        raise ValueError(f"{len(ids)} tokens exceed the model's {spec.max_positions} positions")
+    act = nl.ACTIVATIONS[spec.act]
+    x = embed(spec, params, ids)
+    positions = torch.arange(len(ids))
+    for i in range(spec.layers):
+        p = f"layers.{i}."
+        h = x if spec.post_norm else _norm(spec, params, p + "norm1", x)
+        q, k, v = (ops.linear(p + n, h) for n in "qkv")
+        if spec.position == "rotary":
+            q = merge_heads(nl.rotary(split_heads(ops.host(q), spec.heads), spec.rope_theta,
+                                      positions))
+            k = merge_heads(nl.rotary(split_heads(ops.host(k), spec.kv_heads), spec.rope_theta,
+                                      positions))
+        probs = nl.softmax(ops.attn_scores(p + "qk", q, k), spec.causal)
+        o = ops.host(ops.linear(p + "o", ops.attn_values(p + "av", probs, v)))
+        x = _norm(spec, params, p + "norm1", x + o) if spec.post_norm else x + o
+        h = x if spec.post_norm else _norm(spec, params, p + "norm2", x)
+        f = act(ops.host(ops.linear(p + ("gate" if spec.gated else "up"), h)))
+        if spec.gated:
+            f = f * ops.host(ops.linear(p + "up", h))
+        dn = ops.host(ops.linear(p + "down", f))
+        x = _norm(spec, params, p + "norm2", x + dn) if spec.post_norm else x + dn
+    if spec.final_norm:
+        x = _norm(spec, params, "final_norm", x)
+    return x
+
+
+Recorder = Callable[[str, str, torch.Tensor], None]
+
+
+class FloatOps:
+    """Float64 GEMMs: the floating-point reference. ``record(node, role, tensor)`` sees
+    every GEMM operand (roles ``x``/``y`` for linear input/output, ``q``, ``k``, ``s`` for
+    QK^T, ``p``, ``v``, ``y`` for PV) so calibration can take statistics."""
+
+    def __init__(self, spec: ArchSpec, params, record: Recorder | None = None):
+        self.spec, self.params = spec, params
+        self.record = record or (lambda node, role, t: None)
+
+    def host(self, a: torch.Tensor) -> torch.Tensor:
+        return a
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        self.record(name, "x", x)
+        y = x @ self.params[name + ".w"].to(F).t()
+        if name + ".b" in self.params:
+            y = y + self.params[name + ".b"].to(F)
+        self.record(name, "y", y)
+        return y
+
+    def attn_scores(self, name: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        self.record(name, "q", q)
+        self.record(name, "k", k)
+        qh = split_heads(q, spec.heads)
+        kh = split_heads(k, spec.kv_heads).repeat_interleave(spec.heads // spec.kv_heads, 0)
+        s = qh @ kh.transpose(1, 2) / math.sqrt(spec.head_dim)
+        self.record(name, "s", s)
+        return s
+
+    def attn_values(self, name: str, p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        self.record(name, "p", p)
+        self.record(name, "v", v)
+        vh = split_heads(v, spec.kv_heads).repeat_interleave(spec.heads // spec.kv_heads, 0)
+        y = merge_heads(p @ vh)
+        self.record(name, "y", y)
+        return y
