@@ -1,0 +1,238 @@
+"""Converter: a loaded float model -> a :class:`~models.bundle.ConvertedModel`.
+
+Steps: (1) run the float model on the built-in calibration text and record every GEMM
+operand; (2) per GEMM, choose the activation plan: outlier channels, zero point, step,
+outlier shift; (3) quantize weights (rotated, MSE-clipped per-channel steps, GPTQ);
+(4) compute each node's fixed-point epilogue for whoever consumes its output.
+Rules: ``docs/quantization.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from importlib import resources
+
+import torch
+
+from .arch import ArchSpec, LoadedModel
+from .bundle import ConvertedModel, NodeInfo
+from .contract import HOST_OUT_QMAX, INT8_QMAX, ROW_FRAC, WEIGHT_QMAX, ContractError
+from .encodings import Encoding
+from .graph import FloatOps, forward, gemm_nodes
+from .quant import (
+    ActPlan,
+    fixed_point,
+    quantize_weight_gptq,
+    quantize_weight_rtn,
+    rotate,
+    rotation_signs,
+    token_steps,
+    weight_scale,
+)
+
+F = torch.float64
+#: Host-bound outputs get this much headroom over the calibrated maximum.
+HOST_HEADROOM = 2.0
+
+
+@dataclass
+class ConvertOptions:
+    """Conversion choices (all recorded in the bundle manifest).
+
+    encoding: the spike encoding of the non-outlier channels (``int`` for W4A8).
+    outlier_fraction / outlier_count: how many channels per GEMM stay 8-bit integers
+        (``outlier_count`` wins when set; 0 outliers gives all-spike W4A4).
+    per_token: per-token activation steps for host-produced activations, else static
+        per-tensor steps everywhere.
+    rotate: Hadamard-rotate host-produced linear-layer inputs (weights absorb it).
+    gptq: error-compensating weight rounding; else round to nearest.
+    calib_sentences / max_tokens: size of the calibration run.
+    """
+
+    encoding: Encoding = Encoding("ttfs", 4)
+    outlier_fraction: float = 1 / 64
+    outlier_count: int | None = None
+    per_token: bool = True
+    rotate: bool = True
+    gptq: bool = True
+    seed: int = 0
+    calib_sentences: int = 48
+    max_tokens: int = 128
+
+    def to_json(self) -> dict:
+        """Manifest form."""
+        d = asdict(self)
+        d["encoding"] = self.encoding.to_json()
+        return d
+
+
+def builtin_text(name: str) -> list[str]:
+    """Lines of a built-in text file (``calibration`` or ``eval_sentences``)."""
+    text = resources.files("models").joinpath("data", f"{name}.txt").read_text("utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def calibrate(lm: LoadedModel, opts: ConvertOptions) -> dict[tuple[str, str], list[torch.Tensor]]:
+    """Run the float model on the calibration text; return every GEMM operand, per role."""
+    rec: dict[tuple[str, str], list[torch.Tensor]] = {}
+
+    def record(node: str, role: str, t: torch.Tensor) -> None:
+        rec.setdefault((node, role), []).append(t.detach().to(torch.float32))
+
+    ops = FloatOps(lm.spec, lm.params, record)
+    for text in builtin_text("calibration")[: opts.calib_sentences]:
+        forward(lm.spec, lm.params, lm.tokenize(text, opts.max_tokens), ops)
+    return rec
+
+
+def _rows(ts: list[torch.Tensor]) -> torch.Tensor:
+    """Stack calibration tensors into rows over their last axis (padding keys with 0)."""
+    width = max(t.shape[-1] for t in ts)
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[-1])).reshape(-1, width)
+                      for t in ts]).to(F)
+
+
+def plan_activation(x: torch.Tensor, opts: ConvertOptions, per_token: bool, rotate_: bool,
+                    static_weights: bool) -> ActPlan:
+    """Choose the split of one GEMM input from its calibration rows ``x`` ``[rows, K]``."""
+    k = x.shape[-1]
+    enc = opts.encoding
+    if not enc.is_spiking:
+        plan = ActPlan(enc, 0, 1.0, per_token, [], 0, rotate_)
+        plan.step = float(token_steps(x, plan).max().clamp(min=1e-12))
+        return plan
+    n_out = opts.outlier_count if opts.outlier_count is not None else round(opts.outlier_fraction * k)
+    n_out = max(0, min(k, n_out))
+    # Outlier rule: the n_out channels with the largest calibration magnitude.
+    outliers = sorted(torch.topk(x.abs().amax(0), n_out).indices.tolist()) if n_out else []
+    plan = ActPlan(enc, 0, 1.0, per_token, outliers, 0, rotate_)
+    spk = x.masked_fill(plan.outlier_mask(k), 0.0)
+    lo, hi = float(spk.min()), float(spk.max())
+    if lo < 0 and not enc.signed:
+        if static_weights:  # zero point folded into the accumulator's start value
+            plan.zero_point = min(enc.qmax - 1, max(1, round(enc.qmax * -lo / (hi - lo))))
+        else:  # a dynamic weight operand cannot absorb a zero point: signed spikes instead
+            plan.encoding = enc.signed_variant()
+    steps = token_steps(x, plan).clamp(min=1e-12)
+    plan.step = float(steps.max())
+    if outliers:
+        own = steps if per_token else torch.full_like(steps, plan.step)
+        ratio = float((x[:, outliers].abs().amax(1) / own).max())
+        plan.outlier_shift = max(0, math.ceil(math.log2(max(ratio, 1e-12) / INT8_QMAX)))
+    return plan
+
+
+def _epilogue(tensors: dict, name: str, ratio: torch.Tensor, scale: torch.Tensor,
+              bias: torch.Tensor, zp, lo, hi) -> int:
+    mcol, shift = fixed_point(ratio, name)
+    b = torch.round(bias / scale * 2.0**ROW_FRAC)
+    if b.numel() and float(b.abs().max()) >= 2**31:
+        raise ContractError(f"{name}: bias does not fit the 32-bit requantizer input")
+    e = len(scale)
+    full = lambda v: torch.as_tensor(v).expand(e).to(torch.int32).clone()  # noqa: E731
+    tensors.update({f"{name}.mcol": mcol.to(torch.int32), f"{name}.bias": b.to(torch.int32),
+                    f"{name}.zp": full(zp), f"{name}.lo": full(lo), f"{name}.hi": full(hi),
+                    f"{name}.scale": scale.to(F)})
+    return shift
+
+
+def convert(lm: LoadedModel, opts: ConvertOptions | None = None) -> ConvertedModel:
+    """Convert a loaded model to the integer/spike contract."""
+    opts = opts or ConvertOptions()
+    spec: ArchSpec = lm.spec
+    rec = calibrate(lm, opts)
+    rows = lambda node, role: _rows(rec[(node, role)])  # noqa: E731
+    tensors: dict[str, torch.Tensor] = {}
+    signs: dict[int, torch.Tensor] = {}
+    nodes: dict[str, NodeInfo] = {}
+    graph = gemm_nodes(spec)
+    rotary = spec.position == "rotary"
+    d, heads, kvh = spec.head_dim, spec.heads, spec.kv_heads
+
+    # 1. activation plans
+    for g in graph:
+        name, kind = g["name"], g["kind"]
+        if kind == "linear":
+            host_in = not name.endswith(".o")
+            rot = opts.rotate and host_in
+            x = rows(name, "x")
+            if rot:
+                k = x.shape[-1]
+                signs.setdefault(k, rotation_signs(k, opts.seed))
+                x = rotate(x, signs[k])
+            plan = plan_activation(x, opts, opts.per_token and host_in, rot, True)
+        elif kind == "qk":
+            plan = plan_activation(rows(name, "q"), opts, opts.per_token and rotary, False, False)
+        else:
+            plan = plan_activation(rows(name, "p"), opts, opts.per_token, False, False)
+        nodes[name] = NodeInfo(name, kind, g["K"], g["N"], g["heads"], g["direct"], plan, 0, 0)
+
+    # 2. weight operands of the attention matmuls: int8, K per head, V per channel
+    def head_max(t: torch.Tensor) -> torch.Tensor:
+        return t.abs().reshape(-1, kvh, d).amax((0, 2)).repeat_interleave(d)
+
+    for i in range(spec.layers):
+        p = f"layers.{i}."
+        tensors[p + "qk.w_scale"] = (head_max(rows(p + "qk", "k")) / INT8_QMAX).clamp(min=1e-12)
+        tensors[p + "av.w_scale"] = (rows(p + "av", "v").abs().amax(0) / INT8_QMAX).clamp(min=1e-12)
+
+    # 3. linear weights and every epilogue
+    consumers = {"q": ("qk", "act"), "k": ("qk", "w"), "v": ("av", "w")}
+    for g in graph:
+        name, node = g["name"], nodes[g["name"]]
+        plan, base, short = node.act, name.rsplit(".", 1)[0] + ".", name.rsplit(".", 1)[1]
+        if node.kind == "linear":
+            w = lm.params[name + ".w"].to(F)
+            bias = lm.params.get(name + ".b", torch.zeros(w.shape[0])).to(F)
+            if plan.rotate:
+                w = rotate(w, signs[w.shape[1]])
+            s_w = weight_scale(w, WEIGHT_QMAX)
+            if opts.gptq:
+                x = rows(name, "x")
+                x = rotate(x, signs[x.shape[1]]) if plan.rotate else x
+                codes = quantize_weight_gptq(w, s_w, WEIGHT_QMAX, x.t() @ x)
+            else:
+                codes = quantize_weight_rtn(w, s_w, WEIGHT_QMAX)
+            spk = ~plan.outlier_mask(w.shape[1])
+            zcorr = -plan.zero_point * (codes * spk).sum(1)
+            tensors.update({name + ".w": codes.to(torch.int8), name + ".w_scale": s_w,
+                            name + ".zcorr": zcorr.to(torch.int32)})
+            n = w.shape[0]
+            if node.direct and short in consumers:
+                cname, role = consumers[short]
+                if role == "act":
+                    mult, zp, lo, hi = nodes[base + cname].act.channel_targets(n)
+                    scale = nodes[base + cname].act.step * mult
+                else:
+                    scale, zp, lo, hi = tensors[f"{base}{cname}.w_scale"], 0, -INT8_QMAX, INT8_QMAX
+            else:
+                scale = rows(name, "y").abs().amax(0) * HOST_HEADROOM / HOST_OUT_QMAX
+                scale, zp, lo, hi = scale.clamp(min=1e-12), 0, -HOST_OUT_QMAX, HOST_OUT_QMAX
+            ratio = plan.step * s_w / scale
+            node.shift = _epilogue(tensors, name, ratio, scale, bias, zp, lo, hi)
+        elif node.kind == "qk":
+            s_k = tensors[name + ".w_scale"].reshape(kvh, d)[:, 0].repeat_interleave(heads // kvh)
+            scale = torch.stack([s.abs().amax((1, 2)) for s in rec[(name, "s")]]).amax(0).to(F)
+            scale = (scale * HOST_HEADROOM / HOST_OUT_QMAX).clamp(min=1e-12)
+            ratio = plan.step * s_k / (math.sqrt(d) * scale)
+            node.shift = _epilogue(tensors, name, ratio, scale, torch.zeros(heads, dtype=F), 0,
+                                   -HOST_OUT_QMAX, HOST_OUT_QMAX)
+        else:  # av -> the o projection's activation codes
+            s_v = tensors[name + ".w_scale"].reshape(kvh, d).repeat_interleave(heads // kvh, 0)
+            mult, zp, lo, hi = nodes[base + "o"].act.channel_targets(heads * d)
+            scale = nodes[base + "o"].act.step * mult
+            ratio = plan.step * s_v.reshape(-1) / scale
+            node.shift = _epilogue(tensors, name, ratio, scale, torch.zeros(heads * d, dtype=F),
+                                   zp, lo, hi)
+        node.epi = len(tensors[name + ".scale"])
+
+    host_params = sorted(k for k in lm.params if not k.startswith("layers.") or ".norm" in k)
+    for k in host_params:
+        tensors["host." + k] = lm.params[k].to(torch.float32).contiguous()
+    for k, sg in signs.items():
+        tensors[f"rot.{k}"] = sg
+    options = opts.to_json() | {"model": lm.name}
+    cm = ConvertedModel(spec, options, nodes, tensors, host_params)
+    cm.validate()
+    return cm

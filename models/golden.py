@@ -1,0 +1,173 @@
+"""Golden model: executes a converted model exactly as the hardware and host will.
+
+Every GEMM is integer arithmetic in the accumulator (spike part + integer part + zero-point
+correction), checked against the 32-bit range, then the output neuron unit's fixed-point
+requantizer; everything between GEMMs is the host's float64 work from
+:mod:`models.nonlinear` and the quantizer of :mod:`models.quant`. Each GEMM's events are
+counted (:class:`~models.contract.Events`): these are what the hardware counters must equal.
+
+With ``spike_domain=True`` the spike part is computed by actually encoding spike trains and
+running the neurons (:func:`models.encodings.accumulate`) instead of the closed-form
+integer product; both give the same bits (tested), the default is faster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .bundle import ConvertedModel, NodeInfo
+from .contract import INT8_QMAX, Events, check_acc, int_matmul, requantize
+from .encodings import TTFS_KINDS, Encoding, accumulate, encode, spike_counts
+from .graph import forward, merge_heads, split_heads
+from .quant import ONE, quantize_act, rotate
+
+F = torch.float64
+
+
+def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shift: int, enc: Encoding,
+         w: torch.Tensor, start: torch.Tensor | None, where: str,
+         spike_domain: bool = False) -> tuple[torch.Tensor, Events]:
+    """One batched GEMM of the accelerator.
+
+    ``codes`` ``[B, M, K]`` activation codes; ``int_mask`` ``[B or 1, K]`` marks integer
+    (outlier) channels, which the MAC array multiplies and shifts left by ``shift``; the
+    rest are spikes of ``enc`` for the spike-accumulate array. ``w`` ``[B, N, K]`` integer
+    weights; ``start`` ``[N]`` the accumulator's start value (zero-point correction).
+    Returns the int32 accumulators ``[B, M, N]`` (as int64) and the events.
+    """
+    b, m, k = codes.shape
+    n = w.shape[-2]
+    mask = int_mask.view(-1, 1, k)
+    spk = codes.masked_fill(mask, 0)
+    ints = codes.masked_fill(~mask, 0)
+    wt = w.transpose(-1, -2)
+    if spike_domain and enc.is_spiking:
+        acc = accumulate(encode(spk, enc), w, enc)
+    else:
+        acc = int_matmul(spk, wt)
+    acc = acc + int_matmul(ints, wt) * (1 << shift)
+    if start is not None:
+        acc = acc + start
+    acc = check_acc(acc, where)
+    n_int = int(mask.expand(b, 1, k).sum())
+    ev = Events(gemms=b, weights_in=b * n * k, acts_in=b * m * k, outs=b * m * n,
+                macs=m * n_int * n, time_steps=1)
+    if enc.is_spiking and n_int < b * k:
+        ev.spikes, ev.spike_units = spike_counts(spk, enc)
+        ev.acc_spike = ev.spike_units * n
+        ev.time_steps = enc.time_steps
+        if enc.kind in TTFS_KINDS:
+            ev.acc_step = enc.time_steps * b * m * n
+    return acc, ev
+
+
+@dataclass
+class Coded:
+    """Integer codes produced by the output neuron unit for the next GEMM (never the host)."""
+
+    codes: torch.Tensor
+
+
+class GoldenOps:
+    """The ``ops`` of :func:`models.graph.forward` that compute what the hardware computes."""
+
+    def __init__(self, cm: ConvertedModel, spike_domain: bool = False):
+        self.cm, self.spike_domain = cm, spike_domain
+        self.t = cm.tensors
+        self.events: dict[str, Events] = {}
+
+    # -- helpers ---------------------------------------------------------------------------
+    def host(self, a):
+        if isinstance(a, Coded):
+            raise TypeError("accelerator-internal codes cannot go to a host function")
+        return a
+
+    def _count(self, name: str, ev: Events) -> None:
+        self.events[name] = self.events[name] + ev if name in self.events else ev
+
+    def _act(self, node: NodeInfo, a) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes and row multipliers of an activation operand."""
+        if isinstance(a, Coded):
+            return a.codes, torch.full(a.codes.shape[:-1], ONE, dtype=torch.int64)
+        x = a
+        if node.act.rotate:
+            x = rotate(x, self.t[f"rot.{x.shape[-1]}"])
+        return quantize_act(x, node.act)
+
+    def _epi(self, node: NodeInfo, acc: torch.Tensor, mrow: torch.Tensor, sl=slice(None)):
+        t, nm = self.t, node.name
+        get = lambda s: t[f"{nm}.{s}"][sl].to(torch.int64)  # noqa: E731
+        return requantize(acc, get("mcol"), node.shift, mrow, get("bias"), get("zp"),
+                          get("lo"), get("hi"))
+
+    def _weights_operand(self, node: NodeInfo, a) -> torch.Tensor:
+        """Codes of a dynamic weight operand (K of QK^T, V of PV): int8 per channel."""
+        if isinstance(a, Coded):
+            return a.codes
+        s = self.t[f"{node.name}.w_scale"]
+        return torch.round(a / s).clamp(-INT8_QMAX, INT8_QMAX).to(torch.int64)
+
+    # -- the three GEMM kinds --------------------------------------------------------------
+    def linear(self, name: str, x):
+        node = self.cm.nodes[name]
+        codes, mrow = self._act(node, x)
+        w = self.t[name + ".w"].to(torch.int64)
+        k = w.shape[1]
+        acc, ev = gemm(codes[None], node.act.outlier_mask(k)[None], node.act.out_shift(),
+                       node.act.encoding, w[None], self.t[name + ".zcorr"].to(torch.int64),
+                       name, self.spike_domain)
+        self._count(name, ev)
+        y = self._epi(node, acc[0], mrow)
+        if node.direct:
+            return Coded(y)
+        return y.to(F) * self.t[name + ".scale"]
+
+    def attn_scores(self, name: str, q, k) -> torch.Tensor:
+        node, spec = self.cm.nodes[name], self.cm.spec
+        codes, mrow = self._act(node, q)
+        kc = self._weights_operand(node, k)
+        group = spec.heads // spec.kv_heads
+        qh = split_heads(codes, spec.heads)
+        kh = split_heads(kc, spec.kv_heads).repeat_interleave(group, 0)
+        mask = split_heads(node.act.outlier_mask(codes.shape[-1])[None], spec.heads)[:, 0]
+        acc, ev = gemm(qh, mask, node.act.out_shift(), node.act.encoding, kh, None, name,
+                       self.spike_domain)
+        self._count(name, ev)
+        scores = []
+        for h in range(spec.heads):  # per-head epilogue constants
+            scores.append(self._epi(node, acc[h], mrow, slice(h, h + 1)))
+        y = torch.stack(scores).to(F)
+        return y * self.t[name + ".scale"].view(-1, 1, 1)
+
+    def attn_values(self, name: str, p: torch.Tensor, v) -> Coded:
+        node, spec = self.cm.nodes[name], self.cm.spec
+        codes, mrow = self._act(node, p)  # [H, M, M], [H, M]
+        vc = self._weights_operand(node, v)
+        group = spec.heads // spec.kv_heads
+        vh = split_heads(vc, spec.kv_heads).repeat_interleave(group, 0).transpose(1, 2)
+        mask = node.act.outlier_mask(codes.shape[-1])[None]
+        acc, ev = gemm(codes, mask, node.act.out_shift(), node.act.encoding, vh, None, name,
+                       self.spike_domain)
+        self._count(name, ev)
+        d = spec.head_dim
+        out = torch.stack([self._epi(node, acc[h], mrow[h], slice(h * d, (h + 1) * d))
+                           for h in range(spec.heads)])
+        return Coded(merge_heads(out))
+
+
+def run_golden(cm: ConvertedModel, ids: torch.Tensor, spike_domain: bool = False
+               ) -> tuple[torch.Tensor, dict[str, Events]]:
+    """Forward one token sequence; returns (final hidden states float64, events per GEMM)."""
+    ops = GoldenOps(cm, spike_domain)
+    hidden = forward(cm.spec, cm.params(), ids, ops)
+    return hidden, ops.events
+
+
+def total_events(events: dict[str, Events]) -> Events:
+    """Sum of the per-GEMM events."""
+    total = Events()
+    for ev in events.values():
+        total = total + ev
+    return total

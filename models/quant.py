@@ -1,0 +1,229 @@
+"""Quantization: activation plans (Spike Matrix Hybridization), weights, rotation, epilogues.
+
+An activation entering a GEMM is split per *channel* (input feature ``k``):
+
+- most channels become spike codes of the layer's encoding at step ``s`` with zero point
+  ``z`` (real value ``(q - z) * s``);
+- a few *outlier channels* stay 8-bit integers at step ``s * 2**p`` (real value
+  ``q * s * 2**p``), so the MAC array adds ``(w * q) << p`` into the same accumulator.
+
+With ``per_token`` the host picks a step per row, expressed as a 16-bit multiple ``mrow``
+of the calibrated reference step (``s_m = s * mrow / 2**15``), so everything downstream
+stays fixed point. Rules and rounding: ``docs/quantization.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .contract import (
+    COL_MULT_MAX,
+    INT8_QMAX,
+    ROW_FRAC,
+    ROW_MULT_MAX,
+    ContractError,
+)
+from .encodings import Encoding
+
+F = torch.float64
+ONE = 2**ROW_FRAC  # mrow value meaning a factor of 1.0
+
+
+@dataclass
+class ActPlan:
+    """How one GEMM's activation operand is quantized and split.
+
+    Attributes
+    ----------
+    encoding: spike (or integer) encoding of the non-outlier channels.
+    zero_point: code of real zero for unsigned encodings (0 for signed ones).
+    step: static step, or the reference step of per-token steps.
+    per_token: choose a step per row (host-produced activations only).
+    outliers: indices of the outlier channels (8-bit integers on the MAC array).
+    outlier_shift: ``p``: outlier step is ``step * 2**p``.
+    rotate: the host rotates the activation (``x @ R``) before quantizing it.
+    """
+
+    encoding: Encoding
+    zero_point: int = 0
+    step: float = 1.0
+    per_token: bool = False
+    outliers: list[int] = field(default_factory=list)
+    outlier_shift: int = 0
+    rotate: bool = False
+
+    def to_json(self) -> dict:
+        """Manifest form."""
+        return dict(encoding=self.encoding.to_json(), zero_point=self.zero_point,
+                    step=self.step, per_token=self.per_token, outliers=list(self.outliers),
+                    outlier_shift=self.outlier_shift, rotate=self.rotate)
+
+    @classmethod
+    def from_json(cls, d: dict) -> ActPlan:
+        """Inverse of :meth:`to_json`."""
+        return cls(Encoding.from_json(d["encoding"]), int(d["zero_point"]), float(d["step"]),
+                   bool(d["per_token"]), [int(i) for i in d["outliers"]],
+                   int(d["outlier_shift"]), bool(d["rotate"]))
+
+    def outlier_mask(self, k: int) -> torch.Tensor:
+        """Boolean ``[k]`` mask of integer channels (all of them for the ``int`` encoding)."""
+        if not self.encoding.is_spiking:
+            return torch.ones(k, dtype=torch.bool)
+        mask = torch.zeros(k, dtype=torch.bool)
+        idx = [i for i in self.outliers if i < k]
+        mask[idx] = True
+        return mask
+
+    def out_shift(self) -> int:
+        """Shift of the integer channels (0 for the ``int`` encoding)."""
+        return self.outlier_shift if self.encoding.is_spiking else 0
+
+    def channel_targets(self, k: int) -> tuple[torch.Tensor, ...]:
+        """Per channel (step multiplier, zero point, lo, hi) that a producer must emit."""
+        mask = self.outlier_mask(k)
+        enc = self.encoding
+        qo = INT8_QMAX if enc.is_spiking else enc.qmax
+        mult = torch.where(mask, 2.0 ** self.out_shift(), 1.0).to(F)
+        zp = torch.where(mask, 0, self.zero_point)
+        lo = torch.where(mask, -qo, enc.qmin)
+        hi = torch.where(mask, qo, enc.qmax)
+        return mult, zp, lo, hi
+
+
+def token_steps(x: torch.Tensor, plan: ActPlan) -> torch.Tensor:
+    """The step each row needs so its spike channels fit the code range (float64)."""
+    mask = plan.outlier_mask(x.shape[-1])
+    enc, z = plan.encoding, plan.zero_point
+    xs = x.masked_fill(mask, 0.0) if plan.encoding.is_spiking else x
+    hi = xs.amax(-1).clamp(min=0.0)
+    lo = (-xs.amin(-1)).clamp(min=0.0)
+    if enc.signed or z == 0:
+        top = enc.qmax
+        step = (torch.maximum(hi, lo) if enc.signed else hi) / top
+    else:
+        step = torch.maximum(hi / max(enc.qmax - z, 1), lo / z)
+    return step
+
+
+def quantize_act(x: torch.Tensor, plan: ActPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host encoder: float64 ``[..., M, K]`` -> (codes int64 ``[..., M, K]``, mrow ``[..., M]``).
+
+    Rounding is round-half-to-even (IEEE ``roundTiesToEven``) in float64, then clamping.
+    """
+    if plan.per_token:
+        ratio = token_steps(x, plan) / plan.step
+        mrow = torch.round(ratio * ONE).clamp(1, ROW_MULT_MAX).to(torch.int64)
+    else:
+        mrow = torch.full(x.shape[:-1], ONE, dtype=torch.int64)
+    s = (plan.step * mrow.to(F) / ONE).unsqueeze(-1)
+    mult, zp, lo, hi = plan.channel_targets(x.shape[-1])
+    q = torch.round(x / (s * mult)) + zp
+    return torch.minimum(torch.maximum(q, lo), hi).to(torch.int64), mrow
+
+
+def dequantize_act(q: torch.Tensor, mrow: torch.Tensor, plan: ActPlan) -> torch.Tensor:
+    """Real value the codes stand for (for error analysis and tests)."""
+    mult, zp, _, _ = plan.channel_targets(q.shape[-1])
+    s = (plan.step * mrow.to(F) / ONE).unsqueeze(-1)
+    return (q - zp).to(F) * s * mult
+
+
+# -- rotation ------------------------------------------------------------------------------
+def hadamard(n: int) -> torch.Tensor:
+    """Sylvester Hadamard matrix of size ``n`` (a power of two), entries +-1."""
+    h = torch.ones(1, 1, dtype=F)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+def rotation_block(n: int) -> int:
+    """Block size of the rotation for dimension ``n``: the largest power of two dividing it."""
+    return n & -n
+
+
+def rotate(x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """``x @ R`` with ``R = diag(signs) . blockdiag(H_b / sqrt(b))``, orthogonal.
+
+    Spreads outlier channels over a block before 4-bit quantization (QuaRot-style); the
+    weights absorb ``R`` offline (``W' = W R``), so ``x R (W R)^T = x W^T``.
+    """
+    n = x.shape[-1]
+    b = rotation_block(n)
+    xs = (x * signs.to(F)).reshape(*x.shape[:-1], n // b, b)
+    return (xs @ hadamard(b) / math.sqrt(b)).reshape(x.shape)
+
+
+def rotation_signs(n: int, seed: int) -> torch.Tensor:
+    """Seeded random +-1 vector of length ``n`` (stored in the bundle, not regenerated)."""
+    g = torch.Generator().manual_seed(seed * 1000003 + n)
+    return (torch.randint(0, 2, (n,), generator=g) * 2 - 1).to(torch.int8)
+
+
+# -- weights -------------------------------------------------------------------------------
+def weight_scale(w: torch.Tensor, qmax: int, search: bool = True) -> torch.Tensor:
+    """Per-output-channel symmetric step; ``search`` picks the clip ratio minimising MSE."""
+    amax = w.abs().amax(1).clamp(min=1e-12)
+    if not search:
+        return amax / qmax
+    best_err = torch.full_like(amax, math.inf)
+    best = amax / qmax
+    for r in torch.linspace(1.0, 0.5, 21, dtype=F):
+        s = amax * r / qmax
+        err = ((torch.round(w / s[:, None]).clamp(-qmax, qmax) * s[:, None] - w) ** 2).sum(1)
+        better = err < best_err
+        best = torch.where(better, s, best)
+        best_err = torch.where(better, err, best_err)
+    return best
+
+
+def quantize_weight_rtn(w: torch.Tensor, s: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Round-to-nearest codes for per-channel steps ``s``."""
+    return torch.round(w / s[:, None]).clamp(-qmax, qmax).to(torch.int64)
+
+
+def quantize_weight_gptq(w: torch.Tensor, s: torch.Tensor, qmax: int, hess: torch.Tensor,
+                         block: int = 128, damp: float = 0.01) -> torch.Tensor:
+    """GPTQ (Frantar et al. 2022): quantize columns in order, pushing each column's rounding
+    error onto the not-yet-quantized columns through the inverse Hessian of the layer
+    input (``hess = X^T X`` over the calibration tokens). Same steps ``s`` as RTN."""
+    w = w.clone().to(F)
+    h = hess.clone().to(F)
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=F)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    q_all = torch.zeros_like(w, dtype=torch.int64)
+    k = w.shape[1]
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        h1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = w1[:, i]
+            q = torch.round(col / s).clamp(-qmax, qmax)
+            q_all[:, i1 + i] = q.to(torch.int64)
+            e = (col - q * s) / h1[i, i]
+            w1[:, i:] -= e[:, None] * h1[i, i:][None, :]
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return q_all
+
+
+# -- epilogue ------------------------------------------------------------------------------
+def fixed_point(ratio: torch.Tensor, where: str) -> tuple[torch.Tensor, int]:
+    """Per-channel multipliers and one shift: ``ratio ~= mcol / 2**shift``, mcol <= 15 bits."""
+    top = float(ratio.max())
+    if not math.isfinite(top) or top <= 0:
+        raise ContractError(f"{where}: requantization ratio must be positive and finite")
+    shift = max(0, min(47, math.floor(math.log2(COL_MULT_MAX / top))))
+    mcol = torch.round(ratio * 2.0**shift).to(torch.int64)
+    if int(mcol.max()) > COL_MULT_MAX:  # log2 rounding at the boundary
+        shift -= 1
+        mcol = torch.round(ratio * 2.0**shift).to(torch.int64)
+    return mcol, shift
