@@ -139,7 +139,8 @@ def save_bundle(cm: ConvertedModel, out: str | Path) -> Path:
         "tensors": {k: {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
                     for k, v in sorted(cm.tensors.items())},
     }
-    save_file({k: v.contiguous() for k, v in cm.tensors.items()}, str(out / TENSORS))
+    # clone: safetensors refuses tensors that share storage (e.g. a scale used twice)
+    save_file({k: v.contiguous().clone() for k, v in cm.tensors.items()}, str(out / TENSORS))
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return out
 

@@ -19,7 +19,9 @@ Kinds (``Encoding.kind``):
     Integer-spiking neuron: up to ``L`` spikes per step (a graded spike ``0 .. L``), ``T``
     steps, codes ``0 .. L*T`` (exact for all n-bit values when ``L*T = 2**n - 1``).
 ``ternary``
-    Spikes in ``{-1, 0, +1}``, subtractive reset, thresholds ``+-theta/2``: codes ``-T .. T``.
+    Spikes in ``{-1, 0, +1}``, subtractive reset, thresholds ``+-theta/2``: codes ``-T .. T``
+    (MAR). With ``L > 1``: signed multi-level spikes ``-L .. L`` (SpikingMamba), codes
+    ``-L*T .. L*T``.
 ``int``
     Plain signed integers for the MAC array, ``b`` bits symmetric, one "step".
 """
@@ -69,10 +71,10 @@ class Encoding:
             raise ValueError(f"ttfs-signed bits must be in 2..16, not {self.bits}")
         if self.kind in IF_KINDS and not 1 <= self.steps <= 4096:
             raise ValueError(f"{self.kind} steps must be in 1..4096, not {self.steps}")
-        if self.kind == "graded" and not 1 <= self.levels <= 255:
-            raise ValueError(f"graded levels must be in 1..255, not {self.levels}")
-        if self.kind != "graded" and self.levels != 1:
-            raise ValueError(f"levels is only for graded spikes, not {self.kind}")
+        if self.kind in ("graded", "ternary") and not 1 <= self.levels <= 255:
+            raise ValueError(f"{self.kind} levels must be in 1..255, not {self.levels}")
+        if self.kind not in ("graded", "ternary") and self.levels != 1:
+            raise ValueError(f"levels is only for graded and ternary spikes, not {self.kind}")
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -101,7 +103,7 @@ class Encoding:
         """Largest code."""
         if self.kind == "int":
             return 2 ** (self.bits - 1) - 1
-        if self.kind == "graded":
+        if self.kind in ("graded", "ternary"):
             return self.levels * self.steps
         return self.time_steps
 
@@ -124,8 +126,8 @@ class Encoding:
         """Short human-readable name, e.g. ``ttfs4`` or ``graded T=5 L=3``."""
         if self.kind in ("ttfs", "ttfs-signed", "int"):
             return f"{self.kind}{self.bits}"
-        if self.kind == "graded":
-            return f"graded T={self.steps} L={self.levels}"
+        if self.levels > 1:
+            return f"{self.kind} T={self.steps} L={self.levels}"
         return f"{self.kind} T={self.steps}"
 
     def to_json(self) -> dict:
@@ -143,9 +145,8 @@ class Encoding:
             return self
         if self.kind == "ttfs":
             return Encoding("ttfs-signed", self.bits)
-        if self.kind == "rate":
-            return Encoding("ternary", steps=self.steps)
-        raise ValueError(f"{self.name()} has no signed form; use ternary or ttfs-signed")
+        # rate -> ternary, graded -> signed multi-level spikes, same T and L
+        return Encoding("ternary", steps=self.steps, levels=self.levels)
 
 
 def check_codes(q: torch.Tensor, enc: Encoding, where: str = "codes") -> None:
@@ -190,7 +191,8 @@ def if_fire(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
 
 def if_neuron_stepwise(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
     """The literal step-by-step IF neuron (reference for :func:`if_fire`; loops over T)."""
-    smin, smax = {"rate": (0, 1), "graded": (0, enc.levels), "ternary": (-1, 1)}[enc.kind]
+    smin, smax = {"rate": (0, 1), "graded": (0, enc.levels),
+                  "ternary": (-enc.levels, enc.levels)}[enc.kind]
     v = torch.full_like(q, enc.v0, dtype=torch.int64)
     out = []
     for _ in range(enc.time_steps):
@@ -248,10 +250,10 @@ def spike_counts(q: torch.Tensor, enc: Encoding) -> tuple[int, int]:
     if enc.kind in TTFS_KINDS:
         n = int(q.count_nonzero())
         return n, n
-    if enc.kind in ("rate", "ternary"):
+    if enc.kind in ("rate", "ternary") and enc.levels == 1:
         n = int(q.abs().sum())
         return n, n
-    if enc.kind == "graded":
+    if enc.kind in ("graded", "ternary"):
         train = if_fire(q, enc)
         return int(train.count_nonzero()), int(q.abs().sum())
     return 0, 0

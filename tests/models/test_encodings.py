@@ -71,7 +71,7 @@ def test_if_closed_form_equals_stepwise_neuron(enc):
     q = all_codes(enc)
     assert torch.equal(if_fire(q, enc), if_neuron_stepwise(q, enc))
     train = if_fire(q, enc)
-    lo, hi = {"rate": (0, 1), "graded": (0, enc.levels), "ternary": (-1, 1)}[enc.kind]
+    lo, hi = {"rate": (0, 1), "graded": (0, enc.levels), "ternary": (-enc.levels, enc.levels)}[enc.kind]
     assert int(train.min()) >= lo and int(train.max()) <= hi
 
 
@@ -106,7 +106,7 @@ def test_graded_exact_for_all_n_bit_values():
         (dict(kind="spiky"), "unknown encoding 'spiky'"),
         (dict(kind="rate", steps=0), "rate steps must be in 1..4096, not 0"),
         (dict(kind="ttfs-signed", bits=1), "ttfs-signed bits must be in 2..16, not 1"),
-        (dict(kind="ttfs", levels=2), "levels is only for graded spikes, not ttfs"),
+        (dict(kind="ttfs", levels=2), "levels is only for graded and ternary spikes, not ttfs"),
     ],
 )
 def test_bad_encoding_is_refused_with_exact_message(kwargs, message):

@@ -1,0 +1,77 @@
+"""Command line: ``python -m models eval|convert``.
+
+``eval --model minilm`` prints the accuracy table (FP32 vs the hybrid and its baselines);
+``convert --model NAME_OR_DIR --out DIR`` writes a converted-model bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from .arch import BUILTIN, UnsupportedModelError, load_model
+from .bundle import save_bundle
+from .convert import ConvertOptions
+from .encodings import Encoding
+from .evaluate import ablation, evaluate, format_table, schemes
+
+
+def _encoding(s: str) -> Encoding:
+    kind, _, arg = s.partition(":")
+    if kind in ("ttfs", "ttfs-signed", "int"):
+        return Encoding(kind, int(arg or (8 if kind == "int" else 4)))
+    if kind == "graded":
+        t, _, lv = (arg or "5x3").partition("x")
+        return Encoding(kind, steps=int(t), levels=int(lv))
+    return Encoding(kind, steps=int(arg or 8))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ev = sub.add_parser("eval", help="accuracy table of the conversion schemes")
+    ev.add_argument("--model", default="minilm",
+                    help=f"built-in name ({', '.join(BUILTIN)}) or HF directory (default minilm)")
+    ev.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+    ev.add_argument("--ablation", action="store_true",
+                    help="also show the hybrid with each accuracy remedy switched on in turn")
+    cv = sub.add_parser("convert", help="convert a model and write its bundle")
+    cv.add_argument("--model", required=True, help=f"built-in name ({', '.join(BUILTIN)}) or dir")
+    cv.add_argument("--out", required=True, help="bundle directory to write")
+    cv.add_argument("--encoding", default="ttfs:4", type=_encoding,
+                    help="ttfs[:bits] | ttfs-signed[:bits] | rate[:T] | graded[:TxL] | "
+                         "ternary[:T] | int[:bits] (default ttfs:4)")
+    cv.add_argument("--outliers", type=int, default=None,
+                    help="outlier channels per GEMM (default: 1/64 of the channels)")
+    cv.add_argument("--static", action="store_true", help="static per-tensor activation steps")
+    cv.add_argument("--no-rotate", action="store_true", help="no Hadamard rotation")
+    cv.add_argument("--rtn", action="store_true", help="round-to-nearest weights, not GPTQ")
+    a = p.parse_args(argv)
+    try:
+        lm = load_model(a.model)
+        if a.cmd == "eval":
+            names = schemes() | (ablation() if a.ablation else {})
+            rows = evaluate(lm, names)
+            print(f"model: {a.model}\n")
+            print(format_table(rows))
+            if a.json:
+                with open(a.json, "w") as f:
+                    json.dump({"model": a.model, "rows": [asdict(r) for r in rows]}, f, indent=1)
+            return 0
+        from .convert import convert
+
+        opts = ConvertOptions(encoding=a.encoding, outlier_count=a.outliers,
+                              per_token=not a.static, rotate=not a.no_rotate, gptq=not a.rtn)
+        out = save_bundle(convert(lm, opts), a.out)
+        print(f"wrote {out}")
+        return 0
+    except (UnsupportedModelError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

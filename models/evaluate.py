@@ -1,0 +1,108 @@
+"""Accuracy report: the converted model against the float model on sentence embeddings.
+
+Embeddings are mean-pooled final hidden states (the sentence-transformers recipe for
+all-MiniLM-L6-v2). For each scheme: mean cosine between quantized and float embeddings, and
+the Spearman correlation between the two models' pairwise sentence similarities.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from scipy.stats import spearmanr
+
+from .arch import LoadedModel
+from .contract import Events
+from .convert import ConvertOptions, builtin_text, convert
+from .encodings import Encoding
+from .golden import run_golden, total_events
+from .graph import FloatOps, forward
+
+F = torch.float64
+
+
+def schemes() -> dict[str, ConvertOptions]:
+    """The schemes of the standard report, by display name."""
+    return {
+        "hybrid W4A4&8 (TTFS + int8 outliers)": ConvertOptions(),
+        "all-integer W4A8": ConvertOptions(encoding=Encoding("int", 8)),
+        "all-spike W4A4 (TTFS, no outliers)": ConvertOptions(outlier_count=0),
+        "rate-coded IF T=8 (no outliers)": ConvertOptions(encoding=Encoding("rate", steps=8),
+                                                          outlier_count=0),
+    }
+
+
+def ablation() -> dict[str, ConvertOptions]:
+    """Hybrid W4A4&8 with the accuracy remedies switched on one by one."""
+    return {
+        "hybrid, naive (static steps, RTN, no rotation)":
+            ConvertOptions(per_token=False, rotate=False, gptq=False),
+        "hybrid + per-token steps": ConvertOptions(rotate=False, gptq=False),
+        "hybrid + per-token + rotation": ConvertOptions(gptq=False),
+        "hybrid + per-token + rotation + GPTQ (default)": ConvertOptions(),
+    }
+
+
+@dataclass
+class Row:
+    """One line of the report."""
+
+    scheme: str
+    cosine: float
+    spearman: float
+    time_steps: int
+    events_per_token: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def embed(hidden: torch.Tensor) -> torch.Tensor:
+    """Mean-pooled, L2-normalised sentence embedding."""
+    v = hidden.mean(0)
+    return v / v.norm()
+
+
+def _pairwise(e: torch.Tensor) -> torch.Tensor:
+    sims = e @ e.t()
+    iu = torch.triu_indices(len(e), len(e), 1)
+    return sims[iu[0], iu[1]]
+
+
+def evaluate(lm: LoadedModel, names: dict[str, ConvertOptions], sentences: list[str] | None = None,
+             max_tokens: int = 128) -> list[Row]:
+    """Rows for the float model and every scheme in ``names``."""
+    sentences = sentences or builtin_text("eval_sentences")
+    ids = [lm.tokenize(s, max_tokens) for s in sentences]
+    ref = torch.stack([embed(forward(lm.spec, lm.params, i, FloatOps(lm.spec, lm.params)))
+                       for i in ids])
+    ref_pairs = _pairwise(ref)
+    rows = [Row("FP32 (float reference)", 1.0, 1.0, 0)]
+    tokens = sum(len(i) for i in ids)
+    for name, opts in names.items():
+        t0 = time.perf_counter()
+        cm = convert(lm, opts)
+        embs, total = [], Events()
+        for i in ids:
+            hidden, ev = run_golden(cm, i)
+            embs.append(embed(hidden))
+            total = total + total_events(ev)
+        e = torch.stack(embs)
+        cos = float((e * ref).sum(1).mean())
+        rho = float(spearmanr(_pairwise(e).numpy(), ref_pairs.numpy()).statistic)
+        per_tok = {k: v / tokens for k, v in total.as_dict().items()
+                   if k in ("spikes", "accumulates", "macs")}
+        rows.append(Row(name, cos, rho, total.time_steps, per_tok, time.perf_counter() - t0))
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    """Markdown table of the rows."""
+    out = ["| scheme | cosine to FP32 | Spearman | time steps | spikes/token | "
+           "accumulates/token | MACs/token |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ev = r.events_per_token
+        out.append(f"| {r.scheme} | {r.cosine:.4f} | {r.spearman:.4f} | {r.time_steps or '-'} | "
+                   f"{ev.get('spikes', 0):,.0f} | {ev.get('accumulates', 0):,.0f} | "
+                   f"{ev.get('macs', 0):,.0f} |")
+    return "\n".join(out)

@@ -1,0 +1,86 @@
+"""Bundle: round trip and refusal of bad bundles with clear messages."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.arch import load_model, random_model, tiny_config
+from models.bundle import BundleError, load_bundle, save_bundle
+from models.convert import ConvertOptions, convert
+from models.golden import run_golden
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_opt_cm):
+    return save_bundle(tiny_opt_cm, tmp_path / "b")
+
+
+def test_round_trip_gives_identical_tensors_and_identical_golden_bits(saved, tiny_opt_cm, tiny_opt):
+    cm = load_bundle(saved)
+    assert set(cm.tensors) == set(tiny_opt_cm.tensors)
+    assert all(torch.equal(cm.tensors[k], tiny_opt_cm.tensors[k]) for k in cm.tensors)
+    assert cm.spec == tiny_opt_cm.spec
+    assert {k: n.to_json() for k, n in cm.nodes.items()} == \
+           {k: n.to_json() for k, n in tiny_opt_cm.nodes.items()}
+    ids = tiny_opt.tokenize("round trip")
+    a, ea = run_golden(cm, ids)
+    b, eb = run_golden(tiny_opt_cm, ids)
+    assert torch.equal(a, b) and ea == eb
+
+
+def test_manifest_lists_graph_shapes_and_integer_weights(saved):
+    m = json.loads((saved / "manifest.json").read_text())
+    assert m["format"] == "spikellm-bundle" and m["version"] == 1
+    up = next(n for n in m["graph"] if n["name"] == "layers.0.up")
+    assert (up["K"], up["N"]) == (64, 128)
+    assert up["act"]["encoding"]["kind"] == "ttfs"
+    assert m["tensors"]["layers.0.up.w"] == {"dtype": "int8", "shape": [128, 64]}
+
+
+def _mutate(saved, fn):
+    t = load_file(str(saved / "tensors.safetensors"))
+    fn(t)
+    save_file(t, str(saved / "tensors.safetensors"))
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda t: t.pop("layers.1.down.w"), "missing tensor.*layers.1.down.w"),
+    (lambda t: t.update(stray=torch.zeros(1)), "unexpected tensor.*stray"),
+    (lambda t: t.update({"layers.0.q.w": torch.zeros(3, 3, dtype=torch.int8)}),
+     r"layers.0.q.w: shape \(3, 3\)"),
+    (lambda t: t.update({"layers.0.q.mcol": t["layers.0.q.mcol"].to(torch.int64)}),
+     "layers.0.q.mcol: dtype torch.int64"),
+    (lambda t: t["layers.0.o.scale"].__setitem__(0, float("nan")), "layers.0.o.scale: contains NaN"),
+    (lambda t: t["layers.0.up.w"].__setitem__((0, 0), 9), r"layers.0.up.w: codes outside \+-7"),
+])
+def test_bad_tensors_are_refused_by_name(saved, fn, message):
+    _mutate(saved, fn)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(saved)
+
+
+def test_unknown_version_is_refused(saved):
+    m = json.loads((saved / "manifest.json").read_text())
+    m["version"] = 99
+    (saved / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="unknown bundle version 99"):
+        load_bundle(saved)
+
+
+def test_garbage_manifest_and_missing_files_are_refused(saved, tmp_path):
+    (saved / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(saved)
+    with pytest.raises(BundleError, match="no manifest.json"):
+        load_bundle(tmp_path)
+
+
+def test_odd_sized_model_directory_converts_and_round_trips(tmp_path):
+    cfg = tiny_config("llama", hidden=40, heads=5, ffn=100, layers=2, vocab=1000, kv_heads=1)
+    random_model(cfg, seed=5).save_pretrained(tmp_path / "hf")
+    lm = load_model(tmp_path / "hf")
+    cm = load_bundle(save_bundle(convert(lm, ConvertOptions(calib_sentences=4)), tmp_path / "b"))
+    hidden, ev = run_golden(cm, lm.tokenize("odd sizes"))
+    assert hidden.shape[1] == 40 and "layers.1.down" in ev

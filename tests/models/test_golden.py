@@ -1,0 +1,78 @@
+"""Golden model: spike-domain execution equals the integer path; events; determinism."""
+
+import pytest
+import torch
+
+from models.contract import ContractError, Events
+from models.convert import ConvertOptions, convert
+from models.encodings import Encoding
+from models.golden import gemm, run_golden, total_events
+from models.graph import FloatOps, forward, gemm_nodes
+
+TEXT = "the spiking accelerator must give the same bits as the golden model"
+
+
+def _cos(a, b):
+    return float(torch.nn.functional.cosine_similarity(a.mean(0), b.mean(0), dim=0))
+
+
+@pytest.mark.parametrize("enc", [Encoding("ttfs", 4), Encoding("ttfs-signed", 4),
+                                 Encoding("rate", steps=8), Encoding("graded", steps=5, levels=3),
+                                 Encoding("ternary", steps=4), Encoding("int", 8)],
+                         ids=lambda e: e.name())
+def test_spike_trains_give_the_same_bits_and_events_as_integer_path(tiny_llama, enc):
+    cm = convert(tiny_llama, ConvertOptions(encoding=enc, calib_sentences=4))
+    ids = tiny_llama.tokenize(TEXT)
+    fast, ev_fast = run_golden(cm, ids)
+    slow, ev_slow = run_golden(cm, ids, spike_domain=True)
+    assert torch.equal(fast, slow)
+    assert ev_fast == ev_slow
+
+
+def test_golden_is_bit_repeatable(tiny_opt_cm, tiny_opt):
+    ids = tiny_opt.tokenize(TEXT)
+    a, ea = run_golden(tiny_opt_cm, ids)
+    b, eb = run_golden(tiny_opt_cm, ids)
+    assert torch.equal(a, b) and ea == eb
+
+
+def test_golden_tracks_the_float_model(tiny_opt_cm, tiny_opt):
+    ids = tiny_opt.tokenize(TEXT)
+    ref = forward(tiny_opt.spec, tiny_opt.params, ids, FloatOps(tiny_opt.spec, tiny_opt.params))
+    assert _cos(run_golden(tiny_opt_cm, ids)[0], ref) > 0.98
+
+
+def test_events_cover_every_gemm_in_order(tiny_opt_cm, tiny_opt):
+    ids = tiny_opt.tokenize(TEXT)
+    _, ev = run_golden(tiny_opt_cm, ids)
+    assert list(ev) == [n["name"] for n in gemm_nodes(tiny_opt.spec)]
+    m, spec = len(ids), tiny_opt.spec
+    up = ev["layers.0.up"]
+    assert (up.weights_in, up.acts_in, up.outs) == (spec.ffn * spec.hidden, m * spec.hidden,
+                                                    m * spec.ffn)
+    qk = ev["layers.0.qk"]
+    assert qk.gemms == spec.heads and qk.outs == spec.heads * m * m
+    tot = total_events(ev)
+    assert tot.spikes == sum(e.spikes for e in ev.values())
+    assert tot.time_steps == 15
+
+
+def test_gemm_events_by_hand():
+    # 2 rows, 4 inputs (input 3 is an outlier), 3 outputs, TTFS 4-bit.
+    codes = torch.tensor([[[0, 5, 15, -100], [1, 0, 0, 7]]])
+    mask = torch.tensor([[False, False, False, True]])
+    w = torch.tensor([[[1, -2, 3, 4], [0, 1, 0, -1], [7, 7, -7, 2]]])
+    acc, ev = gemm(codes, mask, 2, Encoding("ttfs", 4), w, torch.tensor([10, 0, -1]), "t")
+    want = torch.tensor([[[-10 + 45 - 1600 + 10, 5 + 400, 35 - 105 - 800 - 1],
+                          [1 + 112 + 10, -28, 7 + 56 - 1]]])
+    assert torch.equal(acc, want)
+    assert ev == Events(gemms=1, spikes=3, spike_units=3, acc_spike=9, acc_step=15 * 2 * 3,
+                        macs=2 * 1 * 3, time_steps=15, weights_in=12, acts_in=8, outs=6)
+
+
+def test_int32_overflow_is_refused_with_the_layer_name():
+    codes = torch.full((1, 1, 40000), 127)
+    w = torch.full((1, 1, 40000), 127)
+    with pytest.raises(ContractError, match="layers.9.down: accumulator overflow"):
+        gemm(codes, torch.ones(1, 40000, dtype=torch.bool), 4, Encoding("ttfs", 4), w, None,
+             "layers.9.down")
