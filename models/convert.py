@@ -9,8 +9,9 @@ Rules: ``docs/quantization.md``.
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 
 import torch
@@ -22,10 +23,13 @@ from .encodings import Encoding
 from .graph import FloatOps, forward, gemm_nodes
 from .quant import (
     ActPlan,
+    dequantize_act,
     fixed_point,
+    quantize_act,
     quantize_weight_gptq,
     quantize_weight_rtn,
     rotate,
+    rotation_block,
     rotation_signs,
     token_steps,
     weight_scale,
@@ -48,6 +52,9 @@ class ConvertOptions:
     rotate: Hadamard-rotate host-produced linear-layer inputs (weights absorb it).
     gptq: error-compensating weight rounding; else round to nearest.
     calib_sentences / max_tokens: size of the calibration run.
+    layers: per-GEMM overrides, ``{glob: {"encoding": Encoding, "outlier_count": int, ...}}``
+        matched with :func:`fnmatch.fnmatch` against node names (``layers.*.down``), applied
+        in order; e.g. keep one layer all-integer W4A8 inside a hybrid model.
     """
 
     encoding: Encoding = Encoding("ttfs", 4)
@@ -59,11 +66,22 @@ class ConvertOptions:
     seed: int = 0
     calib_sentences: int = 48
     max_tokens: int = 128
+    layers: dict[str, dict] = field(default_factory=dict)
+
+    def for_node(self, name: str) -> ConvertOptions:
+        """The options in force for GEMM ``name`` after the per-layer overrides."""
+        opts = self
+        for pattern, over in self.layers.items():
+            if fnmatch.fnmatch(name, pattern):
+                opts = replace(opts, **over)
+        return opts
 
     def to_json(self) -> dict:
         """Manifest form."""
         d = asdict(self)
         d["encoding"] = self.encoding.to_json()
+        d["layers"] = {k: {kk: vv.to_json() if isinstance(vv, Encoding) else vv
+                           for kk, vv in v.items()} for k, v in self.layers.items()}
         return d
 
 
@@ -71,6 +89,39 @@ def builtin_text(name: str) -> list[str]:
     """Lines of a built-in text file (``calibration`` or ``eval_sentences``)."""
     text = resources.files("models").joinpath("data", f"{name}.txt").read_text("utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def fold_head_rotations(spec: ArchSpec, params: dict, seed: int) -> dict:
+    """Fold a per-head rotation into the weights (offline, no host work at run time).
+
+    ``v' = v R`` per head makes ``P v'`` the rotated attention output, which the ``o``
+    projection absorbs (``W_o' = W_o R``); likewise ``q' = q R``, ``k' = k R`` leave
+    ``q k^T`` unchanged (not for rotary models, where the position rotation sits between).
+    This spreads the outlier channels of V, of the ``o`` input and of Q and K, which the
+    host cannot rotate because they never leave the accelerator.
+    """
+    d = spec.head_dim
+    blk = rotation_block(d)
+    sg_kv = rotation_signs(spec.kv_heads * d, seed + 1)
+    # query head h pairs with key/value head h // group: give it the same rotation
+    sg_q = sg_kv.view(spec.kv_heads, d).repeat_interleave(spec.heads // spec.kv_heads, 0)
+    sg_q = sg_q.reshape(-1)
+    out = dict(params)
+
+    def rot_rows(w: torch.Tensor, sg: torch.Tensor) -> torch.Tensor:  # W' = R^T W
+        r = rotate(torch.eye(len(sg), dtype=F), sg, blk)
+        return (r.t() @ w.to(F)).to(torch.float32)
+
+    for i in range(spec.layers):
+        p = f"layers.{i}."
+        pairs = [("v", sg_kv)] + ([] if spec.position == "rotary" else
+                                  [("q", sg_q), ("k", sg_kv)])
+        for name, sg in pairs:
+            out[p + name + ".w"] = rot_rows(params[p + name + ".w"], sg)
+            if p + name + ".b" in params:
+                out[p + name + ".b"] = rot_rows(params[p + name + ".b"][:, None], sg)[:, 0]
+        out[p + "o.w"] = rotate(params[p + "o.w"].to(F), sg_q, blk).to(torch.float32)
+    return out
 
 
 def calibrate(lm: LoadedModel, opts: ConvertOptions) -> dict[tuple[str, str], list[torch.Tensor]]:
@@ -91,6 +142,21 @@ def _rows(ts: list[torch.Tensor]) -> torch.Tensor:
     width = max(t.shape[-1] for t in ts)
     return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[-1])).reshape(-1, width)
                       for t in ts]).to(F)
+
+
+CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
+
+
+def _best_clip(x: torch.Tensor, plan: ActPlan) -> float:
+    """Clip ratio of the spike channels' steps with the least calibration MSE."""
+    best, best_err = 1.0, math.inf
+    for c in CLIP_GRID:
+        trial = replace(plan, clip=c)
+        trial.step = float(token_steps(x, trial).max().clamp(min=1e-12))
+        err = float(((dequantize_act(*quantize_act(x, trial), trial) - x) ** 2).sum())
+        if err < best_err:
+            best, best_err = c, err
+    return best
 
 
 def plan_activation(x: torch.Tensor, opts: ConvertOptions, per_token: bool, rotate_: bool,
@@ -114,6 +180,7 @@ def plan_activation(x: torch.Tensor, opts: ConvertOptions, per_token: bool, rota
             plan.zero_point = min(enc.qmax - 1, max(1, round(enc.qmax * -lo / (hi - lo))))
         else:  # a dynamic weight operand cannot absorb a zero point: signed spikes instead
             plan.encoding = enc.signed_variant()
+    plan.clip = _best_clip(x, plan)
     steps = token_steps(x, plan).clamp(min=1e-12)
     plan.step = float(steps.max())
     if outliers:
@@ -141,6 +208,8 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None) -> ConvertedMod
     """Convert a loaded model to the integer/spike contract."""
     opts = opts or ConvertOptions()
     spec: ArchSpec = lm.spec
+    if opts.rotate:
+        lm = replace(lm, params=fold_head_rotations(spec, lm.params, opts.seed))
     rec = calibrate(lm, opts)
     rows = lambda node, role: _rows(rec[(node, role)])  # noqa: E731
     tensors: dict[str, torch.Tensor] = {}
@@ -153,19 +222,20 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None) -> ConvertedMod
     # 1. activation plans
     for g in graph:
         name, kind = g["name"], g["kind"]
+        nopts = opts.for_node(name)
         if kind == "linear":
             host_in = not name.endswith(".o")
-            rot = opts.rotate and host_in
+            rot = nopts.rotate and host_in
             x = rows(name, "x")
             if rot:
                 k = x.shape[-1]
                 signs.setdefault(k, rotation_signs(k, opts.seed))
                 x = rotate(x, signs[k])
-            plan = plan_activation(x, opts, opts.per_token and host_in, rot, True)
+            plan = plan_activation(x, nopts, nopts.per_token and host_in, rot, True)
         elif kind == "qk":
-            plan = plan_activation(rows(name, "q"), opts, opts.per_token and rotary, False, False)
+            plan = plan_activation(rows(name, "q"), nopts, nopts.per_token and rotary, False, False)
         else:
-            plan = plan_activation(rows(name, "p"), opts, opts.per_token, False, False)
+            plan = plan_activation(rows(name, "p"), nopts, nopts.per_token, False, False)
         nodes[name] = NodeInfo(name, kind, g["K"], g["N"], g["heads"], g["direct"], plan, 0, 0)
 
     # 2. weight operands of the attention matmuls: int8, K per head, V per channel
@@ -188,7 +258,7 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None) -> ConvertedMod
             if plan.rotate:
                 w = rotate(w, signs[w.shape[1]])
             s_w = weight_scale(w, WEIGHT_QMAX)
-            if opts.gptq:
+            if opts.for_node(name).gptq:
                 x = rows(name, "x")
                 x = rotate(x, signs[x.shape[1]]) if plan.rotate else x
                 codes = quantize_weight_gptq(w, s_w, WEIGHT_QMAX, x.t() @ x)

@@ -45,6 +45,7 @@ class ActPlan:
     outliers: indices of the outlier channels (8-bit integers on the MAC array).
     outlier_shift: ``p``: outlier step is ``step * 2**p``.
     rotate: the host rotates the activation (``x @ R``) before quantizing it.
+    clip: per-token steps are ``clip`` times the row's range (calibrated; < 1 clips).
     """
 
     encoding: Encoding
@@ -54,19 +55,20 @@ class ActPlan:
     outliers: list[int] = field(default_factory=list)
     outlier_shift: int = 0
     rotate: bool = False
+    clip: float = 1.0
 
     def to_json(self) -> dict:
         """Manifest form."""
         return dict(encoding=self.encoding.to_json(), zero_point=self.zero_point,
                     step=self.step, per_token=self.per_token, outliers=list(self.outliers),
-                    outlier_shift=self.outlier_shift, rotate=self.rotate)
+                    outlier_shift=self.outlier_shift, rotate=self.rotate, clip=self.clip)
 
     @classmethod
     def from_json(cls, d: dict) -> ActPlan:
         """Inverse of :meth:`to_json`."""
         return cls(Encoding.from_json(d["encoding"]), int(d["zero_point"]), float(d["step"]),
                    bool(d["per_token"]), [int(i) for i in d["outliers"]],
-                   int(d["outlier_shift"]), bool(d["rotate"]))
+                   int(d["outlier_shift"]), bool(d["rotate"]), float(d["clip"]))
 
     def outlier_mask(self, k: int) -> torch.Tensor:
         """Boolean ``[k]`` mask of integer channels (all of them for the ``int`` encoding)."""
@@ -105,7 +107,7 @@ def token_steps(x: torch.Tensor, plan: ActPlan) -> torch.Tensor:
         step = (torch.maximum(hi, lo) if enc.signed else hi) / top
     else:
         step = torch.maximum(hi / max(enc.qmax - z, 1), lo / z)
-    return step
+    return step * plan.clip
 
 
 def quantize_act(x: torch.Tensor, plan: ActPlan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,14 +147,14 @@ def rotation_block(n: int) -> int:
     return n & -n
 
 
-def rotate(x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, signs: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """``x @ R`` with ``R = diag(signs) . blockdiag(H_b / sqrt(b))``, orthogonal.
 
     Spreads outlier channels over a block before 4-bit quantization (QuaRot-style); the
     weights absorb ``R`` offline (``W' = W R``), so ``x R (W R)^T = x W^T``.
     """
     n = x.shape[-1]
-    b = rotation_block(n)
+    b = block or rotation_block(n)
     xs = (x * signs.to(F)).reshape(*x.shape[:-1], n // b, b)
     return (xs @ hadamard(b) / math.sqrt(b)).reshape(x.shape)
 
