@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="ttfs[:bits] | ttfs-signed[:bits] | rate[:T] | graded[:TxL] | "
                          "ternary[:T] | int[:bits] (default ttfs:4)")
     cv.add_argument("--outliers", type=int, default=None,
-                    help="outlier channels per GEMM (default: 1/64 of the channels)")
+                    help="outlier channels per GEMM (default: 1/32 of the channels)")
     cv.add_argument("--static", action="store_true", help="static per-tensor activation steps")
     cv.add_argument("--no-rotate", action="store_true", help="no Hadamard rotation")
     cv.add_argument("--rtn", action="store_true", help="round-to-nearest weights, not GPTQ")

@@ -58,7 +58,7 @@ class ConvertOptions:
     """
 
     encoding: Encoding = Encoding("ttfs", 4)
-    outlier_fraction: float = 1 / 64
+    outlier_fraction: float = 1 / 32
     outlier_count: int | None = None
     per_token: bool = True
     rotate: bool = True
@@ -165,14 +165,14 @@ def plan_activation(x: torch.Tensor, opts: ConvertOptions, per_token: bool, rota
     k = x.shape[-1]
     enc = opts.encoding
     if not enc.is_spiking:
-        plan = ActPlan(enc, 0, 1.0, per_token, [], 0, rotate_)
+        plan = ActPlan(enc, 0, 1.0, per_token, [], [], rotate_)
         plan.step = float(token_steps(x, plan).max().clamp(min=1e-12))
         return plan
     n_out = opts.outlier_count if opts.outlier_count is not None else round(opts.outlier_fraction * k)
     n_out = max(0, min(k, n_out))
     # Outlier rule: the n_out channels with the largest calibration magnitude.
     outliers = sorted(torch.topk(x.abs().amax(0), n_out).indices.tolist()) if n_out else []
-    plan = ActPlan(enc, 0, 1.0, per_token, outliers, 0, rotate_)
+    plan = ActPlan(enc, 0, 1.0, per_token, outliers, [0] * len(outliers), rotate_)
     spk = x.masked_fill(plan.outlier_mask(k), 0.0)
     lo, hi = float(spk.min()), float(spk.max())
     if lo < 0 and not enc.signed:
@@ -183,10 +183,10 @@ def plan_activation(x: torch.Tensor, opts: ConvertOptions, per_token: bool, rota
     plan.clip = _best_clip(x, plan)
     steps = token_steps(x, plan).clamp(min=1e-12)
     plan.step = float(steps.max())
-    if outliers:
+    if outliers:  # each outlier channel gets the smallest shift that fits it in int8
         own = steps if per_token else torch.full_like(steps, plan.step)
-        ratio = float((x[:, outliers].abs().amax(1) / own).max())
-        plan.outlier_shift = max(0, math.ceil(math.log2(max(ratio, 1e-12) / INT8_QMAX)))
+        ratio = (x[:, outliers].abs() / own[:, None]).amax(0).clamp(min=1e-12)
+        plan.outlier_shifts = [max(0, math.ceil(math.log2(r / INT8_QMAX))) for r in ratio.tolist()]
     return plan
 
 

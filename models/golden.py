@@ -26,13 +26,14 @@ from .quant import ONE, quantize_act, rotate
 F = torch.float64
 
 
-def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shift: int, enc: Encoding,
+def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc: Encoding,
          w: torch.Tensor, start: torch.Tensor | None, where: str,
          spike_domain: bool = False) -> tuple[torch.Tensor, Events]:
     """One batched GEMM of the accelerator.
 
     ``codes`` ``[B, M, K]`` activation codes; ``int_mask`` ``[B or 1, K]`` marks integer
-    (outlier) channels, which the MAC array multiplies and shifts left by ``shift``; the
+    (outlier) channels, which the MAC array multiplies and shifts left by ``shifts``
+    (``[B or 1, K]``); the
     rest are spikes of ``enc`` for the spike-accumulate array. ``w`` ``[B, N, K]`` integer
     weights; ``start`` ``[N]`` the accumulator's start value (zero-point correction).
     Returns the int32 accumulators ``[B, M, N]`` (as int64) and the events.
@@ -47,7 +48,7 @@ def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shift: int, enc: Encoding,
         acc = accumulate(encode(spk, enc), w, enc)
     else:
         acc = int_matmul(spk, wt)
-    acc = acc + int_matmul(ints, wt) * (1 << shift)
+    acc = acc + int_matmul(ints * (1 << shifts.view(-1, 1, k)), wt)
     if start is not None:
         acc = acc + start
     acc = check_acc(acc, where)
@@ -115,7 +116,7 @@ class GoldenOps:
         codes, mrow = self._act(node, x)
         w = self.t[name + ".w"].to(torch.int64)
         k = w.shape[1]
-        acc, ev = gemm(codes[None], node.act.outlier_mask(k)[None], node.act.out_shift(),
+        acc, ev = gemm(codes[None], node.act.outlier_mask(k)[None], node.act.shifts(k)[None],
                        node.act.encoding, w[None], self.t[name + ".zcorr"].to(torch.int64),
                        name, self.spike_domain)
         self._count(name, ev)
@@ -131,8 +132,10 @@ class GoldenOps:
         group = spec.heads // spec.kv_heads
         qh = split_heads(codes, spec.heads)
         kh = split_heads(kc, spec.kv_heads).repeat_interleave(group, 0)
-        mask = split_heads(node.act.outlier_mask(codes.shape[-1])[None], spec.heads)[:, 0]
-        acc, ev = gemm(qh, mask, node.act.out_shift(), node.act.encoding, kh, None, name,
+        k = codes.shape[-1]
+        mask = split_heads(node.act.outlier_mask(k)[None], spec.heads)[:, 0]
+        shifts = split_heads(node.act.shifts(k)[None], spec.heads)[:, 0]
+        acc, ev = gemm(qh, mask, shifts, node.act.encoding, kh, None, name,
                        self.spike_domain)
         self._count(name, ev)
         scores = []
@@ -147,8 +150,9 @@ class GoldenOps:
         vc = self._weights_operand(node, v)
         group = spec.heads // spec.kv_heads
         vh = split_heads(vc, spec.kv_heads).repeat_interleave(group, 0).transpose(1, 2)
-        mask = node.act.outlier_mask(codes.shape[-1])[None]
-        acc, ev = gemm(codes, mask, node.act.out_shift(), node.act.encoding, vh, None, name,
+        k = codes.shape[-1]
+        acc, ev = gemm(codes, node.act.outlier_mask(k)[None], node.act.shifts(k)[None],
+                       node.act.encoding, vh, None, name,
                        self.spike_domain)
         self._count(name, ev)
         d = spec.head_dim

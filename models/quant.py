@@ -43,7 +43,7 @@ class ActPlan:
     step: static step, or the reference step of per-token steps.
     per_token: choose a step per row (host-produced activations only).
     outliers: indices of the outlier channels (8-bit integers on the MAC array).
-    outlier_shift: ``p``: outlier step is ``step * 2**p``.
+    outlier_shifts: ``p_k`` per outlier channel: its step is ``step * 2**p_k``.
     rotate: the host rotates the activation (``x @ R``) before quantizing it.
     clip: per-token steps are ``clip`` times the row's range (calibrated; < 1 clips).
     """
@@ -53,7 +53,7 @@ class ActPlan:
     step: float = 1.0
     per_token: bool = False
     outliers: list[int] = field(default_factory=list)
-    outlier_shift: int = 0
+    outlier_shifts: list[int] = field(default_factory=list)
     rotate: bool = False
     clip: float = 1.0
 
@@ -61,14 +61,14 @@ class ActPlan:
         """Manifest form."""
         return dict(encoding=self.encoding.to_json(), zero_point=self.zero_point,
                     step=self.step, per_token=self.per_token, outliers=list(self.outliers),
-                    outlier_shift=self.outlier_shift, rotate=self.rotate, clip=self.clip)
+                    outlier_shifts=list(self.outlier_shifts), rotate=self.rotate, clip=self.clip)
 
     @classmethod
     def from_json(cls, d: dict) -> ActPlan:
         """Inverse of :meth:`to_json`."""
         return cls(Encoding.from_json(d["encoding"]), int(d["zero_point"]), float(d["step"]),
                    bool(d["per_token"]), [int(i) for i in d["outliers"]],
-                   int(d["outlier_shift"]), bool(d["rotate"]), float(d["clip"]))
+                   [int(p) for p in d["outlier_shifts"]], bool(d["rotate"]), float(d["clip"]))
 
     def outlier_mask(self, k: int) -> torch.Tensor:
         """Boolean ``[k]`` mask of integer channels (all of them for the ``int`` encoding)."""
@@ -79,16 +79,22 @@ class ActPlan:
         mask[idx] = True
         return mask
 
-    def out_shift(self) -> int:
-        """Shift of the integer channels (0 for the ``int`` encoding)."""
-        return self.outlier_shift if self.encoding.is_spiking else 0
+    def shifts(self, k: int) -> torch.Tensor:
+        """Per-channel left shift ``[k]`` of the integer products (0 for spike channels and
+        for the ``int`` encoding)."""
+        out = torch.zeros(k, dtype=torch.int64)
+        if self.encoding.is_spiking:
+            for i, p in zip(self.outliers, self.outlier_shifts, strict=True):
+                if i < k:
+                    out[i] = p
+        return out
 
     def channel_targets(self, k: int) -> tuple[torch.Tensor, ...]:
         """Per channel (step multiplier, zero point, lo, hi) that a producer must emit."""
         mask = self.outlier_mask(k)
         enc = self.encoding
         qo = INT8_QMAX if enc.is_spiking else enc.qmax
-        mult = torch.where(mask, 2.0 ** self.out_shift(), 1.0).to(F)
+        mult = (2.0 ** self.shifts(k)).to(F)
         zp = torch.where(mask, 0, self.zero_point)
         lo = torch.where(mask, -qo, enc.qmin)
         hi = torch.where(mask, qo, enc.qmax)

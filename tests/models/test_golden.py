@@ -62,7 +62,8 @@ def test_gemm_events_by_hand():
     codes = torch.tensor([[[0, 5, 15, -100], [1, 0, 0, 7]]])
     mask = torch.tensor([[False, False, False, True]])
     w = torch.tensor([[[1, -2, 3, 4], [0, 1, 0, -1], [7, 7, -7, 2]]])
-    acc, ev = gemm(codes, mask, 2, Encoding("ttfs", 4), w, torch.tensor([10, 0, -1]), "t")
+    shifts = torch.tensor([[0, 0, 0, 2]])
+    acc, ev = gemm(codes, mask, shifts, Encoding("ttfs", 4), w, torch.tensor([10, 0, -1]), "t")
     want = torch.tensor([[[-10 + 45 - 1600 + 10, 5 + 400, 35 - 105 - 800 - 1],
                           [1 + 112 + 10, -28, 7 + 56 - 1]]])
     assert torch.equal(acc, want)
@@ -74,5 +75,6 @@ def test_int32_overflow_is_refused_with_the_layer_name():
     codes = torch.full((1, 1, 40000), 127)
     w = torch.full((1, 1, 40000), 127)
     with pytest.raises(ContractError, match="layers.9.down: accumulator overflow"):
-        gemm(codes, torch.ones(1, 40000, dtype=torch.bool), 4, Encoding("ttfs", 4), w, None,
+        gemm(codes, torch.ones(1, 40000, dtype=torch.bool), torch.full((1, 40000), 4),
+             Encoding("ttfs", 4), w, None,
              "layers.9.down")

@@ -64,7 +64,7 @@ def test_quantize_act_error_within_half_step_and_outliers_use_shifted_int8(enc, 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(6, 40, generator=g, dtype=F)
     x[:, 7] *= 40  # an outlier channel
-    plan = ActPlan(enc, z, 0.0, per_token, [7], 3)
+    plan = ActPlan(enc, z, 0.0, per_token, [7], [3])
     spk = x.clone()
     spk[:, 7] = 0
     from models.quant import token_steps
