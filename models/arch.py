@@ -59,6 +59,10 @@ class ArchSpec:
         return cls(**d)
 
 
+def _unsupported_arch(mt) -> str:
+    return f"unsupported architecture {mt!r}; supported: {', '.join(FAMILIES)}"
+
+
 def _refuse(cond: bool, what: str) -> None:
     if cond:
         raise UnsupportedModelError(what)
@@ -67,7 +71,7 @@ def _refuse(cond: bool, what: str) -> None:
 def spec_from_config(cfg) -> ArchSpec:
     """Read a transformers config; refuse anything the accelerator graph does not cover."""
     mt = getattr(cfg, "model_type", None)
-    _refuse(mt not in FAMILIES, f"unsupported architecture {mt!r}; supported: {', '.join(FAMILIES)}")
+    _refuse(mt not in FAMILIES, _unsupported_arch(mt))
     if mt == "bert":
         pet = getattr(cfg, "position_embedding_type", "absolute")
         _refuse(pet != "absolute", f"bert: unsupported position_embedding_type {pet!r}")
@@ -133,7 +137,8 @@ _LAYER = {
     "gpt2": {"qkv": "attn.c_attn", "o": "attn.c_proj", "norm1": "ln_1", "up": "mlp.c_fc",
              "down": "mlp.c_proj", "norm2": "ln_2"},
 }
-_LAYER_PREFIX = {"bert": "encoder.layer.", "opt": "decoder.layers.", "llama": "layers.", "gpt2": "h."}
+_LAYER_PREFIX = {"bert": "encoder.layer.", "opt": "decoder.layers.", "llama": "layers.",
+                 "gpt2": "h."}
 _GLOBAL = {
     "bert": {"embed.tok.w": "embeddings.word_embeddings.weight",
              "embed.pos.w": "embeddings.position_embeddings.weight",
@@ -258,7 +263,7 @@ def random_model(cfg, seed: int = 0):
     # exercise every parameter.
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
     return model.eval()
@@ -281,7 +286,7 @@ def load_model(name_or_dir: str | os.PathLike) -> LoadedModel:
                 f"with a config.json"
             )
         mt = json.loads((path / "config.json").read_text()).get("model_type")
-        _refuse(mt not in FAMILIES, f"unsupported architecture {mt!r}; supported: {', '.join(FAMILIES)}")
+        _refuse(mt not in FAMILIES, _unsupported_arch(mt))
         cfg = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
         spec_from_config(cfg)  # refuse before loading weights
         model = AutoModel.from_pretrained(str(path), trust_remote_code=False).eval()

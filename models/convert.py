@@ -57,7 +57,7 @@ class ConvertOptions:
         in order; e.g. keep one layer all-integer W4A8 inside a hybrid model.
     """
 
-    encoding: Encoding = Encoding("ttfs", 4)
+    encoding: Encoding = Encoding("ttfs", 4)  # noqa: RUF009 (frozen, so sharing is safe)
     outlier_fraction: float = 1 / 32
     outlier_count: int | None = None
     per_token: bool = True
@@ -168,7 +168,9 @@ def plan_activation(x: torch.Tensor, opts: ConvertOptions, per_token: bool, rota
         plan = ActPlan(enc, 0, 1.0, per_token, [], [], rotate_)
         plan.step = float(token_steps(x, plan).max().clamp(min=1e-12))
         return plan
-    n_out = opts.outlier_count if opts.outlier_count is not None else round(opts.outlier_fraction * k)
+    n_out = opts.outlier_count
+    if n_out is None:
+        n_out = round(opts.outlier_fraction * k)
     n_out = max(0, min(k, n_out))
     # Outlier rule: the n_out channels with the largest calibration magnitude.
     outliers = sorted(torch.topk(x.abs().amax(0), n_out).indices.tolist()) if n_out else []

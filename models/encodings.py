@@ -216,7 +216,9 @@ def encode(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
 def decode(train: torch.Tensor, enc: Encoding) -> torch.Tensor:
     """Spike train -> codes: TTFS reads the spike time, IF kinds count spikes."""
     if train.shape[0] != enc.time_steps:
-        raise ValueError(f"spike train has {train.shape[0]} steps, {enc.name()} has {enc.time_steps}")
+        raise ValueError(
+            f"spike train has {train.shape[0]} steps, {enc.name()} has {enc.time_steps}"
+        )
     if enc.kind in TTFS_KINDS:
         n = train.ne(0).sum(0)
         if n.numel() and int(n.max()) > 1:
@@ -227,14 +229,15 @@ def decode(train: torch.Tensor, enc: Encoding) -> torch.Tensor:
 
 
 def accumulate(train: torch.Tensor, w: torch.Tensor, enc: Encoding) -> torch.Tensor:
-    """Spike-domain dot product: train ``[T, ..., M, K]`` by weights ``[..., N, K]`` -> ``[..., M, N]``.
+    """Spike-domain dot product: train ``[T, .., M, K]``, weights ``[.., N, K]`` -> ``[.., M, N]``.
 
     TTFS: each spike adds (or subtracts) its weight row into the synaptic current ``I``
     at its step; every step the membrane adds the current, ``V += I``; after the window
     ``V = sum_k w[n, k] * q[k]``. IF kinds: each spike adds ``s * w`` into ``V`` directly.
     ``int`` is the MAC array: one step, ``V = q @ w.T``.
     """
-    per_step = int_matmul(train, w.transpose(-1, -2))  # [T, M, N]: what the spike events add at each step
+    # [T, ..., M, N]: what the spike events add at each step
+    per_step = int_matmul(train, w.transpose(-1, -2))
     if enc.kind in TTFS_KINDS:
         current = torch.cumsum(per_step, 0)  # I(t)
         return current.sum(0)  # V(T) = sum_t I(t)

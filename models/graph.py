@@ -90,7 +90,7 @@ def embed(spec: ArchSpec, params, ids: torch.Tensor) -> torch.Tensor:
 def forward(spec: ArchSpec, params, ids: torch.Tensor, ops) -> torch.Tensor:
     """Run one sequence ``ids`` ``[M]``; returns the final hidden states ``[M, hidden]``."""
     if ids.dim() != 1 or len(ids) == 0:
-        raise ValueError(f"ids must be a non-empty 1-D token sequence, got shape {tuple(ids.shape)}")
+        raise ValueError(f"ids must be a non-empty 1-D token sequence, not {tuple(ids.shape)}")
     if spec.position == "absolute" and len(ids) + spec.position_offset > spec.max_positions:
         raise ValueError(f"{len(ids)} tokens exceed the model's {spec.max_positions} positions")
     act = nl.ACTIVATIONS[spec.act]

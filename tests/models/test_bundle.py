@@ -52,7 +52,8 @@ def _mutate(saved, fn):
      r"layers.0.q.w: shape \(3, 3\)"),
     (lambda t: t.update({"layers.0.q.mcol": t["layers.0.q.mcol"].to(torch.int64)}),
      "layers.0.q.mcol: dtype torch.int64"),
-    (lambda t: t["layers.0.o.scale"].__setitem__(0, float("nan")), "layers.0.o.scale: contains NaN"),
+    (lambda t: t["layers.0.o.scale"].__setitem__(0, float("nan")),
+     "layers.0.o.scale: contains NaN"),
     (lambda t: t["layers.0.up.w"].__setitem__((0, 0), 9), r"layers.0.up.w: codes outside \+-7"),
 ])
 def test_bad_tensors_are_refused_by_name(saved, fn, message):

@@ -71,7 +71,8 @@ def test_if_closed_form_equals_stepwise_neuron(enc):
     q = all_codes(enc)
     assert torch.equal(if_fire(q, enc), if_neuron_stepwise(q, enc))
     train = if_fire(q, enc)
-    lo, hi = {"rate": (0, 1), "graded": (0, enc.levels), "ternary": (-enc.levels, enc.levels)}[enc.kind]
+    lo, hi = {"rate": (0, 1), "graded": (0, enc.levels),
+              "ternary": (-enc.levels, enc.levels)}[enc.kind]
     assert int(train.min()) >= lo and int(train.max()) <= hi
 
 

@@ -78,3 +78,25 @@ def test_int32_overflow_is_refused_with_the_layer_name():
         gemm(codes, torch.ones(1, 40000, dtype=torch.bool), torch.full((1, 40000), 4),
              Encoding("ttfs", 4), w, None,
              "layers.9.down")
+
+
+@pytest.mark.slow
+def test_minilm_hybrid_real_weights_spike_domain_exact_and_accurate():
+    from models.arch import load_model
+    from models.convert import builtin_text
+    from models.evaluate import embed
+
+    lm = load_model("minilm")
+    cm = convert(lm, ConvertOptions())
+    sents = builtin_text("eval_sentences")[::10]
+    cos = []
+    for s in sents:
+        ids = lm.tokenize(s)
+        hidden, _ = run_golden(cm, ids)
+        ref = forward(lm.spec, lm.params, ids, FloatOps(lm.spec, lm.params))
+        cos.append(float(embed(hidden) @ embed(ref)))
+    assert sum(cos) / len(cos) > 0.93
+    ids = lm.tokenize(sents[0])
+    fast, ev_fast = run_golden(cm, ids)
+    slow, ev_slow = run_golden(cm, ids, spike_domain=True)
+    assert torch.equal(fast, slow) and ev_fast == ev_slow
