@@ -97,9 +97,11 @@ class GoldenOps:
             x = rotate(x, self.t[f"rot.{x.shape[-1]}"])
         return quantize_act(x, node.act)
 
-    def _epi(self, node: NodeInfo, acc: torch.Tensor, mrow: torch.Tensor, sl=slice(None)):
+    def _epi(self, node: NodeInfo, acc: torch.Tensor, mrow: torch.Tensor, shape=(-1,)):
+        """Requantize; per-channel constants are viewed as ``shape`` to broadcast (per head
+        for QK^T, per head and channel for PV)."""
         t, nm = self.t, node.name
-        get = lambda s: t[f"{nm}.{s}"][sl].to(torch.int64)  # noqa: E731
+        get = lambda s: t[f"{nm}.{s}"].to(torch.int64).view(shape)  # noqa: E731
         return requantize(acc, get("mcol"), node.shift, mrow, get("bias"), get("zp"),
                           get("lo"), get("hi"))
 
@@ -138,10 +140,7 @@ class GoldenOps:
         acc, ev = gemm(qh, mask, shifts, node.act.encoding, kh, None, name,
                        self.spike_domain)
         self._count(name, ev)
-        scores = []
-        for h in range(spec.heads):  # per-head epilogue constants
-            scores.append(self._epi(node, acc[h], mrow, slice(h, h + 1)))
-        y = torch.stack(scores).to(F)
+        y = self._epi(node, acc, mrow, (-1, 1, 1)).to(F)  # per-head constants
         return y * self.t[name + ".scale"].view(-1, 1, 1)
 
     def attn_values(self, name: str, p: torch.Tensor, v) -> Coded:
@@ -155,9 +154,7 @@ class GoldenOps:
                        node.act.encoding, vh, None, name,
                        self.spike_domain)
         self._count(name, ev)
-        d = spec.head_dim
-        out = torch.stack([self._epi(node, acc[h], mrow[h], slice(h * d, (h + 1) * d))
-                           for h in range(spec.heads)])
+        out = self._epi(node, acc, mrow, (spec.heads, 1, spec.head_dim))
         return Coded(merge_heads(out))
 
 
