@@ -260,3 +260,20 @@ def spike_counts(q: torch.Tensor, enc: Encoding) -> tuple[int, int]:
         train = if_fire(q, enc)
         return int(train.count_nonzero()), int(q.abs().sum())
     return 0, 0
+
+
+def spike_events(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
+    """The unit spike events of codes ``q`` ``[M, K]``, in the order the hardware takes them.
+
+    Returns int64 ``[E, 4]`` rows ``(m, t, k, sign)`` sorted by row ``m``, then step ``t``,
+    then input ``k``; a graded spike of value ``s`` appears ``|s|`` times. Its length is the
+    ``spike_units`` of :func:`spike_counts`.
+    """
+    train = encode(q, enc).to(torch.int64)  # [T, M, K]
+    t, m, k = train.nonzero(as_tuple=True)
+    s = train[t, m, k]
+    order = torch.argsort((m * train.shape[0] + t) * train.shape[2] + k)
+    t, m, k, s = t[order], m[order], k[order], s[order]
+    reps = s.abs()
+    ev = torch.stack([m, t, k, torch.sign(s)], 1)
+    return ev.repeat_interleave(reps, 0)

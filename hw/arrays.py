@@ -1,0 +1,179 @@
+"""The two compute arrays: a multiplier-free spike-accumulate array and an integer MAC array.
+
+Both read weight rows from the shared weight buffer (one row = the weights of input ``k``
+for the ``lanes`` output channels of the tile) through their own read port, and each
+produces its partial accumulator vector for a row of the activation matrix; the output
+unit adds the two and the accumulator start value (``docs/hw.md``).
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import AccelConfig
+
+
+class SpikeOp(enum.Enum, shape=2):
+    """Spike-array event kinds."""
+
+    SPIKE = 0  #: a unit spike of input ``k``: add (``neg``: subtract) its weight row
+    STEP = 1  #: end of a time step: the TTFS membrane adds the synaptic current, V += I
+    END = 2  #: end of the row: emit V and clear I and V
+
+
+class MacOp(enum.Enum, shape=1):
+    """MAC-array event kinds."""
+
+    MAC = 0  #: add ``(w[k] * q) << shift`` to every lane
+    END = 1  #: end of the row: emit the lanes and clear them
+
+
+def spike_event_layout(cfg: AccelConfig) -> data.StructLayout:
+    """Payload of the spike array's input stream."""
+    return data.StructLayout({"op": SpikeOp, "k": unsigned(cfg.k_bits), "neg": unsigned(1)})
+
+
+def mac_event_layout(cfg: AccelConfig) -> data.StructLayout:
+    """Payload of the MAC array's input stream."""
+    return data.StructLayout({"op": MacOp, "k": unsigned(cfg.k_bits),
+                              "q": signed(cfg.act_bits), "shift": unsigned(cfg.shift_bits)})
+
+
+def weight_row_layout(cfg: AccelConfig) -> data.ArrayLayout:
+    """One row of the weight buffer."""
+    return data.ArrayLayout(signed(cfg.weight_bits), cfg.lanes)
+
+
+def acc_vector_layout(cfg: AccelConfig) -> data.ArrayLayout:
+    """A row of accumulators, one per lane."""
+    return data.ArrayLayout(signed(cfg.acc_bits), cfg.lanes)
+
+
+class SpikeArray(wiring.Component):
+    """Multiplier-free spike-accumulate array (``lanes`` adders, two registers per lane).
+
+    Takes one event per cycle (two-stage pipeline: weight read, then add). With ``ttfs``
+    set it runs the two-level TTFS neuron (a spike adds its weight row into the synaptic
+    current I, ``STEP`` adds I into the membrane V); otherwise (rate, graded, ternary)
+    spikes add straight into V. Silent inputs send no event, so work is proportional to
+    spikes plus steps. ``n_active`` (lanes in use in this tile) scales the counter strobes.
+    """
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        super().__init__({
+            "ev": In(stream.Signature(spike_event_layout(cfg))),
+            "out": Out(stream.Signature(acc_vector_layout(cfg))),
+            "ttfs": In(1),
+            "w_addr": Out(cfg.k_bits),
+            "w_en": Out(1),
+            "w_data": In(weight_row_layout(cfg)),
+            "busy": Out(1),
+            "spike": Out(1),  #: strobe: one spike event executed
+            "step": Out(1),  #: strobe: one membrane step (V += I) executed
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        cur = [Signal(signed(cfg.acc_bits), name=f"i{j}") for j in range(cfg.lanes)]
+        mem = [Signal(signed(cfg.acc_bits), name=f"v{j}") for j in range(cfg.lanes)]
+        s2_valid = Signal()
+        s2_op = Signal(SpikeOp)
+        s2_neg = Signal()
+        hold = s2_valid & (s2_op == SpikeOp.END) & ~self.out.ready
+        advance = ~hold
+        m.d.comb += [
+            self.ev.ready.eq(advance),
+            self.w_addr.eq(self.ev.payload.k),
+            self.w_en.eq(advance),
+            self.out.valid.eq(s2_valid & (s2_op == SpikeOp.END)),
+            self.busy.eq(s2_valid),
+        ]
+        for j in range(cfg.lanes):
+            m.d.comb += self.out.payload[j].eq(mem[j])
+        with m.If(advance):
+            m.d.sync += [s2_valid.eq(self.ev.valid), s2_op.eq(self.ev.payload.op),
+                         s2_neg.eq(self.ev.payload.neg)]
+        with m.If(s2_valid & advance):
+            with m.Switch(s2_op):
+                with m.Case(SpikeOp.SPIKE):
+                    m.d.comb += self.spike.eq(1)
+                    for j in range(cfg.lanes):
+                        w = self.w_data[j]
+                        add = Mux(s2_neg, -w, w)
+                        with m.If(self.ttfs):
+                            m.d.sync += cur[j].eq(cur[j] + add)
+                        with m.Else():
+                            m.d.sync += mem[j].eq(mem[j] + add)
+                with m.Case(SpikeOp.STEP):
+                    m.d.comb += self.step.eq(1)
+                    for j in range(cfg.lanes):
+                        m.d.sync += mem[j].eq(mem[j] + cur[j])
+                with m.Case(SpikeOp.END):
+                    for j in range(cfg.lanes):
+                        m.d.sync += [cur[j].eq(0), mem[j].eq(0)]
+        return m
+
+
+class MacArray(wiring.Component):
+    """Integer MAC array: ``mac_units`` multipliers sweep a weight row in ``lanes/mac_units``
+    cycles, adding ``(w * q) << shift`` into per-lane accumulators. The next event's weight
+    row is read during the last cycle of the current one, so rows follow back to back."""
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        super().__init__({
+            "ev": In(stream.Signature(mac_event_layout(cfg))),
+            "out": Out(stream.Signature(acc_vector_layout(cfg))),
+            "w_addr": Out(cfg.k_bits),
+            "w_en": Out(1),
+            "w_data": In(weight_row_layout(cfg)),
+            "busy": Out(1),
+            "mac": Out(1),  #: strobe: ``mac_units`` multiplies executed this cycle
+            "row": Out(1),  #: strobe: one MAC event (weight row) finished
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        acc = [Signal(signed(cfg.acc_bits), name=f"a{j}") for j in range(cfg.lanes)]
+        valid = Signal()
+        op = Signal(MacOp)
+        q = Signal(signed(cfg.act_bits))
+        shift = Signal(unsigned(cfg.shift_bits))
+        c = Signal(range(cfg.mac_cycles))
+        last = c == cfg.mac_cycles - 1
+        is_end = op == MacOp.END
+        done = valid & Mux(is_end, self.out.ready, last)  # current event finishes this cycle
+        take = ~valid | done
+        m.d.comb += [
+            self.ev.ready.eq(take),
+            self.w_addr.eq(self.ev.payload.k),
+            self.w_en.eq(take & self.ev.valid),
+            self.out.valid.eq(valid & is_end),
+            self.busy.eq(valid),
+        ]
+        for j in range(cfg.lanes):
+            m.d.comb += self.out.payload[j].eq(acc[j])
+        with m.If(take):
+            m.d.sync += [valid.eq(self.ev.valid), op.eq(self.ev.payload.op),
+                         q.eq(self.ev.payload.q), shift.eq(self.ev.payload.shift), c.eq(0)]
+        with m.Elif(valid & ~is_end):
+            m.d.sync += c.eq(c + 1)
+        with m.If(valid & ~is_end):
+            m.d.comb += self.mac.eq(1)
+            m.d.comb += self.row.eq(last)
+            with m.Switch(c):
+                for cyc in range(cfg.mac_cycles):
+                    with m.Case(cyc):
+                        for u in range(cfg.mac_units):
+                            j = cyc * cfg.mac_units + u
+                            prod = (self.w_data[j] * q) << shift
+                            m.d.sync += acc[j].eq(acc[j] + prod)
+        with m.If(done & is_end):
+            for j in range(cfg.lanes):
+                m.d.sync += acc[j].eq(0)
+        return m

@@ -1,0 +1,133 @@
+"""The one configuration of an accelerator instance.
+
+Every component, the generator and the test parametrisation take an :class:`AccelConfig`;
+nothing else sizes the hardware. Numerical widths come from :mod:`models.contract`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+from models.contract import ACC_BITS, COL_MULT_BITS, INT8_QMAX, ROW_FRAC
+from models.encodings import KINDS
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """Parameters of one accelerator instance (validated; JSON round trip; hashable)."""
+
+    #: Output channels the spike-accumulate array updates in parallel (one adder per lane).
+    lanes: int = 16
+    #: Multipliers of the integer MAC array; a weight row takes ``lanes / mac_units`` cycles.
+    mac_units: int = 4
+    #: Stored weight width: 4-bit linear codes are sign-extended, attention operands are int8.
+    weight_bits: int = 8
+    #: Activation code width (spike codes and int8 outliers).
+    act_bits: int = 8
+    #: Accumulator width (the contract's).
+    acc_bits: int = ACC_BITS
+    #: Rows of the weight buffer (input channels K of one weight tile).
+    weight_depth: int = 1024
+    #: Largest left shift of an outlier product.
+    max_shift: int = 15
+    #: Longest spike window T.
+    max_steps: int = 255
+    #: Width of every event counter.
+    counter_bits: int = 48
+    #: Spike encodings the spike array executes.
+    encodings: tuple[str, ...] = KINDS
+
+    def __post_init__(self) -> None:
+        if not _pow2(self.lanes):
+            raise ValueError(f"lanes must be a positive power of two, not {self.lanes}")
+        if not _pow2(self.mac_units) or self.mac_units > self.lanes:
+            raise ValueError(
+                f"mac_units must be a power of two no larger than lanes ({self.lanes}), "
+                f"not {self.mac_units}")
+        if not 4 <= self.weight_bits <= 16:
+            raise ValueError(f"weight_bits must be in 4..16, not {self.weight_bits}")
+        if self.act_bits < (INT8_QMAX + 1).bit_length():
+            raise ValueError(f"act_bits must be at least 8, not {self.act_bits}")
+        if self.acc_bits != ACC_BITS:
+            raise ValueError(f"acc_bits must be the contract's {ACC_BITS}, not {self.acc_bits}")
+        if not _pow2(self.weight_depth):
+            raise ValueError(f"weight_depth must be a positive power of two, "
+                             f"not {self.weight_depth}")
+        if not 0 <= self.max_shift <= 24:
+            raise ValueError(f"max_shift must be in 0..24, not {self.max_shift}")
+        if not 1 <= self.max_steps <= 4095:
+            raise ValueError(f"max_steps must be in 1..4095, not {self.max_steps}")
+        if self.counter_bits < 48:
+            raise ValueError(f"counter_bits must be at least 48, not {self.counter_bits}")
+        bad = [e for e in self.encodings if e not in KINDS]
+        if bad or not self.encodings:
+            raise ValueError(f"encodings must be a non-empty subset of {KINDS}, not {bad}")
+
+    # -- derived widths --------------------------------------------------------------------
+    @property
+    def k_bits(self) -> int:
+        """Address width of the weight buffer."""
+        return (self.weight_depth - 1).bit_length()
+
+    @property
+    def mac_cycles(self) -> int:
+        """Cycles the MAC array spends on one weight row."""
+        return self.lanes // self.mac_units
+
+    @property
+    def shift_bits(self) -> int:
+        """Width of an outlier shift field."""
+        return max(1, self.max_shift.bit_length())
+
+    @property
+    def step_bits(self) -> int:
+        """Width of a time-step counter."""
+        return self.max_steps.bit_length()
+
+    @property
+    def col_mult_bits(self) -> int:
+        """Requantizer column multiplier width (contract)."""
+        return COL_MULT_BITS
+
+    @property
+    def row_frac(self) -> int:
+        """Requantizer row multiplier fraction bits (contract)."""
+        return ROW_FRAC
+
+    # -- serialisation ---------------------------------------------------------------------
+    def to_json(self) -> dict:
+        """Plain dict (lists for tuples)."""
+        d = asdict(self)
+        d["encodings"] = list(self.encodings)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> AccelConfig:
+        """Inverse of :meth:`to_json`; unknown keys are refused by name."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
+        d = dict(d)
+        if "encodings" in d:
+            d["encodings"] = tuple(d["encodings"])
+        return cls(**d)
+
+    def hash32(self) -> int:
+        """32-bit identity of the configuration (the device reports it on identify)."""
+        blob = json.dumps(self.to_json(), sort_keys=True).encode()
+        return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big")
+
+
+#: Named presets.
+PRESETS = {
+    "tiny": AccelConfig(lanes=4, mac_units=2, weight_depth=64, max_steps=15),
+    "default": AccelConfig(),
+    "ulx3s-85f": AccelConfig(lanes=64, mac_units=16, weight_depth=1024),
+}

@@ -1,0 +1,137 @@
+"""Amaranth-simulator harnesses for the compute blocks: ``rtl_*`` functions that run a block
+on integer inputs and return the same Python types as the golden reference (``models``).
+
+Each harness preloads the weight buffer (a real ``lib.memory.Memory``), drives the block's
+input stream and drains its output stream with seeded random stalls, and counts the
+block's event strobes.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from amaranth import Elaboratable, Module
+from amaranth.lib import memory
+from amaranth.sim import Simulator
+
+from hw.arrays import (
+    MacArray,
+    MacOp,
+    SpikeArray,
+    SpikeOp,
+    mac_event_layout,
+    spike_event_layout,
+    weight_row_layout,
+)
+from hw.config import AccelConfig
+from models.encodings import TTFS_KINDS, Encoding, spike_events
+
+from .streams import Stalls, get, put
+
+
+def weight_rows(cfg: AccelConfig, w: torch.Tensor) -> list[list[int]]:
+    """Weight buffer image: row ``k`` holds ``w[:, k]`` for the tile's lanes (zero padded)."""
+    n, k = w.shape
+    if n > cfg.lanes or k > cfg.weight_depth:
+        raise ValueError(f"weight tile {n}x{k} exceeds {cfg.lanes} lanes x {cfg.weight_depth}")
+    rows = torch.zeros(cfg.weight_depth, cfg.lanes, dtype=torch.int64)
+    rows[:k, :n] = w.t()
+    return rows.tolist()
+
+
+class _WithWeights(Elaboratable):
+    def __init__(self, cfg: AccelConfig, dut, rows):
+        self.cfg, self.dut, self.rows = cfg, dut, rows
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = self.dut
+        m.submodules.mem = mem = memory.Memory(shape=weight_row_layout(self.cfg),
+                                               depth=self.cfg.weight_depth, init=self.rows)
+        rp = mem.read_port()
+        m.d.comb += [rp.addr.eq(self.dut.w_addr), rp.en.eq(self.dut.w_en),
+                     self.dut.w_data.eq(rp.data)]
+        return m
+
+
+def spike_array_events(codes: torch.Tensor, enc: Encoding) -> list[tuple[SpikeOp, int, int]]:
+    """The spike array's input for spike codes ``[M, K]``: per row, the unit spikes in time
+    order, a STEP after each step (TTFS), then END."""
+    ev = spike_events(codes, enc).tolist()
+    out, i = [], 0
+    ttfs = enc.kind in TTFS_KINDS
+    for m in range(codes.shape[0]):
+        for t in range(enc.time_steps):
+            while i < len(ev) and ev[i][0] == m and ev[i][1] == t:
+                out.append((SpikeOp.SPIKE, ev[i][2], int(ev[i][3] < 0)))
+                i += 1
+            if ttfs:
+                out.append((SpikeOp.STEP, 0, 0))
+        out.append((SpikeOp.END, 0, 0))
+    return out
+
+
+def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=None):
+    top = _WithWeights(cfg, dut, weight_rows(cfg, w))
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    rng = random.Random(seed)
+    src = Stalls(stall_p, random.Random(rng.random()))
+    snk = Stalls(stall_p, random.Random(rng.random()))
+    result: list[list[int]] = []
+    counts = dict.fromkeys(strobes, 0)
+    counts["cycles"] = 0
+    done = []
+
+    async def producer(ctx):
+        if setup:
+            setup(ctx)
+        for e in events:
+            await put(ctx, dut.ev, layout.const(e), src)
+
+    async def consumer(ctx):
+        for _ in range(rows_out):
+            p = await get(ctx, dut.out, snk)
+            result.append([int(p[j]) for j in range(cfg.lanes)])
+        await ctx.tick()  # let the monitor see the cycle of the last transfer
+        done.append(True)
+
+    async def monitor(ctx):
+        async for vals in ctx.tick().sample(*[getattr(dut, s) for s in strobes]):
+            if done:
+                return
+            counts["cycles"] += 1
+            for s, v in zip(strobes, vals[2:], strict=True):
+                counts[s] += int(v)
+
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.add_testbench(monitor, background=True)
+    sim.run()
+    return torch.tensor(result, dtype=torch.int64)[:, : w.shape[0]], counts
+
+
+def rtl_spike_array(cfg: AccelConfig, codes: torch.Tensor, w: torch.Tensor, enc: Encoding,
+                    stall_p: float = 0.2, seed: int = 0):
+    """Spike-array accumulators ``[M, N]`` for spike codes ``[M, K]`` and weights ``[N, K]``,
+    with counts of its ``spike`` and ``step`` strobes and of cycles."""
+    events = [{"op": op, "k": k, "neg": neg} for op, k, neg in spike_array_events(codes, enc)]
+    dut = SpikeArray(cfg)
+    ttfs = int(enc.kind in TTFS_KINDS)
+    return _run(cfg, dut, w, events, spike_event_layout(cfg), codes.shape[0], stall_p, seed,
+                ("spike", "step", "busy"), setup=lambda ctx: ctx.set(dut.ttfs, ttfs))
+
+
+def rtl_mac_array(cfg: AccelConfig, codes: torch.Tensor, shifts: torch.Tensor,
+                  channels: list[int], w: torch.Tensor, stall_p: float = 0.2, seed: int = 0):
+    """MAC-array accumulators ``[M, N]`` for the integer channels ``channels`` of codes
+    ``[M, K]`` (shift per channel), every channel sent whatever its value."""
+    events = []
+    for m in range(codes.shape[0]):
+        for k in channels:
+            events.append({"op": MacOp.MAC, "k": k, "q": int(codes[m, k]),
+                           "shift": int(shifts[k])})
+        events.append({"op": MacOp.END, "k": 0, "q": 0, "shift": 0})
+    return _run(cfg, MacArray(cfg), w, events, mac_event_layout(cfg), codes.shape[0], stall_p,
+                seed, ("mac", "row", "busy"))

@@ -1,0 +1,51 @@
+"""Stream helpers for Amaranth async testbenches, with seeded random valid/ready stalls.
+
+Sample counts and seeds come from the environment (``SPIKELLM_SEED``,
+``SPIKELLM_SAMPLES``) so a long randomised run needs no code change.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+
+def seed() -> int:
+    """Seed of the randomised tests (env ``SPIKELLM_SEED``, default 1)."""
+    return int(os.environ.get("SPIKELLM_SEED", "1"))
+
+
+def samples(default: int) -> int:
+    """Number of random cases (env ``SPIKELLM_SAMPLES`` overrides ``default``)."""
+    return int(os.environ.get("SPIKELLM_SAMPLES", str(default)))
+
+
+class Stalls:
+    """Decides, per cycle, whether a driver or a sink holds back (probability ``p``)."""
+
+    def __init__(self, p: float, rng: random.Random):
+        self.p, self.rng = p, rng
+
+    def __call__(self) -> bool:
+        return self.p > 0 and self.rng.random() < self.p
+
+
+async def put(ctx, stream, payload, stall: Stalls | None = None) -> None:
+    """Drive one transfer on ``stream`` (optionally idling first, as a stalling source)."""
+    while stall is not None and stall():
+        await ctx.tick()
+    ctx.set(stream.payload, payload)
+    ctx.set(stream.valid, 1)
+    await ctx.tick().until(stream.ready)
+    ctx.set(stream.valid, 0)
+
+
+async def get(ctx, stream, stall: Stalls | None = None):
+    """Take one transfer from ``stream``, deasserting ready on stalled cycles."""
+    while True:
+        ready = not (stall is not None and stall())
+        ctx.set(stream.ready, int(ready))
+        _clk, _rst, valid, payload = await ctx.tick().sample(stream.valid, stream.payload)
+        if ready and valid:
+            ctx.set(stream.ready, 0)
+            return payload
