@@ -96,6 +96,7 @@ def requantize(
     zero_point: torch.Tensor,
     lo: torch.Tensor,
     hi: torch.Tensor,
+    relu: bool = False,
 ) -> torch.Tensor:
     """The output neuron unit's fixed-point requantizer (two stages).
 
@@ -104,10 +105,12 @@ def requantize(
 
     1. ``t = sat32(rshift_round(acc * mcol[n], shift))``     (<= 47-bit product)
     2. ``u = rshift_round(t * mrow[m] + bias_fx[n], ROW_FRAC)`` (<= 48-bit product)
-    3. ``y = clamp(u + zero_point[n], lo[n], hi[n])``
+    3. ``y = clamp(u + zero_point[n], lo[n], hi[n])`` (with ``relu``: ``max(u, 0)`` first)
     """
     t = saturate(rshift_round(acc * mcol, shift), REQ_MID_BITS)
     u = rshift_round(t * mrow.unsqueeze(-1) + bias_fx, ROW_FRAC)
+    if relu:
+        u = u.clamp(min=0)
     return torch.minimum(torch.maximum(u + zero_point, lo), hi)
 
 

@@ -135,3 +135,61 @@ def rtl_mac_array(cfg: AccelConfig, codes: torch.Tensor, shifts: torch.Tensor,
         events.append({"op": MacOp.END, "k": 0, "q": 0, "shift": 0})
     return _run(cfg, MacArray(cfg), w, events, mac_event_layout(cfg), codes.shape[0], stall_p,
                 seed, ("mac", "row", "busy"))
+
+
+class _WithParams(Elaboratable):
+    def __init__(self, cfg: AccelConfig, dut, params):
+        self.cfg, self.dut, self.params = cfg, dut, params
+
+    def elaborate(self, platform):
+        from hw.neuron import param_layout
+
+        m = Module()
+        m.submodules.dut = self.dut
+        m.submodules.mem = mem = memory.Memory(shape=param_layout(), depth=self.cfg.lanes,
+                                               init=self.params)
+        rp = mem.read_port()
+        m.d.comb += [rp.addr.eq(self.dut.p_addr), rp.en.eq(self.dut.p_en),
+                     self.dut.p_data.eq(rp.data)]
+        return m
+
+
+def rtl_output_unit(cfg: AccelConfig, acc: torch.Tensor, mrow: torch.Tensor, consts: dict,
+                    shift: int, relu: bool = False, raw: bool = False, stall_p: float = 0.2,
+                    seed: int = 0) -> torch.Tensor:
+    """Output-unit results ``[M, N]`` for accumulators ``[M, N]`` (N <= lanes), per-row
+    ``mrow`` and per-lane constants ``consts`` (``mcol``, ``bias``, ``zp``, ``lo``, ``hi``)."""
+    from hw.neuron import OutputUnit, row_in_layout
+
+    m_rows, n = acc.shape
+    params = [{k: int(consts[k][j]) for k in ("mcol", "bias", "zp", "lo", "hi")}
+              for j in range(n)] + [dict(mcol=0, bias=0, zp=0, lo=0, hi=0)] * (cfg.lanes - n)
+    dut = OutputUnit(cfg)
+    sim = Simulator(_WithParams(cfg, dut, params))
+    sim.add_clock(1e-8)
+    rng = random.Random(seed)
+    src = Stalls(stall_p, random.Random(rng.random()))
+    snk = Stalls(stall_p, random.Random(rng.random()))
+    layout = row_in_layout(cfg)
+    out: list[list[int]] = [[] for _ in range(m_rows)]
+
+    async def producer(ctx):
+        ctx.set(dut.shift, shift)
+        ctx.set(dut.relu, int(relu))
+        ctx.set(dut.raw, int(raw))
+        for r in range(m_rows):
+            vec = [int(v) for v in acc[r]] + [0] * (cfg.lanes - n)
+            await put(ctx, dut.rows, layout.const({"acc": vec, "mrow": int(mrow[r]),
+                                                   "n_active": n}), src)
+
+    async def consumer(ctx):
+        for r in range(m_rows):
+            for j in range(n):
+                v = await get(ctx, dut.out, snk)
+                assert (int(v.lane), int(v.last)) == (j, int(j == n - 1)), (r, j)
+                out[r].append(int(v.value))
+
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    return torch.tensor(out, dtype=torch.int64)
