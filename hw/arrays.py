@@ -88,7 +88,8 @@ class SpikeArray(wiring.Component):
         m.d.comb += [
             self.ev.ready.eq(advance),
             self.w_addr.eq(self.ev.payload.k),
-            self.w_en.eq(advance),
+            # only spikes read a weight row; STEP and END leave the buffer idle
+            self.w_en.eq(advance & self.ev.valid & (self.ev.payload.op == SpikeOp.SPIKE)),
             self.out.valid.eq(s2_valid & (s2_op == SpikeOp.END)),
             self.busy.eq(s2_valid),
         ]
@@ -152,7 +153,7 @@ class MacArray(wiring.Component):
         m.d.comb += [
             self.ev.ready.eq(take),
             self.w_addr.eq(self.ev.payload.k),
-            self.w_en.eq(take & self.ev.valid),
+            self.w_en.eq(take & self.ev.valid & (self.ev.payload.op == MacOp.MAC)),
             self.out.valid.eq(valid & is_end),
             self.busy.eq(valid),
         ]

@@ -34,6 +34,12 @@ class AccelConfig:
     acc_bits: int = ACC_BITS
     #: Rows of the weight buffer (input channels K of one weight tile).
     weight_depth: int = 1024
+    #: Activation rows M of one tile (accumulator buffer depth; output buffer rows).
+    max_rows: int = 128
+    #: Entries of the spike-event buffer (unit spikes, step marks and row ends of a tile).
+    spike_event_depth: int = 8192
+    #: Entries of the integer (outlier) event buffer.
+    mac_event_depth: int = 2048
     #: Largest left shift of an outlier product.
     max_shift: int = 15
     #: Longest spike window T.
@@ -59,6 +65,10 @@ class AccelConfig:
         if not _pow2(self.weight_depth):
             raise ValueError(f"weight_depth must be a positive power of two, "
                              f"not {self.weight_depth}")
+        for name in ("max_rows", "spike_event_depth", "mac_event_depth"):
+            if not _pow2(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive power of two, "
+                                 f"not {getattr(self, name)}")
         if not 0 <= self.max_shift <= 24:
             raise ValueError(f"max_shift must be in 0..24, not {self.max_shift}")
         if not 1 <= self.max_steps <= 4095:
@@ -127,7 +137,8 @@ class AccelConfig:
 
 #: Named presets.
 PRESETS = {
-    "tiny": AccelConfig(lanes=4, mac_units=2, weight_depth=64, max_steps=15),
+    "tiny": AccelConfig(lanes=4, mac_units=2, weight_depth=64, max_steps=15, max_rows=8,
+                        spike_event_depth=512, mac_event_depth=128),
     "default": AccelConfig(),
     "ulx3s-85f": AccelConfig(lanes=64, mac_units=16, weight_depth=1024),
 }

@@ -17,15 +17,14 @@ from amaranth.sim import Simulator
 
 from hw.arrays import (
     MacArray,
-    MacOp,
     SpikeArray,
-    SpikeOp,
     mac_event_layout,
     spike_event_layout,
     weight_row_layout,
 )
 from hw.config import AccelConfig
-from models.encodings import TTFS_KINDS, Encoding, spike_events
+from hw.tile import mac_words, spike_words
+from models.encodings import TTFS_KINDS, Encoding
 
 from .streams import Stalls, get, put
 
@@ -53,23 +52,6 @@ class _WithWeights(Elaboratable):
         m.d.comb += [rp.addr.eq(self.dut.w_addr), rp.en.eq(self.dut.w_en),
                      self.dut.w_data.eq(rp.data)]
         return m
-
-
-def spike_array_events(codes: torch.Tensor, enc: Encoding) -> list[tuple[SpikeOp, int, int]]:
-    """The spike array's input for spike codes ``[M, K]``: per row, the unit spikes in time
-    order, a STEP after each step (TTFS), then END."""
-    ev = spike_events(codes, enc).tolist()
-    out, i = [], 0
-    ttfs = enc.kind in TTFS_KINDS
-    for m in range(codes.shape[0]):
-        for t in range(enc.time_steps):
-            while i < len(ev) and ev[i][0] == m and ev[i][1] == t:
-                out.append((SpikeOp.SPIKE, ev[i][2], int(ev[i][3] < 0)))
-                i += 1
-            if ttfs:
-                out.append((SpikeOp.STEP, 0, 0))
-        out.append((SpikeOp.END, 0, 0))
-    return out
 
 
 def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=None):
@@ -116,7 +98,7 @@ def rtl_spike_array(cfg: AccelConfig, codes: torch.Tensor, w: torch.Tensor, enc:
                     stall_p: float = 0.2, seed: int = 0):
     """Spike-array accumulators ``[M, N]`` for spike codes ``[M, K]`` and weights ``[N, K]``,
     with counts of its ``spike`` and ``step`` strobes and of cycles."""
-    events = [{"op": op, "k": k, "neg": neg} for op, k, neg in spike_array_events(codes, enc)]
+    events = spike_words(codes, enc)
     dut = SpikeArray(cfg)
     ttfs = int(enc.kind in TTFS_KINDS)
     return _run(cfg, dut, w, events, spike_event_layout(cfg), codes.shape[0], stall_p, seed,
@@ -127,12 +109,9 @@ def rtl_mac_array(cfg: AccelConfig, codes: torch.Tensor, shifts: torch.Tensor,
                   channels: list[int], w: torch.Tensor, stall_p: float = 0.2, seed: int = 0):
     """MAC-array accumulators ``[M, N]`` for the integer channels ``channels`` of codes
     ``[M, K]`` (shift per channel), every channel sent whatever its value."""
-    events = []
-    for m in range(codes.shape[0]):
-        for k in channels:
-            events.append({"op": MacOp.MAC, "k": k, "q": int(codes[m, k]),
-                           "shift": int(shifts[k])})
-        events.append({"op": MacOp.END, "k": 0, "q": 0, "shift": 0})
+    mask = torch.zeros(codes.shape[1], dtype=torch.bool)
+    mask[channels] = True
+    events = mac_words(codes, mask, shifts)
     return _run(cfg, MacArray(cfg), w, events, mac_event_layout(cfg), codes.shape[0], stall_p,
                 seed, ("mac", "row", "busy"))
 

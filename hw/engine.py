@@ -1,0 +1,295 @@
+"""The GEMM engine: shared on-chip buffers, both arrays, the output unit and the sequencer.
+
+One *descriptor* runs one tile: ``M`` activation rows against the weight rows in the weight
+buffer, for ``n_active <= lanes`` output channels. Buffers (``lib.memory.Memory``):
+
+========== ===================================== =========================================
+buffer     word                                  written by / read by
+========== ===================================== =========================================
+WEIGHTS    one weight row (``lanes`` weights)    host / spike array and MAC array (2 ports)
+SPIKE_EV   a spike-array event                   host / spike-event reader
+MAC_EV     a MAC-array event                     host / MAC-event reader
+ROWS       per-row requantizer multiplier        host / combiner
+ACC        ``lanes`` accumulators per row,       host (start row) and combiner / combiner
+           plus the start row at index M_max
+PARAMS     requantizer constants per lane        host / output unit
+OUT        one output value                      output unit / host
+========== ===================================== =========================================
+
+Both arrays add into their own partial registers while they sweep a row; the combiner adds
+the two partials to the row's start value (the start row, or the row's own partial sums
+from the previous K tile) and either writes the sum back (more K tiles to come) or sends it
+through the output unit into OUT. Design notes: ``docs/hw.md``.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.lib import data, enum, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .arrays import (
+    MacArray,
+    SpikeArray,
+    acc_vector_layout,
+    mac_event_layout,
+    spike_event_layout,
+    weight_row_layout,
+)
+from .config import AccelConfig
+from .neuron import SHIFT_BITS, OutputUnit, param_layout, row_in_layout
+
+
+class BufId(enum.Enum, shape=8):
+    """On-chip buffers addressable by the host."""
+
+    WEIGHTS = 0
+    SPIKE_EV = 1
+    MAC_EV = 2
+    ROWS = 3
+    ACC = 4
+    PARAMS = 5
+    OUT = 6
+
+
+def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
+    """Word shape and depth of every buffer."""
+    return {
+        BufId.WEIGHTS: (weight_row_layout(cfg), cfg.weight_depth),
+        BufId.SPIKE_EV: (spike_event_layout(cfg), cfg.spike_event_depth),
+        BufId.MAC_EV: (mac_event_layout(cfg), cfg.mac_event_depth),
+        BufId.ROWS: (unsigned(16), cfg.max_rows),
+        BufId.ACC: (acc_vector_layout(cfg), cfg.max_rows + 1),
+        BufId.PARAMS: (param_layout(), cfg.lanes),
+        BufId.OUT: (signed(cfg.acc_bits), cfg.max_rows * cfg.lanes),
+    }
+
+
+def descriptor_layout(cfg: AccelConfig) -> data.StructLayout:
+    """A GEMM tile descriptor (what RUN carries)."""
+    return data.StructLayout({
+        "rows": unsigned(cfg.max_rows.bit_length()),
+        "n_active": unsigned(cfg.lanes.bit_length()),
+        "spike_events": unsigned(cfg.spike_event_depth.bit_length()),
+        "mac_events": unsigned(cfg.mac_event_depth.bit_length()),
+        "ttfs": unsigned(1),
+        "shift": unsigned(SHIFT_BITS),
+        "relu": unsigned(1),
+        "raw": unsigned(1),
+        "resume": unsigned(1),  # start from ACC[m] (previous K tile), not the start row
+        "keep": unsigned(1),  # write sums back to ACC (more K tiles follow), no output
+    })
+
+
+#: Strobes the engine exposes for the counters (name -> meaning).
+STROBES = {
+    "spike": "unit spike events executed by the spike array",
+    "step": "TTFS membrane steps (V += I) executed",
+    "mac_row": "weight rows finished by the MAC array",
+    "spike_busy": "cycles the spike array has an event in flight",
+    "mac_busy": "cycles the MAC array has an event in flight",
+    "w_rd_spike": "weight-buffer row reads by the spike array",
+    "w_rd_mac": "weight-buffer row reads by the MAC array",
+    "spike_ev_rd": "spike-event buffer reads",
+    "mac_ev_rd": "MAC-event buffer reads",
+    "acc_rd": "accumulator-buffer row reads",
+    "acc_wr": "accumulator-buffer row writes",
+    "out_wr": "output-buffer writes",
+}
+
+
+class _Reader(wiring.Component):
+    """Streams words ``0 .. count-1`` of a memory through a synchronous read port."""
+
+    def __init__(self, shape, depth: int):
+        super().__init__({
+            "start": In(1),
+            "count": In(range(depth + 1)),
+            "out": Out(stream.Signature(shape)),
+            "addr": Out(range(depth)),
+            "en": Out(1),
+            "data": In(shape),
+        })
+        self._depth = depth
+
+    def elaborate(self, platform):
+        m = Module()
+        ptr = Signal(range(self._depth + 1))
+        left = ptr < self.count
+        take = ~self.out.valid | self.out.ready
+        m.d.comb += [self.addr.eq(ptr), self.en.eq(take & left), self.out.payload.eq(self.data)]
+        with m.If(self.start):
+            m.d.sync += [ptr.eq(0), self.out.valid.eq(0)]
+        with m.Elif(take):
+            m.d.sync += self.out.valid.eq(left)
+            with m.If(left):
+                m.d.sync += ptr.eq(ptr + 1)
+        return m
+
+
+class Engine(wiring.Component):
+    """Buffers + arrays + output unit + sequencer for one descriptor at a time.
+
+    Host access: ``wr`` writes one word of a buffer; ``rd_*`` reads one (data the next
+    cycle). ``run`` takes a descriptor; ``done`` pulses when its last result is stored.
+    """
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        shapes = buffer_shapes(cfg)
+        self.shapes = shapes
+        widest = max(Shape.cast(s).width for s, _ in shapes.values())
+        abits = max(d for _, d in shapes.values()).bit_length()
+        members = {
+            "wr_en": In(1), "wr_buf": In(BufId), "wr_addr": In(abits), "wr_data": In(widest),
+            "rd_en": In(1), "rd_buf": In(BufId), "rd_addr": In(abits), "rd_data": Out(widest),
+            "run": In(stream.Signature(descriptor_layout(cfg))),
+            "done": Out(1),
+            "busy": Out(1),
+        }
+        members.update({name: Out(1) for name in STROBES})
+        self.word_bits = widest
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        shapes = self.shapes
+        mems = {}
+        for b, (shape, depth) in shapes.items():
+            mems[b] = memory.Memory(shape=shape, depth=depth, init=[])
+            m.submodules[f"buf_{b.name.lower()}"] = mems[b]
+
+        # host write ports (one per buffer) and read ports (muxed by rd_buf, registered)
+        for b, mem in mems.items():
+            if b in (BufId.ACC, BufId.OUT):
+                continue  # shared with the datapath below
+            wp = mem.write_port()
+            m.d.comb += [wp.addr.eq(self.wr_addr), wp.data.eq(self.wr_data),
+                         wp.en.eq(self.wr_en & (self.wr_buf == b))]
+        host_rd = {}
+        for b, mem in mems.items():
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(self.rd_addr), rp.en.eq(self.rd_en & (self.rd_buf == b))]
+            host_rd[b] = rp
+        rd_sel = Signal(BufId)
+        with m.If(self.rd_en):
+            m.d.sync += rd_sel.eq(self.rd_buf)
+        with m.Switch(rd_sel):
+            for b, rp in host_rd.items():
+                with m.Case(b):
+                    m.d.comb += self.rd_data.eq(rp.data)
+
+        # datapath blocks
+        m.submodules.spikes = sa = SpikeArray(cfg)
+        m.submodules.macs = ma = MacArray(cfg)
+        m.submodules.neuron = nu = OutputUnit(cfg)
+        m.submodules.spike_rd = sr = _Reader(spike_event_layout(cfg), cfg.spike_event_depth)
+        m.submodules.mac_rd = mr = _Reader(mac_event_layout(cfg), cfg.mac_event_depth)
+        for reader, b in ((sr, BufId.SPIKE_EV), (mr, BufId.MAC_EV)):
+            rp = mems[b].read_port()
+            m.d.comb += [rp.addr.eq(reader.addr), rp.en.eq(reader.en), reader.data.eq(rp.data)]
+        wiring.connect(m, sr.out, sa.ev)
+        wiring.connect(m, mr.out, ma.ev)
+        for arr in (sa, ma):
+            rp = mems[BufId.WEIGHTS].read_port()
+            m.d.comb += [rp.addr.eq(arr.w_addr), rp.en.eq(arr.w_en), arr.w_data.eq(rp.data)]
+        prp = mems[BufId.PARAMS].read_port()
+        m.d.comb += [prp.addr.eq(nu.p_addr), prp.en.eq(nu.p_en), nu.p_data.eq(prp.data)]
+
+        desc = Signal(descriptor_layout(cfg))
+        active = Signal()
+        m.d.comb += [sa.ttfs.eq(desc.ttfs), nu.shift.eq(desc.shift), nu.relu.eq(desc.relu),
+                     nu.raw.eq(desc.raw), self.busy.eq(active)]
+
+        # combiner: both partials of row r + start value -> ACC (keep) or output unit
+        acc_rp = mems[BufId.ACC].read_port()
+        acc_wp = mems[BufId.ACC].write_port()
+        rows_rp = mems[BufId.ROWS].read_port()
+        out_wp = mems[BufId.OUT].write_port()
+        r = Signal(range(cfg.max_rows + 1))
+        outs_left = Signal(range(cfg.max_rows * cfg.lanes + 1))
+        both = sa.out.valid & ma.out.valid
+        summed = Signal(acc_vector_layout(cfg))
+        for j in range(cfg.lanes):
+            m.d.comb += summed[j].eq(acc_rp.data[j] + sa.out.payload[j] + ma.out.payload[j])
+        row_word = Signal(row_in_layout(cfg))
+        m.d.comb += [row_word.acc.eq(summed), row_word.mrow.eq(rows_rp.data),
+                     row_word.n_active.eq(desc.n_active), nu.rows.payload.eq(row_word)]
+        # host access to ACC and OUT shares their single write ports with the datapath
+        m.d.comb += [acc_wp.addr.eq(self.wr_addr), acc_wp.data.eq(self.wr_data),
+                     acc_wp.en.eq(self.wr_en & (self.wr_buf == BufId.ACC)),
+                     out_wp.addr.eq(self.wr_addr), out_wp.data.eq(self.wr_data),
+                     out_wp.en.eq(self.wr_en & (self.wr_buf == BufId.OUT))]
+        base = Signal(range(cfg.max_rows * cfg.lanes))
+        m.d.comb += nu.out.ready.eq(1)
+        with m.If(nu.out.valid):
+            m.d.comb += [out_wp.addr.eq(base + nu.out.payload.lane),
+                         out_wp.data.eq(nu.out.payload.value), out_wp.en.eq(1),
+                         self.out_wr.eq(1)]
+            m.d.sync += outs_left.eq(outs_left - 1)
+            with m.If(nu.out.payload.last):
+                m.d.sync += base.eq(base + cfg.lanes)
+
+        m.d.comb += [self.run.ready.eq(~active),
+                     sr.count.eq(Mux(active, desc.spike_events, 0)),
+                     mr.count.eq(Mux(active, desc.mac_events, 0))]
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.run.valid):
+                    d = self.run.payload
+                    m.d.sync += [desc.eq(d), active.eq(1), r.eq(0), base.eq(0),
+                                 outs_left.eq(Mux(d.keep, 0, d.rows * d.n_active))]
+                    m.d.comb += [sr.start.eq(1), mr.start.eq(1)]
+                    m.next = "COUNT"
+            with m.State("COUNT"):
+                with m.If(r == desc.rows):
+                    m.next = "DRAIN"
+                with m.Elif(both):
+                    # read the start value and the row multiplier of row r
+                    m.d.comb += [acc_rp.addr.eq(r), acc_rp.en.eq(1), self.acc_rd.eq(1),
+                                 rows_rp.addr.eq(r), rows_rp.en.eq(1)]
+                    with m.If(~desc.resume):
+                        m.d.comb += acc_rp.addr.eq(cfg.max_rows)
+                    m.next = "SUM"
+            with m.State("SUM"):
+                with m.If(desc.keep):
+                    m.d.comb += [acc_wp.addr.eq(r), acc_wp.data.eq(summed), acc_wp.en.eq(1),
+                                 self.acc_wr.eq(1), sa.out.ready.eq(1), ma.out.ready.eq(1)]
+                    m.d.sync += r.eq(r + 1)
+                    m.next = "COUNT"
+                with m.Else():
+                    m.d.comb += nu.rows.valid.eq(1)
+                    with m.If(nu.rows.ready):
+                        m.d.comb += [sa.out.ready.eq(1), ma.out.ready.eq(1)]
+                        m.d.sync += r.eq(r + 1)
+                        m.next = "COUNT"
+            with m.State("DRAIN"):
+                with m.If(outs_left == 0):
+                    m.d.comb += self.done.eq(1)
+                    m.d.sync += active.eq(0)
+                    m.next = "IDLE"
+
+        m.d.comb += [
+            self.spike.eq(sa.spike), self.step.eq(sa.step), self.mac_row.eq(ma.row),
+            self.spike_busy.eq(sa.busy), self.mac_busy.eq(ma.busy),
+            self.w_rd_spike.eq(sa.w_en), self.w_rd_mac.eq(ma.w_en),
+            self.spike_ev_rd.eq(sr.en), self.mac_ev_rd.eq(mr.en),
+        ]
+        return m
+
+
+def pack_word(shape, word) -> int:
+    """A buffer word (dict/list for layouts, int otherwise) as its raw bits."""
+    if isinstance(shape, data.Layout):
+        return shape.const(word).as_bits()
+    return int(word) & ((1 << Shape.cast(shape).width) - 1)
+
+
+def unpack_int(shape, bits: int) -> int:
+    """Raw bits of an integer-shaped word as a Python int (sign-extended if signed)."""
+    s = Shape.cast(shape)
+    bits &= (1 << s.width) - 1  # the host read port is as wide as the widest buffer
+    if s.signed and bits >> (s.width - 1) & 1:
+        return bits - (1 << s.width)
+    return bits

@@ -1,0 +1,101 @@
+"""Host-side images of one GEMM tile: the words to write into each engine buffer.
+
+This is where activation codes become the spike arrays' event stream (the unit spike
+events of :func:`models.encodings.spike_events`, a STEP after every TTFS step, an END per
+row) and the MAC array's outlier entries (every integer channel of every row, whatever its
+value: the MAC array is not event-driven). The host driver and the test benches both use
+it; nothing else builds buffer images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from models.contract import ROW_FRAC
+from models.encodings import TTFS_KINDS, Encoding, spike_events
+
+from .arrays import MacOp, SpikeOp
+from .config import AccelConfig
+from .engine import BufId
+
+
+@dataclass
+class TileImage:
+    """Buffer words (``{BufId: list}``, each list written from address 0) and descriptor."""
+
+    words: dict[BufId, list] = field(default_factory=dict)
+    start_row: list[int] | None = None  #: accumulator start values (ACC row ``max_rows``)
+    descriptor: dict = field(default_factory=dict)
+
+
+def spike_words(codes: torch.Tensor, enc: Encoding) -> list[dict]:
+    """Spike-array events for spike codes ``[M, K]`` (integer channels already zeroed)."""
+    ev = spike_events(codes, enc).tolist()
+    out, i = [], 0
+    ttfs = enc.kind in TTFS_KINDS
+    for m in range(codes.shape[0]):
+        for t in range(enc.time_steps if enc.is_spiking else 0):
+            while i < len(ev) and ev[i][0] == m and ev[i][1] == t:
+                out.append({"op": SpikeOp.SPIKE, "k": ev[i][2], "neg": int(ev[i][3] < 0)})
+                i += 1
+            if ttfs:
+                out.append({"op": SpikeOp.STEP, "k": 0, "neg": 0})
+        out.append({"op": SpikeOp.END, "k": 0, "neg": 0})
+    return out
+
+
+def mac_words(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor) -> list[dict]:
+    """MAC-array events: every integer channel of every row, then END."""
+    chans = int_mask.nonzero().view(-1).tolist()
+    out = []
+    for m in range(codes.shape[0]):
+        for k in chans:
+            out.append({"op": MacOp.MAC, "k": k, "q": int(codes[m, k]), "shift": int(shifts[k])})
+        out.append({"op": MacOp.END, "k": 0, "q": 0, "shift": 0})
+    return out
+
+
+def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
+               shifts: torch.Tensor, enc: Encoding, w: torch.Tensor, *,
+               start: torch.Tensor | None = None, mrow: torch.Tensor | None = None,
+               consts: dict | None = None, shift: int = 0, relu: bool = False,
+               raw: bool = False, resume: bool = False, keep: bool = False,
+               where: str = "tile") -> TileImage:
+    """Images for codes ``[M, K]``, weights ``[N, K]`` (N <= lanes, K <= weight_depth).
+
+    ``start`` (``[N]``) is the accumulator start value (zero-point correction) used unless
+    ``resume``; ``consts`` the per-lane requantizer constants; ``raw`` passes accumulators.
+    """
+    m, k = codes.shape
+    n = w.shape[0]
+    if n > cfg.lanes or k > cfg.weight_depth or m > cfg.max_rows:
+        raise ValueError(f"{where}: tile M={m} K={k} N={n} exceeds the config "
+                         f"(rows {cfg.max_rows}, weight rows {cfg.weight_depth}, "
+                         f"lanes {cfg.lanes})")
+    spk = codes.masked_fill(int_mask, 0)
+    img = TileImage()
+    rows = torch.zeros(k, cfg.lanes, dtype=torch.int64)
+    rows[:, :n] = w.t()
+    img.words[BufId.WEIGHTS] = rows.tolist()
+    img.words[BufId.SPIKE_EV] = spike_words(spk, enc)
+    img.words[BufId.MAC_EV] = mac_words(codes, int_mask, shifts)
+    for b, depth in ((BufId.SPIKE_EV, cfg.spike_event_depth),
+                     (BufId.MAC_EV, cfg.mac_event_depth)):
+        if len(img.words[b]) > depth:
+            raise ValueError(f"{where}: {len(img.words[b])} {b.name} events exceed the "
+                             f"buffer's {depth}; split the tile over fewer rows")
+    mrow = mrow if mrow is not None else torch.full((m,), 2**ROW_FRAC)
+    img.words[BufId.ROWS] = [int(v) for v in mrow]
+    if consts is not None:
+        img.words[BufId.PARAMS] = [{c: int(consts[c][j]) for c in ("mcol", "bias", "zp", "lo",
+                                                                   "hi")} for j in range(n)]
+    if not resume:
+        st = start if start is not None else torch.zeros(n, dtype=torch.int64)
+        img.start_row = [int(v) for v in st] + [0] * (cfg.lanes - n)
+    img.descriptor = {"rows": m, "n_active": n, "spike_events": len(img.words[BufId.SPIKE_EV]),
+                      "mac_events": len(img.words[BufId.MAC_EV]),
+                      "ttfs": int(enc.kind in TTFS_KINDS), "shift": shift, "relu": int(relu),
+                      "raw": int(raw), "resume": int(resume), "keep": int(keep)}
+    return img
