@@ -40,6 +40,8 @@ class AccelConfig:
     spike_event_depth: int = 8192
     #: Entries of the integer (outlier) event buffer.
     mac_event_depth: int = 2048
+    #: Finished rows each array may run ahead of the other (partial-sum FIFO depth).
+    row_fifo_depth: int = 4
     #: Largest left shift of an outlier product.
     max_shift: int = 15
     #: Longest spike window T.
@@ -69,6 +71,8 @@ class AccelConfig:
             if not _pow2(getattr(self, name)):
                 raise ValueError(f"{name} must be a positive power of two, "
                                  f"not {getattr(self, name)}")
+        if not 1 <= self.row_fifo_depth <= 64:
+            raise ValueError(f"row_fifo_depth must be in 1..64, not {self.row_fifo_depth}")
         if not 0 <= self.max_shift <= 24:
             raise ValueError(f"max_shift must be in 0..24, not {self.max_shift}")
         if not 1 <= self.max_steps <= 4095:

@@ -25,7 +25,7 @@ through the output unit into OUT. Design notes: ``docs/hw.md``.
 from __future__ import annotations
 
 from amaranth import Module, Mux, Shape, Signal, signed, unsigned
-from amaranth.lib import data, enum, memory, stream, wiring
+from amaranth.lib import data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arrays import (
@@ -209,10 +209,23 @@ class Engine(wiring.Component):
         out_wp = mems[BufId.OUT].write_port()
         r = Signal(range(cfg.max_rows + 1))
         outs_left = Signal(range(cfg.max_rows * cfg.lanes + 1))
-        both = sa.out.valid & ma.out.valid
+        # Each array may finish up to row_fifo_depth rows ahead of the other: rows vary in
+        # spike count, so lock-step would idle the faster array.
+        parts = []
+        for name, arr in (("spike", sa), ("mac", ma)):
+            q = fifo.SyncFIFOBuffered(width=acc_vector_layout(cfg).size,
+                                      depth=cfg.row_fifo_depth)
+            m.submodules[f"{name}_rows"] = q
+            m.d.comb += [q.w_data.eq(arr.out.payload), q.w_en.eq(arr.out.valid),
+                         arr.out.ready.eq(q.w_rdy)]
+            parts.append((q, data.View(acc_vector_layout(cfg), q.r_data)))
+        (s_fifo, s_part), (m_fifo, m_part) = parts
+        both = s_fifo.r_rdy & m_fifo.r_rdy
+        pop = Signal()
+        m.d.comb += [s_fifo.r_en.eq(pop), m_fifo.r_en.eq(pop)]
         summed = Signal(acc_vector_layout(cfg))
         for j in range(cfg.lanes):
-            m.d.comb += summed[j].eq(acc_rp.data[j] + sa.out.payload[j] + ma.out.payload[j])
+            m.d.comb += summed[j].eq(acc_rp.data[j] + s_part[j] + m_part[j])
         row_word = Signal(row_in_layout(cfg))
         m.d.comb += [row_word.acc.eq(summed), row_word.mrow.eq(rows_rp.data),
                      row_word.n_active.eq(desc.n_active), nu.rows.payload.eq(row_word)]
@@ -255,13 +268,13 @@ class Engine(wiring.Component):
             with m.State("SUM"):
                 with m.If(desc.keep):
                     m.d.comb += [acc_wp.addr.eq(r), acc_wp.data.eq(summed), acc_wp.en.eq(1),
-                                 self.acc_wr.eq(1), sa.out.ready.eq(1), ma.out.ready.eq(1)]
+                                 self.acc_wr.eq(1), pop.eq(1)]
                     m.d.sync += r.eq(r + 1)
                     m.next = "COUNT"
                 with m.Else():
                     m.d.comb += nu.rows.valid.eq(1)
                     with m.If(nu.rows.ready):
-                        m.d.comb += [sa.out.ready.eq(1), ma.out.ready.eq(1)]
+                        m.d.comb += pop.eq(1)
                         m.d.sync += r.eq(r + 1)
                         m.next = "COUNT"
             with m.State("DRAIN"):
