@@ -194,10 +194,16 @@ def quantize_weight_rtn(w: torch.Tensor, s: torch.Tensor, qmax: int) -> torch.Te
 
 
 def quantize_weight_gptq(w: torch.Tensor, s: torch.Tensor, qmax: int, hess: torch.Tensor,
-                         block: int = 128, damp: float = 0.01) -> torch.Tensor:
+                         block: int = 128, damp: float = 0.01,
+                         act_order: bool = True) -> torch.Tensor:
     """GPTQ (Frantar et al. 2022): quantize columns in order, pushing each column's rounding
     error onto the not-yet-quantized columns through the inverse Hessian of the layer
-    input (``hess = X^T X`` over the calibration tokens). Same steps ``s`` as RTN."""
+    input (``hess = X^T X`` over the calibration tokens). Same steps ``s`` as RTN.
+    ``act_order`` takes the columns with the largest input energy first."""
+    if act_order:
+        perm = torch.argsort(torch.diag(hess), descending=True)
+        q = quantize_weight_gptq(w[:, perm], s, qmax, hess[perm][:, perm], block, damp, False)
+        return q[:, torch.argsort(perm)]
     w = w.clone().to(F)
     h = hess.clone().to(F)
     dead = torch.diag(h) == 0
