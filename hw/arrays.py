@@ -91,7 +91,7 @@ class SpikeArray(wiring.Component):
             # only spikes read a weight row; STEP and END leave the buffer idle
             self.w_en.eq(advance & self.ev.valid & (self.ev.payload.op == SpikeOp.SPIKE)),
             self.out.valid.eq(s2_valid & (s2_op == SpikeOp.END)),
-            self.busy.eq(s2_valid),
+            self.busy.eq(s2_valid & advance),  # held at END waiting for the sink: not work
         ]
         for j in range(cfg.lanes):
             m.d.comb += self.out.payload[j].eq(mem[j])
@@ -155,7 +155,7 @@ class MacArray(wiring.Component):
             self.w_addr.eq(self.ev.payload.k),
             self.w_en.eq(take & self.ev.valid & (self.ev.payload.op == MacOp.MAC)),
             self.out.valid.eq(valid & is_end),
-            self.busy.eq(valid),
+            self.busy.eq(valid & (~is_end | self.out.ready)),  # blocked END is not work
         ]
         for j in range(cfg.lanes):
             m.d.comb += self.out.payload[j].eq(acc[j])
