@@ -206,6 +206,8 @@ class Engine(wiring.Component):
         acc_rp = mems[BufId.ACC].read_port()
         acc_wp = mems[BufId.ACC].write_port()
         rows_rp = mems[BufId.ROWS].read_port()
+        # read ports are enabled by default; these must hold their data while a row waits
+        m.d.comb += [acc_rp.en.eq(0), rows_rp.en.eq(0)]
         out_wp = mems[BufId.OUT].write_port()
         r = Signal(range(cfg.max_rows + 1))
         outs_left = Signal(range(cfg.max_rows * cfg.lanes + 1))

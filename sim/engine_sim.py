@@ -9,7 +9,15 @@ import torch
 from amaranth.sim import Simulator
 
 from hw.config import AccelConfig
-from hw.engine import STROBES, BufId, Engine, buffer_shapes, descriptor_layout, pack_word, unpack_int
+from hw.engine import (
+    STROBES,
+    BufId,
+    Engine,
+    buffer_shapes,
+    descriptor_layout,
+    pack_word,
+    unpack_int,
+)
 from hw.tile import TileImage
 
 

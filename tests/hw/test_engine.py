@@ -85,3 +85,20 @@ def test_engine_all_silent_rows_cost_only_steps():
     got, counts = rtl_engine(CFG, [tile], 2, 4)
     assert got.tolist() == [[1, 2, 3, 4]] * 2
     assert counts["spike"] == 0 and counts["step"] == 2 * 15 and counts["w_rd_spike"] == 0
+
+
+def test_engine_rows_faster_than_the_output_unit_wait_without_corruption():
+    # rate T=1: a row costs a few cycles, the output unit needs 16 per row: the combiner
+    # must hold its start value and partials while the unit is busy
+    from hw.config import AccelConfig
+
+    cfg = AccelConfig(lanes=16, mac_units=16, weight_depth=64, max_rows=8,
+                      spike_event_depth=512, mac_event_depth=128)
+    enc = Encoding("rate", steps=1)
+    rng = random.Random(seed() + 9)
+    q, mask, shifts, w, start = _operands(rng, enc, 8, 12, 16, 1)
+    acc, _ = gemm(q[None], mask[None], shifts[None], enc, w[None], start, "t")
+    ones = dict(mcol=[1] * 16, bias=[0] * 16, zp=[0] * 16, lo=[0] * 16, hi=[0] * 16)
+    start_tile = build_tile(cfg, q, mask, shifts, enc, w, start=start, consts=ones, raw=True)
+    got, _ = rtl_engine(cfg, [start_tile], 8, 16)
+    assert torch.equal(got, acc[0])
