@@ -1,0 +1,76 @@
+"""Request payloads and response parsing for the link commands (host side).
+
+Everything here is derived from the one definition next to the gateware: buffer word
+shapes (``hw.engine.buffer_shapes``), argument and identify layouts (``hw.top``), the
+descriptor layout (``hw.engine``) and the counter map (``hw.counters``).
+"""
+
+from __future__ import annotations
+
+from hw.config import AccelConfig
+from hw.counters import COUNTERS
+from hw.engine import BufId, buffer_shapes, descriptor_layout, pack_word, unpack_int
+from hw.protocol import BUF_ARGS, ident_layout, nbytes, word_bytes
+
+
+def buf_args(buf: BufId, addr: int, count: int) -> bytes:
+    """WRITE_BUF / READ_BUF argument bytes."""
+    bits = BUF_ARGS.const({"buf": BufId(buf).value, "addr": addr, "count": count}).as_bits()
+    return bits.to_bytes(nbytes(BUF_ARGS.size), "little")
+
+
+def read_buf_args(buf: BufId, addr: int, count: int) -> bytes:
+    """READ_BUF payload (the arguments alone)."""
+    return buf_args(buf, addr, count)
+
+
+def write_buf_payloads(cfg: AccelConfig, buf: BufId, words: list, addr: int = 0,
+                       max_payload: int = 4096) -> list[bytes]:
+    """WRITE_BUF payloads for ``words`` starting at ``addr``, split to fit ``max_payload``."""
+    shape, depth = buffer_shapes(cfg)[buf]
+    if addr + len(words) > depth:
+        raise ValueError(f"{buf.name}: {len(words)} words at {addr} exceed depth {depth}")
+    bpw = word_bytes(cfg)[buf]
+    per = max(1, (max_payload - nbytes(BUF_ARGS.size)) // bpw)
+    out = []
+    for i in range(0, len(words), per):
+        chunk = words[i : i + per]
+        body = b"".join(pack_word(shape, w).to_bytes(bpw, "little") for w in chunk)
+        out.append(buf_args(buf, addr + i, len(chunk)) + body)
+    return out
+
+
+def parse_words(cfg: AccelConfig, buf: BufId, payload: bytes) -> list[int]:
+    """Integer words of a READ_BUF response (sign-extended where the buffer is signed)."""
+    shape, _ = buffer_shapes(cfg)[buf]
+    bpw = word_bytes(cfg)[buf]
+    if len(payload) % bpw:
+        raise ValueError(f"READ_BUF {buf.name}: {len(payload)} bytes is not a whole number "
+                         f"of {bpw}-byte words")
+    return [unpack_int(shape, int.from_bytes(payload[i : i + bpw], "little"))
+            for i in range(0, len(payload), bpw)]
+
+
+def run_payload(cfg: AccelConfig, descriptor: dict) -> bytes:
+    """RUN payload for a descriptor dict."""
+    layout = descriptor_layout(cfg)
+    return layout.const(descriptor).as_bits().to_bytes(nbytes(layout.size), "little")
+
+
+def parse_ident(payload: bytes) -> dict:
+    """IDENTIFY response as a dict."""
+    layout = ident_layout()
+    if len(payload) != nbytes(layout.size):
+        raise ValueError(f"IDENTIFY: {len(payload)} bytes, expected {nbytes(layout.size)}")
+    v = layout.from_bits(int.from_bytes(payload, "little"))
+    return {name: int(getattr(v, name)) for name, _ in layout}
+
+
+def parse_counters(cfg: AccelConfig, payload: bytes) -> dict[str, int]:
+    """READ_COUNTERS response as ``{name: value}`` in map order."""
+    cb = nbytes(cfg.counter_bits)
+    if len(payload) != cb * len(COUNTERS):
+        raise ValueError(f"READ_COUNTERS: {len(payload)} bytes, expected "
+                         f"{cb * len(COUNTERS)} ({len(COUNTERS)} counters of {cb} bytes)")
+    return {name: int.from_bytes(payload[i * cb : (i + 1) * cb], "little")
+            for i, name in enumerate(COUNTERS)}

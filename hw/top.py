@@ -1,0 +1,280 @@
+"""Top level: host link + command executor + GEMM engine + counters; Verilog emission.
+
+The executor turns link frames (``hw.protocol``) into engine operations:
+
+================ ============================================ ==============================
+command          request payload                              response payload (status OK)
+================ ============================================ ==============================
+IDENTIFY         none                                         :func:`ident_layout` word
+WRITE_BUF        :data:`BUF_ARGS` + ``count`` words           none
+READ_BUF         :data:`BUF_ARGS`                             ``count`` words
+RUN              one descriptor (``engine.descriptor_layout``) none, sent when the tile is done
+READ_COUNTERS    none                                         every counter, in map order
+RESET_COUNTERS   none                                         none
+================ ============================================ ==============================
+
+Words travel little-endian in ``ceil(width / 8)`` bytes (:func:`word_bytes`). A request
+with a wrong length or an out-of-range buffer argument gets ``ERR_ARG``, an unknown command
+``ERR_COMMAND``; the payload is drained first, so the next frame starts clean.
+"""
+
+
+from amaranth import Module, Mux, Signal
+from amaranth.back import verilog
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import AccelConfig
+from .counters import COUNTERS, CounterFile
+from .engine import BufId, Engine, buffer_shapes, descriptor_layout
+from .link import Link
+from .protocol import (
+    BUF_ARGS,
+    HEADER,
+    PROTOCOL_VERSION,
+    Cmd,
+    Status,
+    ident_layout,
+    nbytes,
+    word_bytes,
+)
+
+
+def ident_value(cfg: AccelConfig) -> dict:
+    """The IDENTIFY word of a configuration."""
+    return {"hash": cfg.hash32(), "version": PROTOCOL_VERSION, "lanes": cfg.lanes,
+            "mac_units": cfg.mac_units, "weight_depth": cfg.weight_depth,
+            "max_rows": cfg.max_rows, "counters": len(COUNTERS),
+            "counter_bytes": nbytes(cfg.counter_bits)}
+
+
+class Top(wiring.Component):
+    """The accelerator behind an 8-bit byte stream (UART or simulator socket)."""
+
+    rx: In(stream.Signature(8))
+    tx: Out(stream.Signature(8))
+
+    def __init__(self, cfg: AccelConfig, *, link_timeout: int = 1_000_000):
+        self.cfg = cfg
+        self.link_timeout = link_timeout
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        m.submodules.link = link = Link(timeout_cycles=self.link_timeout)
+        m.submodules.engine = eng = Engine(cfg)
+        m.submodules.counters = cnt = CounterFile(cfg, inc_bits=(cfg.lanes).bit_length() + 1)
+        wiring.connect(m, wiring.flipped(self.rx), link.rx)
+        wiring.connect(m, link.tx, wiring.flipped(self.tx))
+
+        shapes = buffer_shapes(cfg)
+        wbytes = word_bytes(cfg)
+        width = 8 * max(max(wbytes.values()), nbytes(BUF_ARGS.size),
+                        nbytes(descriptor_layout(cfg).size), nbytes(ident_layout().size),
+                        nbytes(cfg.counter_bits))
+        sr = Signal(width)  # assembles incoming words (from the top) / shifts out outgoing
+        hdr = Signal(HEADER)
+        got = Signal(16)  # payload bytes consumed
+        todo = Signal(16)  # bytes left in the current field
+        args = Signal(BUF_ARGS)
+        words = Signal(24)
+        addr = Signal(24)
+        status = Signal(Status, init=Status.OK)
+        resp_len = Signal(16)
+        ctr = Signal(range(len(COUNTERS) + 1))
+        desc_bytes = nbytes(descriptor_layout(cfg).size)
+        args_bytes = nbytes(BUF_ARGS.size)
+        cb = nbytes(cfg.counter_bits)
+        bpw = Signal(8)  # bytes per word of args.buf
+        with m.Switch(args.buf):
+            for b, n in wbytes.items():
+                with m.Case(b):
+                    m.d.comb += bpw.eq(n)
+        depth_ok = Signal()
+        with m.Switch(args.buf):
+            for b, (_, depth) in shapes.items():
+                with m.Case(b):
+                    m.d.comb += depth_ok.eq(args.addr + args.count <= depth)
+
+        byte_in = link.data.payload.byte
+        shifted_in = (sr >> 8) | (byte_in << (width - 8))
+
+        def word_from_sr(nb: int):
+            return sr >> (width - 8 * nb)
+
+        m.d.comb += [link.resp.payload.cmd.eq(status), link.resp.payload.seq.eq(hdr.seq),
+                     link.resp.payload.length.eq(resp_len), link.resp_data.payload.eq(sr[:8])]
+        m.d.comb += cnt.sel.eq(ctr)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += link.cmd.ready.eq(1)
+                with m.If(link.cmd.valid):
+                    h = link.cmd.payload
+                    m.d.sync += [hdr.eq(h), got.eq(0), resp_len.eq(0), status.eq(Status.OK)]
+                    with m.Switch(h.cmd):
+                        with m.Case(Cmd.IDENTIFY, Cmd.READ_COUNTERS, Cmd.RESET_COUNTERS):
+                            with m.If(h.length != 0):
+                                m.d.sync += status.eq(Status.ERR_ARG)
+                                m.next = "DRAIN"
+                            with m.Else():
+                                m.next = "EXEC"
+                        with m.Case(Cmd.RUN):
+                            m.d.sync += todo.eq(desc_bytes)
+                            with m.If(h.length != desc_bytes):
+                                m.d.sync += status.eq(Status.ERR_ARG)
+                                m.next = "DRAIN"
+                            with m.Else():
+                                m.next = "ARGS"
+                        with m.Case(Cmd.WRITE_BUF, Cmd.READ_BUF):
+                            m.d.sync += todo.eq(args_bytes)
+                            with m.If(h.length < args_bytes):
+                                m.d.sync += status.eq(Status.ERR_ARG)
+                                m.next = "DRAIN"
+                            with m.Else():
+                                m.next = "ARGS"
+                        with m.Default():
+                            m.d.sync += status.eq(Status.ERR_COMMAND)
+                            m.next = "DRAIN"
+            with m.State("ARGS"):  # collect the fixed arguments into sr
+                m.d.comb += link.data.ready.eq(1)
+                with m.If(link.data.valid):
+                    m.d.sync += [sr.eq(shifted_in), got.eq(got + 1), todo.eq(todo - 1)]
+                    with m.If(todo == 1):
+                        m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.Switch(hdr.cmd):
+                    with m.Case(Cmd.RUN):
+                        m.d.comb += [eng.run.payload.eq(word_from_sr(desc_bytes)),
+                                     eng.run.valid.eq(1)]
+                        with m.If(eng.run.ready):
+                            m.d.comb += cnt.inc("descriptors").eq(1)
+                            m.next = "WAIT_DONE"
+                    with m.Default():
+                        a = Signal(BUF_ARGS)
+                        m.d.comb += a.eq(word_from_sr(args_bytes))
+                        m.d.sync += [args.eq(a), words.eq(a.count), addr.eq(a.addr)]
+                        m.next = "CHECK_BUF"
+            with m.State("CHECK_BUF"):
+                valid_buf = args.buf <= max(b.value for b in BufId)
+                need = args_bytes + Mux(hdr.cmd == Cmd.WRITE_BUF, args.count * bpw, 0)
+                with m.If(~valid_buf | ~depth_ok | (hdr.length != need)):
+                    m.d.sync += status.eq(Status.ERR_ARG)
+                    m.next = "DRAIN"
+                with m.Elif(hdr.cmd == Cmd.WRITE_BUF):
+                    m.d.sync += todo.eq(bpw)
+                    with m.If(args.count == 0):
+                        m.next = "RESP"
+                    with m.Else():
+                        m.next = "WR_BYTES"
+                with m.Else():
+                    m.d.sync += resp_len.eq(args.count * bpw)
+                    m.next = "RESP"
+            with m.State("WR_BYTES"):
+                m.d.comb += link.data.ready.eq(1)
+                with m.If(link.data.valid):
+                    m.d.sync += [sr.eq(shifted_in), got.eq(got + 1), todo.eq(todo - 1)]
+                    with m.If(todo == 1):
+                        m.next = "WR_WORD"
+            with m.State("WR_WORD"):
+                m.d.comb += [eng.wr_en.eq(1), eng.wr_buf.eq(args.buf), eng.wr_addr.eq(addr),
+                             cnt.inc("host_wr").eq(1)]
+                with m.Switch(args.buf):
+                    for b, n in wbytes.items():
+                        with m.Case(b):
+                            m.d.comb += eng.wr_data.eq(word_from_sr(n))
+                m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), todo.eq(bpw)]
+                with m.If(words == 1):
+                    m.next = "RESP"
+                with m.Else():
+                    m.next = "WR_BYTES"
+            with m.State("WAIT_DONE"):
+                with m.If(eng.done):
+                    m.next = "RESP"
+            with m.State("EXEC"):
+                with m.Switch(hdr.cmd):
+                    with m.Case(Cmd.IDENTIFY):
+                        m.d.sync += resp_len.eq(nbytes(ident_layout().size))
+                    with m.Case(Cmd.READ_COUNTERS):
+                        m.d.sync += [resp_len.eq(len(COUNTERS) * cb), ctr.eq(0)]
+                    with m.Case(Cmd.RESET_COUNTERS):
+                        m.d.comb += cnt.clear.eq(1)
+                m.next = "RESP"
+            with m.State("DRAIN"):  # swallow the rest of a refused request's payload
+                with m.If(got >= hdr.length):
+                    m.next = "RESP"
+                with m.Else():
+                    m.d.comb += link.data.ready.eq(1)
+                    with m.If(link.data.valid):
+                        m.d.sync += got.eq(got + 1)
+            with m.State("RESP"):
+                m.d.comb += link.resp.valid.eq(1)
+                with m.If(link.resp.ready):
+                    with m.If((status != Status.OK) | (resp_len == 0)):
+                        m.next = "IDLE"
+                    with m.Elif(hdr.cmd == Cmd.IDENTIFY):
+                        m.d.sync += [sr.eq(ident_layout().const(ident_value(cfg)).as_bits()),
+                                     todo.eq(nbytes(ident_layout().size))]
+                        m.next = "SEND"
+                    with m.Elif(hdr.cmd == Cmd.READ_COUNTERS):
+                        m.next = "LOAD_CTR"
+                    with m.Else():
+                        m.next = "RD_WORD"
+            with m.State("LOAD_CTR"):
+                m.d.sync += [sr.eq(cnt.value), todo.eq(cb), ctr.eq(ctr + 1)]
+                m.next = "SEND"
+            with m.State("RD_WORD"):
+                m.d.comb += [eng.rd_en.eq(1), eng.rd_buf.eq(args.buf), eng.rd_addr.eq(addr),
+                             cnt.inc("host_rd").eq(1)]
+                m.d.sync += [addr.eq(addr + 1), words.eq(words - 1)]
+                m.next = "RD_LATCH"
+            with m.State("RD_LATCH"):
+                m.d.sync += [sr.eq(eng.rd_data), todo.eq(bpw)]
+                m.next = "SEND"
+            with m.State("SEND"):
+                m.d.comb += link.resp_data.valid.eq(1)
+                with m.If(link.resp_data.ready):
+                    m.d.sync += [sr.eq(sr >> 8), todo.eq(todo - 1)]
+                    with m.If(todo == 1):
+                        with m.If((hdr.cmd == Cmd.READ_COUNTERS) & (ctr < len(COUNTERS))):
+                            m.next = "LOAD_CTR"
+                        with m.Elif((hdr.cmd == Cmd.READ_BUF) & (words != 0)):
+                            m.next = "RD_WORD"
+                        with m.Else():
+                            m.next = "IDLE"
+
+        n_act = Signal(range(cfg.lanes + 1))
+        with m.If(eng.run.valid & eng.run.ready):
+            m.d.sync += n_act.eq(eng.run.payload.n_active)
+
+        def scaled(strobe):
+            return Mux(strobe, n_act, 0)
+
+        m.d.comb += [
+            cnt.inc("cycles").eq(1),
+            cnt.inc("busy").eq(eng.busy),
+            cnt.inc("spike_busy").eq(eng.spike_busy),
+            cnt.inc("mac_busy").eq(eng.mac_busy),
+            cnt.inc("stall").eq(eng.busy & ~eng.spike_busy & ~eng.mac_busy),
+            cnt.inc("spikes").eq(eng.spike),
+            cnt.inc("steps").eq(eng.step),
+            cnt.inc("acc_spike").eq(scaled(eng.spike)),
+            cnt.inc("acc_step").eq(scaled(eng.step)),
+            cnt.inc("macs").eq(scaled(eng.mac_row)),
+            cnt.inc("w_rd").eq(eng.w_rd_spike + eng.w_rd_mac),
+            cnt.inc("ev_rd").eq(eng.spike_ev_rd + eng.mac_ev_rd),
+            cnt.inc("acc_rd").eq(eng.acc_rd),
+            cnt.inc("acc_wr").eq(eng.acc_wr),
+            cnt.inc("out_wr").eq(eng.out_wr),
+            cnt.inc("link_rx").eq(link.rx_byte),
+            cnt.inc("link_tx").eq(link.tx_byte),
+            cnt.inc("frame_errors").eq(link.frame_err),
+        ]
+        return m
+
+
+def emit_verilog(cfg: AccelConfig, name: str = "spikellm_top", **kw) -> str:
+    """Verilog of the top level for ``cfg`` (the generator calls this)."""
+    top = Top(cfg, **kw)
+    return verilog.convert(top, name=name, emit_src=False)
