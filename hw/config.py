@@ -142,7 +142,7 @@ class AccelConfig:
 #: Named presets.
 PRESETS = {
     "tiny": AccelConfig(lanes=4, mac_units=2, weight_depth=64, max_steps=15, max_rows=8,
-                        spike_event_depth=512, mac_event_depth=128),
+                        spike_event_depth=4096, mac_event_depth=128),
     "default": AccelConfig(),
     "ulx3s-85f": AccelConfig(lanes=64, mac_units=16, weight_depth=1024),
 }

@@ -99,3 +99,65 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
                       "ttfs": int(enc.kind in TTFS_KINDS), "shift": shift, "relu": int(relu),
                       "raw": int(raw), "resume": int(resume), "keep": int(keep)}
     return img
+
+
+@dataclass
+class GemmTiles:
+    """A whole GEMM cut into tiles: for each block of rows ``[r0, r1)`` and output slice
+    ``[n0, n1)``, the K-tile images, run in order (all but the last keep their partial sums
+    on chip)."""
+
+    slices: list[tuple[int, int, int, int, list[TileImage]]]
+
+
+def row_groups(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
+               enc: Encoding) -> list[tuple[int, int]]:
+    """Consecutive row blocks whose events fit both event buffers and ``max_rows``."""
+    spk = codes.masked_fill(int_mask, 0)
+    units = spike_events(spk, enc)[:, 0].bincount(minlength=codes.shape[0]).tolist()
+    steps = enc.time_steps if enc.kind in TTFS_KINDS else 0
+    n_int = int(int_mask.sum())
+    groups, r0, s_ev, m_ev = [], 0, 0, 0
+    for r, u in enumerate(units):
+        se, me = u + steps + 1, n_int + 1
+        if se > cfg.spike_event_depth or me > cfg.mac_event_depth:
+            raise ValueError(f"row {r} alone needs {se} spike / {me} MAC events, more than "
+                             f"the buffers hold ({cfg.spike_event_depth} / "
+                             f"{cfg.mac_event_depth})")
+        if (r - r0 == cfg.max_rows or s_ev + se > cfg.spike_event_depth
+                or m_ev + me > cfg.mac_event_depth):
+            groups.append((r0, r))
+            r0, s_ev, m_ev = r, 0, 0
+        s_ev, m_ev = s_ev + se, m_ev + me
+    groups.append((r0, codes.shape[0]))
+    return groups
+
+
+def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
+              shifts: torch.Tensor, enc: Encoding, w: torch.Tensor, *,
+              start: torch.Tensor | None = None, mrow: torch.Tensor | None = None,
+              consts: dict | None = None, shift: int = 0, relu: bool = False,
+              raw: bool = False, where: str = "gemm") -> GemmTiles:
+    """Cut ``codes [M, K] x w[N, K]^T`` into row blocks that fit the event buffers, N tiles
+    of ``lanes`` and K tiles of ``weight_depth`` rows. ``start``, ``consts`` are per output
+    channel ``[N]``; ``mrow`` per row ``[M]``."""
+    n, k = w.shape
+    out = []
+    for r0, r1 in row_groups(cfg, codes, int_mask, enc):
+        for n0 in range(0, n, cfg.lanes):
+            n1 = min(n, n0 + cfg.lanes)
+            ks = list(range(0, k, cfg.weight_depth)) or [0]
+            images = []
+            for i, k0 in enumerate(ks):
+                k1 = min(k, k0 + cfg.weight_depth)
+                last = i == len(ks) - 1
+                sl = None if consts is None else {c: v[n0:n1] for c, v in consts.items()}
+                images.append(build_tile(
+                    cfg, codes[r0:r1, k0:k1], int_mask[k0:k1], shifts[k0:k1], enc,
+                    w[n0:n1, k0:k1], start=None if start is None else start[n0:n1],
+                    mrow=None if mrow is None else mrow[r0:r1],
+                    consts=sl if last else None, shift=shift, relu=relu, raw=raw,
+                    resume=i > 0, keep=not last,
+                    where=f"{where}[m {r0}:{r1}, n {n0}:{n1}, k {k0}:{k1}]"))
+            out.append((r0, r1, n0, n1, images))
+    return GemmTiles(out)

@@ -28,7 +28,7 @@ F = torch.float64
 
 def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc: Encoding,
          w: torch.Tensor, start: torch.Tensor | None, where: str,
-         spike_domain: bool = False) -> tuple[torch.Tensor, Events]:
+         spike_domain: bool = False, k_tiles: int = 1) -> tuple[torch.Tensor, Events]:
     """One batched GEMM of the accelerator.
 
     ``codes`` ``[B, M, K]`` activation codes; ``int_mask`` ``[B or 1, K]`` marks integer
@@ -36,7 +36,9 @@ def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc:
     (``[B or 1, K]``); the
     rest are spikes of ``enc`` for the spike-accumulate array. ``w`` ``[B, N, K]`` integer
     weights; ``start`` ``[N]`` the accumulator's start value (zero-point correction).
-    Returns the int32 accumulators ``[B, M, N]`` (as int64) and the events.
+    Returns the int32 accumulators ``[B, M, N]`` (as int64) and the events. ``k_tiles``:
+    how many passes over K the hardware makes (weights larger than its buffer); each pass
+    runs its own TTFS window, so ``acc_step`` counts ``k_tiles`` windows.
     """
     b, m, k = codes.shape
     n = w.shape[-2]
@@ -60,7 +62,7 @@ def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc:
         ev.acc_spike = ev.spike_units * n
         ev.time_steps = enc.time_steps
         if enc.kind in TTFS_KINDS:
-            ev.acc_step = enc.time_steps * b * m * n
+            ev.acc_step = k_tiles * enc.time_steps * b * m * n
     return acc, ev
 
 

@@ -28,7 +28,7 @@ from host.commands import (
 from hw.config import PRESETS
 from hw.engine import BufId
 from hw.protocol import Cmd, Frame, FrameDecoder, Status, encode_frame
-from hw.tile import build_tile
+from hw.tile import build_tile, plan_gemm
 from models.contract import requantize
 from models.encodings import Encoding
 from models.golden import gemm
@@ -114,6 +114,16 @@ class Testbench:
         if tile.start_row is not None:
             for p in write_buf_payloads(CFG, BufId.ACC, [tile.start_row], addr=CFG.max_rows):
                 await self.request(Cmd.WRITE_BUF, p)
+
+    async def gemm(self, plan, rows: int, n: int) -> torch.Tensor:
+        """Run every tile of a planned GEMM; return its outputs ``[rows, n]``."""
+        out = torch.zeros(rows, n, dtype=torch.int64)
+        for r0, r1, n0, n1, images in plan.slices:
+            for img in images:
+                await self.write_tile(img)
+                await self.request(Cmd.RUN, run_payload(CFG, img.descriptor))
+            out[r0:r1, n0:n1] = await self.read_out(r1 - r0, n1 - n0)
+        return out
 
     async def read_out(self, rows: int, n: int) -> torch.Tensor:
         out = []
@@ -207,3 +217,45 @@ async def bad_frames_get_error_replies_and_corrupt_nothing(dut):
     assert torch.equal(await tb.read_out(2, CFG.lanes), before)
     c = parse_counters(CFG, await tb.request(Cmd.READ_COUNTERS))
     assert c["frame_errors"] >= 2
+
+
+@cocotb.test()
+async def gemm_k37_n70_m3_every_encoding_extremes_silent_firing(dut):
+    """Shapes that are not multiples of the array (N over several lane tiles, K over two
+    weight loads in the tiny config), every encoding, random, extreme, all-silent and
+    all-firing activations; outputs as raw int32 accumulators and counters summed."""
+    tb = Testbench(dut)
+    await tb.start()
+    rng = random.Random(seed() + 3)
+    encs = [Encoding("ttfs", 4), Encoding("ttfs-signed", 4), Encoding("rate", steps=8),
+            Encoding("graded", steps=5, levels=3), Encoding("ternary", steps=4),
+            Encoding("int", 8)]
+    fills = ["random", "extreme", "silent", "firing"]
+    m, k, n = 3, 37 + CFG.weight_depth * int(os.environ.get("SPIKELLM_WIDE_K", "1")), 70
+    for i in range(samples(len(encs))):
+        enc, fill = encs[i % len(encs)], fills[i % len(fills)]
+        q, mask, shifts, w, start, _, _ = _gemm_case(rng, enc, m, k, n, 3 if enc.is_spiking
+                                                     else 0)
+        if enc.kind == "int":
+            mask[:] = True
+        spk = ~mask
+        if fill == "extreme":
+            q = torch.where(spk, torch.where(q % 2 == 0, enc.qmin, enc.qmax), q)
+        elif fill == "silent":
+            q = torch.where(spk, 0, q)
+        elif fill == "firing":
+            q = torch.where(spk, enc.qmax, q)
+        k_tiles = -(-k // CFG.weight_depth)
+        acc, ev = gemm(q[None], mask[None], shifts[None], enc, w[None], start, "t",
+                       k_tiles=k_tiles)
+        await tb.request(Cmd.RESET_COUNTERS)
+        ones = {c: torch.full((n,), 1 if c == "mcol" else 0) for c in ("mcol", "bias", "zp",
+                                                                     "lo", "hi")}
+        plan = plan_gemm(CFG, q, mask, shifts, enc, w, start=start, consts=ones, raw=True)
+        got = await tb.gemm(plan, m, n)
+        assert torch.equal(got, acc[0]), f"{enc.name()} {fill}"
+        c = parse_counters(CFG, await tb.request(Cmd.READ_COUNTERS))
+        assert (c["acc_spike"], c["acc_step"], c["macs"]) == \
+            (ev.acc_spike, ev.acc_step, ev.macs), f"{enc.name()} {fill}: {c}"
+        assert c["spikes"] * -(-n // CFG.lanes) >= ev.spike_units  # each N tile re-sends
+        assert c["out_wr"] == m * n
