@@ -39,23 +39,41 @@ def weight_rows(cfg: AccelConfig, w: torch.Tensor) -> list[list[int]]:
     return rows.tolist()
 
 
-class _WithWeights(Elaboratable):
-    def __init__(self, cfg: AccelConfig, dut, rows):
-        self.cfg, self.dut, self.rows = cfg, dut, rows
+class WithMemory(Elaboratable):
+    """Wraps ``dut`` with a preloaded ``Memory`` on one of its read-port interfaces
+    (``{prefix}_addr``, ``{prefix}_en``, ``{prefix}_data``)."""
+
+    def __init__(self, dut, prefix: str, shape, depth: int, init):
+        self.dut, self.prefix, self.shape, self.depth, self.init = dut, prefix, shape, depth, init
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.dut = self.dut
-        m.submodules.mem = mem = memory.Memory(shape=weight_row_layout(self.cfg),
-                                               depth=self.cfg.weight_depth, init=self.rows)
+        m.submodules.mem = mem = memory.Memory(shape=self.shape, depth=self.depth,
+                                               init=self.init)
         rp = mem.read_port()
-        m.d.comb += [rp.addr.eq(self.dut.w_addr), rp.en.eq(self.dut.w_en),
-                     self.dut.w_data.eq(rp.data)]
+        port = lambda s: getattr(self.dut, f"{self.prefix}_{s}")  # noqa: E731
+        m.d.comb += [rp.addr.eq(port("addr")), rp.en.eq(port("en")), port("data").eq(rp.data)]
         return m
 
 
+def count_strobes(dut, names, counts: dict, finished: list):
+    """A background testbench adding up 1-bit strobes ``names`` (and cycles) into ``counts``
+    until ``finished`` is non-empty."""
+
+    async def monitor(ctx):
+        async for vals in ctx.tick().sample(*[getattr(dut, s) for s in names]):
+            if finished:
+                return
+            counts["cycles"] = counts.get("cycles", 0) + 1
+            for s, v in zip(names, vals[2:], strict=True):
+                counts[s] = counts.get(s, 0) + int(v)
+
+    return monitor
+
+
 def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=None):
-    top = _WithWeights(cfg, dut, weight_rows(cfg, w))
+    top = WithMemory(dut, "w", weight_row_layout(cfg), cfg.weight_depth, weight_rows(cfg, w))
     sim = Simulator(top)
     sim.add_clock(1e-8)
     rng = random.Random(seed)
@@ -79,17 +97,9 @@ def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=No
         await ctx.tick()  # let the monitor see the cycle of the last transfer
         done.append(True)
 
-    async def monitor(ctx):
-        async for vals in ctx.tick().sample(*[getattr(dut, s) for s in strobes]):
-            if done:
-                return
-            counts["cycles"] += 1
-            for s, v in zip(strobes, vals[2:], strict=True):
-                counts[s] += int(v)
-
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
-    sim.add_testbench(monitor, background=True)
+    sim.add_testbench(count_strobes(dut, strobes, counts, done), background=True)
     sim.run()
     return torch.tensor(result, dtype=torch.int64)[:, : w.shape[0]], counts
 
@@ -116,35 +126,18 @@ def rtl_mac_array(cfg: AccelConfig, codes: torch.Tensor, shifts: torch.Tensor,
                 seed, ("mac", "row", "busy"))
 
 
-class _WithParams(Elaboratable):
-    def __init__(self, cfg: AccelConfig, dut, params):
-        self.cfg, self.dut, self.params = cfg, dut, params
-
-    def elaborate(self, platform):
-        from hw.neuron import param_layout
-
-        m = Module()
-        m.submodules.dut = self.dut
-        m.submodules.mem = mem = memory.Memory(shape=param_layout(), depth=self.cfg.lanes,
-                                               init=self.params)
-        rp = mem.read_port()
-        m.d.comb += [rp.addr.eq(self.dut.p_addr), rp.en.eq(self.dut.p_en),
-                     self.dut.p_data.eq(rp.data)]
-        return m
-
-
 def rtl_output_unit(cfg: AccelConfig, acc: torch.Tensor, mrow: torch.Tensor, consts: dict,
                     shift: int, relu: bool = False, raw: bool = False, stall_p: float = 0.2,
                     seed: int = 0) -> torch.Tensor:
     """Output-unit results ``[M, N]`` for accumulators ``[M, N]`` (N <= lanes), per-row
     ``mrow`` and per-lane constants ``consts`` (``mcol``, ``bias``, ``zp``, ``lo``, ``hi``)."""
-    from hw.neuron import OutputUnit, row_in_layout
+    from hw.neuron import OutputUnit, param_layout, row_in_layout
 
     m_rows, n = acc.shape
     params = [{k: int(consts[k][j]) for k in ("mcol", "bias", "zp", "lo", "hi")}
               for j in range(n)] + [dict(mcol=0, bias=0, zp=0, lo=0, hi=0)] * (cfg.lanes - n)
     dut = OutputUnit(cfg)
-    sim = Simulator(_WithParams(cfg, dut, params))
+    sim = Simulator(WithMemory(dut, "p", param_layout(), cfg.lanes, params))
     sim.add_clock(1e-8)
     rng = random.Random(seed)
     src = Stalls(stall_p, random.Random(rng.random()))

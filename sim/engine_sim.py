@@ -20,6 +20,8 @@ from hw.engine import (
 )
 from hw.tile import TileImage
 
+from .blocks import count_strobes
+
 
 def rtl_engine(cfg: AccelConfig, tiles: list[TileImage], rows: int, n: int,
                seed: int = 0) -> tuple[torch.Tensor, dict[str, int]]:
@@ -67,16 +69,7 @@ def rtl_engine(cfg: AccelConfig, tiles: list[TileImage], rows: int, n: int,
         ctx.set(dut.rd_en, 0)
         finished.append(True)
 
-    async def monitor(ctx):
-        names = [*STROBES, "busy"]
-        async for vals in ctx.tick().sample(*[getattr(dut, s) for s in names]):
-            if finished:
-                return
-            counts["cycles"] += 1
-            for s, v in zip(names, vals[2:], strict=True):
-                counts[s] += int(v)
-
     sim.add_testbench(host)
-    sim.add_testbench(monitor, background=True)
+    sim.add_testbench(count_strobes(dut, [*STROBES, "busy"], counts, finished), background=True)
     sim.run()
     return torch.tensor(result, dtype=torch.int64), counts
