@@ -67,6 +67,27 @@ def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc:
 
 
 @dataclass
+class GemmCall:
+    """One GEMM exactly as the accelerator sees it (for driving hardware or a simulator):
+    activation codes ``[M, K]`` with their integer-channel mask and shifts, integer weights
+    ``[N, K]``, accumulator start ``[N]``, requantizer constants ``[N]`` and ``mrow [M]``,
+    and the expected requantized outputs ``y [M, N]``."""
+
+    name: str
+    head: int | None
+    codes: torch.Tensor
+    int_mask: torch.Tensor
+    shifts: torch.Tensor
+    encoding: Encoding
+    w: torch.Tensor
+    start: torch.Tensor | None
+    consts: dict
+    mrow: torch.Tensor
+    shift: int
+    y: torch.Tensor
+
+
+@dataclass
 class Coded:
     """Integer codes produced by the output neuron unit for the next GEMM (never the host)."""
 
@@ -80,6 +101,15 @@ class GoldenOps:
         self.cm, self.spike_domain = cm, spike_domain
         self.t = cm.tensors
         self.events: dict[str, Events] = {}
+        self.trace: list[GemmCall] | None = None  #: set to a list to record every GEMM
+
+    def _record(self, node: NodeInfo, head, codes, mask, shifts, w, start, sl, mrow, y, n):
+        if self.trace is None:
+            return
+        consts = {c: self.t[f"{node.name}.{c}"][sl].to(torch.int64).expand(n).clone()
+                  for c in ("mcol", "bias", "zp", "lo", "hi")}
+        self.trace.append(GemmCall(node.name, head, codes, mask, shifts, node.act.encoding, w,
+                                   start, consts, mrow, node.shift, y))
 
     # -- helpers ---------------------------------------------------------------------------
     def host(self, a):
@@ -125,6 +155,8 @@ class GoldenOps:
                        name, self.spike_domain)
         self._count(name, ev)
         y = self._epi(node, acc[0], mrow)
+        self._record(node, None, codes, node.act.outlier_mask(k), node.act.shifts(k), w,
+                     self.t[name + ".zcorr"].to(torch.int64), slice(None), mrow, y, w.shape[0])
         if node.direct:
             return Coded(y)
         return y.to(F) * self.t[name + ".scale"]
@@ -142,8 +174,11 @@ class GoldenOps:
         acc, ev = gemm(qh, mask, shifts, node.act.encoding, kh, None, name,
                        self.spike_domain)
         self._count(name, ev)
-        y = self._epi(node, acc, mrow, (-1, 1, 1)).to(F)  # per-head constants
-        return y * self.t[name + ".scale"].view(-1, 1, 1)
+        yi = self._epi(node, acc, mrow, (-1, 1, 1))  # per-head constants
+        for h in range(spec.heads):
+            self._record(node, h, qh[h], mask[h], shifts[h], kh[h], None, slice(h, h + 1),
+                         mrow, yi[h], kh.shape[1])
+        return yi.to(F) * self.t[name + ".scale"].view(-1, 1, 1)
 
     def attn_values(self, name: str, p: torch.Tensor, v) -> Coded:
         node, spec = self.cm.nodes[name], self.cm.spec
@@ -156,14 +191,20 @@ class GoldenOps:
                        node.act.encoding, vh, None, name,
                        self.spike_domain)
         self._count(name, ev)
-        out = self._epi(node, acc, mrow, (spec.heads, 1, spec.head_dim))
+        d = spec.head_dim
+        out = self._epi(node, acc, mrow, (spec.heads, 1, d))
+        for h in range(spec.heads):
+            self._record(node, h, codes[h], node.act.outlier_mask(k), node.act.shifts(k), vh[h],
+                         None, slice(h * d, (h + 1) * d), mrow[h], out[h], d)
         return Coded(merge_heads(out))
 
 
-def run_golden(cm: ConvertedModel, ids: torch.Tensor, spike_domain: bool = False
-               ) -> tuple[torch.Tensor, dict[str, Events]]:
-    """Forward one token sequence; returns (final hidden states float64, events per GEMM)."""
+def run_golden(cm: ConvertedModel, ids: torch.Tensor, spike_domain: bool = False,
+               trace: list[GemmCall] | None = None) -> tuple[torch.Tensor, dict[str, Events]]:
+    """Forward one token sequence; returns (final hidden states float64, events per GEMM).
+    With ``trace`` (a list), every GEMM is appended to it as a :class:`GemmCall`."""
     ops = GoldenOps(cm, spike_domain)
+    ops.trace = trace
     hidden = forward(cm.spec, cm.params(), ids, ops)
     return hidden, ops.events
 

@@ -100,3 +100,21 @@ def test_minilm_hybrid_real_weights_spike_domain_exact_and_accurate():
     fast, ev_fast = run_golden(cm, ids)
     slow, ev_slow = run_golden(cm, ids, spike_domain=True)
     assert torch.equal(fast, slow) and ev_fast == ev_slow
+
+
+def test_trace_records_every_gemm_as_the_accelerator_sees_it(tiny_opt_cm, tiny_opt):
+    from models.contract import requantize
+
+    trace = []
+    ids = tiny_opt.tokenize(TEXT)
+    run_golden(tiny_opt_cm, ids, trace=trace)
+    spec = tiny_opt.spec
+    per_layer = 4 + 2 * spec.heads + 2 + (1 if spec.gated else 0)  # q k v o, heads, up down
+    assert len(trace) == spec.layers * per_layer
+    for call in trace:  # replaying each call through gemm + requantize gives its outputs
+        acc, _ = gemm(call.codes[None], call.int_mask[None], call.shifts[None], call.encoding,
+                      call.w[None], call.start, call.name)
+        c = call.consts
+        y = requantize(acc[0], c["mcol"], call.shift, call.mrow, c["bias"], c["zp"], c["lo"],
+                       c["hi"])
+        assert torch.equal(y, call.y), call.name
