@@ -21,7 +21,7 @@ report: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m models eval --model minilm
 
 bench: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m benchmark bench
+	$(VENV)/bin/python -m pytest -q -s -m benchmark bench tests/sim/test_block_verilator.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
