@@ -43,9 +43,9 @@ def _layer_inputs(lm, cm, names, text):
 
 
 @pytest.mark.benchmark
-@pytest.mark.parametrize("mac_units", [1, 4])
-def test_engine_utilisation_on_minilm_layers(mac_units):
-    cfg = AccelConfig(lanes=16, mac_units=mac_units, weight_depth=2048, max_rows=16,
+@pytest.mark.parametrize("lanes, mac_units", [(16, 1), (16, 4), (32, 1)])
+def test_engine_utilisation_on_minilm_layers(lanes, mac_units):
+    cfg = AccelConfig(lanes=lanes, mac_units=mac_units, weight_depth=2048, max_rows=16,
                       spike_event_depth=32768, mac_event_depth=2048)
     lm = load_model("minilm")
     cm = convert(lm, ConvertOptions())
