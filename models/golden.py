@@ -28,7 +28,8 @@ F = torch.float64
 
 def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc: Encoding,
          w: torch.Tensor, start: torch.Tensor | None, where: str,
-         spike_domain: bool = False, k_tiles: int = 1) -> tuple[torch.Tensor, Events]:
+         spike_domain: bool = False, k_tiles: int = 1,
+         n_tiles: int = 1) -> tuple[torch.Tensor, Events]:
     """One batched GEMM of the accelerator.
 
     ``codes`` ``[B, M, K]`` activation codes; ``int_mask`` ``[B or 1, K]`` marks integer
@@ -38,7 +39,10 @@ def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc:
     weights; ``start`` ``[N]`` the accumulator's start value (zero-point correction).
     Returns the int32 accumulators ``[B, M, N]`` (as int64) and the events. ``k_tiles``:
     how many passes over K the hardware makes (weights larger than its buffer); each pass
-    runs its own TTFS window, so ``acc_step`` counts ``k_tiles`` windows.
+    runs its own TTFS window, so ``acc_step`` counts ``k_tiles`` windows. ``n_tiles``: how
+    many output slices the hardware computes one after the other; each replays the input
+    spikes, so ``spikes`` and ``spike_units`` count ``n_tiles`` times (lane accumulates do
+    not change). Both default to 1: the untiled GEMM.
     """
     b, m, k = codes.shape
     n = w.shape[-2]
@@ -58,8 +62,9 @@ def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc:
     ev = Events(gemms=b, weights_in=b * n * k, acts_in=b * m * k, outs=b * m * n,
                 macs=m * n_int * n, time_steps=1)
     if enc.is_spiking and n_int < b * k:
-        ev.spikes, ev.spike_units = spike_counts(spk, enc)
-        ev.acc_spike = ev.spike_units * n
+        spikes, units = spike_counts(spk, enc)
+        ev.spikes, ev.spike_units = spikes * n_tiles, units * n_tiles
+        ev.acc_spike = units * n
         ev.time_steps = enc.time_steps
         if enc.kind in TTFS_KINDS:
             ev.acc_step = k_tiles * enc.time_steps * b * m * n

@@ -44,7 +44,7 @@ async def minilm_block0_bit_exact(dut):
     tb = Testbench(dut, stall_p=0.2)
     await tb.start()
     await tb.request(Cmd.RESET_COUNTERS)
-    want_acc_spike = want_acc_step = want_macs = 0
+    want_acc_spike = want_acc_step = want_macs = want_spikes = 0
     for call in calls:
         plan = plan_gemm(cfg, call.codes, call.int_mask, call.shifts, call.encoding, call.w,
                          start=call.start, mrow=call.mrow, consts=call.consts,
@@ -53,12 +53,14 @@ async def minilm_block0_bit_exact(dut):
         assert torch.equal(got, call.y), f"{call.name} head {call.head}"
         k_tiles = math.ceil(call.w.shape[1] / cfg.weight_depth)
         _, ev = gemm(call.codes[None], call.int_mask[None], call.shifts[None], call.encoding,
-                     call.w[None], call.start, call.name, k_tiles=k_tiles)
+                     call.w[None], call.start, call.name, k_tiles=k_tiles,
+                     n_tiles=math.ceil(call.w.shape[0] / cfg.lanes))
+        want_spikes += ev.spike_units
         want_acc_spike += ev.acc_spike
         want_acc_step += ev.acc_step
         want_macs += ev.macs
     c = parse_counters(cfg, await tb.request(Cmd.READ_COUNTERS))
-    assert (c["acc_spike"], c["acc_step"], c["macs"]) == \
-        (want_acc_spike, want_acc_step, want_macs), c
+    assert (c["spikes"], c["acc_spike"], c["acc_step"], c["macs"]) == \
+        (want_spikes, want_acc_spike, want_acc_step, want_macs), c
     dut._log.info("block 0: %d GEMMs, %d cycles, %d link bytes in", len(calls), c["cycles"],
                   c["link_rx"])
