@@ -78,6 +78,11 @@ def descriptor_layout(cfg: AccelConfig) -> data.StructLayout:
         "raw": unsigned(1),
         "resume": unsigned(1),  # start from ACC[m] (previous K tile), not the start row
         "keep": unsigned(1),  # write sums back to ACC (more K tiles follow), no output
+        # where the tile's data lie, so several tiles can stay resident in the buffers
+        "w_base": unsigned(cfg.k_bits),
+        "spike_base": unsigned((cfg.spike_event_depth - 1).bit_length()),
+        "mac_base": unsigned((cfg.mac_event_depth - 1).bit_length()),
+        "row_base": unsigned((cfg.max_rows - 1).bit_length() or 1),  # ROWS, ACC and OUT rows
     })
 
 
@@ -99,11 +104,12 @@ STROBES = {
 
 
 class _Reader(wiring.Component):
-    """Streams words ``0 .. count-1`` of a memory through a synchronous read port."""
+    """Streams words ``base .. base+count-1`` of a memory through a synchronous read port."""
 
     def __init__(self, shape, depth: int):
         super().__init__({
             "start": In(1),
+            "base": In(range(depth)),
             "count": In(range(depth + 1)),
             "out": Out(stream.Signature(shape)),
             "addr": Out(range(depth)),
@@ -114,12 +120,12 @@ class _Reader(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        ptr = Signal(range(self._depth + 1))
-        left = ptr < self.count
+        ptr = Signal(range(2 * self._depth + 1))
+        left = ptr < self.base + self.count
         take = ~self.out.valid | self.out.ready
         m.d.comb += [self.addr.eq(ptr), self.en.eq(take & left), self.out.payload.eq(self.data)]
         with m.If(self.start):
-            m.d.sync += [ptr.eq(0), self.out.valid.eq(0)]
+            m.d.sync += [ptr.eq(self.base), self.out.valid.eq(0)]
         with m.Elif(take):
             m.d.sync += self.out.valid.eq(left)
             with m.If(left):
@@ -181,6 +187,7 @@ class Engine(wiring.Component):
                     m.d.comb += self.rd_data.eq(rp.data)
 
         # datapath blocks
+        desc = Signal(descriptor_layout(cfg))
         m.submodules.spikes = sa = SpikeArray(cfg)
         m.submodules.macs = ma = MacArray(cfg)
         m.submodules.neuron = nu = OutputUnit(cfg)
@@ -193,11 +200,11 @@ class Engine(wiring.Component):
         wiring.connect(m, mr.out, ma.ev)
         for arr in (sa, ma):
             rp = mems[BufId.WEIGHTS].read_port()
-            m.d.comb += [rp.addr.eq(arr.w_addr), rp.en.eq(arr.w_en), arr.w_data.eq(rp.data)]
+            m.d.comb += [rp.addr.eq(arr.w_addr + desc.w_base), rp.en.eq(arr.w_en),
+                         arr.w_data.eq(rp.data)]
         prp = mems[BufId.PARAMS].read_port()
         m.d.comb += [prp.addr.eq(nu.p_addr), prp.en.eq(nu.p_en), nu.p_data.eq(prp.data)]
 
-        desc = Signal(descriptor_layout(cfg))
         active = Signal()
         m.d.comb += [sa.ttfs.eq(desc.ttfs), nu.shift.eq(desc.shift), nu.relu.eq(desc.relu),
                      nu.raw.eq(desc.raw), self.busy.eq(active)]
@@ -249,11 +256,17 @@ class Engine(wiring.Component):
         m.d.comb += [self.run.ready.eq(~active),
                      sr.count.eq(Mux(active, desc.spike_events, 0)),
                      mr.count.eq(Mux(active, desc.mac_events, 0))]
+        with m.If(self.run.valid & ~active):
+            m.d.comb += [sr.base.eq(self.run.payload.spike_base),
+                         mr.base.eq(self.run.payload.mac_base)]
+        with m.Else():
+            m.d.comb += [sr.base.eq(desc.spike_base), mr.base.eq(desc.mac_base)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.run.valid):
                     d = self.run.payload
-                    m.d.sync += [desc.eq(d), active.eq(1), r.eq(0), base.eq(0),
+                    m.d.sync += [desc.eq(d), active.eq(1), r.eq(0),
+                                 base.eq(d.row_base * cfg.lanes),
                                  outs_left.eq(Mux(d.keep, 0, d.rows * d.n_active))]
                     m.d.comb += [sr.start.eq(1), mr.start.eq(1)]
                     m.next = "COUNT"
@@ -262,14 +275,16 @@ class Engine(wiring.Component):
                     m.next = "DRAIN"
                 with m.Elif(both):
                     # read the start value and the row multiplier of row r
-                    m.d.comb += [acc_rp.addr.eq(r), acc_rp.en.eq(1), self.acc_rd.eq(1),
-                                 rows_rp.addr.eq(r), rows_rp.en.eq(1)]
+                    m.d.comb += [acc_rp.addr.eq(r + desc.row_base), acc_rp.en.eq(1),
+                                 self.acc_rd.eq(1), rows_rp.addr.eq(r + desc.row_base),
+                                 rows_rp.en.eq(1)]
                     with m.If(~desc.resume):
                         m.d.comb += acc_rp.addr.eq(cfg.max_rows)
                     m.next = "SUM"
             with m.State("SUM"):
                 with m.If(desc.keep):
-                    m.d.comb += [acc_wp.addr.eq(r), acc_wp.data.eq(summed), acc_wp.en.eq(1),
+                    m.d.comb += [acc_wp.addr.eq(r + desc.row_base), acc_wp.data.eq(summed),
+                                 acc_wp.en.eq(1),
                                  self.acc_wr.eq(1), pop.eq(1)]
                     m.d.sync += r.eq(r + 1)
                     m.next = "COUNT"

@@ -28,6 +28,7 @@ class TileImage:
     words: dict[BufId, list] = field(default_factory=dict)
     start_row: list[int] | None = None  #: accumulator start values (ACC row ``max_rows``)
     descriptor: dict = field(default_factory=dict)
+    base: dict[BufId, int] = field(default_factory=dict)  #: first address of each buffer
 
 
 def spike_words(codes: torch.Tensor, enc: Encoding) -> list[dict]:
@@ -62,15 +63,20 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
                start: torch.Tensor | None = None, mrow: torch.Tensor | None = None,
                consts: dict | None = None, shift: int = 0, relu: bool = False,
                raw: bool = False, resume: bool = False, keep: bool = False,
-               where: str = "tile") -> TileImage:
+               bases: dict[BufId, int] | None = None, where: str = "tile") -> TileImage:
     """Images for codes ``[M, K]``, weights ``[N, K]`` (N <= lanes, K <= weight_depth).
 
     ``start`` (``[N]``) is the accumulator start value (zero-point correction) used unless
     ``resume``; ``consts`` the per-lane requantizer constants; ``raw`` passes accumulators.
+    ``bases`` places the tile's words (WEIGHTS, SPIKE_EV, MAC_EV; ROWS for the row buffers,
+    accumulator and output rows) so that several tiles can stay resident.
     """
+    bases = {b: 0 for b in (BufId.WEIGHTS, BufId.SPIKE_EV, BufId.MAC_EV, BufId.ROWS)} | (
+        bases or {})
     m, k = codes.shape
     n = w.shape[0]
-    if n > cfg.lanes or k > cfg.weight_depth or m > cfg.max_rows:
+    if (n > cfg.lanes or k + bases[BufId.WEIGHTS] > cfg.weight_depth
+            or m + bases[BufId.ROWS] > cfg.max_rows):
         raise ValueError(f"{where}: tile M={m} K={k} N={n} exceeds the config "
                          f"(rows {cfg.max_rows}, weight rows {cfg.weight_depth}, "
                          f"lanes {cfg.lanes})")
@@ -83,7 +89,7 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     img.words[BufId.MAC_EV] = mac_words(codes, int_mask, shifts)
     for b, depth in ((BufId.SPIKE_EV, cfg.spike_event_depth),
                      (BufId.MAC_EV, cfg.mac_event_depth)):
-        if len(img.words[b]) > depth:
+        if len(img.words[b]) + bases[b] > depth:
             raise ValueError(f"{where}: {len(img.words[b])} {b.name} events exceed the "
                              f"buffer's {depth}; split the tile over fewer rows")
     mrow = mrow if mrow is not None else torch.full((m,), 2**ROW_FRAC)
@@ -97,7 +103,12 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     img.descriptor = {"rows": m, "n_active": n, "spike_events": len(img.words[BufId.SPIKE_EV]),
                       "mac_events": len(img.words[BufId.MAC_EV]),
                       "ttfs": int(enc.kind in TTFS_KINDS), "shift": shift, "relu": int(relu),
-                      "raw": int(raw), "resume": int(resume), "keep": int(keep)}
+                      "raw": int(raw), "resume": int(resume), "keep": int(keep),
+                      "w_base": bases[BufId.WEIGHTS], "spike_base": bases[BufId.SPIKE_EV],
+                      "mac_base": bases[BufId.MAC_EV], "row_base": bases[BufId.ROWS]}
+    img.base = {BufId.WEIGHTS: bases[BufId.WEIGHTS], BufId.SPIKE_EV: bases[BufId.SPIKE_EV],
+                BufId.MAC_EV: bases[BufId.MAC_EV], BufId.ROWS: bases[BufId.ROWS],
+                BufId.PARAMS: 0}
     return img
 
 

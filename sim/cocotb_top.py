@@ -110,11 +110,12 @@ class Testbench:
 
     async def write_tile(self, tile) -> None:
         for buf, words in tile.words.items():
-            if self.resident.get(buf) == words:
+            base = tile.base.get(buf, 0)
+            if self.resident.get((buf, base)) == words:
                 continue  # e.g. the same activations for the next N tile
-            for p in write_buf_payloads(CFG, buf, words):
+            for p in write_buf_payloads(CFG, buf, words, addr=base):
                 await self.request(Cmd.WRITE_BUF, p)
-            self.resident[buf] = words
+            self.resident[(buf, base)] = words
         if tile.start_row is not None:
             for p in write_buf_payloads(CFG, BufId.ACC, [tile.start_row], addr=CFG.max_rows):
                 await self.request(Cmd.WRITE_BUF, p)

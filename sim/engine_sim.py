@@ -25,7 +25,8 @@ from .blocks import count_strobes
 
 def rtl_engine(cfg: AccelConfig, tiles: list[TileImage], rows: int, n: int,
                seed: int = 0) -> tuple[torch.Tensor, dict[str, int]]:
-    """Run ``tiles`` in order; return OUT ``[rows, n]`` and strobe counts (plus cycles)."""
+    """Run ``tiles`` in order (a tile with no words reuses what is resident); return OUT
+    rows ``[rows, n]`` and strobe counts (plus cycles)."""
     dut = Engine(cfg)
     shapes = buffer_shapes(cfg)
     sim = Simulator(dut)
@@ -46,7 +47,7 @@ def rtl_engine(cfg: AccelConfig, tiles: list[TileImage], rows: int, n: int,
     async def host(ctx):
         for tile in tiles:
             for buf, words in tile.words.items():
-                for addr, word in enumerate(words):
+                for addr, word in enumerate(words, start=tile.base.get(buf, 0)):
                     await write(ctx, buf, addr, word)
             if tile.start_row is not None:
                 await write(ctx, BufId.ACC, cfg.max_rows, tile.start_row)

@@ -102,3 +102,27 @@ def test_engine_rows_faster_than_the_output_unit_wait_without_corruption():
     start_tile = build_tile(cfg, q, mask, shifts, enc, w, start=start, consts=ones, raw=True)
     got, _ = rtl_engine(cfg, [start_tile], 8, 16)
     assert torch.equal(got, acc[0])
+
+
+def test_engine_tiles_at_base_addresses_stay_resident():
+    from dataclasses import replace
+
+    from hw.engine import BufId
+
+    enc = Encoding("ttfs", 4)
+    rng = random.Random(seed() + 13)
+    ones = dict(mcol=[1] * 4, bias=[0] * 4, zp=[0] * 4, lo=[0] * 4, hi=[0] * 4)
+    cases = []
+    for bases in ({}, {BufId.WEIGHTS: 30, BufId.SPIKE_EV: 700, BufId.MAC_EV: 40,
+                       BufId.ROWS: 4}):
+        q, mask, shifts, w, start = _operands(rng, enc, 3, 20, 4, 2)
+        acc, _ = gemm(q[None], mask[None], shifts[None], enc, w[None], start, "t")
+        tile = build_tile(CFG, q, mask, shifts, enc, w, start=start, consts=ones, raw=True,
+                          bases=bases)
+        cases.append((tile, acc[0]))
+    (ta, want_a), (tb, want_b) = cases
+    # A, then B at other addresses, then A again from what is still resident (no writes;
+    # only the start row, shared by both, is rewritten)
+    again = replace(ta, words={})
+    got, _ = rtl_engine(CFG, [ta, tb, again], 7, 4)
+    assert torch.equal(got[0:3], want_a) and torch.equal(got[4:7], want_b)
