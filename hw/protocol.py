@@ -1,53 +1,89 @@
 """The host link protocol: the one definition used by the gateware, the host and the benches.
 
-Frames (both directions)::
+Frames
+------
+Requests (host to device) and responses (device to host) share one frame format::
 
-    SOF (0xA5) | header: cmd u8, seq u8, length u16 (little-endian) | payload | CRC-32
+    SOF 0xA5 | header (4 bytes) | payload (``length`` bytes) | CRC-32 (4 bytes)
 
+The header is :data:`HEADER`, ``StructLayout({"cmd": 8, "seq": 8, "length": 16})``, packed
+little-endian (``cmd`` is byte 0, ``seq`` byte 1, ``length`` bytes 2-3, low byte first).
 The CRC is zlib's CRC-32 (reflected polynomial 0xEDB88320, init and final xor 0xFFFFFFFF)
-of header and payload (not the SOF), sent little-endian. A response carries a
-:class:`Status` in ``cmd`` and echoes ``seq``. Commands, statuses, argument layouts, the
-IDENTIFY word and buffer word sizes are defined here; ``docs/link.md`` explains recovery.
+over header and payload, not the SOF, sent little-endian. A payload holds at most
+``max_payload`` bytes (:data:`MAX_PAYLOAD` unless the gateware was built otherwise).
+
+Commands and statuses
+---------------------
+A request carries a :class:`Cmd` in ``cmd`` and any ``seq`` the host likes. The response
+carries a :class:`Status` in ``cmd`` and echoes ``seq``. The header's ``cmd`` field is a
+plain byte rather than ``Cmd``, because the same layout carries statuses and because codes
+the gateware does not know still travel: the link hands every well-formed frame to the core,
+and the core answers an unknown code with ``ERR_COMMAND`` (the link does not filter).
+Request and response payloads of each command are defined by the core (``hw/top.py``):
+:data:`BUF_ARGS` and :func:`ident_layout` live here so that host and gateware share them.
+
+Errors and recovery
+-------------------
+The link itself answers, with an empty payload, a frame whose CRC is wrong (``ERR_CRC``,
+``seq`` echoed), whose ``length`` exceeds ``max_payload`` (``ERR_LENGTH``, sent as soon as
+the header is in), or whose bytes stop for more than ``timeout_cycles`` cycles
+(``ERR_TIMEOUT``; ``seq`` is echoed if it had arrived, else 0). After any of these it hunts
+for the next SOF, skipping whatever else arrives. It does not look back into a bad frame's
+bytes: the host retransmits after an error reply. One request is answered before the next
+one is taken.
+
+The host's :class:`FrameDecoder` is more thorough, because it can afford a buffer: after a
+bad frame it resumes its search one byte after that frame's SOF, so a good frame that a
+false SOF (a stray 0xA5 in line noise) had swallowed is still found.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from amaranth import Shape, unsigned
 from amaranth.lib import data, enum
 
+#: Start-of-frame byte.
 SOF = 0xA5
+#: Default largest payload the gateware buffers (its ``max_payload`` parameter).
 MAX_PAYLOAD = 4096
+#: Reported by IDENTIFY; bumped whenever a frame, command or payload layout changes.
 PROTOCOL_VERSION = 1
 
-#: Frame header after the SOF byte.
+#: Frame header after the SOF byte (little-endian on the wire).
 HEADER = data.StructLayout({"cmd": unsigned(8), "seq": unsigned(8), "length": unsigned(16)})
+#: Bytes of a packed :data:`HEADER`.
 HEADER_BYTES = HEADER.size // 8
+#: Bytes of the CRC trailer.
 CRC_BYTES = 4
+#: Bytes a frame adds to its payload (SOF, header, CRC).
+FRAME_OVERHEAD = 1 + HEADER_BYTES + CRC_BYTES
+#: Largest payload the 16-bit ``length`` field can declare.
+LENGTH_LIMIT = (1 << Shape.cast(HEADER["length"].shape).width) - 1
 
 
 class Cmd(enum.Enum, shape=8):
-    """Request codes."""
+    """Request codes (the ``cmd`` field of a request)."""
 
-    IDENTIFY = 0x01
-    WRITE_BUF = 0x02
-    READ_BUF = 0x03
-    RUN = 0x04
-    READ_COUNTERS = 0x05
-    RESET_COUNTERS = 0x06
+    IDENTIFY = 0x01  #: report the configuration hash, protocol version and sizes
+    WRITE_BUF = 0x02  #: write words into an engine buffer
+    READ_BUF = 0x03  #: read words from an engine buffer
+    RUN = 0x04  #: run one tile descriptor; answered when the tile is done
+    READ_COUNTERS = 0x05  #: read every event counter
+    RESET_COUNTERS = 0x06  #: clear every event counter
 
 
 class Status(enum.Enum, shape=8):
-    """Response codes (in the ``cmd`` field of a response)."""
+    """Response codes (the ``cmd`` field of a response); all have the top bit set."""
 
-    OK = 0x80
-    ERR_CRC = 0x81
-    ERR_LENGTH = 0x82
-    ERR_COMMAND = 0x83
-    ERR_ARG = 0x84
-    ERR_TIMEOUT = 0x85
+    OK = 0x80  #: done; the payload is the command's result
+    ERR_CRC = 0x81  #: the request's CRC was wrong (answered by the link)
+    ERR_LENGTH = 0x82  #: the request declared more than ``max_payload`` bytes (link)
+    ERR_COMMAND = 0x83  #: unknown command code (answered by the core)
+    ERR_ARG = 0x84  #: the request's payload is malformed or out of range (core)
+    ERR_TIMEOUT = 0x85  #: the request's bytes stopped arriving (link)
 
 
 #: WRITE_BUF / READ_BUF arguments (the first bytes of the payload).
@@ -55,12 +91,29 @@ BUF_ARGS = data.StructLayout({"buf": unsigned(8), "addr": unsigned(24), "count":
 
 
 def nbytes(bits: int) -> int:
-    """Bytes that carry ``bits`` bits."""
+    """Bytes that carry ``bits`` bits.
+
+    Parameters
+    ----------
+    bits : int
+        Width of a word.
+
+    Returns
+    -------
+    int
+        ``ceil(bits / 8)``.
+    """
     return (bits + 7) // 8
 
 
 def ident_layout() -> data.StructLayout:
-    """IDENTIFY response: config hash, protocol version and the sizes a host needs."""
+    """Layout of the IDENTIFY response payload.
+
+    Returns
+    -------
+    data.StructLayout
+        Config hash, protocol version and the sizes a host needs to drive the device.
+    """
     return data.StructLayout({"hash": unsigned(32), "version": unsigned(8),
                               "lanes": unsigned(16), "mac_units": unsigned(16),
                               "weight_depth": unsigned(16), "max_rows": unsigned(16),
@@ -68,31 +121,140 @@ def ident_layout() -> data.StructLayout:
 
 
 def word_bytes(cfg) -> dict:
-    """Bytes per word of every engine buffer on the link (``{BufId: n}``)."""
+    """Bytes per word of every engine buffer on the link.
+
+    Parameters
+    ----------
+    cfg : hw.config.AccelConfig
+        The accelerator instance.
+
+    Returns
+    -------
+    dict
+        ``{BufId: bytes per word}``.
+    """
+    # imported here: the engine imports this module, and the frame code needs no engine
     from .engine import buffer_shapes
 
     return {b: nbytes(Shape.cast(s).width) for b, (s, _) in buffer_shapes(cfg).items()}
 
 
 def crc32(data_: bytes) -> int:
-    """The frame CRC."""
+    """The frame CRC (zlib's CRC-32) of header and payload bytes.
+
+    Parameters
+    ----------
+    data_ : bytes
+        Header and payload, without the SOF.
+
+    Returns
+    -------
+    int
+        The 32-bit CRC, sent little-endian after the payload.
+    """
     return zlib.crc32(data_) & 0xFFFFFFFF
 
 
+def _code(value, what: str) -> int:
+    if isinstance(value, (Cmd, Status)):
+        return value.value
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFF:
+        raise ValueError(f"{what} must be a byte (0..255), not {value!r}")
+    return value
+
+
+def encode_header(cmd: int, seq: int, length: int) -> bytes:
+    """Pack a frame header (through :data:`HEADER`, little-endian).
+
+    Parameters
+    ----------
+    cmd : int or Cmd or Status
+        The ``cmd`` byte.
+    seq : int
+        The sequence byte.
+    length : int
+        Payload length in bytes.
+
+    Returns
+    -------
+    bytes
+        :data:`HEADER_BYTES` bytes.
+
+    Raises
+    ------
+    ValueError
+        If a field is out of range; the message names the field.
+    """
+    cmd, seq = _code(cmd, "cmd"), _code(seq, "seq")
+    if not 0 <= length <= LENGTH_LIMIT:
+        raise ValueError(f"payload of {length} bytes does not fit the 16-bit length field "
+                         f"(at most {LENGTH_LIMIT})")
+    bits = HEADER.const({"cmd": cmd, "seq": seq, "length": length}).as_bits()
+    return bits.to_bytes(HEADER_BYTES, "little")
+
+
+def decode_header(raw: bytes) -> data.Const:
+    """Unpack a frame header.
+
+    Parameters
+    ----------
+    raw : bytes
+        Exactly :data:`HEADER_BYTES` bytes, as they follow the SOF.
+
+    Returns
+    -------
+    data.Const
+        A :data:`HEADER` constant (fields ``cmd``, ``seq``, ``length``).
+    """
+    if len(raw) != HEADER_BYTES:
+        raise ValueError(f"a header is {HEADER_BYTES} bytes, not {len(raw)}")
+    return HEADER.from_bits(int.from_bytes(raw, "little"))
+
+
 def encode_frame(cmd: int, seq: int, payload: bytes = b"") -> bytes:
-    """One frame, ready to send."""
-    if not 0 <= cmd <= 0xFF or not 0 <= seq <= 0xFF:
-        raise ValueError(f"cmd and seq are bytes, not {cmd}, {seq}")
-    if len(payload) > 0xFFFF:
-        raise ValueError(f"payload of {len(payload)} bytes does not fit the 16-bit length")
-    hdr = HEADER.const({"cmd": cmd, "seq": seq, "length": len(payload)}).as_bits()
-    body = hdr.to_bytes(HEADER_BYTES, "little") + bytes(payload)
+    """One complete frame, ready to send.
+
+    Parameters
+    ----------
+    cmd : int or Cmd or Status
+        Command code (request) or status code (response), 0..255.
+    seq : int
+        Sequence byte, 0..255; a response echoes its request's.
+    payload : bytes
+        At most 65535 bytes (the device accepts at most its ``max_payload``; larger frames
+        are still encodable so that the error path can be tested).
+
+    Returns
+    -------
+    bytes
+        SOF, header, payload and CRC-32.
+
+    Raises
+    ------
+    ValueError
+        If ``cmd`` or ``seq`` is not a byte or the payload does not fit the length field.
+    TypeError
+        If ``payload`` is not bytes-like.
+    """
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+    body = encode_header(cmd, seq, len(payload)) + bytes(payload)
     return bytes([SOF]) + body + crc32(body).to_bytes(CRC_BYTES, "little")
 
 
 @dataclass(frozen=True)
 class Frame:
-    """A well-formed frame."""
+    """A frame that passed its CRC check.
+
+    Attributes
+    ----------
+    cmd : int
+        The ``cmd`` byte: a :class:`Cmd` code in a request, a :class:`Status` in a response.
+    seq : int
+        Sequence byte.
+    payload : bytes
+        The payload.
+    """
 
     cmd: int
     seq: int
@@ -101,48 +263,115 @@ class Frame:
 
 @dataclass(frozen=True)
 class FrameError:
-    """A frame that failed its checks (``reason``: ``crc`` or ``length``)."""
+    """A frame that failed its checks.
+
+    Attributes
+    ----------
+    reason : str
+        ``"crc"`` (CRC mismatch), ``"length"`` (declared length above ``max_payload``) or
+        ``"truncated"`` (the stream ended inside the frame, see :meth:`FrameDecoder.flush`).
+    seq : int or None
+        The frame's sequence byte, None if its header never arrived.
+    detail : str
+        A sentence saying what was wrong (not part of equality).
+    """
 
     reason: str
     seq: int | None = None
+    detail: str = field(default="", compare=False)
 
 
 class FrameDecoder:
-    """Incremental decoder: :meth:`feed` bytes, get the frames (and errors) they complete.
+    """Incremental frame decoder: :meth:`feed` it bytes, get the frames they complete.
 
-    Garbage before a SOF is skipped. After a bad frame the search resumes at the byte after
-    its SOF, so a good frame hidden behind a false SOF is still found.
+    Bytes before a SOF are skipped. A frame with a bad CRC or an oversized length is
+    reported as a :class:`FrameError` and the search for SOF resumes at the byte after its
+    SOF, so a good frame hidden behind a false SOF is still found.
+
+    Parameters
+    ----------
+    max_payload : int
+        Longest payload accepted; a header declaring more is an error at once (rather than a
+        wait for up to 64 KiB that may never come).
     """
 
     def __init__(self, max_payload: int = MAX_PAYLOAD):
+        if not isinstance(max_payload, int) or not 0 <= max_payload <= LENGTH_LIMIT:
+            raise ValueError(f"max_payload must be in 0..{LENGTH_LIMIT}, not {max_payload!r}")
         self.max_payload = max_payload
-        self.buf = bytearray()
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back, waiting for the rest of a frame."""
+        return len(self._buf)
 
     def feed(self, data_: bytes) -> list[Frame | FrameError]:
-        """Add bytes; return what they complete, in order."""
-        self.buf.extend(data_)
-        out: list[Frame | FrameError] = []
+        """Add received bytes.
+
+        Parameters
+        ----------
+        data_ : bytes
+            Any number of bytes; frames may be split across calls anywhere.
+
+        Returns
+        -------
+        list of Frame or FrameError
+            What these bytes complete, in stream order.
+        """
+        self._buf.extend(data_)
+        return self._scan(final=False)
+
+    def flush(self) -> list[Frame | FrameError]:
+        """End of stream (for example a receive timeout): decide on the bytes held back.
+
+        An incomplete frame is reported as ``FrameError("truncated", seq)`` and the search
+        resumes after its SOF, so complete frames it had swallowed are still returned.
+        The decoder is empty afterwards.
+
+        Returns
+        -------
+        list of Frame or FrameError
+            What remained, in stream order.
+        """
+        return self._scan(final=True)
+
+    def _scan(self, final: bool) -> list[Frame | FrameError]:
+        buf, out = self._buf, []
         while True:
-            start = self.buf.find(SOF)
+            start = buf.find(SOF)
             if start < 0:
-                self.buf.clear()
+                buf.clear()
                 return out
-            del self.buf[:start]
-            if len(self.buf) < 1 + HEADER_BYTES:
-                return out
-            hdr = HEADER.from_bits(int.from_bytes(self.buf[1 : 1 + HEADER_BYTES], "little"))
+            del buf[:start]
+            if len(buf) < 1 + HEADER_BYTES:
+                if not final:
+                    return out
+                out.append(FrameError("truncated", None,
+                                      f"stream ended {len(buf) - 1} byte(s) into a header"))
+                del buf[:1]
+                continue
+            hdr = decode_header(bytes(buf[1 : 1 + HEADER_BYTES]))
             length, seq = int(hdr.length), int(hdr.seq)
             if length > self.max_payload:
-                out.append(FrameError("length", seq))
-                del self.buf[:1]
+                out.append(FrameError("length", seq, f"frame seq {seq} declares {length} "
+                                      f"payload bytes, more than {self.max_payload}"))
+                del buf[:1]
                 continue
-            end = 1 + HEADER_BYTES + length + CRC_BYTES
-            if len(self.buf) < end:
-                return out
-            body = bytes(self.buf[1 : end - CRC_BYTES])
-            if crc32(body) != int.from_bytes(self.buf[end - CRC_BYTES : end], "little"):
-                out.append(FrameError("crc", seq))
-                del self.buf[:1]
+            end = FRAME_OVERHEAD + length
+            if len(buf) < end:
+                if not final:
+                    return out
+                out.append(FrameError("truncated", seq, f"stream ended after {len(buf)} of "
+                                      f"the {end} bytes of frame seq {seq}"))
+                del buf[:1]
+                continue
+            body = bytes(buf[1 : end - CRC_BYTES])
+            got = int.from_bytes(buf[end - CRC_BYTES : end], "little")
+            if crc32(body) != got:
+                out.append(FrameError("crc", seq, f"frame seq {seq} carries CRC {got:#010x}, "
+                                      f"its bytes give {crc32(body):#010x}"))
+                del buf[:1]
                 continue
             out.append(Frame(int(hdr.cmd), seq, body[HEADER_BYTES:]))
-            del self.buf[:end]
+            del buf[:end]
