@@ -28,6 +28,8 @@ from amaranth import Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from models.contract import ROW_MULT_BITS
+
 from .arrays import (
     MacArray,
     SpikeArray,
@@ -58,7 +60,7 @@ def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
         BufId.WEIGHTS: (weight_row_layout(cfg), cfg.weight_depth),
         BufId.SPIKE_EV: (spike_event_layout(cfg), cfg.spike_event_depth),
         BufId.MAC_EV: (mac_event_layout(cfg), cfg.mac_event_depth),
-        BufId.ROWS: (unsigned(16), cfg.max_rows),
+        BufId.ROWS: (unsigned(ROW_MULT_BITS), cfg.max_rows),
         BufId.ACC: (acc_vector_layout(cfg), cfg.max_rows + 1),
         BufId.PARAMS: (param_layout(), cfg.lanes),
         BufId.OUT: (signed(cfg.acc_bits), cfg.max_rows * cfg.lanes),

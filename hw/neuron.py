@@ -18,13 +18,13 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from models.contract import COL_MULT_BITS, REQ_MID_BITS, ROW_FRAC
+from models.contract import COL_MULT_BITS, MAX_REQ_SHIFT, REQ_MID_BITS, ROW_FRAC, ROW_MULT_BITS
 
 from .arrays import acc_vector_layout
 from .config import AccelConfig
 
-#: Requantizer shift field width (shifts 0..47 fit the contract's products).
-SHIFT_BITS = 6
+#: Requantizer shift field width (the contract's shifts 0..MAX_REQ_SHIFT).
+SHIFT_BITS = MAX_REQ_SHIFT.bit_length()
 
 
 def param_layout() -> data.StructLayout:
@@ -35,7 +35,7 @@ def param_layout() -> data.StructLayout:
 
 def row_in_layout(cfg: AccelConfig) -> data.StructLayout:
     """An accumulator row entering the unit, with its row multiplier."""
-    return data.StructLayout({"acc": acc_vector_layout(cfg), "mrow": unsigned(16),
+    return data.StructLayout({"acc": acc_vector_layout(cfg), "mrow": unsigned(ROW_MULT_BITS),
                               "n_active": unsigned((cfg.lanes).bit_length())})
 
 
@@ -96,7 +96,7 @@ class OutputUnit(wiring.Component):
         acc_j = Signal(signed(cfg.acc_bits))
         m.d.comb += acc_j.eq(row.acc[j])
         # stage 1: constants arrive; first product
-        s1 = dict(v=Signal(), acc=Signal(signed(cfg.acc_bits)), mrow=Signal(16),
+        s1 = dict(v=Signal(), acc=Signal(signed(cfg.acc_bits)), mrow=Signal(ROW_MULT_BITS),
                   lane=Signal(range(lanes)), last=Signal())
         with m.If(adv):
             m.d.sync += [s1["v"].eq(have), s1["acc"].eq(acc_j), s1["mrow"].eq(row.mrow),
@@ -109,7 +109,7 @@ class OutputUnit(wiring.Component):
         t_sat = Mux(t_full >= lim, lim - 1, Mux(t_full < -lim, -lim, t_full))
         # stage 2
         s2 = dict(v=Signal(), t=Signal(signed(REQ_MID_BITS)), acc=Signal(signed(cfg.acc_bits)),
-                  mrow=Signal(16), bias=Signal(signed(32)), zp=Signal(signed(16)),
+                  mrow=Signal(ROW_MULT_BITS), bias=Signal(signed(32)), zp=Signal(signed(16)),
                   lo=Signal(signed(32)), hi=Signal(signed(32)), lane=Signal(range(lanes)),
                   last=Signal())
         with m.If(adv):
@@ -117,13 +117,13 @@ class OutputUnit(wiring.Component):
                          s2["mrow"].eq(s1["mrow"]), s2["bias"].eq(p.bias), s2["zp"].eq(p.zp),
                          s2["lo"].eq(p.lo), s2["hi"].eq(p.hi), s2["lane"].eq(s1["lane"]),
                          s2["last"].eq(s1["last"])]
-        prod2 = Signal(signed(REQ_MID_BITS + 17 + 1))
+        prod2 = Signal(signed(REQ_MID_BITS + ROW_MULT_BITS + 2))
         m.d.comb += prod2.eq(s2["t"] * Cat(s2["mrow"], 0).as_signed() + s2["bias"])
         # stage 3: round, ReLU, zero point, clamp
-        u = Signal(signed(REQ_MID_BITS + 18))
+        u = Signal(signed(REQ_MID_BITS + ROW_MULT_BITS + 2))
         m.d.comb += u.eq((prod2 + (1 << (ROW_FRAC - 1))) >> ROW_FRAC)
         ur = Mux(self.relu & (u < 0), 0, u)
-        y = Signal(signed(REQ_MID_BITS + 19))
+        y = Signal(signed(REQ_MID_BITS + ROW_MULT_BITS + 3))
         m.d.comb += y.eq(ur + s2["zp"])
         yc = Mux(y < s2["lo"], s2["lo"], Mux(y > s2["hi"], s2["hi"], y))
         with m.If(adv):

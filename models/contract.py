@@ -29,6 +29,12 @@ INT8_QMAX = 127
 ROW_FRAC = 15
 ROW_MULT_MAX = 2**16 - 1
 
+#: Width of the row multiplier.
+ROW_MULT_BITS = ROW_MULT_MAX.bit_length()
+
+#: Largest requantizer shift (keeps ``acc * mcol`` rounding inside a 48-bit datapath).
+MAX_REQ_SHIFT = 47
+
 #: Column multiplier (per output channel), unsigned, at most COL_MULT_BITS bits.
 COL_MULT_BITS = 15
 COL_MULT_MAX = 2**COL_MULT_BITS - 1

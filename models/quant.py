@@ -22,6 +22,7 @@ import torch
 from .contract import (
     COL_MULT_MAX,
     INT8_QMAX,
+    MAX_REQ_SHIFT,
     ROW_FRAC,
     ROW_MULT_MAX,
     ContractError,
@@ -235,7 +236,7 @@ def fixed_point(ratio: torch.Tensor, where: str) -> tuple[torch.Tensor, int]:
     top = float(ratio.max())
     if not math.isfinite(top) or top <= 0:
         raise ContractError(f"{where}: requantization ratio must be positive and finite")
-    shift = max(0, min(47, math.floor(math.log2(COL_MULT_MAX / top))))
+    shift = max(0, min(MAX_REQ_SHIFT, math.floor(math.log2(COL_MULT_MAX / top))))
     mcol = torch.round(ratio * 2.0**shift).to(torch.int64)
     if int(mcol.max()) > COL_MULT_MAX:  # log2 rounding at the boundary
         shift -= 1
