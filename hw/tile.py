@@ -127,7 +127,13 @@ def row_groups(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     spk = codes.masked_fill(int_mask, 0)
     units = spike_events(spk, enc)[:, 0].bincount(minlength=codes.shape[0]).tolist()
     steps = enc.time_steps if enc.kind in TTFS_KINDS else 0
-    n_int = int(int_mask.sum())
+    return row_groups_of(cfg, units, steps, int(int_mask.sum()))
+
+
+def row_groups_of(cfg: AccelConfig, units: list[int], steps: int,
+                  n_int: int) -> list[tuple[int, int]]:
+    """:func:`row_groups` from the unit spikes of each row, the STEP events per row and the
+    integer channels (the generator's cycle model calls this with measured statistics)."""
     groups, r0, s_ev, m_ev = [], 0, 0, 0
     for r, u in enumerate(units):
         se, me = u + steps + 1, n_int + 1
@@ -140,7 +146,7 @@ def row_groups(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
             groups.append((r0, r))
             r0, s_ev, m_ev = r, 0, 0
         s_ev, m_ev = s_ev + se, m_ev + me
-    groups.append((r0, codes.shape[0]))
+    groups.append((r0, len(units)))
     return groups
 
 

@@ -1,0 +1,119 @@
+"""Analytical cycle model of the GEMM engine, driven by measured spike statistics.
+
+The engine (``hw/engine.py``) runs one descriptor at a time. Inside a descriptor three
+stages work on the rows of the tile, decoupled by ``row_fifo_depth``-deep FIFOs:
+
+* the spike array takes one event per cycle: a row costs its unit spikes, one STEP per time
+  step (TTFS only) and one END;
+* the MAC array spends ``lanes / mac_units`` cycles per integer (outlier) channel and one
+  cycle on END;
+* the combiner pops a row when both partials are there (two cycles), and the output unit
+  requantizes one lane per cycle (``n_active`` cycles per row; none for a ``keep`` tile,
+  whose sums go back to the accumulator buffer).
+
+:func:`tile_cycles` replays that pipeline row by row (a max-plus recurrence, no gate-level
+detail), so it knows where spikes are dense and where they are sparse. Its constants are
+fitted to the Amaranth/Verilator engine and checked by ``tests/gen/test_cycles.py``.
+The figure it predicts is the engine's ``busy`` counter: cycles from descriptor to done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hw.config import AccelConfig
+
+#: Cycles from accepting a descriptor to the first event reaching an array.
+START = 2
+#: Cycles from an array emitting a row to the combiner seeing it (FIFO latency).
+FIFO_LAT = 1
+#: Combiner cycles per row (COUNT, SUM).
+COMBINE = 2
+#: Output-unit pipeline depth after its last lane.
+TAIL = 4
+#: Cycles from the last row's result to ``done`` and the sequencer back in IDLE.
+DONE = 3
+
+
+@dataclass(frozen=True)
+class TileWork:
+    """What one descriptor asks of the engine."""
+
+    spike_cost: np.ndarray  #: per row: unit spikes + steps + 1 (END)
+    mac_cost: int  #: per row: integer channels * lanes / mac_units + 1
+    n_active: int  #: output lanes in use
+    keep: bool  #: partial sums stay on chip (no output unit)
+
+
+def tile_cycles(cfg: AccelConfig, work: TileWork) -> int:
+    """Predicted busy cycles of one descriptor."""
+    depth = cfg.row_fifo_depth
+    rows = len(work.spike_cost)
+    if rows == 0:
+        return START + TAIL
+    s = np.zeros(rows, dtype=np.int64)  # cycle the spike array emits row r
+    m = np.zeros(rows, dtype=np.int64)  # cycle the MAC array emits row r
+    pop = np.zeros(rows, dtype=np.int64)  # cycle the combiner pops row r
+    per_row = COMBINE if work.keep else max(COMBINE, work.n_active)
+    prev_s = prev_m = START - 1
+    prev_pop = -per_row
+    for r in range(rows):
+        # an array may not emit row r before the combiner has popped row r - depth
+        free = pop[r - depth] + 1 if r >= depth else 0
+        s[r] = max(prev_s + int(work.spike_cost[r]), free)
+        m[r] = max(prev_m + work.mac_cost, free)
+        pop[r] = max(max(s[r], m[r]) + FIFO_LAT + COMBINE - 1, prev_pop + per_row)
+        prev_s, prev_m, prev_pop = s[r], m[r], pop[r]
+    last = pop[-1] + (COMBINE - 1 if work.keep else work.n_active + TAIL - 1)
+    return int(last) + DONE
+
+
+@dataclass
+class GemmPrediction:
+    """Predicted engine work of one GEMM under one configuration."""
+
+    cycles: int  #: busy cycles, all descriptors
+    descriptors: int
+    spike_cycles: int  #: cycles the spike array has work (events)
+    mac_cycles: int  #: cycles the MAC array has work
+    out_cycles: int  #: cycles the output unit has work
+    weight_rows: int  #: weight-buffer rows written (each tile's weights are loaded once)
+    spike_events: int  #: spike-event words written
+    mac_events: int  #: MAC-event words written
+    outputs: int  #: output words read back
+
+
+def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
+    """Predicted work of a :class:`gen.workload.GemmWork` cut the way
+    :func:`hw.tile.plan_gemm` cuts it (row groups x N tiles x K tiles)."""
+    from hw.tile import row_groups_of
+
+    steps = g.steps
+    row_units = g.units.sum(axis=1)
+    groups = row_groups_of(cfg, row_units.tolist(), steps, g.n_int)
+    kt = list(range(0, g.k, cfg.weight_depth)) or [0]
+    # unit spikes and integer channels per row and K tile
+    cum = np.concatenate([np.zeros((g.m, 1), np.int64), np.cumsum(g.units, axis=1)], axis=1)
+    icum = np.concatenate([[0], np.cumsum(g.int_mask)])
+    cyc = desc = s_work = m_work = o_work = wrows = s_ev = m_ev = outs = 0
+    for r0, r1 in groups:
+        for n0 in range(0, g.n, cfg.lanes):
+            n_act = min(g.n, n0 + cfg.lanes) - n0
+            for i, k0 in enumerate(kt):
+                k1 = min(g.k, k0 + cfg.weight_depth)
+                last = i == len(kt) - 1
+                units = cum[r0:r1, k1] - cum[r0:r1, k0]
+                n_int = int(icum[k1] - icum[k0])
+                work = TileWork(units + steps + 1, n_int * cfg.mac_cycles + 1, n_act, not last)
+                cyc += tile_cycles(cfg, work)
+                desc += 1
+                s_work += int(work.spike_cost.sum())
+                m_work += work.mac_cost * (r1 - r0)
+                o_work += 0 if not last else n_act * (r1 - r0)
+                wrows += k1 - k0
+                s_ev += int(work.spike_cost.sum())
+                m_ev += (n_int + 1) * (r1 - r0)
+                outs += 0 if not last else n_act * (r1 - r0)
+    return GemmPrediction(cyc, desc, s_work, m_work, o_work, wrows, s_ev, m_ev, outs)

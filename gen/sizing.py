@@ -1,0 +1,169 @@
+"""Design-space exploration: the accelerator configuration that minimises cycles per token
+of the converted model within a target's resource budget.
+
+Candidates are every power-of-two pair (spike lanes, MAC units), each with the buffer
+depths the workload asks for (weight rows for the largest K, rows for the sequence, event
+buffers for the densest row group) and, when that does not fit, smaller buffers (more
+tiles). Each candidate gets a resource estimate (:mod:`gen.resources`) and, if it fits, a
+cycle prediction over every GEMM of the measured forward pass (:mod:`gen.cycles`). The
+choice is the *smallest* fitting candidate (fewest LUTs) whose cycles are within
+``slack`` of the fastest: more lanes that the model's work split cannot keep busy are not
+worth their LUTs. Each candidate records what bound it (spike array, MAC array, output
+unit or the resource that refused it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from hw.config import AccelConfig
+
+from .cycles import GemmPrediction, gemm_cycles
+from .resources import Budget, Resources, estimate
+from .workload import GemmWork
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@dataclass
+class Candidate:
+    """One configuration considered."""
+
+    cfg: AccelConfig
+    res: Resources
+    refused: list[str] = field(default_factory=list)  #: what does not fit (empty: fits)
+    cycles: int | None = None
+    spike_work: int = 0
+    mac_work: int = 0
+    out_work: int = 0
+
+    @property
+    def bound(self) -> str:
+        """What limits the candidate."""
+        if self.refused:
+            return "resources: " + "; ".join(self.refused)
+        work = {"spike array": self.spike_work, "MAC array": self.mac_work,
+                "output unit": self.out_work}
+        return max(work, key=work.get)
+
+    def as_dict(self) -> dict:
+        """JSON form (one row of the report's candidate table)."""
+        return {"lanes": self.cfg.lanes, "mac_units": self.cfg.mac_units,
+                "weight_depth": self.cfg.weight_depth, "max_rows": self.cfg.max_rows,
+                "spike_event_depth": self.cfg.spike_event_depth,
+                "mac_event_depth": self.cfg.mac_event_depth,
+                "resources": self.res.as_dict(), "fits": not self.refused,
+                "cycles": self.cycles, "bound": self.bound,
+                "spike_util": self.spike_work / self.cycles if self.cycles else None,
+                "mac_util": self.mac_work / self.cycles if self.cycles else None}
+
+
+@dataclass
+class Sizing:
+    """The outcome of :func:`size`."""
+
+    chosen: Candidate
+    candidates: list[Candidate]
+    predictions: list[GemmPrediction]  #: per GEMM of the workload, for the chosen config
+    why: str
+
+
+class DoesNotFit(ValueError):
+    """No configuration fits the budget; the message says what and by how much."""
+
+
+def base_config(works: list[GemmWork], **over) -> AccelConfig:
+    """Buffer depths the workload asks for (before any budget cut)."""
+    max_k = max(g.k for g in works)
+    max_m = max(g.m for g in works)
+    row_ev = max(int(g.units.sum(axis=1).max(initial=0)) + g.steps + 1 for g in works)
+    max_int = max(g.n_int for g in works) + 1
+    rows = min(128, _pow2_ceil(max_m))
+    max_steps = max(max(g.steps for g in works), max(g.encoding.time_steps for g in works), 1)
+    d = dict(weight_depth=min(4096, _pow2_ceil(max_k)), max_rows=rows,
+             spike_event_depth=max(1024, min(32768, _pow2_ceil(row_ev * rows))),
+             mac_event_depth=max(256, min(8192, _pow2_ceil(max_int * rows))),
+             max_steps=min(4095, max(15, max_steps)))
+    d.update(over)
+    return AccelConfig(**d)
+
+
+def evaluate(cand: Candidate, works: list[GemmWork]) -> list[GemmPrediction]:
+    """Fill in the candidate's predicted cycles; returns the per-GEMM predictions."""
+    preds = [gemm_cycles(cand.cfg, g) for g in works]
+    cand.cycles = sum(p.cycles for p in preds)
+    cand.spike_work = sum(p.spike_cycles for p in preds)
+    cand.mac_work = sum(p.mac_cycles for p in preds)
+    cand.out_work = sum(p.out_cycles for p in preds)
+    return preds
+
+
+def size(works: list[GemmWork], budget: Budget, *, lanes: tuple[int, ...] = (8, 16, 32, 64,
+         128, 256), slack: float = 0.02, fixed: dict | None = None) -> Sizing:
+    """Choose the configuration; raises :class:`DoesNotFit` when nothing fits.
+
+    ``fixed`` pins configuration fields (``{"lanes": 64}``) instead of exploring them.
+    """
+    fixed = dict(fixed or {})
+    base = base_config(works, **{k: v for k, v in fixed.items()
+                                 if k not in ("lanes", "mac_units")})
+    cands: list[Candidate] = []
+    lane_opts = (fixed["lanes"],) if "lanes" in fixed else lanes
+    for n_lanes in lane_opts:
+        units = [u for u in (1, 2, 4, 8, 16, 32, 64, 128, 256) if u <= n_lanes]
+        if "mac_units" in fixed:
+            units = [fixed["mac_units"]]
+        for u in units:
+            cfg = replace(base, lanes=n_lanes, mac_units=u)
+            cand = _fit_buffers(cfg, budget, fixed)
+            cands.append(cand)
+    preds = {}
+    for c in cands:
+        if not c.refused:
+            try:
+                preds[id(c)] = evaluate(c, works)
+            except ValueError as e:  # a row's events overflow the shrunken event buffers
+                c.refused.append(str(e))
+    fitting = [c for c in cands if not c.refused]
+    if not fitting:
+        smallest = min(cands, key=lambda c: (c.res.bram, c.res.lut4))
+        raise DoesNotFit(
+            f"no configuration fits the budget (LUT4 {budget.lut4}, MULT18X18D {budget.dsp}, "
+            f"DP16KD {budget.bram}); the smallest, lanes={smallest.cfg.lanes} mac_units="
+            f"{smallest.cfg.mac_units} weight_depth={smallest.cfg.weight_depth} max_rows="
+            f"{smallest.cfg.max_rows}: {'; '.join(smallest.refused)}")
+    fastest = min(fitting, key=lambda c: c.cycles)
+    near = [c for c in fitting if c.cycles <= fastest.cycles * (1 + slack)]
+    chosen = min(near, key=lambda c: (c.res.lut4 + 100 * c.res.dsp, c.cycles))
+    why = (f"{len(cands)} candidates, {len(fitting)} fit the budget; the fastest "
+           f"(lanes={fastest.cfg.lanes}, mac_units={fastest.cfg.mac_units}) needs "
+           f"{fastest.cycles} cycles; the chosen one is the smallest within {slack:.0%} of it "
+           f"({chosen.cycles} cycles, bound by the {chosen.bound}; spike array "
+           f"{chosen.spike_work / chosen.cycles:.0%} busy, MAC array "
+           f"{chosen.mac_work / chosen.cycles:.0%} busy)")
+    return Sizing(chosen, cands, preds[id(chosen)], why)
+
+
+def _fit_buffers(cfg: AccelConfig, budget: Budget, fixed: dict) -> Candidate:
+    """Shrink the buffers (weight rows first, then rows, then event buffers) until the
+    candidate fits; returns the last one tried, with what it overran."""
+    shrink = [f for f in ("weight_depth", "max_rows", "spike_event_depth", "mac_event_depth")
+              if f not in fixed]
+    floor = {"weight_depth": 64, "max_rows": 8, "spike_event_depth": 1024,
+             "mac_event_depth": 256}
+    while True:
+        res = estimate(cfg)
+        over = budget.over(res)
+        if not over:
+            return Candidate(cfg, res)
+        for f in shrink:
+            if getattr(cfg, f) > floor[f]:
+                try:
+                    cfg = replace(cfg, **{f: getattr(cfg, f) // 2})
+                except ValueError:
+                    continue
+                break
+        else:
+            return Candidate(cfg, res, over)
