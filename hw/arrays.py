@@ -164,6 +164,19 @@ class MacArray(wiring.Component):
                          q.eq(self.ev.payload.q), shift.eq(self.ev.payload.shift), c.eq(0)]
         with m.Elif(valid & ~is_end):
             m.d.sync += c.eq(c + 1)
+        # one multiplier per unit: unit u takes lane c * mac_units + u in cycle c (selecting
+        # the weight before the multiply keeps synthesis from building one per lane)
+        prods = []
+        for u in range(cfg.mac_units):
+            w_sel = Signal(signed(cfg.weight_bits), name=f"w_sel{u}")
+            with m.Switch(c):
+                for cyc in range(cfg.mac_cycles):
+                    with m.Case(cyc):
+                        m.d.comb += w_sel.eq(self.w_data[cyc * cfg.mac_units + u])
+            prod = Signal(signed(cfg.weight_bits + cfg.act_bits + 2 ** cfg.shift_bits),
+                          name=f"prod{u}")
+            m.d.comb += prod.eq((w_sel * q) << shift)
+            prods.append(prod)
         with m.If(valid & ~is_end):
             m.d.comb += self.mac.eq(1)
             m.d.comb += self.row.eq(last)
@@ -172,8 +185,7 @@ class MacArray(wiring.Component):
                     with m.Case(cyc):
                         for u in range(cfg.mac_units):
                             j = cyc * cfg.mac_units + u
-                            prod = (self.w_data[j] * q) << shift
-                            m.d.sync += acc[j].eq(acc[j] + prod)
+                            m.d.sync += acc[j].eq(acc[j] + prods[u])
         with m.If(done & is_end):
             for j in range(cfg.lanes):
                 m.d.sync += acc[j].eq(0)
