@@ -83,6 +83,7 @@ class GemmPrediction:
     spike_events: int  #: spike-event words written
     mac_events: int  #: MAC-event words written
     outputs: int  #: output words read back
+    weight_reads: int  #: weight-buffer row reads by both arrays
 
 
 def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
@@ -97,7 +98,7 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
     # unit spikes and integer channels per row and K tile
     cum = np.concatenate([np.zeros((g.m, 1), np.int64), np.cumsum(g.units, axis=1)], axis=1)
     icum = np.concatenate([[0], np.cumsum(g.int_mask)])
-    cyc = desc = s_work = m_work = o_work = wrows = s_ev = m_ev = outs = 0
+    cyc = desc = s_work = m_work = o_work = wrows = s_ev = m_ev = outs = wrd = 0
     for r0, r1 in groups:
         for n0 in range(0, g.n, cfg.lanes):
             n_act = min(g.n, n0 + cfg.lanes) - n0
@@ -116,4 +117,5 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
                 s_ev += int(work.spike_cost.sum())
                 m_ev += (n_int + 1) * (r1 - r0)
                 outs += 0 if not last else n_act * (r1 - r0)
-    return GemmPrediction(cyc, desc, s_work, m_work, o_work, wrows, s_ev, m_ev, outs)
+                wrd += int(units.sum()) + n_int * (r1 - r0)
+    return GemmPrediction(cyc, desc, s_work, m_work, o_work, wrows, s_ev, m_ev, outs, wrd)

@@ -1,0 +1,90 @@
+"""Command line: ``python -m gen build --model NAME_OR_DIR --out DIR``.
+
+Converts the model, measures its GEMMs on calibration text, sizes the accelerator for the
+target's budget and writes into DIR: the Verilog (``spikellm_top.v``), ``config.json``, the
+converted model (``model/``), the compiled program (``program.json``), the link description
+(``link.json``), ``report.json``, ``report.md`` and ``report.png``. ``--synth``, ``--pnr``
+and ``--bitstream`` run the open ECP5 flow for the ULX3S 85F (docs/gen.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from models.__main__ import _encoding
+from models.arch import BUILTIN, UnsupportedModelError
+
+from .build import BuildOptions, build
+from .flow import FlowError
+from .resources import TARGETS, Budget
+from .sizing import DoesNotFit
+
+
+def _budget(s: str) -> Budget:
+    parts = dict(p.split("=", 1) for p in s.split(",") if p)
+    base = TARGETS["ulx3s-85f"]
+    unknown = sorted(set(parts) - {"lut", "dsp", "bram", "fill"})
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown budget key(s) {unknown}; "
+                                         f"use lut=,dsp=,bram=,fill=")
+    return Budget(int(parts.get("lut", base.lut4)), int(parts.get("dsp", base.dsp)),
+                  int(parts.get("bram", base.bram)), float(parts.get("fill", base.lut_fill)))
+
+
+def _fixed(s: str) -> dict:
+    return {k: int(v) for k, v in (p.split("=", 1) for p in s.split(",") if p)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gen", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="size, emit and (optionally) synthesise an accelerator",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--model", required=True,
+                   help=f"built-in name ({', '.join(BUILTIN)}) or a Hugging Face model directory")
+    b.add_argument("--out", required=True, help="output directory (created)")
+    b.add_argument("--target", choices=sorted(TARGETS), default="ulx3s-85f",
+                   help="ulx3s-85f: the board's LFE5U-85F; sim: the simulator, same budget "
+                        "unless --budget")
+    b.add_argument("--budget", type=_budget, default=None,
+                   help="resource budget, e.g. lut=40000,dsp=64,bram=100,fill=0.8 (fill: "
+                        "fraction of LUTs the sizing may use); default: the target's")
+    b.add_argument("--encoding", type=_encoding, default=None,
+                   help="spike encoding: ttfs[:bits] | ttfs-signed[:bits] | rate[:T] | "
+                        "ternary[:T] | int[:bits]; default: the converter's (ttfs:4)")
+    b.add_argument("--tokens", type=int, default=64,
+                   help="tokens of calibration text the workload is measured on")
+    b.add_argument("--fix", type=_fixed, default={},
+                   help="pin configuration fields instead of exploring them, e.g. "
+                        "lanes=64,mac_units=16")
+    b.add_argument("--energy-table", default=None,
+                   help="JSON file of pJ per operation (keys of models.energy.DEFAULT_TABLE)")
+    b.add_argument("--synth", action="store_true", help="run Yosys synth_ecp5")
+    b.add_argument("--pnr", action="store_true", help="also place and route (nextpnr-ecp5)")
+    b.add_argument("--freq", type=float, default=100.0, help="place-and-route target, MHz")
+    b.add_argument("--bitstream", action="store_true",
+                   help="build the ULX3S 85F bitstream (accelerator behind the USB UART)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    try:
+        rep = build(BuildOptions(a.model, a.out, a.target, a.budget, a.encoding, a.tokens,
+                                 a.fix, a.energy_table, a.synth, a.pnr, a.bitstream, a.freq,
+                                 not a.quiet))
+    except DoesNotFit as e:
+        print(f"error: the model does not fit: {e}", file=sys.stderr)
+        return 3
+    except (UnsupportedModelError, FileNotFoundError, ValueError, FlowError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t = rep["totals"]
+    c = rep["config"]
+    print(f"{a.out}: {c['lanes']} lanes, {c['mac_units']} MAC units, config "
+          f"{rep['config_hash']}; {t['cycles_per_token']:,.0f} predicted cycles/token, "
+          f"{t['energy_pj_per_token'] / 1e3:,.1f} nJ/token")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""``report.json``, ``report.md`` and the per-layer plot of a build (keys: ``docs/gen.md``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from amaranth import Shape
+
+from hw.config import AccelConfig
+from hw.engine import BufId, buffer_shapes
+from hw.protocol import FRAME_OVERHEAD, MAX_PAYLOAD, word_bytes
+from models.contract import Events
+from models.energy import event_energy
+
+from .cycles import GemmPrediction
+from .workload import GemmWork
+
+#: Version of the report's key set; bumped when a key changes meaning or goes away.
+SCHEMA = 1
+
+
+def link_bytes(cfg: AccelConfig, p: GemmPrediction) -> int:
+    """Bytes on the host link for a GEMM's buffer traffic (frames of ``MAX_PAYLOAD``)."""
+    wb = word_bytes(cfg)
+    payload = (p.weight_rows * wb[BufId.WEIGHTS] + p.spike_events * wb[BufId.SPIKE_EV]
+               + p.mac_events * wb[BufId.MAC_EV] + p.outputs * wb[BufId.OUT])
+    return payload + math.ceil(payload / MAX_PAYLOAD) * FRAME_OVERHEAD
+
+
+def sram_bits(cfg: AccelConfig, p: GemmPrediction) -> int:
+    """Bits read from and written to on-chip buffers by the datapath and the host."""
+    width = {b: Shape.cast(s).width for b, (s, _) in buffer_shapes(cfg).items()}
+    return (p.weight_reads * width[BufId.WEIGHTS] + p.weight_rows * width[BufId.WEIGHTS]
+            + 2 * p.spike_events * width[BufId.SPIKE_EV]
+            + 2 * p.mac_events * width[BufId.MAC_EV] + 2 * p.outputs * width[BufId.OUT])
+
+
+def layer_rows(cfg: AccelConfig, works: list[GemmWork], preds: list[GemmPrediction],
+               events: dict[str, Events], table: dict) -> list[dict]:
+    """One row per GEMM node (attention heads summed), in forward order."""
+    rows: dict[str, dict] = {}
+    for g, p in zip(works, preds, strict=True):
+        r = rows.setdefault(g.name, {
+            "name": g.name, "m": g.m, "k": g.k, "n": 0, "heads": 0, "encoding": g.encoding.kind,
+            "time_steps": g.encoding.time_steps, "outlier_channels": g.n_int,
+            "silent_fraction": 0.0, "predicted_cycles": 0, "descriptors": 0,
+            "spike_array_cycles": 0, "mac_array_cycles": 0, "output_cycles": 0,
+            "traffic": {"weight_rows": 0, "spike_events": 0, "mac_events": 0, "outputs": 0,
+                        "weight_reads": 0, "link_bytes": 0, "sram_bits": 0}})
+        r["n"] = g.n if g.head is None else r["n"] + g.n
+        r["heads"] += g.head is not None
+        r["silent_fraction"] += g.silent_fraction
+        r["predicted_cycles"] += p.cycles
+        r["descriptors"] += p.descriptors
+        r["spike_array_cycles"] += p.spike_cycles
+        r["mac_array_cycles"] += p.mac_cycles
+        r["output_cycles"] += p.out_cycles
+        t = r["traffic"]
+        for key in ("weight_rows", "spike_events", "mac_events", "outputs", "weight_reads"):
+            t[key] += getattr(p, key)
+        t["link_bytes"] += link_bytes(cfg, p)
+        t["sram_bits"] += sram_bits(cfg, p)
+    for r in rows.values():
+        r["silent_fraction"] /= max(1, r["heads"])
+        ev = events[r["name"]]
+        r["events"] = {"spikes": ev.spikes, "spike_units": ev.spike_units,
+                       "accumulates": ev.accumulates, "acc_spike": ev.acc_spike,
+                       "acc_step": ev.acc_step, "macs": ev.macs, "outs": ev.outs}
+        r["energy_pj"] = event_energy(ev, table, r["traffic"]["sram_bits"])
+    return list(rows.values())
+
+
+def totals(rows: list[dict], tokens: int) -> dict:
+    """Sums over layers, and per token."""
+    cyc = sum(r["predicted_cycles"] for r in rows)
+    energy = sum(r["energy_pj"]["total"] for r in rows)
+    return {"predicted_cycles": cyc, "cycles_per_token": cyc / tokens, "tokens": tokens,
+            "descriptors": sum(r["descriptors"] for r in rows),
+            "accumulates": sum(r["events"]["accumulates"] for r in rows),
+            "macs": sum(r["events"]["macs"] for r in rows),
+            "spike_units": sum(r["events"]["spike_units"] for r in rows),
+            "link_bytes": sum(r["traffic"]["link_bytes"] for r in rows),
+            "energy_pj": energy, "energy_pj_per_token": energy / tokens}
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    """A human-readable summary of ``report``."""
+    c, t = report["config"], report["totals"]
+    lines = [f"# Build report: {report['model']['name']} on {report['target']}", "",
+             f"Configuration `{report['config_hash']}`: {c['lanes']} spike lanes, "
+             f"{c['mac_units']} MAC units, weight buffer {c['weight_depth']} rows, "
+             f"{c['max_rows']} rows per tile, event buffers {c['spike_event_depth']} / "
+             f"{c['mac_event_depth']}.", "", f"Why: {report['choice']['why']}.", "",
+             f"Predicted: {t['predicted_cycles']:,} cycles for {t['tokens']} tokens "
+             f"({t['cycles_per_token']:,.0f} cycles/token), {t['energy_pj'] / 1e6:,.3f} uJ "
+             f"({report['energy_table']} table).", ""]
+    res = report["resources"]
+    lines += ["## Resources", "", "| | LUT4 | FF | MULT18X18D | DP16KD |", "|---|---|---|---|---|"]
+    for kind in ("estimate", "synth"):
+        if res.get(kind):
+            r = res[kind]
+            lines.append(f"| {kind} | {r['lut4']} | {r['ff']} | {r['mult18x18d']} | "
+                         f"{r['dp16kd']} |")
+    b = report["budget"]
+    lines.append(f"| budget | {b['lut4']} | | {b['mult18x18d']} | {b['dp16kd']} |")
+    if report.get("fmax_mhz"):
+        lines += ["", f"Fmax after place and route: {report['fmax_mhz']:.1f} MHz."]
+    lines += ["", "## Layers", "",
+              "| layer | M | K | N | encoding | T | outliers | silent | cycles | spike units "
+              "| accumulates | MACs | link bytes | energy (nJ) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["layers"]:
+        e = r["events"]
+        lines.append(
+            f"| {r['name']} | {r['m']} | {r['k']} | {r['n']} | {r['encoding']} | "
+            f"{r['time_steps']} | {r['outlier_channels']} | {r['silent_fraction']:.0%} | "
+            f"{r['predicted_cycles']:,} | {e['spike_units']:,} | {e['accumulates']:,} | "
+            f"{e['macs']:,} | {r['traffic']['link_bytes']:,} | "
+            f"{r['energy_pj']['total'] / 1e3:,.1f} |")
+    lines += ["", "## Candidates", "",
+              "| lanes | MAC units | weight rows | LUT4 | DSP | BRAM | cycles | bound |",
+              "|---|---|---|---|---|---|---|---|"]
+    for k in report["choice"]["candidates"]:
+        r = k["resources"]
+        lines.append(f"| {k['lanes']} | {k['mac_units']} | {k['weight_depth']} | {r['lut4']} | "
+                     f"{r['mult18x18d']} | {r['dp16kd']} | {k['cycles'] or '-'} | "
+                     f"{k['bound']} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(report: dict, path: Path) -> None:
+    """PNG: predicted cycles and energy per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["layers"]
+    names = [r["name"] for r in rows]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(max(8, len(rows) * 0.25), 7), sharex=True)
+    a.bar(names, [r["predicted_cycles"] for r in rows], color="tab:blue")
+    a.set_ylabel("predicted cycles")
+    a.set_title(f"{report['model']['name']} on {report['target']} "
+                f"({report['config']['lanes']} lanes, {report['config']['mac_units']} MAC)")
+    bottom = [0.0] * len(rows)
+    for kind, color in (("spike_accumulate", "tab:green"), ("mac", "tab:red"),
+                        ("requantize", "tab:purple"), ("sram", "tab:gray")):
+        vals = [r["energy_pj"][kind] / 1e3 for r in rows]
+        b.bar(names, vals, bottom=bottom, label=kind, color=color)
+        bottom = [x + y for x, y in zip(bottom, vals, strict=True)]
+    b.set_ylabel("energy (nJ)")
+    b.legend(fontsize=7)
+    b.tick_params(axis="x", labelrotation=90, labelsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_json(report: dict, path: Path) -> None:
+    """``report.json`` (sorted keys, stable)."""
+    path.write_text(json.dumps(report, indent=1, sort_keys=True))
