@@ -24,23 +24,25 @@ from hw.engine import BufId, buffer_shapes
 DP16KD_MODES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
 #: Memories smaller than this many bits are built from logic (LUT RAM / flip-flops).
 LOGIC_MEM_BITS = 2048
+#: Block RAMs outside the engine's buffers (the link's payload buffer).
+FIXED_BRAM = 2
 #: Read ports of each buffer (host read port + datapath readers): Yosys makes one copy each.
 READ_PORTS = {BufId.WEIGHTS: 3, BufId.SPIKE_EV: 2, BufId.MAC_EV: 2, BufId.ROWS: 2,
               BufId.ACC: 2, BufId.PARAMS: 2, BufId.OUT: 1}
 
 #: Logic coefficients (LUT4 per unit of each term), fitted to Yosys (see module doc).
 LUT_COEF = {
-    "spike_lane": 110.0,  # I and V adders (32 bit), signed weight
-    "mac_lane": 45.0,  # accumulator adder, product select
+    "spike_lane": 130.0,  # I and V adders (32 bit), signed weight
+    "mac_lane": 60.0,  # accumulator adder, product select
     "mac_unit": 90.0,  # shifter of one product
     "mac_mux_bit": 1.0,  # weight select of a unit: weight_bits x lanes/mac_units
-    "comb_lane": 70.0,  # combiner: start + spike + MAC partials
+    "comb_lane": 90.0,  # combiner: start + spike + MAC partials
     "fifo_bit": 0.6,  # row FIFOs (LUT RAM)
     "out_mux_bit": 0.35,  # output unit's lane select: 32 x lanes
-    "host_bit": 3.0,  # executor shift register and the host read mux, per bit of widest word
+    "host_bit": 3.5,  # executor shift register and the host read mux, per bit of widest word
     "counter_bit": 1.1,  # counters
-    "logic_mem_bit": 0.6,  # memories in logic
-    "fixed": 2500.0,  # link, CRC, executor, output unit datapath, sequencer
+    "logic_mem_bit": 0.1,  # memories in logic
+    "fixed": 3700.0,  # link, CRC, executor, output unit datapath, sequencer
 }
 
 
@@ -101,7 +103,7 @@ def dp16kd_blocks(width: int, depth: int) -> int:
 def estimate(cfg: AccelConfig) -> Resources:
     """Estimated resources of :class:`hw.top.Top` for ``cfg``."""
     c = LUT_COEF
-    bram = logic_bits = 0
+    bram, logic_bits = FIXED_BRAM, 0
     widest = 0
     for b, (shape, depth) in buffer_shapes(cfg).items():
         width = Shape.cast(shape).width
@@ -119,9 +121,10 @@ def estimate(cfg: AccelConfig) -> Resources:
            + c["out_mux_bit"] * acc * lanes + c["host_bit"] * widest
            + c["counter_bit"] * len(COUNTERS) * cfg.counter_bits
            + c["logic_mem_bit"] * logic_bits)
-    ff = (lanes * acc * 3 + 2 * lanes * acc + 2 * widest + len(COUNTERS) * cfg.counter_bits
-          + 1500)
-    # one MULT18X18D per MAC unit (8 x 8); the requantizer's 32x15 and 32x16 products
-    # take two each
-    dsp = cfg.mac_units + 4
+    # flip-flops: about 11 registers of accumulator width per lane (spike I and V, MAC
+    # accumulators, combiner and FIFO output registers, host word), plus the fixed part
+    ff = 11 * lanes * acc + 2100
+    # one MULT18X18D per MAC unit (8 x 8); the requantizer's 32x15 and 32x16 products and
+    # the counters' lane scaling take seven
+    dsp = cfg.mac_units + 7
     return Resources(int(lut), int(ff), dsp, bram)
