@@ -1,0 +1,69 @@
+"""``python -m gen build`` end to end on small models (no synthesis)."""
+
+import json
+
+import pytest
+
+from gen.__main__ import main
+from hw.config import AccelConfig
+from models.arch import random_model, tiny_config
+from models.bundle import load_bundle
+
+
+def _check_bundle(out):
+    for f in ("spikellm_top.v", "config.json", "program.json", "link.json", "report.json",
+              "report.md", "report.png", "model/manifest.json"):
+        assert (out / f).exists(), f
+    rep = json.loads((out / "report.json").read_text())
+    cfg = AccelConfig.from_json(rep["config"])
+    assert rep["config_hash"] == f"0x{cfg.hash32():08x}"
+    assert json.loads((out / "config.json").read_text())["hash"] == rep["config_hash"]
+    assert "module spikellm_top" in (out / "spikellm_top.v").read_text()
+    link = json.loads((out / "link.json").read_text())
+    assert link["ident_value"]["hash"] == cfg.hash32()
+    assert link["commands"]["RUN"] == 4
+    prog = json.loads((out / "program.json").read_text())
+    assert {g["gemm"] for g in prog["gemms"]} == {r["name"] for r in rep["layers"]}
+    for g in prog["gemms"]:
+        assert all(t["n"][1] - t["n"][0] <= cfg.lanes for t in g["tiles"])
+        assert all(t["k"][1] - t["k"][0] <= cfg.weight_depth for t in g["tiles"])
+    t = rep["totals"]
+    assert t["predicted_cycles"] == sum(r["predicted_cycles"] for r in rep["layers"]) > 0
+    assert t["energy_pj"] > 0
+    for r in rep["layers"]:
+        assert r["energy_pj"]["total"] == pytest.approx(sum(
+            v for k, v in r["energy_pj"].items() if k != "total"))
+    load_bundle(out / "model")
+    return rep
+
+
+@pytest.mark.slow
+def test_build_tiny_opt_for_the_simulator(tmp_path, capsys):
+    assert main(["build", "--model", "tiny-opt", "--out", str(tmp_path), "--target", "sim",
+                 "--tokens", "24", "--quiet", "--fix", "lanes=16"]) == 0
+    rep = _check_bundle(tmp_path)
+    assert rep["config"]["lanes"] == 16 and rep["target"] == "sim"
+    assert "cycles/token" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_build_an_odd_sized_model_directory(tmp_path):
+    src = tmp_path / "hf"
+    random_model(tiny_config("gpt2", hidden=40, heads=5, ffn=100, layers=1, vocab=1000),
+                 seed=2).save_pretrained(src)
+    out = tmp_path / "out"
+    assert main(["build", "--model", str(src), "--out", str(out), "--tokens", "19",
+                 "--quiet", "--fix", "lanes=8", "--encoding", "rate:4"]) == 0
+    rep = _check_bundle(out)
+    assert {r["k"] for r in rep["layers"]} >= {40, 100}
+    assert {r["encoding"] for r in rep["layers"]} >= {"rate"}
+
+
+def test_refusals_are_clear(tmp_path, capsys):
+    assert main(["build", "--model", "tiny-opt", "--out", str(tmp_path), "--quiet",
+                 "--budget", "lut=2000"]) == 3
+    assert "does not fit" in capsys.readouterr().err
+    assert main(["build", "--model", str(tmp_path / "none"), "--out", str(tmp_path),
+                 "--quiet"]) == 2
+    with pytest.raises(SystemExit):
+        main(["build", "--model", "tiny-opt", "--out", str(tmp_path), "--budget", "luts=1"])

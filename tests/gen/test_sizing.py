@@ -1,0 +1,54 @@
+"""Sizing: the choice fits, balances the arrays, honours pins, and refuses what cannot fit."""
+
+import pytest
+
+from gen.resources import TARGETS, Budget, dp16kd_blocks, estimate
+from gen.sizing import DoesNotFit, size
+from gen.workload import measure, sample_ids
+
+
+@pytest.fixture(scope="module")
+def works(tiny_llama_cm):
+    cm, lm = tiny_llama_cm
+    return measure(cm, sample_ids(lm, 32))[0]
+
+
+def test_choice_fits_and_is_near_the_fastest(works):
+    s = size(works, TARGETS["ulx3s-85f"])
+    assert not TARGETS["ulx3s-85f"].over(estimate(s.chosen.cfg))
+    fitting = [c for c in s.candidates if not c.refused]
+    fastest = min(c.cycles for c in fitting)
+    assert s.chosen.cycles <= fastest * 1.02
+    # nothing cheaper is as fast: the MAC array is not oversized for the model's work split
+    cheaper = [c for c in fitting if c.res.lut4 + 100 * c.res.dsp
+               < s.chosen.res.lut4 + 100 * s.chosen.res.dsp]
+    assert all(c.cycles > fastest * 1.02 for c in cheaper)
+    assert s.chosen.bound in ("spike array", "MAC array", "output unit")
+    assert sum(p.cycles for p in s.predictions) == s.chosen.cycles
+
+
+def test_a_larger_budget_is_never_slower(works):
+    small = size(works, Budget(30_000, 40, 100))
+    large = size(works, TARGETS["ulx3s-85f"])
+    assert large.chosen.cycles <= small.chosen.cycles
+    assert estimate(small.chosen.cfg).lut4 <= 30_000 * 0.8
+
+
+def test_pinned_fields_are_honoured(works):
+    s = size(works, TARGETS["ulx3s-85f"], fixed={"lanes": 16, "mac_units": 2})
+    assert (s.chosen.cfg.lanes, s.chosen.cfg.mac_units) == (16, 2)
+    assert len(s.candidates) == 1
+
+
+def test_a_model_that_cannot_fit_is_refused_with_the_overrun(works):
+    with pytest.raises(DoesNotFit, match=r"DP16KD \d+ > 5, over by \d+"):
+        size(works, Budget(83_640, 156, 5))
+    with pytest.raises(DoesNotFit, match=r"LUT4 \d+ > 800 .*over by \d+"):
+        size(works, Budget(1000, 156, 208))
+
+
+def test_dp16kd_packing():
+    assert dp16kd_blocks(36, 512) == 1
+    assert dp16kd_blocks(512, 1024) == 29  # 18-bit wide mode, 1024 deep
+    assert dp16kd_blocks(16, 64) == 0  # small: logic
+    assert dp16kd_blocks(1, 16384) == 1
