@@ -147,23 +147,26 @@ def size(works: list[GemmWork], budget: Budget, *, lanes: tuple[int, ...] = (8, 
 
 
 def _fit_buffers(cfg: AccelConfig, budget: Budget, fixed: dict) -> Candidate:
-    """Shrink the buffers (weight rows first, then rows, then event buffers) until the
-    candidate fits; returns the last one tried, with what it overran."""
+    """Halve buffers until the candidate fits, each time the one whose halving saves the
+    most (block RAMs, then LUTs); returns the last one tried, with what it overran."""
     shrink = [f for f in ("weight_depth", "max_rows", "spike_event_depth", "mac_event_depth")
               if f not in fixed]
     floor = {"weight_depth": 64, "max_rows": 8, "spike_event_depth": 1024,
              "mac_event_depth": 256}
+    res = estimate(cfg)
     while True:
-        res = estimate(cfg)
         over = budget.over(res)
         if not over:
             return Candidate(cfg, res)
+        options = []
         for f in shrink:
             if getattr(cfg, f) > floor[f]:
                 try:
-                    cfg = replace(cfg, **{f: getattr(cfg, f) // 2})
+                    smaller = replace(cfg, **{f: getattr(cfg, f) // 2})
                 except ValueError:
                     continue
-                break
-        else:
+                options.append((estimate(smaller), smaller))
+        options = [(r, c) for r, c in options if (r.bram, r.lut4) < (res.bram, res.lut4)]
+        if not options:
             return Candidate(cfg, res, over)
+        res, cfg = min(options, key=lambda rc: (rc[0].bram, rc[0].lut4))
