@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test report bench lint
+.PHONY: test report build bench lint
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH (Python 3.11)"; exit 1; }
@@ -19,6 +19,9 @@ test: $(STAMP)
 
 report: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m models eval --model minilm
+
+build: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m gen build --model minilm --out build/minilm
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -s -m benchmark bench tests/sim/test_block_verilator.py
