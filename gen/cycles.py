@@ -119,3 +119,20 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
                 outs += 0 if not last else n_act * (r1 - r0)
                 wrd += int(units.sum()) + n_int * (r1 - r0)
     return GemmPrediction(cyc, desc, s_work, m_work, o_work, wrows, s_ev, m_ev, outs, wrd)
+
+
+def tile_work(cfg: AccelConfig, img) -> TileWork:
+    """The :class:`TileWork` of a built tile (``hw.tile.TileImage``), read off its event
+    words (for checking the model against a simulation of the same tile)."""
+    from hw.arrays import MacOp, SpikeOp
+    from hw.engine import BufId
+
+    costs, c = [], 0
+    for w in img.words[BufId.SPIKE_EV]:
+        c += 1
+        if w["op"] == SpikeOp.END:
+            costs.append(c)
+            c = 0
+    n_int = next(i for i, w in enumerate(img.words[BufId.MAC_EV]) if w["op"] == MacOp.END)
+    d = img.descriptor
+    return TileWork(np.array(costs), n_int * cfg.mac_cycles + 1, d["n_active"], bool(d["keep"]))

@@ -50,7 +50,7 @@ SOF = 0xA5
 #: Default largest payload the gateware buffers (its ``max_payload`` parameter).
 MAX_PAYLOAD = 4096
 #: Reported by IDENTIFY; bumped whenever a frame, command or payload layout changes.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: a repeated RUN (same seq, back to back) is not re-run
 
 #: Frame header after the SOF byte (little-endian on the wire).
 HEADER = data.StructLayout({"cmd": unsigned(8), "seq": unsigned(8), "length": unsigned(16)})

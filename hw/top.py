@@ -107,12 +107,20 @@ class Top(wiring.Component):
                      link.resp.payload.length.eq(resp_len), link.resp_data.payload.eq(sr[:8])]
         m.d.comb += cnt.sel.eq(ctr)
 
+        # A RUN repeated with the seq of the RUN just before it (a retry after a lost
+        # response, or a duplicated frame) is answered OK without running again: partial
+        # sums of a K-split tile and the counters must not be added twice. Any other command
+        # in between forgets the last RUN, so a wrapped seq cannot match by accident.
+        last_run_seq = Signal(8)
+        last_run_valid = Signal()
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += link.cmd.ready.eq(1)
                 with m.If(link.cmd.valid):
                     h = link.cmd.payload
                     m.d.sync += [hdr.eq(h), got.eq(0), resp_len.eq(0), status.eq(Status.OK)]
+                    with m.If(h.cmd != Cmd.RUN):
+                        m.d.sync += last_run_valid.eq(0)
                     with m.Switch(h.cmd):
                         with m.Case(Cmd.IDENTIFY, Cmd.READ_COUNTERS, Cmd.RESET_COUNTERS):
                             with m.If(h.length != 0):
@@ -146,11 +154,14 @@ class Top(wiring.Component):
             with m.State("CHECK"):
                 with m.Switch(hdr.cmd):
                     with m.Case(Cmd.RUN):
-                        m.d.comb += [eng.run.payload.eq(word_from_sr(desc_bytes)),
-                                     eng.run.valid.eq(1)]
-                        with m.If(eng.run.ready):
-                            m.d.comb += cnt.inc("descriptors").eq(1)
-                            m.next = "WAIT_DONE"
+                        with m.If(last_run_valid & (last_run_seq == hdr.seq)):
+                            m.next = "RESP"
+                        with m.Else():
+                            m.d.comb += [eng.run.payload.eq(word_from_sr(desc_bytes)),
+                                         eng.run.valid.eq(1)]
+                            with m.If(eng.run.ready):
+                                m.d.comb += cnt.inc("descriptors").eq(1)
+                                m.next = "WAIT_DONE"
                     with m.Default():
                         a = Signal(BUF_ARGS)
                         m.d.comb += a.eq(word_from_sr(args_bytes))
@@ -191,6 +202,7 @@ class Top(wiring.Component):
                     m.next = "WR_BYTES"
             with m.State("WAIT_DONE"):
                 with m.If(eng.done):
+                    m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
                     m.next = "RESP"
             with m.State("EXEC"):
                 with m.Switch(hdr.cmd):

@@ -17,6 +17,7 @@ import torch
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
+from gen.cycles import tile_cycles, tile_work
 from host.commands import (
     parse_counters,
     parse_ident,
@@ -181,9 +182,15 @@ async def gemm_tiles_bit_exact_with_counters(dut):
                           consts=consts, shift=18)
         await tb.write_tile(tile)
         await tb.request(Cmd.RUN, run_payload(CFG, tile.descriptor))
+        # the same RUN again with the same seq (a retry, a duplicated frame): OK, not re-run
+        tb.send_raw(encode_frame(Cmd.RUN.value, tb.seq, run_payload(CFG, tile.descriptor)))
+        r = await tb.reply()
+        assert (r.cmd, r.seq) == (Status.OK.value, tb.seq), r
         got = await tb.read_out(m, n)
         assert torch.equal(got, want), f"{enc.name()}: {got.tolist()} != {want.tolist()}"
         c = parse_counters(CFG, await tb.request(Cmd.READ_COUNTERS))
+        # the generator's cycle model predicts the busy counter of the Verilator top
+        assert c["busy"] == tile_cycles(CFG, tile_work(CFG, tile)), c["busy"]
         assert c["spikes"] == ev.spike_units
         assert c["acc_spike"] == ev.acc_spike and c["acc_step"] == ev.acc_step
         assert c["macs"] == ev.macs and c["out_wr"] == m * n and c["descriptors"] == 1

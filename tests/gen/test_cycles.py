@@ -5,31 +5,16 @@ FIFOs); whole GEMMs of a converted model, cut into row groups, N and K tiles by
 hw.tile.plan_gemm, within the issue's 5 %.
 """
 
-import numpy as np
 import pytest
 import torch
 
-from gen.cycles import TileWork, gemm_cycles, tile_cycles
+from gen.cycles import gemm_cycles, tile_cycles, tile_work
 from gen.workload import GemmWork, measure, sample_ids
-from hw.arrays import MacOp, SpikeOp
 from hw.config import AccelConfig
-from hw.engine import BufId
 from hw.tile import build_tile, plan_gemm
 from models.encodings import Encoding
 from sim.engine_sim import rtl_engine
 from sim.streams import seed
-
-
-def _work(cfg, img):
-    costs, c = [], 0
-    for w in img.words[BufId.SPIKE_EV]:
-        c += 1
-        if w["op"] == SpikeOp.END:
-            costs.append(c)
-            c = 0
-    n_int = next(i for i, w in enumerate(img.words[BufId.MAC_EV]) if w["op"] == MacOp.END)
-    d = img.descriptor
-    return TileWork(np.array(costs), n_int * cfg.mac_cycles + 1, d["n_active"], bool(d["keep"]))
 
 
 @pytest.mark.parametrize("trial", range(9))
@@ -58,7 +43,7 @@ def test_tile_cycles_match_rtl(trial):
         tiles.append(build_tile(cfg, codes, mask, shifts, enc, w, consts=ones, raw=True,
                                 resume=True))
     _, counts = rtl_engine(cfg, tiles, m, n)
-    pred = sum(tile_cycles(cfg, _work(cfg, t)) for t in tiles)
+    pred = sum(tile_cycles(cfg, tile_work(cfg, t)) for t in tiles)
     assert abs(pred - counts["busy"]) <= (len(tiles) if depth == 1 else 0), (pred, counts)
 
 
