@@ -107,14 +107,21 @@ class GoldenOps:
         self.t = cm.tensors
         self.events: dict[str, Events] = {}
         self.trace: list[GemmCall] | None = None  #: set to a list to record every GEMM
+        #: set to run every GEMM elsewhere (the accelerator): its result ``y`` replaces the
+        #: golden one downstream, so a wrong result shows at the end, not only per GEMM
+        self.execute = None
 
     def _record(self, node: NodeInfo, head, codes, mask, shifts, w, start, sl, mrow, y, n):
-        if self.trace is None:
-            return
+        """Record the GEMM; returns its result (from ``execute`` when set)."""
+        if self.trace is None and self.execute is None:
+            return y
         consts = {c: self.t[f"{node.name}.{c}"][sl].to(torch.int64).expand(n).clone()
                   for c in ("mcol", "bias", "zp", "lo", "hi")}
-        self.trace.append(GemmCall(node.name, head, codes, mask, shifts, node.act.encoding, w,
-                                   start, consts, mrow, node.shift, y))
+        call = GemmCall(node.name, head, codes, mask, shifts, node.act.encoding, w, start,
+                        consts, mrow, node.shift, y)
+        if self.trace is not None:
+            self.trace.append(call)
+        return y if self.execute is None else self.execute(call)
 
     # -- helpers ---------------------------------------------------------------------------
     def host(self, a):
@@ -160,8 +167,9 @@ class GoldenOps:
                        name, self.spike_domain)
         self._count(name, ev)
         y = self._epi(node, acc[0], mrow)
-        self._record(node, None, codes, node.act.outlier_mask(k), node.act.shifts(k), w,
-                     self.t[name + ".zcorr"].to(torch.int64), slice(None), mrow, y, w.shape[0])
+        y = self._record(node, None, codes, node.act.outlier_mask(k), node.act.shifts(k), w,
+                         self.t[name + ".zcorr"].to(torch.int64), slice(None), mrow, y,
+                         w.shape[0])
         if node.direct:
             return Coded(y)
         return y.to(F) * self.t[name + ".scale"]
@@ -180,9 +188,9 @@ class GoldenOps:
                        self.spike_domain)
         self._count(name, ev)
         yi = self._epi(node, acc, mrow, (-1, 1, 1))  # per-head constants
-        for h in range(spec.heads):
-            self._record(node, h, qh[h], mask[h], shifts[h], kh[h], None, slice(h, h + 1),
-                         mrow, yi[h], kh.shape[1])
+        yi = torch.stack([self._record(node, h, qh[h], mask[h], shifts[h], kh[h], None,
+                                       slice(h, h + 1), mrow, yi[h], kh.shape[1])
+                          for h in range(spec.heads)])
         return yi.to(F) * self.t[name + ".scale"].view(-1, 1, 1)
 
     def attn_values(self, name: str, p: torch.Tensor, v) -> Coded:
@@ -198,18 +206,22 @@ class GoldenOps:
         self._count(name, ev)
         d = spec.head_dim
         out = self._epi(node, acc, mrow, (spec.heads, 1, d))
-        for h in range(spec.heads):
-            self._record(node, h, codes[h], node.act.outlier_mask(k), node.act.shifts(k), vh[h],
-                         None, slice(h * d, (h + 1) * d), mrow[h], out[h], d)
+        out = torch.stack([self._record(node, h, codes[h], node.act.outlier_mask(k),
+                                        node.act.shifts(k), vh[h], None,
+                                        slice(h * d, (h + 1) * d), mrow[h], out[h], d)
+                           for h in range(spec.heads)])
         return Coded(merge_heads(out))
 
 
 def run_golden(cm: ConvertedModel, ids: torch.Tensor, spike_domain: bool = False,
-               trace: list[GemmCall] | None = None) -> tuple[torch.Tensor, dict[str, Events]]:
+               trace: list[GemmCall] | None = None,
+               execute=None) -> tuple[torch.Tensor, dict[str, Events]]:
     """Forward one token sequence; returns (final hidden states float64, events per GEMM).
-    With ``trace`` (a list), every GEMM is appended to it as a :class:`GemmCall`."""
+    With ``trace`` (a list), every GEMM is appended to it as a :class:`GemmCall`; with
+    ``execute`` (``GemmCall -> y``), every GEMM's result comes from it (the accelerator)."""
     ops = GoldenOps(cm, spike_domain)
     ops.trace = trace
+    ops.execute = execute
     hidden = forward(cm.spec, cm.params(), ids, ops)
     return hidden, ops.events
 

@@ -1,0 +1,206 @@
+"""The host driver: framed requests with CRC, bounded retries and resynchronisation, and the
+operations a model run needs (identify, write and read buffers, run descriptors, counters).
+
+Every frame is CRC-checked both ways (the gateware checks requests, :class:`FrameDecoder`
+checks responses). A request is retransmitted, with the same ``seq`` and exponential
+backoff, after a timeout, a damaged or missing response, or a link error reply (``ERR_CRC``,
+``ERR_LENGTH``, ``ERR_TIMEOUT``); responses with another ``seq`` (late answers to an earlier
+attempt, duplicates) are discarded. Retransmission is safe for every command: all but RUN
+are idempotent and the gateware answers a repeated RUN without running it again
+(``docs/link.md``). After ``retries`` attempts the driver raises :class:`LinkError`; a
+refusal by the core (``ERR_ARG``, ``ERR_COMMAND``) raises :class:`DeviceError` at once.
+Nothing is ever returned that did not arrive in a frame with a good CRC and the right seq.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import torch
+
+from hw.config import AccelConfig
+from hw.engine import BufId
+from hw.protocol import (
+    BUF_ARGS,
+    MAX_PAYLOAD,
+    Cmd,
+    Frame,
+    FrameDecoder,
+    Status,
+    encode_frame,
+    nbytes,
+    word_bytes,
+)
+from hw.tile import TileImage
+
+from .commands import (
+    parse_counters,
+    parse_ident,
+    parse_words,
+    read_buf_args,
+    run_payload,
+    write_buf_payloads,
+)
+from .transport import Transport
+
+#: Link error replies worth a retransmission (the request was damaged on the way).
+TRANSIENT = {Status.ERR_CRC.value, Status.ERR_LENGTH.value, Status.ERR_TIMEOUT.value}
+
+
+class LinkError(RuntimeError):
+    """No good answer after every retry."""
+
+
+class DeviceError(RuntimeError):
+    """The device refused a request (bad argument or unknown command)."""
+
+
+class Device:
+    """One accelerator behind a transport.
+
+    Parameters: ``cfg`` is the bundle's configuration (:meth:`identify` checks the device
+    has the same hash); ``timeout`` / ``run_timeout`` bound the wait for an answer (RUN
+    answers when its tile is done); ``retries`` bounds retransmissions; ``verify_weights``
+    reads every weight write back and compares.
+    """
+
+    def __init__(self, transport: Transport, cfg: AccelConfig, *, timeout: float = 2.0,
+                 run_timeout: float = 20.0, retries: int = 8, backoff: float = 0.005,
+                 verify_weights: bool = False, max_payload: int = MAX_PAYLOAD):
+        self.t, self.cfg = transport, cfg
+        self.timeout, self.run_timeout = timeout, run_timeout
+        self.retries, self.backoff = retries, backoff
+        self.verify_weights = verify_weights
+        self.max_payload = max_payload
+        self.decoder = FrameDecoder(max_payload)
+        self.seq = 0
+        self.stats: Counter = Counter()
+        self._resident: dict[tuple[BufId, int], list] = {}
+
+    # -- framing ---------------------------------------------------------------------------
+    def request(self, cmd: Cmd, payload: bytes = b"", timeout: float | None = None) -> bytes:
+        """Send one request and return the payload of its OK answer (see module doc)."""
+        self.seq = (self.seq + 1) & 0xFF
+        frame = encode_frame(cmd.value, self.seq, payload)
+        wait = timeout or (self.run_timeout if cmd == Cmd.RUN else self.timeout)
+        why = []
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats["retries"] += 1
+                time.sleep(min(0.5, self.backoff * 2 ** (attempt - 1)))
+            self.t.send(frame)
+            self.stats["frames_tx"] += 1
+            self.stats["bytes_tx"] += len(frame)
+            got = self._answer(self.seq, wait)
+            if isinstance(got, Frame):
+                if got.cmd == Status.OK.value:
+                    return got.payload
+                if got.cmd in TRANSIENT:
+                    why.append(Status(got.cmd).name)
+                    continue
+                name = Status(got.cmd).name if got.cmd in {s.value for s in Status} \
+                    else hex(got.cmd)
+                raise DeviceError(f"{cmd.name} (seq {self.seq}) refused: {name}")
+            why.append(got)
+        raise LinkError(f"{cmd.name} (seq {self.seq}): no good answer after "
+                        f"{self.retries + 1} attempts ({', '.join(why)})")
+
+    def _answer(self, seq: int, wait: float) -> Frame | str:
+        """The response to ``seq``, or why there is none ("timeout", "bad frame")."""
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for item in self.decoder.flush():  # a truncated answer is not an answer
+                    self.stats["bad_frames"] += not isinstance(item, Frame)
+                self.stats["timeouts"] += 1
+                return "timeout"
+            data = self.t.recv(min(left, 0.05))
+            if not data:
+                continue
+            self.stats["bytes_rx"] += len(data)
+            for item in self.decoder.feed(data):
+                if not isinstance(item, Frame):
+                    self.stats["bad_frames"] += 1
+                    if item.seq == seq:
+                        return "bad frame"
+                    continue
+                if item.seq == seq or (item.seq == 0 and item.cmd in TRANSIENT):
+                    return item
+                self.stats["stale_frames"] += 1
+
+    # -- operations ------------------------------------------------------------------------
+    def identify(self) -> dict:
+        """The device's identity; refuses a device built from another configuration."""
+        ident = parse_ident(self.request(Cmd.IDENTIFY))
+        if ident["hash"] != self.cfg.hash32():
+            raise DeviceError(
+                f"device config hash {ident['hash']:#010x} differs from the bundle's "
+                f"{self.cfg.hash32():#010x} (lanes {ident['lanes']} vs {self.cfg.lanes}, "
+                f"MAC units {ident['mac_units']} vs {self.cfg.mac_units}): program the "
+                f"device with this bundle's design")
+        return ident
+
+    def write(self, buf: BufId, words: list, addr: int = 0) -> None:
+        """Write words into a buffer (split into frames)."""
+        for p in write_buf_payloads(self.cfg, buf, words, addr=addr,
+                                    max_payload=self.max_payload):
+            self.request(Cmd.WRITE_BUF, p)
+        if self.verify_weights and buf == BufId.WEIGHTS:
+            want = write_buf_payloads(self.cfg, buf, words, addr=addr, max_payload=1 << 30)[0]
+            got = self.read_raw(buf, addr, len(words))
+            if got != want[nbytes(BUF_ARGS.size):]:
+                raise LinkError(f"WEIGHTS read back at {addr}..{addr + len(words)} differs "
+                                f"from what was written")
+
+    def read_raw(self, buf: BufId, addr: int, count: int) -> bytes:
+        """Raw bytes of ``count`` words (split into frames)."""
+        per = max(1, self.max_payload // word_bytes(self.cfg)[buf])
+        return b"".join(self.request(Cmd.READ_BUF, read_buf_args(buf, a, min(per,
+                                                                       addr + count - a)))
+                        for a in range(addr, addr + count, per))
+
+    def read(self, buf: BufId, addr: int, count: int) -> list[int]:
+        """Integer words of a buffer."""
+        return parse_words(self.cfg, buf, self.read_raw(buf, addr, count))
+
+    def counters(self) -> dict[str, int]:
+        """Every event counter."""
+        return parse_counters(self.cfg, self.request(Cmd.READ_COUNTERS))
+
+    def reset_counters(self) -> None:
+        """Zero every counter."""
+        self.request(Cmd.RESET_COUNTERS)
+
+    def run_tile(self, img: TileImage) -> None:
+        """Write a tile's buffers (skipping words already resident) and run it."""
+        for buf, words in img.words.items():
+            base = img.base.get(buf, 0)
+            if self._resident.get((buf, base)) == words:
+                self.stats["writes_skipped"] += 1
+                continue
+            self.write(buf, words, base)
+            self._resident[(buf, base)] = words
+        if img.start_row is not None:
+            self.write(BufId.ACC, [img.start_row], self.cfg.max_rows)
+        self.request(Cmd.RUN, run_payload(self.cfg, img.descriptor))
+
+    def gemm(self, plan) -> torch.Tensor:
+        """Run a planned GEMM (``hw.tile.plan_gemm``); its outputs ``[M, N]``."""
+        m = max(r1 for _, r1, *_ in plan.slices)
+        n = max(n1 for _, _, _, n1, _ in plan.slices)
+        out = torch.zeros(m, n, dtype=torch.int64)
+        lanes = self.cfg.lanes
+        for r0, r1, n0, n1, images in plan.slices:
+            for img in images:
+                self.run_tile(img)
+            words = self.read(BufId.OUT, 0, (r1 - r0) * lanes)
+            out[r0:r1, n0:n1] = torch.tensor(words).view(r1 - r0, lanes)[:, : n1 - n0]
+        return out
+
+    def link_bytes(self) -> int:
+        """Bytes sent and received so far (frames included)."""
+        return self.stats["bytes_tx"] + self.stats["bytes_rx"]
+
+
