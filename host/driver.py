@@ -67,12 +67,19 @@ class Device:
 
     def __init__(self, transport: Transport, cfg: AccelConfig, *, timeout: float = 2.0,
                  run_timeout: float = 20.0, retries: int = 8, backoff: float = 0.005,
-                 verify_weights: bool = False, max_payload: int = MAX_PAYLOAD):
+                 verify_weights: bool = False, max_payload: int = MAX_PAYLOAD,
+                 read_chunk: int = 1024, quiet: float = 0.15):
         self.t, self.cfg = transport, cfg
         self.timeout, self.run_timeout = timeout, run_timeout
         self.retries, self.backoff = retries, backoff
         self.verify_weights = verify_weights
         self.max_payload = max_payload
+        #: bytes per READ_BUF answer: short answers are cheaper to retry on a noisy link
+        self.read_chunk = min(read_chunk, max_payload)
+        #: seconds of silence after a timeout, longer than the device's link timeout, so
+        #: that a request cut short (or a false SOF in noise) is dropped by the device
+        #: before the retransmission; otherwise the retry's bytes would complete it
+        self.quiet = quiet
         self.decoder = FrameDecoder(max_payload)
         self.seq = 0
         self.stats: Counter = Counter()
@@ -84,11 +91,12 @@ class Device:
         self.seq = (self.seq + 1) & 0xFF
         frame = encode_frame(cmd.value, self.seq, payload)
         wait = timeout or (self.run_timeout if cmd == Cmd.RUN else self.timeout)
-        why = []
+        why: list[str] = []
         for attempt in range(self.retries + 1):
             if attempt:
                 self.stats["retries"] += 1
-                time.sleep(min(0.5, self.backoff * 2 ** (attempt - 1)))
+                pause = min(0.5, self.backoff * 2 ** (attempt - 1))
+                time.sleep(max(pause, self.quiet) if why[-1] == "timeout" else pause)
             self.t.send(frame)
             self.stats["frames_tx"] += 1
             self.stats["bytes_tx"] += len(frame)
@@ -112,23 +120,27 @@ class Device:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                for item in self.decoder.flush():  # a truncated answer is not an answer
-                    self.stats["bad_frames"] += not isinstance(item, Frame)
                 self.stats["timeouts"] += 1
-                return "timeout"
-            data = self.t.recv(min(left, 0.05))
-            if not data:
-                continue
-            self.stats["bytes_rx"] += len(data)
-            for item in self.decoder.feed(data):
+                items, timed_out = self.decoder.flush(), True
+            else:
+                data = self.t.recv(min(left, 0.05))
+                if not data:
+                    continue
+                self.stats["bytes_rx"] += len(data)
+                items, timed_out = self.decoder.feed(data), False
+            damaged = False
+            for item in items:
                 if not isinstance(item, Frame):
                     self.stats["bad_frames"] += 1
-                    if item.seq == seq:
-                        return "bad frame"
-                    continue
-                if item.seq == seq or (item.seq == 0 and item.cmd in TRANSIENT):
-                    return item
-                self.stats["stale_frames"] += 1
+                    damaged |= item.seq == seq
+                elif item.seq == seq or (item.seq == 0 and item.cmd in TRANSIENT):
+                    return item  # a good answer wins over a damaged copy beside it
+                else:
+                    self.stats["stale_frames"] += 1
+            if damaged:
+                return "bad frame"
+            if timed_out:
+                return "timeout"
 
     # -- operations ------------------------------------------------------------------------
     def identify(self) -> dict:
@@ -156,7 +168,7 @@ class Device:
 
     def read_raw(self, buf: BufId, addr: int, count: int) -> bytes:
         """Raw bytes of ``count`` words (split into frames)."""
-        per = max(1, self.max_payload // word_bytes(self.cfg)[buf])
+        per = max(1, self.read_chunk // word_bytes(self.cfg)[buf])
         return b"".join(self.request(Cmd.READ_BUF, read_buf_args(buf, a, min(per,
                                                                        addr + count - a)))
                         for a in range(addr, addr + count, per))

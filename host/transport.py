@@ -70,9 +70,10 @@ FAULTS = ("flip", "drop", "duplicate", "truncate", "delay", "garbage")
 
 
 class FaultyTransport:
-    """Wraps a transport and damages traffic in both directions at ``rate`` per chunk
-    (the driver sends one frame per :meth:`send`): bit flips, dropped, duplicated and
-    truncated chunks, delays and inserted garbage. ``injected`` counts what was done."""
+    """Wraps a transport and damages traffic in both directions: bit flips, dropped,
+    duplicated and truncated chunks, delays and inserted garbage. ``rate`` is the chance
+    per frame sent (the driver sends one frame per :meth:`send`) and per 256 bytes
+    received (the receive side sees arbitrary chunks). ``injected`` counts what was done."""
 
     def __init__(self, inner: Transport, rate: float, seed: int = 0,
                  kinds: tuple[str, ...] = FAULTS, delay_s: float = 0.02):
@@ -84,7 +85,8 @@ class FaultyTransport:
         self.injected: Counter = Counter()
 
     def _damage(self, data: bytes, direction: str) -> list[bytes]:
-        if not data or self.rng.random() >= self.rate:
+        units = 1 if direction == "tx" else len(data) / 256
+        if not data or self.rng.random() >= 1 - (1 - self.rate) ** units:
             return [data]
         kind = self.rng.choice(self.kinds)
         self.injected[f"{direction}:{kind}"] += 1
