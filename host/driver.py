@@ -68,7 +68,7 @@ class Device:
     def __init__(self, transport: Transport, cfg: AccelConfig, *, timeout: float = 2.0,
                  run_timeout: float = 20.0, retries: int = 8, backoff: float = 0.005,
                  verify_weights: bool = False, max_payload: int = MAX_PAYLOAD,
-                 read_chunk: int = 1024, quiet: float = 0.15):
+                 read_chunk: int = 1024, quiet: float = 0.3):
         self.t, self.cfg = transport, cfg
         self.timeout, self.run_timeout = timeout, run_timeout
         self.retries, self.backoff = retries, backoff

@@ -29,7 +29,7 @@ class Ulx3sTop(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         divisor = CLOCK_HZ // BAUD
-        m.submodules.core = core = Top(self.cfg, link_timeout=CLOCK_HZ // 10)
+        m.submodules.core = core = Top(self.cfg)
         m.submodules.uart_rx = urx = UartRx(divisor)
         m.submodules.uart_tx = utx = UartTx(divisor)
         m.submodules.rx_fifo = q = fifo.SyncFIFOBuffered(width=8, depth=RX_FIFO)

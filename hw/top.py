@@ -40,6 +40,12 @@ from .protocol import (
 )
 
 
+#: Cycles without a byte after which the link drops a half-received frame: 10 ms on the
+#: 25 MHz board, about 0.2 s in the simulator. The host stays quiet longer than this before
+#: it retransmits after a timeout (``host.driver.Device.quiet``).
+LINK_TIMEOUT = 250_000
+
+
 def ident_value(cfg: AccelConfig) -> dict:
     """The IDENTIFY word of a configuration."""
     return {"hash": cfg.hash32(), "version": PROTOCOL_VERSION, "lanes": cfg.lanes,
@@ -54,7 +60,7 @@ class Top(wiring.Component):
     rx: In(stream.Signature(8))
     tx: Out(stream.Signature(8))
 
-    def __init__(self, cfg: AccelConfig, *, link_timeout: int = 1_000_000):
+    def __init__(self, cfg: AccelConfig, *, link_timeout: int = LINK_TIMEOUT):
         self.cfg = cfg
         self.link_timeout = link_timeout
         super().__init__()

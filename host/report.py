@@ -1,0 +1,178 @@
+"""Cycle and energy reports of a model run on the accelerator, with the baselines.
+
+Per layer (heads summed): measured cycles (``busy`` counter) beside the generator's
+prediction, array utilisation, time steps, counted events, buffer traffic, link bytes and
+energy (counted events x the per-operation table, ``models.energy``). Side by side for the
+same model and tokens: an FP16 ANN (dense multiply-accumulates x FP16 energies), all-integer
+W4A8 and a rate-coded multi-spike SNN (T = 8) on this accelerator, and the 8-bit
+single-spike window (TTFS, 255 steps); energy from the golden events of each conversion.
+Keys: ``docs/host.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from amaranth import Shape
+
+from hw.config import AccelConfig
+from hw.engine import BufId, buffer_shapes
+from models.contract import Events
+from models.energy import event_energy, fp16_energy
+
+from .run import RunResult
+
+SCHEMA = 1
+
+
+def counted_events(c: dict) -> Events:
+    """Events as the device counted them."""
+    return Events(spikes=c["spikes"], spike_units=c["spikes"], acc_spike=c["acc_spike"],
+                  acc_step=c["acc_step"], macs=c["macs"], outs=c["out_wr"])
+
+
+def sram_bits(cfg: AccelConfig, c: dict) -> int:
+    """On-chip buffer bits moved, from the traffic counters."""
+    w = {b: Shape.cast(s).width for b, (s, _) in buffer_shapes(cfg).items()}
+    ev = max(w[BufId.SPIKE_EV], w[BufId.MAC_EV])
+    return (c["w_rd"] * w[BufId.WEIGHTS] + c["ev_rd"] * ev
+            + (c["acc_rd"] + c["acc_wr"]) * w[BufId.ACC] + c["out_wr"] * w[BufId.OUT]
+            + (c["host_wr"] + c["host_rd"]) * w[BufId.WEIGHTS])
+
+
+def layer_rows(cfg: AccelConfig, res: RunResult, table: dict) -> list[dict]:
+    """One row per GEMM node, in forward order."""
+    rows: dict[str, dict] = {}
+    for r in res.records:
+        row = rows.setdefault(r.name, {"name": r.name, "m": r.m, "k": r.k, "n": 0, "heads": 0,
+                                       "counters": {}, "predicted_cycles": 0, "link_bytes": 0,
+                                       "bit_exact": True, "counters_match": True})
+        row["n"] = r.n if r.head is None else row["n"] + r.n
+        row["heads"] += r.head is not None
+        for k, v in r.counters.items():
+            row["counters"][k] = row["counters"].get(k, 0) + v
+        row["predicted_cycles"] += r.predicted_cycles
+        row["link_bytes"] += r.link_bytes
+        row["bit_exact"] &= r.exact
+        row["counters_match"] &= r.counters_match
+    out = []
+    for row in rows.values():
+        c = row["counters"]
+        ev = counted_events(c)
+        busy = max(1, c["busy"])
+        enc = res.golden_events[row["name"]]
+        row.update({
+            "measured_cycles": c["busy"],
+            "cycle_ratio": c["busy"] / row["predicted_cycles"] if row["predicted_cycles"]
+            else None,
+            "spike_util": c["spike_busy"] / busy, "mac_util": c["mac_busy"] / busy,
+            "time_steps": enc.time_steps, "spike_events": c["spikes"],
+            "accumulates": c["acc_spike"] + c["acc_step"], "macs": c["macs"],
+            "traffic": {k: c[k] for k in ("w_rd", "ev_rd", "acc_rd", "acc_wr", "out_wr",
+                                          "host_wr", "host_rd")},
+            "energy_pj": event_energy(ev, table, sram_bits(cfg, c)),
+        })
+        out.append(row)
+    return out
+
+
+def baseline_energy(name: str, events: dict[str, Events], table: dict, time_steps: int,
+                    dense_macs: int, dense_bits: int) -> dict:
+    """One baseline's totals."""
+    if name == "fp16":
+        e = fp16_energy(dense_macs, table, dense_bits)
+        compute = e["fp16_mac"]
+    else:
+        total = Events()
+        for ev in events.values():
+            total = total + ev
+        e = event_energy(total, table, 0)
+        compute = e["total"]
+    return {"name": name, "time_steps": time_steps, "compute_energy_pj": compute,
+            "energy_pj": e}
+
+
+def reductions(hybrid: dict, base: dict) -> dict:
+    """Energy and time-step reduction of the hybrid against a baseline, in percent."""
+    def pct(a, b):
+        return None if not b else 100.0 * (1 - a / b)
+    return {"baseline": base["name"],
+            "compute_energy_reduction_pct": pct(hybrid["compute_energy_pj"],
+                                                base["compute_energy_pj"]),
+            "time_step_reduction_pct": pct(hybrid["time_steps"], base["time_steps"])}
+
+
+def write(report: dict, out: Path) -> None:
+    """``report.json``, ``report.md`` and the plots into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+    lines = [f"# Run report: {report['model']} ({report['tokens']} tokens)", "",
+             f"Bit-exact against the golden model: **{report['bit_exact']}** "
+             f"(every GEMM's outputs and counters, and the final hidden states).", "",
+             f"Device: {report['device']}, config {report['config_hash']}; wall time "
+             f"{report['wall_s']:.1f} s; link {report['link']['bytes']:,} bytes, "
+             f"{report['link']['retries']} retries.", "",
+             "| layer | M | K | N | T | cycles | predicted | ratio | spike util | MAC util | "
+             "spikes | accumulates | MACs | link bytes | energy (nJ) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["layers"]:
+        lines.append(
+            f"| {r['name']} | {r['m']} | {r['k']} | {r['n']} | {r['time_steps']} | "
+            f"{r['measured_cycles']:,} | {r['predicted_cycles']:,} | {r['cycle_ratio']:.4f} | "
+            f"{r['spike_util']:.0%} | {r['mac_util']:.0%} | {r['spike_events']:,} | "
+            f"{r['accumulates']:,} | {r['macs']:,} | {r['link_bytes']:,} | "
+            f"{r['energy_pj']['total'] / 1e3:,.1f} |")
+    lines += ["", "## Against the baselines (compute energy: operations only, as the papers "
+              "count it)", "", "| | time steps | compute energy (uJ) | total incl. SRAM (uJ) "
+              "| energy reduction | time-step reduction |", "|---|---|---|---|---|---|"]
+    h = report["hybrid"]
+    lines.append(f"| hybrid (this run) | {h['time_steps']} | {h['compute_energy_pj'] / 1e6:.3f}"
+                 f" | {h['energy_pj']['total'] / 1e6:.3f} | | |")
+    for b, red in zip(report["baselines"], report["reductions"], strict=True):
+        e = red["compute_energy_reduction_pct"]
+        t = red["time_step_reduction_pct"]
+        lines.append(f"| {b['name']} | {b['time_steps']} | {b['compute_energy_pj'] / 1e6:.3f} "
+                     f"| {b['energy_pj']['total'] / 1e6:.3f} | "
+                     f"{'' if e is None else f'{e:.2f} %'} | "
+                     f"{'' if t is None else f'{t:.2f} %'} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    _plots(report, out)
+
+
+def _plots(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["layers"]
+    names = [r["name"] for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.25), 4))
+    ax.bar([i - 0.2 for i in x], [r["predicted_cycles"] for r in rows], 0.4, label="predicted")
+    ax.bar([i + 0.2 for i in x], [r["measured_cycles"] for r in rows], 0.4, label="measured")
+    ax.set_xticks(list(x), names, rotation=90, fontsize=6)
+    ax.set_ylabel("cycles")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "cycles.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bars = [report["hybrid"], *report["baselines"]]
+    ax.bar([b["name"] for b in bars], [b["compute_energy_pj"] / 1e6 for b in bars])
+    ax.set_ylabel("compute energy (uJ)")
+    ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(out / "energy.png", dpi=110)
+    plt.close(fig)
+
+
+def dense_work(res: RunResult) -> tuple[int, int]:
+    """Multiply-accumulates and FP16 operand bits of the dense (ANN) GEMMs of the run."""
+    macs = bits = 0
+    for r in res.records:
+        macs += r.m * r.k * r.n
+        bits += 16 * (r.k * r.n + r.m * r.k + r.m * r.n)
+    return macs, bits
+
