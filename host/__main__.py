@@ -20,6 +20,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from gen.cycles import gemm_cycles
+from gen.report import sram_bits as gen_sram_bits
+from gen.workload import GemmWork
 from hw.board import BAUD
 from hw.config import AccelConfig
 from models.arch import load_model
@@ -86,7 +89,8 @@ def cmd_run(a) -> int:
     hybrid = {"name": "hybrid", "time_steps": max((e.time_steps for e in spiking), default=1),
               "compute_energy_pj": sum(event_energy(e, table)["total"]
                                        for e in hybrid_events.values()),
-              "energy_pj": {"total": sum(r["energy_pj"]["total"] for r in layers)}}
+              "energy_pj": {"total": sum(r["energy_pj"]["total"] for r in layers)},
+              "measured_cycles": sum(r["measured_cycles"] for r in layers)}
     macs, bits = report.dense_work(res)
     baselines = []
     for name, enc in BASELINES:
@@ -95,8 +99,15 @@ def cmd_run(a) -> int:
             continue
         # baseline conversions only provide event counts: a light calibration is enough
         cmb = convert(lm, ConvertOptions(encoding=enc, calib_sentences=8, gptq=False))
-        _, ev = run_golden(cmb, ids)
-        baselines.append(report.baseline_energy(name, ev, table, enc.time_steps, macs, bits))
+        trace: list = []
+        _, ev = run_golden(cmb, ids, trace=trace)
+        b = report.baseline_energy(name, ev, table, enc.time_steps, macs, bits)
+        # on this accelerator: cycles and buffer traffic from the generator's models
+        preds = [gemm_cycles(cfg, GemmWork.of(c)) for c in trace]
+        b["predicted_cycles"] = sum(p.cycles for p in preds)
+        b["energy_pj"] = event_energy(total_events(ev), table,
+                                      sum(gen_sram_bits(cfg, p) for p in preds))
+        baselines.append(b)
     rep = {
         "schema": report.SCHEMA, "model": gen_rep["model"]["name"], "tokens": int(ids.numel()),
         "text": a.text, "device": "simulator" if a.sim else url,
