@@ -1,0 +1,33 @@
+"""``python -m host run --bundle DIR --sim`` on a generated bundle, end to end."""
+
+import json
+
+import pytest
+
+from gen.__main__ import main as gen_main
+from host.__main__ import main
+
+
+@pytest.mark.slow
+def test_run_a_generated_bundle_on_the_simulator(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert gen_main(["build", "--model", "tiny-opt", "--out", str(out), "--quiet", "--fix",
+                     "lanes=8,mac_units=2", "--tokens", "16"]) == 0
+    assert main(["run", "--bundle", str(out), "--sim", "--quiet", "--text",
+                 "Twelve tokens or so of text for the tiny model."]) == 0
+    assert "BIT-EXACT" in capsys.readouterr().out
+    rep = json.loads((out / "run" / "report.json").read_text())
+    assert rep["bit_exact"] is True
+    assert rep["totals"]["measured_cycles"] == rep["totals"]["predicted_cycles"] > 0
+    names = [b["name"] for b in rep["baselines"]]
+    assert names[0] == "fp16" and len(rep["reductions"]) == len(names)
+    for r in rep["layers"]:
+        assert r["bit_exact"] and r["counters_match"] and r["cycle_ratio"] == 1.0
+        assert r["energy_pj"]["total"] > 0
+    for f in ("report.md", "cycles.png", "energy.png"):
+        assert (out / "run" / f).exists()
+
+
+def test_not_a_bundle_is_a_clear_error(tmp_path, capsys):
+    assert main(["run", "--bundle", str(tmp_path), "--sim"]) == 2
+    assert "no config.json" in capsys.readouterr().err
