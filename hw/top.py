@@ -31,6 +31,7 @@ from .link import Link
 from .protocol import (
     BUF_ARGS,
     HEADER,
+    LENGTH_LIMIT,
     PROTOCOL_VERSION,
     Cmd,
     Status,
@@ -38,7 +39,6 @@ from .protocol import (
     nbytes,
     word_bytes,
 )
-
 
 #: Cycles without a byte after which the link drops a half-received frame: 10 ms on the
 #: 25 MHz board, about 0.2 s in the simulator. The host stays quiet longer than this before
@@ -92,7 +92,8 @@ class Top(wiring.Component):
         desc_bytes = nbytes(descriptor_layout(cfg).size)
         args_bytes = nbytes(BUF_ARGS.size)
         cb = nbytes(cfg.counter_bits)
-        bpw = Signal(8)  # bytes per word of args.buf
+        # bytes per word of args.buf (an ACC word is 4 x lanes bytes: 256 at 64 lanes)
+        bpw = Signal(range(max(wbytes.values()) + 1))
         with m.Switch(args.buf):
             for b, n in wbytes.items():
                 with m.Case(b):
@@ -176,7 +177,9 @@ class Top(wiring.Component):
             with m.State("CHECK_BUF"):
                 valid_buf = args.buf <= max(b.value for b in BufId)
                 need = args_bytes + Mux(hdr.cmd == Cmd.WRITE_BUF, args.count * bpw, 0)
-                with m.If(~valid_buf | ~depth_ok | (hdr.length != need)):
+                # a READ_BUF answer must fit the 16-bit length field
+                too_long = (hdr.cmd == Cmd.READ_BUF) & (args.count * bpw > LENGTH_LIMIT)
+                with m.If(~valid_buf | ~depth_ok | (hdr.length != need) | too_long):
                     m.d.sync += status.eq(Status.ERR_ARG)
                     m.next = "DRAIN"
                 with m.Elif(hdr.cmd == Cmd.WRITE_BUF):
