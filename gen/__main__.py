@@ -67,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--bitstream", action="store_true",
                    help="build the ULX3S 85F bitstream (accelerator behind the USB UART)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--no-cache", action="store_true",
+                   help="convert and emit afresh (default: reuse ~/.cache/spikellm results)")
     a = p.parse_args(argv)
     try:
         rep = build(BuildOptions(a.model, a.out, a.target, a.budget, a.encoding, a.tokens,
                                  a.fix, a.energy_table, a.synth, a.pnr, a.bitstream, a.freq,
-                                 not a.quiet))
+                                 not a.quiet, not a.no_cache))
     except DoesNotFit as e:
         print(f"error: the model does not fit: {e}", file=sys.stderr)
         return 3

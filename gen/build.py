@@ -10,13 +10,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from hw.config import AccelConfig
-from hw.top import emit_verilog
 from models.arch import load_model
 from models.bundle import save_bundle
-from models.convert import ConvertOptions, convert
+from models.convert import ConvertOptions
 from models.energy import load_table
 
-from . import flow, report
+from . import cache, flow, report
 from .program import compile_program, link_description
 from .resources import TARGETS, Budget, estimate
 from .sizing import size
@@ -40,6 +39,7 @@ class BuildOptions:
     bitstream: bool = False
     freq_mhz: float = 100.0
     progress: bool = True
+    cache: bool = True  #: reuse converted models and Verilog (gen/cache.py)
 
 
 def build(o: BuildOptions) -> dict:
@@ -65,7 +65,7 @@ def build(o: BuildOptions) -> dict:
     done("load")
     step("convert")
     opts = ConvertOptions() if o.encoding is None else ConvertOptions(encoding=o.encoding)
-    cm = convert(lm, opts)
+    cm, cached = cache.converted(lm, opts, o.cache)
     save_bundle(cm, out / "model")
     done("convert")
     step("measure")
@@ -77,7 +77,7 @@ def build(o: BuildOptions) -> dict:
     cfg: AccelConfig = sizing.chosen.cfg
     done("size")
     step("emit")
-    (out / "spikellm_top.v").write_text(emit_verilog(cfg))
+    (out / "spikellm_top.v").write_text(cache.verilog(cfg, o.cache)[0])
     (out / "config.json").write_text(json.dumps(
         {"config": cfg.to_json(), "hash": f"0x{cfg.hash32():08x}"}, indent=1))
     shifts = {n: info.shift for n, info in cm.nodes.items()}
@@ -91,7 +91,7 @@ def build(o: BuildOptions) -> dict:
         "schema": report.SCHEMA,
         "model": {"name": o.model, "arch": cm.spec.family if hasattr(cm.spec, "family")
                   else type(cm.spec).__name__, "tokens": int(ids.numel()),
-                  "options": _jsonable(asdict(opts))},
+                  "options": cache.jsonable(asdict(opts)), "conversion_cached": cached},
         "target": o.target, "budget": budget.as_dict(), "config": cfg.to_json(),
         "config_hash": f"0x{cfg.hash32():08x}",
         "choice": {"why": sizing.why, "candidates": [c.as_dict() for c in sizing.candidates]},
@@ -121,12 +121,3 @@ def build(o: BuildOptions) -> dict:
     report.plot(rep, out / "report.png")
     return rep
 
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, int | float | str | bool) or x is None:
-        return x
-    return str(x)

@@ -130,15 +130,21 @@ class FloatOps:
     def __init__(self, spec: ArchSpec, params, record: Recorder | None = None):
         self.spec, self.params = spec, params
         self.record = record or (lambda node, role, t: None)
+        self._f64: dict[str, torch.Tensor] = {}  # float64 copies, made once per parameter
+
+    def _param(self, key: str) -> torch.Tensor:
+        if key not in self._f64:
+            self._f64[key] = self.params[key].to(F)
+        return self._f64[key]
 
     def host(self, a: torch.Tensor) -> torch.Tensor:
         return a
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
         self.record(name, "x", x)
-        y = x @ self.params[name + ".w"].to(F).t()
+        y = x @ self._param(name + ".w").t()
         if name + ".b" in self.params:
-            y = y + self.params[name + ".b"].to(F)
+            y = y + self._param(name + ".b")
         self.record(name, "y", y)
         return y
 

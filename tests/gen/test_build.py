@@ -67,3 +67,17 @@ def test_refusals_are_clear(tmp_path, capsys):
                  "--quiet"]) == 2
     with pytest.raises(SystemExit):
         main(["build", "--model", "tiny-opt", "--out", str(tmp_path), "--budget", "luts=1"])
+
+
+@pytest.mark.slow
+def test_a_second_build_reuses_the_conversion_and_the_verilog(tmp_path):
+    args = ["build", "--model", "tiny-llama", "--quiet", "--fix", "lanes=8", "--tokens", "16"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert main([*args, "--out", str(tmp_path / "c"), "--no-cache"]) == 0
+    reps = [json.loads((tmp_path / d / "report.json").read_text()) for d in "abc"]
+    assert [r["model"]["conversion_cached"] for r in reps] == [False, True, False]
+    for d in "bc":
+        for f in ("spikellm_top.v", "model/tensors.safetensors", "program.json"):
+            assert (tmp_path / d / f).read_bytes() == (tmp_path / "a" / f).read_bytes(), f
+    assert reps[1]["totals"] == reps[0]["totals"]

@@ -1,0 +1,102 @@
+"""A content-addressed cache for the two slow, deterministic steps of a build: converting
+the model and emitting the Verilog. Keys hash everything the result depends on (the model's
+parameters, the conversion options, the configuration, and the source of the packages that
+compute them), so a changed input or a changed converter never reuses a stale result.
+
+Location: ``$SPIKELLM_CACHE`` or ``~/.cache/spikellm``; ``gen build --no-cache`` skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import amaranth
+
+from hw.config import AccelConfig
+from models.bundle import BundleError, load_bundle, save_bundle
+from models.convert import ConvertedModel, ConvertOptions, convert
+
+
+def cache_dir() -> Path:
+    """Where cached results live."""
+    return Path(os.environ.get("SPIKELLM_CACHE", Path.home() / ".cache" / "spikellm"))
+
+
+def source_digest(*packages: str) -> str:
+    """Hash of the Python source of ``packages`` (folders next to this one)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for pkg in packages:
+        for f in sorted((root / pkg).rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def jsonable(x):
+    """Options as plain JSON (dataclasses, tuples and objects by their repr)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, int | float | str | bool) or x is None:
+        return x
+    return repr(x)
+
+
+def _key(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else str(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def converted(lm, opts: ConvertOptions, use: bool = True) -> tuple[ConvertedModel, bool]:
+    """``convert(lm, opts)``, from the cache when possible; returns (model, was_cached)."""
+    h = hashlib.sha256()
+    for name in sorted(lm.params):
+        h.update(name.encode())
+        h.update(lm.params[name].detach().contiguous().numpy().tobytes())
+    key = _key(h.hexdigest(), json.dumps(jsonable(asdict(opts)), sort_keys=True),
+               json.dumps(jsonable(asdict(lm.spec)), sort_keys=True), source_digest("models"))
+    where = cache_dir() / "converted" / key
+    if use and (where / "manifest.json").exists():
+        try:
+            return load_bundle(where), True
+        except BundleError:
+            shutil.rmtree(where, ignore_errors=True)  # damaged entry: rebuild it
+    cm = convert(lm, opts)
+    if use:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=where.parent))
+        save_bundle(cm, tmp)
+        try:
+            tmp.rename(where)
+        except OSError:  # another build got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return cm, False
+
+
+def verilog(cfg: AccelConfig, use: bool = True) -> tuple[str, bool]:
+    """``hw.top.emit_verilog(cfg)``, from the cache when possible."""
+    from hw.top import emit_verilog
+
+    key = _key(json.dumps(cfg.to_json(), sort_keys=True), source_digest("hw", "models"),
+               amaranth.__version__)
+    where = cache_dir() / "verilog" / f"{key}.v"
+    if use and where.exists():
+        return where.read_text(), True
+    text = emit_verilog(cfg)
+    if use:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        tmp = where.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(where)
+    return text, False
