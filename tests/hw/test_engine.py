@@ -126,3 +126,35 @@ def test_engine_tiles_at_base_addresses_stay_resident():
     again = replace(ta, words={})
     got, _ = rtl_engine(CFG, [ta, tb, again], 7, 4)
     assert torch.equal(got[0:3], want_a) and torch.equal(got[4:7], want_b)
+
+
+def test_fast_word_packing_equals_amaranth_const():
+    """pack_word computes the bits itself; they must be Amaranth's, for every buffer."""
+    import random
+
+    from amaranth import Shape
+    from amaranth.lib import data
+
+    from hw.config import PRESETS, AccelConfig
+    from hw.engine import buffer_shapes, pack_word
+
+    rng = random.Random(1)
+
+    def rand_word(shape):
+        if isinstance(shape, data.StructLayout):
+            return {n: rand_word(f.shape) for n, f in shape}
+        if isinstance(shape, data.ArrayLayout):
+            return [rand_word(shape.elem_shape) for _ in range(shape.length)]
+        if isinstance(shape, type):
+            return rng.choice(list(shape))
+        s = Shape.cast(shape)
+        lo = -(1 << (s.width - 1)) if s.signed else 0
+        return rng.randrange(lo, lo + (1 << s.width))
+
+    for cfg in (PRESETS["tiny"], PRESETS["ulx3s-85f"], AccelConfig(lanes=8, mac_units=2)):
+        for shape, _ in buffer_shapes(cfg).values():
+            for _ in range(30):
+                w = rand_word(shape)
+                want = (shape.const(w).as_bits() if isinstance(shape, data.Layout)
+                        else w & ((1 << Shape.cast(shape).width) - 1))
+                assert pack_word(shape, w) == want
