@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hw.config import AccelConfig
 from hw.counters import COUNTERS
-from hw.engine import BufId, buffer_shapes, descriptor_layout, pack_word, unpack_int
+from hw.engine import BufId, buffer_shapes, descriptor_layout, unpack_int, word_packer
 from hw.protocol import BUF_ARGS, ident_layout, nbytes, word_bytes
 
 
@@ -32,10 +32,11 @@ def write_buf_payloads(cfg: AccelConfig, buf: BufId, words: list, addr: int = 0,
         raise ValueError(f"{buf.name}: {len(words)} words at {addr} exceed depth {depth}")
     bpw = word_bytes(cfg)[buf]
     per = max(1, (max_payload - nbytes(BUF_ARGS.size)) // bpw)
+    pack = word_packer(shape)
     out = []
     for i in range(0, len(words), per):
         chunk = words[i : i + per]
-        body = b"".join(pack_word(shape, w).to_bytes(bpw, "little") for w in chunk)
+        body = b"".join(pack(w).to_bytes(bpw, "little") for w in chunk)
         out.append(buf_args(buf, addr + i, len(chunk)) + body)
     return out
 

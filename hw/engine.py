@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from enum import Enum
 
+import numpy as np
 from amaranth import Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -316,28 +317,58 @@ class Engine(wiring.Component):
 def pack_word(shape, word) -> int:
     """A buffer word (dict/list for layouts, int otherwise) as its raw bits.
 
-    The same bits as ``shape.const(word).as_bits()``, computed with plain integer operations
+    The same bits as ``shape.const(word).as_bits()``, computed with integer operations
     from the layout's field offsets (Amaranth's ``const`` costs ~0.3 ms a word, and a model
-    run packs millions of words). ``tests/hw/test_engine.py`` checks the two agree."""
+    run packs millions of words). ``tests/hw/test_engine.py`` checks the two agree. For
+    many words of one buffer, take :func:`word_packer` once."""
+    return word_packer(shape)(word)
+
+
+_PACKERS: dict = {}
+
+
+def word_packer(shape):
+    """The packing function of :func:`pack_word` for ``shape``, built once per distinct
+    shape (layouts compare and hash by value, which is not cheap: look it up once)."""
+    hit = _PACKERS.get(shape)
+    if hit is not None:
+        return hit
     if isinstance(shape, data.StructLayout):
-        bits = 0
-        for name, f in shape:
-            bits |= pack_word(f.shape, word.get(name, 0)) << f.offset
-        return bits
-    if isinstance(shape, data.ArrayLayout):
-        w = Shape.cast(shape.elem_shape).width
-        if not isinstance(shape.elem_shape, data.Layout):  # the common case: integers
-            mask = (1 << w) - 1
+        fields = [(name, f.offset, word_packer(f.shape)) for name, f in shape]
+
+        def pack(word):
             bits = 0
-            for i, x in enumerate(word):
-                bits |= (int(x) & mask) << (i * w)
+            for name, off, sub in fields:
+                v = word.get(name, 0)
+                if v:
+                    bits |= sub(v) << off
             return bits
-        return sum(pack_word(shape.elem_shape, x) << (i * w) for i, x in enumerate(word))
-    if isinstance(shape, data.Layout):
-        return shape.const(word).as_bits()
-    if isinstance(word, Enum):
-        word = word.value
-    return int(word) & ((1 << Shape.cast(shape).width) - 1)
+    elif isinstance(shape, data.ArrayLayout):
+        w = Shape.cast(shape.elem_shape).width
+        if not isinstance(shape.elem_shape, data.Layout) and w in (8, 16, 32):
+            dtype = {8: np.uint8, 16: np.uint16, 32: np.uint32}[w]
+
+            def pack(word):
+                raw = (np.asarray(word, dtype=np.int64) & ((1 << w) - 1)).astype(dtype)
+                return int.from_bytes(raw.astype(f"<u{w // 8}").tobytes(), "little")
+        else:
+            sub = word_packer(shape.elem_shape)
+
+            def pack(word):
+                bits = 0
+                for i, x in enumerate(word):
+                    bits |= sub(x) << (i * w)
+                return bits
+    elif isinstance(shape, data.Layout):
+        def pack(word):
+            return shape.const(word).as_bits()
+    else:
+        mask = (1 << Shape.cast(shape).width) - 1
+
+        def pack(word):
+            return (word.value if isinstance(word, Enum) else int(word)) & mask
+    _PACKERS[shape] = pack
+    return pack
 
 
 def unpack_int(shape, bits: int) -> int:
