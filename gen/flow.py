@@ -51,7 +51,7 @@ def _run(args: list[str], cwd: Path, log: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def synth(cfg: AccelConfig, out: Path, top=None) -> dict:
+def synth(cfg: AccelConfig | None, out: Path, top=None) -> dict:
     """Synthesise (``top`` defaults to the accelerator core); returns resources."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "top.il").write_text(rtlil.convert(top if top is not None else Top(cfg), name="top"))
