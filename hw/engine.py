@@ -91,6 +91,11 @@ def descriptor_layout(cfg: AccelConfig) -> data.StructLayout:
     })
 
 
+#: Buffers the host can read back. Not ACC: its words are ``lanes`` accumulators wide (2048
+#: bits at 64 lanes) and a host read port would double its block RAMs (57 DP16KD at 64
+#: lanes) for a read the host never needs (results come through OUT).
+HOST_READABLE = frozenset(b for b in BufId if b != BufId.ACC)
+
 #: Strobes the engine exposes for the counters (name -> meaning).
 STROBES = {
     "spike": "unit spike events executed by the spike array",
@@ -180,6 +185,8 @@ class Engine(wiring.Component):
                          wp.en.eq(self.wr_en & (self.wr_buf == b))]
         host_rd = {}
         for b, mem in mems.items():
+            if b not in HOST_READABLE:
+                continue
             rp = mem.read_port()
             m.d.comb += [rp.addr.eq(self.rd_addr), rp.en.eq(self.rd_en & (self.rd_buf == b))]
             host_rd[b] = rp

@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
 from .counters import COUNTERS, CounterFile
-from .engine import BufId, Engine, buffer_shapes, descriptor_layout
+from .engine import HOST_READABLE, BufId, Engine, buffer_shapes, descriptor_layout
 from .link import Link
 from .protocol import (
     BUF_ARGS,
@@ -179,7 +179,9 @@ class Top(wiring.Component):
                 need = args_bytes + Mux(hdr.cmd == Cmd.WRITE_BUF, args.count * bpw, 0)
                 # a READ_BUF answer must fit the 16-bit length field
                 too_long = (hdr.cmd == Cmd.READ_BUF) & (args.count * bpw > LENGTH_LIMIT)
-                with m.If(~valid_buf | ~depth_ok | (hdr.length != need) | too_long):
+                unreadable = (hdr.cmd == Cmd.READ_BUF) & (
+                    args.buf.matches(*(b.value for b in BufId if b not in HOST_READABLE)))
+                with m.If(~valid_buf | ~depth_ok | (hdr.length != need) | too_long | unreadable):
                     m.d.sync += status.eq(Status.ERR_ARG)
                     m.next = "DRAIN"
                 with m.Elif(hdr.cmd == Cmd.WRITE_BUF):

@@ -226,6 +226,7 @@ async def bad_frames_get_error_replies_and_corrupt_nothing(dut):
     # 4. bad arguments and unknown commands are refused after draining their payload
     await tb.request(Cmd.READ_BUF, b"\x09" + b"\x00" * 6, expect=Status.ERR_ARG)
     await tb.request(0x42, b"abc", expect=Status.ERR_COMMAND)
+    await tb.request(Cmd.READ_BUF, read_buf_args(BufId.ACC, 0, 1), expect=Status.ERR_ARG)
     assert torch.equal(await tb.read_out(2, CFG.lanes), before)
     c = parse_counters(CFG, await tb.request(Cmd.READ_COUNTERS))
     assert c["frame_errors"] >= 2
