@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test report build bench lint
+.PHONY: test report build run bench lint
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH (Python 3.11)"; exit 1; }
@@ -22,6 +22,9 @@ report: $(STAMP)
 
 build: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m gen build --model minilm --out build/minilm
+
+run: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m host run --bundle build/minilm --sim
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -s -m benchmark bench tests/sim/test_block_verilator.py
