@@ -68,7 +68,7 @@ def cmd_run(a) -> int:
     lm = load_model(gen_rep["model"]["name"])
     ids = lm.tokenize(a.text)
     table = load_table(a.energy_table)
-    n_gemms = len(json.loads((bundle / "program.json").read_text())["gemms"])
+    program = json.loads((bundle / "program.json").read_text())["gemms"]
     with contextlib.ExitStack() as stack:
         url = a.port
         if a.sim:
@@ -78,9 +78,9 @@ def cmd_run(a) -> int:
         if a.faults:
             transport = FaultyTransport(transport, a.faults, seed=a.seed)
         dev = Device(transport, cfg, verify_weights=a.verify, retries=a.retries)
-        bar = tqdm(total=n_gemms, unit="gemm", disable=a.quiet, desc="run")
+        bar = tqdm(total=len(program), unit="gemm", disable=a.quiet, desc="run")
         t0 = time.perf_counter()
-        res = run_model(cm, ids, dev, progress=bar)
+        res = run_model(cm, ids, dev, progress=bar, program=program)
         wall = time.perf_counter() - t0
         bar.close()
     layers = report.layer_rows(cfg, res, table)

@@ -74,9 +74,32 @@ def expected_events(call: GemmCall, cfg) -> Events:
     return ev
 
 
-def run_model(cm: ConvertedModel, ids: torch.Tensor, dev: Device, progress=None) -> RunResult:
-    """Forward ``ids`` with every GEMM on ``dev``; see module doc."""
+def check_program(entry: dict, call: GemmCall, plan) -> None:
+    """The generator's compiled program (``program.json``) must tile this GEMM the way the
+    driver does; a bundle from another generator version is refused here, by GEMM."""
+    where = f"{call.name}" + ("" if call.head is None else f"[head {call.head}]")
+    if (entry["gemm"], entry["head"]) != (call.name, call.head):
+        raise ValueError(f"program.json: expected GEMM {entry['gemm']}[{entry['head']}], the "
+                         f"model runs {where}: the bundle does not belong to this model")
+    if (entry["k"], entry["n"]) != (call.codes.shape[1], call.w.shape[0]):
+        return  # attention shapes follow the sequence length; the program has the calibration's
+    # (N range, number of K tiles) of every output slice
+    mine = sorted({(n0, n1, len(imgs)) for _, _, n0, n1, imgs in plan.slices})
+    per_n: dict[tuple, int] = {}
+    for t in entry["tiles"]:
+        per_n[tuple(t["n"])] = per_n.get(tuple(t["n"]), 0) + 1
+    theirs = sorted((n0, n1, k) for (n0, n1), k in per_n.items())
+    if mine != theirs:
+        raise ValueError(f"program.json: {where} is tiled {theirs} there, {mine} here "
+                         f"(N range, K tiles)")
+
+
+def run_model(cm: ConvertedModel, ids: torch.Tensor, dev: Device, progress=None,
+              program: list[dict] | None = None) -> RunResult:
+    """Forward ``ids`` with every GEMM on ``dev``; see module doc. With ``program`` (the
+    bundle's compiled program) each GEMM's tiling is checked against it."""
     cfg = dev.cfg
+    order = iter(program) if program is not None else None
     golden_hidden, golden_events = run_golden(cm, ids)
     dev.identify()
     res = RunResult(golden_hidden, golden_hidden, golden_events)
@@ -86,6 +109,11 @@ def run_model(cm: ConvertedModel, ids: torch.Tensor, dev: Device, progress=None)
         plan = plan_gemm(cfg, call.codes, call.int_mask, call.shifts, call.encoding, call.w,
                          start=call.start, consts=call.consts, mrow=call.mrow,
                          shift=call.shift, where=where)
+        if order is not None:
+            entry = next(order, None)
+            if entry is None:
+                raise ValueError(f"program.json ends before {where}")
+            check_program(entry, call, plan)
         bytes0 = dev.link_bytes()
         before = dev.counters()
         y = dev.gemm(plan)

@@ -26,6 +26,12 @@ def test_run_a_generated_bundle_on_the_simulator(tmp_path, capsys):
         assert r["energy_pj"]["total"] > 0
     for f in ("report.md", "cycles.png", "energy.png"):
         assert (out / "run" / f).exists()
+    # a compiled program that tiles a layer differently is refused, naming the layer
+    prog = json.loads((out / "program.json").read_text())
+    prog["gemms"][1]["tiles"] = prog["gemms"][1]["tiles"][:1]
+    (out / "program.json").write_text(json.dumps(prog))
+    assert main(["run", "--bundle", str(out), "--sim", "--quiet"]) == 2
+    assert f"program.json: {prog['gemms'][1]['gemm']} is tiled" in capsys.readouterr().err
 
 
 def test_not_a_bundle_is_a_clear_error(tmp_path, capsys):
