@@ -199,16 +199,19 @@ class Device:
         self.request(Cmd.RUN, run_payload(self.cfg, img.descriptor))
 
     def gemm(self, plan) -> torch.Tensor:
-        """Run a planned GEMM (``hw.tile.plan_gemm``); its outputs ``[M, N]``."""
+        """Run a planned GEMM (``hw.tile.plan_gemm``) in its schedule; its outputs
+        ``[M, N]`` (each slice read back as soon as its last K tile has run)."""
         m = max(r1 for _, r1, *_ in plan.slices)
         n = max(n1 for _, _, _, n1, _ in plan.slices)
         out = torch.zeros(m, n, dtype=torch.int64)
         lanes = self.cfg.lanes
-        for r0, r1, n0, n1, images in plan.slices:
-            for img in images:
-                self.run_tile(img)
-            words = self.read(BufId.OUT, 0, (r1 - r0) * lanes)
-            out[r0:r1, n0:n1] = torch.tensor(words).view(r1 - r0, lanes)[:, : n1 - n0]
+        for i, k in plan.schedule():
+            r0, r1, n0, n1, images = plan.slices[i]
+            self.run_tile(images[k])
+            if k == len(images) - 1:
+                base = images[k].descriptor["row_base"] * lanes
+                words = self.read(BufId.OUT, base, (r1 - r0) * lanes)
+                out[r0:r1, n0:n1] = torch.tensor(words).view(r1 - r0, lanes)[:, : n1 - n0]
         return out
 
     def link_bytes(self) -> int:

@@ -116,9 +116,24 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
 class GemmTiles:
     """A whole GEMM cut into tiles: for each block of rows ``[r0, r1)`` and output slice
     ``[n0, n1)``, the K-tile images, run in order (all but the last keep their partial sums
-    on chip)."""
+    on chip).
+
+    When all rows fit the row buffers at once (``rows_resident``: M <= ``max_rows``), each
+    row block has its own rows there (``row_base = r0``), so the K tiles of different row
+    blocks may interleave: :meth:`schedule` then runs, per output slice and K tile, every
+    row block back to back, and the weights of that K tile are written once, not once per
+    row block. Either way a slice's outputs are in OUT rows ``row_base ..`` once its last K
+    tile has run."""
 
     slices: list[tuple[int, int, int, int, list[TileImage]]]
+    rows_resident: bool = False
+
+    def schedule(self) -> list[tuple[int, int]]:
+        """(slice index, K-tile index) in run order."""
+        order = [(i, k) for i, (*_, imgs) in enumerate(self.slices) for k in range(len(imgs))]
+        if self.rows_resident:  # by output slice, then K tile, then row block
+            order.sort(key=lambda ik: (self.slices[ik[0]][2], ik[1], self.slices[ik[0]][0]))
+        return order
 
 
 def row_groups(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
@@ -160,6 +175,7 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     channel ``[N]``; ``mrow`` per row ``[M]``."""
     n, k = w.shape
     out = []
+    resident = codes.shape[0] <= cfg.max_rows
     for r0, r1 in row_groups(cfg, codes, int_mask, enc):
         for n0 in range(0, n, cfg.lanes):
             n1 = min(n, n0 + cfg.lanes)
@@ -175,6 +191,7 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
                     mrow=None if mrow is None else mrow[r0:r1],
                     consts=sl if last else None, shift=shift, relu=relu, raw=raw,
                     resume=i > 0, keep=not last,
+                    bases={BufId.ROWS: r0} if resident else None,
                     where=f"{where}[m {r0}:{r1}, n {n0}:{n1}, k {k0}:{k1}]"))
             out.append((r0, r1, n0, n1, images))
-    return GemmTiles(out)
+    return GemmTiles(out, resident)

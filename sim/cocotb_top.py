@@ -128,13 +128,15 @@ class Testbench:
             for img in images:
                 await self.write_tile(img)
                 await self.request(Cmd.RUN, run_payload(CFG, img.descriptor))
-            out[r0:r1, n0:n1] = await self.read_out(r1 - r0, n1 - n0)
+            out[r0:r1, n0:n1] = await self.read_out(r1 - r0, n1 - n0,
+                                                    images[-1].descriptor["row_base"])
         return out
 
-    async def read_out(self, rows: int, n: int) -> torch.Tensor:
+    async def read_out(self, rows: int, n: int, row_base: int = 0) -> torch.Tensor:
         out = []
         for r in range(rows):
-            p = await self.request(Cmd.READ_BUF, read_buf_args(BufId.OUT, r * CFG.lanes, n))
+            p = await self.request(Cmd.READ_BUF, read_buf_args(BufId.OUT,
+                                                               (row_base + r) * CFG.lanes, n))
             out.append(parse_words(CFG, BufId.OUT, p))
         return torch.tensor(out, dtype=torch.int64)
 
