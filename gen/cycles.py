@@ -32,7 +32,7 @@ FIFO_LAT = 1
 #: Combiner cycles per row (COUNT, SUM).
 COMBINE = 2
 #: Output-unit pipeline depth after its last lane.
-TAIL = 4
+TAIL = 6
 #: Cycles from the last row's result to ``done`` and the sequencer back in IDLE.
 DONE = 3
 

@@ -9,7 +9,8 @@ event generator realises from ``y``; with ``raw`` the accumulator itself is pass
 (int32 partial sums, or results for the host).
 
 Per-lane constants (``mcol``, ``bias``, ``zp``, ``lo``, ``hi``) come from a parameter
-buffer through a read port; two pipelined multipliers (32x15 and 32x16 bits).
+buffer through a read port; two pipelined multipliers (32x15 and 32x16 bits), each
+followed by a register.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def _rshift_round(m: Module, x, shift, width: int):
 
 
 class OutputUnit(wiring.Component):
-    """Requantizes accumulator rows, one lane per cycle, four-stage pipeline."""
+    """Requantizes accumulator rows, one lane per cycle, six-stage pipeline (each multiply
+    has its own stage, so the 32-bit products meet timing)."""
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
@@ -95,40 +97,47 @@ class OutputUnit(wiring.Component):
 
         acc_j = Signal(signed(cfg.acc_bits))
         m.d.comb += acc_j.eq(row.acc[j])
-        # stage 1: constants arrive; first product
-        s1 = dict(v=Signal(), acc=Signal(signed(cfg.acc_bits)), mrow=Signal(ROW_MULT_BITS),
-                  lane=Signal(range(lanes)), last=Signal())
-        with m.If(adv):
-            m.d.sync += [s1["v"].eq(have), s1["acc"].eq(acc_j), s1["mrow"].eq(row.mrow),
-                         s1["lane"].eq(j), s1["last"].eq(last)]
+        def stage(name: str, values: dict) -> dict:
+            """Registers for ``values`` (name -> value), loaded whenever the pipeline moves."""
+            regs = {}
+            for key, val in values.items():
+                regs[key] = Signal.like(val, name=f"{name}_{key}") if isinstance(val, Signal) \
+                    else Signal(val.shape(), name=f"{name}_{key}")
+                with m.If(adv):
+                    m.d.sync += regs[key].eq(val)
+            return regs
+
+        # stage 1: the lane's constants arrive from the parameter buffer
+        s1 = stage("s1", dict(v=have, acc=acc_j, mrow=row.mrow, lane=j, last=last))
         p = self.p_data
+        # stage 1b: first product, registered (a 32 x 15 multiply spans several DSPs)
         prod1 = Signal(signed(cfg.acc_bits + COL_MULT_BITS + 1))
         m.d.comb += prod1.eq(s1["acc"] * p.mcol)
-        t_full = _rshift_round(m, prod1, self.shift, cfg.acc_bits + COL_MULT_BITS + 1)
+        s1b = stage("s1b", dict(v=s1["v"], acc=s1["acc"], mrow=s1["mrow"], lane=s1["lane"],
+                                last=s1["last"], prod=prod1, bias=p.bias, zp=p.zp, lo=p.lo,
+                                hi=p.hi))
+        # stage 2: round, saturate to the middle width
+        t_full = _rshift_round(m, s1b["prod"], self.shift, cfg.acc_bits + COL_MULT_BITS + 1)
         lim = 2 ** (REQ_MID_BITS - 1)
-        t_sat = Mux(t_full >= lim, lim - 1, Mux(t_full < -lim, -lim, t_full))
-        # stage 2
-        s2 = dict(v=Signal(), t=Signal(signed(REQ_MID_BITS)), acc=Signal(signed(cfg.acc_bits)),
-                  mrow=Signal(ROW_MULT_BITS), bias=Signal(signed(32)), zp=Signal(signed(16)),
-                  lo=Signal(signed(32)), hi=Signal(signed(32)), lane=Signal(range(lanes)),
-                  last=Signal())
-        with m.If(adv):
-            m.d.sync += [s2["v"].eq(s1["v"]), s2["t"].eq(t_sat), s2["acc"].eq(s1["acc"]),
-                         s2["mrow"].eq(s1["mrow"]), s2["bias"].eq(p.bias), s2["zp"].eq(p.zp),
-                         s2["lo"].eq(p.lo), s2["hi"].eq(p.hi), s2["lane"].eq(s1["lane"]),
-                         s2["last"].eq(s1["last"])]
+        t_sat = Signal(signed(REQ_MID_BITS))
+        m.d.comb += t_sat.eq(Mux(t_full >= lim, lim - 1, Mux(t_full < -lim, -lim, t_full)))
+        s2 = stage("s2", {**{k: s1b[k] for k in ("v", "acc", "mrow", "lane", "last", "bias", "zp",
+                                                   "lo", "hi")}, "t": t_sat})
+        # stage 2b: second product plus bias, registered
         prod2 = Signal(signed(REQ_MID_BITS + ROW_MULT_BITS + 2))
         m.d.comb += prod2.eq(s2["t"] * Cat(s2["mrow"], 0).as_signed() + s2["bias"])
+        s2b = stage("s2b", {**{k: s2[k] for k in ("v", "acc", "lane", "last", "zp", "lo", "hi")},
+                            "prod": prod2})
         # stage 3: round, ReLU, zero point, clamp
         u = Signal(signed(REQ_MID_BITS + ROW_MULT_BITS + 2))
-        m.d.comb += u.eq((prod2 + (1 << (ROW_FRAC - 1))) >> ROW_FRAC)
+        m.d.comb += u.eq((s2b["prod"] + (1 << (ROW_FRAC - 1))) >> ROW_FRAC)
         ur = Mux(self.relu & (u < 0), 0, u)
         y = Signal(signed(REQ_MID_BITS + ROW_MULT_BITS + 3))
-        m.d.comb += y.eq(ur + s2["zp"])
-        yc = Mux(y < s2["lo"], s2["lo"], Mux(y > s2["hi"], s2["hi"], y))
+        m.d.comb += y.eq(ur + s2b["zp"])
+        yc = Mux(y < s2b["lo"], s2b["lo"], Mux(y > s2b["hi"], s2b["hi"], y))
         with m.If(adv):
-            m.d.sync += [self.out.valid.eq(s2["v"]),
-                         self.out.payload.value.eq(Mux(self.raw, s2["acc"], yc)),
-                         self.out.payload.lane.eq(s2["lane"]),
-                         self.out.payload.last.eq(s2["last"])]
+            m.d.sync += [self.out.valid.eq(s2b["v"]),
+                         self.out.payload.value.eq(Mux(self.raw, s2b["acc"], yc)),
+                         self.out.payload.lane.eq(s2b["lane"]),
+                         self.out.payload.last.eq(s2b["last"])]
         return m
