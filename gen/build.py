@@ -79,7 +79,8 @@ def build(o: BuildOptions) -> dict:
     step("emit")
     (out / "spikellm_top.v").write_text(cache.verilog(cfg, o.cache)[0])
     (out / "config.json").write_text(json.dumps(
-        {"config": cfg.to_json(), "hash": f"0x{cfg.hash32():08x}"}, indent=1))
+        {"config": cfg.to_json(), "hash": f"0x{cfg.hash32():08x}",
+         "hw_source": cache.source_digest("hw", "models", "gen")}, indent=1))
     shifts = {n: info.shift for n, info in cm.nodes.items()}
     (out / "program.json").write_text(json.dumps(
         {"config_hash": f"0x{cfg.hash32():08x}",

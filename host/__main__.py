@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from gen.cache import source_digest
 from gen.cycles import gemm_cycles
 from gen.report import sram_bits as gen_sram_bits
 from gen.workload import GemmWork
@@ -53,12 +54,19 @@ def simulator(bundle: Path):
 
 
 def _bundle(path: Path) -> tuple[AccelConfig, dict]:
+    """The bundle's configuration and generator report (warns if built by other code)."""
     for f in ("config.json", "report.json", "spikellm_top.v", "model"):
         if not (path / f).exists():
             raise FileNotFoundError(f"{path}: no {f}; is this a `python -m gen build` "
                                     f"output directory?")
-    cfg = AccelConfig.from_json(json.loads((path / "config.json").read_text())["config"])
-    return cfg, json.loads((path / "report.json").read_text())
+    meta = json.loads((path / "config.json").read_text())
+    if meta.get("hw_source") != source_digest("hw", "models", "gen"):
+        # the gateware or the cycle model changed since the bundle was built: the run still
+        # checks bit-exactness, but predicted cycles may not match the bundle's Verilog
+        print(f"warning: {path} was built by another version of hw/, models/ or gen/; "
+              f"rebuild it (python -m gen build) for matching cycle predictions",
+              file=sys.stderr)
+    return AccelConfig.from_json(meta["config"]), json.loads((path / "report.json").read_text())
 
 
 def cmd_run(a) -> int:
