@@ -19,6 +19,7 @@ from pathlib import Path
 import amaranth
 
 from hw.config import AccelConfig
+from hw.top import emit_verilog
 from models.bundle import BundleError, load_bundle, save_bundle
 from models.convert import ConvertedModel, ConvertOptions, convert
 
@@ -29,7 +30,18 @@ def cache_dir() -> Path:
 
 
 def source_digest(*packages: str) -> str:
-    """Hash of the Python source of ``packages`` (folders next to this one)."""
+    """Hash of the Python source of ``packages`` (folders next to this one), read once per
+    process, when first asked, so that it describes the code this process runs."""
+    key = tuple(packages)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _digest(packages)
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _digest(packages) -> str:
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
     for pkg in packages:
@@ -86,8 +98,6 @@ def converted(lm, opts: ConvertOptions, use: bool = True) -> tuple[ConvertedMode
 
 def verilog(cfg: AccelConfig, use: bool = True) -> tuple[str, bool]:
     """``hw.top.emit_verilog(cfg)``, from the cache when possible."""
-    from hw.top import emit_verilog
-
     key = _key(json.dumps(cfg.to_json(), sort_keys=True), source_digest("hw", "models"),
                amaranth.__version__)
     where = cache_dir() / "verilog" / f"{key}.v"
@@ -100,3 +110,10 @@ def verilog(cfg: AccelConfig, use: bool = True) -> tuple[str, bool]:
         tmp.write_text(text)
         tmp.replace(where)
     return text, False
+
+
+# the code this process has imported, digested now rather than when a result is stored
+# (a source edit during a long build must not file old results under the new code's key)
+source_digest("hw", "models")
+source_digest("models")
+source_digest("hw", "models", "gen")
