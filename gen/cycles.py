@@ -6,7 +6,7 @@ stages work on the rows of the tile, decoupled by ``row_fifo_depth``-deep FIFOs:
 * the spike array takes one event per cycle: a row costs its unit spikes, one STEP per time
   step (TTFS only) and one END;
 * the MAC array spends ``lanes / mac_units`` cycles per integer (outlier) channel and one
-  cycle on END;
+  cycle on END (two after MAC events: the last product is still being added);
 * the combiner pops a row when both partials are there (two cycles), and the output unit
   requantizes one lane per cycle (``n_active`` cycles per row; none for a ``keep`` tile,
   whose sums go back to the accumulator buffer).
@@ -42,9 +42,14 @@ class TileWork:
     """What one descriptor asks of the engine."""
 
     spike_cost: np.ndarray  #: per row: unit spikes + steps + 1 (END)
-    mac_cost: int  #: per row: integer channels * lanes / mac_units + 1
+    mac_cost: int  #: per row: :func:`mac_row_cost`
     n_active: int  #: output lanes in use
     keep: bool  #: partial sums stay on chip (no output unit)
+
+
+def mac_row_cost(cfg: AccelConfig, n_int: int) -> int:
+    """MAC-array cycles of one row with ``n_int`` integer channels."""
+    return n_int * cfg.mac_cycles + 1 + (n_int > 0)
 
 
 def tile_cycles(cfg: AccelConfig, work: TileWork) -> int:
@@ -107,7 +112,7 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
                 last = i == len(kt) - 1
                 units = cum[r0:r1, k1] - cum[r0:r1, k0]
                 n_int = int(icum[k1] - icum[k0])
-                work = TileWork(units + steps + 1, n_int * cfg.mac_cycles + 1, n_act, not last)
+                work = TileWork(units + steps + 1, mac_row_cost(cfg, n_int), n_act, not last)
                 cyc += tile_cycles(cfg, work)
                 desc += 1
                 s_work += int(work.spike_cost.sum())
@@ -135,4 +140,4 @@ def tile_work(cfg: AccelConfig, img) -> TileWork:
             c = 0
     n_int = next(i for i, w in enumerate(img.words[BufId.MAC_EV]) if w["op"] == MacOp.END)
     d = img.descriptor
-    return TileWork(np.array(costs), n_int * cfg.mac_cycles + 1, d["n_active"], bool(d["keep"]))
+    return TileWork(np.array(costs), mac_row_cost(cfg, n_int), d["n_active"], bool(d["keep"]))

@@ -122,7 +122,9 @@ class SpikeArray(wiring.Component):
 class MacArray(wiring.Component):
     """Integer MAC array: ``mac_units`` multipliers sweep a weight row in ``lanes/mac_units``
     cycles, adding ``(w * q) << shift`` into per-lane accumulators. The next event's weight
-    row is read during the last cycle of the current one, so rows follow back to back."""
+    row is read during the last cycle of the current one, so rows follow back to back. The
+    products are registered before the shift and add (two-stage datapath for timing), so a
+    row's END takes one more cycle when MAC events precede it."""
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
@@ -148,13 +150,16 @@ class MacArray(wiring.Component):
         c = Signal(range(cfg.mac_cycles))
         last = c == cfg.mac_cycles - 1
         is_end = op == MacOp.END
-        done = valid & Mux(is_end, self.out.ready, last)  # current event finishes this cycle
+        # products are registered and added a cycle later (BRAM -> select -> multiply, then
+        # shift -> add, each within a cycle); END waits for the last pending product
+        p_valid = Signal()
+        done = valid & Mux(is_end, self.out.ready & ~p_valid, last)  # event finishes now
         take = ~valid | done
         m.d.comb += [
             self.ev.ready.eq(take),
             self.w_addr.eq(self.ev.payload.k),
             self.w_en.eq(take & self.ev.valid & (self.ev.payload.op == MacOp.MAC)),
-            self.out.valid.eq(valid & is_end),
+            self.out.valid.eq(valid & is_end & ~p_valid),
             self.busy.eq(valid & (~is_end | self.out.ready)),  # blocked END is not work
         ]
         for j in range(cfg.lanes):
@@ -166,6 +171,8 @@ class MacArray(wiring.Component):
             m.d.sync += c.eq(c + 1)
         # one multiplier per unit: unit u takes lane c * mac_units + u in cycle c (selecting
         # the weight before the multiply keeps synthesis from building one per lane)
+        p_c = Signal.like(c, name="p_c")
+        p_shift = Signal.like(shift, name="p_shift")
         prods = []
         for u in range(cfg.mac_units):
             w_sel = Signal(signed(cfg.weight_bits), name=f"w_sel{u}")
@@ -173,19 +180,22 @@ class MacArray(wiring.Component):
                 for cyc in range(cfg.mac_cycles):
                     with m.Case(cyc):
                         m.d.comb += w_sel.eq(self.w_data[cyc * cfg.mac_units + u])
-            prod = Signal(signed(cfg.weight_bits + cfg.act_bits + 2 ** cfg.shift_bits),
-                          name=f"prod{u}")
-            m.d.comb += prod.eq((w_sel * q) << shift)
+            prod = Signal(signed(cfg.weight_bits + cfg.act_bits), name=f"prod{u}")
+            with m.If(valid & ~is_end):
+                m.d.sync += prod.eq(w_sel * q)
             prods.append(prod)
+        m.d.sync += p_valid.eq(valid & ~is_end)
         with m.If(valid & ~is_end):
+            m.d.sync += [p_c.eq(c), p_shift.eq(shift)]
             m.d.comb += self.mac.eq(1)
             m.d.comb += self.row.eq(last)
-            with m.Switch(c):
+        with m.If(p_valid):
+            with m.Switch(p_c):
                 for cyc in range(cfg.mac_cycles):
                     with m.Case(cyc):
                         for u in range(cfg.mac_units):
                             j = cyc * cfg.mac_units + u
-                            m.d.sync += acc[j].eq(acc[j] + prods[u])
+                            m.d.sync += acc[j].eq(acc[j] + (prods[u] << p_shift))
         with m.If(done & is_end):
             for j in range(cfg.lanes):
                 m.d.sync += acc[j].eq(0)
