@@ -98,6 +98,7 @@ class Top(wiring.Component):
             for b, n in wbytes.items():
                 with m.Case(b):
                     m.d.comb += bpw.eq(n)
+        req_bytes = Signal(range((1 << 24) * max(wbytes.values())))  # count x bytes per word
         depth_ok = Signal()
         with m.Switch(args.buf):
             for b, (_, depth) in shapes.items():
@@ -173,12 +174,20 @@ class Top(wiring.Component):
                         a = Signal(BUF_ARGS)
                         m.d.comb += a.eq(word_from_sr(args_bytes))
                         m.d.sync += [args.eq(a), words.eq(a.count), addr.eq(a.addr)]
-                        m.next = "CHECK_BUF"
+                        m.next = "SIZE"
+            with m.State("SIZE"):
+                # bytes the words take, a constant multiple per buffer, registered here so
+                # that no multiplier sits in the FSM's next-state logic (timing)
+                with m.Switch(args.buf):
+                    for b, n in wbytes.items():
+                        with m.Case(b):
+                            m.d.sync += req_bytes.eq(args.count * n)
+                m.next = "CHECK_BUF"
             with m.State("CHECK_BUF"):
                 valid_buf = args.buf <= max(b.value for b in BufId)
-                need = args_bytes + Mux(hdr.cmd == Cmd.WRITE_BUF, args.count * bpw, 0)
+                need = args_bytes + Mux(hdr.cmd == Cmd.WRITE_BUF, req_bytes, 0)
                 # a READ_BUF answer must fit the 16-bit length field
-                too_long = (hdr.cmd == Cmd.READ_BUF) & (args.count * bpw > LENGTH_LIMIT)
+                too_long = (hdr.cmd == Cmd.READ_BUF) & (req_bytes > LENGTH_LIMIT)
                 unreadable = (hdr.cmd == Cmd.READ_BUF) & (
                     args.buf.matches(*(b.value for b in BufId if b not in HOST_READABLE)))
                 with m.If(~valid_buf | ~depth_ok | (hdr.length != need) | too_long | unreadable):
@@ -191,7 +200,7 @@ class Top(wiring.Component):
                     with m.Else():
                         m.next = "WR_BYTES"
                 with m.Else():
-                    m.d.sync += resp_len.eq(args.count * bpw)
+                    m.d.sync += resp_len.eq(req_bytes)
                     m.next = "RESP"
             with m.State("WR_BYTES"):
                 m.d.comb += link.data.ready.eq(1)
