@@ -37,3 +37,20 @@ def test_run_a_generated_bundle_on_the_simulator(tmp_path, capsys):
 def test_not_a_bundle_is_a_clear_error(tmp_path, capsys):
     assert main(["run", "--bundle", str(tmp_path), "--sim"]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_an_odd_sized_model_directory(tmp_path, capsys):
+    from models.arch import random_model, tiny_config
+
+    src = tmp_path / "hf"
+    random_model(tiny_config("gpt2", hidden=40, heads=5, ffn=100, layers=1, vocab=1000),
+                 seed=2).save_pretrained(src)
+    out = tmp_path / "b"
+    assert gen_main(["build", "--model", str(src), "--out", str(out), "--quiet", "--fix",
+                     "lanes=8,mac_units=2", "--tokens", "12"]) == 0
+    assert main(["run", "--bundle", str(out), "--sim", "--quiet", "--text",
+                 "odd sizes run on the accelerator too"]) == 0
+    assert "BIT-EXACT" in capsys.readouterr().out
+    rep = json.loads((out / "run" / "report.json").read_text())
+    assert rep["bit_exact"] and {r["k"] for r in rep["layers"]} >= {40, 100}
