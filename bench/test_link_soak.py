@@ -15,7 +15,7 @@ import torch
 from host.driver import Device
 from host.transport import FaultyTransport, SerialTransport
 from hw.config import AccelConfig
-from hw.engine import BufId
+from hw.engine import BufId, buffer_shapes, pack_word
 from hw.tile import build_tile
 from hw.top import emit_verilog
 from models.contract import requantize
@@ -35,6 +35,7 @@ def test_link_soak_with_faults(tmp_path):
     rng = random.Random(11)
     g = torch.Generator().manual_seed(11)
     enc = Encoding("ttfs", 4)
+    w_shape, _ = buffer_shapes(CFG)[BufId.WEIGHTS]
     with SimDevice(binary) as sim:
         t = FaultyTransport(SerialTransport(sim.url), rate, seed=5)
         dev = Device(t, CFG, timeout=0.1, run_timeout=0.5, quiet=0.05, retries=12)
@@ -48,7 +49,7 @@ def test_link_soak_with_faults(tmp_path):
                 addr = rng.randrange(CFG.weight_depth - len(rows))
                 dev.write(BufId.WEIGHTS, rows, addr)
                 assert dev.read(BufId.WEIGHTS, addr, len(rows)) == [
-                    _pack(r) for r in rows]
+                    pack_word(w_shape, r) for r in rows]
             else:  # a small tile, checked against the golden model, with its counters
                 m, k = rng.randrange(1, 5), rng.randrange(4, 40)
                 q = torch.randint(0, 16, (m, k), generator=g)
@@ -82,10 +83,3 @@ def test_link_soak_with_faults(tmp_path):
           f"injected ({dict(t.injected)}), {s['retries']} retries, {s['timeouts']} timeouts, "
           f"{s['bad_frames']} bad frames, {s['stale_frames']} stale frames; all exact")
 
-
-def _pack(row):
-    """A weight row as the integer READ_BUF returns (lanes x 8-bit two's complement)."""
-    v = 0
-    for j, x in enumerate(row):
-        v |= (x & 0xFF) << (8 * j)
-    return v

@@ -88,7 +88,14 @@ class GemmPrediction:
     spike_events: int  #: spike-event words written
     mac_events: int  #: MAC-event words written
     outputs: int  #: output words read back
-    weight_reads: int  #: weight-buffer row reads by both arrays
+    weight_reads: int  #: weight-buffer row reads by both arrays (counter ``w_rd``)
+    acc_reads: int  #: accumulator rows read by the combiner (counter ``acc_rd``)
+    acc_writes: int  #: accumulator rows written back for the next K tile (``acc_wr``)
+
+    def traffic(self) -> dict:
+        """The :data:`hw.counters.TRAFFIC` counters this GEMM will count."""
+        return {"w_rd": self.weight_reads, "ev_rd": self.spike_events + self.mac_events,
+                "acc_rd": self.acc_reads, "acc_wr": self.acc_writes, "out_wr": self.outputs}
 
 
 def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
@@ -104,6 +111,7 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
     cum = np.concatenate([np.zeros((g.m, 1), np.int64), np.cumsum(g.units, axis=1)], axis=1)
     icum = np.concatenate([[0], np.cumsum(g.int_mask)])
     cyc = desc = s_work = m_work = o_work = wrows = s_ev = m_ev = outs = wrd = 0
+    acc_rd = acc_wr = 0
     for r0, r1 in groups:
         for n0 in range(0, g.n, cfg.lanes):
             n_act = min(g.n, n0 + cfg.lanes) - n0
@@ -123,7 +131,10 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
                 m_ev += (n_int + 1) * (r1 - r0)
                 outs += 0 if not last else n_act * (r1 - r0)
                 wrd += int(units.sum()) + n_int * (r1 - r0)
-    return GemmPrediction(cyc, desc, s_work, m_work, o_work, wrows, s_ev, m_ev, outs, wrd)
+                acc_rd += r1 - r0
+                acc_wr += 0 if last else r1 - r0
+    return GemmPrediction(cyc, desc, s_work, m_work, o_work, wrows, s_ev, m_ev, outs, wrd,
+                          acc_rd, acc_wr)
 
 
 def tile_work(cfg: AccelConfig, img) -> TileWork:

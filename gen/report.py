@@ -6,10 +6,9 @@ import json
 import math
 from pathlib import Path
 
-from amaranth import Shape
-
 from hw.config import AccelConfig
-from hw.engine import BufId, buffer_shapes
+from hw.counters import sram_bits
+from hw.engine import BufId
 from hw.protocol import FRAME_OVERHEAD, MAX_PAYLOAD, word_bytes
 from models.contract import Events
 from models.energy import event_energy
@@ -27,14 +26,6 @@ def link_bytes(cfg: AccelConfig, p: GemmPrediction) -> int:
     payload = (p.weight_rows * wb[BufId.WEIGHTS] + p.spike_events * wb[BufId.SPIKE_EV]
                + p.mac_events * wb[BufId.MAC_EV] + p.outputs * wb[BufId.OUT])
     return payload + math.ceil(payload / MAX_PAYLOAD) * FRAME_OVERHEAD
-
-
-def sram_bits(cfg: AccelConfig, p: GemmPrediction) -> int:
-    """Bits read from and written to on-chip buffers by the datapath and the host."""
-    width = {b: Shape.cast(s).width for b, (s, _) in buffer_shapes(cfg).items()}
-    return (p.weight_reads * width[BufId.WEIGHTS] + p.weight_rows * width[BufId.WEIGHTS]
-            + 2 * p.spike_events * width[BufId.SPIKE_EV]
-            + 2 * p.mac_events * width[BufId.MAC_EV] + 2 * p.outputs * width[BufId.OUT])
 
 
 def layer_rows(cfg: AccelConfig, works: list[GemmWork], preds: list[GemmPrediction],
@@ -61,7 +52,7 @@ def layer_rows(cfg: AccelConfig, works: list[GemmWork], preds: list[GemmPredicti
         for key in ("weight_rows", "spike_events", "mac_events", "outputs", "weight_reads"):
             t[key] += getattr(p, key)
         t["link_bytes"] += link_bytes(cfg, p)
-        t["sram_bits"] += sram_bits(cfg, p)
+        t["sram_bits"] += sram_bits(cfg, p.traffic())
     for r in rows.values():
         r["silent_fraction"] /= max(1, r["heads"])
         ev = events[r["name"]]

@@ -22,10 +22,10 @@ from tqdm import tqdm
 
 from gen.cache import source_digest
 from gen.cycles import gemm_cycles
-from gen.report import sram_bits as gen_sram_bits
 from gen.workload import GemmWork
 from hw.board import BAUD
 from hw.config import AccelConfig
+from hw.counters import sram_bits
 from models.arch import load_model
 from models.bundle import load_bundle
 from models.convert import ConvertOptions, convert
@@ -114,7 +114,7 @@ def cmd_run(a) -> int:
         preds = [gemm_cycles(cfg, GemmWork.of(c)) for c in trace]
         b["predicted_cycles"] = sum(p.cycles for p in preds)
         b["energy_pj"] = event_energy(total_events(ev), table,
-                                      sum(gen_sram_bits(cfg, p) for p in preds))
+                                      sum(sram_bits(cfg, p.traffic()) for p in preds))
         baselines.append(b)
     rep = {
         "schema": report.SCHEMA, "model": gen_rep["model"]["name"], "tokens": int(ids.numel()),

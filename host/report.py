@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from amaranth import Shape
-
 from hw.config import AccelConfig
-from hw.engine import BufId, buffer_shapes
+from hw.counters import GOLDEN_EVENTS, TRAFFIC, sram_bits
 from models.contract import Events
 from models.energy import event_energy, fp16_energy
 
@@ -27,18 +25,8 @@ SCHEMA = 1
 
 
 def counted_events(c: dict) -> Events:
-    """Events as the device counted them."""
-    return Events(spikes=c["spikes"], spike_units=c["spikes"], acc_spike=c["acc_spike"],
-                  acc_step=c["acc_step"], macs=c["macs"], outs=c["out_wr"])
-
-
-def sram_bits(cfg: AccelConfig, c: dict) -> int:
-    """On-chip buffer bits moved, from the traffic counters."""
-    w = {b: Shape.cast(s).width for b, (s, _) in buffer_shapes(cfg).items()}
-    ev = max(w[BufId.SPIKE_EV], w[BufId.MAC_EV])
-    return (c["w_rd"] * w[BufId.WEIGHTS] + c["ev_rd"] * ev
-            + (c["acc_rd"] + c["acc_wr"]) * w[BufId.ACC] + c["out_wr"] * w[BufId.OUT]
-            + (c["host_wr"] + c["host_rd"]) * w[BufId.WEIGHTS])
+    """Events as the device counted them (``hw.counters.GOLDEN_EVENTS``)."""
+    return Events(spikes=c["spikes"], **{f: c[k] for k, f in GOLDEN_EVENTS.items()})
 
 
 def layer_rows(cfg: AccelConfig, res: RunResult, table: dict) -> list[dict]:
@@ -47,12 +35,15 @@ def layer_rows(cfg: AccelConfig, res: RunResult, table: dict) -> list[dict]:
     for r in res.records:
         row = rows.setdefault(r.name, {"name": r.name, "m": r.m, "k": r.k, "n": 0, "heads": 0,
                                        "counters": {}, "predicted_cycles": 0, "link_bytes": 0,
+                                       "predicted_traffic": dict.fromkeys(TRAFFIC, 0),
                                        "bit_exact": True, "counters_match": True})
         row["n"] = r.n if r.head is None else row["n"] + r.n
         row["heads"] += r.head is not None
         for k, v in r.counters.items():
             row["counters"][k] = row["counters"].get(k, 0) + v
         row["predicted_cycles"] += r.predicted_cycles
+        for k in TRAFFIC:
+            row["predicted_traffic"][k] += r.predicted_traffic[k]
         row["link_bytes"] += r.link_bytes
         row["bit_exact"] &= r.exact
         row["counters_match"] &= r.counters_match

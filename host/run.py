@@ -17,16 +17,13 @@ import torch
 
 from gen.cycles import gemm_cycles
 from gen.workload import GemmWork
+from hw.counters import GOLDEN_EVENTS
 from hw.tile import plan_gemm
 from models.contract import Events
 from models.convert import ConvertedModel
 from models.golden import GemmCall, gemm, run_golden
 
 from .driver import Device
-
-#: Counters compared with the golden events of each GEMM (counter -> Events field).
-CHECKED = {"spikes": "spike_units", "acc_spike": "acc_spike", "acc_step": "acc_step",
-           "macs": "macs", "out_wr": "outs"}
 
 
 @dataclass
@@ -41,9 +38,10 @@ class GemmRecord:
     counters: dict  #: counter deltas over this GEMM
     expected: Events  #: golden events with the same tiling
     predicted_cycles: int
+    predicted_traffic: dict  #: ``hw.counters.TRAFFIC`` counts predicted by ``gen.cycles``
     link_bytes: int
     exact: bool  #: outputs equal the golden outputs
-    counters_match: bool  #: CHECKED counters equal the golden events
+    counters_match: bool  #: ``hw.counters.GOLDEN_EVENTS`` counters equal the golden events
 
 
 @dataclass
@@ -103,6 +101,7 @@ def run_model(cm: ConvertedModel, ids: torch.Tensor, dev: Device, progress=None,
     golden_hidden, golden_events = run_golden(cm, ids)
     dev.identify()
     res = RunResult(golden_hidden, golden_hidden, golden_events)
+    last = {"counters": dev.counters()}  # each GEMM's "after" is the next one's "before"
 
     def execute(call: GemmCall) -> torch.Tensor:
         where = call.name + ("" if call.head is None else f"[head {call.head}]")
@@ -115,15 +114,17 @@ def run_model(cm: ConvertedModel, ids: torch.Tensor, dev: Device, progress=None,
                 raise ValueError(f"program.json ends before {where}")
             check_program(entry, call, plan)
         bytes0 = dev.link_bytes()
-        before = dev.counters()
+        before = last["counters"]
         y = dev.gemm(plan)
-        after = dev.counters()
+        after = last["counters"] = dev.counters()
         delta = {k: after[k] - before[k] for k in after}
         ev = expected_events(call, cfg)
+        pred = gemm_cycles(cfg, GemmWork.of(call))
         res.records.append(GemmRecord(
             call.name, call.head, call.codes.shape[0], call.codes.shape[1], call.w.shape[0],
-            delta, ev, gemm_cycles(cfg, GemmWork.of(call)).cycles, dev.link_bytes() - bytes0,
-            torch.equal(y, call.y), all(delta[c] == getattr(ev, f) for c, f in CHECKED.items())))
+            delta, ev, pred.cycles, pred.traffic(), dev.link_bytes() - bytes0,
+            torch.equal(y, call.y),
+            all(delta[c] == getattr(ev, f) for c, f in GOLDEN_EVENTS.items())))
         if progress is not None:
             progress.update()
         return y

@@ -74,6 +74,7 @@ def test_gemm_cycles_within_5_percent_of_rtl(tiny_llama_works, name, head):
     print(f"{name} head {head}: predicted {pred.cycles}, RTL {counts['busy']}, "
           f"ratio {pred.cycles / counts['busy']:.4f}")
     assert abs(pred.cycles / counts["busy"] - 1) < 0.05, (pred.cycles, counts["busy"])
+    assert pred.cycles == counts["busy"]  # the model replays the pipeline: exact, not close
 
 
 def test_workload_statistics_match_the_golden_events(tiny_llama_cm):

@@ -6,7 +6,8 @@ from host.driver import Device, DeviceError, LinkError
 from host.run import run_model
 from host.transport import FAULTS, FaultyTransport, SerialTransport
 from hw.config import PRESETS
-from hw.engine import BufId
+from hw.counters import TRAFFIC
+from hw.engine import BufId, buffer_shapes, pack_word
 
 from .conftest import CFG, FAST
 
@@ -25,7 +26,9 @@ def test_write_read_back_and_verify(sim):
     rows = [[(i * 7 + j) % 15 - 7 for j in range(CFG.lanes)] for i in range(40)]
     dev.write(BufId.WEIGHTS, rows, 3)
     raw = dev.read(BufId.WEIGHTS, 3, 40)
+    shape, _ = buffer_shapes(CFG)[BufId.WEIGHTS]
     assert len(raw) == 40
+    assert raw == [pack_word(shape, r) for r in rows]
     with pytest.raises(DeviceError, match="READ_BUF .* refused: ERR_ARG"):
         dev.read(BufId.WEIGHTS, CFG.weight_depth - 1, 2)  # past the end: the core refuses
     t.close()
@@ -40,8 +43,11 @@ def test_whole_model_bit_exact_with_counters_and_cycles(sim, tiny_llama):
     t.close()
     assert res.bit_exact
     assert all(r.exact and r.counters_match for r in res.records)
-    # the generator's cycle model predicts every GEMM's busy counter exactly
+    # the generator's cycle model predicts every GEMM's busy counter exactly, and its
+    # buffer-traffic counters (what the energy model charges as SRAM accesses)
     assert all(r.counters["busy"] == r.predicted_cycles for r in res.records)
+    for r in res.records:
+        assert {k: r.counters[k] for k in TRAFFIC} == r.predicted_traffic, r.name
     assert {r.name for r in res.records} == set(res.golden_events)
 
 
