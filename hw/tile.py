@@ -63,13 +63,16 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
                start: torch.Tensor | None = None, mrow: torch.Tensor | None = None,
                consts: dict | None = None, shift: int = 0, relu: bool = False,
                raw: bool = False, resume: bool = False, keep: bool = False,
-               bases: dict[BufId, int] | None = None, where: str = "tile") -> TileImage:
+               bases: dict[BufId, int] | None = None, where: str = "tile",
+               events: tuple[list, list] | None = None) -> TileImage:
     """Images for codes ``[M, K]``, weights ``[N, K]`` (N <= lanes, K <= weight_depth).
 
     ``start`` (``[N]``) is the accumulator start value (zero-point correction) used unless
     ``resume``; ``consts`` the per-lane requantizer constants; ``raw`` passes accumulators.
     ``bases`` places the tile's words (WEIGHTS, SPIKE_EV, MAC_EV; ROWS for the row buffers,
-    accumulator and output rows) so that several tiles can stay resident.
+    accumulator and output rows) so that several tiles can stay resident. ``events`` (spike
+    and MAC words of these codes, as :func:`spike_words` and :func:`mac_words` make them)
+    saves rebuilding them for every N tile of the same rows.
     """
     bases = {b: 0 for b in (BufId.WEIGHTS, BufId.SPIKE_EV, BufId.MAC_EV, BufId.ROWS)} | (
         bases or {})
@@ -85,8 +88,10 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     rows = torch.zeros(k, cfg.lanes, dtype=torch.int64)
     rows[:, :n] = w.t()
     img.words[BufId.WEIGHTS] = rows.tolist()
-    img.words[BufId.SPIKE_EV] = spike_words(spk, enc)
-    img.words[BufId.MAC_EV] = mac_words(codes, int_mask, shifts)
+    # the event words depend on the activations only: a caller tiling N passes them in once
+    spike_ev, mac_ev = events or (spike_words(spk, enc), mac_words(codes, int_mask, shifts))
+    img.words[BufId.SPIKE_EV] = spike_ev
+    img.words[BufId.MAC_EV] = mac_ev
     for b, depth in ((BufId.SPIKE_EV, cfg.spike_event_depth),
                      (BufId.MAC_EV, cfg.mac_event_depth)):
         if len(img.words[b]) + bases[b] > depth:
@@ -177,6 +182,7 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     out = []
     resident = codes.shape[0] <= cfg.max_rows
     for r0, r1 in row_groups(cfg, codes, int_mask, enc):
+        events: dict[int, tuple[list, list]] = {}  # per K tile, shared by the N tiles
         for n0 in range(0, n, cfg.lanes):
             n1 = min(n, n0 + cfg.lanes)
             ks = list(range(0, k, cfg.weight_depth)) or [0]
@@ -185,13 +191,17 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
                 k1 = min(k, k0 + cfg.weight_depth)
                 last = i == len(ks) - 1
                 sl = None if consts is None else {c: v[n0:n1] for c, v in consts.items()}
+                if k0 not in events:
+                    q, msk = codes[r0:r1, k0:k1], int_mask[k0:k1]
+                    events[k0] = (spike_words(q.masked_fill(msk, 0), enc),
+                                  mac_words(q, msk, shifts[k0:k1]))
                 images.append(build_tile(
                     cfg, codes[r0:r1, k0:k1], int_mask[k0:k1], shifts[k0:k1], enc,
                     w[n0:n1, k0:k1], start=None if start is None else start[n0:n1],
                     mrow=None if mrow is None else mrow[r0:r1],
                     consts=sl if last else None, shift=shift, relu=relu, raw=raw,
                     resume=i > 0, keep=not last,
-                    bases={BufId.ROWS: r0} if resident else None,
+                    bases={BufId.ROWS: r0} if resident else None, events=events[k0],
                     where=f"{where}[m {r0}:{r1}, n {n0}:{n1}, k {k0}:{k1}]"))
             out.append((r0, r1, n0, n1, images))
     return GemmTiles(out, resident)
