@@ -101,26 +101,29 @@ class GemmPrediction:
 def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
     """Predicted work of a :class:`gen.workload.GemmWork` cut the way
     :func:`hw.tile.plan_gemm` cuts it (row groups x N tiles x K tiles)."""
-    from hw.tile import row_groups_of
+    from hw.tile import k_slices, row_groups_of
 
-    steps = g.steps
-    row_units = g.units.sum(axis=1)
-    groups = row_groups_of(cfg, row_units.tolist(), steps, g.n_int)
-    kt = list(range(0, g.k, cfg.weight_depth)) or [0]
+    kt = k_slices(cfg, g.k)
     # unit spikes and integer channels per row and K tile
     cum = np.concatenate([np.zeros((g.m, 1), np.int64), np.cumsum(g.units, axis=1)], axis=1)
     icum = np.concatenate([[0], np.cumsum(g.int_mask)])
+    tile_units = np.stack([cum[:, k1] - cum[:, k0] for k0, k1 in kt], axis=1)
+    tile_int = [int(icum[k1] - icum[k0]) for k0, k1 in kt]
+    # a K tile whose channels are all integer runs no TTFS window (hw.tile.spike_words)
+    tile_steps = [g.steps if n_int < k1 - k0 else 0
+                  for (k0, k1), n_int in zip(kt, tile_int, strict=True)]
+    groups = row_groups_of(cfg, tile_units, tile_steps, tile_int)
     cyc = desc = s_work = m_work = o_work = wrows = s_ev = m_ev = outs = wrd = 0
     acc_rd = acc_wr = 0
     for r0, r1 in groups:
         for n0 in range(0, g.n, cfg.lanes):
             n_act = min(g.n, n0 + cfg.lanes) - n0
-            for i, k0 in enumerate(kt):
-                k1 = min(g.k, k0 + cfg.weight_depth)
+            for i, (k0, k1) in enumerate(kt):
                 last = i == len(kt) - 1
-                units = cum[r0:r1, k1] - cum[r0:r1, k0]
-                n_int = int(icum[k1] - icum[k0])
-                work = TileWork(units + steps + 1, mac_row_cost(cfg, n_int), n_act, not last)
+                units = tile_units[r0:r1, i]
+                n_int = tile_int[i]
+                work = TileWork(units + tile_steps[i] + 1, mac_row_cost(cfg, n_int), n_act,
+                                not last)
                 cyc += tile_cycles(cfg, work)
                 desc += 1
                 s_work += int(work.spike_cost.sum())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from models.contract import ROW_FRAC
@@ -31,11 +32,15 @@ class TileImage:
     base: dict[BufId, int] = field(default_factory=dict)  #: first address of each buffer
 
 
-def spike_words(codes: torch.Tensor, enc: Encoding) -> list[dict]:
-    """Spike-array events for spike codes ``[M, K]`` (integer channels already zeroed)."""
+def spike_words(codes: torch.Tensor, enc: Encoding, window: bool = True) -> list[dict]:
+    """Spike-array events for spike codes ``[M, K]`` (integer channels already zeroed).
+
+    ``window``: run the TTFS window (a STEP after every time step). False for a tile whose
+    input channels are all integer: it has no spikes to wait for (``models.golden.windows``
+    counts no window for it), so each row is a bare END."""
     ev = spike_events(codes, enc).tolist()
     out, i = [], 0
-    ttfs = enc.kind in TTFS_KINDS
+    ttfs = enc.kind in TTFS_KINDS and window
     for m in range(codes.shape[0]):
         for t in range(enc.time_steps if enc.is_spiking else 0):
             while i < len(ev) and ev[i][0] == m and ev[i][1] == t:
@@ -45,6 +50,13 @@ def spike_words(codes: torch.Tensor, enc: Encoding) -> list[dict]:
                 out.append({"op": SpikeOp.STEP, "k": 0, "neg": 0})
         out.append({"op": SpikeOp.END, "k": 0, "neg": 0})
     return out
+
+
+def tile_events(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor,
+                enc: Encoding) -> tuple[list, list]:
+    """Spike and MAC words of one tile's codes ``[M, K]`` (the K slice of a tile)."""
+    return (spike_words(codes.masked_fill(int_mask, 0), enc, bool((~int_mask).any())),
+            mac_words(codes, int_mask, shifts))
 
 
 def mac_words(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor) -> list[dict]:
@@ -83,13 +95,12 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
         raise ValueError(f"{where}: tile M={m} K={k} N={n} exceeds the config "
                          f"(rows {cfg.max_rows}, weight rows {cfg.weight_depth}, "
                          f"lanes {cfg.lanes})")
-    spk = codes.masked_fill(int_mask, 0)
     img = TileImage()
     rows = torch.zeros(k, cfg.lanes, dtype=torch.int64)
     rows[:, :n] = w.t()
     img.words[BufId.WEIGHTS] = rows.tolist()
     # the event words depend on the activations only: a caller tiling N passes them in once
-    spike_ev, mac_ev = events or (spike_words(spk, enc), mac_words(codes, int_mask, shifts))
+    spike_ev, mac_ev = events or tile_events(codes, int_mask, shifts, enc)
     img.words[BufId.SPIKE_EV] = spike_ev
     img.words[BufId.MAC_EV] = mac_ev
     for b, depth in ((BufId.SPIKE_EV, cfg.spike_event_depth),
@@ -141,32 +152,51 @@ class GemmTiles:
         return order
 
 
+def k_slices(cfg: AccelConfig, k: int) -> list[tuple[int, int]]:
+    """The K tiles ``[k0, k1)`` of a GEMM with ``k`` input channels (weight buffer rows)."""
+    return [(k0, min(k, k0 + cfg.weight_depth)) for k0 in range(0, k, cfg.weight_depth)]
+
+
 def row_groups(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
                enc: Encoding) -> list[tuple[int, int]]:
-    """Consecutive row blocks whose events fit both event buffers and ``max_rows``."""
+    """Consecutive row blocks whose events fit both event buffers and ``max_rows``, in
+    every K tile (each K tile's events are written on their own)."""
     spk = codes.masked_fill(int_mask, 0)
-    units = spike_events(spk, enc)[:, 0].bincount(minlength=codes.shape[0]).tolist()
-    steps = enc.time_steps if enc.kind in TTFS_KINDS else 0
-    return row_groups_of(cfg, units, steps, int(int_mask.sum()))
+    m, k = codes.shape
+    ks = k_slices(cfg, k)
+    ev = spike_events(spk, enc)
+    tile_of = torch.div(ev[:, 2], cfg.weight_depth, rounding_mode="floor")
+    units = torch.zeros(m * len(ks), dtype=torch.int64)
+    units.index_add_(0, ev[:, 0] * len(ks) + tile_of, torch.ones_like(tile_of))
+    ttfs_steps = enc.time_steps if enc.kind in TTFS_KINDS else 0
+    steps = [ttfs_steps if bool((~int_mask[k0:k1]).any()) else 0 for k0, k1 in ks]
+    n_int = [int(int_mask[k0:k1].sum()) for k0, k1 in ks]
+    return row_groups_of(cfg, units.view(m, len(ks)).numpy(), steps, n_int)
 
 
-def row_groups_of(cfg: AccelConfig, units: list[int], steps: int,
-                  n_int: int) -> list[tuple[int, int]]:
-    """:func:`row_groups` from the unit spikes of each row, the STEP events per row and the
-    integer channels (the generator's cycle model calls this with measured statistics)."""
-    groups, r0, s_ev, m_ev = [], 0, 0, 0
-    for r, u in enumerate(units):
-        se, me = u + steps + 1, n_int + 1
-        if se > cfg.spike_event_depth or me > cfg.mac_event_depth:
-            raise ValueError(f"row {r} alone needs {se} spike / {me} MAC events, more than "
-                             f"the buffers hold ({cfg.spike_event_depth} / "
+def row_groups_of(cfg: AccelConfig, units: np.ndarray, steps: list[int],
+                  n_int: list[int]) -> list[tuple[int, int]]:
+    """:func:`row_groups` from the unit spikes of each row in each K tile (``[M, K tiles]``),
+    the STEP events per row and the integer channels of each K tile (the generator's cycle
+    model calls this with measured statistics)."""
+    units = np.asarray(units, dtype=np.int64).reshape(len(units), len(steps))
+    se = units + np.asarray(steps, dtype=np.int64) + 1  # spike words per row and K tile
+    me = max(n_int) + 1  # MAC words per row, in the K tile with the most integer channels
+    groups, r0 = [], 0
+    s_ev = np.zeros(len(steps), dtype=np.int64)
+    m_ev = 0
+    for r in range(len(se)):
+        worst = int(se[r].max())
+        if worst > cfg.spike_event_depth or me > cfg.mac_event_depth:
+            raise ValueError(f"row {r} alone needs {worst} spike / {me} MAC events in one K "
+                             f"tile, more than the buffers hold ({cfg.spike_event_depth} / "
                              f"{cfg.mac_event_depth})")
-        if (r - r0 == cfg.max_rows or s_ev + se > cfg.spike_event_depth
+        if (r - r0 == cfg.max_rows or int((s_ev + se[r]).max()) > cfg.spike_event_depth
                 or m_ev + me > cfg.mac_event_depth):
             groups.append((r0, r))
-            r0, s_ev, m_ev = r, 0, 0
-        s_ev, m_ev = s_ev + se, m_ev + me
-    groups.append((r0, len(units)))
+            r0, s_ev, m_ev = r, np.zeros_like(s_ev), 0
+        s_ev, m_ev = s_ev + se[r], m_ev + me
+    groups.append((r0, len(se)))
     return groups
 
 
@@ -185,16 +215,14 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
         events: dict[int, tuple[list, list]] = {}  # per K tile, shared by the N tiles
         for n0 in range(0, n, cfg.lanes):
             n1 = min(n, n0 + cfg.lanes)
-            ks = list(range(0, k, cfg.weight_depth)) or [0]
+            ks = k_slices(cfg, k)
             images = []
-            for i, k0 in enumerate(ks):
-                k1 = min(k, k0 + cfg.weight_depth)
+            for i, (k0, k1) in enumerate(ks):
                 last = i == len(ks) - 1
                 sl = None if consts is None else {c: v[n0:n1] for c, v in consts.items()}
                 if k0 not in events:
-                    q, msk = codes[r0:r1, k0:k1], int_mask[k0:k1]
-                    events[k0] = (spike_words(q.masked_fill(msk, 0), enc),
-                                  mac_words(q, msk, shifts[k0:k1]))
+                    events[k0] = tile_events(codes[r0:r1, k0:k1], int_mask[k0:k1],
+                                             shifts[k0:k1], enc)
                 images.append(build_tile(
                     cfg, codes[r0:r1, k0:k1], int_mask[k0:k1], shifts[k0:k1], enc,
                     w[n0:n1, k0:k1], start=None if start is None else start[n0:n1],

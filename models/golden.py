@@ -28,8 +28,8 @@ F = torch.float64
 
 def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc: Encoding,
          w: torch.Tensor, start: torch.Tensor | None, where: str,
-         spike_domain: bool = False, k_tiles: int = 1,
-         n_tiles: int = 1) -> tuple[torch.Tensor, Events]:
+         spike_domain: bool = False, k_tile: int | None = None,
+         n_tile: int | None = None) -> tuple[torch.Tensor, Events]:
     """One batched GEMM of the accelerator.
 
     ``codes`` ``[B, M, K]`` activation codes; ``int_mask`` ``[B or 1, K]`` marks integer
@@ -37,12 +37,14 @@ def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc:
     (``[B or 1, K]``); the
     rest are spikes of ``enc`` for the spike-accumulate array. ``w`` ``[B, N, K]`` integer
     weights; ``start`` ``[N]`` the accumulator's start value (zero-point correction).
-    Returns the int32 accumulators ``[B, M, N]`` (as int64) and the events. ``k_tiles``:
-    how many passes over K the hardware makes (weights larger than its buffer); each pass
-    runs its own TTFS window, so ``acc_step`` counts ``k_tiles`` windows. ``n_tiles``: how
-    many output slices the hardware computes one after the other; each replays the input
-    spikes, so ``spikes`` and ``spike_units`` count ``n_tiles`` times (lane accumulates do
-    not change). Both default to 1: the untiled GEMM.
+    Returns the int32 accumulators ``[B, M, N]`` (as int64) and the events.
+
+    ``k_tile``: the input channels per pass of the hardware (its weight buffer depth; None:
+    one pass). Each pass that holds at least one spike channel runs its own TTFS window, so
+    ``acc_step`` counts one window per such pass; a pass whose channels are all integer
+    (outliers) needs no window and runs none. ``n_tile``: output channels per pass (its
+    lanes; None: one pass); each output slice replays the input spikes, so ``spikes`` and
+    ``spike_units`` count once per slice (lane accumulates do not change).
     """
     b, m, k = codes.shape
     n = w.shape[-2]
@@ -58,17 +60,29 @@ def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc:
     if start is not None:
         acc = acc + start
     acc = check_acc(acc, where)
-    n_int = int(mask.expand(b, 1, k).sum())
+    spike_ch = ~mask.expand(b, 1, k)[:, 0]  # [B, K]
+    n_int = int(k * b - spike_ch.sum())
     ev = Events(gemms=b, weights_in=b * n * k, acts_in=b * m * k, outs=b * m * n,
                 macs=m * n_int * n, time_steps=1)
     if enc.is_spiking and n_int < b * k:
+        n_tiles = 1 if n_tile is None else -(-n // n_tile)
         spikes, units = spike_counts(spk, enc)
         ev.spikes, ev.spike_units = spikes * n_tiles, units * n_tiles
         ev.acc_spike = units * n
         ev.time_steps = enc.time_steps
         if enc.kind in TTFS_KINDS:
-            ev.acc_step = k_tiles * enc.time_steps * b * m * n
+            ev.acc_step = enc.time_steps * m * n * windows(spike_ch, k_tile)
     return acc, ev
+
+
+def windows(spike_ch: torch.Tensor, k_tile: int | None) -> int:
+    """TTFS windows a GEMM runs: one per K pass (``k_tile`` input channels; None: one pass)
+    that holds a spike channel, summed over the batch. ``spike_ch`` ``[B, K]`` is True for
+    the spike (non-integer) channels. The tile builder (``hw.tile``) emits STEP events for
+    exactly these passes."""
+    k = spike_ch.shape[-1]
+    step = k if k_tile is None else k_tile
+    return sum(int(spike_ch[:, k0:k0 + step].any(dim=1).sum()) for k0 in range(0, k, step))
 
 
 @dataclass

@@ -262,9 +262,8 @@ async def gemm_k37_n70_m3_every_encoding_extremes_silent_firing(dut):
             q = torch.where(spk, 0, q)
         elif fill == "firing":
             q = torch.where(spk, enc.qmax, q)
-        k_tiles = -(-k // CFG.weight_depth)
         acc, ev = gemm(q[None], mask[None], shifts[None], enc, w[None], start, "t",
-                       k_tiles=k_tiles, n_tiles=-(-n // CFG.lanes))
+                       k_tile=CFG.weight_depth, n_tile=CFG.lanes)
         await tb.request(Cmd.RESET_COUNTERS)
         ones = {c: torch.full((n,), 1 if c == "mcol" else 0) for c in ("mcol", "bias", "zp",
                                                                      "lo", "hi")}

@@ -103,8 +103,10 @@ def test_gemm_with_row_blocks_k_and_n_tiles(sim):
 
     g = torch.Generator().manual_seed(4)
     m, k, n = 32, 200, 40
-    enc = Encoding("ttfs", 4)
-    q = torch.randint(1, 16, (m, k), generator=g)  # dense: every input spikes
+    # rate code, dense: every input fires several times, so the rows of one K tile (64
+    # inputs) need more spike words than the buffer holds and are cut into blocks
+    enc = Encoding("rate", steps=8)
+    q = torch.randint(1, 9, (m, k), generator=g)
     mask = torch.zeros(k, dtype=torch.bool)
     mask[:3] = True
     q[:, :3] = torch.randint(-127, 128, (m, 3), generator=g)
@@ -127,7 +129,7 @@ def test_gemm_with_row_blocks_k_and_n_tiles(sim):
     c = dev.counters()
     t.close()
     acc, ev = gemm(q[None], mask[None], shifts[None], enc, w[None], start, "t",
-                   k_tiles=-(-k // CFG.weight_depth), n_tiles=-(-n // CFG.lanes))
+                   k_tile=CFG.weight_depth, n_tile=CFG.lanes)
     want = requantize(acc[0], consts["mcol"], 20, mrow, consts["bias"], consts["zp"],
                       consts["lo"], consts["hi"])
     assert torch.equal(got, want)
