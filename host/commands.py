@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from hw.config import AccelConfig
 from hw.counters import COUNTERS
-from hw.engine import BufId, buffer_shapes, descriptor_layout, unpack_int, word_packer
+from hw.engine import (
+    BufId,
+    buffer_shapes,
+    descriptor_errors,
+    descriptor_layout,
+    unpack_int,
+    word_packer,
+)
 from hw.protocol import BUF_ARGS, ident_layout, nbytes, word_bytes
 
 
@@ -52,9 +59,23 @@ def parse_words(cfg: AccelConfig, buf: BufId, payload: bytes) -> list[int]:
             for i in range(0, len(payload), bpw)]
 
 
-def run_payload(cfg: AccelConfig, descriptor: dict) -> bytes:
-    """RUN payload for a descriptor dict."""
+def run_payload(cfg: AccelConfig, descriptor: dict, where: str = "RUN") -> bytes:
+    """RUN payload for a descriptor dict; refuses one the core would refuse, naming the
+    fields (``hw.engine.descriptor_rules``)."""
     layout = descriptor_layout(cfg)
+    unknown = sorted(set(descriptor) - {name for name, _ in layout})
+    if unknown:
+        raise ValueError(f"{where}: unknown descriptor field(s) {', '.join(unknown)}")
+    for name, field in layout:
+        width = field.width
+        if not 0 <= int(descriptor.get(name, 0)) < 1 << width:
+            raise ValueError(f"{where}: descriptor field {name}={descriptor[name]} does not "
+                             f"fit its {width} bits")
+    bad = descriptor_errors(cfg, descriptor)
+    if bad:
+        raise ValueError(f"{where}: the descriptor breaks the rules for "
+                         f"{', '.join(f'{b}={descriptor.get(b, 0)}' for b in bad)} "
+                         f"(hw.engine.descriptor_rules)")
     return layout.const(descriptor).as_bits().to_bytes(nbytes(layout.size), "little")
 
 

@@ -20,7 +20,7 @@ from collections import Counter
 import torch
 
 from hw.config import AccelConfig
-from hw.engine import BufId
+from hw.engine import BufId, buffer_shapes
 from hw.protocol import (
     BUF_ARGS,
     MAX_PAYLOAD,
@@ -43,6 +43,10 @@ from .commands import (
     write_buf_payloads,
 )
 from .transport import Transport
+
+#: Buffers only the host writes (the driver may skip rewriting what they already hold).
+HOST_WRITTEN = frozenset({BufId.WEIGHTS, BufId.SPIKE_EV, BufId.MAC_EV, BufId.ROWS,
+                          BufId.PARAMS})
 
 #: Link error replies worth a retransmission (the request was damaged on the way).
 TRANSIENT = {Status.ERR_CRC.value, Status.ERR_LENGTH.value, Status.ERR_TIMEOUT.value}
@@ -83,7 +87,9 @@ class Device:
         self.decoder = FrameDecoder(max_payload)
         self.seq = 0
         self.stats: Counter = Counter()
-        self._resident: dict[tuple[BufId, int], list] = {}
+        #: what each address of the host-written buffers holds, as far as this driver knows
+        #: (None: unknown); a write whose words are all there already is skipped
+        self._mirror: dict[BufId, list] = {}
 
     # -- framing ---------------------------------------------------------------------------
     def request(self, cmd: Cmd, payload: bytes = b"", timeout: float | None = None) -> bytes:
@@ -144,7 +150,9 @@ class Device:
 
     # -- operations ------------------------------------------------------------------------
     def identify(self) -> dict:
-        """The device's identity; refuses a device built from another configuration."""
+        """The device's identity; refuses a device built from another configuration.
+        Forgets what the buffers were known to hold (the device may have been reloaded)."""
+        self.forget()
         ident = parse_ident(self.request(Cmd.IDENTIFY))
         if ident["hash"] != self.cfg.hash32():
             raise DeviceError(
@@ -154,10 +162,27 @@ class Device:
                 f"device with this bundle's design")
         return ident
 
+    def forget(self) -> None:
+        """Forget what the buffers hold: the next writes all go to the device."""
+        self._mirror.clear()
+
+    def holds(self, buf: BufId, words: list, addr: int = 0) -> bool:
+        """Whether ``buf`` is known to hold ``words`` at ``addr ..`` already."""
+        mirror = self._mirror.get(buf)
+        return mirror is not None and mirror[addr:addr + len(words)] == list(words)
+
     def write(self, buf: BufId, words: list, addr: int = 0) -> None:
         """Write words into a buffer (split into frames)."""
-        for p in write_buf_payloads(self.cfg, buf, words, addr=addr,
-                                    max_payload=self.max_payload):
+        payloads = write_buf_payloads(self.cfg, buf, words, addr=addr,
+                                      max_payload=self.max_payload)
+        depth = buffer_shapes(self.cfg)[buf][1]
+        # the datapath writes ACC and OUT itself: only host-written buffers are mirrored
+        mirror = (self._mirror.setdefault(buf, [None] * depth) if buf in HOST_WRITTEN
+                  else [None] * depth)
+        # unknown until the device has acknowledged every frame (a failure midway leaves
+        # some of the range old and some new)
+        mirror[addr:addr + len(words)] = [None] * len(words)
+        for p in payloads:
             self.request(Cmd.WRITE_BUF, p)
         if self.verify_weights and buf == BufId.WEIGHTS:
             want = write_buf_payloads(self.cfg, buf, words, addr=addr, max_payload=1 << 30)[0]
@@ -165,6 +190,7 @@ class Device:
             if got != want[nbytes(BUF_ARGS.size):]:
                 raise LinkError(f"WEIGHTS read back at {addr}..{addr + len(words)} differs "
                                 f"from what was written")
+        mirror[addr:addr + len(words)] = list(words)
 
     def read_raw(self, buf: BufId, addr: int, count: int) -> bytes:
         """Raw bytes of ``count`` words (split into frames)."""
@@ -185,18 +211,39 @@ class Device:
         """Zero every counter."""
         self.request(Cmd.RESET_COUNTERS)
 
+    def abort(self) -> None:
+        """Return the engine to idle (buffer contents are kept)."""
+        self.request(Cmd.ABORT)
+
+    def run(self, descriptor: dict, where: str = "RUN") -> None:
+        """Run one descriptor (its buffers already written). A descriptor the core would
+        refuse raises ``ValueError`` before anything is sent; a tile the engine stopped
+        raises :class:`DeviceError` (``ERR_FAULT``); a RUN that never answers is followed by
+        an ABORT, so that the engine is idle for whatever comes next, and raises
+        :class:`LinkError`."""
+        payload = run_payload(self.cfg, descriptor, where)
+        try:
+            self.request(Cmd.RUN, payload)
+        except DeviceError as e:
+            raise DeviceError(f"{where}: {e}") from None
+        except LinkError:
+            try:
+                self.abort()
+            except (LinkError, DeviceError):
+                pass  # the device is not answering at all: the RUN's error says so
+            raise
+
     def run_tile(self, img: TileImage) -> None:
         """Write a tile's buffers (skipping words already resident) and run it."""
         for buf, words in img.words.items():
             base = img.base.get(buf, 0)
-            if self._resident.get((buf, base)) == words:
+            if self.holds(buf, words, base):
                 self.stats["writes_skipped"] += 1
                 continue
             self.write(buf, words, base)
-            self._resident[(buf, base)] = words
         if img.start_row is not None:
             self.write(BufId.ACC, [img.start_row], self.cfg.max_rows)
-        self.request(Cmd.RUN, run_payload(self.cfg, img.descriptor))
+        self.run(img.descriptor, img.where)
 
     def gemm(self, plan) -> torch.Tensor:
         """Run a planned GEMM (``hw.tile.plan_gemm``) in its schedule; its outputs

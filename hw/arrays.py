@@ -71,6 +71,7 @@ class SpikeArray(wiring.Component):
             "w_en": Out(1),
             "w_data": In(weight_row_layout(cfg)),
             "busy": Out(1),
+            "idle": Out(1),  #: no event in the pipeline
             "spike": Out(1),  #: strobe: one spike event executed
             "step": Out(1),  #: strobe: one membrane step (V += I) executed
         })
@@ -92,6 +93,7 @@ class SpikeArray(wiring.Component):
             self.w_en.eq(advance & self.ev.valid & (self.ev.payload.op == SpikeOp.SPIKE)),
             self.out.valid.eq(s2_valid & (s2_op == SpikeOp.END)),
             self.busy.eq(s2_valid & advance),  # held at END waiting for the sink: not work
+            self.idle.eq(~s2_valid),
         ]
         for j in range(cfg.lanes):
             m.d.comb += self.out.payload[j].eq(mem[j])
@@ -135,6 +137,7 @@ class MacArray(wiring.Component):
             "w_en": Out(1),
             "w_data": In(weight_row_layout(cfg)),
             "busy": Out(1),
+            "idle": Out(1),  #: no event and no product in the pipeline
             "mac": Out(1),  #: strobe: ``mac_units`` multiplies executed this cycle
             "row": Out(1),  #: strobe: one MAC event (weight row) finished
         })
@@ -161,6 +164,7 @@ class MacArray(wiring.Component):
             self.w_en.eq(take & self.ev.valid & (self.ev.payload.op == MacOp.MAC)),
             self.out.valid.eq(valid & is_end & ~p_valid),
             self.busy.eq(valid & (~is_end | self.out.ready)),  # blocked END is not work
+            self.idle.eq(~valid & ~p_valid),
         ]
         for j in range(cfg.lanes):
             m.d.comb += self.out.payload[j].eq(acc[j])

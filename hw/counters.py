@@ -39,6 +39,7 @@ COUNTERS: dict[str, str] = {
     "link_rx": "bytes received on the host link",
     "link_tx": "bytes sent on the host link",
     "frame_errors": "bad frames (CRC, length, timeout)",
+    "faults": "RUNs the engine stopped (watchdog, inconsistent events; answered ERR_FAULT)",
 }
 INDEX = {name: i for i, name in enumerate(COUNTERS)}
 

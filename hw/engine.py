@@ -25,13 +25,14 @@ through the output unit into OUT. Design notes: ``docs/hw.md``.
 from __future__ import annotations
 
 from enum import Enum
+from types import SimpleNamespace
 
 import numpy as np
-from amaranth import Module, Mux, Shape, Signal, signed, unsigned
+from amaranth import Module, Mux, ResetInserter, Shape, Signal, signed, unsigned
 from amaranth.lib import data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from models.contract import ROW_MULT_BITS
+from models.contract import MAX_REQ_SHIFT, ROW_MULT_BITS
 
 from .arrays import (
     MacArray,
@@ -91,6 +92,39 @@ def descriptor_layout(cfg: AccelConfig) -> data.StructLayout:
     })
 
 
+def descriptor_rules(cfg: AccelConfig) -> dict:
+    """What a descriptor must satisfy to be run: ``{field: check}``. Each check takes the
+    descriptor as an object with its fields as attributes and works alike on Python ints
+    (the host, which names the field it breaks) and on Amaranth values (the core, which
+    answers ``ERR_ARG``). What cannot be checked here (the number of row ends in the event
+    buffers, weight addresses past the buffer) the engine catches while it runs."""
+    return {
+        "rows": lambda d: (d.rows >= 1) & (d.rows + d.row_base <= cfg.max_rows),
+        "n_active": lambda d: (d.n_active >= 1) & (d.n_active <= cfg.lanes),
+        # every row ends with an END in each event buffer
+        "spike_events": lambda d: (d.spike_events >= d.rows)
+        & (d.spike_base + d.spike_events <= cfg.spike_event_depth),
+        "mac_events": lambda d: (d.mac_events >= d.rows)
+        & (d.mac_base + d.mac_events <= cfg.mac_event_depth),
+        "shift": lambda d: d.shift <= MAX_REQ_SHIFT,
+    }
+
+
+def descriptor_errors(cfg: AccelConfig, descriptor: dict) -> list[str]:
+    """The fields of ``descriptor`` (a dict) that break :func:`descriptor_rules`."""
+    layout = descriptor_layout(cfg)
+    d = SimpleNamespace(**{name: int(descriptor.get(name, 0)) for name, _ in layout})
+    return [name for name, ok in descriptor_rules(cfg).items() if not ok(d)]
+
+
+#: Cycles a running descriptor may go without progress (an event read, a row combined, an
+#: output written) before the engine's watchdog stops it. A valid tile never waits more
+#: than a row of the output unit or of the MAC array (``lanes`` cycles) plus a few.
+def watchdog_cycles(cfg: AccelConfig) -> int:
+    """Watchdog limit of :class:`Engine` (see above)."""
+    return max(4096, 8 * cfg.lanes)
+
+
 #: Buffers the host can read back. Not ACC: its words are ``lanes`` accumulators wide (2048
 #: bits at 64 lanes) and a host read port would double its block RAMs (57 DP16KD at 64
 #: lanes) for a read the host never needs (results come through OUT).
@@ -125,6 +159,7 @@ class _Reader(wiring.Component):
             "addr": Out(range(depth)),
             "en": Out(1),
             "data": In(shape),
+            "idle": Out(1),  #: every word up to ``base + count`` delivered
         })
         self._depth = depth
 
@@ -133,7 +168,8 @@ class _Reader(wiring.Component):
         ptr = Signal(range(2 * self._depth + 1))
         left = ptr < self.base + self.count
         take = ~self.out.valid | self.out.ready
-        m.d.comb += [self.addr.eq(ptr), self.en.eq(take & left), self.out.payload.eq(self.data)]
+        m.d.comb += [self.addr.eq(ptr), self.en.eq(take & left), self.out.payload.eq(self.data),
+                     self.idle.eq(~left & ~self.out.valid)]
         with m.If(self.start):
             m.d.sync += [ptr.eq(self.base), self.out.valid.eq(0)]
         with m.Elif(take):
@@ -148,6 +184,13 @@ class Engine(wiring.Component):
 
     Host access: ``wr`` writes one word of a buffer; ``rd_*`` reads one (data the next
     cycle). ``run`` takes a descriptor; ``done`` pulses when its last result is stored.
+
+    The engine trusts no descriptor: ``fault`` pulses instead of ``done``, and everything
+    but the buffer contents returns to its reset state, when the descriptor makes no
+    progress for :func:`watchdog_cycles` (fewer row ends than rows), when rows are left
+    over once its rows are done (more row ends than rows), when a weight address runs
+    past the weight buffer (``w_base`` too large) or an outlier shift exceeds
+    ``max_shift``. ``abort`` does the same on the host's request.
     """
 
     def __init__(self, cfg: AccelConfig):
@@ -162,15 +205,18 @@ class Engine(wiring.Component):
             "run": In(stream.Signature(descriptor_layout(cfg))),
             "done": Out(1),
             "busy": Out(1),
+            "abort": In(1),  #: return to idle now (buffer contents are kept)
+            "fault": Out(1),  #: pulse: the running descriptor was stopped (see below)
         }
         members.update({name: Out(1) for name in STROBES})
         self.word_bits = widest
         super().__init__(members)
 
     def elaborate(self, platform):
-        m = Module()
+        m = Module()  # everything here returns to reset on ``flush``, except memory contents
         cfg = self.cfg
         shapes = self.shapes
+        flush = Signal()
         mems = {}
         for b, (shape, depth) in shapes.items():
             mems[b] = memory.Memory(shape=shape, depth=depth, init=[])
@@ -210,10 +256,17 @@ class Engine(wiring.Component):
             m.d.comb += [rp.addr.eq(reader.addr), rp.en.eq(reader.en), reader.data.eq(rp.data)]
         wiring.connect(m, sr.out, sa.ev)
         wiring.connect(m, mr.out, ma.ev)
-        for arr in (sa, ma):
+        bad = Signal()  # an event the descriptor cannot have meant
+        for name, arr in (("spike", sa), ("mac", ma)):
             rp = mems[BufId.WEIGHTS].read_port()
-            m.d.comb += [rp.addr.eq(arr.w_addr + desc.w_base), rp.en.eq(arr.w_en),
-                         arr.w_data.eq(rp.data)]
+            w_addr = Signal(cfg.k_bits + 1, name=f"w_addr_{name}")
+            m.d.comb += [w_addr.eq(arr.w_addr + desc.w_base), rp.addr.eq(w_addr),
+                         rp.en.eq(arr.w_en), arr.w_data.eq(rp.data)]
+            with m.If(arr.w_en & w_addr[-1]):  # past the end: it would wrap to row 0
+                m.d.comb += bad.eq(1)
+        if cfg.max_shift < 2**cfg.shift_bits - 1:
+            with m.If(ma.ev.valid & ma.ev.ready & (ma.ev.payload.shift > cfg.max_shift)):
+                m.d.comb += bad.eq(1)
         prp = mems[BufId.PARAMS].read_port()
         m.d.comb += [prp.addr.eq(nu.p_addr), prp.en.eq(nu.p_en), nu.p_data.eq(prp.data)]
 
@@ -229,6 +282,7 @@ class Engine(wiring.Component):
         m.d.comb += [acc_rp.en.eq(0), rows_rp.en.eq(0)]
         out_wp = mems[BufId.OUT].write_port()
         r = Signal(range(cfg.max_rows + 1))
+        leftover = Signal()
         outs_left = Signal(range(cfg.max_rows * cfg.lanes + 1))
         # Each array may finish up to row_fifo_depth rows ahead of the other: rows vary in
         # spike count, so lock-step would idle the faster array.
@@ -307,10 +361,26 @@ class Engine(wiring.Component):
                         m.d.sync += r.eq(r + 1)
                         m.next = "COUNT"
             with m.State("DRAIN"):
-                with m.If(outs_left == 0):
+                # done once every event is consumed and no row is left over; rows left in
+                # a FIFO mean more row ends than rows (the next tile would take them)
+                clean = sr.idle & mr.idle & sa.idle & ma.idle
+                with m.If((outs_left == 0) & (s_fifo.r_rdy | m_fifo.r_rdy)):
+                    m.d.comb += leftover.eq(1)
+                with m.Elif((outs_left == 0) & clean):
                     m.d.comb += self.done.eq(1)
                     m.d.sync += active.eq(0)
                     m.next = "IDLE"
+
+        # watchdog: cycles of a running descriptor since the last progress
+        idle_cycles = Signal(range(watchdog_cycles(cfg) + 1))
+        progress = sr.en | mr.en | pop | self.out_wr
+        with m.If(~active | progress):
+            m.d.sync += idle_cycles.eq(0)
+        with m.Else():
+            m.d.sync += idle_cycles.eq(idle_cycles + 1)
+        hung = active & (idle_cycles == watchdog_cycles(cfg))
+        m.d.comb += [self.fault.eq(active & (bad | leftover) | hung),
+                     flush.eq(self.fault | self.abort)]
 
         m.d.comb += [
             self.spike.eq(sa.spike), self.step.eq(sa.step), self.mac_row.eq(ma.row),
@@ -318,7 +388,9 @@ class Engine(wiring.Component):
             self.w_rd_spike.eq(sa.w_en), self.w_rd_mac.eq(ma.w_en),
             self.spike_ev_rd.eq(sr.en), self.mac_ev_rd.eq(mr.en),
         ]
-        return m
+        wrapper = Module()
+        wrapper.submodules.core = ResetInserter(flush)(m)
+        return wrapper
 
 
 def pack_word(shape, word) -> int:

@@ -50,7 +50,7 @@ SOF = 0xA5
 #: Default largest payload the gateware buffers (its ``max_payload`` parameter).
 MAX_PAYLOAD = 4096
 #: Reported by IDENTIFY; bumped whenever a frame, command or payload layout changes.
-PROTOCOL_VERSION = 2  # 2: a repeated RUN (same seq, back to back) is not re-run
+PROTOCOL_VERSION = 3  # 2: a repeated RUN is not re-run; 3: ABORT, ERR_FAULT, RUN checked
 
 #: Frame header after the SOF byte (little-endian on the wire).
 HEADER = data.StructLayout({"cmd": unsigned(8), "seq": unsigned(8), "length": unsigned(16)})
@@ -73,6 +73,7 @@ class Cmd(enum.Enum, shape=8):
     RUN = 0x04  #: run one tile descriptor; answered when the tile is done
     READ_COUNTERS = 0x05  #: read every event counter
     RESET_COUNTERS = 0x06  #: clear every event counter
+    ABORT = 0x07  #: return the engine and its FIFOs to idle; buffer contents are kept
 
 
 class Status(enum.Enum, shape=8):
@@ -84,6 +85,10 @@ class Status(enum.Enum, shape=8):
     ERR_COMMAND = 0x83  #: unknown command code (answered by the core)
     ERR_ARG = 0x84  #: the request's payload is malformed or out of range (core)
     ERR_TIMEOUT = 0x85  #: the request's bytes stopped arriving (link)
+    #: a RUN the engine could not finish: no progress for its watchdog's cycles, events
+    #: that disagree with the descriptor, or a weight address past the buffer. The engine
+    #: was returned to idle (buffers kept); the tile's results are not valid (core)
+    ERR_FAULT = 0x86
 
 
 #: WRITE_BUF / READ_BUF arguments (the first bytes of the payload).

@@ -30,6 +30,7 @@ class TileImage:
     start_row: list[int] | None = None  #: accumulator start values (ACC row ``max_rows``)
     descriptor: dict = field(default_factory=dict)
     base: dict[BufId, int] = field(default_factory=dict)  #: first address of each buffer
+    where: str = "tile"  #: the GEMM and tile, for messages
 
 
 def spike_words(codes: torch.Tensor, enc: Encoding, window: bool = True) -> list[dict]:
@@ -95,7 +96,7 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
         raise ValueError(f"{where}: tile M={m} K={k} N={n} exceeds the config "
                          f"(rows {cfg.max_rows}, weight rows {cfg.weight_depth}, "
                          f"lanes {cfg.lanes})")
-    img = TileImage()
+    img = TileImage(where=where)
     rows = torch.zeros(k, cfg.lanes, dtype=torch.int64)
     rows[:, :n] = w.t()
     img.words[BufId.WEIGHTS] = rows.tolist()

@@ -11,13 +11,23 @@ READ_BUF         :data:`BUF_ARGS`                             ``count`` words
 RUN              one descriptor (``engine.descriptor_layout``) none, sent when the tile is done
 READ_COUNTERS    none                                         every counter, in map order
 RESET_COUNTERS   none                                         none
+ABORT            none                                         none
 ================ ============================================ ==============================
+
+A RUN whose descriptor breaks :func:`~hw.engine.descriptor_rules` gets ``ERR_ARG`` without
+running; a RUN the engine stops (its watchdog, events that disagree with the descriptor)
+gets ``ERR_FAULT`` once the engine is idle again. ABORT returns the engine to idle (the
+engine never stays busy longer than its watchdog, so ABORT is taken between requests)
+and forgets the last RUN's ``seq``; buffer contents are kept.
 
 Words travel little-endian in ``ceil(width / 8)`` bytes (:func:`word_bytes`). A request
 with a wrong length or an out-of-range buffer argument gets ``ERR_ARG``, an unknown command
 ``ERR_COMMAND``; the payload is drained first, so the next frame starts clean.
 """
 
+
+import operator
+from functools import reduce
 
 from amaranth import Module, Mux, Signal
 from amaranth.back import verilog
@@ -26,7 +36,14 @@ from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
 from .counters import COUNTERS, CounterFile
-from .engine import HOST_READABLE, BufId, Engine, buffer_shapes, descriptor_layout
+from .engine import (
+    HOST_READABLE,
+    BufId,
+    Engine,
+    buffer_shapes,
+    descriptor_layout,
+    descriptor_rules,
+)
 from .link import Link
 from .protocol import (
     BUF_ARGS,
@@ -130,7 +147,8 @@ class Top(wiring.Component):
                     with m.If(h.cmd != Cmd.RUN):
                         m.d.sync += last_run_valid.eq(0)
                     with m.Switch(h.cmd):
-                        with m.Case(Cmd.IDENTIFY, Cmd.READ_COUNTERS, Cmd.RESET_COUNTERS):
+                        with m.Case(Cmd.IDENTIFY, Cmd.READ_COUNTERS, Cmd.RESET_COUNTERS,
+                                    Cmd.ABORT):
                             with m.If(h.length != 0):
                                 m.d.sync += status.eq(Status.ERR_ARG)
                                 m.next = "DRAIN"
@@ -162,7 +180,14 @@ class Top(wiring.Component):
             with m.State("CHECK"):
                 with m.Switch(hdr.cmd):
                     with m.Case(Cmd.RUN):
+                        layout = descriptor_layout(cfg)
+                        desc = layout(word_from_sr(desc_bytes)[:layout.size])
+                        ok = reduce(operator.and_, (rule(desc) for rule in
+                                                    descriptor_rules(cfg).values()))
                         with m.If(last_run_valid & (last_run_seq == hdr.seq)):
+                            m.next = "RESP"
+                        with m.Elif(~ok):
+                            m.d.sync += status.eq(Status.ERR_ARG)
                             m.next = "RESP"
                         with m.Else():
                             m.d.comb += [eng.run.payload.eq(word_from_sr(desc_bytes)),
@@ -224,6 +249,9 @@ class Top(wiring.Component):
                 with m.If(eng.done):
                     m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
                     m.next = "RESP"
+                with m.Elif(eng.fault):
+                    m.d.sync += status.eq(Status.ERR_FAULT)
+                    m.next = "RESP"
             with m.State("EXEC"):
                 with m.Switch(hdr.cmd):
                     with m.Case(Cmd.IDENTIFY):
@@ -232,6 +260,8 @@ class Top(wiring.Component):
                         m.d.sync += [resp_len.eq(len(COUNTERS) * cb), ctr.eq(0)]
                     with m.Case(Cmd.RESET_COUNTERS):
                         m.d.comb += cnt.clear.eq(1)
+                    with m.Case(Cmd.ABORT):
+                        m.d.comb += eng.abort.eq(1)
                 m.next = "RESP"
             with m.State("DRAIN"):  # swallow the rest of a refused request's payload
                 with m.If(got >= hdr.length):
@@ -302,6 +332,7 @@ class Top(wiring.Component):
             cnt.inc("link_rx").eq(link.rx_byte),
             cnt.inc("link_tx").eq(link.tx_byte),
             cnt.inc("frame_errors").eq(link.frame_err),
+            cnt.inc("faults").eq(eng.fault),
         ]
         return m
 
