@@ -1,20 +1,23 @@
 """Analytical cycle model of the GEMM engine, driven by measured spike statistics.
 
 The engine (``hw/engine.py``) runs one descriptor at a time. Inside a descriptor three
-stages work on the rows of the tile, decoupled by ``row_fifo_depth``-deep FIFOs:
+stages work on the rows of the tile, decoupled by one ``row_fifo_depth``-deep FIFO per array
+(``amaranth.lib.fifo.SyncFIFOBuffered``):
 
 * the spike array takes one event per cycle: a row costs its unit spikes, one STEP per time
   step (TTFS only) and one END;
 * the MAC array spends ``lanes / mac_units`` cycles per integer (outlier) channel and one
   cycle on END (two after MAC events: the last product is still being added);
-* the combiner pops a row when both partials are there (two cycles), and the output unit
-  requantizes one lane per cycle (``n_active`` cycles per row; none for a ``keep`` tile,
-  whose sums go back to the accumulator buffer).
+* the combiner pops a row when both partials are there (COUNT, SUM: two cycles), and the
+  output unit requantizes one lane per cycle (it takes a row every ``n_active`` cycles;
+  nothing for a ``keep`` tile, whose sums go back to the accumulator buffer).
 
-:func:`tile_cycles` replays that pipeline row by row (a max-plus recurrence, no gate-level
-detail), so it knows where spikes are dense and where they are sparse. Its constants are
-fitted to the Amaranth/Verilator engine and checked by ``tests/gen/test_cycles.py``.
-The figure it predicts is the engine's ``busy`` counter: cycles from descriptor to done.
+:func:`tile_cycles` replays that pipeline row by row (a max-plus recurrence, no per-cycle
+simulation), so it knows where spikes are dense and where they are sparse. It is derived
+from the RTL's registers, not fitted, and it equals the engine's ``busy`` counter (cycles
+from taking the descriptor to ``done``) for every tile: ``tests/gen/test_cycles.py``
+checks it on random tiles against the Amaranth engine, ``sim/cocotb_top.py`` against the
+Verilator top.
 """
 
 from __future__ import annotations
@@ -25,16 +28,23 @@ import numpy as np
 
 from hw.config import AccelConfig
 
-#: Cycles from accepting a descriptor to the first event reaching an array.
-START = 2
-#: Cycles from an array emitting a row to the combiner seeing it (FIFO latency).
-FIFO_LAT = 1
-#: Combiner cycles per row (COUNT, SUM).
+# Times below count from the cycle the engine takes the descriptor (cycle 0); ``busy`` is
+# the cycle of ``done``.
+
+#: Cycle the first event word is at both arrays' inputs (the readers start their pointers
+#: on cycle 0, read the event buffer on cycle 1, present the word on cycle 2). A row of an
+#: array whose previous END left at cycle ``w`` (2 for the first row) has its END ready to
+#: leave at ``w + cost``: the readers deliver one word per cycle, and a held END stalls
+#: the reader without a bubble.
+FIRST = 2
+#: Combiner cycles per row (COUNT: both partials seen, SUM: popped), at least.
 COMBINE = 2
-#: Output-unit pipeline depth after its last lane.
+#: Cycles from the output unit taking a row to ``done``, beyond its ``n_active`` lanes:
+#: six pipeline stages, the last lane is stored at ``pop + 5 + n_active`` and the output
+#: count reaches zero a cycle later.
 TAIL = 6
-#: Cycles from the last row's result to ``done`` and the sequencer back in IDLE.
-DONE = 3
+#: Cycles from a ``keep`` tile's last pop to ``done`` (COUNT sees all rows, DRAIN).
+DRAIN = 2
 
 
 @dataclass(frozen=True)
@@ -53,26 +63,58 @@ def mac_row_cost(cfg: AccelConfig, n_int: int) -> int:
 
 
 def tile_cycles(cfg: AccelConfig, work: TileWork) -> int:
-    """Predicted busy cycles of one descriptor."""
+    """Predicted busy cycles of one descriptor (exact: the engine's ``busy`` counter).
+
+    Row by row, with ``P(r)`` the cycle the combiner pops row ``r`` (SUM) and, for each
+    array, ``W(r)`` the cycle it writes row ``r``'s partials into its row FIFO and ``F(r)``
+    the first cycle the combiner can see them at the FIFO's output:
+
+    * ``W(r) = max(W(r-1) + cost(r), room(r))``: the END waits in the array (stalling its
+      event reader, no bubble) until the FIFO takes a write;
+    * ``P(r) = max(Fs(r) + 1, Fm(r) + 1, P(r-1) + gap)``: COUNT sees both partials, SUM
+      pops a cycle later; ``gap`` is 2 (COUNT, SUM), or ``n_active`` when the output unit
+      is slower (it takes the next row in the cycle it issues the current row's last lane).
+
+    ``SyncFIFOBuffered`` of depth 1 is one register: ``F(r) = W(r) + 1`` and
+    ``room(r) = P(r-1) + 1``. A deeper one is a ``depth - 1`` entry memory with a registered
+    read in front of an output register: a row written at ``W`` is in the memory from
+    ``W + 1``, moves into the output register at ``max(W + 1, P(r-1))`` and shows there a
+    cycle later, ``F(r) = max(W(r) + 2, P(r-1) + 1)``; the FIFO takes a write while its
+    memory is not full, ``room(r) = F(r - depth + 1)``. So a row stays in the memory for at
+    least two cycles even when the output register is free (a 2-deep FIFO cannot take rows
+    on consecutive cycles), and a full FIFO takes the next row only once the combiner has
+    popped and the oldest row in memory has moved up.
+    """
     depth = cfg.row_fifo_depth
-    rows = len(work.spike_cost)
-    if rows == 0:
-        return START + TAIL
-    s = np.zeros(rows, dtype=np.int64)  # cycle the spike array emits row r
-    m = np.zeros(rows, dtype=np.int64)  # cycle the MAC array emits row r
-    pop = np.zeros(rows, dtype=np.int64)  # cycle the combiner pops row r
-    per_row = COMBINE if work.keep else max(COMBINE, work.n_active)
-    prev_s = prev_m = START - 1
-    prev_pop = -per_row
-    for r in range(rows):
-        # an array may not emit row r before the combiner has popped row r - depth
-        free = pop[r - depth] + 1 if r >= depth else 0
-        s[r] = max(prev_s + int(work.spike_cost[r]), free)
-        m[r] = max(prev_m + work.mac_cost, free)
-        pop[r] = max(max(s[r], m[r]) + FIFO_LAT + COMBINE - 1, prev_pop + per_row)
-        prev_s, prev_m, prev_pop = s[r], m[r], pop[r]
-    last = pop[-1] + (COMBINE - 1 if work.keep else work.n_active + TAIL - 1)
-    return int(last) + DONE
+    costs = np.asarray(work.spike_cost).tolist()
+    if not costs:
+        return DRAIN  # COUNT finds no row to wait for (the host refuses such a descriptor)
+    mac = int(work.mac_cost)
+    n_active = int(work.n_active)
+    gap = COMBINE if work.keep else max(COMBINE, n_active)
+    ws = wm = FIRST
+    p = -gap  # no row before: neither the combiner nor the output unit holds anything back
+    if depth == 1:
+        for c in costs:
+            ws = max(ws + c, p + 1)
+            wm = max(wm + mac, p + 1)
+            p = max(ws + 2, wm + 2, p + gap)
+    else:
+        back = depth - 1
+        fs: list[int] = []
+        fm: list[int] = []
+        for r, c in enumerate(costs):
+            ws += c
+            wm += mac
+            if r >= back:
+                ws = max(ws, fs[r - back])
+                wm = max(wm, fm[r - back])
+            f_s = max(ws + 2, p + 1)
+            f_m = max(wm + 2, p + 1)
+            fs.append(f_s)
+            fm.append(f_m)
+            p = max(f_s + 1, f_m + 1, p + gap)
+    return p + (DRAIN if work.keep else TAIL + n_active)
 
 
 @dataclass
