@@ -89,6 +89,37 @@ def check_program(entry: dict, call: GemmCall, plan) -> None:
                          f"(N range, K tiles)")
 
 
+def plan_call(cfg, call: GemmCall):
+    """The device's tiling of one traced GEMM (``hw.tile.plan_gemm``)."""
+    where = call.name + ("" if call.head is None else f"[head {call.head}]")
+    return plan_gemm(cfg, call.codes, call.int_mask, call.shifts, call.encoding, call.w,
+                     start=call.start, consts=call.consts, mrow=call.mrow, shift=call.shift,
+                     raw=call.raw, where=where)
+
+
+def run_gemm(dev: Device, call: GemmCall, plan=None,
+             before: dict | None = None) -> tuple[torch.Tensor, GemmRecord, dict]:
+    """Run one GEMM on ``dev`` and compare it with the golden model: its outputs, its
+    counter deltas against the golden events under the device's tiling, and the cycle
+    model's prediction. ``before`` is the counters before it (read if not given); returns
+    the outputs, the record and the counters after it (the next GEMM's ``before``)."""
+    cfg = dev.cfg
+    plan = plan if plan is not None else plan_call(cfg, call)
+    bytes0 = dev.link_bytes()
+    before = before if before is not None else dev.counters()
+    y = dev.gemm(plan)
+    after = dev.counters()
+    delta = {k: after[k] - before[k] for k in after}
+    ev = expected_events(call, cfg)
+    pred = gemm_cycles(cfg, GemmWork.of(call))
+    rec = GemmRecord(
+        call.name, call.head, call.codes.shape[0], call.codes.shape[1], call.w.shape[0],
+        delta, ev, pred.cycles, pred.traffic(), dev.link_bytes() - bytes0,
+        torch.equal(y, call.y),
+        all(delta[c] == getattr(ev, f) for c, f in GOLDEN_EVENTS.items()))
+    return y, rec, after
+
+
 def run_model(cm: ConvertedModel, ids: torch.Tensor, dev: Device, progress=None,
               program: list[dict] | None = None) -> RunResult:
     """Forward ``ids`` with every GEMM on ``dev``; see module doc. With ``program`` (the
@@ -102,26 +133,14 @@ def run_model(cm: ConvertedModel, ids: torch.Tensor, dev: Device, progress=None,
 
     def execute(call: GemmCall) -> torch.Tensor:
         where = call.name + ("" if call.head is None else f"[head {call.head}]")
-        plan = plan_gemm(cfg, call.codes, call.int_mask, call.shifts, call.encoding, call.w,
-                         start=call.start, consts=call.consts, mrow=call.mrow,
-                         shift=call.shift, where=where)
+        plan = plan_call(cfg, call)
         if order is not None:
             entry = next(order, None)
             if entry is None:
                 raise ValueError(f"program.json ends before {where}")
             check_program(entry, call, plan)
-        bytes0 = dev.link_bytes()
-        before = last["counters"]
-        y = dev.gemm(plan)
-        after = last["counters"] = dev.counters()
-        delta = {k: after[k] - before[k] for k in after}
-        ev = expected_events(call, cfg)
-        pred = gemm_cycles(cfg, GemmWork.of(call))
-        res.records.append(GemmRecord(
-            call.name, call.head, call.codes.shape[0], call.codes.shape[1], call.w.shape[0],
-            delta, ev, pred.cycles, pred.traffic(), dev.link_bytes() - bytes0,
-            torch.equal(y, call.y),
-            all(delta[c] == getattr(ev, f) for c, f in GOLDEN_EVENTS.items())))
+        y, rec, last["counters"] = run_gemm(dev, call, plan, last["counters"])
+        res.records.append(rec)
         if progress is not None:
             progress.update()
         return y

@@ -96,6 +96,13 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
         raise ValueError(f"{where}: tile M={m} K={k} N={n} exceeds the config "
                          f"(rows {cfg.max_rows}, weight rows {cfg.weight_depth}, "
                          f"lanes {cfg.lanes})")
+    if not enc.is_spiking and not bool(int_mask.all()):
+        raise ValueError(f"{where}: the {enc.kind} encoding sends no spikes, so every input "
+                         f"channel must be an integer channel ({int((~int_mask).sum())} "
+                         f"are not)")
+    if enc.is_spiking and enc.time_steps > cfg.max_steps:
+        raise ValueError(f"{where}: the {enc.name()} window of {enc.time_steps} steps is "
+                         f"longer than the accelerator's max_steps {cfg.max_steps}")
     img = TileImage(where=where)
     rows = torch.zeros(k, cfg.lanes, dtype=torch.int64)
     rows[:, :n] = w.t()

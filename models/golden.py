@@ -90,7 +90,8 @@ class GemmCall:
     """One GEMM exactly as the accelerator sees it (for driving hardware or a simulator):
     activation codes ``[M, K]`` with their integer-channel mask and shifts, integer weights
     ``[N, K]``, accumulator start ``[N]``, requantizer constants ``[N]`` and ``mrow [M]``,
-    and the expected requantized outputs ``y [M, N]``."""
+    and the expected requantized outputs ``y [M, N]`` (with ``raw``: the accumulators, the
+    output unit passing them through unrequantized)."""
 
     name: str
     head: int | None
@@ -104,6 +105,7 @@ class GemmCall:
     mrow: torch.Tensor
     shift: int
     y: torch.Tensor
+    raw: bool = False
 
 
 @dataclass
