@@ -15,7 +15,7 @@ import sys
 from models.__main__ import _encoding
 from models.arch import BUILTIN, UnsupportedModelError
 
-from .build import BuildOptions, build
+from .build import BuildOptions, build, one_line
 from .flow import FlowError
 from .resources import TARGETS, Budget
 from .sizing import DoesNotFit
@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--model", required=True,
                    help=f"built-in name ({', '.join(BUILTIN)}) or a Hugging Face model directory")
-    b.add_argument("--out", required=True, help="output directory (created)")
+    b.add_argument("--out", required=True,
+                   help="output directory (created when the build succeeds; an existing one "
+                        "keeps its other files)")
     b.add_argument("--target", choices=sorted(TARGETS), default="ulx3s-85f",
                    help="ulx3s-85f: the board's LFE5U-85F; sim: the simulator, same budget "
                         "unless --budget")
@@ -75,10 +77,12 @@ def main(argv: list[str] | None = None) -> int:
                                  a.fix, a.energy_table, a.synth, a.pnr, a.bitstream, a.freq,
                                  not a.quiet, not a.no_cache))
     except DoesNotFit as e:
-        print(f"error: the model does not fit: {e}", file=sys.stderr)
+        print(f"error: the model does not fit: {one_line(e)}", file=sys.stderr)
         return 3
-    except (UnsupportedModelError, FileNotFoundError, ValueError, FlowError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UnsupportedModelError, ValueError, FlowError, OSError) as e:
+        # bad inputs (the model directory, --out, --energy-table) and tool failures: one
+        # line, no traceback; nothing new is left at --out (gen/build.py)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     t = rep["totals"]
     c = rep["config"]

@@ -1,18 +1,30 @@
-"""``gen build``: convert, measure, size, emit the bundle, optionally run the FPGA flow."""
+"""``gen build``: convert, measure, size, emit the bundle, optionally run the FPGA flow.
+
+The bundle is self-contained: besides the accelerator and the converted model it holds the
+model's tokenizer (``tokenizer/``) and the float parameters the host's baselines are
+converted from (``float/``), so ``host run`` reads nothing outside it (docs/gen.md).
+The bundle is written into a temporary sibling of ``--out`` and moved into place when it
+is complete: a failed build leaves no new or half-written ``--out`` behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from hw.config import AccelConfig
-from models.arch import load_model
+from models.arch import BUILTIN, LoadedModel, UnsupportedModelError, load_model
 from models.bundle import save_bundle
-from models.convert import ConvertOptions
+from models.convert import ConvertedModel, ConvertOptions
 from models.energy import load_table
 
 from . import cache, flow, report
@@ -20,6 +32,26 @@ from .program import compile_program, link_description
 from .resources import TARGETS, Budget, estimate
 from .sizing import size
 from .workload import measure, sample_ids
+
+#: Bundle folders the host reads besides ``model/`` (docs/gen.md).
+TOKENIZER = "tokenizer"
+FLOAT = "float"
+FLOAT_PARAMS = "params.safetensors"
+FLOAT_INDEX = "params.json"
+
+
+class BuildError(ValueError):
+    """A build input (the model directory, ``--out``) that cannot be used."""
+
+
+class BundleFileError(ValueError):
+    """A bundle file the host needs is missing or unreadable (one-line message)."""
+
+
+def one_line(e: BaseException | str) -> str:
+    """An exception's message on one line (third-party messages can span several)."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 @dataclass
@@ -42,14 +74,151 @@ class BuildOptions:
     cache: bool = True  #: reuse converted models and Verilog (gen/cache.py)
 
 
+def load(model: str) -> LoadedModel:
+    """``models.arch.load_model`` with every failure of a bad model directory as one line
+    naming the directory (and the file where it is known)."""
+    path = Path(model)
+    config = path / "config.json"
+    if model not in BUILTIN and config.is_file():
+        try:
+            data = json.loads(config.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BuildError(f"{config}: not valid JSON ({one_line(e)})") from None
+        if not isinstance(data, dict):
+            raise BuildError(f"{config}: a JSON {type(data).__name__}, not an object")
+    try:
+        return load_model(model)
+    except (UnsupportedModelError, FileNotFoundError) as e:
+        raise BuildError(one_line(e)) from None
+    except Exception as e:  # transformers, safetensors and tokenizers raise their own types
+        raise BuildError(f"{model}: cannot load the model ({type(e).__name__}: "
+                         f"{one_line(e)})") from None
+
+
+def save_host_files(lm: LoadedModel, cm: ConvertedModel, out: Path) -> None:
+    """``tokenizer/`` (the model's tokenizer, as ``save_pretrained`` writes it) and
+    ``float/`` (the float parameters that ``model/`` does not already hold as host tensors,
+    and the list of all of them)."""
+    lm.tokenizer.save_pretrained(str(out / TOKENIZER))
+    shared = sorted(k for k in cm.host_params if k in lm.params
+                    and torch.equal(cm.tensors["host." + k], lm.params[k]))
+    own = {k: v.detach().contiguous().clone() for k, v in lm.params.items() if k not in shared}
+    from safetensors.torch import save_file
+
+    (out / FLOAT).mkdir()
+    save_file(own, str(out / FLOAT / FLOAT_PARAMS))
+    (out / FLOAT / FLOAT_INDEX).write_text(json.dumps(
+        {"params": sorted(lm.params), "from_model": shared}, indent=1))
+
+
+def load_host_model(bundle: Path, cm: ConvertedModel) -> LoadedModel:
+    """The bundle's model as the host needs it: its tokenizer and float parameters (for the
+    baselines), read from ``tokenizer/`` and ``float/`` only. Raises
+    :class:`BundleFileError` naming the file."""
+    tok = bundle / TOKENIZER
+    if not tok.is_dir():
+        raise BundleFileError(f"{bundle}: no {TOKENIZER}/ (the model's tokenizer); the bundle "
+                              f"was built by an older gen build: rebuild it")
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tok), trust_remote_code=False,
+                                                  local_files_only=True)
+    except Exception as e:  # transformers / tokenizers raise their own types
+        raise BundleFileError(f"{tok}: unreadable tokenizer ({type(e).__name__}: "
+                              f"{one_line(e)})") from None
+    fdir = bundle / FLOAT
+    for f in (FLOAT_INDEX, FLOAT_PARAMS):
+        if not (fdir / f).is_file():
+            raise BundleFileError(f"{bundle}: no {FLOAT}/{f} (the float model the baselines "
+                                  f"are converted from); rebuild the bundle")
+    try:
+        index = json.loads((fdir / FLOAT_INDEX).read_text())
+        names, shared = index["params"], index["from_model"]
+        if not (isinstance(names, list) and isinstance(shared, list)
+                and all(isinstance(n, str) for n in names + shared)):
+            raise TypeError("params and from_model must be lists of names")
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise BundleFileError(f"{fdir / FLOAT_INDEX}: malformed ({type(e).__name__}: "
+                              f"{one_line(e)})") from None
+    try:
+        from safetensors.torch import load_file
+
+        params = load_file(str(fdir / FLOAT_PARAMS))
+    except Exception as e:  # safetensors raises its own error type
+        raise BundleFileError(f"{fdir / FLOAT_PARAMS}: unreadable ({one_line(e)})") from None
+    for k in shared:
+        if "host." + k not in cm.tensors:
+            raise BundleFileError(f"{fdir / FLOAT_INDEX}: {k} is not a host tensor of model/")
+        params[k] = cm.tensors["host." + k]
+    if sorted(params) != sorted(names):
+        missing = sorted(set(names) - set(params))
+        extra = sorted(set(params) - set(names))
+        raise BundleFileError(f"{fdir}: parameters missing {missing[:4]}, unexpected "
+                              f"{extra[:4]}")
+    bad = [k for k, v in params.items() if v.dtype != torch.float32]
+    if bad:
+        raise BundleFileError(f"{fdir / FLOAT_PARAMS}: {bad[0]} is {params[bad[0]].dtype}, "
+                              f"not float32")
+    return LoadedModel(str(cm.options.get("model", bundle.name)), cm.spec, params, tokenizer,
+                       None)
+
+
+def _staging(out: Path) -> Path:
+    """A new temporary folder for the bundle: inside ``out`` when it exists already (the
+    same file system, nothing else of the user's touched), otherwise beside it in its
+    nearest existing ancestor, so that nothing is created on the way to ``out`` before the
+    build succeeds."""
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--out {out}: exists and is not a directory")
+    parent = out if out.is_dir() else out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BuildError(f"--out {out}: {parent} is not a directory")
+    while True:  # mkdir, unlike mkdtemp, gives the folder the user's usual permissions
+        tmp = parent / f".{out.name or 'bundle'}.building-{secrets.token_hex(4)}"
+        with contextlib.suppress(FileExistsError):
+            tmp.mkdir()
+            return tmp
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished bundle into ``out``: a rename when ``out`` is new; otherwise each
+    of the bundle's entries replaces its namesake in ``out`` and other files stay."""
+    if not out.is_dir():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(out)
+        return
+    for entry in sorted(tmp.iterdir()):
+        old = out / entry.name
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        elif old.exists() or old.is_symlink():
+            old.unlink()
+        entry.rename(old)
+    tmp.rmdir()
+
+
 def build(o: BuildOptions) -> dict:
-    """Run the build; returns the report (also written to ``o.out``)."""
-    out = Path(o.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run the build; returns the report (also written to ``o.out``). The bundle is
+    assembled in a temporary folder and moved to ``o.out`` once complete; the optional
+    flow steps then run in ``o.out`` (their logs stay there when a tool fails)."""
+    out = Path(os.path.abspath(o.out))
     budget = o.budget or TARGETS[o.target]
     steps = ["load", "convert", "measure", "size", "emit"] + (
         ["synth"] * (o.synth or o.pnr) + ["pnr"] * o.pnr + ["bitstream"] * o.bitstream)
+    tmp = _staging(out)
     bar = tqdm(total=len(steps), disable=not o.progress, unit="step")
+    try:
+        return _build(o, out, tmp, budget, bar)
+    finally:
+        bar.close()  # before any error message, so it is not printed inside the bar's line
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
     times: dict[str, float] = {}
 
     def step(name):
@@ -61,12 +230,14 @@ def build(o: BuildOptions) -> dict:
         bar.update()
 
     step("load")
-    lm = load_model(o.model)
+    table = load_table(o.energy_table)
+    lm = load(o.model)
     done("load")
     step("convert")
     opts = ConvertOptions() if o.encoding is None else ConvertOptions(encoding=o.encoding)
     cm, cached = cache.converted(lm, opts, o.cache)
-    save_bundle(cm, out / "model")
+    save_bundle(cm, tmp / "model")
+    save_host_files(lm, cm, tmp)
     done("convert")
     step("measure")
     ids = sample_ids(lm, o.tokens)
@@ -77,16 +248,15 @@ def build(o: BuildOptions) -> dict:
     cfg: AccelConfig = sizing.chosen.cfg
     done("size")
     step("emit")
-    (out / "spikellm_top.v").write_text(cache.verilog(cfg, o.cache)[0])
-    (out / "config.json").write_text(json.dumps(
+    (tmp / "spikellm_top.v").write_text(cache.verilog(cfg, o.cache)[0])
+    (tmp / "config.json").write_text(json.dumps(
         {"config": cfg.to_json(), "hash": f"0x{cfg.hash32():08x}",
          "hw_source": cache.source_digest("hw", "models", "gen")}, indent=1))
     shifts = {n: info.shift for n, info in cm.nodes.items()}
-    (out / "program.json").write_text(json.dumps(
+    (tmp / "program.json").write_text(json.dumps(
         {"config_hash": f"0x{cfg.hash32():08x}",
          "gemms": compile_program(cfg, works, shifts=shifts)}, indent=1))
-    (out / "link.json").write_text(json.dumps(link_description(cfg), indent=1))
-    table = load_table(o.energy_table)
+    (tmp / "link.json").write_text(json.dumps(link_description(cfg), indent=1))
     rows = report.layer_rows(cfg, works, sizing.predictions, events, table)
     rep = {
         "schema": report.SCHEMA,
@@ -102,6 +272,8 @@ def build(o: BuildOptions) -> dict:
         "totals": report.totals(rows, int(ids.numel())), "timings_s": times,
     }
     done("emit")
+    _write_reports(rep, tmp)
+    _publish(tmp, out)
     if o.synth or o.pnr:
         step("synth")
         rep["resources"]["synth"] = flow.synth(cfg, out / "synth")
@@ -116,9 +288,12 @@ def build(o: BuildOptions) -> dict:
         step("bitstream")
         rep["bitstream"] = str(flow.bitstream(cfg, out / "ulx3s"))
         done("bitstream")
-    bar.close()
+    if o.synth or o.pnr or o.bitstream:
+        _write_reports(rep, out)
+    return rep
+
+
+def _write_reports(rep: dict, out: Path) -> None:
     report.write_json(rep, out / "report.json")
     report.write_markdown(rep, out / "report.md")
     report.plot(rep, out / "report.png")
-    return rep
-

@@ -5,8 +5,12 @@
 simulator with ``--sim``, or a board / simulator at ``--port``: ``/dev/ttyUSB0`` or
 ``socket://127.0.0.1:PORT``), checks every GEMM and the final hidden states against the
 golden model bit for bit, and writes ``report.json``, ``report.md``, ``cycles.png`` and
-``energy.png`` (``docs/host.md``). It exits 1, loudly, if anything differs.
-``sim`` starts the simulated device of a bundle and prints its URL (until interrupted).
+``energy.png`` (``docs/host.md``). It exits 1, loudly, if anything differs, and 2 with one
+line naming the file or field for a bad bundle or a device that cannot be reached (the
+port is opened before the model is loaded). Everything comes from the bundle directory:
+the configuration, Verilog, compiled program, converted model, tokenizer and float model;
+its ``report.json`` is never read. ``sim`` starts the simulated device of a bundle and
+prints its URL (until interrupted).
 """
 
 from __future__ import annotations
@@ -16,22 +20,26 @@ import contextlib
 import json
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from tqdm import tqdm
 
+from gen.build import FLOAT, TOKENIZER, load_host_model, one_line
 from gen.cache import source_digest
 from gen.cycles import gemm_cycles
 from gen.workload import GemmWork
 from hw.board import BAUD
 from hw.config import AccelConfig
 from hw.counters import sram_bits
-from models.arch import load_model
-from models.bundle import load_bundle
-from models.convert import ConvertOptions, convert
+from models.arch import FAMILIES, ArchSpec, LoadedModel
+from models.bundle import BundleError, load_bundle
+from models.convert import ConvertedModel, ConvertOptions, convert
 from models.encodings import Encoding
 from models.energy import event_energy, load_table
 from models.golden import run_golden, total_events
+from models.graph import gemm_nodes
+from models.nonlinear import ACTIVATIONS
 
 from . import report
 from .driver import Device, DeviceError, LinkError
@@ -43,6 +51,12 @@ DEFAULT_TEXT = "Spiking transformers trade multiplications for silent, sparse ev
 BASELINES = (("fp16", None), ("w4a8 (int8, T=1)", Encoding("int", 8)),
              ("rate T=8", Encoding("rate", steps=8)),
              ("ttfs 8-bit (T=255)", Encoding("ttfs", 8)))
+#: Files and folders of a bundle that ``run`` reads (``spikellm_top.v`` only with --sim).
+RUN_FILES = ("config.json", "program.json", "model", TOKENIZER, FLOAT)
+
+
+class BundleInputError(ValueError):
+    """A bundle file or field that cannot be used (the message is one line naming it)."""
 
 
 def simulator(bundle: Path):
@@ -53,44 +67,172 @@ def simulator(bundle: Path):
     return SimDevice(binary)
 
 
-def _bundle(path: Path) -> tuple[AccelConfig, dict]:
-    """The bundle's configuration and generator report (warns if built by other code)."""
-    for f in ("config.json", "report.json", "spikellm_top.v", "model"):
+def _read_json(path: Path) -> dict:
+    """A bundle's JSON object, or a one-line error naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleInputError(f"{path}: not readable JSON ({one_line(e)})") from None
+    if not isinstance(data, dict):
+        raise BundleInputError(f"{path}: a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _bundle(path: Path, need: tuple[str, ...]) -> tuple[AccelConfig, list[dict] | None]:
+    """The bundle's configuration and compiled program, after checking that the files in
+    ``need`` are there."""
+    for f in need:
         if not (path / f).exists():
-            raise FileNotFoundError(f"{path}: no {f}; is this a `python -m gen build` "
-                                    f"output directory?")
-    meta = json.loads((path / "config.json").read_text())
+            raise BundleInputError(f"{path}: no {f}; is this a `python -m gen build` "
+                                   f"output directory?")
+    meta = _read_json(path / "config.json")
+    try:
+        cfg = AccelConfig.from_json(meta["config"])
+        digest = f"0x{cfg.hash32():08x}"
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+        raise BundleInputError(f"{path / 'config.json'}: bad config ({type(e).__name__}: "
+                               f"{one_line(e)})") from None
+    if meta.get("hash") != digest:
+        raise BundleInputError(f"{path / 'config.json'}: hash {meta.get('hash')!r} is not "
+                               f"the hash of its config ({digest})")
+    program = None
+    if "program.json" in need:
+        program = _read_json(path / "program.json").get("gemms")
+        _check_program(program, path / "program.json")
+    return cfg, program
+
+
+def _warn_if_stale(path: Path) -> None:
+    """Warn when the bundle was built by other code than this process runs."""
+    meta = _read_json(path / "config.json")
     if meta.get("hw_source") != source_digest("hw", "models", "gen"):
         # the gateware or the cycle model changed since the bundle was built: the run still
         # checks bit-exactness, but predicted cycles may not match the bundle's Verilog
         print(f"warning: {path} was built by another version of hw/, models/ or gen/; "
               f"rebuild it (python -m gen build) for matching cycle predictions",
               file=sys.stderr)
-    return AccelConfig.from_json(meta["config"]), json.loads((path / "report.json").read_text())
+
+
+def _check_program(gemms, where: Path) -> None:
+    """The fields of ``program.json`` that the run compares with its own tiling."""
+    if not isinstance(gemms, list) or not gemms:
+        raise BundleInputError(f"{where}: gemms is {type(gemms).__name__}, not a list of GEMMs")
+    for i, g in enumerate(gemms):
+        ok = (isinstance(g, dict) and isinstance(g.get("gemm"), str)
+              and (g.get("head") is None or type(g.get("head")) is int)
+              and all(type(g.get(k)) is int for k in ("k", "n"))
+              and isinstance(g.get("tiles"), list)
+              and all(isinstance(t, dict) and isinstance(t.get("n"), list) and len(t["n"]) == 2
+                      and all(type(v) is int for v in t["n"]) for t in g["tiles"]))
+        if not ok:
+            raise BundleInputError(f"{where}: gemms[{i}] is malformed (needs gemm, head, k, n "
+                                   f"and tiles with n ranges)")
+
+
+#: ArchSpec fields that count something (at least 1) and their named choices.
+_COUNTS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
+           "max_positions")
+_CHOICES = {"family": FAMILIES, "norm": ("layernorm", "rmsnorm"),
+            "act": tuple(ACTIVATIONS), "position": ("absolute", "rotary")}
+_TYPES = {"int": int, "float": int | float, "bool": bool, "str": str}
+
+
+def _check_arch(cm: ConvertedModel, where: Path) -> None:
+    """The manifest's ``arch`` against its types, ranges and the graph it describes."""
+    s = cm.spec
+    for f in fields(ArchSpec):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        v, want = getattr(s, f.name), _TYPES.get(kind)
+        if want is not None and (not isinstance(v, want) or
+                                 (isinstance(v, bool) and want is not bool)):
+            raise BundleInputError(f"{where}: arch.{f.name} is {v!r}, not {kind}")
+    for k in _COUNTS:
+        if getattr(s, k) < 1:
+            raise BundleInputError(f"{where}: arch.{k} is {getattr(s, k)!r}, not >= 1")
+    for k, choices in _CHOICES.items():
+        if getattr(s, k) not in choices:
+            raise BundleInputError(f"{where}: arch.{k} is {getattr(s, k)!r}; known: "
+                                   f"{', '.join(choices)}")
+    layers = {n.split(".")[1] for n in cm.nodes if n.startswith("layers.")}
+    if s.layers != len(layers):
+        raise BundleInputError(f"{where}: arch.layers is {s.layers}, the graph has "
+                               f"{len(layers)} layers")
+    want = [(d["name"], d["kind"], d["K"], d["N"], d["heads"]) for d in gemm_nodes(s)]
+    have = [(n.name, n.kind, n.K, n.N, n.heads) for n in cm.nodes.values()]
+    if want != have:
+        i = next((i for i, (w, h) in enumerate(zip(want, have, strict=False)) if w != h),
+                 min(len(want), len(have)))
+        got = have[i] if i < len(have) else "nothing"
+        exp = want[i] if i < len(want) else "nothing"
+        raise BundleInputError(f"{where}: graph[{i}] is {got}, arch implies {exp}")
+
+
+def _model(bundle: Path) -> tuple[ConvertedModel, LoadedModel]:
+    """The converted model, tokenizer and float model, all from the bundle."""
+    mdir = bundle / "model"
+    manifest = mdir / "manifest.json"
+    if manifest.is_file():
+        _read_json(manifest)  # a manifest that is not a JSON object, named as such
+    try:
+        cm = load_bundle(mdir)
+    except BundleError as e:
+        raise BundleInputError(one_line(e)) from None
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        raise BundleInputError(f"{mdir}: cannot load the converted model "
+                               f"({type(e).__name__}: {one_line(e)})") from None
+    _check_arch(cm, manifest)
+    return cm, load_host_model(bundle, cm)
+
+
+def _say(a, msg: str) -> None:
+    """A status line for a long step (stderr; not with --quiet)."""
+    if not a.quiet:
+        print(msg, file=sys.stderr, flush=True)
 
 
 def cmd_run(a) -> int:
     bundle = Path(a.bundle)
-    cfg, gen_rep = _bundle(bundle)
-    cm = load_bundle(bundle / "model")
-    lm = load_model(gen_rep["model"]["name"])
-    ids = lm.tokenize(a.text)
     table = load_table(a.energy_table)
-    program = json.loads((bundle / "program.json").read_text())["gemms"]
+    cfg, program = _bundle(bundle, RUN_FILES + (("spikellm_top.v",) if a.sim else ()))
     with contextlib.ExitStack() as stack:
-        url = a.port
+        link = dev = None
+
+        def connect(url: str):
+            raw = SerialTransport(url, a.baud)
+            stack.callback(raw.close)
+            t = FaultyTransport(raw, a.faults, seed=a.seed) if a.faults else raw
+            return t, Device(t, cfg, verify_weights=a.verify, retries=a.retries)
+
+        if a.port:  # the device first: a bad port is reported before the model loads
+            if "://" not in a.port and not Path(a.port).exists():
+                raise ConnectionError(f"cannot open {a.port}: no such device")
+            _say(a, f"device: opening {a.port} and identifying it")
+            link, dev = connect(a.port)
+            dev.identify()
+        _say(a, f"model: loading {bundle / 'model'} and its tokenizer")
+        cm, lm = _model(bundle)
+        ids = lm.tokenize(a.text)
+        try:  # a model that cannot run is refused before the simulator is built
+            run_golden(cm, ids)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+            raise BundleInputError(f"{bundle / 'model'}: the converted model does not run on "
+                                   f"the input ({type(e).__name__}: {one_line(e)})") from None
+        _warn_if_stale(bundle)
         if a.sim:
+            _say(a, f"simulator: starting {bundle / 'spikellm_top.v'} (Verilator compiles it "
+                    f"into {bundle / 'sim'} on a design's first run: about a minute for "
+                    f"MiniLM)")
+            t0 = time.perf_counter()
             url = stack.enter_context(simulator(bundle)).url
-        transport = SerialTransport(url, a.baud)
-        stack.callback(transport.close)
-        if a.faults:
-            transport = FaultyTransport(transport, a.faults, seed=a.seed)
-        dev = Device(transport, cfg, verify_weights=a.verify, retries=a.retries)
+            _say(a, f"simulator: ready after {time.perf_counter() - t0:.0f} s")
+            link, dev = connect(url)
         bar = tqdm(total=len(program), unit="gemm", disable=a.quiet, desc="run")
         t0 = time.perf_counter()
-        res = run_model(cm, ids, dev, progress=bar, program=program)
+        try:
+            res = run_model(cm, ids, dev, progress=bar, program=program)
+        finally:
+            bar.close()
         wall = time.perf_counter() - t0
-        bar.close()
     layers = report.layer_rows(cfg, res, table)
     spiking = [n.act.encoding for n in cm.nodes.values() if n.act.encoding.is_spiking]
     hybrid_events = {r["name"]: report.counted_events(r["counters"]) for r in layers}
@@ -101,7 +243,9 @@ def cmd_run(a) -> int:
               "measured_cycles": sum(r["measured_cycles"] for r in layers)}
     macs, bits = report.dense_work(res)
     baselines = []
-    for name, enc in BASELINES:
+    bar = tqdm(BASELINES, unit="baseline", disable=a.quiet, desc="baselines")
+    for name, enc in bar:
+        bar.set_postfix_str(f"converting {name}" if enc else name)
         if enc is None:
             baselines.append(report.baseline_energy(name, {}, table, 1, macs, bits))
             continue
@@ -116,13 +260,15 @@ def cmd_run(a) -> int:
         b["energy_pj"] = event_energy(total_events(ev), table,
                                       sum(sram_bits(cfg, p.traffic()) for p in preds))
         baselines.append(b)
+    bar.set_postfix_str("done")
+    bar.close()
     rep = {
-        "schema": report.SCHEMA, "model": gen_rep["model"]["name"], "tokens": int(ids.numel()),
-        "text": a.text, "device": "simulator" if a.sim else url,
+        "schema": report.SCHEMA, "model": lm.name, "tokens": int(ids.numel()),
+        "text": a.text, "device": "simulator" if a.sim else a.port,
         "config_hash": f"0x{cfg.hash32():08x}", "bit_exact": res.bit_exact,
         "wall_s": wall, "link": {"bytes": dev.link_bytes(), "retries": dev.stats["retries"],
                                  "stats": dict(dev.stats),
-                                 "faults_injected": dict(getattr(transport, "injected", {}))},
+                                 "faults_injected": dict(getattr(link, "injected", {}))},
         "layers": layers, "hybrid": hybrid, "baselines": baselines,
         "reductions": [report.reductions(hybrid, b) for b in baselines],
         "totals": {"measured_cycles": sum(r["measured_cycles"] for r in layers),
@@ -148,7 +294,8 @@ def cmd_run(a) -> int:
 
 def cmd_sim(a) -> int:
     bundle = Path(a.bundle)
-    _bundle(bundle)
+    _bundle(bundle, ("config.json", "spikellm_top.v"))
+    _warn_if_stale(bundle)
     with simulator(bundle) as dev:
         print(dev.url, flush=True)
         try:
@@ -185,9 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         return cmd_run(a) if a.cmd == "run" else cmd_sim(a)
-    except (FileNotFoundError, ValueError, DeviceError, LinkError, ConnectionError,
-            RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError, DeviceError, LinkError, RuntimeError) as e:
+        # bad bundles and inputs, devices that cannot be reached: one line, no traceback
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 
 
