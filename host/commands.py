@@ -73,9 +73,8 @@ def run_payload(cfg: AccelConfig, descriptor: dict, where: str = "RUN") -> bytes
                              f"fit its {width} bits")
     bad = descriptor_errors(cfg, descriptor)
     if bad:
-        raise ValueError(f"{where}: the descriptor breaks the rules for "
-                         f"{', '.join(f'{b}={descriptor.get(b, 0)}' for b in bad)} "
-                         f"(hw.engine.descriptor_rules)")
+        raise ValueError(f"{where}: the core would refuse this descriptor: "
+                         f"{'; '.join(bad)} (hw.engine.descriptor_rules)")
     return layout.const(descriptor).as_bits().to_bytes(nbytes(layout.size), "little")
 
 

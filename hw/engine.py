@@ -98,23 +98,25 @@ def descriptor_rules(cfg: AccelConfig) -> dict:
     (the host, which names the field it breaks) and on Amaranth values (the core, which
     answers ``ERR_ARG``). What cannot be checked here (the number of row ends in the event
     buffers, weight addresses past the buffer) the engine catches while it runs."""
-    return {
-        "rows": lambda d: (d.rows >= 1) & (d.rows + d.row_base <= cfg.max_rows),
+    return {  # keyed by the fields each rule reads
+        "rows+row_base": lambda d: (d.rows >= 1) & (d.rows + d.row_base <= cfg.max_rows),
         "n_active": lambda d: (d.n_active >= 1) & (d.n_active <= cfg.lanes),
         # every row ends with an END in each event buffer
-        "spike_events": lambda d: (d.spike_events >= d.rows)
+        "spike_events+spike_base+rows": lambda d: (d.spike_events >= d.rows)
         & (d.spike_base + d.spike_events <= cfg.spike_event_depth),
-        "mac_events": lambda d: (d.mac_events >= d.rows)
+        "mac_events+mac_base+rows": lambda d: (d.mac_events >= d.rows)
         & (d.mac_base + d.mac_events <= cfg.mac_event_depth),
         "shift": lambda d: d.shift <= MAX_REQ_SHIFT,
     }
 
 
 def descriptor_errors(cfg: AccelConfig, descriptor: dict) -> list[str]:
-    """The fields of ``descriptor`` (a dict) that break :func:`descriptor_rules`."""
+    """The rules of :func:`descriptor_rules` that ``descriptor`` (a dict) breaks, as
+    ``field=value`` lists (``"rows=9, row_base=0"``)."""
     layout = descriptor_layout(cfg)
     d = SimpleNamespace(**{name: int(descriptor.get(name, 0)) for name, _ in layout})
-    return [name for name, ok in descriptor_rules(cfg).items() if not ok(d)]
+    return [", ".join(f"{f}={getattr(d, f)}" for f in name.split("+"))
+            for name, ok in descriptor_rules(cfg).items() if not ok(d)]
 
 
 #: Cycles a running descriptor may go without progress (an event read, a row combined, an
