@@ -158,6 +158,9 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
     cyc = desc = s_work = m_work = o_work = wrows = s_ev = m_ev = outs = wrd = 0
     acc_rd = acc_wr = 0
     for r0, r1 in groups:
+        # N tiles of a row group differ only in n_active (the last one), which a keep
+        # tile's cycles do not depend on: replay each distinct tile once
+        memo: dict[tuple[int, int], int] = {}
         for n0 in range(0, g.n, cfg.lanes):
             n_act = min(g.n, n0 + cfg.lanes) - n0
             for i, (k0, k1) in enumerate(kt):
@@ -166,7 +169,10 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
                 n_int = tile_int[i]
                 work = TileWork(units + tile_steps[i] + 1, mac_row_cost(cfg, n_int), n_act,
                                 not last)
-                cyc += tile_cycles(cfg, work)
+                key = (i, n_act if last else 0)
+                if key not in memo:
+                    memo[key] = tile_cycles(cfg, work)
+                cyc += memo[key]
                 desc += 1
                 s_work += int(work.spike_cost.sum())
                 m_work += work.mac_cost * (r1 - r0)
