@@ -137,3 +137,70 @@ def test_gemm_with_row_blocks_k_and_n_tiles(sim):
     # weights: each (N slice, K tile) written once, whatever the number of row blocks
     n_tiles, k_tiles = -(-n // CFG.lanes), -(-k // CFG.weight_depth)
     assert dev.stats["writes_skipped"] >= (len(blocks) - 1) * n_tiles * k_tiles
+
+
+def _resident_call(m: int, mrow, seed: int, dense: bool):
+    """A GEMM of ``m <= max_rows`` rows with row multipliers ``mrow``; ``dense`` rows fire
+    so often that the event buffer cuts them into row blocks (each at its own row base)."""
+    import torch
+
+    from models.encodings import Encoding
+    from models.golden import GemmCall, gemm
+
+    g = torch.Generator().manual_seed(seed)
+    k, n = CFG.weight_depth, 6
+    enc = Encoding("rate", steps=8)
+    codes = (torch.randint(1, 9, (m, k), generator=g) if dense
+             else torch.zeros(m, k, dtype=torch.int64))
+    mask = torch.zeros(k, dtype=torch.bool)
+    shifts = torch.zeros(k, dtype=torch.int64)
+    w = torch.randint(-7, 8, (n, k), generator=g)
+    acc, _ = gemm(codes[None], mask[None], shifts[None], enc, w[None], None, "r")
+    consts = {"mcol": torch.full((n,), 1 << 14), "bias": torch.zeros(n, dtype=torch.int64),
+              "zp": torch.zeros(n, dtype=torch.int64), "lo": torch.full((n,), -30000),
+              "hi": torch.full((n,), 30000)}
+    from models.contract import requantize
+
+    y = requantize(acc[0], consts["mcol"], 14, mrow, consts["bias"], consts["zp"],
+                   consts["lo"], consts["hi"])
+    return GemmCall("r", None, codes, mask, shifts, enc, w, None, consts, mrow, 14, y)
+
+
+def test_resident_words_replaced_by_an_overlapping_write_are_rewritten(sim):
+    """GEMM A (two row blocks, row multipliers 1.0), GEMM B (one block, a multiplier per
+    row), GEMM A again: the driver used to skip A's second row block's multipliers as
+    cached at their start address although B had overwritten them."""
+    import torch
+
+    from host.run import plan_call, run_gemm
+    from models.contract import ROW_FRAC
+
+    m = 20
+    a = _resident_call(m, torch.full((m,), 1 << ROW_FRAC), 1, dense=True)
+    b = _resident_call(m, torch.arange(1, m + 1) * 1000, 2, dense=False)
+    assert len(plan_call(CFG, a).slices) == 2 and len(plan_call(CFG, b).slices) == 1
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+    for call in (a, b, a):
+        _, rec, _ = run_gemm(dev, call)
+        assert rec.exact and rec.counters_match, call.name
+    assert dev.stats["writes_skipped"] > 0  # the cache still saves what it can
+    t.close()
+
+
+def test_one_token_opt_runs_exactly_with_all_integer_attention(sim):
+    """tiny-opt on one token: the PV GEMMs have K = 1 channel, an outlier, so no spike
+    channel: the device used to run a TTFS window for it anyway and count its steps."""
+    import torch
+
+    from models.arch import load_model
+    from models.convert import ConvertOptions, convert
+
+    lm = load_model("tiny-opt")
+    cm = convert(lm, ConvertOptions(calib_sentences=4))
+    t = SerialTransport(sim.url)
+    res = run_model(cm, torch.tensor([1037]), Device(t, CFG, **FAST))
+    t.close()
+    av = [r for r in res.records if r.name.endswith(".av")]
+    assert av and all(r.k == 1 and r.counters["acc_step"] == 0 for r in av)
+    assert res.bit_exact
