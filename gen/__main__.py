@@ -2,9 +2,12 @@
 
 Converts the model, measures its GEMMs on calibration text, sizes the accelerator for the
 target's budget and writes into DIR: the Verilog (``spikellm_top.v``), ``config.json``, the
-converted model (``model/``), the compiled program (``program.json``), the link description
-(``link.json``), ``report.json``, ``report.md`` and ``report.png``. ``--synth``, ``--pnr``
-and ``--bitstream`` run the open ECP5 flow for the ULX3S 85F (docs/gen.md).
+converted model (``model/``), its tokenizer (``tokenizer/``) and float parameters
+(``float/``, for the host's baselines), the compiled program (``program.json``), the link
+description (``link.json``), ``report.json``, ``report.md`` and ``report.png``. DIR appears
+only when the bundle is complete. ``--synth``, ``--pnr`` and ``--bitstream`` run the open
+ECP5 flow for the ULX3S 85F (docs/gen.md). Exit status: 2 for a bad input (one line naming
+the file or field), 3 when the model does not fit the budget.
 """
 
 from __future__ import annotations

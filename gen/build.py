@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from hw.config import AccelConfig
-from models.arch import BUILTIN, LoadedModel, UnsupportedModelError, load_model
+from models.arch import LoadedModel, ModelInputError, load_model
 from models.bundle import save_bundle
 from models.convert import ConvertedModel, ConvertOptions
 from models.energy import load_table
@@ -75,21 +75,13 @@ class BuildOptions:
 
 
 def load(model: str) -> LoadedModel:
-    """``models.arch.load_model`` with every failure of a bad model directory as one line
-    naming the directory (and the file where it is known)."""
-    path = Path(model)
-    config = path / "config.json"
-    if model not in BUILTIN and config.is_file():
-        try:
-            data = json.loads(config.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BuildError(f"{config}: not valid JSON ({one_line(e)})") from None
-        if not isinstance(data, dict):
-            raise BuildError(f"{config}: a JSON {type(data).__name__}, not an object")
+    """``models.arch.load_model``; what it does not refuse itself as a
+    :class:`~models.arch.ModelInputError` (one line naming the file and field) is put on
+    one line naming the model."""
     try:
         return load_model(model)
-    except (UnsupportedModelError, FileNotFoundError) as e:
-        raise BuildError(one_line(e)) from None
+    except ModelInputError:
+        raise
     except Exception as e:  # transformers, safetensors and tokenizers raise their own types
         raise BuildError(f"{model}: cannot load the model ({type(e).__name__}: "
                          f"{one_line(e)})") from None

@@ -32,7 +32,7 @@ from gen.workload import GemmWork
 from hw.board import BAUD
 from hw.config import AccelConfig
 from hw.counters import sram_bits
-from models.arch import FAMILIES, ArchSpec, LoadedModel
+from models.arch import FAMILIES, ArchSpec, LoadedModel, ModelInputError
 from models.bundle import BundleError, load_bundle
 from models.convert import ConvertedModel, ConvertOptions, convert
 from models.encodings import Encoding
@@ -53,6 +53,9 @@ BASELINES = (("fp16", None), ("w4a8 (int8, T=1)", Encoding("int", 8)),
              ("ttfs 8-bit (T=255)", Encoding("ttfs", 8)))
 #: Files and folders of a bundle that ``run`` reads (``spikellm_top.v`` only with --sim).
 RUN_FILES = ("config.json", "program.json", "model", TOKENIZER, FLOAT)
+
+
+_WHAT = {TOKENIZER: "tokenizer", FLOAT: "float parameters, for the baselines"}
 
 
 class BundleInputError(ValueError):
@@ -82,9 +85,13 @@ def _bundle(path: Path, need: tuple[str, ...]) -> tuple[AccelConfig, list[dict] 
     """The bundle's configuration and compiled program, after checking that the files in
     ``need`` are there."""
     for f in need:
-        if not (path / f).exists():
-            raise BundleInputError(f"{path}: no {f}; is this a `python -m gen build` "
-                                   f"output directory?")
+        if (path / f).exists():
+            continue
+        if f in (TOKENIZER, FLOAT) and (path / "config.json").exists():
+            raise BundleInputError(f"{path}: no {f}/ (the model's {_WHAT[f]}); the bundle "
+                                   f"was built by an older gen build: rebuild it")
+        raise BundleInputError(f"{path}: no {f}; is this a `python -m gen build` "
+                               f"output directory?")
     meta = _read_json(path / "config.json")
     try:
         cfg = AccelConfig.from_json(meta["config"])
@@ -175,7 +182,7 @@ def _model(bundle: Path) -> tuple[ConvertedModel, LoadedModel]:
         _read_json(manifest)  # a manifest that is not a JSON object, named as such
     try:
         cm = load_bundle(mdir)
-    except BundleError as e:
+    except (BundleError, ModelInputError) as e:  # one line naming the file and field
         raise BundleInputError(one_line(e)) from None
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
         raise BundleInputError(f"{mdir}: cannot load the converted model "
