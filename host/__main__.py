@@ -20,7 +20,6 @@ import contextlib
 import json
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,14 +31,12 @@ from gen.workload import GemmWork
 from hw.board import BAUD
 from hw.config import AccelConfig
 from hw.counters import sram_bits
-from models.arch import FAMILIES, ArchSpec, LoadedModel, ModelInputError
+from models.arch import LoadedModel, ModelInputError
 from models.bundle import BundleError, load_bundle
 from models.convert import ConvertedModel, ConvertOptions, convert
 from models.encodings import Encoding
 from models.energy import event_energy, load_table
 from models.golden import run_golden, total_events
-from models.graph import gemm_nodes
-from models.nonlinear import ACTIVATIONS
 
 from . import report
 from .driver import Device, DeviceError, LinkError
@@ -136,46 +133,9 @@ def _check_program(gemms, where: Path) -> None:
                                    f"and tiles with n ranges)")
 
 
-#: ArchSpec fields that count something (at least 1) and their named choices.
-_COUNTS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
-           "max_positions")
-_CHOICES = {"family": FAMILIES, "norm": ("layernorm", "rmsnorm"),
-            "act": tuple(ACTIVATIONS), "position": ("absolute", "rotary")}
-_TYPES = {"int": int, "float": int | float, "bool": bool, "str": str}
-
-
-def _check_arch(cm: ConvertedModel, where: Path) -> None:
-    """The manifest's ``arch`` against its types, ranges and the graph it describes."""
-    s = cm.spec
-    for f in fields(ArchSpec):
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        v, want = getattr(s, f.name), _TYPES.get(kind)
-        if want is not None and (not isinstance(v, want) or
-                                 (isinstance(v, bool) and want is not bool)):
-            raise BundleInputError(f"{where}: arch.{f.name} is {v!r}, not {kind}")
-    for k in _COUNTS:
-        if getattr(s, k) < 1:
-            raise BundleInputError(f"{where}: arch.{k} is {getattr(s, k)!r}, not >= 1")
-    for k, choices in _CHOICES.items():
-        if getattr(s, k) not in choices:
-            raise BundleInputError(f"{where}: arch.{k} is {getattr(s, k)!r}; known: "
-                                   f"{', '.join(choices)}")
-    layers = {n.split(".")[1] for n in cm.nodes if n.startswith("layers.")}
-    if s.layers != len(layers):
-        raise BundleInputError(f"{where}: arch.layers is {s.layers}, the graph has "
-                               f"{len(layers)} layers")
-    want = [(d["name"], d["kind"], d["K"], d["N"], d["heads"]) for d in gemm_nodes(s)]
-    have = [(n.name, n.kind, n.K, n.N, n.heads) for n in cm.nodes.values()]
-    if want != have:
-        i = next((i for i, (w, h) in enumerate(zip(want, have, strict=False)) if w != h),
-                 min(len(want), len(have)))
-        got = have[i] if i < len(have) else "nothing"
-        exp = want[i] if i < len(want) else "nothing"
-        raise BundleInputError(f"{where}: graph[{i}] is {got}, arch implies {exp}")
-
-
 def _model(bundle: Path) -> tuple[ConvertedModel, LoadedModel]:
-    """The converted model, tokenizer and float model, all from the bundle."""
+    """The converted model (``models.bundle`` checks every field), tokenizer and float
+    model, all from the bundle."""
     mdir = bundle / "model"
     manifest = mdir / "manifest.json"
     if manifest.is_file():
@@ -187,7 +147,6 @@ def _model(bundle: Path) -> tuple[ConvertedModel, LoadedModel]:
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
         raise BundleInputError(f"{mdir}: cannot load the converted model "
                                f"({type(e).__name__}: {one_line(e)})") from None
-    _check_arch(cm, manifest)
     return cm, load_host_model(bundle, cm)
 
 
