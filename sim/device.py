@@ -44,12 +44,24 @@ def build_simulator(verilog: str, base: Path, jobs: int = 2) -> Path:
     return binary
 
 
-class SimDevice:
-    """A running simulator process (context manager); ``url`` is for pyserial."""
+#: Seconds a connected client may move no byte before the simulator drops it (server.cpp).
+IDLE_TIMEOUT = 30.0
 
-    def __init__(self, binary: Path, port: int = 0):
-        self.proc = subprocess.Popen([str(binary), str(port)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+
+class SimDevice:
+    """A running simulator process (context manager); ``url`` is for pyserial.
+
+    It serves 127.0.0.1 only, one client at a time; a client that moves no byte in either
+    direction for ``idle_timeout`` seconds (0: never) while the device is not working on
+    its request is disconnected so that the next one is served (``docs/host.md``)."""
+
+    def __init__(self, binary: Path, port: int = 0, idle_timeout: float = IDLE_TIMEOUT):
+        if idle_timeout < 0:
+            raise ValueError(f"idle_timeout must be >= 0, not {idle_timeout}")
+        self.idle_timeout = idle_timeout
+        self.proc = subprocess.Popen(
+            [str(binary), "--idle-timeout", repr(float(idle_timeout)), str(port)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("listening "):
             self.close()
@@ -57,6 +69,11 @@ class SimDevice:
                                f"{self.proc.stderr.read() if self.proc.stderr else ''}")
         self.port = int(line.split()[1])
         self.url = f"socket://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The simulator's process id."""
+        return self.proc.pid
 
     def close(self) -> None:
         """Stop the simulator."""
