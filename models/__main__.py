@@ -11,7 +11,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from .arch import BUILTIN, UnsupportedModelError, load_model
+from .arch import BUILTIN, ModelInputError, load_model
 from .bundle import save_bundle
 from .convert import ConvertOptions
 from .encodings import Encoding
@@ -20,12 +20,29 @@ from .evaluate import ablation, evaluate, format_table, schemes
 
 def _encoding(s: str) -> Encoding:
     kind, _, arg = s.partition(":")
-    if kind in ("ttfs", "ttfs-signed", "int"):
-        return Encoding(kind, int(arg or (8 if kind == "int" else 4)))
-    if kind == "graded":
-        t, _, lv = (arg or "5x3").partition("x")
-        return Encoding(kind, steps=int(t), levels=int(lv))
-    return Encoding(kind, steps=int(arg or 8))
+    try:
+        if kind in ("ttfs", "ttfs-signed", "int"):
+            return Encoding(kind, int(arg or (8 if kind == "int" else 4)))
+        if kind == "graded":
+            t, _, lv = (arg or "5x3").partition("x")
+            return Encoding(kind, steps=int(t), levels=int(lv))
+        return Encoding(kind, steps=int(arg or 8))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{s!r}: {e}") from e
+
+
+def _count(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a whole number >= 0")
+    return n
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,17 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--encoding", default="ttfs:4", type=_encoding,
                     help="ttfs[:bits] | ttfs-signed[:bits] | rate[:T] | graded[:TxL] | "
                          "ternary[:T] | int[:bits] (default ttfs:4)")
-    cv.add_argument("--outliers", type=int, default=None,
+    cv.add_argument("--outliers", type=_count, default=None,
                     help="outlier channels per GEMM (default: 1/32 of the channels)")
     cv.add_argument("--static", action="store_true", help="static per-tensor activation steps")
     cv.add_argument("--no-rotate", action="store_true", help="no Hadamard rotation")
     cv.add_argument("--rtn", action="store_true", help="round-to-nearest weights, not GPTQ")
+    for sp in (ev, cv):
+        sp.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     a = p.parse_args(argv)
     try:
         lm = load_model(a.model)
         if a.cmd == "eval":
             names = schemes() | (ablation() if a.ablation else {})
-            rows = evaluate(lm, names)
+            rows = evaluate(lm, names, progress=not a.quiet)
             print(f"model: {a.model}\n")
             print(format_table(rows))
             if a.json:
@@ -65,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
 
         opts = ConvertOptions(encoding=a.encoding, outlier_count=a.outliers,
                               per_token=not a.static, rotate=not a.no_rotate, gptq=not a.rtn)
-        out = save_bundle(convert(lm, opts), a.out)
+        out = save_bundle(convert(lm, opts, progress=not a.quiet), a.out)
         print(f"wrote {out}")
         return 0
-    except (UnsupportedModelError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ModelInputError, ValueError, OSError) as e:
+        # bad input (ModelInputError names the file and field), a broken contract
+        # (ContractError), or a file that cannot be written: one line, no traceback
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -735,6 +735,8 @@ def _base_names(fam: str, shapes: dict) -> dict:
     out = {}
     for k, v in shapes.items():
         k = k.removeprefix(pre)
+        if k.endswith((".gamma", ".beta")):  # legacy LayerNorm names, renamed on load
+            k = k.rsplit(".", 1)[0] + (".weight" if k.endswith(".gamma") else ".bias")
         if not k.startswith(_HEADS):
             out[k] = v
     return out

@@ -5,8 +5,8 @@ plans, encodings, requantization shifts), the architecture, the conversion optio
 the format version; ``tensors.safetensors`` holds every tensor: integer tensors for the
 accelerator (4-bit weight codes, zero-point corrections, requantization multipliers and
 biases, clamps) and the float tensors the host needs (embeddings, norms, steps). Loading
-validates everything and refuses a bad bundle with a message naming the problem.
-Keys: ``docs/bundle.md``.
+validates everything and refuses a bad bundle with a one-line :class:`BundleError` naming
+the file and the field. Keys: ``docs/bundle.md``.
 """
 
 from __future__ import annotations
@@ -19,18 +19,34 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .arch import ArchSpec
-from .contract import COL_MULT_MAX, WEIGHT_QMAX
+from .arch import ArchSpec, ModelInputError, canonical_shapes, one_line
+from .contract import ACC_BITS, ACC_MAX, COL_MULT_MAX, INT8_QMAX, MAX_REQ_SHIFT, WEIGHT_QMAX
+from .graph import gemm_nodes
 from .quant import ActPlan
+
+__all__ = ["FORMAT", "MANIFEST", "TENSORS", "VERSION", "BundleError", "ConvertedModel",
+           "ModelInputError", "NodeInfo", "load_bundle", "save_bundle"]
 
 FORMAT = "spikellm-bundle"
 VERSION = 1
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
+KINDS = ("linear", "qk", "av")
+#: Output codes, zero points and clamps of the output neuron unit are 16-bit signed.
+OUT_MIN, OUT_MAX = -(2**15), 2**15 - 1
 
 
-class BundleError(ValueError):
-    """A bundle is missing, malformed or inconsistent."""
+class BundleError(ModelInputError):
+    """A bundle is missing, malformed or inconsistent (one line naming file and field)."""
+
+
+def _show(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass
@@ -53,10 +69,34 @@ class NodeInfo:
                     direct=self.direct, act=self.act.to_json(), shift=self.shift, epi=self.epi)
 
     @classmethod
-    def from_json(cls, d: dict) -> NodeInfo:
-        """Inverse of :meth:`to_json`."""
-        return cls(d["name"], d["kind"], d["K"], d["N"], int(d["heads"]), bool(d["direct"]),
-                   ActPlan.from_json(d["act"]), int(d["shift"]), int(d["epi"]))
+    def from_json(cls, d: dict, where: str = "node") -> NodeInfo:
+        """Inverse of :meth:`to_json`; checks every field's type and range."""
+        if not isinstance(d, dict):
+            raise BundleError(f"{where}: must be a JSON object, not {type(d).__name__}")
+        names = ("name", "kind", "K", "N", "heads", "direct", "act", "shift", "epi")
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise BundleError(f"{where}: missing field(s) {', '.join(missing)}")
+        if not isinstance(d["name"], str):
+            raise BundleError(f"{where}.name: must be a string, not {_show(d['name'])}")
+        where = f"{where} ({d['name']})"
+
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise BundleError(f"{where}.{name}: {what}, not {_show(d[name])}")
+
+        need(d["kind"] in KINDS, "kind", f"must be one of {', '.join(KINDS)}")
+        for n in ("K", "N"):
+            need(d[n] == "tokens" or (_is_int(d[n]) and d[n] >= 1), n,
+                 'must be a positive integer or "tokens"')
+        for n in ("heads", "epi"):
+            need(_is_int(d[n]) and d[n] >= 1, n, "must be a positive integer")
+        need(isinstance(d["direct"], bool), "direct", "must be true or false")
+        need(_is_int(d["shift"]) and 0 <= d["shift"] <= MAX_REQ_SHIFT, "shift",
+             f"must be an integer in 0..{MAX_REQ_SHIFT}")
+        act = ActPlan.from_json(d["act"], f"{where}.act")
+        return cls(d["name"], d["kind"], d["K"], d["N"], d["heads"], d["direct"], act,
+                   d["shift"], d["epi"])
 
 
 @dataclass
@@ -72,6 +112,19 @@ class ConvertedModel:
     def params(self) -> dict[str, torch.Tensor]:
         """Host float parameters under their canonical names (for :mod:`models.graph`)."""
         return {k: self.tensors["host." + k] for k in self.host_params}
+
+    def host_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Canonical name -> shape of every host parameter the architecture implies."""
+        return {k: s for k, s in canonical_shapes(self.spec).items()
+                if not k.startswith("layers.") or ".norm" in k}
+
+    def channels(self, n: NodeInfo) -> int:
+        """Channels of a node's activation operand: K (linear), heads*head_dim (Q of QK^T),
+        at most max_positions (the key positions of PV)."""
+        s = self.spec
+        if n.kind == "linear":
+            return int(n.K)
+        return s.heads * s.head_dim if n.kind == "qk" else s.max_positions
 
     def expected_tensors(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         """Name -> (dtype, shape) of every tensor the manifest implies."""
@@ -90,13 +143,69 @@ class ConvertedModel:
                 exp[f"{n.name}.w_scale"] = (torch.float64, (kvd,))
             if n.act.rotate:
                 exp[f"rot.{n.K}"] = (torch.int8, (n.K,))
+        host = self.host_shapes()
         for k in self.host_params:
-            t = self.tensors.get("host." + k)
-            exp["host." + k] = (torch.float32, tuple(t.shape) if t is not None else ())
+            exp["host." + k] = (torch.float32, host.get(k, ()))
         return exp
 
+    def check_graph(self) -> None:
+        """The nodes must be the architecture's GEMMs, in order, with its shapes."""
+        s = self.spec
+        exp = gemm_nodes(s)
+        arch = (f"arch (layers={s.layers}, hidden={s.hidden}, heads={s.heads}, "
+                f"kv_heads={s.kv_heads}, head_dim={s.head_dim}, ffn={s.ffn}, gated={s.gated})")
+        if len(exp) != len(self.nodes):
+            raise BundleError(f"graph: {len(self.nodes)} distinct nodes, but {arch} implies "
+                              f"{len(exp)}")
+        for i, (g, n) in enumerate(zip(exp, self.nodes.values(), strict=True)):
+            if n.name != g["name"]:
+                raise BundleError(f"graph[{i}]: node {n.name!r}, expected {g['name']!r}")
+            epi = {"linear": g["N"], "qk": s.heads, "av": s.heads * s.head_dim}[g["kind"]]
+            for f, want in (("kind", g["kind"]), ("K", g["K"]), ("N", g["N"]),
+                            ("heads", g["heads"]), ("direct", g["direct"]), ("epi", epi)):
+                if getattr(n, f) != want:
+                    raise BundleError(f"graph node {n.name}: {f}={getattr(n, f)!r} disagrees "
+                                      f"with {arch}, which implies {want!r}")
+            a, ch = n.act, self.channels(n)
+            if a.outliers and a.outliers[-1] >= ch:
+                raise BundleError(f"graph node {n.name}: act.outliers: channel "
+                                  f"{a.outliers[-1]} outside 0..{ch - 1}")
+            if a.rotate and n.kind != "linear":
+                raise BundleError(f"graph node {n.name}: act.rotate: only linear inputs are "
+                                  f"rotated")
+        host = self.host_shapes()
+        missing = sorted(set(host) - set(self.host_params))
+        extra = sorted(set(self.host_params) - set(host))
+        if missing or extra or len(set(self.host_params)) != len(self.host_params):
+            what = (f"missing {', '.join(missing[:4])}" if missing else
+                    f"unexpected {', '.join(map(str, extra[:4]))}" if extra else "duplicates")
+            raise BundleError(f"host_params: {what} (arch: family={s.family}, "
+                              f"layers={s.layers}, norm={s.norm})")
+
+    def acc_bound(self, n: NodeInfo) -> int:
+        """Largest |accumulator| (partial sums included) that node ``n`` can reach over every
+        input its activation plan admits: spike codes at the ends of their range, outlier
+        codes at +-127 shifted by their ``p_k``, weights as stored (linear) or +-127 (the K
+        and V operands of QK^T and PV, over up to max_positions keys)."""
+        a, enc = n.act, n.act.encoding
+        k = self.channels(n)
+        mask, shifts = a.outlier_mask(k), a.shifts(k)
+        qo = INT8_QMAX if enc.is_spiking else enc.qmax
+        m = torch.where(mask, qo * 2.0 ** shifts.to(torch.float64),
+                        float(max(-enc.qmin, enc.qmax)))
+        if n.kind == "linear":
+            w = self.tensors[n.name + ".w"].to(torch.float64).abs()
+            zc = self.tensors[n.name + ".zcorr"].to(torch.float64).abs()
+            return int((w @ m + zc).max())
+        if n.kind == "qk":
+            return int(m.view(self.spec.heads, -1).sum(1).max()) * INT8_QMAX
+        return int(m.sum()) * INT8_QMAX
+
     def validate(self) -> None:
-        """Raise :class:`BundleError` naming any missing/extra/mis-shaped/non-finite tensor."""
+        """Raise :class:`BundleError` naming any missing/extra/mis-shaped/non-finite tensor,
+        out-of-range value, graph that disagrees with the architecture, or GEMM whose
+        accumulator could leave the 32-bit range."""
+        self.check_graph()
         exp = self.expected_tensors()
         missing = sorted(set(exp) - set(self.tensors))
         extra = sorted(set(self.tensors) - set(exp))
@@ -108,20 +217,36 @@ class ConvertedModel:
             t = self.tensors[name]
             if t.dtype != dtype:
                 raise BundleError(f"tensor {name}: dtype {t.dtype}, expected {dtype}")
-            if shape and tuple(t.shape) != shape:
-                raise BundleError(f"tensor {name}: shape {tuple(t.shape)}, expected {shape}")
+            if tuple(t.shape) != shape:
+                raise BundleError(f"tensor {name}: shape {tuple(t.shape)}, expected {shape}"
+                                  + (" (from arch)" if name.startswith("host.") else ""))
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise BundleError(f"tensor {name}: contains NaN or Inf")
+            if name.startswith("rot.") and not bool((t.abs() == 1).all()):
+                raise BundleError(f"tensor {name}: rotation signs must be +-1")
         for n in self.nodes.values():
-            if n.kind == "linear":
-                w = self.tensors[f"{n.name}.w"]
-                if int(w.abs().max()) > WEIGHT_QMAX:
-                    raise BundleError(f"tensor {n.name}.w: codes outside +-{WEIGHT_QMAX}")
-            mcol = self.tensors[f"{n.name}.mcol"]
-            if int(mcol.min()) < 0 or int(mcol.max()) > COL_MULT_MAX:
+            t = lambda s, n=n: self.tensors[f"{n.name}.{s}"]  # noqa: E731
+            if n.kind == "linear" and t("w").numel() and int(t("w").abs().max()) > WEIGHT_QMAX:
+                raise BundleError(f"tensor {n.name}.w: codes outside +-{WEIGHT_QMAX}")
+            if int(t("mcol").min()) < 0 or int(t("mcol").max()) > COL_MULT_MAX:
                 raise BundleError(f"tensor {n.name}.mcol: outside [0, {COL_MULT_MAX}]")
+            for s in ("zp", "lo", "hi"):
+                if int(t(s).min()) < OUT_MIN or int(t(s).max()) > OUT_MAX:
+                    raise BundleError(f"tensor {n.name}.{s}: outside [{OUT_MIN}, {OUT_MAX}]")
+            if bool((t("lo") > t("hi")).any()):
+                raise BundleError(f"tensor {n.name}.lo: above {n.name}.hi")
+            for s in ("scale", "w_scale"):
+                if not bool((t(s) > 0).all()):
+                    raise BundleError(f"tensor {n.name}.{s}: steps must be positive")
             if not (0 < n.act.step < math.inf):
                 raise BundleError(f"node {n.name}: activation step {n.act.step} not positive")
+            bound = self.acc_bound(n)
+            if bound > ACC_MAX:
+                raise BundleError(
+                    f"node {n.name}: the {ACC_BITS}-bit accumulator can overflow (worst case "
+                    f"{bound:.3g}) with encoding {n.act.encoding.name()}, "
+                    f"{len(n.act.outliers)} outlier channel(s), outlier shifts up to "
+                    f"{max(n.act.outlier_shifts, default=0)}")
 
 
 def save_bundle(cm: ConvertedModel, out: str | Path) -> Path:
@@ -145,33 +270,81 @@ def save_bundle(cm: ConvertedModel, out: str | Path) -> Path:
     return out
 
 
+def _manifest(path: Path) -> dict:
+    mf = path / MANIFEST
+    try:
+        m = json.loads(mf.read_text("utf-8"))
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{mf}: not valid JSON ({e})") from e
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise BundleError(f"{mf}: not valid JSON ({one_line(e)})") from e
+    except OSError as e:
+        raise BundleError(f"{mf}: unreadable ({e.strerror or one_line(e)})") from e
+    if not isinstance(m, dict):
+        raise BundleError(f"{mf}: must be a JSON object, not a JSON {type(m).__name__}")
+    if m.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a {FORMAT} (format {_show(m.get('format'))})")
+    if m.get("version") != VERSION:
+        raise BundleError(f"{path}: unknown bundle version {_show(m.get('version'))}; "
+                          f"this tool reads version {VERSION}")
+    for key, typ in (("arch", dict), ("options", dict), ("host_params", list), ("graph", list),
+                     ("tensors", dict)):
+        if key not in m:
+            raise BundleError(f"{mf}: missing {key}")
+        if not isinstance(m[key], typ):
+            raise BundleError(f"{mf}: {key} must be a JSON "
+                              f"{'object' if typ is dict else 'list'}, not {_show(m[key])}")
+    if not all(isinstance(k, str) for k in m["host_params"]):
+        raise BundleError(f"{mf}: host_params must be a list of names")
+    return m
+
+
+def _check_table(table: dict, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """The manifest's ``tensors`` table must describe the safetensors file exactly."""
+    for name in sorted(set(table) | set(tensors)):
+        if name not in tensors:
+            raise BundleError(f"{where}: tensors table lists {name}, which {TENSORS} lacks")
+        t = tensors[name]
+        real = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+        if name not in table:
+            raise BundleError(f"{where}: tensors table lacks {name} ({real['dtype']} "
+                              f"{real['shape']})")
+        if table[name] != real:
+            raise BundleError(f"{where}: tensors table entry {name} is {_show(table[name])}, "
+                              f"but {TENSORS} holds {real}")
+
+
 def load_bundle(path: str | Path) -> ConvertedModel:
-    """Read and validate a bundle directory."""
+    """Read and validate a bundle directory; refuses a bad one with :class:`BundleError`."""
     path = Path(path)
     if not (path / MANIFEST).is_file():
         raise BundleError(f"{path}: no {MANIFEST}")
     if not (path / TENSORS).is_file():
         raise BundleError(f"{path}: no {TENSORS}")
+    mf = path / MANIFEST
+    m = _manifest(path)
     try:
-        m = json.loads((path / MANIFEST).read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path / MANIFEST}: not valid JSON ({e})") from e
-    if m.get("format") != FORMAT:
-        raise BundleError(f"{path}: not a {FORMAT} (format {m.get('format')!r})")
-    if m.get("version") != VERSION:
-        raise BundleError(f"{path}: unknown bundle version {m.get('version')!r}; "
-                          f"this tool reads version {VERSION}")
+        spec = ArchSpec.from_json(m["arch"], "arch")
+        nodes: dict[str, NodeInfo] = {}
+        for i, d in enumerate(m["graph"]):
+            n = NodeInfo.from_json(d, f"graph[{i}]")
+            if n.name in nodes:
+                raise BundleError(f"graph[{i}]: node {n.name} appears twice")
+            nodes[n.name] = n
+    except ModelInputError as e:  # BundleError, or from ArchSpec / ActPlan
+        raise BundleError(f"{mf}: {e}") from e
+    cm = ConvertedModel(spec, m["options"], nodes, {}, list(m["host_params"]))
     try:
-        spec = ArchSpec.from_json(m["arch"])
-        nodes = {d["name"]: NodeInfo.from_json(d) for d in m["graph"]}
-        host_params = list(m["host_params"])
-        options = m["options"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{path / MANIFEST}: malformed ({type(e).__name__}: {e})") from e
+        cm.check_graph()
+    except BundleError as e:
+        raise BundleError(f"{mf}: {e}") from e
     try:
-        tensors = load_file(str(path / TENSORS))
+        cm.tensors = load_file(str(path / TENSORS))
     except Exception as e:  # safetensors raises its own error types
-        raise BundleError(f"{path / TENSORS}: unreadable ({e})") from e
-    cm = ConvertedModel(spec, options, nodes, tensors, host_params)
-    cm.validate()
+        raise BundleError(f"{path / TENSORS}: unreadable ({one_line(e)})") from e
+    try:
+        cm.validate()
+    except BundleError as e:
+        raise BundleError(f"{path}: {e}") from e
+    _check_table(m["tensors"], cm.tensors, str(mf))
     return cm

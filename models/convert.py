@@ -11,17 +11,28 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 
 import torch
+from tqdm import tqdm
 
-from .arch import ArchSpec, LoadedModel
+from .arch import ArchSpec, LoadedModel, ModelInputError
 from .bundle import ConvertedModel, NodeInfo
-from .contract import HOST_OUT_QMAX, INT8_QMAX, ROW_FRAC, WEIGHT_QMAX, ContractError
+from .contract import (
+    ACC_BITS,
+    ACC_MAX,
+    HOST_OUT_QMAX,
+    INT8_QMAX,
+    ROW_FRAC,
+    WEIGHT_QMAX,
+    ContractError,
+)
 from .encodings import Encoding
 from .graph import FloatOps, forward, gemm_nodes
 from .quant import (
+    MAX_OUTLIER_SHIFT,
+    ONE,
     ActPlan,
     dequantize_act,
     fixed_point,
@@ -31,6 +42,7 @@ from .quant import (
     rotate,
     rotation_block,
     rotation_signs,
+    row_multipliers,
     token_steps,
     weight_scale,
 )
@@ -75,6 +87,43 @@ class ConvertOptions:
             if fnmatch.fnmatch(name, pattern):
                 opts = replace(opts, **over)
         return opts
+
+    def check(self) -> None:
+        """Refuse malformed options (:class:`ModelInputError` naming the option)."""
+        def bad(name: str, what: str, v=None) -> ModelInputError:
+            v = getattr(self, name) if v is None else v
+            return ModelInputError(f"option {name}: {what}, not {v!r:.60}")
+
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not isinstance(self.encoding, Encoding):
+            raise bad("encoding", "must be an Encoding")
+        f = self.outlier_fraction
+        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f <= 1:
+            raise bad("outlier_fraction", "must be a number in [0, 1]")
+        if self.outlier_count is not None and not (is_int(self.outlier_count) and
+                                                   self.outlier_count >= 0):
+            raise bad("outlier_count", "must be an integer >= 0 (--outliers)")
+        for name in ("per_token", "rotate", "gptq"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be True or False")
+        if not is_int(self.seed):
+            raise bad("seed", "must be an integer")
+        for name in ("calib_sentences", "max_tokens"):
+            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
+                raise bad(name, "must be a positive integer")
+        if not isinstance(self.layers, dict):
+            raise bad("layers", "must be a dict of node-name pattern -> overrides")
+        known = {f.name for f in fields(self)} - {"layers"}
+        for pattern, over in self.layers.items():
+            if not isinstance(pattern, str) or not isinstance(over, dict):
+                raise bad("layers", "must map node-name patterns to dicts", {pattern: over})
+            unknown = sorted(set(over) - known)
+            if unknown:
+                raise bad("layers", f"unknown option(s) {', '.join(map(str, unknown))} for "
+                                    f"{pattern!r}", over)
+            replace(self, layers={}, **over).check()
 
     def to_json(self) -> dict:
         """Manifest form."""
@@ -124,16 +173,32 @@ def fold_head_rotations(spec: ArchSpec, params: dict, seed: int) -> dict:
     return out
 
 
-def calibrate(lm: LoadedModel, opts: ConvertOptions) -> dict[tuple[str, str], list[torch.Tensor]]:
-    """Run the float model on the calibration text; return every GEMM operand, per role."""
+def calibration_tokens(spec: ArchSpec, opts: ConvertOptions) -> int:
+    """Tokens per calibration sentence: ``max_tokens``, at most the model's positions."""
+    if spec.position == "absolute":
+        return max(1, min(opts.max_tokens, spec.max_positions))
+    return opts.max_tokens
+
+
+def calibrate(lm: LoadedModel, opts: ConvertOptions,
+              progress: bool = False) -> dict[tuple[str, str], list[torch.Tensor]]:
+    """Run the float model on the calibration text; return every GEMM operand, per role.
+    Refuses a float model that gives NaN or Inf (naming the GEMM)."""
     rec: dict[tuple[str, str], list[torch.Tensor]] = {}
 
     def record(node: str, role: str, t: torch.Tensor) -> None:
+        if not bool(torch.isfinite(t).all()):
+            raise ModelInputError(f"{lm.name}: the float model gives NaN or Inf at {node} "
+                                  f"({role}) on the calibration text; check its weights and "
+                                  f"norm epsilon (norm_eps={lm.spec.norm_eps})")
         rec.setdefault((node, role), []).append(t.detach().to(torch.float32))
 
     ops = FloatOps(lm.spec, lm.params, record)
-    for text in builtin_text("calibration")[: opts.calib_sentences]:
-        forward(lm.spec, lm.params, lm.tokenize(text, opts.max_tokens), ops)
+    n_tok = calibration_tokens(lm.spec, opts)
+    texts = builtin_text("calibration")[: opts.calib_sentences]
+    for text in tqdm(texts, desc="calibrate", unit="sentence", disable=not progress,
+                     leave=False):
+        forward(lm.spec, lm.params, lm.tokenize(text, n_tok), ops)
     return rec
 
 
@@ -176,19 +241,29 @@ def plan_activation(x: torch.Tensor, opts: ConvertOptions, per_token: bool, rota
     outliers = sorted(torch.topk(x.abs().amax(0), n_out).indices.tolist()) if n_out else []
     plan = ActPlan(enc, 0, 1.0, per_token, outliers, [0] * len(outliers), rotate_)
     spk = x.masked_fill(plan.outlier_mask(k), 0.0)
-    lo, hi = float(spk.min()), float(spk.max())
-    if lo < 0 and not enc.signed:
-        if static_weights:  # zero point folded into the accumulator's start value
-            plan.zero_point = min(enc.qmax - 1, max(1, round(enc.qmax * -lo / (hi - lo))))
-        else:  # a dynamic weight operand cannot absorb a zero point: signed spikes instead
-            plan.encoding = enc.signed_variant()
-    plan.clip = _best_clip(x, plan)
-    steps = token_steps(x, plan).clamp(min=1e-12)
-    plan.step = float(steps.max())
-    if outliers:  # each outlier channel gets the smallest shift that fits it in int8
-        own = steps if per_token else torch.full_like(steps, plan.step)
+    if outliers and not bool(spk.any()):
+        # The outliers hold every channel that carried anything in calibration (e.g. PV with
+        # as many outliers as the calibration text has tokens): the spike channels have no
+        # range of their own, so they get the step they would have without outliers.
+        free = ActPlan(enc, 0, 1.0, per_token, [], [], rotate_)
+        plan.step = float(token_steps(x, free).max().clamp(min=1e-12))
+    else:
+        lo, hi = float(spk.min()), float(spk.max())
+        if lo < 0 and not enc.signed:
+            if static_weights:  # zero point folded into the accumulator's start value
+                plan.zero_point = min(enc.qmax - 1, max(1, round(enc.qmax * -lo / (hi - lo))))
+            else:  # a dynamic weight operand cannot absorb a zero point: signed spikes instead
+                plan.encoding = enc.signed_variant()
+        plan.clip = _best_clip(x, plan)
+        plan.step = float(token_steps(x, plan).clamp(min=1e-12).max())
+    if outliers:
+        # Each outlier channel gets the smallest shift that fits it in int8 at the step each
+        # row really gets (the reference step times its 16-bit row multiplier), at most the
+        # accelerator's MAX_OUTLIER_SHIFT (beyond that the channel saturates).
+        own = plan.step * row_multipliers(x, plan).to(F) / ONE
         ratio = (x[:, outliers].abs() / own[:, None]).amax(0).clamp(min=1e-12)
-        plan.outlier_shifts = [max(0, math.ceil(math.log2(r / INT8_QMAX))) for r in ratio.tolist()]
+        plan.outlier_shifts = [min(MAX_OUTLIER_SHIFT, max(0, math.ceil(math.log2(r / INT8_QMAX))))
+                               for r in ratio.tolist()]
     return plan
 
 
@@ -206,13 +281,17 @@ def _epilogue(tensors: dict, name: str, ratio: torch.Tensor, scale: torch.Tensor
     return shift
 
 
-def convert(lm: LoadedModel, opts: ConvertOptions | None = None) -> ConvertedModel:
-    """Convert a loaded model to the integer/spike contract."""
+def convert(lm: LoadedModel, opts: ConvertOptions | None = None,
+            progress: bool = False) -> ConvertedModel:
+    """Convert a loaded model to the integer/spike contract. Refuses bad options and a
+    conversion whose GEMMs could overflow the accumulator (:class:`ModelInputError` naming
+    the option and the layer); ``progress`` shows progress bars on stderr."""
     opts = opts or ConvertOptions()
+    opts.check()
     spec: ArchSpec = lm.spec
     if opts.rotate:
         lm = replace(lm, params=fold_head_rotations(spec, lm.params, opts.seed))
-    rec = calibrate(lm, opts)
+    rec = calibrate(lm, opts, progress)
     rows = lambda node, role: _rows(rec[(node, role)])  # noqa: E731
     tensors: dict[str, torch.Tensor] = {}
     signs: dict[int, torch.Tensor] = {}
@@ -222,7 +301,7 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None) -> ConvertedMod
     d, heads, kvh = spec.head_dim, spec.heads, spec.kv_heads
 
     # 1. activation plans
-    for g in graph:
+    for g in tqdm(graph, desc="plan", unit="gemm", disable=not progress, leave=False):
         name, kind = g["name"], g["kind"]
         nopts = opts.for_node(name)
         if kind == "linear":
@@ -251,7 +330,7 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None) -> ConvertedMod
 
     # 3. linear weights and every epilogue
     consumers = {"q": ("qk", "act"), "k": ("qk", "w"), "v": ("av", "w")}
-    for g in graph:
+    for g in tqdm(graph, desc="quantize", unit="gemm", disable=not progress, leave=False):
         name, node = g["name"], nodes[g["name"]]
         plan, base, short = node.act, name.rsplit(".", 1)[0] + ".", name.rsplit(".", 1)[1]
         if node.kind == "linear":
@@ -306,5 +385,17 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None) -> ConvertedMod
         tensors[f"rot.{k}"] = sg
     options = opts.to_json() | {"model": lm.name}
     cm = ConvertedModel(spec, options, nodes, tensors, host_params)
+    for n in nodes.values():  # a model its own contract would refuse is not produced
+        bound = cm.acc_bound(n)
+        if bound > ACC_MAX:
+            o = opts.for_node(n.name)
+            count = (f"outlier_count={o.outlier_count}" if o.outlier_count is not None else
+                     f"outlier_fraction={o.outlier_fraction:g}")
+            raise ModelInputError(
+                f"{n.name}: options encoding={n.act.encoding.name()} and {count} (--outliers) "
+                f"give {len(n.act.outliers)} outlier channel(s) with shifts up to "
+                f"{max(n.act.outlier_shifts, default=0)}; the {ACC_BITS}-bit accumulator "
+                f"could overflow (worst case {bound:.3g} > {ACC_MAX}): use fewer outlier "
+                f"channels or a narrower encoding")
     cm.validate()
     return cm

@@ -7,11 +7,13 @@ the Spearman correlation between the two models' pairwise sentence similarities.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
 from scipy.stats import spearmanr
+from tqdm import tqdm
 
 from .arch import LoadedModel
 from .contract import Events
@@ -70,20 +72,26 @@ def _pairwise(e: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(lm: LoadedModel, names: dict[str, ConvertOptions], sentences: list[str] | None = None,
-             max_tokens: int = 128) -> list[Row]:
-    """Rows for the float model and every scheme in ``names``."""
+             max_tokens: int = 128, progress: bool = False) -> list[Row]:
+    """Rows for the float model and every scheme in ``names``. ``progress`` shows each
+    stage (float reference, then per scheme: calibration, quantization, golden runs) as a
+    progress bar on stderr and a line per finished scheme."""
     sentences = sentences or builtin_text("eval_sentences")
     ids = [lm.tokenize(s, max_tokens) for s in sentences]
+    bar = lambda it, desc, unit="sentence": tqdm(  # noqa: E731
+        it, desc=desc, unit=unit, disable=not progress, leave=False, file=sys.stderr)
     ref = torch.stack([embed(forward(lm.spec, lm.params, i, FloatOps(lm.spec, lm.params)))
-                       for i in ids])
+                       for i in bar(ids, "FP32 reference")])
     ref_pairs = _pairwise(ref)
     rows = [Row("FP32 (float reference)", 1.0, 1.0, 0)]
     tokens = sum(len(i) for i in ids)
-    for name, opts in names.items():
+    for j, (name, opts) in enumerate(names.items(), 1):
         t0 = time.perf_counter()
-        cm = convert(lm, opts)
+        if progress:
+            print(f"[{j}/{len(names)}] {name}: converting", file=sys.stderr, flush=True)
+        cm = convert(lm, opts, progress=progress)
         embs, total = [], Events()
-        for i in ids:
+        for i in bar(ids, "golden model"):
             hidden, ev = run_golden(cm, i)
             embs.append(embed(hidden))
             total = total + total_events(ev)
@@ -93,6 +101,9 @@ def evaluate(lm: LoadedModel, names: dict[str, ConvertOptions], sentences: list[
         per_tok = {k: v / tokens for k, v in total.as_dict().items()
                    if k in ("spikes", "accumulates", "macs")}
         rows.append(Row(name, cos, rho, total.time_steps, per_tok, time.perf_counter() - t0))
+        if progress:
+            print(f"[{j}/{len(names)}] {name}: cosine {cos:.4f}, Spearman {rho:.4f} "
+                  f"({rows[-1].seconds:.0f} s)", file=sys.stderr, flush=True)
     return rows
 
 

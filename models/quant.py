@@ -14,23 +14,45 @@ stays fixed point. Rules and rounding: ``docs/quantization.md``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
 import torch
 
-from .contract import (
-    COL_MULT_MAX,
-    INT8_QMAX,
-    MAX_REQ_SHIFT,
-    ROW_FRAC,
-    ROW_MULT_MAX,
-    ContractError,
-)
+from .arch import ModelInputError
+from .contract import COL_MULT_MAX, INT8_QMAX, MAX_REQ_SHIFT, ROW_FRAC, ROW_MULT_MAX, ContractError
 from .encodings import Encoding
 
 F = torch.float64
 ONE = 2**ROW_FRAC  # mrow value meaning a factor of 1.0
+#: Largest outlier-channel shift ``p_k``: the accelerator's outlier shift field
+#: (``hw.config.AccelConfig.max_shift``, 15 by default; 4 bits).
+MAX_OUTLIER_SHIFT = 15
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def encoding_from_json(d, where: str = "encoding") -> Encoding:
+    """:meth:`Encoding.from_json` with type checks (:class:`ModelInputError` naming ``where``)."""
+    if not isinstance(d, dict):
+        raise ModelInputError(f"{where}: must be a JSON object, not {type(d).__name__}")
+    for name, check in (("kind", lambda v: isinstance(v, str)), ("bits", _is_int),
+                        ("steps", _is_int), ("levels", _is_int)):
+        if name not in d:
+            raise ModelInputError(f"{where}: missing field {name}")
+        if not check(d[name]):
+            raise ModelInputError(f"{where}.{name}: wrong type, not {d[name]!r:.60}")
+    try:
+        return Encoding.from_json(d)
+    except ValueError as e:
+        raise ModelInputError(f"{where}: {e}") from e
 
 
 @dataclass
@@ -65,11 +87,49 @@ class ActPlan:
                     outlier_shifts=list(self.outlier_shifts), rotate=self.rotate, clip=self.clip)
 
     @classmethod
-    def from_json(cls, d: dict) -> ActPlan:
-        """Inverse of :meth:`to_json`."""
-        return cls(Encoding.from_json(d["encoding"]), int(d["zero_point"]), float(d["step"]),
-                   bool(d["per_token"]), [int(i) for i in d["outliers"]],
-                   [int(p) for p in d["outlier_shifts"]], bool(d["rotate"]), float(d["clip"]))
+    def from_json(cls, d: dict, where: str = "act") -> ActPlan:
+        """Inverse of :meth:`to_json`; checks every field (:class:`ModelInputError` naming
+        ``where`` and the field)."""
+        if not isinstance(d, dict):
+            raise ModelInputError(f"{where}: must be a JSON object, not {type(d).__name__}")
+        names = ("encoding", "zero_point", "step", "per_token", "outliers", "outlier_shifts",
+                 "rotate", "clip")
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise ModelInputError(f"{where}: missing field(s) {', '.join(missing)}")
+
+        def bad(name: str, what: str) -> ModelInputError:
+            v = repr(d[name])
+            v = v if len(v) <= 60 else v[:57] + "..."
+            return ModelInputError(f"{where}.{name}: {what}, not {v}")
+
+        enc = encoding_from_json(d["encoding"], f"{where}.encoding")
+        z = d["zero_point"]
+        if not _is_int(z):
+            raise bad("zero_point", "must be an integer")
+        if (enc.signed or not enc.is_spiking) and z != 0:
+            raise bad("zero_point", f"must be 0 for the signed encoding {enc.name()}")
+        if not 0 <= z <= enc.qmax:
+            raise bad("zero_point", f"must be in 0..{enc.qmax} for {enc.name()}")
+        for name, hi in (("step", math.inf), ("clip", 1.0)):
+            v = d[name]
+            if not _is_num(v) or not (0 < v <= hi and math.isfinite(v)):
+                raise bad(name, "must be a positive finite number" +
+                          (f" at most {hi:g}" if hi < math.inf else ""))
+        for name in ("per_token", "rotate"):
+            if not isinstance(d[name], bool):
+                raise bad(name, "must be true or false")
+        out, sh = d["outliers"], d["outlier_shifts"]
+        if not isinstance(out, list) or not all(_is_int(i) and i >= 0 for i in out):
+            raise bad("outliers", "must be a list of channel indices (integers >= 0)")
+        if any(b <= a for a, b in itertools.pairwise(out)):
+            raise bad("outliers", "must be strictly increasing")
+        if not isinstance(sh, list) or len(sh) != len(out):
+            raise bad("outlier_shifts", f"must be a list of {len(out)} shifts (one per outlier)")
+        if not all(_is_int(p) and 0 <= p <= MAX_OUTLIER_SHIFT for p in sh):
+            raise bad("outlier_shifts", f"must be integers in 0..{MAX_OUTLIER_SHIFT}")
+        return cls(enc, z, float(d["step"]), d["per_token"], list(out), list(sh), d["rotate"],
+                   float(d["clip"]))
 
     def outlier_mask(self, k: int) -> torch.Tensor:
         """Boolean ``[k]`` mask of integer channels (all of them for the ``int`` encoding)."""
@@ -117,16 +177,21 @@ def token_steps(x: torch.Tensor, plan: ActPlan) -> torch.Tensor:
     return step * plan.clip
 
 
+def row_multipliers(x: torch.Tensor, plan: ActPlan) -> torch.Tensor:
+    """``mrow [..., M]``: each row's step as a 16-bit multiple of the reference step (the
+    row's step is ``plan.step * mrow / 2**15``; all ``2**15`` for static steps)."""
+    if plan.per_token:
+        ratio = token_steps(x, plan) / plan.step
+        return torch.round(ratio * ONE).clamp(1, ROW_MULT_MAX).to(torch.int64)
+    return torch.full(x.shape[:-1], ONE, dtype=torch.int64)
+
+
 def quantize_act(x: torch.Tensor, plan: ActPlan) -> tuple[torch.Tensor, torch.Tensor]:
     """Host encoder: float64 ``[..., M, K]`` -> (codes int64 ``[..., M, K]``, mrow ``[..., M]``).
 
     Rounding is round-half-to-even (IEEE ``roundTiesToEven``) in float64, then clamping.
     """
-    if plan.per_token:
-        ratio = token_steps(x, plan) / plan.step
-        mrow = torch.round(ratio * ONE).clamp(1, ROW_MULT_MAX).to(torch.int64)
-    else:
-        mrow = torch.full(x.shape[:-1], ONE, dtype=torch.int64)
+    mrow = row_multipliers(x, plan)
     s = (plan.step * mrow.to(F) / ONE).unsqueeze(-1)
     mult, zp, lo, hi = plan.channel_targets(x.shape[-1])
     q = torch.round(x / (s * mult)) + zp
