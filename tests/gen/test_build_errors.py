@@ -2,15 +2,24 @@
 ``--out`` (nothing new: the bundle is staged and published only when complete)."""
 
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 import gen.build as gen_build
 from gen.__main__ import main
 from models.arch import random_model, tiny_config
+
+
+def _env() -> dict:
+    """The subprocesses import the code under test, however the project is installed."""
+    root = str(Path(__file__).resolve().parents[2])
+    return os.environ | {"PYTHONPATH": os.pathsep.join(
+        filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
 def _llama(d, **change):
@@ -62,7 +71,7 @@ def bad_builds(tmp_path_factory):
 
     def run(parent, args):
         p = subprocess.run([sys.executable, "-m", "gen", "build", *args, "--fix", "lanes=8"],
-                           capture_output=True, text=True, timeout=300, cwd=base)
+                           capture_output=True, text=True, timeout=300, env=_env(), cwd=base)
         return parent, p.returncode, p.stderr
 
     with ThreadPoolExecutor(4) as pool:
