@@ -14,8 +14,8 @@ Run: ``python -m pytest -m benchmark bench/test_engine_util.py -s``.
 import pytest
 import torch
 
-from hw.config import AccelConfig
-from hw.tile import build_tile
+from accel.config import AccelConfig
+from accel.tiling import build_tile
 from models.arch import load_model
 from models.convert import ConvertOptions, builtin_text, convert
 from models.golden import gemm

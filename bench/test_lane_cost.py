@@ -11,9 +11,9 @@ import pytest
 from amaranth import Module
 from amaranth.lib import wiring
 
+from accel.config import AccelConfig
 from gen import flow
 from hw.arrays import SpikeArray
-from hw.config import AccelConfig
 from hw.top import Top
 
 

@@ -12,11 +12,11 @@ import time
 import pytest
 import torch
 
+from accel.config import AccelConfig
+from accel.layouts import BufId, buffer_shapes, pack_word
+from accel.tiling import build_tile
 from host.driver import Device
 from host.transport import FaultyTransport, SerialTransport
-from hw.config import AccelConfig
-from hw.engine import BufId, buffer_shapes, pack_word
-from hw.tile import build_tile
 from hw.top import emit_verilog
 from models.contract import requantize
 from models.encodings import Encoding

@@ -18,40 +18,30 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from hw.config import AccelConfig
+from accel.bundle import (
+    SOURCES,
+    one_line,
+    save_host_files,
+    source_digest,
+)
+from accel.config import AccelConfig
+from accel.workload import measure, sample_ids
 from models.arch import LoadedModel, ModelInputError, load_model
 from models.bundle import save_bundle
-from models.convert import ConvertedModel, ConvertOptions
+from models.convert import ConvertOptions
 from models.energy import load_table
 
 from . import cache, flow, report
 from .program import compile_program, link_description
 from .resources import TARGETS, Budget, estimate
 from .sizing import size
-from .workload import measure, sample_ids
+
 
 #: Bundle folders the host reads besides ``model/`` (docs/gen.md).
-TOKENIZER = "tokenizer"
-FLOAT = "float"
-FLOAT_PARAMS = "params.safetensors"
-FLOAT_INDEX = "params.json"
-
-
 class BuildError(ValueError):
     """A build input (the model directory, ``--out``) that cannot be used."""
-
-
-class BundleFileError(ValueError):
-    """A bundle file the host needs is missing or unreadable (one-line message)."""
-
-
-def one_line(e: BaseException | str) -> str:
-    """An exception's message on one line (third-party messages can span several)."""
-    text = " ".join(str(e).split())
-    return text if len(text) <= 400 else text[:397] + "..."
 
 
 @dataclass
@@ -85,75 +75,6 @@ def load(model: str) -> LoadedModel:
     except Exception as e:  # transformers, safetensors and tokenizers raise their own types
         raise BuildError(f"{model}: cannot load the model ({type(e).__name__}: "
                          f"{one_line(e)})") from None
-
-
-def save_host_files(lm: LoadedModel, cm: ConvertedModel, out: Path) -> None:
-    """``tokenizer/`` (the model's tokenizer, as ``save_pretrained`` writes it) and
-    ``float/`` (the float parameters that ``model/`` does not already hold as host tensors,
-    and the list of all of them)."""
-    lm.tokenizer.save_pretrained(str(out / TOKENIZER))
-    shared = sorted(k for k in cm.host_params if k in lm.params
-                    and torch.equal(cm.tensors["host." + k], lm.params[k]))
-    own = {k: v.detach().contiguous().clone() for k, v in lm.params.items() if k not in shared}
-    from safetensors.torch import save_file
-
-    (out / FLOAT).mkdir()
-    save_file(own, str(out / FLOAT / FLOAT_PARAMS))
-    (out / FLOAT / FLOAT_INDEX).write_text(json.dumps(
-        {"params": sorted(lm.params), "from_model": shared}, indent=1))
-
-
-def load_host_model(bundle: Path, cm: ConvertedModel) -> LoadedModel:
-    """The bundle's model as the host needs it: its tokenizer and float parameters (for the
-    baselines), read from ``tokenizer/`` and ``float/`` only. Raises
-    :class:`BundleFileError` naming the file."""
-    tok = bundle / TOKENIZER
-    if not tok.is_dir():
-        raise BundleFileError(f"{bundle}: no {TOKENIZER}/ (the model's tokenizer); the bundle "
-                              f"was built by an older gen build: rebuild it")
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(tok), trust_remote_code=False,
-                                                  local_files_only=True)
-    except Exception as e:  # transformers / tokenizers raise their own types
-        raise BundleFileError(f"{tok}: unreadable tokenizer ({type(e).__name__}: "
-                              f"{one_line(e)})") from None
-    fdir = bundle / FLOAT
-    for f in (FLOAT_INDEX, FLOAT_PARAMS):
-        if not (fdir / f).is_file():
-            raise BundleFileError(f"{bundle}: no {FLOAT}/{f} (the float model the baselines "
-                                  f"are converted from); rebuild the bundle")
-    try:
-        index = json.loads((fdir / FLOAT_INDEX).read_text())
-        names, shared = index["params"], index["from_model"]
-        if not (isinstance(names, list) and isinstance(shared, list)
-                and all(isinstance(n, str) for n in names + shared)):
-            raise TypeError("params and from_model must be lists of names")
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise BundleFileError(f"{fdir / FLOAT_INDEX}: malformed ({type(e).__name__}: "
-                              f"{one_line(e)})") from None
-    try:
-        from safetensors.torch import load_file
-
-        params = load_file(str(fdir / FLOAT_PARAMS))
-    except Exception as e:  # safetensors raises its own error type
-        raise BundleFileError(f"{fdir / FLOAT_PARAMS}: unreadable ({one_line(e)})") from None
-    for k in shared:
-        if "host." + k not in cm.tensors:
-            raise BundleFileError(f"{fdir / FLOAT_INDEX}: {k} is not a host tensor of model/")
-        params[k] = cm.tensors["host." + k]
-    if sorted(params) != sorted(names):
-        missing = sorted(set(names) - set(params))
-        extra = sorted(set(params) - set(names))
-        raise BundleFileError(f"{fdir}: parameters missing {missing[:4]}, unexpected "
-                              f"{extra[:4]}")
-    bad = [k for k, v in params.items() if v.dtype != torch.float32]
-    if bad:
-        raise BundleFileError(f"{fdir / FLOAT_PARAMS}: {bad[0]} is {params[bad[0]].dtype}, "
-                              f"not float32")
-    return LoadedModel(str(cm.options.get("model", bundle.name)), cm.spec, params, tokenizer,
-                       None)
 
 
 def _staging(out: Path) -> Path:
@@ -243,7 +164,7 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
     (tmp / "spikellm_top.v").write_text(cache.verilog(cfg, o.cache)[0])
     (tmp / "config.json").write_text(json.dumps(
         {"config": cfg.to_json(), "hash": f"0x{cfg.hash32():08x}",
-         "hw_source": cache.source_digest("hw", "models", "gen")}, indent=1))
+         "hw_source": source_digest(*SOURCES)}, indent=1))
     shifts = {n: info.shift for n, info in cm.nodes.items()}
     (tmp / "program.json").write_text(json.dumps(
         {"config_hash": f"0x{cfg.hash32():08x}",

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import amaranth
 
-from hw.config import AccelConfig
+from accel.bundle import HW_SOURCES, SOURCES, source_digest
+from accel.config import AccelConfig
 from hw.top import emit_verilog
 from models.bundle import BundleError, load_bundle, save_bundle
 from models.convert import ConvertedModel, ConvertOptions, convert
@@ -27,28 +28,6 @@ from models.convert import ConvertedModel, ConvertOptions, convert
 def cache_dir() -> Path:
     """Where cached results live."""
     return Path(os.environ.get("SPIKELLM_CACHE", Path.home() / ".cache" / "spikellm"))
-
-
-def source_digest(*packages: str) -> str:
-    """Hash of the Python source of ``packages`` (folders next to this one), read once per
-    process, when first asked, so that it describes the code this process runs."""
-    key = tuple(packages)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = _digest(packages)
-    return _DIGESTS[key]
-
-
-_DIGESTS: dict[tuple, str] = {}
-
-
-def _digest(packages) -> str:
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for pkg in packages:
-        for f in sorted((root / pkg).rglob("*.py")):
-            h.update(f.relative_to(root).as_posix().encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def jsonable(x):
@@ -98,7 +77,7 @@ def converted(lm, opts: ConvertOptions, use: bool = True) -> tuple[ConvertedMode
 
 def verilog(cfg: AccelConfig, use: bool = True) -> tuple[str, bool]:
     """``hw.top.emit_verilog(cfg)``, from the cache when possible."""
-    key = _key(json.dumps(cfg.to_json(), sort_keys=True), source_digest("hw", "models"),
+    key = _key(json.dumps(cfg.to_json(), sort_keys=True), source_digest(*HW_SOURCES),
                amaranth.__version__)
     where = cache_dir() / "verilog" / f"{key}.v"
     if use and where.exists():
@@ -114,6 +93,6 @@ def verilog(cfg: AccelConfig, use: bool = True) -> tuple[str, bool]:
 
 # the code this process has imported, digested now rather than when a result is stored
 # (a source edit during a long build must not file old results under the new code's key)
-source_digest("hw", "models")
+source_digest(*HW_SOURCES)
 source_digest("models")
-source_digest("hw", "models", "gen")
+source_digest(*SOURCES)

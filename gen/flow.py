@@ -18,7 +18,7 @@ from pathlib import Path
 
 from amaranth.back import rtlil
 
-from hw.config import AccelConfig
+from accel.config import AccelConfig
 from hw.top import Top
 
 #: nextpnr device options of the ULX3S 85F.

@@ -4,9 +4,9 @@ The *program* is what the host needs to run the model on this configuration: for
 (each attention head separately), in forward order, the N and K tiling, where each tile's
 weights lie and the static fields of its descriptors. The data-dependent fields (rows,
 event counts of a row group) are filled in by the host from the activations, cutting rows
-with :func:`hw.tile.row_groups` exactly as the cycle model assumed.
+with :func:`accel.tiling.row_groups` exactly as the cycle model assumed.
 
-The *link description* is generated from ``hw.protocol``, ``hw.engine`` and
+The *link description* is generated from ``accel.protocol``, ``hw.engine`` and
 ``hw.counters`` (the one definition), never written by hand.
 """
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 from amaranth import Shape
 from amaranth.lib import data
 
-from hw.config import AccelConfig
-from hw.counters import COUNTERS
-from hw.engine import BufId, buffer_shapes, descriptor_layout
-from hw.protocol import (
+from accel.config import AccelConfig
+from accel.counters import COUNTERS
+from accel.layouts import BufId, buffer_shapes, descriptor_layout
+from accel.protocol import (
     BUF_ARGS,
     CRC_BYTES,
     HEADER,
@@ -28,13 +28,13 @@ from hw.protocol import (
     Cmd,
     Status,
     ident_layout,
+    ident_value,
     nbytes,
     word_bytes,
 )
-from hw.top import ident_value
+from accel.tiling import tiles as tiling
+from accel.workload import GemmWork
 from models.encodings import TTFS_KINDS
-
-from .workload import GemmWork
 
 
 def layout_json(shape) -> dict:
@@ -75,15 +75,11 @@ def compile_program(cfg: AccelConfig, works: list[GemmWork], relu: dict | None =
     """Per GEMM: tiling and the static descriptor fields (see module doc)."""
     prog = []
     for g in works:
-        ks = [(k0, min(g.k, k0 + cfg.weight_depth)) for k0 in range(0, g.k, cfg.weight_depth)]
-        tiles = []
-        for n0 in range(0, g.n, cfg.lanes):
-            n1 = min(g.n, n0 + cfg.lanes)
-            for i, (k0, k1) in enumerate(ks):
-                last = i == len(ks) - 1
-                tiles.append({"n": [n0, n1], "k": [k0, k1], "w_base": 0,
-                              "n_active": n1 - n0, "resume": int(i > 0), "keep": int(not last),
-                              "ttfs": int(g.encoding.kind in TTFS_KINDS)})
+        # the row groups are the host's (they follow the activations): one group stands in
+        tiles = [{"n": [t.n0, t.n1], "k": [t.k0, t.k1], "w_base": 0, "n_active": t.n_active,
+                  "resume": int(t.ki > 0), "keep": int(not t.last),
+                  "ttfs": int(g.encoding.kind in TTFS_KINDS)}
+                 for t in tiling(cfg, [(0, g.m)], g.n, g.k)]
         prog.append({"gemm": g.name, "head": g.head, "m": g.m, "k": g.k, "n": g.n,
                      "encoding": g.encoding.kind, "time_steps": g.encoding.time_steps,
                      "int_channels": g.n_int,

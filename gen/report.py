@@ -6,15 +6,14 @@ import json
 import math
 from pathlib import Path
 
-from hw.config import AccelConfig
-from hw.counters import sram_bits
-from hw.engine import BufId
-from hw.protocol import FRAME_OVERHEAD, MAX_PAYLOAD, word_bytes
+from accel.config import AccelConfig
+from accel.counters import sram_bits
+from accel.cycles import GemmPrediction
+from accel.layouts import BufId
+from accel.protocol import FRAME_OVERHEAD, MAX_PAYLOAD, word_bytes
+from accel.workload import GemmWork
 from models.contract import Events
 from models.energy import event_energy
-
-from .cycles import GemmPrediction
-from .workload import GemmWork
 
 #: Version of the report's key set; bumped when a key changes meaning or goes away.
 SCHEMA = 1

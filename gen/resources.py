@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from amaranth import Shape
 
-from hw.config import AccelConfig
-from hw.counters import COUNTERS
-from hw.engine import HOST_READABLE, BufId, buffer_shapes
+from accel.config import AccelConfig
+from accel.counters import COUNTERS
+from accel.layouts import HOST_READABLE, BufId, buffer_shapes
 
 #: DP16KD aspect ratios (width, depth) in pseudo-dual-port mode.
 DP16KD_MODES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))

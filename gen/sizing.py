@@ -5,7 +5,7 @@ Candidates are every power-of-two pair (spike lanes, MAC units), each with the b
 depths the workload asks for (weight rows for the largest K, rows for the sequence, event
 buffers for the densest row group) and, when that does not fit, smaller buffers (more
 tiles). Each candidate gets a resource estimate (:mod:`gen.resources`) and, if it fits, a
-cycle prediction over every GEMM of the measured forward pass (:mod:`gen.cycles`). The
+cycle prediction over every GEMM of the measured forward pass (:mod:`accel.cycles`). The
 choice is the *smallest* fitting candidate (fewest LUTs) whose cycles are within
 ``slack`` of the fastest: more lanes that the model's work split cannot keep busy are not
 worth their LUTs. Each candidate records what bound it (spike array, MAC array, output
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from hw.config import AccelConfig
+from accel.config import AccelConfig
+from accel.cycles import GemmPrediction, gemm_cycles
+from accel.workload import GemmWork
 
-from .cycles import GemmPrediction, gemm_cycles
 from .resources import Budget, Resources, estimate
-from .workload import GemmWork
 
 
 def _pow2_ceil(n: int) -> int:

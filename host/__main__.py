@@ -20,17 +20,17 @@ import contextlib
 import json
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from tqdm import tqdm
 
-from gen.build import FLOAT, TOKENIZER, load_host_model, one_line
-from gen.cache import source_digest
-from gen.cycles import gemm_cycles
-from gen.workload import GemmWork
-from hw.board import BAUD
-from hw.config import AccelConfig
-from hw.counters import sram_bits
+from accel.bundle import FLOAT, SOURCES, TOKENIZER, load_host_model, one_line, source_digest
+from accel.config import AccelConfig
+from accel.counters import sram_bits
+from accel.cycles import gemm_cycles
+from accel.protocol import BAUD
+from accel.workload import GemmWork
 from models.arch import LoadedModel, ModelInputError
 from models.bundle import BundleError, load_bundle
 from models.convert import ConvertedModel, ConvertOptions, convert
@@ -59,12 +59,20 @@ class BundleInputError(ValueError):
     """A bundle file or field that cannot be used (the message is one line naming it)."""
 
 
-def simulator(bundle: Path):
-    """The bundle's simulated device (built on first use into ``bundle/sim``)."""
-    from sim.device import SimDevice, build_simulator
+#: Entry-point group of simulated devices: ``name = "module:factory"``, the factory taking
+#: the Verilog of a top and a build folder and returning a context manager with a ``url``
+#: (``pyproject.toml`` registers ``verilator = "sim.device:serve"``). The run-time host
+#: finds the simulator here instead of importing the simulation package.
+SIMULATORS = "spikellm.simulators"
 
-    binary = build_simulator((bundle / "spikellm_top.v").read_text(), bundle / "sim")
-    return SimDevice(binary)
+
+def simulator(bundle: Path, name: str = "verilator"):
+    """The bundle's simulated device (built on first use into ``bundle/sim``)."""
+    found = [e for e in entry_points(group=SIMULATORS) if e.name == name]
+    if not found:
+        raise BundleInputError(f"no simulator {name!r} is installed (entry point group "
+                               f"{SIMULATORS}); reinstall the project: pip install -e .")
+    return found[0].load()((bundle / "spikellm_top.v").read_text(), bundle / "sim")
 
 
 def _read_json(path: Path) -> dict:
@@ -109,7 +117,7 @@ def _bundle(path: Path, need: tuple[str, ...]) -> tuple[AccelConfig, list[dict] 
 def _warn_if_stale(path: Path) -> None:
     """Warn when the bundle was built by other code than this process runs."""
     meta = _read_json(path / "config.json")
-    if meta.get("hw_source") != source_digest("hw", "models", "gen"):
+    if meta.get("hw_source") != source_digest(*SOURCES):
         # the gateware or the cycle model changed since the bundle was built: the run still
         # checks bit-exactness, but predicted cycles may not match the bundle's Verilog
         print(f"warning: {path} was built by another version of hw/, models/ or gen/; "

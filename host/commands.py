@@ -7,9 +7,9 @@ descriptor layout (``hw.engine``) and the counter map (``hw.counters``).
 
 from __future__ import annotations
 
-from hw.config import AccelConfig
-from hw.counters import COUNTERS
-from hw.engine import (
+from accel.config import AccelConfig
+from accel.counters import COUNTERS
+from accel.layouts import (
     BufId,
     buffer_shapes,
     descriptor_errors,
@@ -17,7 +17,7 @@ from hw.engine import (
     unpack_int,
     word_packer,
 )
-from hw.protocol import BUF_ARGS, ident_layout, nbytes, word_bytes
+from accel.protocol import BUF_ARGS, ident_layout, nbytes, word_bytes
 
 
 def buf_args(buf: BufId, addr: int, count: int) -> bytes:

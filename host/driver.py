@@ -19,9 +19,9 @@ from collections import Counter
 
 import torch
 
-from hw.config import AccelConfig
-from hw.engine import BufId, buffer_shapes
-from hw.protocol import (
+from accel.config import AccelConfig
+from accel.layouts import BufId, buffer_shapes
+from accel.protocol import (
     BUF_ARGS,
     MAX_PAYLOAD,
     Cmd,
@@ -32,7 +32,7 @@ from hw.protocol import (
     nbytes,
     word_bytes,
 )
-from hw.tile import TileImage
+from accel.tiling import TileImage
 
 from .commands import (
     parse_counters,
@@ -246,10 +246,10 @@ class Device:
         self.run(img.descriptor, img.where)
 
     def gemm(self, plan) -> torch.Tensor:
-        """Run a planned GEMM (``hw.tile.plan_gemm``) in its schedule; its outputs
+        """Run a planned GEMM (``accel.tiling.plan_gemm``) in its schedule; its outputs
         ``[M, N]`` (each slice read back as soon as its last K tile has run)."""
-        m = max(r1 for _, r1, *_ in plan.slices)
-        n = max(n1 for _, _, _, n1, _ in plan.slices)
+        m = max(s.r1 for s in plan.slices)
+        n = max(s.n1 for s in plan.slices)
         out = torch.zeros(m, n, dtype=torch.int64)
         lanes = self.cfg.lanes
         for i, k in plan.schedule():

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hw.config import AccelConfig
-from hw.counters import GOLDEN_EVENTS, TRAFFIC, sram_bits
+from accel.config import AccelConfig
+from accel.counters import GOLDEN_EVENTS, TRAFFIC, sram_bits
 from models.contract import Events
 from models.energy import event_energy, fp16_energy
 

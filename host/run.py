@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gen.cycles import gemm_cycles
-from gen.workload import GemmWork
-from hw.counters import GOLDEN_EVENTS
-from hw.tile import plan_gemm
+from accel.counters import GOLDEN_EVENTS
+from accel.cycles import gemm_cycles
+from accel.tiling import plan_gemm, tiled_events
+from accel.workload import GemmWork
 from models.contract import Events
 from models.convert import ConvertedModel
-from models.golden import GemmCall, gemm, run_golden
+from models.golden import GemmCall, run_golden
 
 from .driver import Device
 
@@ -37,10 +37,10 @@ class GemmRecord:
     counters: dict  #: counter deltas over this GEMM
     expected: Events  #: golden events with the same tiling
     predicted_cycles: int
-    predicted_traffic: dict  #: ``hw.counters.TRAFFIC`` counts predicted by ``gen.cycles``
+    predicted_traffic: dict  #: ``accel.counters.TRAFFIC`` counts predicted by ``accel.cycles``
     link_bytes: int
     exact: bool  #: outputs equal the golden outputs
-    counters_match: bool  #: ``hw.counters.GOLDEN_EVENTS`` counters equal the golden events
+    counters_match: bool  #: ``accel.counters.GOLDEN_EVENTS`` counters equal the golden events
 
 
 @dataclass
@@ -58,15 +58,6 @@ class RunResult:
         """Outputs, counters and final hidden states all equal the golden model's."""
         return (torch.equal(self.hidden, self.golden_hidden)
                 and all(r.exact and r.counters_match for r in self.records))
-
-
-def expected_events(call: GemmCall, cfg) -> Events:
-    """Golden events of ``call`` under the device's tiling (spikes repeat per N tile, TTFS
-    steps per K tile)."""
-    _, ev = gemm(call.codes[None], call.int_mask[None], call.shifts[None], call.encoding,
-                 call.w[None], call.start, call.name, k_tile=cfg.weight_depth,
-                 n_tile=cfg.lanes)
-    return ev
 
 
 def check_program(entry: dict, call: GemmCall, plan) -> None:
@@ -90,7 +81,7 @@ def check_program(entry: dict, call: GemmCall, plan) -> None:
 
 
 def plan_call(cfg, call: GemmCall):
-    """The device's tiling of one traced GEMM (``hw.tile.plan_gemm``)."""
+    """The device's tiling of one traced GEMM (``accel.tiling.plan_gemm``)."""
     where = call.name + ("" if call.head is None else f"[head {call.head}]")
     return plan_gemm(cfg, call.codes, call.int_mask, call.shifts, call.encoding, call.w,
                      start=call.start, consts=call.consts, mrow=call.mrow, shift=call.shift,
@@ -110,7 +101,7 @@ def run_gemm(dev: Device, call: GemmCall, plan=None,
     y = dev.gemm(plan)
     after = dev.counters()
     delta = {k: after[k] - before[k] for k in after}
-    ev = expected_events(call, cfg)
+    ev = tiled_events(cfg, call)
     pred = gemm_cycles(cfg, GemmWork.of(call))
     rec = GemmRecord(
         call.name, call.head, call.codes.shape[0], call.codes.shape[1], call.w.shape[0],

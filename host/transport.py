@@ -2,7 +2,7 @@
 TCP port through the same pyserial call, and a fault-injecting wrapper for tests.
 
 ``serial.serial_for_url`` opens ``/dev/ttyUSB0`` (the ULX3S's FT231X, at
-:data:`hw.board.BAUD`) and ``socket://127.0.0.1:PORT`` (:mod:`sim.device`) alike.
+:data:`accel.protocol.BAUD`) and ``socket://127.0.0.1:PORT`` (:mod:`sim.device`) alike.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Protocol
 
 import serial
 
-from hw.board import BAUD
+from accel.protocol import BAUD
 
 
 class Transport(Protocol):

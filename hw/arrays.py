@@ -9,46 +9,18 @@ unit adds the two and the accumulator start value (``docs/hw.md``).
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import AccelConfig
-
-
-class SpikeOp(enum.Enum, shape=2):
-    """Spike-array event kinds."""
-
-    SPIKE = 0  #: a unit spike of input ``k``: add (``neg``: subtract) its weight row
-    STEP = 1  #: end of a time step: the TTFS membrane adds the synaptic current, V += I
-    END = 2  #: end of the row: emit V and clear I and V
-
-
-class MacOp(enum.Enum, shape=1):
-    """MAC-array event kinds."""
-
-    MAC = 0  #: add ``(w[k] * q) << shift`` to every lane
-    END = 1  #: end of the row: emit the lanes and clear them
-
-
-def spike_event_layout(cfg: AccelConfig) -> data.StructLayout:
-    """Payload of the spike array's input stream."""
-    return data.StructLayout({"op": SpikeOp, "k": unsigned(cfg.k_bits), "neg": unsigned(1)})
-
-
-def mac_event_layout(cfg: AccelConfig) -> data.StructLayout:
-    """Payload of the MAC array's input stream."""
-    return data.StructLayout({"op": MacOp, "k": unsigned(cfg.k_bits),
-                              "q": signed(cfg.act_bits), "shift": unsigned(cfg.shift_bits)})
-
-
-def weight_row_layout(cfg: AccelConfig) -> data.ArrayLayout:
-    """One row of the weight buffer."""
-    return data.ArrayLayout(signed(cfg.weight_bits), cfg.lanes)
-
-
-def acc_vector_layout(cfg: AccelConfig) -> data.ArrayLayout:
-    """A row of accumulators, one per lane."""
-    return data.ArrayLayout(signed(cfg.acc_bits), cfg.lanes)
+from accel.config import AccelConfig
+from accel.layouts import (
+    MacOp,
+    SpikeOp,
+    acc_vector_layout,
+    mac_event_layout,
+    spike_event_layout,
+    weight_row_layout,
+)
 
 
 class SpikeArray(wiring.Component):

@@ -1,6 +1,6 @@
 """The ULX3S board top level: the accelerator behind the board's USB UART (FT231X).
 
-The same framed protocol as the simulator (``hw.protocol``) at :data:`BAUD` baud, 8N1, on
+The same framed protocol as the simulator (``accel.protocol``) at :data:`BAUD` baud, 8N1, on
 the 25 MHz board clock. A receive FIFO absorbs bytes while the executor is busy with a
 frame; LED 0 shows receive activity.
 """
@@ -8,13 +8,14 @@ frame; LED 0 shows receive activity.
 from amaranth import Module
 from amaranth.lib import fifo, wiring
 
-from .config import AccelConfig
+from accel.config import AccelConfig
+from accel.protocol import BAUD
+
 from .top import Top
 from .uart import UartRx, UartTx
 
 #: Board clock (``clk25``) and UART rate: 25 cycles per bit, exact.
 CLOCK_HZ = 25_000_000
-BAUD = 1_000_000
 #: Receive FIFO depth (bytes).
 RX_FIFO = 512
 

@@ -1,4 +1,4 @@
-"""Host link gateware: frames in, commands out; responses in, frames out (``hw.protocol``).
+"""Host link gateware: frames in, commands out; responses in, frames out (``accel.protocol``).
 
 The receiver stores a whole frame's payload in a frame buffer and checks its CRC before the
 core sees anything, so a corrupted request never reaches the engine's buffers. The link
@@ -14,7 +14,7 @@ from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .protocol import CRC_BYTES, HEADER, HEADER_BYTES, LENGTH_LIMIT, MAX_PAYLOAD, SOF, Status
+from accel.protocol import CRC_BYTES, HEADER, HEADER_BYTES, LENGTH_LIMIT, MAX_PAYLOAD, SOF, Status
 
 #: Reflected CRC-32 polynomial (zlib's).
 CRC_POLY = 0xEDB88320
@@ -80,7 +80,7 @@ class Link(wiring.Component):
         That frame's ``length`` payload bytes, after ``cmd`` was accepted; ``last`` marks
         the final one. Nothing for an empty payload.
     resp : In(stream.Signature(HEADER))
-        The core's response header (a :class:`~hw.protocol.Status` in ``cmd``). Expected
+        The core's response header (a :class:`~accel.protocol.Status` in ``cmd``). Expected
         once per delivered command; the link takes no new request until it has been sent.
     resp_data : In(stream.Signature(8))
         Exactly ``resp.length`` response payload bytes, following ``resp``.

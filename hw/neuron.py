@@ -15,35 +15,13 @@ followed by a register.
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from models.contract import COL_MULT_BITS, MAX_REQ_SHIFT, REQ_MID_BITS, ROW_FRAC, ROW_MULT_BITS
-
-from .arrays import acc_vector_layout
-from .config import AccelConfig
-
-#: Requantizer shift field width (the contract's shifts 0..MAX_REQ_SHIFT).
-SHIFT_BITS = MAX_REQ_SHIFT.bit_length()
-
-
-def param_layout() -> data.StructLayout:
-    """One lane's requantizer constants (a row of the parameter buffer)."""
-    return data.StructLayout({"mcol": unsigned(COL_MULT_BITS), "bias": signed(32),
-                              "zp": signed(16), "lo": signed(32), "hi": signed(32)})
-
-
-def row_in_layout(cfg: AccelConfig) -> data.StructLayout:
-    """An accumulator row entering the unit, with its row multiplier."""
-    return data.StructLayout({"acc": acc_vector_layout(cfg), "mrow": unsigned(ROW_MULT_BITS),
-                              "n_active": unsigned((cfg.lanes).bit_length())})
-
-
-def value_layout(cfg: AccelConfig) -> data.StructLayout:
-    """One output value: lane, value, last lane of the row."""
-    return data.StructLayout({"value": signed(cfg.acc_bits), "lane": unsigned(
-        max(1, (cfg.lanes - 1).bit_length())), "last": unsigned(1)})
+from accel.config import AccelConfig
+from accel.layouts import SHIFT_BITS, param_layout, row_in_layout, value_layout
+from models.contract import COL_MULT_BITS, REQ_MID_BITS, ROW_FRAC, ROW_MULT_BITS
 
 
 def _rshift_round(m: Module, x, shift, width: int):

@@ -1,6 +1,6 @@
 """Top level: host link + command executor + GEMM engine + counters; Verilog emission.
 
-The executor turns link frames (``hw.protocol``) into engine operations:
+The executor turns link frames (``accel.protocol``) into engine operations:
 
 ================ ============================================ ==============================
 command          request payload                              response payload (status OK)
@@ -14,7 +14,7 @@ RESET_COUNTERS   none                                         none
 ABORT            none                                         none
 ================ ============================================ ==============================
 
-A RUN whose descriptor breaks :func:`~hw.engine.descriptor_rules` gets ``ERR_ARG`` without
+A RUN whose descriptor breaks :func:`~accel.layouts.descriptor_rules` gets ``ERR_ARG`` without
 running; a RUN the engine stops (its watchdog, events that disagree with the descriptor)
 gets ``ERR_FAULT`` once the engine is idle again. ABORT returns the engine to idle (the
 engine never stays busy longer than its watchdog, so ABORT is taken between requests)
@@ -34,41 +34,29 @@ from amaranth.back import verilog
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import AccelConfig
-from .counters import COUNTERS, CounterFile
-from .engine import (
-    HOST_READABLE,
-    BufId,
-    Engine,
-    buffer_shapes,
-    descriptor_layout,
-    descriptor_rules,
-)
-from .link import Link
-from .protocol import (
+from accel.config import AccelConfig
+from accel.counters import COUNTERS
+from accel.layouts import HOST_READABLE, BufId, buffer_shapes, descriptor_layout, descriptor_rules
+from accel.protocol import (
     BUF_ARGS,
     HEADER,
     LENGTH_LIMIT,
-    PROTOCOL_VERSION,
     Cmd,
     Status,
     ident_layout,
+    ident_value,
     nbytes,
     word_bytes,
 )
+
+from .counters import CounterFile
+from .engine import Engine
+from .link import Link
 
 #: Cycles without a byte after which the link drops a half-received frame: 10 ms on the
 #: 25 MHz board, about 0.2 s in the simulator. The host stays quiet longer than this before
 #: it retransmits after a timeout (``host.driver.Device.quiet``).
 LINK_TIMEOUT = 250_000
-
-
-def ident_value(cfg: AccelConfig) -> dict:
-    """The IDENTIFY word of a configuration."""
-    return {"hash": cfg.hash32(), "version": PROTOCOL_VERSION, "lanes": cfg.lanes,
-            "mac_units": cfg.mac_units, "weight_depth": cfg.weight_depth,
-            "max_rows": cfg.max_rows, "counters": len(COUNTERS),
-            "counter_bytes": nbytes(cfg.counter_bits)}
 
 
 class Top(wiring.Component):

@@ -15,15 +15,10 @@ from amaranth import Elaboratable, Module
 from amaranth.lib import memory
 from amaranth.sim import Simulator
 
-from hw.arrays import (
-    MacArray,
-    SpikeArray,
-    mac_event_layout,
-    spike_event_layout,
-    weight_row_layout,
-)
-from hw.config import AccelConfig
-from hw.tile import mac_words, spike_words
+from accel.config import AccelConfig
+from accel.layouts import mac_event_layout, spike_event_layout, weight_row_layout
+from accel.tiling import mac_words, spike_words
+from hw.arrays import MacArray, SpikeArray
 from models.encodings import TTFS_KINDS, Encoding
 
 from .streams import Stalls, get, put
@@ -131,7 +126,8 @@ def rtl_output_unit(cfg: AccelConfig, acc: torch.Tensor, mrow: torch.Tensor, con
                     seed: int = 0) -> torch.Tensor:
     """Output-unit results ``[M, N]`` for accumulators ``[M, N]`` (N <= lanes), per-row
     ``mrow`` and per-lane constants ``consts`` (``mcol``, ``bias``, ``zp``, ``lo``, ``hi``)."""
-    from hw.neuron import OutputUnit, param_layout, row_in_layout
+    from accel.layouts import param_layout, row_in_layout
+    from hw.neuron import OutputUnit
 
     m_rows, n = acc.shape
     params = [{k: int(consts[k][j]) for k in ("mcol", "bias", "zp", "lo", "hi")}

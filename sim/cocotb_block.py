@@ -3,7 +3,7 @@
 Every GEMM of block 0 (q, k, v, o, the per-head QK^T and PV, up, down) with the real 4-bit
 weights of the converted all-MiniLM-L6-v2 and the real activations of a sentence, exactly
 as the golden model's trace gives them (``models.golden.GemmCall``), tiled by
-``hw.tile.plan_gemm`` and sent over the framed link with random stalls. Each output must
+``accel.tiling.plan_gemm`` and sent over the framed link with random stalls. Each output must
 equal the golden model's requantized output bit for bit, and the summed counters must
 equal the golden events.
 """
@@ -16,13 +16,13 @@ import os
 import cocotb
 import torch
 
+from accel.config import AccelConfig
+from accel.protocol import Cmd
+from accel.tiling import plan_gemm, tiled_events
 from host.commands import parse_counters
-from hw.config import AccelConfig
-from hw.protocol import Cmd
-from hw.tile import plan_gemm
 from models.arch import load_model
 from models.convert import ConvertOptions, convert
-from models.golden import gemm, run_golden
+from models.golden import run_golden
 from sim import cocotb_top
 from sim.cocotb_top import Testbench
 
@@ -50,9 +50,7 @@ async def minilm_block0_bit_exact(dut):
                          shift=call.shift, where=call.name)
         got = await tb.gemm(plan, *call.y.shape)
         assert torch.equal(got, call.y), f"{call.name} head {call.head}"
-        _, ev = gemm(call.codes[None], call.int_mask[None], call.shifts[None], call.encoding,
-                     call.w[None], call.start, call.name, k_tile=cfg.weight_depth,
-                     n_tile=cfg.lanes)
+        ev = tiled_events(cfg, call)
         want_spikes += ev.spike_units
         want_acc_spike += ev.acc_spike
         want_acc_step += ev.acc_step

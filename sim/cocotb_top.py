@@ -17,7 +17,11 @@ import torch
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from gen.cycles import tile_cycles, tile_work
+from accel.config import PRESETS
+from accel.cycles import tile_cycles, tile_work
+from accel.layouts import BufId
+from accel.protocol import Cmd, Frame, FrameDecoder, Status, encode_frame
+from accel.tiling import build_tile, plan_gemm
 from host.commands import (
     parse_counters,
     parse_ident,
@@ -26,10 +30,6 @@ from host.commands import (
     run_payload,
     write_buf_payloads,
 )
-from hw.config import PRESETS
-from hw.engine import BufId
-from hw.protocol import Cmd, Frame, FrameDecoder, Status, encode_frame
-from hw.tile import build_tile, plan_gemm
 from models.contract import requantize
 from models.encodings import Encoding
 from models.golden import gemm

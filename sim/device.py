@@ -90,3 +90,9 @@ class SimDevice:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def serve(verilog: str, base: Path, **kw) -> SimDevice:
+    """The host's simulator factory (entry point ``spikellm.simulators: verilator``): the
+    top ``verilog`` compiled once into ``base`` and started; ``kw`` go to :class:`SimDevice`."""
+    return SimDevice(build_simulator(verilog, base), **kw)

@@ -8,17 +8,10 @@ import random
 import torch
 from amaranth.sim import Simulator
 
-from hw.config import AccelConfig
-from hw.engine import (
-    STROBES,
-    BufId,
-    Engine,
-    buffer_shapes,
-    descriptor_layout,
-    pack_word,
-    unpack_int,
-)
-from hw.tile import TileImage
+from accel.config import AccelConfig
+from accel.layouts import BufId, buffer_shapes, descriptor_layout, pack_word, unpack_int
+from accel.tiling import TileImage
+from hw.engine import STROBES, Engine
 
 from .blocks import count_strobes
 

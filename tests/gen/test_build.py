@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from accel.config import AccelConfig
 from gen.__main__ import main
-from hw.config import AccelConfig
 from models.arch import random_model, tiny_config
 from models.bundle import load_bundle
 

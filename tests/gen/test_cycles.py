@@ -1,7 +1,7 @@
 """The analytical cycle model against the RTL engine (Amaranth simulation of hw.engine).
 
 Random tiles must agree to the cycle, each descriptor on its own, at every row FIFO depth;
-whole GEMMs of a converted model, cut into row groups, N and K tiles by hw.tile.plan_gemm,
+whole GEMMs of a converted model, cut into row groups, N and K tiles by accel.tiling.plan_gemm,
 too (the issue asked for 5 %). A long random run: ``SPIKELLM_SAMPLES=250 SPIKELLM_SEED=7
 .venv/bin/python -m pytest tests/gen/test_cycles.py -k match_rtl`` (tiles per part; eight
 parts).
@@ -13,11 +13,12 @@ import pytest
 import torch
 from amaranth.sim import Simulator
 
-from gen.cycles import gemm_cycles, tile_cycles, tile_work
-from gen.workload import GemmWork, measure, sample_ids
-from hw.config import AccelConfig
-from hw.engine import BufId, Engine, buffer_shapes, descriptor_layout, word_packer
-from hw.tile import build_tile, plan_gemm
+from accel.config import AccelConfig
+from accel.cycles import gemm_cycles, tile_cycles, tile_work
+from accel.layouts import BufId, buffer_shapes, descriptor_layout, word_packer
+from accel.tiling import build_tile, plan_gemm
+from accel.workload import GemmWork, measure, sample_ids
+from hw.engine import Engine
 from models.encodings import Encoding
 from sim.engine_sim import rtl_engine
 from sim.streams import samples, seed

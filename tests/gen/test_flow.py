@@ -7,8 +7,8 @@ from amaranth import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from accel.config import PRESETS
 from gen import flow
-from hw.config import PRESETS
 from hw.uart import UartRx, UartTx
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 
+from accel.workload import measure, sample_ids
 from gen.resources import TARGETS, Budget, dp16kd_blocks, estimate
 from gen.sizing import DoesNotFit, size
-from gen.workload import measure, sample_ids
 
 
 @pytest.fixture(scope="module")

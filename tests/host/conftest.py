@@ -3,7 +3,7 @@ converted model."""
 
 import pytest
 
-from hw.config import AccelConfig
+from accel.config import AccelConfig
 from hw.top import emit_verilog
 from models.arch import load_model
 from models.convert import ConvertOptions, convert

@@ -8,6 +8,7 @@ compiled.
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,12 +19,19 @@ from pathlib import Path
 import pytest
 
 import gen.build as gen_build
+from accel.config import AccelConfig
 from gen.__main__ import main as gen_main
 from host import __main__ as host_main
 from host.__main__ import main
-from hw.config import AccelConfig
 
 from .conftest import CFG
+
+
+def _env() -> dict:
+    """The subprocesses import the code under test, however the project is installed."""
+    root = str(Path(__file__).resolve().parents[2])
+    return os.environ | {"PYTHONPATH": os.pathsep.join(
+        filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 #: Pins the generator to the session simulator's configuration.
 FIX = ",".join(f"{k}={getattr(CFG, k)}" for k in (
@@ -97,7 +105,7 @@ BAD = [
 def _run(args, cwd) -> tuple[int, str, str, float]:
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "host", "run", *args], cwd=cwd,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env=_env())
     return p.returncode, p.stdout, p.stderr, time.perf_counter() - t0
 
 

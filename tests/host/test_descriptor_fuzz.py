@@ -8,13 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from accel.layouts import BufId, descriptor_errors, descriptor_layout
+from accel.protocol import Cmd, nbytes
+from accel.tiling import build_tile
 from host.commands import run_payload
 from host.driver import Device, DeviceError, LinkError
 from host.run import run_gemm
 from host.transport import SerialTransport
-from hw.engine import BufId, descriptor_errors, descriptor_layout
-from hw.protocol import Cmd, nbytes
-from hw.tile import build_tile
 from models.contract import ROW_FRAC
 from models.encodings import Encoding
 from models.golden import GemmCall, gemm

@@ -2,12 +2,12 @@
 
 import pytest
 
+from accel.config import PRESETS
+from accel.counters import TRAFFIC
+from accel.layouts import BufId, buffer_shapes, pack_word
 from host.driver import Device, DeviceError, LinkError
 from host.run import run_model
 from host.transport import FAULTS, FaultyTransport, SerialTransport
-from hw.config import PRESETS
-from hw.counters import TRAFFIC
-from hw.engine import BufId, buffer_shapes, pack_word
 
 from .conftest import CFG, FAST
 
@@ -96,7 +96,7 @@ def test_gemm_with_row_blocks_k_and_n_tiles(sim):
     the outputs equal the golden model's."""
     import torch
 
-    from hw.tile import plan_gemm
+    from accel.tiling import plan_gemm
     from models.contract import requantize
     from models.encodings import Encoding
     from models.golden import gemm

@@ -15,10 +15,10 @@ import os
 import pytest
 import torch
 
+from accel.config import AccelConfig
 from host.driver import Device
 from host.run import run_gemm
 from host.transport import SerialTransport
-from hw.config import AccelConfig
 from hw.top import emit_verilog
 from models.contract import (
     HOST_OUT_QMAX,

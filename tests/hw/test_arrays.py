@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from hw.config import AccelConfig
+from accel.config import AccelConfig
 from models.encodings import TTFS_KINDS, Encoding
 from models.golden import gemm
 from sim.blocks import rtl_mac_array, rtl_spike_array

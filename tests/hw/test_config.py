@@ -2,7 +2,7 @@
 
 import pytest
 
-from hw.config import PRESETS, AccelConfig
+from accel.config import PRESETS, AccelConfig
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -2,8 +2,9 @@
 
 from amaranth.sim import Simulator
 
-from hw.config import PRESETS
-from hw.counters import COUNTERS, INDEX, CounterFile
+from accel.config import PRESETS
+from accel.counters import COUNTERS, INDEX
+from hw.counters import CounterFile
 
 
 def test_counters_add_increments_clear_and_read_by_index():

@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from hw.config import PRESETS
-from hw.tile import build_tile
+from accel.config import PRESETS
+from accel.tiling import build_tile
 from models.contract import requantize
 from models.encodings import Encoding
 from models.golden import gemm
@@ -90,7 +90,7 @@ def test_engine_all_silent_rows_cost_only_steps():
 def test_engine_rows_faster_than_the_output_unit_wait_without_corruption():
     # rate T=1: a row costs a few cycles, the output unit needs 16 per row: the combiner
     # must hold its start value and partials while the unit is busy
-    from hw.config import AccelConfig
+    from accel.config import AccelConfig
 
     cfg = AccelConfig(lanes=16, mac_units=16, weight_depth=64, max_rows=8,
                       spike_event_depth=512, mac_event_depth=128)
@@ -107,7 +107,7 @@ def test_engine_rows_faster_than_the_output_unit_wait_without_corruption():
 def test_engine_tiles_at_base_addresses_stay_resident():
     from dataclasses import replace
 
-    from hw.engine import BufId
+    from accel.layouts import BufId
 
     enc = Encoding("ttfs", 4)
     rng = random.Random(seed() + 13)
@@ -135,8 +135,8 @@ def test_fast_word_packing_equals_amaranth_const():
     from amaranth import Shape
     from amaranth.lib import data
 
-    from hw.config import PRESETS, AccelConfig
-    from hw.engine import buffer_shapes, pack_word
+    from accel.config import PRESETS, AccelConfig
+    from accel.layouts import buffer_shapes, pack_word
 
     rng = random.Random(1)
 

@@ -14,17 +14,8 @@ import pytest
 from amaranth import Module, Signal, Value
 from amaranth.sim import Simulator
 
+from accel.protocol import HEADER, SOF, Cmd, Frame, FrameDecoder, FrameError, Status, encode_frame
 from hw.link import Link, crc32_update
-from hw.protocol import (
-    HEADER,
-    SOF,
-    Cmd,
-    Frame,
-    FrameDecoder,
-    FrameError,
-    Status,
-    encode_frame,
-)
 from sim.streams import Stalls, put, samples, seed
 
 KNOWN = {c.value for c in Cmd}

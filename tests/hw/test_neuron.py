@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from hw.config import AccelConfig
+from accel.config import AccelConfig
 from models.contract import requantize
 from sim.blocks import rtl_output_unit
 from sim.streams import samples, seed

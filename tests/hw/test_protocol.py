@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw.protocol import (
+from accel.protocol import (
     CRC_BYTES,
     FRAME_OVERHEAD,
     HEADER,

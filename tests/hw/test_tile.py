@@ -4,10 +4,9 @@ the golden model's window count agreeing with the STEP words."""
 import pytest
 import torch
 
-from hw.arrays import SpikeOp
-from hw.config import AccelConfig
-from hw.engine import BufId
-from hw.tile import build_tile, plan_gemm, row_groups
+from accel.config import AccelConfig
+from accel.layouts import BufId, SpikeOp
+from accel.tiling import build_tile, plan_gemm, row_groups
 from models.encodings import Encoding
 from models.golden import gemm
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hw.config import AccelConfig
+from accel.config import AccelConfig
 from hw.top import emit_verilog
 from sim.verilator import run_cocotb
 

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from accel.config import PRESETS
+from accel.protocol import Cmd, FrameDecoder, Status, encode_frame
 from host.driver import Device, parse_ident
 from host.transport import SerialTransport
-from hw.config import PRESETS
-from hw.protocol import Cmd, FrameDecoder, Status, encode_frame
 from hw.top import emit_verilog
 from sim.device import SimDevice, build_simulator
 

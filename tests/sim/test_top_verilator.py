@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hw.config import PRESETS
+from accel.config import PRESETS
 from hw.top import emit_verilog
 from sim.verilator import run_cocotb
 

@@ -45,6 +45,12 @@ from dataclasses import dataclass, field
 from amaranth import Shape, unsigned
 from amaranth.lib import data, enum
 
+from .config import AccelConfig
+from .counters import COUNTERS
+from .layouts import buffer_shapes
+
+#: The board link's rate (8N1): the ULX3S top's UART and the host's serial default.
+BAUD = 1_000_000
 #: Start-of-frame byte.
 SOF = 0xA5
 #: Default largest payload the gateware buffers (its ``max_payload`` parameter).
@@ -130,7 +136,7 @@ def word_bytes(cfg) -> dict:
 
     Parameters
     ----------
-    cfg : hw.config.AccelConfig
+    cfg : accel.config.AccelConfig
         The accelerator instance.
 
     Returns
@@ -138,9 +144,6 @@ def word_bytes(cfg) -> dict:
     dict
         ``{BufId: bytes per word}``.
     """
-    # imported here: the engine imports this module, and the frame code needs no engine
-    from .engine import buffer_shapes
-
     return {b: nbytes(Shape.cast(s).width) for b, (s, _) in buffer_shapes(cfg).items()}
 
 
@@ -380,3 +383,11 @@ class FrameDecoder:
                 continue
             out.append(Frame(int(hdr.cmd), seq, body[HEADER_BYTES:]))
             del buf[:end]
+
+
+def ident_value(cfg: AccelConfig) -> dict:
+    """The IDENTIFY word of a configuration."""
+    return {"hash": cfg.hash32(), "version": PROTOCOL_VERSION, "lanes": cfg.lanes,
+            "mac_units": cfg.mac_units, "weight_depth": cfg.weight_depth,
+            "max_rows": cfg.max_rows, "counters": len(COUNTERS),
+            "counter_bytes": nbytes(cfg.counter_bits)}

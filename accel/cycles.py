@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hw.config import AccelConfig
+from accel.config import AccelConfig
 
 # Times below count from the cycle the engine takes the descriptor (cycle 0); ``busy`` is
 # the cycle of ``done``.
@@ -135,15 +135,15 @@ class GemmPrediction:
     acc_writes: int  #: accumulator rows written back for the next K tile (``acc_wr``)
 
     def traffic(self) -> dict:
-        """The :data:`hw.counters.TRAFFIC` counters this GEMM will count."""
+        """The :data:`accel.counters.TRAFFIC` counters this GEMM will count."""
         return {"w_rd": self.weight_reads, "ev_rd": self.spike_events + self.mac_events,
                 "acc_rd": self.acc_reads, "acc_wr": self.acc_writes, "out_wr": self.outputs}
 
 
 def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
-    """Predicted work of a :class:`gen.workload.GemmWork` cut the way
-    :func:`hw.tile.plan_gemm` cuts it (row groups x N tiles x K tiles)."""
-    from hw.tile import k_slices, row_groups_of
+    """Predicted work of a :class:`accel.workload.GemmWork` cut the way
+    :func:`accel.tiling.plan_gemm` cuts it (row groups x N tiles x K tiles)."""
+    from .tiling import k_slices, row_groups_of, tiles
 
     kt = k_slices(cfg, g.k)
     # unit spikes and integer channels per row and K tile
@@ -151,48 +151,44 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
     icum = np.concatenate([[0], np.cumsum(g.int_mask)])
     tile_units = np.stack([cum[:, k1] - cum[:, k0] for k0, k1 in kt], axis=1)
     tile_int = [int(icum[k1] - icum[k0]) for k0, k1 in kt]
-    # a K tile whose channels are all integer runs no TTFS window (hw.tile.spike_words)
+    # a K tile whose channels are all integer runs no TTFS window (accel.tiling.spike_words)
     tile_steps = [g.steps if n_int < k1 - k0 else 0
                   for (k0, k1), n_int in zip(kt, tile_int, strict=True)]
     groups = row_groups_of(cfg, tile_units, tile_steps, tile_int)
     cyc = desc = s_work = m_work = o_work = wrows = s_ev = m_ev = outs = wrd = 0
     acc_rd = acc_wr = 0
-    for r0, r1 in groups:
-        # N tiles of a row group differ only in n_active (the last one), which a keep
-        # tile's cycles do not depend on: replay each distinct tile once
-        memo: dict[tuple[int, int], int] = {}
-        for n0 in range(0, g.n, cfg.lanes):
-            n_act = min(g.n, n0 + cfg.lanes) - n0
-            for i, (k0, k1) in enumerate(kt):
-                last = i == len(kt) - 1
-                units = tile_units[r0:r1, i]
-                n_int = tile_int[i]
-                work = TileWork(units + tile_steps[i] + 1, mac_row_cost(cfg, n_int), n_act,
-                                not last)
-                key = (i, n_act if last else 0)
-                if key not in memo:
-                    memo[key] = tile_cycles(cfg, work)
-                cyc += memo[key]
-                desc += 1
-                s_work += int(work.spike_cost.sum())
-                m_work += work.mac_cost * (r1 - r0)
-                o_work += 0 if not last else n_act * (r1 - r0)
-                wrows += k1 - k0
-                s_ev += int(work.spike_cost.sum())
-                m_ev += (n_int + 1) * (r1 - r0)
-                outs += 0 if not last else n_act * (r1 - r0)
-                wrd += int(units.sum()) + n_int * (r1 - r0)
-                acc_rd += r1 - r0
-                acc_wr += 0 if last else r1 - r0
+    # N tiles of a row group differ only in n_active (the last one), which a keep tile's
+    # cycles do not depend on: replay each distinct tile once
+    memo: dict[tuple[int, int, int], int] = {}
+    for t in tiles(cfg, groups, g.n, g.k):
+        rows = t.r1 - t.r0
+        units = tile_units[t.r0:t.r1, t.ki]
+        n_int = tile_int[t.ki]
+        work = TileWork(units + tile_steps[t.ki] + 1, mac_row_cost(cfg, n_int), t.n_active,
+                        not t.last)
+        key = (t.r0, t.ki, t.n_active if t.last else 0)
+        if key not in memo:
+            memo[key] = tile_cycles(cfg, work)
+        cyc += memo[key]
+        desc += 1
+        s_work += int(work.spike_cost.sum())
+        m_work += work.mac_cost * rows
+        o_work += 0 if not t.last else t.n_active * rows
+        wrows += t.k1 - t.k0
+        s_ev += int(work.spike_cost.sum())
+        m_ev += (n_int + 1) * rows
+        outs += 0 if not t.last else t.n_active * rows
+        wrd += int(units.sum()) + n_int * rows
+        acc_rd += rows
+        acc_wr += 0 if t.last else rows
     return GemmPrediction(cyc, desc, s_work, m_work, o_work, wrows, s_ev, m_ev, outs, wrd,
                           acc_rd, acc_wr)
 
 
 def tile_work(cfg: AccelConfig, img) -> TileWork:
-    """The :class:`TileWork` of a built tile (``hw.tile.TileImage``), read off its event
+    """The :class:`TileWork` of a built tile (``accel.tiling.TileImage``), read off its event
     words (for checking the model against a simulation of the same tile)."""
-    from hw.arrays import MacOp, SpikeOp
-    from hw.engine import BufId
+    from accel.layouts import BufId, MacOp, SpikeOp
 
     costs, c = [], 0
     for w in img.words[BufId.SPIKE_EV]:

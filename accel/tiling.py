@@ -9,17 +9,19 @@ it; nothing else builds buffer images.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from models.contract import ROW_FRAC
+from models.contract import ROW_FRAC, Events
 from models.encodings import TTFS_KINDS, Encoding, spike_events
+from models.golden import gemm
 
-from .arrays import MacOp, SpikeOp
 from .config import AccelConfig
-from .engine import BufId
+from .layouts import BufId, MacOp, SpikeOp
 
 
 @dataclass
@@ -149,15 +151,55 @@ class GemmTiles:
     row block. Either way a slice's outputs are in OUT rows ``row_base ..`` once its last K
     tile has run."""
 
-    slices: list[tuple[int, int, int, int, list[TileImage]]]
+    slices: list[Slice]
     rows_resident: bool = False
 
     def schedule(self) -> list[tuple[int, int]]:
         """(slice index, K-tile index) in run order."""
-        order = [(i, k) for i, (*_, imgs) in enumerate(self.slices) for k in range(len(imgs))]
+        order = [(i, k) for i, s in enumerate(self.slices) for k in range(len(s.images))]
         if self.rows_resident:  # by output slice, then K tile, then row block
-            order.sort(key=lambda ik: (self.slices[ik[0]][2], ik[1], self.slices[ik[0]][0]))
+            order.sort(key=lambda ik: (self.slices[ik[0]].n0, ik[1], self.slices[ik[0]].r0))
         return order
+
+
+class Tile(NamedTuple):
+    """One descriptor's place in its GEMM: rows ``[r0, r1)``, outputs ``[n0, n1)``, inputs
+    ``[k0, k1)``, the K tile's index and whether it is the last (the one that outputs)."""
+
+    r0: int
+    r1: int
+    n0: int
+    n1: int
+    k0: int
+    k1: int
+    ki: int
+    last: bool
+
+    @property
+    def n_active(self) -> int:
+        """Output lanes in use."""
+        return self.n1 - self.n0
+
+
+def tiles(cfg: AccelConfig, groups: list[tuple[int, int]], n: int, k: int) -> Iterator[Tile]:
+    """The tiling every consumer walks (tile builder, cycle model, program compiler): for
+    each row group, each output slice of ``lanes`` channels, each K tile of
+    ``weight_depth`` rows, in that order (:meth:`GemmTiles.schedule` reorders runs)."""
+    ks = k_slices(cfg, k)
+    for r0, r1 in groups:
+        for n0 in range(0, n, cfg.lanes):
+            for i, (k0, k1) in enumerate(ks):
+                yield Tile(r0, r1, n0, min(n, n0 + cfg.lanes), k0, k1, i, i == len(ks) - 1)
+
+
+class Slice(NamedTuple):
+    """The K-tile images of one row block ``[r0, r1)`` and output slice ``[n0, n1)``."""
+
+    r0: int
+    r1: int
+    n0: int
+    n1: int
+    images: list
 
 
 def k_slices(cfg: AccelConfig, k: int) -> list[tuple[int, int]]:
@@ -217,27 +259,31 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     of ``lanes`` and K tiles of ``weight_depth`` rows. ``start``, ``consts`` are per output
     channel ``[N]``; ``mrow`` per row ``[M]``."""
     n, k = w.shape
-    out = []
     resident = codes.shape[0] <= cfg.max_rows
-    for r0, r1 in row_groups(cfg, codes, int_mask, enc):
-        events: dict[int, tuple[list, list]] = {}  # per K tile, shared by the N tiles
-        for n0 in range(0, n, cfg.lanes):
-            n1 = min(n, n0 + cfg.lanes)
-            ks = k_slices(cfg, k)
-            images = []
-            for i, (k0, k1) in enumerate(ks):
-                last = i == len(ks) - 1
-                sl = None if consts is None else {c: v[n0:n1] for c, v in consts.items()}
-                if k0 not in events:
-                    events[k0] = tile_events(codes[r0:r1, k0:k1], int_mask[k0:k1],
-                                             shifts[k0:k1], enc)
-                images.append(build_tile(
-                    cfg, codes[r0:r1, k0:k1], int_mask[k0:k1], shifts[k0:k1], enc,
-                    w[n0:n1, k0:k1], start=None if start is None else start[n0:n1],
-                    mrow=None if mrow is None else mrow[r0:r1],
-                    consts=sl if last else None, shift=shift, relu=relu, raw=raw,
-                    resume=i > 0, keep=not last,
-                    bases={BufId.ROWS: r0} if resident else None, events=events[k0],
-                    where=f"{where}[m {r0}:{r1}, n {n0}:{n1}, k {k0}:{k1}]"))
-            out.append((r0, r1, n0, n1, images))
+    events: dict[tuple[int, int], tuple[list, list]] = {}  # per row block and K tile
+    images: dict[tuple[int, int, int, int], list[TileImage]] = {}
+    for t in tiles(cfg, row_groups(cfg, codes, int_mask, enc), n, k):
+        rows, ks = slice(t.r0, t.r1), slice(t.k0, t.k1)
+        if (t.r0, t.k0) not in events:  # the event words are shared by the N tiles
+            events[t.r0, t.k0] = tile_events(codes[rows, ks], int_mask[ks], shifts[ks], enc)
+        sl = None if consts is None else {c: v[t.n0:t.n1] for c, v in consts.items()}
+        images.setdefault((t.r0, t.r1, t.n0, t.n1), []).append(build_tile(
+            cfg, codes[rows, ks], int_mask[ks], shifts[ks], enc, w[t.n0:t.n1, ks],
+            start=None if start is None else start[t.n0:t.n1],
+            mrow=None if mrow is None else mrow[rows],
+            consts=sl if t.last else None, shift=shift, relu=relu, raw=raw,
+            resume=t.ki > 0, keep=not t.last,
+            bases={BufId.ROWS: t.r0} if resident else None, events=events[t.r0, t.k0],
+            where=f"{where}[m {t.r0}:{t.r1}, n {t.n0}:{t.n1}, k {t.k0}:{t.k1}]"))
+    out = [Slice(*key, imgs) for key, imgs in images.items()]
     return GemmTiles(out, resident)
+
+
+def tiled_events(cfg: AccelConfig, call) -> Events:
+    """The golden events of a traced GEMM (``models.golden.GemmCall``) under this tiling:
+    spikes repeat per N tile of ``lanes``, TTFS windows run per K tile of ``weight_depth``
+    that holds a spike channel. What the device's counters must equal."""
+    _, ev = gemm(call.codes[None], call.int_mask[None], call.shifts[None], call.encoding,
+                 call.w[None], call.start, call.name, k_tile=cfg.weight_depth,
+                 n_tile=cfg.lanes)
+    return ev

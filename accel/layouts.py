@@ -1,0 +1,228 @@
+"""What the gateware, the generator and the host share about the engine's buffers: the
+buffer ids, word layouts and depths, the event opcodes, the tile descriptor and the rules it
+must satisfy, and the word packers. Pure definitions (Amaranth layouts and enums, no
+gateware): the host encodes with the same layout objects the gateware decodes with.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from types import SimpleNamespace
+
+import numpy as np
+from amaranth import Shape, signed, unsigned
+from amaranth.lib import data, enum
+
+from models.contract import COL_MULT_BITS, MAX_REQ_SHIFT, ROW_MULT_BITS
+
+from .config import AccelConfig
+
+
+class SpikeOp(enum.Enum, shape=2):
+    """Spike-array event kinds."""
+
+    SPIKE = 0  #: a unit spike of input ``k``: add (``neg``: subtract) its weight row
+    STEP = 1  #: end of a time step: the TTFS membrane adds the synaptic current, V += I
+    END = 2  #: end of the row: emit V and clear I and V
+
+
+class MacOp(enum.Enum, shape=1):
+    """MAC-array event kinds."""
+
+    MAC = 0  #: add ``(w[k] * q) << shift`` to every lane
+    END = 1  #: end of the row: emit the lanes and clear them
+
+
+def spike_event_layout(cfg: AccelConfig) -> data.StructLayout:
+    """Payload of the spike array's input stream."""
+    return data.StructLayout({"op": SpikeOp, "k": unsigned(cfg.k_bits), "neg": unsigned(1)})
+
+
+def mac_event_layout(cfg: AccelConfig) -> data.StructLayout:
+    """Payload of the MAC array's input stream."""
+    return data.StructLayout({"op": MacOp, "k": unsigned(cfg.k_bits),
+                              "q": signed(cfg.act_bits), "shift": unsigned(cfg.shift_bits)})
+
+
+def weight_row_layout(cfg: AccelConfig) -> data.ArrayLayout:
+    """One row of the weight buffer."""
+    return data.ArrayLayout(signed(cfg.weight_bits), cfg.lanes)
+
+
+def acc_vector_layout(cfg: AccelConfig) -> data.ArrayLayout:
+    """A row of accumulators, one per lane."""
+    return data.ArrayLayout(signed(cfg.acc_bits), cfg.lanes)
+
+
+#: Requantizer shift field width (the contract's shifts 0..MAX_REQ_SHIFT).
+SHIFT_BITS = MAX_REQ_SHIFT.bit_length()
+
+
+def param_layout() -> data.StructLayout:
+    """One lane's requantizer constants (a row of the parameter buffer)."""
+    return data.StructLayout({"mcol": unsigned(COL_MULT_BITS), "bias": signed(32),
+                              "zp": signed(16), "lo": signed(32), "hi": signed(32)})
+
+
+def row_in_layout(cfg: AccelConfig) -> data.StructLayout:
+    """An accumulator row entering the unit, with its row multiplier."""
+    return data.StructLayout({"acc": acc_vector_layout(cfg), "mrow": unsigned(ROW_MULT_BITS),
+                              "n_active": unsigned((cfg.lanes).bit_length())})
+
+
+def value_layout(cfg: AccelConfig) -> data.StructLayout:
+    """One output value: lane, value, last lane of the row."""
+    return data.StructLayout({"value": signed(cfg.acc_bits), "lane": unsigned(
+        max(1, (cfg.lanes - 1).bit_length())), "last": unsigned(1)})
+
+
+class BufId(enum.Enum, shape=8):
+    """On-chip buffers addressable by the host."""
+
+    WEIGHTS = 0
+    SPIKE_EV = 1
+    MAC_EV = 2
+    ROWS = 3
+    ACC = 4
+    PARAMS = 5
+    OUT = 6
+
+
+def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
+    """Word shape and depth of every buffer."""
+    return {
+        BufId.WEIGHTS: (weight_row_layout(cfg), cfg.weight_depth),
+        BufId.SPIKE_EV: (spike_event_layout(cfg), cfg.spike_event_depth),
+        BufId.MAC_EV: (mac_event_layout(cfg), cfg.mac_event_depth),
+        BufId.ROWS: (unsigned(ROW_MULT_BITS), cfg.max_rows),
+        BufId.ACC: (acc_vector_layout(cfg), cfg.max_rows + 1),
+        BufId.PARAMS: (param_layout(), cfg.lanes),
+        BufId.OUT: (signed(cfg.acc_bits), cfg.max_rows * cfg.lanes),
+    }
+
+
+def descriptor_layout(cfg: AccelConfig) -> data.StructLayout:
+    """A GEMM tile descriptor (what RUN carries)."""
+    return data.StructLayout({
+        "rows": unsigned(cfg.max_rows.bit_length()),
+        "n_active": unsigned(cfg.lanes.bit_length()),
+        "spike_events": unsigned(cfg.spike_event_depth.bit_length()),
+        "mac_events": unsigned(cfg.mac_event_depth.bit_length()),
+        "ttfs": unsigned(1),
+        "shift": unsigned(SHIFT_BITS),
+        "relu": unsigned(1),
+        "raw": unsigned(1),
+        "resume": unsigned(1),  # start from ACC[m] (previous K tile), not the start row
+        "keep": unsigned(1),  # write sums back to ACC (more K tiles follow), no output
+        # where the tile's data lie, so several tiles can stay resident in the buffers
+        "w_base": unsigned(cfg.k_bits),
+        "spike_base": unsigned((cfg.spike_event_depth - 1).bit_length()),
+        "mac_base": unsigned((cfg.mac_event_depth - 1).bit_length()),
+        "row_base": unsigned((cfg.max_rows - 1).bit_length() or 1),  # ROWS, ACC and OUT rows
+    })
+
+
+def descriptor_rules(cfg: AccelConfig) -> dict:
+    """What a descriptor must satisfy to be run: ``{field: check}``. Each check takes the
+    descriptor as an object with its fields as attributes and works alike on Python ints
+    (the host, which names the field it breaks) and on Amaranth values (the core, which
+    answers ``ERR_ARG``). What cannot be checked here (the number of row ends in the event
+    buffers, weight addresses past the buffer) the engine catches while it runs."""
+    return {  # keyed by the fields each rule reads
+        "rows+row_base": lambda d: (d.rows >= 1) & (d.rows + d.row_base <= cfg.max_rows),
+        "n_active": lambda d: (d.n_active >= 1) & (d.n_active <= cfg.lanes),
+        # every row ends with an END in each event buffer
+        "spike_events+spike_base+rows": lambda d: (d.spike_events >= d.rows)
+        & (d.spike_base + d.spike_events <= cfg.spike_event_depth),
+        "mac_events+mac_base+rows": lambda d: (d.mac_events >= d.rows)
+        & (d.mac_base + d.mac_events <= cfg.mac_event_depth),
+        "shift": lambda d: d.shift <= MAX_REQ_SHIFT,
+    }
+
+
+def descriptor_errors(cfg: AccelConfig, descriptor: dict) -> list[str]:
+    """The rules of :func:`descriptor_rules` that ``descriptor`` (a dict) breaks, as
+    ``field=value`` lists (``"rows=9, row_base=0"``)."""
+    layout = descriptor_layout(cfg)
+    d = SimpleNamespace(**{name: int(descriptor.get(name, 0)) for name, _ in layout})
+    return [", ".join(f"{f}={getattr(d, f)}" for f in name.split("+"))
+            for name, ok in descriptor_rules(cfg).items() if not ok(d)]
+
+
+#: Cycles a running descriptor may go without progress (an event read, a row combined, an
+#: output written) before the engine's watchdog stops it. A valid tile never waits more
+#: than a row of the output unit or of the MAC array (``lanes`` cycles) plus a few.
+def watchdog_cycles(cfg: AccelConfig) -> int:
+    """Watchdog limit of :class:`Engine` (see above)."""
+    return max(4096, 8 * cfg.lanes)
+
+
+#: Buffers the host can read back. Not ACC: its words are ``lanes`` accumulators wide (2048
+#: bits at 64 lanes) and a host read port would double its block RAMs (57 DP16KD at 64
+#: lanes) for a read the host never needs (results come through OUT).
+HOST_READABLE = frozenset(b for b in BufId if b != BufId.ACC)
+
+def pack_word(shape, word) -> int:
+    """A buffer word (dict/list for layouts, int otherwise) as its raw bits.
+
+    The same bits as ``shape.const(word).as_bits()``, computed with integer operations
+    from the layout's field offsets (Amaranth's ``const`` costs ~0.3 ms a word, and a model
+    run packs millions of words). ``tests/hw/test_engine.py`` checks the two agree. For
+    many words of one buffer, take :func:`word_packer` once."""
+    return word_packer(shape)(word)
+
+
+_PACKERS: dict = {}
+
+
+def word_packer(shape):
+    """The packing function of :func:`pack_word` for ``shape``, built once per distinct
+    shape (layouts compare and hash by value, which is not cheap: look it up once)."""
+    hit = _PACKERS.get(shape)
+    if hit is not None:
+        return hit
+    if isinstance(shape, data.StructLayout):
+        fields = [(name, f.offset, word_packer(f.shape)) for name, f in shape]
+
+        def pack(word):
+            bits = 0
+            for name, off, sub in fields:
+                v = word.get(name, 0)
+                if v:
+                    bits |= sub(v) << off
+            return bits
+    elif isinstance(shape, data.ArrayLayout):
+        w = Shape.cast(shape.elem_shape).width
+        if not isinstance(shape.elem_shape, data.Layout) and w in (8, 16, 32):
+            dtype = {8: np.uint8, 16: np.uint16, 32: np.uint32}[w]
+
+            def pack(word):
+                raw = (np.asarray(word, dtype=np.int64) & ((1 << w) - 1)).astype(dtype)
+                return int.from_bytes(raw.astype(f"<u{w // 8}").tobytes(), "little")
+        else:
+            sub = word_packer(shape.elem_shape)
+
+            def pack(word):
+                bits = 0
+                for i, x in enumerate(word):
+                    bits |= sub(x) << (i * w)
+                return bits
+    elif isinstance(shape, data.Layout):
+        def pack(word):
+            return shape.const(word).as_bits()
+    else:
+        mask = (1 << Shape.cast(shape).width) - 1
+
+        def pack(word):
+            return (word.value if isinstance(word, Enum) else int(word)) & mask
+    _PACKERS[shape] = pack
+    return pack
+
+
+def unpack_int(shape, bits: int) -> int:
+    """Raw bits of an integer-shaped word as a Python int (sign-extended if signed)."""
+    s = Shape.cast(shape)
+    bits &= (1 << s.width) - 1  # the host read port is as wide as the widest buffer
+    if s.signed and bits >> (s.width - 1) & 1:
+        return bits - (1 << s.width)
+    return bits
