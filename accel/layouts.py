@@ -183,11 +183,15 @@ def word_packer(shape):
         return hit
     if isinstance(shape, data.StructLayout):
         fields = [(name, f.offset, word_packer(f.shape)) for name, f in shape]
+        names = [name for name, _, _ in fields]
 
         def pack(word):
+            if len(word) != len(fields):  # a misspelled or missing field never packs as 0
+                raise ValueError(f"word {word} has fields {sorted(word)}, the layout "
+                                 f"{names}")
             bits = 0
             for name, off, sub in fields:
-                v = word.get(name, 0)
+                v = word[name]
                 if v:
                     bits |= sub(v) << off
             return bits

@@ -17,7 +17,7 @@ from amaranth.lib import data
 
 from accel.config import AccelConfig
 from accel.counters import COUNTERS
-from accel.layouts import BufId, buffer_shapes, descriptor_layout
+from accel.layouts import buffer_shapes, descriptor_layout
 from accel.protocol import (
     BUF_ARGS,
     CRC_BYTES,
@@ -85,6 +85,3 @@ def compile_program(cfg: AccelConfig, works: list[GemmWork], relu: dict | None =
                      "int_channels": g.n_int,
                      "requant_shift": (shifts or {}).get(g.name, 0), "tiles": tiles})
     return prog
-
-
-__all__ = ["BufId", "compile_program", "layout_json", "link_description"]

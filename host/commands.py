@@ -17,7 +17,7 @@ from accel.layouts import (
     unpack_int,
     word_packer,
 )
-from accel.protocol import BUF_ARGS, ident_layout, nbytes, word_bytes
+from accel.protocol import BUF_ARGS, MAX_PAYLOAD, ident_layout, nbytes, word_bytes
 
 
 def buf_args(buf: BufId, addr: int, count: int) -> bytes:
@@ -26,13 +26,8 @@ def buf_args(buf: BufId, addr: int, count: int) -> bytes:
     return bits.to_bytes(nbytes(BUF_ARGS.size), "little")
 
 
-def read_buf_args(buf: BufId, addr: int, count: int) -> bytes:
-    """READ_BUF payload (the arguments alone)."""
-    return buf_args(buf, addr, count)
-
-
 def write_buf_payloads(cfg: AccelConfig, buf: BufId, words: list, addr: int = 0,
-                       max_payload: int = 4096) -> list[bytes]:
+                       max_payload: int = MAX_PAYLOAD) -> list[bytes]:
     """WRITE_BUF payloads for ``words`` starting at ``addr``, split to fit ``max_payload``."""
     shape, depth = buffer_shapes(cfg)[buf]
     if addr + len(words) > depth:

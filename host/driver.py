@@ -35,10 +35,10 @@ from accel.protocol import (
 from accel.tiling import TileImage
 
 from .commands import (
+    buf_args,
     parse_counters,
     parse_ident,
     parse_words,
-    read_buf_args,
     run_payload,
     write_buf_payloads,
 )
@@ -195,7 +195,7 @@ class Device:
     def read_raw(self, buf: BufId, addr: int, count: int) -> bytes:
         """Raw bytes of ``count`` words (split into frames)."""
         per = max(1, self.read_chunk // word_bytes(self.cfg)[buf])
-        return b"".join(self.request(Cmd.READ_BUF, read_buf_args(buf, a, min(per,
+        return b"".join(self.request(Cmd.READ_BUF, buf_args(buf, a, min(per,
                                                                        addr + count - a)))
                         for a in range(addr, addr + count, per))
 

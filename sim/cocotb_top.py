@@ -23,10 +23,10 @@ from accel.layouts import BufId
 from accel.protocol import Cmd, Frame, FrameDecoder, Status, encode_frame
 from accel.tiling import build_tile, plan_gemm
 from host.commands import (
+    buf_args,
     parse_counters,
     parse_ident,
     parse_words,
-    read_buf_args,
     run_payload,
     write_buf_payloads,
 )
@@ -135,7 +135,7 @@ class Testbench:
     async def read_out(self, rows: int, n: int, row_base: int = 0) -> torch.Tensor:
         out = []
         for r in range(rows):
-            p = await self.request(Cmd.READ_BUF, read_buf_args(BufId.OUT,
+            p = await self.request(Cmd.READ_BUF, buf_args(BufId.OUT,
                                                                (row_base + r) * CFG.lanes, n))
             out.append(parse_words(CFG, BufId.OUT, p))
         return torch.tensor(out, dtype=torch.int64)
@@ -228,7 +228,7 @@ async def bad_frames_get_error_replies_and_corrupt_nothing(dut):
     # 4. bad arguments and unknown commands are refused after draining their payload
     await tb.request(Cmd.READ_BUF, b"\x09" + b"\x00" * 6, expect=Status.ERR_ARG)
     await tb.request(0x42, b"abc", expect=Status.ERR_COMMAND)
-    await tb.request(Cmd.READ_BUF, read_buf_args(BufId.ACC, 0, 1), expect=Status.ERR_ARG)
+    await tb.request(Cmd.READ_BUF, buf_args(BufId.ACC, 0, 1), expect=Status.ERR_ARG)
     assert torch.equal(await tb.read_out(2, CFG.lanes), before)
     c = parse_counters(CFG, await tb.request(Cmd.READ_COUNTERS))
     assert c["frame_errors"] >= 2
