@@ -102,6 +102,9 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
         raise ValueError(f"{where}: the {enc.kind} encoding sends no spikes, so every input "
                          f"channel must be an integer channel ({int((~int_mask).sum())} "
                          f"are not)")
+    if shifts.numel() and int(shifts.max()) > cfg.max_shift:
+        raise ValueError(f"{where}: an outlier shift of {int(shifts.max())} exceeds the "
+                         f"accelerator's max_shift {cfg.max_shift}")
     if enc.is_spiking and enc.time_steps > cfg.max_steps:
         raise ValueError(f"{where}: the {enc.name()} window of {enc.time_steps} steps is "
                          f"longer than the accelerator's max_steps {cfg.max_steps}")
