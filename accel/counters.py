@@ -6,45 +6,77 @@ and the host's reports all derive from it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth import Shape
 
 from .config import AccelConfig
 from .layouts import BufId, buffer_shapes
 
-#: name -> definition. The order is the wire order of READ_COUNTERS.
-COUNTERS: dict[str, str] = {
-    "cycles": "clock cycles since reset",
-    "busy": "cycles a descriptor was running",
-    "spike_busy": "cycles the spike array had an event in flight",
-    "mac_busy": "cycles the MAC array had a weight row in flight",
-    "stall": "cycles a descriptor was running with both arrays idle",
-    "spikes": "unit spike events executed (golden spike_units)",
-    "steps": "TTFS membrane steps executed (golden acc_step / N)",
-    "acc_spike": "lane accumulates caused by spikes, spikes x n (golden acc_spike)",
-    "acc_step": "lane accumulates V += I, steps x n (golden acc_step)",
-    "macs": "multiply-accumulates, MAC rows x n (golden macs)",
-    "w_rd": "weight-buffer row reads by both arrays",
-    "ev_rd": "event-buffer reads (spike and MAC)",
-    "acc_rd": "accumulator-buffer row reads",
-    "acc_wr": "accumulator-buffer row writes",
-    "out_wr": "output-buffer writes",
-    "host_wr": "buffer words written by the host",
-    "host_rd": "buffer words read by the host",
-    "descriptors": "descriptors run",
-    "link_rx": "bytes received on the host link",
-    "link_tx": "bytes sent on the host link",
-    "frame_errors": "bad frames (CRC, length, timeout)",
-    "faults": "RUNs the engine stopped (watchdog, inconsistent events; answered ERR_FAULT)",
+
+@dataclass(frozen=True)
+class Counter:
+    """One event counter: what it counts and where its increments come from.
+
+    ``sources`` are 1-bit strobes added every cycle, named ``block.strobe``: ``engine.*``
+    (``hw.engine.STROBES``), ``link.*`` (the link's byte and error strobes), ``exec.*``
+    (the command executor's), or ``one`` (every cycle). ``scaled``: each strobe counts the
+    running tile's active lanes instead of 1 (lane operations). ``golden``: the
+    ``models.contract.Events`` field it must equal under the device's tiling. ``traffic``:
+    a datapath buffer access (what the energy model charges as SRAM traffic)."""
+
+    meaning: str
+    sources: tuple[str, ...]
+    scaled: bool = False
+    golden: str | None = None
+    traffic: bool = False
+
+
+#: name -> counter. The order is the wire order of READ_COUNTERS. ``hw.top`` wires every
+#: counter from its sources; the reports, the cycle model and the link description read it.
+COUNTERS: dict[str, Counter] = {
+    "cycles": Counter("clock cycles since reset", ("one",)),
+    "busy": Counter("cycles a descriptor was running", ("engine.busy",)),
+    "spike_busy": Counter("cycles the spike array had an event in flight",
+                          ("engine.spike_busy",)),
+    "mac_busy": Counter("cycles the MAC array had a weight row in flight",
+                        ("engine.mac_busy",)),
+    "stall": Counter("cycles a descriptor was running with both arrays idle",
+                     ("engine.stall",)),
+    "spikes": Counter("unit spike events executed (golden spike_units)", ("engine.spike",),
+                      golden="spike_units"),
+    "steps": Counter("TTFS membrane steps executed (golden acc_step / N)", ("engine.step",)),
+    "acc_spike": Counter("lane accumulates caused by spikes, spikes x n (golden acc_spike)",
+                         ("engine.spike",), scaled=True, golden="acc_spike"),
+    "acc_step": Counter("lane accumulates V += I, steps x n (golden acc_step)",
+                        ("engine.step",), scaled=True, golden="acc_step"),
+    "macs": Counter("multiply-accumulates, MAC rows x n (golden macs)", ("engine.mac_row",),
+                    scaled=True, golden="macs"),
+    "w_rd": Counter("weight-buffer row reads by both arrays",
+                    ("engine.w_rd_spike", "engine.w_rd_mac"), traffic=True),
+    "ev_rd": Counter("event-buffer reads (spike and MAC)",
+                     ("engine.spike_ev_rd", "engine.mac_ev_rd"), traffic=True),
+    "acc_rd": Counter("accumulator-buffer row reads", ("engine.acc_rd",), traffic=True),
+    "acc_wr": Counter("accumulator-buffer row writes", ("engine.acc_wr",), traffic=True),
+    "out_wr": Counter("output-buffer writes", ("engine.out_wr",), golden="outs",
+                      traffic=True),
+    "host_wr": Counter("buffer words written by the host", ("exec.host_wr",)),
+    "host_rd": Counter("buffer words read by the host", ("exec.host_rd",)),
+    "descriptors": Counter("descriptors run", ("exec.descriptors",)),
+    "link_rx": Counter("bytes received on the host link", ("link.rx_byte",)),
+    "link_tx": Counter("bytes sent on the host link", ("link.tx_byte",)),
+    "frame_errors": Counter("bad frames (CRC, length, timeout)", ("link.frame_err",)),
+    "faults": Counter("RUNs the engine stopped (watchdog, inconsistent events; answered "
+                      "ERR_FAULT)", ("engine.fault",)),
 }
 INDEX = {name: i for i, name in enumerate(COUNTERS)}
 
 #: Counters that must equal a golden event count (``models.contract.Events`` field), under
 #: the device's tiling (``docs/hw.md``).
-GOLDEN_EVENTS = {"spikes": "spike_units", "acc_spike": "acc_spike", "acc_step": "acc_step",
-                 "macs": "macs", "out_wr": "outs"}
+GOLDEN_EVENTS = {n: c.golden for n, c in COUNTERS.items() if c.golden}
 
 #: Datapath buffer-traffic counters (what the energy model charges as SRAM accesses).
-TRAFFIC = ("w_rd", "ev_rd", "acc_rd", "acc_wr", "out_wr")
+TRAFFIC = tuple(n for n, c in COUNTERS.items() if c.traffic)
 
 
 def sram_bits(cfg: AccelConfig, traffic: dict) -> int:

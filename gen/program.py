@@ -65,8 +65,9 @@ def link_description(cfg: AccelConfig) -> dict:
         "buffers": {b.name: {"id": b.value, "depth": depth, "word_bytes": wb[b],
                              "word": layout_json(shape)}
                     for b, (shape, depth) in buffer_shapes(cfg).items()},
-        "counters": [{"index": i, "name": n, "meaning": d, "bytes": nbytes(cfg.counter_bits)}
-                     for i, (n, d) in enumerate(COUNTERS.items())],
+        "counters": [{"index": i, "name": n, "meaning": c.meaning,
+                      "bytes": nbytes(cfg.counter_bits)}
+                     for i, (n, c) in enumerate(COUNTERS.items())],
     }
 
 

@@ -10,7 +10,7 @@ tile with ``n`` active lanes is in the right-hand column.
 from __future__ import annotations
 
 from amaranth import Module, Signal, unsigned
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from accel.config import AccelConfig
@@ -22,14 +22,10 @@ class CounterFile(wiring.Component):
 
     def __init__(self, cfg: AccelConfig, inc_bits: int):
         self.cfg = cfg
-        members = {f"inc_{n}": In(inc_bits) for n in COUNTERS}
-        members.update({"clear": In(1), "sel": In(range(len(COUNTERS))),
-                        "value": Out(cfg.counter_bits)})
-        super().__init__(members)
-
-    def inc(self, name: str):
-        """The increment input of counter ``name``."""
-        return getattr(self, f"inc_{name}")
+        super().__init__({
+            #: one increment per counter of the map, by name (``inc.busy``, ``inc["busy"]``)
+            "inc": In(data.StructLayout({n: unsigned(inc_bits) for n in COUNTERS})),
+            "clear": In(1), "sel": In(range(len(COUNTERS))), "value": Out(cfg.counter_bits)})
 
     def elaborate(self, platform):
         m = Module()
@@ -38,7 +34,7 @@ class CounterFile(wiring.Component):
             with m.If(self.clear):
                 m.d.sync += reg.eq(0)
             with m.Else():
-                m.d.sync += reg.eq(reg + self.inc(n))
+                m.d.sync += reg.eq(reg + self.inc[n])
         with m.Switch(self.sel):
             for i, reg in enumerate(regs):
                 with m.Case(i):

@@ -50,6 +50,7 @@ STROBES = {
     "step": "TTFS membrane steps (V += I) executed",
     "mac_row": "weight rows finished by the MAC array",
     "spike_busy": "cycles the spike array has an event in flight",
+    "stall": "cycles a descriptor runs with both arrays idle",
     "mac_busy": "cycles the MAC array has an event in flight",
     "w_rd_spike": "weight-buffer row reads by the spike array",
     "w_rd_mac": "weight-buffer row reads by the MAC array",
@@ -299,6 +300,7 @@ class Engine(wiring.Component):
         m.d.comb += [
             self.spike.eq(sa.spike), self.step.eq(sa.step), self.mac_row.eq(ma.row),
             self.spike_busy.eq(sa.busy), self.mac_busy.eq(ma.busy),
+            self.stall.eq(active & ~sa.busy & ~ma.busy),
             self.w_rd_spike.eq(sa.w_en), self.w_rd_mac.eq(ma.w_en),
             self.spike_ev_rd.eq(sr.en), self.mac_ev_rd.eq(mr.en),
         ]

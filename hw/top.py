@@ -50,7 +50,7 @@ from accel.protocol import (
 )
 
 from .counters import CounterFile
-from .engine import Engine
+from .engine import STROBES, Engine
 from .link import Link
 
 #: Cycles without a byte after which the link drops a half-received frame: 10 ms on the
@@ -124,6 +124,13 @@ class Top(wiring.Component):
         # response, or a duplicated frame) is answered OK without running again: partial
         # sums of a K-split tile and the counters must not be added twice. Any other command
         # in between forgets the last RUN, so a wrapped seq cannot match by accident.
+        # the counters' sources by name (accel.counters.Counter.sources)
+        strobe = {"one": 1, **{f"engine.{n}": getattr(eng, n) for n in STROBES},
+                  "engine.busy": eng.busy, "engine.fault": eng.fault,
+                  "link.rx_byte": link.rx_byte, "link.tx_byte": link.tx_byte,
+                  "link.frame_err": link.frame_err,
+                  **{f"exec.{n}": Signal(name=f"exec_{n}")
+                     for n in ("host_wr", "host_rd", "descriptors")}}
         last_run_seq = Signal(8)
         last_run_valid = Signal()
         with m.FSM():
@@ -181,7 +188,7 @@ class Top(wiring.Component):
                             m.d.comb += [eng.run.payload.eq(word_from_sr(desc_bytes)),
                                          eng.run.valid.eq(1)]
                             with m.If(eng.run.ready):
-                                m.d.comb += cnt.inc("descriptors").eq(1)
+                                m.d.comb += strobe["exec.descriptors"].eq(1)
                                 m.next = "WAIT_DONE"
                     with m.Default():
                         a = Signal(BUF_ARGS)
@@ -223,7 +230,7 @@ class Top(wiring.Component):
                         m.next = "WR_WORD"
             with m.State("WR_WORD"):
                 m.d.comb += [eng.wr_en.eq(1), eng.wr_buf.eq(args.buf), eng.wr_addr.eq(addr),
-                             cnt.inc("host_wr").eq(1)]
+                             strobe["exec.host_wr"].eq(1)]
                 with m.Switch(args.buf):
                     for b, n in wbytes.items():
                         with m.Case(b):
@@ -276,7 +283,7 @@ class Top(wiring.Component):
                 m.next = "SEND"
             with m.State("RD_WORD"):
                 m.d.comb += [eng.rd_en.eq(1), eng.rd_buf.eq(args.buf), eng.rd_addr.eq(addr),
-                             cnt.inc("host_rd").eq(1)]
+                             strobe["exec.host_rd"].eq(1)]
                 m.d.sync += [addr.eq(addr + 1), words.eq(words - 1)]
                 m.next = "RD_LATCH"
             with m.State("RD_LATCH"):
@@ -298,30 +305,10 @@ class Top(wiring.Component):
         with m.If(eng.run.valid & eng.run.ready):
             m.d.sync += n_act.eq(eng.run.payload.n_active)
 
-        def scaled(strobe):
-            return Mux(strobe, n_act, 0)
-
-        m.d.comb += [
-            cnt.inc("cycles").eq(1),
-            cnt.inc("busy").eq(eng.busy),
-            cnt.inc("spike_busy").eq(eng.spike_busy),
-            cnt.inc("mac_busy").eq(eng.mac_busy),
-            cnt.inc("stall").eq(eng.busy & ~eng.spike_busy & ~eng.mac_busy),
-            cnt.inc("spikes").eq(eng.spike),
-            cnt.inc("steps").eq(eng.step),
-            cnt.inc("acc_spike").eq(scaled(eng.spike)),
-            cnt.inc("acc_step").eq(scaled(eng.step)),
-            cnt.inc("macs").eq(scaled(eng.mac_row)),
-            cnt.inc("w_rd").eq(eng.w_rd_spike + eng.w_rd_mac),
-            cnt.inc("ev_rd").eq(eng.spike_ev_rd + eng.mac_ev_rd),
-            cnt.inc("acc_rd").eq(eng.acc_rd),
-            cnt.inc("acc_wr").eq(eng.acc_wr),
-            cnt.inc("out_wr").eq(eng.out_wr),
-            cnt.inc("link_rx").eq(link.rx_byte),
-            cnt.inc("link_tx").eq(link.tx_byte),
-            cnt.inc("frame_errors").eq(link.frame_err),
-            cnt.inc("faults").eq(eng.fault),
-        ]
+        # every counter from its sources in the one counter map (accel.counters)
+        for name, c in COUNTERS.items():
+            inc = sum(strobe[src] for src in c.sources)
+            m.d.comb += cnt.inc[name].eq(Mux(inc, n_act, 0) if c.scaled else inc)
         return m
 
 

@@ -15,11 +15,11 @@ def test_counters_add_increments_clear_and_read_by_index():
     seen = {}
 
     async def tb(ctx):
-        ctx.set(dut.inc("spikes"), 3)
-        ctx.set(dut.inc("cycles"), 1)
+        ctx.set(dut.inc.spikes, 3)
+        ctx.set(dut.inc.cycles, 1)
         for _ in range(5):
             await ctx.tick()
-        ctx.set(dut.inc("spikes"), 0)
+        ctx.set(dut.inc.spikes, 0)
         for name in ("spikes", "cycles", "macs"):
             ctx.set(dut.sel, INDEX[name])
             await ctx.delay(1e-9)
