@@ -175,8 +175,8 @@ def test_tile_cycles_match_rtl(part):
 
 
 @pytest.fixture(scope="module")
-def tiny_llama_works(tiny_llama_cm):
-    cm, lm = tiny_llama_cm
+def tiny_llama_works(tiny_llama_cm, tiny_llama):
+    cm, lm = tiny_llama_cm, tiny_llama
     trace = []
     from models.golden import run_golden
 
@@ -204,8 +204,8 @@ def test_gemm_cycles_within_5_percent_of_rtl(tiny_llama_works, name, head):
     assert pred.cycles == counts["busy"]  # the model replays the pipeline: exact, not close
 
 
-def test_workload_statistics_match_the_golden_events(tiny_llama_cm):
-    cm, lm = tiny_llama_cm
+def test_workload_statistics_match_the_golden_events(tiny_llama_cm, tiny_llama):
+    cm, lm = tiny_llama_cm, tiny_llama
     works, events = measure(cm, sample_ids(lm, 16))
     for name, ev in events.items():
         mine = [g for g in works if g.name == name]

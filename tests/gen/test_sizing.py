@@ -8,8 +8,8 @@ from gen.sizing import DoesNotFit, size
 
 
 @pytest.fixture(scope="module")
-def works(tiny_llama_cm):
-    cm, lm = tiny_llama_cm
+def works(tiny_llama_cm, tiny_llama):
+    cm, lm = tiny_llama_cm, tiny_llama
     return measure(cm, sample_ids(lm, 32))[0]
 
 

@@ -1,12 +1,9 @@
-"""Shared fixtures: a simulated device (Verilator, built once per session) and a small
-converted model."""
+"""Shared fixtures: a simulated device (Verilator, built once per session)."""
 
 import pytest
 
 from accel.config import AccelConfig
 from hw.top import emit_verilog
-from models.arch import load_model
-from models.convert import ConvertOptions, convert
 from sim.device import SimDevice, build_simulator
 
 #: Small enough to build quickly, with several N and K tiles for tiny-llama.
@@ -28,9 +25,3 @@ def sim_binary(tmp_path_factory):
 def sim(sim_binary):
     with SimDevice(sim_binary) as dev:
         yield dev
-
-
-@pytest.fixture(scope="session")
-def tiny_llama():
-    lm = load_model("tiny-llama")
-    return lm, convert(lm, ConvertOptions(calib_sentences=6))

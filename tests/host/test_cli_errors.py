@@ -41,8 +41,8 @@ TEXT = "A dozen tokens of text for the tiny model."
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, tiny_llama):
-    lm, cm = tiny_llama
+def bundle(tmp_path_factory, tiny_llama, tiny_llama_cm):
+    lm, cm = tiny_llama, tiny_llama_cm
     out = tmp_path_factory.mktemp("bundle") / "b"
     with pytest.MonkeyPatch.context() as mp:  # reuse the session's model and conversion
         mp.setattr(gen_build, "load", lambda name: lm)
@@ -173,7 +173,7 @@ def test_the_bundle_is_self_contained(bundle, tiny_llama, sim_binary, tmp_path, 
                                       capsys):
     from sim.device import SimDevice
 
-    lm, _ = tiny_llama
+    lm = tiny_llama
     moved = tmp_path / "elsewhere" / "moved"
     shutil.copytree(bundle, moved, ignore=shutil.ignore_patterns("sim", "run"))
     # a hostile report naming a model directory outside the bundle (relative to the

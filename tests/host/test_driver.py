@@ -35,8 +35,8 @@ def test_write_read_back_and_verify(sim):
 
 
 @pytest.mark.slow
-def test_whole_model_bit_exact_with_counters_and_cycles(sim, tiny_llama):
-    lm, cm = tiny_llama
+def test_whole_model_bit_exact_with_counters_and_cycles(sim, tiny_llama, tiny_llama_cm):
+    lm, cm = tiny_llama, tiny_llama_cm
     t = SerialTransport(sim.url)
     dev = Device(t, CFG, **FAST)
     res = run_model(cm, lm.tokenize("A small model, run on simulated hardware."), dev)
@@ -52,8 +52,8 @@ def test_whole_model_bit_exact_with_counters_and_cycles(sim, tiny_llama):
 
 
 @pytest.mark.slow
-def test_faults_at_a_high_rate_still_exact(sim, tiny_llama):
-    lm, cm = tiny_llama
+def test_faults_at_a_high_rate_still_exact(sim, tiny_llama, tiny_llama_cm):
+    lm, cm = tiny_llama, tiny_llama_cm
     t = FaultyTransport(SerialTransport(sim.url), rate=0.15, seed=3)
     dev = Device(t, CFG, **FAST, retries=12)
     res = run_model(cm, lm.tokenize("Noise on the line."), dev)
@@ -188,18 +188,13 @@ def test_resident_words_replaced_by_an_overlapping_write_are_rewritten(sim):
     t.close()
 
 
-def test_one_token_opt_runs_exactly_with_all_integer_attention(sim):
+def test_one_token_opt_runs_exactly_with_all_integer_attention(sim, tiny_opt_cm):
     """tiny-opt on one token: the PV GEMMs have K = 1 channel, an outlier, so no spike
     channel: the device used to run a TTFS window for it anyway and count its steps."""
     import torch
 
-    from models.arch import load_model
-    from models.convert import ConvertOptions, convert
-
-    lm = load_model("tiny-opt")
-    cm = convert(lm, ConvertOptions(calib_sentences=4))
     t = SerialTransport(sim.url)
-    res = run_model(cm, torch.tensor([1037]), Device(t, CFG, **FAST))
+    res = run_model(tiny_opt_cm, torch.tensor([1037]), Device(t, CFG, **FAST))
     t.close()
     av = [r for r in res.records if r.name.endswith(".av")]
     assert av and all(r.k == 1 and r.counters["acc_step"] == 0 for r in av)
