@@ -90,3 +90,48 @@ def parse_counters(cfg: AccelConfig, payload: bytes) -> dict[str, int]:
                          f"{cb * len(COUNTERS)} ({len(COUNTERS)} counters of {cb} bytes)")
     return {name: int.from_bytes(payload[i * cb : (i + 1) * cb], "little")
             for i, name in enumerate(COUNTERS)}
+
+
+#: Buffers only the host writes (a write of words they already hold may be skipped).
+HOST_WRITTEN = frozenset({BufId.WEIGHTS, BufId.SPIKE_EV, BufId.MAC_EV, BufId.ROWS,
+                          BufId.PARAMS})
+
+
+class BufferMirror:
+    """What every address of the host-written buffers is known to hold (None: unknown).
+
+    Sans-IO: the driver and the cocotb bench both keep one and ask :func:`tile_writes`
+    which writes a tile needs. A write whose range already holds its words is skipped;
+    the datapath's own buffers (ACC, OUT) are never mirrored."""
+
+    def __init__(self, cfg: AccelConfig):
+        self.depth = {b: d for b, (_, d) in buffer_shapes(cfg).items()}
+        self.words: dict[BufId, list] = {}
+
+    def holds(self, buf: BufId, words: list, addr: int = 0) -> bool:
+        """Whether ``buf`` is known to hold ``words`` at ``addr ..``."""
+        known = self.words.get(buf)
+        return known is not None and known[addr:addr + len(words)] == list(words)
+
+    def set(self, buf: BufId, addr: int, words: list | None, count: int = 0) -> None:
+        """Record ``words`` at ``addr ..`` (``None``: ``count`` addresses now unknown)."""
+        if buf not in HOST_WRITTEN:
+            return
+        known = self.words.setdefault(buf, [None] * self.depth[buf])
+        known[addr:addr + (count if words is None else len(words))] = (
+            [None] * count if words is None else list(words))
+
+    def forget(self) -> None:
+        """Everything unknown (a device that may have been reloaded)."""
+        self.words.clear()
+
+
+def tile_writes(cfg: AccelConfig, img, mirror: BufferMirror) -> list[tuple[BufId, int, list]]:
+    """The buffer writes ``(buffer, address, words)`` that tile image ``img``
+    (``accel.tiling.TileImage``) needs before its RUN: its words the buffers do not already
+    hold, and its accumulator start row."""
+    out = [(buf, img.base.get(buf, 0), words) for buf, words in img.words.items()
+           if not mirror.holds(buf, words, img.base.get(buf, 0))]
+    if img.start_row is not None:
+        out.append((BufId.ACC, cfg.max_rows, [img.start_row]))
+    return out

@@ -20,7 +20,7 @@ from collections import Counter
 import torch
 
 from accel.config import AccelConfig
-from accel.layouts import BufId, buffer_shapes
+from accel.layouts import BufId
 from accel.protocol import (
     BUF_ARGS,
     MAX_PAYLOAD,
@@ -35,18 +35,16 @@ from accel.protocol import (
 from accel.tiling import TileImage
 
 from .commands import (
+    BufferMirror,
     buf_args,
     parse_counters,
     parse_ident,
     parse_words,
     run_payload,
+    tile_writes,
     write_buf_payloads,
 )
 from .transport import Transport
-
-#: Buffers only the host writes (the driver may skip rewriting what they already hold).
-HOST_WRITTEN = frozenset({BufId.WEIGHTS, BufId.SPIKE_EV, BufId.MAC_EV, BufId.ROWS,
-                          BufId.PARAMS})
 
 #: Link error replies worth a retransmission (the request was damaged on the way).
 TRANSIENT = {Status.ERR_CRC.value, Status.ERR_LENGTH.value, Status.ERR_TIMEOUT.value}
@@ -88,8 +86,7 @@ class Device:
         self.seq = 0
         self.stats: Counter = Counter()
         #: what each address of the host-written buffers holds, as far as this driver knows
-        #: (None: unknown); a write whose words are all there already is skipped
-        self._mirror: dict[BufId, list] = {}
+        self.mirror = BufferMirror(cfg)
 
     # -- framing ---------------------------------------------------------------------------
     def request(self, cmd: Cmd, payload: bytes = b"", timeout: float | None = None) -> bytes:
@@ -164,24 +161,15 @@ class Device:
 
     def forget(self) -> None:
         """Forget what the buffers hold: the next writes all go to the device."""
-        self._mirror.clear()
-
-    def holds(self, buf: BufId, words: list, addr: int = 0) -> bool:
-        """Whether ``buf`` is known to hold ``words`` at ``addr ..`` already."""
-        mirror = self._mirror.get(buf)
-        return mirror is not None and mirror[addr:addr + len(words)] == list(words)
+        self.mirror.forget()
 
     def write(self, buf: BufId, words: list, addr: int = 0) -> None:
         """Write words into a buffer (split into frames)."""
         payloads = write_buf_payloads(self.cfg, buf, words, addr=addr,
                                       max_payload=self.max_payload)
-        depth = buffer_shapes(self.cfg)[buf][1]
-        # the datapath writes ACC and OUT itself: only host-written buffers are mirrored
-        mirror = (self._mirror.setdefault(buf, [None] * depth) if buf in HOST_WRITTEN
-                  else [None] * depth)
         # unknown until the device has acknowledged every frame (a failure midway leaves
         # some of the range old and some new)
-        mirror[addr:addr + len(words)] = [None] * len(words)
+        self.mirror.set(buf, addr, None, len(words))
         for p in payloads:
             self.request(Cmd.WRITE_BUF, p)
         if self.verify_weights and buf == BufId.WEIGHTS:
@@ -190,7 +178,7 @@ class Device:
             if got != want[nbytes(BUF_ARGS.size):]:
                 raise LinkError(f"WEIGHTS read back at {addr}..{addr + len(words)} differs "
                                 f"from what was written")
-        mirror[addr:addr + len(words)] = list(words)
+        self.mirror.set(buf, addr, words)
 
     def read_raw(self, buf: BufId, addr: int, count: int) -> bytes:
         """Raw bytes of ``count`` words (split into frames)."""
@@ -235,14 +223,11 @@ class Device:
 
     def run_tile(self, img: TileImage) -> None:
         """Write a tile's buffers (skipping words already resident) and run it."""
-        for buf, words in img.words.items():
-            base = img.base.get(buf, 0)
-            if self.holds(buf, words, base):
-                self.stats["writes_skipped"] += 1
-                continue
-            self.write(buf, words, base)
-        if img.start_row is not None:
-            self.write(BufId.ACC, [img.start_row], self.cfg.max_rows)
+        writes = tile_writes(self.cfg, img, self.mirror)
+        self.stats["writes_skipped"] += len(img.words) + (img.start_row is not None) - len(
+            writes)
+        for buf, addr, words in writes:
+            self.write(buf, words, addr)
         self.run(img.descriptor, img.where)
 
     def gemm(self, plan) -> torch.Tensor:

@@ -23,11 +23,13 @@ from accel.layouts import BufId
 from accel.protocol import Cmd, Frame, FrameDecoder, Status, encode_frame
 from accel.tiling import build_tile, plan_gemm
 from host.commands import (
+    BufferMirror,
     buf_args,
     parse_counters,
     parse_ident,
     parse_words,
     run_payload,
+    tile_writes,
     write_buf_payloads,
 )
 from models.contract import requantize
@@ -50,7 +52,7 @@ class Testbench:
         self.decoder = FrameDecoder()
         self.replies: collections.deque = collections.deque()
         self.seq = 0
-        self.resident: dict = {}  # buffer -> words last written: unchanged buffers are kept
+        self.mirror = BufferMirror(CFG)  # what the buffers hold: unchanged words are kept
 
     async def start(self) -> None:
         d = self.dut
@@ -110,16 +112,12 @@ class Testbench:
         return r.payload
 
     async def write_tile(self, tile) -> None:
-        for buf, words in tile.words.items():
-            base = tile.base.get(buf, 0)
-            if self.resident.get((buf, base)) == words:
-                continue  # e.g. the same activations for the next N tile
-            for p in write_buf_payloads(CFG, buf, words, addr=base):
+        """The driver's writes for a tile (``host.commands.tile_writes``), on this bench."""
+        for buf, addr, words in tile_writes(CFG, tile, self.mirror):
+            self.mirror.set(buf, addr, None, len(words))
+            for p in write_buf_payloads(CFG, buf, words, addr=addr):
                 await self.request(Cmd.WRITE_BUF, p)
-            self.resident[(buf, base)] = words
-        if tile.start_row is not None:
-            for p in write_buf_payloads(CFG, BufId.ACC, [tile.start_row], addr=CFG.max_rows):
-                await self.request(Cmd.WRITE_BUF, p)
+            self.mirror.set(buf, addr, words)
 
     async def gemm(self, plan, rows: int, n: int) -> torch.Tensor:
         """Run every tile of a planned GEMM; return its outputs ``[rows, n]``."""
