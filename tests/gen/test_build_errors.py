@@ -14,6 +14,8 @@ import gen.build as gen_build
 from gen.__main__ import main
 from models.arch import random_model, tiny_config
 
+from ..helpers import one_error_line
+
 
 def _env() -> dict:
     """The subprocesses import the code under test, however the project is installed."""
@@ -79,13 +81,6 @@ def bad_builds(tmp_path_factory):
         return {n: f.result() for n, f in futures.items()}
 
 
-def _one_error_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    errors = [ln for ln in err.splitlines() if "error" in ln.lower()]
-    assert len(errors) == 1 and errors[0].startswith("error: "), err
-    # the last line (after the progress bar's own line): not printed inside the bar
-    assert err.rstrip("\n").splitlines()[-1] == errors[0], err
-    return errors[0]
 
 
 @pytest.mark.slow
@@ -94,7 +89,7 @@ def _one_error_line(err: str) -> str:
 def test_a_bad_model_directory_is_one_line_exit_2(bad_builds, name, words):
     parent, rc, err = bad_builds[name]
     assert rc == 2, err
-    line = _one_error_line(err)
+    line = one_error_line(err)
     for w in words:
         assert w in line, line
     assert list(parent.iterdir()) == [], "a failed build left something at --out"

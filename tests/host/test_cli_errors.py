@@ -24,6 +24,7 @@ from gen.__main__ import main as gen_main
 from host import __main__ as host_main
 from host.__main__ import main
 
+from ..helpers import one_error_line
 from .conftest import CFG
 
 
@@ -124,12 +125,6 @@ def bad_runs(bundle, tmp_path_factory):
         return {k: (jobs[k][0], *f.result()) for k, f in futures.items()}
 
 
-def _one_error_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    errors = [ln for ln in err.splitlines() if "error" in ln.lower()]
-    assert len(errors) == 1 and errors[0].startswith("error: "), err
-    assert err.rstrip("\n").splitlines()[-1] == errors[0], err
-    return errors[0]
 
 
 @pytest.mark.slow
@@ -138,7 +133,7 @@ def _one_error_line(err: str) -> str:
 def test_a_bad_bundle_is_one_line_exit_2(bad_runs, name, words):
     copy, rc, _, err, _ = bad_runs[name]
     assert rc == 2, err
-    line = _one_error_line(err)
+    line = one_error_line(err)
     for w in words:
         assert w in line, line
     assert not (copy / "sim").exists(), "refused only after building the simulator"
@@ -153,7 +148,7 @@ def test_the_port_is_opened_before_the_model_loads(bundle, tmp_path, monkeypatch
     monkeypatch.setattr(host_main, "load_bundle", no)
     port = tmp_path / "ttyNONE"
     assert main(["run", "--bundle", str(bundle), "--port", str(port)]) == 2
-    assert _one_error_line(capsys.readouterr().err) == f"error: cannot open {port}: no such device"
+    assert one_error_line(capsys.readouterr().err) == f"error: cannot open {port}: no such device"
 
 
 @pytest.mark.slow
@@ -164,7 +159,7 @@ def test_a_bad_port_fails_fast_even_with_a_bad_model(bundle, tmp_path):
     rc, _, err, wall = _run(["--bundle", str(copy), "--port", "/dev/ttyNONE-spikellm"],
                             tmp_path)
     assert rc == 2
-    assert "cannot open /dev/ttyNONE-spikellm" in _one_error_line(err)
+    assert "cannot open /dev/ttyNONE-spikellm" in one_error_line(err)
     assert wall < 60  # imports only; the model used to load first (28 s for MiniLM)
 
 
