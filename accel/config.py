@@ -138,6 +138,11 @@ class AccelConfig:
         blob = json.dumps(self.to_json(), sort_keys=True).encode()
         return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big")
 
+    @property
+    def hash_text(self) -> str:
+        """:meth:`hash32` as the bundle files and reports write it (``0x1234abcd``)."""
+        return f"0x{self.hash32():08x}"
+
 
 #: Named presets.
 PRESETS = {

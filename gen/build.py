@@ -163,21 +163,20 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
     step("emit")
     (tmp / "spikellm_top.v").write_text(cache.verilog(cfg, o.cache)[0])
     (tmp / "config.json").write_text(json.dumps(
-        {"config": cfg.to_json(), "hash": f"0x{cfg.hash32():08x}",
+        {"config": cfg.to_json(), "hash": cfg.hash_text,
          "hw_source": source_digest(*SOURCES)}, indent=1))
     shifts = {n: info.shift for n, info in cm.nodes.items()}
     (tmp / "program.json").write_text(json.dumps(
-        {"config_hash": f"0x{cfg.hash32():08x}",
+        {"config_hash": cfg.hash_text,
          "gemms": compile_program(cfg, works, shifts=shifts)}, indent=1))
     (tmp / "link.json").write_text(json.dumps(link_description(cfg), indent=1))
     rows = report.layer_rows(cfg, works, sizing.predictions, events, table)
     rep = {
         "schema": report.SCHEMA,
-        "model": {"name": o.model, "arch": cm.spec.family if hasattr(cm.spec, "family")
-                  else type(cm.spec).__name__, "tokens": int(ids.numel()),
+        "model": {"name": o.model, "arch": cm.spec.family, "tokens": int(ids.numel()),
                   "options": cache.jsonable(asdict(opts)), "conversion_cached": cached},
         "target": o.target, "budget": budget.as_dict(), "config": cfg.to_json(),
-        "config_hash": f"0x{cfg.hash32():08x}",
+        "config_hash": cfg.hash_text,
         "choice": {"why": sizing.why, "candidates": [c.as_dict() for c in sizing.candidates]},
         "resources": {"estimate": estimate(cfg).as_dict(), "synth": None},
         "fmax_mhz": None, "energy_table": o.energy_table or "default (Horowitz 45 nm)",

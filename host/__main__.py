@@ -100,7 +100,7 @@ def _bundle(path: Path, need: tuple[str, ...]) -> tuple[AccelConfig, list[dict] 
     meta = _read_json(path / "config.json")
     try:
         cfg = AccelConfig.from_json(meta["config"])
-        digest = f"0x{cfg.hash32():08x}"
+        digest = cfg.hash_text
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise BundleInputError(f"{path / 'config.json'}: bad config ({type(e).__name__}: "
                                f"{one_line(e)})") from None
@@ -109,7 +109,11 @@ def _bundle(path: Path, need: tuple[str, ...]) -> tuple[AccelConfig, list[dict] 
                                f"the hash of its config ({digest})")
     program = None
     if "program.json" in need:
-        program = _read_json(path / "program.json").get("gemms")
+        prog = _read_json(path / "program.json")
+        if prog.get("config_hash") != digest:
+            raise BundleInputError(f"{path / 'program.json'}: compiled for config "
+                                   f"{prog.get('config_hash')!r}, the bundle's is {digest}")
+        program = prog.get("gemms")
         _check_program(program, path / "program.json")
     return cfg, program
 
@@ -239,7 +243,7 @@ def cmd_run(a) -> int:
     rep = {
         "schema": report.SCHEMA, "model": lm.name, "tokens": int(ids.numel()),
         "text": a.text, "device": "simulator" if a.sim else a.port,
-        "config_hash": f"0x{cfg.hash32():08x}", "bit_exact": res.bit_exact,
+        "config_hash": cfg.hash_text, "bit_exact": res.bit_exact,
         "wall_s": wall, "link": {"bytes": dev.link_bytes(), "retries": dev.stats["retries"],
                                  "stats": dict(dev.stats),
                                  "faults_injected": dict(getattr(link, "injected", {}))},

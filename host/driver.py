@@ -154,7 +154,7 @@ class Device:
         if ident["hash"] != self.cfg.hash32():
             raise DeviceError(
                 f"device config hash {ident['hash']:#010x} differs from the bundle's "
-                f"{self.cfg.hash32():#010x} (lanes {ident['lanes']} vs {self.cfg.lanes}, "
+                f"{self.cfg.hash_text} (lanes {ident['lanes']} vs {self.cfg.lanes}, "
                 f"MAC units {ident['mac_units']} vs {self.cfg.mac_units}): program the "
                 f"device with this bundle's design")
         return ident

@@ -98,8 +98,8 @@ BAD = [
      ["tokenizer: unreadable tokenizer"]),
     ("no-float-model", _remove("float"), ["no float/", "rebuild"]),
     ("config-is-a-list", _write("config.json", "[1]"), ["config.json: a JSON list"]),
-    ("program-no-gemms", _write("program.json", "{}"),
-     ["program.json: gemms is NoneType, not a list"]),
+    ("program-of-another-config", _write("program.json", "{}"),
+     ["program.json: compiled for config None, the bundle's is 0x"]),
 ]
 
 
