@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from models.arch import LoadedModel
+from models.arch import LoadedModel, one_line
 from models.bundle import ConvertedModel
 
 TOKENIZER = "tokenizer"
@@ -29,12 +29,6 @@ HW_SOURCES = ("accel", "hw", "models")
 
 class BundleFileError(ValueError):
     """A bundle file the host needs is missing or unreadable (one-line message)."""
-
-
-def one_line(e: BaseException | str) -> str:
-    """An exception's message on one line (third-party messages can span several)."""
-    text = " ".join(str(e).split())
-    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def save_host_files(lm: LoadedModel, cm: ConvertedModel, out: Path) -> None:

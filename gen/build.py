@@ -22,13 +22,12 @@ from tqdm import tqdm
 
 from accel.bundle import (
     SOURCES,
-    one_line,
     save_host_files,
     source_digest,
 )
 from accel.config import AccelConfig
 from accel.workload import measure, sample_ids
-from models.arch import LoadedModel, ModelInputError, load_model
+from models.arch import LoadedModel, ModelInputError, load_model, one_line
 from models.bundle import save_bundle
 from models.convert import ConvertOptions
 from models.energy import load_table

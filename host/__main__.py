@@ -25,14 +25,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from accel.bundle import FLOAT, SOURCES, TOKENIZER, load_host_model, one_line, source_digest
+from accel.bundle import FLOAT, SOURCES, TOKENIZER, load_host_model, source_digest
 from accel.config import AccelConfig
 from accel.counters import sram_bits
 from accel.cycles import gemm_cycles
 from accel.protocol import BAUD
 from accel.workload import GemmWork
-from models.arch import LoadedModel, ModelInputError
+from models.arch import LoadedModel, ModelInputError, one_line
 from models.bundle import BundleError, load_bundle
+from models.checkpoint import read_json
 from models.convert import ConvertedModel, ConvertOptions, convert
 from models.encodings import Encoding
 from models.energy import event_energy, load_table
@@ -75,17 +76,6 @@ def simulator(bundle: Path, name: str = "verilator"):
     return found[0].load()((bundle / "spikellm_top.v").read_text(), bundle / "sim")
 
 
-def _read_json(path: Path) -> dict:
-    """A bundle's JSON object, or a one-line error naming the file."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleInputError(f"{path}: not readable JSON ({one_line(e)})") from None
-    if not isinstance(data, dict):
-        raise BundleInputError(f"{path}: a JSON {type(data).__name__}, not an object")
-    return data
-
-
 def _bundle(path: Path, need: tuple[str, ...]) -> tuple[AccelConfig, list[dict] | None]:
     """The bundle's configuration and compiled program, after checking that the files in
     ``need`` are there."""
@@ -97,7 +87,7 @@ def _bundle(path: Path, need: tuple[str, ...]) -> tuple[AccelConfig, list[dict] 
                                    f"was built by an older gen build: rebuild it")
         raise BundleInputError(f"{path}: no {f}; is this a `python -m gen build` "
                                f"output directory?")
-    meta = _read_json(path / "config.json")
+    meta = read_json(path / "config.json")
     try:
         cfg = AccelConfig.from_json(meta["config"])
         digest = cfg.hash_text
@@ -109,7 +99,7 @@ def _bundle(path: Path, need: tuple[str, ...]) -> tuple[AccelConfig, list[dict] 
                                f"the hash of its config ({digest})")
     program = None
     if "program.json" in need:
-        prog = _read_json(path / "program.json")
+        prog = read_json(path / "program.json")
         if prog.get("config_hash") != digest:
             raise BundleInputError(f"{path / 'program.json'}: compiled for config "
                                    f"{prog.get('config_hash')!r}, the bundle's is {digest}")
@@ -120,7 +110,7 @@ def _bundle(path: Path, need: tuple[str, ...]) -> tuple[AccelConfig, list[dict] 
 
 def _warn_if_stale(path: Path) -> None:
     """Warn when the bundle was built by other code than this process runs."""
-    meta = _read_json(path / "config.json")
+    meta = read_json(path / "config.json")
     if meta.get("hw_source") != source_digest(*SOURCES):
         # the gateware or the cycle model changed since the bundle was built: the run still
         # checks bit-exactness, but predicted cycles may not match the bundle's Verilog
@@ -149,9 +139,6 @@ def _model(bundle: Path) -> tuple[ConvertedModel, LoadedModel]:
     """The converted model (``models.bundle`` checks every field), tokenizer and float
     model, all from the bundle."""
     mdir = bundle / "model"
-    manifest = mdir / "manifest.json"
-    if manifest.is_file():
-        _read_json(manifest)  # a manifest that is not a JSON object, named as such
     try:
         cm = load_bundle(mdir)
     except (BundleError, ModelInputError) as e:  # one line naming the file and field
@@ -191,7 +178,7 @@ def cmd_run(a) -> int:
         cm, lm = _model(bundle)
         ids = lm.tokenize(a.text)
         try:  # a model that cannot run is refused before the simulator is built
-            run_golden(cm, ids)
+            golden = run_golden(cm, ids)
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
             raise BundleInputError(f"{bundle / 'model'}: the converted model does not run on "
                                    f"the input ({type(e).__name__}: {one_line(e)})") from None
@@ -207,7 +194,7 @@ def cmd_run(a) -> int:
         bar = tqdm(total=len(program), unit="gemm", disable=a.quiet, desc="run")
         t0 = time.perf_counter()
         try:
-            res = run_model(cm, ids, dev, progress=bar, program=program)
+            res = run_model(cm, ids, dev, progress=bar, program=program, golden=golden)
         finally:
             bar.close()
         wall = time.perf_counter() - t0

@@ -112,12 +112,13 @@ def run_gemm(dev: Device, call: GemmCall, plan=None,
 
 
 def run_model(cm: ConvertedModel, ids: torch.Tensor, dev: Device, progress=None,
-              program: list[dict] | None = None) -> RunResult:
+              program: list[dict] | None = None, golden: tuple | None = None) -> RunResult:
     """Forward ``ids`` with every GEMM on ``dev``; see module doc. With ``program`` (the
-    bundle's compiled program) each GEMM's tiling is checked against it."""
+    bundle's compiled program) each GEMM's tiling is checked against it. ``golden``: the
+    result of ``run_golden(cm, ids)`` if the caller has it already."""
     cfg = dev.cfg
     order = iter(program) if program is not None else None
-    golden_hidden, golden_events = run_golden(cm, ids)
+    golden_hidden, golden_events = golden if golden is not None else run_golden(cm, ids)
     dev.identify()
     res = RunResult(golden_hidden, golden_hidden, golden_events)
     last = {"counters": dev.counters()}  # each GEMM's "after" is the next one's "before"

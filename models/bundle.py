@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .arch import ArchSpec, ModelInputError, canonical_shapes, one_line
+from .arch import ArchSpec, ModelInputError, _is_int, _show, canonical_shapes, one_line
 from .contract import ACC_BITS, ACC_MAX, COL_MULT_MAX, INT8_QMAX, MAX_REQ_SHIFT, WEIGHT_QMAX
 from .graph import gemm_nodes
 from .quant import ActPlan
@@ -38,15 +38,6 @@ OUT_MIN, OUT_MAX = -(2**15), 2**15 - 1
 
 class BundleError(ModelInputError):
     """A bundle is missing, malformed or inconsistent (one line naming file and field)."""
-
-
-def _show(v) -> str:
-    s = repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass

@@ -1,4 +1,20 @@
-"""Helpers shared by the command-line tests."""
+"""Helpers and settings shared by the tests."""
+
+from accel.config import AccelConfig
+from hw.top import emit_verilog
+from sim.device import build_simulator
+
+#: A short link timeout (cycles) keeps fault recovery quick in the tests.
+LINK_TIMEOUT = 20_000
+#: Driver settings that go with it (seconds).
+FAST = {"timeout": 0.3, "run_timeout": 2.0, "quiet": 0.05}
+
+
+def simulator_binary(cfg: AccelConfig, base):
+    """The simulated device of ``cfg`` with the tests' short link timeout, built into
+    ``base`` (cached per design)."""
+    return build_simulator(emit_verilog(cfg, link_timeout=LINK_TIMEOUT), base)
+
 
 
 def one_error_line(err: str) -> str:

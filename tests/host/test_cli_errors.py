@@ -83,7 +83,7 @@ def _write(rel, text):
 #: (id, mutation, words the one error line must contain); the table of the final report.
 BAD = [
     ("manifest-is-a-list", _write("model/manifest.json", "[]"),
-     ["model/manifest.json", "a JSON list, not an object"]),
+     ["model/manifest.json", "must be a JSON object, not a JSON list"]),
     ("layers-1e6", _arch("layers", 1e6),
      ["model/manifest.json", "layers", "1000000.0"]),
     ("layers-million", _arch("layers", 1_000_000),
@@ -97,7 +97,8 @@ BAD = [
     ("bad-tokenizer", _write("tokenizer/tokenizer.json", "not json"),
      ["tokenizer: unreadable tokenizer"]),
     ("no-float-model", _remove("float"), ["no float/", "rebuild"]),
-    ("config-is-a-list", _write("config.json", "[1]"), ["config.json: a JSON list"]),
+    ("config-is-a-list", _write("config.json", "[1]"),
+     ["config.json: must be a JSON object, not a JSON list"]),
     ("program-of-another-config", _write("program.json", "{}"),
      ["program.json: compiled for config None, the bundle's is 0x"]),
 ]

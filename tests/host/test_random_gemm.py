@@ -19,7 +19,6 @@ from accel.config import AccelConfig
 from host.driver import Device
 from host.run import run_gemm
 from host.transport import SerialTransport
-from hw.top import emit_verilog
 from models.contract import (
     HOST_OUT_QMAX,
     MAX_REQ_SHIFT,
@@ -30,10 +29,10 @@ from models.contract import (
 )
 from models.encodings import Encoding
 from models.golden import GemmCall, gemm
-from sim.device import SimDevice, build_simulator
+from sim.device import SimDevice
 from sim.streams import seed
 
-from .conftest import FAST, LINK_TIMEOUT
+from ..helpers import FAST, simulator_binary
 
 #: Odd configurations, none of them a preset: every lanes/MAC ratio, FIFO depths 1 to 3,
 #: small buffers so that row blocks, K tiles and N tiles all occur.
@@ -135,8 +134,7 @@ def random_call(cfg: AccelConfig, g: torch.Generator, i: int) -> GemmCall:
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def device(request, tmp_path_factory):
     cfg = CONFIGS[request.param]
-    binary = build_simulator(emit_verilog(cfg, link_timeout=LINK_TIMEOUT),
-                             tmp_path_factory.mktemp(f"sim-{request.param}"))
+    binary = simulator_binary(cfg, tmp_path_factory.mktemp(f"sim-{request.param}"))
     with SimDevice(binary) as sim:
         t = SerialTransport(sim.url)
         dev = Device(t, cfg, **FAST)

@@ -26,13 +26,13 @@ from models.arch import (
     ModelInputError,
     _tokenizer_for,
     canonical_params,
-    check_model_dir,
     load_model,
     random_model,
     spec_from_config,
     tiny_config,
 )
 from models.bundle import BundleError, load_bundle, save_bundle
+from models.checkpoint import check_model_dir
 from models.convert import ConvertOptions, builtin_text, convert, plan_activation
 from models.encodings import Encoding
 from models.golden import run_golden

@@ -13,19 +13,16 @@ from accel.config import PRESETS
 from accel.protocol import Cmd, FrameDecoder, Status, encode_frame
 from host.driver import Device, parse_ident
 from host.transport import SerialTransport
-from hw.top import emit_verilog
-from sim.device import SimDevice, build_simulator
+from sim.device import SimDevice
+
+from ..helpers import FAST, simulator_binary
 
 CFG = PRESETS["tiny"]
-#: Driver settings for a short link timeout (cycles), as in tests/host.
-LINK_TIMEOUT = 20_000
-FAST = {"timeout": 0.3, "run_timeout": 2.0, "quiet": 0.05}
 
 
 @pytest.fixture(scope="module")
 def sim_binary(tmp_path_factory):
-    return build_simulator(emit_verilog(CFG, link_timeout=LINK_TIMEOUT),
-                           tmp_path_factory.mktemp("sim"))
+    return simulator_binary(CFG, tmp_path_factory.mktemp("sim"))
 
 
 def connect(port: int) -> socket.socket:
