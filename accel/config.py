@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
-from models.contract import ACC_BITS, COL_MULT_BITS, INT8_QMAX, ROW_FRAC
+from models.contract import ACC_BITS, COL_MULT_BITS, INT8_QMAX, MAX_OUTLIER_SHIFT, ROW_FRAC
 from models.encodings import KINDS
 
 
@@ -43,7 +43,7 @@ class AccelConfig:
     #: Finished rows each array may run ahead of the other (partial-sum FIFO depth).
     row_fifo_depth: int = 4
     #: Largest left shift of an outlier product.
-    max_shift: int = 15
+    max_shift: int = MAX_OUTLIER_SHIFT
     #: Longest spike window T.
     max_steps: int = 255
     #: Width of every event counter.

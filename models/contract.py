@@ -32,6 +32,10 @@ ROW_MULT_MAX = 2**16 - 1
 #: Width of the row multiplier.
 ROW_MULT_BITS = ROW_MULT_MAX.bit_length()
 
+#: Largest outlier-channel shift ``p_k`` a converted model may use (4 bits): the default
+#: of the accelerator's outlier shift field (``accel.config.AccelConfig.max_shift``).
+MAX_OUTLIER_SHIFT = 15
+
 #: Largest requantizer shift (keeps ``acc * mcol`` rounding inside a 48-bit datapath).
 MAX_REQ_SHIFT = 47
 

@@ -20,23 +20,20 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .arch import ModelInputError
-from .contract import COL_MULT_MAX, INT8_QMAX, MAX_REQ_SHIFT, ROW_FRAC, ROW_MULT_MAX, ContractError
+from .arch import ModelInputError, _is_int, _is_num
+from .contract import (
+    COL_MULT_MAX,
+    INT8_QMAX,
+    MAX_OUTLIER_SHIFT,
+    MAX_REQ_SHIFT,
+    ROW_FRAC,
+    ROW_MULT_MAX,
+    ContractError,
+)
 from .encodings import Encoding
 
 F = torch.float64
 ONE = 2**ROW_FRAC  # mrow value meaning a factor of 1.0
-#: Largest outlier-channel shift ``p_k``: the accelerator's outlier shift field
-#: (``hw.config.AccelConfig.max_shift``, 15 by default; 4 bits).
-MAX_OUTLIER_SHIFT = 15
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def encoding_from_json(d, where: str = "encoding") -> Encoding:
