@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     cv = sub.add_parser("convert", help="convert a model and write its bundle")
     cv.add_argument("--model", required=True, help=f"built-in name ({', '.join(BUILTIN)}) or dir")
     cv.add_argument("--out", required=True, help="bundle directory to write")
-    cv.add_argument("--encoding", default="ttfs:4", type=_encoding,
+    cv.add_argument("--encoding", default="ttfs-signed:4", type=_encoding,
                     help="ttfs[:bits] | ttfs-signed[:bits] | rate[:T] | graded[:TxL] | "
-                         "ternary[:T] | int[:bits] (default ttfs:4)")
+                         "ternary[:T] | int[:bits] (default ttfs-signed:4: zero is silent)")
     cv.add_argument("--outliers", type=_count, default=None,
                     help="outlier channels per GEMM (default: 1/32 of the channels)")
     cv.add_argument("--static", action="store_true", help="static per-tensor activation steps")

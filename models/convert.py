@@ -69,7 +69,7 @@ class ConvertOptions:
         in order; e.g. keep one layer all-integer W4A8 inside a hybrid model.
     """
 
-    encoding: Encoding = Encoding("ttfs", 4)  # noqa: RUF009 (frozen, so sharing is safe)
+    encoding: Encoding = Encoding("ttfs-signed", 4)  # noqa: RUF009 (frozen: sharing is safe)
     outlier_fraction: float = 1 / 32
     outlier_count: int | None = None
     per_token: bool = True

@@ -321,7 +321,9 @@ BAD_MANIFESTS = [
      r"act\.outlier_shifts: must be integers in 0\.\.15"),
     ("outlier-shifts-length", _act(outliers=[1, 2], outlier_shifts=[0]),
      r"act\.outlier_shifts: must be a list of 2 shifts"),
-    ("zero-point-1e9", _act(zero_point=10**9), r"act\.zero_point: must be in 0\.\.15"),
+    ("zero-point-1e9", _act(zero_point=10**9, encoding={"kind": "ttfs", "bits": 4, "steps": 0,
+                                                   "levels": 1}),
+     r"act\.zero_point: must be in 0\.\.15"),
     ("zero-point-float", _act(zero_point=1e9), r"act\.zero_point: must be an integer"),
     ("zero-point-signed", _act("layers.0.qk", zero_point=3),
      r"act\.zero_point: must be 0 for the signed encoding ttfs-signed4"),
@@ -406,7 +408,7 @@ def test_bad_convert_options_are_refused_by_name(small_bundle, opts, message):
 
 def test_convert_refuses_a_model_its_contract_would_refuse(small_bundle, monkeypatch):
     monkeypatch.setattr("models.convert.ACC_MAX", 1000)
-    with pytest.raises(ModelInputError, match=r"layers\.0\.q: options encoding=ttfs4 and "
+    with pytest.raises(ModelInputError, match=r"layers\.0\.q: options encoding=ttfs-signed4 and "
                                               r"outlier_count=3 \(--outliers\).*overflow"):
         convert(small_bundle[0], ConvertOptions(calib_sentences=2, gptq=False, outlier_count=3))
 
@@ -435,7 +437,7 @@ def test_outlier_shift_fits_the_row_step_the_row_really_gets():
     assert plan.outliers == [0] and plan.outlier_shifts[0] <= MAX_OUTLIER_SHIFT
     codes, _ = quantize_act(x, plan)
     assert int(codes[3, 0]) > 0
-    assert isinstance(plan, ActPlan) and plan.encoding == Encoding("ttfs", 4)
+    assert isinstance(plan, ActPlan) and plan.encoding == Encoding("ttfs-signed", 4)
 
 
 def test_evaluate_shows_progress(small_bundle, capsys):

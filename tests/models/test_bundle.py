@@ -35,7 +35,7 @@ def test_manifest_lists_graph_shapes_and_integer_weights(saved):
     assert m["format"] == "spikellm-bundle" and m["version"] == 1
     up = next(n for n in m["graph"] if n["name"] == "layers.0.up")
     assert (up["K"], up["N"]) == (64, 128)
-    assert up["act"]["encoding"]["kind"] == "ttfs"
+    assert up["act"]["encoding"]["kind"] == "ttfs-signed"
     assert m["tensors"]["layers.0.up.w"] == {"dtype": "int8", "shape": [128, 64]}
 
 

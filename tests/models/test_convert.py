@@ -35,18 +35,26 @@ def test_per_layer_overrides_pick_the_encoding_and_outliers(tiny_opt):
         "layers.1.*": {"outlier_count": 0}})
     cm = convert(tiny_opt, opts)
     assert cm.nodes["layers.0.down"].act.encoding == Encoding("int", 8)
-    assert cm.nodes["layers.0.up"].act.encoding.kind == "ttfs"
+    assert cm.nodes["layers.0.up"].act.encoding.kind == "ttfs-signed"
     assert cm.nodes["layers.0.up"].act.outliers
     assert all(not cm.nodes[f"layers.1.{n}"].act.outliers for n in ("q", "up", "down"))
     assert cm.options["layers"]["layers.0.down"]["encoding"]["kind"] == "int"
 
 
-def test_attention_inputs_get_a_form_without_zero_point(tiny_opt_cm):
-    qk = tiny_opt_cm.nodes["layers.0.qk"].act
-    av = tiny_opt_cm.nodes["layers.0.av"].act
+def test_default_hybrid_is_sign_magnitude_so_zero_is_silent(tiny_opt_cm):
+    # the default code puts real zero at code 0, which sends no spike, in a 7-step window
+    for node in tiny_opt_cm.nodes.values():
+        assert node.act.encoding == Encoding("ttfs-signed", 4), node.name
+        assert node.act.zero_point == 0 and node.act.encoding.time_steps == 7
+
+
+def test_attention_inputs_get_a_form_without_zero_point(tiny_opt):
+    cm = convert(tiny_opt, ConvertOptions(encoding=Encoding("ttfs", 4), calib_sentences=4))
+    qk = cm.nodes["layers.0.qk"].act
+    av = cm.nodes["layers.0.av"].act
     assert qk.encoding.kind == "ttfs-signed" and qk.zero_point == 0  # Q is signed
     assert av.encoding.kind == "ttfs" and av.zero_point == 0  # softmax is not
-    up = tiny_opt_cm.nodes["layers.0.up"].act
+    up = cm.nodes["layers.0.up"].act
     assert up.per_token and up.rotate and 0 < up.zero_point < 15
     assert len(up.outlier_shifts) == len(up.outliers) == round(64 / 32)
 
