@@ -20,13 +20,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from accel import baselines
 from accel.bundle import (
     SOURCES,
     save_host_files,
     source_digest,
 )
 from accel.config import AccelConfig
-from accel.workload import measure, sample_ids
+from accel.workload import GemmWork, sample_ids
 from models.arch import LoadedModel, ModelInputError, load_model, one_line
 from models.bundle import save_bundle
 from models.convert import ConvertOptions
@@ -118,7 +119,7 @@ def build(o: BuildOptions) -> dict:
     flow steps then run in ``o.out`` (their logs stay there when a tool fails)."""
     out = Path(os.path.abspath(o.out))
     budget = o.budget or TARGETS[o.target]
-    steps = ["load", "convert", "measure", "size", "emit"] + (
+    steps = ["load", "convert", "measure", "size", "baselines", "emit"] + (
         ["synth"] * (o.synth or o.pnr) + ["pnr"] * o.pnr + ["bitstream"] * o.bitstream)
     tmp = _staging(out)
     bar = tqdm(total=len(steps), disable=not o.progress, unit="step")
@@ -153,12 +154,25 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
     done("convert")
     step("measure")
     ids = sample_ids(lm, o.tokens)
-    works, events = measure(cm, ids)
+    calls = baselines.trace(cm, ids)  # accel.workload.measure, keeping the trace
+    works = [GemmWork.of(c) for c in calls]
     done("measure")
     step("size")
     sizing = size(works, budget, fixed=o.fixed)
     cfg: AccelConfig = sizing.chosen.cfg
     done("size")
+    step("baselines")
+    # the hybrid as predicted on this accelerator, against the host run's baselines
+    hybrid, events = baselines.predicted(cfg, "hybrid", baselines.time_steps(cm), calls,
+                                         table, baselines.MEMORY_MODELS["predicted"],
+                                         preds=sizing.predictions)
+    del calls
+    converted = [baselines.converted_baseline(
+        cfg, name, cache.converted(lm, baselines.options(enc), o.cache)[0], ids, table)
+        for name, enc in baselines.CONVERTED]
+    versus = baselines.compare(cfg, table, hybrid, [(g.m, g.k, g.n) for g in works],
+                               converted)
+    done("baselines")
     step("emit")
     (tmp / "spikellm_top.v").write_text(cache.verilog(cfg, o.cache)[0])
     (tmp / "config.json").write_text(json.dumps(
@@ -179,7 +193,7 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
         "choice": {"why": sizing.why, "candidates": [c.as_dict() for c in sizing.candidates]},
         "resources": {"estimate": estimate(cfg).as_dict(), "synth": None},
         "fmax_mhz": None, "energy_table": o.energy_table or "default (Horowitz 45 nm)",
-        "energy_table_pj": table, "layers": rows,
+        "energy_table_pj": table, "layers": rows, "hybrid": hybrid, **versus,
         "totals": report.totals(rows, int(ids.numel())), "timings_s": times,
     }
     done("emit")

@@ -1,4 +1,5 @@
-"""``report.json``, ``report.md`` and the per-layer plot of a build (keys: ``docs/gen.md``)."""
+"""``report.json``, ``report.md`` and the per-layer plot of a build (keys: ``docs/gen.md``).
+The baselines and reductions are ``accel.baselines``'s, as in ``host run``'s report."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from accel import baselines
 from accel.config import AccelConfig
 from accel.counters import sram_bits
 from accel.cycles import GemmPrediction
@@ -109,6 +111,11 @@ def write_markdown(report: dict, path: Path) -> None:
             f"{r['predicted_cycles']:,} | {e['spike_units']:,} | {e['accumulates']:,} | "
             f"{e['macs']:,} | {r['traffic']['link_bytes']:,} | "
             f"{r['energy_pj']['total'] / 1e3:,.1f} |")
+    if report.get("baselines"):
+        lines += ["", "## Against the baselines (predicted; operations only, and with memory "
+                  "traffic)", ""]
+        lines += baselines.markdown(report["hybrid"], "hybrid (predicted)",
+                                    report["baselines"], report["reductions"])
     lines += ["", "## Candidates", "",
               "| lanes | MAC units | weight rows | LUT4 | DSP | BRAM | cycles | bound |",
               "|---|---|---|---|---|---|---|---|"]

@@ -25,18 +25,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from accel import baselines
 from accel.bundle import FLOAT, SOURCES, TOKENIZER, load_host_model, source_digest
 from accel.config import AccelConfig
-from accel.counters import sram_bits
-from accel.cycles import gemm_cycles
 from accel.protocol import BAUD
-from accel.workload import GemmWork
 from models.arch import LoadedModel, ModelInputError, one_line
 from models.bundle import BundleError, load_bundle
 from models.checkpoint import read_json
-from models.convert import ConvertedModel, ConvertOptions, convert
-from models.encodings import Encoding
-from models.energy import event_energy, load_table
+from models.convert import ConvertedModel, convert
+from models.energy import load_table
 from models.golden import run_golden, total_events
 
 from . import report
@@ -45,10 +42,6 @@ from .run import run_model
 from .transport import FaultyTransport, SerialTransport
 
 DEFAULT_TEXT = "Spiking transformers trade multiplications for silent, sparse events."
-#: Baselines converted from the same model: (name, encoding or None for FP16).
-BASELINES = (("fp16", None), ("w4a8 (int8, T=1)", Encoding("int", 8)),
-             ("rate T=8", Encoding("rate", steps=8)),
-             ("ttfs 8-bit (T=255)", Encoding("ttfs", 8)))
 #: Files and folders of a bundle that ``run`` reads (``spikellm_top.v`` only with --sim).
 RUN_FILES = ("config.json", "program.json", "model", TOKENIZER, FLOAT)
 
@@ -199,34 +192,17 @@ def cmd_run(a) -> int:
             bar.close()
         wall = time.perf_counter() - t0
     layers = report.layer_rows(cfg, res, table)
-    spiking = [n.act.encoding for n in cm.nodes.values() if n.act.encoding.is_spiking]
-    hybrid_events = {r["name"]: report.counted_events(r["counters"]) for r in layers}
-    hybrid = {"name": "hybrid", "time_steps": max((e.time_steps for e in spiking), default=1),
-              "compute_energy_pj": sum(event_energy(e, table)["total"]
-                                       for e in hybrid_events.values()),
-              "energy_pj": {"total": sum(r["energy_pj"]["total"] for r in layers)},
-              "measured_cycles": sum(r["measured_cycles"] for r in layers)}
-    macs, bits = report.dense_work(res)
-    baselines = []
-    bar = tqdm(BASELINES, unit="baseline", disable=a.quiet, desc="baselines")
+    hybrid = report.hybrid(cfg, layers, baselines.time_steps(cm), table)
+    converted = []
+    bar = tqdm(baselines.CONVERTED, unit="baseline", disable=a.quiet, desc="baselines")
     for name, enc in bar:
-        bar.set_postfix_str(f"converting {name}" if enc else name)
-        if enc is None:
-            baselines.append(report.baseline_energy(name, {}, table, 1, macs, bits))
-            continue
-        # baseline conversions only provide event counts: a light calibration is enough
-        cmb = convert(lm, ConvertOptions(encoding=enc, calib_sentences=8, gptq=False))
-        trace: list = []
-        _, ev = run_golden(cmb, ids, trace=trace)
-        b = report.baseline_energy(name, ev, table, enc.time_steps, macs, bits)
-        # on this accelerator: cycles and buffer traffic from the generator's models
-        preds = [gemm_cycles(cfg, GemmWork.of(c)) for c in trace]
-        b["predicted_cycles"] = sum(p.cycles for p in preds)
-        b["energy_pj"] = event_energy(total_events(ev), table,
-                                      sum(sram_bits(cfg, p.traffic()) for p in preds))
-        baselines.append(b)
+        bar.set_postfix_str(f"converting {name}")
+        # on this accelerator: golden events, cycles and buffer traffic from gen's models
+        cmb = convert(lm, baselines.options(enc))
+        converted.append(baselines.converted_baseline(cfg, name, cmb, ids, table))
     bar.set_postfix_str("done")
     bar.close()
+    versus = baselines.compare(cfg, table, hybrid, report.shapes(res), converted)
     rep = {
         "schema": report.SCHEMA, "model": lm.name, "tokens": int(ids.numel()),
         "text": a.text, "device": "simulator" if a.sim else a.port,
@@ -234,8 +210,7 @@ def cmd_run(a) -> int:
         "wall_s": wall, "link": {"bytes": dev.link_bytes(), "retries": dev.stats["retries"],
                                  "stats": dict(dev.stats),
                                  "faults_injected": dict(getattr(link, "injected", {}))},
-        "layers": layers, "hybrid": hybrid, "baselines": baselines,
-        "reductions": [report.reductions(hybrid, b) for b in baselines],
+        "layers": layers, "hybrid": hybrid, **versus,
         "totals": {"measured_cycles": sum(r["measured_cycles"] for r in layers),
                    "predicted_cycles": sum(r["predicted_cycles"] for r in layers),
                    "golden_events": vars(total_events(res.golden_events))},

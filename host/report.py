@@ -3,10 +3,11 @@
 Per layer (heads summed): measured cycles (``busy`` counter) beside the generator's
 prediction, array utilisation, time steps, counted events, buffer traffic, link bytes and
 energy (counted events x the per-operation table, ``models.energy``). Side by side for the
-same model and tokens: an FP16 ANN (dense multiply-accumulates x FP16 energies), all-integer
-W4A8 and a rate-coded multi-spike SNN (T = 8) on this accelerator, and the 8-bit
-single-spike window (TTFS, 255 steps); energy from the golden events of each conversion.
-Keys: ``docs/host.md``.
+same model and tokens (``accel.baselines``, the computation ``gen build`` uses too): an FP16
+ANN with its operands moved once and on a dense dataflow like this engine's, all-integer
+W4A8, a rate-coded multi-spike SNN (T = 8) and the 8-bit single-spike window (TTFS, 255
+steps) on this accelerator; each charged operations only and with memory traffic, each
+with its memory model. Keys: ``docs/host.md``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from accel import baselines
 from accel.config import AccelConfig
 from accel.counters import GOLDEN_EVENTS, TRAFFIC, sram_bits
 from models.contract import Events
-from models.energy import event_energy, fp16_energy
+from models.energy import event_energy
 
 from .run import RunResult
 
@@ -60,38 +62,26 @@ def layer_rows(cfg: AccelConfig, res: RunResult, table: dict) -> list[dict]:
             "spike_util": c["spike_busy"] / busy, "mac_util": c["mac_busy"] / busy,
             "time_steps": enc.time_steps, "spike_events": c["spikes"],
             "accumulates": c["acc_spike"] + c["acc_step"], "macs": c["macs"],
-            "traffic": {k: c[k] for k in ("w_rd", "ev_rd", "acc_rd", "acc_wr", "out_wr",
-                                          "host_wr", "host_rd")},
+            "traffic": {k: c[k] for k in (*TRAFFIC, "host_wr", "host_rd")},
             "energy_pj": event_energy(ev, table, sram_bits(cfg, c)),
         })
         out.append(row)
     return out
 
 
-def baseline_energy(name: str, events: dict[str, Events], table: dict, time_steps: int,
-                    dense_macs: int, dense_bits: int) -> dict:
-    """One baseline's totals."""
-    if name == "fp16":
-        e = fp16_energy(dense_macs, table, dense_bits)
-        compute = e["fp16_mac"]
-    else:
-        total = Events()
-        for ev in events.values():
-            total = total + ev
-        e = event_energy(total, table, 0)
-        compute = e["total"]
-    return {"name": name, "time_steps": time_steps, "compute_energy_pj": compute,
-            "energy_pj": e}
+def hybrid(cfg: AccelConfig, layers: list[dict], steps: int, table: dict) -> dict:
+    """The hybrid as the device ran it: counted events, and the SRAM traffic of its counters."""
+    h = baselines.scheme(
+        "hybrid", steps, baselines.total(counted_events(r["counters"]) for r in layers), table,
+        baselines.traffic_sum(r["counters"] for r in layers), baselines.MEMORY_MODELS["measured"],
+        cfg)
+    h["measured_cycles"] = sum(r["measured_cycles"] for r in layers)
+    return h
 
 
-def reductions(hybrid: dict, base: dict) -> dict:
-    """Energy and time-step reduction of the hybrid against a baseline, in percent."""
-    def pct(a, b):
-        return None if not b else 100.0 * (1 - a / b)
-    return {"baseline": base["name"],
-            "compute_energy_reduction_pct": pct(hybrid["compute_energy_pj"],
-                                                base["compute_energy_pj"]),
-            "time_step_reduction_pct": pct(hybrid["time_steps"], base["time_steps"])}
+def shapes(res: RunResult) -> list[tuple[int, int, int]]:
+    """``(M, K, N)`` of every GEMM of the run (attention heads separately): the FP16 ANN's."""
+    return [(r.m, r.k, r.n) for r in res.records]
 
 
 def write(report: dict, out: Path) -> None:
@@ -114,24 +104,9 @@ def write(report: dict, out: Path) -> None:
             f"{r['spike_util']:.0%} | {r['mac_util']:.0%} | {r['spike_events']:,} | "
             f"{r['accumulates']:,} | {r['macs']:,} | {r['link_bytes']:,} | "
             f"{r['energy_pj']['total'] / 1e3:,.1f} |")
-    lines += ["", "## Against the baselines (compute energy: operations only, as the papers "
-              "count it)", "", "| | time steps | compute energy (uJ) | total incl. SRAM (uJ) "
-              "| cycles | energy reduction | time-step reduction |",
-              "|---|---|---|---|---|---|---|"]
-    h = report["hybrid"]
-    lines.append(f"| hybrid (this run) | {h['time_steps']} | {h['compute_energy_pj'] / 1e6:.3f}"
-                 f" | {h['energy_pj']['total'] / 1e6:.3f} | {h['measured_cycles']:,} "
-                 f"(measured) | | |")
-    for b, red in zip(report["baselines"], report["reductions"], strict=True):
-        e, t = red["compute_energy_reduction_pct"], red["time_step_reduction_pct"]
-        cyc = f"{b['predicted_cycles']:,} (predicted)" if "predicted_cycles" in b else ""
-        lines.append(f"| {b['name']} | {b['time_steps']} | {b['compute_energy_pj'] / 1e6:.3f} "
-                     f"| {b['energy_pj']['total'] / 1e6:.3f} | {cyc} | "
-                     f"{'' if e is None else f'{e:.2f} %'} | "
-                     f"{'' if t is None else f'{t:.2f} %'} |")
-    lines += ["", "FP16: dense multiply-accumulates x (fp16 mult + add), operands moved once. "
-              "Accelerator baselines: golden events of that conversion on the same tokens; "
-              "their cycles and SRAM traffic from the generator's models."]
+    lines += ["", "## Against the baselines (operations only, and with memory traffic)", ""]
+    lines += baselines.markdown(report["hybrid"], "hybrid (this run, device)",
+                                report["baselines"], report["reductions"])
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _plots(report, out)
 
@@ -162,14 +137,20 @@ ENERGY_NOTE = ("operations: accumulates, MACs and requantizations counted on the
                "(hybrid) or in the golden events of that conversion (W4A8, rate, TTFS 8-bit); "
                "FP16: dense multiply-accumulates x (fp16 mult + add). Memory: + SRAM traffic "
                "(hybrid: the device's counters; W4A8, rate, TTFS: predicted on this "
-               "accelerator; FP16: every operand moved once).")
+               "accelerator; FP16 operands once: every weight, activation and output moved "
+               "once; FP16 dense dataflow: weights re-read per activation row per output "
+               "tile, activations once per output tile, outputs once; 16-bit operands).")
+
+#: Tick labels of the FP16 rows.
+_LABELS = {baselines.FP16: "fp16 ANN\n(operands once)",
+           baselines.FP16_DENSE: "fp16 ANN\n(dense dataflow)"}
 
 
 def _energy_plot(report: dict, path: Path, plt) -> None:
     """Operations-only energy and energy with memory traffic, side by side per scheme, on a
     linear axis from zero (the hybrid on the accelerator first, then the baselines)."""
     schemes = [("hybrid W4A4&8\n(this run, device)", report["hybrid"])]
-    schemes += [("fp16 ANN\n(dense)" if b["name"] == "fp16" else b["name"].replace(" (", "\n("), b)
+    schemes += [(_LABELS.get(b["name"]) or b["name"].replace(" (", "\n("), b)
                 for b in report["baselines"]]
     ops = [s["compute_energy_pj"] / 1e6 for _, s in schemes]
     mem = [s["energy_pj"]["total"] / 1e6 for _, s in schemes]
@@ -190,13 +171,3 @@ def _energy_plot(report: dict, path: Path, plt) -> None:
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def dense_work(res: RunResult) -> tuple[int, int]:
-    """Multiply-accumulates and FP16 operand bits of the dense (ANN) GEMMs of the run."""
-    macs = bits = 0
-    for r in res.records:
-        macs += r.m * r.k * r.n
-        bits += 16 * (r.k * r.n + r.m * r.k + r.m * r.n)
-    return macs, bits
-
