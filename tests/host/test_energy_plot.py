@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 SCHEMES = [  # (name, operations-only pJ, with SRAM pJ): a tiny hybrid next to large ones
-    ("fp16", 2.0e8, 2.6e8), ("w4a8 (int8, T=1)", 5.0e7, 2.9e8), ("rate T=8", 6.0e7, 8.5e8),
+    ("fp16", 2.0e8, 2.6e8), ("fp16 (dense dataflow)", 2.0e8, 9.1e8),
+    ("w4a8 (int8, T=1)", 5.0e7, 2.9e8), ("rate T=8", 6.0e7, 8.5e8),
     ("ttfs 8-bit (T=255)", 7.0e7, 4.8e8)]
 
 
@@ -47,7 +48,10 @@ def test_energy_plot_compares_operations_and_memory_from_zero(tmp_path):
         assert [t.get_text() for t in ax.get_legend().get_texts()] == [
             "operations only", "operations + SRAM traffic"]
         ticks = [t.get_text() for t in ax.get_xticklabels()]
-        assert ticks[0].startswith("hybrid") and ticks[1].startswith("fp16") and len(ticks) == 5
-        assert "SRAM" in " ".join(t.get_text() for t in keep.fig.texts)  # what bars count
+        assert ticks[0].startswith("hybrid") and len(ticks) == 6
+        assert ticks[1] == "fp16 ANN\n(operands once)"  # the two FP16 memory models
+        assert ticks[2] == "fp16 ANN\n(dense dataflow)"
+        note = " ".join(t.get_text() for t in keep.fig.texts)  # what the bars count
+        assert "SRAM" in note and "operands once" in note and "dense dataflow" in note
     finally:
         plt.close(keep.fig)
