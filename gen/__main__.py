@@ -1,4 +1,6 @@
-"""Command line: ``python -m gen build --model NAME_OR_DIR --out DIR``.
+"""Command line: ``python -m gen build --model NAME_OR_DIR --out DIR``, and
+``python -m gen estimate --arch NAME_OR_CONFIG`` (per-token cost at a model's full size from
+its configuration alone: docs/estimate.md).
 
 Converts the model, measures its GEMMs on calibration text, sizes the accelerator for the
 target's budget and writes into DIR: the Verilog (``spikellm_top.v``), ``config.json``, the
@@ -74,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.add_argument("--no-cache", action="store_true",
                    help="convert and emit afresh (default: reuse ~/.cache/spikellm results)")
+    _estimate_parser(sub)
     a = p.parse_args(argv)
+    if a.cmd == "estimate":
+        return _run_estimate(a)
     try:
         rep = build(BuildOptions(a.model, a.out, a.target, a.budget, a.encoding, a.tokens,
                                  a.fix, a.energy_table, a.synth, a.pnr, a.bitstream, a.freq,
@@ -92,6 +97,69 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{a.out}: {c['lanes']} lanes, {c['mac_units']} MAC units, config "
           f"{rep['config_hash']}; {t['cycles_per_token']:,.0f} predicted cycles/token, "
           f"{t['energy_pj_per_token'] / 1e3:,.1f} nJ/token")
+    return 0
+
+
+def _estimate_parser(sub) -> None:
+    from .estimate import MAX_TOKENS, TARGETS, builtin_archs
+
+    e = sub.add_parser("estimate", help="per-token cost of a model at full size, from its "
+                       "configuration alone (no weights)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("--arch", required=True,
+                   help=f"built-in configuration ({', '.join(builtin_archs())}), a Hugging "
+                        f"Face config.json, or a directory holding one")
+    e.add_argument("--tokens", type=int, default=128,
+                   help=f"prompt length of the prefill, and KV-cache length of the decode step "
+                        f"(1..{MAX_TOKENS})")
+    e.add_argument("--target", action="append", choices=sorted(TARGETS), default=None,
+                   help="target(s), repeatable (default: ulx3s-85f and large)")
+    e.add_argument("--budget", type=_budget, default=None,
+                   help="add a target of this resource budget (lut=,dsp=,bram=,fill=; unset "
+                        "keys: the ULX3S's), sized by gen.sizing, memory and link as 'large'")
+    e.add_argument("--fix", type=_fixed, default={},
+                   help="pin configuration fields of every target, e.g. lanes=128,mac_units=8")
+    e.add_argument("--clock-mhz", type=float, default=None,
+                   help="clock of every target (default: each target's own)")
+    e.add_argument("--baud", type=int, default=None,
+                   help="UART baud rate of the ULX3S link (default: the board's 1,000,000)")
+    e.add_argument("--stats", default="minilm",
+                   help="spike statistics: a model to convert and measure (built-in name or "
+                        "directory), a statistics JSON (an estimate.json), or "
+                        "synthetic[:silent=F,outliers=F,encoding=E]")
+    e.add_argument("--calib-tokens", type=int, default=64,
+                   help="calibration tokens the statistics model is measured on")
+    e.add_argument("--energy-table", default=None,
+                   help="JSON file of pJ per operation (keys of models.energy.DEFAULT_TABLE)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the synthetic workload")
+    e.add_argument("--out", default=None, help="write estimate.json and estimate.md here")
+    e.add_argument("--no-cache", action="store_true",
+                   help="convert the statistics model afresh")
+
+
+def _run_estimate(a) -> int:
+    from pathlib import Path
+
+    from .estimate import EstimateOptions, estimate, format_table, write
+
+    try:
+        rep = estimate(EstimateOptions(
+            a.arch, a.tokens, a.target or ["ulx3s-85f", "large"], a.budget, a.fix,
+            a.clock_mhz, a.baud, a.stats, a.calib_tokens, a.energy_table, a.seed,
+            not a.no_cache))
+        if a.out:
+            write(rep, Path(a.out))
+    except DoesNotFit as e:
+        print(f"error: the model does not fit: {one_line(e)}", file=sys.stderr)
+        return 3
+    except (UnsupportedModelError, ValueError, OSError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    print(f"{rep['arch']['name']}: prefill of {rep['tokens']} tokens, decode with "
+          f"{rep['tokens']} cached; statistics: {rep['statistics']['source']}")
+    print(format_table(rep))
+    if a.out:
+        print(f"wrote {Path(a.out) / 'estimate.json'} and estimate.md")
     return 0
 
 
