@@ -10,8 +10,16 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
-from models.contract import ACC_BITS, COL_MULT_BITS, INT8_QMAX, MAX_OUTLIER_SHIFT, ROW_FRAC
-from models.encodings import KINDS
+from models.contract import (
+    ACC_BITS,
+    COL_MULT_BITS,
+    INT8_QMAX,
+    MAX_OUTLIER_SHIFT,
+    ROW_FRAC,
+    WEIGHT_BITS,
+    signed_bits,
+)
+from models.encodings import KINDS, TTFS_KINDS
 
 
 def _pow2(n: int) -> bool:
@@ -42,6 +50,9 @@ class AccelConfig:
     mac_event_depth: int = 2048
     #: Finished rows each array may run ahead of the other (partial-sum FIFO depth).
     row_fifo_depth: int = 4
+    #: Row slots of the spike array: it interleaves this many rows in time order, so one
+    #: weight-row read serves every row that spikes on that input at that step.
+    spike_rows: int = 16
     #: Largest left shift of an outlier product.
     max_shift: int = MAX_OUTLIER_SHIFT
     #: Longest spike window T.
@@ -71,6 +82,9 @@ class AccelConfig:
             if not _pow2(getattr(self, name)):
                 raise ValueError(f"{name} must be a positive power of two, "
                                  f"not {getattr(self, name)}")
+        if not _pow2(self.spike_rows) or not 1 <= self.spike_rows <= min(64, self.max_rows):
+            raise ValueError(f"spike_rows must be a power of two in 1..min(64, max_rows="
+                             f"{self.max_rows}), not {self.spike_rows}")
         if not 1 <= self.row_fifo_depth <= 64:
             raise ValueError(f"row_fifo_depth must be in 1..64, not {self.row_fifo_depth}")
         if not 0 <= self.max_shift <= 24:
@@ -103,6 +117,39 @@ class AccelConfig:
     def step_bits(self) -> int:
         """Width of a time-step counter."""
         return self.max_steps.bit_length()
+
+    @property
+    def slot_bits(self) -> int:
+        """Width of a spike-array row slot index."""
+        return max(1, (self.spike_rows - 1).bit_length())
+
+    @property
+    def narrow_bits(self) -> int:
+        """Bits of a weight the buffer's always-read half holds: the contract's 4-bit linear
+        weights; a wider weight (the int8 operands of QK^T and PV) also reads the high half."""
+        return WEIGHT_BITS
+
+    @property
+    def spike_code_max(self) -> int:
+        """Largest code magnitude a row sends through the spike array in one window: the
+        window for TTFS and rate codes, the activation width for graded and ternary spikes
+        (``accel.tiling.build_tile`` refuses larger codes)."""
+        spiking = [e for e in self.encodings if e != "int"] or ["ttfs"]
+        return max(self.max_steps if e in (*TTFS_KINDS, "rate") else 2**self.act_bits - 1
+                   for e in spiking)
+
+    @property
+    def cur_bits(self) -> int:
+        """Width of a lane's synaptic current I: at most one unit spike per input of a K tile
+        per window (TTFS), each adding a weight of ``weight_bits``."""
+        return min(self.acc_bits, signed_bits(2 ** (self.weight_bits - 1) * self.weight_depth))
+
+    @property
+    def mem_bits(self) -> int:
+        """Width of a lane's membrane V: one K tile's partial dot product of weights and
+        codes up to :attr:`spike_code_max` (the combiner adds it to the 32-bit sums)."""
+        return min(self.acc_bits, signed_bits(2 ** (self.weight_bits - 1) * self.spike_code_max
+                                              * self.weight_depth))
 
     @property
     def col_mult_bits(self) -> int:
@@ -147,7 +194,7 @@ class AccelConfig:
 #: Named presets.
 PRESETS = {
     "tiny": AccelConfig(lanes=4, mac_units=2, weight_depth=64, max_steps=15, max_rows=8,
-                        spike_event_depth=4096, mac_event_depth=128),
+                        spike_event_depth=4096, mac_event_depth=128, spike_rows=4),
     "default": AccelConfig(),
     "ulx3s-85f": AccelConfig(lanes=64, mac_units=16, weight_depth=1024),
 }

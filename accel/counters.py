@@ -52,10 +52,12 @@ COUNTERS: dict[str, Counter] = {
                         ("engine.step",), scaled=True, golden="acc_step"),
     "macs": Counter("multiply-accumulates, MAC rows x n (golden macs)", ("engine.mac_row",),
                     scaled=True, golden="macs"),
-    "w_rd": Counter("weight-buffer row reads by both arrays",
+    "w_rd": Counter("weight-buffer row reads by both arrays (the narrow half of the row)",
                     ("engine.w_rd_spike", "engine.w_rd_mac"), traffic=True),
-    "ev_rd": Counter("event-buffer reads (spike and MAC)",
-                     ("engine.spike_ev_rd", "engine.mac_ev_rd"), traffic=True),
+    "w_rd_hi": Counter("weight-buffer row reads that also read the high half (wide tiles)",
+                       ("engine.w_rd_hi_spike", "engine.w_rd_hi_mac"), traffic=True),
+    "spike_ev_rd": Counter("spike-event buffer reads", ("engine.spike_ev_rd",), traffic=True),
+    "mac_ev_rd": Counter("MAC-event buffer reads", ("engine.mac_ev_rd",), traffic=True),
     "acc_rd": Counter("accumulator-buffer row reads", ("engine.acc_rd",), traffic=True),
     "acc_wr": Counter("accumulator-buffer row writes", ("engine.acc_wr",), traffic=True),
     "out_wr": Counter("output-buffer writes", ("engine.out_wr",), golden="outs",
@@ -81,11 +83,14 @@ TRAFFIC = tuple(n for n, c in COUNTERS.items() if c.traffic)
 
 def sram_bits(cfg: AccelConfig, traffic: dict) -> int:
     """Bits the datapath moves through on-chip buffers for :data:`TRAFFIC` counts (measured
-    by the counters, or predicted by ``accel.cycles``): weight rows read, event words read
-    (the wider of the two event words), accumulator rows read and written, outputs written.
-    Host transfers are link traffic and are reported as bytes, not here."""
+    by the counters, or predicted by ``accel.cycles``), each access at its buffer's real
+    width: weight rows read (the narrow half always, the high half for wide tiles), spike
+    and MAC event words read, accumulator rows read and written, outputs written. Host
+    transfers are link traffic and are reported as bytes, not here."""
     w = {b: Shape.cast(s).width for b, (s, _) in buffer_shapes(cfg).items()}
-    return (traffic["w_rd"] * w[BufId.WEIGHTS]
-            + traffic["ev_rd"] * max(w[BufId.SPIKE_EV], w[BufId.MAC_EV])
+    narrow = cfg.lanes * cfg.narrow_bits
+    return (traffic["w_rd"] * narrow + traffic["w_rd_hi"] * (w[BufId.WEIGHTS] - narrow)
+            + traffic["spike_ev_rd"] * w[BufId.SPIKE_EV]
+            + traffic["mac_ev_rd"] * w[BufId.MAC_EV]
             + (traffic["acc_rd"] + traffic["acc_wr"]) * w[BufId.ACC]
             + traffic["out_wr"] * w[BufId.OUT])

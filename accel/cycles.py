@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from accel.config import AccelConfig
+from models.encodings import TTFS_KINDS
 
 # Times below count from the cycle the engine takes the descriptor (cycle 0); ``busy`` is
 # the cycle of ``done``.
@@ -131,13 +132,67 @@ class GemmPrediction:
     mac_events: int  #: MAC-event words written
     outputs: int  #: output words read back
     weight_reads: int  #: weight-buffer row reads by both arrays (counter ``w_rd``)
+    wide_reads: int  #: of which also read the high half of the row (``w_rd_hi``)
     acc_reads: int  #: accumulator rows read by the combiner (counter ``acc_rd``)
     acc_writes: int  #: accumulator rows written back for the next K tile (``acc_wr``)
 
     def traffic(self) -> dict:
         """The :data:`accel.counters.TRAFFIC` counters this GEMM will count."""
-        return {"w_rd": self.weight_reads, "ev_rd": self.spike_events + self.mac_events,
+        return {"w_rd": self.weight_reads, "w_rd_hi": self.wide_reads,
+                "spike_ev_rd": self.spike_events, "mac_ev_rd": self.mac_events,
                 "acc_rd": self.acc_reads, "acc_wr": self.acc_writes, "out_wr": self.outputs}
+
+
+def slot_costs(units: np.ndarray, steps: int, slots: int) -> np.ndarray:
+    """Spike-array words before each row's END, rows taken ``slots`` at a time
+    (``accel.tiling.spike_words``): the first row of a slot group carries the group's unit
+    spikes and STEPs and its END, every other row only its END."""
+    units = np.asarray(units, dtype=np.int64)
+    cost = np.ones(len(units), dtype=np.int64)
+    for g0 in range(0, len(units), slots):
+        g1 = min(len(units), g0 + slots)
+        cost[g0] += int(units[g0:g1].sum()) + steps * (g1 - g0)
+    return cost
+
+
+def shared_fetches(g, groups: list[tuple[int, int]], kt: list[tuple[int, int]],
+                   slots: int) -> np.ndarray:
+    """Spike-array weight reads per slot group and K tile ``[groups, K tiles]`` (slot
+    groups numbered in row order across the row groups): one per distinct (step, input)
+    among the group's TTFS spikes (STEPs separate the steps), one per distinct input for
+    the other kinds (no STEPs: the group's spikes go by input). Without measured spike
+    times (``g.spikes`` None), one read per unit spike."""
+    sg = np.zeros(g.m, dtype=np.int64)  # slot group of each row
+    n_sg = 0
+    for r0, r1 in groups:
+        sg[r0:r1] = n_sg + (np.arange(r1 - r0) // slots)
+        n_sg += -(-(r1 - r0) // slots)
+    bounds = np.array([k0 for k0, _ in kt[1:]], dtype=np.int64)
+    out = np.zeros((n_sg, len(kt)), dtype=np.int64)
+    if g.spikes is None:  # no sharing known: every unit spike reads
+        kti = np.searchsorted(bounds, np.arange(g.k), side="right")
+        per_row = np.zeros((g.m, len(kt)), dtype=np.int64)
+        for i in range(len(kt)):
+            per_row[:, i] = np.asarray(g.units)[:, kti == i].sum(axis=1)
+        np.add.at(out, sg, per_row)
+        return out
+    sp = np.asarray(g.spikes, dtype=np.int64).reshape(-1, 3).copy()
+    if g.encoding.kind not in TTFS_KINDS:  # no STEPs: a group's spikes go by input, any step
+        sp[:, 1] = 0
+    kti = np.searchsorted(bounds, sp[:, 2], side="right")
+    key = ((sg[sp[:, 0]] * len(kt) + kti) * (int(sp[:, 1].max(initial=0)) + 1)
+           + sp[:, 1]) * g.k + sp[:, 2]
+    cell = np.unique(key) // ((int(sp[:, 1].max(initial=0)) + 1) * g.k)
+    np.add.at(out.reshape(-1), cell, 1)
+    return out
+
+
+def _wide_tiles(g, n_tiles: list[tuple[int, int]], kt: list[tuple[int, int]]) -> np.ndarray:
+    """Whether each (N tile, K tile) of the GEMM's weights is wide ``[N tiles, K tiles]``."""
+    if isinstance(g.wide, bool | np.bool_):
+        return np.full((len(n_tiles), len(kt)), bool(g.wide))
+    w = np.asarray(g.wide, dtype=bool)
+    return np.array([[bool(w[n0:n1, k0:k1].any()) for k0, k1 in kt] for n0, n1 in n_tiles])
 
 
 def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
@@ -155,7 +210,16 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
     tile_steps = [g.steps if n_int < k1 - k0 else 0
                   for (k0, k1), n_int in zip(kt, tile_int, strict=True)]
     groups = row_groups_of(cfg, tile_units, tile_steps, tile_int)
-    cyc = desc = s_work = m_work = o_work = wrows = s_ev = m_ev = outs = wrd = 0
+    slots = cfg.spike_rows
+    fetches = shared_fetches(g, groups, kt, slots)
+    first_sg = {}  # first slot group of each row group
+    n_sg = 0
+    for r0, r1 in groups:
+        first_sg[r0] = n_sg
+        n_sg += -(-(r1 - r0) // slots)
+    n_tiles = [(n0, min(g.n, n0 + cfg.lanes)) for n0 in range(0, g.n, cfg.lanes)]
+    wide = _wide_tiles(g, n_tiles, kt)
+    cyc = desc = s_work = m_work = o_work = wrows = s_ev = m_ev = outs = wrd = wide_rd = 0
     acc_rd = acc_wr = 0
     # N tiles of a row group differ only in n_active (the last one), which a keep tile's
     # cycles do not depend on: replay each distinct tile once
@@ -164,25 +228,29 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
         rows = t.r1 - t.r0
         units = tile_units[t.r0:t.r1, t.ki]
         n_int = tile_int[t.ki]
-        work = TileWork(units + tile_steps[t.ki] + 1, mac_row_cost(cfg, n_int), t.n_active,
-                        not t.last)
+        work = TileWork(slot_costs(units, tile_steps[t.ki], slots), mac_row_cost(cfg, n_int),
+                        t.n_active, not t.last)
         key = (t.r0, t.ki, t.n_active if t.last else 0)
         if key not in memo:
             memo[key] = tile_cycles(cfg, work)
         cyc += memo[key]
         desc += 1
-        s_work += int(work.spike_cost.sum())
+        words = int(work.spike_cost.sum())
+        s_work += words
         m_work += work.mac_cost * rows
         o_work += 0 if not t.last else t.n_active * rows
         wrows += t.k1 - t.k0
-        s_ev += int(work.spike_cost.sum())
+        s_ev += words
         m_ev += (n_int + 1) * rows
         outs += 0 if not t.last else t.n_active * rows
-        wrd += int(units.sum()) + n_int * rows
+        sg0 = first_sg[t.r0]
+        reads = int(fetches[sg0:sg0 + -(-rows // slots), t.ki].sum()) + n_int * rows
+        wrd += reads
+        wide_rd += reads if wide[t.n0 // cfg.lanes, t.ki] else 0
         acc_rd += rows
         acc_wr += 0 if t.last else rows
     return GemmPrediction(cyc, desc, s_work, m_work, o_work, wrows, s_ev, m_ev, outs, wrd,
-                          acc_rd, acc_wr)
+                          wide_rd, acc_rd, acc_wr)
 
 
 def tile_work(cfg: AccelConfig, img) -> TileWork:

@@ -19,11 +19,12 @@ from .config import AccelConfig
 
 
 class SpikeOp(enum.Enum, shape=2):
-    """Spike-array event kinds."""
+    """Spike-array event kinds. Every event names a row ``slot`` (rows are interleaved in
+    time order, ``AccelConfig.spike_rows`` at a time)."""
 
     SPIKE = 0  #: a unit spike of input ``k``: add (``neg``: subtract) its weight row
-    STEP = 1  #: end of a time step: the TTFS membrane adds the synaptic current, V += I
-    END = 2  #: end of the row: emit V and clear I and V
+    STEP = 1  #: end of a time step for the slot's row: the TTFS membrane adds I, V += I
+    END = 2  #: end of the slot's row: emit its V and free the slot
 
 
 class MacOp(enum.Enum, shape=1):
@@ -35,7 +36,8 @@ class MacOp(enum.Enum, shape=1):
 
 def spike_event_layout(cfg: AccelConfig) -> data.StructLayout:
     """Payload of the spike array's input stream."""
-    return data.StructLayout({"op": SpikeOp, "k": unsigned(cfg.k_bits), "neg": unsigned(1)})
+    return data.StructLayout({"op": SpikeOp, "k": unsigned(cfg.k_bits), "neg": unsigned(1),
+                              "slot": unsigned(cfg.slot_bits)})
 
 
 def mac_event_layout(cfg: AccelConfig) -> data.StructLayout:
@@ -49,9 +51,25 @@ def weight_row_layout(cfg: AccelConfig) -> data.ArrayLayout:
     return data.ArrayLayout(signed(cfg.weight_bits), cfg.lanes)
 
 
+def narrow_row_layout(cfg: AccelConfig) -> data.ArrayLayout:
+    """The always-read half of a weight row: the low ``narrow_bits`` of every lane's weight
+    (a 4-bit weight entire; the engine sign-extends it unless the tile is ``wide``)."""
+    return data.ArrayLayout(signed(cfg.narrow_bits), cfg.lanes)
+
+
+def high_row_layout(cfg: AccelConfig) -> data.ArrayLayout:
+    """The other half of a weight row, read only for ``wide`` tiles (int8 operands)."""
+    return data.ArrayLayout(unsigned(cfg.weight_bits - cfg.narrow_bits), cfg.lanes)
+
+
 def acc_vector_layout(cfg: AccelConfig) -> data.ArrayLayout:
     """A row of accumulators, one per lane."""
     return data.ArrayLayout(signed(cfg.acc_bits), cfg.lanes)
+
+
+def spike_vector_layout(cfg: AccelConfig) -> data.ArrayLayout:
+    """A row of the spike array's membranes (``mem_bits`` per lane, one K tile's sum)."""
+    return data.ArrayLayout(signed(cfg.mem_bits), cfg.lanes)
 
 
 #: Requantizer shift field width (the contract's shifts 0..MAX_REQ_SHIFT).
@@ -114,6 +132,7 @@ def descriptor_layout(cfg: AccelConfig) -> data.StructLayout:
         "raw": unsigned(1),
         "resume": unsigned(1),  # start from ACC[m] (previous K tile), not the start row
         "keep": unsigned(1),  # write sums back to ACC (more K tiles follow), no output
+        "wide": unsigned(1),  # weights need more than narrow_bits: read both row halves
         # where the tile's data lie, so several tiles can stay resident in the buffers
         "w_base": unsigned(cfg.k_bits),
         "spike_base": unsigned((cfg.spike_event_depth - 1).bit_length()),

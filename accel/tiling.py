@@ -35,30 +35,64 @@ class TileImage:
     where: str = "tile"  #: the GEMM and tile, for messages
 
 
-def spike_words(codes: torch.Tensor, enc: Encoding, window: bool = True) -> list[dict]:
+def spike_words(codes: torch.Tensor, enc: Encoding, window: bool = True,
+                slots: int = 1) -> list[dict]:
     """Spike-array events for spike codes ``[M, K]`` (integer channels already zeroed).
 
-    ``window``: run the TTFS window (a STEP after every time step). False for a tile whose
-    input channels are all integer: it has no spikes to wait for (``models.golden.windows``
-    counts no window for it), so each row is a bare END."""
-    ev = spike_events(codes, enc).tolist()
-    out, i = [], 0
-    ttfs = enc.kind in TTFS_KINDS and window
-    for m in range(codes.shape[0]):
-        for t in range(enc.time_steps if enc.is_spiking else 0):
-            while i < len(ev) and ev[i][0] == m and ev[i][1] == t:
-                out.append({"op": SpikeOp.SPIKE, "k": ev[i][2], "neg": int(ev[i][3] < 0)})
-                i += 1
-            if ttfs:
-                out.append({"op": SpikeOp.STEP, "k": 0, "neg": 0})
-        out.append({"op": SpikeOp.END, "k": 0, "neg": 0})
+    Rows run ``slots`` at a time (``AccelConfig.spike_rows``): row ``m`` uses slot
+    ``m % slots``, and a group's END words (one per row, in row order) follow its spikes.
+    TTFS: time step by time step, the unit spikes in order of input ``k`` then slot, then a
+    STEP per row of the group. The other kinds add spikes straight into V, where order does
+    not matter: all of the group's spikes by input, slot, step. Either way consecutive
+    spikes of one input share one weight-row read (:func:`fetch_count`). ``window``: run
+    the TTFS window; False for a tile whose input channels are all integer: it has no
+    spikes to wait for (``models.golden.windows`` counts no window for it), so each row is
+    a bare END."""
+    ev = spike_events(codes, enc).numpy()  # (m, t, k, sign), sorted by m, t, k
+    m_rows = codes.shape[0]
+    timed = enc.kind in TTFS_KINDS
+    if timed and not window and len(ev):
+        raise ValueError(f"{len(ev)} spikes for a tile that runs no TTFS window")
+    group = ev[:, 0] // slots
+    # stable sorts: repeats of a graded spike stay together
+    keys = (ev[:, 0], ev[:, 2], ev[:, 1], group) if timed else (ev[:, 1], ev[:, 0], ev[:, 2],
+                                                                 group)
+    order = np.lexsort(keys)
+    ev, group = ev[order], group[order]
+    spikes = [{"op": SpikeOp.SPIKE, "k": int(k), "neg": int(sg < 0), "slot": int(m % slots)}
+              for m, _, k, sg in ev.tolist()]
+    out: list[dict] = []
+    i = 0
+    for gi, g0 in enumerate(range(0, m_rows, slots)):
+        rows = range(g0, min(m_rows, g0 + slots))
+        for t in range(enc.time_steps if timed and window else 1):
+            j = i
+            while j < len(ev) and group[j] == gi and (not timed or ev[j, 1] == t):
+                j += 1
+            out += spikes[i:j]
+            i = j
+            if timed and window:
+                out.extend({"op": SpikeOp.STEP, "k": 0, "neg": 0, "slot": r - g0} for r in rows)
+        out.extend({"op": SpikeOp.END, "k": 0, "neg": 0, "slot": r - g0} for r in rows)
     return out
 
 
-def tile_events(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor,
-                enc: Encoding) -> tuple[list, list]:
+def fetch_count(words: list[dict]) -> int:
+    """Weight-row reads the spike array makes for these event words: a SPIKE reads unless
+    the previous word was a SPIKE of the same input (``hw.arrays.SpikeArray``)."""
+    n, prev = 0, None
+    for w in words:
+        k = w["k"] if w["op"] == SpikeOp.SPIKE else None
+        n += k is not None and k != prev
+        prev = k
+    return n
+
+
+def tile_events(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
+                shifts: torch.Tensor, enc: Encoding) -> tuple[list, list]:
     """Spike and MAC words of one tile's codes ``[M, K]`` (the K slice of a tile)."""
-    return (spike_words(codes.masked_fill(int_mask, 0), enc, bool((~int_mask).any())),
+    return (spike_words(codes.masked_fill(int_mask, 0), enc, bool((~int_mask).any()),
+                        cfg.spike_rows),
             mac_words(codes, int_mask, shifts))
 
 
@@ -108,12 +142,23 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     if enc.is_spiking and enc.time_steps > cfg.max_steps:
         raise ValueError(f"{where}: the {enc.name()} window of {enc.time_steps} steps is "
                          f"longer than the accelerator's max_steps {cfg.max_steps}")
+    if enc.kind not in cfg.encodings:
+        raise ValueError(f"{where}: the accelerator does not run {enc.kind} spikes (its "
+                         f"encodings: {', '.join(cfg.encodings)})")
+    spk = codes.masked_fill(int_mask, 0)
+    if enc.is_spiking and spk.numel() and int(spk.abs().max()) > cfg.spike_code_max:
+        raise ValueError(f"{where}: a spike code of {int(spk.abs().max())} exceeds the "
+                         f"{cfg.spike_code_max} the spike lanes are sized for")
+    lim = 2 ** (cfg.weight_bits - 1)
+    if w.numel() and not (-lim <= int(w.min()) and int(w.max()) < lim):
+        raise ValueError(f"{where}: weights span [{int(w.min())}, {int(w.max())}], outside "
+                         f"the {cfg.weight_bits}-bit weight buffer")
     img = TileImage(where=where)
     rows = torch.zeros(k, cfg.lanes, dtype=torch.int64)
     rows[:, :n] = w.t()
     img.words[BufId.WEIGHTS] = rows.tolist()
     # the event words depend on the activations only: a caller tiling N passes them in once
-    spike_ev, mac_ev = events or tile_events(codes, int_mask, shifts, enc)
+    spike_ev, mac_ev = events or tile_events(cfg, codes, int_mask, shifts, enc)
     img.words[BufId.SPIKE_EV] = spike_ev
     img.words[BufId.MAC_EV] = mac_ev
     for b, depth in ((BufId.SPIKE_EV, cfg.spike_event_depth),
@@ -133,12 +178,20 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
                       "mac_events": len(img.words[BufId.MAC_EV]),
                       "ttfs": int(enc.kind in TTFS_KINDS), "shift": shift, "relu": int(relu),
                       "raw": int(raw), "resume": int(resume), "keep": int(keep),
+                      "wide": int(is_wide(cfg, w)),
                       "w_base": bases[BufId.WEIGHTS], "spike_base": bases[BufId.SPIKE_EV],
                       "mac_base": bases[BufId.MAC_EV], "row_base": bases[BufId.ROWS]}
     img.base = {BufId.WEIGHTS: bases[BufId.WEIGHTS], BufId.SPIKE_EV: bases[BufId.SPIKE_EV],
                 BufId.MAC_EV: bases[BufId.MAC_EV], BufId.ROWS: bases[BufId.ROWS],
                 BufId.PARAMS: 0}
     return img
+
+
+def is_wide(cfg: AccelConfig, w: torch.Tensor) -> bool:
+    """Whether weights ``w`` need more than the weight buffer's narrow half (then a tile
+    reads whole rows; 4-bit weights read only the narrow half)."""
+    lim = 2 ** (cfg.narrow_bits - 1)
+    return bool(w.numel()) and not (-lim <= int(w.min()) and int(w.max()) < lim)
 
 
 @dataclass
@@ -268,7 +321,8 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     for t in tiles(cfg, row_groups(cfg, codes, int_mask, enc), n, k):
         rows, ks = slice(t.r0, t.r1), slice(t.k0, t.k1)
         if (t.r0, t.k0) not in events:  # the event words are shared by the N tiles
-            events[t.r0, t.k0] = tile_events(codes[rows, ks], int_mask[ks], shifts[ks], enc)
+            events[t.r0, t.k0] = tile_events(cfg, codes[rows, ks], int_mask[ks], shifts[ks],
+                                             enc)
         sl = None if consts is None else {c: v[t.n0:t.n1] for c, v in consts.items()}
         images.setdefault((t.r0, t.r1, t.n0, t.n1), []).append(build_tile(
             cfg, codes[rows, ks], int_mask[ks], shifts[ks], enc, w[t.n0:t.n1, ks],

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.contract import WEIGHT_BITS
 from models.convert import ConvertedModel, builtin_text
 from models.encodings import TTFS_KINDS, Encoding, spike_events
 from models.golden import GemmCall, run_golden
@@ -25,6 +26,12 @@ class GemmWork:
     encoding: Encoding
     int_mask: np.ndarray  #: [K] bool, outlier channels on the MAC array
     units: np.ndarray  #: [M, K] unit spike events per row and input channel
+    #: [S, 3] the distinct (row, time step, input) of the unit spikes, for the weight reads
+    #: the spike array shares (None: not measured; each unit spike is counted as a read)
+    spikes: np.ndarray | None = None
+    #: [N, K] bool: weights wider than the weight buffer's narrow half (int8 operands), or
+    #: one bool for all of them
+    wide: np.ndarray | bool = True
 
     @property
     def n_int(self) -> int:
@@ -49,12 +56,16 @@ class GemmWork:
         m, k = call.codes.shape
         spk = call.codes.masked_fill(call.int_mask, 0)
         units = np.zeros((m, k), dtype=np.int32)
+        spikes = np.zeros((0, 3), dtype=np.int64)
         if call.encoding.is_spiking:
             ev = spike_events(spk, call.encoding)
             flat = (ev[:, 0] * k + ev[:, 2]).bincount(minlength=m * k)
             units = flat.view(m, k).numpy().astype(np.int32)
+            spikes = np.unique(ev[:, :3].numpy(), axis=0)
+        lim = 2 ** (WEIGHT_BITS - 1)
+        wide = ((call.w < -lim) | (call.w >= lim)).numpy()
         return cls(call.name, call.head, m, k, call.w.shape[0], call.encoding,
-                   call.int_mask.numpy().astype(bool), units)
+                   call.int_mask.numpy().astype(bool), units, spikes, wide)
 
 
 def sample_ids(lm, tokens: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from models.golden import gemm
 from sim.device import SimDevice, build_simulator
 
 CFG = AccelConfig(lanes=8, mac_units=2, weight_depth=64, max_rows=8, spike_event_depth=1024,
-                  mac_event_depth=128)
+                  mac_event_depth=128, spike_rows=4)
 
 
 @pytest.mark.benchmark

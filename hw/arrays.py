@@ -9,7 +9,7 @@ unit adds the two and the accumulator start value (``docs/hw.md``).
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from accel.config import AccelConfig
@@ -19,25 +19,35 @@ from accel.layouts import (
     acc_vector_layout,
     mac_event_layout,
     spike_event_layout,
+    spike_vector_layout,
     weight_row_layout,
 )
 
 
 class SpikeArray(wiring.Component):
-    """Multiplier-free spike-accumulate array (``lanes`` adders, two registers per lane).
+    """Multiplier-free spike-accumulate array: ``lanes`` adders and, per lane, the synaptic
+    current I and membrane V of ``spike_rows`` rows (row slots) in two small memories.
 
-    Takes one event per cycle (two-stage pipeline: weight read, then add). With ``ttfs``
-    set it runs the two-level TTFS neuron (a spike adds its weight row into the synaptic
-    current I, ``STEP`` adds I into the membrane V); otherwise (rate, graded, ternary)
-    spikes add straight into V. Silent inputs send no event, so work is proportional to
-    spikes plus steps. ``n_active`` (lanes in use in this tile) scales the counter strobes.
+    Takes one event per cycle (two-stage pipeline: weight read, then add). Each event names
+    a row slot. With ``ttfs`` set it runs the two-level TTFS neuron (a spike adds its weight
+    row into the slot's I, ``STEP`` adds I into V); otherwise (rate, graded, ternary) spikes
+    add straight into V. Silent inputs send no event, so work is proportional to spikes
+    plus steps.
+
+    Weight fetches are shared: the host orders a slot group's spikes by time step, then
+    input, then slot, and a SPIKE of the input whose row the weight port holds (the
+    previous event was a SPIKE of the same ``k``) reuses it instead of reading the buffer
+    again, so one read serves every row that spikes on that input at that step. A STEP or
+    END ends the reuse. The lane registers are as wide as the contract's bounds for one K
+    tile (``cur_bits``, ``mem_bits``); a slot is zero until its first write after an END
+    or a reset (``live``), whatever its memory holds.
     """
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
         super().__init__({
             "ev": In(stream.Signature(spike_event_layout(cfg))),
-            "out": Out(stream.Signature(acc_vector_layout(cfg))),
+            "out": Out(stream.Signature(spike_vector_layout(cfg))),
             "ttfs": In(1),
             "w_addr": Out(cfg.k_bits),
             "w_en": Out(1),
@@ -51,27 +61,47 @@ class SpikeArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        cur = [Signal(signed(cfg.acc_bits), name=f"i{j}") for j in range(cfg.lanes)]
-        mem = [Signal(signed(cfg.acc_bits), name=f"v{j}") for j in range(cfg.lanes)]
+        slots = cfg.spike_rows
+        # one row of I (V) per slot, all lanes side by side: a slot's lanes are read
+        # (asynchronously) and written back in the same cycle, as registers would be
+        m.submodules.cur = cur = memory.Memory(
+            shape=data.ArrayLayout(signed(cfg.cur_bits), cfg.lanes), depth=slots, init=[])
+        m.submodules.mem = mem = memory.Memory(shape=spike_vector_layout(cfg), depth=slots,
+                                               init=[])
+        cur_rd, mem_rd = cur.read_port(domain="comb"), mem.read_port(domain="comb")
+        cur_wr, mem_wr = cur.write_port(), mem.write_port()
+        live = Signal(slots)
         s2_valid = Signal()
         s2_op = Signal(SpikeOp)
         s2_neg = Signal()
+        s2_slot = Signal(cfg.slot_bits)
+        held = Signal()  # the weight port holds row ``held_k`` (read for the last event)
+        held_k = Signal(cfg.k_bits)
         hold = s2_valid & (s2_op == SpikeOp.END) & ~self.out.ready
         advance = ~hold
+        ev = self.ev.payload
+        is_spike = self.ev.valid & (ev.op == SpikeOp.SPIKE)
         m.d.comb += [
             self.ev.ready.eq(advance),
-            self.w_addr.eq(self.ev.payload.k),
-            # only spikes read a weight row; STEP and END leave the buffer idle
-            self.w_en.eq(advance & self.ev.valid & (self.ev.payload.op == SpikeOp.SPIKE)),
+            self.w_addr.eq(ev.k),
+            # only spikes read a weight row, and only if the port does not hold it already
+            self.w_en.eq(advance & is_spike & ~(held & (held_k == ev.k))),
             self.out.valid.eq(s2_valid & (s2_op == SpikeOp.END)),
             self.busy.eq(s2_valid & advance),  # held at END waiting for the sink: not work
             self.idle.eq(~s2_valid),
+            cur_rd.addr.eq(s2_slot), mem_rd.addr.eq(s2_slot),
+            cur_wr.addr.eq(s2_slot), mem_wr.addr.eq(s2_slot),
         ]
-        for j in range(cfg.lanes):
-            m.d.comb += self.out.payload[j].eq(mem[j])
         with m.If(advance):
-            m.d.sync += [s2_valid.eq(self.ev.valid), s2_op.eq(self.ev.payload.op),
-                         s2_neg.eq(self.ev.payload.neg)]
+            m.d.sync += [s2_valid.eq(self.ev.valid), s2_op.eq(ev.op), s2_neg.eq(ev.neg),
+                         s2_slot.eq(ev.slot)]
+            with m.If(self.ev.valid):
+                m.d.sync += [held.eq(is_spike), held_k.eq(ev.k)]
+        on = live.bit_select(s2_slot, 1)
+        i_old = [Mux(on, cur_rd.data[j], 0) for j in range(cfg.lanes)]
+        v_old = [Mux(on, mem_rd.data[j], 0) for j in range(cfg.lanes)]
+        for j in range(cfg.lanes):
+            m.d.comb += self.out.payload[j].eq(v_old[j])
         with m.If(s2_valid & advance):
             with m.Switch(s2_op):
                 with m.Case(SpikeOp.SPIKE):
@@ -79,17 +109,19 @@ class SpikeArray(wiring.Component):
                     for j in range(cfg.lanes):
                         w = self.w_data[j]
                         add = Mux(s2_neg, -w, w)
-                        with m.If(self.ttfs):
-                            m.d.sync += cur[j].eq(cur[j] + add)
-                        with m.Else():
-                            m.d.sync += mem[j].eq(mem[j] + add)
+                        m.d.comb += [cur_wr.data[j].eq(Mux(self.ttfs, i_old[j] + add, i_old[j])),
+                                     mem_wr.data[j].eq(Mux(self.ttfs, v_old[j], v_old[j] + add))]
                 with m.Case(SpikeOp.STEP):
                     m.d.comb += self.step.eq(1)
                     for j in range(cfg.lanes):
-                        m.d.sync += mem[j].eq(mem[j] + cur[j])
-                with m.Case(SpikeOp.END):
-                    for j in range(cfg.lanes):
-                        m.d.sync += [cur[j].eq(0), mem[j].eq(0)]
+                        m.d.comb += [cur_wr.data[j].eq(i_old[j]),
+                                     mem_wr.data[j].eq(v_old[j] + i_old[j])]
+            # SPIKE and STEP write both memories (a slot's first write clears the other)
+            with m.If(s2_op != SpikeOp.END):
+                m.d.comb += [cur_wr.en.eq(1), mem_wr.en.eq(1)]
+                m.d.sync += live.bit_select(s2_slot, 1).eq(1)
+            with m.Else():
+                m.d.sync += live.bit_select(s2_slot, 1).eq(0)
         return m
 
 

@@ -24,7 +24,9 @@ through the output unit into OUT. Design notes: ``docs/hw.md``.
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, ResetInserter, Shape, Signal
+from types import SimpleNamespace
+
+from amaranth import Cat, Elaboratable, Module, Mux, ResetInserter, Shape, Signal
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -35,10 +37,13 @@ from accel.layouts import (
     acc_vector_layout,
     buffer_shapes,
     descriptor_layout,
+    high_row_layout,
     mac_event_layout,
+    narrow_row_layout,
     row_in_layout,
     spike_event_layout,
     watchdog_cycles,
+    weight_row_layout,
 )
 
 from .arrays import MacArray, SpikeArray
@@ -54,6 +59,8 @@ STROBES = {
     "mac_busy": "cycles the MAC array has an event in flight",
     "w_rd_spike": "weight-buffer row reads by the spike array",
     "w_rd_mac": "weight-buffer row reads by the MAC array",
+    "w_rd_hi_spike": "spike-array weight reads that also read the high half of the row",
+    "w_rd_hi_mac": "MAC-array weight reads that also read the high half of the row",
     "spike_ev_rd": "spike-event buffer reads",
     "mac_ev_rd": "MAC-event buffer reads",
     "acc_rd": "accumulator-buffer row reads",
@@ -91,6 +98,63 @@ class _Reader(wiring.Component):
             m.d.sync += self.out.valid.eq(left)
             with m.If(left):
                 m.d.sync += ptr.eq(ptr + 1)
+        return m
+
+
+class WeightBuffer(Elaboratable):
+    """The weight buffer: the narrow half (``narrow_row_layout``) and the high half
+    (``high_row_layout``) of every row in two memories with one write port for whole rows
+    (``weight_row_layout``, what the host writes). :meth:`read_port` gives a port that reads
+    whole rows; given ``wide`` it reads the high half only while ``wide`` is set and
+    otherwise sign-extends the narrow half, so a narrow row read moves half the bits."""
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        self.wr_addr = Signal(cfg.k_bits)
+        self.wr_data = Signal(weight_row_layout(cfg).size)
+        self.wr_en = Signal()
+        self._ports: list = []
+
+    def read_port(self, wide=None):
+        """A port with ``addr``, ``en`` and ``data`` (a whole row, ``weight_row_layout``)."""
+        cfg = self.cfg
+        port = SimpleNamespace(addr=Signal(cfg.k_bits, name="w_rd_addr"),
+                               en=Signal(name="w_rd_en"),
+                               data=Signal(weight_row_layout(cfg), name="w_rd_data"), wide=wide)
+        self._ports.append(port)
+        return port
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        nb, hb = cfg.narrow_bits, cfg.weight_bits - cfg.narrow_bits
+        m.submodules.lo = lo = memory.Memory(shape=narrow_row_layout(cfg),
+                                             depth=cfg.weight_depth, init=[])
+        row = data.View(weight_row_layout(cfg), self.wr_data)
+        lo_wp = lo.write_port()
+        m.d.comb += [lo_wp.addr.eq(self.wr_addr), lo_wp.en.eq(self.wr_en)]
+        for j in range(cfg.lanes):
+            m.d.comb += lo_wp.data[j].eq(row[j][:nb])
+        if hb:
+            m.submodules.hi = hi = memory.Memory(shape=high_row_layout(cfg),
+                                                 depth=cfg.weight_depth, init=[])
+            hi_wp = hi.write_port()
+            m.d.comb += [hi_wp.addr.eq(self.wr_addr), hi_wp.en.eq(self.wr_en)]
+            for j in range(cfg.lanes):
+                m.d.comb += hi_wp.data[j].eq(row[j][nb:])
+        for p in self._ports:
+            lo_rp = lo.read_port()
+            m.d.comb += [lo_rp.addr.eq(p.addr), lo_rp.en.eq(p.en)]
+            if not hb:
+                for j in range(cfg.lanes):
+                    m.d.comb += p.data[j].eq(lo_rp.data[j])
+                continue
+            hi_rp = hi.read_port()
+            wide = 1 if p.wide is None else p.wide
+            m.d.comb += [hi_rp.addr.eq(p.addr), hi_rp.en.eq(p.en & wide)]
+            for j in range(cfg.lanes):
+                whole = Cat(lo_rp.data[j], hi_rp.data[j]).as_signed()
+                m.d.comb += p.data[j].eq(Mux(wide, whole, lo_rp.data[j]))
         return m
 
 
@@ -134,8 +198,15 @@ class Engine(wiring.Component):
         flush = Signal()
         mems = {}
         for b, (shape, depth) in shapes.items():
+            if b == BufId.WEIGHTS:
+                continue  # two memories, below
             mems[b] = memory.Memory(shape=shape, depth=depth, init=[])
             m.submodules[f"buf_{b.name.lower()}"] = mems[b]
+        # The weight buffer is two memories side by side: the narrow half of every row (a
+        # 4-bit weight entire) is read for every tile, the high half only for wide tiles
+        # (int8 operands), so a 4-bit row read moves half the bits.
+        weights = WeightBuffer(cfg)
+        m.submodules.buf_weights = weights
 
         # host write ports (one per buffer) and read ports (muxed by rd_buf, registered)
         for b, mem in mems.items():
@@ -144,11 +215,11 @@ class Engine(wiring.Component):
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(self.wr_addr), wp.data.eq(self.wr_data),
                          wp.en.eq(self.wr_en & (self.wr_buf == b))]
+        m.d.comb += [weights.wr_addr.eq(self.wr_addr), weights.wr_data.eq(self.wr_data),
+                     weights.wr_en.eq(self.wr_en & (self.wr_buf == BufId.WEIGHTS))]
         host_rd = {}
-        for b, mem in mems.items():
-            if b not in HOST_READABLE:
-                continue
-            rp = mem.read_port()
+        for b in HOST_READABLE:
+            rp = weights.read_port() if b == BufId.WEIGHTS else mems[b].read_port()
             m.d.comb += [rp.addr.eq(self.rd_addr), rp.en.eq(self.rd_en & (self.rd_buf == b))]
             host_rd[b] = rp
         rd_sel = Signal(BufId)
@@ -173,10 +244,12 @@ class Engine(wiring.Component):
         wiring.connect(m, mr.out, ma.ev)
         bad = Signal()  # an event the descriptor cannot have meant
         for name, arr in (("spike", sa), ("mac", ma)):
-            rp = mems[BufId.WEIGHTS].read_port()
+            rp = weights.read_port(desc.wide)
             w_addr = Signal(cfg.k_bits + 1, name=f"w_addr_{name}")
             m.d.comb += [w_addr.eq(arr.w_addr + desc.w_base), rp.addr.eq(w_addr),
-                         rp.en.eq(arr.w_en), arr.w_data.eq(rp.data)]
+                         rp.en.eq(arr.w_en), arr.w_data.eq(rp.data),
+                         getattr(self, f"w_rd_{name}").eq(arr.w_en),
+                         getattr(self, f"w_rd_hi_{name}").eq(arr.w_en & desc.wide)]
             with m.If(arr.w_en & w_addr[-1]):  # past the end: it would wrap to row 0
                 m.d.comb += bad.eq(1)
         if cfg.max_shift < 2**cfg.shift_bits - 1:
@@ -203,12 +276,12 @@ class Engine(wiring.Component):
         # spike count, so lock-step would idle the faster array.
         parts = []
         for name, arr in (("spike", sa), ("mac", ma)):
-            q = fifo.SyncFIFOBuffered(width=acc_vector_layout(cfg).size,
-                                      depth=cfg.row_fifo_depth)
+            layout = arr.out.payload.shape()  # the spike array's rows are narrower
+            q = fifo.SyncFIFOBuffered(width=layout.size, depth=cfg.row_fifo_depth)
             m.submodules[f"{name}_rows"] = q
             m.d.comb += [q.w_data.eq(arr.out.payload), q.w_en.eq(arr.out.valid),
                          arr.out.ready.eq(q.w_rdy)]
-            parts.append((q, data.View(acc_vector_layout(cfg), q.r_data)))
+            parts.append((q, data.View(layout, q.r_data)))
         (s_fifo, s_part), (m_fifo, m_part) = parts
         both = s_fifo.r_rdy & m_fifo.r_rdy
         pop = Signal()
@@ -301,7 +374,6 @@ class Engine(wiring.Component):
             self.spike.eq(sa.spike), self.step.eq(sa.step), self.mac_row.eq(ma.row),
             self.spike_busy.eq(sa.busy), self.mac_busy.eq(ma.busy),
             self.stall.eq(active & ~sa.busy & ~ma.busy),
-            self.w_rd_spike.eq(sa.w_en), self.w_rd_mac.eq(ma.w_en),
             self.spike_ev_rd.eq(sr.en), self.mac_ev_rd.eq(mr.en),
         ]
         wrapper = Module()

@@ -51,6 +51,12 @@ HOST_OUT_QMAX = 2 ** (HOST_OUT_BITS - 1) - 1
 REQ_MID_BITS = 32
 
 
+def signed_bits(bound: int) -> int:
+    """Width of a two's complement register that holds every value in ``[-bound, bound]``
+    (the spike lanes' registers are sized from such bounds, ``accel.config``)."""
+    return max(1, int(bound).bit_length() + 1)
+
+
 class ContractError(ValueError):
     """A value broke the numerical contract (overflow, out-of-range code). Names the place."""
 

@@ -102,12 +102,13 @@ def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=No
 def rtl_spike_array(cfg: AccelConfig, codes: torch.Tensor, w: torch.Tensor, enc: Encoding,
                     stall_p: float = 0.2, seed: int = 0):
     """Spike-array accumulators ``[M, N]`` for spike codes ``[M, K]`` and weights ``[N, K]``,
-    with counts of its ``spike`` and ``step`` strobes and of cycles."""
-    events = spike_words(codes, enc)
+    with counts of its ``spike`` and ``step`` strobes, its weight reads (``w_en``) and of
+    cycles. Rows are interleaved ``cfg.spike_rows`` at a time."""
+    events = spike_words(codes, enc, slots=cfg.spike_rows)
     dut = SpikeArray(cfg)
     ttfs = int(enc.kind in TTFS_KINDS)
     return _run(cfg, dut, w, events, spike_event_layout(cfg), codes.shape[0], stall_p, seed,
-                ("spike", "step", "busy"), setup=lambda ctx: ctx.set(dut.ttfs, ttfs))
+                ("spike", "step", "busy", "w_en"), setup=lambda ctx: ctx.set(dut.ttfs, ttfs))
 
 
 def rtl_mac_array(cfg: AccelConfig, codes: torch.Tensor, shifts: torch.Tensor,

@@ -156,7 +156,8 @@ def test_tile_cycles_match_rtl(part):
     lanes, units = rng.choice(PAIRS)
     cfg = AccelConfig(lanes=lanes, mac_units=units, weight_depth=WEIGHT_DEPTH,
                       max_rows=MAX_ROWS, spike_event_depth=SPIKE_DEPTH,
-                      mac_event_depth=MAC_DEPTH, row_fifo_depth=1 + part % 4, max_steps=15)
+                      mac_event_depth=MAC_DEPTH, row_fifo_depth=1 + part % 4, max_steps=15,
+                      spike_rows=(1, 2, 4, 8)[part % 4])
     tiles = []
     while len(tiles) < samples(6):
         tiles += _random_tiles(rng, cfg)
@@ -191,7 +192,8 @@ def test_gemm_cycles_equal_rtl(tiny_llama_works, name, head):
     call = next(c for c in tiny_llama_works if c.name == name and c.head == head)
     # small buffers so the GEMM is cut into several row groups, N tiles and K tiles
     cfg = AccelConfig(lanes=16, mac_units=4, weight_depth=32, max_rows=8,
-                      spike_event_depth=1024, mac_event_depth=128, max_steps=15)
+                      spike_event_depth=1024, mac_event_depth=128, max_steps=15,
+                      spike_rows=4)
     plan = plan_gemm(cfg, call.codes, call.int_mask, call.shifts, call.encoding, call.w,
                      start=call.start, consts=call.consts, mrow=call.mrow, shift=call.shift)
     tiles = [img for *_, imgs in plan.slices for img in imgs]

@@ -39,13 +39,13 @@ from ..helpers import FAST, simulator_binary
 CONFIGS = {
     "l8m2": AccelConfig(lanes=8, mac_units=2, weight_depth=32, max_rows=8,
                         spike_event_depth=512, mac_event_depth=64, row_fifo_depth=2,
-                        max_steps=15),
+                        max_steps=15, spike_rows=8),
     "l4m4": AccelConfig(lanes=4, mac_units=4, weight_depth=16, max_rows=4,
                         spike_event_depth=256, mac_event_depth=32, row_fifo_depth=1,
-                        max_steps=31, max_shift=7),
+                        max_steps=31, max_shift=7, spike_rows=1),
     "l16m1": AccelConfig(lanes=16, mac_units=1, weight_depth=64, max_rows=16,
                          spike_event_depth=1024, mac_event_depth=128, row_fifo_depth=3,
-                         max_steps=15),
+                         max_steps=15, spike_rows=2),
 }
 
 

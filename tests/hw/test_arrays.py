@@ -1,6 +1,7 @@
 """Spike-accumulate and MAC arrays against the golden model, bit for bit, with stalls."""
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,10 +9,11 @@ import torch
 from accel.config import AccelConfig
 from models.encodings import TTFS_KINDS, Encoding
 from models.golden import gemm
+from accel.tiling import fetch_count, spike_words
 from sim.blocks import rtl_mac_array, rtl_spike_array
 from sim.streams import samples, seed
 
-CFG = AccelConfig(lanes=4, mac_units=2, weight_depth=64, max_steps=15)
+CFG = AccelConfig(lanes=4, mac_units=2, weight_depth=64, max_steps=15, spike_rows=2)
 ENCODINGS = [Encoding("ttfs", 4), Encoding("ttfs-signed", 4), Encoding("rate", steps=8),
              Encoding("graded", steps=5, levels=3), Encoding("ternary", steps=4),
              Encoding("ternary", steps=3, levels=2)]
@@ -31,19 +33,34 @@ def _case(rng, enc, m, k, n, fill=None):
 
 @pytest.mark.parametrize("enc", ENCODINGS, ids=lambda e: e.name())
 @pytest.mark.parametrize("fill", [None, "extreme", "silent"])
-def test_spike_array_equals_golden(enc, fill):
-    rng = random.Random(seed())
+@pytest.mark.parametrize("slots", [1, 2, 4])
+def test_spike_array_equals_golden(enc, fill, slots):
+    rng = random.Random(seed() + slots)
+    cfg = replace(CFG, spike_rows=slots)
     for _ in range(samples(1)):
-        m, k, n = 3, rng.randrange(1, 38), rng.randrange(1, CFG.lanes + 1)
+        m, k, n = rng.randrange(1, 6), rng.randrange(1, 38), rng.randrange(1, CFG.lanes + 1)
         q, w = _case(rng, enc, m, k, n, fill)
         want, ev = gemm(q[None], torch.zeros(1, k, dtype=torch.bool),
                         torch.zeros(1, k, dtype=torch.int64), enc, w[None], None, "t")
-        got, counts = rtl_spike_array(CFG, q, w, enc, stall_p=0.25, seed=rng.random())
+        got, counts = rtl_spike_array(cfg, q, w, enc, stall_p=0.25, seed=rng.random())
         assert torch.equal(got, want[0])
         assert counts["spike"] == ev.spike_units
         assert counts["spike"] * n == ev.acc_spike
         assert counts["step"] * n == ev.acc_step
         assert counts["step"] == (m * enc.time_steps if enc.kind in TTFS_KINDS else 0)
+        assert counts["w_en"] == fetch_count(spike_words(q, enc, slots=slots))
+
+
+def test_rows_spiking_on_one_input_at_one_step_share_a_weight_read():
+    # 4 rows, all code 7 on input 0 and 3 on input 1: at each of the two spike times one
+    # read serves every row, instead of one read per spike
+    enc = Encoding("ttfs-signed", 4)
+    q = torch.tensor([[7, 3], [-7, 3], [7, -3], [7, 3]])
+    w = torch.tensor([[1, 10], [-2, 20], [3, 30], [4, -40]])
+    for slots, reads in ((4, 2), (2, 4), (1, 8)):
+        got, counts = rtl_spike_array(replace(CFG, spike_rows=slots), q, w, enc, stall_p=0.3)
+        assert torch.equal(got, q @ w.t())
+        assert counts["spike"] == 8 and counts["w_en"] == reads, slots
 
 
 def test_spike_array_work_is_proportional_to_spikes():

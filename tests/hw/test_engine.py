@@ -93,7 +93,7 @@ def test_engine_rows_faster_than_the_output_unit_wait_without_corruption():
     from accel.config import AccelConfig
 
     cfg = AccelConfig(lanes=16, mac_units=16, weight_depth=64, max_rows=8,
-                      spike_event_depth=512, mac_event_depth=128)
+                      spike_event_depth=512, mac_event_depth=128, spike_rows=8)
     enc = Encoding("rate", steps=1)
     rng = random.Random(seed() + 9)
     q, mask, shifts, w, start = _operands(rng, enc, 8, 12, 16, 1)

@@ -11,7 +11,7 @@ from models.encodings import Encoding
 from models.golden import gemm
 
 CFG = AccelConfig(lanes=8, mac_units=2, weight_depth=64, max_rows=16,
-                  spike_event_depth=2048, mac_event_depth=512, max_steps=15)
+                  spike_event_depth=2048, mac_event_depth=512, max_steps=15, spike_rows=4)
 TTFS = Encoding("ttfs", 4)
 
 
