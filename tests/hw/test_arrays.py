@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from accel.config import AccelConfig
+from accel.tiling import fetch_count, spike_words
 from models.encodings import TTFS_KINDS, Encoding
 from models.golden import gemm
-from accel.tiling import fetch_count, spike_words
 from sim.blocks import rtl_mac_array, rtl_spike_array
 from sim.streams import samples, seed
 
