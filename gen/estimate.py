@@ -52,9 +52,9 @@ SCHEMA = 1
 ARCH_DIR = Path(__file__).parent / "archs"
 #: Quantile points kept of the per-row silent fraction of each GEMM kind.
 QUANTILES = 33
-#: Prefill GEMMs with more rows are evaluated in blocks of this many rows (a multiple of
-#: every ``max_rows``): the ``[rows, K]`` unit arrays stay small (docs/estimate.md).
-ROW_BLOCK = 512
+#: Prefill GEMMs with more rows are evaluated in blocks of this many rows (or ``max_rows``
+#: when larger): the ``[rows, K]`` unit arrays and spike lists stay small (docs/estimate.md).
+ROW_BLOCK = 256
 #: Kinds whose statistics stand in for a kind the source model lacks (LLaMA's gate reads
 #: the same input as up).
 FALLBACK = {"gate": "up"}
@@ -156,6 +156,8 @@ class KindStats:
     row_silent: list[float]  #: :data:`QUANTILES` quantiles of the per-row silent fraction
     outliers: dict[float, float]  #: integer-channel fraction (n_int / K) -> share of calls
     units: dict[int, float]  #: unit spikes of a sending input -> probability
+    #: time step of a unit spike -> probability (empty: not measured, uniform over the window)
+    steps: dict[int, float] = field(default_factory=dict)
 
     @property
     def outlier_fraction(self) -> float:
@@ -169,7 +171,8 @@ class KindStats:
                 "row_silent_quantiles": self.row_silent,
                 "outlier_fraction": self.outlier_fraction,
                 "outliers": [[f, s] for f, s in sorted(self.outliers.items())],
-                "units": [[u, p] for u, p in sorted(self.units.items())]}
+                "units": [[u, p] for u, p in sorted(self.units.items())],
+                "steps": [[t, p] for t, p in sorted(self.steps.items())]}
 
     @classmethod
     def from_json(cls, d: dict, where: str) -> KindStats:
@@ -180,14 +183,25 @@ class KindStats:
             rows = [float(x) for x in d["row_silent_quantiles"]]
             outl = {float(f): float(s) for f, s in d["outliers"]}
             units = {int(u): float(p) for u, p in d["units"]}
+            steps = {int(t): float(p) for t, p in d.get("steps", [])}
         except (KeyError, TypeError, ValueError) as e:
             raise ModelInputError(f"{where}: malformed ({type(e).__name__}: {e})") from None
         ok = (0 <= sf <= 1 and rows and all(0 <= x <= 1 for x in rows) and outl
               and all(0 <= f <= 1 and s >= 0 for f, s in outl.items()) and units
-              and all(u >= 1 and p >= 0 for u, p in units.items()))
+              and all(u >= 1 and p >= 0 for u, p in units.items())
+              and all(0 <= t < max(1, enc.time_steps) and p >= 0 for t, p in steps.items()))
         if not ok:
-            raise ModelInputError(f"{where}: fractions must be in [0, 1], unit spikes >= 1")
-        return cls(enc, sf, rows, outl, units)
+            raise ModelInputError(f"{where}: fractions must be in [0, 1], unit spikes >= 1, "
+                                  f"steps inside the window")
+        return cls(enc, sf, rows, outl, units, steps)
+
+    def step_probs(self) -> np.ndarray:
+        """Probability of each time step of the window for a unit spike."""
+        t = max(1, self.encoding.time_steps)
+        p = np.zeros(t)
+        for k, v in self.steps.items():
+            p[k] = v
+        return p / p.sum() if p.sum() > 0 else np.full(t, 1 / t)
 
 
 @dataclass
@@ -232,7 +246,13 @@ def stats_from_works(works: list[GemmWork], source: str) -> Stats:
         encs = [g.encoding for g in gs]
         enc = max(set(encs), key=encs.count)
         row_silent, sent, silent, total = [], {}, 0, 0
+        steps: dict[int, int] = {}
         for g in gs:
+            sp = getattr(g, "spikes", None)  # (row, step, input) where the workload has them
+            if sp is not None and len(sp):
+                for t, c in enumerate(np.bincount(np.asarray(sp)[:, 1]).tolist()):
+                    if c:
+                        steps[t] = steps.get(t, 0) + c
             u = g.units[:, ~g.int_mask]
             if u.shape[1]:
                 row_silent += ((u == 0).mean(axis=1)).tolist()
@@ -248,9 +268,11 @@ def stats_from_works(works: list[GemmWork], source: str) -> Stats:
         n_sent = sum(sent.values())
         q = (np.quantile(row_silent, np.linspace(0, 1, QUANTILES)).tolist() if row_silent
              else [1.0] * QUANTILES)
+        n_steps = sum(steps.values())
         kinds[kd] = KindStats(enc, silent / total if total else 1.0,
                               [round(x, 6) for x in q], outl,
-                              {v: c / n_sent for v, c in sent.items()} if n_sent else {1: 1.0})
+                              {v: c / n_sent for v, c in sent.items()} if n_sent else {1: 1.0},
+                              {t: c / n_steps for t, c in steps.items()})
     return Stats(source, kinds)
 
 
@@ -300,7 +322,8 @@ def synthetic_stats(spec: str) -> Stats:
     ks = KindStats(enc, silent, [silent] * QUANTILES, {outl: 1.0}, {1: 1.0})
     kinds = {k: ks for k in ("q", "k", "v", "qk", "av", "o", "gate", "up", "down")}
     return Stats(f"synthetic: silent fraction {silent:g} in every row, outlier fraction "
-                 f"{outl:g}, {enc.name()}, one unit spike per sending input", kinds)
+                 f"{outl:g}, {enc.name()}, one unit spike per sending input at a time step "
+                 f"uniform over the window", kinds)
 
 
 def load_stats(spec: str, tokens: int = 64, use_cache: bool = True) -> Stats:
@@ -368,6 +391,12 @@ def synth_work(sh: KindShape, st: KindStats, frac: float, rng: np.random.Generat
     # linear layers' weights are the contract's 4-bit codes; QK^T and PV multiply by int8
     # K and V (wider than the weight buffer's narrow half, where the cycle model has one)
     extra = {"wide": sh.kind in ("qk", "av")} if "wide" in _WORK_FIELDS else {}
+    if "spikes" in _WORK_FIELDS and enc.is_spiking and vals == [1]:
+        # each sending input's one unit spike at a time step drawn from the measured ones
+        # (the spike array's row slots share a weight read per step and input)
+        r, c = np.nonzero(units)
+        t = rng.choice(len(st.step_probs()), size=len(r), p=st.step_probs())
+        extra["spikes"] = np.stack([r, t, c], axis=1).astype(np.int64)
     return GemmWork(name=name or f"layers.*.{sh.kind}", head=0 if sh.heads > 1 else None,
                     m=m, k=k, n=sh.n, encoding=enc, int_mask=int_mask, units=units, **extra)
 
@@ -430,8 +459,9 @@ def kind_cost(cfg: AccelConfig, sh: KindShape, st: KindStats, seed: int = 0) -> 
         rng = np.random.default_rng([seed, sh.m, sh.k, sh.n, round(frac * 1e6)])
         calls = heads * sh.layers
         groups = 0
-        for r0 in range(0, sh.m, ROW_BLOCK):
-            g = synth_work(sh, st, frac, rng, rows=(r0, min(sh.m, r0 + ROW_BLOCK)))
+        block = max(ROW_BLOCK, cfg.max_rows)
+        for r0 in range(0, sh.m, block):
+            g = synth_work(sh, st, frac, rng, rows=(r0, min(sh.m, r0 + block)))
             p: GemmPrediction = gemm_cycles(cfg, g)
             groups += p.descriptors // (n_slices * k_tiles)
             cost.cycles += p.cycles * calls
@@ -565,6 +595,7 @@ def phase_cost(cfg: AccelConfig, target: Target, spec: ArchSpec, stats: Stats, p
                     f"format, do not fit {target.memory})")
     ops = event_energy(ev, table, 0)
     full = event_energy(ev, table, sram)
+    base = fp16_rows(costs, cfg, table, per, ops["total"], full["total"])
     return {
         "phase": phase, "tokens": tokens, "rows": tokens if phase == "prefill" else 1,
         "cycles": cyc, "cycles_per_token": cyc / per,
@@ -585,8 +616,30 @@ def phase_cost(cfg: AccelConfig, target: Target, spec: ArchSpec, stats: Stats, p
         "spike_util": work["spike array"] / cyc if cyc else None,
         "mac_util": work["MAC array"] / cyc if cyc else None,
         "bound": bound, "bound_why": why,
+        "time_steps": max((stats.of(c.shape.kind).encoding.time_steps for c in costs),
+                          default=1),
+        "fp16": base,
         "kinds": [kind_row(c, per) for c in costs],
     }
+
+
+def fp16_rows(costs: list[KindCost], cfg: AccelConfig, table: dict, per: int,
+              ops_pj: float, full_pj: float) -> list[dict]:
+    """The FP16 ANN baselines of :mod:`accel.baselines` for the same GEMMs (operands moved
+    once, and a dense dataflow like this engine's), per token, with the hybrid's energy
+    reductions against them: operations only (what Kirin reports) and with memory."""
+    from accel.baselines import FP16, FP16_DENSE, fp16_baseline
+
+    shapes = [(c.shape.m, c.shape.k, c.shape.n) for c in costs for _ in range(c.shape.calls)]
+    out = []
+    for name, lanes in ((FP16, None), (FP16_DENSE, cfg.lanes)):
+        b = fp16_baseline(name, shapes, table, lanes)
+        ops, full = b["compute_energy_pj"] / per, b["energy_pj"]["total"] / per
+        out.append({"name": name, "memory_model": b["memory_model"],
+                    "energy_pj_per_token": {"operations": ops, "with_sram": full},
+                    "compute_energy_reduction_pct": 100 * (1 - ops_pj / per / ops),
+                    "energy_reduction_pct": 100 * (1 - full_pj / per / full)})
+    return out
 
 
 def kind_row(c: KindCost, per: int) -> dict:
@@ -726,13 +779,14 @@ def summary_rows(rep: dict) -> list[list[str]]:
                 _eng(p["energy_pj_per_token"]["with_sram"] * 1e-12, "J"),
                 _eng(p["weight_bytes_per_token"], "B"),
                 _eng(p["bandwidth_needed_bytes_per_s"] or 0, "B/s"),
-                _eng(p["available_bytes_per_s"], "B/s"), p["bound"]])
+                _eng(p["available_bytes_per_s"], "B/s"),
+                f"{-p['fp16'][0]['compute_energy_reduction_pct']:+.1f}%", p["bound"]])
     return rows
 
 
 HEADER = ["target", "lanes/MAC", "phase", "cycles/token", "MHz", "compute/token",
           "time/token", "energy ops", "energy +SRAM", "weight bytes", "BW needed",
-          "BW available", "bound"]
+          "BW available", "vs FP16 ops", "bound"]
 
 
 def format_table(rep: dict) -> str:
@@ -776,6 +830,15 @@ def write_markdown(rep: dict, path: Path) -> None:
                              f"{r['heads']} x {r['layers']} | {r['outlier_channels']} | "
                              f"{r['silent_fraction']:.0%} | {r['cycles_per_token']:,.0f} | "
                              f"{r['weight_bytes_per_token']:,.0f} |")
+            lines += ["", "| FP16 baseline | memory model | FP16 ops/token | FP16 +SRAM/token "
+                      "| reduction ops | reduction +SRAM |", "|---|---|---|---|---|---|"]
+            for b in p["fp16"]:
+                e = b["energy_pj_per_token"]
+                lines.append(f"| {b['name']} | {b['memory_model']} | "
+                             f"{_eng(e['operations'] * 1e-12, 'J')} | "
+                             f"{_eng(e['with_sram'] * 1e-12, 'J')} | "
+                             f"{-b['compute_energy_reduction_pct']:+.2f} % | "
+                             f"{-b['energy_reduction_pct']:+.2f} % |")
             lines.append("")
     lines += ["## Notes", ""] + [f"- {n}" for n in rep["notes"]]
     path.write_text("\n".join(lines) + "\n")
