@@ -82,10 +82,14 @@ def base_config(works: list[GemmWork], **over) -> AccelConfig:
     max_int = max(g.n_int for g in works) + 1
     rows = min(128, _pow2_ceil(max_m))
     max_steps = max(max(g.steps for g in works), max(g.encoding.time_steps for g in works), 1)
+    # the spike lanes are as wide as the model's codes need (AccelConfig.mem_bits): the
+    # config runs the model's encodings and windows, not every encoding there is
+    kinds = tuple(sorted({g.encoding.kind for g in works}))
     d = dict(weight_depth=min(4096, _pow2_ceil(max_k)), max_rows=rows,
              spike_event_depth=max(1024, min(32768, _pow2_ceil(row_ev * rows))),
              mac_event_depth=max(256, min(8192, _pow2_ceil(max_int * rows))),
-             max_steps=min(4095, max(15, max_steps)))
+             max_steps=min(4095, max_steps), encodings=kinds,
+             spike_rows=min(16, rows))
     d.update(over)
     return AccelConfig(**d)
 

@@ -22,6 +22,7 @@ from accel.layouts import (
     spike_vector_layout,
     weight_row_layout,
 )
+from models.encodings import TTFS_KINDS
 
 
 class SpikeArray(wiring.Component):
@@ -40,7 +41,7 @@ class SpikeArray(wiring.Component):
     again, so one read serves every row that spikes on that input at that step. A STEP or
     END ends the reuse. The lane registers are as wide as the contract's bounds for one K
     tile (``cur_bits``, ``mem_bits``); a slot is zero until its first write after an END
-    or a reset (``live``), whatever its memory holds.
+    or a reset (``live_i``, ``live_v``), whatever its memory holds.
     """
 
     def __init__(self, cfg: AccelConfig):
@@ -70,7 +71,7 @@ class SpikeArray(wiring.Component):
                                                init=[])
         cur_rd, mem_rd = cur.read_port(domain="comb"), mem.read_port(domain="comb")
         cur_wr, mem_wr = cur.write_port(), mem.write_port()
-        live = Signal(slots)
+        live_i, live_v = Signal(slots), Signal(slots)
         s2_valid = Signal()
         s2_op = Signal(SpikeOp)
         s2_neg = Signal()
@@ -97,31 +98,39 @@ class SpikeArray(wiring.Component):
                          s2_slot.eq(ev.slot)]
             with m.If(self.ev.valid):
                 m.d.sync += [held.eq(is_spike), held_k.eq(ev.k)]
-        on = live.bit_select(s2_slot, 1)
-        i_old = [Mux(on, cur_rd.data[j], 0) for j in range(cfg.lanes)]
-        v_old = [Mux(on, mem_rd.data[j], 0) for j in range(cfg.lanes)]
+        # a slot's I (V) reads as zero until its first write after an END or a reset,
+        # whatever the memory holds: one bit per slot instead of clearing every lane
+        i_on, v_on = live_i.bit_select(s2_slot, 1), live_v.bit_select(s2_slot, 1)
+        i_old = [Mux(i_on, cur_rd.data[j], 0) for j in range(cfg.lanes)]
+        v_old = [Mux(v_on, mem_rd.data[j], 0) for j in range(cfg.lanes)]
+        adds = [Mux(s2_neg, -self.w_data[j], self.w_data[j]) for j in range(cfg.lanes)]
         for j in range(cfg.lanes):
-            m.d.comb += self.out.payload[j].eq(v_old[j])
+            m.d.comb += [self.out.payload[j].eq(v_old[j]), cur_wr.data[j].eq(i_old[j] + adds[j])]
+        # V takes I on STEP (TTFS) or the weight on SPIKE (the other kinds); a config without
+        # one of the two families builds no adder for it
+        timed = any(e in TTFS_KINDS for e in cfg.encodings)
+        direct = any(e not in (*TTFS_KINDS, "int") for e in cfg.encodings)
+        for j in range(cfg.lanes):
+            step_v, spike_v = v_old[j] + i_old[j], v_old[j] + adds[j]
+            m.d.comb += mem_wr.data[j].eq(
+                Mux(s2_op == SpikeOp.STEP, step_v, spike_v) if timed and direct
+                else step_v if timed else spike_v)
         with m.If(s2_valid & advance):
             with m.Switch(s2_op):
                 with m.Case(SpikeOp.SPIKE):
                     m.d.comb += self.spike.eq(1)
-                    for j in range(cfg.lanes):
-                        w = self.w_data[j]
-                        add = Mux(s2_neg, -w, w)
-                        m.d.comb += [cur_wr.data[j].eq(Mux(self.ttfs, i_old[j] + add, i_old[j])),
-                                     mem_wr.data[j].eq(Mux(self.ttfs, v_old[j], v_old[j] + add))]
+                    with m.If(self.ttfs):
+                        m.d.comb += cur_wr.en.eq(1)
+                        m.d.sync += live_i.bit_select(s2_slot, 1).eq(1)
+                    with m.Else():
+                        m.d.comb += mem_wr.en.eq(1)
+                        m.d.sync += live_v.bit_select(s2_slot, 1).eq(1)
                 with m.Case(SpikeOp.STEP):
-                    m.d.comb += self.step.eq(1)
-                    for j in range(cfg.lanes):
-                        m.d.comb += [cur_wr.data[j].eq(i_old[j]),
-                                     mem_wr.data[j].eq(v_old[j] + i_old[j])]
-            # SPIKE and STEP write both memories (a slot's first write clears the other)
-            with m.If(s2_op != SpikeOp.END):
-                m.d.comb += [cur_wr.en.eq(1), mem_wr.en.eq(1)]
-                m.d.sync += live.bit_select(s2_slot, 1).eq(1)
-            with m.Else():
-                m.d.sync += live.bit_select(s2_slot, 1).eq(0)
+                    m.d.comb += [self.step.eq(1), mem_wr.en.eq(1)]
+                    m.d.sync += live_v.bit_select(s2_slot, 1).eq(1)
+                with m.Case(SpikeOp.END):
+                    m.d.sync += [live_i.bit_select(s2_slot, 1).eq(0),
+                                 live_v.bit_select(s2_slot, 1).eq(0)]
         return m
 
 
