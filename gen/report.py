@@ -18,7 +18,7 @@ from models.contract import Events
 from models.energy import event_energy
 
 #: Version of the report's key set; bumped when a key changes meaning or goes away.
-SCHEMA = 1
+SCHEMA = 2
 
 
 def link_bytes(cfg: AccelConfig, p: GemmPrediction) -> int:

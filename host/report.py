@@ -23,7 +23,7 @@ from models.energy import event_energy
 
 from .run import RunResult
 
-SCHEMA = 1
+SCHEMA = 2
 
 
 def counted_events(c: dict) -> Events:
