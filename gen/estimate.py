@@ -588,8 +588,8 @@ def phase_cost(cfg: AccelConfig, target: Target, spec: ArchSpec, stats: Stats, p
                f"max_rows={cfg.max_rows}); written once, {src} would keep up")
     else:
         bound = ("memory" if in_memory else "link") + " bandwidth"
-        why = (f"{src} moves {bps / 1e6:,.3g} MB/s, the arrays need "
-               f"{moved / per / compute_s / 1e6:,.4g} MB/s")
+        why = (f"{src} moves {_eng(bps, 'B/s')}, the arrays need "
+               f"{_eng(moved / per / compute_s, 'B/s')}")
         if not in_memory:
             why += (f" (the weights, {store['device_total'] / 2**20:,.0f} MiB in device "
                     f"format, do not fit {target.memory})")
