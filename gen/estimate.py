@@ -693,6 +693,10 @@ def estimate(o: EstimateOptions, stats: Stats | None = None) -> dict:
 
     if not 1 <= o.tokens <= MAX_TOKENS:
         raise ModelInputError(f"--tokens must be in 1..{MAX_TOKENS}, not {_show(o.tokens)}")
+    for name, v in (("--calib-tokens", o.calib_tokens), ("--baud", o.baud),
+                    ("--clock-mhz", o.clock_mhz)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ModelInputError(f"{name} must be positive, not {_show(v)}")
     label, spec = read_arch(o.arch)
     if o.tokens > spec.max_positions:
         raise ModelInputError(f"--tokens {o.tokens} exceeds {label}'s "

@@ -93,6 +93,11 @@ def test_unknown_arch_and_family_refused(tmp_path, capsys):
         estimate(_opts(_config(tmp_path), tokens=0), SYN)
     with pytest.raises(ModelInputError, match="silent"):
         synthetic_stats("synthetic:silent=2")
+    with pytest.raises(ModelInputError, match="--clock-mhz"):
+        estimate(_opts(_config(tmp_path), clock_mhz=0.0), SYN)
+    assert main(["estimate", "--arch", _config(tmp_path), "--stats", "synthetic",
+                 "--budget", "lut=2000"]) == 3  # nothing fits that budget
+    assert "does not fit" in capsys.readouterr().err
 
 
 def test_decode_one_row_and_scaling(tmp_path):
