@@ -124,6 +124,13 @@ class AccelConfig:
         return max(1, (self.spike_rows - 1).bit_length())
 
     @property
+    def spike_fifo_depth(self) -> int:
+        """Depth of the spike array's row FIFO: a slot group's rows all end at once, after
+        their window, and wait there for the combiner while the next group runs (at least
+        ``row_fifo_depth``; with 16 slots the FIFO's memory is 16 deep, one LUT RAM)."""
+        return max(self.row_fifo_depth, self.spike_rows + 1 if self.spike_rows > 1 else 1)
+
+    @property
     def narrow_bits(self) -> int:
         """Bits of a weight the buffer's always-read half holds: the contract's 4-bit linear
         weights; a wider weight (the int8 operands of QK^T and PV) also reads the high half."""

@@ -76,45 +76,43 @@ def tile_cycles(cfg: AccelConfig, work: TileWork) -> int:
       pops a cycle later; ``gap`` is 2 (COUNT, SUM), or ``n_active`` when the output unit
       is slower (it takes the next row in the cycle it issues the current row's last lane).
 
-    ``SyncFIFOBuffered`` of depth 1 is one register: ``F(r) = W(r) + 1`` and
-    ``room(r) = P(r-1) + 1``. A deeper one is a ``depth - 1`` entry memory with a registered
-    read in front of an output register: a row written at ``W`` is in the memory from
-    ``W + 1``, moves into the output register at ``max(W + 1, P(r-1))`` and shows there a
-    cycle later, ``F(r) = max(W(r) + 2, P(r-1) + 1)``; the FIFO takes a write while its
-    memory is not full, ``room(r) = F(r - depth + 1)``. So a row stays in the memory for at
-    least two cycles even when the output register is free (a 2-deep FIFO cannot take rows
-    on consecutive cycles), and a full FIFO takes the next row only once the combiner has
-    popped and the oldest row in memory has moved up.
+    The spike array's FIFO is ``spike_fifo_depth`` deep (a slot group's rows end together),
+    the MAC array's ``row_fifo_depth``. ``SyncFIFOBuffered`` of depth 1 is one register:
+    ``F(r) = W(r) + 1`` and ``room(r) = P(r-1) + 1``. A deeper one is a ``depth - 1``
+    entry memory with a registered read in front of an output register: a row written at
+    ``W`` is in the memory from ``W + 1``, moves into the output register at
+    ``max(W + 1, P(r-1))`` and shows there a cycle later, ``F(r) = max(W(r) + 2,
+    P(r-1) + 1)``; the FIFO takes a write while its memory is not full,
+    ``room(r) = F(r - depth + 1)``. So a row stays in the memory for at least two cycles
+    even when the output register is free (a 2-deep FIFO cannot take rows on consecutive
+    cycles), and a full FIFO takes the next row only once the combiner has popped and the
+    oldest row in memory has moved up.
     """
-    depth = cfg.row_fifo_depth
     costs = np.asarray(work.spike_cost).tolist()
     if not costs:
         return DRAIN  # COUNT finds no row to wait for (the host refuses such a descriptor)
     mac = int(work.mac_cost)
     n_active = int(work.n_active)
     gap = COMBINE if work.keep else max(COMBINE, n_active)
-    ws = wm = FIRST
+    # (row FIFO depth, write time W of the previous row, F of every row so far) per array
+    arrays = [[cfg.spike_fifo_depth, FIRST, []], [cfg.row_fifo_depth, FIRST, []]]
     p = -gap  # no row before: neither the combiner nor the output unit holds anything back
-    if depth == 1:
-        for c in costs:
-            ws = max(ws + c, p + 1)
-            wm = max(wm + mac, p + 1)
-            p = max(ws + 2, wm + 2, p + gap)
-    else:
-        back = depth - 1
-        fs: list[int] = []
-        fm: list[int] = []
-        for r, c in enumerate(costs):
-            ws += c
-            wm += mac
-            if r >= back:
-                ws = max(ws, fs[r - back])
-                wm = max(wm, fm[r - back])
-            f_s = max(ws + 2, p + 1)
-            f_m = max(wm + 2, p + 1)
-            fs.append(f_s)
-            fm.append(f_m)
-            p = max(f_s + 1, f_m + 1, p + gap)
+    for r, c in enumerate(costs):
+        seen = []
+        for a, cost in zip(arrays, (c, mac), strict=True):
+            depth, w, fs = a
+            w += cost
+            if depth == 1:  # one register: taken once the combiner popped the last row
+                w = max(w, p + 1)
+                f = w + 1
+            else:  # memory full until the row depth - 1 back has moved up
+                if r >= depth - 1:
+                    w = max(w, fs[r - depth + 1])
+                f = max(w + 2, p + 1)
+            a[1] = w
+            fs.append(f)
+            seen.append(f)
+        p = max(seen[0] + 1, seen[1] + 1, p + gap)
     return p + (DRAIN if work.keep else TAIL + n_active)
 
 

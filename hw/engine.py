@@ -277,7 +277,8 @@ class Engine(wiring.Component):
         parts = []
         for name, arr in (("spike", sa), ("mac", ma)):
             layout = arr.out.payload.shape()  # the spike array's rows are narrower
-            q = fifo.SyncFIFOBuffered(width=layout.size, depth=cfg.row_fifo_depth)
+            depth = cfg.spike_fifo_depth if arr is sa else cfg.row_fifo_depth
+            q = fifo.SyncFIFOBuffered(width=layout.size, depth=depth)
             m.submodules[f"{name}_rows"] = q
             m.d.comb += [q.w_data.eq(arr.out.payload), q.w_en.eq(arr.out.valid),
                          arr.out.ready.eq(q.w_rdy)]
