@@ -436,7 +436,8 @@ class KindCost:
     events: Events = field(default_factory=Events)
     sram_bits: int = 0
     weight_rows: int = 0  #: weight-buffer rows the host writes (resident rows reuse them)
-    event_bytes: int = 0
+    event_bytes: int = 0  #: event words the host writes (again for every output slice)
+    event_bytes_once: int = 0  #: the same if each row block's events were written once
     output_bytes: int = 0
     weight_bytes: int = 0  #: device format (``weight_bits`` per weight, ``lanes``-wide rows)
     weight_bytes_once: int = 0  #: the same if every weight were written once per forward
@@ -470,8 +471,10 @@ def kind_cost(cfg: AccelConfig, sh: KindShape, st: KindStats, seed: int = 0) -> 
             cost.out_cycles += p.out_cycles * calls
             cost.descriptors += p.descriptors * calls
             cost.sram_bits += sram_bits(cfg, p.traffic()) * calls
-            cost.event_bytes += (p.spike_events * wb[BufId.SPIKE_EV]
-                                 + p.mac_events * wb[BufId.MAC_EV]) * calls
+            ev_bytes = (p.spike_events * wb[BufId.SPIKE_EV]
+                        + p.mac_events * wb[BufId.MAC_EV]) * calls
+            cost.event_bytes += ev_bytes
+            cost.event_bytes_once += ev_bytes // n_slices  # every output slice sends them
             cost.output_bytes += p.outputs * wb[BufId.OUT] * calls
             cost.events = cost.events + _scaled(work_events(cfg, g), calls)
             silent_w += g.silent_fraction * g.m * calls
@@ -565,7 +568,10 @@ def phase_cost(cfg: AccelConfig, target: Target, spec: ArchSpec, stats: Stats, p
     sram = sum(c.sram_bits for c in costs)
     w_bytes = sum(c.weight_bytes for c in costs)
     w_once = sum(c.weight_bytes_once for c in costs)
-    off = w_bytes + sum(c.event_bytes + c.output_bytes for c in costs)
+    ev_bytes = sum(c.event_bytes for c in costs)
+    ev_once = sum(c.event_bytes_once for c in costs)
+    out_bytes = sum(c.output_bytes for c in costs)
+    off = w_bytes + ev_bytes + out_bytes
     link = off + math.ceil(off / MAX_PAYLOAD) * FRAME_OVERHEAD
     compute_s = cyc / per / (target.clock_mhz * 1e6)
     # where the weights live: the off-chip memory when the model's weights (device format)
@@ -582,10 +588,11 @@ def phase_cost(cfg: AccelConfig, target: Target, spec: ArchSpec, stats: Stats, p
     if transfer_s <= compute_s:
         bound = max(work, key=work.get)
         why = f"the {bound} has the most work; the arrays outpace {src}"
-    elif (moved - w_bytes + w_once) / per / bps <= compute_s:
+    elif (moved - w_bytes - ev_bytes + w_once + ev_once) / per / bps <= compute_s:
         bound = "on-chip buffers"
-        why = (f"weights are written {w_bytes / w_once:.1f}x per forward (more rows than "
-               f"max_rows={cfg.max_rows}); written once, {src} would keep up")
+        why = (f"the host writes the weights {w_bytes / w_once:.1f}x (rows beyond max_rows="
+               f"{cfg.max_rows}) and the event words {ev_bytes / max(1, ev_once):.1f}x (once "
+               f"per output slice) per forward; written once each, {src} would keep up")
     else:
         bound = ("memory" if in_memory else "link") + " bandwidth"
         why = (f"{src} moves {_eng(bps, 'B/s')}, the arrays need "
@@ -609,6 +616,9 @@ def phase_cost(cfg: AccelConfig, target: Target, spec: ArchSpec, stats: Stats, p
         "weight_bytes_per_token": w_bytes / per,
         "weight_bytes_once_per_token": w_once / per,
         "offchip_bytes_per_token": off / per,
+        "offchip_per_token": {"weights": w_bytes / per, "events": ev_bytes / per,
+                              "outputs": out_bytes / per, "weights_once": w_once / per,
+                              "events_once": ev_once / per},
         "link_bytes_per_token": link / per,
         "bandwidth_needed_bytes_per_s": moved / per / compute_s if compute_s else None,
         "weights_from": src, "weights_fit_memory": in_memory,
