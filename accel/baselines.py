@@ -96,11 +96,13 @@ def traffic_sum(traffic: Iterable[dict]) -> dict:
 def scheme(name: str, steps: int, events: Events, table: dict, traffic: dict,
            memory_model: str, cfg: AccelConfig) -> dict:
     """A scheme on this accelerator: energy of its events, operations only and with the SRAM
-    bits of its :data:`~accel.counters.TRAFFIC` counts."""
+    bits of its :data:`~accel.counters.TRAFFIC` counts; its spike lanes' additions at the
+    width a window of ``steps`` needs (``AccelConfig.lane_bits``: codes up to ``steps``)."""
     bits = sram_bits(cfg, traffic)
-    return {"name": name, "time_steps": steps,
-            "compute_energy_pj": event_energy(events, table)["total"],
-            "energy_pj": event_energy(events, table, bits), "traffic": dict(traffic),
+    add = cfg.lane_bits(steps)  # the lanes an accelerator for this window needs
+    return {"name": name, "time_steps": steps, "lane_bits": add,
+            "compute_energy_pj": event_energy(events, table, add_bits=add)["total"],
+            "energy_pj": event_energy(events, table, bits, add), "traffic": dict(traffic),
             "sram_bits": bits, "memory_model": memory_model}
 
 

@@ -155,7 +155,12 @@ class AccelConfig:
     def mem_bits(self) -> int:
         """Width of a lane's membrane V: one K tile's partial dot product of weights and
         codes up to :attr:`spike_code_max` (the combiner adds it to the 32-bit sums)."""
-        return min(self.acc_bits, signed_bits(2 ** (self.weight_bits - 1) * self.spike_code_max
+        return self.lane_bits(self.spike_code_max)
+
+    def lane_bits(self, code_max: int) -> int:
+        """Width of a membrane that holds one K tile's sum for codes up to ``code_max``
+        (what the energy model charges a spike lane's addition for a window of that code)."""
+        return min(self.acc_bits, signed_bits(2 ** (self.weight_bits - 1) * code_max
                                               * self.weight_depth))
 
     @property

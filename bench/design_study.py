@@ -9,7 +9,8 @@ the levers are switched on one after another:
 * ``unsigned`` / ``signed``: the spike code (unsigned 4-bit TTFS with a zero point, T = 15;
   sign-magnitude, T = 7, where zero is silent);
 * ``8-bit rows`` / ``4-bit rows``: whether a 4-bit weight tile reads whole 8-bit rows or only
-  the weight buffer's narrow half;
+  the weight buffer's narrow half (and, with the narrow rows, lanes as wide as the contract's
+  bounds need, their additions charged at that width; before, 32-bit lanes);
 * ``R``: row slots of the spike array (rows sharing a weight-row read per input and step).
 
 Energy: the golden events of the conversion x the pJ table (``models.energy``), plus SRAM
@@ -62,7 +63,8 @@ def study(tokens: int) -> list[str]:
         preds = [gemm_cycles(cfg, w if narrow else replace(w, wide=True)) for w in works]
         traffic = {k: sum(p.traffic()[k] for p in preds) for k in preds[0].traffic()}
         ev = total_events(events)
-        e = event_energy(ev, DEFAULT_TABLE, sram_bits(cfg, traffic))
+        e = event_energy(ev, DEFAULT_TABLE, sram_bits(cfg, traffic),
+                         cfg.lane_bits(enc.time_steps) if narrow else 32)
         ops = e["total"] - e["sram"]
         silent = sum(w.silent_fraction * w.m * int((~w.int_mask).sum()) for w in works) / sum(
             w.m * int((~w.int_mask).sum()) for w in works)

@@ -60,7 +60,8 @@ def layer_rows(cfg: AccelConfig, works: list[GemmWork], preds: list[GemmPredicti
         r["events"] = {"spikes": ev.spikes, "spike_units": ev.spike_units,
                        "accumulates": ev.accumulates, "acc_spike": ev.acc_spike,
                        "acc_step": ev.acc_step, "macs": ev.macs, "outs": ev.outs}
-        r["energy_pj"] = event_energy(ev, table, r["traffic"]["sram_bits"])
+        r["energy_pj"] = event_energy(ev, table, r["traffic"]["sram_bits"],
+                                      cfg.lane_bits(r["time_steps"]))
     return list(rows.values())
 
 

@@ -63,7 +63,8 @@ def layer_rows(cfg: AccelConfig, res: RunResult, table: dict) -> list[dict]:
             "time_steps": enc.time_steps, "spike_events": c["spikes"],
             "accumulates": c["acc_spike"] + c["acc_step"], "macs": c["macs"],
             "traffic": {k: c[k] for k in (*TRAFFIC, "host_wr", "host_rd")},
-            "energy_pj": event_energy(ev, table, sram_bits(cfg, c)),
+            "energy_pj": event_energy(ev, table, sram_bits(cfg, c),
+                                      cfg.lane_bits(enc.time_steps)),
         })
         out.append(row)
     return out

@@ -15,6 +15,8 @@ from accel.config import PRESETS, AccelConfig
     (dict(max_rows=100), "max_rows must be a positive power of two, not 100"),
     (dict(counter_bits=32), "counter_bits must be at least 48, not 32"),
     (dict(encodings=("ttfs", "morse")), "encodings must be a non-empty subset"),
+    (dict(spike_rows=3), r"spike_rows must be a power of two in 1..min\(64, max_rows=128\)"),
+    (dict(spike_rows=16, max_rows=8), r"spike_rows must be .*max_rows=8\), not 16"),
 ])
 def test_bad_config_is_refused_with_exact_message(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -32,3 +34,16 @@ def test_hash_changes_with_any_field_and_unknown_keys_are_refused():
     assert AccelConfig().hash32() != AccelConfig(lanes=32).hash32()
     with pytest.raises(ValueError, match="unknown config key.*colour"):
         AccelConfig.from_json(AccelConfig().to_json() | {"colour": 1})
+
+
+def test_lane_widths_follow_the_contract_bounds_of_one_k_tile():
+    # MiniLM's build: sign-magnitude codes up to 7, 8-bit weights, 1024 weight rows:
+    # |I| <= 128 * 1024 = 2**17 and |V| <= 128 * 7 * 1024 < 2**20
+    cfg = AccelConfig(lanes=64, mac_units=16, weight_depth=1024, encodings=("ttfs-signed",),
+                      max_steps=7)
+    assert (cfg.spike_code_max, cfg.cur_bits, cfg.mem_bits) == (7, 19, 21)
+    assert cfg.lane_bits(255) == 26 and cfg.lane_bits(2**30) == 32  # never past the contract
+    # graded and ternary codes are bounded by the activation width, not the window
+    assert AccelConfig(encodings=("graded",), max_steps=7).spike_code_max == 255
+    assert AccelConfig().spike_fifo_depth == 17  # a 16-slot group, one LUT RAM deep
+    assert AccelConfig(spike_rows=1, row_fifo_depth=1).spike_fifo_depth == 1

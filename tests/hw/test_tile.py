@@ -67,3 +67,28 @@ def test_an_integer_encoding_with_spike_channels_is_refused():
     with pytest.raises(ValueError, match="every input channel must be an integer channel"):
         build_tile(CFG, codes, mask, torch.zeros(4, dtype=torch.int64), Encoding("int", 8),
                    torch.ones(2, 4, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("what, kwargs, message", [
+    ("code", dict(codes=torch.full((2, 4), 9)), r"a spike code of 9 exceeds the 7 the spike "
+                                                 r"lanes are sized for"),
+    ("kind", dict(enc=Encoding("rate", steps=4)), r"does not run rate spikes"),
+    ("weights", dict(w=torch.full((3, 4), 200)), r"weights span \[200, 200\], outside the "
+                                                  r"8-bit weight buffer"),
+])
+def test_a_tile_the_lanes_cannot_hold_is_refused(what, kwargs, message):
+    cfg = AccelConfig(lanes=8, mac_units=2, weight_depth=64, max_rows=16, max_steps=7,
+                      encodings=("ttfs-signed", "int"), spike_rows=4)
+    args = dict(codes=torch.ones(2, 4, dtype=torch.int64), enc=Encoding("ttfs-signed", 4),
+                w=torch.ones(3, 4, dtype=torch.int64)) | kwargs
+    with pytest.raises(ValueError, match=message):
+        build_tile(cfg, args["codes"], torch.zeros(4, dtype=torch.bool),
+                   torch.zeros(4, dtype=torch.int64), args["enc"], args["w"], where=what)
+
+
+def test_only_tiles_with_weights_past_four_bits_read_the_high_half():
+    codes = torch.ones(2, 4, dtype=torch.int64)
+    mask, shifts = torch.zeros(4, dtype=torch.bool), torch.zeros(4, dtype=torch.int64)
+    narrow = build_tile(CFG, codes, mask, shifts, TTFS, torch.tensor([[-8, 7, 0, 1]]))
+    wide = build_tile(CFG, codes, mask, shifts, TTFS, torch.tensor([[-9, 7, 0, 1]]))
+    assert narrow.descriptor["wide"] == 0 and wide.descriptor["wide"] == 1
