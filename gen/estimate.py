@@ -59,7 +59,6 @@ ROW_BLOCK = 256
 #: the same input as up).
 FALLBACK = {"gate": "up"}
 #: Fields of the workload record (optional ones are passed only where it has them).
-_WORK_FIELDS = {f.name for f in fields(GemmWork)}
 
 
 def builtin_archs() -> list[str]:
@@ -390,8 +389,8 @@ def synth_work(sh: KindShape, st: KindStats, frac: float, rng: np.random.Generat
         units[:] = 0
     # linear layers' weights are the contract's 4-bit codes; QK^T and PV multiply by int8
     # K and V (wider than the weight buffer's narrow half, where the cycle model has one)
-    extra = {"wide": sh.kind in ("qk", "av")} if "wide" in _WORK_FIELDS else {}
-    if "spikes" in _WORK_FIELDS and enc.is_spiking and vals == [1]:
+    extra: dict = {"wide": sh.kind in ("qk", "av")}
+    if enc.is_spiking and vals == [1]:
         # each sending input's one unit spike at a time step drawn from the measured ones
         # (the spike array's row slots share a weight read per step and input)
         r, c = np.nonzero(units)
