@@ -38,7 +38,10 @@ def _budget(s: str) -> Budget:
 
 
 def _fixed(s: str) -> dict:
-    return {k: int(v) for k, v in (p.split("=", 1) for p in s.split(",") if p)}
+    """``lanes=64,mac_units=8,encodings=ttfs-signed+int``: integers, and ``encodings`` as a
+    ``+``-separated list."""
+    return {k: tuple(v.split("+")) if k == "encodings" else int(v)
+            for k, v in (p.split("=", 1) for p in s.split(",") if p)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,6 +91,10 @@ def base_config(works: list[GemmWork], **over) -> AccelConfig:
              max_steps=min(4095, max_steps), encodings=kinds,
              spike_rows=min(16, rows))
     d.update(over)
+    missing = sorted(set(kinds) - set(d["encodings"]))
+    if missing:
+        raise ValueError(f"the model's GEMMs use {', '.join(missing)} spikes, which the fixed "
+                         f"encodings={'+'.join(d['encodings'])} leave out")
     return AccelConfig(**d)
 
 

@@ -141,3 +141,12 @@ def test_a_build_into_an_existing_directory_keeps_other_files(fast_model, tmp_pa
     assert not [n for n in names if n.startswith(".")], names  # no staging folder left
     assert not (out / "model" / "old.txt").exists()
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_fixed_encodings_that_leave_out_the_models_spikes_are_refused(fast_model, tmp_path,
+                                                                     capsys):
+    out = tmp_path / "x"
+    assert main([*ARGS[:-1], "lanes=8,encodings=rate+int", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "ttfs-signed spikes, which the fixed encodings=rate+int leave out" in err
+    assert not out.exists()

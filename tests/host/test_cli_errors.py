@@ -37,7 +37,7 @@ def _env() -> dict:
 #: Pins the generator to the session simulator's configuration.
 FIX = ",".join(f"{k}={getattr(CFG, k)}" for k in (
     "lanes", "mac_units", "weight_depth", "max_rows", "spike_event_depth", "mac_event_depth",
-    "max_steps"))
+    "max_steps", "spike_rows")) + f",encodings={'+'.join(CFG.encodings)}"
 TEXT = "A dozen tokens of text for the tiny model."
 
 
