@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import asdict
 
 from .arch import BUILTIN, ModelInputError, load_model
 from .bundle import save_bundle
-from .convert import ConvertOptions
+from .convert import CHOICES, ConvertOptions
 from .encodings import Encoding
 from .evaluate import ablation, evaluate, format_table, schemes
 
@@ -66,6 +67,29 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--static", action="store_true", help="static per-tensor activation steps")
     cv.add_argument("--no-rotate", action="store_true", help="no Hadamard rotation")
     cv.add_argument("--rtn", action="store_true", help="round-to-nearest weights, not GPTQ")
+    d = ConvertOptions()
+    cv.add_argument("--damp", type=float, default=d.gptq_damp,
+                    help=f"GPTQ dampening, fraction of the mean Hessian diagonal "
+                         f"(default {d.gptq_damp:g})")
+    cv.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=d.act_order,
+                    help="GPTQ rounds the columns with the most input energy first")
+    cv.add_argument("--weight-search", choices=CHOICES["weight_search"], default=d.weight_search,
+                    help=f"weight step per channel: least weight or layer-output error, or the "
+                         f"channel max (default {d.weight_search})")
+    cv.add_argument("--gptq-target", choices=CHOICES["gptq_target"], default=d.gptq_target,
+                    help=f"GPTQ matches the float output from float or from quantized inputs "
+                         f"(default {d.gptq_target})")
+    cv.add_argument("--bias-correction", action=argparse.BooleanOptionalAction,
+                    default=d.bias_correction, help="add the mean calibration output error "
+                                                    "to each linear layer's bias")
+    cv.add_argument("--smooth-vo", type=float, default=d.smooth_vo, metavar="ALPHA",
+                    help=f"SmoothQuant strength between V and o, 0 = off (default "
+                         f"{d.smooth_vo:g})")
+    cv.add_argument("--outlier-rule", choices=CHOICES["outlier_rule"], default=d.outlier_rule,
+                    help=f"outlier channels by calibration magnitude or by their effect on the "
+                         f"output (default {d.outlier_rule})")
+    cv.add_argument("--calib-sentences", type=_count, default=d.calib_sentences,
+                    help=f"calibration sentences (default {d.calib_sentences})")
     for sp in (ev, cv):
         sp.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     a = p.parse_args(argv)
@@ -83,8 +107,17 @@ def main(argv: list[str] | None = None) -> int:
         from .convert import convert
 
         opts = ConvertOptions(encoding=a.encoding, outlier_count=a.outliers,
-                              per_token=not a.static, rotate=not a.no_rotate, gptq=not a.rtn)
-        out = save_bundle(convert(lm, opts, progress=not a.quiet), a.out)
+                              per_token=not a.static, rotate=not a.no_rotate, gptq=not a.rtn,
+                              gptq_damp=a.damp, act_order=a.act_order,
+                              weight_search=a.weight_search, gptq_target=a.gptq_target,
+                              bias_correction=a.bias_correction, smooth_vo=a.smooth_vo,
+                              outlier_rule=a.outlier_rule, calib_sentences=a.calib_sentences)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            cm = convert(lm, opts, progress=not a.quiet)
+        for w in caught:  # e.g. outlier shifts lowered to fit the accumulator: one line each
+            print(f"warning: {_one_line(w.message)}", file=sys.stderr)
+        out = save_bundle(cm, a.out)
         print(f"wrote {out}")
         return 0
     except (ModelInputError, ValueError, OSError) as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 
@@ -36,8 +37,10 @@ from .quant import (
     ActPlan,
     dequantize_act,
     fixed_point,
+    gptq_inverse,
+    gptq_rows,
+    hadamard,
     quantize_act,
-    quantize_weight_gptq,
     quantize_weight_rtn,
     rotate,
     rotation_block,
@@ -50,6 +53,9 @@ from .quant import (
 F = torch.float64
 #: Host-bound outputs get this much headroom over the calibrated maximum.
 HOST_HEADROOM = 2.0
+#: The allowed values of the options that name a rule.
+CHOICES = {"weight_search": ("weight", "output", "none"), "gptq_target": ("float", "quantized"),
+           "outlier_rule": ("magnitude", "effect")}
 
 
 @dataclass
@@ -63,6 +69,22 @@ class ConvertOptions:
         per-tensor steps everywhere.
     rotate: Hadamard-rotate host-produced linear-layer inputs (weights absorb it).
     gptq: error-compensating weight rounding; else round to nearest.
+    gptq_damp: GPTQ's dampening, a fraction of the Hessian's mean diagonal added to it.
+    act_order: GPTQ rounds the columns with the largest input energy first.
+    weight_search: how each output channel's weight step is searched: ``"weight"`` (least
+        weight error), ``"output"`` (least error of the layer's output on the calibration
+        inputs, ``e X^T X e^T``) or ``"none"`` (the channel's maximum).
+    gptq_target: ``"float"``: GPTQ matches the float layer on float inputs; ``"quantized"``:
+        it matches the float layer's output from the *quantized* calibration inputs (the
+        weights absorb part of the activation rounding error; ridge-regularised by
+        ``gptq_damp``). Needs ``gptq``.
+    bias_correction: add the calibration median of the layer's output error (float minus
+        quantized, activations and weights) to the bias.
+    smooth_vo: SmoothQuant strength ``alpha`` of a per-channel scaling folded offline into
+        V (divided) and the ``o`` weights (multiplied); 0 is off.
+    outlier_rule: ``"magnitude"``: outliers are the channels with the largest calibration
+        magnitude; ``"effect"``: the largest magnitude times the channel's weight-column
+        norm (its effect on the output), for linear layers.
     calib_sentences / max_tokens: size of the calibration run.
     layers: per-GEMM overrides, ``{glob: {"encoding": Encoding, "outlier_count": int, ...}}``
         matched with :func:`fnmatch.fnmatch` against node names (``layers.*.down``), applied
@@ -75,8 +97,15 @@ class ConvertOptions:
     per_token: bool = True
     rotate: bool = True
     gptq: bool = True
+    gptq_damp: float = 0.1
+    act_order: bool = True
+    weight_search: str = "weight"
+    gptq_target: str = "float"
+    bias_correction: bool = False
+    smooth_vo: float = 0.8
+    outlier_rule: str = "magnitude"
     seed: int = 0
-    calib_sentences: int = 48
+    calib_sentences: int = 256
     max_tokens: int = 128
     layers: dict[str, dict] = field(default_factory=dict)
 
@@ -105,9 +134,16 @@ class ConvertOptions:
         if self.outlier_count is not None and not (is_int(self.outlier_count) and
                                                    self.outlier_count >= 0):
             raise bad("outlier_count", "must be an integer >= 0 (--outliers)")
-        for name in ("per_token", "rotate", "gptq"):
+        for name in ("per_token", "rotate", "gptq", "act_order", "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be True or False")
+        for name, lo, hi in (("gptq_damp", 1e-6, 10.0), ("smooth_vo", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+                raise bad(name, f"must be a number in [{lo:g}, {hi:g}]")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"must be one of {', '.join(map(repr, allowed))}")
         if not is_int(self.seed):
             raise bad("seed", "must be an integer")
         for name in ("calib_sentences", "max_tokens"):
@@ -173,6 +209,38 @@ def fold_head_rotations(spec: ArchSpec, params: dict, seed: int) -> dict:
     return out
 
 
+class _CalibOps(FloatOps):
+    """:class:`FloatOps` with the linear layers' products in float32 (calibration takes
+    statistics only; the host functions between them stay float64)."""
+
+    def __init__(self, spec: ArchSpec, params, record=None):
+        super().__init__(spec, params, record)
+        self._f32: dict[str, torch.Tensor] = {}
+
+    def _param32(self, key: str) -> torch.Tensor:
+        if key not in self._f32:
+            self._f32[key] = self.params[key].to(torch.float32)
+        return self._f32[key]
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        self.record(name, "x", x)
+        y = (x.to(torch.float32) @ self._param32(name + ".w").t()).to(F)
+        if name + ".b" in self.params:
+            y = y + self.params[name + ".b"].to(F)
+        self.record(name, "y", y)
+        return y
+
+
+def _rotate32(x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """:func:`models.quant.rotate` in float32, for calibration statistics (returned as
+    float64); the host's run-time rotation stays float64."""
+    n = x.shape[-1]
+    b = rotation_block(n)
+    h = (hadamard(b) / math.sqrt(b)).to(torch.float32)
+    xs = (x.to(torch.float32) * signs.to(torch.float32)).reshape(*x.shape[:-1], n // b, b)
+    return (xs @ h).reshape(x.shape).to(F)
+
+
 def calibration_tokens(spec: ArchSpec, opts: ConvertOptions) -> int:
     """Tokens per calibration sentence: ``max_tokens``, at most the model's positions."""
     if spec.position == "absolute":
@@ -193,7 +261,7 @@ def calibrate(lm: LoadedModel, opts: ConvertOptions,
                                   f"norm epsilon (norm_eps={lm.spec.norm_eps})")
         rec.setdefault((node, role), []).append(t.detach().to(torch.float32))
 
-    ops = FloatOps(lm.spec, lm.params, record)
+    ops = _CalibOps(lm.spec, lm.params, record)
     n_tok = calibration_tokens(lm.spec, opts)
     texts = builtin_text("calibration")[: opts.calib_sentences]
     for text in tqdm(texts, desc="calibrate", unit="sentence", disable=not progress,
@@ -213,20 +281,29 @@ CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 
 
 def _best_clip(x: torch.Tensor, plan: ActPlan) -> float:
-    """Clip ratio of the spike channels' steps with the least calibration MSE."""
+    """Clip ratio of the spike channels' steps with the least calibration MSE (over every
+    channel, the outliers at shift 0). Float32 and, per token, each row's exact step (not
+    its 16-bit multiplier): only the choice depends on it."""
+    _, zp, lo, hi = (t.to(torch.float32) for t in plan.channel_targets(x.shape[-1]))
+    x32 = x.to(torch.float32)
+    base = token_steps(x, replace(plan, clip=1.0)).to(torch.float32).clamp(min=1e-30)[:, None]
+    if not plan.per_token:  # one static step: the largest
+        base = base.amax().expand_as(base)
     best, best_err = 1.0, math.inf
     for c in CLIP_GRID:
-        trial = replace(plan, clip=c)
-        trial.step = float(token_steps(x, trial).max().clamp(min=1e-12))
-        err = float(((dequantize_act(*quantize_act(x, trial), trial) - x) ** 2).sum())
+        s = base * c
+        e = torch.round(x32 / s).add_(zp).clamp_(lo, hi).sub_(zp).mul_(s).sub_(x32)
+        err = float(e.mul_(e).sum())
         if err < best_err:
             best, best_err = c, err
     return best
 
 
 def plan_activation(x: torch.Tensor, opts: ConvertOptions, per_token: bool, rotate_: bool,
-                    static_weights: bool) -> ActPlan:
-    """Choose the split of one GEMM input from its calibration rows ``x`` ``[rows, K]``."""
+                    static_weights: bool, wnorm: torch.Tensor | None = None) -> ActPlan:
+    """Choose the split of one GEMM input from its calibration rows ``x`` ``[rows, K]``;
+    ``wnorm`` ``[K]``: the norms of the weight columns (static weights), which the
+    ``"effect"`` outlier rule weighs each channel's magnitude by."""
     k = x.shape[-1]
     enc = opts.encoding
     if not enc.is_spiking:
@@ -237,8 +314,12 @@ def plan_activation(x: torch.Tensor, opts: ConvertOptions, per_token: bool, rota
     if n_out is None:
         n_out = round(opts.outlier_fraction * k)
     n_out = max(0, min(k, n_out))
-    # Outlier rule: the n_out channels with the largest calibration magnitude.
-    outliers = sorted(torch.topk(x.abs().amax(0), n_out).indices.tolist()) if n_out else []
+    # Outlier rule: the n_out channels with the largest calibration magnitude (times the
+    # norm of the channel's weight column: its effect on the output, with "effect").
+    score = x.abs().amax(0)
+    if opts.outlier_rule == "effect" and wnorm is not None:
+        score = score * wnorm.to(score.dtype)
+    outliers = sorted(torch.topk(score, n_out).indices.tolist()) if n_out else []
     plan = ActPlan(enc, 0, 1.0, per_token, outliers, [0] * len(outliers), rotate_)
     spk = x.masked_fill(plan.outlier_mask(k), 0.0)
     if outliers and not bool(spk.any()):
@@ -281,6 +362,47 @@ def _epilogue(tensors: dict, name: str, ratio: torch.Tensor, scale: torch.Tensor
     return shift
 
 
+def smooth_vo(spec: ArchSpec, params: dict, rec: dict, alpha: float) -> dict:
+    """SmoothQuant (Xiao et al. 2022) between V and the ``o`` projection, folded offline:
+    channel ``j`` of V (its weight row and bias) is divided by
+    ``c_j = max|x_j|^alpha / max|W_o[:, j]|^(1 - alpha)`` (``x``: the ``o`` input on the
+    calibration text) and column ``j`` of ``W_o`` multiplied by it, so the float model is
+    unchanged while the ``o`` input's channels get more even ranges. Scales the recorded
+    calibration operands ``rec`` to match (in place); returns the new parameters."""
+    out = dict(params)
+    d, kvh, group = spec.head_dim, spec.kv_heads, spec.heads // spec.kv_heads
+    for i in range(spec.layers):
+        p = f"layers.{i}."
+        xo = _rows(rec[(p + "o", "x")]).abs().amax(0).view(kvh, group, d)
+        wo = params[p + "o.w"].to(F).abs().amax(0).view(kvh, group, d)
+        # one factor per V channel, shared by the query heads that read it
+        c = xo.amax(1).clamp(min=1e-6) ** alpha / wo.amax(1).clamp(min=1e-6) ** (1 - alpha)
+        c = (c / c.log().mean().exp()).reshape(-1)  # geometric mean 1
+        cq = c.view(kvh, 1, d).expand(kvh, group, d).reshape(-1)
+        out[p + "v.w"] = (params[p + "v.w"].to(F) / c[:, None]).to(torch.float32)
+        if p + "v.b" in params:
+            out[p + "v.b"] = (params[p + "v.b"].to(F) / c).to(torch.float32)
+        out[p + "o.w"] = (params[p + "o.w"].to(F) * cq[None, :]).to(torch.float32)
+        for key, f in (((p + "o", "x"), cq), ((p + "av", "y"), cq), ((p + "av", "v"), c),
+                       ((p + "v", "y"), c)):
+            rec[key] = [(t.to(F) / f).to(torch.float32) for t in rec[key]]
+    return out
+
+
+class _Threads:
+    """Run with ``n`` intra-op threads, then restore: the conversion's GEMMs are small and
+    OpenMP's spinning threads cost far more than they save on a shared or busy machine."""
+
+    def __init__(self, n: int = 1):
+        self.n, self.old = n, torch.get_num_threads()
+
+    def __enter__(self):
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+
+
 def convert(lm: LoadedModel, opts: ConvertOptions | None = None,
             progress: bool = False) -> ConvertedModel:
     """Convert a loaded model to the integer/spike contract. Refuses bad options and a
@@ -288,17 +410,33 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None,
     the option and the layer); ``progress`` shows progress bars on stderr."""
     opts = opts or ConvertOptions()
     opts.check()
+    with _Threads(1):
+        return _convert(lm, opts, progress)
+
+
+def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> ConvertedModel:
     spec: ArchSpec = lm.spec
     if opts.rotate:
         lm = replace(lm, params=fold_head_rotations(spec, lm.params, opts.seed))
     rec = calibrate(lm, opts, progress)
-    rows = lambda node, role: _rows(rec[(node, role)])  # noqa: E731
+    if opts.smooth_vo > 0:
+        lm = replace(lm, params=smooth_vo(spec, lm.params, rec, opts.smooth_vo))
+    cache: dict[tuple[str, str], torch.Tensor] = {}
+
+    def rows(node: str, role: str) -> torch.Tensor:
+        if (node, role) not in cache:
+            cache[(node, role)] = _rows(rec[(node, role)])
+        return cache[(node, role)]
+
     tensors: dict[str, torch.Tensor] = {}
     signs: dict[int, torch.Tensor] = {}
     nodes: dict[str, NodeInfo] = {}
     graph = gemm_nodes(spec)
     rotary = spec.position == "rotary"
     d, heads, kvh = spec.head_dim, spec.heads, spec.kv_heads
+    lin_w: dict[str, torch.Tensor] = {}  # linear weights as quantized (rotated)
+    lin_x: dict[str, torch.Tensor] = {}  # their calibration inputs (rotated)
+    raw_x: dict[str, torch.Tensor] = {}
 
     # 1. activation plans
     for g in tqdm(graph, desc="plan", unit="gemm", disable=not progress, leave=False):
@@ -308,11 +446,20 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None,
             host_in = not name.endswith(".o")
             rot = nopts.rotate and host_in
             x = rows(name, "x")
+            w = lm.params[name + ".w"].to(F)
             if rot:
                 k = x.shape[-1]
                 signs.setdefault(k, rotation_signs(k, opts.seed))
-                x = rotate(x, signs[k])
-            plan = plan_activation(x, nopts, nopts.per_token and host_in, rot, True)
+                w = rotate(w, signs[k])
+            # layers that read the same input (q, k, v; gate, up) share one rows tensor
+            same = next((lin_x[n] for n in lin_x if n.startswith(name.rsplit(".", 1)[0] + ".")
+                         and lin_x[n].shape == x.shape and nodes[n].act.rotate == rot
+                         and torch.equal(raw_x[n], x)), None)
+            raw_x[name] = x
+            lin_w[name] = w
+            lin_x[name] = same if same is not None else (_rotate32(x, signs[k]) if rot else x)
+            plan = plan_activation(x, nopts, nopts.per_token and host_in, rot, True,
+                                   wnorm=w.norm(dim=0))
         elif kind == "qk":
             plan = plan_activation(rows(name, "q"), nopts, nopts.per_token and rotary, False, False)
         else:
@@ -328,28 +475,27 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None,
         tensors[p + "qk.w_scale"] = (head_max(rows(p + "qk", "k")) / INT8_QMAX).clamp(min=1e-12)
         tensors[p + "av.w_scale"] = (rows(p + "av", "v").abs().amax(0) / INT8_QMAX).clamp(min=1e-12)
 
-    # 3. linear weights and every epilogue
+    # 3. linear weights: steps, codes (GPTQ batched over layers), bias corrections
+    codes_of, s_of, bias_of = _quantize_linears(lm, opts, nodes, lin_w, lin_x, progress)
+
+    # 4. outlier shifts the accumulator can hold (before the epilogues that use them)
+    zcorr = {n: -nodes[n].act.zero_point * (c * ~nodes[n].act.outlier_mask(c.shape[1])).sum(1)
+             for n, c in codes_of.items()}
+    probe = ConvertedModel(spec, {}, nodes, {f"{n}.{t}": v for n in codes_of
+                                             for t, v in (("w", codes_of[n]), ("zcorr", zcorr[n]))})
+    for node in nodes.values():
+        _fit_outlier_shifts(probe, node, opts)
+
+    # 5. every epilogue
     consumers = {"q": ("qk", "act"), "k": ("qk", "w"), "v": ("av", "w")}
-    for g in tqdm(graph, desc="quantize", unit="gemm", disable=not progress, leave=False):
+    for g in tqdm(graph, desc="epilogue", unit="gemm", disable=not progress, leave=False):
         name, node = g["name"], nodes[g["name"]]
         plan, base, short = node.act, name.rsplit(".", 1)[0] + ".", name.rsplit(".", 1)[1]
         if node.kind == "linear":
-            w = lm.params[name + ".w"].to(F)
-            bias = lm.params.get(name + ".b", torch.zeros(w.shape[0])).to(F)
-            if plan.rotate:
-                w = rotate(w, signs[w.shape[1]])
-            s_w = weight_scale(w, WEIGHT_QMAX)
-            if opts.for_node(name).gptq:
-                x = rows(name, "x")
-                x = rotate(x, signs[x.shape[1]]) if plan.rotate else x
-                codes = quantize_weight_gptq(w, s_w, WEIGHT_QMAX, x.t() @ x)
-            else:
-                codes = quantize_weight_rtn(w, s_w, WEIGHT_QMAX)
-            spk = ~plan.outlier_mask(w.shape[1])
-            zcorr = -plan.zero_point * (codes * spk).sum(1)
+            codes, s_w, bias = codes_of[name], s_of[name], bias_of[name]
             tensors.update({name + ".w": codes.to(torch.int8), name + ".w_scale": s_w,
-                            name + ".zcorr": zcorr.to(torch.int32)})
-            n = w.shape[0]
+                            name + ".zcorr": zcorr[name].to(torch.int32)})
+            n = codes.shape[0]
             if node.direct and short in consumers:
                 cname, role = consumers[short]
                 if role == "act":
@@ -399,3 +545,116 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None,
                 f"channels or a narrower encoding")
     cm.validate()
     return cm
+
+
+def _fit_outlier_shifts(cm: ConvertedModel, node: NodeInfo, opts: ConvertOptions) -> None:
+    """Lower the largest outlier shifts of ``node`` (its outlier channels then saturate
+    earlier) until the contract's worst-case accumulator bound fits ``ACC_BITS``; refuse
+    (:class:`ModelInputError` naming the layer and the options) when even shift 0 does
+    not. Warns when it lowers a shift."""
+    a = node.act
+    first = max(a.outlier_shifts, default=0)
+    while cm.acc_bound(node) > ACC_MAX and any(a.outlier_shifts):
+        top = max(a.outlier_shifts)
+        a.outlier_shifts = [p - 1 if p == top else p for p in a.outlier_shifts]
+    bound = cm.acc_bound(node)
+    o = opts.for_node(node.name)
+    count = (f"outlier_count={o.outlier_count}" if o.outlier_count is not None else
+             f"outlier_fraction={o.outlier_fraction:g}")
+    if bound > ACC_MAX:
+        raise ModelInputError(
+            f"{node.name}: options encoding={a.encoding.name()} and {count} (--outliers) "
+            f"give {len(a.outliers)} outlier channel(s); the {ACC_BITS}-bit accumulator "
+            f"could overflow even with outlier shifts of 0 (worst case {bound:.3g} > "
+            f"{ACC_MAX}): use fewer outlier channels or a narrower encoding")
+    if max(a.outlier_shifts, default=0) < first:
+        warnings.warn(f"{node.name}: outlier shifts capped at {max(a.outlier_shifts)} "
+                      f"(calibration asked for up to {first}) so that the {ACC_BITS}-bit "
+                      f"accumulator cannot overflow with {len(a.outliers)} outlier channels "
+                      f"({count}, --outliers); those channels saturate earlier", stacklevel=4)
+
+
+def _quantize_linears(lm: LoadedModel, opts: ConvertOptions, nodes: dict[str, NodeInfo],
+                      lin_w: dict[str, torch.Tensor], lin_x: dict[str, torch.Tensor],
+                      progress: bool) -> tuple[dict, dict, dict]:
+    """Codes, per-channel steps and (corrected) float biases of every linear layer.
+
+    GPTQ is row-independent given the Hessian, so the layers are stacked: those that share
+    an input (q, k, v) along the output axis, the same GEMM of every block along a batch
+    axis, and one batched column loop runs per group (:func:`models.quant.gptq_rows`)."""
+    codes_of, s_of, bias_of = {}, {}, {}
+    jobs: dict[tuple, list] = {}  # (K, N, damp, block) -> [(names, w, s, hinv, perm)]
+    x_hat: dict[str, torch.Tensor] = {}
+    names = list(lin_w)
+    done: set[str] = set()
+    for name in tqdm(names, desc="weights", unit="gemm", disable=not progress, leave=False):
+        if name in done:
+            continue
+        o = opts.for_node(name)
+        # layers reading the same input (q, k, v of one block) with the same options share a
+        # Hessian and an input plan: quantize them together
+        group = [n for n in names if n not in done and lin_x[n] is lin_x[name]
+                 and opts.for_node(n) == o and nodes[n].act == nodes[name].act]
+        done.update(group)
+        x = lin_x[name]
+        plan = nodes[name].act
+        if o.bias_correction or (o.gptq and o.gptq_target == "quantized"):
+            xh = dequantize_act(*quantize_act(x, plan), plan)
+            x_hat.update({n: xh for n in group})
+        x32 = x.to(torch.float32)
+        hess = (x32.t() @ x32).to(F)
+        for n in group:
+            w = lin_w[n]
+            bias_of[n] = lm.params.get(n + ".b", torch.zeros(w.shape[0])).to(F)
+            s_of[n] = weight_scale(w, WEIGHT_QMAX, search=o.weight_search != "none",
+                                   hess=hess if o.weight_search == "output" else None)
+        if not o.gptq:
+            for n in group:
+                codes_of[n] = quantize_weight_rtn(lin_w[n], s_of[n], WEIGHT_QMAX)
+            continue
+        w = torch.cat([lin_w[n] for n in group])
+        h = hess
+        if o.gptq_target == "quantized":
+            # least squares: quantized inputs times W* ~ float inputs times W (ridge toward
+            # W); rows larger than the median row count as the median row, so a few tokens
+            # with massive activations do not decide the fit
+            rn = x.norm(dim=1)
+            r = (rn.median() / rn.clamp(min=1e-12)).clamp(max=1.0)[:, None]
+            xh, xr = (x_hat[name] * r).to(torch.float32), (x * r).to(torch.float32)
+            h = (xh.t() @ xh).to(F)
+            lam = o.gptq_damp * h.diagonal().mean()
+            a = h + lam * torch.eye(h.shape[0], dtype=F)
+            rhs = (xh.t() @ (xr @ w.t().to(torch.float32))).to(F) + lam * w.t()
+            w = torch.linalg.solve(a, rhs).t()
+        perm = (torch.argsort(torch.diag(h), descending=True, stable=True) if o.act_order
+                else torch.arange(h.shape[0]))
+        u, dead = gptq_inverse(h[perm][:, perm], o.gptq_damp)
+        wp = w[:, perm].masked_fill(dead[None, :], 0.0)
+        s = torch.cat([s_of[n] for n in group])
+        jobs.setdefault((tuple(wp.shape), o.gptq_damp), []).append((group, wp, s, u, perm))
+    for batch in tqdm(list(jobs.values()), desc="GPTQ", unit="batch", disable=not progress,
+                      leave=False):
+        q = quantize_weight_gptq_batch([j[1] for j in batch], [j[2] for j in batch],
+                                       [j[3] for j in batch])
+        for (group, _, _, _, perm), qb in zip(batch, q, strict=True):
+            qb = qb[:, torch.argsort(perm)]
+            at = 0
+            for n in group:
+                m = lin_w[n].shape[0]
+                codes_of[n], at = qb[at:at + m], at + m
+    for name in names:
+        o = opts.for_node(name)
+        if o.bias_correction:
+            w_hat = (codes_of[name] * s_of[name][:, None]).to(torch.float32)
+            err = (lin_x[name].to(torch.float32) @ lin_w[name].t().to(torch.float32)
+                   - x_hat[name].to(torch.float32) @ w_hat.t())
+            # the median, not the mean: a rare token with a massive activation (BERT's
+            # first token) would otherwise shift every other token's output
+            bias_of[name] = bias_of[name] + err.median(0).values.to(F)
+    return codes_of, s_of, bias_of
+
+
+def quantize_weight_gptq_batch(ws: list[torch.Tensor], ss: list[torch.Tensor],
+                               us: list[torch.Tensor]) -> list[torch.Tensor]:
+    """GPTQ codes of several same-shape weights (in quantization order) at once."""
+    return list(gptq_rows(torch.stack(ws), torch.stack(ss), WEIGHT_QMAX, torch.stack(us)))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from .arch import LoadedModel
+from .bundle import ConvertedModel
 from .contract import Events
 from .convert import ConvertOptions, builtin_text, convert
 from .encodings import Encoding
@@ -36,14 +37,32 @@ def schemes() -> dict[str, ConvertOptions]:
     }
 
 
+#: The settings of the default hybrid before issue 14's levers (48 calibration sentences,
+#: GPTQ dampening 1%, no V->O smoothing).
+BEFORE_14 = dict(calib_sentences=48, gptq_damp=0.01, smooth_vo=0.0)
+
+
 def ablation() -> dict[str, ConvertOptions]:
-    """Hybrid W4A4&8 with the accuracy remedies switched on one by one."""
+    """Hybrid W4A4&8 with the accuracy remedies switched on one by one (first the remedies
+    of the first version, then issue 14's levers on top), then the levers that were
+    measured and not kept, each on top of the default."""
+    old = ConvertOptions(**BEFORE_14)
+    d = ConvertOptions()
     return {
         "hybrid, naive (static steps, RTN, no rotation)":
-            ConvertOptions(per_token=False, rotate=False, gptq=False),
-        "hybrid + per-token steps": ConvertOptions(rotate=False, gptq=False),
-        "hybrid + per-token + rotation": ConvertOptions(gptq=False),
-        "hybrid + per-token + rotation + GPTQ (default)": ConvertOptions(),
+            replace(old, per_token=False, rotate=False, gptq=False),
+        "hybrid + per-token steps": replace(old, rotate=False, gptq=False),
+        "hybrid + per-token + rotation": replace(old, gptq=False),
+        "hybrid + per-token + rotation + GPTQ (default before issue 14)": old,
+        "  + calibration 256 sentences (4,400 tokens)": replace(old, calib_sentences=256),
+        "  + GPTQ dampening 0.1": replace(old, calib_sentences=256, gptq_damp=0.1),
+        "  + V->O smoothing, alpha 0.8 (default)": d,
+        "not kept: default, GPTQ act-order off": replace(d, act_order=False),
+        "not kept: default + bias correction (median)": replace(d, bias_correction=True),
+        "not kept: default, weight steps by output error": replace(d, weight_search="output"),
+        "not kept: default, outliers by output effect": replace(d, outlier_rule="effect"),
+        "not kept: default, GPTQ target from quantized inputs":
+            replace(d, gptq_target="quantized"),
     }
 
 
@@ -57,6 +76,20 @@ class Row:
     time_steps: int
     events_per_token: dict = field(default_factory=dict)
     seconds: float = 0.0
+    spike_share: float = 0.0
+
+
+def spike_share(cm: ConvertedModel) -> float:
+    """Share of the linear layers' input channels that are spikes (the rest are int8
+    outlier channels, or whole integer GEMMs where a layer or scheme uses ``int``)."""
+    total = spikes = 0
+    for n in cm.nodes.values():
+        if n.kind == "linear":
+            k = int(n.K)
+            total += k
+            if n.act.encoding.is_spiking:
+                spikes += k - len(n.act.outliers)
+    return spikes / total if total else 0.0
 
 
 def embed(hidden: torch.Tensor) -> torch.Tensor:
@@ -100,20 +133,23 @@ def evaluate(lm: LoadedModel, names: dict[str, ConvertOptions], sentences: list[
         rho = float(spearmanr(_pairwise(e).numpy(), ref_pairs.numpy()).statistic)
         per_tok = {k: v / tokens for k, v in total.as_dict().items()
                    if k in ("spikes", "accumulates", "macs")}
-        rows.append(Row(name, cos, rho, total.time_steps, per_tok, time.perf_counter() - t0))
+        rows.append(Row(name, cos, rho, total.time_steps, per_tok, time.perf_counter() - t0,
+                        spike_share(cm)))
         if progress:
-            print(f"[{j}/{len(names)}] {name}: cosine {cos:.4f}, Spearman {rho:.4f} "
-                  f"({rows[-1].seconds:.0f} s)", file=sys.stderr, flush=True)
+            print(f"[{j}/{len(names)}] {name}: cosine {cos:.4f}, Spearman {rho:.4f}, spike "
+                  f"share {rows[-1].spike_share:.1%} ({rows[-1].seconds:.0f} s)",
+                  file=sys.stderr, flush=True)
     return rows
 
 
 def format_table(rows: list[Row]) -> str:
     """Markdown table of the rows."""
-    out = ["| scheme | cosine to FP32 | Spearman | time steps | spikes/token | "
-           "accumulates/token | MACs/token |", "|---|---|---|---|---|---|---|"]
+    out = ["| scheme | cosine to FP32 | Spearman | spike share | time steps | spikes/token | "
+           "accumulates/token | MACs/token |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ev = r.events_per_token
-        out.append(f"| {r.scheme} | {r.cosine:.4f} | {r.spearman:.4f} | {r.time_steps or '-'} | "
-                   f"{ev.get('spikes', 0):,.0f} | {ev.get('accumulates', 0):,.0f} | "
-                   f"{ev.get('macs', 0):,.0f} |")
+        share = f"{r.spike_share:.1%}" if r.time_steps else "-"
+        out.append(f"| {r.scheme} | {r.cosine:.4f} | {r.spearman:.4f} | {share} | "
+                   f"{r.time_steps or '-'} | {ev.get('spikes', 0):,.0f} | "
+                   f"{ev.get('accumulates', 0):,.0f} | {ev.get('macs', 0):,.0f} |")
     return "\n".join(out)

@@ -235,20 +235,28 @@ def rotation_signs(n: int, seed: int) -> torch.Tensor:
 
 
 # -- weights -------------------------------------------------------------------------------
-def weight_scale(w: torch.Tensor, qmax: int, search: bool = True) -> torch.Tensor:
-    """Per-output-channel symmetric step; ``search`` picks the clip ratio minimising MSE."""
+#: Clip ratios of the per-channel weight step search (1.0 = the channel's max).
+WEIGHT_CLIPS = tuple(float(r) for r in torch.linspace(1.0, 0.5, 21, dtype=F))
+
+
+def weight_scale(w: torch.Tensor, qmax: int, search: bool = True,
+                 hess: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-output-channel symmetric step; ``search`` picks the clip ratio (``WEIGHT_CLIPS``)
+    with the least error: the weight error ``|e|^2`` or, given ``hess = X^T X`` of the
+    layer's calibration inputs, the output error ``e H e^T`` that the rounding error ``e``
+    of the row causes on those inputs (float32: only the choice depends on it)."""
     amax = w.abs().amax(1).clamp(min=1e-12)
     if not search:
         return amax / qmax
-    best_err = torch.full_like(amax, math.inf)
-    best = amax / qmax
-    for r in torch.linspace(1.0, 0.5, 21, dtype=F):
-        s = amax * r / qmax
-        err = ((torch.round(w / s[:, None]).clamp(-qmax, qmax) * s[:, None] - w) ** 2).sum(1)
-        better = err < best_err
-        best = torch.where(better, s, best)
-        best_err = torch.where(better, err, best_err)
-    return best
+    w32 = w.to(torch.float32)
+    h = None if hess is None else (hess / hess.diagonal().mean().clamp(min=1e-30)).to(w32.dtype)
+    steps = amax[None, :] * torch.tensor(WEIGHT_CLIPS, dtype=F)[:, None] / qmax  # [R, N]
+    errs = []
+    for s in steps.to(torch.float32):
+        e = torch.round(w32 / s[:, None]).clamp(-qmax, qmax) * s[:, None] - w32
+        errs.append((e * e).sum(1) if h is None else ((e @ h) * e).sum(1))
+    best = torch.stack(errs).argmin(0)  # first (largest) ratio among equals
+    return steps.gather(0, best[None])[0]
 
 
 def quantize_weight_rtn(w: torch.Tensor, s: torch.Tensor, qmax: int) -> torch.Tensor:
@@ -256,40 +264,65 @@ def quantize_weight_rtn(w: torch.Tensor, s: torch.Tensor, qmax: int) -> torch.Te
     return torch.round(w / s[:, None]).clamp(-qmax, qmax).to(torch.int64)
 
 
+def gptq_inverse(hess: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, dead)``: the upper Cholesky factor of the damped inverse Hessian that GPTQ
+    propagates rounding errors with (float64), and the mask of input channels that never
+    carried anything (their weights are irrelevant and quantized as 0)."""
+    h = hess.clone().to(F)
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=F)
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    return u, dead
+
+
+def gptq_rows(w: torch.Tensor, s: torch.Tensor, qmax: int, hinv: torch.Tensor,
+              block: int = 128) -> torch.Tensor:
+    """The GPTQ column loop on a batch: weights ``w [B, N, K]`` (already in quantization
+    order), steps ``s [B, N]``, upper Cholesky factors ``hinv [B, K, K]`` of the inverse
+    Hessians (:func:`gptq_inverse`); returns int64 codes ``[B, N, K]``.
+
+    Runs in float32: the codes depend on it only through ties, and the same inputs give the
+    same codes on every run. Rows are independent, so layers that share an input (and so a
+    Hessian) can be stacked along ``N``, and layers of the same shape along ``B``."""
+    w = w.to(torch.float32).clone()
+    s = s.to(torch.float32)[..., None]  # [B, N, 1]
+    hinv = hinv.to(torch.float32)
+    q_all = torch.empty(w.shape, dtype=torch.float32)
+    k = w.shape[-1]
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        w1 = w[..., i1:i2].clone()
+        q1 = q_all[..., i1:i2]
+        err1 = torch.empty_like(w1)
+        h1 = hinv[:, i1:i2, i1:i2]
+        hd = h1.diagonal(dim1=1, dim2=2)[..., None]  # [B, blk, 1]
+        for i in range(i2 - i1):
+            col = w1[..., i:i + 1]  # [B, N, 1]
+            q = torch.round(col / s).clamp_(-qmax, qmax)
+            q1[..., i:i + 1] = q
+            e = (col - q * s) / hd[:, i:i + 1]
+            err1[..., i:i + 1] = e
+            w1[..., i + 1:] -= e * h1[:, i:i + 1, i + 1:]
+        if i2 < k:
+            w[..., i2:] -= torch.bmm(err1, hinv[:, i1:i2, i2:])
+    return q_all.to(torch.int64)
+
+
 def quantize_weight_gptq(w: torch.Tensor, s: torch.Tensor, qmax: int, hess: torch.Tensor,
                          block: int = 128, damp: float = 0.01,
                          act_order: bool = True) -> torch.Tensor:
     """GPTQ (Frantar et al. 2022): quantize columns in order, pushing each column's rounding
     error onto the not-yet-quantized columns through the inverse Hessian of the layer
-    input (``hess = X^T X`` over the calibration tokens). Same steps ``s`` as RTN.
-    ``act_order`` takes the columns with the largest input energy first."""
-    if act_order:
-        perm = torch.argsort(torch.diag(hess), descending=True)
-        q = quantize_weight_gptq(w[:, perm], s, qmax, hess[perm][:, perm], block, damp, False)
-        return q[:, torch.argsort(perm)]
-    w = w.clone().to(F)
-    h = hess.clone().to(F)
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=F)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    q_all = torch.zeros_like(w, dtype=torch.int64)
-    k = w.shape[1]
-    for i1 in range(0, k, block):
-        i2 = min(i1 + block, k)
-        w1 = w[:, i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        h1 = hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = w1[:, i]
-            q = torch.round(col / s).clamp(-qmax, qmax)
-            q_all[:, i1 + i] = q.to(torch.int64)
-            e = (col - q * s) / h1[i, i]
-            w1[:, i:] -= e[:, None] * h1[i, i:][None, :]
-            err1[:, i] = e
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return q_all
+    input (``hess = X^T X`` over the calibration tokens, dampened by ``damp`` times its mean
+    diagonal). Same steps ``s`` as RTN. ``act_order`` takes the columns with the largest
+    input energy first."""
+    perm = (torch.argsort(torch.diag(hess), descending=True, stable=True) if act_order
+            else torch.arange(w.shape[1]))
+    u, dead = gptq_inverse(hess[perm][:, perm], damp)
+    wp = w[:, perm].to(F).masked_fill(dead[None, :], 0.0)
+    q = gptq_rows(wp[None], s[None], qmax, u[None], block)[0]
+    return q[:, torch.argsort(perm)]
 
 
 # -- epilogue ------------------------------------------------------------------------------

@@ -1,14 +1,33 @@
 """Converter choices, per-layer overrides, rotations, and the command line."""
 
 import json
+from dataclasses import replace
 
+import pytest
 import torch
 
 from models.__main__ import main
-from models.arch import LoadedModel, canonical_params, random_model, spec_from_config, tiny_config
+from models.arch import (
+    LoadedModel,
+    ModelInputError,
+    canonical_params,
+    random_model,
+    spec_from_config,
+    tiny_config,
+)
 from models.bundle import load_bundle
-from models.convert import ConvertOptions, convert, fold_head_rotations
+from models.convert import (
+    ConvertOptions,
+    _rows,
+    builtin_text,
+    calibrate,
+    convert,
+    fold_head_rotations,
+    smooth_vo,
+)
 from models.encodings import Encoding
+from models.evaluate import spike_share
+from models.golden import run_golden
 from models.graph import FloatOps, forward
 
 
@@ -82,3 +101,136 @@ def test_cli_refuses_unsupported_model_with_a_clear_error(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
     assert main(["convert", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "unsupported architecture 'mamba'" in capsys.readouterr().err
+
+
+# -- accuracy levers (issue 14) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opts, message", [
+    (dict(gptq_damp=0), r"option gptq_damp: must be a number in \[1e-06, 10\], not 0"),
+    (dict(gptq_damp="0.1"), r"option gptq_damp: must be a number"),
+    (dict(gptq_damp=True), r"option gptq_damp: must be a number"),
+    (dict(act_order=1), r"option act_order: must be True or False"),
+    (dict(bias_correction="yes"), r"option bias_correction: must be True or False"),
+    (dict(weight_search="mse"), r"option weight_search: must be one of 'weight', 'output'"),
+    (dict(gptq_target="int"), r"option gptq_target: must be one of 'float', 'quantized'"),
+    (dict(outlier_rule="max"), r"option outlier_rule: must be one of 'magnitude', 'effect'"),
+    (dict(smooth_vo=1.5), r"option smooth_vo: must be a number in \[0, 1\], not 1.5"),
+    (dict(smooth_vo=-0.1), r"option smooth_vo: must be a number in \[0, 1\]"),
+    (dict(layers={"layers.0.*": {"gptq_damp": -1.0}}), r"option gptq_damp: must be a number"),
+])
+def test_bad_lever_options_are_refused_by_name(tiny_opt, opts, message):
+    with pytest.raises(ModelInputError, match=message):
+        convert(tiny_opt, ConvertOptions(**opts))
+
+
+def test_lever_options_are_recorded_and_change_the_model(tiny_opt):
+    base = ConvertOptions(calib_sentences=4, gptq_damp=0.1, act_order=True,
+                          weight_search="weight", gptq_target="float", bias_correction=False,
+                          smooth_vo=0.0, outlier_rule="magnitude")
+    ref = convert(tiny_opt, base)
+    for field_, value in (("gptq_damp", 0.01), ("act_order", False),
+                          ("weight_search", "output"), ("gptq_target", "quantized"),
+                          ("bias_correction", True), ("smooth_vo", 0.5),
+                          ("outlier_rule", "effect")):
+        cm = convert(tiny_opt, replace(base, **{field_: value}))
+        assert cm.options[field_] == value, field_
+        changed = [k for k in ref.tensors if not torch.equal(ref.tensors[k], cm.tensors[k])]
+        changed += [n for n in ref.nodes if ref.nodes[n].act != cm.nodes[n].act]
+        assert changed, f"{field_}={value!r} changed nothing"
+
+
+def test_smoothing_v_into_o_leaves_the_float_model_unchanged(tiny_llama):
+    lm = tiny_llama
+    opts = ConvertOptions(calib_sentences=2)
+    rec = calibrate(lm, opts)
+    before = _rows(rec[("layers.0.o", "x")])
+    params = smooth_vo(lm.spec, lm.params, rec, 0.5)
+    assert not torch.equal(params["layers.0.o.w"], lm.params["layers.0.o.w"])
+    ids = lm.tokenize("Smoothing moves range from activations into weights.")
+    a = forward(lm.spec, lm.params, ids, FloatOps(lm.spec, lm.params))
+    b = forward(lm.spec, params, ids, FloatOps(lm.spec, params))
+    assert torch.allclose(a, b, atol=1e-4)
+    # the recorded o inputs were rescaled with the weights: channel ranges are more even
+    after = _rows(rec[("layers.0.o", "x")])
+    spread = lambda x: float(x.abs().amax(0).max() / x.abs().amax(0).min())  # noqa: E731
+    assert spread(after) < spread(before)
+
+
+def test_bias_correction_removes_the_mean_output_error_on_calibration(tiny_opt):
+    # the layer's output error (golden minus float) on the calibration text has a smaller
+    # mean per output channel once the conversion folds the calibration mean into the bias
+    opts = ConvertOptions(calib_sentences=4, gptq=False)
+    texts = builtin_text("calibration")[:4]
+    rec = calibrate(tiny_opt, opts)
+    y = _rows(rec[("layers.0.up", "y")])
+
+    def mean_err(cm) -> float:
+        trace = []
+        for t in texts:
+            run_golden(cm, tiny_opt.tokenize(t), trace=trace)
+        out = torch.cat([c.y for c in trace if c.name == "layers.0.up"]).to(torch.float64)
+        return float((out * cm.tensors["layers.0.up.scale"] - y).mean(0).abs().mean())
+
+    plain = convert(tiny_opt, opts)
+    corrected = convert(tiny_opt, replace(opts, bias_correction=True))
+    assert mean_err(corrected) < 0.7 * mean_err(plain)
+
+
+def test_outlier_shifts_are_fitted_to_the_accumulator(tiny_opt, monkeypatch):
+    # a narrower accumulator (2**22): the converter lowers the outlier shifts of the
+    # attention-probability input until no input can overflow, warns, and the model runs
+    wide = convert(tiny_opt, ConvertOptions(calib_sentences=6, outlier_count=24))
+    top = max(wide.nodes["layers.0.av"].act.outlier_shifts)
+    lim = 2**21 - 1
+    for mod in ("models.contract", "models.bundle", "models.convert"):
+        monkeypatch.setattr(f"{mod}.ACC_MAX", lim)
+    monkeypatch.setattr("models.contract.ACC_MIN", -lim - 1)
+    with pytest.warns(UserWarning, match=r"layers\.\d\.av: outlier shifts capped at \d+ .*"
+                                         r"outlier_count=24, --outliers"):
+        cm = convert(tiny_opt, ConvertOptions(calib_sentences=6, outlier_count=24))
+    av = cm.nodes["layers.0.av"].act
+    assert len(av.outliers) == 24 and max(av.outlier_shifts) < top
+    assert all(cm.acc_bound(n) <= lim for n in cm.nodes.values())
+    long = " ".join(builtin_text("eval_sentences")[:6])
+    hidden, _ = run_golden(cm, tiny_opt.tokenize(long))
+    assert bool(torch.isfinite(hidden).all())
+
+
+def test_outliers_that_cannot_fit_even_unshifted_are_refused_by_layer_and_option(
+        tiny_opt, monkeypatch):
+    monkeypatch.setattr("models.convert.ACC_MAX", 3000)
+    with pytest.raises(ModelInputError, match=r"layers\.0\.q: options encoding=ttfs-signed4 "
+                                              r"and outlier_count=24 \(--outliers\).*even with "
+                                              r"outlier shifts of 0"):
+        convert(tiny_opt, ConvertOptions(calib_sentences=2, outlier_count=24))
+
+
+def test_conversion_is_deterministic_and_reports_its_spike_share(tiny_llama):
+    opts = ConvertOptions(calib_sentences=3)
+    a, b = convert(tiny_llama, opts), convert(tiny_llama, opts)
+    assert a.tensors.keys() == b.tensors.keys()
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    share = spike_share(a)
+    lin = [n for n in a.nodes.values() if n.kind == "linear"]
+    k = sum(int(n.K) for n in lin)
+    assert share == pytest.approx(1 - sum(len(n.act.outliers) for n in lin) / k)
+    assert 0.9 <= share < 1.0
+    w4a8 = convert(tiny_llama, replace(opts, encoding=Encoding("int", 8)))
+    assert spike_share(w4a8) == 0.0
+
+
+def test_cli_convert_takes_the_lever_options(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["convert", "--model", "tiny-opt", "--out", str(out), "--damp", "0.05",
+                 "--no-act-order", "--weight-search", "output", "--gptq-target", "quantized",
+                 "--bias-correction", "--smooth-vo", "0.3", "--outlier-rule", "effect",
+                 "--calib-sentences", "3", "--quiet"]) == 0
+    opts = load_bundle(out).options
+    assert (opts["gptq_damp"], opts["act_order"], opts["weight_search"], opts["gptq_target"],
+            opts["bias_correction"], opts["smooth_vo"], opts["outlier_rule"],
+            opts["calib_sentences"]) == (0.05, False, "output", "quantized", True, 0.3,
+                                         "effect", 3)
+    assert main(["convert", "--model", "tiny-opt", "--out", str(tmp_path / "c"), "--damp", "0",
+                 "--quiet"]) == 2
+    assert "option gptq_damp: must be a number" in capsys.readouterr().err

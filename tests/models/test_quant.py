@@ -14,6 +14,8 @@ from models.quant import (
     ActPlan,
     dequantize_act,
     fixed_point,
+    gptq_inverse,
+    gptq_rows,
     quantize_act,
     quantize_weight_gptq,
     quantize_weight_rtn,
@@ -124,3 +126,42 @@ def test_weight_scale_search_never_worse_than_max(seed):
     w = torch.randn(4, 50, generator=torch.Generator().manual_seed(seed), dtype=F)
     e = lambda s: ((quantize_weight_rtn(w, s, 7) * s[:, None] - w) ** 2).sum(1)  # noqa: E731
     assert bool((e(weight_scale(w, 7)) <= e(weight_scale(w, 7, search=False)) + 1e-12).all())
+
+
+def test_gptq_on_stacked_rows_and_batches_equals_gptq_per_layer():
+    # rows are independent given the Hessian: q, k, v stacked along N, and layers of one
+    # shape along the batch axis, give the codes of quantizing each on its own
+    g = torch.Generator().manual_seed(5)
+    xs = [torch.randn(300, 48, generator=g, dtype=F) @ torch.randn(48, 48, generator=g,
+                                                                   dtype=F) for _ in range(2)]
+    ws = [torch.randn(24, 48, generator=g, dtype=F) for _ in range(2)]
+    ss = [weight_scale(w, 7) for w in ws]
+    alone = [quantize_weight_gptq(w, s, 7, x.t() @ x, block=16, damp=0.1, act_order=False)
+             for w, s, x in zip(ws, ss, xs, strict=True)]
+    us = [gptq_inverse(x.t() @ x, 0.1)[0] for x in xs]
+    stacked = gptq_rows(torch.cat(ws)[None], torch.cat(ss)[None], 7, us[0][None], 16)[0]
+    assert torch.equal(stacked[:24], alone[0])
+    batched = gptq_rows(torch.stack(ws), torch.stack(ss), 7, torch.stack(us), 16)
+    assert torch.equal(batched[0], alone[0]) and torch.equal(batched[1], alone[1])
+
+
+def test_output_aware_weight_steps_never_lose_on_the_output_error():
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(400, 32, generator=g, dtype=F) * torch.linspace(0.1, 3.0, 32, dtype=F)
+    w = torch.randn(16, 32, generator=g, dtype=F)
+    h = x.t() @ x
+    out_err = lambda s: (((quantize_weight_rtn(w, s, 7) * s[:, None] - w) @ x.t()) ** 2).sum(1)  # noqa: E731
+    by_out, by_w = weight_scale(w, 7, hess=h), weight_scale(w, 7)
+    assert bool((out_err(by_out) <= out_err(by_w) * (1 + 1e-4)).all())
+    assert bool((out_err(by_out) < out_err(by_w)).any())
+
+
+def test_gptq_damping_and_act_order_are_used():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 32, generator=g, dtype=F) @ torch.randn(32, 32, generator=g, dtype=F)
+    w = torch.randn(16, 32, generator=g, dtype=F)
+    s = weight_scale(w, 7)
+    h = x.t() @ x
+    base = quantize_weight_gptq(w, s, 7, h, damp=0.01)
+    assert not torch.equal(base, quantize_weight_gptq(w, s, 7, h, damp=1.0))
+    assert not torch.equal(base, quantize_weight_gptq(w, s, 7, h, act_order=False))
