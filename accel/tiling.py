@@ -18,7 +18,7 @@ import torch
 
 from models.contract import ROW_FRAC, Events
 from models.encodings import TTFS_KINDS, Encoding, spike_events
-from models.golden import gemm
+from models.golden import gemm_events
 
 from .config import AccelConfig
 from .layouts import BufId, MacOp, SpikeOp
@@ -340,7 +340,5 @@ def tiled_events(cfg: AccelConfig, call) -> Events:
     """The golden events of a traced GEMM (``models.golden.GemmCall``) under this tiling:
     spikes repeat per N tile of ``lanes``, TTFS windows run per K tile of ``weight_depth``
     that holds a spike channel. What the device's counters must equal."""
-    _, ev = gemm(call.codes[None], call.int_mask[None], call.shifts[None], call.encoding,
-                 call.w[None], call.start, call.name, k_tile=cfg.weight_depth,
-                 n_tile=cfg.lanes)
-    return ev
+    return gemm_events(call.codes[None], call.int_mask[None], call.encoding, call.w.shape[0],
+                       k_tile=cfg.weight_depth, n_tile=cfg.lanes)

@@ -269,6 +269,13 @@ def spike_events(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
     then input ``k``; a graded spike of value ``s`` appears ``|s|`` times. Its length is the
     ``spike_units`` of :func:`spike_counts`.
     """
+    if enc.kind in TTFS_KINDS:  # one spike per nonzero code, at T - |q|: no train needed
+        check_codes(q, enc, "spike_events input")
+        m, k = q.nonzero(as_tuple=True)
+        v = q[m, k].to(torch.int64)
+        t = enc.time_steps - v.abs()
+        order = torch.argsort((m * enc.time_steps + t) * q.shape[1] + k)
+        return torch.stack([m, t, k, torch.sign(v)], 1)[order]
     train = encode(q, enc).to(torch.int64)  # [T, M, K]
     t, m, k = train.nonzero(as_tuple=True)
     s = train[t, m, k]

@@ -46,7 +46,7 @@ def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc:
     lanes; None: one pass); each output slice replays the input spikes, so ``spikes`` and
     ``spike_units`` count once per slice (lane accumulates do not change).
     """
-    b, m, k = codes.shape
+    k = codes.shape[-1]
     n = w.shape[-2]
     mask = int_mask.view(-1, 1, k)
     spk = codes.masked_fill(mask, 0)
@@ -60,6 +60,16 @@ def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc:
     if start is not None:
         acc = acc + start
     acc = check_acc(acc, where)
+    return acc, gemm_events(codes, int_mask, enc, n, k_tile, n_tile)
+
+
+def gemm_events(codes: torch.Tensor, int_mask: torch.Tensor, enc: Encoding, n: int,
+                k_tile: int | None = None, n_tile: int | None = None) -> Events:
+    """The events of :func:`gemm` (same arguments; ``n`` output channels) without computing
+    its product: what the counters of a device with that tiling must count."""
+    b, m, k = codes.shape
+    mask = int_mask.view(-1, 1, k)
+    spk = codes.masked_fill(mask, 0)
     spike_ch = ~mask.expand(b, 1, k)[:, 0]  # [B, K]
     n_int = int(k * b - spike_ch.sum())
     ev = Events(gemms=b, weights_in=b * n * k, acts_in=b * m * k, outs=b * m * n,
@@ -72,7 +82,7 @@ def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc:
         ev.time_steps = enc.time_steps
         if enc.kind in TTFS_KINDS:
             ev.acc_step = enc.time_steps * m * n * windows(spike_ch, k_tile)
-    return acc, ev
+    return ev
 
 
 def windows(spike_ch: torch.Tensor, k_tile: int | None) -> int:

@@ -14,6 +14,7 @@ from models.encodings import (
     if_fire,
     if_neuron_stepwise,
     spike_counts,
+    spike_events,
     ttfs_fire,
 )
 
@@ -151,3 +152,18 @@ def test_spike_domain_dot_product_equals_integer_dot_product(case):
     enc, q, w = case
     spiking = accumulate(encode(q, enc), w, enc)
     assert torch.equal(spiking, int_matmul(q, w.t()))
+
+
+@pytest.mark.parametrize("enc", [Encoding("ttfs", 1), Encoding("ttfs", 4), Encoding("ttfs", 8),
+                                 Encoding("ttfs-signed", 2), Encoding("ttfs-signed", 4)],
+                         ids=lambda e: e.name())
+def test_ttfs_spike_events_in_closed_form_equal_the_spike_train(enc):
+    g = torch.Generator().manual_seed(enc.bits)
+    for m, k in ((1, 1), (3, 17), (9, 64)):
+        q = torch.randint(enc.qmin, enc.qmax + 1, (m, k), generator=g)
+        q[torch.rand(m, k, generator=g) < 0.3] = 0
+        train = encode(q, enc).to(torch.int64)
+        t, mm, kk = train.nonzero(as_tuple=True)
+        order = torch.argsort((mm * enc.time_steps + t) * k + kk)
+        want = torch.stack([mm, t, kk, train[t, mm, kk]], 1)[order]
+        assert torch.equal(spike_events(q, enc), want)
