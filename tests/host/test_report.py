@@ -80,6 +80,9 @@ def test_reductions_with_and_without_memory():
                  b["compute_energy_pj"]),
                 ("energy_reduction_pct", hybrid["energy_pj"]["total"], b["energy_pj"]["total"]),
                 ("time_step_reduction_pct", hybrid["time_steps"], b["time_steps"])):
+            if key == "time_step_reduction_pct" and b["name"].startswith("fp16"):
+                assert r[key] is None  # an ANN has no time steps
+                continue
             assert r[key] == pytest.approx(100 * (1 - mine / theirs))
     fp16, dense = base[0], base[1]
     # the hybrid moves more bits than FP16 moved once: memory eats into its advantage
