@@ -73,11 +73,11 @@ class ConvertOptions:
     act_order: GPTQ rounds the columns with the largest input energy first.
     weight_search: how each output channel's weight step is searched: ``"weight"`` (least
         weight error), ``"output"`` (least error of the layer's output on the calibration
-        inputs, ``e X^T X e^T``) or ``"none"`` (the channel's maximum).
-    gptq_target: ``"float"``: GPTQ matches the float layer on float inputs; ``"quantized"``:
-        it matches the float layer's output from the *quantized* calibration inputs (the
-        weights absorb part of the activation rounding error; ridge-regularised by
-        ``gptq_damp``). Needs ``gptq``.
+        inputs, ``e X^T X e^T``; default) or ``"none"`` (the channel's maximum).
+    gptq_target: ``"float"``: GPTQ matches the float layer on float inputs; ``"quantized"``
+        (default): it matches the float layer's output from the *quantized* calibration
+        inputs (the weights absorb part of the activation rounding error; ridge-regularised
+        by ``gptq_damp``). Needs ``gptq``.
     bias_correction: add the calibration median of the layer's output error (float minus
         quantized, activations and weights) to the bias.
     smooth_vo: SmoothQuant strength ``alpha`` of a per-channel scaling folded offline into
@@ -99,8 +99,8 @@ class ConvertOptions:
     gptq: bool = True
     gptq_damp: float = 0.1
     act_order: bool = True
-    weight_search: str = "weight"
-    gptq_target: str = "float"
+    weight_search: str = "output"
+    gptq_target: str = "quantized"
     bias_correction: bool = False
     smooth_vo: float = 0.8
     outlier_rule: str = "magnitude"
@@ -226,7 +226,7 @@ class _CalibOps(FloatOps):
         self.record(name, "x", x)
         y = (x.to(torch.float32) @ self._param32(name + ".w").t()).to(F)
         if name + ".b" in self.params:
-            y = y + self.params[name + ".b"].to(F)
+            y = y + self._param(name + ".b")
         self.record(name, "y", y)
         return y
 
@@ -286,14 +286,17 @@ def _best_clip(x: torch.Tensor, plan: ActPlan) -> float:
     its 16-bit multiplier): only the choice depends on it."""
     _, zp, lo, hi = (t.to(torch.float32) for t in plan.channel_targets(x.shape[-1]))
     x32 = x.to(torch.float32)
-    base = token_steps(x, replace(plan, clip=1.0)).to(torch.float32).clamp(min=1e-30)[:, None]
+    base = token_steps(x, replace(plan, clip=1.0)).to(torch.float32)[:, None]
+    # the smallest row step is the reference step / 2**15 (the row multiplier is >= 1)
+    base = base.clamp(min=max(float(base.max()), 1e-30) / ONE)
     if not plan.per_token:  # one static step: the largest
         base = base.amax().expand_as(base)
+    u = x32 / base  # x in units of the row's unclipped step
+    w2 = (base * base)[:, 0]
     best, best_err = 1.0, math.inf
-    for c in CLIP_GRID:
-        s = base * c
-        e = torch.round(x32 / s).add_(zp).clamp_(lo, hi).sub_(zp).mul_(s).sub_(x32)
-        err = float(e.mul_(e).sum())
+    for c in CLIP_GRID:  # error = base * (c * q - u), q = clamp(round(u / c) + zp) - zp
+        e = torch.round(u * (1.0 / c)).add_(zp).clamp_(lo, hi).sub_(zp).mul_(c).sub_(u)
+        err = float(e.mul_(e).sum(1) @ w2)
         if err < best_err:
             best, best_err = c, err
     return best
@@ -458,7 +461,7 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
             raw_x[name] = x
             lin_w[name] = w
             lin_x[name] = same if same is not None else (_rotate32(x, signs[k]) if rot else x)
-            plan = plan_activation(x, nopts, nopts.per_token and host_in, rot, True,
+            plan = plan_activation(lin_x[name], nopts, nopts.per_token and host_in, rot, True,
                                    wnorm=w.norm(dim=0))
         elif kind == "qk":
             plan = plan_activation(rows(name, "q"), nopts, nopts.per_token and rotary, False, False)
