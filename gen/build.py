@@ -31,6 +31,7 @@ from accel.workload import GemmWork, sample_ids
 from models.arch import LoadedModel, ModelInputError, load_model, one_line
 from models.bundle import save_bundle
 from models.convert import ConvertOptions
+from models.encodings import Encoding
 from models.energy import load_table
 
 from . import cache, flow, report
@@ -39,7 +40,6 @@ from .resources import TARGETS, Budget, estimate
 from .sizing import size
 
 
-#: Bundle folders the host reads besides ``model/`` (docs/gen.md).
 class BuildError(ValueError):
     """A build input (the model directory, ``--out``) that cannot be used."""
 
@@ -52,7 +52,7 @@ class BuildOptions:
     out: Path
     target: str = "ulx3s-85f"
     budget: Budget | None = None  #: overrides the target's
-    encoding: object = None  #: models.encodings.Encoding; None: the converter's default
+    encoding: Encoding | None = None  #: None: the converter's default
     tokens: int = 64  #: length of the measured calibration sequence
     fixed: dict = field(default_factory=dict)  #: pinned configuration fields
     energy_table: str | None = None
