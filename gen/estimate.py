@@ -599,8 +599,9 @@ def phase_cost(cfg: AccelConfig, target: Target, spec: ArchSpec, stats: Stats, p
         if not in_memory:
             why += (f" (the weights, {store['device_total'] / 2**20:,.0f} MiB in device "
                     f"format, do not fit {target.memory})")
-    ops = event_energy(ev, table, 0)
-    full = event_energy(ev, table, sram)
+    add = cfg.lane_bits(max(1, ev.time_steps))  # the spike lanes' additions at their width
+    ops = event_energy(ev, table, 0, add)
+    full = event_energy(ev, table, sram, add)
     base = fp16_rows(costs, cfg, table, per, ops["total"], full["total"])
     return {
         "phase": phase, "tokens": tokens, "rows": tokens if phase == "prefill" else 1,
