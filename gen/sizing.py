@@ -88,9 +88,9 @@ def base_config(works: list[GemmWork], **over) -> AccelConfig:
     d = dict(weight_depth=min(4096, _pow2_ceil(max_k)), max_rows=rows,
              spike_event_depth=max(1024, min(32768, _pow2_ceil(row_ev * rows))),
              mac_event_depth=max(256, min(8192, _pow2_ceil(max_int * rows))),
-             max_steps=min(4095, max_steps), encodings=kinds,
-             spike_rows=min(16, rows))
+             max_steps=min(4095, max_steps), encodings=kinds)
     d.update(over)
+    d.setdefault("spike_rows", min(16, d["max_rows"]))
     missing = sorted(set(kinds) - set(d["encodings"]))
     if missing:
         raise ValueError(f"the model's GEMMs use {', '.join(missing)} spikes, which the fixed "
@@ -169,8 +169,11 @@ def _fit_buffers(cfg: AccelConfig, budget: Budget, fixed: dict) -> Candidate:
         options = []
         for f in shrink:
             if getattr(cfg, f) > floor[f]:
+                half = {f: getattr(cfg, f) // 2}
+                if f == "max_rows" and "spike_rows" not in fixed:  # the slots follow the rows
+                    half["spike_rows"] = min(cfg.spike_rows, half[f])
                 try:
-                    smaller = replace(cfg, **{f: getattr(cfg, f) // 2})
+                    smaller = replace(cfg, **half)
                 except ValueError:
                     continue
                 options.append((estimate(smaller), smaller))

@@ -52,3 +52,13 @@ def test_dp16kd_packing():
     assert dp16kd_blocks(512, 1024) == 29  # 18-bit wide mode, 1024 deep
     assert dp16kd_blocks(16, 64) == 0  # small: logic
     assert dp16kd_blocks(1, 16384) == 1
+
+
+def test_row_slots_follow_the_rows_unless_pinned(works):
+    s = size(works, TARGETS["ulx3s-85f"], fixed={"lanes": 16, "mac_units": 2, "max_rows": 8})
+    assert (s.chosen.cfg.max_rows, s.chosen.cfg.spike_rows) == (8, 8)
+    s = size(works, TARGETS["ulx3s-85f"], fixed={"lanes": 16, "mac_units": 2, "spike_rows": 2})
+    assert s.chosen.cfg.spike_rows == 2
+    # a tight block-RAM budget halves the rows below 16: the slots follow
+    s = size(works, Budget(83_640, 156, 40), fixed={"lanes": 16, "mac_units": 2})
+    assert s.chosen.cfg.spike_rows <= s.chosen.cfg.max_rows
