@@ -21,7 +21,7 @@ from accel.tiling import mac_words, spike_words
 from hw.arrays import MacArray, SpikeArray
 from models.encodings import TTFS_KINDS, Encoding
 
-from .streams import Stalls, get, put
+from .streams import Stalls, get, put, stream_rules
 
 
 def weight_rows(cfg: AccelConfig, w: torch.Tensor) -> list[list[int]]:
@@ -95,6 +95,7 @@ def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=No
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
     sim.add_testbench(count_strobes(dut, strobes, counts, done), background=True)
+    sim.add_testbench(stream_rules({"out": dut.out}), background=True)
     sim.run()
     return torch.tensor(result, dtype=torch.int64)[:, : w.shape[0]], counts
 
@@ -160,5 +161,6 @@ def rtl_output_unit(cfg: AccelConfig, acc: torch.Tensor, mrow: torch.Tensor, con
 
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
+    sim.add_testbench(stream_rules({"out": dut.out}), background=True)
     sim.run()
     return torch.tensor(out, dtype=torch.int64)

@@ -49,3 +49,31 @@ async def get(ctx, stream, stall: Stalls | None = None):
         if ready and valid:
             ctx.set(stream.ready, 0)
             return payload
+
+
+def stream_rules(streams: dict, failures: list | None = None):
+    """A background testbench checking ``lib.stream`` rules on the block's output
+    ``streams`` (name -> stream): once ``valid`` is offered without ``ready``, the next
+    cycle must still offer it with the same payload. A broken rule raises (or is appended
+    to ``failures`` when given), naming the stream and the cycle."""
+    from amaranth import Value
+
+    sigs = []
+    for s in streams.values():
+        sigs += [s.valid, s.ready, Value.cast(s.payload)]
+
+    async def monitor(ctx):
+        held = dict.fromkeys(streams)  # payload offered but not yet taken
+        cycle = 0
+        async for _clk, _rst, *v in ctx.tick().sample(*sigs):
+            cycle += 1
+            for i, name in enumerate(streams):
+                valid, ready, payload = v[3 * i:3 * i + 3]
+                if held[name] is not None and not (valid and payload == held[name]):
+                    msg = f"{name}: valid dropped or payload changed before ready (cycle {cycle})"
+                    if failures is None:
+                        raise AssertionError(msg)
+                    failures.append(msg)
+                held[name] = payload if valid and not ready else None
+
+    return monitor
