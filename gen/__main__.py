@@ -84,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "estimate":
         return _run_estimate(a)
     try:
-        rep = build(BuildOptions(a.model, a.out, a.target, a.budget, a.encoding, a.tokens,
-                                 a.fix, a.energy_table, a.synth, a.pnr, a.bitstream, a.freq,
-                                 not a.quiet, not a.no_cache))
+        rep = build(BuildOptions(
+            model=a.model, out=a.out, target=a.target, budget=a.budget, encoding=a.encoding,
+            tokens=a.tokens, fixed=a.fix, energy_table=a.energy_table, synth=a.synth,
+            pnr=a.pnr, bitstream=a.bitstream, freq_mhz=a.freq, progress=not a.quiet,
+            cache=not a.no_cache))
     except DoesNotFit as e:
         print(f"error: the model does not fit: {one_line(e)}", file=sys.stderr)
         return 3

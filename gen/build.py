@@ -44,9 +44,9 @@ class BuildError(ValueError):
     """A build input (the model directory, ``--out``) that cannot be used."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildOptions:
-    """What ``gen build`` was asked for (recorded in the report)."""
+    """What ``gen build`` was asked for (recorded in the report; fields by keyword)."""
 
     model: str
     out: Path
