@@ -79,7 +79,7 @@ class ConvertOptions:
         inputs (the weights absorb part of the activation rounding error; ridge-regularised
         by ``gptq_damp``). Needs ``gptq``.
     bias_correction: add the calibration median of the layer's output error (float minus
-        quantized, activations and weights) to the bias.
+        quantized, activations and weights) to the bias (default).
     smooth_vo: SmoothQuant strength ``alpha`` of a per-channel scaling folded offline into
         V (divided) and the ``o`` weights (multiplied); 0 is off.
     outlier_rule: ``"magnitude"``: outliers are the channels with the largest calibration
@@ -101,7 +101,7 @@ class ConvertOptions:
     act_order: bool = True
     weight_search: str = "output"
     gptq_target: str = "quantized"
-    bias_correction: bool = False
+    bias_correction: bool = True
     smooth_vo: float = 0.8
     outlier_rule: str = "magnitude"
     seed: int = 0

@@ -38,9 +38,10 @@ def schemes() -> dict[str, ConvertOptions]:
 
 
 #: The settings of the default hybrid before issue 14's levers (48 calibration sentences,
-#: GPTQ dampening 1%, no V->O smoothing, weight steps by weight error, GPTQ on float inputs).
+#: GPTQ dampening 1%, no V->O smoothing, weight steps by weight error, GPTQ on float inputs,
+#: no bias correction).
 BEFORE_14 = dict(calib_sentences=48, gptq_damp=0.01, smooth_vo=0.0, weight_search="weight",
-                 gptq_target="float")
+                 gptq_target="float", bias_correction=False)
 
 
 def ablation() -> dict[str, ConvertOptions]:
@@ -59,11 +60,12 @@ def ablation() -> dict[str, ConvertOptions]:
         "  + calibration 256 sentences (4,400 tokens)": replace(old, calib_sentences=256),
         "  + GPTQ dampening 0.1": replace(old, calib_sentences=256, gptq_damp=0.1),
         "  + V->O smoothing, alpha 0.8": replace(d, weight_search="weight",
-                                                 gptq_target="float"),
-        "  + weight steps by output error": replace(d, gptq_target="float"),
-        "  + GPTQ target from quantized inputs (default)": d,
+                                                 gptq_target="float", bias_correction=False),
+        "  + weight steps by output error": replace(d, gptq_target="float",
+                                                    bias_correction=False),
+        "  + GPTQ target from quantized inputs": replace(d, bias_correction=False),
+        "  + bias correction, median (default)": d,
         "not kept: default, GPTQ act-order off": replace(d, act_order=False),
-        "not kept: default + bias correction (median)": replace(d, bias_correction=True),
         "not kept: default + outliers by output effect": replace(d, outlier_rule="effect"),
         "mixed: default + block 4's v, o, up all-integer W4A8 (spike share 91.5%)":
             replace(d, layers={"layers.4.v": int8, "layers.4.o": int8, "layers.4.up": int8}),
