@@ -67,9 +67,10 @@ def _is_num(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ArchSpec:
-    """Shape and structure of a transformer, independent of its source family."""
+    """Shape and structure of a transformer, independent of its source family (fields by
+    keyword)."""
 
     family: str
     layers: int
@@ -250,10 +251,12 @@ def spec_from_dict(d: dict, where: str = "config") -> ArchSpec:
         act = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh"}.get(ha)
         _refuse(act is None, f"{where}: bert: unsupported hidden_act {ha!r}")
         c.int("type_vocab_size", hi=MAX_VOCAB)
-        spec = ArchSpec("bert", layers, hidden, heads, heads, d_head,
-                        c.int("intermediate_size"), vocab, pos, "layernorm",
-                        c.float("layer_norm_eps"), True, act, False, "absolute", 0, 0.0,
-                        False, True, False)
+        spec = ArchSpec(family="bert", layers=layers, hidden=hidden, heads=heads,
+                        kv_heads=heads, head_dim=d_head, ffn=c.int("intermediate_size"),
+                        vocab=vocab, max_positions=pos, norm="layernorm",
+                        norm_eps=c.float("layer_norm_eps"), post_norm=True, act=act,
+                        gated=False, position="absolute", position_offset=0, rope_theta=0.0,
+                        causal=False, emb_norm=True, final_norm=False)
     elif mt == "gpt2":
         d_head = _multiple(c, mt, hidden, heads)
         af = c.str("activation_function")
@@ -266,9 +269,12 @@ def spec_from_dict(d: dict, where: str = "config") -> ArchSpec:
                 f"{where}: gpt2: scale_attn_by_inverse_layer_idx is not supported")
         _refuse(c.bool("add_cross_attention", False), f"{where}: gpt2: cross-attention layers")
         ffn = c.int("n_inner", default=4 * hidden)
-        spec = ArchSpec("gpt2", layers, hidden, heads, heads, d_head, ffn, vocab, pos,
-                        "layernorm", c.float("layer_norm_epsilon"), False, act, False,
-                        "absolute", 0, 0.0, True, False, True)
+        spec = ArchSpec(family="gpt2", layers=layers, hidden=hidden, heads=heads,
+                        kv_heads=heads, head_dim=d_head, ffn=ffn, vocab=vocab,
+                        max_positions=pos, norm="layernorm",
+                        norm_eps=c.float("layer_norm_epsilon"), post_norm=False, act=act,
+                        gated=False, position="absolute", position_offset=0, rope_theta=0.0,
+                        causal=True, emb_norm=False, final_norm=True)
     elif mt == "opt":
         d_head = _multiple(c, mt, hidden, heads)
         _refuse(not c.bool("do_layer_norm_before", True),
@@ -282,9 +288,11 @@ def spec_from_dict(d: dict, where: str = "config") -> ArchSpec:
         af = c.str("activation_function")
         act = {"relu": "relu", "gelu": "gelu"}.get(af)
         _refuse(act is None, f"{where}: opt: unsupported activation_function {af!r}")
-        spec = ArchSpec("opt", layers, hidden, heads, heads, d_head, c.int("ffn_dim"), vocab,
-                        pos, "layernorm", 1e-5, False, act, False, "absolute", 2, 0.0, True,
-                        False, True)
+        spec = ArchSpec(family="opt", layers=layers, hidden=hidden, heads=heads,
+                        kv_heads=heads, head_dim=d_head, ffn=c.int("ffn_dim"), vocab=vocab,
+                        max_positions=pos, norm="layernorm", norm_eps=1e-5, post_norm=False,
+                        act=act, gated=False, position="absolute", position_offset=2,
+                        rope_theta=0.0, causal=True, emb_norm=False, final_norm=True)
     else:  # llama
         for key in ("rope_scaling", "rope_parameters"):
             if d.get(key) is not None and not isinstance(d[key], dict):
@@ -310,10 +318,12 @@ def spec_from_dict(d: dict, where: str = "config") -> ArchSpec:
                 .float("rope_theta", 10000.0, hi=1e12)
         c.bool("attention_bias", False)
         c.bool("mlp_bias", False)
-        spec = ArchSpec("llama", layers, hidden, heads, kv, head_dim,
-                        c.int("intermediate_size"), vocab, pos, "rmsnorm",
-                        c.float("rms_norm_eps"), False, "silu", True, "rotary", 0, theta, True,
-                        False, True)
+        spec = ArchSpec(family="llama", layers=layers, hidden=hidden, heads=heads,
+                        kv_heads=kv, head_dim=head_dim, ffn=c.int("intermediate_size"),
+                        vocab=vocab, max_positions=pos, norm="rmsnorm",
+                        norm_eps=c.float("rms_norm_eps"), post_norm=False, act="silu",
+                        gated=True, position="rotary", position_offset=0, rope_theta=theta,
+                        causal=True, emb_norm=False, final_norm=True)
     spec.check(f"{where} (as arch)")
     return spec
 
