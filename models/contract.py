@@ -11,6 +11,10 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+#: The host's float type: every function between GEMMs (``models.nonlinear``) and every
+#: activation quantizer runs in float64, so the golden model's codes are reproducible.
+F = torch.float64
+
 #: Accumulator width of both arrays (signed).
 ACC_BITS = 32
 ACC_MIN = -(2 ** (ACC_BITS - 1))

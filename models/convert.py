@@ -28,6 +28,7 @@ from .contract import (
     ROW_FRAC,
     WEIGHT_QMAX,
     ContractError,
+    F,
 )
 from .encodings import Encoding
 from .graph import FloatOps, forward, gemm_nodes
@@ -50,7 +51,6 @@ from .quant import (
     weight_scale,
 )
 
-F = torch.float64
 #: Host-bound outputs get this much headroom over the calibrated maximum.
 HOST_HEADROOM = 2.0
 #: The allowed values of the options that name a rule.

@@ -23,8 +23,6 @@ from .encodings import Encoding
 from .golden import run_golden, total_events
 from .graph import FloatOps, forward
 
-F = torch.float64
-
 
 def schemes() -> dict[str, ConvertOptions]:
     """The schemes of the standard report, by display name."""

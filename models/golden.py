@@ -18,12 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from .bundle import ConvertedModel, NodeInfo
-from .contract import INT8_QMAX, Events, check_acc, int_matmul, requantize
+from .contract import INT8_QMAX, Events, F, check_acc, int_matmul, requantize
 from .encodings import TTFS_KINDS, Encoding, accumulate, encode, spike_counts
 from .graph import forward, merge_heads, split_heads
 from .quant import ONE, quantize_act, rotate
-
-F = torch.float64
 
 
 def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc: Encoding,

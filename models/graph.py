@@ -20,8 +20,7 @@ import torch
 
 from . import nonlinear as nl
 from .arch import ArchSpec
-
-F = torch.float64
+from .contract import F
 
 
 def gemm_nodes(spec: ArchSpec) -> list[dict]:

@@ -29,10 +29,10 @@ from .contract import (
     ROW_FRAC,
     ROW_MULT_MAX,
     ContractError,
+    F,
 )
 from .encodings import Encoding
 
-F = torch.float64
 ONE = 2**ROW_FRAC  # mrow value meaning a factor of 1.0
 
 
