@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from accel.config import PRESETS, AccelConfig
 from accel.counters import sram_bits
@@ -39,8 +40,9 @@ from accel.workload import GemmWork
 from models.arch import FAMILIES, ArchSpec, ModelInputError, _show, spec_from_dict
 from models.checkpoint import read_json
 from models.contract import WEIGHT_BITS, Events
-from models.encodings import TTFS_KINDS, Encoding
+from models.encodings import Encoding
 from models.energy import event_energy
+from models.golden import counted_events
 from models.graph import gemm_nodes
 
 from .resources import TARGETS as BUDGETS
@@ -405,19 +407,9 @@ def work_events(cfg: AccelConfig, g: GemmWork) -> Events:
     :func:`accel.tiling.tiled_events` gives for a traced call): spikes repeat per output
     slice of ``lanes``, a TTFS window per K tile of ``weight_depth`` that holds a spike
     channel. ``spikes`` counts unit spikes (equal for TTFS and binary rate spikes)."""
-    n_int = g.n_int
-    ev = Events(gemms=1, weights_in=g.n * g.k, acts_in=g.m * g.k, outs=g.m * g.n,
-                macs=g.m * n_int * g.n, time_steps=1)
-    if g.encoding.is_spiking and n_int < g.k:
-        units = int(g.units[:, ~g.int_mask].sum(dtype=np.int64))
-        slices = -(-g.n // cfg.lanes)
-        ev.spikes = ev.spike_units = units * slices
-        ev.acc_spike = units * g.n
-        ev.time_steps = g.encoding.time_steps
-        if g.encoding.kind in TTFS_KINDS:
-            windows = sum(bool((~g.int_mask[k0:k1]).any()) for k0, k1 in k_slices(cfg, g.k))
-            ev.acc_step = g.encoding.time_steps * g.m * g.n * windows
-    return ev
+    units = int(g.units[:, ~g.int_mask].sum(dtype=np.int64))
+    return counted_events(g.encoding, g.m, g.n, torch.from_numpy(~g.int_mask)[None], units,
+                          units, cfg.weight_depth, cfg.lanes)
 
 
 @dataclass

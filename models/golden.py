@@ -67,14 +67,23 @@ def gemm_events(codes: torch.Tensor, int_mask: torch.Tensor, enc: Encoding, n: i
     its product: what the counters of a device with that tiling must count."""
     b, m, k = codes.shape
     mask = int_mask.view(-1, 1, k)
-    spk = codes.masked_fill(mask, 0)
     spike_ch = ~mask.expand(b, 1, k)[:, 0]  # [B, K]
+    spikes, units = spike_counts(codes.masked_fill(mask, 0), enc) if enc.is_spiking else (0, 0)
+    return counted_events(enc, m, n, spike_ch, spikes, units, k_tile, n_tile)
+
+
+def counted_events(enc: Encoding, m: int, n: int, spike_ch: torch.Tensor, spikes: int,
+                   units: int, k_tile: int | None = None, n_tile: int | None = None) -> Events:
+    """The event definitions of :func:`gemm_events`, from counts: ``m`` rows, ``n`` outputs,
+    ``spike_ch`` ``[B, K]`` True for the spike (non-integer) channels, and the ``spikes``
+    events and ``units`` unit spikes of one output slice (the generator's estimates give
+    these from statistics instead of codes)."""
+    b, k = spike_ch.shape
     n_int = int(k * b - spike_ch.sum())
     ev = Events(gemms=b, weights_in=b * n * k, acts_in=b * m * k, outs=b * m * n,
                 macs=m * n_int * n, time_steps=1)
     if enc.is_spiking and n_int < b * k:
         n_tiles = 1 if n_tile is None else -(-n // n_tile)
-        spikes, units = spike_counts(spk, enc)
         ev.spikes, ev.spike_units = spikes * n_tiles, units * n_tiles
         ev.acc_spike = units * n
         ev.time_steps = enc.time_steps
