@@ -18,11 +18,10 @@ from gen.estimate import (
     kind_cost,
     phase_shapes,
     read_arch,
-    stats_from_works,
     synth_work,
-    synthetic_stats,
     work_events,
 )
+from gen.spike_stats import stats_from_works, synthetic_stats
 from models.arch import ModelInputError
 from models.golden import run_golden
 from models.graph import gemm_nodes
