@@ -62,6 +62,13 @@ def high_row_layout(cfg: AccelConfig) -> data.ArrayLayout:
     return data.ArrayLayout(unsigned(cfg.weight_bits - cfg.narrow_bits), cfg.lanes)
 
 
+def wide_weights(w, narrow_bits: int):
+    """Which weights (a tensor or array) do not fit the weight buffer's narrow half of
+    ``narrow_bits`` (two's complement): a tile holding any of them is ``wide``."""
+    lim = 2 ** (narrow_bits - 1)
+    return (w < -lim) | (w >= lim)
+
+
 def acc_vector_layout(cfg: AccelConfig) -> data.ArrayLayout:
     """A row of accumulators, one per lane."""
     return data.ArrayLayout(signed(cfg.acc_bits), cfg.lanes)

@@ -21,7 +21,7 @@ from models.encodings import TTFS_KINDS, Encoding, spike_events
 from models.golden import gemm_events
 
 from .config import AccelConfig
-from .layouts import BufId, MacOp, SpikeOp
+from .layouts import BufId, MacOp, SpikeOp, wide_weights
 
 
 @dataclass
@@ -149,8 +149,7 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     if enc.is_spiking and spk.numel() and int(spk.abs().max()) > cfg.spike_code_max:
         raise ValueError(f"{where}: a spike code of {int(spk.abs().max())} exceeds the "
                          f"{cfg.spike_code_max} the spike lanes are sized for")
-    lim = 2 ** (cfg.weight_bits - 1)
-    if w.numel() and not (-lim <= int(w.min()) and int(w.max()) < lim):
+    if bool(wide_weights(w, cfg.weight_bits).any()):
         raise ValueError(f"{where}: weights span [{int(w.min())}, {int(w.max())}], outside "
                          f"the {cfg.weight_bits}-bit weight buffer")
     img = TileImage(where=where)
@@ -190,8 +189,7 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
 def is_wide(cfg: AccelConfig, w: torch.Tensor) -> bool:
     """Whether weights ``w`` need more than the weight buffer's narrow half (then a tile
     reads whole rows; 4-bit weights read only the narrow half)."""
-    lim = 2 ** (cfg.narrow_bits - 1)
-    return bool(w.numel()) and not (-lim <= int(w.min()) and int(w.max()) < lim)
+    return bool(wide_weights(w, cfg.narrow_bits).any())
 
 
 @dataclass

@@ -13,6 +13,8 @@ from models.convert import ConvertedModel, builtin_text
 from models.encodings import TTFS_KINDS, Encoding, spike_events
 from models.golden import GemmCall, run_golden
 
+from .layouts import wide_weights
+
 
 @dataclass
 class GemmWork:
@@ -62,8 +64,7 @@ class GemmWork:
             flat = (ev[:, 0] * k + ev[:, 2]).bincount(minlength=m * k)
             units = flat.view(m, k).numpy().astype(np.int32)
             spikes = np.unique(ev[:, :3].numpy(), axis=0)
-        lim = 2 ** (WEIGHT_BITS - 1)
-        wide = ((call.w < -lim) | (call.w >= lim)).numpy()
+        wide = wide_weights(call.w, WEIGHT_BITS).numpy()
         return cls(call.name, call.head, m, k, call.w.shape[0], call.encoding,
                    call.int_mask.numpy().astype(bool), units, spikes, wide)
 
