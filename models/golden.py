@@ -18,7 +18,15 @@ from dataclasses import dataclass
 import torch
 
 from .bundle import ConvertedModel, NodeInfo
-from .contract import INT8_QMAX, Events, F, check_acc, int_matmul, requantize
+from .contract import (
+    INT8_QMAX,
+    Events,
+    F,
+    check_acc,
+    check_range,
+    int_matmul,
+    requantize,
+)
 from .encodings import TTFS_KINDS, Encoding, accumulate, encode, spike_counts
 from .graph import forward, merge_heads, split_heads
 from .quant import ONE, quantize_act, rotate
@@ -185,9 +193,25 @@ class GoldenOps:
     def _weights_operand(self, node: NodeInfo, a) -> torch.Tensor:
         """Codes of a dynamic weight operand (K of QK^T, V of PV): int8 per channel."""
         if isinstance(a, Coded):
-            return a.codes
+            return a.codes.to(torch.int64)
         s = self.t[f"{node.name}.w_scale"]
         return torch.round(a / s).clamp(-INT8_QMAX, INT8_QMAX).to(torch.int64)
+
+    def extend_kv(self, prefix: str, past: tuple[Coded, Coded] | None, k,
+                  v) -> tuple[Coded, Coded]:
+        """A KV-cache layer (:class:`models.graph.KVCache`) with the new keys ``k`` and
+        values ``v`` appended, as the codes QK^T and PV take them (int8 per channel at the
+        ``w_scale`` of ``prefix + "qk"`` / ``"av"``: what the host would hold for the
+        accelerator). Codes depend on their own row only, so a cached token's codes are the
+        ones a pass over the whole sequence computes for it."""
+        kc, vc = (self._weights_operand(self.cm.nodes[prefix + n], a) for n, a in (("qk", k),
+                                                                                  ("av", v)))
+        for name, c in (("keys", kc), ("values", vc)):
+            check_range(c, -INT8_QMAX, INT8_QMAX, f"{prefix}KV cache {name}")
+        kc, vc = kc.to(torch.int8), vc.to(torch.int8)
+        if past is not None:
+            kc, vc = torch.cat([past[0].codes, kc]), torch.cat([past[1].codes, vc])
+        return Coded(kc), Coded(vc)
 
     # -- the three GEMM kinds --------------------------------------------------------------
     def linear(self, name: str, x):

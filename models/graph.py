@@ -6,6 +6,10 @@ a recorder); the golden model (:mod:`models.golden`) does the integer/spike arit
 the hardware. Everything else (embeddings, norms, activation functions, softmax, rotary,
 residuals) is host work from :mod:`models.nonlinear`.
 
+With a :class:`KVCache`, :func:`forward` runs only the new tokens (at the positions after
+the cached ones) and attends over the cached keys and values too: the prefill and decode
+steps of generation (:mod:`models.generate`).
+
 GEMM node names, in execution order per block ``i``: ``layers.i.q``, ``.k``, ``.v``
 (linear), ``.qk`` (Q K^T per head), ``.av`` (P V per head), ``.o``, then ``.gate`` (gated
 FFNs only), ``.up``, ``.down``.
@@ -73,11 +77,12 @@ def _norm(spec: ArchSpec, params, key: str, x: torch.Tensor) -> torch.Tensor:
     return nl.layer_norm(x, w, params[key + ".b"].to(F), spec.norm_eps)
 
 
-def embed(spec: ArchSpec, params, ids: torch.Tensor) -> torch.Tensor:
-    """Token (+ position, + segment 0) embeddings, normalised for BERT."""
+def embed(spec: ArchSpec, params, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Token (+ position, + segment 0) embeddings, normalised for BERT; ``ids`` sit at the
+    positions from ``start`` on."""
     x = params["embed.tok.w"][ids].to(F)
     if spec.position == "absolute":
-        pos = torch.arange(len(ids)) + spec.position_offset
+        pos = torch.arange(start, start + len(ids)) + spec.position_offset
         x = x + params["embed.pos.w"][pos].to(F)
     if "embed.type.w" in params:
         x = x + params["embed.type.w"].to(F)
@@ -86,15 +91,35 @@ def embed(spec: ArchSpec, params, ids: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def forward(spec: ArchSpec, params, ids: torch.Tensor, ops) -> torch.Tensor:
-    """Run one sequence ``ids`` ``[M]``; returns the final hidden states ``[M, hidden]``."""
+class KVCache:
+    """The keys and values of the tokens a decoder has seen, per layer, in the form its
+    ``ops`` keep them (``ops.extend_kv``: the golden model keeps the contract's int8 codes,
+    what the accelerator's host holds; :class:`FloatOps` float64), and their number."""
+
+    def __init__(self, layers: int):
+        self.layers: list[tuple | None] = [None] * layers  #: (keys, values) per layer
+        self.length = 0  #: tokens cached (the next token's position)
+
+
+def forward(spec: ArchSpec, params, ids: torch.Tensor, ops,
+            cache: KVCache | None = None) -> torch.Tensor:
+    """Run one sequence ``ids`` ``[M]``; returns the final hidden states ``[M, hidden]``.
+
+    With ``cache`` (causal models only) ``ids`` are the tokens after the ``cache.length``
+    cached ones: their queries attend over the cached keys and values and their own, and
+    their keys and values are appended to the cache."""
     if ids.dim() != 1 or len(ids) == 0:
         raise ValueError(f"ids must be a non-empty 1-D token sequence, not {tuple(ids.shape)}")
-    if spec.position == "absolute" and len(ids) + spec.position_offset > spec.max_positions:
-        raise ValueError(f"{len(ids)} tokens exceed the model's {spec.max_positions} positions")
+    if cache is not None and not spec.causal:
+        raise ValueError(f"a KV cache needs a causal (decoder) model; {spec.family} is not")
+    start = 0 if cache is None else cache.length
+    if (spec.position == "absolute"
+            and start + len(ids) + spec.position_offset > spec.max_positions):
+        raise ValueError(f"{start + len(ids)} tokens exceed the model's {spec.max_positions} "
+                         f"positions")
     act = nl.ACTIVATIONS[spec.act]
-    x = embed(spec, params, ids)
-    positions = torch.arange(len(ids))
+    x = embed(spec, params, ids, start)
+    positions = torch.arange(start, start + len(ids))
     for i in range(spec.layers):
         p = f"layers.{i}."
         h = x if spec.post_norm else _norm(spec, params, p + "norm1", x)
@@ -104,6 +129,8 @@ def forward(spec: ArchSpec, params, ids: torch.Tensor, ops) -> torch.Tensor:
                                       positions))
             k = merge_heads(nl.rotary(split_heads(ops.host(k), spec.kv_heads), spec.rope_theta,
                                       positions))
+        if cache is not None:  # attend over the cached tokens and the new ones
+            k, v = cache.layers[i] = ops.extend_kv(p, cache.layers[i], k, v)
         probs = nl.softmax(ops.attn_scores(p + "qk", q, k), spec.causal)
         o = ops.host(ops.linear(p + "o", ops.attn_values(p + "av", probs, v)))
         x = _norm(spec, params, p + "norm1", x + o) if spec.post_norm else x + o
@@ -115,6 +142,8 @@ def forward(spec: ArchSpec, params, ids: torch.Tensor, ops) -> torch.Tensor:
         x = _norm(spec, params, p + "norm2", x + dn) if spec.post_norm else x + dn
     if spec.final_norm:
         x = _norm(spec, params, "final_norm", x)
+    if cache is not None:
+        cache.length += len(ids)
     return x
 
 
@@ -156,6 +185,13 @@ class FloatOps:
         s = qh @ kh.transpose(1, 2) / math.sqrt(spec.head_dim)
         self.record(name, "s", s)
         return s
+
+    def extend_kv(self, prefix: str, past: tuple | None, k: torch.Tensor,
+                  v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of a :class:`KVCache` layer (``past``) with ``k``, ``v`` appended."""
+        if past is None:
+            return k, v
+        return torch.cat([past[0], k]), torch.cat([past[1], v])
 
     def attn_values(self, name: str, p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         spec = self.spec

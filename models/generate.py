@@ -1,0 +1,172 @@
+"""Token generation with a KV cache: the golden model's prefill and greedy decode steps.
+
+A generation is one *prefill* pass over the prompt, then *decode* passes of one token each.
+Every pass is :func:`models.graph.forward` with a :class:`~models.graph.KVCache`: the new
+tokens' queries attend over the cached keys and values and their own, and their keys and
+values are appended to the cache. The golden model's cache holds the contract's codes (int8
+per channel at the step of the QK^T / PV node, ``GoldenOps.extend_kv``), exactly what the
+host keeps for the accelerator, so QK^T and PV of a decode step are accelerator GEMMs over
+the cached codes (one row; ``K = tokens`` for PV, ``N = tokens`` for QK^T).
+
+Decode equals the full pass. Every quantizer of the contract works per row: activation codes
+have a static step or a per-row step (``mrow``), the K and V operands a static per-channel
+step, the requantizer per-channel constants and a per-row multiplier; the host functions
+(norms, softmax, rotary, activations) work per row too, and the causal mask keeps a row from
+seeing later tokens. So a decode step computes, bit for bit, the last row of a forward pass
+over the whole sequence (``tests/models/test_generate.py`` checks it for every step). Its
+*events* differ (one row instead of the whole sequence); they are the decode workload.
+
+The next token is the host's greedy choice: the logits of the pass's last row against the
+token embeddings (tied output projection, as OPT and GPT-2 have; the bundle carries no
+separate ``lm_head``), in float64, the first index of the largest logit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .bundle import ConvertedModel
+from .contract import Events, F
+from .golden import GemmCall, GoldenOps
+from .graph import KVCache, forward
+
+PREFILL, DECODE = "prefill", "decode"
+
+
+@dataclass
+class Pass:
+    """One forward pass of a generation."""
+
+    phase: str  #: ``"prefill"`` (the prompt, empty cache) or ``"decode"`` (after it)
+    ids: torch.Tensor  #: the tokens it ran ``[M]``
+    cached: int  #: tokens in the KV cache before it (the first token's position)
+    hidden: torch.Tensor  #: final hidden states of its rows ``[M, hidden]``, float64
+    events: dict[str, Events]  #: golden events per GEMM node
+    token: int  #: the greedy next token after its last row
+
+
+@dataclass
+class Generation:
+    """A prefill and its decode steps."""
+
+    prompt: torch.Tensor
+    passes: list[Pass]
+
+    @property
+    def tokens(self) -> list[int]:
+        """The generated tokens: the prefill's choice, then each decode step's."""
+        return [p.token for p in self.passes]
+
+    @property
+    def prefill(self) -> Pass:
+        """The pass over the prompt."""
+        return self.passes[0]
+
+    @property
+    def decode(self) -> list[Pass]:
+        """The decode steps, in order."""
+        return self.passes[1:]
+
+
+def logits(params: dict[str, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
+    """Host output projection: ``hidden [..., hidden] @ embed.tok.w^T`` in float64."""
+    return hidden.to(F) @ params["embed.tok.w"].to(F).t()
+
+
+def next_token(params: dict[str, torch.Tensor], hidden: torch.Tensor) -> int:
+    """Greedy choice after the last row of ``hidden`` (ties: the lowest token id)."""
+    return int(torch.argmax(logits(params, hidden[-1])))
+
+
+class Decoder:
+    """A converted decoder model with its KV cache; :meth:`run` forwards new tokens.
+
+    ``execute`` and ``trace`` are :func:`models.golden.run_golden`'s: every GEMM's result
+    from ``execute`` (the accelerator) when set, every GEMM appended to ``trace``."""
+
+    def __init__(self, cm: ConvertedModel, spike_domain: bool = False,
+                 execute: Callable[[GemmCall], torch.Tensor] | None = None,
+                 trace: list[GemmCall] | None = None):
+        if not cm.spec.causal:
+            raise ValueError(f"generation needs a decoder (causal) model; this "
+                             f"{cm.spec.family} model is an encoder")
+        self.cm, self.params = cm, cm.params()
+        self.spike_domain, self.execute, self.trace = spike_domain, execute, trace
+        self.cache = KVCache(cm.spec.layers)
+
+    def run(self, ids: torch.Tensor) -> Pass:
+        """Forward ``ids`` after the cached tokens (a prefill when the cache is empty)."""
+        ops = GoldenOps(self.cm, self.spike_domain)
+        ops.trace, ops.execute = self.trace, self.execute
+        cached = self.cache.length
+        hidden = forward(self.cm.spec, self.params, ids, ops, self.cache)
+        return Pass(DECODE if cached else PREFILL, ids, cached, hidden, ops.events,
+                    next_token(self.params, hidden))
+
+
+def check_length(cm: ConvertedModel, prompt: int, steps: int) -> None:
+    """Refuse a generation the model cannot run, naming what is wrong."""
+    spec = cm.spec
+    if steps < 0:
+        raise ValueError(f"decode steps must be 0 or more, not {steps}")
+    if prompt < 1:
+        raise ValueError("the prompt is empty: generation needs at least one token")
+    if not spec.causal:
+        raise ValueError(f"generation needs a decoder (causal) model; this {spec.family} "
+                         f"model is an encoder")
+    # the last decode step runs at position prompt + steps - 1
+    if spec.position == "absolute" and prompt + steps + spec.position_offset > \
+            spec.max_positions:
+        raise ValueError(f"a prompt of {prompt} tokens and {steps} decode steps exceed the "
+                         f"model's {spec.max_positions} positions")
+
+
+def generate(cm: ConvertedModel, prompt: torch.Tensor, steps: int,
+             spike_domain: bool = False,
+             execute: Callable[[GemmCall], torch.Tensor] | None = None,
+             trace: list[GemmCall] | None = None,
+             on_pass: Callable[[int, str], None] | None = None) -> Generation:
+    """Prefill ``prompt`` ``[P]``, then ``steps`` greedy decode steps, each feeding the
+    previous pass's token; ``steps + 1`` tokens come out. ``on_pass(i, phase)`` is called
+    before pass ``i`` (0: the prefill)."""
+    check_length(cm, len(prompt), steps)
+    dec = Decoder(cm, spike_domain, execute, trace)
+    passes: list[Pass] = []
+    ids = prompt
+    for i in range(steps + 1):
+        if on_pass is not None:
+            on_pass(i, DECODE if i else PREFILL)
+        passes.append(dec.run(ids))
+        ids = torch.tensor([passes[-1].token], dtype=torch.int64)
+    return Generation(prompt, passes)
+
+
+def teacher_forced(cm: ConvertedModel, ids: torch.Tensor, steps: int,
+                   trace: list[GemmCall] | None = None,
+                   on_pass: Callable[[int, str], None] | None = None) -> list[Pass]:
+    """Prefill ``ids[:-steps]``, then decode each of the last ``steps`` tokens of ``ids``
+    one at a time (the text's own tokens, not the model's choices): the decode workload of
+    real text, with ``len(ids) - steps`` to ``len(ids) - 1`` tokens cached."""
+    if not 1 <= steps < len(ids):
+        raise ValueError(f"decode steps must be in 1..{len(ids) - 1} for {len(ids)} "
+                         f"tokens, not {steps}")
+    check_length(cm, len(ids) - steps, steps)
+    dec = Decoder(cm, trace=trace)
+    p = len(ids) - steps
+    chunks = [ids[:p]] + [ids[i:i + 1] for i in range(p, len(ids))]
+    out = []
+    for i, c in enumerate(chunks):
+        if on_pass is not None:
+            on_pass(i, DECODE if i else PREFILL)
+        out.append(dec.run(c))
+    return out
+
+
+def kv_cache_bytes(cm: ConvertedModel, tokens: int) -> int:
+    """Bytes of the KV cache for ``tokens`` tokens: one int8 code per key and value
+    channel, per layer."""
+    s = cm.spec
+    return 2 * s.layers * s.kv_heads * s.head_dim * tokens

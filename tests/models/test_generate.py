@@ -1,0 +1,120 @@
+"""Golden generation with a KV cache: every decode step equals, bit for bit, the last row of a
+forward pass over the whole sequence; the cache holds the full pass's int8 K and V codes."""
+
+import pytest
+import torch
+
+from models.arch import load_model, random_model, spec_from_config, tiny_config
+from models.convert import ConvertOptions, convert
+from models.generate import Decoder, generate, kv_cache_bytes, teacher_forced
+from models.golden import GemmCall, run_golden
+from models.graph import FloatOps, KVCache, forward
+
+PROMPT = "a prompt of some odd length for the decoder"
+
+
+@pytest.fixture(scope="module")
+def odd_llama(tmp_path_factory):
+    """LLaMA at odd sizes with grouped-query attention (6 heads over 3 KV heads, head_dim 6)."""
+    d = tmp_path_factory.mktemp("odd-llama")
+    random_model(tiny_config("llama", hidden=36, heads=6, kv_heads=3, ffn=70, layers=2,
+                             vocab=500), seed=3).save_pretrained(d)
+    lm = load_model(d)
+    return lm, convert(lm, ConvertOptions(calib_sentences=4))
+
+
+def _models(request, which):
+    if which == "odd-llama":
+        return request.getfixturevalue("odd_llama")
+    return request.getfixturevalue("tiny_opt"), request.getfixturevalue("tiny_opt_cm")
+
+
+@pytest.mark.parametrize("which", ["odd-llama", "tiny-opt"])
+def test_decode_steps_equal_the_full_pass(request, which):
+    lm, cm = _models(request, which)
+    ids = lm.tokenize(PROMPT)
+    gen = generate(cm, ids, 4)
+    assert [p.phase for p in gen.passes] == ["prefill"] + ["decode"] * 4
+    assert [p.cached for p in gen.passes] == [0, *range(len(ids), len(ids) + 4)]
+    full_ids = torch.cat([ids, torch.tensor(gen.tokens[:-1])])
+    full, full_events = run_golden(cm, full_ids)
+    # the prefill is the full pass over the prompt; each decode step is one more row of it
+    assert torch.equal(gen.prefill.hidden, run_golden(cm, ids)[0])
+    for i, p in enumerate(gen.decode):
+        row = len(ids) + i
+        assert p.ids.tolist() == [full_ids[row].item()]
+        assert torch.equal(p.hidden, full[row:row + 1]), f"decode step {i}"
+    # greedy: each token is the argmax of the full pass's row
+    emb = cm.params()["embed.tok.w"].to(torch.float64)
+    assert gen.tokens[1:] == [int((full[r] @ emb.t()).argmax())
+                              for r in range(len(ids), len(full_ids))]
+    # decode events are one row's: every GEMM has M = 1 (acts_in = K per head)
+    ev = gen.decode[-1].events
+    spec = cm.spec
+    assert ev["layers.0.q"].acts_in == spec.hidden
+    assert ev["layers.0.qk"].outs == spec.heads * len(full_ids)  # one row over every key
+    assert ev["layers.0.av"].acts_in == spec.heads * len(full_ids)
+    assert full_events["layers.0.qk"].outs == spec.heads * len(full_ids) ** 2
+
+
+def test_decode_gemms_run_over_the_full_pass_codes(odd_llama):
+    lm, cm = odd_llama
+    ids = lm.tokenize(PROMPT)
+    full: list[GemmCall] = []
+    run_golden(cm, ids, trace=full)
+    steps: list[GemmCall] = []
+    passes = teacher_forced(cm, ids, 3, trace=steps)  # the text's own last 3 tokens
+    assert [p.cached for p in passes] == [0, len(ids) - 3, len(ids) - 2, len(ids) - 1]
+    # the last decode step: every GEMM is the full pass's last row; QK^T and PV run over
+    # the cache, which holds exactly the full pass's K and V codes (GQA: 2 heads per KV head)
+    last = steps[-len(full):]
+    for got, want in zip(last, full, strict=True):
+        assert (got.name, got.head) == (want.name, want.head)
+        assert got.codes.shape[0] == 1 and torch.equal(got.codes[0], want.codes[-1]), got.name
+        assert torch.equal(got.y[0], want.y[-1]), got.name
+        if got.name.endswith((".qk", ".av")):
+            assert torch.equal(got.w, want.w), got.name
+    spec = cm.spec
+    assert spec.heads // spec.kv_heads == 2
+    assert kv_cache_bytes(cm, 10) == 2 * spec.layers * spec.kv_heads * spec.head_dim * 10
+
+
+def test_cache_codes_are_int8_tensors(odd_llama):
+    lm, cm = odd_llama
+    dec = Decoder(cm)
+    dec.run(lm.tokenize(PROMPT))
+    k, v = dec.cache.layers[0]
+    spec = cm.spec
+    assert k.codes.dtype == v.codes.dtype == torch.int8
+    assert k.codes.shape == v.codes.shape == (dec.cache.length, spec.kv_heads * spec.head_dim)
+
+
+def test_float_cache_tracks_the_float_full_pass(tiny_llama):
+    spec, params = tiny_llama.spec, tiny_llama.params
+    ids = tiny_llama.tokenize(PROMPT)
+    full = forward(spec, params, ids, FloatOps(spec, params))
+    cache = KVCache(spec.layers)
+    forward(spec, params, ids[:-2], FloatOps(spec, params), cache)
+    rows = [forward(spec, params, ids[i:i + 1], FloatOps(spec, params), cache)
+            for i in range(len(ids) - 2, len(ids))]
+    assert cache.length == len(ids)
+    assert torch.allclose(torch.cat(rows), full[-2:], rtol=0, atol=1e-9)
+
+
+def test_bad_generations_are_refused_by_name(tiny_opt_cm, tiny_opt):
+    ids = tiny_opt.tokenize(PROMPT)
+    with pytest.raises(ValueError, match="decode steps must be 0 or more, not -1"):
+        generate(tiny_opt_cm, ids, -1)
+    with pytest.raises(ValueError, match="exceed the model's 512 positions"):
+        generate(tiny_opt_cm, ids, 600)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        generate(tiny_opt_cm, ids[:0], 2)
+    with pytest.raises(ValueError, match=r"decode steps must be in 1\.\."):
+        teacher_forced(tiny_opt_cm, ids, len(ids))
+
+
+def test_an_encoder_cannot_use_a_cache():
+    spec = spec_from_config(tiny_config("bert", hidden=32, heads=2, ffn=64, layers=1,
+                                        vocab=200), "bert")
+    with pytest.raises(ValueError, match="a KV cache needs a causal"):
+        forward(spec, {}, torch.tensor([1, 2]), None, KVCache(spec.layers))
