@@ -9,8 +9,11 @@ golden model bit for bit, and writes ``report.json``, ``report.md``, ``cycles.pn
 line naming the file or field for a bad bundle or a device that cannot be reached (the
 port is opened before the model is loaded). Everything comes from the bundle directory:
 the configuration, Verilog, compiled program, converted model, tokenizer and float model;
-its ``report.json`` is never read. ``sim`` starts the simulated device of a bundle and
-prints its URL (until interrupted).
+its ``report.json`` is never read. With ``--generate N`` (decoder models) the text is a
+prompt: a prefill and N greedy decode steps with a KV cache run on the device, bit-exact
+against the golden generation, and the report adds the prefill and decode figures per
+token and their ratio (``docs/generate.md``). ``sim`` starts the simulated device of a
+bundle and prints its URL (until interrupted).
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ from models.bundle import BundleError, load_bundle
 from models.checkpoint import read_json
 from models.convert import ConvertedModel, convert
 from models.energy import load_table
+from models.generate import check_length, generate, kv_cache_bytes
 from models.golden import run_golden, total_events
 
 from . import report
 from .driver import Device, DeviceError, LinkError
-from .run import run_model
+from .run import run_generation, run_model
 from .transport import FaultyTransport, SerialTransport
 
 DEFAULT_TEXT = "Spiking transformers trade multiplications for silent, sparse events."
@@ -170,8 +174,17 @@ def cmd_run(a) -> int:
         _say(a, f"model: loading {bundle / 'model'} and its tokenizer")
         cm, lm = _model(bundle)
         ids = lm.tokenize(a.text)
+        gen = None
+        if a.generate is not None:
+            ids = prompt_ids(lm, ids)
+            try:  # an encoder, or more tokens than the model has positions: refused here
+                check_length(cm, len(ids), a.generate)
+            except ValueError as e:
+                raise BundleInputError(f"--generate {a.generate}: {one_line(e)}") from None
         try:  # a model that cannot run is refused before the simulator is built
             golden = run_golden(cm, ids)
+            if a.generate is not None:
+                gen = generate(cm, ids, a.generate)
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
             raise BundleInputError(f"{bundle / 'model'}: the converted model does not run on "
                                    f"the input ({type(e).__name__}: {one_line(e)})") from None
@@ -184,10 +197,17 @@ def cmd_run(a) -> int:
             url = stack.enter_context(simulator(bundle)).url
             _say(a, f"simulator: ready after {time.perf_counter() - t0:.0f} s")
             link, dev = connect(url)
-        bar = tqdm(total=len(program), unit="gemm", disable=a.quiet, desc="run")
+        passes = 1 if gen is None else len(gen.passes)
+        bar = tqdm(total=len(program) * passes, unit="gemm", disable=a.quiet,
+                   desc="run" if gen is None else "generate")
         t0 = time.perf_counter()
         try:
-            res = run_model(cm, ids, dev, progress=bar, program=program, golden=golden)
+            if gen is None:
+                res = run_model(cm, ids, dev, progress=bar, program=program, golden=golden)
+            else:
+                gres = run_generation(cm, ids, a.generate, dev, progress=bar, program=program,
+                                      golden=gen)
+                res = gres.phase("prefill")  # the per-layer report and baselines: the prompt
         finally:
             bar.close()
         wall = time.perf_counter() - t0
@@ -211,6 +231,7 @@ def cmd_run(a) -> int:
                                  "stats": dict(dev.stats),
                                  "faults_injected": dict(getattr(link, "injected", {}))},
         "layers": layers, "hybrid": hybrid, **versus,
+        **({} if gen is None else {"generation": _generation(cfg, gres, cm, lm, table)}),
         "totals": {"measured_cycles": sum(r["measured_cycles"] for r in layers),
                    "predicted_cycles": sum(r["predicted_cycles"] for r in layers),
                    "golden_events": vars(total_events(res.golden_events))},
@@ -221,6 +242,8 @@ def cmd_run(a) -> int:
     if a.json:
         Path(a.json).write_text(json.dumps(rep, indent=1, sort_keys=True))
     t = rep["totals"]
+    if gen is not None:
+        return _print_generation(rep["generation"], out, wall)
     print(f"{'BIT-EXACT' if res.bit_exact else 'MISMATCH'}: {len(res.records)} GEMMs, "
           f"{t['measured_cycles']:,} cycles measured / {t['predicted_cycles']:,} predicted, "
           f"{wall:.1f} s; reports in {out}")
@@ -228,6 +251,39 @@ def cmd_run(a) -> int:
         bad = [f"{r.name}[{r.head}]" for r in res.records if not (r.exact and r.counters_match)]
         where = ", ".join(bad) or "the final hidden states"
         print(f"error: results differ from the golden model in {where}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def prompt_ids(lm: LoadedModel, ids):
+    """A generation's prompt: the tokenized text without a trailing separator (the
+    borrowed wordpiece tokenizer of the built-in models ends every text with [SEP]; a
+    prompt is continued, not closed)."""
+    sep = getattr(lm.tokenizer, "sep_token_id", None)
+    if sep is not None and len(ids) > 1 and int(ids[-1]) == sep % lm.spec.vocab:
+        return ids[:-1]
+    return ids
+
+
+def _generation(cfg, gres, cm, lm, table) -> dict:
+    """The report's ``generation`` key, with the generated text and the KV cache size."""
+    g = report.generation(cfg, gres, baselines.time_steps(cm), table)
+    g["text"] = lm.tokenizer.decode(gres.tokens)
+    g["kv_cache_bytes"] = kv_cache_bytes(cm, g["prompt_tokens"] + g["decode_steps"])
+    return g
+
+
+def _print_generation(g: dict, out: Path, wall: float) -> int:
+    """The printed summary of a generation run; 1 if anything differs."""
+    ok = g["bit_exact"]
+    print(f"{'BIT-EXACT' if ok else 'MISMATCH'}: prefill of {g['prompt_tokens']} tokens and "
+          f"{g['decode_steps']} decode steps, tokens {g['tokens']} ({g['text']!r}), "
+          f"{wall:.1f} s; reports in {out}")
+    print("\n".join(report.generation_lines(g)))
+    if not ok:
+        what = ("the tokens" if not g["tokens_match"] else "a pass's GEMMs or hidden states")
+        print(f"error: the generation differs from the golden model's in {what} "
+              f"(golden tokens {g['golden_tokens']})", file=sys.stderr)
         return 1
     return 0
 
@@ -245,6 +301,18 @@ def cmd_sim(a) -> int:
     return 0
 
 
+def _steps(s: str) -> int:
+    """``--generate``: a number of decode steps, 0 or more."""
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of decode steps, not "
+                                         f"{s!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more decode steps, not {n}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m host", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -257,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--port", help="serial device or pyserial URL (/dev/ttyUSB0, "
                                       "socket://127.0.0.1:PORT)")
     r.add_argument("--baud", type=int, default=BAUD, help="serial rate (the board's)")
-    r.add_argument("--text", default=DEFAULT_TEXT, help="input text")
+    r.add_argument("--text", default=DEFAULT_TEXT, help="input text (the prompt with --generate)")
+    r.add_argument("--generate", type=_steps, default=None, metavar="N",
+                   help="decoder models: prefill the text, then N greedy decode steps with a "
+                        "KV cache, all on the device (docs/generate.md)")
     r.add_argument("--out", help="report directory (default BUNDLE/run)")
     r.add_argument("--json", help="also write report.json here")
     r.add_argument("--energy-table", help="JSON pJ table (default: Horowitz 45 nm)")

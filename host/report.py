@@ -8,6 +8,9 @@ ANN with its operands moved once and on a dense dataflow like this engine's, all
 W4A8, a rate-coded multi-spike SNN (T = 8) and the 8-bit single-spike window (TTFS, 255
 steps) on this accelerator; each charged operations only and with memory traffic, each
 with its memory model. Keys: ``docs/host.md``.
+
+A generation (``host run --generate N``) adds :func:`generation`: the prefill and the decode
+steps side by side, per token and per layer, and their ratio (keys: ``docs/generate.md``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from accel.counters import GOLDEN_EVENTS, TRAFFIC, sram_bits
 from models.contract import Events
 from models.energy import event_energy
 
-from .run import RunResult
+from .run import GenerationResult, RunResult
 
 SCHEMA = 2
 
@@ -80,6 +83,100 @@ def hybrid(cfg: AccelConfig, layers: list[dict], steps: int, table: dict) -> dic
     return h
 
 
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def phase_summary(cfg: AccelConfig, res: RunResult, tokens: int, passes: int, steps: int,
+                  table: dict) -> dict:
+    """One phase of a generation (the prefill, or every decode step together) as the device
+    ran it: totals and per-token figures (``tokens`` tokens processed in ``passes`` passes),
+    and per layer (GEMM node, heads and passes summed)."""
+    layers = layer_rows(cfg, res, table)
+    h = hybrid(cfg, layers, steps, table)
+    ev = baselines.total(counted_events(r["counters"]) for r in layers)
+    link = sum(r["link_bytes"] for r in layers)
+    out = {"tokens": tokens, "passes": passes, "gemms": len(res.records),
+           "measured_cycles": h["measured_cycles"],
+           "predicted_cycles": sum(r["predicted_cycles"] for r in layers),
+           "compute_energy_pj": h["compute_energy_pj"], "energy_pj": h["energy_pj"],
+           "traffic": h["traffic"], "sram_bits": h["sram_bits"], "link_bytes": link,
+           "events": ev.as_dict(),
+           "bit_exact": all(r["bit_exact"] and r["counters_match"] for r in layers)}
+    out["per_token"] = {
+        "cycles": h["measured_cycles"] / tokens,
+        "compute_energy_pj": h["compute_energy_pj"] / tokens,
+        "energy_pj": h["energy_pj"]["total"] / tokens, "link_bytes": link / tokens,
+        "sram_bits": h["sram_bits"] / tokens,
+        "events": {k: v / tokens for k, v in ev.as_dict().items()
+                   if k not in ("gemms", "time_steps")}}
+    out["layers"] = []
+    for r in layers:
+        ops = r["energy_pj"]["total"] - r["energy_pj"]["sram"]
+        out["layers"].append({
+            "name": r["name"], "measured_cycles": r["measured_cycles"],
+            "predicted_cycles": r["predicted_cycles"],
+            "cycles_per_token": r["measured_cycles"] / tokens,
+            "spike_events": r["spike_events"], "accumulates": r["accumulates"],
+            "macs": r["macs"], "compute_energy_pj": ops, "energy_pj": r["energy_pj"]["total"],
+            "compute_energy_pj_per_token": ops / tokens,
+            "energy_pj_per_token": r["energy_pj"]["total"] / tokens,
+            "link_bytes": r["link_bytes"], "link_bytes_per_token": r["link_bytes"] / tokens,
+            "bit_exact": r["bit_exact"] and r["counters_match"]})
+    return out
+
+
+def generation(cfg: AccelConfig, res: GenerationResult, steps: int, table: dict) -> dict:
+    """The ``generation`` key of a generation run's report: tokens, the prefill and the
+    decode steps (:func:`phase_summary`), each decode step's cost as its cache grows, and
+    the decode/prefill ratio of every per-token figure."""
+    pre = res.passes[0]
+    out = {"prompt_tokens": pre.rows, "decode_steps": len(res.passes) - 1,
+           "tokens": res.tokens, "golden_tokens": res.golden.tokens,
+           "tokens_match": res.tokens == res.golden.tokens, "bit_exact": res.bit_exact,
+           "wall_s": res.wall_s,
+           "prefill": phase_summary(cfg, res.phase("prefill"), pre.rows, 1, steps, table)}
+    if len(res.passes) == 1:
+        return out
+    dec = [p for p in res.passes if p.phase == "decode"]
+    out["decode"] = phase_summary(cfg, res.phase("decode"), sum(p.rows for p in dec),
+                                  len(dec), steps, table)
+    out["decode_steps_detail"] = [
+        {"cached": p.cached, "measured_cycles": sum(r.counters["busy"] for r in p.records),
+         "link_bytes": sum(r.link_bytes for r in p.records), "bit_exact": p.bit_exact}
+        for p in dec]
+    a, b = out["decode"]["per_token"], out["prefill"]["per_token"]
+    out["decode_vs_prefill"] = {k: _ratio(a[k], b[k]) for k in
+                                ("cycles", "compute_energy_pj", "energy_pj", "link_bytes",
+                                 "sram_bits")}
+    out["decode_vs_prefill"]["events"] = {k: _ratio(a["events"][k], b["events"][k])
+                                          for k in a["events"]}
+    return out
+
+
+def generation_lines(g: dict) -> list[str]:
+    """A short table of a ``generation`` report: per token, prefill, decode, their ratio."""
+    head = (f"{'':<26}{'cycles/token':>14}{'energy ops':>14}{'with memory':>14}"
+            f"{'link B/token':>14}")
+    rows = [("prefill", g["prefill"]), ("decode", g.get("decode"))]
+    lines = [head + "   (energy in nJ/token)"]
+    for name, ph in rows:
+        if ph is None:
+            continue
+        t = ph["per_token"]
+        what = (f"{name} ({ph['tokens']} tok)" if name == "prefill"
+                else f"{name} ({ph['passes']} steps)")
+        lines.append(f"{what:<26}{t['cycles']:>14,.0f}{t['compute_energy_pj'] / 1e3:>14,.2f}"
+                     f"{t['energy_pj'] / 1e3:>14,.2f}{t['link_bytes']:>14,.0f}")
+    if "decode_vs_prefill" in g:
+        r = g["decode_vs_prefill"]
+        cell = lambda v: f"{v:>13.2f}x" if v is not None else f"{'-':>14}"  # noqa: E731
+        lines.append(f"{'decode / prefill':<26}{cell(r['cycles'])}"
+                     f"{cell(r['compute_energy_pj'])}{cell(r['energy_pj'])}"
+                     f"{cell(r['link_bytes'])}")
+    return lines
+
+
 def shapes(res: RunResult) -> list[tuple[int, int, int]]:
     """``(M, K, N)`` of every GEMM of the run (attention heads separately): the FP16 ANN's."""
     return [(r.m, r.k, r.n) for r in res.records]
@@ -105,6 +202,23 @@ def write(report: dict, out: Path) -> None:
             f"{r['spike_util']:.0%} | {r['mac_util']:.0%} | {r['spike_events']:,} | "
             f"{r['accumulates']:,} | {r['macs']:,} | {r['link_bytes']:,} | "
             f"{r['energy_pj']['total'] / 1e3:,.1f} |")
+    if "generation" in report:
+        g = report["generation"]
+        lines += ["", f"## Generation: prefill of {g['prompt_tokens']} tokens, "
+                      f"{g['decode_steps']} decode steps", "",
+                  f"Tokens {g['tokens']} (golden {g['golden_tokens']}); bit-exact: "
+                  f"**{g['bit_exact']}**. The per-layer table above is the prefill's.", "",
+                  "```", *generation_lines(g), "```"]
+        if "decode" in g:
+            lines += ["", "| layer | prefill cycles/token | decode cycles/token | prefill nJ/token "
+                      "(with memory) | decode nJ/token (with memory) | prefill link B/token | "
+                      "decode link B/token |", "|---|---|---|---|---|---|---|"]
+            for p, d in zip(g["prefill"]["layers"], g["decode"]["layers"], strict=True):
+                lines.append(
+                    f"| {p['name']} | {p['cycles_per_token']:,.0f} | "
+                    f"{d['cycles_per_token']:,.0f} | {p['energy_pj_per_token'] / 1e3:,.2f} | "
+                    f"{d['energy_pj_per_token'] / 1e3:,.2f} | "
+                    f"{p['link_bytes_per_token']:,.0f} | {d['link_bytes_per_token']:,.0f} |")
     lines += ["", "## Against the baselines (operations only, and with memory traffic)", ""]
     lines += baselines.markdown(report["hybrid"], "hybrid (this run, device)",
                                 report["baselines"], report["reductions"])

@@ -5,6 +5,10 @@ and every GEMM's result checked against the golden model computed from the same 
 The device's results feed the rest of the forward pass (``GoldenOps.execute``), so the
 final hidden states are compared too: ``bit_exact`` is true only if every GEMM's output,
 every GEMM's event counters and the final hidden states equal the golden model's.
+
+:func:`run_generation` does the same for a generation (``models.generate``): the prefill and
+each decode step with every GEMM on the device, QK^T and PV over the cached K and V codes;
+each pass's hidden states and greedy token are compared with the golden generation's.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from accel.tiling import plan_gemm, tiled_events
 from accel.workload import GemmWork
 from models.contract import Events
 from models.convert import ConvertedModel
+from models.generate import Generation, generate
 from models.golden import GemmCall, run_golden
 
 from .driver import Device
@@ -111,33 +116,131 @@ def run_gemm(dev: Device, call: GemmCall, plan=None,
     return y, rec, after
 
 
+class _Executor:
+    """``GoldenOps.execute`` on the device: plans each GEMM, checks it against the compiled
+    program (restarted per forward pass), runs it and keeps its record."""
+
+    def __init__(self, dev: Device, program: list[dict] | None, progress=None):
+        self.dev, self.program, self.progress = dev, program, progress
+        self.records: list[GemmRecord] = []
+        self.order = None
+        self.counters = None
+
+    def start(self) -> None:
+        """A new forward pass: the program starts again."""
+        self.order = iter(self.program) if self.program is not None else None
+        if self.counters is None:
+            self.counters = self.dev.counters()  # each GEMM's "after" is the next "before"
+
+    def __call__(self, call: GemmCall) -> torch.Tensor:
+        where = call.name + ("" if call.head is None else f"[head {call.head}]")
+        plan = plan_call(self.dev.cfg, call)
+        if self.order is not None:
+            entry = next(self.order, None)
+            if entry is None:
+                raise ValueError(f"program.json ends before {where}")
+            check_program(entry, call, plan)
+        y, rec, self.counters = run_gemm(self.dev, call, plan, self.counters)
+        self.records.append(rec)
+        if self.progress is not None:
+            self.progress.update()
+        return y
+
+
 def run_model(cm: ConvertedModel, ids: torch.Tensor, dev: Device, progress=None,
               program: list[dict] | None = None, golden: tuple | None = None) -> RunResult:
     """Forward ``ids`` with every GEMM on ``dev``; see module doc. With ``program`` (the
     bundle's compiled program) each GEMM's tiling is checked against it. ``golden``: the
     result of ``run_golden(cm, ids)`` if the caller has it already."""
-    cfg = dev.cfg
-    order = iter(program) if program is not None else None
     golden_hidden, golden_events = golden if golden is not None else run_golden(cm, ids)
     dev.identify()
     res = RunResult(golden_hidden, golden_hidden, golden_events)
-    last = {"counters": dev.counters()}  # each GEMM's "after" is the next one's "before"
+    ex = _Executor(dev, program, progress)
+    ex.start()
+    t0 = time.perf_counter()
+    res.hidden, _ = run_golden(cm, ids, execute=ex)
+    res.wall_s = time.perf_counter() - t0
+    res.records = ex.records
+    return res
 
-    def execute(call: GemmCall) -> torch.Tensor:
-        where = call.name + ("" if call.head is None else f"[head {call.head}]")
-        plan = plan_call(cfg, call)
-        if order is not None:
-            entry = next(order, None)
-            if entry is None:
-                raise ValueError(f"program.json ends before {where}")
-            check_program(entry, call, plan)
-        y, rec, last["counters"] = run_gemm(dev, call, plan, last["counters"])
-        res.records.append(rec)
-        if progress is not None:
-            progress.update()
-        return y
+
+@dataclass
+class PassRun:
+    """One pass of a generation on the device, beside the golden generation's."""
+
+    phase: str  #: ``models.generate.PREFILL`` or ``DECODE``
+    cached: int  #: tokens in the KV cache before it
+    rows: int  #: tokens it ran
+    records: list[GemmRecord]
+    hidden: torch.Tensor  #: final hidden states from the device's GEMMs
+    golden_hidden: torch.Tensor
+    token: int  #: greedy token from the device's hidden states
+    golden_token: int
+    golden_events: dict[str, Events]
+
+    @property
+    def bit_exact(self) -> bool:
+        """Every GEMM, the hidden states and the token equal the golden generation's."""
+        return (torch.equal(self.hidden, self.golden_hidden) and self.token == self.golden_token
+                and all(r.exact and r.counters_match for r in self.records))
+
+
+@dataclass
+class GenerationResult:
+    """A generation on the device (:func:`run_generation`)."""
+
+    golden: Generation
+    passes: list[PassRun]
+    wall_s: float = 0.0
+
+    @property
+    def tokens(self) -> list[int]:
+        """The tokens the device run generated."""
+        return [p.token for p in self.passes]
+
+    @property
+    def bit_exact(self) -> bool:
+        """Every pass is bit-exact and the tokens are the golden generation's."""
+        return (all(p.bit_exact for p in self.passes)
+                and self.tokens == self.golden.tokens)
+
+    def phase(self, phase: str) -> RunResult:
+        """The prefill or all decode steps together, as a :class:`RunResult` (records in
+        order, golden events summed per GEMM node) for the per-layer reports."""
+        ps = [p for p in self.passes if p.phase == phase]
+        events: dict[str, Events] = {}
+        for p in ps:
+            for k, ev in p.golden_events.items():
+                events[k] = events[k] + ev if k in events else ev
+        if not ps:
+            raise ValueError(f"the generation has no {phase} pass")
+        return RunResult(torch.cat([p.hidden for p in ps]),
+                         torch.cat([p.golden_hidden for p in ps]), events,
+                         [r for p in ps for r in p.records])
+
+
+def run_generation(cm: ConvertedModel, prompt: torch.Tensor, steps: int, dev: Device,
+                   progress=None, program: list[dict] | None = None,
+                   golden: Generation | None = None) -> GenerationResult:
+    """Generate on ``dev``: prefill ``prompt``, then ``steps`` greedy decode steps, every
+    GEMM on the device (QK^T and PV over the cached K and V codes), each checked as in
+    :func:`run_model`; each pass's hidden states and token are compared with ``golden``
+    (``models.generate.generate(cm, prompt, steps)``, computed if not given). With
+    ``program`` each pass's GEMMs are checked against the compiled program."""
+    golden = golden if golden is not None else generate(cm, prompt, steps)
+    dev.identify()
+    ex = _Executor(dev, program, progress)
+    starts: list[int] = []
+
+    def on_pass(i: int, phase: str) -> None:
+        ex.start()
+        starts.append(len(ex.records))
 
     t0 = time.perf_counter()
-    res.hidden, _ = run_golden(cm, ids, execute=execute)
-    res.wall_s = time.perf_counter() - t0
-    return res
+    gen = generate(cm, prompt, steps, execute=ex, on_pass=on_pass)
+    wall = time.perf_counter() - t0
+    ends = [*starts[1:], len(ex.records)]
+    passes = [PassRun(p.phase, p.cached, len(p.ids), ex.records[a:b], p.hidden, g.hidden,
+                      p.token, g.token, g.events)
+              for p, g, a, b in zip(gen.passes, golden.passes, starts, ends, strict=True)]
+    return GenerationResult(golden, passes, wall)
