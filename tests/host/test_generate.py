@@ -1,0 +1,99 @@
+"""Generation on the simulated device: a prefill and greedy decode steps with a KV cache,
+every GEMM on the device (QK^T and PV over the cached K and V codes), bit-exact against the
+golden generation, tokens identical; and the report's prefill/decode figures."""
+
+import pytest
+import torch
+
+from accel.counters import TRAFFIC
+from host.driver import Device
+from host.report import generation, generation_lines
+from host.run import run_generation
+from host.transport import SerialTransport
+from models.arch import load_model, random_model, tiny_config
+from models.convert import ConvertOptions, convert
+from models.energy import load_table
+from models.generate import generate
+
+from .conftest import CFG, FAST
+
+
+@pytest.fixture(scope="module")
+def odd_llama(tmp_path_factory):
+    """LLaMA at odd sizes (hidden 36, FFN 70: no multiple of the 16 lanes) with grouped-query
+    attention (6 heads over 3 KV heads)."""
+    d = tmp_path_factory.mktemp("odd-llama")
+    random_model(tiny_config("llama", hidden=36, heads=6, kv_heads=3, ffn=70, layers=2,
+                             vocab=500), seed=3).save_pretrained(d)
+    lm = load_model(d)
+    return lm, convert(lm, ConvertOptions(calib_sentences=4))
+
+
+def _generate_on(sim, cm, prompt, steps):
+    t = SerialTransport(sim.url)
+    try:
+        return run_generation(cm, prompt, steps, Device(t, CFG, **FAST))
+    finally:
+        t.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["odd-llama", "tiny-opt"])
+def test_generation_is_bit_exact_on_the_device(request, sim, which):
+    if which == "odd-llama":
+        lm, cm = request.getfixturevalue("odd_llama")
+    else:
+        lm, cm = request.getfixturevalue("tiny_opt"), request.getfixturevalue("tiny_opt_cm")
+    prompt = lm.tokenize("seven or so tokens of prompt")[:-1]
+    steps = 3
+    res = _generate_on(sim, cm, prompt, steps)
+    assert res.bit_exact
+    assert res.tokens == res.golden.tokens == generate(cm, prompt, steps).tokens
+    assert [p.phase for p in res.passes] == ["prefill"] + ["decode"] * steps
+    spec = cm.spec
+    per_pass = len(res.passes[0].records)
+    for p in res.passes:
+        assert len(p.records) == per_pass and torch.equal(p.hidden, p.golden_hidden)
+        for r in p.records:
+            assert r.exact and r.counters_match, r.name
+            assert r.counters["busy"] == r.predicted_cycles, r.name  # the cycle model
+            assert {k: r.counters[k] for k in TRAFFIC} == r.predicted_traffic, r.name
+            assert r.m == p.rows
+        # QK^T and PV run over every cached token and the new ones
+        keys = p.cached + p.rows
+        qk = [r for r in p.records if r.name == "layers.1.qk"]
+        av = [r for r in p.records if r.name == "layers.1.av"]
+        assert len(qk) == len(av) == spec.heads
+        assert {(r.k, r.n) for r in qk} == {(spec.head_dim, keys)}
+        assert {(r.k, r.n) for r in av} == {(keys, spec.head_dim)}
+
+    g = generation(CFG, res, 7, load_table(None))
+    pre, dec = g["prefill"], g["decode"]
+    assert (g["prompt_tokens"], g["decode_steps"], pre["tokens"], dec["tokens"]) == (
+        len(prompt), steps, len(prompt), steps)
+    assert g["bit_exact"] and g["tokens_match"] and pre["bit_exact"] and dec["bit_exact"]
+    busy = [sum(r.counters["busy"] for r in p.records) for p in res.passes]
+    assert pre["measured_cycles"] == busy[0] == pre["predicted_cycles"]
+    assert dec["measured_cycles"] == sum(busy[1:])
+    assert [d["measured_cycles"] for d in g["decode_steps_detail"]] == busy[1:]
+    assert [d["cached"] for d in g["decode_steps_detail"]] == list(
+        range(len(prompt), len(prompt) + steps))
+    assert dec["per_token"]["cycles"] == pytest.approx(sum(busy[1:]) / steps)
+    assert g["decode_vs_prefill"]["cycles"] == pytest.approx(
+        dec["per_token"]["cycles"] / pre["per_token"]["cycles"])
+    for ph in (pre, dec):
+        t = ph["per_token"]
+        assert 0 < t["compute_energy_pj"] < t["energy_pj"]  # memory traffic costs energy
+        assert t["link_bytes"] > 0
+        assert sum(r["measured_cycles"] for r in ph["layers"]) == ph["measured_cycles"]
+        assert sum(r["link_bytes"] for r in ph["layers"]) == ph["link_bytes"]
+    # one row per step: each decode token moves more weights over the link than a prefill
+    # token, whose weight loads are shared by the prompt's rows
+    assert g["decode_vs_prefill"]["link_bytes"] > 1
+    # the counted events are the golden events of the decode steps under the device tiling
+    recs = [r for p in res.passes[1:] for r in p.records]
+    for key in ("accumulates", "macs", "spikes"):
+        assert dec["events"][key] == sum(getattr(r.expected, key) for r in recs), key
+        assert dec["per_token"]["events"][key] == pytest.approx(dec["events"][key] / steps)
+    lines = generation_lines(g)
+    assert lines[-1].startswith("decode / prefill") and len(lines) == 4
