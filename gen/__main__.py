@@ -8,7 +8,9 @@ converted model (``model/``), its tokenizer (``tokenizer/``) and float parameter
 (``float/``, for the host's baselines), the compiled program (``program.json``), the link
 description (``link.json``), ``report.json``, ``report.md`` and ``report.png``. DIR appears
 only when the bundle is complete. ``--synth``, ``--pnr`` and ``--bitstream`` run the open
-ECP5 flow for the ULX3S 85F (docs/gen.md). Exit status: 2 for a bad input (one line naming
+ECP5 flow for the ULX3S 85F (docs/gen.md). ``--workload decode`` sizes for token-by-token
+generation (one row per GEMM over a KV cache) and reports how that choice differs from
+sizing for the prefill (docs/generate.md). Exit status: 2 for a bad input (one line naming
 the file or field), 3 when the model does not fit the budget.
 """
 
@@ -20,7 +22,7 @@ import sys
 from models.__main__ import _encoding
 from models.arch import BUILTIN, UnsupportedModelError
 
-from .build import BuildOptions, build, one_line
+from .build import WORKLOADS, BuildOptions, build, decode_sizing_text, one_line
 from .flow import FlowError
 from .resources import TARGETS, Budget
 from .sizing import DoesNotFit
@@ -66,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                         "ternary[:T] | int[:bits]; default: the converter's (ttfs-signed:4)")
     b.add_argument("--tokens", type=int, default=64,
                    help="tokens of calibration text the workload is measured on")
+    b.add_argument("--workload", choices=WORKLOADS, default="prefill",
+                   help="size for the whole-sequence pass (prefill) or for generation: "
+                        "decode steps of one token over a KV cache (decoder models)")
+    b.add_argument("--decode-steps", type=int, default=4,
+                   help="--workload decode: the calibration text's last tokens decoded one "
+                        "at a time (the others fill the KV cache)")
     b.add_argument("--fix", type=_fixed, default={},
                    help="pin configuration fields instead of exploring them, e.g. "
                         "lanes=64,mac_units=16")
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             model=a.model, out=a.out, target=a.target, budget=a.budget, encoding=a.encoding,
             tokens=a.tokens, fixed=a.fix, energy_table=a.energy_table, synth=a.synth,
             pnr=a.pnr, bitstream=a.bitstream, freq_mhz=a.freq, progress=not a.quiet,
-            cache=not a.no_cache))
+            cache=not a.no_cache, workload=a.workload, decode_steps=a.decode_steps))
     except DoesNotFit as e:
         print(f"error: the model does not fit: {one_line(e)}", file=sys.stderr)
         return 3
@@ -101,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     c = rep["config"]
     print(f"{a.out}: {c['lanes']} lanes, {c['mac_units']} MAC units, config "
           f"{rep['config_hash']}; {t['cycles_per_token']:,.0f} predicted cycles/token, "
-          f"{t['energy_pj_per_token'] / 1e3:,.1f} nJ/token")
+          f"{t['energy_pj_per_token'] / 1e3:,.1f} nJ/token"
+          + (" (decode)" if a.workload == "decode" else ""))
+    if "decode_sizing" in rep:
+        print(decode_sizing_text(rep["decode_sizing"]))
     return 0
 
 

@@ -5,6 +5,11 @@ model's tokenizer (``tokenizer/``) and the float parameters the host's baselines
 converted from (``float/``), so ``host run`` reads nothing outside it (docs/gen.md).
 The bundle is written into a temporary sibling of ``--out`` and moved into place when it
 is complete: a failed build leaves no new or half-written ``--out`` behind.
+
+``workload="decode"`` (decoder models) sizes for token-by-token generation instead of the
+whole-sequence pass: the workload is the last ``decode_steps`` tokens of the calibration
+text decoded one at a time over a KV cache of the tokens before them (one row per GEMM);
+the report then says how that choice differs from the prefill sizing (``decode_sizing``).
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from models.bundle import save_bundle
 from models.convert import ConvertOptions
 from models.encodings import Encoding
 from models.energy import load_table
+from models.generate import decode_trace
 
 from . import cache, flow, report
 from .program import compile_program, link_description
 from .resources import TARGETS, Budget, estimate
-from .sizing import size
+from .sizing import Candidate, Sizing, evaluate, size
 
 
 class BuildError(ValueError):
@@ -62,6 +68,11 @@ class BuildOptions:
     freq_mhz: float = 100.0
     progress: bool = True
     cache: bool = True  #: reuse converted models and Verilog (gen/cache.py)
+    workload: str = "prefill"  #: size for ``"prefill"`` (whole sequence) or ``"decode"``
+    decode_steps: int = 4  #: decode steps of the ``"decode"`` workload
+
+
+WORKLOADS = ("prefill", "decode")
 
 
 def load(model: str) -> LoadedModel:
@@ -118,6 +129,11 @@ def build(o: BuildOptions) -> dict:
     assembled in a temporary folder and moved to ``o.out`` once complete; the optional
     flow steps then run in ``o.out`` (their logs stay there when a tool fails)."""
     out = Path(os.path.abspath(o.out))
+    if o.workload not in WORKLOADS:
+        raise BuildError(f"--workload {o.workload!r}: must be one of {', '.join(WORKLOADS)}")
+    if o.workload == "decode" and not 1 <= o.decode_steps < o.tokens:
+        raise BuildError(f"decode steps must be in 1..{o.tokens - 1} for {o.tokens} "
+                         f"calibration tokens, not {o.decode_steps}")
     budget = o.budget or TARGETS[o.target]
     steps = ["load", "convert", "measure", "size", "baselines", "emit"] + (
         ["synth"] * (o.synth or o.pnr) + ["pnr"] * o.pnr + ["bitstream"] * o.bitstream)
@@ -145,6 +161,9 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
     step("load")
     table = load_table(o.energy_table)
     lm = load(o.model)
+    if o.workload == "decode" and not lm.spec.causal:
+        raise BuildError(f"--workload decode: {o.model} is an encoder ({lm.spec.family}); "
+                         f"only decoder models generate")
     done("load")
     step("convert")
     opts = ConvertOptions() if o.encoding is None else ConvertOptions(encoding=o.encoding)
@@ -154,12 +173,25 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
     done("convert")
     step("measure")
     ids = sample_ids(lm, o.tokens)
+    decode = o.workload == "decode"
+    if decode and len(ids) <= o.decode_steps:
+        raise BuildError(f"--workload decode: the calibration text gives {len(ids)} tokens, "
+                         f"not more than the {o.decode_steps} decode steps")
     calls = baselines.trace(cm, ids)  # accel.workload.measure, keeping the trace
     works = [GemmWork.of(c) for c in calls]
+    prefill_works = works
+    if decode:
+        calls = decode_trace(cm, ids, o.decode_steps)
+        works = [GemmWork.of(c) for c in calls]
     done("measure")
     step("size")
     sizing = size(works, budget, fixed=o.fixed)
     cfg: AccelConfig = sizing.chosen.cfg
+    versus_prefill = None
+    if decode:
+        versus_prefill = decode_sizing(sizing, size(prefill_works, budget, fixed=o.fixed),
+                                       works, prefill_works, o.decode_steps, len(ids))
+    del prefill_works
     done("size")
     step("baselines")
     # the hybrid as predicted on this accelerator, against the host run's baselines
@@ -167,9 +199,15 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
                                          table, baselines.MEMORY_MODELS["predicted"],
                                          preds=sizing.predictions)
     del calls
-    converted = [baselines.converted_baseline(
-        cfg, name, cache.converted(lm, baselines.options(enc), o.cache)[0], ids, table)
-        for name, enc in baselines.CONVERTED]
+    converted = []
+    for name, enc in baselines.CONVERTED:
+        cmb = cache.converted(lm, baselines.options(enc), o.cache)[0]
+        if decode:  # the same decode steps as the hybrid's
+            converted.append(baselines.predicted(
+                cfg, name, baselines.time_steps(cmb), decode_trace(cmb, ids, o.decode_steps),
+                table, baselines.MEMORY_MODELS["converted"])[0])
+        else:
+            converted.append(baselines.converted_baseline(cfg, name, cmb, ids, table))
     versus = baselines.compare(cfg, table, hybrid, [(g.m, g.k, g.n) for g in works],
                                converted)
     done("baselines")
@@ -179,9 +217,10 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
         {"config": cfg.to_json(), "hash": cfg.hash_text,
          "hw_source": source_digest(*SOURCES)}, indent=1))
     shifts = {n: info.shift for n, info in cm.nodes.items()}
+    one_pass = works[len(works) - len(works) // o.decode_steps:] if decode else works  # last step
     (tmp / "program.json").write_text(json.dumps(
         {"config_hash": cfg.hash_text,
-         "gemms": compile_program(cfg, works, shifts=shifts)}, indent=1))
+         "gemms": compile_program(cfg, one_pass, shifts=shifts)}, indent=1))
     (tmp / "link.json").write_text(json.dumps(link_description(cfg), indent=1))
     rows = report.layer_rows(cfg, works, sizing.predictions, events, table)
     rep = {
@@ -194,8 +233,14 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
         "resources": {"estimate": estimate(cfg).as_dict(), "synth": None},
         "fmax_mhz": None, "energy_table": o.energy_table or "default (Horowitz 45 nm)",
         "energy_table_pj": table, "layers": rows, "hybrid": hybrid, **versus,
-        "totals": report.totals(rows, int(ids.numel())), "timings_s": times,
+        "totals": report.totals(rows, o.decode_steps if decode else int(ids.numel())),
+        "timings_s": times,
+        "workload": {"kind": o.workload, **({"prompt_tokens": len(ids) - o.decode_steps,
+                                             "decode_steps": o.decode_steps}
+                                            if decode else {"tokens": int(ids.numel())})},
     }
+    if versus_prefill is not None:
+        rep["decode_sizing"] = versus_prefill
     done("emit")
     _write_reports(rep, tmp)
     _publish(tmp, out)
@@ -221,4 +266,60 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
 def _write_reports(rep: dict, out: Path) -> None:
     report.write_json(rep, out / "report.json")
     report.write_markdown(rep, out / "report.md")
+    if "decode_sizing" in rep:
+        with (out / "report.md").open("a") as f:
+            f.write("\n## Sized for decode\n\n" + decode_sizing_text(rep["decode_sizing"])
+                    + "\n")
     report.plot(rep, out / "report.png")
+
+
+#: Configuration fields the decode and prefill sizings are compared on.
+SIZED = ("lanes", "mac_units", "weight_depth", "max_rows", "spike_rows", "spike_event_depth",
+         "mac_event_depth")
+
+
+def _cycles_on(cfg: AccelConfig, works: list[GemmWork]) -> int | None:
+    """Predicted cycles of ``works`` on ``cfg`` (None: a row overflows its event buffers)."""
+    try:
+        return sum(p.cycles for p in evaluate(Candidate(cfg, estimate(cfg)), works))
+    except ValueError:
+        return None
+
+
+def decode_sizing(dec: Sizing, pre: Sizing, dec_works: list[GemmWork],
+                  pre_works: list[GemmWork], steps: int, tokens: int) -> dict:
+    """How the decode sizing differs from the prefill sizing of the same text: both choices,
+    the fields that differ, and each workload's predicted cycles per token on both
+    configurations (``steps`` decode tokens, ``tokens`` prefill tokens)."""
+    a, b = dec.chosen.cfg, pre.chosen.cfg
+    per = {"decode": (dec_works, steps), "prefill": (pre_works, tokens)}
+    cross = {}
+    for name, (works, n) in per.items():
+        on = {"decode_config": _cycles_on(a, works), "prefill_config": _cycles_on(b, works)}
+        cross[name] = {k: None if v is None else v / n for k, v in on.items()}
+    choice = lambda s: {**{f: getattr(s.chosen.cfg, f) for f in SIZED},  # noqa: E731
+                        "luts": s.chosen.res.lut4, "dsp": s.chosen.res.dsp,
+                        "bram": s.chosen.res.bram, "bound": s.chosen.bound, "why": s.why}
+    return {"decode_choice": choice(dec), "prefill_choice": choice(pre),
+            "differs": {f: {"decode": getattr(a, f), "prefill": getattr(b, f)}
+                        for f in SIZED if getattr(a, f) != getattr(b, f)},
+            "same_config": a == b, "cycles_per_token": cross}
+
+
+def decode_sizing_text(d: dict) -> str:
+    """One paragraph: what sizing for decode changed against sizing for prefill."""
+    dc, pc = d["decode_choice"], d["prefill_choice"]
+    if d["same_config"]:
+        what = "the same configuration as sizing for the prefill"
+    else:
+        what = "; ".join(f"{f} {v['decode']} (prefill sizing: {v['prefill']})"
+                         for f, v in d["differs"].items()) or "a different configuration"
+    c = d["cycles_per_token"]
+    fmt = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
+    return (f"Sized for decode: {what}. LUT4 {dc['luts']:,} vs {pc['luts']:,}, DP16KD "
+            f"{dc['bram']} vs {pc['bram']}, MULT18X18D {dc['dsp']} vs {pc['dsp']}; decode is bound "
+            f"by the {dc['bound']}, the prefill by the {pc['bound']}. Predicted cycles per "
+            f"token, decode: {fmt(c['decode']['decode_config'])} on this configuration, "
+            f"{fmt(c['decode']['prefill_config'])} on the prefill-sized one; prefill: "
+            f"{fmt(c['prefill']['decode_config'])} here, "
+            f"{fmt(c['prefill']['prefill_config'])} on the prefill-sized one.")

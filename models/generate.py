@@ -170,3 +170,13 @@ def kv_cache_bytes(cm: ConvertedModel, tokens: int) -> int:
     channel, per layer."""
     s = cm.spec
     return 2 * s.layers * s.kv_heads * s.head_dim * tokens
+
+
+def decode_trace(cm: ConvertedModel, ids: torch.Tensor, steps: int) -> list[GemmCall]:
+    """Every GEMM of the decode steps of :func:`teacher_forced` (the prefill's left out), in
+    order: the decode workload of ``ids``'s last ``steps`` tokens."""
+    calls: list[GemmCall] = []
+    start: list[int] = []
+    teacher_forced(cm, ids, steps, trace=calls,
+                   on_pass=lambda i, phase: start.append(len(calls)) if i == 1 else None)
+    return calls[start[0]:]
