@@ -97,3 +97,46 @@ def test_generation_is_bit_exact_on_the_device(request, sim, which):
         assert dec["per_token"]["events"][key] == pytest.approx(dec["events"][key] / steps)
     lines = generation_lines(g)
     assert lines[-1].startswith("decode / prefill") and len(lines) == 4
+
+
+@pytest.mark.slow
+def test_host_run_generate_writes_the_report(sim, tiny_llama, tiny_llama_cm, tmp_path,
+                                             monkeypatch, capsys):
+    """``host run --generate`` on a bundle of the session simulator's configuration."""
+    import contextlib
+    import json
+
+    import gen.build as gen_build
+    import host.__main__ as host_main
+
+    monkeypatch.setattr(gen_build, "load", lambda name: tiny_llama)
+    monkeypatch.setattr(gen_build.cache, "converted",
+                        lambda lm_, opts, use=True: (tiny_llama_cm, False))
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in CFG.to_json().items()}
+    out = tmp_path / "b"
+    rep = gen_build.build(gen_build.BuildOptions(model="tiny-llama", out=out, tokens=16,
+                                                 fixed=fixed, progress=False))
+    assert rep["config_hash"] == CFG.hash_text
+    monkeypatch.setattr(host_main, "simulator", lambda bundle: contextlib.nullcontext(sim))
+    args = ["run", "--bundle", str(out), "--sim", "--quiet", "--text", "A prompt to continue"]
+    assert host_main.main([*args, "--generate", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("BIT-EXACT: prefill of ") and "decode / prefill" in printed
+    rep = json.loads((out / "run" / "report.json").read_text())
+    g = rep["generation"]
+    assert rep["bit_exact"] and g["bit_exact"] and g["tokens"] == g["golden_tokens"]
+    assert g["decode_steps"] == 2 and len(g["tokens"]) == 3
+    assert g["prompt_tokens"] == rep["tokens"]  # the top-level run is the prefill
+    assert rep["totals"]["measured_cycles"] == g["prefill"]["measured_cycles"]
+    spec = tiny_llama_cm.spec
+    assert g["kv_cache_bytes"] == 2 * spec.layers * spec.kv_heads * spec.head_dim * (
+        g["prompt_tokens"] + 2)
+    assert set(g["decode_vs_prefill"]) >= {"cycles", "compute_energy_pj", "energy_pj",
+                                           "link_bytes"}
+    assert [r["name"] for r in g["decode"]["layers"]] == [r["name"] for r in rep["layers"]]
+    assert "## Generation: prefill of" in (out / "run" / "report.md").read_text()
+    # a negative count is refused by name
+    with pytest.raises(SystemExit) as e:
+        host_main.main([*args, "--generate", "-1"])
+    assert e.value.code == 2
+    assert "must be 0 or more decode steps, not -1" in capsys.readouterr().err
