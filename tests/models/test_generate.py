@@ -23,13 +23,23 @@ def odd_llama(tmp_path_factory):
     return lm, convert(lm, ConvertOptions(calib_sentences=4))
 
 
+@pytest.fixture(scope="module")
+def odd_gpt2(tmp_path_factory):
+    """GPT-2 at odd sizes (hidden 40, 5 heads, FFN 100): learned absolute positions."""
+    d = tmp_path_factory.mktemp("odd-gpt2")
+    random_model(tiny_config("gpt2", hidden=40, heads=5, ffn=100, layers=1, vocab=1000),
+                 seed=2).save_pretrained(d)
+    lm = load_model(d)
+    return lm, convert(lm, ConvertOptions(calib_sentences=4))
+
+
 def _models(request, which):
-    if which == "odd-llama":
-        return request.getfixturevalue("odd_llama")
+    if which in ("odd-llama", "odd-gpt2"):
+        return request.getfixturevalue(which.replace("-", "_"))
     return request.getfixturevalue("tiny_opt"), request.getfixturevalue("tiny_opt_cm")
 
 
-@pytest.mark.parametrize("which", ["odd-llama", "tiny-opt"])
+@pytest.mark.parametrize("which", ["odd-llama", "tiny-opt", "odd-gpt2"])
 def test_decode_steps_equal_the_full_pass(request, which):
     lm, cm = _models(request, which)
     ids = lm.tokenize(PROMPT)
