@@ -14,9 +14,10 @@ from dataclasses import asdict
 
 from .arch import BUILTIN, ModelInputError, load_model
 from .bundle import save_bundle
+from .calibrate import dual_encoding
 from .convert import CHOICES, ConvertOptions
 from .encodings import Encoding
-from .evaluate import ablation, evaluate, format_table, schemes
+from .evaluate import CALIBRATION_STEPS, ablation, calibration, evaluate, format_table, schemes
 
 
 def _encoding(s: str) -> Encoding:
@@ -25,8 +26,9 @@ def _encoding(s: str) -> Encoding:
         if kind in ("ttfs", "ttfs-signed", "int"):
             return Encoding(kind, int(arg or (8 if kind == "int" else 4)))
         if kind == "graded":
-            t, _, lv = (arg or "5x3").partition("x")
-            return Encoding(kind, steps=int(t), levels=int(lv))
+            t, x, lv = (arg or "5x3").partition("x")
+            # graded:T (T in 1..8): Dual conversion's neuron covering 4-bit codes
+            return Encoding(kind, steps=int(t), levels=int(lv)) if x else dual_encoding(int(t))
         return Encoding(kind, steps=int(arg or 8))
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{s!r}: {e}") from e
@@ -40,6 +42,17 @@ def _count(s: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"{s!r} is not a whole number >= 0")
     return n
+
+
+def _steps(s: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(v) for v in s.split(","))
+        for t in steps:
+            dual_encoding(t)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{s!r}: comma-separated time steps in 1..8 ({e})") \
+            from e
+    return steps
 
 
 def _one_line(e: BaseException) -> str:
@@ -56,12 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     ev.add_argument("--ablation", action="store_true",
                     help="also show the hybrid with each accuracy remedy switched on in turn")
+    ev.add_argument("--calibration", action="store_true",
+                    help="also show rate-coded and graded all-spike schemes at each --steps T, "
+                         "uncalibrated and with Dual / FAS threshold calibration")
+    ev.add_argument("--steps", type=_steps, default=CALIBRATION_STEPS, metavar="T,T,...",
+                    help="time steps of --calibration (default "
+                         f"{','.join(map(str, CALIBRATION_STEPS))})")
+    ev.add_argument("--only-calibration", action="store_true",
+                    help="with --calibration: skip the standard schemes")
     cv = sub.add_parser("convert", help="convert a model and write its bundle")
     cv.add_argument("--model", required=True, help=f"built-in name ({', '.join(BUILTIN)}) or dir")
     cv.add_argument("--out", required=True, help="bundle directory to write")
     cv.add_argument("--encoding", default="ttfs-signed:4", type=_encoding,
                     help="ttfs[:bits] | ttfs-signed[:bits] | rate[:T] | graded[:TxL] | "
-                         "ternary[:T] | int[:bits] (default ttfs-signed:4: zero is silent)")
+                         "graded:T (T in 1..8, L covering 4-bit codes) | ternary[:T] | "
+                         "int[:bits] (default ttfs-signed:4: zero is silent)")
     cv.add_argument("--outliers", type=_count, default=None,
                     help="outlier channels per GEMM (default: 1/32 of the channels)")
     cv.add_argument("--static", action="store_true", help="static per-tensor activation steps")
@@ -88,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--outlier-rule", choices=CHOICES["outlier_rule"], default=d.outlier_rule,
                     help=f"outlier channels by calibration magnitude or by their effect on the "
                          f"output (default {d.outlier_rule})")
+    cv.add_argument("--threshold-calib", choices=CHOICES["threshold_calib"],
+                    default=d.threshold_calib,
+                    help=f"spiking thresholds: the plain quantizer's, Dual conversion's "
+                         f"(per layer: threshold, initial membrane) or FAS stage 2's (per layer, "
+                         f"then per input channel) (default {d.threshold_calib})")
     cv.add_argument("--calib-sentences", type=_count, default=d.calib_sentences,
                     help=f"calibration sentences (default {d.calib_sentences})")
     for sp in (ev, cv):
@@ -96,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lm = load_model(a.model)
         if a.cmd == "eval":
-            names = schemes() | (ablation() if a.ablation else {})
+            if a.only_calibration and not a.calibration:
+                raise ValueError("--only-calibration needs --calibration")
+            names = ({} if a.only_calibration else schemes()) | \
+                (ablation() if a.ablation else {}) | \
+                (calibration(a.steps) if a.calibration else {})
             rows = evaluate(lm, names, progress=not a.quiet)
             print(f"model: {a.model}\n")
             print(format_table(rows))
@@ -111,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                               gptq_damp=a.damp, act_order=a.act_order,
                               weight_search=a.weight_search, gptq_target=a.gptq_target,
                               bias_correction=a.bias_correction, smooth_vo=a.smooth_vo,
-                              outlier_rule=a.outlier_rule, calib_sentences=a.calib_sentences)
+                              outlier_rule=a.outlier_rule, threshold_calib=a.threshold_calib,
+                              calib_sentences=a.calib_sentences)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             cm = convert(lm, opts, progress=not a.quiet)

@@ -20,6 +20,14 @@ from tqdm import tqdm
 
 from .arch import ArchSpec, LoadedModel, ModelInputError
 from .bundle import ConvertedModel, NodeInfo
+from .calibrate import (
+    METHODS,
+    best_clip,
+    calibrate_thresholds,
+    fit_plan,
+    fold_offsets,
+    weight_space,
+)
 from .contract import (
     ACC_BITS,
     ACC_MAX,
@@ -33,8 +41,6 @@ from .contract import (
 from .encodings import Encoding
 from .graph import FloatOps, forward, gemm_nodes
 from .quant import (
-    MAX_OUTLIER_SHIFT,
-    ONE,
     ActPlan,
     dequantize_act,
     fixed_point,
@@ -46,7 +52,6 @@ from .quant import (
     rotate,
     rotation_block,
     rotation_signs,
-    row_multipliers,
     token_steps,
     weight_scale,
 )
@@ -55,7 +60,7 @@ from .quant import (
 HOST_HEADROOM = 2.0
 #: The allowed values of the options that name a rule.
 CHOICES = {"weight_search": ("weight", "output", "none"), "gptq_target": ("float", "quantized"),
-           "outlier_rule": ("magnitude", "effect")}
+           "outlier_rule": ("magnitude", "effect"), "threshold_calib": METHODS}
 
 
 @dataclass
@@ -85,6 +90,10 @@ class ConvertOptions:
     outlier_rule: ``"magnitude"``: outliers are the channels with the largest calibration
         magnitude; ``"effect"``: the largest magnitude times the channel's weight-column
         norm (its effect on the output), for linear layers.
+    threshold_calib: the spiking neurons' thresholds of the linear layers' inputs:
+        ``"none"`` (the plain quantizer), ``"dual"`` (Dual conversion: threshold and initial
+        membrane per layer) or ``"fas"`` (FAS stage 2: per layer, then per input channel),
+        each minimising the layer's output error (:mod:`models.calibrate`).
     calib_sentences / max_tokens: size of the calibration run.
     layers: per-GEMM overrides, ``{glob: {"encoding": Encoding, "outlier_count": int, ...}}``
         matched with :func:`fnmatch.fnmatch` against node names (``layers.*.down``), applied
@@ -104,6 +113,7 @@ class ConvertOptions:
     bias_correction: bool = True
     smooth_vo: float = 0.8
     outlier_rule: str = "magnitude"
+    threshold_calib: str = "none"
     seed: int = 0
     calib_sentences: int = 256
     max_tokens: int = 128
@@ -277,31 +287,6 @@ def _rows(ts: list[torch.Tensor]) -> torch.Tensor:
                       for t in ts]).to(F)
 
 
-CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
-
-
-def _best_clip(x: torch.Tensor, plan: ActPlan) -> float:
-    """Clip ratio of the spike channels' steps with the least calibration MSE (over every
-    channel, the outliers at shift 0). Float32 and, per token, each row's exact step (not
-    its 16-bit multiplier): only the choice depends on it."""
-    _, zp, lo, hi = (t.to(torch.float32) for t in plan.channel_targets(x.shape[-1]))
-    x32 = x.to(torch.float32)
-    base = token_steps(x, replace(plan, clip=1.0)).to(torch.float32)[:, None]
-    # the smallest row step is the reference step / 2**15 (the row multiplier is >= 1)
-    base = base.clamp(min=max(float(base.max()), 1e-30) / ONE)
-    if not plan.per_token:  # one static step: the largest
-        base = base.amax().expand_as(base)
-    u = x32 / base  # x in units of the row's unclipped step
-    w2 = (base * base)[:, 0]
-    best, best_err = 1.0, math.inf
-    for c in CLIP_GRID:  # error = base * (c * q - u), q = clamp(round(u / c) + zp) - zp
-        e = torch.round(u * (1.0 / c)).add_(zp).clamp_(lo, hi).sub_(zp).mul_(c).sub_(u)
-        err = float(e.mul_(e).sum(1) @ w2)
-        if err < best_err:
-            best, best_err = c, err
-    return best
-
-
 def plan_activation(x: torch.Tensor, opts: ConvertOptions, per_token: bool, rotate_: bool,
                     static_weights: bool, wnorm: torch.Tensor | None = None) -> ActPlan:
     """Choose the split of one GEMM input from its calibration rows ``x`` ``[rows, K]``;
@@ -338,17 +323,9 @@ def plan_activation(x: torch.Tensor, opts: ConvertOptions, per_token: bool, rota
                 plan.zero_point = min(enc.qmax - 1, max(1, round(enc.qmax * -lo / (hi - lo))))
             else:  # a dynamic weight operand cannot absorb a zero point: signed spikes instead
                 plan.encoding = enc.signed_variant()
-        plan.clip = _best_clip(x, plan)
-        plan.step = float(token_steps(x, plan).clamp(min=1e-12).max())
-    if outliers:
-        # Each outlier channel gets the smallest shift that fits it in int8 at the step each
-        # row really gets (the reference step times its 16-bit row multiplier), at most the
-        # accelerator's MAX_OUTLIER_SHIFT (beyond that the channel saturates).
-        own = plan.step * row_multipliers(x, plan).to(F) / ONE
-        ratio = (x[:, outliers].abs() / own[:, None]).amax(0).clamp(min=1e-12)
-        plan.outlier_shifts = [min(MAX_OUTLIER_SHIFT, max(0, math.ceil(math.log2(r / INT8_QMAX))))
-                               for r in ratio.tolist()]
-    return plan
+        plan.clip = best_clip(x, plan)
+        plan.step = 0.0
+    return fit_plan(x, plan)  # the step (unless set above) and the outlier shifts
 
 
 def _epilogue(tensors: dict, name: str, ratio: torch.Tensor, scale: torch.Tensor,
@@ -478,8 +455,11 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
         tensors[p + "qk.w_scale"] = (head_max(rows(p + "qk", "k")) / INT8_QMAX).clamp(min=1e-12)
         tensors[p + "av.w_scale"] = (rows(p + "av", "v").abs().amax(0) / INT8_QMAX).clamp(min=1e-12)
 
-    # 3. linear weights: steps, codes (GPTQ batched over layers), bias corrections
-    codes_of, s_of, bias_of = _quantize_linears(lm, opts, nodes, lin_w, lin_x, progress)
+    # 3. thresholds (models.calibrate); linear weights: steps, codes (GPTQ batched over
+    # layers), bias corrections
+    lin_w, lin_x = calibrate_thresholds(nodes, lin_w, lin_x, opts)
+    codes_of, s_of, bias_of = _quantize_linears(lm, opts, weight_space(nodes), lin_w, lin_x,
+                                                progress)
 
     # 4. outlier shifts the accumulator can hold (before the epilogues that use them)
     zcorr = {n: -nodes[n].act.zero_point * (c * ~nodes[n].act.outlier_mask(c.shape[1])).sum(1)
@@ -527,6 +507,7 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
                                    zp, lo, hi)
         node.epi = len(tensors[name + ".scale"])
 
+    fold_offsets(tensors, nodes, lambda n: not n.endswith(".o"))
     host_params = sorted(k for k in lm.params if not k.startswith("layers.") or ".norm" in k)
     for k in host_params:
         tensors["host." + k] = lm.params[k].to(torch.float32).contiguous()

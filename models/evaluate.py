@@ -17,9 +17,11 @@ from tqdm import tqdm
 
 from .arch import LoadedModel
 from .bundle import ConvertedModel
+from .calibrate import dual_encoding
 from .contract import Events
 from .convert import ConvertOptions, _Threads, builtin_text, convert
 from .encodings import Encoding
+from .energy import DEFAULT_TABLE, event_energy
 from .golden import run_golden, total_events
 from .graph import FloatOps, forward
 
@@ -70,6 +72,26 @@ def ablation() -> dict[str, ConvertOptions]:
     }
 
 
+#: Time steps of the threshold calibration table (FAS: T = 4 for BERT-class models).
+CALIBRATION_STEPS = (2, 4, 8)
+
+
+def calibration(steps: tuple[int, ...] = CALIBRATION_STEPS) -> dict[str, ConvertOptions]:
+    """All-spike schemes (no outlier channels) of the papers' neurons at each T in
+    ``steps``: FAS's binary rate-coded IF neuron and Dual conversion's integer-spiking
+    (graded) neuron covering 4-bit codes (:func:`models.calibrate.dual_encoding`), each
+    with the plain quantizer's thresholds, Dual conversion's calibration and FAS stage 2's."""
+    out = {}
+    for t in steps:
+        for label, enc in ((f"rate IF T={t}", Encoding("rate", steps=t)),
+                           (f"graded T={t} L={dual_encoding(t).levels}", dual_encoding(t))):
+            for method, what in (("none", "uncalibrated"), ("dual", "Dual calibration"),
+                                 ("fas", "FAS stage 2 calibration")):
+                out[f"{label}, {what}"] = ConvertOptions(encoding=enc, outlier_count=0,
+                                                         threshold_calib=method)
+    return out
+
+
 @dataclass
 class Row:
     """One line of the report."""
@@ -81,6 +103,7 @@ class Row:
     events_per_token: dict = field(default_factory=dict)
     seconds: float = 0.0
     spike_share: float = 0.0
+    energy_nj_per_token: float = 0.0
 
 
 def spike_share(cm: ConvertedModel) -> float:
@@ -143,8 +166,10 @@ def _evaluate(lm: LoadedModel, names: dict[str, ConvertOptions], sentences: list
         rho = float(spearmanr(_pairwise(e).numpy(), ref_pairs.numpy()).statistic)
         per_tok = {k: v / tokens for k, v in total.as_dict().items()
                    if k in ("spikes", "accumulates", "macs")}
+        # operations only (32-bit lane additions, no memory traffic): models.energy
+        nj = event_energy(total, DEFAULT_TABLE)["total"] / 1000 / tokens
         rows.append(Row(name, cos, rho, total.time_steps, per_tok, time.perf_counter() - t0,
-                        spike_share(cm)))
+                        spike_share(cm), nj))
         if progress:
             print(f"[{j}/{len(names)}] {name}: cosine {cos:.4f}, Spearman {rho:.4f}, spike "
                   f"share {rows[-1].spike_share:.1%} ({rows[-1].seconds:.0f} s)",
@@ -155,11 +180,13 @@ def _evaluate(lm: LoadedModel, names: dict[str, ConvertOptions], sentences: list
 def format_table(rows: list[Row]) -> str:
     """Markdown table of the rows."""
     out = ["| scheme | cosine to FP32 | Spearman | spike share | time steps | spikes/token | "
-           "accumulates/token | MACs/token |", "|---|---|---|---|---|---|---|---|"]
+           "accumulates/token | MACs/token | energy/token (nJ, ops) |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ev = r.events_per_token
         share = f"{r.spike_share:.1%}" if r.time_steps else "-"
+        nj = f"{r.energy_nj_per_token:,.1f}" if r.time_steps else "-"
         out.append(f"| {r.scheme} | {r.cosine:.4f} | {r.spearman:.4f} | {share} | "
                    f"{r.time_steps or '-'} | {ev.get('spikes', 0):,.0f} | "
-                   f"{ev.get('accumulates', 0):,.0f} | {ev.get('macs', 0):,.0f} |")
+                   f"{ev.get('accumulates', 0):,.0f} | {ev.get('macs', 0):,.0f} | {nj} |")
     return "\n".join(out)

@@ -66,6 +66,13 @@ class ActPlan:
     outlier_shifts: ``p_k`` per outlier channel: its step is ``step * 2**p_k``.
     rotate: the host rotates the activation (``x @ R``) before quantizing it.
     clip: per-token steps are ``clip`` times the row's range (calibrated; < 1 clips).
+    offset: the quantizer's rounding offset on spike channels, ``round(x / s + offset)``:
+        the IF neuron's initial membrane ``v(0) = theta * (offset + 1/2)`` (0: ``theta/2``,
+        round to nearest); in ``[-1/2, 1/2)``. Set by threshold calibration
+        (:mod:`models.calibrate`); a requantizer producing these codes adds it to its bias.
+    scales: per-channel step multipliers of the spike channels (a per-neuron threshold):
+        channel ``k``'s step is ``s * scales[k]``, and the consumer's weight column ``k``
+        carries ``scales[k]`` (folded in before weight quantization); empty: all 1.
     """
 
     encoding: Encoding
@@ -76,12 +83,19 @@ class ActPlan:
     outlier_shifts: list[int] = field(default_factory=list)
     rotate: bool = False
     clip: float = 1.0
+    offset: float = 0.0
+    scales: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        """Manifest form."""
-        return dict(encoding=self.encoding.to_json(), zero_point=self.zero_point,
-                    step=self.step, per_token=self.per_token, outliers=list(self.outliers),
-                    outlier_shifts=list(self.outlier_shifts), rotate=self.rotate, clip=self.clip)
+        """Manifest form (``offset`` and ``scales`` only where calibration set them)."""
+        d = dict(encoding=self.encoding.to_json(), zero_point=self.zero_point,
+                 step=self.step, per_token=self.per_token, outliers=list(self.outliers),
+                 outlier_shifts=list(self.outlier_shifts), rotate=self.rotate, clip=self.clip)
+        if self.offset:
+            d["offset"] = self.offset
+        if self.scales:
+            d["scales"] = list(self.scales)
+        return d
 
     @classmethod
     def from_json(cls, d: dict, where: str = "act") -> ActPlan:
@@ -125,8 +139,23 @@ class ActPlan:
             raise bad("outlier_shifts", f"must be a list of {len(out)} shifts (one per outlier)")
         if not all(_is_int(p) and 0 <= p <= MAX_OUTLIER_SHIFT for p in sh):
             raise bad("outlier_shifts", f"must be integers in 0..{MAX_OUTLIER_SHIFT}")
+        off, sc = d.get("offset", 0.0), d.get("scales", [])
+        if not _is_num(off) or not -0.5 <= off < 0.5:
+            raise bad("offset", "must be a number in [-0.5, 0.5)")
+        if not isinstance(sc, list) or not all(_is_num(c) and 0 < c < math.inf for c in sc):
+            raise bad("scales", "must be a list of positive finite numbers")
         return cls(enc, z, float(d["step"]), d["per_token"], list(out), list(sh), d["rotate"],
-                   float(d["clip"]))
+                   float(d["clip"]), float(off), [float(c) for c in sc])
+
+    def spike_scales(self, k: int) -> torch.Tensor:
+        """Per-channel step multipliers ``[k]`` (float64) of the spike channels: ``scales``,
+        or all 1. Raises :class:`ModelInputError` if ``scales`` does not have ``k`` entries."""
+        if not self.scales:
+            return torch.ones(k, dtype=F)
+        if len(self.scales) != k:
+            raise ModelInputError(f"act.scales has {len(self.scales)} entries, the GEMM input "
+                                  f"has {k} channels")
+        return torch.tensor(self.scales, dtype=F)
 
     def outlier_mask(self, k: int) -> torch.Tensor:
         """Boolean ``[k]`` mask of integer channels (all of them for the ``int`` encoding)."""
@@ -148,11 +177,14 @@ class ActPlan:
         return out
 
     def channel_targets(self, k: int) -> tuple[torch.Tensor, ...]:
-        """Per channel (step multiplier, zero point, lo, hi) that a producer must emit."""
+        """Per channel (step multiplier, zero point, lo, hi) that a producer must emit: the
+        multiplier is ``2**p_k`` for outlier channels, ``scales[k]`` for spike channels."""
         mask = self.outlier_mask(k)
         enc = self.encoding
         qo = INT8_QMAX if enc.is_spiking else enc.qmax
         mult = (2.0 ** self.shifts(k)).to(F)
+        if self.scales and enc.is_spiking:
+            mult = torch.where(mask, mult, self.spike_scales(k))
         zp = torch.where(mask, 0, self.zero_point)
         lo = torch.where(mask, -qo, enc.qmin)
         hi = torch.where(mask, qo, enc.qmax)
@@ -163,6 +195,8 @@ def token_steps(x: torch.Tensor, plan: ActPlan) -> torch.Tensor:
     """The step each row needs so its spike channels fit the code range (float64)."""
     mask = plan.outlier_mask(x.shape[-1])
     enc, z = plan.encoding, plan.zero_point
+    if plan.scales and enc.is_spiking:  # each channel in units of its own step multiplier
+        x = x / plan.spike_scales(x.shape[-1])
     xs = x.masked_fill(mask, 0.0) if plan.encoding.is_spiking else x
     hi = xs.amax(-1).clamp(min=0.0)
     lo = (-xs.amin(-1)).clamp(min=0.0)
@@ -187,11 +221,16 @@ def quantize_act(x: torch.Tensor, plan: ActPlan) -> tuple[torch.Tensor, torch.Te
     """Host encoder: float64 ``[..., M, K]`` -> (codes int64 ``[..., M, K]``, mrow ``[..., M]``).
 
     Rounding is round-half-to-even (IEEE ``roundTiesToEven``) in float64, then clamping.
+    A calibrated ``plan.offset`` is added to the spike channels' ``x / step`` before rounding.
     """
     mrow = row_multipliers(x, plan)
     s = (plan.step * mrow.to(F) / ONE).unsqueeze(-1)
     mult, zp, lo, hi = plan.channel_targets(x.shape[-1])
-    q = torch.round(x / (s * mult)) + zp
+    y = x / (s * mult)
+    if plan.offset and plan.encoding.is_spiking:
+        y = y + torch.full((x.shape[-1],), plan.offset, dtype=F).masked_fill(
+            plan.outlier_mask(x.shape[-1]), 0.0)
+    q = torch.round(y) + zp
     return torch.minimum(torch.maximum(q, lo), hi).to(torch.int64), mrow
 
 
