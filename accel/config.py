@@ -48,7 +48,8 @@ class AccelConfig:
     spike_event_depth: int = 8192
     #: Entries of the integer (outlier) event buffer.
     mac_event_depth: int = 2048
-    #: Finished rows each array may run ahead of the other (partial-sum FIFO depth).
+    #: Rows of MAC accumulators (the row being accumulated and finished rows waiting for the
+    #: combiner): how far the MAC array may run ahead of the spike array.
     row_fifo_depth: int = 4
     #: Row slots of the spike array: it interleaves this many rows in time order, so one
     #: weight-row read serves every row that spikes on that input at that step.
@@ -125,10 +126,10 @@ class AccelConfig:
 
     @property
     def spike_fifo_depth(self) -> int:
-        """Depth of the spike array's row FIFO: a slot group's rows all end at once, after
-        their window, and wait there for the combiner while the next group runs (at least
-        ``row_fifo_depth``; with 16 slots the FIFO's memory is 16 deep, one LUT RAM)."""
-        return max(self.row_fifo_depth, self.spike_rows + 1 if self.spike_rows > 1 else 1)
+        """Rows of the spike array's row ring (finished membranes waiting for the combiner):
+        a slot group's rows all end at once, after their window, so the ring holds a whole
+        group (``spike_rows``, at least ``row_fifo_depth``; 16 rows are one LUT RAM deep)."""
+        return max(self.row_fifo_depth, self.spike_rows)
 
     @property
     def narrow_bits(self) -> int:

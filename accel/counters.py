@@ -58,8 +58,14 @@ COUNTERS: dict[str, Counter] = {
                        ("engine.w_rd_hi_spike", "engine.w_rd_hi_mac"), traffic=True),
     "spike_ev_rd": Counter("spike-event buffer reads", ("engine.spike_ev_rd",), traffic=True),
     "mac_ev_rd": Counter("MAC-event buffer reads", ("engine.mac_ev_rd",), traffic=True),
-    "acc_rd": Counter("accumulator-buffer row reads", ("engine.acc_rd",), traffic=True),
-    "acc_wr": Counter("accumulator-buffer row writes", ("engine.acc_wr",), traffic=True),
+    "acc_rd": Counter("accumulator-buffer word reads (lanes resuming a K tile)",
+                      ("engine.acc_rd",), traffic=True),
+    "acc_wr": Counter("accumulator-buffer word writes (lanes kept for the next K tile)",
+                      ("engine.acc_wr",), traffic=True),
+    "start_rd": Counter("start-value buffer reads (lanes starting a tile's first K tile)",
+                        ("engine.start_rd",), traffic=True),
+    "par_rd": Counter("parameter-buffer reads (lanes requantized)", ("engine.par_rd",),
+                      traffic=True),
     "out_wr": Counter("output-buffer writes", ("engine.out_wr",), golden="outs",
                       traffic=True),
     "host_wr": Counter("buffer words written by the host", ("exec.host_wr",)),
@@ -85,7 +91,8 @@ def sram_bits(cfg: AccelConfig, traffic: dict) -> int:
     """Bits the datapath moves through on-chip buffers for :data:`TRAFFIC` counts (measured
     by the counters, or predicted by ``accel.cycles``), each access at its buffer's real
     width: weight rows read (the narrow half always, the high half for wide tiles), spike
-    and MAC event words read, accumulator rows read and written, outputs written. Host
+    and MAC event words read, accumulator words read and written, start values and
+    requantizer constants read, outputs written. Host
     transfers are link traffic and are reported as bytes, not here."""
     w = {b: Shape.cast(s).width for b, (s, _) in buffer_shapes(cfg).items()}
     narrow = cfg.lanes * cfg.narrow_bits
@@ -93,4 +100,5 @@ def sram_bits(cfg: AccelConfig, traffic: dict) -> int:
             + traffic["spike_ev_rd"] * w[BufId.SPIKE_EV]
             + traffic["mac_ev_rd"] * w[BufId.MAC_EV]
             + (traffic["acc_rd"] + traffic["acc_wr"]) * w[BufId.ACC]
+            + traffic["start_rd"] * w[BufId.START] + traffic["par_rd"] * w[BufId.PARAMS]
             + traffic["out_wr"] * w[BufId.OUT])

@@ -1,16 +1,16 @@
 """Analytical cycle model of the GEMM engine, driven by measured spike statistics.
 
 The engine (``hw/engine.py``) runs one descriptor at a time. Inside a descriptor three
-stages work on the rows of the tile, decoupled by one ``row_fifo_depth``-deep FIFO per array
-(``amaranth.lib.fifo.SyncFIFOBuffered``):
+stages work on the rows of the tile, decoupled by the arrays' finished rows (a ring of
+``spike_fifo_depth`` membrane rows; ``row_fifo_depth`` rows of MAC accumulators):
 
 * the spike array takes one event per cycle: a row costs its unit spikes, one STEP per time
   step (TTFS only) and one END;
 * the MAC array spends ``lanes / mac_units`` cycles per integer (outlier) channel and one
   cycle on END (two after MAC events: the last product is still being added);
-* the combiner pops a row when both partials are there (COUNT, SUM: two cycles), and the
-  output unit requantizes one lane per cycle (it takes a row every ``n_active`` cycles;
-  nothing for a ``keep`` tile, whose sums go back to the accumulator buffer).
+* the combiner takes a row once both arrays have finished it and adds it lane by lane,
+  one lane per cycle, into the output unit (or back into the accumulator buffer for a
+  ``keep`` tile).
 
 :func:`tile_cycles` replays that pipeline row by row (a max-plus recurrence, no per-cycle
 simulation), so it knows where spikes are dense and where they are sparse. It is derived
@@ -38,14 +38,12 @@ from models.encodings import TTFS_KINDS
 #: leave at ``w + cost``: the readers deliver one word per cycle, and a held END stalls
 #: the reader without a bubble.
 FIRST = 2
-#: Combiner cycles per row (COUNT: both partials seen, SUM: popped), at least.
-COMBINE = 2
-#: Cycles from the output unit taking a row to ``done``, beyond its ``n_active`` lanes:
-#: six pipeline stages, the last lane is stored at ``pop + 5 + n_active`` and the output
-#: count reaches zero a cycle later.
+#: Cycles from the combiner issuing a row's last lane to ``done``: the lane's sum (C1),
+#: then the output unit's five stages, the store into OUT, and the output count reaching
+#: zero.
 TAIL = 6
-#: Cycles from a ``keep`` tile's last pop to ``done`` (COUNT sees all rows, DRAIN).
-DRAIN = 2
+#: Cycles from a ``keep`` tile's last lane issued to ``done`` (its sum written back).
+DRAIN = 1
 
 
 @dataclass(frozen=True)
@@ -66,54 +64,33 @@ def mac_row_cost(cfg: AccelConfig, n_int: int) -> int:
 def tile_cycles(cfg: AccelConfig, work: TileWork) -> int:
     """Predicted busy cycles of one descriptor (exact: the engine's ``busy`` counter).
 
-    Row by row, with ``P(r)`` the cycle the combiner pops row ``r`` (SUM) and, for each
-    array, ``W(r)`` the cycle it writes row ``r``'s partials into its row FIFO and ``F(r)``
-    the first cycle the combiner can see them at the FIFO's output:
+    Row by row, with ``B(r)`` the cycle the combiner issues row ``r``'s first lane (it
+    issues one lane per cycle, ``n = n_active`` of them, and releases the row's slot in
+    both arrays at ``B(r) + n``, free from the cycle after) and, for each array, ``W(r)``
+    the cycle it finishes row ``r`` (its END commits the row; the combiner sees it from
+    ``W(r) + 1``):
 
-    * ``W(r) = max(W(r-1) + cost(r), room(r))``: the END waits in the array (stalling its
-      event reader, no bubble) until the FIFO takes a write;
-    * ``P(r) = max(Fs(r) + 1, Fm(r) + 1, P(r-1) + gap)``: COUNT sees both partials, SUM
-      pops a cycle later; ``gap`` is 2 (COUNT, SUM), or ``n_active`` when the output unit
-      is slower (it takes the next row in the cycle it issues the current row's last lane).
-
-    The spike array's FIFO is ``spike_fifo_depth`` deep (a slot group's rows end together),
-    the MAC array's ``row_fifo_depth``. ``SyncFIFOBuffered`` of depth 1 is one register:
-    ``F(r) = W(r) + 1`` and ``room(r) = P(r-1) + 1``. A deeper one is a ``depth - 1``
-    entry memory with a registered read in front of an output register: a row written at
-    ``W`` is in the memory from ``W + 1``, moves into the output register at
-    ``max(W + 1, P(r-1))`` and shows there a cycle later, ``F(r) = max(W(r) + 2,
-    P(r-1) + 1)``; the FIFO takes a write while its memory is not full,
-    ``room(r) = F(r - depth + 1)``. So a row stays in the memory for at least two cycles
-    even when the output register is free (a 2-deep FIFO cannot take rows on consecutive
-    cycles), and a full FIFO takes the next row only once the combiner has popped and the
-    oldest row in memory has moved up.
+    * ``B(r) = max(Ws(r) + 1, Wm(r) + 1, B(r-1) + n)``;
+    * spike array, a ring of ``spike_fifo_depth`` rows: the END waits in the array
+      (stalling its event reader, no bubble) until the ring has room,
+      ``Ws(r) = max(Ws(r-1) + cost(r), B(r - depth) + n + 1)``;
+    * MAC array, ``row_fifo_depth`` rows of accumulators including the one it adds into:
+      a row's first event waits until a row is free,
+      ``Wm(r) = max(Wm(r-1), B(r - depth) + n) + cost``.
     """
     costs = np.asarray(work.spike_cost).tolist()
     if not costs:
-        return DRAIN  # COUNT finds no row to wait for (the host refuses such a descriptor)
+        return DRAIN  # nothing to combine (the host refuses such a descriptor)
     mac = int(work.mac_cost)
-    n_active = int(work.n_active)
-    gap = COMBINE if work.keep else max(COMBINE, n_active)
-    # (row FIFO depth, write time W of the previous row, F of every row so far) per array
-    arrays = [[cfg.spike_fifo_depth, FIRST, []], [cfg.row_fifo_depth, FIRST, []]]
-    p = -gap  # no row before: neither the combiner nor the output unit holds anything back
+    n = int(work.n_active)
+    ds, dm = cfg.spike_fifo_depth, cfg.row_fifo_depth
+    b: list[int] = []
+    ws = wm = FIRST
     for r, c in enumerate(costs):
-        seen = []
-        for a, cost in zip(arrays, (c, mac), strict=True):
-            depth, w, fs = a
-            w += cost
-            if depth == 1:  # one register: taken once the combiner popped the last row
-                w = max(w, p + 1)
-                f = w + 1
-            else:  # memory full until the row depth - 1 back has moved up
-                if r >= depth - 1:
-                    w = max(w, fs[r - depth + 1])
-                f = max(w + 2, p + 1)
-            a[1] = w
-            fs.append(f)
-            seen.append(f)
-        p = max(seen[0] + 1, seen[1] + 1, p + gap)
-    return p + (DRAIN if work.keep else TAIL + n_active)
+        ws = max(ws + c, b[r - ds] + n + 1 if r >= ds else 0)
+        wm = max(wm, b[r - dm] + n if r >= dm else 0) + mac
+        b.append(max(ws + 1, wm + 1, b[-1] + n if b else 0))
+    return b[-1] + n + (DRAIN if work.keep else TAIL)
 
 
 @dataclass
@@ -131,14 +108,18 @@ class GemmPrediction:
     outputs: int  #: output words read back
     weight_reads: int  #: weight-buffer row reads by both arrays (counter ``w_rd``)
     wide_reads: int  #: of which also read the high half of the row (``w_rd_hi``)
-    acc_reads: int  #: accumulator rows read by the combiner (counter ``acc_rd``)
-    acc_writes: int  #: accumulator rows written back for the next K tile (``acc_wr``)
+    acc_reads: int  #: accumulator words read by the combiner (counter ``acc_rd``)
+    acc_writes: int  #: accumulator words written back for the next K tile (``acc_wr``)
+    start_reads: int  #: start values read (``start_rd``)
+    param_reads: int  #: requantizer constants read (``par_rd``)
 
     def traffic(self) -> dict:
         """The :data:`accel.counters.TRAFFIC` counters this GEMM will count."""
         return {"w_rd": self.weight_reads, "w_rd_hi": self.wide_reads,
                 "spike_ev_rd": self.spike_events, "mac_ev_rd": self.mac_events,
-                "acc_rd": self.acc_reads, "acc_wr": self.acc_writes, "out_wr": self.outputs}
+                "acc_rd": self.acc_reads, "acc_wr": self.acc_writes,
+                "start_rd": self.start_reads, "par_rd": self.param_reads,
+                "out_wr": self.outputs}
 
 
 def slot_costs(units: np.ndarray, steps: int, slots: int) -> np.ndarray:
@@ -218,17 +199,17 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
     n_tiles = [(n0, min(g.n, n0 + cfg.lanes)) for n0 in range(0, g.n, cfg.lanes)]
     wide = _wide_tiles(g, n_tiles, kt)
     cyc = desc = s_work = m_work = o_work = wrows = s_ev = m_ev = outs = wrd = wide_rd = 0
-    acc_rd = acc_wr = 0
-    # N tiles of a row group differ only in n_active (the last one), which a keep tile's
-    # cycles do not depend on: replay each distinct tile once
-    memo: dict[tuple[int, int, int], int] = {}
+    acc_rd = acc_wr = start_rd = par_rd = 0
+    # N tiles of a row group differ only in n_active (the last one): replay each distinct
+    # tile once
+    memo: dict[tuple[int, int, int, bool], int] = {}
     for t in tiles(cfg, groups, g.n, g.k):
         rows = t.r1 - t.r0
         units = tile_units[t.r0:t.r1, t.ki]
         n_int = tile_int[t.ki]
         work = TileWork(slot_costs(units, tile_steps[t.ki], slots), mac_row_cost(cfg, n_int),
                         t.n_active, not t.last)
-        key = (t.r0, t.ki, t.n_active if t.last else 0)
+        key = (t.r0, t.ki, t.n_active, t.last)
         if key not in memo:
             memo[key] = tile_cycles(cfg, work)
         cyc += memo[key]
@@ -245,10 +226,13 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
         reads = int(fetches[sg0:sg0 + -(-rows // slots), t.ki].sum()) + n_int * rows
         wrd += reads
         wide_rd += reads if wide[t.n0 // cfg.lanes, t.ki] else 0
-        acc_rd += rows
-        acc_wr += 0 if t.last else rows
+        lanes = rows * t.n_active  # the combiner's work, lane by lane
+        acc_rd += lanes if t.ki else 0
+        start_rd += 0 if t.ki else lanes
+        acc_wr += 0 if t.last else lanes
+        par_rd += lanes if t.last and not g.raw else 0
     return GemmPrediction(cyc, desc, s_work, m_work, o_work, wrows, s_ev, m_ev, outs, wrd,
-                          wide_rd, acc_rd, acc_wr)
+                          wide_rd, acc_rd, acc_wr, start_rd, par_rd)
 
 
 def tile_work(cfg: AccelConfig, img) -> TileWork:

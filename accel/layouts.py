@@ -69,11 +69,6 @@ def wide_weights(w, narrow_bits: int):
     return (w < -lim) | (w >= lim)
 
 
-def acc_vector_layout(cfg: AccelConfig) -> data.ArrayLayout:
-    """A row of accumulators, one per lane."""
-    return data.ArrayLayout(signed(cfg.acc_bits), cfg.lanes)
-
-
 def spike_vector_layout(cfg: AccelConfig) -> data.ArrayLayout:
     """A row of the spike array's membranes (``mem_bits`` per lane, one K tile's sum)."""
     return data.ArrayLayout(signed(cfg.mem_bits), cfg.lanes)
@@ -89,16 +84,22 @@ def param_layout() -> data.StructLayout:
                               "zp": signed(16), "lo": signed(32), "hi": signed(32)})
 
 
-def row_in_layout(cfg: AccelConfig) -> data.StructLayout:
-    """An accumulator row entering the unit, with its row multiplier."""
-    return data.StructLayout({"acc": acc_vector_layout(cfg), "mrow": unsigned(ROW_MULT_BITS),
-                              "n_active": unsigned((cfg.lanes).bit_length())})
+def lane_bits(cfg: AccelConfig) -> int:
+    """Width of a lane index."""
+    return max(1, (cfg.lanes - 1).bit_length())
+
+
+def lane_in_layout(cfg: AccelConfig) -> data.StructLayout:
+    """One lane's sum entering the output unit (the combiner sends a row lane by lane),
+    with its row's multiplier and whether it is the row's last lane."""
+    return data.StructLayout({"acc": signed(cfg.acc_bits), "mrow": unsigned(ROW_MULT_BITS),
+                              "lane": unsigned(lane_bits(cfg)), "last": unsigned(1)})
 
 
 def value_layout(cfg: AccelConfig) -> data.StructLayout:
     """One output value: lane, value, last lane of the row."""
-    return data.StructLayout({"value": signed(cfg.acc_bits), "lane": unsigned(
-        max(1, (cfg.lanes - 1).bit_length())), "last": unsigned(1)})
+    return data.StructLayout({"value": signed(cfg.acc_bits), "lane": unsigned(lane_bits(cfg)),
+                              "last": unsigned(1)})
 
 
 class BufId(enum.Enum, shape=8):
@@ -111,6 +112,7 @@ class BufId(enum.Enum, shape=8):
     ACC = 4
     PARAMS = 5
     OUT = 6
+    START = 7
 
 
 def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
@@ -120,9 +122,10 @@ def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
         BufId.SPIKE_EV: (spike_event_layout(cfg), cfg.spike_event_depth),
         BufId.MAC_EV: (mac_event_layout(cfg), cfg.mac_event_depth),
         BufId.ROWS: (unsigned(ROW_MULT_BITS), cfg.max_rows),
-        BufId.ACC: (acc_vector_layout(cfg), cfg.max_rows + 1),
+        BufId.ACC: (signed(cfg.acc_bits), cfg.max_rows * cfg.lanes),
         BufId.PARAMS: (param_layout(), cfg.lanes),
         BufId.OUT: (signed(cfg.acc_bits), cfg.max_rows * cfg.lanes),
+        BufId.START: (signed(cfg.acc_bits), cfg.lanes),
     }
 
 
@@ -137,7 +140,7 @@ def descriptor_layout(cfg: AccelConfig) -> data.StructLayout:
         "shift": unsigned(SHIFT_BITS),
         "relu": unsigned(1),
         "raw": unsigned(1),
-        "resume": unsigned(1),  # start from ACC[m] (previous K tile), not the start row
+        "resume": unsigned(1),  # start from ACC (previous K tile's sums), not from START
         "keep": unsigned(1),  # write sums back to ACC (more K tiles follow), no output
         "wide": unsigned(1),  # weights need more than narrow_bits: read both row halves
         # where the tile's data lie, so several tiles can stay resident in the buffers
@@ -183,9 +186,8 @@ def watchdog_cycles(cfg: AccelConfig) -> int:
     return max(4096, 8 * cfg.lanes)
 
 
-#: Buffers the host can read back. Not ACC: its words are ``lanes`` accumulators wide (2048
-#: bits at 64 lanes) and a host read port would double its block RAMs (57 DP16KD at 64
-#: lanes) for a read the host never needs (results come through OUT).
+#: Buffers the host can read back. Not ACC: a host read port would be a second read port on
+#: its block RAMs (doubling them) for a read the host never needs (results come through OUT).
 HOST_READABLE = frozenset(b for b in BufId if b != BufId.ACC)
 
 def pack_word(shape, word) -> int:

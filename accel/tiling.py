@@ -29,7 +29,6 @@ class TileImage:
     """Buffer words (``{BufId: list}``, each list written from address 0) and descriptor."""
 
     words: dict[BufId, list] = field(default_factory=dict)
-    start_row: list[int] | None = None  #: accumulator start values (ACC row ``max_rows``)
     descriptor: dict = field(default_factory=dict)
     base: dict[BufId, int] = field(default_factory=dict)  #: first address of each buffer
     where: str = "tile"  #: the GEMM and tile, for messages
@@ -172,7 +171,7 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
                                                                    "hi")} for j in range(n)]
     if not resume:
         st = start if start is not None else torch.zeros(n, dtype=torch.int64)
-        img.start_row = [int(v) for v in st] + [0] * (cfg.lanes - n)
+        img.words[BufId.START] = [int(v) for v in st]
     img.descriptor = {"rows": m, "n_active": n, "spike_events": len(img.words[BufId.SPIKE_EV]),
                       "mac_events": len(img.words[BufId.MAC_EV]),
                       "ttfs": int(enc.kind in TTFS_KINDS), "shift": shift, "relu": int(relu),
@@ -182,7 +181,7 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
                       "mac_base": bases[BufId.MAC_EV], "row_base": bases[BufId.ROWS]}
     img.base = {BufId.WEIGHTS: bases[BufId.WEIGHTS], BufId.SPIKE_EV: bases[BufId.SPIKE_EV],
                 BufId.MAC_EV: bases[BufId.MAC_EV], BufId.ROWS: bases[BufId.ROWS],
-                BufId.PARAMS: 0}
+                BufId.PARAMS: 0, BufId.START: 0}
     return img
 
 

@@ -34,6 +34,8 @@ class GemmWork:
     #: [N, K] bool: weights wider than the weight buffer's narrow half (int8 operands), or
     #: one bool for all of them
     wide: np.ndarray | bool = True
+    #: results leave as accumulators (no requantization, no requantizer constants read)
+    raw: bool = False
 
     @property
     def n_int(self) -> int:
@@ -66,7 +68,7 @@ class GemmWork:
             spikes = np.unique(ev[:, :3].numpy(), axis=0)
         wide = wide_weights(call.w, WEIGHT_BITS).numpy()
         return cls(call.name, call.head, m, k, call.w.shape[0], call.encoding,
-                   call.int_mask.numpy().astype(bool), units, spikes, wide)
+                   call.int_mask.numpy().astype(bool), units, spikes, wide, bool(call.raw))
 
 
 def sample_ids(lm, tokens: int) -> torch.Tensor:

@@ -94,7 +94,7 @@ def parse_counters(cfg: AccelConfig, payload: bytes) -> dict[str, int]:
 
 #: Buffers only the host writes (a write of words they already hold may be skipped).
 HOST_WRITTEN = frozenset({BufId.WEIGHTS, BufId.SPIKE_EV, BufId.MAC_EV, BufId.ROWS,
-                          BufId.PARAMS})
+                          BufId.PARAMS, BufId.START})
 
 
 class BufferMirror:
@@ -129,9 +129,6 @@ class BufferMirror:
 def tile_writes(cfg: AccelConfig, img, mirror: BufferMirror) -> list[tuple[BufId, int, list]]:
     """The buffer writes ``(buffer, address, words)`` that tile image ``img``
     (``accel.tiling.TileImage``) needs before its RUN: its words the buffers do not already
-    hold, and its accumulator start row."""
-    out = [(buf, img.base.get(buf, 0), words) for buf, words in img.words.items()
-           if not mirror.holds(buf, words, img.base.get(buf, 0))]
-    if img.start_row is not None:
-        out.append((BufId.ACC, cfg.max_rows, [img.start_row]))
-    return out
+    hold."""
+    return [(buf, img.base.get(buf, 0), words) for buf, words in img.words.items()
+            if not mirror.holds(buf, words, img.base.get(buf, 0))]

@@ -224,8 +224,7 @@ class Device:
     def run_tile(self, img: TileImage) -> None:
         """Write a tile's buffers (skipping words already resident) and run it."""
         writes = tile_writes(self.cfg, img, self.mirror)
-        self.stats["writes_skipped"] += len(img.words) + (img.start_row is not None) - len(
-            writes)
+        self.stats["writes_skipped"] += len(img.words) - len(writes)
         for buf, addr, words in writes:
             self.write(buf, words, addr)
         self.run(img.descriptor, img.where)

@@ -2,8 +2,8 @@
 
 Both read weight rows from the shared weight buffer (one row = the weights of input ``k``
 for the ``lanes`` output channels of the tile) through their own read port, and each
-produces its partial accumulator vector for a row of the activation matrix; the output
-unit adds the two and the accumulator start value (``docs/hw.md``).
+produces its partial sums for a row of the activation matrix; the combiner adds the two and
+the start value lane by lane (``docs/hw.md``).
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from accel.config import AccelConfig
 from accel.layouts import (
     MacOp,
     SpikeOp,
-    acc_vector_layout,
     mac_event_layout,
     spike_event_layout,
     spike_vector_layout,
     weight_row_layout,
 )
 from models.encodings import TTFS_KINDS
+
+from .rings import rows_signature
 
 
 class SpikeArray(wiring.Component):
@@ -136,16 +137,23 @@ class SpikeArray(wiring.Component):
 
 class MacArray(wiring.Component):
     """Integer MAC array: ``mac_units`` multipliers sweep a weight row in ``lanes/mac_units``
-    cycles, adding ``(w * q) << shift`` into per-lane accumulators. The next event's weight
+    cycles, adding ``(w * q) << shift`` into the row's accumulators. The next event's weight
     row is read during the last cycle of the current one, so rows follow back to back. The
     products are registered before the shift and add (two-stage datapath for timing), so a
-    row's END takes one more cycle when MAC events precede it."""
+    row's END takes one more cycle when MAC events precede it.
+
+    The accumulators are ``row_fifo_depth`` rows of LUT RAM, one word per cycle of the sweep
+    holding ``mac_units`` lanes (``rows``, :func:`hw.rings.rows_signature`): the array adds
+    into one row while the combiner reads finished ones lane by lane, and waits with its
+    next event while every row holds a finished row. A row of LUT RAM is zero until its
+    first write after the combiner released it (one bit per word, ``touched``), whatever
+    the memory holds, so a row is never cleared lane by lane."""
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
         super().__init__({
             "ev": In(stream.Signature(mac_event_layout(cfg))),
-            "out": Out(stream.Signature(acc_vector_layout(cfg))),
+            "rows": Out(rows_signature(signed(cfg.acc_bits), cfg.row_fifo_depth, cfg.lanes)),
             "w_addr": Out(cfg.k_bits),
             "w_en": Out(1),
             "w_data": In(weight_row_layout(cfg)),
@@ -158,62 +166,87 @@ class MacArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        acc = [Signal(signed(cfg.acc_bits), name=f"a{j}") for j in range(cfg.lanes)]
+        banks, mc, units = cfg.row_fifo_depth, cfg.mac_cycles, cfg.mac_units
+        m.submodules.acc = acc = memory.Memory(
+            shape=data.ArrayLayout(signed(cfg.acc_bits), units), depth=banks * mc, init=[])
+        rmw, out_rd = acc.read_port(domain="comb"), acc.read_port(domain="comb")
+        acc_wr = acc.write_port()
+        touched = Signal(banks * mc)  # word written since its row was released
+        wb = Signal(range(banks))  # the row being accumulated
+        ob = Signal(range(banks))  # the oldest finished row (the next to be released)
+        count = Signal(range(banks + 1))  # finished rows not yet released
+        free = count < banks  # row wb holds no finished row
         valid = Signal()
         op = Signal(MacOp)
         q = Signal(signed(cfg.act_bits))
         shift = Signal(unsigned(cfg.shift_bits))
-        c = Signal(range(cfg.mac_cycles))
-        last = c == cfg.mac_cycles - 1
+        c = Signal(range(mc))
+        last = c == mc - 1
         is_end = op == MacOp.END
         # products are registered and added a cycle later (BRAM -> select -> multiply, then
         # shift -> add, each within a cycle); END waits for the last pending product
         p_valid = Signal()
-        done = valid & Mux(is_end, self.out.ready & ~p_valid, last)  # event finishes now
+        run = valid & free  # the event in hand may proceed
+        done = run & Mux(is_end, ~p_valid, last)  # event finishes now
         take = ~valid | done
+        commit = done & is_end
         m.d.comb += [
             self.ev.ready.eq(take),
             self.w_addr.eq(self.ev.payload.k),
             self.w_en.eq(take & self.ev.valid & (self.ev.payload.op == MacOp.MAC)),
-            self.out.valid.eq(valid & is_end & ~p_valid),
-            self.busy.eq(valid & (~is_end | self.out.ready)),  # blocked END is not work
+            self.busy.eq(run),  # an event waiting for a free row is not work
             self.idle.eq(~valid & ~p_valid),
+            self.rows.commit.eq(commit),
         ]
-        for j in range(cfg.lanes):
-            m.d.comb += self.out.payload[j].eq(acc[j])
         with m.If(take):
             m.d.sync += [valid.eq(self.ev.valid), op.eq(self.ev.payload.op),
                          q.eq(self.ev.payload.q), shift.eq(self.ev.payload.shift), c.eq(0)]
-        with m.Elif(valid & ~is_end):
+        with m.Elif(run & ~is_end):
             m.d.sync += c.eq(c + 1)
         # one multiplier per unit: unit u takes lane c * mac_units + u in cycle c (selecting
         # the weight before the multiply keeps synthesis from building one per lane)
         p_c = Signal.like(c, name="p_c")
         p_shift = Signal.like(shift, name="p_shift")
         prods = []
-        for u in range(cfg.mac_units):
+        for u in range(units):
             w_sel = Signal(signed(cfg.weight_bits), name=f"w_sel{u}")
             with m.Switch(c):
-                for cyc in range(cfg.mac_cycles):
+                for cyc in range(mc):
                     with m.Case(cyc):
-                        m.d.comb += w_sel.eq(self.w_data[cyc * cfg.mac_units + u])
+                        m.d.comb += w_sel.eq(self.w_data[cyc * units + u])
             prod = Signal(signed(cfg.weight_bits + cfg.act_bits), name=f"prod{u}")
-            with m.If(valid & ~is_end):
+            with m.If(run & ~is_end):
                 m.d.sync += prod.eq(w_sel * q)
             prods.append(prod)
-        m.d.sync += p_valid.eq(valid & ~is_end)
-        with m.If(valid & ~is_end):
+        m.d.sync += p_valid.eq(run & ~is_end)
+        with m.If(run & ~is_end):
             m.d.sync += [p_c.eq(c), p_shift.eq(shift)]
             m.d.comb += self.mac.eq(1)
             m.d.comb += self.row.eq(last)
+        # read-modify-write of the word the pending products belong to
+        word = Signal(range(banks * mc))
+        m.d.comb += [word.eq(wb * mc + p_c), rmw.addr.eq(word), acc_wr.addr.eq(word),
+                     acc_wr.en.eq(p_valid)]
+        live = touched.bit_select(word, 1)
+        for u in range(units):
+            m.d.comb += acc_wr.data[u].eq(Mux(live, rmw.data[u], 0) + (prods[u] << p_shift))
+        # the combiner's lane: word (slot, lane // units), unit lane % units
+        lane_u = units.bit_length() - 1  # units and lanes are powers of two
+        rd_word = Signal(range(banks * mc))
+        m.d.comb += [rd_word.eq(self.rows.slot * mc + (self.rows.lane >> lane_u)),
+                     out_rd.addr.eq(rd_word)]
+        unit_data = out_rd.data[self.rows.lane[:lane_u]] if lane_u else out_rd.data[0]
+        m.d.comb += self.rows.data.eq(Mux(touched.bit_select(rd_word, 1), unit_data, 0))
+        # a write marks its word; a release unmarks the oldest row's words
+        set_mask = Signal.like(touched)
+        clear_mask = Signal.like(touched)
         with m.If(p_valid):
-            with m.Switch(p_c):
-                for cyc in range(cfg.mac_cycles):
-                    with m.Case(cyc):
-                        for u in range(cfg.mac_units):
-                            j = cyc * cfg.mac_units + u
-                            m.d.sync += acc[j].eq(acc[j] + (prods[u] << p_shift))
-        with m.If(done & is_end):
-            for j in range(cfg.lanes):
-                m.d.sync += acc[j].eq(0)
+            m.d.comb += set_mask.eq(1 << word)
+        with m.If(self.rows.release):
+            m.d.comb += clear_mask.eq(((1 << mc) - 1) << (ob * mc))
+            m.d.sync += ob.eq(Mux(ob == banks - 1, 0, ob + 1))
+        m.d.sync += [touched.eq((touched | set_mask) & ~clear_mask),
+                     count.eq(count + commit - self.rows.release)]
+        with m.If(commit):
+            m.d.sync += wb.eq(Mux(wb == banks - 1, 0, wb + 1))
         return m

@@ -26,28 +26,28 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Elaboratable, Module, Mux, ResetInserter, Shape, Signal
-from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth import Cat, Elaboratable, Module, Mux, ResetInserter, Shape, Signal, signed
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from accel.config import AccelConfig
 from accel.layouts import (
     HOST_READABLE,
     BufId,
-    acc_vector_layout,
     buffer_shapes,
     descriptor_layout,
     high_row_layout,
     mac_event_layout,
     narrow_row_layout,
-    row_in_layout,
     spike_event_layout,
+    spike_vector_layout,
     watchdog_cycles,
     weight_row_layout,
 )
 
 from .arrays import MacArray, SpikeArray
 from .neuron import OutputUnit
+from .rings import RowRing
 
 #: Strobes the engine exposes for the counters (name -> meaning).
 STROBES = {
@@ -63,8 +63,10 @@ STROBES = {
     "w_rd_hi_mac": "MAC-array weight reads that also read the high half of the row",
     "spike_ev_rd": "spike-event buffer reads",
     "mac_ev_rd": "MAC-event buffer reads",
-    "acc_rd": "accumulator-buffer row reads",
-    "acc_wr": "accumulator-buffer row writes",
+    "acc_rd": "accumulator-buffer word reads (a lane's sum of the previous K tile)",
+    "acc_wr": "accumulator-buffer word writes (a lane's sum for the next K tile)",
+    "start_rd": "start-value buffer reads (a lane's accumulator start value)",
+    "par_rd": "parameter-buffer reads (a lane's requantizer constants)",
     "out_wr": "output-buffer writes",
 }
 
@@ -262,43 +264,80 @@ class Engine(wiring.Component):
         m.d.comb += [sa.ttfs.eq(desc.ttfs), nu.shift.eq(desc.shift), nu.relu.eq(desc.relu),
                      nu.raw.eq(desc.raw), self.busy.eq(active)]
 
-        # combiner: both partials of row r + start value -> ACC (keep) or output unit
-        acc_rp = mems[BufId.ACC].read_port()
-        acc_wp = mems[BufId.ACC].write_port()
-        rows_rp = mems[BufId.ROWS].read_port()
-        # read ports are enabled by default; these must hold their data while a row waits
-        m.d.comb += [acc_rp.en.eq(0), rows_rp.en.eq(0)]
+        # combiner: row r's two partials + its start value, lane by lane (one lane per
+        # cycle, the output unit's pace): C0 issues lane j of row r (the synchronous reads
+        # of its start value and row multiplier), C1 adds and writes the sum back to ACC
+        # (keep) or hands it to the output unit
+        m.submodules.spike_rows = ring = RowRing(spike_vector_layout(cfg), cfg.spike_fifo_depth)
+        wiring.connect(m, sa.out, ring.w)
+        acc_rp, acc_wp = mems[BufId.ACC].read_port(), mems[BufId.ACC].write_port()
+        start_rp, rows_rp = mems[BufId.START].read_port(), mems[BufId.ROWS].read_port()
         out_wp = mems[BufId.OUT].write_port()
-        r = Signal(range(cfg.max_rows + 1))
-        leftover = Signal()
-        outs_left = Signal(range(cfg.max_rows * cfg.lanes + 1))
-        # Each array may finish up to row_fifo_depth rows ahead of the other: rows vary in
-        # spike count, so lock-step would idle the faster array.
-        parts = []
-        for name, arr in (("spike", sa), ("mac", ma)):
-            layout = arr.out.payload.shape()  # the spike array's rows are narrower
-            depth = cfg.spike_fifo_depth if arr is sa else cfg.row_fifo_depth
-            q = fifo.SyncFIFOBuffered(width=layout.size, depth=depth)
-            m.submodules[f"{name}_rows"] = q
-            m.d.comb += [q.w_data.eq(arr.out.payload), q.w_en.eq(arr.out.valid),
-                         arr.out.ready.eq(q.w_rdy)]
-            parts.append((q, data.View(layout, q.r_data)))
-        (s_fifo, s_part), (m_fifo, m_part) = parts
-        both = s_fifo.r_rdy & m_fifo.r_rdy
-        pop = Signal()
-        m.d.comb += [s_fifo.r_en.eq(pop), m_fifo.r_en.eq(pop)]
-        summed = Signal(acc_vector_layout(cfg))
-        for j in range(cfg.lanes):
-            m.d.comb += summed[j].eq(acc_rp.data[j] + s_part[j] + m_part[j])
-        row_word = Signal(row_in_layout(cfg))
-        m.d.comb += [row_word.acc.eq(summed), row_word.mrow.eq(rows_rp.data),
-                     row_word.n_active.eq(desc.n_active), nu.rows.payload.eq(row_word)]
+        srcs = (ring.rd, ma.rows)
+        # per array: rows committed and not yet issued, the slot of the next one to issue,
+        # the slot of the row being issued
+        depths = {"spike": cfg.spike_fifo_depth, "mac": cfg.row_fifo_depth}
+        avail = [Signal(range(d + 1), name=f"avail_{n}") for n, d in depths.items()]
+        nxt = [Signal(range(d), name=f"next_{n}") for n, d in depths.items()]
+        cur = [Signal.like(x, name=f"cur_{i}") for i, x in enumerate(nxt)]
+        r = Signal(range(cfg.max_rows + 1))  # rows issued
+        j = Signal(range(cfg.lanes))  # next lane of the row being issued
+        going = Signal()  # a row is being issued
+        c1 = SimpleNamespace(valid=Signal(name="c1_valid"), lane=Signal(range(cfg.lanes),
+                             name="c1_lane"), last=Signal(name="c1_last"),
+                             addr=Signal(range(cfg.max_rows * cfg.lanes), name="c1_addr"),
+                             slot=[Signal.like(x, name=f"c1_slot{i}") for i, x in enumerate(nxt)])
+        adv = ~(c1.valid & ~desc.keep & ~nu.inp.ready)  # the output unit takes C1's lane
+        begin = Signal()  # C0 starts row r
+        issue = Signal()  # C0 issues a lane
+        lane = Mux(going, j, 0)
+        last = lane + 1 >= desc.n_active
+        m.d.comb += [begin.eq(active & adv & ~going & (r < desc.rows) & (avail[0] != 0)
+                              & (avail[1] != 0)),
+                     issue.eq(begin | (adv & going))]
+        addr = Signal.like(c1.addr)
+        m.d.comb += [
+            addr.eq((desc.row_base + r) * cfg.lanes + lane),
+            acc_rp.addr.eq(addr), acc_rp.en.eq(issue & desc.resume),
+            start_rp.addr.eq(lane), start_rp.en.eq(issue & ~desc.resume),
+            rows_rp.addr.eq(desc.row_base + r), rows_rp.en.eq(begin),
+            self.acc_rd.eq(issue & desc.resume), self.start_rd.eq(issue & ~desc.resume),
+        ]
+        for i in range(2):
+            m.d.sync += avail[i].eq(avail[i] + srcs[i].commit - begin)
+            with m.If(begin):
+                d = list(depths.values())[i]
+                m.d.sync += [cur[i].eq(nxt[i]), nxt[i].eq(Mux(nxt[i] == d - 1, 0, nxt[i] + 1))]
+        with m.If(issue):
+            m.d.sync += [j.eq(lane + 1), going.eq(~last)]
+            with m.If(last):
+                m.d.sync += r.eq(r + 1)
+        with m.If(adv):
+            m.d.sync += [c1.valid.eq(issue), c1.lane.eq(lane), c1.last.eq(last),
+                         c1.addr.eq(addr)]
+            for i in range(2):
+                m.d.sync += c1.slot[i].eq(Mux(going, cur[i], nxt[i]))
+        # C1: the sum of lane c1.lane
+        summed = Signal(signed(cfg.acc_bits))
+        start = Mux(desc.resume, acc_rp.data, start_rp.data)
+        for i in range(2):
+            m.d.comb += [srcs[i].slot.eq(c1.slot[i]), srcs[i].lane.eq(c1.lane),
+                         srcs[i].release.eq(c1.valid & c1.last & adv)]
+        m.d.comb += [summed.eq(start + srcs[0].data + srcs[1].data),
+                     nu.inp.payload.acc.eq(summed), nu.inp.payload.mrow.eq(rows_rp.data),
+                     nu.inp.payload.lane.eq(c1.lane), nu.inp.payload.last.eq(c1.last),
+                     nu.inp.valid.eq(c1.valid & ~desc.keep),
+                     self.par_rd.eq(nu.p_en)]
         # host access to ACC and OUT shares their single write ports with the datapath
         m.d.comb += [acc_wp.addr.eq(self.wr_addr), acc_wp.data.eq(self.wr_data),
                      acc_wp.en.eq(self.wr_en & (self.wr_buf == BufId.ACC)),
                      out_wp.addr.eq(self.wr_addr), out_wp.data.eq(self.wr_data),
                      out_wp.en.eq(self.wr_en & (self.wr_buf == BufId.OUT))]
+        with m.If(c1.valid & desc.keep):
+            m.d.comb += [acc_wp.addr.eq(c1.addr), acc_wp.data.eq(summed), acc_wp.en.eq(1),
+                         self.acc_wr.eq(1)]
         base = Signal(range(cfg.max_rows * cfg.lanes))
+        outs_left = Signal(range(cfg.max_rows * cfg.lanes + 1))
         m.d.comb += nu.out.ready.eq(1)
         with m.If(nu.out.valid):
             m.d.comb += [out_wp.addr.eq(base + nu.out.payload.lane),
@@ -316,53 +355,27 @@ class Engine(wiring.Component):
                          mr.base.eq(self.run.payload.mac_base)]
         with m.Else():
             m.d.comb += [sr.base.eq(desc.spike_base), mr.base.eq(desc.mac_base)]
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.run.valid):
-                    d = self.run.payload
-                    m.d.sync += [desc.eq(d), active.eq(1), r.eq(0),
-                                 base.eq(d.row_base * cfg.lanes),
-                                 outs_left.eq(Mux(d.keep, 0, d.rows * d.n_active))]
-                    m.d.comb += [sr.start.eq(1), mr.start.eq(1)]
-                    m.next = "COUNT"
-            with m.State("COUNT"):
-                with m.If(r == desc.rows):
-                    m.next = "DRAIN"
-                with m.Elif(both):
-                    # read the start value and the row multiplier of row r
-                    m.d.comb += [acc_rp.addr.eq(r + desc.row_base), acc_rp.en.eq(1),
-                                 self.acc_rd.eq(1), rows_rp.addr.eq(r + desc.row_base),
-                                 rows_rp.en.eq(1)]
-                    with m.If(~desc.resume):
-                        m.d.comb += acc_rp.addr.eq(cfg.max_rows)
-                    m.next = "SUM"
-            with m.State("SUM"):
-                with m.If(desc.keep):
-                    m.d.comb += [acc_wp.addr.eq(r + desc.row_base), acc_wp.data.eq(summed),
-                                 acc_wp.en.eq(1),
-                                 self.acc_wr.eq(1), pop.eq(1)]
-                    m.d.sync += r.eq(r + 1)
-                    m.next = "COUNT"
-                with m.Else():
-                    m.d.comb += nu.rows.valid.eq(1)
-                    with m.If(nu.rows.ready):
-                        m.d.comb += pop.eq(1)
-                        m.d.sync += r.eq(r + 1)
-                        m.next = "COUNT"
-            with m.State("DRAIN"):
-                # done once every event is consumed and no row is left over; rows left in
-                # a FIFO mean more row ends than rows (the next tile would take them)
-                clean = sr.idle & mr.idle & sa.idle & ma.idle
-                with m.If((outs_left == 0) & (s_fifo.r_rdy | m_fifo.r_rdy)):
-                    m.d.comb += leftover.eq(1)
-                with m.Elif((outs_left == 0) & clean):
-                    m.d.comb += self.done.eq(1)
-                    m.d.sync += active.eq(0)
-                    m.next = "IDLE"
+        leftover = Signal()
+        with m.If(~active & self.run.valid):
+            d = self.run.payload
+            m.d.sync += [desc.eq(d), active.eq(1), r.eq(0),
+                         base.eq(d.row_base * cfg.lanes),
+                         outs_left.eq(Mux(d.keep, 0, d.rows * d.n_active))]
+            m.d.comb += [sr.start.eq(1), mr.start.eq(1)]
+        # done once every row is combined, every result stored and every event consumed,
+        # with no row left over; a row left over means more row ends than rows (the next
+        # tile would take it)
+        combined = active & (r == desc.rows) & ~c1.valid & (outs_left == 0)
+        clean = sr.idle & mr.idle & sa.idle & ma.idle
+        with m.If(combined & ((avail[0] != 0) | (avail[1] != 0))):
+            m.d.comb += leftover.eq(1)
+        with m.Elif(combined & clean):
+            m.d.comb += self.done.eq(1)
+            m.d.sync += active.eq(0)
 
         # watchdog: cycles of a running descriptor since the last progress
         idle_cycles = Signal(range(watchdog_cycles(cfg) + 1))
-        progress = sr.en | mr.en | pop | self.out_wr
+        progress = sr.en | mr.en | issue | self.out_wr
         with m.If(~active | progress):
             m.d.sync += idle_cycles.eq(0)
         with m.Else():

@@ -1,6 +1,6 @@
 """Output neuron unit: the contract's fixed-point requantizer, one lane per cycle.
 
-For each accumulator vector (one activation row of the tile) it computes, lane by lane,
+For each accumulator (the combiner sends a row of the tile lane by lane) it computes
 ``models.contract.requantize``: ``t = sat32(rshift_round(acc * mcol, S))``,
 ``u = rshift_round(t * mrow + bias, 15)``, optional ReLU, ``y = clamp(u + zp, lo, hi)``.
 For a TTFS consumer ``y`` is the next layer's code: the neuron fires its single spike at
@@ -9,7 +9,8 @@ event generator realises from ``y``; with ``raw`` the accumulator itself is pass
 (int32 partial sums, or results for the host).
 
 Per-lane constants (``mcol``, ``bias``, ``zp``, ``lo``, ``hi``) come from a parameter
-buffer through a read port; two pipelined multipliers (32x15 and 32x16 bits), each
+buffer through a read port, and the row multiplier ``mrow`` comes with the lane; two
+pipelined multipliers (32x15 and 32x16 bits), each
 followed by a register.
 """
 
@@ -20,7 +21,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from accel.config import AccelConfig
-from accel.layouts import SHIFT_BITS, param_layout, row_in_layout, value_layout
+from accel.layouts import SHIFT_BITS, lane_bits, lane_in_layout, param_layout, value_layout
 from models.contract import COL_MULT_BITS, REQ_MID_BITS, ROW_FRAC, ROW_MULT_BITS
 
 
@@ -32,19 +33,20 @@ def _rshift_round(m: Module, x, shift, width: int):
 
 
 class OutputUnit(wiring.Component):
-    """Requantizes accumulator rows, one lane per cycle, six-stage pipeline (each multiply
-    has its own stage, so the 32-bit products meet timing)."""
+    """Requantizes accumulators, one lane per cycle, five-stage pipeline (each multiply has
+    its own stage, so the 32-bit products meet timing). Takes a lane (``inp``) whenever it
+    can move and reads that lane's constants from the parameter buffer at once (unless
+    ``raw``: then it passes the accumulator on and reads nothing)."""
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
-        lane_bits = max(1, (cfg.lanes - 1).bit_length())
         super().__init__({
-            "rows": In(stream.Signature(row_in_layout(cfg))),
+            "inp": In(stream.Signature(lane_in_layout(cfg))),
             "out": Out(stream.Signature(value_layout(cfg))),
             "shift": In(SHIFT_BITS),
             "relu": In(1),
             "raw": In(1),
-            "p_addr": Out(lane_bits),
+            "p_addr": Out(lane_bits(cfg)),
             "p_en": Out(1),
             "p_data": In(param_layout()),
         })
@@ -52,29 +54,12 @@ class OutputUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        lanes = cfg.lanes
         adv = Signal()  # the whole pipeline moves this cycle
         m.d.comb += adv.eq(~self.out.valid | self.out.ready)
+        inp = self.inp.payload
+        m.d.comb += [self.inp.ready.eq(adv), self.p_addr.eq(inp.lane),
+                     self.p_en.eq(adv & self.inp.valid & ~self.raw)]
 
-        # stage 0: walk the lanes of the current row, read their constants
-        row = Signal(row_in_layout(cfg))
-        have = Signal()
-        j = Signal(range(lanes))
-        last = Signal()
-        n_act = Signal.like(row.n_active)
-        m.d.comb += last.eq(j + 1 >= n_act)
-        m.d.comb += self.rows.ready.eq(adv & (~have | last))
-        with m.If(self.rows.valid & self.rows.ready):
-            m.d.sync += [row.eq(self.rows.payload), n_act.eq(self.rows.payload.n_active),
-                         have.eq(self.rows.payload.n_active != 0), j.eq(0)]
-        with m.Elif(adv & have):
-            m.d.sync += j.eq(j + 1)
-            with m.If(last):
-                m.d.sync += have.eq(0)
-        m.d.comb += [self.p_addr.eq(j), self.p_en.eq(adv)]
-
-        acc_j = Signal(signed(cfg.acc_bits))
-        m.d.comb += acc_j.eq(row.acc[j])
         def stage(name: str, values: dict) -> dict:
             """Registers for ``values`` (name -> value), loaded whenever the pipeline moves."""
             regs = {}
@@ -86,7 +71,8 @@ class OutputUnit(wiring.Component):
             return regs
 
         # stage 1: the lane's constants arrive from the parameter buffer
-        s1 = stage("s1", dict(v=have, acc=acc_j, mrow=row.mrow, lane=j, last=last))
+        s1 = stage("s1", dict(v=self.inp.valid, acc=inp.acc, mrow=inp.mrow, lane=inp.lane,
+                              last=inp.last))
         p = self.p_data
         # stage 1b: first product, registered (a 32 x 15 multiply spans several DSPs)
         prod1 = Signal(signed(cfg.acc_bits + COL_MULT_BITS + 1))

@@ -21,7 +21,7 @@ from accel.tiling import mac_words, spike_words
 from hw.arrays import MacArray, SpikeArray
 from models.encodings import TTFS_KINDS, Encoding
 
-from .streams import Stalls, get, put, stream_rules
+from .streams import Stalls, get, put, stream_rules, take_rows
 
 
 def weight_rows(cfg: AccelConfig, w: torch.Tensor) -> list[list[int]]:
@@ -67,7 +67,10 @@ def count_strobes(dut, names, counts: dict, finished: list):
     return monitor
 
 
-def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=None):
+def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=None,
+         rows_port=None):
+    """Run an array on ``events``; its finished rows come from its output stream, or from
+    ``rows_port`` (a :func:`hw.rings.rows_signature` port of ``row_fifo_depth`` slots)."""
     top = WithMemory(dut, "w", weight_row_layout(cfg), cfg.weight_depth, weight_rows(cfg, w))
     sim = Simulator(top)
     sim.add_clock(1e-8)
@@ -86,7 +89,10 @@ def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=No
             await put(ctx, dut.ev, layout.const(e), src)
 
     async def consumer(ctx):
-        for _ in range(rows_out):
+        if rows_port is not None:
+            await take_rows(ctx, rows_port, rows_out, cfg.lanes, cfg.row_fifo_depth, snk,
+                            result)
+        for _ in range(rows_out if rows_port is None else 0):
             p = await get(ctx, dut.out, snk)
             result.append([int(p[j]) for j in range(cfg.lanes)])
         await ctx.tick()  # let the monitor see the cycle of the last transfer
@@ -95,7 +101,8 @@ def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=No
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
     sim.add_testbench(count_strobes(dut, strobes, counts, done), background=True)
-    sim.add_testbench(stream_rules({"out": dut.out}), background=True)
+    if rows_port is None:
+        sim.add_testbench(stream_rules({"out": dut.out}), background=True)
     sim.run()
     return torch.tensor(result, dtype=torch.int64)[:, : w.shape[0]], counts
 
@@ -119,16 +126,18 @@ def rtl_mac_array(cfg: AccelConfig, codes: torch.Tensor, shifts: torch.Tensor,
     mask = torch.zeros(codes.shape[1], dtype=torch.bool)
     mask[channels] = True
     events = mac_words(codes, mask, shifts)
-    return _run(cfg, MacArray(cfg), w, events, mac_event_layout(cfg), codes.shape[0], stall_p,
-                seed, ("mac", "row", "busy"))
+    dut = MacArray(cfg)
+    return _run(cfg, dut, w, events, mac_event_layout(cfg), codes.shape[0], stall_p, seed,
+                ("mac", "row", "busy"), rows_port=dut.rows)
 
 
 def rtl_output_unit(cfg: AccelConfig, acc: torch.Tensor, mrow: torch.Tensor, consts: dict,
                     shift: int, relu: bool = False, raw: bool = False, stall_p: float = 0.2,
                     seed: int = 0) -> torch.Tensor:
     """Output-unit results ``[M, N]`` for accumulators ``[M, N]`` (N <= lanes), per-row
-    ``mrow`` and per-lane constants ``consts`` (``mcol``, ``bias``, ``zp``, ``lo``, ``hi``)."""
-    from accel.layouts import param_layout, row_in_layout
+    ``mrow`` and per-lane constants ``consts`` (``mcol``, ``bias``, ``zp``, ``lo``, ``hi``),
+    the lanes sent one at a time as the combiner sends them."""
+    from accel.layouts import lane_in_layout, param_layout
     from hw.neuron import OutputUnit
 
     m_rows, n = acc.shape
@@ -140,7 +149,7 @@ def rtl_output_unit(cfg: AccelConfig, acc: torch.Tensor, mrow: torch.Tensor, con
     rng = random.Random(seed)
     src = Stalls(stall_p, random.Random(rng.random()))
     snk = Stalls(stall_p, random.Random(rng.random()))
-    layout = row_in_layout(cfg)
+    layout = lane_in_layout(cfg)
     out: list[list[int]] = [[] for _ in range(m_rows)]
 
     async def producer(ctx):
@@ -148,9 +157,10 @@ def rtl_output_unit(cfg: AccelConfig, acc: torch.Tensor, mrow: torch.Tensor, con
         ctx.set(dut.relu, int(relu))
         ctx.set(dut.raw, int(raw))
         for r in range(m_rows):
-            vec = [int(v) for v in acc[r]] + [0] * (cfg.lanes - n)
-            await put(ctx, dut.rows, layout.const({"acc": vec, "mrow": int(mrow[r]),
-                                                   "n_active": n}), src)
+            for j in range(n):
+                await put(ctx, dut.inp, layout.const({"acc": int(acc[r, j]),
+                                                      "mrow": int(mrow[r]), "lane": j,
+                                                      "last": int(j == n - 1)}), src)
 
     async def consumer(ctx):
         for r in range(m_rows):

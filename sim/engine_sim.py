@@ -42,8 +42,6 @@ def rtl_engine(cfg: AccelConfig, tiles: list[TileImage], rows: int, n: int,
             for buf, words in tile.words.items():
                 for addr, word in enumerate(words, start=tile.base.get(buf, 0)):
                     await write(ctx, buf, addr, word)
-            if tile.start_row is not None:
-                await write(ctx, BufId.ACC, cfg.max_rows, tile.start_row)
             for _ in range(rng.randrange(3)):
                 await ctx.tick()
             ctx.set(dut.run.payload, descriptor_layout(cfg).const(tile.descriptor))

@@ -51,6 +51,28 @@ async def get(ctx, stream, stall: Stalls | None = None):
             return payload
 
 
+async def take_rows(ctx, port, n_rows: int, lanes: int, depth: int, stall: Stalls | None,
+                    out: list) -> None:
+    """Read ``n_rows`` finished rows lane by lane from a :func:`hw.rings.rows_signature`
+    port of ``depth`` slots into ``out`` (lists of ``lanes`` ints), releasing each; a
+    stalled cycle reads nothing. Counts commits itself, as the combiner does."""
+    ready = slot = 0
+    while len(out) < n_rows:
+        release = bool(ready) and not (stall is not None and stall())
+        if release:
+            ctx.set(port.slot, slot)
+            row = []
+            for j in range(lanes):
+                ctx.set(port.lane, j)
+                row.append(ctx.get(port.data))
+            out.append(row)
+            slot, ready = (slot + 1) % depth, ready - 1
+        ctx.set(port.release, int(release))
+        ready += ctx.get(port.commit)
+        await ctx.tick()
+    ctx.set(port.release, 0)
+
+
 def stream_rules(streams: dict, failures: list | None = None):
     """A background testbench checking ``lib.stream`` rules on the block's output
     ``streams`` (name -> stream): once ``valid`` is offered without ``ready``, the next

@@ -111,9 +111,6 @@ def _busy_per_descriptor(cfg: AccelConfig, tiles: list) -> list[int]:
             writes = [(buf, addr, word_packer(shapes[buf][0])(word))
                       for buf, words in tile.words.items()
                       for addr, word in enumerate(words, start=tile.base.get(buf, 0))]
-            if tile.start_row is not None:
-                writes.append((BufId.ACC, cfg.max_rows,
-                               word_packer(shapes[BufId.ACC][0])(tile.start_row)))
             ctx.set(dut.wr_en, 1)
             for buf, addr, bits in writes:
                 ctx.set(dut.wr_buf, buf)

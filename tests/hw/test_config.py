@@ -45,5 +45,6 @@ def test_lane_widths_follow_the_contract_bounds_of_one_k_tile():
     assert cfg.lane_bits(255) == 26 and cfg.lane_bits(2**30) == 32  # never past the contract
     # graded and ternary codes are bounded by the activation width, not the window
     assert AccelConfig(encodings=("graded",), max_steps=7).spike_code_max == 255
-    assert AccelConfig().spike_fifo_depth == 17  # a 16-slot group, one LUT RAM deep
+    assert AccelConfig().spike_fifo_depth == 16  # a 16-slot group, one LUT RAM deep
     assert AccelConfig(spike_rows=1, row_fifo_depth=1).spike_fifo_depth == 1
+    assert AccelConfig(spike_rows=2, row_fifo_depth=4).spike_fifo_depth == 4
