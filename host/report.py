@@ -83,6 +83,10 @@ def hybrid(cfg: AccelConfig, layers: list[dict], steps: int, table: dict) -> dic
     return h
 
 
+#: The events a generation report gives: those the device counts, and their sum.
+COUNTED = ("spikes", *GOLDEN_EVENTS.values(), "accumulates")
+
+
 def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
@@ -101,15 +105,14 @@ def phase_summary(cfg: AccelConfig, res: RunResult, tokens: int, passes: int, st
            "predicted_cycles": sum(r["predicted_cycles"] for r in layers),
            "compute_energy_pj": h["compute_energy_pj"], "energy_pj": h["energy_pj"],
            "traffic": h["traffic"], "sram_bits": h["sram_bits"], "link_bytes": link,
-           "events": ev.as_dict(),
+           "events": {k: v for k, v in ev.as_dict().items() if k in COUNTED},
            "bit_exact": all(r["bit_exact"] and r["counters_match"] for r in layers)}
     out["per_token"] = {
         "cycles": h["measured_cycles"] / tokens,
         "compute_energy_pj": h["compute_energy_pj"] / tokens,
         "energy_pj": h["energy_pj"]["total"] / tokens, "link_bytes": link / tokens,
         "sram_bits": h["sram_bits"] / tokens,
-        "events": {k: v / tokens for k, v in ev.as_dict().items()
-                   if k not in ("gemms", "time_steps")}}
+        "events": {k: v / tokens for k, v in ev.as_dict().items() if k in COUNTED}}
     out["layers"] = []
     for r in layers:
         ops = r["energy_pj"]["total"] - r["energy_pj"]["sram"]
