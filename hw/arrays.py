@@ -104,15 +104,19 @@ class SpikeArray(wiring.Component):
         i_on, v_on = live_i.bit_select(s2_slot, 1), live_v.bit_select(s2_slot, 1)
         i_old = [Mux(i_on, cur_rd.data[j], 0) for j in range(cfg.lanes)]
         v_old = [Mux(v_on, mem_rd.data[j], 0) for j in range(cfg.lanes)]
-        adds = [Mux(s2_neg, -self.w_data[j], self.w_data[j]) for j in range(cfg.lanes)]
+        # x - w as x + ~w + 1: the inversion is one LUT per bit (merged with the weight
+        # buffer's sign extension) and the +1 the adder's carry-in, no negation carry chain
+        flip = s2_neg.replicate(cfg.weight_bits)
+        adds = [(self.w_data[j].as_unsigned() ^ flip).as_signed() for j in range(cfg.lanes)]
         for j in range(cfg.lanes):
-            m.d.comb += [self.out.payload[j].eq(v_old[j]), cur_wr.data[j].eq(i_old[j] + adds[j])]
+            m.d.comb += [self.out.payload[j].eq(v_old[j]),
+                         cur_wr.data[j].eq(i_old[j] + adds[j] + s2_neg)]
         # V takes I on STEP (TTFS) or the weight on SPIKE (the other kinds); a config without
         # one of the two families builds no adder for it
         timed = any(e in TTFS_KINDS for e in cfg.encodings)
         direct = any(e not in (*TTFS_KINDS, "int") for e in cfg.encodings)
         for j in range(cfg.lanes):
-            step_v, spike_v = v_old[j] + i_old[j], v_old[j] + adds[j]
+            step_v, spike_v = v_old[j] + i_old[j], v_old[j] + adds[j] + s2_neg
             m.d.comb += mem_wr.data[j].eq(
                 Mux(s2_op == SpikeOp.STEP, step_v, spike_v) if timed and direct
                 else step_v if timed else spike_v)
@@ -157,6 +161,9 @@ class MacArray(wiring.Component):
             "w_addr": Out(cfg.k_bits),
             "w_en": Out(1),
             "w_data": In(weight_row_layout(cfg)),
+            #: weights are whole rows; otherwise only the low ``narrow_bits`` of each are
+            #: valid, and the array sign-extends the weight each unit selects
+            "wide": In(1),
             "busy": Out(1),
             "idle": Out(1),  #: no event and no product in the pipeline
             "mac": Out(1),  #: strobe: ``mac_units`` multiplies executed this cycle
@@ -214,6 +221,10 @@ class MacArray(wiring.Component):
                 for cyc in range(mc):
                     with m.Case(cyc):
                         m.d.comb += w_sel.eq(self.w_data[cyc * units + u])
+            if cfg.narrow_bits < cfg.weight_bits:
+                w_ext = Signal.like(w_sel, name=f"w_ext{u}")
+                m.d.comb += w_ext.eq(Mux(self.wide, w_sel, w_sel[:cfg.narrow_bits].as_signed()))
+                w_sel = w_ext
             prod = Signal(signed(cfg.weight_bits + cfg.act_bits), name=f"prod{u}")
             with m.If(run & ~is_end):
                 m.d.sync += prod.eq(w_sel * q)

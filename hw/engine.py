@@ -10,16 +10,17 @@ WEIGHTS    one weight row (``lanes`` weights)    host / spike array and MAC arra
 SPIKE_EV   a spike-array event                   host / spike-event reader
 MAC_EV     a MAC-array event                     host / MAC-event reader
 ROWS       per-row requantizer multiplier        host / combiner
-ACC        ``lanes`` accumulators per row,       host (start row) and combiner / combiner
-           plus the start row at index M_max
+ACC        one lane's partial sum of one row     combiner (and host) / combiner
 PARAMS     requantizer constants per lane        host / output unit
 OUT        one output value                      output unit / host
+START      one lane's accumulator start value    host / combiner
 ========== ===================================== =========================================
 
-Both arrays add into their own partial registers while they sweep a row; the combiner adds
-the two partials to the row's start value (the start row, or the row's own partial sums
-from the previous K tile) and either writes the sum back (more K tiles to come) or sends it
-through the output unit into OUT. Design notes: ``docs/hw.md``.
+Both arrays add into their own partial sums (LUT RAM rows) while they sweep a row; the
+combiner adds the two partials to the lane's start value (START, or the row's own partial
+sum from the previous K tile in ACC), one lane per cycle, and either writes the sum back
+(more K tiles to come) or sends it through the output unit into OUT. Design notes:
+``docs/hw.md``.
 """
 
 from __future__ import annotations
@@ -117,12 +118,15 @@ class WeightBuffer(Elaboratable):
         self.wr_en = Signal()
         self._ports: list = []
 
-    def read_port(self, wide=None):
-        """A port with ``addr``, ``en`` and ``data`` (a whole row, ``weight_row_layout``)."""
+    def read_port(self, wide=None, extend: bool = True):
+        """A port with ``addr``, ``en`` and ``data`` (a whole row, ``weight_row_layout``).
+        With ``extend`` False a narrow read leaves the high halves stale: the reader
+        sign-extends what it selects (``hw.arrays.MacArray``: per unit, not per lane)."""
         cfg = self.cfg
         port = SimpleNamespace(addr=Signal(cfg.k_bits, name="w_rd_addr"),
                                en=Signal(name="w_rd_en"),
-                               data=Signal(weight_row_layout(cfg), name="w_rd_data"), wide=wide)
+                               data=Signal(weight_row_layout(cfg), name="w_rd_data"), wide=wide,
+                               extend=extend)
         self._ports.append(port)
         return port
 
@@ -156,7 +160,7 @@ class WeightBuffer(Elaboratable):
             m.d.comb += [hi_rp.addr.eq(p.addr), hi_rp.en.eq(p.en & wide)]
             for j in range(cfg.lanes):
                 whole = Cat(lo_rp.data[j], hi_rp.data[j]).as_signed()
-                m.d.comb += p.data[j].eq(Mux(wide, whole, lo_rp.data[j]))
+                m.d.comb += p.data[j].eq(Mux(wide, whole, lo_rp.data[j]) if p.extend else whole)
         return m
 
 
@@ -227,10 +231,16 @@ class Engine(wiring.Component):
         rd_sel = Signal(BufId)
         with m.If(self.rd_en):
             m.d.sync += rd_sel.eq(self.rd_buf)
+        # the widest buffer (a weight row) drives every bit, the others only their own: bits
+        # above a word's width are never sent, so they need no select
+        widest_b = max(host_rd, key=lambda b: Shape.cast(shapes[b][0]).width)
+        m.d.comb += self.rd_data.eq(host_rd[widest_b].data)
         with m.Switch(rd_sel):
             for b, rp in host_rd.items():
-                with m.Case(b):
-                    m.d.comb += self.rd_data.eq(rp.data)
+                if b != widest_b:
+                    with m.Case(b):
+                        width = Shape.cast(shapes[b][0]).width
+                        m.d.comb += self.rd_data[:width].eq(rp.data)
 
         # datapath blocks
         desc = Signal(descriptor_layout(cfg))
@@ -245,8 +255,9 @@ class Engine(wiring.Component):
         wiring.connect(m, sr.out, sa.ev)
         wiring.connect(m, mr.out, ma.ev)
         bad = Signal()  # an event the descriptor cannot have meant
+        m.d.comb += ma.wide.eq(desc.wide)
         for name, arr in (("spike", sa), ("mac", ma)):
-            rp = weights.read_port(desc.wide)
+            rp = weights.read_port(desc.wide, extend=arr is sa)
             w_addr = Signal(cfg.k_bits + 1, name=f"w_addr_{name}")
             m.d.comb += [w_addr.eq(arr.w_addr + desc.w_base), rp.addr.eq(w_addr),
                          rp.en.eq(arr.w_en), arr.w_data.eq(rp.data),

@@ -85,6 +85,7 @@ class Top(wiring.Component):
                         nbytes(descriptor_layout(cfg).size), nbytes(ident_layout().size),
                         nbytes(cfg.counter_bits))
         sr = Signal(width)  # assembles incoming words (from the top) / shifts out outgoing
+        rbyte = Signal(range(max(wbytes.values()) + 1))  # byte of a READ_BUF word being sent
         hdr = Signal(HEADER)
         got = Signal(16)  # payload bytes consumed
         todo = Signal(16)  # bytes left in the current field
@@ -117,7 +118,9 @@ class Top(wiring.Component):
             return sr >> (width - 8 * nb)
 
         m.d.comb += [link.resp.payload.cmd.eq(status), link.resp.payload.seq.eq(hdr.seq),
-                     link.resp.payload.length.eq(resp_len), link.resp_data.payload.eq(sr[:8])]
+                     link.resp.payload.length.eq(resp_len),
+                     link.resp_data.payload.eq(Mux(hdr.cmd == Cmd.READ_BUF,
+                                                   eng.rd_data.word_select(rbyte, 8), sr[:8]))]
         m.d.comb += cnt.sel.eq(ctr)
 
         # A RUN repeated with the seq of the RUN just before it (a retry after a lost
@@ -287,12 +290,14 @@ class Top(wiring.Component):
                 m.d.sync += [addr.eq(addr + 1), words.eq(words - 1)]
                 m.next = "RD_LATCH"
             with m.State("RD_LATCH"):
-                m.d.sync += [sr.eq(eng.rd_data), todo.eq(bpw)]
+                # the word stays on the engine's read port (nothing else reads it while the
+                # executor sends it) and goes out byte by byte from there, not through sr
+                m.d.sync += [rbyte.eq(0), todo.eq(bpw)]
                 m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += link.resp_data.valid.eq(1)
                 with m.If(link.resp_data.ready):
-                    m.d.sync += [sr.eq(sr >> 8), todo.eq(todo - 1)]
+                    m.d.sync += [sr.eq(sr >> 8), todo.eq(todo - 1), rbyte.eq(rbyte + 1)]
                     with m.If(todo == 1):
                         with m.If((hdr.cmd == Cmd.READ_COUNTERS) & (ctr < len(COUNTERS))):
                             m.next = "LOAD_CTR"

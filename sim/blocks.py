@@ -16,7 +16,7 @@ from amaranth.lib import memory
 from amaranth.sim import Simulator
 
 from accel.config import AccelConfig
-from accel.layouts import mac_event_layout, spike_event_layout, weight_row_layout
+from accel.layouts import mac_event_layout, spike_event_layout, weight_row_layout, wide_weights
 from accel.tiling import mac_words, spike_words
 from hw.arrays import MacArray, SpikeArray
 from models.encodings import TTFS_KINDS, Encoding
@@ -127,8 +127,11 @@ def rtl_mac_array(cfg: AccelConfig, codes: torch.Tensor, shifts: torch.Tensor,
     mask[channels] = True
     events = mac_words(codes, mask, shifts)
     dut = MacArray(cfg)
+    # whole rows only when the weights need them: narrow tiles sign-extend the low bits
+    wide = int(bool(wide_weights(w, cfg.narrow_bits).any()))
     return _run(cfg, dut, w, events, mac_event_layout(cfg), codes.shape[0], stall_p, seed,
-                ("mac", "row", "busy"), rows_port=dut.rows)
+                ("mac", "row", "busy"), setup=lambda ctx: ctx.set(dut.wide, wide),
+                rows_port=dut.rows)
 
 
 def rtl_output_unit(cfg: AccelConfig, acc: torch.Tensor, mrow: torch.Tensor, consts: dict,
