@@ -170,3 +170,31 @@ def test_cli_refuses_bad_calibration_arguments(capsys):
     assert "time steps T must be an integer in 1..8, not 9" in capsys.readouterr().err
     assert main(["eval", "--model", "tiny-opt", "--only-calibration"]) == 2
     assert "--only-calibration needs --calibration" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_calibrated_model_runs_bit_exactly_on_the_simulated_device(tiny_llama, tmp_path):
+    """The pattern of tests/host/test_driver.py with calibrated thresholds: per-channel
+    steps and initial membranes only change which codes the host and the requantizers
+    produce, so the accelerator (Verilator) stays bit-exact with counters equal."""
+    from accel.config import AccelConfig
+    from host.driver import Device
+    from host.run import run_model
+    from host.transport import SerialTransport
+    from sim.device import SimDevice
+
+    from ..helpers import FAST, simulator_binary
+
+    cfg = AccelConfig(lanes=16, mac_units=4, weight_depth=64, max_rows=32,
+                      spike_event_depth=4096, mac_event_depth=256)  # tests/host's CFG
+    ids = tiny_llama.tokenize("Calibrated thresholds, on simulated hardware.")
+    with SimDevice(simulator_binary(cfg, tmp_path)) as sim:
+        for enc, method in ((RATE4, "fas"), (dual_encoding(4), "dual")):
+            cm = convert(tiny_llama, ConvertOptions(encoding=enc, outlier_count=0,
+                                                    calib_sentences=6, threshold_calib=method))
+            t = SerialTransport(sim.url)
+            res = run_model(cm, ids, Device(t, cfg, **FAST))
+            t.close()
+            assert res.bit_exact, method
+            assert all(r.exact and r.counters_match for r in res.records), method
+            assert {r.name for r in res.records} == set(res.golden_events)
