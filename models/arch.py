@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-BUILTIN = ("minilm", "tiny-opt", "tiny-llama")
+BUILTIN = ("minilm", "tiny-opt", "tiny-llama", "tiny-mamba")
 FAMILIES = ("bert", "gpt2", "opt", "llama")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("absolute", "rotary")
@@ -97,6 +97,12 @@ class ArchSpec:
         """Plain dict for the bundle manifest."""
         return asdict(self)
 
+    def describe(self) -> str:
+        """The sizes, for messages."""
+        return (f"layers={self.layers}, hidden={self.hidden}, heads={self.heads}, "
+                f"kv_heads={self.kv_heads}, head_dim={self.head_dim}, ffn={self.ffn}, "
+                f"gated={self.gated}")
+
     @classmethod
     def from_json(cls, d: dict, where: str = "arch") -> ArchSpec:
         """Inverse of :meth:`to_json`; checks every field (:class:`ModelInputError`)."""
@@ -150,6 +156,16 @@ class ArchSpec:
                 raise bad("head_dim", "must be even for rotary positions")
         elif self.heads * self.head_dim != self.hidden:
             raise bad("head_dim", f"times heads={self.heads} must equal hidden={self.hidden}")
+
+
+def spec_from_json(d: dict, where: str = "arch"):
+    """The architecture of a bundle manifest: an :class:`ArchSpec`, or a
+    :class:`models.mamba.MambaSpec` for ``family: "mamba"``."""
+    if isinstance(d, dict) and d.get("family") == "mamba":
+        from .mamba import MambaSpec  # it imports this module
+
+        return MambaSpec.from_json(d, where)
+    return ArchSpec.from_json(d, where)
 
 
 def _unsupported_arch(mt) -> str:
@@ -428,6 +444,10 @@ def canonical_params(spec: ArchSpec, sd: dict[str, torch.Tensor]) -> dict[str, t
 
 def canonical_shapes(spec: ArchSpec) -> dict[str, tuple[int, ...]]:
     """Shape of every canonical parameter (linear biases included; they are optional)."""
+    if spec.family == "mamba":
+        from .mamba import mamba_shapes
+
+        return mamba_shapes(spec)
     h, f = spec.hidden, spec.ffn
     qd, kvd = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
     out: dict[str, tuple[int, ...]] = {"embed.tok.w": (spec.vocab, h)}
@@ -546,6 +566,10 @@ def load_model(name_or_dir: str | os.PathLike) -> LoadedModel:
     from transformers import AutoModel
 
     name = str(name_or_dir)
+    from .mamba import load_mamba, mamba_dir  # Mamba-family models (it imports this module)
+
+    if mamba_dir(name):
+        return load_mamba(name)
     if name in ("tiny-opt", "tiny-llama"):
         cfg = tiny_config(name.split("-")[1])
         model, path, where = random_model(cfg), None, name

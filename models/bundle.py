@@ -19,7 +19,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .arch import ArchSpec, ModelInputError, _is_int, _show, canonical_shapes, one_line
+from .arch import (
+    ArchSpec,
+    ModelInputError,
+    _is_int,
+    _show,
+    canonical_shapes,
+    one_line,
+    spec_from_json,
+)
 from .contract import ACC_BITS, ACC_MAX, COL_MULT_MAX, INT8_QMAX, MAX_REQ_SHIFT, WEIGHT_QMAX
 from .graph import gemm_nodes
 from .quant import ActPlan
@@ -106,6 +114,10 @@ class ConvertedModel:
 
     def host_shapes(self) -> dict[str, tuple[int, ...]]:
         """Canonical name -> shape of every host parameter the architecture implies."""
+        if self.spec.family == "mamba":
+            from .mamba import mamba_host_shapes  # it imports this module's package
+
+            return mamba_host_shapes(self.spec)
         return {k: s for k, s in canonical_shapes(self.spec).items()
                 if not k.startswith("layers.") or ".norm" in k}
 
@@ -121,7 +133,6 @@ class ConvertedModel:
         """Name -> (dtype, shape) of every tensor the manifest implies."""
         s = self.spec
         exp: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
-        kvd = s.kv_heads * s.head_dim
         for n in self.nodes.values():
             for t in ("mcol", "bias", "zp", "lo", "hi"):
                 exp[f"{n.name}.{t}"] = (torch.int32, (n.epi,))
@@ -131,7 +142,7 @@ class ConvertedModel:
                 exp[f"{n.name}.w_scale"] = (torch.float64, (n.N,))
                 exp[f"{n.name}.zcorr"] = (torch.int32, (n.N,))
             else:
-                exp[f"{n.name}.w_scale"] = (torch.float64, (kvd,))
+                exp[f"{n.name}.w_scale"] = (torch.float64, (s.kv_heads * s.head_dim,))
             if n.act.rotate:
                 exp[f"rot.{n.K}"] = (torch.int8, (n.K,))
         host = self.host_shapes()
@@ -143,15 +154,15 @@ class ConvertedModel:
         """The nodes must be the architecture's GEMMs, in order, with its shapes."""
         s = self.spec
         exp = gemm_nodes(s)
-        arch = (f"arch (layers={s.layers}, hidden={s.hidden}, heads={s.heads}, "
-                f"kv_heads={s.kv_heads}, head_dim={s.head_dim}, ffn={s.ffn}, gated={s.gated})")
+        arch = f"arch ({s.describe()})"
         if len(exp) != len(self.nodes):
             raise BundleError(f"graph: {len(self.nodes)} distinct nodes, but {arch} implies "
                               f"{len(exp)}")
         for i, (g, n) in enumerate(zip(exp, self.nodes.values(), strict=True)):
             if n.name != g["name"]:
                 raise BundleError(f"graph[{i}]: node {n.name!r}, expected {g['name']!r}")
-            epi = {"linear": g["N"], "qk": s.heads, "av": s.heads * s.head_dim}[g["kind"]]
+            epi = (g["N"] if g["kind"] == "linear" else
+                   s.heads if g["kind"] == "qk" else s.heads * s.head_dim)
             for f, want in (("kind", g["kind"]), ("K", g["K"]), ("N", g["N"]),
                             ("heads", g["heads"]), ("direct", g["direct"]), ("epi", epi)):
                 if getattr(n, f) != want:
@@ -171,7 +182,7 @@ class ConvertedModel:
             what = (f"missing {', '.join(missing[:4])}" if missing else
                     f"unexpected {', '.join(map(str, extra[:4]))}" if extra else "duplicates")
             raise BundleError(f"host_params: {what} (arch: family={s.family}, "
-                              f"layers={s.layers}, norm={s.norm})")
+                              f"layers={s.layers}, norm={getattr(s, 'norm', 'rmsnorm')})")
 
     def acc_bound(self, n: NodeInfo) -> int:
         """Largest |accumulator| (partial sums included) that node ``n`` can reach over every
@@ -315,7 +326,7 @@ def load_bundle(path: str | Path) -> ConvertedModel:
     mf = path / MANIFEST
     m = _manifest(path)
     try:
-        spec = ArchSpec.from_json(m["arch"], "arch")
+        spec = spec_from_json(m["arch"], "arch")
         nodes: dict[str, NodeInfo] = {}
         for i, d in enumerate(m["graph"]):
             n = NodeInfo.from_json(d, f"graph[{i}]")

@@ -391,6 +391,10 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None,
     opts = opts or ConvertOptions()
     opts.check()
     with _Threads(1):
+        if lm.spec.family == "mamba":
+            from .mamba_convert import convert_mamba  # it imports this module
+
+            return convert_mamba(lm, opts, progress)
         return _convert(lm, opts, progress)
 
 

@@ -33,8 +33,13 @@ def gemm_nodes(spec: ArchSpec) -> list[dict]:
     ``M`` is the number of tokens (per call); ``K`` and ``N`` are the reduction and output
     sizes (``tokens`` where they depend on the sequence); ``heads`` is the batch of
     per-head matmuls. ``direct`` says the output feeds the next GEMM straight from the
-    output neuron unit instead of going back to the host.
+    output neuron unit instead of going back to the host. Mamba models:
+    :func:`models.mamba.mamba_nodes`.
     """
+    if spec.family == "mamba":
+        from .mamba import mamba_nodes
+
+        return mamba_nodes(spec)
     h, d, kvd = spec.hidden, spec.head_dim, spec.kv_heads * spec.head_dim
     qd = spec.heads * d
     rotary = spec.position == "rotary"
@@ -107,7 +112,12 @@ def forward(spec: ArchSpec, params, ids: torch.Tensor, ops,
 
     With ``cache`` (causal models only) ``ids`` are the tokens after the ``cache.length``
     cached ones: their queries attend over the cached keys and values and their own, and
-    their keys and values are appended to the cache."""
+    their keys and values are appended to the cache. Mamba models run
+    :func:`models.mamba.forward`."""
+    if spec.family == "mamba":
+        from . import mamba
+
+        return mamba.forward(spec, params, ids, ops, cache)
     if ids.dim() != 1 or len(ids) == 0:
         raise ValueError(f"ids must be a non-empty 1-D token sequence, not {tuple(ids.shape)}")
     if cache is not None and not spec.causal:

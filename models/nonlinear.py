@@ -70,3 +70,42 @@ def rotary(x: torch.Tensor, theta: float, positions: torch.Tensor) -> torch.Tens
     ang = torch.cat([ang, ang], -1)
     x1, x2 = x[..., : d // 2], x[..., d // 2 :]
     return x * torch.cos(ang) + torch.cat([-x2, x1], -1) * torch.sin(ang)
+
+
+# -- Mamba's host functions (models.mamba) -------------------------------------------------
+#: Above this, softplus(x) is x (torch's and transformers' threshold).
+SOFTPLUS_THRESHOLD = 20.0
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 + exp(x))`` as ``log1p(exp(x))``, and ``x`` itself above 20."""
+    return torch.where(x > SOFTPLUS_THRESHOLD, x, torch.log1p(torch.exp(x)))
+
+
+def causal_conv1d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """Causal depthwise convolution over tokens: ``x`` ``[M, C]``, ``w`` ``[C, W]``, ``b``
+    ``[C]`` or None; ``y[t, c] = b[c] + sum_{j=0}^{W-1} w[c, j] x[t - W + 1 + j, c]`` with
+    ``x`` zero before the first token, summed in the order of ``j`` (the bias first)."""
+    m, c = x.shape
+    width = w.shape[1]
+    xp = torch.cat([torch.zeros(width - 1, c, dtype=x.dtype), x])
+    y = torch.zeros(m, c, dtype=x.dtype) if b is None else b.expand(m, c).clone()
+    for j in range(width):
+        y = y + w[:, j] * xp[j:j + m]
+    return y
+
+
+def selective_scan(u: torch.Tensor, dt: torch.Tensor, a_log: torch.Tensor, b: torch.Tensor,
+                   c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Mamba's selective scan, token by token from a zero state: ``u``, ``dt`` ``[M, C]``,
+    ``a_log`` ``[C, S]``, ``b``, ``c`` ``[M, S]``, ``d`` ``[C]``. With ``A = -exp(a_log)``,
+    per token ``t``: ``h = exp(A dt[t]) h + (dt[t] u[t]) b[t]`` (``h`` ``[C, S]``), then
+    ``y[t] = sum_s h[:, s] c[t, s] + d u[t]`` (elementwise products, the sum over ``s`` one
+    reduction); returns ``y`` ``[M, C]``."""
+    a = -torch.exp(a_log)
+    h = torch.zeros_like(a)
+    ys = []
+    for t in range(u.shape[0]):
+        h = torch.exp(a * dt[t][:, None]) * h + (dt[t] * u[t])[:, None] * b[t][None, :]
+        ys.append((h * c[t][None, :]).sum(-1) + d * u[t])
+    return torch.stack(ys)
