@@ -29,6 +29,9 @@ def _encoding(s: str) -> Encoding:
             t, x, lv = (arg or "5x3").partition("x")
             # graded:T (T in 1..8): Dual conversion's neuron covering 4-bit codes
             return Encoding(kind, steps=int(t), levels=int(lv)) if x else dual_encoding(int(t))
+        if kind == "ternary":  # ternary:T (MAR), ternary:TxL (SpikingMamba's signed levels)
+            t, _, lv = (arg or "8").partition("x")
+            return Encoding(kind, steps=int(t), levels=int(lv or 1))
         return Encoding(kind, steps=int(arg or 8))
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{s!r}: {e}") from e
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--out", required=True, help="bundle directory to write")
     cv.add_argument("--encoding", default="ttfs-signed:4", type=_encoding,
                     help="ttfs[:bits] | ttfs-signed[:bits] | rate[:T] | graded[:TxL] | "
-                         "graded:T (T in 1..8, L covering 4-bit codes) | ternary[:T] | "
+                         "graded:T (T in 1..8, L covering 4-bit codes) | ternary[:T[xL]] | "
                          "int[:bits] (default ttfs-signed:4: zero is silent)")
     cv.add_argument("--outliers", type=_count, default=None,
                     help="outlier channels per GEMM (default: 1/32 of the channels)")

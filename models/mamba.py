@@ -164,10 +164,7 @@ def spec_from_mamba_dict(d: dict, where: str = "config") -> MambaSpec:
     vocab = c.int("vocab_size", hi=MAX_VOCAB, default=50280)
     state = c.int("state_size", hi=MAX_STATE, default=16)
     conv = c.int("conv_kernel", hi=MAX_CONV, default=4)
-    expand = d.get("expand", 2)
-    if not _is_num(expand) or not math.isfinite(expand) or expand <= 0:
-        raise c.err("expand", "must be a positive number")
-    inner = int(expand * hidden)
+    inner = c.int("expand", default=2) * hidden
     _refuse(not 1 <= inner <= MAX_DIM, f"{where}: expand*hidden_size={inner} outside "
                                        f"1..{MAX_DIM}")
     if d.get("intermediate_size") is not None and d["intermediate_size"] != inner:
