@@ -37,8 +37,9 @@ from models.bundle import BundleError, load_bundle
 from models.checkpoint import read_json
 from models.convert import ConvertedModel, convert
 from models.energy import load_table
-from models.generate import check_length, generate, kv_cache_bytes
+from models.generate import check_length, float_tokens, generate, kv_cache_bytes, pass_traces
 from models.golden import run_golden, total_events
+from models.lm_head import HEAD
 
 from . import report
 from .driver import Device, DeviceError, LinkError
@@ -198,7 +199,9 @@ def cmd_run(a) -> int:
             _say(a, f"simulator: ready after {time.perf_counter() - t0:.0f} s")
             link, dev = connect(url)
         passes = 1 if gen is None else len(gen.passes)
-        bar = tqdm(total=len(program) * passes, unit="gemm", disable=a.quiet,
+        # a generation adds the output projection to each pass (unless the program has it)
+        per_pass = len(program) + (gen is not None and program[-1]["gemm"] != HEAD)
+        bar = tqdm(total=per_pass * passes, unit="gemm", disable=a.quiet,
                    desc="run" if gen is None else "generate")
         t0 = time.perf_counter()
         try:
@@ -213,13 +216,18 @@ def cmd_run(a) -> int:
         wall = time.perf_counter() - t0
     layers = report.layer_rows(cfg, res, table)
     hybrid = report.hybrid(cfg, layers, baselines.time_steps(cm), table)
-    converted = []
+    converted, converted_decode = [], []
     bar = tqdm(baselines.CONVERTED, unit="baseline", disable=a.quiet, desc="baselines")
     for name, enc in bar:
         bar.set_postfix_str(f"converting {name}")
         # on this accelerator: golden events, cycles and buffer traffic from gen's models
         cmb = convert(lm, baselines.options(enc))
-        converted.append(baselines.converted_baseline(cfg, name, cmb, ids, table))
+        if gen is None:
+            converted.append(baselines.converted_baseline(cfg, name, cmb, ids, table))
+        else:  # the same passes on the same tokens, output projections included
+            pre, dec = _generation_baseline(cfg, name, cmb, ids, gres.tokens, table)
+            converted.append(pre)
+            converted_decode += [dec] if dec is not None else []
     bar.set_postfix_str("done")
     bar.close()
     versus = baselines.compare(cfg, table, hybrid, report.shapes(res), converted)
@@ -231,7 +239,8 @@ def cmd_run(a) -> int:
                                  "stats": dict(dev.stats),
                                  "faults_injected": dict(getattr(link, "injected", {}))},
         "layers": layers, "hybrid": hybrid, **versus,
-        **({} if gen is None else {"generation": _generation(cfg, gres, cm, lm, table)}),
+        **({} if gen is None else {"generation": _generation(cfg, gres, cm, lm, table,
+                                                              converted_decode)}),
         "totals": {"measured_cycles": sum(r["measured_cycles"] for r in layers),
                    "predicted_cycles": sum(r["predicted_cycles"] for r in layers),
                    "golden_events": vars(total_events(res.golden_events))},
@@ -265,11 +274,39 @@ def prompt_ids(lm: LoadedModel, ids):
     return ids
 
 
-def _generation(cfg, gres, cm, lm, table) -> dict:
-    """The report's ``generation`` key, with the generated text and the KV cache size."""
+def _generation_baseline(cfg, name: str, cmb: ConvertedModel, ids, tokens: list[int],
+                         table: dict) -> tuple[dict, dict | None]:
+    """An accelerator baseline of a generation: ``cmb`` (another conversion of the model)
+    over the same passes as the device's (the prompt, then each generated token but the
+    last), output projections included, predicted on this accelerator; the prefill's
+    scheme and the decode steps' (None without decode steps)."""
+    traces = pass_traces(cmb, ids, tokens[:-1])
+    pre = baselines.predicted(cfg, name, baselines.time_steps(cmb), traces[0], table,
+                              baselines.MEMORY_MODELS["converted"])[0]
+    if len(traces) == 1:
+        return pre, None
+    dec = baselines.predicted(cfg, name, baselines.time_steps(cmb),
+                              [c for t in traces[1:] for c in t], table,
+                              baselines.MEMORY_MODELS["converted"])[0]
+    return pre, dec
+
+
+def _generation(cfg, gres, cm, lm, table, converted_decode: list[dict]) -> dict:
+    """The report's ``generation`` key, with the generated text, the KV cache size, the
+    float model's tokens and the decode steps' baselines."""
     g = report.generation(cfg, gres, baselines.time_steps(cm), table)
     g["text"] = lm.tokenizer.decode(gres.tokens)
     g["kv_cache_bytes"] = kv_cache_bytes(cm, g["prompt_tokens"] + g["decode_steps"])
+    ft = float_tokens(lm.spec, lm.params, gres.golden.prompt, g["decode_steps"])
+    g["float_tokens"] = ft
+    g["float_agreement"] = sum(a == b for a, b in zip(ft, gres.tokens, strict=True)) / len(ft)
+    if "decode" in g:
+        dres = gres.phase("decode")
+        h = report.hybrid(cfg, report.layer_rows(cfg, dres, table), baselines.time_steps(cm),
+                          table)
+        g["decode"].update(baselines.compare(cfg, table, h, report.shapes(dres),
+                                             converted_decode))
+        g["decode"]["hybrid"] = h
     return g
 
 

@@ -212,6 +212,13 @@ def write(report: dict, out: Path) -> None:
                   f"Tokens {g['tokens']} (golden {g['golden_tokens']}); bit-exact: "
                   f"**{g['bit_exact']}**. The per-layer table above is the prefill's.", "",
                   "```", *generation_lines(g), "```"]
+        if "float_tokens" in g:
+            lines += ["", f"The float model's tokens: {g['float_tokens']} (agreement with the "
+                          f"device's: {g['float_agreement']:.0%})."]
+        if "baselines" in g.get("decode", {}):
+            lines += ["", "### Decode steps against the baselines", ""]
+            lines += baselines.markdown(g["decode"]["hybrid"], "hybrid (decode, device)",
+                                        g["decode"]["baselines"], g["decode"]["reductions"])
         if "decode" in g:
             lines += ["", "| layer | prefill cycles/token | decode cycles/token | prefill nJ/token "
                       "(with memory) | decode nJ/token (with memory) | prefill link B/token | "

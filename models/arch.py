@@ -597,5 +597,9 @@ def load_model(name_or_dir: str | os.PathLike) -> LoadedModel:
             raise ModelInputError(f"{where}: transformers read the config differently "
                                   f"({', '.join(diff)})")
     params = canonical_params(spec, model.state_dict())
+    if path is not None:  # an untied output projection (models.lm_head; base models drop it)
+        from .lm_head import checkpoint_head
+
+        params |= checkpoint_head(path, spec, getattr(model.config, "tie_word_embeddings", True))
     check_finite(params, str(path) if path is not None else name)
     return LoadedModel(name, spec, params, _tokenizer_for(path), model)

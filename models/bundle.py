@@ -40,6 +40,8 @@ VERSION = 1
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
 KINDS = ("linear", "qk", "av")
+#: The output projection's node name (``models.lm_head``; the manifest's optional ``head``).
+HEAD = "lm_head"
 #: Output codes, zero points and clamps of the output neuron unit are 16-bit signed.
 OUT_MIN, OUT_MAX = -(2**15), 2**15 - 1
 
@@ -107,6 +109,8 @@ class ConvertedModel:
     nodes: dict[str, NodeInfo]
     tensors: dict[str, torch.Tensor]
     host_params: list[str] = field(default_factory=list)
+    #: the output projection (decoders; ``models.lm_head``), None in bundles made before it
+    head: NodeInfo | None = None
 
     def params(self) -> dict[str, torch.Tensor]:
         """Host float parameters under their canonical names (for :mod:`models.graph`)."""
@@ -145,6 +149,12 @@ class ConvertedModel:
                 exp[f"{n.name}.w_scale"] = (torch.float64, (s.kv_heads * s.head_dim,))
             if n.act.rotate:
                 exp[f"rot.{n.K}"] = (torch.int8, (n.K,))
+        if self.head is not None:  # raw accumulators: no requantizer constants
+            h = self.head
+            exp |= {f"{h.name}.w": (torch.int8, (h.N, h.K)), f"{h.name}.w_scale":
+                    (torch.float64, (h.N,)), f"{h.name}.zcorr": (torch.int32, (h.N,))}
+            if h.act.rotate:
+                exp[f"rot.{h.K}"] = (torch.int8, (h.K,))
         host = self.host_shapes()
         for k in self.host_params:
             exp["host." + k] = (torch.float32, host.get(k, ()))
@@ -175,6 +185,7 @@ class ConvertedModel:
             if a.rotate and n.kind != "linear":
                 raise BundleError(f"graph node {n.name}: act.rotate: only linear inputs are "
                                   f"rotated")
+        self._check_head()
         host = self.host_shapes()
         missing = sorted(set(host) - set(self.host_params))
         extra = sorted(set(self.host_params) - set(host))
@@ -183,6 +194,24 @@ class ConvertedModel:
                     f"unexpected {', '.join(map(str, extra[:4]))}" if extra else "duplicates")
             raise BundleError(f"host_params: {what} (arch: family={s.family}, "
                               f"layers={s.layers}, norm={getattr(s, 'norm', 'rmsnorm')})")
+
+    def _check_head(self) -> None:
+        """The output projection, if present: a decoder's ``lm_head``, ``[vocab, hidden]``,
+        raw accumulators (shift 0, not direct), its outliers inside ``hidden``."""
+        h, s = self.head, self.spec
+        if h is None:
+            return
+        if not s.causal:
+            raise BundleError(f"head: an encoder ({s.family}) has no output projection")
+        want = dict(name=HEAD, kind="linear", K=s.hidden, N=s.vocab, heads=1, direct=False,
+                    shift=0, epi=s.vocab)
+        for f, v in want.items():
+            if getattr(h, f) != v:
+                raise BundleError(f"head: {f}={getattr(h, f)!r}, the output projection of "
+                                  f"arch (hidden={s.hidden}, vocab={s.vocab}) needs {v!r}")
+        if h.act.outliers and h.act.outliers[-1] >= s.hidden:
+            raise BundleError(f"head: act.outliers: channel {h.act.outliers[-1]} outside "
+                              f"0..{s.hidden - 1}")
 
     def acc_bound(self, n: NodeInfo) -> int:
         """Largest |accumulator| (partial sums included) that node ``n`` can reach over every
@@ -226,6 +255,8 @@ class ConvertedModel:
                 raise BundleError(f"tensor {name}: contains NaN or Inf")
             if name.startswith("rot.") and not bool((t.abs() == 1).all()):
                 raise BundleError(f"tensor {name}: rotation signs must be +-1")
+        if self.head is not None:
+            self._validate_head()
         for n in self.nodes.values():
             t = lambda s, n=n: self.tensors[f"{n.name}.{s}"]  # noqa: E731
             if n.kind == "linear" and t("w").numel() and int(t("w").abs().max()) > WEIGHT_QMAX:
@@ -251,6 +282,22 @@ class ConvertedModel:
                     f"{max(n.act.outlier_shifts, default=0)}")
 
 
+    def _validate_head(self) -> None:
+        """Weight codes, steps and accumulator bound of the output projection."""
+        h = self.head
+        w = self.tensors[h.name + ".w"]
+        if w.numel() and int(w.abs().max()) > WEIGHT_QMAX:
+            raise BundleError(f"tensor {h.name}.w: codes outside +-{WEIGHT_QMAX}")
+        if not bool((self.tensors[h.name + ".w_scale"] > 0).all()):
+            raise BundleError(f"tensor {h.name}.w_scale: steps must be positive")
+        if not (0 < h.act.step < math.inf):
+            raise BundleError(f"head: activation step {h.act.step} not positive")
+        bound = self.acc_bound(h)
+        if bound > ACC_MAX:
+            raise BundleError(f"head: the {ACC_BITS}-bit accumulator can overflow (worst "
+                              f"case {bound:.3g})")
+
+
 def save_bundle(cm: ConvertedModel, out: str | Path) -> Path:
     """Write ``manifest.json`` and ``tensors.safetensors`` into directory ``out``."""
     cm.validate()
@@ -263,6 +310,7 @@ def save_bundle(cm: ConvertedModel, out: str | Path) -> Path:
         "options": cm.options,
         "host_params": cm.host_params,
         "graph": [n.to_json() for n in cm.nodes.values()],
+        **({} if cm.head is None else {"head": cm.head.to_json()}),
         "tensors": {k: {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
                     for k, v in sorted(cm.tensors.items())},
     }
@@ -333,9 +381,10 @@ def load_bundle(path: str | Path) -> ConvertedModel:
             if n.name in nodes:
                 raise BundleError(f"graph[{i}]: node {n.name} appears twice")
             nodes[n.name] = n
+        head = None if m.get("head") is None else NodeInfo.from_json(m["head"], "head")
     except ModelInputError as e:  # BundleError, or from ArchSpec / ActPlan
         raise BundleError(f"{mf}: {e}") from e
-    cm = ConvertedModel(spec, m["options"], nodes, {}, list(m["host_params"]))
+    cm = ConvertedModel(spec, m["options"], nodes, {}, list(m["host_params"]), head)
     try:
         cm.check_graph()
     except BundleError as e:

@@ -1,11 +1,9 @@
 """Converter: a loaded float model -> a :class:`~models.bundle.ConvertedModel`.
 
-Steps: (1) run the float model on the built-in calibration text and record every GEMM
-operand; (2) per GEMM, choose the activation plan: outlier channels, zero point, step,
-outlier shift; (3) quantize weights (rotated, MSE-clipped per-channel steps, GPTQ);
-(4) compute each node's fixed-point epilogue for whoever consumes its output.
-Rules: ``docs/quantization.md``.
-"""
+Steps: (1) run the float model on the calibration text, recording every GEMM operand;
+(2) per GEMM, the activation plan: outliers, zero point, step, outlier shift; (3) weights
+(rotated, MSE-clipped per-channel steps, GPTQ); (4) each node's epilogue for its consumer.
+Decoders' output projection: :mod:`models.lm_head`. Rules: ``docs/quantization.md``."""
 
 from __future__ import annotations
 
@@ -40,6 +38,7 @@ from .contract import (
 )
 from .encodings import Encoding
 from .graph import FloatOps, forward, gemm_nodes
+from .lm_head import HEAD, convert_head, is_host_param
 from .quant import (
     ActPlan,
     dequantize_act,
@@ -276,7 +275,7 @@ def calibrate(lm: LoadedModel, opts: ConvertOptions,
     texts = builtin_text("calibration")[: opts.calib_sentences]
     for text in tqdm(texts, desc="calibrate", unit="sentence", disable=not progress,
                      leave=False):
-        forward(lm.spec, lm.params, lm.tokenize(text, n_tok), ops)
+        record(HEAD, "x", forward(lm.spec, lm.params, lm.tokenize(text, n_tok), ops))
     return rec
 
 
@@ -512,13 +511,14 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
         node.epi = len(tensors[name + ".scale"])
 
     fold_offsets(tensors, nodes, lambda n: not n.endswith(".o"))
-    host_params = sorted(k for k in lm.params if not k.startswith("layers.") or ".norm" in k)
+    host_params = sorted(k for k in lm.params if is_host_param(k))
     for k in host_params:
         tensors["host." + k] = lm.params[k].to(torch.float32).contiguous()
     for k, sg in signs.items():
         tensors[f"rot.{k}"] = sg
+    head = convert_head(lm, opts, _rows(rec[(HEAD, "x")]), tensors) if spec.causal else None
     options = opts.to_json() | {"model": lm.name}
-    cm = ConvertedModel(spec, options, nodes, tensors, host_params)
+    cm = ConvertedModel(spec, options, nodes, tensors, host_params, head)
     for n in nodes.values():  # a model its own contract would refuse is not produced
         bound = cm.acc_bound(n)
         if bound > ACC_MAX:

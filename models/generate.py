@@ -16,9 +16,12 @@ seeing later tokens. So a decode step computes, bit for bit, the last row of a f
 over the whole sequence (``tests/models/test_generate.py`` checks it for every step). Its
 *events* differ (one row instead of the whole sequence); they are the decode workload.
 
-The next token is the host's greedy choice: the logits of the pass's last row against the
-token embeddings (tied output projection, as OPT and GPT-2 have; the bundle carries no
-separate ``lm_head``), in float64, the first index of the largest logit.
+The next token comes from the output projection, a converted GEMM of the model
+(:mod:`models.lm_head`: tied or the checkpoint's own ``lm_head``, 4-bit weights, its input
+encoded like other linear inputs, raw int32 accumulators), run on the pass's last row only
+(``GoldenOps.head``: on the accelerator when ``execute`` is set); the host dequantizes the
+accumulators to float64 logits and takes the first index of the largest. A bundle converted
+before the head existed is refused by :func:`check_length`, naming it.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from dataclasses import dataclass
 import torch
 
 from .bundle import ConvertedModel
-from .contract import Events, F
+from .contract import Events
 from .golden import GemmCall, GoldenOps
-from .graph import KVCache, forward
+from .graph import FloatOps, KVCache, forward
+from .lm_head import greedy
 
 PREFILL, DECODE = "prefill", "decode"
 
@@ -44,8 +48,9 @@ class Pass:
     ids: torch.Tensor  #: the tokens it ran ``[M]``
     cached: int  #: tokens in the KV cache before it (the first token's position)
     hidden: torch.Tensor  #: final hidden states of its rows ``[M, hidden]``, float64
-    events: dict[str, Events]  #: golden events per GEMM node
+    events: dict[str, Events]  #: golden events per GEMM node (``lm_head`` included)
     token: int  #: the greedy next token after its last row
+    logits: torch.Tensor | None = None  #: the last row's logits ``[vocab]``, float64
 
 
 @dataclass
@@ -71,16 +76,6 @@ class Generation:
         return self.passes[1:]
 
 
-def logits(params: dict[str, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
-    """Host output projection: ``hidden [..., hidden] @ embed.tok.w^T`` in float64."""
-    return hidden.to(F) @ params["embed.tok.w"].to(F).t()
-
-
-def next_token(params: dict[str, torch.Tensor], hidden: torch.Tensor) -> int:
-    """Greedy choice after the last row of ``hidden`` (ties: the lowest token id)."""
-    return int(torch.argmax(logits(params, hidden[-1])))
-
-
 class Decoder:
     """A converted decoder model with its KV cache; :meth:`run` forwards new tokens.
 
@@ -103,8 +98,9 @@ class Decoder:
         ops.trace, ops.execute = self.trace, self.execute
         cached = self.cache.length
         hidden = forward(self.cm.spec, self.params, ids, ops, self.cache)
+        logits = ops.head(hidden[-1:])[0]  # the output projection of the last row only
         return Pass(DECODE if cached else PREFILL, ids, cached, hidden, ops.events,
-                    next_token(self.params, hidden))
+                    greedy(logits), logits)
 
 
 def check_length(cm: ConvertedModel, prompt: int, steps: int) -> None:
@@ -117,6 +113,10 @@ def check_length(cm: ConvertedModel, prompt: int, steps: int) -> None:
     if not spec.causal:
         raise ValueError(f"generation needs a decoder (causal) model; this {spec.family} "
                          f"model is an encoder")
+    if cm.head is None:
+        raise ValueError("the converted model has no output projection (lm_head GEMM): it "
+                         "was converted before the head became a GEMM; convert it again "
+                         "(gen build / models convert)")
     # the last decode step runs at position prompt + steps - 1
     if spec.position == "absolute" and prompt + steps + spec.position_offset > \
             spec.max_positions:
@@ -162,6 +162,34 @@ def teacher_forced(cm: ConvertedModel, ids: torch.Tensor, steps: int,
         if on_pass is not None:
             on_pass(i, DECODE if i else PREFILL)
         out.append(dec.run(c))
+    return out
+
+
+def float_tokens(spec, params: dict[str, torch.Tensor], prompt: torch.Tensor,
+                 steps: int) -> list[int]:
+    """The float model's greedy generation (``FloatOps``, float64, with a KV cache and the
+    float output projection): what the converted model's tokens are compared with."""
+    cache, ids, out = KVCache(spec.layers), prompt, []
+    for _ in range(steps + 1):
+        ops = FloatOps(spec, params)
+        hidden = forward(spec, params, ids, ops, cache)
+        out.append(greedy(ops.head(hidden[-1:])[0]))
+        ids = torch.tensor([out[-1]], dtype=torch.int64)
+    return out
+
+
+def pass_traces(cm: ConvertedModel, prompt: torch.Tensor, fed: list[int]) -> list[list[GemmCall]]:
+    """Every GEMM of each pass of a generation that feeds the tokens ``fed`` after the
+    prompt (a generation's tokens but the last), output projections included: the prefill's
+    calls, then each decode step's (for another conversion of the model on the same
+    tokens, e.g. a baseline)."""
+    calls: list[GemmCall] = []
+    dec = Decoder(cm, trace=calls)
+    out = []
+    for ids in [prompt] + [torch.tensor([t], dtype=torch.int64) for t in fed]:
+        start = len(calls)
+        dec.run(ids)
+        out.append(calls[start:])
     return out
 
 

@@ -29,6 +29,7 @@ from .contract import (
 )
 from .encodings import TTFS_KINDS, Encoding, accumulate, encode, spike_counts
 from .graph import forward, merge_heads, split_heads
+from .lm_head import HEAD, head_logits, raw_consts
 from .quant import ONE, quantize_act, rotate
 
 
@@ -268,6 +269,33 @@ class GoldenOps:
                                         slice(h * d, (h + 1) * d), mrow[h], out[h], d)
                            for h in range(spec.heads)])
         return Coded(merge_heads(out))
+
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The output projection (``models.lm_head``) of the rows ``x`` ``[M, hidden]``
+        (the final norm's outputs): one linear GEMM whose output unit passes the raw int32
+        accumulators (``GemmCall.raw``); returns the logits ``[M, vocab]``, float64, the
+        accumulators dequantized (:func:`models.lm_head.head_logits`)."""
+        node = self.cm.head
+        if node is None:
+            raise ValueError("the converted model has no output projection (lm_head): it was "
+                             "converted before the head became a GEMM; convert it again")
+        codes, mrow = self._act(node, x)
+        w = self.t[HEAD + ".w"].to(torch.int64)
+        k, start = w.shape[1], self.t[HEAD + ".zcorr"].to(torch.int64)
+        mask, shifts = node.act.outlier_mask(k), node.act.shifts(k)
+        acc, ev = gemm(codes[None], mask[None], shifts[None], node.act.encoding, w[None], start,
+                       HEAD, self.spike_domain)
+        self._count(HEAD, ev)
+        acc = acc[0]
+        if self.trace is not None or self.execute is not None:
+            call = GemmCall(HEAD, None, codes, mask, shifts, node.act.encoding, w, start,
+                            raw_consts(w.shape[0]), mrow, 0, acc, raw=True)
+            if self.trace is not None:
+                self.trace.append(call)
+            if self.execute is not None:
+                acc = self.execute(call)
+        return head_logits(self.cm, acc, mrow)
 
 
 def run_golden(cm: ConvertedModel, ids: torch.Tensor, spike_domain: bool = False,

@@ -186,6 +186,14 @@ class FloatOps:
         self.record(name, "y", y)
         return y
 
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The output projection: logits ``x @ W^T`` (``models.lm_head.head_weight``)."""
+        from .lm_head import HEAD_PARAM  # it imports this module (through models.bundle)
+
+        key = HEAD_PARAM if HEAD_PARAM in self.params else "embed.tok.w"
+        self.record("lm_head", "x", x)
+        return x @ self._param(key).t()
+
     def attn_scores(self, name: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         spec = self.spec
         self.record(name, "q", q)

@@ -13,7 +13,7 @@ from host.transport import SerialTransport
 from models.arch import load_model, random_model, tiny_config
 from models.convert import ConvertOptions, convert
 from models.energy import load_table
-from models.generate import generate
+from models.generate import generate, pass_traces
 
 from .conftest import CFG, FAST
 
@@ -21,12 +21,36 @@ from .conftest import CFG, FAST
 @pytest.fixture(scope="module")
 def odd_llama(tmp_path_factory):
     """LLaMA at odd sizes (hidden 36, FFN 70: no multiple of the 16 lanes) with grouped-query
-    attention (6 heads over 3 KV heads)."""
+    attention (6 heads over 3 KV heads) and its own output projection (untied, vocab 500)."""
+    from transformers import AutoModelForCausalLM
+
     d = tmp_path_factory.mktemp("odd-llama")
-    random_model(tiny_config("llama", hidden=36, heads=6, kv_heads=3, ffn=70, layers=2,
-                             vocab=500), seed=3).save_pretrained(d)
+    cfg = tiny_config("llama", hidden=36, heads=6, kv_heads=3, ffn=70, layers=2, vocab=500)
+    cfg.tie_word_embeddings = False
+    torch.manual_seed(3)
+    AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(d)
+    lm = load_model(d)
+    assert "lm_head.w" in lm.params
+    return lm, convert(lm, ConvertOptions(calib_sentences=4))
+
+
+def _small(tmp_path_factory, family: str, seed: int, **sizes):
+    d = tmp_path_factory.mktemp(family)
+    random_model(tiny_config(family, **sizes), seed=seed).save_pretrained(d)
     lm = load_model(d)
     return lm, convert(lm, ConvertOptions(calib_sentences=4))
+
+
+@pytest.fixture(scope="module")
+def odd_opt(tmp_path_factory):
+    """OPT at odd sizes (hidden 40, 5 heads, FFN 90; tied head over a vocabulary of 333)."""
+    return _small(tmp_path_factory, "opt", 4, hidden=40, heads=5, ffn=90, layers=2, vocab=333)
+
+
+@pytest.fixture(scope="module")
+def odd_gpt2(tmp_path_factory):
+    """GPT-2 at odd sizes (hidden 40, 5 heads, FFN 100; tied head over a vocabulary of 271)."""
+    return _small(tmp_path_factory, "gpt2", 2, hidden=40, heads=5, ffn=100, layers=1, vocab=271)
 
 
 def _generate_on(sim, cm, prompt, steps):
@@ -38,12 +62,9 @@ def _generate_on(sim, cm, prompt, steps):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["odd-llama", "tiny-opt"])
+@pytest.mark.parametrize("which", ["odd-llama", "odd-opt", "odd-gpt2"])
 def test_generation_is_bit_exact_on_the_device(request, sim, which):
-    if which == "odd-llama":
-        lm, cm = request.getfixturevalue("odd_llama")
-    else:
-        lm, cm = request.getfixturevalue("tiny_opt"), request.getfixturevalue("tiny_opt_cm")
+    lm, cm = request.getfixturevalue(which.replace("-", "_"))
     prompt = lm.tokenize("seven or so tokens of prompt")[:-1]
     steps = 3
     res = _generate_on(sim, cm, prompt, steps)
@@ -54,15 +75,20 @@ def test_generation_is_bit_exact_on_the_device(request, sim, which):
     per_pass = len(res.passes[0].records)
     for p in res.passes:
         assert len(p.records) == per_pass and torch.equal(p.hidden, p.golden_hidden)
+        # the output projection ran on the device, on the pass's last row only, raw
+        head = p.records[-1]
+        assert (head.name, head.m, head.k, head.n) == ("lm_head", 1, spec.hidden, spec.vocab)
+        assert torch.equal(p.logits, p.golden_logits) and p.token == int(p.logits.argmax())
         for r in p.records:
             assert r.exact and r.counters_match, r.name
             assert r.counters["busy"] == r.predicted_cycles, r.name  # the cycle model
             assert {k: r.counters[k] for k in TRAFFIC} == r.predicted_traffic, r.name
-            assert r.m == p.rows
+            assert r.m == (1 if r.name == "lm_head" else p.rows)
         # QK^T and PV run over every cached token and the new ones
         keys = p.cached + p.rows
-        qk = [r for r in p.records if r.name == "layers.1.qk"]
-        av = [r for r in p.records if r.name == "layers.1.av"]
+        last = f"layers.{spec.layers - 1}."
+        qk = [r for r in p.records if r.name == last + "qk"]
+        av = [r for r in p.records if r.name == last + "av"]
         assert len(qk) == len(av) == spec.heads
         assert {(r.k, r.n) for r in qk} == {(spec.head_dim, keys)}
         assert {(r.k, r.n) for r in av} == {(keys, spec.head_dim)}
@@ -100,18 +126,19 @@ def test_generation_is_bit_exact_on_the_device(request, sim, which):
 
 
 @pytest.mark.slow
-def test_host_run_generate_writes_the_report(sim, tiny_llama, tiny_llama_cm, tmp_path,
-                                             monkeypatch, capsys):
-    """``host run --generate`` on a bundle of the session simulator's configuration."""
+def test_host_run_generate_writes_the_report(sim, odd_llama, tmp_path, monkeypatch, capsys):
+    """``host run --generate`` on a bundle of the session simulator's configuration (the
+    odd-size untied LLaMA: a vocabulary of 500 keeps the output projection small)."""
     import contextlib
     import json
 
     import gen.build as gen_build
     import host.__main__ as host_main
 
-    monkeypatch.setattr(gen_build, "load", lambda name: tiny_llama)
+    lm, cm = odd_llama
+    monkeypatch.setattr(gen_build, "load", lambda name: lm)
     monkeypatch.setattr(gen_build.cache, "converted",
-                        lambda lm_, opts, use=True: (tiny_llama_cm, False))
+                        lambda lm_, opts, use=True: (cm, False))
     fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in CFG.to_json().items()}
     out = tmp_path / "b"
     rep = gen_build.build(gen_build.BuildOptions(model="tiny-llama", out=out, tokens=16,
@@ -128,13 +155,28 @@ def test_host_run_generate_writes_the_report(sim, tiny_llama, tiny_llama_cm, tmp
     assert g["decode_steps"] == 2 and len(g["tokens"]) == 3
     assert g["prompt_tokens"] == rep["tokens"]  # the top-level run is the prefill
     assert rep["totals"]["measured_cycles"] == g["prefill"]["measured_cycles"]
-    spec = tiny_llama_cm.spec
+    spec = cm.spec
     assert g["kv_cache_bytes"] == 2 * spec.layers * spec.kv_heads * spec.head_dim * (
         g["prompt_tokens"] + 2)
     assert set(g["decode_vs_prefill"]) >= {"cycles", "compute_energy_pj", "energy_pj",
                                            "link_bytes"}
     assert [r["name"] for r in g["decode"]["layers"]] == [r["name"] for r in rep["layers"]]
-    assert "## Generation: prefill of" in (out / "run" / "report.md").read_text()
+    assert rep["layers"][-1]["name"] == "lm_head" and rep["layers"][-1]["m"] == 1
+    # the float model's tokens beside the device's, and how often they agree
+    assert len(g["float_tokens"]) == 3 and 0 <= g["float_agreement"] <= 1
+    assert g["float_agreement"] == sum(
+        a == b for a, b in zip(g["float_tokens"], g["tokens"], strict=True)) / 3
+    # the decode steps against the same baselines as the prefill (same passes and tokens)
+    dec = g["decode"]
+    assert [b["name"] for b in dec["baselines"]] == [b["name"] for b in rep["baselines"]]
+    assert len(dec["reductions"]) == len(dec["baselines"])
+    assert dec["hybrid"]["compute_energy_pj"] == pytest.approx(dec["compute_energy_pj"])
+    prompt = host_main.prompt_ids(lm, lm.tokenize("A prompt to continue"))
+    calls = [c for t in pass_traces(cm, prompt, g["tokens"][:-1])[1:] for c in t]
+    assert dec["baselines"][0]["macs"] == sum(c.codes.shape[0] * c.codes.shape[1] *
+                                              c.w.shape[0] for c in calls)
+    md = (out / "run" / "report.md").read_text()
+    assert "## Generation: prefill of" in md and "### Decode steps against the baselines" in md
     # a negative count is refused by name
     with pytest.raises(SystemExit) as e:
         host_main.main([*args, "--generate", "-1"])

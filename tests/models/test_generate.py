@@ -5,10 +5,20 @@ import pytest
 import torch
 
 from models.arch import load_model, random_model, spec_from_config, tiny_config
+from models.bundle import BundleError, load_bundle, save_bundle
 from models.convert import ConvertOptions, convert
-from models.generate import Decoder, generate, kv_cache_bytes, teacher_forced
-from models.golden import GemmCall, run_golden
+from models.generate import (
+    Decoder,
+    check_length,
+    float_tokens,
+    generate,
+    kv_cache_bytes,
+    pass_traces,
+    teacher_forced,
+)
+from models.golden import GemmCall, GoldenOps, run_golden
 from models.graph import FloatOps, KVCache, forward
+from models.lm_head import HEAD_PARAM, greedy
 
 PROMPT = "a prompt of some odd length for the decoder"
 
@@ -42,6 +52,7 @@ def _models(request, which):
 @pytest.mark.parametrize("which", ["odd-llama", "tiny-opt", "odd-gpt2"])
 def test_decode_steps_equal_the_full_pass(request, which):
     lm, cm = _models(request, which)
+    spec = cm.spec
     ids = lm.tokenize(PROMPT)
     gen = generate(cm, ids, 4)
     assert [p.phase for p in gen.passes] == ["prefill"] + ["decode"] * 4
@@ -54,13 +65,15 @@ def test_decode_steps_equal_the_full_pass(request, which):
         row = len(ids) + i
         assert p.ids.tolist() == [full_ids[row].item()]
         assert torch.equal(p.hidden, full[row:row + 1]), f"decode step {i}"
-    # greedy: each token is the argmax of the full pass's row
-    emb = cm.params()["embed.tok.w"].to(torch.float64)
-    assert gen.tokens[1:] == [int((full[r] @ emb.t()).argmax())
+    # greedy: each token is the argmax of the output projection (a GEMM) of the full pass's
+    # row, and only the last row of each pass runs it (M = 1)
+    ops = GoldenOps(cm)
+    assert gen.tokens[1:] == [greedy(ops.head(full[r:r + 1])[0])
                               for r in range(len(ids), len(full_ids))]
+    assert all(p.events["lm_head"].acts_in == spec.hidden for p in gen.passes)
+    assert all(p.events["lm_head"].outs == spec.vocab for p in gen.passes)
     # decode events are one row's: every GEMM has M = 1 (acts_in = K per head)
     ev = gen.decode[-1].events
-    spec = cm.spec
     assert ev["layers.0.q"].acts_in == spec.hidden
     assert ev["layers.0.qk"].outs == spec.heads * len(full_ids)  # one row over every key
     assert ev["layers.0.av"].acts_in == spec.heads * len(full_ids)
@@ -77,7 +90,8 @@ def test_decode_gemms_run_over_the_full_pass_codes(odd_llama):
     assert [p.cached for p in passes] == [0, len(ids) - 3, len(ids) - 2, len(ids) - 1]
     # the last decode step: every GEMM is the full pass's last row; QK^T and PV run over
     # the cache, which holds exactly the full pass's K and V codes (GQA: 2 heads per KV head)
-    last = steps[-len(full):]
+    assert steps[-1].name == "lm_head" and steps[-1].codes.shape[0] == 1  # each pass's head
+    last = steps[-len(full) - 1:-1]
     for got, want in zip(last, full, strict=True):
         assert (got.name, got.head) == (want.name, want.head)
         assert got.codes.shape[0] == 1 and torch.equal(got.codes[0], want.codes[-1]), got.name
@@ -128,3 +142,107 @@ def test_an_encoder_cannot_use_a_cache():
                                         vocab=200), "bert")
     with pytest.raises(ValueError, match="a KV cache needs a causal"):
         forward(spec, {}, torch.tensor([1, 2]), None, KVCache(spec.layers))
+
+
+@pytest.fixture(scope="module")
+def untied_llama(tmp_path_factory):
+    """A causal-LM LLaMA checkpoint with its own output projection (``lm_head.weight``,
+    ``tie_word_embeddings`` false), odd sizes, GQA."""
+    from transformers import AutoModelForCausalLM
+
+    d = tmp_path_factory.mktemp("untied-llama")
+    torch.manual_seed(5)
+    cfg = tiny_config("llama", hidden=36, heads=6, kv_heads=3, ffn=70, layers=2, vocab=300)
+    cfg.tie_word_embeddings = False
+    hf = AutoModelForCausalLM.from_config(cfg).eval()
+    hf.save_pretrained(d)
+    lm = load_model(d)
+    return lm, convert(lm, ConvertOptions(calib_sentences=4)), hf
+
+
+def test_an_untied_head_is_imported_and_converted(untied_llama):
+    lm, cm, hf = untied_llama
+    w = hf.lm_head.weight.detach()
+    assert torch.equal(lm.params[HEAD_PARAM], w)
+    assert not torch.equal(w, lm.params["embed.tok.w"])
+    # the float model's logits are the checkpoint's causal LM's
+    ids = lm.tokenize(PROMPT)
+    spec = lm.spec
+    ops = FloatOps(spec, lm.params)
+    logits = ops.head(forward(spec, lm.params, ids, ops))
+    with torch.no_grad():
+        ref = hf(ids[None]).logits[0].to(torch.float64)
+    assert torch.allclose(logits, ref, atol=1e-4, rtol=1e-4)
+    assert float_tokens(spec, lm.params, ids, 3)[0] == int(ref[-1].argmax())
+    # converted: W4 codes per output channel of the head's own weights, not the embeddings'
+    h = cm.head
+    assert (h.name, h.kind, h.K, h.N, h.direct, h.shift) == ("lm_head", "linear", 36, 300,
+                                                               False, 0)
+    assert h.act.encoding == ConvertOptions().encoding and h.act.outliers and h.act.rotate
+    assert cm.tensors["lm_head.w"].shape == (300, 36)
+    assert int(cm.tensors["lm_head.w"].abs().max()) <= 7
+    # the golden head's trace: one raw GEMM of the last row
+    calls: list[GemmCall] = []
+    gen = generate(cm, ids, 1, trace=calls)
+    heads = [c for c in calls if c.name == "lm_head"]
+    assert len(heads) == 2 and all(c.raw and c.codes.shape == (1, 36) for c in heads)
+    assert torch.equal(gen.passes[-1].logits, GoldenOps(cm).head(gen.passes[-1].hidden)[0])
+
+
+def test_converted_tokens_against_the_float_model(untied_llama):
+    """The converted model's greedy tokens may differ from the float model's (quantization);
+    both are deterministic, and the logits' ranking mostly agrees at the first step."""
+    lm, cm, _ = untied_llama
+    ids = lm.tokenize(PROMPT)
+    ft = float_tokens(lm.spec, lm.params, ids, 4)
+    gt = generate(cm, ids, 4).tokens
+    assert len(ft) == len(gt) == 5 and ft == float_tokens(lm.spec, lm.params, ids, 4)
+    # the float top-1 is among the converted model's top 10 after the prompt
+    logits = generate(cm, ids, 0).passes[0].logits
+    assert ft[0] in logits.topk(10).indices.tolist()
+
+
+def test_bundles_keep_the_head_and_old_ones_are_refused_for_generation(untied_llama,
+                                                                      tmp_path):
+    import json
+
+    lm, cm, _ = untied_llama
+    save_bundle(cm, tmp_path / "b")
+    back = load_bundle(tmp_path / "b")
+    assert back.head == cm.head and torch.equal(back.tensors["lm_head.w"],
+                                                cm.tensors["lm_head.w"])
+    ids = lm.tokenize(PROMPT)
+    assert generate(back, ids, 2).tokens == generate(cm, ids, 2).tokens
+    # a bundle from before the head: loads (plain runs work), generation is refused by name
+    mf = tmp_path / "b" / "manifest.json"
+    m = json.loads(mf.read_text())
+    head = m.pop("head")
+    mf.write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="unexpected tensor"):  # its tensors are extra
+        load_bundle(tmp_path / "b")
+    from safetensors.torch import save_file
+    old = {k: v for k, v in cm.tensors.items() if not k.startswith("lm_head.")}
+    save_file({k: v.contiguous().clone() for k, v in old.items()},
+              str(tmp_path / "b" / "tensors.safetensors"))
+    m["tensors"] = {k: v for k, v in m["tensors"].items() if not k.startswith("lm_head.")}
+    mf.write_text(json.dumps(m))
+    legacy = load_bundle(tmp_path / "b")
+    assert legacy.head is None
+    run_golden(legacy, ids)
+    with pytest.raises(ValueError, match=r"no output projection \(lm_head GEMM\)"):
+        check_length(legacy, len(ids), 2)
+    # a head of the wrong shape is refused naming the field
+    m["head"] = head | {"N": 299}
+    mf.write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"head: N=299, the output projection"):
+        load_bundle(tmp_path / "b")
+
+
+def test_pass_traces_follow_the_generation(odd_llama):
+    lm, cm = odd_llama
+    ids = lm.tokenize(PROMPT)
+    gen = generate(cm, ids, 2)
+    traces = pass_traces(cm, ids, gen.tokens[:-1])
+    assert len(traces) == 3
+    assert [c.name for c in traces[1]][-1] == "lm_head"
+    assert all(c.codes.shape[0] == 1 for t in traces[1:] for c in t)
