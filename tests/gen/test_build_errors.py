@@ -46,7 +46,7 @@ BAD = [
     ("config-is-a-list", lambda d: (d / "config.json").write_text("[]"),
      ["config.json", "a JSON list"]),
     ("unknown-architecture", lambda d: (d / "config.json").write_text(
-        '{"model_type": "mamba"}'), ["unsupported architecture 'mamba'"]),
+        '{"model_type": "rwkv"}'), ["unsupported architecture 'rwkv'"]),
     ("layers-a-string", lambda d: _llama(d, num_hidden_layers="two"),
      ["config.json", "num_hidden_layers", "two"]),
     ("unknown-activation", lambda d: _llama(d, hidden_act="swish"),
