@@ -103,6 +103,7 @@ class GemmPrediction:
     mac_cycles: int  #: cycles the MAC array has work
     out_cycles: int  #: cycles the output unit has work
     weight_rows: int  #: weight-buffer rows written (each tile's weights are loaded once)
+    wide_rows: int  #: of which whole rows (``BufId.WEIGHTS``; the others narrow halves)
     spike_events: int  #: spike-event words written
     mac_events: int  #: MAC-event words written
     outputs: int  #: output words read back
@@ -198,7 +199,8 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
         n_sg += -(-(r1 - r0) // slots)
     n_tiles = [(n0, min(g.n, n0 + cfg.lanes)) for n0 in range(0, g.n, cfg.lanes)]
     wide = _wide_tiles(g, n_tiles, kt)
-    cyc = desc = s_work = m_work = o_work = wrows = s_ev = m_ev = outs = wrd = wide_rd = 0
+    cyc = desc = s_work = m_work = o_work = wrows = wide_w = s_ev = m_ev = outs = wrd = 0
+    wide_rd = 0
     acc_rd = acc_wr = start_rd = par_rd = 0
     # N tiles of a row group differ only in n_active (the last one): replay each distinct
     # tile once
@@ -219,6 +221,7 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
         m_work += work.mac_cost * rows
         o_work += 0 if not t.last else t.n_active * rows
         wrows += t.k1 - t.k0
+        wide_w += t.k1 - t.k0 if wide[t.n0 // cfg.lanes, t.ki] else 0
         s_ev += words
         m_ev += (n_int + 1) * rows
         outs += 0 if not t.last else t.n_active * rows
@@ -231,7 +234,7 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
         start_rd += 0 if t.ki else lanes
         acc_wr += 0 if t.last else lanes
         par_rd += lanes if t.last and not g.raw else 0
-    return GemmPrediction(cyc, desc, s_work, m_work, o_work, wrows, s_ev, m_ev, outs, wrd,
+    return GemmPrediction(cyc, desc, s_work, m_work, o_work, wrows, wide_w, s_ev, m_ev, outs, wrd,
                           wide_rd, acc_rd, acc_wr, start_rd, par_rd)
 
 

@@ -113,6 +113,10 @@ class BufId(enum.Enum, shape=8):
     PARAMS = 5
     OUT = 6
     START = 7
+    #: the narrow halves of weight rows (write-only): a tile of 4-bit weights crosses the
+    #: link at 4 bits a weight; the rows' high halves keep what they held, which a narrow
+    #: tile never reads
+    WEIGHTS4 = 8
 
 
 def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
@@ -126,6 +130,7 @@ def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
         BufId.PARAMS: (param_layout(), cfg.lanes),
         BufId.OUT: (signed(cfg.acc_bits), cfg.max_rows * cfg.lanes),
         BufId.START: (signed(cfg.acc_bits), cfg.lanes),
+        BufId.WEIGHTS4: (narrow_row_layout(cfg), cfg.weight_depth),
     }
 
 
@@ -188,7 +193,14 @@ def watchdog_cycles(cfg: AccelConfig) -> int:
 
 #: Buffers the host can read back. Not ACC: a host read port would be a second read port on
 #: its block RAMs (doubling them) for a read the host never needs (results come through OUT).
-HOST_READABLE = frozenset(b for b in BufId if b != BufId.ACC)
+#: Not WEIGHTS4 either: it is a write-only view of WEIGHTS.
+HOST_READABLE = frozenset(b for b in BufId if b not in (BufId.ACC, BufId.WEIGHTS4))
+
+
+def narrow_weight(v: int, narrow_bits: int) -> int:
+    """The value the narrow half of a weight holds (its low ``narrow_bits``, signed)."""
+    half = 1 << (narrow_bits - 1)
+    return ((int(v) + half) & ((half << 1) - 1)) - half
 
 def pack_word(shape, word) -> int:
     """A buffer word (dict/list for layouts, int otherwise) as its raw bits.

@@ -154,7 +154,9 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     img = TileImage(where=where)
     rows = torch.zeros(k, cfg.lanes, dtype=torch.int64)
     rows[:, :n] = w.t()
-    img.words[BufId.WEIGHTS] = rows.tolist()
+    # a tile of 4-bit weights sends only the narrow halves of its rows (half the bytes)
+    wide = is_wide(cfg, w)
+    img.words[BufId.WEIGHTS if wide else BufId.WEIGHTS4] = rows.tolist()
     # the event words depend on the activations only: a caller tiling N passes them in once
     spike_ev, mac_ev = events or tile_events(cfg, codes, int_mask, shifts, enc)
     img.words[BufId.SPIKE_EV] = spike_ev
@@ -176,10 +178,11 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
                       "mac_events": len(img.words[BufId.MAC_EV]),
                       "ttfs": int(enc.kind in TTFS_KINDS), "shift": shift, "relu": int(relu),
                       "raw": int(raw), "resume": int(resume), "keep": int(keep),
-                      "wide": int(is_wide(cfg, w)),
+                      "wide": int(wide),
                       "w_base": bases[BufId.WEIGHTS], "spike_base": bases[BufId.SPIKE_EV],
                       "mac_base": bases[BufId.MAC_EV], "row_base": bases[BufId.ROWS]}
-    img.base = {BufId.WEIGHTS: bases[BufId.WEIGHTS], BufId.SPIKE_EV: bases[BufId.SPIKE_EV],
+    img.base = {BufId.WEIGHTS: bases[BufId.WEIGHTS], BufId.WEIGHTS4: bases[BufId.WEIGHTS],
+                BufId.SPIKE_EV: bases[BufId.SPIKE_EV],
                 BufId.MAC_EV: bases[BufId.MAC_EV], BufId.ROWS: bases[BufId.ROWS],
                 BufId.PARAMS: 0, BufId.START: 0}
     return img

@@ -237,7 +237,7 @@ class KindCost:
     event_bytes: int = 0  #: event words the host writes (again for every output slice)
     event_bytes_once: int = 0  #: the same if each row block's events were written once
     output_bytes: int = 0
-    weight_bytes: int = 0  #: device format (``weight_bits`` per weight, ``lanes``-wide rows)
+    weight_bytes: int = 0  #: device format (``lanes``-wide rows, 4 or ``weight_bits`` bits)
     weight_bytes_once: int = 0  #: the same if every weight were written once per forward
 
 
@@ -282,8 +282,11 @@ def kind_cost(cfg: AccelConfig, sh: KindShape, st: KindStats, seed: int = 0) -> 
         loads = 1 if sh.m <= cfg.max_rows or n_slices * k_tiles == 1 else groups
         rows = sh.k * n_slices * calls
         cost.weight_rows += rows * loads
-        cost.weight_bytes += rows * loads * wb[BufId.WEIGHTS]
-        cost.weight_bytes_once += rows * wb[BufId.WEIGHTS]
+        # 4-bit weights cross the link as narrow rows (BufId.WEIGHTS4); the int8 K and V
+        # of QK^T and PV as whole rows
+        row_bytes = wb[BufId.WEIGHTS if sh.kind in ("qk", "av") else BufId.WEIGHTS4]
+        cost.weight_bytes += rows * loads * row_bytes
+        cost.weight_bytes_once += rows * row_bytes
     cost.silent_fraction = silent_w / (sh.m * sh.calls)
     return cost
 

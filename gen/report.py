@@ -24,7 +24,8 @@ SCHEMA = 2
 def link_bytes(cfg: AccelConfig, p: GemmPrediction) -> int:
     """Bytes on the host link for a GEMM's buffer traffic (frames of ``MAX_PAYLOAD``)."""
     wb = word_bytes(cfg)
-    payload = (p.weight_rows * wb[BufId.WEIGHTS] + p.spike_events * wb[BufId.SPIKE_EV]
+    payload = ((p.weight_rows - p.wide_rows) * wb[BufId.WEIGHTS4]
+               + p.wide_rows * wb[BufId.WEIGHTS] + p.spike_events * wb[BufId.SPIKE_EV]
                + p.mac_events * wb[BufId.MAC_EV] + p.outputs * wb[BufId.OUT])
     return payload + math.ceil(payload / MAX_PAYLOAD) * FRAME_OVERHEAD
 

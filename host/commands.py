@@ -14,6 +14,7 @@ from accel.layouts import (
     buffer_shapes,
     descriptor_errors,
     descriptor_layout,
+    narrow_weight,
     unpack_int,
     word_packer,
 )
@@ -93,8 +94,8 @@ def parse_counters(cfg: AccelConfig, payload: bytes) -> dict[str, int]:
 
 
 #: Buffers only the host writes (a write of words they already hold may be skipped).
-HOST_WRITTEN = frozenset({BufId.WEIGHTS, BufId.SPIKE_EV, BufId.MAC_EV, BufId.ROWS,
-                          BufId.PARAMS, BufId.START})
+HOST_WRITTEN = frozenset({BufId.WEIGHTS, BufId.WEIGHTS4, BufId.SPIKE_EV, BufId.MAC_EV,
+                          BufId.ROWS, BufId.PARAMS, BufId.START})
 
 
 class BufferMirror:
@@ -106,6 +107,7 @@ class BufferMirror:
 
     def __init__(self, cfg: AccelConfig):
         self.depth = {b: d for b, (_, d) in buffer_shapes(cfg).items()}
+        self.narrow_bits = cfg.narrow_bits
         self.words: dict[BufId, list] = {}
 
     def holds(self, buf: BufId, words: list, addr: int = 0) -> bool:
@@ -117,9 +119,19 @@ class BufferMirror:
         """Record ``words`` at ``addr ..`` (``None``: ``count`` addresses now unknown)."""
         if buf not in HOST_WRITTEN:
             return
+        n = count if words is None else len(words)
+        self._put(buf, addr, words, n)
+        # WEIGHTS4 writes the narrow halves of WEIGHTS rows: whole rows are then unknown;
+        # a whole row written makes its narrow half known
+        if buf == BufId.WEIGHTS4:
+            self._put(BufId.WEIGHTS, addr, None, n)
+        elif buf == BufId.WEIGHTS:
+            self._put(BufId.WEIGHTS4, addr, None if words is None else [
+                [narrow_weight(v, self.narrow_bits) for v in row] for row in words], n)
+
+    def _put(self, buf: BufId, addr: int, words: list | None, n: int) -> None:
         known = self.words.setdefault(buf, [None] * self.depth[buf])
-        known[addr:addr + (count if words is None else len(words))] = (
-            [None] * count if words is None else list(words))
+        known[addr:addr + n] = [None] * n if words is None else list(words)
 
     def forget(self) -> None:
         """Everything unknown (a device that may have been reloaded)."""

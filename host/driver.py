@@ -18,18 +18,17 @@ import time
 from collections import Counter
 
 import torch
+from amaranth import signed
 
 from accel.config import AccelConfig
-from accel.layouts import BufId
+from accel.layouts import BufId, narrow_weight, unpack_int
 from accel.protocol import (
-    BUF_ARGS,
     MAX_PAYLOAD,
     Cmd,
     Frame,
     FrameDecoder,
     Status,
     encode_frame,
-    nbytes,
     word_bytes,
 )
 from accel.tiling import TileImage
@@ -172,13 +171,23 @@ class Device:
         self.mirror.set(buf, addr, None, len(words))
         for p in payloads:
             self.request(Cmd.WRITE_BUF, p)
-        if self.verify_weights and buf == BufId.WEIGHTS:
-            want = write_buf_payloads(self.cfg, buf, words, addr=addr, max_payload=1 << 30)[0]
-            got = self.read_raw(buf, addr, len(words))
-            if got != want[nbytes(BUF_ARGS.size):]:
-                raise LinkError(f"WEIGHTS read back at {addr}..{addr + len(words)} differs "
+        if self.verify_weights and buf in (BufId.WEIGHTS, BufId.WEIGHTS4):
+            if self.weight_rows(addr, len(words), narrow=buf == BufId.WEIGHTS4) != [
+                    [int(v) for v in row] for row in words]:
+                raise LinkError(f"{buf.name} read back at {addr}..{addr + len(words)} differs "
                                 f"from what was written")
         self.mirror.set(buf, addr, words)
+
+    def weight_rows(self, addr: int, count: int, narrow: bool = False) -> list[list[int]]:
+        """Weight rows read back as lists of lane weights (``narrow``: what their narrow
+        halves hold, the view ``BufId.WEIGHTS4`` writes)."""
+        wb, cfg = self.cfg.weight_bits, self.cfg
+        rows = []
+        for bits in self.read(BufId.WEIGHTS, addr, count):
+            lanes = [unpack_int(signed(wb), bits >> (j * wb)) for j in range(cfg.lanes)]
+            rows.append([narrow_weight(v, cfg.narrow_bits) for v in lanes] if narrow
+                        else lanes)
+        return rows
 
     def read_raw(self, buf: BufId, addr: int, count: int) -> bytes:
         """Raw bytes of ``count`` words (split into frames)."""

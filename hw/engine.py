@@ -116,6 +116,9 @@ class WeightBuffer(Elaboratable):
         self.wr_addr = Signal(cfg.k_bits)
         self.wr_data = Signal(weight_row_layout(cfg).size)
         self.wr_en = Signal()
+        #: with ``wr_en``: ``wr_data`` is a narrow row (``narrow_row_layout``), written into
+        #: the narrow half only (``BufId.WEIGHTS4``)
+        self.wr_narrow = Signal()
         self._ports: list = []
 
     def read_port(self, wide=None, extend: bool = True):
@@ -137,15 +140,16 @@ class WeightBuffer(Elaboratable):
         m.submodules.lo = lo = memory.Memory(shape=narrow_row_layout(cfg),
                                              depth=cfg.weight_depth, init=[])
         row = data.View(weight_row_layout(cfg), self.wr_data)
+        narrow = data.View(narrow_row_layout(cfg), self.wr_data[:narrow_row_layout(cfg).size])
         lo_wp = lo.write_port()
         m.d.comb += [lo_wp.addr.eq(self.wr_addr), lo_wp.en.eq(self.wr_en)]
         for j in range(cfg.lanes):
-            m.d.comb += lo_wp.data[j].eq(row[j][:nb])
+            m.d.comb += lo_wp.data[j].eq(Mux(self.wr_narrow, narrow[j], row[j][:nb]))
         if hb:
             m.submodules.hi = hi = memory.Memory(shape=high_row_layout(cfg),
                                                  depth=cfg.weight_depth, init=[])
             hi_wp = hi.write_port()
-            m.d.comb += [hi_wp.addr.eq(self.wr_addr), hi_wp.en.eq(self.wr_en)]
+            m.d.comb += [hi_wp.addr.eq(self.wr_addr), hi_wp.en.eq(self.wr_en & ~self.wr_narrow)]
             for j in range(cfg.lanes):
                 m.d.comb += hi_wp.data[j].eq(row[j][nb:])
         for p in self._ports:
@@ -204,8 +208,8 @@ class Engine(wiring.Component):
         flush = Signal()
         mems = {}
         for b, (shape, depth) in shapes.items():
-            if b == BufId.WEIGHTS:
-                continue  # two memories, below
+            if b in (BufId.WEIGHTS, BufId.WEIGHTS4):
+                continue  # two memories, below (WEIGHTS4 writes the narrow one only)
             mems[b] = memory.Memory(shape=shape, depth=depth, init=[])
             m.submodules[f"buf_{b.name.lower()}"] = mems[b]
         # The weight buffer is two memories side by side: the narrow half of every row (a
@@ -222,7 +226,9 @@ class Engine(wiring.Component):
             m.d.comb += [wp.addr.eq(self.wr_addr), wp.data.eq(self.wr_data),
                          wp.en.eq(self.wr_en & (self.wr_buf == b))]
         m.d.comb += [weights.wr_addr.eq(self.wr_addr), weights.wr_data.eq(self.wr_data),
-                     weights.wr_en.eq(self.wr_en & (self.wr_buf == BufId.WEIGHTS))]
+                     weights.wr_en.eq(self.wr_en & ((self.wr_buf == BufId.WEIGHTS)
+                                                    | (self.wr_buf == BufId.WEIGHTS4))),
+                     weights.wr_narrow.eq(self.wr_buf == BufId.WEIGHTS4)]
         host_rd = {}
         for b in HOST_READABLE:
             rp = weights.read_port() if b == BufId.WEIGHTS else mems[b].read_port()

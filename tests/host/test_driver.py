@@ -34,6 +34,32 @@ def test_write_read_back_and_verify(sim):
     t.close()
 
 
+def test_narrow_weight_rows_write_half_the_bytes_and_keep_the_high_halves(sim):
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, verify_weights=True, **FAST)
+    wide = [[(i * 37 + j * 11) % 255 - 127 for j in range(CFG.lanes)] for i in range(5)]
+    narrow = [[(i * 5 + j) % 16 - 8 for j in range(CFG.lanes)] for i in range(5)]
+    dev.write(BufId.WEIGHTS, wide, 7)
+    sent = dev.stats["bytes_tx"]
+    dev.write(BufId.WEIGHTS4, narrow, 7)  # verified: the narrow halves read back
+    assert dev.stats["bytes_tx"] - sent < 5 * CFG.lanes  # the whole rows' bytes
+
+    def merged(w, v):  # the high half of w and the low 4 bits of v, as a signed 8-bit weight
+        x = (w & 0xF0) | (v & 0x0F)
+        return x - 256 if x & 0x80 else x
+
+    assert dev.weight_rows(7, 5) == [[merged(w, v) for w, v in zip(wr, nr, strict=True)]
+                                     for wr, nr in zip(wide, narrow, strict=True)]
+    # the mirror: whole rows are unknown after a narrow write; narrow halves are known
+    assert not dev.mirror.holds(BufId.WEIGHTS, wide, 7)
+    assert dev.mirror.holds(BufId.WEIGHTS4, narrow, 7)
+    dev.write(BufId.WEIGHTS, wide, 7)
+    assert dev.mirror.holds(BufId.WEIGHTS4, [[((x + 8) & 15) - 8 for x in r] for r in wide], 7)
+    with pytest.raises(DeviceError, match="READ_BUF .* refused: ERR_ARG"):
+        dev.read(BufId.WEIGHTS4, 7, 1)  # a write-only view
+    t.close()
+
+
 @pytest.mark.slow
 def test_whole_model_bit_exact_with_counters_and_cycles(sim, tiny_llama, tiny_llama_cm):
     lm, cm = tiny_llama, tiny_llama_cm
