@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                         "fraction of LUTs the sizing may use); default: the target's")
     b.add_argument("--encoding", type=_encoding, default=None,
                    help="spike encoding: ttfs[:bits] | ttfs-signed[:bits] | rate[:T] | "
-                        "ternary[:T] | int[:bits]; default: the converter's (ttfs-signed:4)")
+                        "ternary[:T[xL]] | int[:bits]; default: the converter's (ttfs-signed:4)")
     b.add_argument("--tokens", type=int, default=64,
                    help="tokens of calibration text the workload is measured on")
     b.add_argument("--workload", choices=WORKLOADS, default="prefill",

@@ -161,6 +161,10 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
     step("load")
     table = load_table(o.energy_table)
     lm = load(o.model)
+    if o.workload == "decode" and lm.spec.family == "mamba":
+        raise BuildError(f"--workload decode: {o.model} is a Mamba model, whose generation "
+                         f"(a recurrent state, not a KV cache) is not supported; size for "
+                         f"the prefill")
     if o.workload == "decode" and not lm.spec.causal:
         raise BuildError(f"--workload decode: {o.model} is an encoder ({lm.spec.family}); "
                          f"only decoder models generate")

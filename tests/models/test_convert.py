@@ -99,9 +99,9 @@ def test_cli_eval_prints_table_and_writes_json(tmp_path, capsys):
 
 
 def test_cli_refuses_unsupported_model_with_a_clear_error(tmp_path, capsys):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "rwkv"}))
     assert main(["convert", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "unsupported architecture 'mamba'" in capsys.readouterr().err
+    assert "unsupported architecture 'rwkv'" in capsys.readouterr().err
 
 
 # -- accuracy levers (issue 14) ----------------------------------------------------------------

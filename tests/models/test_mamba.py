@@ -192,12 +192,17 @@ def test_conversion_and_golden_model_are_consistent(tiny_mamba, tmp_path, enc):
     assert torch.equal(hidden, h3) and ev3 == events
 
 
-def test_generation_with_a_cache_is_refused_by_name(tiny_mamba):
+def test_generation_is_refused_by_name(tiny_mamba, tmp_path):
+    from gen.build import BuildError, BuildOptions, build
     from models.graph import KVCache
 
     ops = FloatOps(tiny_mamba.spec, tiny_mamba.params)
     with pytest.raises(ValueError, match="mamba: generation with a KV cache"):
         forward(tiny_mamba.spec, tiny_mamba.params, torch.tensor([1, 2]), ops, KVCache(2))
+    with pytest.raises(BuildError, match="tiny-mamba is a Mamba model"):
+        build(BuildOptions(model="tiny-mamba", out=tmp_path / "b", workload="decode",
+                           progress=False, cache=False))
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.slow
