@@ -27,7 +27,8 @@ def llama_rows(tiny_llama):
     """Float calibration inputs of tiny-llama's linear layers: (first 12 sentences, the next
     12, which calibration does not see)."""
     rec = calibrate(tiny_llama, ConvertOptions(calib_sentences=24))
-    names = sorted({n for n, r in rec if r == "x" and not n.endswith((".qk", ".av"))})
+    names = sorted({n for n, r in rec if r == "x" and n.startswith("layers.")
+                    and not n.endswith((".qk", ".av"))})  # lm_head: models.lm_head
     return {n: (_rows(rec[(n, "x")][:12]), _rows(rec[(n, "x")][12:])) for n in names}
 
 
