@@ -104,11 +104,15 @@ class GemmPrediction:
     out_cycles: int  #: cycles the output unit has work
     weight_rows: int  #: weight-buffer rows written (each tile's weights are loaded once)
     wide_rows: int  #: of which whole rows (``BufId.WEIGHTS``; the others narrow halves)
-    spike_events: int  #: spike-event words written
-    mac_events: int  #: MAC-event words written
+    spike_events: int  #: spike-event words the engine reads (every tile's)
+    mac_events: int  #: MAC-event words the engine reads
     outputs: int  #: output words read back
     weight_reads: int  #: weight-buffer row reads by both arrays (counter ``w_rd``)
     wide_reads: int  #: of which also read the high half of the row (``w_rd_hi``)
+    #: event words the host writes: each row block's and K tile's once when they all fit the
+    #: event buffers together (``accel.tiling.event_bases``), else every tile's
+    spike_written: int
+    mac_written: int
     acc_reads: int  #: accumulator words read by the combiner (counter ``acc_rd``)
     acc_writes: int  #: accumulator words written back for the next K tile (``acc_wr``)
     start_reads: int  #: start values read (``start_rd``)
@@ -205,6 +209,7 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
     # N tiles of a row group differ only in n_active (the last one): replay each distinct
     # tile once
     memo: dict[tuple[int, int, int, bool], int] = {}
+    sets: dict[tuple[int, int], tuple[int, int]] = {}  # event words per row block, K tile
     for t in tiles(cfg, groups, g.n, g.k):
         rows = t.r1 - t.r0
         units = tile_units[t.r0:t.r1, t.ki]
@@ -224,6 +229,7 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
         wide_w += t.k1 - t.k0 if wide[t.n0 // cfg.lanes, t.ki] else 0
         s_ev += words
         m_ev += (n_int + 1) * rows
+        sets[t.r0, t.ki] = (words, (n_int + 1) * rows)
         outs += 0 if not t.last else t.n_active * rows
         sg0 = first_sg[t.r0]
         reads = int(fetches[sg0:sg0 + -(-rows // slots), t.ki].sum()) + n_int * rows
@@ -234,8 +240,17 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
         start_rd += 0 if t.ki else lanes
         acc_wr += 0 if t.last else lanes
         par_rd += lanes if t.last and not g.raw else 0
-    return GemmPrediction(cyc, desc, s_work, m_work, o_work, wrows, wide_w, s_ev, m_ev, outs, wrd,
-                          wide_rd, acc_rd, acc_wr, start_rd, par_rd)
+    s_once, m_once = (sum(v[i] for v in sets.values()) for i in (0, 1))
+    if s_once <= cfg.spike_event_depth and m_once <= cfg.mac_event_depth:
+        s_wr, m_wr = s_once, m_once
+    else:
+        s_wr, m_wr = s_ev, m_ev
+    return GemmPrediction(
+        cycles=cyc, descriptors=desc, spike_cycles=s_work, mac_cycles=m_work,
+        out_cycles=o_work, weight_rows=wrows, wide_rows=wide_w, spike_events=s_ev,
+        mac_events=m_ev, outputs=outs, weight_reads=wrd, wide_reads=wide_rd,
+        spike_written=s_wr, mac_written=m_wr, acc_reads=acc_rd, acc_writes=acc_wr,
+        start_reads=start_rd, param_reads=par_rd)
 
 
 def tile_work(cfg: AccelConfig, img) -> TileWork:

@@ -117,6 +117,8 @@ class BufId(enum.Enum, shape=8):
     #: link at 4 bits a weight; the rows' high halves keep what they held, which a narrow
     #: tile never reads
     WEIGHTS4 = 8
+    #: OUT read back a byte a word (read-only): outputs that are 8-bit codes
+    OUT8 = 9
 
 
 def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
@@ -131,6 +133,7 @@ def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
         BufId.OUT: (signed(cfg.acc_bits), cfg.max_rows * cfg.lanes),
         BufId.START: (signed(cfg.acc_bits), cfg.lanes),
         BufId.WEIGHTS4: (narrow_row_layout(cfg), cfg.weight_depth),
+        BufId.OUT8: (signed(8), cfg.max_rows * cfg.lanes),
     }
 
 
@@ -195,6 +198,8 @@ def watchdog_cycles(cfg: AccelConfig) -> int:
 #: its block RAMs (doubling them) for a read the host never needs (results come through OUT).
 #: Not WEIGHTS4 either: it is a write-only view of WEIGHTS.
 HOST_READABLE = frozenset(b for b in BufId if b not in (BufId.ACC, BufId.WEIGHTS4))
+#: Buffers the host can write: not OUT8, a read-only view of OUT.
+HOST_WRITABLE = frozenset(b for b in BufId if b != BufId.OUT8)
 
 
 def narrow_weight(v: int, narrow_bits: int) -> int:

@@ -188,6 +188,19 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     return img
 
 
+def out_read(cfg: AccelConfig, img: TileImage) -> tuple[BufId, int, int]:
+    """Where an output tile's results lie: ``(buffer, first address, words)``. The engine
+    packs a tile's rows ``n_active`` words apart from ``row_base * lanes``; they are read
+    back as OUT8, a byte a word, when they are codes that fit 8 bits (requantized and
+    clamped within int8), else as OUT (32-bit accumulators or wider codes)."""
+    d = img.descriptor
+    params = img.words.get(BufId.PARAMS) or []
+    codes = not d["raw"] and bool(params) and all(-128 <= p["lo"] and p["hi"] <= 127
+                                                  for p in params)
+    return (BufId.OUT8 if codes else BufId.OUT, d["row_base"] * cfg.lanes,
+            d["rows"] * d["n_active"])
+
+
 def is_wide(cfg: AccelConfig, w: torch.Tensor) -> bool:
     """Whether weights ``w`` need more than the weight buffer's narrow half (then a tile
     reads whole rows; 4-bit weights read only the narrow half)."""
@@ -316,13 +329,15 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     channel ``[N]``; ``mrow`` per row ``[M]``."""
     n, k = w.shape
     resident = codes.shape[0] <= cfg.max_rows
-    events: dict[tuple[int, int], tuple[list, list]] = {}  # per row block and K tile
+    groups = row_groups(cfg, codes, int_mask, enc)
+    # the event words of each row block and K tile, shared by the N tiles
+    events = {(r0, k0): tile_events(cfg, codes[r0:r1, k0:k1], int_mask[k0:k1],
+                                    shifts[k0:k1], enc)
+              for r0, r1 in groups for k0, k1 in k_slices(cfg, k)}
+    ev_base = event_bases(cfg, events)
     images: dict[tuple[int, int, int, int], list[TileImage]] = {}
-    for t in tiles(cfg, row_groups(cfg, codes, int_mask, enc), n, k):
+    for t in tiles(cfg, groups, n, k):
         rows, ks = slice(t.r0, t.r1), slice(t.k0, t.k1)
-        if (t.r0, t.k0) not in events:  # the event words are shared by the N tiles
-            events[t.r0, t.k0] = tile_events(cfg, codes[rows, ks], int_mask[ks], shifts[ks],
-                                             enc)
         sl = None if consts is None else {c: v[t.n0:t.n1] for c, v in consts.items()}
         images.setdefault((t.r0, t.r1, t.n0, t.n1), []).append(build_tile(
             cfg, codes[rows, ks], int_mask[ks], shifts[ks], enc, w[t.n0:t.n1, ks],
@@ -330,10 +345,25 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
             mrow=None if mrow is None else mrow[rows],
             consts=sl if t.last else None, shift=shift, relu=relu, raw=raw,
             resume=t.ki > 0, keep=not t.last,
-            bases={BufId.ROWS: t.r0} if resident else None, events=events[t.r0, t.k0],
+            bases=({BufId.ROWS: t.r0} if resident else {}) | ev_base[t.r0, t.k0],
+            events=events[t.r0, t.k0],
             where=f"{where}[m {t.r0}:{t.r1}, n {t.n0}:{t.n1}, k {t.k0}:{t.k1}]"))
     out = [Slice(*key, imgs) for key, imgs in images.items()]
     return GemmTiles(out, resident)
+
+
+def event_bases(cfg: AccelConfig, events: dict) -> dict:
+    """Where each row block's and K tile's event words go (``{key: {BufId: base}}`` for
+    ``events``, ``{key: (spike words, MAC words)}``): one after another when they all fit
+    the event buffers, so that they stay resident and the host writes them once, not once
+    per output slice; otherwise every set at address 0 (written again for each tile)."""
+    s_len = [len(s) for s, _ in events.values()]
+    m_len = [len(mw) for _, mw in events.values()]
+    fits = sum(s_len) <= cfg.spike_event_depth and sum(m_len) <= cfg.mac_event_depth
+    s0 = np.cumsum([0, *s_len[:-1]]) if fits else np.zeros(len(s_len), dtype=np.int64)
+    m0 = np.cumsum([0, *m_len[:-1]]) if fits else np.zeros(len(m_len), dtype=np.int64)
+    return {key: {BufId.SPIKE_EV: int(a), BufId.MAC_EV: int(b)}
+            for key, a, b in zip(events, s0, m0, strict=True)}
 
 
 def tiled_events(cfg: AccelConfig, call) -> Events:

@@ -14,7 +14,7 @@ import torch
 
 from accel.config import AccelConfig
 from accel.layouts import BufId, buffer_shapes, pack_word
-from accel.tiling import build_tile
+from accel.tiling import build_tile, out_read
 from host.driver import Device
 from host.transport import FaultyTransport, SerialTransport
 from hw.top import emit_verilog
@@ -65,9 +65,9 @@ def test_link_soak_with_faults(tmp_path):
                 acc, ev = gemm(q[None], mask[None], shifts[None], enc, w[None], None, "soak")
                 before = dev.counters()
                 img = build_tile(CFG, q, mask, shifts, enc, w, consts=consts)
-                dev._resident.clear()  # the weight writes above overwrite resident words
+                dev.forget()  # the weight writes above overwrite resident words
                 dev.run_tile(img)
-                got = torch.tensor(dev.read(BufId.OUT, 0, m * CFG.lanes)).view(m, CFG.lanes)
+                got = torch.tensor(dev.read(*out_read(CFG, img))).view(m, CFG.lanes)
                 want = requantize(acc[0], consts["mcol"], 0, torch.full((m,), 2**15),
                                   consts["bias"], consts["zp"], consts["lo"], consts["hi"])
                 assert torch.equal(got, want)

@@ -21,12 +21,15 @@ from models.energy import event_energy
 SCHEMA = 2
 
 
-def link_bytes(cfg: AccelConfig, p: GemmPrediction) -> int:
-    """Bytes on the host link for a GEMM's buffer traffic (frames of ``MAX_PAYLOAD``)."""
+def link_bytes(cfg: AccelConfig, p: GemmPrediction, raw: bool = False) -> int:
+    """Bytes on the host link for a GEMM's buffer traffic (frames of ``MAX_PAYLOAD``):
+    weight rows (narrow or whole), the event words the host writes, and the outputs, a byte
+    each unless ``raw`` (requantized outputs are 8-bit codes, read as ``BufId.OUT8``)."""
     wb = word_bytes(cfg)
     payload = ((p.weight_rows - p.wide_rows) * wb[BufId.WEIGHTS4]
-               + p.wide_rows * wb[BufId.WEIGHTS] + p.spike_events * wb[BufId.SPIKE_EV]
-               + p.mac_events * wb[BufId.MAC_EV] + p.outputs * wb[BufId.OUT])
+               + p.wide_rows * wb[BufId.WEIGHTS] + p.spike_written * wb[BufId.SPIKE_EV]
+               + p.mac_written * wb[BufId.MAC_EV]
+               + p.outputs * wb[BufId.OUT if raw else BufId.OUT8])
     return payload + math.ceil(payload / MAX_PAYLOAD) * FRAME_OVERHEAD
 
 
@@ -53,7 +56,7 @@ def layer_rows(cfg: AccelConfig, works: list[GemmWork], preds: list[GemmPredicti
         t = r["traffic"]
         for key in ("weight_rows", "spike_events", "mac_events", "outputs", "weight_reads"):
             t[key] += getattr(p, key)
-        t["link_bytes"] += link_bytes(cfg, p)
+        t["link_bytes"] += link_bytes(cfg, p, g.raw)
         t["sram_bits"] += sram_bits(cfg, p.traffic())
     for r in rows.values():
         r["silent_fraction"] /= max(1, r["heads"])

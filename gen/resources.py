@@ -34,7 +34,7 @@ FIXED_BRAM = 2
 #: Read ports of each buffer (host read port + datapath readers): Yosys makes one copy each.
 READ_PORTS = {BufId.WEIGHTS: 3, BufId.SPIKE_EV: 2, BufId.MAC_EV: 2, BufId.ROWS: 2,
               BufId.ACC: 1, BufId.PARAMS: 2, BufId.OUT: 1, BufId.START: 2,
-              BufId.WEIGHTS4: 0}  # WEIGHTS4: a write-only view of WEIGHTS
+              BufId.WEIGHTS4: 0, BufId.OUT8: 0}  # views of WEIGHTS and OUT
 
 #: Logic coefficients (LUT4 per unit of each term), fitted to Yosys (see module doc).
 LUT_COEF = {

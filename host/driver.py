@@ -31,7 +31,7 @@ from accel.protocol import (
     encode_frame,
     word_bytes,
 )
-from accel.tiling import TileImage
+from accel.tiling import TileImage, out_read
 
 from .commands import (
     BufferMirror,
@@ -244,14 +244,12 @@ class Device:
         m = max(s.r1 for s in plan.slices)
         n = max(s.n1 for s in plan.slices)
         out = torch.zeros(m, n, dtype=torch.int64)
-        lanes = self.cfg.lanes
         for i, k in plan.schedule():
             r0, r1, n0, n1, images = plan.slices[i]
             self.run_tile(images[k])
             if k == len(images) - 1:
-                base = images[k].descriptor["row_base"] * lanes
-                words = self.read(BufId.OUT, base, (r1 - r0) * lanes)
-                out[r0:r1, n0:n1] = torch.tensor(words).view(r1 - r0, lanes)[:, : n1 - n0]
+                words = self.read(*out_read(self.cfg, images[k]))
+                out[r0:r1, n0:n1] = torch.tensor(words).view(r1 - r0, n1 - n0)
         return out
 
     def link_bytes(self) -> int:

@@ -208,8 +208,9 @@ class Engine(wiring.Component):
         flush = Signal()
         mems = {}
         for b, (shape, depth) in shapes.items():
-            if b in (BufId.WEIGHTS, BufId.WEIGHTS4):
-                continue  # two memories, below (WEIGHTS4 writes the narrow one only)
+            if b in (BufId.WEIGHTS, BufId.WEIGHTS4, BufId.OUT8):
+                continue  # two memories, below (WEIGHTS4 writes the narrow one only); OUT8
+                # reads OUT
             mems[b] = memory.Memory(shape=shape, depth=depth, init=[])
             m.submodules[f"buf_{b.name.lower()}"] = mems[b]
         # The weight buffer is two memories side by side: the narrow half of every row (a
@@ -230,10 +231,14 @@ class Engine(wiring.Component):
                                                     | (self.wr_buf == BufId.WEIGHTS4))),
                      weights.wr_narrow.eq(self.wr_buf == BufId.WEIGHTS4)]
         host_rd = {}
-        for b in HOST_READABLE:
+        for b in HOST_READABLE - {BufId.OUT8}:
             rp = weights.read_port() if b == BufId.WEIGHTS else mems[b].read_port()
             m.d.comb += [rp.addr.eq(self.rd_addr), rp.en.eq(self.rd_en & (self.rd_buf == b))]
             host_rd[b] = rp
+        # OUT8 is OUT read through the same port, a byte a word (outputs that are codes)
+        host_rd[BufId.OUT8] = host_rd[BufId.OUT]
+        with m.If(self.rd_en & (self.rd_buf == BufId.OUT8)):
+            m.d.comb += host_rd[BufId.OUT].en.eq(1)
         rd_sel = Signal(BufId)
         with m.If(self.rd_en):
             m.d.sync += rd_sel.eq(self.rd_buf)
@@ -362,7 +367,7 @@ class Engine(wiring.Component):
                          self.out_wr.eq(1)]
             m.d.sync += outs_left.eq(outs_left - 1)
             with m.If(nu.out.payload.last):
-                m.d.sync += base.eq(base + cfg.lanes)
+                m.d.sync += base.eq(base + desc.n_active)  # rows packed: n_active apart
 
         m.d.comb += [self.run.ready.eq(~active),
                      sr.count.eq(Mux(active, desc.spike_events, 0)),

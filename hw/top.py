@@ -36,7 +36,14 @@ from amaranth.lib.wiring import In, Out
 
 from accel.config import AccelConfig
 from accel.counters import COUNTERS
-from accel.layouts import HOST_READABLE, BufId, buffer_shapes, descriptor_layout, descriptor_rules
+from accel.layouts import (
+    HOST_READABLE,
+    HOST_WRITABLE,
+    BufId,
+    buffer_shapes,
+    descriptor_layout,
+    descriptor_rules,
+)
 from accel.protocol import (
     BUF_ARGS,
     HEADER,
@@ -213,6 +220,8 @@ class Top(wiring.Component):
                 too_long = (hdr.cmd == Cmd.READ_BUF) & (req_bytes > LENGTH_LIMIT)
                 unreadable = (hdr.cmd == Cmd.READ_BUF) & (
                     args.buf.matches(*(b.value for b in BufId if b not in HOST_READABLE)))
+                unreadable |= (hdr.cmd == Cmd.WRITE_BUF) & (
+                    args.buf.matches(*(b.value for b in BufId if b not in HOST_WRITABLE)))
                 with m.If(~valid_buf | ~depth_ok | (hdr.length != need) | too_long | unreadable):
                     m.d.sync += status.eq(Status.ERR_ARG)
                     m.next = "DRAIN"

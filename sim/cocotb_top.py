@@ -21,7 +21,7 @@ from accel.config import PRESETS
 from accel.cycles import tile_cycles, tile_work
 from accel.layouts import BufId
 from accel.protocol import Cmd, Frame, FrameDecoder, Status, encode_frame
-from accel.tiling import build_tile, plan_gemm
+from accel.tiling import build_tile, out_read, plan_gemm
 from host.commands import (
     BufferMirror,
     buf_args,
@@ -126,17 +126,16 @@ class Testbench:
             for img in images:
                 await self.write_tile(img)
                 await self.request(Cmd.RUN, run_payload(CFG, img.descriptor))
-            out[r0:r1, n0:n1] = await self.read_out(r1 - r0, n1 - n0,
-                                                    images[-1].descriptor["row_base"])
+            out[r0:r1, n0:n1] = await self.read_out(images[-1])
         return out
 
-    async def read_out(self, rows: int, n: int, row_base: int = 0) -> torch.Tensor:
-        out = []
-        for r in range(rows):
-            p = await self.request(Cmd.READ_BUF, buf_args(BufId.OUT,
-                                                               (row_base + r) * CFG.lanes, n))
-            out.append(parse_words(CFG, BufId.OUT, p))
-        return torch.tensor(out, dtype=torch.int64)
+    async def read_out(self, img) -> torch.Tensor:
+        """An output tile's results ``[rows, n_active]`` (``accel.tiling.out_read``)."""
+        buf, addr, count = out_read(CFG, img)
+        p = await self.request(Cmd.READ_BUF, buf_args(buf, addr, count))
+        d = img.descriptor
+        return torch.tensor(parse_words(CFG, buf, p), dtype=torch.int64).view(
+            d["rows"], d["n_active"])
 
 
 def _gemm_case(rng: random.Random, enc: Encoding, m: int, k: int, n: int, n_int: int):
@@ -186,7 +185,7 @@ async def gemm_tiles_bit_exact_with_counters(dut):
         tb.send_raw(encode_frame(Cmd.RUN.value, tb.seq, run_payload(CFG, tile.descriptor)))
         r = await tb.reply()
         assert (r.cmd, r.seq) == (Status.OK.value, tb.seq), r
-        got = await tb.read_out(m, n)
+        got = await tb.read_out(tile)
         assert torch.equal(got, want), f"{enc.name()}: {got.tolist()} != {want.tolist()}"
         c = parse_counters(CFG, await tb.request(Cmd.READ_COUNTERS))
         # the generator's cycle model predicts the busy counter of the Verilator top
@@ -208,7 +207,7 @@ async def bad_frames_get_error_replies_and_corrupt_nothing(dut):
                       shift=18)
     await tb.write_tile(tile)
     await tb.request(Cmd.RUN, run_payload(CFG, tile.descriptor))
-    before = await tb.read_out(2, CFG.lanes)
+    before = await tb.read_out(tile)
     # 1. a corrupted WRITE_BUF that would overwrite the weights: CRC error, nothing written
     frame = bytearray(encode_frame(Cmd.WRITE_BUF.value, 77,
                                    write_buf_payloads(CFG, BufId.OUT, [0] * 4)[0]))
@@ -224,10 +223,15 @@ async def bad_frames_get_error_replies_and_corrupt_nothing(dut):
     r = await tb.reply(max_cycles=LINK_TIMEOUT * 10)
     assert getattr(r, "cmd", None) == Status.ERR_TIMEOUT.value
     # 4. bad arguments and unknown commands are refused after draining their payload
-    await tb.request(Cmd.READ_BUF, b"\x09" + b"\x00" * 6, expect=Status.ERR_ARG)
+    await tb.request(Cmd.READ_BUF, bytes([max(b.value for b in BufId) + 1]) + b"\x00" * 6,
+                     expect=Status.ERR_ARG)
     await tb.request(0x42, b"abc", expect=Status.ERR_COMMAND)
     await tb.request(Cmd.READ_BUF, buf_args(BufId.ACC, 0, 1), expect=Status.ERR_ARG)
-    assert torch.equal(await tb.read_out(2, CFG.lanes), before)
+    # the views: WEIGHTS4 is write-only, OUT8 read-only
+    await tb.request(Cmd.READ_BUF, buf_args(BufId.WEIGHTS4, 0, 1), expect=Status.ERR_ARG)
+    await tb.request(Cmd.WRITE_BUF, write_buf_payloads(CFG, BufId.OUT8, [5])[0],
+                     expect=Status.ERR_ARG)
+    assert torch.equal(await tb.read_out(tile), before)
     c = parse_counters(CFG, await tb.request(Cmd.READ_COUNTERS))
     assert c["frame_errors"] >= 2
 

@@ -9,8 +9,8 @@ import torch
 from amaranth.sim import Simulator
 
 from accel.config import AccelConfig
-from accel.layouts import BufId, buffer_shapes, descriptor_layout, pack_word, unpack_int
-from accel.tiling import TileImage
+from accel.layouts import buffer_shapes, descriptor_layout, pack_word, unpack_int
+from accel.tiling import TileImage, out_read
 from hw.engine import STROBES, Engine
 
 from .blocks import count_strobes
@@ -49,15 +49,22 @@ def rtl_engine(cfg: AccelConfig, tiles: list[TileImage], rows: int, n: int,
             await ctx.tick().until(dut.run.ready)
             ctx.set(dut.run.valid, 0)
             await ctx.tick().until(dut.done)
-        for r in range(rows):
-            row = []
-            for j in range(n):
-                ctx.set(dut.rd_buf, BufId.OUT)
-                ctx.set(dut.rd_addr, r * cfg.lanes + j)
-                ctx.set(dut.rd_en, 1)
-                await ctx.tick()
-                row.append(unpack_int(shapes[BufId.OUT][0], ctx.get(dut.rd_data)))
-            result.append(row)
+        # each output tile's rows, packed n_active apart from row_base * lanes; a later
+        # tile's rows replace an earlier one's
+        result.extend([0] * n for _ in range(rows))
+        for tile in tiles:
+            d = tile.descriptor
+            if d["keep"]:
+                continue
+            buf, base, _ = out_read(cfg, tile)
+            for r in range(min(d["rows"], rows - d["row_base"])):
+                for j in range(min(n, d["n_active"])):
+                    ctx.set(dut.rd_buf, buf)
+                    ctx.set(dut.rd_addr, base + r * d["n_active"] + j)
+                    ctx.set(dut.rd_en, 1)
+                    await ctx.tick()
+                    result[d["row_base"] + r][j] = unpack_int(shapes[buf][0],
+                                                              ctx.get(dut.rd_data))
         ctx.set(dut.rd_en, 0)
         finished.append(True)
 
