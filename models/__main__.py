@@ -17,7 +17,16 @@ from .bundle import save_bundle
 from .calibrate import dual_encoding
 from .convert import CHOICES, ConvertOptions
 from .encodings import Encoding
-from .evaluate import CALIBRATION_STEPS, ablation, calibration, evaluate, format_table, schemes
+from .evaluate import (
+    ADAPTIVE_STEPS,
+    CALIBRATION_STEPS,
+    ablation,
+    adaptive,
+    calibration,
+    evaluate,
+    format_table,
+    schemes,
+)
 
 
 def _encoding(s: str) -> Encoding:
@@ -58,6 +67,16 @@ def _steps(s: str) -> tuple[int, ...]:
     return steps
 
 
+def _adaptive_steps(s: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(v) for v in s.split(","))
+        for t in steps:
+            Encoding("if-adaptive", steps=t)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{s!r}: comma-separated time steps ({e})") from e
+    return steps
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
@@ -79,14 +98,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="time steps of --calibration (default "
                          f"{','.join(map(str, CALIBRATION_STEPS))})")
     ev.add_argument("--only-calibration", action="store_true",
-                    help="with --calibration: skip the standard schemes")
+                    help="with --calibration or --adaptive: skip the standard schemes")
+    ev.add_argument("--adaptive", type=_adaptive_steps, nargs="?", const=ADAPTIVE_STEPS,
+                    metavar="T,T,...",
+                    help="also show SNN2ANN's IF neuron with hard reset and an adaptive "
+                         "threshold (if-adaptive, inexact) at each T (default "
+                         f"{','.join(map(str, ADAPTIVE_STEPS))}), with its error against its "
+                         "quantized model")
     cv = sub.add_parser("convert", help="convert a model and write its bundle")
     cv.add_argument("--model", required=True, help=f"built-in name ({', '.join(BUILTIN)}) or dir")
     cv.add_argument("--out", required=True, help="bundle directory to write")
     cv.add_argument("--encoding", default="ttfs-signed:4", type=_encoding,
                     help="ttfs[:bits] | ttfs-signed[:bits] | rate[:T] | graded[:TxL] | "
                          "graded:T (T in 1..8, L covering 4-bit codes) | ternary[:T[xL]] | "
-                         "int[:bits] (default ttfs-signed:4: zero is silent)")
+                         "if-adaptive[:T] (SNN2ANN's hard-reset adaptive-threshold neuron, "
+                         "inexact, T <= 31) | int[:bits] (default ttfs-signed:4: zero is "
+                         "silent)")
     cv.add_argument("--outliers", type=_count, default=None,
                     help="outlier channels per GEMM (default: 1/32 of the channels)")
     cv.add_argument("--static", action="store_true", help="static per-tensor activation steps")
@@ -126,11 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lm = load_model(a.model)
         if a.cmd == "eval":
-            if a.only_calibration and not a.calibration:
-                raise ValueError("--only-calibration needs --calibration")
+            if a.only_calibration and not (a.calibration or a.adaptive):
+                raise ValueError("--only-calibration needs --calibration or --adaptive")
             names = ({} if a.only_calibration else schemes()) | \
                 (ablation() if a.ablation else {}) | \
-                (calibration(a.steps) if a.calibration else {})
+                (calibration(a.steps) if a.calibration else {}) | \
+                (adaptive(a.adaptive) if a.adaptive else {})
             rows = evaluate(lm, names, progress=not a.quiet)
             print(f"model: {a.model}\n")
             print(format_table(rows))

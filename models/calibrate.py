@@ -85,7 +85,8 @@ def best_clip(x: torch.Tensor, plan: ActPlan) -> float:
     depends on it."""
     _, zp, lo, hi = (t.to(torch.float32) for t in plan.channel_targets(x.shape[-1]))
     x32 = x.to(torch.float32)
-    base = token_steps(x, replace(plan, clip=1.0)).to(torch.float32)[:, None]
+    # the step of one code (if-adaptive's codes are a grid ``fine`` times finer than a spike)
+    base = (token_steps(x, replace(plan, clip=1.0)) / plan.encoding.fine).to(torch.float32)[:, None]
     # the smallest row step is the reference step / 2**15 (the row multiplier is >= 1)
     base = base.clamp(min=max(float(base.max()), 1e-30) / ONE)
     if not plan.per_token:  # one static step: the largest

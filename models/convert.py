@@ -153,6 +153,8 @@ class ConvertOptions:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise bad(name, f"must be one of {', '.join(map(repr, allowed))}")
+        if self.threshold_calib != "none" and not self.encoding.exact:  # if-adaptive
+            raise bad("threshold_calib", f"must be 'none' for {self.encoding.name()}")
         if not is_int(self.seed):
             raise bad("seed", "must be an integer")
         for name in ("calib_sentences", "max_tokens"):

@@ -22,6 +22,12 @@ Kinds (``Encoding.kind``):
     Spikes in ``{-1, 0, +1}``, subtractive reset, thresholds ``+-theta/2``: codes ``-T .. T``
     (MAR). With ``L > 1``: signed multi-level spikes ``-L .. L`` (SpikingMamba), codes
     ``-L*T .. L*T``.
+``if-adaptive``
+    SNN2ANN's neuron: integrate-and-fire with **hard reset** and an **adaptive threshold**,
+    ``T`` steps, driven by sign-magnitude codes of a fine grid ``-FINE*T .. FINE*T``
+    (:data:`FINE` codes per spike). Not exact: its spike count approximates ``q / FINE``
+    (:func:`adaptive_table`); the consumer adds the actual spikes, so the GEMM computes
+    ``sum_k w[n, k] * count(q[k])`` (:func:`spike_values`).
 ``int``
     Plain signed integers for the MAC array, ``b`` bits symmetric, one "step".
 """
@@ -29,16 +35,23 @@ Kinds (``Encoding.kind``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
 from .contract import int_matmul
 
-KINDS = ("ttfs", "ttfs-signed", "rate", "graded", "ternary", "int")
+KINDS = ("ttfs", "ttfs-signed", "rate", "graded", "ternary", "if-adaptive", "int")
 #: Encodings whose spikes feed the two-level (synaptic current I, membrane V) TTFS neuron.
 TTFS_KINDS = ("ttfs", "ttfs-signed")
 #: Encodings whose train comes from the integrate-and-fire neuron (closed form below).
 IF_KINDS = ("rate", "graded", "ternary")
+#: The inexact kind: the hard-reset IF neuron with an adaptive threshold (SNN2ANN).
+ADAPTIVE = "if-adaptive"
+#: Fine-grid codes per spike of ``if-adaptive``: a code ``q`` stands for ``q / FINE`` spikes.
+FINE = 8
+#: Longest ``if-adaptive`` window: codes ``FINE * T`` must fit the 8-bit activation width.
+ADAPTIVE_MAX_STEPS = 255 // FINE
 
 
 @dataclass(frozen=True)
@@ -52,7 +65,7 @@ class Encoding:
     bits:
         Value bits for ``ttfs``, ``ttfs-signed`` and ``int``.
     steps:
-        Time steps ``T`` for ``rate``, ``graded`` and ``ternary``.
+        Time steps ``T`` for ``rate``, ``graded``, ``ternary`` and ``if-adaptive``.
     levels:
         Spikes per step ``L`` for ``graded``.
     """
@@ -69,6 +82,9 @@ class Encoding:
             raise ValueError(f"{self.kind} bits must be in 1..16, not {self.bits}")
         if self.kind == "ttfs-signed" and not 2 <= self.bits <= 16:
             raise ValueError(f"ttfs-signed bits must be in 2..16, not {self.bits}")
+        if self.kind == ADAPTIVE and not 1 <= self.steps <= ADAPTIVE_MAX_STEPS:
+            raise ValueError(f"{self.kind} steps must be in 1..{ADAPTIVE_MAX_STEPS} (codes "
+                             f"{FINE}*T must fit 8 bits), not {self.steps}")
         if self.kind in IF_KINDS and not 1 <= self.steps <= 4096:
             raise ValueError(f"{self.kind} steps must be in 1..4096, not {self.steps}")
         if self.kind in ("graded", "ternary") and not 1 <= self.levels <= 255:
@@ -80,7 +96,7 @@ class Encoding:
     @property
     def signed(self) -> bool:
         """Whether codes (and spikes) can be negative."""
-        return self.kind in ("ttfs-signed", "ternary", "int")
+        return self.kind in ("ttfs-signed", "ternary", ADAPTIVE, "int")
 
     @property
     def time_steps(self) -> int:
@@ -105,7 +121,18 @@ class Encoding:
             return 2 ** (self.bits - 1) - 1
         if self.kind in ("graded", "ternary"):
             return self.levels * self.steps
-        return self.time_steps
+        return self.time_steps * self.fine
+
+    @property
+    def fine(self) -> int:
+        """Codes per unit spike: :data:`FINE` for ``if-adaptive`` (its codes are a finer
+        grid than its spikes), 1 for the exact kinds."""
+        return FINE if self.kind == ADAPTIVE else 1
+
+    @property
+    def exact(self) -> bool:
+        """Whether the spikes of a code add up to the code (all kinds but ``if-adaptive``)."""
+        return self.kind != ADAPTIVE
 
     @property
     def is_spiking(self) -> bool:
@@ -203,18 +230,83 @@ def if_neuron_stepwise(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
     return torch.stack(out).to(torch.int8)
 
 
+def adaptive_neuron(m: torch.Tensor, steps: int) -> torch.Tensor:
+    """SNN2ANN's IF neuron with hard reset and an adaptive threshold, step by step.
+
+    ``m`` (int64, any shape) is the input magnitude, a fine-grid code ``0 .. FINE*T``,
+    added to the membrane every step; returns the binary train ``[T, ...]`` (int8). With
+    ``theta0 = FINE*T`` (what one spike stands for: a code ``q`` held for ``T`` steps is
+    worth ``q/FINE`` spikes), all integers:
+
+    - start: ``v = 0``, ``theta = theta_b = theta0 - floor(7*theta0/16)``;
+    - each step: ``v += m``; if ``v >= theta``: spike, ``v = 0`` (hard reset: the excess
+      ``v - theta`` is lost) and ``theta = min(theta + FINE/2, theta0)`` (the threshold
+      adapts upward after each spike, at most to one spike's worth); else
+      ``theta -= floor((theta - theta_b)/8)`` (it relaxes back).
+
+    ``theta_b`` below ``theta0`` offsets the charge a hard reset throws away; the rise
+    after a spike holds back the neurons that would fire every step. Constants and the
+    resulting count error: ``docs/encodings.md``.
+    """
+    theta0 = FINE * steps
+    base = theta0 - (7 * theta0 >> 4)
+    v = torch.zeros_like(m, dtype=torch.int64)
+    th = torch.full_like(v, base)
+    out = []
+    for _ in range(steps):
+        v = v + m
+        fire = v >= th
+        v = torch.where(fire, 0, v)
+        th = torch.where(fire, (th + FINE // 2).clamp(max=theta0), th - ((th - base) >> 3))
+        out.append(fire)
+    return torch.stack(out).to(torch.int8)
+
+
+@lru_cache(maxsize=64)
+def adaptive_table(steps: int) -> torch.Tensor:
+    """The trains of :func:`adaptive_neuron` for every magnitude ``0 .. FINE*T``:
+    ``[FINE*T + 1, T]`` int8 (row ``m``: the train of input ``m``). Its row sums are the
+    spike counts; ``count(m) != m / FINE`` in general (the neuron is not exact)."""
+    return adaptive_neuron(torch.arange(FINE * steps + 1), steps).t().contiguous()
+
+
+def adaptive_fire(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
+    """``if-adaptive`` codes ``q`` -> train ``[T, ...]`` (int8): the neuron of
+    :func:`adaptive_neuron` on ``|q|``, each spike carrying ``sign(q)``."""
+    check_codes(q, enc, "adaptive_fire input")
+    q = q.to(torch.int64)
+    train = adaptive_table(enc.steps)[q.abs()]  # [..., T]
+    return (train * torch.sign(q).unsqueeze(-1).to(torch.int8)).movedim(-1, 0).contiguous()
+
+
+def spike_values(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
+    """What the spike array adds per input over the window, in weight rows: the decoded
+    spike train of codes ``q`` (int64). The code itself for every exact kind;
+    ``sign(q) * count(|q|)`` for ``if-adaptive``, which the golden GEMM must use instead
+    of the code (its spikes are the hardware's events)."""
+    if enc.exact:
+        return q
+    check_codes(q, enc, "spike_values input")
+    q = q.to(torch.int64)
+    counts = adaptive_table(enc.steps).sum(1, dtype=torch.int64)
+    return counts[q.abs()] * torch.sign(q)
+
+
 def encode(q: torch.Tensor, enc: Encoding) -> torch.Tensor:
     """Codes ``[...]`` -> spike train ``[T, ...]`` (int8). ``int`` gives ``[1, ...]`` values."""
     if enc.kind in TTFS_KINDS:
         return ttfs_fire(q, enc)
     if enc.kind in IF_KINDS:
         return if_fire(q, enc)
+    if enc.kind == ADAPTIVE:
+        return adaptive_fire(q, enc)
     check_codes(q, enc)
     return q.unsqueeze(0).clone()
 
 
 def decode(train: torch.Tensor, enc: Encoding) -> torch.Tensor:
-    """Spike train -> codes: TTFS reads the spike time, IF kinds count spikes."""
+    """Spike train -> codes: TTFS reads the spike time, IF kinds count spikes (for
+    ``if-adaptive`` the count is :func:`spike_values` of the code, not the code)."""
     if train.shape[0] != enc.time_steps:
         raise ValueError(
             f"spike train has {train.shape[0]} steps, {enc.name()} has {enc.time_steps}"
@@ -248,13 +340,17 @@ def spike_counts(q: torch.Tensor, enc: Encoding) -> tuple[int, int]:
     """(spike events, spike units) that codes ``q`` produce, without building the train.
 
     Closed forms: TTFS fires once per nonzero code; rate and ternary fire ``|q|`` unit spikes
-    on ``|q|`` distinct steps; graded needs the train (events are steps with a nonzero spike).
+    on ``|q|`` distinct steps; graded needs the train (events are steps with a nonzero spike);
+    ``if-adaptive`` fires ``|spike_values(q)|`` unit spikes on as many steps.
     """
     if enc.kind in TTFS_KINDS:
         n = int(q.count_nonzero())
         return n, n
     if enc.kind in ("rate", "ternary") and enc.levels == 1:
         n = int(q.abs().sum())
+        return n, n
+    if enc.kind == ADAPTIVE:
+        n = int(spike_values(q, enc).abs().sum())
         return n, n
     if enc.kind in ("graded", "ternary"):
         train = if_fire(q, enc)

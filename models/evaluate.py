@@ -2,7 +2,9 @@
 
 Embeddings are mean-pooled final hidden states (the sentence-transformers recipe for
 all-MiniLM-L6-v2). For each scheme: mean cosine between quantized and float embeddings, and
-the Spearman correlation between the two models' pairwise sentence similarities.
+the Spearman correlation between the two models' pairwise sentence similarities. A scheme
+with an inexact neuron (``if-adaptive``) is also run as its quantized model
+(``run_golden(..., ideal=True)``: every GEMM from its codes) and reports its error against it.
 """
 
 from __future__ import annotations
@@ -72,6 +74,18 @@ def ablation() -> dict[str, ConvertOptions]:
     }
 
 
+#: Time steps of the adaptive-threshold neuron's table (SNN2ANN: T = 4..5 on CNNs).
+ADAPTIVE_STEPS = (4, 8, 16)
+
+
+def adaptive(steps: tuple[int, ...] = ADAPTIVE_STEPS) -> dict[str, ConvertOptions]:
+    """All-spike schemes (no outlier channels) of SNN2ANN's neuron (``if-adaptive``: IF with
+    hard reset and an adaptive threshold, inexact) at each T in ``steps``."""
+    return {f"IF hard reset + adaptive threshold T={t} (no outliers)":
+            ConvertOptions(encoding=Encoding("if-adaptive", steps=t), outlier_count=0)
+            for t in steps}
+
+
 #: Time steps of the threshold calibration table (FAS: T = 4 for BERT-class models).
 CALIBRATION_STEPS = (2, 4, 8)
 
@@ -104,6 +118,10 @@ class Row:
     seconds: float = 0.0
     spike_share: float = 0.0
     energy_nj_per_token: float = 0.0
+    #: inexact neurons only (else None): the quantized model's (every GEMM from its codes)
+    #: cosine and Spearman to FP32, and the spiking model against it: mean embedding cosine
+    #: and relative error of the final hidden states (``|h - h_q| / |h_q|`` over all tokens)
+    quantized: dict | None = None
 
 
 def spike_share(cm: ConvertedModel) -> float:
@@ -157,19 +175,35 @@ def _evaluate(lm: LoadedModel, names: dict[str, ConvertOptions], sentences: list
             print(f"[{j}/{len(names)}] {name}: converting", file=sys.stderr, flush=True)
         cm = convert(lm, opts, progress=progress)
         embs, total = [], Events()
+        inexact = any(not n.act.encoding.exact for n in cm.nodes.values())
+        q_embs, diff2, norm2 = [], 0.0, 0.0
         for i in bar(ids, "golden model"):
             hidden, ev = run_golden(cm, i)
             embs.append(embed(hidden))
             total = total + total_events(ev)
+            if inexact:
+                hq, _ = run_golden(cm, i, ideal=True)
+                q_embs.append(embed(hq))
+                diff2 += float(((hidden - hq) ** 2).sum())
+                norm2 += float((hq**2).sum())
         e = torch.stack(embs)
         cos = float((e * ref).sum(1).mean())
         rho = float(spearmanr(_pairwise(e).numpy(), ref_pairs.numpy()).statistic)
+        quantized = None
+        if inexact:
+            eq = torch.stack(q_embs)
+            quantized = {
+                "cosine": float((eq * ref).sum(1).mean()),
+                "spearman": float(spearmanr(_pairwise(eq).numpy(),
+                                            ref_pairs.numpy()).statistic),
+                "cosine_to_quantized": float((e * eq).sum(1).mean()),
+                "rel_error": (diff2 / norm2) ** 0.5 if norm2 else 0.0}
         per_tok = {k: v / tokens for k, v in total.as_dict().items()
                    if k in ("spikes", "accumulates", "macs")}
         # operations only (32-bit lane additions, no memory traffic): models.energy
         nj = event_energy(total, DEFAULT_TABLE)["total"] / 1000 / tokens
         rows.append(Row(name, cos, rho, total.time_steps, per_tok, time.perf_counter() - t0,
-                        spike_share(cm), nj))
+                        spike_share(cm), nj, quantized))
         if progress:
             print(f"[{j}/{len(names)}] {name}: cosine {cos:.4f}, Spearman {rho:.4f}, spike "
                   f"share {rows[-1].spike_share:.1%} ({rows[-1].seconds:.0f} s)",
@@ -189,4 +223,15 @@ def format_table(rows: list[Row]) -> str:
         out.append(f"| {r.scheme} | {r.cosine:.4f} | {r.spearman:.4f} | {share} | "
                    f"{r.time_steps or '-'} | {ev.get('spikes', 0):,.0f} | "
                    f"{ev.get('accumulates', 0):,.0f} | {ev.get('macs', 0):,.0f} | {nj} |")
+    inexact = [r for r in rows if r.quantized]
+    if inexact:
+        out += ["", "Inexact neurons against their quantized model (every GEMM from its codes):",
+                "", "| scheme | cosine to FP32 | Spearman | quantized model: cosine / Spearman "
+                "| cosine to quantized | rel. error of hidden states |",
+                "|---|---|---|---|---|---|"]
+        for r in inexact:
+            q = r.quantized
+            out.append(f"| {r.scheme} | {r.cosine:.4f} | {r.spearman:.4f} | "
+                       f"{q['cosine']:.4f} / {q['spearman']:.4f} | "
+                       f"{q['cosine_to_quantized']:.4f} | {q['rel_error']:.2%} |")
     return "\n".join(out)

@@ -9,6 +9,13 @@ counted (:class:`~models.contract.Events`): these are what the hardware counters
 With ``spike_domain=True`` the spike part is computed by actually encoding spike trains and
 running the neurons (:func:`models.encodings.accumulate`) instead of the closed-form
 integer product; both give the same bits (tested), the default is faster.
+
+The closed form multiplies the weights by :func:`models.encodings.spike_values` of the codes:
+the codes themselves for every exact encoding, the neuron's actual spike counts for the
+inexact ``if-adaptive``. ``ideal=True`` computes the quantized model instead: every GEMM from
+its codes (for ``if-adaptive``: ``code / FINE`` spikes, as a rational accumulator rounded
+once in the requantizer), the reference the inexact neuron's error is measured against
+(``models.evaluate``); it is not what the hardware computes.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from .contract import (
     int_matmul,
     requantize,
 )
-from .encodings import TTFS_KINDS, Encoding, accumulate, encode, spike_counts
+from .encodings import TTFS_KINDS, Encoding, accumulate, encode, spike_counts, spike_values
 from .graph import forward, merge_heads, split_heads
 from .lm_head import HEAD, head_logits, raw_consts
 from .quant import ONE, quantize_act, rotate
@@ -36,7 +43,7 @@ from .quant import ONE, quantize_act, rotate
 def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc: Encoding,
          w: torch.Tensor, start: torch.Tensor | None, where: str,
          spike_domain: bool = False, k_tile: int | None = None,
-         n_tile: int | None = None) -> tuple[torch.Tensor, Events]:
+         n_tile: int | None = None, ideal: bool = False) -> tuple[torch.Tensor, Events]:
     """One batched GEMM of the accelerator.
 
     ``codes`` ``[B, M, K]`` activation codes; ``int_mask`` ``[B or 1, K]`` marks integer
@@ -52,6 +59,10 @@ def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc:
     (outliers) needs no window and runs none. ``n_tile``: output channels per pass (its
     lanes; None: one pass); each output slice replays the input spikes, so ``spikes`` and
     ``spike_units`` count once per slice (lane accumulates do not change).
+
+    ``ideal`` (quantized reference, not the hardware): an inexact encoding's spike part
+    from the codes; the accumulator is then ``enc.fine`` times the hardware's scale (int64,
+    unchecked), to be requantized with ``log2(enc.fine)`` more shift (:class:`GoldenOps`).
     """
     k = codes.shape[-1]
     n = w.shape[-2]
@@ -59,15 +70,20 @@ def gemm(codes: torch.Tensor, int_mask: torch.Tensor, shifts: torch.Tensor, enc:
     spk = codes.masked_fill(mask, 0)
     ints = codes.masked_fill(~mask, 0)
     wt = w.transpose(-1, -2)
+    ev = gemm_events(codes, int_mask, enc, n, k_tile, n_tile)
+    if ideal and enc.is_spiking and not enc.exact:
+        acc = int_matmul(spk, wt) + enc.fine * int_matmul(ints * (1 << shifts.view(-1, 1, k)),
+                                                          wt)
+        return (acc if start is None else acc + enc.fine * start), ev
     if spike_domain and enc.is_spiking:
         acc = accumulate(encode(spk, enc), w, enc)
     else:
-        acc = int_matmul(spk, wt)
+        acc = int_matmul(spike_values(spk, enc), wt)
     acc = acc + int_matmul(ints * (1 << shifts.view(-1, 1, k)), wt)
     if start is not None:
         acc = acc + start
     acc = check_acc(acc, where)
-    return acc, gemm_events(codes, int_mask, enc, n, k_tile, n_tile)
+    return acc, ev
 
 
 def gemm_events(codes: torch.Tensor, int_mask: torch.Tensor, enc: Encoding, n: int,
@@ -144,8 +160,8 @@ class Coded:
 class GoldenOps:
     """The ``ops`` of :func:`models.graph.forward` that compute what the hardware computes."""
 
-    def __init__(self, cm: ConvertedModel, spike_domain: bool = False):
-        self.cm, self.spike_domain = cm, spike_domain
+    def __init__(self, cm: ConvertedModel, spike_domain: bool = False, ideal: bool = False):
+        self.cm, self.spike_domain, self.ideal = cm, spike_domain, ideal
         self.t = cm.tensors
         self.events: dict[str, Events] = {}
         self.trace: list[GemmCall] | None = None  #: set to a list to record every GEMM
@@ -188,8 +204,13 @@ class GoldenOps:
         for QK^T, per head and channel for PV)."""
         t, nm = self.t, node.name
         get = lambda s: t[f"{nm}.{s}"].to(torch.int64).view(shape)  # noqa: E731
-        return requantize(acc, get("mcol"), node.shift, mrow, get("bias"), get("zp"),
-                          get("lo"), get("hi"))
+        return requantize(acc, get("mcol"), node.shift + self._finer(node), mrow, get("bias"),
+                          get("zp"), get("lo"), get("hi"))
+
+    def _finer(self, node: NodeInfo) -> int:
+        """Extra requantizer shift of an ``ideal`` accumulator (``log2(enc.fine)``; 0 for
+        the hardware's accumulators and exact encodings)."""
+        return (node.act.encoding.fine.bit_length() - 1) if self.ideal else 0
 
     def _weights_operand(self, node: NodeInfo, a) -> torch.Tensor:
         """Codes of a dynamic weight operand (K of QK^T, V of PV): int8 per channel."""
@@ -222,7 +243,7 @@ class GoldenOps:
         k = w.shape[1]
         acc, ev = gemm(codes[None], node.act.outlier_mask(k)[None], node.act.shifts(k)[None],
                        node.act.encoding, w[None], self.t[name + ".zcorr"].to(torch.int64),
-                       name, self.spike_domain)
+                       name, self.spike_domain, ideal=self.ideal)
         self._count(name, ev)
         y = self._epi(node, acc[0], mrow)
         y = self._record(node, None, codes, node.act.outlier_mask(k), node.act.shifts(k), w,
@@ -243,7 +264,7 @@ class GoldenOps:
         mask = split_heads(node.act.outlier_mask(k)[None], spec.heads)[:, 0]
         shifts = split_heads(node.act.shifts(k)[None], spec.heads)[:, 0]
         acc, ev = gemm(qh, mask, shifts, node.act.encoding, kh, None, name,
-                       self.spike_domain)
+                       self.spike_domain, ideal=self.ideal)
         self._count(name, ev)
         yi = self._epi(node, acc, mrow, (-1, 1, 1))  # per-head constants
         yi = torch.stack([self._record(node, h, qh[h], mask[h], shifts[h], kh[h], None,
@@ -260,7 +281,7 @@ class GoldenOps:
         k = codes.shape[-1]
         acc, ev = gemm(codes, node.act.outlier_mask(k)[None], node.act.shifts(k)[None],
                        node.act.encoding, vh, None, name,
-                       self.spike_domain)
+                       self.spike_domain, ideal=self.ideal)
         self._count(name, ev)
         d = spec.head_dim
         out = self._epi(node, acc, mrow, (spec.heads, 1, d))
@@ -285,7 +306,7 @@ class GoldenOps:
         k, start = w.shape[1], self.t[HEAD + ".zcorr"].to(torch.int64)
         mask, shifts = node.act.outlier_mask(k), node.act.shifts(k)
         acc, ev = gemm(codes[None], mask[None], shifts[None], node.act.encoding, w[None], start,
-                       HEAD, self.spike_domain)
+                       HEAD, self.spike_domain, ideal=self.ideal)
         self._count(HEAD, ev)
         acc = acc[0]
         if self.trace is not None or self.execute is not None:
@@ -295,16 +316,23 @@ class GoldenOps:
                 self.trace.append(call)
             if self.execute is not None:
                 acc = self.execute(call)
+        if self._finer(node):
+            acc = acc.to(F) / node.act.encoding.fine
         return head_logits(self.cm, acc, mrow)
 
 
 def run_golden(cm: ConvertedModel, ids: torch.Tensor, spike_domain: bool = False,
                trace: list[GemmCall] | None = None,
-               execute=None) -> tuple[torch.Tensor, dict[str, Events]]:
+               execute=None, ideal: bool = False) -> tuple[torch.Tensor, dict[str, Events]]:
     """Forward one token sequence; returns (final hidden states float64, events per GEMM).
     With ``trace`` (a list), every GEMM is appended to it as a :class:`GemmCall`; with
-    ``execute`` (``GemmCall -> y``), every GEMM's result comes from it (the accelerator)."""
-    ops = GoldenOps(cm, spike_domain)
+    ``execute`` (``GemmCall -> y``), every GEMM's result comes from it (the accelerator).
+    ``ideal``: the quantized reference model instead of the hardware's (differs only for
+    the inexact ``if-adaptive`` encoding; see the module docstring)."""
+    if ideal and (trace is not None or execute is not None):
+        raise ValueError("run_golden: ideal is the quantized reference, not the hardware's "
+                         "computation; it cannot be traced or executed on a device")
+    ops = GoldenOps(cm, spike_domain, ideal)
     ops.trace = trace
     ops.execute = execute
     hidden = forward(cm.spec, cm.params(), ids, ops)

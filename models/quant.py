@@ -178,13 +178,17 @@ class ActPlan:
 
     def channel_targets(self, k: int) -> tuple[torch.Tensor, ...]:
         """Per channel (step multiplier, zero point, lo, hi) that a producer must emit: the
-        multiplier is ``2**p_k`` for outlier channels, ``scales[k]`` for spike channels."""
+        multiplier is ``2**p_k`` for outlier channels, ``scales[k]`` for spike channels
+        (divided by ``encoding.fine``: ``step`` is what one spike stands for, and the codes
+        of ``if-adaptive`` are a grid ``FINE`` times finer)."""
         mask = self.outlier_mask(k)
         enc = self.encoding
         qo = INT8_QMAX if enc.is_spiking else enc.qmax
         mult = (2.0 ** self.shifts(k)).to(F)
         if self.scales and enc.is_spiking:
             mult = torch.where(mask, mult, self.spike_scales(k))
+        if enc.fine > 1:  # if-adaptive: codes on a grid FINE times finer than the spikes
+            mult = torch.where(mask, mult, mult / enc.fine)
         zp = torch.where(mask, 0, self.zero_point)
         lo = torch.where(mask, -qo, enc.qmin)
         hi = torch.where(mask, qo, enc.qmax)
@@ -201,7 +205,7 @@ def token_steps(x: torch.Tensor, plan: ActPlan) -> torch.Tensor:
     hi = xs.amax(-1).clamp(min=0.0)
     lo = (-xs.amin(-1)).clamp(min=0.0)
     if enc.signed or z == 0:
-        top = enc.qmax
+        top = enc.qmax // enc.fine  # in spikes: the step is one spike's worth
         step = (torch.maximum(hi, lo) if enc.signed else hi) / top
     else:
         step = torch.maximum(hi / max(enc.qmax - z, 1), lo / z)
