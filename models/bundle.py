@@ -36,7 +36,10 @@ __all__ = ["FORMAT", "MANIFEST", "TENSORS", "VERSION", "BundleError", "Converted
            "ModelInputError", "NodeInfo", "load_bundle", "save_bundle"]
 
 FORMAT = "spikellm-bundle"
-VERSION = 1
+#: Version 2 stores 4-bit weights packed, two a byte (``{node}.w4``); version 1 (int8
+#: ``{node}.w``) still loads.
+VERSION = 2
+READS_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
 KINDS = ("linear", "qk", "av")
@@ -298,11 +301,64 @@ class ConvertedModel:
                               f"case {bound:.3g})")
 
 
+def _four_bit(cm: ConvertedModel) -> dict[str, int]:
+    """The 4-bit weight tensors (the linear nodes' and the head's ``.w``) and their K."""
+    nodes = [n for n in cm.nodes.values() if n.kind == "linear"]
+    nodes += [cm.head] if cm.head is not None else []
+    return {f"{n.name}.w": int(n.K) for n in nodes}
+
+
+def pack_weights(w: torch.Tensor) -> torch.Tensor:
+    """4-bit weight codes ``[N, K]`` (int8, -8..7) packed two a byte ``[N, ceil(K/2)]``
+    (uint8): input ``2i`` in the low nibble, ``2i+1`` in the high one (two's complement; an
+    odd K pads with 0)."""
+    if w.shape[1] % 2:
+        w = torch.nn.functional.pad(w, (0, 1))
+    nib = (w.to(torch.int16) & 15).to(torch.uint8)
+    return nib[:, 0::2] | (nib[:, 1::2] << 4)
+
+
+def unpack_weights(p: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack_weights`: int8 codes ``[N, k]``."""
+    lo, hi = (p & 15).to(torch.int16), (p >> 4).to(torch.int16)
+    w = torch.stack([lo, hi], dim=2).reshape(p.shape[0], -1)[:, :k]
+    return ((w ^ 8) - 8).to(torch.int8)
+
+
+def _stored(cm: ConvertedModel) -> dict[str, torch.Tensor]:
+    """The tensors as the file holds them: 4-bit weights packed (``.w4``)."""
+    four = _four_bit(cm)
+    return {(k + "4" if k in four else k): (pack_weights(v) if k in four else v)
+            for k, v in cm.tensors.items()}
+
+
+def _unstored(cm: ConvertedModel, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors in memory: packed weights (``.w4``, uint8 ``[N, ceil(K/2)]``) unpacked to
+    int8 ``.w``; a version-1 file's int8 ``.w`` as they are."""
+    four = _four_bit(cm)
+    out = {}
+    for k, v in stored.items():
+        name = k[:-1] if k.endswith(".w4") else None
+        if name in four and name in stored:
+            raise BundleError(f"tensor {name}: stored twice, packed ({k}) and as int8")
+        if name in four:
+            if v.dtype != torch.uint8 or v.dim() != 2 or v.shape[1] != -(-four[name] // 2):
+                raise BundleError(f"tensor {k}: {str(v.dtype).removeprefix('torch.')} "
+                                  f"{list(v.shape)}, expected uint8 [N, {-(-four[name] // 2)}] "
+                                  f"(packed 4-bit weights of K = {four[name]})")
+            out[name] = unpack_weights(v, four[name])
+        else:
+            out[k] = v
+    return out
+
+
 def save_bundle(cm: ConvertedModel, out: str | Path) -> Path:
-    """Write ``manifest.json`` and ``tensors.safetensors`` into directory ``out``."""
+    """Write ``manifest.json`` and ``tensors.safetensors`` into directory ``out`` (4-bit
+    weights packed two a byte)."""
     cm.validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    stored = _stored(cm)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -312,10 +368,10 @@ def save_bundle(cm: ConvertedModel, out: str | Path) -> Path:
         "graph": [n.to_json() for n in cm.nodes.values()],
         **({} if cm.head is None else {"head": cm.head.to_json()}),
         "tensors": {k: {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
-                    for k, v in sorted(cm.tensors.items())},
+                    for k, v in sorted(stored.items())},
     }
     # clone: safetensors refuses tensors that share storage (e.g. a scale used twice)
-    save_file({k: v.contiguous().clone() for k, v in cm.tensors.items()}, str(out / TENSORS))
+    save_file({k: v.contiguous().clone() for k, v in stored.items()}, str(out / TENSORS))
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return out
 
@@ -334,9 +390,9 @@ def _manifest(path: Path) -> dict:
         raise BundleError(f"{mf}: must be a JSON object, not a JSON {type(m).__name__}")
     if m.get("format") != FORMAT:
         raise BundleError(f"{path}: not a {FORMAT} (format {_show(m.get('format'))})")
-    if m.get("version") != VERSION:
+    if m.get("version") not in READS_VERSIONS:
         raise BundleError(f"{path}: unknown bundle version {_show(m.get('version'))}; "
-                          f"this tool reads version {VERSION}")
+                          f"this tool reads versions {', '.join(map(str, READS_VERSIONS))}")
     for key, typ in (("arch", dict), ("options", dict), ("host_params", list), ("graph", list),
                      ("tensors", dict)):
         if key not in m:
@@ -390,12 +446,13 @@ def load_bundle(path: str | Path) -> ConvertedModel:
     except BundleError as e:
         raise BundleError(f"{mf}: {e}") from e
     try:
-        cm.tensors = load_file(str(path / TENSORS))
+        stored = load_file(str(path / TENSORS))
     except Exception as e:  # safetensors raises its own error types
         raise BundleError(f"{path / TENSORS}: unreadable ({one_line(e)})") from e
     try:
+        cm.tensors = _unstored(cm, stored)
         cm.validate()
     except BundleError as e:
         raise BundleError(f"{path}: {e}") from e
-    _check_table(m["tensors"], cm.tensors, str(mf))
+    _check_table(m["tensors"], stored, str(mf))
     return cm
