@@ -246,6 +246,8 @@ def cmd_run(a) -> int:
                    "golden_events": vars(total_events(res.golden_events))},
         "energy_table_pj": table,
     }
+    rep["board"] = report.board_estimate(dev.stats, rep["totals"]["measured_cycles"],
+                                         int(ids.numel()))
     out = Path(a.out or bundle / "run")
     report.write(rep, out)
     if a.json:
@@ -256,6 +258,10 @@ def cmd_run(a) -> int:
     print(f"{'BIT-EXACT' if res.bit_exact else 'MISMATCH'}: {len(res.records)} GEMMs, "
           f"{t['measured_cycles']:,} cycles measured / {t['predicted_cycles']:,} predicted, "
           f"{wall:.1f} s; reports in {out}")
+    print("on a board (" + rep["board"]["assumes"] + "): " + ", ".join(
+        f"{v['tokens_per_s']:.2f} tokens/s at {int(b) / 1e6:g} Mbaud "
+        f"({v['link_share']:.0%} waiting on the link)"
+        for b, v in rep["board"]["by_baud"].items()))
     if not res.bit_exact:
         bad = [f"{r.name}[{r.head}]" for r in res.records if not (r.exact and r.counters_match)]
         where = ", ".join(bad) or "the final hidden states"

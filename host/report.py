@@ -87,6 +87,35 @@ def hybrid(cfg: AccelConfig, layers: list[dict], steps: int, table: dict) -> dic
 COUNTED = ("spikes", *GOLDEN_EVENTS.values(), "accumulates")
 
 
+#: Serial rates a ULX3S link can run at: the board's default and the FT231X's maximum.
+BOARD_BAUDS = (1_000_000, 3_000_000)
+#: Host turnaround of one request/response round trip (the USB serial chip's latency timer
+#: set to its 1 ms minimum; the default, 16 ms, is far worse).
+ROUND_TRIP_S = 1e-3
+#: The core's clock on the board today (the board top has no PLL yet: issue 12).
+BOARD_CLOCK_HZ = 25e6
+
+
+def board_estimate(stats: dict, cycles: int, tokens: int) -> dict:
+    """What this run would take on a real board, per baud rate: the link bytes both ways at
+    10 bits a byte (8N1), a round trip per request (:data:`ROUND_TRIP_S`), and the engine's
+    cycles at :data:`BOARD_CLOCK_HZ`, all strictly one after another (the host waits for
+    every answer; the engine runs only inside a RUN). ``stats`` are the driver's counts
+    (``bytes_tx``, ``bytes_rx``, ``frames_tx``)."""
+    link_bits = 10 * (stats["bytes_tx"] + stats["bytes_rx"])
+    trips = stats["frames_tx"] * ROUND_TRIP_S
+    compute = cycles / BOARD_CLOCK_HZ
+    out = {"assumes": f"8N1 UART, {ROUND_TRIP_S * 1e3:g} ms per round trip, the core at "
+                      f"{BOARD_CLOCK_HZ / 1e6:g} MHz, nothing overlapped",
+           "round_trips": stats["frames_tx"], "compute_s": compute, "by_baud": {}}
+    for baud in BOARD_BAUDS:
+        total = link_bits / baud + trips + compute
+        out["by_baud"][str(baud)] = {"link_s": link_bits / baud, "round_trips_s": trips,
+                                     "total_s": total, "tokens_per_s": tokens / total,
+                                     "link_share": (link_bits / baud + trips) / total}
+    return out
+
+
 def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 

@@ -140,3 +140,17 @@ def test_a_converted_baseline_is_predicted_on_this_accelerator(tiny_opt):
     assert b["energy_pj"]["total"] > b["compute_energy_pj"] > 0
     with pytest.raises(ValueError, match="predictions"):
         baselines.predicted(CFG, "x", 1, calls, DEFAULT_TABLE, "", preds=preds[1:])
+
+
+def test_board_estimate_adds_link_time_round_trips_and_compute():
+    # 1,000 bytes out, 500 back, 10 round trips, 250,000 cycles, 5 tokens
+    b = report.board_estimate({"bytes_tx": 1000, "bytes_rx": 500, "frames_tx": 10},
+                              250_000, 5)
+    assert b["compute_s"] == pytest.approx(0.01)  # 25 MHz
+    one = b["by_baud"]["1000000"]
+    assert one["link_s"] == pytest.approx(0.015)  # 15,000 bits at 1 Mbaud
+    assert one["round_trips_s"] == pytest.approx(0.01)
+    assert one["total_s"] == pytest.approx(0.035)
+    assert one["tokens_per_s"] == pytest.approx(5 / 0.035)
+    assert one["link_share"] == pytest.approx(0.025 / 0.035)
+    assert b["by_baud"]["3000000"]["link_s"] == pytest.approx(0.005)
