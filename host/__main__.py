@@ -260,7 +260,7 @@ def cmd_run(a) -> int:
           f"{wall:.1f} s; reports in {out}")
     print("on a board (" + rep["board"]["assumes"] + "): " + ", ".join(
         f"{v['tokens_per_s']:.2f} tokens/s at {int(b) / 1e6:g} Mbaud "
-        f"({v['link_share']:.0%} waiting on the link)"
+        f"({v['link_share']:.1%} waiting on the link)"
         for b, v in rep["board"]["by_baud"].items()))
     if not res.bit_exact:
         bad = [f"{r.name}[{r.head}]" for r in res.records if not (r.exact and r.counters_match)]
