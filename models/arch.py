@@ -67,6 +67,32 @@ def _is_num(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def spec_fields_from_json(cls, d: dict, where: str):
+    """An architecture dataclass ``cls`` (fields typed ``"int"``, ``"float"``, ``"bool"``,
+    ``"str"``) from its JSON dict: every field present, none unknown, each of its type, then
+    ``cls.check(where)``; :class:`ModelInputError` naming the field otherwise."""
+    if not isinstance(d, dict):
+        raise ModelInputError(f"{where}: must be a JSON object, not {type(d).__name__}")
+    names = [f.name for f in fields(cls)]
+    missing = [n for n in names if n not in d]
+    extra = sorted(str(k) for k in d if k not in names)
+    if missing:
+        raise ModelInputError(f"{where}: missing field(s) {', '.join(missing)}")
+    if extra:
+        raise ModelInputError(f"{where}: unknown field(s) {', '.join(extra)}")
+    checks = {"int": _is_int, "float": _is_num, "bool": lambda v: isinstance(v, bool),
+              "str": lambda v: isinstance(v, str)}
+    vals = {}
+    for f in fields(cls):
+        v = d[f.name]
+        if not checks[f.type](v):
+            raise ModelInputError(f"{where}.{f.name}: must be a JSON {f.type}, not {_show(v)}")
+        vals[f.name] = float(v) if f.type == "float" else v
+    spec = cls(**vals)
+    spec.check(where)
+    return spec
+
+
 @dataclass(frozen=True, kw_only=True)
 class ArchSpec:
     """Shape and structure of a transformer, independent of its source family (fields by
@@ -106,26 +132,7 @@ class ArchSpec:
     @classmethod
     def from_json(cls, d: dict, where: str = "arch") -> ArchSpec:
         """Inverse of :meth:`to_json`; checks every field (:class:`ModelInputError`)."""
-        if not isinstance(d, dict):
-            raise ModelInputError(f"{where}: must be a JSON object, not {type(d).__name__}")
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d]
-        extra = sorted(k for k in d if k not in names)
-        if missing:
-            raise ModelInputError(f"{where}: missing field(s) {', '.join(missing)}")
-        if extra:
-            raise ModelInputError(f"{where}: unknown field(s) {', '.join(map(str, extra))}")
-        checks = {"int": _is_int, "float": _is_num, "bool": lambda v: isinstance(v, bool),
-                  "str": lambda v: isinstance(v, str)}
-        vals = {}
-        for f in fields(cls):
-            v = d[f.name]
-            if not checks[f.type](v):
-                raise ModelInputError(f"{where}.{f.name}: must be a JSON {f.type}, not {_show(v)}")
-            vals[f.name] = float(v) if f.type == "float" else v
-        spec = cls(**vals)
-        spec.check(where)
-        return spec
+        return spec_fields_from_json(cls, d, where)
 
     def check(self, where: str = "arch") -> None:
         """Refuse sizes and names the graph cannot run (one line naming the field)."""

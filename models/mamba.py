@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -43,11 +43,11 @@ from .arch import (
     UnsupportedModelError,
     _Fields,
     _is_int,
-    _is_num,
     _show,
     _tokenizer_for,
     check_finite,
     one_line,
+    spec_fields_from_json,
 )
 from .contract import F
 
@@ -88,26 +88,7 @@ class MambaSpec:
     @classmethod
     def from_json(cls, d: dict, where: str = "arch") -> MambaSpec:
         """Inverse of :meth:`to_json`; checks every field (:class:`ModelInputError`)."""
-        if not isinstance(d, dict):
-            raise ModelInputError(f"{where}: must be a JSON object, not {type(d).__name__}")
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d]
-        extra = sorted(str(k) for k in d if k not in names)
-        if missing:
-            raise ModelInputError(f"{where}: missing field(s) {', '.join(missing)}")
-        if extra:
-            raise ModelInputError(f"{where}: unknown field(s) {', '.join(extra)}")
-        checks = {"int": _is_int, "float": _is_num, "bool": lambda v: isinstance(v, bool),
-                  "str": lambda v: isinstance(v, str)}
-        vals = {}
-        for f in fields(cls):
-            v = d[f.name]
-            if not checks[f.type](v):
-                raise ModelInputError(f"{where}.{f.name}: must be a JSON {f.type}, not {_show(v)}")
-            vals[f.name] = float(v) if f.type == "float" else v
-        spec = cls(**vals)
-        spec.check(where)
-        return spec
+        return spec_fields_from_json(cls, d, where)
 
     def check(self, where: str = "arch") -> None:
         """Refuse sizes the graph cannot run (one line naming the field)."""
