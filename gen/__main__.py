@@ -25,7 +25,7 @@ from models.arch import BUILTIN, UnsupportedModelError
 from .build import WORKLOADS, BuildOptions, build, decode_sizing_text, one_line
 from .flow import FlowError
 from .resources import TARGETS, Budget
-from .sizing import DoesNotFit
+from .sizing import OBJECTIVES, DoesNotFit
 
 
 def _budget(s: str) -> Budget:
@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--fix", type=_fixed, default={},
                    help="pin configuration fields instead of exploring them, e.g. "
                         "lanes=64,mac_units=16")
+    b.add_argument("--objective", default="speed", choices=OBJECTIVES,
+                   help="what the sizing minimises: cycles (speed, then the fewest LUTs) or "
+                        "the predicted energy with memory (energy)")
     b.add_argument("--energy-table", default=None,
                    help="JSON file of pJ per operation (keys of models.energy.DEFAULT_TABLE)")
     b.add_argument("--synth", action="store_true", help="run Yosys synth_ecp5")
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             model=a.model, out=a.out, target=a.target, budget=a.budget, encoding=a.encoding,
             tokens=a.tokens, fixed=a.fix, energy_table=a.energy_table, synth=a.synth,
             pnr=a.pnr, bitstream=a.bitstream, freq_mhz=a.freq, progress=not a.quiet,
-            cache=not a.no_cache, workload=a.workload, decode_steps=a.decode_steps))
+            cache=not a.no_cache, workload=a.workload, decode_steps=a.decode_steps,
+            objective=a.objective))
     except DoesNotFit as e:
         print(f"error: the model does not fit: {one_line(e)}", file=sys.stderr)
         return 3

@@ -43,7 +43,7 @@ from models.generate import decode_trace
 from . import cache, flow, report
 from .program import compile_program, link_description
 from .resources import TARGETS, Budget, estimate
-from .sizing import Candidate, Sizing, evaluate, size
+from .sizing import OBJECTIVES, Candidate, Sizing, evaluate, size
 
 
 class BuildError(ValueError):
@@ -70,6 +70,9 @@ class BuildOptions:
     cache: bool = True  #: reuse converted models and Verilog (gen/cache.py)
     workload: str = "prefill"  #: size for ``"prefill"`` (whole sequence) or ``"decode"``
     decode_steps: int = 4  #: decode steps of the ``"decode"`` workload
+    #: what the sizing minimises: ``"speed"`` (cycles, then LUTs) or ``"energy"`` (the
+    #: hybrid's predicted energy with memory)
+    objective: str = "speed"
 
 
 WORKLOADS = ("prefill", "decode")
@@ -129,6 +132,8 @@ def build(o: BuildOptions) -> dict:
     assembled in a temporary folder and moved to ``o.out`` once complete; the optional
     flow steps then run in ``o.out`` (their logs stay there when a tool fails)."""
     out = Path(os.path.abspath(o.out))
+    if o.objective not in OBJECTIVES:
+        raise BuildError(f"--objective {o.objective!r}: must be one of {', '.join(OBJECTIVES)}")
     if o.workload not in WORKLOADS:
         raise BuildError(f"--workload {o.workload!r}: must be one of {', '.join(WORKLOADS)}")
     if o.workload == "decode" and not 1 <= o.decode_steps < o.tokens:
@@ -189,17 +194,24 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
         works = [GemmWork.of(c) for c in calls]
     done("measure")
     step("size")
-    sizing = size(works, budget, fixed=o.fixed)
+    steps = baselines.time_steps(cm)
+
+    def energy_of(c: AccelConfig, preds, traced=calls) -> float:  # the hybrid's, on ``c``
+        return baselines.predicted(c, "hybrid", steps, traced, table,
+                                   baselines.MEMORY_MODELS["predicted"],
+                                   preds=preds)[0]["energy_pj"]["total"]
+
+    sizing = size(works, budget, fixed=o.fixed, objective=o.objective, energy_of=energy_of)
     cfg: AccelConfig = sizing.chosen.cfg
     versus_prefill = None
     if decode:
-        versus_prefill = decode_sizing(sizing, size(prefill_works, budget, fixed=o.fixed),
+        versus_prefill = decode_sizing(sizing, size(prefill_works, budget, fixed=o.fixed),  # speed
                                        works, prefill_works, o.decode_steps, len(ids))
     del prefill_works
     done("size")
     step("baselines")
     # the hybrid as predicted on this accelerator, against the host run's baselines
-    hybrid, events = baselines.predicted(cfg, "hybrid", baselines.time_steps(cm), calls,
+    hybrid, events = baselines.predicted(cfg, "hybrid", steps, calls,
                                          table, baselines.MEMORY_MODELS["predicted"],
                                          preds=sizing.predictions)
     del calls

@@ -8,12 +8,15 @@ tiles). Each candidate gets a resource estimate (:mod:`gen.resources`) and, if i
 cycle prediction over every GEMM of the measured forward pass (:mod:`accel.cycles`). The
 choice is the *smallest* fitting candidate (fewest LUTs) whose cycles are within
 ``slack`` of the fastest: more lanes that the model's work split cannot keep busy are not
-worth their LUTs. Each candidate records what bound it (spike array, MAC array, output
-unit or the resource that refused it).
+worth their LUTs. With the ``energy`` objective it is instead the fitting candidate whose
+predicted energy with memory (a caller's function of the configuration and its
+predictions) is least. Each candidate records what bound it (spike array, MAC array,
+output unit or the resource that refused it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from accel.config import AccelConfig
@@ -38,6 +41,7 @@ class Candidate:
     spike_work: int = 0
     mac_work: int = 0
     out_work: int = 0
+    energy_pj: float | None = None  #: predicted energy with memory (the energy objective)
 
     @property
     def bound(self) -> str:
@@ -55,7 +59,7 @@ class Candidate:
                 "spike_event_depth": self.cfg.spike_event_depth,
                 "mac_event_depth": self.cfg.mac_event_depth,
                 "resources": self.res.as_dict(), "fits": not self.refused,
-                "cycles": self.cycles, "bound": self.bound,
+                "cycles": self.cycles, "bound": self.bound, "energy_pj": self.energy_pj,
                 "spike_util": self.spike_work / self.cycles if self.cycles else None,
                 "mac_util": self.mac_work / self.cycles if self.cycles else None}
 
@@ -108,12 +112,24 @@ def evaluate(cand: Candidate, works: list[GemmWork]) -> list[GemmPrediction]:
     return preds
 
 
+#: What the sizing minimises.
+OBJECTIVES = ("speed", "energy")
+
+
 def size(works: list[GemmWork], budget: Budget, *, lanes: tuple[int, ...] = (8, 16, 32, 64,
-         128, 256), slack: float = 0.02, fixed: dict | None = None) -> Sizing:
+         128, 256), slack: float = 0.02, fixed: dict | None = None, objective: str = "speed",
+         energy_of: Callable[[AccelConfig, list[GemmPrediction]], float] | None = None
+         ) -> Sizing:
     """Choose the configuration; raises :class:`DoesNotFit` when nothing fits.
 
     ``fixed`` pins configuration fields (``{"lanes": 64}``) instead of exploring them.
+    ``objective`` ``"speed"``: the smallest within ``slack`` of the fastest; ``"energy"``:
+    the least ``energy_of(cfg, predictions)`` (pJ with memory), then the fewest cycles.
     """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}")
+    if objective == "energy" and energy_of is None:
+        raise ValueError("the energy objective needs an energy function")
     fixed = dict(fixed or {})
     base = base_config(works, **{k: v for k, v in fixed.items()
                                  if k not in ("lanes", "mac_units")})
@@ -143,14 +159,24 @@ def size(works: list[GemmWork], budget: Budget, *, lanes: tuple[int, ...] = (8, 
             f"{smallest.cfg.mac_units} weight_depth={smallest.cfg.weight_depth} max_rows="
             f"{smallest.cfg.max_rows}: {'; '.join(smallest.refused)}")
     fastest = min(fitting, key=lambda c: c.cycles)
-    near = [c for c in fitting if c.cycles <= fastest.cycles * (1 + slack)]
-    chosen = min(near, key=lambda c: (c.res.lut4 + 100 * c.res.dsp, c.cycles))
     why = (f"{len(cands)} candidates, {len(fitting)} fit the budget; the fastest "
            f"(lanes={fastest.cfg.lanes}, mac_units={fastest.cfg.mac_units}) needs "
-           f"{fastest.cycles} cycles; the chosen one is the smallest within {slack:.0%} of it "
-           f"({chosen.cycles} cycles, bound by the {chosen.bound}; spike array "
-           f"{chosen.spike_work / chosen.cycles:.0%} busy, MAC array "
-           f"{chosen.mac_work / chosen.cycles:.0%} busy)")
+           f"{fastest.cycles} cycles; ")
+    if objective == "energy":
+        for c in fitting:
+            c.energy_pj = float(energy_of(c.cfg, preds[id(c)]))
+        chosen = min(fitting, key=lambda c: (c.energy_pj, c.cycles))
+        why += (f"the chosen one needs the least energy with memory "
+                f"({chosen.energy_pj / 1e6:.3f} uJ, {chosen.cycles} cycles, "
+                f"{chosen.cycles / fastest.cycles:.2f}x the fastest's")
+    else:
+        near = [c for c in fitting if c.cycles <= fastest.cycles * (1 + slack)]
+        chosen = min(near, key=lambda c: (c.res.lut4 + 100 * c.res.dsp, c.cycles))
+        why += (f"the chosen one is the smallest within {slack:.0%} of it "
+                f"({chosen.cycles} cycles")
+    why += (f", bound by the {chosen.bound}; spike array "
+            f"{chosen.spike_work / chosen.cycles:.0%} busy, MAC array "
+            f"{chosen.mac_work / chosen.cycles:.0%} busy)")
     return Sizing(chosen, cands, preds[id(chosen)], why)
 
 

@@ -62,3 +62,25 @@ def test_row_slots_follow_the_rows_unless_pinned(works):
     # a tight block-RAM budget halves the rows below 16: the slots follow
     s = size(works, Budget(83_640, 156, 40), fixed={"lanes": 16, "mac_units": 2})
     assert s.chosen.cfg.spike_rows <= s.chosen.cfg.max_rows
+
+
+def test_the_energy_objective_takes_the_least_energy_and_says_so(works):
+    from accel.counters import sram_bits
+
+    def sram(cfg, preds):  # an energy function: the SRAM bits the predictions move
+        return float(sum(sram_bits(cfg, p.traffic()) for p in preds))
+
+    s = size(works, TARGETS["ulx3s-85f"], objective="energy", energy_of=sram)
+    fitting = [c for c in s.candidates if not c.refused]
+    assert all(c.energy_pj is not None for c in fitting)
+    assert s.chosen.energy_pj == min(c.energy_pj for c in fitting)
+    assert s.chosen.energy_pj == sram(s.chosen.cfg, s.predictions)
+    assert "least energy" in s.why
+    # the speed objective picks a faster (wider) design here, moving more SRAM bits
+    fast = size(works, TARGETS["ulx3s-85f"])
+    assert fast.chosen.cycles <= s.chosen.cycles
+    assert sram(fast.chosen.cfg, fast.predictions) >= s.chosen.energy_pj
+    with pytest.raises(ValueError, match="objective must be one of speed, energy"):
+        size(works, TARGETS["ulx3s-85f"], objective="area")
+    with pytest.raises(ValueError, match="needs an energy function"):
+        size(works, TARGETS["ulx3s-85f"], objective="energy")
