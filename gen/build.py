@@ -78,6 +78,18 @@ class BuildOptions:
 WORKLOADS = ("prefill", "decode")
 
 
+def _check_pinned_shift(cm, fixed: dict) -> None:
+    """A pinned ``max_shift`` below the model's outlier shifts builds an engine that stops
+    every tile of that node (``ERR_FAULT``): refuse it, naming the node."""
+    if "max_shift" not in fixed:
+        return  # the sizing keeps the contract's largest shift
+    nodes = [*cm.nodes.values(), *([cm.head] if cm.head is not None else [])]
+    shift, name = max((max(n.act.outlier_shifts, default=0), n.name) for n in nodes)
+    if shift > fixed["max_shift"]:
+        raise BuildError(f"--fix max_shift={fixed['max_shift']}: node {name} has outlier "
+                         f"shifts up to {shift}; the engine would refuse its MAC events")
+
+
 def load(model: str) -> LoadedModel:
     """``models.arch.load_model``; what it does not refuse itself as a
     :class:`~models.arch.ModelInputError` (one line naming the file and field) is put on
@@ -177,6 +189,7 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
     step("convert")
     opts = ConvertOptions() if o.encoding is None else ConvertOptions(encoding=o.encoding)
     cm, cached = cache.converted(lm, opts, o.cache)
+    _check_pinned_shift(cm, o.fixed)
     save_bundle(cm, tmp / "model")
     save_host_files(lm, cm, tmp)
     done("convert")

@@ -143,6 +143,15 @@ def test_a_build_into_an_existing_directory_keeps_other_files(fast_model, tmp_pa
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_a_pinned_max_shift_below_the_models_outlier_shifts_is_refused(fast_model, tmp_path,
+                                                                     capsys):
+    out = tmp_path / "x"
+    assert main([*ARGS[:-1], "lanes=8,max_shift=0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--fix max_shift=0: node layers." in err and "has outlier shifts up to" in err
+    assert not out.exists()
+
+
 def test_fixed_encodings_that_leave_out_the_models_spikes_are_refused(fast_model, tmp_path,
                                                                      capsys):
     out = tmp_path / "x"
