@@ -182,7 +182,7 @@ def _wide_tiles(g, n_tiles: list[tuple[int, int]], kt: list[tuple[int, int]]) ->
 def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
     """Predicted work of a :class:`accel.workload.GemmWork` cut the way
     :func:`accel.tiling.plan_gemm` cuts it (row groups x N tiles x K tiles)."""
-    from .tiling import k_slices, row_groups_of, tiles
+    from .tiling import events_resident, k_slices, row_groups_of, tiles
 
     kt = k_slices(cfg, g.k)
     # unit spikes and integer channels per row and K tile
@@ -241,7 +241,7 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
         acc_wr += 0 if t.last else lanes
         par_rd += lanes if t.last and not g.raw else 0
     s_once, m_once = (sum(v[i] for v in sets.values()) for i in (0, 1))
-    if s_once <= cfg.spike_event_depth and m_once <= cfg.mac_event_depth:
+    if events_resident(cfg, s_once, m_once):
         s_wr, m_wr = s_once, m_once
     else:
         s_wr, m_wr = s_ev, m_ev

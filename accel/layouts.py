@@ -121,6 +121,10 @@ class BufId(enum.Enum, shape=8):
     OUT8 = 9
 
 
+#: Width of an OUT8 word: results that are codes of at most this many bits are read so.
+OUT8_BITS = 8
+
+
 def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
     """Word shape and depth of every buffer."""
     return {
@@ -133,7 +137,7 @@ def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
         BufId.OUT: (signed(cfg.acc_bits), cfg.max_rows * cfg.lanes),
         BufId.START: (signed(cfg.acc_bits), cfg.lanes),
         BufId.WEIGHTS4: (narrow_row_layout(cfg), cfg.weight_depth),
-        BufId.OUT8: (signed(8), cfg.max_rows * cfg.lanes),
+        BufId.OUT8: (signed(OUT8_BITS), cfg.max_rows * cfg.lanes),
     }
 
 
@@ -196,16 +200,13 @@ def watchdog_cycles(cfg: AccelConfig) -> int:
 
 #: Buffers the host can read back. Not ACC: a host read port would be a second read port on
 #: its block RAMs (doubling them) for a read the host never needs (results come through OUT).
+#: Buffer ids that are views of another buffer's memory, not memories of their own.
+VIEWS = {BufId.WEIGHTS4: BufId.WEIGHTS, BufId.OUT8: BufId.OUT}
 #: Not WEIGHTS4 either: it is a write-only view of WEIGHTS.
 HOST_READABLE = frozenset(b for b in BufId if b not in (BufId.ACC, BufId.WEIGHTS4))
 #: Buffers the host can write: not OUT8, a read-only view of OUT.
 HOST_WRITABLE = frozenset(b for b in BufId if b != BufId.OUT8)
 
-
-def narrow_weight(v: int, narrow_bits: int) -> int:
-    """The value the narrow half of a weight holds (its low ``narrow_bits``, signed)."""
-    half = 1 << (narrow_bits - 1)
-    return ((int(v) + half) & ((half << 1) - 1)) - half
 
 def pack_word(shape, word) -> int:
     """A buffer word (dict/list for layouts, int otherwise) as its raw bits.

@@ -21,7 +21,7 @@ from models.encodings import TTFS_KINDS, Encoding, spike_events
 from models.golden import gemm_events
 
 from .config import AccelConfig
-from .layouts import BufId, MacOp, SpikeOp, wide_weights
+from .layouts import OUT8_BITS, BufId, MacOp, SpikeOp, wide_weights
 
 
 @dataclass
@@ -195,7 +195,8 @@ def out_read(cfg: AccelConfig, img: TileImage) -> tuple[BufId, int, int]:
     clamped within int8), else as OUT (32-bit accumulators or wider codes)."""
     d = img.descriptor
     params = img.words.get(BufId.PARAMS) or []
-    codes = not d["raw"] and bool(params) and all(-128 <= p["lo"] and p["hi"] <= 127
+    half = 1 << (OUT8_BITS - 1)
+    codes = not d["raw"] and bool(params) and all(-half <= p["lo"] and p["hi"] < half
                                                   for p in params)
     return (BufId.OUT8 if codes else BufId.OUT, d["row_base"] * cfg.lanes,
             d["rows"] * d["n_active"])
@@ -352,6 +353,13 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     return GemmTiles(out, resident)
 
 
+def events_resident(cfg: AccelConfig, spike_words: int, mac_words: int) -> bool:
+    """Whether a GEMM's event words (every row block's and K tile's, ``spike_words`` and
+    ``mac_words`` in all) stay resident: they all fit the event buffers side by side
+    (:func:`event_bases`; the cycle model's written-word count uses the same rule)."""
+    return spike_words <= cfg.spike_event_depth and mac_words <= cfg.mac_event_depth
+
+
 def event_bases(cfg: AccelConfig, events: dict) -> dict:
     """Where each row block's and K tile's event words go (``{key: {BufId: base}}`` for
     ``events``, ``{key: (spike words, MAC words)}``): one after another when they all fit
@@ -359,7 +367,7 @@ def event_bases(cfg: AccelConfig, events: dict) -> dict:
     per output slice; otherwise every set at address 0 (written again for each tile)."""
     s_len = [len(s) for s, _ in events.values()]
     m_len = [len(mw) for _, mw in events.values()]
-    fits = sum(s_len) <= cfg.spike_event_depth and sum(m_len) <= cfg.mac_event_depth
+    fits = events_resident(cfg, sum(s_len), sum(m_len))
     s0 = np.cumsum([0, *s_len[:-1]]) if fits else np.zeros(len(s_len), dtype=np.int64)
     m0 = np.cumsum([0, *m_len[:-1]]) if fits else np.zeros(len(m_len), dtype=np.int64)
     return {key: {BufId.SPIKE_EV: int(a), BufId.MAC_EV: int(b)}

@@ -44,6 +44,7 @@ from models.energy import event_energy
 from models.golden import counted_events
 from models.graph import gemm_nodes
 
+from .report import link_payload
 from .resources import TARGETS as BUDGETS
 from .resources import Budget
 from .spike_stats import (
@@ -234,7 +235,7 @@ class KindCost:
     events: Events = field(default_factory=Events)
     sram_bits: int = 0
     weight_rows: int = 0  #: weight-buffer rows the host writes (resident rows reuse them)
-    event_bytes: int = 0  #: event words the host writes (again for every output slice)
+    event_bytes: int = 0  #: event words the host writes (once when they stay resident)
     event_bytes_once: int = 0  #: the same if each row block's events were written once
     output_bytes: int = 0
     weight_bytes: int = 0  #: device format (``lanes``-wide rows, 4 or ``weight_bits`` bits)
@@ -269,11 +270,11 @@ def kind_cost(cfg: AccelConfig, sh: KindShape, st: KindStats, seed: int = 0) -> 
             cost.out_cycles += p.out_cycles * calls
             cost.descriptors += p.descriptors * calls
             cost.sram_bits += sram_bits(cfg, p.traffic()) * calls
-            ev_bytes = (p.spike_events * wb[BufId.SPIKE_EV]
-                        + p.mac_events * wb[BufId.MAC_EV]) * calls
-            cost.event_bytes += ev_bytes
-            cost.event_bytes_once += ev_bytes // n_slices  # every output slice sends them
-            cost.output_bytes += p.outputs * wb[BufId.OUT] * calls
+            link = link_payload(cfg, p, g.raw)  # what gen build's report counts
+            cost.event_bytes += link["events"] * calls
+            cost.event_bytes_once += (p.spike_events * wb[BufId.SPIKE_EV]
+                                      + p.mac_events * wb[BufId.MAC_EV]) * calls // n_slices
+            cost.output_bytes += link["outputs"] * calls
             cost.events = cost.events + _scaled(work_events(cfg, g), calls)
             silent_w += g.silent_fraction * g.m * calls
         cost.n_int.append(int(g.n_int))
@@ -283,8 +284,8 @@ def kind_cost(cfg: AccelConfig, sh: KindShape, st: KindStats, seed: int = 0) -> 
         rows = sh.k * n_slices * calls
         cost.weight_rows += rows * loads
         # 4-bit weights cross the link as narrow rows (BufId.WEIGHTS4); the int8 K and V
-        # of QK^T and PV as whole rows
-        row_bytes = wb[BufId.WEIGHTS if sh.kind in ("qk", "av") else BufId.WEIGHTS4]
+        # of QK^T and PV (synth_work's ``wide``) as whole rows
+        row_bytes = wb[BufId.WEIGHTS if g.wide else BufId.WEIGHTS4]
         cost.weight_bytes += rows * loads * row_bytes
         cost.weight_bytes_once += rows * row_bytes
     cost.silent_fraction = silent_w / (sh.m * sh.calls)

@@ -21,15 +21,21 @@ from models.energy import event_energy
 SCHEMA = 2
 
 
-def link_bytes(cfg: AccelConfig, p: GemmPrediction, raw: bool = False) -> int:
-    """Bytes on the host link for a GEMM's buffer traffic (frames of ``MAX_PAYLOAD``):
-    weight rows (narrow or whole), the event words the host writes, and the outputs, a byte
-    each unless ``raw`` (requantized outputs are 8-bit codes, read as ``BufId.OUT8``)."""
+def link_payload(cfg: AccelConfig, p: GemmPrediction, raw: bool = False) -> dict:
+    """Payload bytes a GEMM's buffer traffic puts on the host link: ``weights`` (rows
+    narrow or whole), ``events`` (the event words the host writes) and ``outputs`` (a byte
+    each unless ``raw``: requantized outputs are 8-bit codes, read as ``BufId.OUT8``)."""
     wb = word_bytes(cfg)
-    payload = ((p.weight_rows - p.wide_rows) * wb[BufId.WEIGHTS4]
-               + p.wide_rows * wb[BufId.WEIGHTS] + p.spike_written * wb[BufId.SPIKE_EV]
-               + p.mac_written * wb[BufId.MAC_EV]
-               + p.outputs * wb[BufId.OUT if raw else BufId.OUT8])
+    return {"weights": (p.weight_rows - p.wide_rows) * wb[BufId.WEIGHTS4]
+            + p.wide_rows * wb[BufId.WEIGHTS],
+            "events": p.spike_written * wb[BufId.SPIKE_EV] + p.mac_written * wb[BufId.MAC_EV],
+            "outputs": p.outputs * wb[BufId.OUT if raw else BufId.OUT8]}
+
+
+def link_bytes(cfg: AccelConfig, p: GemmPrediction, raw: bool = False) -> int:
+    """Bytes on the host link for a GEMM's buffer traffic (:func:`link_payload`, in frames
+    of ``MAX_PAYLOAD``)."""
+    payload = sum(link_payload(cfg, p, raw).values())
     return payload + math.ceil(payload / MAX_PAYLOAD) * FRAME_OVERHEAD
 
 

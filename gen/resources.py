@@ -21,7 +21,7 @@ from amaranth import Shape
 
 from accel.config import AccelConfig
 from accel.counters import COUNTERS
-from accel.layouts import HOST_READABLE, BufId, buffer_shapes
+from accel.layouts import HOST_READABLE, VIEWS, BufId, buffer_shapes
 
 #: DP16KD aspect ratios (width, depth) in pseudo-dual-port mode.
 DP16KD_MODES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
@@ -33,8 +33,7 @@ LOGIC_MEM_DEPTH = 32
 FIXED_BRAM = 2
 #: Read ports of each buffer (host read port + datapath readers): Yosys makes one copy each.
 READ_PORTS = {BufId.WEIGHTS: 3, BufId.SPIKE_EV: 2, BufId.MAC_EV: 2, BufId.ROWS: 2,
-              BufId.ACC: 1, BufId.PARAMS: 2, BufId.OUT: 1, BufId.START: 2,
-              BufId.WEIGHTS4: 0, BufId.OUT8: 0}  # views of WEIGHTS and OUT
+              BufId.ACC: 1, BufId.PARAMS: 2, BufId.OUT: 1, BufId.START: 2}
 
 #: Logic coefficients (LUT4 per unit of each term), fitted to Yosys (see module doc).
 LUT_COEF = {
@@ -115,6 +114,8 @@ def estimate(cfg: AccelConfig) -> Resources:
     bram, logic_bits = FIXED_BRAM, 0
     widest = readable = 0
     for b, (shape, depth) in buffer_shapes(cfg).items():
+        if b in VIEWS:
+            continue  # no memory of its own
         width = Shape.cast(shape).width
         widest = max(widest, width)
         if b in HOST_READABLE:

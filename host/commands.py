@@ -14,11 +14,11 @@ from accel.layouts import (
     buffer_shapes,
     descriptor_errors,
     descriptor_layout,
-    narrow_weight,
     unpack_int,
     word_packer,
 )
 from accel.protocol import BUF_ARGS, MAX_PAYLOAD, ident_layout, nbytes, word_bytes
+from models.contract import low_bits
 
 
 def buf_args(buf: BufId, addr: int, count: int) -> bytes:
@@ -127,7 +127,7 @@ class BufferMirror:
             self._put(BufId.WEIGHTS, addr, None, n)
         elif buf == BufId.WEIGHTS:
             self._put(BufId.WEIGHTS4, addr, None if words is None else [
-                [narrow_weight(v, self.narrow_bits) for v in row] for row in words], n)
+                [low_bits(int(v), self.narrow_bits) for v in row] for row in words], n)
 
     def _put(self, buf: BufId, addr: int, words: list | None, n: int) -> None:
         known = self.words.setdefault(buf, [None] * self.depth[buf])

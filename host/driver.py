@@ -21,7 +21,7 @@ import torch
 from amaranth import signed
 
 from accel.config import AccelConfig
-from accel.layouts import BufId, narrow_weight, unpack_int
+from accel.layouts import BufId, unpack_int
 from accel.protocol import (
     MAX_PAYLOAD,
     Cmd,
@@ -32,6 +32,7 @@ from accel.protocol import (
     word_bytes,
 )
 from accel.tiling import TileImage, out_read
+from models.contract import low_bits
 
 from .commands import (
     BufferMirror,
@@ -185,8 +186,7 @@ class Device:
         rows = []
         for bits in self.read(BufId.WEIGHTS, addr, count):
             lanes = [unpack_int(signed(wb), bits >> (j * wb)) for j in range(cfg.lanes)]
-            rows.append([narrow_weight(v, cfg.narrow_bits) for v in lanes] if narrow
-                        else lanes)
+            rows.append([low_bits(v, cfg.narrow_bits) for v in lanes] if narrow else lanes)
         return rows
 
     def read_raw(self, buf: BufId, addr: int, count: int) -> bytes:

@@ -21,6 +21,7 @@ from pathlib import Path
 from accel import baselines
 from accel.config import AccelConfig
 from accel.counters import GOLDEN_EVENTS, TRAFFIC, sram_bits
+from accel.protocol import BAUD
 from models.contract import Events
 from models.energy import event_energy
 
@@ -88,7 +89,7 @@ COUNTED = ("spikes", *GOLDEN_EVENTS.values(), "accumulates")
 
 
 #: Serial rates a ULX3S link can run at: the board's default and the FT231X's maximum.
-BOARD_BAUDS = (1_000_000, 3_000_000)
+BOARD_BAUDS = (BAUD, 3_000_000)
 #: Host turnaround of one request/response round trip (the USB serial chip's latency timer
 #: set to its 1 ms minimum; the default, 16 ms, is far worse).
 ROUND_TRIP_S = 1e-3

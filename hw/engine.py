@@ -34,6 +34,7 @@ from amaranth.lib.wiring import In, Out
 from accel.config import AccelConfig
 from accel.layouts import (
     HOST_READABLE,
+    VIEWS,
     BufId,
     buffer_shapes,
     descriptor_layout,
@@ -208,9 +209,8 @@ class Engine(wiring.Component):
         flush = Signal()
         mems = {}
         for b, (shape, depth) in shapes.items():
-            if b in (BufId.WEIGHTS, BufId.WEIGHTS4, BufId.OUT8):
-                continue  # two memories, below (WEIGHTS4 writes the narrow one only); OUT8
-                # reads OUT
+            if b == BufId.WEIGHTS or b in VIEWS:
+                continue  # two memories, below; a view uses its buffer's memory
             mems[b] = memory.Memory(shape=shape, depth=depth, init=[])
             m.submodules[f"buf_{b.name.lower()}"] = mems[b]
         # The weight buffer is two memories side by side: the narrow half of every row (a
@@ -231,14 +231,15 @@ class Engine(wiring.Component):
                                                     | (self.wr_buf == BufId.WEIGHTS4))),
                      weights.wr_narrow.eq(self.wr_buf == BufId.WEIGHTS4)]
         host_rd = {}
-        for b in HOST_READABLE - {BufId.OUT8}:
+        for b in HOST_READABLE - VIEWS.keys():
             rp = weights.read_port() if b == BufId.WEIGHTS else mems[b].read_port()
             m.d.comb += [rp.addr.eq(self.rd_addr), rp.en.eq(self.rd_en & (self.rd_buf == b))]
             host_rd[b] = rp
-        # OUT8 is OUT read through the same port, a byte a word (outputs that are codes)
-        host_rd[BufId.OUT8] = host_rd[BufId.OUT]
-        with m.If(self.rd_en & (self.rd_buf == BufId.OUT8)):
-            m.d.comb += host_rd[BufId.OUT].en.eq(1)
+        # a readable view (OUT8: OUT a byte a word) reads through its buffer's port
+        for v in HOST_READABLE & VIEWS.keys():
+            host_rd[v] = host_rd[VIEWS[v]]
+            with m.If(self.rd_en & (self.rd_buf == v)):
+                m.d.comb += host_rd[v].en.eq(1)
         rd_sel = Signal(BufId)
         with m.If(self.rd_en):
             m.d.sync += rd_sel.eq(self.rd_buf)

@@ -28,7 +28,16 @@ from .arch import (
     one_line,
     spec_from_json,
 )
-from .contract import ACC_BITS, ACC_MAX, COL_MULT_MAX, INT8_QMAX, MAX_REQ_SHIFT, WEIGHT_QMAX
+from .contract import (
+    ACC_BITS,
+    ACC_MAX,
+    COL_MULT_MAX,
+    INT8_QMAX,
+    MAX_REQ_SHIFT,
+    WEIGHT_BITS,
+    WEIGHT_QMAX,
+    low_bits,
+)
 from .graph import gemm_nodes
 from .quant import ActPlan
 
@@ -314,15 +323,16 @@ def pack_weights(w: torch.Tensor) -> torch.Tensor:
     odd K pads with 0)."""
     if w.shape[1] % 2:
         w = torch.nn.functional.pad(w, (0, 1))
-    nib = (w.to(torch.int16) & 15).to(torch.uint8)
-    return nib[:, 0::2] | (nib[:, 1::2] << 4)
+    nib = (w.to(torch.int16) & ((1 << WEIGHT_BITS) - 1)).to(torch.uint8)
+    return nib[:, 0::2] | (nib[:, 1::2] << WEIGHT_BITS)
 
 
 def unpack_weights(p: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of :func:`pack_weights`: int8 codes ``[N, k]``."""
-    lo, hi = (p & 15).to(torch.int16), (p >> 4).to(torch.int16)
+    lo = (p & ((1 << WEIGHT_BITS) - 1)).to(torch.int16)
+    hi = (p >> WEIGHT_BITS).to(torch.int16)
     w = torch.stack([lo, hi], dim=2).reshape(p.shape[0], -1)[:, :k]
-    return ((w ^ 8) - 8).to(torch.int8)
+    return low_bits(w, WEIGHT_BITS).to(torch.int8)
 
 
 def _stored(cm: ConvertedModel) -> dict[str, torch.Tensor]:

@@ -61,6 +61,13 @@ def signed_bits(bound: int) -> int:
     return max(1, int(bound).bit_length() + 1)
 
 
+def low_bits(x, bits: int):
+    """The low ``bits`` of ``x`` read as a two's complement value: what a weight's narrow
+    half holds, and what a packed 4-bit weight unpacks to (ints or integer tensors)."""
+    half = 1 << (bits - 1)
+    return ((x + half) & ((half << 1) - 1)) - half
+
+
 class ContractError(ValueError):
     """A value broke the numerical contract (overflow, out-of-range code). Names the place."""
 
