@@ -51,6 +51,8 @@ from .layouts import buffer_shapes
 
 #: The board link's rate (8N1): the ULX3S top's UART and the host's serial default.
 BAUD = 1_000_000
+#: Bits a UART sends per byte (8N1: a start bit, eight data bits, a stop bit).
+UART_BITS_PER_BYTE = 10
 #: Start-of-frame byte.
 SOF = 0xA5
 #: Default largest payload the gateware buffers (its ``max_payload`` parameter).

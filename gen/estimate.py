@@ -34,7 +34,7 @@ from accel.config import PRESETS, AccelConfig
 from accel.counters import sram_bits
 from accel.cycles import GemmPrediction, gemm_cycles
 from accel.layouts import BufId
-from accel.protocol import BAUD, FRAME_OVERHEAD, MAX_PAYLOAD, word_bytes
+from accel.protocol import BAUD, FRAME_OVERHEAD, MAX_PAYLOAD, UART_BITS_PER_BYTE, word_bytes
 from accel.tiling import k_slices
 from accel.workload import GemmWork
 from models.arch import FAMILIES, ArchSpec, ModelInputError, _show, spec_from_dict
@@ -319,7 +319,7 @@ class Target:
 
 def uart(baud: int) -> tuple[str, float]:
     """A UART link's description and bytes per second (8N1: ten bits a byte)."""
-    return f"UART {baud:,} baud 8N1", baud / 10
+    return f"UART {baud:,} baud 8N1", baud / UART_BITS_PER_BYTE
 
 
 #: The named targets (``--target``).

@@ -21,7 +21,7 @@ from pathlib import Path
 from accel import baselines
 from accel.config import AccelConfig
 from accel.counters import GOLDEN_EVENTS, TRAFFIC, sram_bits
-from accel.protocol import BAUD
+from accel.protocol import BAUD, UART_BITS_PER_BYTE
 from models.contract import Events
 from models.energy import event_energy
 
@@ -103,7 +103,7 @@ def board_estimate(stats: dict, cycles: int, tokens: int) -> dict:
     cycles at :data:`BOARD_CLOCK_HZ`, all strictly one after another (the host waits for
     every answer; the engine runs only inside a RUN). ``stats`` are the driver's counts
     (``bytes_tx``, ``bytes_rx``, ``frames_tx``)."""
-    link_bits = 10 * (stats["bytes_tx"] + stats["bytes_rx"])
+    link_bits = UART_BITS_PER_BYTE * (stats["bytes_tx"] + stats["bytes_rx"])
     trips = stats["frames_tx"] * ROUND_TRIP_S
     compute = cycles / BOARD_CLOCK_HZ
     out = {"assumes": f"8N1 UART, {ROUND_TRIP_S * 1e3:g} ms per round trip, the core at "

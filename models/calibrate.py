@@ -37,7 +37,7 @@ from dataclasses import replace
 import torch
 
 from .arch import ModelInputError
-from .contract import INT8_QMAX, ROW_FRAC, F
+from .contract import INT8_QMAX, REQ_MID_BITS, ROW_FRAC, F
 from .encodings import Encoding
 from .quant import (
     MAX_OUTLIER_SHIFT,
@@ -298,7 +298,7 @@ def fold_offsets(tensors: dict, nodes: dict, host_in) -> None:
         k = len(tensors[prod])
         add = torch.full((k,), round(n.act.offset * 2**ROW_FRAC), dtype=torch.int64)
         b = tensors[prod].to(torch.int64) + add.masked_fill(n.act.outlier_mask(k), 0)
-        if int(b.abs().max()) >= 2**31:
+        if int(b.abs().max()) >= 2 ** (REQ_MID_BITS - 1):
             raise ModelInputError(f"{prod}: bias with the initial membrane of {n.name} does "
                                   f"not fit the 32-bit requantizer input")
         tensors[prod] = b.to(torch.int32)

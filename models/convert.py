@@ -31,6 +31,7 @@ from .contract import (
     ACC_MAX,
     HOST_OUT_QMAX,
     INT8_QMAX,
+    REQ_MID_BITS,
     ROW_FRAC,
     WEIGHT_QMAX,
     ContractError,
@@ -333,7 +334,7 @@ def _epilogue(tensors: dict, name: str, ratio: torch.Tensor, scale: torch.Tensor
               bias: torch.Tensor, zp, lo, hi) -> int:
     mcol, shift = fixed_point(ratio, name)
     b = torch.round(bias / scale * 2.0**ROW_FRAC)
-    if b.numel() and float(b.abs().max()) >= 2**31:
+    if b.numel() and float(b.abs().max()) >= 2 ** (REQ_MID_BITS - 1):
         raise ContractError(f"{name}: bias does not fit the 32-bit requantizer input")
     e = len(scale)
     full = lambda v: torch.as_tensor(v).expand(e).to(torch.int32).clone()  # noqa: E731
@@ -467,7 +468,7 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
                                                 progress)
 
     # 4. outlier shifts the accumulator can hold (before the epilogues that use them)
-    zcorr = {n: -nodes[n].act.zero_point * (c * ~nodes[n].act.outlier_mask(c.shape[1])).sum(1)
+    zcorr = {n: nodes[n].act.zero_correction(c)
              for n, c in codes_of.items()}
     probe = ConvertedModel(spec, {}, nodes, {f"{n}.{t}": v for n in codes_of
                                              for t, v in (("w", codes_of[n]), ("zcorr", zcorr[n]))})

@@ -188,11 +188,10 @@ class FloatOps:
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """The output projection: logits ``x @ W^T`` (``models.lm_head.head_weight``)."""
-        from .lm_head import HEAD_PARAM  # it imports this module (through models.bundle)
+        from .lm_head import HEAD, head_param  # it imports this module (via models.bundle)
 
-        key = HEAD_PARAM if HEAD_PARAM in self.params else "embed.tok.w"
-        self.record("lm_head", "x", x)
-        return x @ self._param(key).t()
+        self.record(HEAD, "x", x)
+        return x @ self._param(head_param(self.params)).t()
 
     def attn_scores(self, name: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         spec = self.spec

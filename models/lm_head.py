@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .arch import ArchSpec, LoadedModel, ModelInputError, one_line
-from .bundle import ConvertedModel, NodeInfo
+from .bundle import HEAD, ConvertedModel, NodeInfo
 from .contract import WEIGHT_QMAX, F
 from .quant import (
     ONE,
@@ -44,16 +44,19 @@ from .quant import (
     weight_scale,
 )
 
-#: The node and tensor prefix of the output projection.
-HEAD = "lm_head"
 #: The canonical float parameter of an untied head (absent: tied to ``embed.tok.w``).
 HEAD_PARAM = "lm_head.w"
 
 
+def head_param(params: dict[str, torch.Tensor]) -> str:
+    """The name of the float output projection: ``lm_head.w`` if the model has its own,
+    else the token embeddings (tied)."""
+    return HEAD_PARAM if HEAD_PARAM in params else "embed.tok.w"
+
+
 def head_weight(params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The float output projection ``[vocab, hidden]``: ``lm_head.w`` if the model has its
-    own, else the token embeddings (tied)."""
-    return params[HEAD_PARAM] if HEAD_PARAM in params else params["embed.tok.w"]
+    """The float output projection ``[vocab, hidden]`` (:func:`head_param`)."""
+    return params[head_param(params)]
 
 
 def is_host_param(name: str) -> bool:
@@ -149,7 +152,7 @@ def convert_head(lm: LoadedModel, opts, x: torch.Tensor, tensors: dict) -> NodeI
         u, dead = gptq_inverse(h[perm][:, perm], o.gptq_damp)
         wp = w[:, perm].masked_fill(dead[None, :], 0.0)
         codes = gptq_rows(wp[None], s[None], WEIGHT_QMAX, u[None])[0][:, torch.argsort(perm)]
-    zcorr = -node.act.zero_point * (codes * ~node.act.outlier_mask(k)).sum(1)
+    zcorr = node.act.zero_correction(codes)
     tensors.update({HEAD + ".w": codes.to(torch.int8), HEAD + ".w_scale": s.to(F),
                     HEAD + ".zcorr": zcorr.to(torch.int32)})
     probe = ConvertedModel(lm.spec, {}, {}, {HEAD + ".w": codes, HEAD + ".zcorr": zcorr})

@@ -91,7 +91,7 @@ def convert_mamba(lm: LoadedModel, opts: ConvertOptions,
     codes_of, s_of, bias_of = _quantize_linears(lm, opts, weight_space(nodes), lin_w, lin_x,
                                                 progress)
     # 3. outlier shifts the accumulator can hold
-    zcorr = {n: -nodes[n].act.zero_point * (c * ~nodes[n].act.outlier_mask(c.shape[1])).sum(1)
+    zcorr = {n: nodes[n].act.zero_correction(c)
              for n, c in codes_of.items()}
     tensors: dict[str, torch.Tensor] = {}
     for n in nodes:

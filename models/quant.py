@@ -157,6 +157,12 @@ class ActPlan:
                                   f"has {k} channels")
         return torch.tensor(self.scales, dtype=F)
 
+    def zero_correction(self, codes: torch.Tensor) -> torch.Tensor:
+        """The accumulator start of each output channel of weight codes ``[N, K]`` that
+        removes the zero point of this input's spike channels: ``-zp * sum_k w[n, k]`` over
+        them (0 for signed codes)."""
+        return -self.zero_point * (codes * ~self.outlier_mask(codes.shape[1])).sum(1)
+
     def outlier_mask(self, k: int) -> torch.Tensor:
         """Boolean ``[k]`` mask of integer channels (all of them for the ``int`` encoding)."""
         if not self.encoding.is_spiking:
