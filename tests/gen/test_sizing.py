@@ -59,9 +59,12 @@ def test_row_slots_follow_the_rows_unless_pinned(works):
     assert (s.chosen.cfg.max_rows, s.chosen.cfg.spike_rows) == (8, 8)
     s = size(works, TARGETS["ulx3s-85f"], fixed={"lanes": 16, "mac_units": 2, "spike_rows": 2})
     assert s.chosen.cfg.spike_rows == 2
-    # a tight block-RAM budget halves the rows below 16: the slots follow
-    s = size(works, Budget(83_640, 156, 40), fixed={"lanes": 16, "mac_units": 2})
+    # fewer rows than 16 (pinned: since ACC holds a word per lane, a block-RAM budget no
+    # longer halves the rows before the other buffers) take as many slots as rows
+    s = size(works, Budget(83_640, 156, 40), fixed={"lanes": 16, "mac_units": 2,
+                                                    "max_rows": 4})
     assert s.chosen.cfg.spike_rows <= s.chosen.cfg.max_rows
+    assert s.chosen.cfg.max_rows == 4 and s.chosen.cfg.spike_rows == 4
 
 
 def test_the_energy_objective_takes_the_least_energy_and_says_so(works):
@@ -78,8 +81,10 @@ def test_the_energy_objective_takes_the_least_energy_and_says_so(works):
     assert "least energy" in s.why
     # the speed objective picks a faster (wider) design here, moving more SRAM bits
     fast = size(works, TARGETS["ulx3s-85f"])
+    assert fast.chosen.cfg != s.chosen.cfg
     assert fast.chosen.cycles <= s.chosen.cycles
     assert sram(fast.chosen.cfg, fast.predictions) >= s.chosen.energy_pj
+    assert sram(fast.chosen.cfg, fast.predictions) > s.chosen.energy_pj
     with pytest.raises(ValueError, match="objective must be one of speed, energy"):
         size(works, TARGETS["ulx3s-85f"], objective="area")
     with pytest.raises(ValueError, match="needs an energy function"):

@@ -5,6 +5,8 @@ import pytest
 from accel.config import PRESETS
 from accel.counters import TRAFFIC
 from accel.layouts import BufId, buffer_shapes, pack_word
+from accel.protocol import BUF_ARGS, FRAME_OVERHEAD, nbytes
+from host.commands import write_buf_payloads
 from host.driver import Device, DeviceError, LinkError
 from host.run import run_model
 from host.transport import FAULTS, FaultyTransport, SerialTransport
@@ -43,6 +45,14 @@ def test_narrow_weight_rows_write_half_the_bytes_and_keep_the_high_halves(sim):
     sent = dev.stats["bytes_tx"]
     dev.write(BufId.WEIGHTS4, narrow, 7)  # verified: the narrow halves read back
     assert dev.stats["bytes_tx"] - sent < 5 * CFG.lanes  # the whole rows' bytes
+    # exactly: without the read-back, the frames of 4 bits a weight and nothing else
+    plain = Device(t, CFG, **FAST)
+    sent = plain.stats["bytes_tx"]
+    plain.write(BufId.WEIGHTS4, narrow, 7)
+    frames = write_buf_payloads(CFG, BufId.WEIGHTS4, narrow, addr=7,
+                                max_payload=plain.max_payload)
+    assert plain.stats["bytes_tx"] - sent == sum(len(p) + FRAME_OVERHEAD for p in frames)
+    assert sum(len(p) - nbytes(BUF_ARGS.size) for p in frames) == 5 * CFG.lanes * 4 // 8
 
     def merged(w, v):  # the high half of w and the low 4 bits of v, as a signed 8-bit weight
         x = (w & 0xF0) | (v & 0x0F)

@@ -6,6 +6,7 @@ import torch
 
 from models.arch import load_model, random_model, spec_from_config, tiny_config
 from models.bundle import BundleError, load_bundle, save_bundle
+from models.contract import int_matmul
 from models.convert import ConvertOptions, convert
 from models.generate import (
     Decoder,
@@ -18,7 +19,7 @@ from models.generate import (
 )
 from models.golden import GemmCall, GoldenOps, run_golden
 from models.graph import FloatOps, KVCache, forward
-from models.lm_head import HEAD_PARAM, greedy
+from models.lm_head import HEAD_PARAM, greedy, head_logits
 
 PROMPT = "a prompt of some odd length for the decoder"
 
@@ -187,6 +188,13 @@ def test_an_untied_head_is_imported_and_converted(untied_llama):
     heads = [c for c in calls if c.name == "lm_head"]
     assert len(heads) == 2 and all(c.raw and c.codes.shape == (1, 36) for c in heads)
     assert torch.equal(gen.passes[-1].logits, GoldenOps(cm).head(gen.passes[-1].hidden)[0])
+    # independently: the traced head is the contract's integer GEMM, and the pass's logits
+    # are its accumulators dequantized
+    c = heads[-1]
+    scale = torch.where(c.int_mask, torch.pow(2, c.shifts), torch.ones_like(c.shifts))
+    acc = int_matmul(c.codes * scale, c.w.t()) + c.start
+    assert torch.equal(c.y, acc)
+    assert torch.equal(gen.passes[-1].logits, head_logits(cm, acc, c.mrow)[0])
 
 
 def test_converted_tokens_against_the_float_model(untied_llama):
@@ -231,7 +239,8 @@ def test_bundles_keep_the_head_and_old_ones_are_refused_for_generation(untied_ll
     mf.write_text(json.dumps(m))
     legacy = load_bundle(tmp_path / "b")
     assert legacy.head is None
-    run_golden(legacy, ids)
+    # the same body as the bundle it came from (only the head is gone)
+    assert torch.equal(run_golden(legacy, ids)[0], run_golden(cm, ids)[0])
     with pytest.raises(ValueError, match=r"no output projection \(lm_head GEMM\)"):
         check_length(legacy, len(ids), 2)
     # a head of the wrong shape is refused naming the field
