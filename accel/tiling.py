@@ -231,6 +231,14 @@ class GemmTiles:
             order.sort(key=lambda ik: (self.slices[ik[0]].n0, ik[1], self.slices[ik[0]].r0))
         return order
 
+    def steps(self) -> Iterator[tuple[TileImage, Slice | None]]:
+        """Every tile image in run order (:meth:`schedule`), each with its slice when that
+        slice's outputs are complete once it has run (read them back then), else ``None``.
+        The host driver and the cocotb bench both walk this."""
+        for i, k in self.schedule():
+            s = self.slices[i]
+            yield s.images[k], s if k == len(s.images) - 1 else None
+
 
 class Tile(NamedTuple):
     """One descriptor's place in its GEMM: rows ``[r0, r1)``, outputs ``[n0, n1)``, inputs

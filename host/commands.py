@@ -7,6 +7,9 @@ descriptor layout (``hw.engine``) and the counter map (``hw.counters``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 from accel.config import AccelConfig
 from accel.counters import COUNTERS
 from accel.layouts import (
@@ -17,7 +20,8 @@ from accel.layouts import (
     unpack_int,
     word_packer,
 )
-from accel.protocol import BUF_ARGS, MAX_PAYLOAD, ident_layout, nbytes, word_bytes
+from accel.protocol import BUF_ARGS, MAX_PAYLOAD, Cmd, ident_layout, nbytes, word_bytes
+from accel.tiling import TileImage
 from models.contract import low_bits
 
 
@@ -138,9 +142,47 @@ class BufferMirror:
         self.words.clear()
 
 
-def tile_writes(cfg: AccelConfig, img, mirror: BufferMirror) -> list[tuple[BufId, int, list]]:
+def tile_writes(cfg: AccelConfig, img: TileImage,
+                mirror: BufferMirror) -> list[tuple[BufId, int, list]]:
     """The buffer writes ``(buffer, address, words)`` that tile image ``img``
     (``accel.tiling.TileImage``) needs before its RUN: its words the buffers do not already
     hold."""
     return [(buf, img.base.get(buf, 0), words) for buf, words in img.words.items()
             if not mirror.holds(buf, words, img.base.get(buf, 0))]
+
+
+class Request(NamedTuple):
+    """One request to send: its command and payload. ``completes`` is set on the last
+    WRITE_BUF frame of a buffer write, to the whole write ``(buffer, address, words)`` it
+    completes (the driver reads weights back there when asked to verify them)."""
+
+    cmd: Cmd
+    payload: bytes
+    completes: tuple[BufId, int, list] | None = None
+
+
+def write_requests(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, words: list,
+                   addr: int = 0, max_payload: int = MAX_PAYLOAD) -> Iterator[Request]:
+    """The WRITE_BUF requests that write ``words`` at ``addr ..`` of ``buf``, keeping
+    ``mirror`` true whatever happens to them.
+
+    Sans-IO: the caller sends each request and asks for the next one only once it was
+    acknowledged. The range is unknown to ``mirror`` from the first request on (a failure
+    midway leaves some of it old and some new) and known to hold ``words`` only when the
+    caller comes back after the last one; a caller that stops early leaves it unknown."""
+    payloads = write_buf_payloads(cfg, buf, words, addr=addr, max_payload=max_payload)
+    mirror.set(buf, addr, None, len(words))
+    for i, p in enumerate(payloads):
+        yield Request(Cmd.WRITE_BUF, p, (buf, addr, words) if i == len(payloads) - 1 else None)
+    mirror.set(buf, addr, words)
+
+
+def tile_requests(cfg: AccelConfig, img: TileImage, mirror: BufferMirror,
+                  max_payload: int = MAX_PAYLOAD) -> Iterator[Request]:
+    """Every request tile image ``img`` needs, in order: the writes of its words the
+    buffers do not already hold (:func:`tile_writes`, each as :func:`write_requests`), then
+    its RUN (refused with ``ValueError`` as :func:`run_payload` refuses, before it is
+    sent). The host driver and the cocotb bench both send exactly these."""
+    for buf, addr, words in tile_writes(cfg, img, mirror):
+        yield from write_requests(cfg, mirror, buf, words, addr, max_payload)
+    yield Request(Cmd.RUN, run_payload(cfg, img.descriptor, img.where))

@@ -36,13 +36,14 @@ from models.contract import low_bits
 
 from .commands import (
     BufferMirror,
+    Request,
     buf_args,
     parse_counters,
     parse_ident,
     parse_words,
     run_payload,
-    tile_writes,
-    write_buf_payloads,
+    tile_requests,
+    write_requests,
 )
 from .transport import Transport
 
@@ -165,19 +166,22 @@ class Device:
 
     def write(self, buf: BufId, words: list, addr: int = 0) -> None:
         """Write words into a buffer (split into frames)."""
-        payloads = write_buf_payloads(self.cfg, buf, words, addr=addr,
-                                      max_payload=self.max_payload)
-        # unknown until the device has acknowledged every frame (a failure midway leaves
-        # some of the range old and some new)
-        self.mirror.set(buf, addr, None, len(words))
-        for p in payloads:
-            self.request(Cmd.WRITE_BUF, p)
+        for req in write_requests(self.cfg, self.mirror, buf, words, addr, self.max_payload):
+            self._write(req)
+
+    def _write(self, req: Request) -> bool:
+        """Send one WRITE_BUF request; whether it completed a buffer write (then checked
+        by reading it back, for weights when ``verify_weights``)."""
+        self.request(req.cmd, req.payload)
+        if req.completes is None:
+            return False
+        buf, addr, words = req.completes
         if self.verify_weights and buf in (BufId.WEIGHTS, BufId.WEIGHTS4):
             if self.weight_rows(addr, len(words), narrow=buf == BufId.WEIGHTS4) != [
                     [int(v) for v in row] for row in words]:
                 raise LinkError(f"{buf.name} read back at {addr}..{addr + len(words)} differs "
                                 f"from what was written")
-        self.mirror.set(buf, addr, words)
+        return True
 
     def weight_rows(self, addr: int, count: int, narrow: bool = False) -> list[list[int]]:
         """Weight rows read back as lists of lane weights (``narrow``: what their narrow
@@ -218,7 +222,9 @@ class Device:
         raises :class:`DeviceError` (``ERR_FAULT``); a RUN that never answers is followed by
         an ABORT, so that the engine is idle for whatever comes next, and raises
         :class:`LinkError`."""
-        payload = run_payload(self.cfg, descriptor, where)
+        self._run(run_payload(self.cfg, descriptor, where), where)
+
+    def _run(self, payload: bytes, where: str) -> None:
         try:
             self.request(Cmd.RUN, payload)
         except DeviceError as e:
@@ -231,12 +237,15 @@ class Device:
             raise
 
     def run_tile(self, img: TileImage) -> None:
-        """Write a tile's buffers (skipping words already resident) and run it."""
-        writes = tile_writes(self.cfg, img, self.mirror)
-        self.stats["writes_skipped"] += len(img.words) - len(writes)
-        for buf, addr, words in writes:
-            self.write(buf, words, addr)
-        self.run(img.descriptor, img.where)
+        """Write a tile's buffers (skipping words already resident) and run it
+        (:func:`host.commands.tile_requests`)."""
+        written = 0
+        for req in tile_requests(self.cfg, img, self.mirror, self.max_payload):
+            if req.cmd == Cmd.RUN:
+                self.stats["writes_skipped"] += len(img.words) - written
+                self._run(req.payload, img.where)
+            else:
+                written += self._write(req)
 
     def gemm(self, plan) -> torch.Tensor:
         """Run a planned GEMM (``accel.tiling.plan_gemm``) in its schedule; its outputs
@@ -244,12 +253,12 @@ class Device:
         m = max(s.r1 for s in plan.slices)
         n = max(s.n1 for s in plan.slices)
         out = torch.zeros(m, n, dtype=torch.int64)
-        for i, k in plan.schedule():
-            r0, r1, n0, n1, images = plan.slices[i]
-            self.run_tile(images[k])
-            if k == len(images) - 1:
-                words = self.read(*out_read(self.cfg, images[k]))
-                out[r0:r1, n0:n1] = torch.tensor(words).view(r1 - r0, n1 - n0)
+        for img, done in plan.steps():
+            self.run_tile(img)
+            if done is not None:
+                words = self.read(*out_read(self.cfg, img))
+                out[done.r0:done.r1, done.n0:done.n1] = torch.tensor(words).view(
+                    done.r1 - done.r0, done.n1 - done.n0)
         return out
 
     def link_bytes(self) -> int:

@@ -29,7 +29,7 @@ from host.commands import (
     parse_ident,
     parse_words,
     run_payload,
-    tile_writes,
+    tile_requests,
     write_buf_payloads,
 )
 from models.contract import requantize
@@ -111,22 +111,20 @@ class Testbench:
             f"{name}: status {r.cmd:#x} seq {r.seq}, expected {expect.value:#x} {self.seq}"
         return r.payload
 
-    async def write_tile(self, tile) -> None:
-        """The driver's writes for a tile (``host.commands.tile_writes``), on this bench."""
-        for buf, addr, words in tile_writes(CFG, tile, self.mirror):
-            self.mirror.set(buf, addr, None, len(words))
-            for p in write_buf_payloads(CFG, buf, words, addr=addr):
-                await self.request(Cmd.WRITE_BUF, p)
-            self.mirror.set(buf, addr, words)
+    async def run_tile(self, tile) -> None:
+        """Send the requests the host driver sends for a tile: its writes (words already
+        resident skipped) and its RUN (``host.commands.tile_requests``)."""
+        for req in tile_requests(CFG, tile, self.mirror):
+            await self.request(req.cmd, req.payload)
 
     async def gemm(self, plan, rows: int, n: int) -> torch.Tensor:
-        """Run every tile of a planned GEMM; return its outputs ``[rows, n]``."""
+        """Run every tile of a planned GEMM in the driver's order
+        (``accel.tiling.GemmTiles.steps``); return its outputs ``[rows, n]``."""
         out = torch.zeros(rows, n, dtype=torch.int64)
-        for r0, r1, n0, n1, images in plan.slices:
-            for img in images:
-                await self.write_tile(img)
-                await self.request(Cmd.RUN, run_payload(CFG, img.descriptor))
-            out[r0:r1, n0:n1] = await self.read_out(images[-1])
+        for img, done in plan.steps():
+            await self.run_tile(img)
+            if done is not None:
+                out[done.r0:done.r1, done.n0:done.n1] = await self.read_out(img)
         return out
 
     async def read_out(self, img) -> torch.Tensor:
@@ -179,8 +177,7 @@ async def gemm_tiles_bit_exact_with_counters(dut):
         await tb.request(Cmd.RESET_COUNTERS)
         tile = build_tile(CFG, q, mask, shifts, enc, w, start=start, mrow=mrow,
                           consts=consts, shift=18)
-        await tb.write_tile(tile)
-        await tb.request(Cmd.RUN, run_payload(CFG, tile.descriptor))
+        await tb.run_tile(tile)
         # the same RUN again with the same seq (a retry, a duplicated frame): OK, not re-run
         tb.send_raw(encode_frame(Cmd.RUN.value, tb.seq, run_payload(CFG, tile.descriptor)))
         r = await tb.reply()
@@ -205,8 +202,7 @@ async def bad_frames_get_error_replies_and_corrupt_nothing(dut):
     q, mask, shifts, w, start, consts, mrow = _gemm_case(rng, enc, 2, 20, CFG.lanes, 2)
     tile = build_tile(CFG, q, mask, shifts, enc, w, start=start, mrow=mrow, consts=consts,
                       shift=18)
-    await tb.write_tile(tile)
-    await tb.request(Cmd.RUN, run_payload(CFG, tile.descriptor))
+    await tb.run_tile(tile)
     before = await tb.read_out(tile)
     # 1. a corrupted WRITE_BUF that would overwrite the weights: CRC error, nothing written
     frame = bytearray(encode_frame(Cmd.WRITE_BUF.value, 77,

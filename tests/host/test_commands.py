@@ -1,0 +1,68 @@
+"""The sans-IO request builders the driver and the cocotb bench share
+(``host.commands.write_requests`` / ``tile_requests``): which requests, and what the buffer
+mirror knows after each, with no device at all."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from accel.layouts import BufId
+from accel.protocol import Cmd
+from accel.tiling import build_tile
+from host.commands import BufferMirror, run_payload, tile_requests, write_requests
+from models.encodings import Encoding
+
+from .conftest import CFG
+
+
+def _tile(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    k, n = 5, CFG.lanes - 1
+    codes = torch.randint(0, 16, (2, k), generator=g)
+    mask = torch.zeros(k, dtype=torch.bool)
+    w = torch.randint(-7, 8, (n, k), generator=g)
+    return build_tile(CFG, codes, mask, torch.zeros(k, dtype=torch.int64),
+                      Encoding("ttfs", 4), w, raw=True)
+
+
+def test_tile_requests_write_every_buffer_then_run():
+    img = _tile()
+    reqs = list(tile_requests(CFG, img, BufferMirror(CFG)))
+    assert [r.cmd for r in reqs[:-1]] == [Cmd.WRITE_BUF] * (len(reqs) - 1)
+    assert reqs[-1] == (Cmd.RUN, run_payload(CFG, img.descriptor), None)
+    done = [r.completes[0] for r in reqs if r.completes is not None]
+    assert done == list(img.words)  # one completed write per buffer, in image order
+
+
+def test_a_tile_run_again_writes_nothing():
+    img, mirror = _tile(), BufferMirror(CFG)
+    list(tile_requests(CFG, img, mirror))
+    assert [r.cmd for r in tile_requests(CFG, img, mirror)] == [Cmd.RUN]
+
+
+def test_a_write_stopped_midway_leaves_its_range_unknown():
+    mirror = BufferMirror(CFG)
+    rows = [[1] * CFG.lanes for _ in range(40)]
+    reqs = write_requests(CFG, mirror, BufId.WEIGHTS, rows, 3, max_payload=64)
+    first = next(reqs)
+    assert first.cmd == Cmd.WRITE_BUF and first.completes is None  # several frames
+    assert not mirror.holds(BufId.WEIGHTS, rows, 3)
+    reqs.close()  # the caller gave up (no acknowledgement)
+    assert not mirror.holds(BufId.WEIGHTS, rows, 3)
+    reqs = write_requests(CFG, mirror, BufId.WEIGHTS, rows, 3, max_payload=64)
+    last = next(r for r in reqs if r.completes is not None)
+    assert last.completes == (BufId.WEIGHTS, 3, rows)
+    assert not mirror.holds(BufId.WEIGHTS, rows, 3)  # the last frame is not acknowledged yet
+    with pytest.raises(StopIteration):
+        next(reqs)  # acknowledged: the caller comes back
+    assert mirror.holds(BufId.WEIGHTS, rows, 3)
+
+
+def test_a_write_past_the_buffer_is_refused_before_the_mirror_changes():
+    mirror = BufferMirror(CFG)
+    rows = [[0] * CFG.lanes]
+    list(write_requests(CFG, mirror, BufId.WEIGHTS, rows, 0))
+    with pytest.raises(ValueError, match="exceed depth"):
+        next(write_requests(CFG, mirror, BufId.WEIGHTS, rows, CFG.weight_depth))
+    assert mirror.holds(BufId.WEIGHTS, rows, 0)
