@@ -1,11 +1,12 @@
 """Test-wide settings and fixtures: the build cache (gen/cache.py) lives in a temporary
-folder; the small models every test tree uses, loaded and converted once per session."""
+folder; the small models every test tree uses, loaded and converted once per session (the
+built-in tiny ones by name, odd-sized ones through the :func:`small_model` factory)."""
 
 import os
 
 import pytest
 
-from models.arch import load_model
+from models.arch import load_model, random_model, tiny_config
 from models.convert import ConvertOptions, convert
 
 
@@ -42,3 +43,38 @@ def tiny_opt():
 def tiny_opt_cm(tiny_opt):
     """``tiny_opt`` converted with the default options (6 calibration sentences)."""
     return convert(tiny_opt, ConvertOptions(calib_sentences=6))
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory):
+    """A factory ``small_checkpoint(family, seed=0, **sizes) -> Path``: the folder of a
+    seeded random Hugging Face checkpoint of ``models.arch.tiny_config(family, **sizes)``,
+    saved once per session for each set of arguments (callers only read it)."""
+    made = {}
+
+    def make(family: str, seed: int = 0, **sizes):
+        key = (family, seed, tuple(sorted(sizes.items())))
+        if key not in made:
+            d = tmp_path_factory.mktemp(f"{family}-seed{seed}")
+            random_model(tiny_config(family, **sizes), seed=seed).save_pretrained(d)
+            made[key] = d
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_model(small_checkpoint):
+    """A factory ``small_model(family, seed=0, **sizes) -> (LoadedModel, ConvertedModel)``:
+    :func:`small_checkpoint` loaded and converted with 4 calibration sentences, once per
+    session for each set of arguments (odd sizes: no multiple of the lanes)."""
+    made = {}
+
+    def make(family: str, seed: int = 0, **sizes):
+        key = (family, seed, tuple(sorted(sizes.items())))
+        if key not in made:
+            lm = load_model(small_checkpoint(family, seed, **sizes))
+            made[key] = lm, convert(lm, ConvertOptions(calib_sentences=4))
+        return made[key]
+
+    return make

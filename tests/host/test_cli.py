@@ -40,12 +40,8 @@ def test_not_a_bundle_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_run_an_odd_sized_model_directory(tmp_path, capsys):
-    from models.arch import random_model, tiny_config
-
-    src = tmp_path / "hf"
-    random_model(tiny_config("gpt2", hidden=40, heads=5, ffn=100, layers=1, vocab=1000),
-                 seed=2).save_pretrained(src)
+def test_run_an_odd_sized_model_directory(tmp_path, capsys, small_checkpoint):
+    src = small_checkpoint("gpt2", 2, hidden=40, heads=5, ffn=100, layers=1, vocab=1000)
     out = tmp_path / "b"
     assert gen_main(["build", "--model", str(src), "--out", str(out), "--quiet", "--fix",
                      "lanes=8,mac_units=2", "--tokens", "12"]) == 0

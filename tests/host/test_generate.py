@@ -10,7 +10,7 @@ from host.driver import Device
 from host.report import generation, generation_lines
 from host.run import run_generation
 from host.transport import SerialTransport
-from models.arch import load_model, random_model, tiny_config
+from models.arch import load_model, tiny_config
 from models.convert import ConvertOptions, convert
 from models.energy import load_table
 from models.generate import generate, pass_traces
@@ -34,23 +34,16 @@ def odd_llama(tmp_path_factory):
     return lm, convert(lm, ConvertOptions(calib_sentences=4))
 
 
-def _small(tmp_path_factory, family: str, seed: int, **sizes):
-    d = tmp_path_factory.mktemp(family)
-    random_model(tiny_config(family, **sizes), seed=seed).save_pretrained(d)
-    lm = load_model(d)
-    return lm, convert(lm, ConvertOptions(calib_sentences=4))
-
-
 @pytest.fixture(scope="module")
-def odd_opt(tmp_path_factory):
+def odd_opt(small_model):
     """OPT at odd sizes (hidden 40, 5 heads, FFN 90; tied head over a vocabulary of 333)."""
-    return _small(tmp_path_factory, "opt", 4, hidden=40, heads=5, ffn=90, layers=2, vocab=333)
+    return small_model("opt", 4, hidden=40, heads=5, ffn=90, layers=2, vocab=333)
 
 
 @pytest.fixture(scope="module")
-def odd_gpt2(tmp_path_factory):
+def odd_gpt2(small_model):
     """GPT-2 at odd sizes (hidden 40, 5 heads, FFN 100; tied head over a vocabulary of 271)."""
-    return _small(tmp_path_factory, "gpt2", 2, hidden=40, heads=5, ffn=100, layers=1, vocab=271)
+    return small_model("gpt2", 2, hidden=40, heads=5, ffn=100, layers=1, vocab=271)
 
 
 def _generate_on(sim, cm, prompt, steps):
