@@ -53,6 +53,7 @@ class Testbench:
         self.replies: collections.deque = collections.deque()
         self.seq = 0
         self.mirror = BufferMirror(CFG)  # what the buffers hold: unchanged words are kept
+        self.broken: list[str] = []  # stream-rule violations seen by the monitor
 
     async def start(self) -> None:
         d = self.dut
@@ -83,12 +84,22 @@ class Testbench:
             d.rx__payload.value = current or 0
 
     async def _monitor(self) -> None:
-        """Byte sink on tx with random ready; feeds the host frame decoder."""
+        """Byte sink on tx with random ready; feeds the host frame decoder. Checks the
+        ``lib.stream`` rule on tx as ``sim.streams.stream_rules`` does in the Amaranth
+        harnesses: a byte offered without ready stays offered, unchanged, until taken."""
         d = self.dut
+        held, cycle = None, 0
         while True:
             await RisingEdge(d.clk)
-            if int(d.tx__valid.value) and int(d.tx__ready.value):
-                self.replies.extend(self.decoder.feed(bytes([int(d.tx__payload.value)])))
+            cycle += 1
+            valid, byte = int(d.tx__valid.value), int(d.tx__payload.value)
+            ready = int(d.tx__ready.value)
+            if held is not None and not (valid and byte == held):
+                self.broken.append(f"tx: valid dropped or payload changed before ready "
+                                   f"(cycle {cycle})")
+            if valid and ready:
+                self.replies.extend(self.decoder.feed(bytes([byte])))
+            held = byte if valid and not ready else None
             d.tx__ready.value = int(not self._stall())
 
     def send_raw(self, data: bytes) -> None:
@@ -96,6 +107,7 @@ class Testbench:
 
     async def reply(self, max_cycles: int = 2_000_000):
         for _ in range(max_cycles):
+            assert not self.broken, self.broken[0]
             if self.replies:
                 return self.replies.popleft()
             await RisingEdge(self.dut.clk)
