@@ -1,5 +1,9 @@
 """Host link gateware: frames in, commands out; responses in, frames out (``accel.protocol``).
 
+:class:`Link` joins a receiver (:class:`LinkRx`: SOF hunt, header, payload into the frame
+buffer, CRC check) and a transmitter (:class:`LinkTx`: core responses and the receiver's
+error replies framed with their CRC).
+
 The receiver stores a whole frame's payload in a frame buffer and checks its CRC before the
 core sees anything, so a corrupted request never reaches the engine's buffers. The link
 answers by itself a bad CRC (``ERR_CRC``), a length above ``max_payload`` (``ERR_LENGTH``)
@@ -22,6 +26,8 @@ CRC_INIT = 0xFFFFFFFF
 
 #: One payload byte on the ``data`` stream; ``last`` marks the frame's final byte.
 DATA_LAYOUT = data.StructLayout({"byte": unsigned(8), "last": unsigned(1)})
+#: An error reply the receiver asks the transmitter to send (empty payload).
+ERR_LAYOUT = data.StructLayout({"status": Status, "seq": unsigned(8)})
 
 
 def crc32_update(m: Module, crc, byte, *, name: str = "crc") -> Signal:
@@ -55,60 +61,43 @@ def crc32_update(m: Module, crc, byte, *, name: str = "crc") -> Signal:
     return c
 
 
-class Link(wiring.Component):
-    """Framed, CRC-checked command link over 8-bit streams.
+def _check(max_payload, timeout_cycles) -> None:
+    if (not isinstance(max_payload, int) or isinstance(max_payload, bool)
+            or not 1 <= max_payload <= LENGTH_LIMIT):
+        raise ValueError(f"max_payload must be an integer in 1..{LENGTH_LIMIT}, "
+                         f"not {max_payload!r}")
+    if (not isinstance(timeout_cycles, int) or isinstance(timeout_cycles, bool)
+            or timeout_cycles < 1):
+        raise ValueError(f"timeout_cycles must be a positive integer, not {timeout_cycles!r}")
 
-    Parameters
-    ----------
-    max_payload : int
-        Largest request payload (the depth of the frame buffer), 1..65535.
-    timeout_cycles : int
-        A frame whose next byte does not arrive within this many cycles is abandoned with
-        ``ERR_TIMEOUT``. Set it above the longest gap of the byte source (one UART character
-        at the slowest baud rate, plus host jitter).
+
+class LinkRx(wiring.Component):
+    """The link's receiver: whole, CRC-checked request frames in; commands and their
+    payload bytes out; error replies requested from the transmitter.
+
+    Parameters and the ``rx``, ``cmd``, ``data``, ``rx_byte`` and ``frame_err`` members:
+    as :class:`Link`'s.
 
     Attributes
     ----------
-    rx : In(stream.Signature(8))
-        Bytes from the host (UART receiver).
-    tx : Out(stream.Signature(8))
-        Bytes to the host (UART transmitter).
-    cmd : Out(stream.Signature(HEADER))
-        The header of a received frame, offered only once the whole frame is in the frame
-        buffer and its CRC is good. ``cmd.payload.cmd`` is the raw code byte.
-    data : Out(stream.Signature(DATA_LAYOUT))
-        That frame's ``length`` payload bytes, after ``cmd`` was accepted; ``last`` marks
-        the final one. Nothing for an empty payload.
-    resp : In(stream.Signature(HEADER))
-        The core's response header (a :class:`~accel.protocol.Status` in ``cmd``). Expected
-        once per delivered command; the link takes no new request until it has been sent.
-    resp_data : In(stream.Signature(8))
-        Exactly ``resp.length`` response payload bytes, following ``resp``.
-    rx_byte, tx_byte : Out(1)
-        Strobes: a byte was taken from ``rx`` / sent on ``tx`` this cycle.
-    frame_err : Out(1)
-        Strobe: the link rejected a frame (CRC, length or timeout) this cycle.
+    err : Out(stream.Signature(ERR_LAYOUT))
+        An error reply to send (a bad CRC, a length above ``max_payload``, a timeout).
+        Taken once the reply is out: the receiver hunts for the next SOF only then.
+    resp_sent : In(1)
+        Strobe: the core's response to the delivered command is out; the next request may
+        come (one request at a time keeps responses in request order).
     """
 
     rx: In(stream.Signature(8))
-    tx: Out(stream.Signature(8))
     cmd: Out(stream.Signature(HEADER))
     data: Out(stream.Signature(DATA_LAYOUT))
-    resp: In(stream.Signature(HEADER))
-    resp_data: In(stream.Signature(8))
+    err: Out(stream.Signature(ERR_LAYOUT))
+    resp_sent: In(1)
     rx_byte: Out(1)
-    tx_byte: Out(1)
     frame_err: Out(1)
 
     def __init__(self, max_payload: int = MAX_PAYLOAD, timeout_cycles: int = 100_000):
-        if (not isinstance(max_payload, int) or isinstance(max_payload, bool)
-                or not 1 <= max_payload <= LENGTH_LIMIT):
-            raise ValueError(f"max_payload must be an integer in 1..{LENGTH_LIMIT}, "
-                             f"not {max_payload!r}")
-        if (not isinstance(timeout_cycles, int) or isinstance(timeout_cycles, bool)
-                or timeout_cycles < 1):
-            raise ValueError(f"timeout_cycles must be a positive integer, "
-                             f"not {timeout_cycles!r}")
+        _check(max_payload, timeout_cycles)
         self.max_payload = max_payload
         self.timeout_cycles = timeout_cycles
         super().__init__()
@@ -126,12 +115,8 @@ class Link(wiring.Component):
         crc_rx = Signal(32, name="rx_crc_received")
         cnt = Signal(16, name="rx_cnt")
         idle = Signal(range(self.timeout_cycles + 1), name="rx_idle")
-        # handshake with the transmitter: the receiver raises err_req, the transmitter drops
-        # it once the error frame is out; resp_done pulses when a core response is out
         err = Signal(Status, init=Status.ERR_CRC, name="err_status")
         err_seq = Signal(8)
-        err_req = Signal()
-        resp_done = Signal()
 
         byte = self.rx.payload
         took = self.rx.valid & self.rx.ready
@@ -139,7 +124,7 @@ class Link(wiring.Component):
         crc_next = crc32_update(m, crc, byte, name="rx_crc")
 
         def fail(status, seq):
-            m.d.sync += [err.eq(status), err_seq.eq(seq), err_req.eq(1)]
+            m.d.sync += [err.eq(status), err_seq.eq(seq)]
             m.d.comb += self.frame_err.eq(1)
             m.next = "REPORT"
 
@@ -213,14 +198,40 @@ class Link(wiring.Component):
                         m.next = "WAIT_RESP"
 
             with m.State("WAIT_RESP"):
-                with m.If(resp_done):
+                with m.If(self.resp_sent):
                     m.next = "HUNT"
 
             with m.State("REPORT"):
-                with m.If(~err_req):
+                m.d.comb += [self.err.valid.eq(1), self.err.payload.status.eq(err),
+                             self.err.payload.seq.eq(err_seq)]
+                with m.If(self.err.ready):
                     m.next = "HUNT"
+        return m
 
-        # -- transmitter -------------------------------------------------------------------
+
+class LinkTx(wiring.Component):
+    """The link's transmitter: response frames out, SOF, header, payload and CRC.
+
+    ``tx``, ``resp``, ``resp_data`` and ``tx_byte``: as :class:`Link`'s.
+
+    Attributes
+    ----------
+    err : In(stream.Signature(ERR_LAYOUT))
+        An error reply to send; taken when its last byte is out (the receiver waits for it).
+        Sent before a pending core response, though the receiver never lets both pend.
+    resp_sent : Out(1)
+        Strobe: the last byte of a core response is out.
+    """
+
+    tx: Out(stream.Signature(8))
+    resp: In(stream.Signature(HEADER))
+    resp_data: In(stream.Signature(8))
+    err: In(stream.Signature(ERR_LAYOUT))
+    resp_sent: Out(1)
+    tx_byte: Out(1)
+
+    def elaborate(self, platform):
+        m = Module()
         t_hdr_bits = Signal(HEADER.size, name="tx_hdr")
         t_hdr = data.View(HEADER, t_hdr_bits)
         t_crc = Signal(32, name="tx_crc")
@@ -234,8 +245,9 @@ class Link(wiring.Component):
             with m.State("IDLE"):
                 # the receiver waits for each response, so an error and a core response
                 # are never pending together; the priority only makes that explicit
-                with m.If(err_req):
-                    m.d.sync += [t_hdr.cmd.eq(err), t_hdr.seq.eq(err_seq), t_hdr.length.eq(0),
+                with m.If(self.err.valid):
+                    m.d.sync += [t_hdr.cmd.eq(self.err.payload.status),
+                                 t_hdr.seq.eq(self.err.payload.seq), t_hdr.length.eq(0),
                                  t_is_err.eq(1)]
                     m.next = "SOF"
                 with m.Elif(self.resp.valid):
@@ -280,8 +292,75 @@ class Link(wiring.Component):
                     m.d.sync += t_cnt.eq(t_cnt + 1)
                     with m.If(t_cnt == CRC_BYTES - 1):
                         with m.If(t_is_err):
-                            m.d.sync += err_req.eq(0)
+                            m.d.comb += self.err.ready.eq(1)
                         with m.Else():
-                            m.d.comb += resp_done.eq(1)
+                            m.d.comb += self.resp_sent.eq(1)
                         m.next = "IDLE"
+        return m
+
+
+class Link(wiring.Component):
+    """Framed, CRC-checked command link over 8-bit streams.
+
+    Parameters
+    ----------
+    max_payload : int
+        Largest request payload (the depth of the frame buffer), 1..65535.
+    timeout_cycles : int
+        A frame whose next byte does not arrive within this many cycles is abandoned with
+        ``ERR_TIMEOUT``. Set it above the longest gap of the byte source (one UART character
+        at the slowest baud rate, plus host jitter).
+
+    Attributes
+    ----------
+    rx : In(stream.Signature(8))
+        Bytes from the host (UART receiver).
+    tx : Out(stream.Signature(8))
+        Bytes to the host (UART transmitter).
+    cmd : Out(stream.Signature(HEADER))
+        The header of a received frame, offered only once the whole frame is in the frame
+        buffer and its CRC is good. ``cmd.payload.cmd`` is the raw code byte.
+    data : Out(stream.Signature(DATA_LAYOUT))
+        That frame's ``length`` payload bytes, after ``cmd`` was accepted; ``last`` marks
+        the final one. Nothing for an empty payload.
+    resp : In(stream.Signature(HEADER))
+        The core's response header (a :class:`~accel.protocol.Status` in ``cmd``). Expected
+        once per delivered command; the link takes no new request until it has been sent.
+    resp_data : In(stream.Signature(8))
+        Exactly ``resp.length`` response payload bytes, following ``resp``.
+    rx_byte, tx_byte : Out(1)
+        Strobes: a byte was taken from ``rx`` / sent on ``tx`` this cycle.
+    frame_err : Out(1)
+        Strobe: the link rejected a frame (CRC, length or timeout) this cycle.
+    """
+
+    rx: In(stream.Signature(8))
+    tx: Out(stream.Signature(8))
+    cmd: Out(stream.Signature(HEADER))
+    data: Out(stream.Signature(DATA_LAYOUT))
+    resp: In(stream.Signature(HEADER))
+    resp_data: In(stream.Signature(8))
+    rx_byte: Out(1)
+    tx_byte: Out(1)
+    frame_err: Out(1)
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD, timeout_cycles: int = 100_000):
+        _check(max_payload, timeout_cycles)
+        self.max_payload = max_payload
+        self.timeout_cycles = timeout_cycles
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.receiver = rx = LinkRx(self.max_payload, self.timeout_cycles)
+        m.submodules.transmitter = tx = LinkTx()
+        wiring.connect(m, wiring.flipped(self.rx), rx.rx)
+        wiring.connect(m, rx.cmd, wiring.flipped(self.cmd))
+        wiring.connect(m, rx.data, wiring.flipped(self.data))
+        wiring.connect(m, rx.err, tx.err)
+        wiring.connect(m, wiring.flipped(self.resp), tx.resp)
+        wiring.connect(m, wiring.flipped(self.resp_data), tx.resp_data)
+        wiring.connect(m, tx.tx, wiring.flipped(self.tx))
+        m.d.comb += [rx.resp_sent.eq(tx.resp_sent), self.rx_byte.eq(rx.rx_byte),
+                     self.tx_byte.eq(tx.tx_byte), self.frame_err.eq(rx.frame_err)]
         return m

@@ -15,7 +15,7 @@ from amaranth import Module, Signal, Value
 from amaranth.sim import Simulator
 
 from accel.protocol import HEADER, SOF, Cmd, Frame, FrameDecoder, FrameError, Status, encode_frame
-from hw.link import Link, crc32_update
+from hw.link import ERR_LAYOUT, Link, LinkRx, LinkTx, crc32_update
 from sim.streams import Stalls, put, samples, seed, stream_rules
 
 KNOWN = {c.value for c in Cmd}
@@ -298,9 +298,10 @@ def test_response_longer_than_max_payload_is_sent():
     (dict(timeout_cycles=0), "timeout_cycles must be a positive integer, not 0"),
     (dict(timeout_cycles=None), "timeout_cycles must be a positive integer, not None"),
 ])
-def test_bad_link_parameters_are_refused(kwargs, message):
+@pytest.mark.parametrize("cls", [Link, LinkRx])
+def test_bad_link_parameters_are_refused(kwargs, message, cls):
     with pytest.raises(ValueError) as exc:
-        Link(**kwargs)
+        cls(**kwargs)
     assert str(exc.value) == message
 
 
@@ -309,3 +310,37 @@ def test_link_ports():
     assert list(link.signature.members.keys()) == [
         "rx", "tx", "cmd", "data", "resp", "resp_data", "rx_byte", "tx_byte", "frame_err"]
     assert link.cmd.payload.shape() == HEADER == link.resp.payload.shape()
+
+
+def test_receiver_and_transmitter_join_through_the_error_stream():
+    rx, tx = LinkRx(max_payload=8, timeout_cycles=5), LinkTx()
+    assert rx.err.signature.flip() == tx.err.signature  # wiring.connect joins them in Link
+    assert rx.err.payload.shape() == ERR_LAYOUT
+    assert "resp_sent" in rx.signature.members and "resp_sent" in tx.signature.members
+
+
+def test_transmitter_takes_an_error_request_only_once_its_frame_is_out():
+    """The receiver hunts again only when its error reply is out: ``err`` is taken on the
+    cycle the reply's last byte goes, not when the transmitter starts on it."""
+    tx = LinkTx()
+    sim = Simulator(tx)
+    sim.add_clock(1e-8)
+    sent, taken_at = bytearray(), []
+
+    async def bench(ctx):
+        ctx.set(tx.err.payload, ERR_LAYOUT.const({"status": Status.ERR_CRC, "seq": 9}))
+        ctx.set(tx.err.valid, 1)
+        ctx.set(tx.tx.ready, 1)
+        for _ in range(40):
+            _, _, valid, byte, ready = await ctx.tick().sample(tx.tx.valid, tx.tx.payload,
+                                                                tx.err.ready)
+            if ready:
+                taken_at.append(len(sent))
+                ctx.set(tx.err.valid, 0)
+            if valid:
+                sent.append(byte)
+
+    sim.add_testbench(bench)
+    sim.run()
+    frame = encode_frame(Status.ERR_CRC, 9, b"")
+    assert bytes(sent) == frame and taken_at == [len(frame) - 1]
