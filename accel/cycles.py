@@ -33,11 +33,12 @@ from models.encodings import TTFS_KINDS
 # the cycle of ``done``.
 
 #: Cycle the first event word is at both arrays' inputs (the readers start their pointers
-#: on cycle 0, read the event buffer on cycle 1, present the word on cycle 2). A row of an
+#: on cycle 0, read the event buffer on cycle 1, present the word on cycle 2 to the event
+#: stage, a register, which holds it from cycle 3). A row of an
 #: array whose previous END left at cycle ``w`` (2 for the first row) has its END ready to
 #: leave at ``w + cost``: the readers deliver one word per cycle, and a held END stalls
 #: the reader without a bubble.
-FIRST = 2
+FIRST = 3
 #: Cycles from the combiner issuing a row's last lane to ``done``: the lane's sum (C1),
 #: then the output unit's five stages, the store into OUT, and the output count reaching
 #: zero.

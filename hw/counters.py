@@ -9,7 +9,7 @@ tile with ``n`` active lanes is in the right-hand column.
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -30,11 +30,17 @@ class CounterFile(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         regs = [Signal(unsigned(self.cfg.counter_bits), name=f"c_{n}") for n in COUNTERS]
+        # the increments are registered first (timing: the strobes come from all over the
+        # chip and a 48-bit carry chain follows), so a counter shows a cycle's events one
+        # cycle late; the host only reads counters between requests. ``clear`` drops the
+        # increment in flight too, as the unregistered counter dropped this cycle's.
+        inc = Signal.like(self.inc, name="inc_q")
+        m.d.sync += inc.eq(Mux(self.clear, 0, self.inc))
         for n, reg in zip(COUNTERS, regs, strict=True):
             with m.If(self.clear):
                 m.d.sync += reg.eq(0)
             with m.Else():
-                m.d.sync += reg.eq(reg + self.inc[n])
+                m.d.sync += reg.eq(reg + inc[n])
         with m.Switch(self.sel):
             for i, reg in enumerate(regs):
                 with m.Case(i):

@@ -36,6 +36,8 @@ from accel.layouts import (
     HOST_READABLE,
     VIEWS,
     BufId,
+    MacOp,
+    SpikeOp,
     buffer_shapes,
     descriptor_layout,
     high_row_layout,
@@ -49,6 +51,7 @@ from accel.layouts import (
 
 from .arrays import MacArray, SpikeArray
 from .neuron import OutputUnit
+from .pipe import Register
 from .rings import RowRing
 
 #: Strobes the engine exposes for the counters (name -> meaning).
@@ -264,22 +267,36 @@ class Engine(wiring.Component):
         for reader, b in ((sr, BufId.SPIKE_EV), (mr, BufId.MAC_EV)):
             rp = mems[b].read_port()
             m.d.comb += [rp.addr.eq(reader.addr), rp.en.eq(reader.en), reader.data.eq(rp.data)]
-        wiring.connect(m, sr.out, sa.ev)
-        wiring.connect(m, mr.out, ma.ev)
-        bad = Signal()  # an event the descriptor cannot have meant
+        # Each event passes a register (hw.pipe.Register) on its way to its array, where
+        # its ``k`` becomes the weight buffer address (``k + w_base``): the event buffer's
+        # output and the address adder end there instead of running on into the weight
+        # ports (timing). An event whose address runs past the weight buffer (it would wrap
+        # to row 0) or whose outlier shift exceeds ``max_shift`` is flagged there
+        # (``bad``) and stops the descriptor when its array takes it.
+        bad = Signal()  # an event the descriptor cannot have meant, taken this cycle
         m.d.comb += ma.wide.eq(desc.wide)
-        for name, arr in (("spike", sa), ("mac", ma)):
-            rp = weights.read_port(desc.wide, extend=arr is sa)
+        stages = {}
+        for name, reader, arr, op in (("spike", sr, sa, SpikeOp.SPIKE),
+                                      ("mac", mr, ma, MacOp.MAC)):
+            ev = reader.out.payload
+            st = stages[name] = Register(data.StructLayout({"ev": ev.shape(), "bad": 1}))
+            m.submodules[f"{name}_stage"] = st
             w_addr = Signal(cfg.k_bits + 1, name=f"w_addr_{name}")
-            m.d.comb += [w_addr.eq(arr.w_addr + desc.w_base), rp.addr.eq(w_addr),
-                         rp.en.eq(arr.w_en), arr.w_data.eq(rp.data),
+            flag = (ev.op == op) & w_addr[-1]
+            if arr is ma and cfg.max_shift < 2**cfg.shift_bits - 1:
+                flag |= (ev.op == op) & (ev.shift > cfg.max_shift)
+            m.d.comb += [w_addr.eq(ev.k + desc.w_base),
+                         st.i.valid.eq(reader.out.valid), reader.out.ready.eq(st.i.ready),
+                         st.i.payload.ev.eq(ev), st.i.payload.ev.k.eq(w_addr[:-1]),
+                         st.i.payload.bad.eq(flag),
+                         arr.ev.valid.eq(st.o.valid), arr.ev.payload.eq(st.o.payload.ev),
+                         st.o.ready.eq(arr.ev.ready)]
+            with m.If(st.o.valid & st.o.ready & st.o.payload.bad):
+                m.d.comb += bad.eq(1)
+            rp = weights.read_port(desc.wide, extend=arr is sa)
+            m.d.comb += [rp.addr.eq(arr.w_addr), rp.en.eq(arr.w_en), arr.w_data.eq(rp.data),
                          getattr(self, f"w_rd_{name}").eq(arr.w_en),
                          getattr(self, f"w_rd_hi_{name}").eq(arr.w_en & desc.wide)]
-            with m.If(arr.w_en & w_addr[-1]):  # past the end: it would wrap to row 0
-                m.d.comb += bad.eq(1)
-        if cfg.max_shift < 2**cfg.shift_bits - 1:
-            with m.If(ma.ev.valid & ma.ev.ready & (ma.ev.payload.shift > cfg.max_shift)):
-                m.d.comb += bad.eq(1)
         prp = mems[BufId.PARAMS].read_port()
         m.d.comb += [prp.addr.eq(nu.p_addr), prp.en.eq(nu.p_en), nu.p_data.eq(prp.data)]
 
@@ -389,10 +406,12 @@ class Engine(wiring.Component):
         # with no row left over; a row left over means more row ends than rows (the next
         # tile would take it)
         combined = active & (r == desc.rows) & ~c1.valid & (outs_left == 0)
-        clean = sr.idle & mr.idle & sa.idle & ma.idle
+        clean = (sr.idle & mr.idle & ~stages["spike"].o.valid & ~stages["mac"].o.valid
+                 & sa.idle & ma.idle)
+        stopping = Signal()  # the fault is registered (timing): no done in between
         with m.If(combined & ((avail[0] != 0) | (avail[1] != 0))):
             m.d.comb += leftover.eq(1)
-        with m.Elif(combined & clean):
+        with m.Elif(combined & clean & ~stopping):
             m.d.comb += self.done.eq(1)
             m.d.sync += active.eq(0)
 
@@ -404,8 +423,10 @@ class Engine(wiring.Component):
         with m.Else():
             m.d.sync += idle_cycles.eq(idle_cycles + 1)
         hung = active & (idle_cycles == watchdog_cycles(cfg))
-        m.d.comb += [self.fault.eq(active & (bad | leftover) | hung),
-                     flush.eq(self.fault | self.abort)]
+        # the fault pulses the cycle after its cause: it resets the whole engine, a net
+        # that reaches every register, so it starts from a register
+        m.d.sync += stopping.eq(active & (bad | leftover) | hung)
+        m.d.comb += [self.fault.eq(stopping), flush.eq(stopping | self.abort)]
 
         m.d.comb += [
             self.spike.eq(sa.spike), self.step.eq(sa.step), self.mac_row.eq(ma.row),

@@ -59,6 +59,7 @@ from accel.protocol import (
 from .counters import CounterFile
 from .engine import STROBES, Engine
 from .link import Link
+from .pipe import Register
 
 #: Cycles without a byte after which the link drops a half-received frame: 10 ms on the
 #: 25 MHz board, about 0.2 s in the simulator. The host stays quiet longer than this before
@@ -124,10 +125,15 @@ class Top(wiring.Component):
         def word_from_sr(nb: int):
             return sr >> (width - 8 * nb)
 
+        # response bytes pass a register on their way to the link: the engine's read port
+        # (block RAM), the buffer select and the byte select end there instead of running
+        # on into the link's CRC (timing)
+        m.submodules.resp_data = resp_data = Register(8)
+        wiring.connect(m, resp_data.o, link.resp_data)
         m.d.comb += [link.resp.payload.cmd.eq(status), link.resp.payload.seq.eq(hdr.seq),
                      link.resp.payload.length.eq(resp_len),
-                     link.resp_data.payload.eq(Mux(hdr.cmd == Cmd.READ_BUF,
-                                                   eng.rd_data.word_select(rbyte, 8), sr[:8]))]
+                     resp_data.i.payload.eq(Mux(hdr.cmd == Cmd.READ_BUF,
+                                                eng.rd_data.word_select(rbyte, 8), sr[:8]))]
         m.d.comb += cnt.sel.eq(ctr)
 
         # A RUN repeated with the seq of the RUN just before it (a retry after a lost
@@ -304,8 +310,8 @@ class Top(wiring.Component):
                 m.d.sync += [rbyte.eq(0), todo.eq(bpw)]
                 m.next = "SEND"
             with m.State("SEND"):
-                m.d.comb += link.resp_data.valid.eq(1)
-                with m.If(link.resp_data.ready):
+                m.d.comb += resp_data.i.valid.eq(1)
+                with m.If(resp_data.i.ready):
                     m.d.sync += [sr.eq(sr >> 8), todo.eq(todo - 1), rbyte.eq(rbyte + 1)]
                     with m.If(todo == 1):
                         with m.If((hdr.cmd == Cmd.READ_COUNTERS) & (ctr < len(COUNTERS))):
