@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,7 +36,8 @@ def save_host_files(lm: LoadedModel, cm: ConvertedModel, out: Path) -> None:
     """``tokenizer/`` (the model's tokenizer, as ``save_pretrained`` writes it) and
     ``float/`` (the float parameters that ``model/`` does not already hold as host tensors,
     and the list of all of them)."""
-    lm.tokenizer.save_pretrained(str(out / TOKENIZER))
+    tokenizer: Any = lm.tokenizer  # a transformers tokenizer (LoadedModel types it object)
+    tokenizer.save_pretrained(str(out / TOKENIZER))
     shared = sorted(k for k in cm.host_params if k in lm.params
                     and torch.equal(cm.tensors["host." + k], lm.params[k]))
     own = {k: v.detach().contiguous().clone() for k, v in lm.params.items() if k not in shared}

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from amaranth import Shape, unsigned
 from amaranth.lib import data, enum
@@ -347,7 +348,8 @@ class FrameDecoder:
         return self._scan(final=True)
 
     def _scan(self, final: bool) -> list[Frame | FrameError]:
-        buf, out = self._buf, []
+        buf = self._buf
+        out: list[Frame | FrameError] = []
         while True:
             start = buf.find(SOF)
             if start < 0:
@@ -361,7 +363,8 @@ class FrameDecoder:
                                       f"stream ended {len(buf) - 1} byte(s) into a header"))
                 del buf[:1]
                 continue
-            hdr = decode_header(bytes(buf[1 : 1 + HEADER_BYTES]))
+            # Any: a data.Const's fields are attributes made at run time from HEADER
+            hdr: Any = decode_header(bytes(buf[1 : 1 + HEADER_BYTES]))
             length, seq = int(hdr.length), int(hdr.seq)
             if length > self.max_payload:
                 out.append(FrameError("length", seq, f"frame seq {seq} declares {length} "

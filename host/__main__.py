@@ -44,7 +44,7 @@ from models.lm_head import HEAD
 from . import report
 from .driver import Device, DeviceError, LinkError
 from .run import run_generation, run_model
-from .transport import FaultyTransport, SerialTransport
+from .transport import FaultyTransport, SerialTransport, Transport
 
 DEFAULT_TEXT = "Spiking transformers trade multiplications for silent, sparse events."
 #: Files and folders of a bundle that ``run`` reads (``spikellm_top.v`` only with --sim).
@@ -158,7 +158,8 @@ def cmd_run(a) -> int:
     table = load_table(a.energy_table)
     cfg, program = _bundle(bundle, RUN_FILES + (("spikellm_top.v",) if a.sim else ()))
     with contextlib.ExitStack() as stack:
-        link = dev = None
+        link: Transport | None = None
+        dev: Device | None = None
 
         def connect(url: str):
             raw = SerialTransport(url, a.baud)
@@ -198,6 +199,8 @@ def cmd_run(a) -> int:
             url = stack.enter_context(simulator(bundle)).url
             _say(a, f"simulator: ready after {time.perf_counter() - t0:.0f} s")
             link, dev = connect(url)
+        assert dev is not None  # --sim or --port: argparse requires one
+        assert program is not None  # RUN_FILES holds program.json
         passes = 1 if gen is None else len(gen.passes)
         # a generation adds the output projection to each pass (unless the program has it)
         per_pass = len(program) + (gen is not None and program[-1]["gemm"] != HEAD)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from accel import baselines
 from accel.config import AccelConfig
@@ -164,7 +165,7 @@ def generation(cfg: AccelConfig, res: GenerationResult, steps: int, table: dict)
     decode steps (:func:`phase_summary`), each decode step's cost as its cache grows, and
     the decode/prefill ratio of every per-token figure."""
     pre = res.passes[0]
-    out = {"prompt_tokens": pre.rows, "decode_steps": len(res.passes) - 1,
+    out: dict[str, Any] = {"prompt_tokens": pre.rows, "decode_steps": len(res.passes) - 1,
            "tokens": res.tokens, "golden_tokens": res.golden.tokens,
            "tokens_match": res.tokens == res.golden.tokens, "bit_exact": res.bit_exact,
            "wall_s": res.wall_s,
