@@ -1,8 +1,10 @@
 """Request payloads and response parsing for the link commands (host side).
 
-Everything here is derived from the one definition next to the gateware: buffer word
-shapes (``hw.engine.buffer_shapes``), argument and identify layouts (``hw.top``), the
-descriptor layout (``hw.engine``) and the counter map (``hw.counters``).
+Everything here is derived from the one definition the gateware also builds from
+(``accel/``): buffer word shapes (``accel.layouts.buffer_shapes``), argument and identify
+layouts (``accel.protocol``), the descriptor layout and its rules (``accel.layouts``) and
+the counter map (``accel.counters``). Sans-IO: nothing here sends or receives; the driver
+(``host.driver``) and the cocotb bench (``sim.cocotb_top``) send what it builds.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def parse_words(cfg: AccelConfig, buf: BufId, payload: bytes) -> list[int]:
 
 def run_payload(cfg: AccelConfig, descriptor: dict, where: str = "RUN") -> bytes:
     """RUN payload for a descriptor dict; refuses one the core would refuse, naming the
-    fields (``hw.engine.descriptor_rules``)."""
+    fields (``accel.layouts.descriptor_rules``)."""
     layout = descriptor_layout(cfg)
     unknown = sorted(set(descriptor) - {name for name, _ in layout})
     if unknown:
@@ -74,7 +76,7 @@ def run_payload(cfg: AccelConfig, descriptor: dict, where: str = "RUN") -> bytes
     bad = descriptor_errors(cfg, descriptor)
     if bad:
         raise ValueError(f"{where}: the core would refuse this descriptor: "
-                         f"{'; '.join(bad)} (hw.engine.descriptor_rules)")
+                         f"{'; '.join(bad)} (accel.layouts.descriptor_rules)")
     return layout.const(descriptor).as_bits().to_bytes(nbytes(layout.size), "little")
 
 

@@ -32,7 +32,7 @@ SCHEMA = 2
 
 
 def counted_events(c: dict) -> Events:
-    """Events as the device counted them (``hw.counters.GOLDEN_EVENTS``)."""
+    """Events as the device counted them (``accel.counters.GOLDEN_EVENTS``)."""
     return Events(spikes=c["spikes"], **{f: c[k] for k, f in GOLDEN_EVENTS.items()})
 
 
