@@ -61,17 +61,24 @@ def crc32_update(m: Module, crc, byte, *, name: str = "crc") -> Signal:
     return c
 
 
-def _check(max_payload, timeout_cycles) -> None:
-    if (not isinstance(max_payload, int) or isinstance(max_payload, bool)
-            or not 1 <= max_payload <= LENGTH_LIMIT):
-        raise ValueError(f"max_payload must be an integer in 1..{LENGTH_LIMIT}, "
-                         f"not {max_payload!r}")
-    if (not isinstance(timeout_cycles, int) or isinstance(timeout_cycles, bool)
-            or timeout_cycles < 1):
-        raise ValueError(f"timeout_cycles must be a positive integer, not {timeout_cycles!r}")
+class _Params:
+    """The receiver's parameters, checked (``LinkRx`` and ``Link`` take the same)."""
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD, timeout_cycles: int = 100_000):
+        if (not isinstance(max_payload, int) or isinstance(max_payload, bool)
+                or not 1 <= max_payload <= LENGTH_LIMIT):
+            raise ValueError(f"max_payload must be an integer in 1..{LENGTH_LIMIT}, "
+                             f"not {max_payload!r}")
+        if (not isinstance(timeout_cycles, int) or isinstance(timeout_cycles, bool)
+                or timeout_cycles < 1):
+            raise ValueError(f"timeout_cycles must be a positive integer, "
+                             f"not {timeout_cycles!r}")
+        self.max_payload = max_payload
+        self.timeout_cycles = timeout_cycles
+        super().__init__()
 
 
-class LinkRx(wiring.Component):
+class LinkRx(_Params, wiring.Component):
     """The link's receiver: whole, CRC-checked request frames in; commands and their
     payload bytes out; error replies requested from the transmitter.
 
@@ -95,12 +102,6 @@ class LinkRx(wiring.Component):
     resp_sent: In(1)
     rx_byte: Out(1)
     frame_err: Out(1)
-
-    def __init__(self, max_payload: int = MAX_PAYLOAD, timeout_cycles: int = 100_000):
-        _check(max_payload, timeout_cycles)
-        self.max_payload = max_payload
-        self.timeout_cycles = timeout_cycles
-        super().__init__()
 
     def elaborate(self, platform):
         m = Module()
@@ -299,7 +300,7 @@ class LinkTx(wiring.Component):
         return m
 
 
-class Link(wiring.Component):
+class Link(_Params, wiring.Component):
     """Framed, CRC-checked command link over 8-bit streams.
 
     Parameters
@@ -343,12 +344,6 @@ class Link(wiring.Component):
     rx_byte: Out(1)
     tx_byte: Out(1)
     frame_err: Out(1)
-
-    def __init__(self, max_payload: int = MAX_PAYLOAD, timeout_cycles: int = 100_000):
-        _check(max_payload, timeout_cycles)
-        self.max_payload = max_payload
-        self.timeout_cycles = timeout_cycles
-        super().__init__()
 
     def elaborate(self, platform):
         m = Module()
