@@ -1,7 +1,8 @@
-"""The build bundle's host side: the folders a bundle holds for the host (tokenizer and
-float parameters), their writer and reader, and the digest of the code that built it.
-``gen build`` writes a bundle; ``host run`` reads one with nothing but this module and
-``models.bundle`` (the converted model): the bundle is self-contained.
+"""The build bundle's host side: the files a bundle holds for the host (its configuration,
+its compiled program, the tokenizer and float parameters), their writers and readers (one
+validation each), and the digest of the code that built it. ``gen build`` writes a bundle;
+``host run`` reads one with nothing but this module and ``models.bundle`` (the converted
+model): the bundle is self-contained.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ import torch
 
 from models.arch import LoadedModel, one_line
 from models.bundle import ConvertedModel
+from models.checkpoint import read_json
 
+from .config import AccelConfig
+
+#: The accelerator the bundle was built for: ``{"config", "hash", "hw_source"}``.
+CONFIG = "config.json"
+#: The compiled program: ``{"config_hash", "gemms"}`` (``gen.program.compile_program``).
+PROGRAM = "program.json"
 TOKENIZER = "tokenizer"
 FLOAT = "float"
 FLOAT_PARAMS = "params.safetensors"
@@ -122,3 +130,62 @@ def _digest(packages) -> str:
             h.update(f.relative_to(root).as_posix().encode())
             h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def config_record(cfg: AccelConfig) -> dict:
+    """What :data:`CONFIG` holds for ``cfg``: the configuration, its hash
+    (``AccelConfig.hash_text``) and the digest of the code that builds from it."""
+    return {"config": cfg.to_json(), "hash": cfg.hash_text, "hw_source": source_digest(*SOURCES)}
+
+
+def program_record(cfg: AccelConfig, gemms: list[dict]) -> dict:
+    """What :data:`PROGRAM` holds: the compiled ``gemms`` and the hash of the configuration
+    they were compiled for."""
+    return {"config_hash": cfg.hash_text, "gemms": gemms}
+
+
+def read_config(bundle: Path) -> AccelConfig:
+    """The bundle's configuration from :data:`CONFIG`, refused (:class:`BundleFileError`,
+    one line naming the file) when it does not parse or its hash is not its own."""
+    meta = read_json(bundle / CONFIG)
+    try:
+        cfg = AccelConfig.from_json(meta["config"])
+        digest = cfg.hash_text
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+        raise BundleFileError(f"{bundle / CONFIG}: bad config ({type(e).__name__}: "
+                              f"{one_line(e)})") from None
+    if meta.get("hash") != digest:
+        raise BundleFileError(f"{bundle / CONFIG}: hash {meta.get('hash')!r} is not "
+                              f"the hash of its config ({digest})")
+    return cfg
+
+
+def read_program(bundle: Path, cfg: AccelConfig) -> list[dict]:
+    """The compiled GEMMs of :data:`PROGRAM`, refused unless compiled for ``cfg`` and each
+    has the fields the host compares with its own tiling (``gemm``, ``head``, ``k``,
+    ``n``, ``tiles`` with ``n`` ranges)."""
+    where = bundle / PROGRAM
+    prog = read_json(where)
+    if prog.get("config_hash") != cfg.hash_text:
+        raise BundleFileError(f"{where}: compiled for config {prog.get('config_hash')!r}, "
+                              f"the bundle's is {cfg.hash_text}")
+    gemms = prog.get("gemms")
+    if not isinstance(gemms, list) or not gemms:
+        raise BundleFileError(f"{where}: gemms is {type(gemms).__name__}, not a list of GEMMs")
+    for i, g in enumerate(gemms):
+        ok = (isinstance(g, dict) and isinstance(g.get("gemm"), str)
+              and (g.get("head") is None or type(g.get("head")) is int)
+              and all(type(g.get(k)) is int for k in ("k", "n"))
+              and isinstance(g.get("tiles"), list)
+              and all(isinstance(t, dict) and isinstance(t.get("n"), list) and len(t["n"]) == 2
+                      and all(type(v) is int for v in t["n"]) for t in g["tiles"]))
+        if not ok:
+            raise BundleFileError(f"{where}: gemms[{i}] is malformed (needs gemm, head, k, n "
+                                  f"and tiles with n ranges)")
+    return gemms
+
+
+def built_by_other_code(bundle: Path) -> bool:
+    """Whether the bundle's Verilog and program came from other source than this process
+    runs (its :data:`CONFIG` ``hw_source`` differs from :func:`source_digest`)."""
+    return read_json(bundle / CONFIG).get("hw_source") != source_digest(*SOURCES)

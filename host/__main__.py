@@ -29,12 +29,20 @@ from pathlib import Path
 from tqdm import tqdm
 
 from accel import baselines
-from accel.bundle import FLOAT, SOURCES, TOKENIZER, load_host_model, source_digest
+from accel.bundle import (
+    CONFIG,
+    FLOAT,
+    PROGRAM,
+    TOKENIZER,
+    built_by_other_code,
+    load_host_model,
+    read_config,
+    read_program,
+)
 from accel.config import AccelConfig
 from accel.protocol import BAUD
 from models.arch import LoadedModel, ModelInputError, one_line
 from models.bundle import BundleError, load_bundle
-from models.checkpoint import read_json
 from models.convert import ConvertedModel, convert
 from models.energy import load_table
 from models.generate import check_length, float_tokens, generate, kv_cache_bytes, pass_traces
@@ -48,7 +56,7 @@ from .transport import FaultyTransport, SerialTransport, Transport
 
 DEFAULT_TEXT = "Spiking transformers trade multiplications for silent, sparse events."
 #: Files and folders of a bundle that ``run`` reads (``spikellm_top.v`` only with --sim).
-RUN_FILES = ("config.json", "program.json", "model", TOKENIZER, FLOAT)
+RUN_FILES = (CONFIG, PROGRAM, "model", TOKENIZER, FLOAT)
 
 
 _WHAT = {TOKENIZER: "tokenizer", FLOAT: "float parameters, for the baselines"}
@@ -80,57 +88,23 @@ def _bundle(path: Path, need: tuple[str, ...]) -> tuple[AccelConfig, list[dict] 
     for f in need:
         if (path / f).exists():
             continue
-        if f in (TOKENIZER, FLOAT) and (path / "config.json").exists():
+        if f in (TOKENIZER, FLOAT) and (path / CONFIG).exists():
             raise BundleInputError(f"{path}: no {f}/ (the model's {_WHAT[f]}); the bundle "
                                    f"was built by an older gen build: rebuild it")
         raise BundleInputError(f"{path}: no {f}; is this a `python -m gen build` "
                                f"output directory?")
-    meta = read_json(path / "config.json")
-    try:
-        cfg = AccelConfig.from_json(meta["config"])
-        digest = cfg.hash_text
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
-        raise BundleInputError(f"{path / 'config.json'}: bad config ({type(e).__name__}: "
-                               f"{one_line(e)})") from None
-    if meta.get("hash") != digest:
-        raise BundleInputError(f"{path / 'config.json'}: hash {meta.get('hash')!r} is not "
-                               f"the hash of its config ({digest})")
-    program = None
-    if "program.json" in need:
-        prog = read_json(path / "program.json")
-        if prog.get("config_hash") != digest:
-            raise BundleInputError(f"{path / 'program.json'}: compiled for config "
-                                   f"{prog.get('config_hash')!r}, the bundle's is {digest}")
-        program = prog.get("gemms")
-        _check_program(program, path / "program.json")
-    return cfg, program
+    cfg = read_config(path)
+    return cfg, read_program(path, cfg) if PROGRAM in need else None
 
 
 def _warn_if_stale(path: Path) -> None:
     """Warn when the bundle was built by other code than this process runs."""
-    meta = read_json(path / "config.json")
-    if meta.get("hw_source") != source_digest(*SOURCES):
+    if built_by_other_code(path):
         # the gateware or the cycle model changed since the bundle was built: the run still
         # checks bit-exactness, but predicted cycles may not match the bundle's Verilog
         print(f"warning: {path} was built by another version of hw/, models/ or gen/; "
               f"rebuild it (python -m gen build) for matching cycle predictions",
               file=sys.stderr)
-
-
-def _check_program(gemms, where: Path) -> None:
-    """The fields of ``program.json`` that the run compares with its own tiling."""
-    if not isinstance(gemms, list) or not gemms:
-        raise BundleInputError(f"{where}: gemms is {type(gemms).__name__}, not a list of GEMMs")
-    for i, g in enumerate(gemms):
-        ok = (isinstance(g, dict) and isinstance(g.get("gemm"), str)
-              and (g.get("head") is None or type(g.get("head")) is int)
-              and all(type(g.get(k)) is int for k in ("k", "n"))
-              and isinstance(g.get("tiles"), list)
-              and all(isinstance(t, dict) and isinstance(t.get("n"), list) and len(t["n"]) == 2
-                      and all(type(v) is int for v in t["n"]) for t in g["tiles"]))
-        if not ok:
-            raise BundleInputError(f"{where}: gemms[{i}] is malformed (needs gemm, head, k, n "
-                                   f"and tiles with n ranges)")
 
 
 def _model(bundle: Path) -> tuple[ConvertedModel, LoadedModel]:
@@ -336,7 +310,7 @@ def _print_generation(g: dict, out: Path, wall: float) -> int:
 
 def cmd_sim(a) -> int:
     bundle = Path(a.bundle)
-    _bundle(bundle, ("config.json", "spikellm_top.v"))
+    _bundle(bundle, (CONFIG, "spikellm_top.v"))
     _warn_if_stale(bundle)
     with simulator(bundle) as dev:
         print(dev.url, flush=True)
