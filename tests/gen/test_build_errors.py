@@ -159,3 +159,21 @@ def test_fixed_encodings_that_leave_out_the_models_spikes_are_refused(fast_model
     err = capsys.readouterr().err
     assert "ttfs-signed spikes, which the fixed encodings=rate+int leave out" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--pnr", "--baud", "0"], "--baud 0 with --freq 100: baud rate must be positive"),
+    (["--bitstream", "--freq", "5"], "no PLL clock at or below 5 MHz runs the UART"),
+    (["--pnr", "--seeds", "0"], "seeds must be distinct and at least one"),
+])
+def test_a_board_clock_or_seed_request_that_cannot_be_met_is_refused_first(
+        fast_model, tmp_path, capsys, monkeypatch, extra, words):
+    def no_flow(*a, **k):
+        raise AssertionError("the flow ran before the options were checked")
+
+    for name in ("synth", "pnr_sweep", "bitstream"):
+        monkeypatch.setattr(gen_build.flow, name, no_flow)
+    out = tmp_path / "x"
+    assert main([*ARGS, "--out", str(out), *extra]) == 2
+    assert words in capsys.readouterr().err
+    assert not out.exists()

@@ -30,9 +30,29 @@ def test_synth_and_pnr_of_a_small_design(tmp_path):
     res = flow.synth(PRESETS["tiny"], tmp_path, top=Loopback())
     assert 20 < res["lut4"] < 400 and res["ff"] > 20
     assert res["mult18x18d"] == 0 and res["dp16kd"] == 0
-    p = flow.pnr(tmp_path, 100.0)
-    assert p["fmax_mhz"] > 100
-    assert (tmp_path / "top.config").exists()
+    p = flow.pnr_sweep(tmp_path, 100.0, seeds=[3, 4], jobs=2)
+    assert p["fmax_mhz"] > 100 and p["fmax_mhz"] == max(p["seeds"].values())
+    assert sorted(p["seeds"]) == ["3", "4"] and p["seed"] in (3, 4)
+    assert (tmp_path / "top.config").exists() and (tmp_path / f"seed{p['seed']}").is_dir()
+    timing = (tmp_path / "timing.md").read_text()
+    assert f"{p['fmax_mhz']:.2f} MHz achieved" in timing
+    assert p["critical_path"]["ns"] > 0 and p["critical_path"]["from"] in timing
+
+
+def test_timing_report_lists_clock_paths_first_with_their_cells():
+    step = lambda t, d, a, b: {"type": t, "delay": d, "from": {"cell": a, "port": "Q"},  # noqa: E731
+                               "to": {"cell": b, "port": "D"}}
+    report = {"fmax": {"clk": {"achieved": 80.0, "constraint": 100}},
+              "critical_paths": [
+                  {"from": "<async>", "to": "posedge clk", "path": [step("logic", 20, "io", "x")]},
+                  {"from": "posedge clk", "to": "posedge clk",
+                   "path": [step("clk-to-q", 5.5, "bram", "bram"),
+                            step("routing", 4.0, "bram", "ff"), step("setup", 0.5, "ff", "ff")]}]}
+    text = flow.timing_report(report)
+    assert "80.00 MHz achieved, 100 MHz asked" in text
+    assert text.index("posedge clk -> posedge clk: 10.0 ns (6.00 logic, 4.0 routing)") < \
+        text.index("<async> -> posedge clk")
+    assert "| routing | 4.00 | `bram.Q` | `ff.D` |" in text
 
 
 def test_missing_tool_is_a_clear_error(monkeypatch):

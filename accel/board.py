@@ -1,0 +1,116 @@
+"""The board's clocking, shared by the board top (``hw.board``), the generator (which picks
+the clock from the place-and-route result) and the host (which reads the clock and the baud
+rate from the bundle): the ECP5 PLL settings for a core clock derived from the ULX3S's
+25 MHz oscillator, and the UART divisor with its rate error.
+
+The PLL (EHXPLLL, feedback from CLKOP) makes ``f_out = f_in * CLKFB_DIV / CLKI_DIV`` with
+the VCO at ``f_out * CLKOP_DIV``; the limits below are the ECP5 family data sheet's (FPGA-DS-
+02012, PLL timing) as Lattice's ``ecppll`` and LiteX's ``ECP5PLL`` apply them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+
+#: The ULX3S oscillator (``clk25``).
+BOARD_OSC_HZ = 25_000_000
+#: The link rates the board's FT231X USB UART runs (its maximum is 3 Mbaud).
+BOARD_BAUDS = (1_000_000, 3_000_000)
+#: Largest rate error a UART divisor may have (8N1 samples mid-bit: the two ends together
+#: tolerate about 4 %, the FT231X's own error at these rates is zero).
+MAX_BAUD_ERROR = 0.01
+
+_VCO_HZ = (400e6, 800e6)
+_PFD_HZ = (3.125e6, 400e6)
+_OUT_HZ = (3.125e6, 400e6)
+_CLKI_DIV = range(1, 129)
+_CLKFB_DIV = range(1, 81)
+_CLKOP_DIV = range(1, 129)
+
+
+@dataclass(frozen=True)
+class Pll:
+    """EHXPLLL settings (parameter names as the primitive's) and the frequency they give."""
+
+    clki_div: int
+    clkfb_div: int
+    clkop_div: int
+    f_in_hz: int
+    f_out_hz: float
+
+    @property
+    def f_vco_hz(self) -> float:
+        return self.f_out_hz * self.clkop_div
+
+
+def pll_outputs(f_in_hz: int = BOARD_OSC_HZ) -> dict[Fraction, Pll]:
+    """Every core clock the PLL can make from ``f_in_hz`` (exact, as a fraction of Hz),
+    each with the settings that make it (the highest VCO frequency among equals: lower
+    jitter)."""
+    out: dict[Fraction, Pll] = {}
+    for idiv in _CLKI_DIV:
+        if not _PFD_HZ[0] <= f_in_hz / idiv <= _PFD_HZ[1]:
+            continue
+        for fb in _CLKFB_DIV:
+            f = Fraction(f_in_hz * fb, idiv)
+            if not _OUT_HZ[0] <= f <= _OUT_HZ[1]:
+                continue
+            odivs = [o for o in _CLKOP_DIV if _VCO_HZ[0] <= f * o <= _VCO_HZ[1]]
+            if not odivs:
+                continue
+            pll = Pll(idiv, fb, max(odivs), f_in_hz, float(f))
+            if f not in out or pll.f_vco_hz > out[f].f_vco_hz:
+                out[f] = pll
+    return out
+
+
+def uart_divisor(clock_hz: float, baud: int) -> tuple[int, float]:
+    """Clock cycles per bit for ``baud`` at ``clock_hz`` and the rate error it gives
+    (relative, signed: positive is faster than ``baud``)."""
+    div = max(1, round(clock_hz / baud))
+    return div, clock_hz / div / baud - 1
+
+
+@dataclass(frozen=True)
+class BoardClock:
+    """The core clock a board build runs at and its link rate."""
+
+    pll: Pll
+    baud: int
+
+    @property
+    def clock_hz(self) -> float:
+        return self.pll.f_out_hz
+
+    @property
+    def divisor(self) -> int:
+        return uart_divisor(self.clock_hz, self.baud)[0]
+
+    @property
+    def baud_error(self) -> float:
+        return uart_divisor(self.clock_hz, self.baud)[1]
+
+    def as_dict(self) -> dict:
+        """What the bundle records (``board`` in ``report.json``)."""
+        return {"clock_hz": self.clock_hz, "baud": self.baud, "uart_divisor": self.divisor,
+                "baud_error": self.baud_error, "pll": asdict(self.pll)}
+
+
+def choose_clock(limit_mhz: float, baud: int, f_in_hz: int = BOARD_OSC_HZ) -> BoardClock:
+    """The fastest PLL clock at or below ``limit_mhz`` (the build's Fmax, or the frequency
+    asked for) whose UART divisor for ``baud`` is within :data:`MAX_BAUD_ERROR`; among
+    clocks within 2 % of that, one with an exact divisor is preferred."""
+    if baud <= 0:
+        raise ValueError(f"baud rate must be positive, not {baud}")
+    fits = [p for f, p in pll_outputs(f_in_hz).items() if f <= Fraction(limit_mhz * 1e6)
+            and uart_divisor(p.f_out_hz, baud)[0] >= 4
+            and abs(uart_divisor(p.f_out_hz, baud)[1]) <= MAX_BAUD_ERROR]
+    if not fits:
+        raise ValueError(f"no PLL clock at or below {limit_mhz:g} MHz runs the UART at "
+                         f"{baud} baud within {MAX_BAUD_ERROR:.0%} (at least 4 cycles a bit)")
+    best = max(p.f_out_hz for p in fits)
+    exact = [p for p in fits if p.f_out_hz >= 0.98 * best
+             and uart_divisor(p.f_out_hz, baud)[1] == 0]
+    pick = max(exact or fits, key=lambda p: p.f_out_hz)
+    return BoardClock(pick, baud)
