@@ -7,7 +7,8 @@ stages work on the rows of the tile, decoupled by the arrays' finished rows (a r
 * the spike array takes one event per cycle: a row costs its unit spikes, one STEP per time
   step (TTFS only) and one END;
 * the MAC array spends ``lanes / mac_units`` cycles per integer (outlier) channel and one
-  cycle on END (two after MAC events: the last product is still being added);
+  cycle on END (three after MAC events: the last products are still being multiplied and
+  added);
 * the combiner takes a row once both arrays have finished it and adds it lane by lane,
   one lane per cycle, into the output unit (or back into the accumulator buffer for a
   ``keep`` tile).
@@ -59,7 +60,7 @@ class TileWork:
 
 def mac_row_cost(cfg: AccelConfig, n_int: int) -> int:
     """MAC-array cycles of one row with ``n_int`` integer channels."""
-    return n_int * cfg.mac_cycles + 1 + (n_int > 0)
+    return n_int * cfg.mac_cycles + 1 + 2 * (n_int > 0)
 
 
 def tile_cycles(cfg: AccelConfig, work: TileWork) -> int:

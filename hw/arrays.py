@@ -143,8 +143,9 @@ class MacArray(wiring.Component):
     """Integer MAC array: ``mac_units`` multipliers sweep a weight row in ``lanes/mac_units``
     cycles, adding ``(w * q) << shift`` into the row's accumulators. The next event's weight
     row is read during the last cycle of the current one, so rows follow back to back. The
-    products are registered before the shift and add (two-stage datapath for timing), so a
-    row's END takes one more cycle when MAC events precede it.
+    selected weights are registered, then the products, before the shift and add (a
+    three-stage datapath, for timing), so a row's END takes two more cycles when MAC events
+    precede it.
 
     The accumulators are ``row_fifo_depth`` rows of LUT RAM, one word per cycle of the sweep
     holding ``mac_units`` lanes (``rows``, :func:`hw.rings.rows_signature`): the array adds
@@ -190,11 +191,13 @@ class MacArray(wiring.Component):
         c = Signal(range(mc))
         last = c == mc - 1
         is_end = op == MacOp.END
-        # products are registered and added a cycle later (BRAM -> select -> multiply, then
-        # shift -> add, each within a cycle); END waits for the last pending product
-        p_valid = Signal()
+        # three stages per word of the sweep, each within a cycle (timing): the selected
+        # weights are registered (BRAM -> select), multiplied and registered (multiply),
+        # then shifted and added (shift -> add); END waits for the last pending product
+        a_valid = Signal()  # selected weights registered
+        p_valid = Signal()  # products registered
         run = valid & free  # the event in hand may proceed
-        done = run & Mux(is_end, ~p_valid, last)  # event finishes now
+        done = run & Mux(is_end, ~a_valid & ~p_valid, last)  # event finishes now
         take = ~valid | done
         commit = done & is_end
         m.d.comb += [
@@ -202,7 +205,7 @@ class MacArray(wiring.Component):
             self.w_addr.eq(self.ev.payload.k),
             self.w_en.eq(take & self.ev.valid & (self.ev.payload.op == MacOp.MAC)),
             self.busy.eq(run),  # an event waiting for a free row is not work
-            self.idle.eq(~valid & ~p_valid),
+            self.idle.eq(~valid & ~a_valid & ~p_valid),
             self.rows.commit.eq(commit),
         ]
         with m.If(take):
@@ -212,8 +215,9 @@ class MacArray(wiring.Component):
             m.d.sync += c.eq(c + 1)
         # one multiplier per unit: unit u takes lane c * mac_units + u in cycle c (selecting
         # the weight before the multiply keeps synthesis from building one per lane)
-        p_c = Signal.like(c, name="p_c")
-        p_shift = Signal.like(shift, name="p_shift")
+        a_c, p_c = Signal.like(c, name="a_c"), Signal.like(c, name="p_c")
+        a_shift, p_shift = Signal.like(shift, name="a_shift"), Signal.like(shift, name="p_shift")
+        a_q = Signal.like(q, name="a_q")
         prods = []
         for u in range(units):
             w_sel = Signal(signed(cfg.weight_bits), name=f"w_sel{u}")
@@ -225,15 +229,20 @@ class MacArray(wiring.Component):
                 w_ext = Signal.like(w_sel, name=f"w_ext{u}")
                 m.d.comb += w_ext.eq(Mux(self.wide, w_sel, w_sel[:cfg.narrow_bits].as_signed()))
                 w_sel = w_ext
+            a_w = Signal.like(w_sel, name=f"a_w{u}")
             prod = Signal(signed(cfg.weight_bits + cfg.act_bits), name=f"prod{u}")
             with m.If(run & ~is_end):
-                m.d.sync += prod.eq(w_sel * q)
+                m.d.sync += a_w.eq(w_sel)
+            with m.If(a_valid):
+                m.d.sync += prod.eq(a_w * a_q)
             prods.append(prod)
-        m.d.sync += p_valid.eq(run & ~is_end)
+        m.d.sync += [a_valid.eq(run & ~is_end), p_valid.eq(a_valid)]
         with m.If(run & ~is_end):
-            m.d.sync += [p_c.eq(c), p_shift.eq(shift)]
+            m.d.sync += [a_c.eq(c), a_shift.eq(shift), a_q.eq(q)]
             m.d.comb += self.mac.eq(1)
             m.d.comb += self.row.eq(last)
+        with m.If(a_valid):
+            m.d.sync += [p_c.eq(a_c), p_shift.eq(a_shift)]
         # read-modify-write of the word the pending products belong to
         word = Signal(range(banks * mc))
         m.d.comb += [word.eq(wb * mc + p_c), rmw.addr.eq(word), acc_wr.addr.eq(word),

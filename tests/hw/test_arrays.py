@@ -99,5 +99,6 @@ def test_mac_array_rows_follow_back_to_back():
     w = torch.ones(4, 8, dtype=torch.int64)
     _, counts = rtl_mac_array(CFG, q, torch.zeros(8, dtype=torch.int64), list(range(8)), w,
                               stall_p=0.0)
-    # 8 rows of 2 cycles, then END (two cycles: the last product is added first)
-    assert counts["busy"] == 8 * CFG.mac_cycles + 2
+    # 8 rows of 2 cycles, then END (three cycles: the last products are multiplied and
+    # added first)
+    assert counts["busy"] == 8 * CFG.mac_cycles + 3
