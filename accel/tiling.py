@@ -361,6 +361,15 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     return GemmTiles(out, resident)
 
 
+def plan_call(cfg: AccelConfig, call) -> GemmTiles:
+    """:func:`plan_gemm` of a traced GEMM (``models.golden.GemmCall``): the tiling the host
+    runs and the benches check, with the call's name (and head) in every tile's messages."""
+    where = call.name + ("" if call.head is None else f"[head {call.head}]")
+    return plan_gemm(cfg, call.codes, call.int_mask, call.shifts, call.encoding, call.w,
+                     start=call.start, consts=call.consts, mrow=call.mrow, shift=call.shift,
+                     raw=call.raw, where=where)
+
+
 def events_resident(cfg: AccelConfig, spike_words: int, mac_words: int) -> bool:
     """Whether a GEMM's event words (every row block's and K tile's, ``spike_words`` and
     ``mac_words`` in all) stay resident: they all fit the event buffers side by side

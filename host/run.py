@@ -23,7 +23,7 @@ import torch
 
 from accel.counters import GOLDEN_EVENTS
 from accel.cycles import gemm_cycles
-from accel.tiling import plan_gemm, tiled_events
+from accel.tiling import plan_call, tiled_events
 from accel.workload import GemmWork
 from models.contract import Events
 from models.convert import ConvertedModel
@@ -87,14 +87,6 @@ def check_program(entry: dict, call: GemmCall, plan) -> None:
     if mine != theirs:
         raise ValueError(f"program.json: {where} is tiled {theirs} there, {mine} here "
                          f"(N range, K tiles)")
-
-
-def plan_call(cfg, call: GemmCall):
-    """The device's tiling of one traced GEMM (``accel.tiling.plan_gemm``)."""
-    where = call.name + ("" if call.head is None else f"[head {call.head}]")
-    return plan_gemm(cfg, call.codes, call.int_mask, call.shifts, call.encoding, call.w,
-                     start=call.start, consts=call.consts, mrow=call.mrow, shift=call.shift,
-                     raw=call.raw, where=where)
 
 
 def run_gemm(dev: Device, call: GemmCall, plan=None,

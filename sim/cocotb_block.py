@@ -3,9 +3,9 @@
 Every GEMM of block 0 (q, k, v, o, the per-head QK^T and PV, up, down) with the real 4-bit
 weights of the converted all-MiniLM-L6-v2 and the real activations of a sentence, exactly
 as the golden model's trace gives them (``models.golden.GemmCall``), tiled by
-``accel.tiling.plan_gemm`` and sent over the framed link with random stalls. Each output must
-equal the golden model's requantized output bit for bit, and the summed counters must
-equal the golden events.
+``accel.tiling.plan_call`` (as the host tiles them) and sent over the framed link with
+random stalls. Each output must equal the golden model's requantized output bit for bit,
+and the summed counters must equal the golden events.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from accel.config import AccelConfig
 from accel.protocol import Cmd
-from accel.tiling import plan_gemm, tiled_events
+from accel.tiling import plan_call, tiled_events
 from host.commands import parse_counters
 from models.arch import load_model
 from models.convert import ConvertOptions, convert
@@ -45,9 +45,7 @@ async def minilm_block0_bit_exact(dut):
     await tb.request(Cmd.RESET_COUNTERS)
     want_acc_spike = want_acc_step = want_macs = want_spikes = 0
     for call in calls:
-        plan = plan_gemm(cfg, call.codes, call.int_mask, call.shifts, call.encoding, call.w,
-                         start=call.start, mrow=call.mrow, consts=call.consts,
-                         shift=call.shift, where=call.name)
+        plan = plan_call(cfg, call)
         got = await tb.gemm(plan, *call.y.shape)
         assert torch.equal(got, call.y), f"{call.name} head {call.head}"
         ev = tiled_events(cfg, call)

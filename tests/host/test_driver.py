@@ -208,7 +208,8 @@ def test_resident_words_replaced_by_an_overlapping_write_are_rewritten(sim):
     cached at their start address although B had overwritten them."""
     import torch
 
-    from host.run import plan_call, run_gemm
+    from accel.tiling import plan_call
+    from host.run import run_gemm
     from models.contract import ROW_FRAC
 
     m = 20
