@@ -35,11 +35,15 @@ from models.encodings import TTFS_KINDS
 
 #: Cycle the first event word is at both arrays' inputs (the readers start their pointers
 #: on cycle 0, read the event buffer on cycle 1, present the word on cycle 2 to the event
-#: stage, a register, which holds it from cycle 3). A row of an
-#: array whose previous END left at cycle ``w`` (2 for the first row) has its END ready to
-#: leave at ``w + cost``: the readers deliver one word per cycle, and a held END stalls
-#: the reader without a bubble.
+#: stage, a register, which holds it from cycle 3). A row of an array whose previous END
+#: left at cycle ``w`` (:data:`FIRST_END` for the first row) has its END ready to leave at
+#: ``w + cost``: the readers deliver one word per cycle, and a held END stalls the reader
+#: without a bubble.
 FIRST = 3
+#: Per array, the ``w`` of its first row: the MAC array takes an END in the cycle it
+#: arrives; the spike array's END leaves from its third stage (weight read, weights
+#: registered, add), one cycle later.
+FIRST_END = {"spike": FIRST + 1, "mac": FIRST}
 #: Cycles from the combiner issuing a row's last lane to ``done``: the lane's sum (C1),
 #: then the output unit's five stages, the store into OUT, and the output count reaching
 #: zero.
@@ -87,7 +91,7 @@ def tile_cycles(cfg: AccelConfig, work: TileWork) -> int:
     n = int(work.n_active)
     ds, dm = cfg.spike_fifo_depth, cfg.row_fifo_depth
     b: list[int] = []
-    ws = wm = FIRST
+    ws, wm = FIRST_END["spike"], FIRST_END["mac"]
     for r, c in enumerate(costs):
         ws = max(ws + c, b[r - ds] + n + 1 if r >= ds else 0)
         wm = max(wm, b[r - dm] + n if r >= dm else 0) + mac

@@ -8,6 +8,8 @@ the start value lane by lane (``docs/hw.md``).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -30,11 +32,11 @@ class SpikeArray(wiring.Component):
     """Multiplier-free spike-accumulate array: ``lanes`` adders and, per lane, the synaptic
     current I and membrane V of ``spike_rows`` rows (row slots) in two small memories.
 
-    Takes one event per cycle (two-stage pipeline: weight read, then add). Each event names
-    a row slot. With ``ttfs`` set it runs the two-level TTFS neuron (a spike adds its weight
-    row into the slot's I, ``STEP`` adds I into V); otherwise (rate, graded, ternary) spikes
-    add straight into V. Silent inputs send no event, so work is proportional to spikes
-    plus steps.
+    Takes one event per cycle (three-stage pipeline: weight read, weights registered, add).
+    Each event names a row slot. With ``ttfs`` set it runs the two-level TTFS neuron (a
+    spike adds its weight row into the slot's I, ``STEP`` adds I into V); otherwise (rate,
+    graded, ternary) spikes add straight into V. Silent inputs send no event, so work is
+    proportional to spikes plus steps.
 
     Weight fetches are shared: the host orders a slot group's spikes by time step, then
     input, then slot, and a SPIKE of the input whose row the weight port holds (the
@@ -73,13 +75,15 @@ class SpikeArray(wiring.Component):
         cur_rd, mem_rd = cur.read_port(domain="comb"), mem.read_port(domain="comb")
         cur_wr, mem_wr = cur.write_port(), mem.write_port()
         live_i, live_v = Signal(slots), Signal(slots)
-        s2_valid = Signal()
-        s2_op = Signal(SpikeOp)
-        s2_neg = Signal()
-        s2_slot = Signal(cfg.slot_bits)
+        # three stages, one event per cycle: the weight read (s1), the weights registered
+        # (s2: the block RAM's output ends in a register, for timing), the add (s3)
+        s2, s3 = (SimpleNamespace(valid=Signal(name=f"{n}_valid"),
+                                  op=Signal(SpikeOp, name=f"{n}_op"), neg=Signal(name=f"{n}_neg"),
+                                  slot=Signal(cfg.slot_bits, name=f"{n}_slot"))
+                  for n in ("s2", "s3"))
         held = Signal()  # the weight port holds row ``held_k`` (read for the last event)
         held_k = Signal(cfg.k_bits)
-        hold = s2_valid & (s2_op == SpikeOp.END) & ~self.out.ready
+        hold = s3.valid & (s3.op == SpikeOp.END) & ~self.out.ready
         advance = ~hold
         ev = self.ev.payload
         is_spike = self.ev.valid & (ev.op == SpikeOp.SPIKE)
@@ -88,54 +92,59 @@ class SpikeArray(wiring.Component):
             self.w_addr.eq(ev.k),
             # only spikes read a weight row, and only if the port does not hold it already
             self.w_en.eq(advance & is_spike & ~(held & (held_k == ev.k))),
-            self.out.valid.eq(s2_valid & (s2_op == SpikeOp.END)),
-            self.busy.eq(s2_valid & advance),  # held at END waiting for the sink: not work
-            self.idle.eq(~s2_valid),
-            cur_rd.addr.eq(s2_slot), mem_rd.addr.eq(s2_slot),
-            cur_wr.addr.eq(s2_slot), mem_wr.addr.eq(s2_slot),
+            self.out.valid.eq(s3.valid & (s3.op == SpikeOp.END)),
+            self.busy.eq(s3.valid & advance),  # held at END waiting for the sink: not work
+            self.idle.eq(~s2.valid & ~s3.valid),
+            cur_rd.addr.eq(s3.slot), mem_rd.addr.eq(s3.slot),
+            cur_wr.addr.eq(s3.slot), mem_wr.addr.eq(s3.slot),
         ]
+        # x - w as x + ~w + 1: the inversion is one LUT per bit before the weight register
+        # (merged with the weight buffer's sign extension) and the +1 the adder's carry-in,
+        # no negation carry chain
+        adds = Signal(weight_row_layout(cfg), name="s3_w")
+        flip = s2.neg.replicate(cfg.weight_bits)
         with m.If(advance):
-            m.d.sync += [s2_valid.eq(self.ev.valid), s2_op.eq(ev.op), s2_neg.eq(ev.neg),
-                         s2_slot.eq(ev.slot)]
+            m.d.sync += [s2.valid.eq(self.ev.valid), s2.op.eq(ev.op), s2.neg.eq(ev.neg),
+                         s2.slot.eq(ev.slot),
+                         s3.valid.eq(s2.valid), s3.op.eq(s2.op), s3.neg.eq(s2.neg),
+                         s3.slot.eq(s2.slot)]
+            m.d.sync += [adds[j].eq((self.w_data[j].as_unsigned() ^ flip).as_signed())
+                         for j in range(cfg.lanes)]
             with m.If(self.ev.valid):
                 m.d.sync += [held.eq(is_spike), held_k.eq(ev.k)]
         # a slot's I (V) reads as zero until its first write after an END or a reset,
         # whatever the memory holds: one bit per slot instead of clearing every lane
-        i_on, v_on = live_i.bit_select(s2_slot, 1), live_v.bit_select(s2_slot, 1)
+        i_on, v_on = live_i.bit_select(s3.slot, 1), live_v.bit_select(s3.slot, 1)
         i_old = [Mux(i_on, cur_rd.data[j], 0) for j in range(cfg.lanes)]
         v_old = [Mux(v_on, mem_rd.data[j], 0) for j in range(cfg.lanes)]
-        # x - w as x + ~w + 1: the inversion is one LUT per bit (merged with the weight
-        # buffer's sign extension) and the +1 the adder's carry-in, no negation carry chain
-        flip = s2_neg.replicate(cfg.weight_bits)
-        adds = [(self.w_data[j].as_unsigned() ^ flip).as_signed() for j in range(cfg.lanes)]
         for j in range(cfg.lanes):
             m.d.comb += [self.out.payload[j].eq(v_old[j]),
-                         cur_wr.data[j].eq(i_old[j] + adds[j] + s2_neg)]
+                         cur_wr.data[j].eq(i_old[j] + adds[j] + s3.neg)]
         # V takes I on STEP (TTFS) or the weight on SPIKE (the other kinds); a config without
         # one of the two families builds no adder for it
         timed = any(e in TTFS_KINDS for e in cfg.encodings)
         direct = any(e not in (*TTFS_KINDS, "int") for e in cfg.encodings)
         for j in range(cfg.lanes):
-            step_v, spike_v = v_old[j] + i_old[j], v_old[j] + adds[j] + s2_neg
+            step_v, spike_v = v_old[j] + i_old[j], v_old[j] + adds[j] + s3.neg
             m.d.comb += mem_wr.data[j].eq(
-                Mux(s2_op == SpikeOp.STEP, step_v, spike_v) if timed and direct
+                Mux(s3.op == SpikeOp.STEP, step_v, spike_v) if timed and direct
                 else step_v if timed else spike_v)
-        with m.If(s2_valid & advance):
-            with m.Switch(s2_op):
+        with m.If(s3.valid & advance):
+            with m.Switch(s3.op):
                 with m.Case(SpikeOp.SPIKE):
                     m.d.comb += self.spike.eq(1)
                     with m.If(self.ttfs):
                         m.d.comb += cur_wr.en.eq(1)
-                        m.d.sync += live_i.bit_select(s2_slot, 1).eq(1)
+                        m.d.sync += live_i.bit_select(s3.slot, 1).eq(1)
                     with m.Else():
                         m.d.comb += mem_wr.en.eq(1)
-                        m.d.sync += live_v.bit_select(s2_slot, 1).eq(1)
+                        m.d.sync += live_v.bit_select(s3.slot, 1).eq(1)
                 with m.Case(SpikeOp.STEP):
                     m.d.comb += [self.step.eq(1), mem_wr.en.eq(1)]
-                    m.d.sync += live_v.bit_select(s2_slot, 1).eq(1)
+                    m.d.sync += live_v.bit_select(s3.slot, 1).eq(1)
                 with m.Case(SpikeOp.END):
-                    m.d.sync += [live_i.bit_select(s2_slot, 1).eq(0),
-                                 live_v.bit_select(s2_slot, 1).eq(0)]
+                    m.d.sync += [live_i.bit_select(s3.slot, 1).eq(0),
+                                 live_v.bit_select(s3.slot, 1).eq(0)]
         return m
 
 
