@@ -63,6 +63,10 @@ SCALE_GRID = tuple(2.0 ** (i / 4) for i in range(-4, 3))  # 0.5 .. 1.41
 ERROR_ROWS = 1024
 #: Coarse-to-fine rounds of FAS.
 FAS_ROUNDS = 2
+#: Reference-step headroom of per-token plans (:func:`ref_headroom_bits`): at most this many
+#: bits, and the 1st-percentile calibration row keeps a row multiplier of at least this.
+MAX_HEADROOM_BITS = 8
+MIN_ROW_MULT = 2**7
 
 
 def dual_encoding(steps: int, bits: int = 4) -> Encoding:
@@ -102,20 +106,51 @@ def best_clip(x: torch.Tensor, plan: ActPlan) -> float:
     return best
 
 
-def fit_plan(x: torch.Tensor, plan: ActPlan) -> ActPlan:
+def ref_headroom_bits(steps: torch.Tensor, per_token: bool) -> int:
+    """``h``: a per-token plan's reference step is ``2**h`` times its largest calibration row
+    step. The requantizer rounds ``acc * mcol >> shift`` to an integer *before* the row
+    multiplier scales it (``models.contract.requantize``), so with ``mrow`` near ``2**15``
+    that first rounding costs up to half an output code (a second rounding error on 4-bit
+    codes); a reference step ``2**h`` times larger gives it ``h`` fraction bits. The price
+    is ``h`` bits of the row multipliers' precision: ``h`` is the largest (at most
+    ``MAX_HEADROOM_BITS``) that leaves the 1st-percentile row a multiplier of at least
+    ``MIN_ROW_MULT``. Static plans (``mrow`` is always ``2**15``): 0."""
+    if not per_token:
+        return 0
+    live = steps[steps > 1e-12].to(F)
+    if not len(live):
+        return 0
+    low = float(torch.quantile(live, 0.01)) / float(live.max())
+    return max(0, min(MAX_HEADROOM_BITS, math.floor(math.log2(low * ONE / MIN_ROW_MULT))))
+
+
+def fit_plan(x: torch.Tensor, plan: ActPlan, shift_rule: str = "max") -> ActPlan:
     """Set ``plan.step`` unless it is positive (the largest row step of the calibration rows
-    ``x`` at the plan's clip and channel scales) and the outlier shifts: each outlier channel
-    gets the smallest shift that fits it in int8 at the step each row really gets (the
-    reference step times its 16-bit row multiplier), at most ``MAX_OUTLIER_SHIFT`` (beyond
-    that it saturates).
-    Returns ``plan``."""
+    ``x`` at the plan's clip and channel scales, times ``2**ref_headroom_bits`` for per-token
+    plans) and the outlier shifts, per outlier channel at the step each row really gets (the
+    reference step times its 16-bit row multiplier), at most ``MAX_OUTLIER_SHIFT``:
+    ``shift_rule="max"``: the smallest shift that fits the channel's largest calibration
+    value in int8 (the worst row decides for all); ``"error"``: the shift with the least
+    squared quantization error of the channel over the calibration rows (a few rows may
+    saturate so that the others get a finer step). Returns ``plan``."""
     if not plan.step > 0:
-        plan.step = float(token_steps(x, plan).clamp(min=1e-12).max())
+        steps = token_steps(x, plan).clamp(min=1e-12)
+        plan.step = float(steps.max()) * 2.0 ** ref_headroom_bits(steps, plan.per_token)
     if plan.outliers:
         own = plan.step * row_multipliers(x, plan).to(F) / ONE
-        ratio = (x[:, plan.outliers].abs() / own[:, None]).amax(0).clamp(min=1e-12)
-        plan.outlier_shifts = [min(MAX_OUTLIER_SHIFT, max(0, math.ceil(math.log2(r / INT8_QMAX))))
-                               for r in ratio.tolist()]
+        xo = x[:, plan.outliers].to(F)
+        ratio = (xo.abs() / own[:, None]).amax(0).clamp(min=1e-12)
+        fit = [min(MAX_OUTLIER_SHIFT, max(0, math.ceil(math.log2(r / INT8_QMAX))))
+               for r in ratio.tolist()]
+        if shift_rule == "error":
+            errs = []
+            for p in range(MAX_OUTLIER_SHIFT + 1):
+                s = own[:, None] * 2.0**p
+                e = torch.round(xo / s).clamp(-INT8_QMAX, INT8_QMAX) * s - xo
+                errs.append((e * e).sum(0))
+            best = torch.stack(errs).argmin(0).tolist()  # the smallest shift among equals
+            fit = [min(b, f) for b, f in zip(best, fit, strict=True)]
+        plan.outlier_shifts = fit
     return plan
 
 

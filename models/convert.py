@@ -33,34 +33,30 @@ from .contract import (
     INT8_QMAX,
     REQ_MID_BITS,
     ROW_FRAC,
-    WEIGHT_QMAX,
     ContractError,
     F,
 )
+from .distill import distill
 from .encodings import Encoding
 from .graph import FloatOps, forward, gemm_nodes
 from .lm_head import HEAD, convert_head, is_host_param
 from .quant import (
     ActPlan,
-    dequantize_act,
     fixed_point,
-    gptq_inverse,
-    gptq_rows,
     hadamard,
-    quantize_act,
-    quantize_weight_rtn,
     rotate,
     rotation_block,
     rotation_signs,
     token_steps,
-    weight_scale,
 )
+from .weights import quantize_linears
 
 #: Host-bound outputs get this much headroom over the calibrated maximum.
 HOST_HEADROOM = 2.0
 #: The allowed values of the options that name a rule.
 CHOICES = {"weight_search": ("weight", "output", "none"), "gptq_target": ("float", "quantized"),
-           "outlier_rule": ("magnitude", "effect"), "threshold_calib": METHODS}
+           "outlier_rule": ("magnitude", "effect"), "threshold_calib": METHODS,
+           "outlier_shift": ("max", "error")}
 
 
 @dataclass
@@ -90,11 +86,17 @@ class ConvertOptions:
     outlier_rule: ``"magnitude"``: outliers are the channels with the largest calibration
         magnitude; ``"effect"``: the largest magnitude times the channel's weight-column
         norm (its effect on the output), for linear layers.
+    outlier_shift: each outlier channel's shift: ``"max"`` fits its calibration maximum in
+        int8; ``"error"``: least squared calibration error (rare rows may saturate).
     threshold_calib: the spiking neurons' thresholds of the linear layers' inputs:
         ``"none"`` (the plain quantizer), ``"dual"`` (Dual conversion: threshold and initial
         membrane per layer) or ``"fas"`` (FAS stage 2: per layer, then per input channel),
         each minimising the layer's output error (:mod:`models.calibrate`).
     calib_sentences / max_tokens: size of the calibration run.
+    distill_epochs: passes of quantization-aware distillation over the calibration text
+        (:mod:`models.distill`: the 4-bit weight codes, biases and host norms fine-tuned
+        against the float model's hidden states, straight-through rounding); 0 is off.
+    distill_lr: its learning rate, in weight codes per step (biases and norms: 1/100 of it).
     layers: per-GEMM overrides, ``{glob: {"encoding": Encoding, "outlier_count": int, ...}}``
         matched with :func:`fnmatch.fnmatch` against node names (``layers.*.down``), applied
         in order; e.g. keep one layer all-integer W4A8 inside a hybrid model.
@@ -113,10 +115,13 @@ class ConvertOptions:
     bias_correction: bool = True
     smooth_vo: float = 0.8
     outlier_rule: str = "magnitude"
+    outlier_shift: str = "max"
     threshold_calib: str = "none"
     seed: int = 0
     calib_sentences: int = 256
     max_tokens: int = 128
+    distill_epochs: int = 0
+    distill_lr: float = 0.01
     layers: dict[str, dict] = field(default_factory=dict)
 
     def for_node(self, name: str) -> ConvertOptions:
@@ -147,7 +152,8 @@ class ConvertOptions:
         for name in ("per_token", "rotate", "gptq", "act_order", "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be True or False")
-        for name, lo, hi in (("gptq_damp", 1e-6, 10.0), ("smooth_vo", 0.0, 1.0)):
+        for name, lo, hi in (("gptq_damp", 1e-6, 10.0), ("smooth_vo", 0.0, 1.0),
+                             ("distill_lr", 1e-6, 1.0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
                 raise bad(name, f"must be a number in [{lo:g}, {hi:g}]")
@@ -161,6 +167,10 @@ class ConvertOptions:
         for name in ("calib_sentences", "max_tokens"):
             if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
                 raise bad(name, "must be a positive integer")
+        if not (is_int(self.distill_epochs) and self.distill_epochs >= 0):
+            raise bad("distill_epochs", "must be an integer >= 0")
+        if self.distill_epochs and not self.encoding.exact:  # if-adaptive
+            raise bad("distill_epochs", f"must be 0 for {self.encoding.name()}")
         if not isinstance(self.layers, dict):
             raise bad("layers", "must be a dict of node-name pattern -> overrides")
         known = {f.name for f in fields(self)} - {"layers"}
@@ -327,7 +337,8 @@ def plan_activation(x: torch.Tensor, opts: ConvertOptions, per_token: bool, rota
                 plan.encoding = enc.signed_variant()
         plan.clip = best_clip(x, plan)
         plan.step = 0.0
-    return fit_plan(x, plan)  # the step (unless set above) and the outlier shifts
+    # the step (unless set above) and the outlier shifts
+    return fit_plan(x, plan, opts.outlier_shift)
 
 
 def _epilogue(tensors: dict, name: str, ratio: torch.Tensor, scale: torch.Tensor,
@@ -396,6 +407,9 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None,
         if lm.spec.family == "mamba":
             from .mamba_convert import convert_mamba  # it imports this module
 
+            if opts.distill_epochs:  # models.distill runs the transformer graph only
+                raise ModelInputError(f"option distill_epochs: must be 0 for the mamba "
+                                      f"family, not {opts.distill_epochs}")
             return convert_mamba(lm, opts, progress)
         return _convert(lm, opts, progress)
 
@@ -464,8 +478,16 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
     # 3. thresholds (models.calibrate); linear weights: steps, codes (GPTQ batched over
     # layers), bias corrections
     lin_w, lin_x = calibrate_thresholds(nodes, lin_w, lin_x, opts)
-    codes_of, s_of, bias_of = _quantize_linears(lm, opts, weight_space(nodes), lin_w, lin_x,
-                                                progress)
+    codes_of, s_of, bias_of = quantize_linears(lm, opts, weight_space(nodes), lin_w, lin_x,
+                                               progress)
+    if opts.distill_epochs:  # quantization-aware fine-tune of codes, biases, host norms
+        texts = [lm.tokenize(t, calibration_tokens(spec, opts))
+                 for t in builtin_text("calibration")[: opts.calib_sentences]]
+        w_scales = {n: tensors[n + ".w_scale"] for n in nodes if nodes[n].kind != "linear"}
+        codes_of, bias_of, params = distill(lm, nodes, codes_of, s_of, bias_of, w_scales, signs,
+                                            texts, opts.distill_epochs, opts.distill_lr,
+                                            opts.seed, progress)
+        lm = replace(lm, params=params)
 
     # 4. outlier shifts the accumulator can hold (before the epilogues that use them)
     zcorr = {n: nodes[n].act.zero_correction(c)
@@ -563,89 +585,3 @@ def _fit_outlier_shifts(cm: ConvertedModel, node: NodeInfo, opts: ConvertOptions
                       f"(calibration asked for up to {first}) so that the {ACC_BITS}-bit "
                       f"accumulator cannot overflow with {len(a.outliers)} outlier channels "
                       f"({count}, --outliers); those channels saturate earlier", stacklevel=4)
-
-
-def _quantize_linears(lm: LoadedModel, opts: ConvertOptions, nodes: dict[str, NodeInfo],
-                      lin_w: dict[str, torch.Tensor], lin_x: dict[str, torch.Tensor],
-                      progress: bool) -> tuple[dict, dict, dict]:
-    """Codes, per-channel steps and (corrected) float biases of every linear layer.
-
-    GPTQ is row-independent given the Hessian, so the layers are stacked: those that share
-    an input (q, k, v) along the output axis, the same GEMM of every block along a batch
-    axis, and one batched column loop runs per group (:func:`models.quant.gptq_rows`)."""
-    codes_of, s_of, bias_of = {}, {}, {}
-    jobs: dict[tuple, list] = {}  # (K, N, damp, block) -> [(names, w, s, hinv, perm)]
-    x_hat: dict[str, torch.Tensor] = {}
-    names = list(lin_w)
-    done: set[str] = set()
-    for name in tqdm(names, desc="weights", unit="gemm", disable=not progress, leave=False):
-        if name in done:
-            continue
-        o = opts.for_node(name)
-        # layers reading the same input (q, k, v of one block) with the same options share a
-        # Hessian and an input plan: quantize them together
-        group = [n for n in names if n not in done and lin_x[n] is lin_x[name]
-                 and opts.for_node(n) == o and nodes[n].act == nodes[name].act]
-        done.update(group)
-        x = lin_x[name]
-        plan = nodes[name].act
-        if o.bias_correction or (o.gptq and o.gptq_target == "quantized"):
-            xh = dequantize_act(*quantize_act(x, plan), plan)
-            x_hat.update({n: xh for n in group})
-        x32 = x.to(torch.float32)
-        hess = (x32.t() @ x32).to(F)
-        for n in group:
-            w = lin_w[n]
-            bias_of[n] = lm.params.get(n + ".b", torch.zeros(w.shape[0])).to(F)
-            s_of[n] = weight_scale(w, WEIGHT_QMAX, search=o.weight_search != "none",
-                                   hess=hess if o.weight_search == "output" else None)
-        if not o.gptq:
-            for n in group:
-                codes_of[n] = quantize_weight_rtn(lin_w[n], s_of[n], WEIGHT_QMAX)
-            continue
-        w = torch.cat([lin_w[n] for n in group])
-        h = hess
-        if o.gptq_target == "quantized":
-            # least squares: quantized inputs times W* ~ float inputs times W (ridge toward
-            # W); rows larger than the median row count as the median row, so a few tokens
-            # with massive activations do not decide the fit
-            rn = x.norm(dim=1)
-            r = (rn.median() / rn.clamp(min=1e-12)).clamp(max=1.0)[:, None]
-            xh, xr = (x_hat[name] * r).to(torch.float32), (x * r).to(torch.float32)
-            h = (xh.t() @ xh).to(F)
-            lam = o.gptq_damp * h.diagonal().mean()
-            a = h + lam * torch.eye(h.shape[0], dtype=F)
-            rhs = (xh.t() @ (xr @ w.t().to(torch.float32))).to(F) + lam * w.t()
-            w = torch.linalg.solve(a, rhs).t()
-        perm = (torch.argsort(torch.diag(h), descending=True, stable=True) if o.act_order
-                else torch.arange(h.shape[0]))
-        u, dead = gptq_inverse(h[perm][:, perm], o.gptq_damp)
-        wp = w[:, perm].masked_fill(dead[None, :], 0.0)
-        s = torch.cat([s_of[n] for n in group])
-        jobs.setdefault((tuple(wp.shape), o.gptq_damp), []).append((group, wp, s, u, perm))
-    for batch in tqdm(list(jobs.values()), desc="GPTQ", unit="batch", disable=not progress,
-                      leave=False):
-        q = quantize_weight_gptq_batch([j[1] for j in batch], [j[2] for j in batch],
-                                       [j[3] for j in batch])
-        for (group, _, _, _, perm), qb in zip(batch, q, strict=True):
-            qb = qb[:, torch.argsort(perm)]
-            at = 0
-            for n in group:
-                m = lin_w[n].shape[0]
-                codes_of[n], at = qb[at:at + m], at + m
-    for name in names:
-        o = opts.for_node(name)
-        if o.bias_correction:
-            w_hat = (codes_of[name] * s_of[name][:, None]).to(torch.float32)
-            err = (lin_x[name].to(torch.float32) @ lin_w[name].t().to(torch.float32)
-                   - x_hat[name].to(torch.float32) @ w_hat.t())
-            # the median, not the mean: a rare token with a massive activation (BERT's
-            # first token) would otherwise shift every other token's output
-            bias_of[name] = bias_of[name] + err.median(0).values.to(F)
-    return codes_of, s_of, bias_of
-
-
-def quantize_weight_gptq_batch(ws: list[torch.Tensor], ss: list[torch.Tensor],
-                               us: list[torch.Tensor]) -> list[torch.Tensor]:
-    """GPTQ codes of several same-shape weights (in quantization order) at once."""
-    return list(gptq_rows(torch.stack(ws), torch.stack(ss), WEIGHT_QMAX, torch.stack(us)))

@@ -27,7 +27,6 @@ from .convert import (
     _CalibOps,
     _epilogue,
     _fit_outlier_shifts,
-    _quantize_linears,
     _rotate32,
     _rows,
     builtin_text,
@@ -36,6 +35,7 @@ from .convert import (
 from .graph import gemm_nodes
 from .mamba import forward, mamba_host_shapes
 from .quant import rotate, rotation_signs
+from .weights import quantize_linears
 
 
 def calibrate_mamba(lm: LoadedModel, opts: ConvertOptions,
@@ -88,8 +88,8 @@ def convert_mamba(lm: LoadedModel, opts: ConvertOptions,
         nodes[name] = NodeInfo(name, "linear", g["K"], g["N"], 1, False, plan, 0, 0)
     # 2. thresholds and weights
     lin_w, lin_x = calibrate_thresholds(nodes, lin_w, lin_x, opts)
-    codes_of, s_of, bias_of = _quantize_linears(lm, opts, weight_space(nodes), lin_w, lin_x,
-                                                progress)
+    codes_of, s_of, bias_of = quantize_linears(lm, opts, weight_space(nodes), lin_w, lin_x,
+                                               progress)
     # 3. outlier shifts the accumulator can hold
     zcorr = {n: nodes[n].act.zero_correction(c)
              for n, c in codes_of.items()}
