@@ -1,25 +1,39 @@
-"""Benchmark: the full ULX3S 85F flow for MiniLM (synthesis and place and route, many
-minutes single-threaded). Prints resources, Fmax and the per-lane costs.
+"""Benchmark: the full ULX3S 85F flow for MiniLM (synthesis, then place and route with a
+seed sweep, one nextpnr process per core): resources, Fmax, the critical path and the
+place-and-route time, for the generator's own sizing and for the 64-lane design.
 
-Run: ``python -m pytest -m benchmark bench/test_flow_ulx3s.py -s``.
+Run: ``python -m pytest -m benchmark bench/test_flow_ulx3s.py -s`` (``PNR_SEEDS=N`` seeds,
+default one per core; each run takes tens of minutes at 64 lanes on one core).
 """
 
 import json
+import os
+import time
 
 import pytest
 
 from gen.__main__ import main
 
+DESIGNS = {"default": [], "64-lane": ["--fix", "lanes=64,mac_units=8"]}
+
 
 @pytest.mark.benchmark
-def test_minilm_ulx3s_synth_and_pnr(tmp_path):
+@pytest.mark.parametrize("design", DESIGNS)
+def test_minilm_ulx3s_synth_and_pnr(tmp_path, design):
     out = tmp_path / "minilm"
-    assert main(["build", "--model", "minilm", "--out", str(out), "--fix",
-                 "lanes=64,mac_units=16", "--pnr", "--quiet"]) == 0
+    seeds = int(os.environ.get("PNR_SEEDS", os.cpu_count() or 1))
+    t0 = time.monotonic()
+    assert main(["build", "--model", "minilm", "--out", str(out), *DESIGNS[design], "--pnr",
+                 "--seeds", str(seeds), "--quiet"]) == 0
+    wall = time.monotonic() - t0
     rep = json.loads((out / "report.json").read_text())
-    res = rep["resources"]["synth"]
-    print(f"\nconfig {rep['config_hash']}: {rep['config']['lanes']} lanes, "
-          f"{rep['config']['mac_units']} MAC units; synth {res}; Fmax {rep['fmax_mhz']} MHz")
+    res, p = rep["resources"]["synth"], rep["pnr"]
+    print(f"\n{design}: config {rep['config_hash']}: {rep['config']['lanes']} lanes, "
+          f"{rep['config']['mac_units']} MAC units; synth {res}; Fmax {p['fmax_mhz']} MHz "
+          f"(seeds {p['seeds'] or p['seed']}); P&R {p['seconds']} s of the best seed, build "
+          f"{wall:.0f} s; critical path {p['critical_path']}; board {rep['board']}")
     b = rep["budget"]
     assert res["lut4"] <= b["lut4"] and res["dp16kd"] <= b["dp16kd"]
     assert res["mult18x18d"] <= b["mult18x18d"]
+    assert p["fmax_mhz"] and (out / "synth" / "timing.md").exists()
+    assert rep["board"]["clock_hz"] <= p["fmax_mhz"] * 1e6

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -87,12 +88,15 @@ def pnr(out: Path, freq_mhz: float = 100.0, lpf: str | None = None, seed: int = 
         args += ["--lpf", lpf]
     else:
         args += ["--lpf-allow-unconstrained"]
+    t0 = time.monotonic()
     text = _run(args, out, "nextpnr.log")
+    seconds = round(time.monotonic() - t0, 1)
     fmax = [float(x) for x in re.findall(r"Max frequency for clock[^:]*: ([\d.]+) MHz", text)]
     report = json.loads((out / "pnr.json").read_text())
     (out / "timing.md").write_text(timing_report(report))
     paths = _clock_paths(report)
     return {"fmax_mhz": fmax[-1] if fmax else None, "target_mhz": freq_mhz, "seed": seed,
+            "seconds": seconds,
             "meets_target": bool(fmax) and fmax[-1] >= freq_mhz,
             "critical_path": _endpoints(paths[0]) if paths else None,
             "utilisation": report.get("utilization", {})}
