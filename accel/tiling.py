@@ -21,7 +21,11 @@ from models.encodings import TTFS_KINDS, Encoding, spike_events
 from models.golden import gemm_events
 
 from .config import AccelConfig
-from .layouts import OUT8_BITS, BufId, MacOp, SpikeOp, wide_weights
+from .layouts import OUT8_BITS, BufId, MacOp, SpikeOp, param_layout, wide_weights
+
+#: The requantizer constants a PARAMS word holds per output lane (``mcol``, ``bias``,
+#: ``zp``, ``lo``, ``hi``), in its layout's order: ``consts`` dicts carry these keys.
+REQ_CONSTS = tuple(name for name, _ in param_layout())
 
 
 @dataclass
@@ -169,8 +173,8 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     mrow = mrow if mrow is not None else torch.full((m,), 2**ROW_FRAC)
     img.words[BufId.ROWS] = [int(v) for v in mrow]
     if consts is not None:
-        img.words[BufId.PARAMS] = [{c: int(consts[c][j]) for c in ("mcol", "bias", "zp", "lo",
-                                                                   "hi")} for j in range(n)]
+        img.words[BufId.PARAMS] = [{c: int(consts[c][j]) for c in REQ_CONSTS}
+                                   for j in range(n)]
     if not resume:
         st = start if start is not None else torch.zeros(n, dtype=torch.int64)
         img.words[BufId.START] = [int(v) for v in st]

@@ -17,7 +17,7 @@ from amaranth.sim import Simulator
 
 from accel.config import AccelConfig
 from accel.layouts import mac_event_layout, spike_event_layout, weight_row_layout, wide_weights
-from accel.tiling import mac_words, spike_words
+from accel.tiling import REQ_CONSTS, mac_words, spike_words
 from hw.arrays import MacArray, SpikeArray
 from models.encodings import TTFS_KINDS, Encoding
 
@@ -144,8 +144,8 @@ def rtl_output_unit(cfg: AccelConfig, acc: torch.Tensor, mrow: torch.Tensor, con
     from hw.neuron import OutputUnit
 
     m_rows, n = acc.shape
-    params = [{k: int(consts[k][j]) for k in ("mcol", "bias", "zp", "lo", "hi")}
-              for j in range(n)] + [dict(mcol=0, bias=0, zp=0, lo=0, hi=0)] * (cfg.lanes - n)
+    params = [{k: int(consts[k][j]) for k in REQ_CONSTS}
+              for j in range(n)] + [dict.fromkeys(REQ_CONSTS, 0)] * (cfg.lanes - n)
     dut = OutputUnit(cfg)
     sim = Simulator(WithMemory(dut, "p", param_layout(), cfg.lanes, params))
     sim.add_clock(1e-8)

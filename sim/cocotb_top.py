@@ -21,7 +21,7 @@ from accel.config import PRESETS
 from accel.cycles import tile_cycles, tile_work
 from accel.layouts import BufId
 from accel.protocol import Cmd, Frame, FrameDecoder, Status, encode_frame
-from accel.tiling import build_tile, out_read, plan_gemm
+from accel.tiling import REQ_CONSTS, build_tile, out_read, plan_gemm
 from host.commands import (
     BufferMirror,
     buf_args,
@@ -275,8 +275,7 @@ async def gemm_k37_n70_m3_every_encoding_extremes_silent_firing(dut):
         acc, ev = gemm(q[None], mask[None], shifts[None], enc, w[None], start, "t",
                        k_tile=CFG.weight_depth, n_tile=CFG.lanes)
         await tb.request(Cmd.RESET_COUNTERS)
-        ones = {c: torch.full((n,), 1 if c == "mcol" else 0) for c in ("mcol", "bias", "zp",
-                                                                     "lo", "hi")}
+        ones = {c: torch.full((n,), 1 if c == "mcol" else 0) for c in REQ_CONSTS}
         plan = plan_gemm(CFG, q, mask, shifts, enc, w, start=start, consts=ones, raw=True)
         got = await tb.gemm(plan, m, n)
         assert torch.equal(got, acc[0]), f"{enc.name()} {fill}"

@@ -10,7 +10,7 @@ import torch
 
 from accel.layouts import BufId, descriptor_errors, descriptor_layout
 from accel.protocol import Cmd, nbytes
-from accel.tiling import build_tile
+from accel.tiling import REQ_CONSTS, build_tile
 from host.commands import run_payload
 from host.driver import Device, DeviceError, LinkError
 from host.run import run_gemm
@@ -35,8 +35,7 @@ def small_call(m: int, seed: int) -> GemmCall:
     shifts = torch.zeros(k, dtype=torch.int64)
     w = torch.randint(-7, 8, (n, k), generator=g)
     acc, _ = gemm(codes[None], mask[None], shifts[None], ENC, w[None], None, "small")
-    ones = {c: torch.full((n,), 1 if c == "mcol" else 0) for c in ("mcol", "bias", "zp",
-                                                                    "lo", "hi")}
+    ones = {c: torch.full((n,), 1 if c == "mcol" else 0) for c in REQ_CONSTS}
     return GemmCall("small", None, codes, mask, shifts, ENC, w, None, ones,
                     torch.full((m,), 1 << ROW_FRAC), 0, acc[0], raw=True)
 
