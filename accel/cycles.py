@@ -44,12 +44,15 @@ FIRST = 3
 #: arrives; the spike array's END leaves from its third stage (weight read, weights
 #: registered, add), one cycle later.
 FIRST_END = {"spike": FIRST + 1, "mac": FIRST}
-#: Cycles from the combiner issuing a row's last lane to ``done``: the lane's sum (C1),
-#: then the output unit's five stages, the store into OUT, and the output count reaching
-#: zero.
-TAIL = 6
-#: Cycles from a ``keep`` tile's last lane issued to ``done`` (its sum written back).
-DRAIN = 1
+#: Cycles from the combiner issuing a row's last lane to ``done``: its operands registered
+#: (C1), the lane's sum (C2), then the output unit's five stages, the store into OUT, and
+#: the output count reaching zero.
+TAIL = 7
+#: Cycles from a ``keep`` tile's last lane issued to ``done`` (its operands registered,
+#: then its sum written back).
+DRAIN = 2
+#: Cycles of a descriptor with no rows (the host refuses one; the engine is done at once).
+EMPTY = 1
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def tile_cycles(cfg: AccelConfig, work: TileWork) -> int:
     """
     costs = np.asarray(work.spike_cost).tolist()
     if not costs:
-        return DRAIN  # nothing to combine (the host refuses such a descriptor)
+        return EMPTY  # nothing to combine (the host refuses such a descriptor)
     mac = int(work.mac_cost)
     n = int(work.n_active)
     ds, dm = cfg.spike_fifo_depth, cfg.row_fifo_depth

@@ -306,8 +306,9 @@ class Engine(wiring.Component):
 
         # combiner: row r's two partials + its start value, lane by lane (one lane per
         # cycle, the output unit's pace): C0 issues lane j of row r (the synchronous reads
-        # of its start value and row multiplier), C1 adds and writes the sum back to ACC
-        # (keep) or hands it to the output unit
+        # of its start value and row multiplier), C1 registers the three operands (the
+        # block RAM and LUT RAM reads end there, for timing), C2 adds and writes the sum
+        # back to ACC (keep) or hands it to the output unit
         m.submodules.spike_rows = ring = RowRing(spike_vector_layout(cfg), cfg.spike_fifo_depth)
         wiring.connect(m, sa.out, ring.w)
         acc_rp, acc_wp = mems[BufId.ACC].read_port(), mems[BufId.ACC].write_port()
@@ -327,7 +328,13 @@ class Engine(wiring.Component):
                              name="c1_lane"), last=Signal(name="c1_last"),
                              addr=Signal(range(cfg.max_rows * cfg.lanes), name="c1_addr"),
                              slot=[Signal.like(x, name=f"c1_slot{i}") for i, x in enumerate(nxt)])
-        adv = ~(c1.valid & ~desc.keep & ~nu.inp.ready)  # the output unit takes C1's lane
+        c2 = SimpleNamespace(valid=Signal(name="c2_valid"),
+                             lane=Signal.like(c1.lane, name="c2_lane"), last=Signal(name="c2_last"),
+                             addr=Signal.like(c1.addr, name="c2_addr"),
+                             mrow=Signal.like(rows_rp.data, name="c2_mrow"),
+                             **{k: Signal(signed(cfg.acc_bits), name=f"c2_{k}")
+                                for k in ("start", "spike", "mac")})
+        adv = ~(c2.valid & ~desc.keep & ~nu.inp.ready)  # the output unit takes C2's lane
         begin = Signal()  # C0 starts row r
         issue = Signal()  # C0 issues a lane
         lane = Mux(going, j, 0)
@@ -357,24 +364,31 @@ class Engine(wiring.Component):
                          c1.addr.eq(addr)]
             for i in range(2):
                 m.d.sync += c1.slot[i].eq(Mux(going, cur[i], nxt[i]))
-        # C1: the sum of lane c1.lane
-        summed = Signal(signed(cfg.acc_bits))
-        start = Mux(desc.resume, acc_rp.data, start_rp.data)
+        # C1: lane c1.lane's operands; the row's slots are free once its last lane's are
+        # registered
         for i in range(2):
             m.d.comb += [srcs[i].slot.eq(c1.slot[i]), srcs[i].lane.eq(c1.lane),
                          srcs[i].release.eq(c1.valid & c1.last & adv)]
-        m.d.comb += [summed.eq(start + srcs[0].data + srcs[1].data),
-                     nu.inp.payload.acc.eq(summed), nu.inp.payload.mrow.eq(rows_rp.data),
-                     nu.inp.payload.lane.eq(c1.lane), nu.inp.payload.last.eq(c1.last),
-                     nu.inp.valid.eq(c1.valid & ~desc.keep),
+        with m.If(adv):
+            m.d.sync += [c2.valid.eq(c1.valid), c2.lane.eq(c1.lane), c2.last.eq(c1.last),
+                         c2.addr.eq(c1.addr),
+                         c2.start.eq(Mux(desc.resume, acc_rp.data, start_rp.data)),
+                         c2.spike.eq(srcs[0].data), c2.mac.eq(srcs[1].data),
+                         c2.mrow.eq(rows_rp.data)]
+        # C2: the sum of lane c2.lane
+        summed = Signal(signed(cfg.acc_bits))
+        m.d.comb += [summed.eq(c2.start + c2.spike + c2.mac),
+                     nu.inp.payload.acc.eq(summed), nu.inp.payload.mrow.eq(c2.mrow),
+                     nu.inp.payload.lane.eq(c2.lane), nu.inp.payload.last.eq(c2.last),
+                     nu.inp.valid.eq(c2.valid & ~desc.keep),
                      self.par_rd.eq(nu.p_en)]
         # host access to ACC and OUT shares their single write ports with the datapath
         m.d.comb += [acc_wp.addr.eq(self.wr_addr), acc_wp.data.eq(self.wr_data),
                      acc_wp.en.eq(self.wr_en & (self.wr_buf == BufId.ACC)),
                      out_wp.addr.eq(self.wr_addr), out_wp.data.eq(self.wr_data),
                      out_wp.en.eq(self.wr_en & (self.wr_buf == BufId.OUT))]
-        with m.If(c1.valid & desc.keep):
-            m.d.comb += [acc_wp.addr.eq(c1.addr), acc_wp.data.eq(summed), acc_wp.en.eq(1),
+        with m.If(c2.valid & desc.keep):
+            m.d.comb += [acc_wp.addr.eq(c2.addr), acc_wp.data.eq(summed), acc_wp.en.eq(1),
                          self.acc_wr.eq(1)]
         base = Signal(range(cfg.max_rows * cfg.lanes))
         outs_left = Signal(range(cfg.max_rows * cfg.lanes + 1))
@@ -405,7 +419,7 @@ class Engine(wiring.Component):
         # done once every row is combined, every result stored and every event consumed,
         # with no row left over; a row left over means more row ends than rows (the next
         # tile would take it)
-        combined = active & (r == desc.rows) & ~c1.valid & (outs_left == 0)
+        combined = active & (r == desc.rows) & ~c1.valid & ~c2.valid & (outs_left == 0)
         clean = (sr.idle & mr.idle & ~stages["spike"].o.valid & ~stages["mac"].o.valid
                  & sa.idle & ma.idle)
         stopping = Signal()  # the fault is registered (timing): no done in between
