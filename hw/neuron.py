@@ -33,8 +33,9 @@ def _rshift_round(m: Module, x, shift, width: int):
 
 
 class OutputUnit(wiring.Component):
-    """Requantizes accumulators, one lane per cycle, five-stage pipeline (each multiply has
-    its own stage, so the 32-bit products meet timing). Takes a lane (``inp``) whenever it
+    """Requantizes accumulators, one lane per cycle, six-stage pipeline (the constants are
+    registered as they come from the parameter buffer, and each multiply has its own
+    stage, so the 32-bit products meet timing). Takes a lane (``inp``) whenever it
     can move and reads that lane's constants from the parameter buffer at once (unless
     ``raw``: then it passes the accumulator on and reads nothing)."""
 
@@ -73,13 +74,16 @@ class OutputUnit(wiring.Component):
         # stage 1: the lane's constants arrive from the parameter buffer
         s1 = stage("s1", dict(v=self.inp.valid, acc=inp.acc, mrow=inp.mrow, lane=inp.lane,
                               last=inp.last))
+        # stage 1p: the constants registered (the parameter buffer's block RAM output ends
+        # in a register, for timing)
         p = self.p_data
+        s1p = stage("s1p", {**s1, "mcol": p.mcol, "bias": p.bias, "zp": p.zp, "lo": p.lo,
+                            "hi": p.hi})
         # stage 1b: first product, registered (a 32 x 15 multiply spans several DSPs)
         prod1 = Signal(signed(cfg.acc_bits + COL_MULT_BITS + 1))
-        m.d.comb += prod1.eq(s1["acc"] * p.mcol)
-        s1b = stage("s1b", dict(v=s1["v"], acc=s1["acc"], mrow=s1["mrow"], lane=s1["lane"],
-                                last=s1["last"], prod=prod1, bias=p.bias, zp=p.zp, lo=p.lo,
-                                hi=p.hi))
+        m.d.comb += prod1.eq(s1p["acc"] * s1p["mcol"])
+        s1b = stage("s1b", {**{k: s1p[k] for k in ("v", "acc", "mrow", "lane", "last", "bias",
+                                                     "zp", "lo", "hi")}, "prod": prod1})
         # stage 2: round, saturate to the middle width
         t_full = _rshift_round(m, s1b["prod"], self.shift, cfg.acc_bits + COL_MULT_BITS + 1)
         lim = 2 ** (REQ_MID_BITS - 1)
