@@ -201,16 +201,19 @@ class Top(wiring.Component):
                             m.d.sync += status.eq(Status.ERR_ARG)
                             m.next = "RESP"
                         with m.Else():
-                            m.d.comb += [eng.run.payload.eq(word_from_sr(desc_bytes)),
-                                         eng.run.valid.eq(1)]
-                            with m.If(eng.run.ready):
-                                m.d.comb += strobe["exec.descriptors"].eq(1)
-                                m.next = "WAIT_DONE"
+                            m.next = "SUBMIT"
                     with m.Default():
                         a = Signal(BUF_ARGS)
                         m.d.comb += a.eq(word_from_sr(args_bytes))
                         m.d.sync += [args.eq(a), words.eq(a.count), addr.eq(a.addr)]
                         m.next = "SIZE"
+            with m.State("SUBMIT"):
+                # the descriptor goes to the engine from registers, a cycle after its check
+                # (the rules' compares and the engine's start are not one path: timing)
+                m.d.comb += [eng.run.payload.eq(word_from_sr(desc_bytes)), eng.run.valid.eq(1)]
+                with m.If(eng.run.ready):
+                    m.d.comb += strobe["exec.descriptors"].eq(1)
+                    m.next = "WAIT_DONE"
             with m.State("SIZE"):
                 # bytes the words take, a constant multiple per buffer, registered here so
                 # that no multiplier sits in the FSM's next-state logic (timing)
