@@ -50,8 +50,10 @@ LUT_COEF = {
     "logic_mem_bit": 0.1,  # memories in logic
     "fixed": 4010.0,  # link, CRC, executor, output unit datapath, sequencer
 }
-#: Flip-flops outside the lanes and units.
-FF_FIXED = 3277
+#: Flip-flops outside the lanes and units (refitted for the timing stages of issue 12: the
+#: counters' increment registers, the event registers, the combiner's operand registers,
+#: the output unit's constants register: 16 lanes x 4 units synthesise to 4,571).
+FF_FIXED = 3683
 
 
 @dataclass(frozen=True)
@@ -135,10 +137,13 @@ def estimate(cfg: AccelConfig) -> Resources:
            + c["host_rd_bit"] * readable
            + c["counter_bit"] * len(COUNTERS) * cfg.counter_bits
            + c["logic_mem_bit"] * logic_bits)
-    # flip-flops: per lane the host word's bits (a weight row) and 34 more (measured: 42 per
-    # lane at 8-bit weights), 14 per MAC unit; no lane keeps a row register (the spike
-    # lanes, the ring and the MAC accumulators are LUT RAM, the combiner is lane-serial)
-    ff = int(lanes * (cfg.weight_bits + 34) + 14 * cfg.mac_units) + FF_FIXED
+    # flip-flops: per lane the host word's bits (a weight row), the spike array's weight
+    # register and 34 more (measured: 42 per lane at 8-bit weights before the weight
+    # register), 14 per MAC unit and its weight register; no lane keeps a row register (the
+    # spike lanes, the ring and the MAC accumulators are LUT RAM, the combiner is
+    # lane-serial)
+    ff = int(lanes * (2 * cfg.weight_bits + 34)
+             + (14 + cfg.weight_bits) * cfg.mac_units) + FF_FIXED
     # one MULT18X18D per MAC unit (8 x 8); the requantizer's 32x15 and 32x16 products and
     # the counters' lane scaling take seven
     dsp = cfg.mac_units + 7
