@@ -147,6 +147,19 @@ def main(argv: list[str] | None = None) -> int:
                          f"then per input channel) (default {d.threshold_calib})")
     cv.add_argument("--calib-sentences", type=_count, default=d.calib_sentences,
                     help=f"calibration sentences (default {d.calib_sentences})")
+    cv.add_argument("--outlier-shift", choices=CHOICES["outlier_shift"], default=d.outlier_shift,
+                    help=f"outlier channel shifts: fit the calibration maximum, or least "
+                         f"calibration error (default {d.outlier_shift})")
+    cv.add_argument("--unsigned-nonneg", action=argparse.BooleanOptionalAction,
+                    default=d.unsigned_nonneg,
+                    help="inputs that are never negative (softmax, ReLU) get the unsigned "
+                         "form of a sign-magnitude TTFS encoding")
+    cv.add_argument("--distill", type=_count, default=d.distill_epochs, metavar="EPOCHS",
+                    help=f"quantization-aware distillation passes over the calibration text "
+                         f"(minutes on a CPU; default {d.distill_epochs}: off)")
+    cv.add_argument("--distill-lr", type=float, default=d.distill_lr,
+                    help=f"distillation learning rate, weight codes per step "
+                         f"(default {d.distill_lr:g})")
     for sp in (ev, cv):
         sp.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     a = p.parse_args(argv)
@@ -174,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                               weight_search=a.weight_search, gptq_target=a.gptq_target,
                               bias_correction=a.bias_correction, smooth_vo=a.smooth_vo,
                               outlier_rule=a.outlier_rule, threshold_calib=a.threshold_calib,
-                              calib_sentences=a.calib_sentences)
+                              calib_sentences=a.calib_sentences,
+                              outlier_shift=a.outlier_shift, unsigned_nonneg=a.unsigned_nonneg,
+                              distill_epochs=a.distill, distill_lr=a.distill_lr)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             cm = convert(lm, opts, progress=not a.quiet)

@@ -37,7 +37,7 @@ from dataclasses import replace
 import torch
 
 from .arch import ModelInputError
-from .contract import INT8_QMAX, REQ_MID_BITS, ROW_FRAC, F
+from .contract import COL_MULT_MAX, INT8_QMAX, REQ_MID_BITS, ROW_FRAC, F
 from .encodings import Encoding
 from .quant import (
     MAX_OUTLIER_SHIFT,
@@ -122,6 +122,21 @@ def ref_headroom_bits(steps: torch.Tensor, per_token: bool) -> int:
         return 0
     low = float(torch.quantile(live, 0.01)) / float(live.max())
     return max(0, min(MAX_HEADROOM_BITS, math.floor(math.log2(low * ONE / MIN_ROW_MULT))))
+
+
+def fit_ratio(plan: ActPlan, ratio: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The requantization ratio ``ratio`` of a GEMM whose input has ``plan`` (calibration
+    rows ``x``), made to fit the column multiplier: where its largest value would need a
+    shift below 0, a per-token plan gives back reference-step headroom
+    (:func:`ref_headroom_bits`; powers of two, never below the largest row step), which
+    divides the ratio by as much. ``plan.step`` is lowered in place."""
+    top, f = float(ratio.max()), 1.0
+    if plan.per_token and top > COL_MULT_MAX:
+        base = float(token_steps(x, plan).max())
+        while top / f > COL_MULT_MAX and plan.step / (2 * f) >= base:
+            f *= 2
+        plan.step /= f
+    return ratio / f
 
 
 def fit_plan(x: torch.Tensor, plan: ActPlan, shift_rule: str = "max") -> ActPlan:

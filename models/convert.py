@@ -23,6 +23,7 @@ from .calibrate import (
     best_clip,
     calibrate_thresholds,
     fit_plan,
+    fit_ratio,
     fold_offsets,
     weight_space,
 )
@@ -87,7 +88,12 @@ class ConvertOptions:
         magnitude; ``"effect"``: the largest magnitude times the channel's weight-column
         norm (its effect on the output), for linear layers.
     outlier_shift: each outlier channel's shift: ``"max"`` fits its calibration maximum in
-        int8; ``"error"``: least squared calibration error (rare rows may saturate).
+        int8; ``"error"`` (default): least squared calibration error (rare rows may
+        saturate).
+    unsigned_nonneg: a GEMM input that is never negative on the calibration text (the
+        attention probabilities; ReLU outputs) gets the unsigned form of a sign-magnitude
+        TTFS encoding (``ttfs-signed:4`` -> ``ttfs:4``, zero point 0): 15 levels instead
+        of 7 at the same code width (a 15-step window instead of 7).
     threshold_calib: the spiking neurons' thresholds of the linear layers' inputs:
         ``"none"`` (the plain quantizer), ``"dual"`` (Dual conversion: threshold and initial
         membrane per layer) or ``"fas"`` (FAS stage 2: per layer, then per input channel),
@@ -115,7 +121,8 @@ class ConvertOptions:
     bias_correction: bool = True
     smooth_vo: float = 0.8
     outlier_rule: str = "magnitude"
-    outlier_shift: str = "max"
+    outlier_shift: str = "error"
+    unsigned_nonneg: bool = True
     threshold_calib: str = "none"
     seed: int = 0
     calib_sentences: int = 256
@@ -149,7 +156,8 @@ class ConvertOptions:
         if self.outlier_count is not None and not (is_int(self.outlier_count) and
                                                    self.outlier_count >= 0):
             raise bad("outlier_count", "must be an integer >= 0 (--outliers)")
-        for name in ("per_token", "rotate", "gptq", "act_order", "bias_correction"):
+        for name in ("per_token", "rotate", "gptq", "act_order", "bias_correction",
+                     "unsigned_nonneg"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be True or False")
         for name, lo, hi in (("gptq_damp", 1e-6, 10.0), ("smooth_vo", 0.0, 1.0),
@@ -335,6 +343,10 @@ def plan_activation(x: torch.Tensor, opts: ConvertOptions, per_token: bool, rota
                 plan.zero_point = min(enc.qmax - 1, max(1, round(enc.qmax * -lo / (hi - lo))))
             else:  # a dynamic weight operand cannot absorb a zero point: signed spikes instead
                 plan.encoding = enc.signed_variant()
+        elif lo >= 0 and enc.kind == "ttfs-signed" and opts.unsigned_nonneg:
+            # never negative (softmax, ReLU): the unsigned form has twice the levels above
+            # zero at the same code width, and real zero is still code 0 (silent)
+            plan.encoding = Encoding("ttfs", enc.bits)
         plan.clip = best_clip(x, plan)
         plan.step = 0.0
     # the step (unless set above) and the outlier shifts
@@ -517,20 +529,20 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
             else:
                 scale = rows(name, "y").abs().amax(0) * HOST_HEADROOM / HOST_OUT_QMAX
                 scale, zp, lo, hi = scale.clamp(min=1e-12), 0, -HOST_OUT_QMAX, HOST_OUT_QMAX
-            ratio = plan.step * s_w / scale
+            ratio = fit_ratio(plan, plan.step * s_w / scale, lin_x[name])
             node.shift = _epilogue(tensors, name, ratio, scale, bias, zp, lo, hi)
         elif node.kind == "qk":
             s_k = tensors[name + ".w_scale"].reshape(kvh, d)[:, 0].repeat_interleave(heads // kvh)
             scale = torch.stack([s.abs().amax((1, 2)) for s in rec[(name, "s")]]).amax(0).to(F)
             scale = (scale * HOST_HEADROOM / HOST_OUT_QMAX).clamp(min=1e-12)
-            ratio = plan.step * s_k / (math.sqrt(d) * scale)
+            ratio = fit_ratio(plan, plan.step * s_k / (math.sqrt(d) * scale), rows(name, "q"))
             node.shift = _epilogue(tensors, name, ratio, scale, torch.zeros(heads, dtype=F), 0,
                                    -HOST_OUT_QMAX, HOST_OUT_QMAX)
         else:  # av -> the o projection's activation codes
             s_v = tensors[name + ".w_scale"].reshape(kvh, d).repeat_interleave(heads // kvh, 0)
             mult, zp, lo, hi = nodes[base + "o"].act.channel_targets(heads * d)
             scale = nodes[base + "o"].act.step * mult
-            ratio = plan.step * s_v.reshape(-1) / scale
+            ratio = fit_ratio(plan, plan.step * s_v.reshape(-1) / scale, rows(name, "p"))
             node.shift = _epilogue(tensors, name, ratio, scale, torch.zeros(heads * d, dtype=F),
                                    zp, lo, hi)
         node.epi = len(tensors[name + ".scale"])

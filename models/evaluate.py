@@ -43,7 +43,10 @@ def schemes() -> dict[str, ConvertOptions]:
 #: GPTQ dampening 1%, no V->O smoothing, weight steps by weight error, GPTQ on float inputs,
 #: no bias correction).
 BEFORE_14 = dict(calib_sentences=48, gptq_damp=0.01, smooth_vo=0.0, weight_search="weight",
-                 gptq_target="float", bias_correction=False)
+                 gptq_target="float", bias_correction=False, outlier_shift="max",
+                 unsigned_nonneg=False)
+#: Distillation passes of the ablation's distillation row.
+DISTILL_EPOCHS = 2
 
 
 def ablation() -> dict[str, ConvertOptions]:
@@ -52,6 +55,7 @@ def ablation() -> dict[str, ConvertOptions]:
     measured and not kept, each on top of the default, and a mixed configuration."""
     old = ConvertOptions(**BEFORE_14)
     d = ConvertOptions()
+    before = replace(d, outlier_shift="max", unsigned_nonneg=False)  # the first round's levers
     int8 = {"encoding": Encoding("int", 8)}
     return {
         "hybrid, naive (static steps, RTN, no rotation)":
@@ -61,14 +65,19 @@ def ablation() -> dict[str, ConvertOptions]:
         "hybrid + per-token + rotation + GPTQ (default before issue 14)": old,
         "  + calibration 256 sentences (4,400 tokens)": replace(old, calib_sentences=256),
         "  + GPTQ dampening 0.1": replace(old, calib_sentences=256, gptq_damp=0.1),
-        "  + V->O smoothing, alpha 0.8": replace(d, weight_search="weight",
+        "  + V->O smoothing, alpha 0.8": replace(before, weight_search="weight",
                                                  gptq_target="float", bias_correction=False),
-        "  + weight steps by output error": replace(d, gptq_target="float",
+        "  + weight steps by output error": replace(before, gptq_target="float",
                                                     bias_correction=False),
-        "  + GPTQ target from quantized inputs": replace(d, bias_correction=False),
-        "  + bias correction, median (default)": d,
+        "  + GPTQ target from quantized inputs": replace(before, bias_correction=False),
+        "  + bias correction, median": before,
+        "  + outlier shifts by least calibration error": replace(d, unsigned_nonneg=False),
+        "  + unsigned TTFS for never-negative inputs (PV) (default)": d,
+        f"  + quantization-aware distillation, {DISTILL_EPOCHS} epochs":
+            replace(d, distill_epochs=DISTILL_EPOCHS),
         "not kept: default, GPTQ act-order off": replace(d, act_order=False),
         "not kept: default + outliers by output effect": replace(d, outlier_rule="effect"),
+        "not kept: default + 1/16 outlier channels": replace(d, outlier_fraction=1 / 16),
         "mixed: default + block 4's v, o, up all-integer W4A8 (spike share 91.5%)":
             replace(d, layers={"layers.4.v": int8, "layers.4.o": int8, "layers.4.up": int8}),
     }

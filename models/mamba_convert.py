@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .arch import LoadedModel, ModelInputError
 from .bundle import ConvertedModel, NodeInfo
-from .calibrate import calibrate_thresholds, weight_space
+from .calibrate import calibrate_thresholds, fit_ratio, weight_space
 from .contract import ACC_BITS, ACC_MAX, HOST_OUT_QMAX, F
 from .convert import (
     HOST_HEADROOM,
@@ -104,7 +104,7 @@ def convert_mamba(lm: LoadedModel, opts: ConvertOptions,
     for name, node in nodes.items():
         scale = _rows(rec[(name, "y")]).abs().amax(0) * HOST_HEADROOM / HOST_OUT_QMAX
         scale = scale.clamp(min=1e-12)
-        ratio = node.act.step * s_of[name] / scale
+        ratio = fit_ratio(node.act, node.act.step * s_of[name] / scale, lin_x[name])
         node.shift = _epilogue(tensors, name, ratio, scale, bias_of[name], 0, -HOST_OUT_QMAX,
                                HOST_OUT_QMAX)
         node.epi = len(tensors[name + ".scale"])

@@ -1,5 +1,6 @@
 """Threshold calibration (models/calibrate.py): Dual conversion and FAS stage 2."""
 
+from dataclasses import replace
 from fractions import Fraction
 
 import pytest
@@ -8,16 +9,19 @@ import torch
 from models.arch import ModelInputError
 from models.bundle import load_bundle, save_bundle
 from models.calibrate import (
+    MAX_HEADROOM_BITS,
     OFFSET_GRID,
     OutputError,
     calibrate_plan,
     dual_encoding,
+    fit_plan,
+    ref_headroom_bits,
 )
 from models.contract import requantize
 from models.convert import ConvertOptions, _rows, calibrate, convert, plan_activation
 from models.encodings import Encoding
 from models.golden import run_golden
-from models.quant import ActPlan, dequantize_act, quantize_act
+from models.quant import ActPlan, dequantize_act, quantize_act, row_multipliers, token_steps
 
 RATE4 = Encoding("rate", steps=4)
 
@@ -199,3 +203,54 @@ def test_a_calibrated_model_runs_bit_exactly_on_the_simulated_device(tiny_llama,
             assert res.bit_exact, method
             assert all(r.exact and r.counters_match for r in res.records), method
             assert {r.name for r in res.records} == set(res.golden_events)
+
+
+# -- plan rules of issue 14's second round ----------------------------------------------------
+
+
+def test_outlier_shift_by_error_lets_one_rare_row_saturate():
+    # 10,000 rows of an outlier channel spread over +-100 steps and one row at 300: fitting
+    # the maximum needs shift 2 (step 4) for every row; the least-error rule takes shift 1
+    # (step 2) and lets that row saturate at 254
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(10_001, 8, dtype=torch.float64)
+    x[:-1, 3] = torch.rand(10_000, generator=g, dtype=torch.float64) * 200 - 100
+    x[-1, 3] = 300.0
+    plan = lambda: ActPlan(Encoding("ttfs-signed", 4), step=1.0, outliers=[3],  # noqa: E731
+                           outlier_shifts=[0])
+    assert fit_plan(x, plan(), "max").outlier_shifts == [2]
+    chosen = fit_plan(x, plan(), "error")
+    assert chosen.outlier_shifts == [1]
+    err = lambda p: float((dequantize_act(*quantize_act(x, p), p) - x)[:, 3].pow(2).sum())  # noqa: E731
+    assert err(chosen) < err(fit_plan(x, plan(), "max"))
+
+
+def test_per_token_reference_step_has_headroom_for_the_requantizer():
+    # rows of even range: the reference step is 2**8 times the largest row step, so the
+    # row multipliers stay below 2**7 and the requantizer's first rounding (before the row
+    # multiplier) gets 8 fraction bits; rows 100 times smaller than the rest leave it 1
+    g = torch.Generator().manual_seed(1)
+    sign = torch.randint(0, 2, (400, 1), generator=g).to(torch.float64) * 2 - 1
+    x = sign * torch.linspace(-1.0, 2.0, 16, dtype=torch.float64)  # every row's range: 2
+    plan = fit_plan(x, ActPlan(Encoding("ttfs-signed", 4), step=0.0, per_token=True))
+    largest = float(token_steps(x, replace(plan, step=1.0)).max())
+    assert plan.step == pytest.approx(largest * 2**MAX_HEADROOM_BITS)
+    assert int(row_multipliers(x, plan).max()) <= 2 ** (15 - MAX_HEADROOM_BITS)
+    assert ref_headroom_bits(torch.tensor([1.0, 1.0, 0.01] * 40), True) == 1
+    assert ref_headroom_bits(torch.tensor([1.0, 0.5]), False) == 0  # static: mrow is 2**15
+
+
+def test_never_negative_inputs_get_the_unsigned_code(tiny_opt):
+    # softmax probabilities are never negative: 15 levels above zero with zero silent,
+    # instead of sign-magnitude's 7; OPT's ReLU outputs are rotated first (signed again),
+    # so the down projection keeps the signed code, and so does everything without rotation
+    # off (the rotation is what makes them signed)
+    cm = convert(tiny_opt, ConvertOptions(calib_sentences=4))
+    for i in range(2):
+        av = cm.nodes[f"layers.{i}.av"].act
+        assert av.encoding == Encoding("ttfs", 4) and av.zero_point == 0
+        assert cm.nodes[f"layers.{i}.down"].act.encoding == Encoding("ttfs-signed", 4)
+    plain = convert(tiny_opt, ConvertOptions(calib_sentences=4, rotate=False))
+    assert plain.nodes["layers.0.down"].act.encoding == Encoding("ttfs", 4)
+    off = convert(tiny_opt, ConvertOptions(calib_sentences=4, unsigned_nonneg=False))
+    assert {n.act.encoding for n in off.nodes.values()} == {Encoding("ttfs-signed", 4)}

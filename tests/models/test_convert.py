@@ -62,10 +62,14 @@ def test_per_layer_overrides_pick_the_encoding_and_outliers(tiny_opt):
 
 
 def test_default_hybrid_is_sign_magnitude_so_zero_is_silent(tiny_opt_cm):
-    # the default code puts real zero at code 0, which sends no spike, in a 7-step window
+    # the default code puts real zero at code 0, which sends no spike, in a 7-step window;
+    # the attention probabilities, never negative, use the unsigned form, zero still
+    # code 0, in a 15-step window
     for node in tiny_opt_cm.nodes.values():
-        assert node.act.encoding == Encoding("ttfs-signed", 4), node.name
-        assert node.act.zero_point == 0 and node.act.encoding.time_steps == 7
+        nonneg = node.name.endswith(".av")
+        assert node.act.encoding == Encoding("ttfs" if nonneg else "ttfs-signed", 4), node.name
+        assert node.act.zero_point == 0 and node.act.encoding.time_steps == (15 if nonneg
+                                                                             else 7)
 
 
 def test_attention_inputs_get_a_form_without_zero_point(tiny_opt):
@@ -116,6 +120,8 @@ def test_cli_refuses_unsupported_model_with_a_clear_error(tmp_path, capsys):
     (dict(weight_search="mse"), r"option weight_search: must be one of 'weight', 'output'"),
     (dict(gptq_target="int"), r"option gptq_target: must be one of 'float', 'quantized'"),
     (dict(outlier_rule="max"), r"option outlier_rule: must be one of 'magnitude', 'effect'"),
+    (dict(outlier_shift="min"), r"option outlier_shift: must be one of 'max', 'error'"),
+    (dict(unsigned_nonneg=1), r"option unsigned_nonneg: must be True or False"),
     (dict(smooth_vo=1.5), r"option smooth_vo: must be a number in \[0, 1\], not 1.5"),
     (dict(smooth_vo=-0.1), r"option smooth_vo: must be a number in \[0, 1\]"),
     (dict(layers={"layers.0.*": {"gptq_damp": -1.0}}), r"option gptq_damp: must be a number"),
@@ -128,12 +134,13 @@ def test_bad_lever_options_are_refused_by_name(tiny_opt, opts, message):
 def test_lever_options_are_recorded_and_change_the_model(tiny_opt):
     base = ConvertOptions(calib_sentences=4, gptq_damp=0.1, act_order=True,
                           weight_search="weight", gptq_target="float", bias_correction=False,
-                          smooth_vo=0.0, outlier_rule="magnitude")
+                          smooth_vo=0.0, outlier_rule="magnitude", unsigned_nonneg=False)
     ref = convert(tiny_opt, base)
     for field_, value in (("gptq_damp", 0.01), ("act_order", False),
                           ("weight_search", "output"), ("gptq_target", "quantized"),
                           ("bias_correction", True), ("smooth_vo", 0.5),
-                          ("outlier_rule", "effect")):
+                          ("outlier_rule", "effect"), ("unsigned_nonneg", True)):
+        # (outlier_shift: tests/models/test_calibrate.py; on this model both rules agree)
         cm = convert(tiny_opt, replace(base, **{field_: value}))
         assert cm.options[field_] == value, field_
         changed = [k for k in ref.tensors if not torch.equal(ref.tensors[k], cm.tensors[k])]
