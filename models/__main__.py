@@ -15,7 +15,7 @@ from dataclasses import asdict
 from .arch import BUILTIN, ModelInputError, load_model
 from .bundle import save_bundle
 from .calibrate import dual_encoding
-from .convert import CHOICES, ConvertOptions
+from .convert import CHOICES, ConvertOptions, builtin_text
 from .encodings import Encoding
 from .evaluate import (
     ADAPTIVE_STEPS,
@@ -77,6 +77,10 @@ def _adaptive_steps(s: str) -> tuple[int, ...]:
     return steps
 
 
+#: Built-in evaluation texts ``eval --sentences`` takes by name (``models/data``).
+BUILTIN_TEXTS = ("eval_sentences", "heldout_sentences")
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
@@ -89,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--model", default="minilm",
                     help=f"built-in name ({', '.join(BUILTIN)}) or HF directory (default minilm)")
     ev.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+    ev.add_argument("--sentences", metavar="FILE|NAME",
+                    help="evaluation sentences, one a line: a file, or a built-in text "
+                         "(eval_sentences, the default; heldout_sentences, which nothing "
+                         "calibrates or trains on)")
     ev.add_argument("--ablation", action="store_true",
                     help="also show the hybrid with each accuracy remedy switched on in turn")
     ev.add_argument("--calibration", action="store_true",
@@ -172,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
                 (ablation() if a.ablation else {}) | \
                 (calibration(a.steps) if a.calibration else {}) | \
                 (adaptive(a.adaptive) if a.adaptive else {})
-            rows = evaluate(lm, names, progress=not a.quiet)
+            sentences = None
+            if a.sentences:
+                sentences = (builtin_text(a.sentences) if a.sentences in BUILTIN_TEXTS else
+                             [t.strip() for t in open(a.sentences, encoding="utf-8")
+                              if t.strip()])
+            rows = evaluate(lm, names, sentences, progress=not a.quiet)
             print(f"model: {a.model}\n")
             print(format_table(rows))
             if a.json:

@@ -46,7 +46,7 @@ BEFORE_14 = dict(calib_sentences=48, gptq_damp=0.01, smooth_vo=0.0, weight_searc
                  gptq_target="float", bias_correction=False, outlier_shift="max",
                  unsigned_nonneg=False)
 #: Distillation passes of the ablation's distillation row.
-DISTILL_EPOCHS = 2
+DISTILL_EPOCHS = 4
 
 
 def ablation() -> dict[str, ConvertOptions]:
