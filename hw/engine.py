@@ -77,7 +77,11 @@ STROBES = {
 
 
 class _Reader(wiring.Component):
-    """Streams words ``base .. base+count-1`` of a memory through a synchronous read port."""
+    """Streams words ``base .. base+count-1`` of a memory through a synchronous read port.
+
+    ``base`` and ``count`` are taken on ``start`` (the cycle reads nothing): the pointer
+    and the end are registers from then on, so nothing reaches the read port's enable from
+    the descriptor hand-off in the same cycle (timing)."""
 
     def __init__(self, shape, depth: int):
         super().__init__({
@@ -95,12 +99,14 @@ class _Reader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         ptr = Signal(range(2 * self._depth + 1))
-        left = ptr < self.base + self.count
+        end = Signal.like(ptr)
+        left = ptr < end
         take = ~self.out.valid | self.out.ready
-        m.d.comb += [self.addr.eq(ptr), self.en.eq(take & left), self.out.payload.eq(self.data),
-                     self.idle.eq(~left & ~self.out.valid)]
+        m.d.comb += [self.addr.eq(ptr), self.en.eq(take & left & ~self.start),
+                     self.out.payload.eq(self.data), self.idle.eq(~left & ~self.out.valid)]
         with m.If(self.start):
-            m.d.sync += [ptr.eq(self.base), self.out.valid.eq(0)]
+            m.d.sync += [ptr.eq(self.base), end.eq(self.base + self.count),
+                         self.out.valid.eq(0)]
         with m.Elif(take):
             m.d.sync += self.out.valid.eq(left)
             with m.If(left):
@@ -402,13 +408,10 @@ class Engine(wiring.Component):
                 m.d.sync += base.eq(base + desc.n_active)  # rows packed: n_active apart
 
         m.d.comb += [self.run.ready.eq(~active),
-                     sr.count.eq(Mux(active, desc.spike_events, 0)),
-                     mr.count.eq(Mux(active, desc.mac_events, 0))]
-        with m.If(self.run.valid & ~active):
-            m.d.comb += [sr.base.eq(self.run.payload.spike_base),
-                         mr.base.eq(self.run.payload.mac_base)]
-        with m.Else():
-            m.d.comb += [sr.base.eq(desc.spike_base), mr.base.eq(desc.mac_base)]
+                     sr.base.eq(self.run.payload.spike_base),
+                     sr.count.eq(self.run.payload.spike_events),
+                     mr.base.eq(self.run.payload.mac_base),
+                     mr.count.eq(self.run.payload.mac_events)]
         leftover = Signal()
         with m.If(~active & self.run.valid):
             d = self.run.payload

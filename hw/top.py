@@ -114,6 +114,7 @@ class Top(wiring.Component):
                     m.d.comb += bpw.eq(n)
         req_bytes = Signal(range((1 << 24) * max(wbytes.values())))  # count x bytes per word
         depth_ok = Signal()
+        args_bad = Signal()  # a bad buffer, range or direction (registered in SIZE)
         with m.Switch(args.buf):
             for b, (_, depth) in shapes.items():
                 with m.Case(b):
@@ -215,23 +216,25 @@ class Top(wiring.Component):
                     m.d.comb += strobe["exec.descriptors"].eq(1)
                     m.next = "WAIT_DONE"
             with m.State("SIZE"):
-                # bytes the words take, a constant multiple per buffer, registered here so
-                # that no multiplier sits in the FSM's next-state logic (timing)
+                # bytes the words take, a constant multiple per buffer, and the checks that
+                # need no byte count, registered here so that no multiplier or range compare
+                # sits in the FSM's next-state logic (timing)
                 with m.Switch(args.buf):
                     for b, n in wbytes.items():
                         with m.Case(b):
                             m.d.sync += req_bytes.eq(args.count * n)
-                m.next = "CHECK_BUF"
-            with m.State("CHECK_BUF"):
                 valid_buf = args.buf <= max(b.value for b in BufId)
-                need = args_bytes + Mux(hdr.cmd == Cmd.WRITE_BUF, req_bytes, 0)
-                # a READ_BUF answer must fit the 16-bit length field
-                too_long = (hdr.cmd == Cmd.READ_BUF) & (req_bytes > LENGTH_LIMIT)
                 unreadable = (hdr.cmd == Cmd.READ_BUF) & (
                     args.buf.matches(*(b.value for b in BufId if b not in HOST_READABLE)))
                 unreadable |= (hdr.cmd == Cmd.WRITE_BUF) & (
                     args.buf.matches(*(b.value for b in BufId if b not in HOST_WRITABLE)))
-                with m.If(~valid_buf | ~depth_ok | (hdr.length != need) | too_long | unreadable):
+                m.d.sync += args_bad.eq(~valid_buf | ~depth_ok | unreadable)
+                m.next = "CHECK_BUF"
+            with m.State("CHECK_BUF"):
+                need = args_bytes + Mux(hdr.cmd == Cmd.WRITE_BUF, req_bytes, 0)
+                # a READ_BUF answer must fit the 16-bit length field
+                too_long = (hdr.cmd == Cmd.READ_BUF) & (req_bytes > LENGTH_LIMIT)
+                with m.If(args_bad | (hdr.length != need) | too_long):
                     m.d.sync += status.eq(Status.ERR_ARG)
                     m.next = "DRAIN"
                 with m.Elif(hdr.cmd == Cmd.WRITE_BUF):
