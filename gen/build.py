@@ -27,11 +27,7 @@ from tqdm import tqdm
 
 from accel import baselines
 from accel.board import choose_clock
-from accel.bundle import (
-    SOURCES,
-    save_host_files,
-    source_digest,
-)
+from accel.bundle import CONFIG, PROGRAM, config_record, program_record, save_host_files
 from accel.config import AccelConfig
 from accel.workload import GemmWork, sample_ids
 from models.arch import LoadedModel, ModelInputError, load_model, one_line
@@ -256,14 +252,11 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
     done("baselines")
     step("emit")
     (tmp / "spikellm_top.v").write_text(cache.verilog(cfg, o.cache)[0])
-    (tmp / "config.json").write_text(json.dumps(
-        {"config": cfg.to_json(), "hash": cfg.hash_text,
-         "hw_source": source_digest(*SOURCES)}, indent=1))
+    (tmp / CONFIG).write_text(json.dumps(config_record(cfg), indent=1))
     shifts = {n: info.shift for n, info in cm.nodes.items()}
     one_pass = works[len(works) - len(works) // o.decode_steps:] if decode else works  # last step
-    (tmp / "program.json").write_text(json.dumps(
-        {"config_hash": cfg.hash_text,
-         "gemms": compile_program(cfg, one_pass, shifts=shifts)}, indent=1))
+    (tmp / PROGRAM).write_text(json.dumps(
+        program_record(cfg, compile_program(cfg, one_pass, shifts=shifts)), indent=1))
     (tmp / "link.json").write_text(json.dumps(link_description(cfg), indent=1))
     rows = report.layer_rows(cfg, works, sizing.predictions, events, table)
     rep = {
