@@ -10,8 +10,11 @@ the VCO at ``f_out * CLKOP_DIV``; the limits below are the ECP5 family data shee
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from functools import cache
+from pathlib import Path
 
 #: The ULX3S oscillator (``clk25``).
 BOARD_OSC_HZ = 25_000_000
@@ -44,6 +47,7 @@ class Pll:
         return self.f_out_hz * self.clkop_div
 
 
+@cache
 def pll_outputs(f_in_hz: int = BOARD_OSC_HZ) -> dict[Fraction, Pll]:
     """Every core clock the PLL can make from ``f_in_hz`` (exact, as a fraction of Hz),
     each with the settings that make it (the highest VCO frequency among equals: lower
@@ -114,3 +118,29 @@ def choose_clock(limit_mhz: float, baud: int, f_in_hz: int = BOARD_OSC_HZ) -> Bo
              and uart_divisor(p.f_out_hz, baud)[1] == 0]
     pick = max(exact or fits, key=lambda p: p.f_out_hz)
     return BoardClock(pick, baud)
+
+
+#: The bundle file that records the board build's clock and link rate (written by ``gen
+#: build`` with ``--pnr`` or ``--bitstream``; what :meth:`BoardClock.as_dict` gives).
+BOARD_FILE = "board.json"
+
+
+def read_board(bundle: Path) -> dict | None:
+    """The bundle's board clock and link rate (:data:`BOARD_FILE`), or None when the bundle
+    records none. A record whose divisor disagrees with its clock and rate, or whose values
+    are not positive numbers, is refused (``ValueError`` naming the file and the field)."""
+    path = Path(bundle) / BOARD_FILE
+    if not path.exists():
+        return None
+    where = f"{path}"
+    try:
+        rec = json.loads(path.read_text())
+        clock, baud, div = float(rec["clock_hz"]), int(rec["baud"]), int(rec["uart_divisor"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{where}: unreadable board record ({type(e).__name__}: {e})") from None
+    if not clock > 0 or baud <= 0:
+        raise ValueError(f"{where}: clock_hz and baud must be positive, not {clock}, {baud}")
+    if div != uart_divisor(clock, baud)[0]:
+        raise ValueError(f"{where}: uart_divisor {div} disagrees with clock_hz {clock:g} and "
+                         f"baud {baud} (expected {uart_divisor(clock, baud)[0]})")
+    return rec

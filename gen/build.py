@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from accel import baselines
-from accel.board import choose_clock
+from accel.board import BOARD_FILE, choose_clock
 from accel.bundle import CONFIG, PROGRAM, config_record, program_record, save_host_files
 from accel.config import AccelConfig
 from accel.workload import GemmWork, sample_ids
@@ -294,6 +294,7 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
         limit = rep["fmax_mhz"] if o.pnr and rep["fmax_mhz"] else o.freq_mhz
         clock = choose_clock(limit, o.baud)
         rep["board"] = {**clock.as_dict(), "clock_from": "pnr" if o.pnr else "freq"}
+        (out / BOARD_FILE).write_text(json.dumps(rep["board"], indent=1))
     if o.bitstream:
         step("bitstream")
         bit, board_fmax = flow.bitstream(cfg, out / "ulx3s", clock)

@@ -29,6 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from accel import baselines
+from accel.board import read_board
 from accel.bundle import (
     CONFIG,
     FLOAT,
@@ -131,12 +132,17 @@ def cmd_run(a) -> int:
     bundle = Path(a.bundle)
     table = load_table(a.energy_table)
     cfg, program = _bundle(bundle, RUN_FILES + (("spikellm_top.v",) if a.sim else ()))
+    try:  # the board build's clock and link rate, when it recorded them
+        board = read_board(bundle)
+    except ValueError as e:
+        raise BundleInputError(one_line(e)) from None
+    baud = a.baud or (board["baud"] if board else BAUD)
     with contextlib.ExitStack() as stack:
         link: Transport | None = None
         dev: Device | None = None
 
         def connect(url: str):
-            raw = SerialTransport(url, a.baud)
+            raw = SerialTransport(url, baud)
             stack.callback(raw.close)
             t = FaultyTransport(raw, a.faults, seed=a.seed) if a.faults else raw
             return t, Device(t, cfg, verify_weights=a.verify, retries=a.retries)
@@ -224,7 +230,8 @@ def cmd_run(a) -> int:
         "energy_table_pj": table,
     }
     rep["board"] = report.board_estimate(dev.stats, rep["totals"]["measured_cycles"],
-                                         int(ids.numel()))
+                                         int(ids.numel()),
+                                         board["clock_hz"] if board else report.BOARD_CLOCK_HZ)
     out = Path(a.out or bundle / "run")
     report.write(rep, out)
     if a.json:
@@ -344,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--sim", action="store_true", help="start the simulated device")
     where.add_argument("--port", help="serial device or pyserial URL (/dev/ttyUSB0, "
                                       "socket://127.0.0.1:PORT)")
-    r.add_argument("--baud", type=int, default=BAUD, help="serial rate (the board's)")
+    r.add_argument("--baud", type=int, default=None,
+                   help="serial rate (default: the bundle's board.json, else 1,000,000)")
     r.add_argument("--text", default=DEFAULT_TEXT, help="input text (the prompt with --generate)")
     r.add_argument("--generate", type=_steps, default=None, metavar="N",
                    help="decoder models: prefill the text, then N greedy decode steps with a "

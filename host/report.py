@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from accel import baselines
+from accel.board import BOARD_BAUDS, BOARD_OSC_HZ
 from accel.config import AccelConfig
 from accel.counters import GOLDEN_EVENTS, TRAFFIC, sram_bits
-from accel.protocol import BAUD, UART_BITS_PER_BYTE
+from accel.protocol import UART_BITS_PER_BYTE
 from models.contract import Events
 from models.energy import event_energy
 
@@ -89,27 +90,28 @@ def hybrid(cfg: AccelConfig, layers: list[dict], steps: int, table: dict) -> dic
 COUNTED = ("spikes", *GOLDEN_EVENTS.values(), "accumulates")
 
 
-#: Serial rates a ULX3S link can run at: the board's default and the FT231X's maximum.
-BOARD_BAUDS = (BAUD, 3_000_000)
 #: Host turnaround of one request/response round trip (the USB serial chip's latency timer
 #: set to its 1 ms minimum; the default, 16 ms, is far worse).
 ROUND_TRIP_S = 1e-3
-#: The core's clock on the board today (the board top has no PLL yet: issue 12).
-BOARD_CLOCK_HZ = 25e6
+#: The core's clock on a board whose build recorded none (the board's oscillator).
+BOARD_CLOCK_HZ = float(BOARD_OSC_HZ)
 
 
-def board_estimate(stats: dict, cycles: int, tokens: int) -> dict:
+def board_estimate(stats: dict, cycles: int, tokens: int,
+                   clock_hz: float = BOARD_CLOCK_HZ) -> dict:
     """What this run would take on a real board, per baud rate: the link bytes both ways at
     10 bits a byte (8N1), a round trip per request (:data:`ROUND_TRIP_S`), and the engine's
-    cycles at :data:`BOARD_CLOCK_HZ`, all strictly one after another (the host waits for
-    every answer; the engine runs only inside a RUN). ``stats`` are the driver's counts
-    (``bytes_tx``, ``bytes_rx``, ``frames_tx``)."""
+    cycles at ``clock_hz`` (the bundle's board clock, ``accel.board.read_board``), all
+    strictly one after another (the host waits for every answer; the engine runs only
+    inside a RUN). ``stats`` are the driver's counts (``bytes_tx``, ``bytes_rx``,
+    ``frames_tx``)."""
     link_bits = UART_BITS_PER_BYTE * (stats["bytes_tx"] + stats["bytes_rx"])
     trips = stats["frames_tx"] * ROUND_TRIP_S
-    compute = cycles / BOARD_CLOCK_HZ
+    compute = cycles / clock_hz
     out = {"assumes": f"8N1 UART, {ROUND_TRIP_S * 1e3:g} ms per round trip, the core at "
-                      f"{BOARD_CLOCK_HZ / 1e6:g} MHz, nothing overlapped",
-           "round_trips": stats["frames_tx"], "compute_s": compute, "by_baud": {}}
+                      f"{clock_hz / 1e6:g} MHz, nothing overlapped",
+           "clock_hz": clock_hz, "round_trips": stats["frames_tx"], "compute_s": compute,
+           "by_baud": {}}
     for baud in BOARD_BAUDS:
         total = link_bits / baud + trips + compute
         out["by_baud"][str(baud)] = {"link_s": link_bits / baud, "round_trips_s": trips,

@@ -101,6 +101,9 @@ BAD = [
      ["config.json: must be a JSON object, not a JSON list"]),
     ("program-of-another-config", _write("program.json", "{}"),
      ["program.json: compiled for config None, the bundle's is 0x"]),
+    ("board-divisor-disagrees", _write("board.json", json.dumps(
+        {"clock_hz": 75e6, "baud": 3_000_000, "uart_divisor": 24})),
+     ["board.json: uart_divisor 24 disagrees with clock_hz 7.5e+07 and baud 3000000"]),
 ]
 
 

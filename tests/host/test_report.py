@@ -154,3 +154,7 @@ def test_board_estimate_adds_link_time_round_trips_and_compute():
     assert one["tokens_per_s"] == pytest.approx(5 / 0.035)
     assert one["link_share"] == pytest.approx(0.025 / 0.035)
     assert b["by_baud"]["3000000"]["link_s"] == pytest.approx(0.005)
+    # at the bundle's board clock (board.json): 75 MHz makes the compute three times shorter
+    fast = report.board_estimate({"bytes_tx": 1000, "bytes_rx": 500, "frames_tx": 10},
+                                 250_000, 5, clock_hz=75e6)
+    assert fast["compute_s"] == pytest.approx(0.01 / 3) and "75 MHz" in fast["assumes"]

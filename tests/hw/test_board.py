@@ -2,13 +2,22 @@
 limits, the UART divisor and its error, and the board top answering a frame over its
 serial line at the chosen clock and rate."""
 
+import json
 from fractions import Fraction
 
 import pytest
 from amaranth.lib import data
 from amaranth.sim import Simulator
 
-from accel.board import BOARD_BAUDS, BOARD_OSC_HZ, MAX_BAUD_ERROR, choose_clock, pll_outputs
+from accel.board import (
+    BOARD_BAUDS,
+    BOARD_FILE,
+    BOARD_OSC_HZ,
+    MAX_BAUD_ERROR,
+    choose_clock,
+    pll_outputs,
+    read_board,
+)
 from accel.config import PRESETS
 from accel.protocol import Cmd, Frame, FrameDecoder, Status, encode_frame, ident_layout, ident_value
 from hw.board import Ulx3sTop
@@ -91,3 +100,19 @@ def test_board_top_answers_identify_over_its_serial_line():
     assert reply.seq == 7 and reply.cmd == Status.OK.value
     word = data.Const(ident_layout(), int.from_bytes(reply.payload, "little"))
     assert word.hash == ident_value(cfg)["hash"] and word.lanes == cfg.lanes
+
+
+def test_the_bundles_board_record_is_read_back_and_an_inconsistent_one_refused(tmp_path):
+    assert read_board(tmp_path) is None  # a bundle built without --pnr or --bitstream
+    rec = choose_clock(75.0, 3_000_000).as_dict()
+    (tmp_path / BOARD_FILE).write_text(json.dumps(rec))
+    assert read_board(tmp_path) == rec
+    (tmp_path / BOARD_FILE).write_text(json.dumps({**rec, "uart_divisor": 24}))
+    with pytest.raises(ValueError, match="uart_divisor 24 disagrees with clock_hz 7.5e"):
+        read_board(tmp_path)
+    (tmp_path / BOARD_FILE).write_text(json.dumps({**rec, "baud": -1}))
+    with pytest.raises(ValueError, match="must be positive"):
+        read_board(tmp_path)
+    (tmp_path / BOARD_FILE).write_text("{")
+    with pytest.raises(ValueError, match="board.json: unreadable board record"):
+        read_board(tmp_path)
