@@ -33,11 +33,12 @@ def _rshift_round(m: Module, x, shift, width: int):
 
 
 class OutputUnit(wiring.Component):
-    """Requantizes accumulators, one lane per cycle, six-stage pipeline (the constants are
-    registered as they come from the parameter buffer, and each multiply has its own
-    stage, so the 32-bit products meet timing). Takes a lane (``inp``) whenever it
-    can move and reads that lane's constants from the parameter buffer at once (unless
-    ``raw``: then it passes the accumulator on and reads nothing)."""
+    """Requantizes accumulators, one lane per cycle, seven-stage pipeline (the constants are
+    registered as they come from the parameter buffer, each multiply has its own stage,
+    and the clamp follows the rounding and zero point in a stage of its own, for timing).
+    Takes a lane (``inp``) whenever it can move and reads that lane's constants from the
+    parameter buffer at once (unless ``raw``: then it passes the accumulator on and reads
+    nothing)."""
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
@@ -96,16 +97,19 @@ class OutputUnit(wiring.Component):
         m.d.comb += prod2.eq(s2["t"] * Cat(s2["mrow"], 0).as_signed() + s2["bias"])
         s2b = stage("s2b", {**{k: s2[k] for k in ("v", "acc", "lane", "last", "zp", "lo", "hi")},
                             "prod": prod2})
-        # stage 3: round, ReLU, zero point, clamp
+        # stage 3: round, ReLU, zero point, registered
         u = Signal(signed(REQ_MID_BITS + ROW_MULT_BITS + 2))
         m.d.comb += u.eq((s2b["prod"] + (1 << (ROW_FRAC - 1))) >> ROW_FRAC)
         ur = Mux(self.relu & (u < 0), 0, u)
         y = Signal(signed(REQ_MID_BITS + ROW_MULT_BITS + 3))
         m.d.comb += y.eq(ur + s2b["zp"])
-        yc = Mux(y < s2b["lo"], s2b["lo"], Mux(y > s2b["hi"], s2b["hi"], y))
+        s3 = stage("s3", {**{k: s2b[k] for k in ("v", "acc", "lane", "last", "lo", "hi")},
+                          "y": y})
+        # stage 4: clamp (three carry chains in one stage were the 16-lane critical path)
+        yc = Mux(s3["y"] < s3["lo"], s3["lo"], Mux(s3["y"] > s3["hi"], s3["hi"], s3["y"]))
         with m.If(adv):
-            m.d.sync += [self.out.valid.eq(s2b["v"]),
-                         self.out.payload.value.eq(Mux(self.raw, s2b["acc"], yc)),
-                         self.out.payload.lane.eq(s2b["lane"]),
-                         self.out.payload.last.eq(s2b["last"])]
+            m.d.sync += [self.out.valid.eq(s3["v"]),
+                         self.out.payload.value.eq(Mux(self.raw, s3["acc"], yc)),
+                         self.out.payload.lane.eq(s3["lane"]),
+                         self.out.payload.last.eq(s3["last"])]
         return m
