@@ -492,14 +492,17 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
     lin_w, lin_x = calibrate_thresholds(nodes, lin_w, lin_x, opts)
     codes_of, s_of, bias_of = quantize_linears(lm, opts, weight_space(nodes), lin_w, lin_x,
                                                progress)
+    moved: dict[str, torch.Tensor] = {}
     if opts.distill_epochs:  # quantization-aware fine-tune of codes, biases, host norms
         texts = [lm.tokenize(t, calibration_tokens(spec, opts))
                  for t in builtin_text("calibration")[: opts.calib_sentences]]
         w_scales = {n: tensors[n + ".w_scale"] for n in nodes if nodes[n].kind != "linear"}
-        codes_of, bias_of, params = distill(lm, nodes, codes_of, s_of, bias_of, w_scales, signs,
-                                            texts, opts.distill_epochs, opts.distill_lr,
-                                            opts.seed, progress)
-        lm = replace(lm, params=params)
+        codes_of, new_bias, params = distill(lm, nodes, codes_of, s_of, bias_of, w_scales,
+                                             signs, texts, opts.distill_epochs,
+                                             opts.distill_lr, opts.seed, progress)
+        # host-bound outputs move with their trained bias: their 16-bit steps make room
+        moved = {n: (new_bias[n] - bias_of[n]).abs() for n in new_bias}
+        lm, bias_of = replace(lm, params=params), new_bias
 
     # 4. outlier shifts the accumulator can hold (before the epilogues that use them)
     zcorr = {n: nodes[n].act.zero_correction(c)
@@ -527,7 +530,8 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
                 else:
                     scale, zp, lo, hi = tensors[f"{base}{cname}.w_scale"], 0, -INT8_QMAX, INT8_QMAX
             else:
-                scale = rows(name, "y").abs().amax(0) * HOST_HEADROOM / HOST_OUT_QMAX
+                scale = (rows(name, "y").abs().amax(0) + moved.get(name, 0.0)) * \
+                    HOST_HEADROOM / HOST_OUT_QMAX
                 scale, zp, lo, hi = scale.clamp(min=1e-12), 0, -HOST_OUT_QMAX, HOST_OUT_QMAX
             ratio = fit_ratio(plan, plan.step * s_w / scale, lin_x[name])
             node.shift = _epilogue(tensors, name, ratio, scale, bias, zp, lo, hi)
