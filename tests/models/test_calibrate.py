@@ -245,12 +245,13 @@ def test_never_negative_inputs_get_the_unsigned_code(tiny_opt):
     # instead of sign-magnitude's 7; OPT's ReLU outputs are rotated first (signed again),
     # so the down projection keeps the signed code, and so does everything without rotation
     # off (the rotation is what makes them signed)
-    cm = convert(tiny_opt, ConvertOptions(calib_sentences=4))
+    cm = convert(tiny_opt, ConvertOptions(calib_sentences=4, unsigned_nonneg=True))
     for i in range(2):
         av = cm.nodes[f"layers.{i}.av"].act
         assert av.encoding == Encoding("ttfs", 4) and av.zero_point == 0
         assert cm.nodes[f"layers.{i}.down"].act.encoding == Encoding("ttfs-signed", 4)
-    plain = convert(tiny_opt, ConvertOptions(calib_sentences=4, rotate=False))
+    plain = convert(tiny_opt, ConvertOptions(calib_sentences=4, rotate=False,
+                                             unsigned_nonneg=True))
     assert plain.nodes["layers.0.down"].act.encoding == Encoding("ttfs", 4)
     off = convert(tiny_opt, ConvertOptions(calib_sentences=4, unsigned_nonneg=False))
     assert {n.act.encoding for n in off.nodes.values()} == {Encoding("ttfs-signed", 4)}

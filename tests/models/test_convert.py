@@ -62,14 +62,10 @@ def test_per_layer_overrides_pick_the_encoding_and_outliers(tiny_opt):
 
 
 def test_default_hybrid_is_sign_magnitude_so_zero_is_silent(tiny_opt_cm):
-    # the default code puts real zero at code 0, which sends no spike, in a 7-step window;
-    # the attention probabilities, never negative, use the unsigned form, zero still
-    # code 0, in a 15-step window
+    # the default code puts real zero at code 0, which sends no spike, in a 7-step window
     for node in tiny_opt_cm.nodes.values():
-        nonneg = node.name.endswith(".av")
-        assert node.act.encoding == Encoding("ttfs" if nonneg else "ttfs-signed", 4), node.name
-        assert node.act.zero_point == 0 and node.act.encoding.time_steps == (15 if nonneg
-                                                                             else 7)
+        assert node.act.encoding == Encoding("ttfs-signed", 4), node.name
+        assert node.act.zero_point == 0 and node.act.encoding.time_steps == 7
 
 
 def test_attention_inputs_get_a_form_without_zero_point(tiny_opt):
