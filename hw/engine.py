@@ -27,7 +27,18 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Elaboratable, Module, Mux, ResetInserter, Shape, Signal, signed
+from amaranth import (
+    Cat,
+    Const,
+    Elaboratable,
+    Module,
+    Mux,
+    ResetInserter,
+    Shape,
+    Signal,
+    Value,
+    signed,
+)
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -201,6 +212,9 @@ class Engine(wiring.Component):
         members = {
             "wr_en": In(1), "wr_buf": In(BufId), "wr_addr": In(abits), "wr_data": In(widest),
             "rd_en": In(1), "rd_buf": In(BufId), "rd_addr": In(abits), "rd_data": Out(widest),
+            #: byte ``rd_byte`` of the word read, a cycle after ``rd_data`` (registered per
+            #: buffer: the read port's block RAM output ends there, for timing)
+            "rd_byte": In(range(max(1, -(-widest // 8)))), "rd_byte_data": Out(8),
             "run": In(stream.Signature(descriptor_layout(cfg))),
             "done": Out(1),
             "busy": Out(1),
@@ -252,6 +266,17 @@ class Engine(wiring.Component):
         rd_sel = Signal(BufId)
         with m.If(self.rd_en):
             m.d.sync += rd_sel.eq(self.rd_buf)
+        # the host's byte path: each buffer's byte ``rd_byte`` registered, then the buffer
+        # select (a byte wide, not a word)
+        byte_q = {b: Signal(8, name=f"rd_byte_{b.name.lower()}") for b in host_rd}
+        for b, rp in host_rd.items():
+            width = Shape.cast(shapes[b][0]).width
+            padded = Cat(Value.cast(rp.data), Const(0, 8 * -(-width // 8) - width))
+            m.d.sync += byte_q[b].eq(padded.word_select(self.rd_byte, 8))
+        with m.Switch(rd_sel):
+            for b in host_rd:
+                with m.Case(b):
+                    m.d.comb += self.rd_byte_data.eq(byte_q[b])
         # the widest buffer (a weight row) drives every bit, the others only their own: bits
         # above a word's width are never sent, so they need no select
         widest_b = max(host_rd, key=lambda b: Shape.cast(shapes[b][0]).width)

@@ -133,8 +133,9 @@ class Top(wiring.Component):
         wiring.connect(m, resp_data.o, link.resp_data)
         m.d.comb += [link.resp.payload.cmd.eq(status), link.resp.payload.seq.eq(hdr.seq),
                      link.resp.payload.length.eq(resp_len),
-                     resp_data.i.payload.eq(Mux(hdr.cmd == Cmd.READ_BUF,
-                                                eng.rd_data.word_select(rbyte, 8), sr[:8]))]
+                     eng.rd_byte.eq(rbyte),
+                     resp_data.i.payload.eq(Mux(hdr.cmd == Cmd.READ_BUF, eng.rd_byte_data,
+                                                sr[:8]))]
         m.d.comb += cnt.sel.eq(ctr)
 
         # A RUN repeated with the seq of the RUN just before it (a retry after a lost
@@ -308,17 +309,23 @@ class Top(wiring.Component):
             with m.State("RD_WORD"):
                 m.d.comb += [eng.rd_en.eq(1), eng.rd_buf.eq(args.buf), eng.rd_addr.eq(addr),
                              strobe["exec.host_rd"].eq(1)]
-                m.d.sync += [addr.eq(addr + 1), words.eq(words - 1)]
+                m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), rbyte.eq(0)]
                 m.next = "RD_LATCH"
             with m.State("RD_LATCH"):
                 # the word stays on the engine's read port (nothing else reads it while the
-                # executor sends it) and goes out byte by byte from there, not through sr
-                m.d.sync += [rbyte.eq(0), todo.eq(bpw)]
+                # executor sends it) and goes out byte by byte from there, not through sr;
+                # the engine registers the byte first (rd_byte_data), so each byte takes a
+                # cycle here before SEND
+                m.d.sync += todo.eq(bpw)
+                m.next = "SEND"
+            with m.State("RD_BYTE"):
                 m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += resp_data.i.valid.eq(1)
                 with m.If(resp_data.i.ready):
                     m.d.sync += [sr.eq(sr >> 8), todo.eq(todo - 1), rbyte.eq(rbyte + 1)]
+                    with m.If((todo != 1) & (hdr.cmd == Cmd.READ_BUF)):
+                        m.next = "RD_BYTE"
                     with m.If(todo == 1):
                         with m.If((hdr.cmd == Cmd.READ_COUNTERS) & (ctr < len(COUNTERS))):
                             m.next = "LOAD_CTR"
