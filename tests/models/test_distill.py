@@ -97,3 +97,18 @@ def test_distillation_lowers_the_fake_quantized_error_on_calibration_text(tiny_o
 def test_bad_distillation_options_are_refused_by_name(tiny_opt, opts, message):
     with pytest.raises(ModelInputError, match=message):
         convert(tiny_opt, ConvertOptions(**opts))
+
+
+def test_cli_takes_the_second_round_options(tmp_path, capsys):
+    from models.__main__ import main
+
+    out = tmp_path / "b"
+    assert main(["convert", "--model", "tiny-opt", "--out", str(out), "--distill", "1",
+                 "--distill-lr", "0.02", "--unsigned-nonneg", "--outlier-shift", "max",
+                 "--calib-sentences", "4", "--quiet"]) == 0
+    o = load_bundle(out).options
+    assert (o["distill_epochs"], o["distill_lr"], o["unsigned_nonneg"],
+            o["outlier_shift"]) == (1, 0.02, True, "max")
+    assert main(["eval", "--model", "tiny-opt", "--sentences", "heldout_sentences",
+                 "--quiet"]) == 0
+    assert "hybrid W4A4&8" in capsys.readouterr().out
