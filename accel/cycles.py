@@ -45,9 +45,9 @@ FIRST = 3
 #: registered, add), one cycle later.
 FIRST_END = {"spike": FIRST + 1, "mac": FIRST}
 #: Cycles from the combiner issuing a row's last lane to ``done``: its operands registered
-#: (C1), the lane's sum (C2), then the output unit's seven stages, the store into OUT, and
+#: (C1), the lane's sum (C2), then the output unit's eight stages, the store into OUT, and
 #: the output count reaching zero.
-TAIL = 9
+TAIL = 10
 #: Cycles from a ``keep`` tile's last lane issued to ``done`` (its operands registered,
 #: then its sum written back).
 DRAIN = 2

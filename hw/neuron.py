@@ -25,17 +25,24 @@ from accel.layouts import SHIFT_BITS, lane_bits, lane_in_layout, param_layout, v
 from models.contract import COL_MULT_BITS, REQ_MID_BITS, ROW_FRAC, ROW_MULT_BITS
 
 
-def _rshift_round(m: Module, x, shift, width: int):
-    """``floor(x / 2**shift + 1/2)`` for a signed value and an unsigned shift signal."""
-    half = Signal(signed(width + 1))
-    m.d.comb += half.eq(Mux(shift == 0, 0, (1 << shift) >> 1))
-    return (x + half) >> shift
+def _shift_for_round(x, shift):
+    """The first half of ``floor(x / 2**shift + 1/2)`` (signed ``x``, unsigned ``shift``):
+    ``x >> (shift - 1)``, or ``x`` when ``shift`` is 0. :func:`_finish_round` completes it:
+    ``floor((x + 2**(s-1)) / 2**s) == floor((floor(x / 2**(s-1)) + 1) / 2)``, so the barrel
+    shifter and the rounding add sit in different pipeline stages (timing)."""
+    return Mux(shift == 0, x, x >> (shift - 1)[:len(shift)])
+
+
+def _finish_round(z, shift):
+    """The second half of the rounding shift (see :func:`_shift_for_round`)."""
+    return Mux(shift == 0, z, (z + 1) >> 1)
 
 
 class OutputUnit(wiring.Component):
-    """Requantizes accumulators, one lane per cycle, seven-stage pipeline (the constants are
+    """Requantizes accumulators, one lane per cycle, eight-stage pipeline (the constants are
     registered as they come from the parameter buffer, each multiply has its own stage,
-    and the clamp follows the rounding and zero point in a stage of its own, for timing).
+    the rounding shift is split in two, and the clamp follows the rounding and zero point
+    in a stage of its own, for timing).
     Takes a lane (``inp``) whenever it can move and reads that lane's constants from the
     parameter buffer at once (unless ``raw``: then it passes the accumulator on and reads
     nothing)."""
@@ -85,12 +92,15 @@ class OutputUnit(wiring.Component):
         m.d.comb += prod1.eq(s1p["acc"] * s1p["mcol"])
         s1b = stage("s1b", {**{k: s1p[k] for k in ("v", "acc", "mrow", "lane", "last", "bias",
                                                      "zp", "lo", "hi")}, "prod": prod1})
-        # stage 2: round, saturate to the middle width
-        t_full = _rshift_round(m, s1b["prod"], self.shift, cfg.acc_bits + COL_MULT_BITS + 1)
+        # stage 2s: the barrel shift, registered; stage 2: round, saturate to the middle width
+        s2s = stage("s2s", {**{k: s1b[k] for k in ("v", "acc", "mrow", "lane", "last", "bias",
+                                                    "zp", "lo", "hi")},
+                            "z": _shift_for_round(s1b["prod"], self.shift)})
+        t_full = _finish_round(s2s["z"], self.shift)
         lim = 2 ** (REQ_MID_BITS - 1)
         t_sat = Signal(signed(REQ_MID_BITS))
         m.d.comb += t_sat.eq(Mux(t_full >= lim, lim - 1, Mux(t_full < -lim, -lim, t_full)))
-        s2 = stage("s2", {**{k: s1b[k] for k in ("v", "acc", "mrow", "lane", "last", "bias", "zp",
+        s2 = stage("s2", {**{k: s2s[k] for k in ("v", "acc", "mrow", "lane", "last", "bias", "zp",
                                                    "lo", "hi")}, "t": t_sat})
         # stage 2b: second product plus bias, registered
         prod2 = Signal(signed(REQ_MID_BITS + ROW_MULT_BITS + 2))
