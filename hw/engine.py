@@ -309,7 +309,12 @@ class Engine(wiring.Component):
         stages = {}
         for name, reader, arr, op in (("spike", sr, sa, SpikeOp.SPIKE),
                                       ("mac", mr, ma, MacOp.MAC)):
-            ev = reader.out.payload
+            # the event buffer's word is registered as it leaves the block RAMs (a deep
+            # buffer's output mux across its blocks and the address adder were one path)
+            raw = Register(reader.out.payload.shape())
+            m.submodules[f"{name}_word"] = raw
+            wiring.connect(m, reader.out, raw.i)
+            ev = raw.o.payload
             st = stages[name] = Register(data.StructLayout({"ev": ev.shape(), "bad": 1}))
             m.submodules[f"{name}_stage"] = st
             w_addr = Signal(cfg.k_bits + 1, name=f"w_addr_{name}")
@@ -317,7 +322,7 @@ class Engine(wiring.Component):
             if arr is ma and cfg.max_shift < 2**cfg.shift_bits - 1:
                 flag |= (ev.op == op) & (ev.shift > cfg.max_shift)
             m.d.comb += [w_addr.eq(ev.k + desc.w_base),
-                         st.i.valid.eq(reader.out.valid), reader.out.ready.eq(st.i.ready),
+                         st.i.valid.eq(raw.o.valid), raw.o.ready.eq(st.i.ready),
                          st.i.payload.ev.eq(ev), st.i.payload.ev.k.eq(w_addr[:-1]),
                          st.i.payload.bad.eq(flag),
                          arr.ev.valid.eq(st.o.valid), arr.ev.payload.eq(st.o.payload.ev),
@@ -448,8 +453,9 @@ class Engine(wiring.Component):
         # with no row left over; a row left over means more row ends than rows (the next
         # tile would take it)
         combined = active & (r == desc.rows) & ~c1.valid & ~c2.valid & (outs_left == 0)
-        clean = (sr.idle & mr.idle & ~stages["spike"].o.valid & ~stages["mac"].o.valid
-                 & sa.idle & ma.idle)
+        clean = (sr.idle & mr.idle & sa.idle & ma.idle
+                 & ~Cat(*(m.submodules[f"{n}_{s}"].o.valid for n in stages
+                          for s in ("word", "stage"))).any())
         stopping = Signal()  # the fault is registered (timing): no done in between
         with m.If(combined & ((avail[0] != 0) | (avail[1] != 0))):
             m.d.comb += leftover.eq(1)
