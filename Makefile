@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: lint
 	$(VENV)/bin/python -m pytest -q
 
 report: $(STAMP)
