@@ -16,10 +16,19 @@ from fractions import Fraction
 from functools import cache
 from pathlib import Path
 
+from .protocol import BAUD
+
 #: The ULX3S oscillator (``clk25``).
 BOARD_OSC_HZ = 25_000_000
-#: The link rates the board's FT231X USB UART runs (its maximum is 3 Mbaud).
-BOARD_BAUDS = (1_000_000, 3_000_000)
+#: The FT231X USB UART's fastest rate (the board build's default link rate).
+FAST_BAUD = 3_000_000
+#: The link rates the board's FT231X USB UART runs: the protocol's default and its maximum.
+BOARD_BAUDS = (BAUD, FAST_BAUD)
+#: Fewest clock cycles a UART bit may take (``hw.uart``: it samples mid-bit after a start
+#: edge).
+MIN_DIVISOR = 4
+#: A half-received frame is dropped after this long without a byte (``hw.top.Top``).
+LINK_TIMEOUT_S = 0.01
 #: Largest rate error a UART divisor may have (8N1 samples mid-bit: the two ends together
 #: tolerate about 4 %, the FT231X's own error at these rates is zero).
 MAX_BAUD_ERROR = 0.01
@@ -107,15 +116,17 @@ def choose_clock(limit_mhz: float, baud: int, f_in_hz: int = BOARD_OSC_HZ) -> Bo
     clocks within 2 % of that, one with an exact divisor is preferred."""
     if baud <= 0:
         raise ValueError(f"baud rate must be positive, not {baud}")
-    fits = [p for f, p in pll_outputs(f_in_hz).items() if f <= Fraction(limit_mhz * 1e6)
-            and uart_divisor(p.f_out_hz, baud)[0] >= 4
-            and abs(uart_divisor(p.f_out_hz, baud)[1]) <= MAX_BAUD_ERROR]
+    fits = {}  # PLL settings -> rate error, for every clock that may serve
+    for f, p in pll_outputs(f_in_hz).items():
+        div, err = uart_divisor(p.f_out_hz, baud)
+        if f <= Fraction(limit_mhz * 1e6) and div >= MIN_DIVISOR and abs(err) <= MAX_BAUD_ERROR:
+            fits[p] = err
     if not fits:
         raise ValueError(f"no PLL clock at or below {limit_mhz:g} MHz runs the UART at "
-                         f"{baud} baud within {MAX_BAUD_ERROR:.0%} (at least 4 cycles a bit)")
+                         f"{baud} baud within {MAX_BAUD_ERROR:.0%} (at least {MIN_DIVISOR} "
+                         f"cycles a bit)")
     best = max(p.f_out_hz for p in fits)
-    exact = [p for p in fits if p.f_out_hz >= 0.98 * best
-             and uart_divisor(p.f_out_hz, baud)[1] == 0]
+    exact = [p for p, err in fits.items() if p.f_out_hz >= 0.98 * best and err == 0]
     pick = max(exact or fits, key=lambda p: p.f_out_hz)
     return BoardClock(pick, baud)
 

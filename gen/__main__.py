@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from accel.board import FAST_BAUD
 from models.__main__ import _encoding
 from models.arch import BUILTIN, UnsupportedModelError
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seeds", type=int, default=1,
                    help="place and route with this many seeds from --seed on, in parallel "
                         "(one process per core), and keep the fastest")
-    b.add_argument("--baud", type=int, default=3_000_000,
+    b.add_argument("--baud", type=int, default=FAST_BAUD,
                    help="the board's UART rate; the board clock is the fastest PLL clock at "
                         "or below the P&R Fmax that serves it (docs/gen.md)")
     b.add_argument("--bitstream", action="store_true",

@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from accel import baselines
-from accel.board import BOARD_FILE, choose_clock
+from accel.board import BOARD_FILE, FAST_BAUD, choose_clock
 from accel.bundle import CONFIG, PROGRAM, config_record, program_record, save_host_files
 from accel.config import AccelConfig
 from accel.workload import GemmWork, sample_ids
@@ -67,7 +67,7 @@ class BuildOptions:
     seeds: tuple[int, ...] = (1,)
     #: the board's link rate; its core clock is the fastest PLL clock at or below the P&R
     #: Fmax (or ``freq_mhz`` without ``--pnr``) that runs the UART at this rate
-    baud: int = 3_000_000
+    baud: int = FAST_BAUD
     progress: bool = True
     cache: bool = True  #: reuse converted models and Verilog (gen/cache.py)
     workload: str = "prefill"  #: size for ``"prefill"`` (whole sequence) or ``"decode"``

@@ -91,7 +91,7 @@ def pnr(out: Path, freq_mhz: float = 100.0, lpf: str | None = None, seed: int = 
     t0 = time.monotonic()
     text = _run(args, out, "nextpnr.log")
     seconds = round(time.monotonic() - t0, 1)
-    fmax = [float(x) for x in re.findall(r"Max frequency for clock[^:]*: ([\d.]+) MHz", text)]
+    fmax = [f for _, f in fmax_reports(text)]
     report = json.loads((out / "pnr.json").read_text())
     (out / "timing.md").write_text(timing_report(report))
     paths = _clock_paths(report)
@@ -100,6 +100,13 @@ def pnr(out: Path, freq_mhz: float = 100.0, lpf: str | None = None, seed: int = 
             "meets_target": bool(fmax) and fmax[-1] >= freq_mhz,
             "critical_path": _endpoints(paths[0]) if paths else None,
             "utilisation": report.get("utilization", {})}
+
+
+def fmax_reports(log: str) -> list[tuple[str, float]]:
+    """Every ``Max frequency for clock`` line of a nextpnr log, as (clock, MHz), in order
+    (each clock's last one is after routing)."""
+    return [(name, float(f)) for name, f in
+            re.findall(r"Max frequency for clock '([^']*)': ([\d.]+) MHz", log)]
 
 
 def pnr_sweep(out: Path, freq_mhz: float, seeds: list[int], jobs: int | None = None) -> dict:
@@ -190,8 +197,7 @@ def bitstream(cfg: AccelConfig, out: Path, clock: BoardClock) -> tuple[Path, flo
     log = out / f"{BOARD_NAME}.tim"
     text = log.read_text() if log.exists() else ""
     # the core clock is the PLL's output; the last report of it is after routing
-    fmax = [float(f) for name, f in re.findall(
-        r"Max frequency for clock '([^']*)': ([\d.]+) MHz", text) if "pll" in name.lower()]
+    fmax = [f for name, f in fmax_reports(text) if "pll" in name.lower()]
     if fmax and fmax[-1] < clock.clock_hz / 1e6:
         raise FlowError(f"the board design met {fmax[-1]:.2f} MHz, below its "
                         f"{clock.clock_hz / 1e6:.3f} MHz PLL clock; rebuild with --freq "

