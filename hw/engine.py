@@ -59,6 +59,7 @@ from accel.layouts import (
     watchdog_cycles,
     weight_row_layout,
 )
+from accel.protocol import nbytes
 
 from .arrays import MacArray, SpikeArray
 from .neuron import OutputUnit
@@ -214,7 +215,7 @@ class Engine(wiring.Component):
             "rd_en": In(1), "rd_buf": In(BufId), "rd_addr": In(abits), "rd_data": Out(widest),
             #: byte ``rd_byte`` of the word read, a cycle after ``rd_data`` (registered per
             #: buffer: the read port's block RAM output ends there, for timing)
-            "rd_byte": In(range(max(1, -(-widest // 8)))), "rd_byte_data": Out(8),
+            "rd_byte": In(range(max(1, nbytes(widest)))), "rd_byte_data": Out(8),
             "run": In(stream.Signature(descriptor_layout(cfg))),
             "done": Out(1),
             "busy": Out(1),
@@ -271,7 +272,7 @@ class Engine(wiring.Component):
         byte_q = {b: Signal(8, name=f"rd_byte_{b.name.lower()}") for b in host_rd}
         for b, rp in host_rd.items():
             width = Shape.cast(shapes[b][0]).width
-            padded = Cat(Value.cast(rp.data), Const(0, 8 * -(-width // 8) - width))
+            padded = Cat(Value.cast(rp.data), Const(0, 8 * nbytes(width) - width))
             m.d.sync += byte_q[b].eq(padded.word_select(self.rd_byte, 8))
         with m.Switch(rd_sel):
             for b in host_rd:
