@@ -62,8 +62,17 @@ class AccelConfig:
     counter_bits: int = 48
     #: Spike encodings the spike array executes.
     encodings: tuple[str, ...] = KINDS
+    #: Width of an external-memory word (the SDRAM controller's user port, ``hw.mem``).
+    dram_bits: int = 32
+    #: Word-address width of the external memory: ``2 ** dram_addr_bits`` words (the
+    #: ULX3S's 32 MB SDRAM is 2 ** 23 words of 32 bits).
+    dram_addr_bits: int = 23
 
     def __post_init__(self) -> None:
+        if self.dram_bits not in (8, 16, 32, 64, 128):
+            raise ValueError(f"dram_bits must be one of 8, 16, 32, 64, 128, not {self.dram_bits}")
+        if not 8 <= self.dram_addr_bits <= 28:
+            raise ValueError(f"dram_addr_bits must be in 8..28, not {self.dram_addr_bits}")
         if not _pow2(self.lanes):
             raise ValueError(f"lanes must be a positive power of two, not {self.lanes}")
         if not _pow2(self.mac_units) or self.mac_units > self.lanes:
