@@ -71,8 +71,8 @@ class AccelConfig:
     def __post_init__(self) -> None:
         if self.dram_bits not in (8, 16, 32, 64, 128):
             raise ValueError(f"dram_bits must be one of 8, 16, 32, 64, 128, not {self.dram_bits}")
-        if not 8 <= self.dram_addr_bits <= 28:
-            raise ValueError(f"dram_addr_bits must be in 8..28, not {self.dram_addr_bits}")
+        if not 8 <= self.dram_addr_bits <= 24:  # the link's 24-bit buffer addresses
+            raise ValueError(f"dram_addr_bits must be in 8..24, not {self.dram_addr_bits}")
         if not _pow2(self.lanes):
             raise ValueError(f"lanes must be a positive power of two, not {self.lanes}")
         if not _pow2(self.mac_units) or self.mac_units > self.lanes:

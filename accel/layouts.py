@@ -119,6 +119,9 @@ class BufId(enum.Enum, shape=8):
     WEIGHTS4 = 8
     #: OUT read back a byte a word (read-only): outputs that are 8-bit codes
     OUT8 = 9
+    #: the external memory (the board's SDRAM, ``hw.mem``): ``dram_bits`` words; the host
+    #: writes and reads it, LOAD copies from it into the buffers above
+    DRAM = 10
 
 
 #: Width of an OUT8 word: results that are codes of at most this many bits are read so.
@@ -138,7 +141,33 @@ def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
         BufId.START: (signed(cfg.acc_bits), cfg.lanes),
         BufId.WEIGHTS4: (narrow_row_layout(cfg), cfg.weight_depth),
         BufId.OUT8: (signed(OUT8_BITS), cfg.max_rows * cfg.lanes),
+        BufId.DRAM: (unsigned(cfg.dram_bits), 1 << cfg.dram_addr_bits),
     }
+
+
+def onchip_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
+    """:func:`buffer_shapes` of the engine's own buffers (all but the external memory)."""
+    return {b: v for b, v in buffer_shapes(cfg).items() if b != BufId.DRAM}
+
+
+#: Buffers a LOAD may fill from the external memory: those the host may write, but not
+#: the external memory itself or the datapath's own buffers.
+LOADABLE = frozenset({BufId.WEIGHTS, BufId.WEIGHTS4, BufId.SPIKE_EV, BufId.MAC_EV,
+                      BufId.ROWS, BufId.PARAMS, BufId.START})
+
+
+def dram_words(cfg: AccelConfig, buf: BufId) -> int:
+    """External-memory words one word of ``buf`` takes there (``ceil(width / dram_bits)``,
+    the low bits in the first word): how a LOAD reads it and how the host lays it out."""
+    return -(-Shape.cast(buffer_shapes(cfg)[buf][0]).width // cfg.dram_bits)
+
+
+def to_dram_words(cfg: AccelConfig, buf: BufId, raw: list[int]) -> list[int]:
+    """Packed words of ``buf`` (raw bits, :func:`word_packer`) as external-memory words,
+    laid out as LOAD reads them (:func:`dram_words` each, low bits first)."""
+    n, b = dram_words(cfg, buf), cfg.dram_bits
+    mask = (1 << b) - 1
+    return [(w >> (i * b)) & mask for w in raw for i in range(n)]
 
 
 def descriptor_layout(cfg: AccelConfig) -> data.StructLayout:

@@ -59,7 +59,8 @@ SOF = 0xA5
 #: Default largest payload the gateware buffers (its ``max_payload`` parameter).
 MAX_PAYLOAD = 4096
 #: Reported by IDENTIFY; bumped whenever a frame, command or payload layout changes.
-PROTOCOL_VERSION = 3  # 2: a repeated RUN is not re-run; 3: ABORT, ERR_FAULT, RUN checked
+#: 2: a repeated RUN is not re-run; 3: ABORT, ERR_FAULT, RUN checked; 4: DRAM, LOAD
+PROTOCOL_VERSION = 4
 
 #: Frame header after the SOF byte (little-endian on the wire).
 HEADER = data.StructLayout({"cmd": unsigned(8), "seq": unsigned(8), "length": unsigned(16)})
@@ -83,6 +84,9 @@ class Cmd(enum.Enum, shape=8):
     READ_COUNTERS = 0x05  #: read every event counter
     RESET_COUNTERS = 0x06  #: clear every event counter
     ABORT = 0x07  #: return the engine and its FIFOs to idle; buffer contents are kept
+    #: start copying words from the external memory into a buffer (:data:`LOAD_ARGS`);
+    #: answered when the copy has started, and it runs on while RUNs execute
+    LOAD = 0x08
 
 
 class Status(enum.Enum, shape=8):
@@ -102,6 +106,10 @@ class Status(enum.Enum, shape=8):
 
 #: WRITE_BUF / READ_BUF arguments (the first bytes of the payload).
 BUF_ARGS = data.StructLayout({"buf": unsigned(8), "addr": unsigned(24), "count": unsigned(24)})
+#: LOAD arguments (its whole payload): ``count`` words of ``buf`` from ``addr`` on, read from
+#: the external memory's word ``src`` on (``accel.layouts.dram_words`` words each).
+LOAD_ARGS = data.StructLayout({"buf": unsigned(8), "addr": unsigned(24), "count": unsigned(24),
+                               "src": unsigned(32)})
 
 
 def nbytes(bits: int) -> int:

@@ -21,7 +21,7 @@ from amaranth import Shape
 
 from accel.config import AccelConfig
 from accel.counters import COUNTERS
-from accel.layouts import HOST_READABLE, VIEWS, BufId, buffer_shapes
+from accel.layouts import HOST_READABLE, VIEWS, BufId, onchip_shapes
 
 #: DP16KD aspect ratios (width, depth) in pseudo-dual-port mode.
 DP16KD_MODES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
@@ -115,7 +115,7 @@ def estimate(cfg: AccelConfig) -> Resources:
     c = LUT_COEF
     bram, logic_bits = FIXED_BRAM, 0
     widest = readable = 0
-    for b, (shape, depth) in buffer_shapes(cfg).items():
+    for b, (shape, depth) in onchip_shapes(cfg).items():
         if b in VIEWS:
             continue  # no memory of its own
         width = Shape.cast(shape).width

@@ -15,6 +15,7 @@ from typing import NamedTuple
 from accel.config import AccelConfig
 from accel.counters import COUNTERS
 from accel.layouts import (
+    LOADABLE,
     BufId,
     buffer_shapes,
     descriptor_errors,
@@ -100,8 +101,7 @@ def parse_counters(cfg: AccelConfig, payload: bytes) -> dict[str, int]:
 
 
 #: Buffers only the host writes (a write of words they already hold may be skipped).
-HOST_WRITTEN = frozenset({BufId.WEIGHTS, BufId.WEIGHTS4, BufId.SPIKE_EV, BufId.MAC_EV,
-                          BufId.ROWS, BufId.PARAMS, BufId.START})
+HOST_WRITTEN = LOADABLE  # the same buffers: what the host writes, a LOAD may fill
 
 
 class BufferMirror:

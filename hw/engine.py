@@ -49,11 +49,11 @@ from accel.layouts import (
     BufId,
     MacOp,
     SpikeOp,
-    buffer_shapes,
     descriptor_layout,
     high_row_layout,
     mac_event_layout,
     narrow_row_layout,
+    onchip_shapes,
     spike_event_layout,
     spike_vector_layout,
     watchdog_cycles,
@@ -206,7 +206,7 @@ class Engine(wiring.Component):
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
-        shapes = buffer_shapes(cfg)
+        shapes = onchip_shapes(cfg)
         self.shapes = shapes
         widest = max(Shape.cast(s).width for s, _ in shapes.values())
         abits = max(d for _, d in shapes.values()).bit_length()

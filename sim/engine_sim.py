@@ -9,7 +9,7 @@ import torch
 from amaranth.sim import Simulator
 
 from accel.config import AccelConfig
-from accel.layouts import buffer_shapes, descriptor_layout, pack_word, unpack_int
+from accel.layouts import descriptor_layout, onchip_shapes, pack_word, unpack_int
 from accel.tiling import TileImage, out_read
 from hw.engine import STROBES, Engine
 
@@ -21,7 +21,7 @@ def rtl_engine(cfg: AccelConfig, tiles: list[TileImage], rows: int, n: int,
     """Run ``tiles`` in order (a tile with no words reuses what is resident); return OUT
     rows ``[rows, n]`` and strobe counts (plus cycles)."""
     dut = Engine(cfg)
-    shapes = buffer_shapes(cfg)
+    shapes = onchip_shapes(cfg)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     rng = random.Random(seed)
