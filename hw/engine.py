@@ -255,7 +255,7 @@ class Engine(wiring.Component):
                                                     | (self.wr_buf == BufId.WEIGHTS4))),
                      weights.wr_narrow.eq(self.wr_buf == BufId.WEIGHTS4)]
         host_rd = {}
-        for b in HOST_READABLE - VIEWS.keys():
+        for b in (HOST_READABLE - VIEWS.keys()) & shapes.keys():  # DRAM: hw.mem, not here
             rp = weights.read_port() if b == BufId.WEIGHTS else mems[b].read_port()
             m.d.comb += [rp.addr.eq(self.rd_addr), rp.en.eq(self.rd_en & (self.rd_buf == b))]
             host_rd[b] = rp
