@@ -20,10 +20,11 @@ class Counter:
 
     ``sources`` are 1-bit strobes added every cycle, named ``block.strobe``: ``engine.*``
     (``hw.engine.STROBES``), ``link.*`` (the link's byte and error strobes), ``exec.*``
-    (the command executor's), or ``one`` (every cycle). ``scaled``: each strobe counts the
-    running tile's active lanes instead of 1 (lane operations). ``golden``: the
-    ``models.contract.Events`` field it must equal under the device's tiling. ``traffic``:
-    a datapath buffer access (what the energy model charges as SRAM traffic)."""
+    (the command executor's), ``dma.*`` (the LOAD copier's), or ``one`` (every cycle).
+    ``scaled``: each strobe counts the running tile's active lanes instead of 1 (lane
+    operations). ``golden``: the ``models.contract.Events`` field it must equal under the
+    device's tiling. ``traffic``: a datapath buffer access (what the energy model charges
+    as SRAM traffic)."""
 
     meaning: str
     sources: tuple[str, ...]
@@ -71,6 +72,13 @@ COUNTERS: dict[str, Counter] = {
     "host_wr": Counter("buffer words written by the host", ("exec.host_wr",)),
     "host_rd": Counter("buffer words read by the host", ("exec.host_rd",)),
     "descriptors": Counter("descriptors run", ("exec.descriptors",)),
+    "loads": Counter("LOADs started (copies from the external memory)", ("exec.loads",)),
+    "dram_rd": Counter("external-memory words read (by LOADs and the host)",
+                       ("dma.word_rd", "exec.dram_rd")),
+    "dram_wr": Counter("external-memory words written by the host", ("exec.dram_wr",)),
+    "load_wait": Counter("cycles a command waited for a LOAD to finish", ("exec.load_wait",)),
+    "load_overlap": Counter("cycles a LOAD ran while a descriptor ran (a weight tile "
+                            "loaded beside the run)", ("exec.load_overlap",)),
     "link_rx": Counter("bytes received on the host link", ("link.rx_byte",)),
     "link_tx": Counter("bytes sent on the host link", ("link.tx_byte",)),
     "frame_errors": Counter("bad frames (CRC, length, timeout)", ("link.frame_err",)),

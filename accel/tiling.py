@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
@@ -156,11 +157,8 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
         raise ValueError(f"{where}: weights span [{int(w.min())}, {int(w.max())}], outside "
                          f"the {cfg.weight_bits}-bit weight buffer")
     img = TileImage(where=where)
-    rows = torch.zeros(k, cfg.lanes, dtype=torch.int64)
-    rows[:, :n] = w.t()
-    # a tile of 4-bit weights sends only the narrow halves of its rows (half the bytes)
-    wide = is_wide(cfg, w)
-    img.words[BufId.WEIGHTS if wide else BufId.WEIGHTS4] = rows.tolist()
+    img.words = tile_constants(cfg, w, start=start, consts=consts, resume=resume)
+    wide = BufId.WEIGHTS in img.words
     # the event words depend on the activations only: a caller tiling N passes them in once
     spike_ev, mac_ev = events or tile_events(cfg, codes, int_mask, shifts, enc)
     img.words[BufId.SPIKE_EV] = spike_ev
@@ -172,12 +170,6 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
                              f"buffer's {depth}; split the tile over fewer rows")
     mrow = mrow if mrow is not None else torch.full((m,), 2**ROW_FRAC)
     img.words[BufId.ROWS] = [int(v) for v in mrow]
-    if consts is not None:
-        img.words[BufId.PARAMS] = [{c: int(consts[c][j]) for c in REQ_CONSTS}
-                                   for j in range(n)]
-    if not resume:
-        st = start if start is not None else torch.zeros(n, dtype=torch.int64)
-        img.words[BufId.START] = [int(v) for v in st]
     img.descriptor = {"rows": m, "n_active": n, "spike_events": len(img.words[BufId.SPIKE_EV]),
                       "mac_events": len(img.words[BufId.MAC_EV]),
                       "ttfs": int(enc.kind in TTFS_KINDS), "shift": shift, "relu": int(relu),
@@ -190,6 +182,44 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
                 BufId.MAC_EV: bases[BufId.MAC_EV], BufId.ROWS: bases[BufId.ROWS],
                 BufId.PARAMS: 0, BufId.START: 0}
     return img
+
+
+def tile_constants(cfg: AccelConfig, w: torch.Tensor, *, start: torch.Tensor | None = None,
+                   consts: dict | None = None, resume: bool = False) -> dict[BufId, list]:
+    """The words of a tile that depend on its GEMM's weights ``[N, K]`` and constants only,
+    not on the activations: the weight rows (``WEIGHTS4``, the narrow halves, when every
+    weight fits them: half the bytes; else whole ``WEIGHTS`` rows), the requantizer
+    constants (``PARAMS``, with ``consts``) and the start values (``START``, unless
+    ``resume``). What a linear layer may keep in the external memory
+    (``accel.resident``)."""
+    n, k = w.shape
+    rows = torch.zeros(k, cfg.lanes, dtype=torch.int64)
+    rows[:, :n] = w.t()
+    words: dict[BufId, list] = {
+        BufId.WEIGHTS if is_wide(cfg, w) else BufId.WEIGHTS4: rows.tolist()}
+    if consts is not None:
+        words[BufId.PARAMS] = [{c: int(consts[c][j]) for c in REQ_CONSTS} for j in range(n)]
+    if not resume:
+        st = start if start is not None else torch.zeros(n, dtype=torch.int64)
+        words[BufId.START] = [int(v) for v in st]
+    return words
+
+
+def constant_tiles(cfg: AccelConfig, call) -> Iterator[dict[BufId, list]]:
+    """:func:`tile_constants` of every output slice and K tile of a traced GEMM
+    (``models.golden.GemmCall``), as :func:`plan_call` slices them (whatever its rows)."""
+    n, k = call.w.shape
+    for t in tiles(cfg, [(0, 1)], n, k):
+        yield tile_constants(cfg, call.w[t.n0:t.n1, t.k0:t.k1], **_constants_of(call, t))
+
+
+def _constants_of(call, t: Tile) -> dict:
+    """The ``start``, ``consts`` and ``resume`` of tile ``t`` of a GEMM whose ``start``
+    and ``consts`` are per output channel (``call`` has them as attributes)."""
+    return {"start": None if call.start is None else call.start[t.n0:t.n1],
+            "consts": None if call.consts is None or not t.last
+            else {c: v[t.n0:t.n1] for c, v in call.consts.items()},
+            "resume": t.ki > 0}
 
 
 def out_read(cfg: AccelConfig, img: TileImage) -> tuple[BufId, int, int]:
@@ -349,20 +379,42 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
               for r0, r1 in groups for k0, k1 in k_slices(cfg, k)}
     ev_base = event_bases(cfg, events)
     images: dict[tuple[int, int, int, int], list[TileImage]] = {}
+    per_channel = SimpleNamespace(start=start, consts=consts)
     for t in tiles(cfg, groups, n, k):
         rows, ks = slice(t.r0, t.r1), slice(t.k0, t.k1)
-        sl = None if consts is None else {c: v[t.n0:t.n1] for c, v in consts.items()}
         images.setdefault((t.r0, t.r1, t.n0, t.n1), []).append(build_tile(
             cfg, codes[rows, ks], int_mask[ks], shifts[ks], enc, w[t.n0:t.n1, ks],
-            start=None if start is None else start[t.n0:t.n1],
-            mrow=None if mrow is None else mrow[rows],
-            consts=sl if t.last else None, shift=shift, relu=relu, raw=raw,
-            resume=t.ki > 0, keep=not t.last,
+            mrow=None if mrow is None else mrow[rows], shift=shift, relu=relu, raw=raw,
+            keep=not t.last, **_constants_of(per_channel, t),
             bases=({BufId.ROWS: t.r0} if resident else {}) | ev_base[t.r0, t.k0],
             events=events[t.r0, t.k0],
             where=f"{where}[m {t.r0}:{t.r1}, n {t.n0}:{t.n1}, k {t.k0}:{t.k1}]"))
-    out = [Slice(*key, imgs) for key, imgs in images.items()]
-    return GemmTiles(out, resident)
+    out = GemmTiles([Slice(*key, imgs) for key, imgs in images.items()], resident)
+    alternate_halves(cfg, out)
+    return out
+
+
+def alternate_halves(cfg: AccelConfig, gt: GemmTiles) -> None:
+    """Place each run's weights in the half of the weight buffer the run before did not
+    use, whenever they change and fit half the buffer, so that the next tile's weights can
+    be loaded from the external memory while this one runs (the executor lets a RUN run
+    beside a LOAD into the other half only). Weights that do not change keep their place
+    (they are not written again)."""
+    half_rows = cfg.weight_depth // 2
+    prev, half = None, 1
+    for img, _ in gt.steps():
+        buf = BufId.WEIGHTS if BufId.WEIGHTS in img.words else BufId.WEIGHTS4
+        rows = img.words[buf]
+        if len(rows) > half_rows or not half_rows:
+            base, half = 0, 0
+        elif rows != prev:
+            half ^= 1
+            base = half * half_rows
+        else:
+            base = half * half_rows
+        prev = rows
+        img.base[BufId.WEIGHTS] = img.base[BufId.WEIGHTS4] = base
+        img.descriptor["w_base"] = base
 
 
 def plan_call(cfg: AccelConfig, call) -> GemmTiles:

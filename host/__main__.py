@@ -42,6 +42,7 @@ from accel.bundle import (
 )
 from accel.config import AccelConfig
 from accel.protocol import BAUD
+from accel.resident import resident_image
 from models.arch import LoadedModel, ModelInputError, one_line
 from models.bundle import BundleError, load_bundle
 from models.convert import ConvertedModel, convert
@@ -181,6 +182,7 @@ def cmd_run(a) -> int:
             link, dev = connect(url)
         assert dev is not None  # --sim or --port: argparse requires one
         assert program is not None  # RUN_FILES holds program.json
+        resident = _resident(a, cfg, cm, dev)
         passes = 1 if gen is None else len(gen.passes)
         # a generation adds the output projection to each pass (unless the program has it)
         per_pass = len(program) + (gen is not None and program[-1]["gemm"] != HEAD)
@@ -227,7 +229,7 @@ def cmd_run(a) -> int:
         "totals": {"measured_cycles": sum(r["measured_cycles"] for r in layers),
                    "predicted_cycles": sum(r["predicted_cycles"] for r in layers),
                    "golden_events": vars(total_events(res.golden_events))},
-        "energy_table_pj": table,
+        "energy_table_pj": table, "resident": resident,
     }
     rep["board"] = report.board_estimate(dev.stats, rep["totals"]["measured_cycles"],
                                          int(ids.numel()),
@@ -315,6 +317,48 @@ def _print_generation(g: dict, out: Path, wall: float) -> int:
     return 0
 
 
+def _resident(a, cfg: AccelConfig, cm: ConvertedModel, dev: Device) -> dict:
+    """The model in the device's external memory: written first with ``--load``, else
+    used if the device holds it already (``accel.resident``); what was done, for the
+    report. The load's link traffic is kept out of the run's."""
+    image = resident_image(cfg, cm)
+    out: dict = {"image_words": len(image.words), "blocks": len(image), "loaded": None,
+                 "image_bytes": len(image.words) * cfg.dram_bits // 8}
+    if getattr(a, "load", False):
+        t0 = time.perf_counter()
+        with tqdm(total=len(image.words), unit="word", disable=a.quiet, desc="load") as bar:
+            dev.load_image(image, verify=True, progress=bar.update)
+        out["loaded"] = {"link_bytes": dev.link_bytes(), "seconds": time.perf_counter() - t0,
+                         "frames": dev.stats["frames_tx"]}
+        dev.stats.clear()
+    elif not getattr(a, "no_resident", False):
+        dev.use_image(image)
+    out["used"] = dev.image is not None
+    _say(a, "model: " + ("weights, constants and start values from the external memory"
+                         if out["used"] else "not in the external memory; every word "
+                         "crosses the link (load it with --load or `host load`)"))
+    return out
+
+
+def cmd_load(a) -> int:
+    bundle = Path(a.bundle)
+    cfg, _ = _bundle(bundle, RUN_FILES)
+    board = read_board(bundle)
+    t = SerialTransport(a.port, a.baud or (board["baud"] if board else BAUD))
+    try:
+        dev = Device(t, cfg, retries=a.retries)
+        dev.identify()
+        cm, _ = _model(bundle)
+        a.load = True
+        r = _resident(a, cfg, cm, dev)
+    finally:
+        t.close()
+    print(f"loaded {r['image_bytes']:,} bytes ({r['blocks']} blocks) into the external "
+          f"memory, verified by CRC-32, in {r['loaded']['seconds']:.1f} s "
+          f"({r['loaded']['link_bytes']:,} link bytes)")
+    return 0
+
+
 def cmd_sim(a) -> int:
     bundle = Path(a.bundle)
     _bundle(bundle, (CONFIG, "spikellm_top.v"))
@@ -366,11 +410,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="inject link faults at this rate (testing the recovery)")
     r.add_argument("--seed", type=int, default=0, help="fault injection seed")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    res = r.add_mutually_exclusive_group()
+    res.add_argument("--load", action="store_true",
+                     help="write the model into the device's external memory first (what "
+                          "`host load` does), then run from there")
+    res.add_argument("--no-resident", action="store_true",
+                     help="send every word over the link even if the device holds the model")
+    ld = sub.add_parser("load", help="write a bundle's model into the board's external memory "
+                                     "(SDRAM), verified by read-back; later runs use it")
+    ld.add_argument("--bundle", required=True)
+    ld.add_argument("--port", required=True, help="serial device or pyserial URL")
+    ld.add_argument("--baud", type=int, default=None)
+    ld.add_argument("--retries", type=int, default=8)
+    ld.add_argument("--quiet", action="store_true")
     s = sub.add_parser("sim", help="serve a bundle's simulated device; prints its URL")
     s.add_argument("--bundle", required=True)
     a = p.parse_args(argv)
     try:
-        return cmd_run(a) if a.cmd == "run" else cmd_sim(a)
+        return {"run": cmd_run, "load": cmd_load, "sim": cmd_sim}[a.cmd](a)
     except (OSError, ValueError, DeviceError, LinkError, RuntimeError) as e:
         # bad bundles and inputs, devices that cannot be reached: one line, no traceback
         print(f"error: {one_line(e)}", file=sys.stderr)

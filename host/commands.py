@@ -23,7 +23,16 @@ from accel.layouts import (
     unpack_int,
     word_packer,
 )
-from accel.protocol import BUF_ARGS, MAX_PAYLOAD, Cmd, ident_layout, nbytes, word_bytes
+from accel.protocol import (
+    BUF_ARGS,
+    LOAD_ARGS,
+    MAX_PAYLOAD,
+    Cmd,
+    ident_layout,
+    nbytes,
+    word_bytes,
+)
+from accel.resident import DramImage
 from accel.tiling import TileImage
 from models.contract import low_bits
 
@@ -32,6 +41,13 @@ def buf_args(buf: BufId, addr: int, count: int) -> bytes:
     """WRITE_BUF / READ_BUF argument bytes."""
     bits = BUF_ARGS.const({"buf": BufId(buf).value, "addr": addr, "count": count}).as_bits()
     return bits.to_bytes(nbytes(BUF_ARGS.size), "little")
+
+
+def load_payload(buf: BufId, addr: int, count: int, src: int) -> bytes:
+    """LOAD payload: ``count`` words of ``buf`` at ``addr ..`` from memory word ``src``."""
+    bits = LOAD_ARGS.const({"buf": BufId(buf).value, "addr": addr, "count": count,
+                            "src": src}).as_bits()
+    return bits.to_bytes(nbytes(LOAD_ARGS.size), "little")
 
 
 def write_buf_payloads(cfg: AccelConfig, buf: BufId, words: list, addr: int = 0,
@@ -164,14 +180,22 @@ class Request(NamedTuple):
 
 
 def write_requests(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, words: list,
-                   addr: int = 0, max_payload: int = MAX_PAYLOAD) -> Iterator[Request]:
+                   addr: int = 0, max_payload: int = MAX_PAYLOAD,
+                   image: DramImage | None = None) -> Iterator[Request]:
     """The WRITE_BUF requests that write ``words`` at ``addr ..`` of ``buf``, keeping
-    ``mirror`` true whatever happens to them.
+    ``mirror`` true whatever happens to them; one LOAD instead when the device's external
+    memory holds them (``image``, ``accel.resident``).
 
     Sans-IO: the caller sends each request and asks for the next one only once it was
     acknowledged. The range is unknown to ``mirror`` from the first request on (a failure
     midway leaves some of it old and some new) and known to hold ``words`` only when the
     caller comes back after the last one; a caller that stops early leaves it unknown."""
+    src = None if image is None else image.find(buf, words)
+    if src is not None:
+        mirror.set(buf, addr, None, len(words))
+        yield Request(Cmd.LOAD, load_payload(buf, addr, len(words), src), (buf, addr, words))
+        mirror.set(buf, addr, words)
+        return
     payloads = write_buf_payloads(cfg, buf, words, addr=addr, max_payload=max_payload)
     mirror.set(buf, addr, None, len(words))
     for i, p in enumerate(payloads):
@@ -180,11 +204,35 @@ def write_requests(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, words: li
 
 
 def tile_requests(cfg: AccelConfig, img: TileImage, mirror: BufferMirror,
-                  max_payload: int = MAX_PAYLOAD) -> Iterator[Request]:
+                  max_payload: int = MAX_PAYLOAD, image: DramImage | None = None,
+                  following: TileImage | None = None) -> Iterator[Request]:
     """Every request tile image ``img`` needs, in order: the writes of its words the
     buffers do not already hold (:func:`tile_writes`, each as :func:`write_requests`), then
     its RUN (refused with ``ValueError`` as :func:`run_payload` refuses, before it is
-    sent). The host driver and the cocotb bench both send exactly these."""
+    sent). With the model in the external memory (``image``), writes it holds are LOADs,
+    and the weights of the tile run next (``following``) are loaded before this RUN when
+    they go to the other half of the weight buffer (:func:`prefetch`), so that the copy
+    overlaps the run. The host driver and the cocotb bench both send exactly these."""
     for buf, addr, words in tile_writes(cfg, img, mirror):
-        yield from write_requests(cfg, mirror, buf, words, addr, max_payload)
+        yield from write_requests(cfg, mirror, buf, words, addr, max_payload, image)
+    if image is not None and following is not None:
+        for buf, addr, words in prefetch(cfg, img, following, mirror, image):
+            yield from write_requests(cfg, mirror, buf, words, addr, max_payload, image)
     yield Request(Cmd.RUN, run_payload(cfg, img.descriptor, img.where))
+
+
+def prefetch(cfg: AccelConfig, img: TileImage, following: TileImage, mirror: BufferMirror,
+             image: DramImage) -> list[tuple[BufId, int, list]]:
+    """The weight writes of ``following`` that may be LOADed while ``img`` runs: held by
+    ``image``, not yet in the buffer, and in the half of the weight buffer that ``img``'s
+    rows do not touch (the executor runs a RUN beside a LOAD only then)."""
+    half = cfg.weight_depth // 2
+    if not half:
+        return []
+    base = img.descriptor["w_base"]
+    rows = len(img.words.get(BufId.WEIGHTS) or img.words[BufId.WEIGHTS4])
+    if base // half != (base + rows - 1) // half:
+        return []  # this tile's rows span both halves
+    return [(buf, addr, words) for buf, addr, words in tile_writes(cfg, following, mirror)
+            if buf in (BufId.WEIGHTS, BufId.WEIGHTS4) and image.find(buf, words) is not None
+            and addr // half == (addr + len(words) - 1) // half != base // half]

@@ -15,6 +15,7 @@ Nothing is ever returned that did not arrive in a frame with a good CRC and the 
 from __future__ import annotations
 
 import time
+import zlib
 from collections import Counter
 
 import torch
@@ -31,6 +32,7 @@ from accel.protocol import (
     encode_frame,
     word_bytes,
 )
+from accel.resident import DramImage
 from accel.tiling import TileImage, out_read
 from models.contract import low_bits
 
@@ -88,6 +90,10 @@ class Device:
         self.stats: Counter = Counter()
         #: what each address of the host-written buffers holds, as far as this driver knows
         self.mirror = BufferMirror(cfg)
+        #: the model image the external memory holds (``accel.resident``), once
+        #: :meth:`load_image` or :meth:`use_image` has checked it: tile writes it holds
+        #: become LOADs
+        self.image: DramImage | None = None
 
     # -- framing ---------------------------------------------------------------------------
     def request(self, cmd: Cmd, payload: bytes = b"", timeout: float | None = None) -> bytes:
@@ -236,16 +242,24 @@ class Device:
                 pass  # the device is not answering at all: the RUN's error says so
             raise
 
-    def run_tile(self, img: TileImage) -> None:
-        """Write a tile's buffers (skipping words already resident) and run it
-        (:func:`host.commands.tile_requests`)."""
+    def run_tile(self, img: TileImage, following: TileImage | None = None) -> None:
+        """Write a tile's buffers (skipping words already resident; LOADs for the words the
+        external memory holds, and the ``following`` tile's weights loaded meanwhile when
+        they may be) and run it (:func:`host.commands.tile_requests`)."""
         written = 0
-        for req in tile_requests(self.cfg, img, self.mirror, self.max_payload):
+        for req in tile_requests(self.cfg, img, self.mirror, self.max_payload, self.image,
+                                 following):
             if req.cmd == Cmd.RUN:
                 self.stats["writes_skipped"] += len(img.words) - written
                 self._run(req.payload, img.where)
             else:
-                written += self._write(req)
+                done = self._write(req)
+                if req.cmd == Cmd.LOAD:
+                    self.stats["loads"] += 1
+                # a prefetched write belongs to the following tile, not this one
+                if done and req.completes is not None and any(
+                        req.completes[2] is w for w in img.words.values()):
+                    written += 1
 
     def gemm(self, plan) -> torch.Tensor:
         """Run a planned GEMM (``accel.tiling.plan_gemm``) in its schedule; its outputs
@@ -253,13 +267,44 @@ class Device:
         m = max(s.r1 for s in plan.slices)
         n = max(s.n1 for s in plan.slices)
         out = torch.zeros(m, n, dtype=torch.int64)
-        for img, done in plan.steps():
-            self.run_tile(img)
+        steps = list(plan.steps())
+        for i, (img, done) in enumerate(steps):
+            self.run_tile(img, steps[i + 1][0] if i + 1 < len(steps) else None)
             if done is not None:
                 words = self.read(*out_read(self.cfg, img))
                 out[done.r0:done.r1, done.n0:done.n1] = torch.tensor(words).view(
                     done.r1 - done.r0, done.n1 - done.n0)
         return out
+
+    def load_image(self, image: DramImage, verify: bool = True, progress=None) -> None:
+        """Write a model image (``accel.resident``) into the external memory: its header
+        cleared first, then its words, read back and compared by CRC-32 when ``verify``,
+        then its header, so that a load cut short is never taken for a whole one. Runs
+        use it from then on. ``progress(words)`` is called as words are written."""
+        self.image = None
+        self.write(BufId.DRAM, [0] * image.base)
+        chunk = 1 << 14
+        for a in range(0, len(image.words), chunk):
+            self.write(BufId.DRAM, image.words[a:a + chunk], image.base + a)
+            if progress:
+                progress(len(image.words[a:a + chunk]))
+        if verify:
+            nb = word_bytes(self.cfg)[BufId.DRAM]
+            want = zlib.crc32(b"".join(w.to_bytes(nb, "little") for w in image.words))
+            got = zlib.crc32(self.read_raw(BufId.DRAM, image.base, len(image.words)))
+            if got != want:
+                raise LinkError(f"the external memory read back with CRC-32 {got:08x}, "
+                                f"not the image's {want:08x}")
+        self.write(BufId.DRAM, image.header())
+        self.image = image
+
+    def use_image(self, image: DramImage) -> bool:
+        """Use ``image`` for the runs that follow if the device's external memory holds it
+        (its header, written last by :meth:`load_image`, equals the image's); whether it
+        does."""
+        held = self.read(BufId.DRAM, 0, image.base)
+        self.image = image if held == image.header() else None
+        return self.image is not None
 
     def link_bytes(self) -> int:
         """Bytes sent and received so far (frames included)."""

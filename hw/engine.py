@@ -200,8 +200,9 @@ class Engine(wiring.Component):
     but the buffer contents returns to its reset state, when the descriptor makes no
     progress for :func:`watchdog_cycles` (fewer row ends than rows), when rows are left
     over once its rows are done (more row ends than rows), when a weight address runs
-    past the weight buffer (``w_base`` too large) or an outlier shift exceeds
-    ``max_shift``. ``abort`` does the same on the host's request.
+    past the weight buffer (``w_base`` too large) or, with ``w_half``, into the half of it
+    that ``w_base`` is not in, or an outlier shift exceeds ``max_shift``. ``abort`` does the
+    same on the host's request.
     """
 
     def __init__(self, cfg: AccelConfig):
@@ -221,6 +222,9 @@ class Engine(wiring.Component):
             "busy": Out(1),
             "abort": In(1),  #: return to idle now (buffer contents are kept)
             "fault": Out(1),  #: pulse: the running descriptor was stopped (see below)
+            #: the running descriptor may read only the half of the weight buffer that holds
+            #: its ``w_base`` (a LOAD is writing the other half): held for the whole RUN
+            "w_half": In(1),
         }
         members.update({name: Out(1) for name in STROBES})
         self.word_bits = widest
@@ -321,6 +325,9 @@ class Engine(wiring.Component):
             event_regs += [raw, st]
             w_addr = Signal(cfg.k_bits + 1, name=f"w_addr_{name}")
             flag = (ev.op == op) & w_addr[-1]
+            if cfg.k_bits:  # a row in the half a LOAD is writing
+                top = cfg.k_bits - 1
+                flag |= (ev.op == op) & self.w_half & (w_addr[top] != desc.w_base[top])
             if arr is ma and cfg.max_shift < 2**cfg.shift_bits - 1:
                 flag |= (ev.op == op) & (ev.shift > cfg.max_shift)
             m.d.comb += [w_addr.eq(ev.k + desc.w_base),

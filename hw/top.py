@@ -29,7 +29,7 @@ with a wrong length or an out-of-range buffer argument gets ``ERR_ARG``, an unkn
 import operator
 from functools import reduce
 
-from amaranth import Module, Mux, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.back import verilog
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -40,15 +40,18 @@ from accel.counters import COUNTERS
 from accel.layouts import (
     HOST_READABLE,
     HOST_WRITABLE,
+    LOADABLE,
     BufId,
     buffer_shapes,
     descriptor_layout,
     descriptor_rules,
+    dram_words,
 )
 from accel.protocol import (
     BUF_ARGS,
     HEADER,
     LENGTH_LIMIT,
+    LOAD_ARGS,
     Cmd,
     Status,
     ident_layout,
@@ -60,6 +63,7 @@ from accel.protocol import (
 from .counters import CounterFile
 from .engine import STROBES, Engine
 from .link import Link
+from .mem import DRAM_STORAGE_V, Dma, MemModel, dram_port
 from .pipe import Register
 
 #: Cycles without a byte after which the link drops a half-received frame:
@@ -70,15 +74,14 @@ LINK_TIMEOUT = round(BOARD_OSC_HZ * LINK_TIMEOUT_S)
 
 
 class Top(wiring.Component):
-    """The accelerator behind an 8-bit byte stream (UART or simulator socket)."""
-
-    rx: In(stream.Signature(8))
-    tx: Out(stream.Signature(8))
+    """The accelerator behind an 8-bit byte stream (UART or simulator socket), with its
+    external memory on ``dram`` (``hw.mem``)."""
 
     def __init__(self, cfg: AccelConfig, *, link_timeout: int = LINK_TIMEOUT):
         self.cfg = cfg
         self.link_timeout = link_timeout
-        super().__init__()
+        super().__init__({"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)),
+                          "dram": Out(dram_port(cfg))})
 
     def elaborate(self, platform):
         m = Module()
@@ -86,12 +89,13 @@ class Top(wiring.Component):
         m.submodules.link = link = Link(timeout_cycles=self.link_timeout)
         m.submodules.engine = eng = Engine(cfg)
         m.submodules.counters = cnt = CounterFile(cfg, inc_bits=(cfg.lanes).bit_length() + 1)
+        m.submodules.dma = dma = Dma(cfg)
         wiring.connect(m, wiring.flipped(self.rx), link.rx)
         wiring.connect(m, link.tx, wiring.flipped(self.tx))
 
         shapes = buffer_shapes(cfg)
         wbytes = word_bytes(cfg)
-        width = 8 * max(max(wbytes.values()), nbytes(BUF_ARGS.size),
+        width = 8 * max(max(wbytes.values()), nbytes(BUF_ARGS.size), nbytes(LOAD_ARGS.size),
                         nbytes(descriptor_layout(cfg).size), nbytes(ident_layout().size),
                         nbytes(cfg.counter_bits))
         sr = Signal(width)  # assembles incoming words (from the top) / shifts out outgoing
@@ -107,6 +111,15 @@ class Top(wiring.Component):
         ctr = Signal(range(len(COUNTERS) + 1))
         desc_bytes = nbytes(descriptor_layout(cfg).size)
         args_bytes = nbytes(BUF_ARGS.size)
+        load_bytes = nbytes(LOAD_ARGS.size)
+        largs = Signal(LOAD_ARGS)
+        load_words = Signal(32)  # external-memory words the LOAD reads
+        load_bad = Signal()  # a bad buffer or range (registered in LOAD_SIZE)
+        is_dram = Signal()
+        m.d.comb += is_dram.eq(args.buf == BufId.DRAM)
+        w_half = Signal()  # the RUN reads one half of WEIGHTS while a LOAD writes the other
+        run_half = Signal()  # the checked descriptor may run beside the LOAD in flight
+        dram_done = Signal(2)  # a host write's command and data taken by the memory
         cb = nbytes(cfg.counter_bits)
         # bytes per word of args.buf (an ACC word is 4 x lanes bytes: 256 at 64 lanes)
         bpw = Signal(range(max(wbytes.values()) + 1))
@@ -136,9 +149,29 @@ class Top(wiring.Component):
         m.d.comb += [link.resp.payload.cmd.eq(status), link.resp.payload.seq.eq(hdr.seq),
                      link.resp.payload.length.eq(resp_len),
                      eng.rd_byte.eq(rbyte),
-                     resp_data.i.payload.eq(Mux(hdr.cmd == Cmd.READ_BUF, eng.rd_byte_data,
-                                                sr[:8]))]
+                     resp_data.i.payload.eq(Mux((hdr.cmd == Cmd.READ_BUF) & ~is_dram,
+                                                eng.rd_byte_data, sr[:8]))]
         m.d.comb += cnt.sel.eq(ctr)
+
+        # The external memory is the copier's while a LOAD runs, else the executor's (which
+        # waits for the LOAD before it touches the memory or a buffer); the same for the
+        # engine's host write port.
+        x_cmd = self.dram.cmd.signature.create(path=("x_cmd",))
+        x_wdata = self.dram.wdata.signature.create(path=("x_wdata",))
+        m.d.comb += [
+            self.dram.cmd.valid.eq(Mux(dma.busy, dma.mem.cmd.valid, x_cmd.valid)),
+            self.dram.cmd.payload.eq(Mux(dma.busy, dma.mem.cmd.payload, x_cmd.payload)),
+            dma.mem.cmd.ready.eq(dma.busy & self.dram.cmd.ready),
+            x_cmd.ready.eq(~dma.busy & self.dram.cmd.ready),
+            self.dram.wdata.valid.eq(~dma.busy & x_wdata.valid),
+            self.dram.wdata.payload.eq(x_wdata.payload),
+            x_wdata.ready.eq(~dma.busy & self.dram.wdata.ready),
+            dma.mem.rdata.valid.eq(dma.busy & self.dram.rdata.valid),
+            dma.mem.rdata.payload.eq(self.dram.rdata.payload),
+            self.dram.rdata.ready.eq(1),
+            eng.wr_en.eq(dma.wr_en), eng.wr_buf.eq(dma.wr_buf), eng.wr_addr.eq(dma.wr_addr),
+            eng.wr_data.eq(dma.wr_data), eng.w_half.eq(w_half),
+        ]
 
         # A RUN repeated with the seq of the RUN just before it (a retry after a lost
         # response, or a duplicated frame) is answered OK without running again: partial
@@ -148,9 +181,11 @@ class Top(wiring.Component):
         strobe = {"one": 1, **{f"engine.{n}": getattr(eng, n) for n in STROBES},
                   "engine.busy": eng.busy, "engine.fault": eng.fault,
                   "link.rx_byte": link.rx_byte, "link.tx_byte": link.tx_byte,
-                  "link.frame_err": link.frame_err,
+                  "link.frame_err": link.frame_err, "dma.word_rd": dma.word_rd,
                   **{f"exec.{n}": Signal(name=f"exec_{n}")
-                     for n in ("host_wr", "host_rd", "descriptors")}}
+                     for n in ("host_wr", "host_rd", "descriptors", "loads", "dram_rd",
+                               "dram_wr", "load_wait", "load_overlap")}}
+        m.d.comb += strobe["exec.load_overlap"].eq(dma.busy & eng.busy)
         last_run_seq = Signal(8)
         last_run_valid = Signal()
         with m.FSM():
@@ -172,6 +207,13 @@ class Top(wiring.Component):
                         with m.Case(Cmd.RUN):
                             m.d.sync += todo.eq(desc_bytes)
                             with m.If(h.length != desc_bytes):
+                                m.d.sync += status.eq(Status.ERR_ARG)
+                                m.next = "DRAIN"
+                            with m.Else():
+                                m.next = "ARGS"
+                        with m.Case(Cmd.LOAD):
+                            m.d.sync += todo.eq(load_bytes)
+                            with m.If(h.length != load_bytes):
                                 m.d.sync += status.eq(Status.ERR_ARG)
                                 m.next = "DRAIN"
                             with m.Else():
@@ -199,6 +241,16 @@ class Top(wiring.Component):
                         desc = layout(word_from_sr(desc_bytes)[:layout.size])
                         ok = reduce(operator.and_, (rule(desc) for rule in
                                                     descriptor_rules(cfg).values()))
+                        # it may run beside a LOAD that writes the other half of WEIGHTS
+                        # (the engine faults an event that reads into that half)
+                        top_ = cfg.k_bits - 1
+                        if top_ >= 0:
+                            m.d.sync += run_half.eq(
+                                ((dma.buf == BufId.WEIGHTS) | (dma.buf == BufId.WEIGHTS4))
+                                & (dma.lo[top_] == (dma.hi - 1)[top_])
+                                & (dma.lo[top_] != desc.w_base[top_]))
+                        else:
+                            m.d.sync += run_half.eq(0)
                         with m.If(last_run_valid & (last_run_seq == hdr.seq)):
                             m.next = "RESP"
                         with m.Elif(~ok):
@@ -206,6 +258,9 @@ class Top(wiring.Component):
                             m.next = "RESP"
                         with m.Else():
                             m.next = "SUBMIT"
+                    with m.Case(Cmd.LOAD):
+                        m.d.sync += largs.eq(word_from_sr(load_bytes))
+                        m.next = "LOAD_SIZE"
                     with m.Default():
                         a = Signal(BUF_ARGS)
                         m.d.comb += a.eq(word_from_sr(args_bytes))
@@ -214,10 +269,40 @@ class Top(wiring.Component):
             with m.State("SUBMIT"):
                 # the descriptor goes to the engine from registers, a cycle after its check
                 # (the rules' compares and the engine's start are not one path: timing)
-                m.d.comb += [eng.run.payload.eq(word_from_sr(desc_bytes)), eng.run.valid.eq(1)]
-                with m.If(eng.run.ready):
-                    m.d.comb += strobe["exec.descriptors"].eq(1)
-                    m.next = "WAIT_DONE"
+                with m.If(dma.busy & ~run_half):
+                    m.d.comb += strobe["exec.load_wait"].eq(1)
+                with m.Else():
+                    m.d.comb += [eng.run.payload.eq(word_from_sr(desc_bytes)),
+                                 eng.run.valid.eq(1)]
+                    with m.If(eng.run.ready):
+                        m.d.comb += strobe["exec.descriptors"].eq(1)
+                        m.d.sync += w_half.eq(dma.busy)
+                        m.next = "WAIT_DONE"
+            with m.State("LOAD_SIZE"):
+                # memory words the LOAD reads (a constant multiple per buffer) and the checks
+                # of its buffer range, registered (timing, as in SIZE)
+                m.d.sync += load_bad.eq(1)
+                with m.Switch(largs.buf):
+                    for b in LOADABLE:
+                        with m.Case(b):
+                            m.d.sync += [load_words.eq(largs.count * dram_words(cfg, b)),
+                                         load_bad.eq(largs.addr + largs.count > shapes[b][1])]
+                m.next = "LOAD_CHECK"
+            with m.State("LOAD_CHECK"):
+                with m.If(load_bad | (largs.src + load_words > 1 << cfg.dram_addr_bits)):
+                    m.d.sync += status.eq(Status.ERR_ARG)
+                    m.next = "RESP"
+                with m.Elif(largs.count == 0):
+                    m.next = "RESP"
+                with m.Else():
+                    m.next = "LOAD_START"
+            with m.State("LOAD_START"):  # after the LOAD before it, if one still runs
+                m.d.comb += [dma.start.payload.eq(largs), dma.start.valid.eq(1)]
+                with m.If(dma.start.ready):
+                    m.d.comb += strobe["exec.loads"].eq(1)
+                    m.next = "RESP"
+                with m.Else():
+                    m.d.comb += strobe["exec.load_wait"].eq(1)
             with m.State("SIZE"):
                 # bytes the words take, a constant multiple per buffer, and the checks that
                 # need no byte count, registered here so that no multiplier or range compare
@@ -237,7 +322,9 @@ class Top(wiring.Component):
                 need = args_bytes + Mux(hdr.cmd == Cmd.WRITE_BUF, req_bytes, 0)
                 # a READ_BUF answer must fit the 16-bit length field
                 too_long = (hdr.cmd == Cmd.READ_BUF) & (req_bytes > LENGTH_LIMIT)
-                with m.If(args_bad | (hdr.length != need) | too_long):
+                with m.If(dma.busy):  # the buffers and the memory are the LOAD's
+                    m.d.comb += strobe["exec.load_wait"].eq(1)
+                with m.Elif(args_bad | (hdr.length != need) | too_long):
                     m.d.sync += status.eq(Status.ERR_ARG)
                     m.next = "DRAIN"
                 with m.Elif(hdr.cmd == Cmd.WRITE_BUF):
@@ -254,19 +341,34 @@ class Top(wiring.Component):
                 with m.If(link.data.valid):
                     m.d.sync += [sr.eq(shifted_in), got.eq(got + 1), todo.eq(todo - 1)]
                     with m.If(todo == 1):
+                        m.d.sync += dram_done.eq(0)
                         m.next = "WR_WORD"
             with m.State("WR_WORD"):
-                m.d.comb += [eng.wr_en.eq(1), eng.wr_buf.eq(args.buf), eng.wr_addr.eq(addr),
-                             strobe["exec.host_wr"].eq(1)]
-                with m.Switch(args.buf):
-                    for b, n in wbytes.items():
-                        with m.Case(b):
-                            m.d.comb += eng.wr_data.eq(word_from_sr(n))
-                m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), todo.eq(bpw)]
-                with m.If(words == 1):
-                    m.next = "RESP"
+                written = Signal()
+                with m.If(is_dram):
+                    # the memory may take the command and the data in different cycles
+                    c_ok = dram_done[0] | x_cmd.ready
+                    d_ok = dram_done[1] | x_wdata.ready
+                    m.d.comb += [x_cmd.valid.eq(~dram_done[0]), x_cmd.payload.addr.eq(addr),
+                                 x_cmd.payload.we.eq(1), x_wdata.valid.eq(~dram_done[1]),
+                                 x_wdata.payload.eq(word_from_sr(wbytes[BufId.DRAM])),
+                                 written.eq(c_ok & d_ok),
+                                 strobe["exec.dram_wr"].eq(c_ok & d_ok)]
+                    m.d.sync += dram_done.eq(Mux(c_ok & d_ok, 0, Cat(c_ok, d_ok)))
                 with m.Else():
-                    m.next = "WR_BYTES"
+                    m.d.comb += [eng.wr_en.eq(1), eng.wr_buf.eq(args.buf), eng.wr_addr.eq(addr),
+                                 written.eq(1)]
+                    with m.Switch(args.buf):
+                        for b, n in wbytes.items():
+                            with m.Case(b):
+                                m.d.comb += eng.wr_data.eq(word_from_sr(n))
+                with m.If(written):
+                    m.d.comb += strobe["exec.host_wr"].eq(1)
+                    m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), todo.eq(bpw)]
+                    with m.If(words == 1):
+                        m.next = "RESP"
+                    with m.Else():
+                        m.next = "WR_BYTES"
             with m.State("WAIT_DONE"):
                 with m.If(eng.done):
                     m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
@@ -309,10 +411,21 @@ class Top(wiring.Component):
                 m.d.sync += [sr.eq(cnt.value), todo.eq(cb), ctr.eq(ctr + 1)]
                 m.next = "SEND"
             with m.State("RD_WORD"):
-                m.d.comb += [eng.rd_en.eq(1), eng.rd_buf.eq(args.buf), eng.rd_addr.eq(addr),
-                             strobe["exec.host_rd"].eq(1)]
-                m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), rbyte.eq(0)]
-                m.next = "RD_LATCH"
+                with m.If(is_dram):
+                    m.d.comb += [x_cmd.valid.eq(1), x_cmd.payload.addr.eq(addr)]
+                    with m.If(x_cmd.ready):
+                        m.d.comb += [strobe["exec.host_rd"].eq(1), strobe["exec.dram_rd"].eq(1)]
+                        m.d.sync += [addr.eq(addr + 1), words.eq(words - 1)]
+                        m.next = "RD_DRAM"
+                with m.Else():
+                    m.d.comb += [eng.rd_en.eq(1), eng.rd_buf.eq(args.buf),
+                                 eng.rd_addr.eq(addr), strobe["exec.host_rd"].eq(1)]
+                    m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), rbyte.eq(0)]
+                    m.next = "RD_LATCH"
+            with m.State("RD_DRAM"):  # the word comes back into sr and goes out from there
+                with m.If(self.dram.rdata.valid):
+                    m.d.sync += [sr.eq(self.dram.rdata.payload), todo.eq(bpw)]
+                    m.next = "SEND"
             with m.State("RD_LATCH"):
                 # the word stays on the engine's read port (nothing else reads it while the
                 # executor sends it) and goes out byte by byte from there, not through sr;
@@ -326,7 +439,7 @@ class Top(wiring.Component):
                 m.d.comb += resp_data.i.valid.eq(1)
                 with m.If(resp_data.i.ready):
                     m.d.sync += [sr.eq(sr >> 8), todo.eq(todo - 1), rbyte.eq(rbyte + 1)]
-                    with m.If((todo != 1) & (hdr.cmd == Cmd.READ_BUF)):
+                    with m.If((todo != 1) & (hdr.cmd == Cmd.READ_BUF) & ~is_dram):
                         m.next = "RD_BYTE"
                     with m.If(todo == 1):
                         with m.If((hdr.cmd == Cmd.READ_COUNTERS) & (ctr < len(COUNTERS))):
@@ -347,7 +460,37 @@ class Top(wiring.Component):
         return m
 
 
+class SimTop(wiring.Component):
+    """:class:`Top` with a behavioural external memory (``hw.mem.MemModel``, timing
+    :data:`SIM_DRAM`): the simulated device, with the same ``rx``/``tx`` as the board's."""
+
+    rx: In(stream.Signature(8))
+    tx: Out(stream.Signature(8))
+
+    def __init__(self, cfg: AccelConfig, *, storage: str = "verilog", **kw):
+        self.cfg, self.storage, self.kw = cfg, storage, kw
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = Top(self.cfg, **self.kw)
+        m.submodules.dram = mem = MemModel(self.cfg.dram_addr_bits, self.cfg.dram_bits,
+                                           storage=self.storage, **SIM_DRAM)
+        wiring.connect(m, core.dram, mem.port)
+        wiring.connect(m, wiring.flipped(self.rx), core.rx)
+        wiring.connect(m, core.tx, wiring.flipped(self.tx))
+        return m
+
+
+#: The simulated device's memory timing (``hw.mem.MemModel``): an SDR chip 16 bits wide
+#: at the core's clock (two cycles a 32-bit word), CAS latency 2 behind a controller
+#: pipeline, 1 KB rows, a refresh every 7.8 us at 60 MHz.
+SIM_DRAM = dict(latency=6, word_cycles=2, row_bits=8, row_cycles=4, refresh_every=468,
+                refresh_cycles=8)
+
+
 def emit_verilog(cfg: AccelConfig, name: str = "spikellm_top", **kw) -> str:
-    """Verilog of the top level for ``cfg`` (the generator calls this)."""
-    top = Top(cfg, **kw)
-    return verilog.convert(top, name=name, emit_src=False)
+    """Verilog of the simulated device for ``cfg`` (:class:`SimTop`, with its memory's
+    storage module): what the generator writes as ``spikellm_top.v``."""
+    top = SimTop(cfg, **kw)
+    return verilog.convert(top, name=name, emit_src=False) + DRAM_STORAGE_V

@@ -148,6 +148,10 @@ class GemmCall:
     shift: int
     y: torch.Tensor
     raw: bool = False
+    #: ``w``, ``start`` and ``consts`` are the model's parameters (a linear layer), the same
+    #: for every input, so they may stay in the accelerator's external memory
+    #: (``accel.resident``); False where ``w`` is an activation (attention)
+    constant: bool = False
 
 
 @dataclass
@@ -169,14 +173,15 @@ class GoldenOps:
         #: golden one downstream, so a wrong result shows at the end, not only per GEMM
         self.execute = None
 
-    def _record(self, node: NodeInfo, head, codes, mask, shifts, w, start, sl, mrow, y, n):
+    def _record(self, node: NodeInfo, head, codes, mask, shifts, w, start, sl, mrow, y, n,
+                constant: bool = False):
         """Record the GEMM; returns its result (from ``execute`` when set)."""
         if self.trace is None and self.execute is None:
             return y
         consts = {c: self.t[f"{node.name}.{c}"][sl].to(torch.int64).expand(n).clone()
                   for c in ("mcol", "bias", "zp", "lo", "hi")}
         call = GemmCall(node.name, head, codes, mask, shifts, node.act.encoding, w, start,
-                        consts, mrow, node.shift, y)
+                        consts, mrow, node.shift, y, constant=constant)
         if self.trace is not None:
             self.trace.append(call)
         return y if self.execute is None else self.execute(call)
@@ -248,7 +253,7 @@ class GoldenOps:
         y = self._epi(node, acc[0], mrow)
         y = self._record(node, None, codes, node.act.outlier_mask(k), node.act.shifts(k), w,
                          self.t[name + ".zcorr"].to(torch.int64), slice(None), mrow, y,
-                         w.shape[0])
+                         w.shape[0], constant=True)
         if node.direct:
             return Coded(y)
         return y.to(F) * self.t[name + ".scale"]
@@ -311,7 +316,7 @@ class GoldenOps:
         acc = acc[0]
         if self.trace is not None or self.execute is not None:
             call = GemmCall(HEAD, None, codes, mask, shifts, node.act.encoding, w, start,
-                            raw_consts(w.shape[0]), mrow, 0, acc, raw=True)
+                            raw_consts(w.shape[0]), mrow, 0, acc, raw=True, constant=True)
             if self.trace is not None:
                 self.trace.append(call)
             if self.execute is not None:

@@ -21,10 +21,12 @@ from accel.config import PRESETS
 from accel.cycles import tile_cycles, tile_work
 from accel.layouts import BufId
 from accel.protocol import Cmd, Frame, FrameDecoder, Status, encode_frame
+from accel.resident import model_image
 from accel.tiling import REQ_CONSTS, build_tile, out_read, plan_gemm
 from host.commands import (
     BufferMirror,
     buf_args,
+    load_payload,
     parse_counters,
     parse_ident,
     parse_words,
@@ -34,7 +36,7 @@ from host.commands import (
 )
 from models.contract import requantize
 from models.encodings import Encoding
-from models.golden import gemm
+from models.golden import GemmCall, gemm
 from sim.streams import samples, seed
 
 CFG = PRESETS[os.environ.get("SPIKELLM_CONFIG", "tiny")]
@@ -123,18 +125,20 @@ class Testbench:
             f"{name}: status {r.cmd:#x} seq {r.seq}, expected {expect.value:#x} {self.seq}"
         return r.payload
 
-    async def run_tile(self, tile) -> None:
+    async def run_tile(self, tile, image=None, following=None) -> None:
         """Send the requests the host driver sends for a tile: its writes (words already
-        resident skipped) and its RUN (``host.commands.tile_requests``)."""
-        for req in tile_requests(CFG, tile, self.mirror):
+        resident skipped; LOADs of what ``image`` holds, the ``following`` tile's weights
+        loaded meanwhile) and its RUN (``host.commands.tile_requests``)."""
+        for req in tile_requests(CFG, tile, self.mirror, image=image, following=following):
             await self.request(req.cmd, req.payload)
 
-    async def gemm(self, plan, rows: int, n: int) -> torch.Tensor:
+    async def gemm(self, plan, rows: int, n: int, image=None) -> torch.Tensor:
         """Run every tile of a planned GEMM in the driver's order
         (``accel.tiling.GemmTiles.steps``); return its outputs ``[rows, n]``."""
         out = torch.zeros(rows, n, dtype=torch.int64)
-        for img, done in plan.steps():
-            await self.run_tile(img)
+        steps = list(plan.steps())
+        for i, (img, done) in enumerate(steps):
+            await self.run_tile(img, image, steps[i + 1][0] if i + 1 < len(steps) else None)
             if done is not None:
                 out[done.r0:done.r1, done.n0:done.n1] = await self.read_out(img)
         return out
@@ -284,3 +288,54 @@ async def gemm_k37_n70_m3_every_encoding_extremes_silent_firing(dut):
             (ev.acc_spike, ev.acc_step, ev.macs), f"{enc.name()} {fill}: {c}"
         assert c["spikes"] == ev.spike_units
         assert c["out_wr"] == m * n
+
+
+@cocotb.test()
+async def resident_weights_load_beside_runs_and_the_loaded_half_is_guarded(dut):
+    """A linear layer whose weights, constants and start values come from the external
+    memory: exact, with the next N slice's weights loaded into the other half of the
+    weight buffer while a tile runs (requests back to back, as a fast host sends them).
+    Then a RUN whose events read the half a LOAD is writing is stopped (ERR_FAULT)."""
+    tb = Testbench(dut)
+    await tb.start()
+    rng = random.Random(seed() + 4)
+    enc = Encoding("ttfs", 4)
+    half = CFG.weight_depth // 2
+    m, k, n = 3, half - 1, 3 * CFG.lanes - 1
+    q, mask, shifts, w, start, consts, mrow = _gemm_case(rng, enc, m, k, n, 2)
+    acc, _ = gemm(q[None], mask[None], shifts[None], enc, w[None], start, "t")
+    want = requantize(acc[0], consts["mcol"], 18, mrow, consts["bias"], consts["zp"],
+                      consts["lo"], consts["hi"])
+    call = GemmCall("lin", None, q, mask, shifts, enc, w, start, consts, mrow, 18, want,
+                    constant=True)
+    image = model_image(CFG, [call])
+    for p in write_buf_payloads(CFG, BufId.DRAM, image.words, image.base):
+        await tb.request(Cmd.WRITE_BUF, p)
+    await tb.request(Cmd.RESET_COUNTERS)
+    plan = plan_gemm(CFG, q, mask, shifts, enc, w, start=start, consts=consts, mrow=mrow,
+                     shift=18)
+    got = await tb.gemm(plan, m, n, image)
+    assert torch.equal(got, want), f"{got.tolist()} != {want.tolist()}"
+    c = parse_counters(CFG, await tb.request(Cmd.READ_COUNTERS))
+    assert c["loads"] > 0 and c["load_overlap"] > 0, c
+    assert c["busy"] == sum(tile_cycles(CFG, tile_work(CFG, img)) for img, _ in plan.steps())
+    # a tile at w_base 0 whose only spikes are on inputs of the upper half, sent right
+    # behind a LOAD into the upper half: the engine stops it
+    q2 = torch.zeros(1, half + 4, dtype=torch.int64)
+    q2[0, half + 1] = 3
+    tile = build_tile(CFG, q2, torch.zeros(half + 4, dtype=torch.bool),
+                      torch.zeros(half + 4, dtype=torch.int64), enc,
+                      torch.ones(CFG.lanes, half + 4, dtype=torch.int64))
+    for req in tile_requests(CFG, tile, tb.mirror):
+        if req.cmd != Cmd.RUN:
+            await tb.request(req.cmd, req.payload)
+    tb.seq = (tb.seq + 1) & 0xFF
+    tb.send_raw(encode_frame(Cmd.LOAD.value, tb.seq,
+                             load_payload(BufId.WEIGHTS4, half, half, image.base)))
+    tb.send_raw(encode_frame(Cmd.RUN.value, (tb.seq + 1) & 0xFF,
+                             run_payload(CFG, tile.descriptor)))
+    r1, r2 = await tb.reply(), await tb.reply()
+    tb.seq = (tb.seq + 1) & 0xFF
+    assert (r1.cmd, r2.cmd) == (Status.OK.value, Status.ERR_FAULT.value), (r1, r2)
+    # after the LOAD, the same tile runs
+    await tb.request(Cmd.RUN, run_payload(CFG, tile.descriptor))

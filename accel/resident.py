@@ -1,0 +1,107 @@
+"""The model resident in the accelerator's external memory: what `host load` writes there
+and how a run finds it.
+
+The image is content-addressed: it holds every distinct block of buffer words a linear
+layer's tiles write (weight rows, requantizer constants, start values:
+``accel.tiling.constant_tiles``), each laid out as a LOAD reads it
+(``accel.layouts.to_dram_words``). At run time any tile write whose words are in the image
+becomes a LOAD from there (:meth:`DramImage.find`); everything else (events, attention
+operands) still crosses the link. Nothing names a layer, so the image needs no map of the
+program, and a block shared by several tiles is stored once.
+
+Words ``0 .. HEADER_WORDS`` hold a header written last by `host load`: a magic word, the
+image's length and its SHA-256. A run uses the external memory only when the device's
+header equals the image the bundle gives (:meth:`DramImage.header`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import torch
+from amaranth import Shape
+
+from .config import AccelConfig
+from .layouts import LOADABLE, BufId, buffer_shapes, to_dram_words, word_packer
+from .protocol import nbytes
+from .tiling import constant_tiles
+
+#: Words at the start of the external memory that describe the image (32-bit fields).
+HEADER_WORDS = 16
+#: First header word: "SLLM".
+MAGIC = 0x4D4C4C53
+
+
+class DramImage:
+    """The external memory's contents for one model: buffer-word blocks, each stored once
+    (``find`` gives its first memory word), after a :data:`HEADER_WORDS` header."""
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        self.base = -(-HEADER_WORDS * 32 // cfg.dram_bits)  # header words in memory words
+        self.words: list[int] = []  #: memory words from ``base`` on
+        self._index: dict[tuple[BufId, bytes], int] = {}
+
+    def _key(self, buf: BufId, words: list) -> tuple[BufId, bytes]:
+        shape = buffer_shapes(self.cfg)[buf][0]
+        pack, nb = word_packer(shape), nbytes(Shape.cast(shape).width)
+        h = hashlib.sha256()
+        for w in words:
+            h.update(pack(w).to_bytes(nb, "little"))
+        return buf, h.digest()
+
+    def add(self, buf: BufId, words: list) -> int:
+        """Store ``words`` of ``buf`` (once); their first memory word."""
+        if buf not in LOADABLE:
+            raise ValueError(f"{buf.name} words cannot be loaded from the external memory")
+        key = self._key(buf, words)
+        if key not in self._index:
+            pack = word_packer(buffer_shapes(self.cfg)[buf][0])
+            self._index[key] = self.base + len(self.words)
+            self.words += to_dram_words(self.cfg, buf, [pack(w) for w in words])
+            if self.base + len(self.words) > 1 << self.cfg.dram_addr_bits:
+                raise ValueError(f"the model's image needs {self.base + len(self.words):,} "
+                                 f"memory words, more than the {1 << self.cfg.dram_addr_bits:,}"
+                                 f" of the external memory (dram_addr_bits)")
+        return self._index[key]
+
+    def find(self, buf: BufId, words: list) -> int | None:
+        """The first memory word of ``words`` of ``buf``, or None if the image lacks them."""
+        return self._index.get(self._key(buf, words)) if buf in LOADABLE else None
+
+    def __len__(self) -> int:
+        """Distinct blocks stored."""
+        return len(self._index)
+
+    def header(self) -> list[int]:
+        """The header's memory words: magic, length in memory words, SHA-256 of the
+        words (eight 32-bit words), zeros."""
+        h = hashlib.sha256(b"".join(w.to_bytes(-(-self.cfg.dram_bits // 8), "little")
+                                    for w in self.words)).digest()
+        fields = [MAGIC, len(self.words), *(int.from_bytes(h[i:i + 4], "little")
+                                            for i in range(0, 32, 4))]
+        fields += [0] * (HEADER_WORDS - len(fields))
+        bits = sum(f << (32 * i) for i, f in enumerate(fields))
+        mask = (1 << self.cfg.dram_bits) - 1
+        return [(bits >> (self.cfg.dram_bits * i)) & mask for i in range(self.base)]
+
+
+def model_image(cfg: AccelConfig, calls: Iterable) -> DramImage:
+    """The image of every constant GEMM among ``calls`` (``models.golden.GemmCall`` with
+    ``constant``, as a traced forward pass gives them; the activations do not matter)."""
+    image = DramImage(cfg)
+    for call in calls:
+        if call.constant:
+            for words in constant_tiles(cfg, call):
+                for buf, block in words.items():
+                    image.add(buf, block)
+    return image
+
+
+def resident_image(cfg: AccelConfig, cm) -> DramImage:
+    """The image of a converted model (``models.golden.ConvertedModel``): its constant
+    GEMMs, traced on one token (their words do not depend on it)."""
+    from .baselines import trace  # the one golden trace helper
+
+    return model_image(cfg, trace(cm, torch.zeros(1, dtype=torch.long)))

@@ -1,0 +1,184 @@
+"""The model in the external memory, on the simulated device: the memory written and read
+through the link, LOADs (checked by the core), the image's header, and GEMMs whose weights,
+constants and start values come from the memory bit-exact, with the next tile's weights
+loaded while a tile runs."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from accel.layouts import BufId, buffer_shapes, dram_words, pack_word, to_dram_words
+from accel.protocol import Cmd, word_bytes
+from accel.resident import DramImage, model_image
+from accel.tiling import constant_tiles
+from host.commands import load_payload
+from host.driver import Device, DeviceError, LinkError
+from host.run import run_gemm, run_model
+from host.transport import SerialTransport
+from models.contract import requantize
+from models.encodings import Encoding
+from models.golden import GemmCall, gemm
+
+from .conftest import CFG, FAST
+
+
+def _call(seed: int, m: int = 12, k: int = 150, n: int = 40) -> GemmCall:
+    """A linear layer (``constant``) with K and N tiles and an odd last tile of each."""
+    g = torch.Generator().manual_seed(seed)
+    enc = Encoding("ttfs", steps=7)
+    codes = torch.randint(0, 8, (m, k), generator=g) * (torch.rand(m, k, generator=g) < 0.3)
+    mask = torch.zeros(k, dtype=torch.bool)
+    mask[[2, k - 3]] = True
+    codes[:, mask] = torch.randint(-127, 128, (m, 2), generator=g)
+    shifts = torch.zeros(k, dtype=torch.int64)
+    w = torch.randint(-8, 8, (n, k), generator=g)
+    start = torch.randint(-500, 500, (n,), generator=g)
+    consts = {"mcol": torch.randint(1, 2**15, (n,), generator=g),
+              "bias": torch.randint(-50, 50, (n,), generator=g),
+              "zp": torch.zeros(n, dtype=torch.int64), "lo": torch.full((n,), -127),
+              "hi": torch.full((n,), 127)}
+    mrow = torch.randint(1, 2**16, (m,), generator=g)
+    acc, _ = gemm(codes[None], mask[None], shifts[None], enc, w[None], start, "t")
+    y = requantize(acc[0], consts["mcol"], 20, mrow, consts["bias"], consts["zp"],
+                   consts["lo"], consts["hi"])
+    return GemmCall(f"lin{seed}", None, codes, mask, shifts, enc, w, start, consts, mrow, 20,
+                    y, constant=True)
+
+
+def test_external_memory_written_and_read_through_the_link(sim):
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+    words = [(i * 2654435761) & 0xFFFFFFFF for i in range(300)]
+    top = (1 << CFG.dram_addr_bits) - len(words)
+    dev.write(BufId.DRAM, words, top)  # the last words of the memory
+    assert dev.read(BufId.DRAM, top, len(words)) == words
+    with pytest.raises(DeviceError, match="READ_BUF .* refused: ERR_ARG"):
+        dev.read(BufId.DRAM, top, len(words) + 1)  # past the end
+    t.close()
+
+
+def test_load_copies_buffer_words_and_the_core_refuses_bad_loads(sim):
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+    shape, _ = buffer_shapes(CFG)[BufId.WEIGHTS]
+    rows = [[(i * 5 + j) % 255 - 127 for j in range(CFG.lanes)] for i in range(9)]
+    mem = to_dram_words(CFG, BufId.WEIGHTS, [pack_word(shape, r) for r in rows])
+    dev.write(BufId.DRAM, mem, 1000)
+    dev.request(Cmd.LOAD, load_payload(BufId.WEIGHTS, 20, 9, 1000))
+    assert dev.read(BufId.WEIGHTS, 20, 9) == [pack_word(shape, r) for r in rows]
+    n = dram_words(CFG, BufId.WEIGHTS)
+    bad = {"the external memory itself": (BufId.DRAM, 0, 1, 0),
+           "a datapath buffer": (BufId.ACC, 0, 1, 0),
+           "a read-only view": (BufId.OUT8, 0, 1, 0),
+           "past the buffer": (BufId.WEIGHTS, CFG.weight_depth - 2, 3, 0),
+           "past the memory": (BufId.WEIGHTS, 0, 2, (1 << CFG.dram_addr_bits) - 2 * n + 1)}
+    for why, args in bad.items():
+        with pytest.raises(DeviceError, match="LOAD .* refused: ERR_ARG"):
+            dev.request(Cmd.LOAD, load_payload(*args))
+            pytest.fail(why)
+    with pytest.raises(DeviceError, match="LOAD .* refused: ERR_ARG"):
+        dev.request(Cmd.LOAD, load_payload(BufId.WEIGHTS, 0, 1, 0)[:-1])  # short payload
+    # the last word of the memory is reachable
+    dev.request(Cmd.LOAD, load_payload(BufId.START, 0, 1, (1 << CFG.dram_addr_bits) - 1))
+    assert dev.read(BufId.START, 0, 1) == [0]
+    t.close()
+
+
+def test_resident_gemms_are_exact_load_their_words_and_prefetch(sim):
+    # K tiles of half the weight buffer or less (prefetched) and of all of it (not)
+    calls = [_call(1, k=CFG.weight_depth // 2 - 3, n=40), _call(2, k=150, n=17)]
+    image = model_image(CFG, calls)
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+    dev.identify()
+    # without the image: every word crosses the link
+    plain = [run_gemm(dev, c)[1] for c in calls]
+    dev.load_image(image)
+    assert dev.use_image(image)
+    dev.forget()
+    before = dev.counters()
+    resident = []
+    for c in calls:
+        _, rec, before = run_gemm(dev, c, before=before)
+        resident.append(rec)
+    t.close()
+    wb = word_bytes(CFG)
+    for c, p, r in zip(calls, plain, resident, strict=True):
+        assert p.exact and r.exact and r.counters_match, r.name
+        # weights, constants and start values no longer cross the link: a LOAD request
+        # and its answer (29 bytes) replace each block's words
+        blocks = [(b, w) for words in constant_tiles(CFG, c) for b, w in words.items()]
+        moved = sum(len(w) * wb[b] for b, w in blocks)
+        assert p.link_bytes - r.link_bytes > moved - 29 * len(blocks), r.name
+        assert r.counters["busy"] == r.predicted_cycles
+        assert r.counters["loads"] > 0 and r.counters["dram_rd"] > 0
+    # K tiles of the whole weight buffer are never loaded beside a run (whether a prefetch
+    # overlaps depends on the host's latency here: sim/cocotb_top.py checks it cycle by
+    # cycle)
+    assert resident[1].counters["load_overlap"] == 0
+    assert dev.stats["loads"] == sum(r.counters["loads"] for r in resident)
+
+
+def test_an_image_is_used_only_where_the_device_holds_it(sim):
+    a, b = model_image(CFG, [_call(3)]), model_image(CFG, [_call(4)])
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+    dev.load_image(a)
+    assert dev.use_image(a) and not dev.use_image(b)
+    assert dev.image is None  # a run then writes every word itself
+    # a load cut short leaves no header: the image is not taken for a whole one
+    dev.write(BufId.DRAM, [0] * a.base)
+    assert not dev.use_image(a)
+    t.close()
+
+
+def test_a_load_that_reads_back_wrong_is_an_error(sim):
+    image = model_image(CFG, [_call(5)])
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+    real = dev.read_raw
+
+    def damaged(buf, addr, count):
+        raw = bytearray(real(buf, addr, count))
+        raw[len(raw) // 2] ^= 1
+        return bytes(raw)
+
+    dev.read_raw = damaged
+    with pytest.raises(LinkError, match="read back with CRC-32"):
+        dev.load_image(image)
+    dev.read_raw = real
+    assert dev.image is None and not dev.use_image(image)
+    t.close()
+
+
+def test_image_stores_each_block_once_and_refuses_what_does_not_fit():
+    call = _call(6)
+    image = model_image(CFG, [call, call])
+    assert len(model_image(CFG, [call])) == len(image)
+    assert image.find(BufId.ROWS, [12345]) is None
+    assert model_image(CFG, [dataclasses.replace(call, constant=False)]).words == []
+    small = dataclasses.replace(CFG, dram_addr_bits=8)
+    with pytest.raises(ValueError, match="more than the 256 of the external memory"):
+        model_image(small, [call])
+    with pytest.raises(ValueError, match="DRAM words cannot be loaded"):
+        DramImage(CFG).add(BufId.DRAM, [1])
+
+
+@pytest.mark.slow
+def test_whole_model_resident_bit_exact(sim, tiny_llama, tiny_llama_cm):
+    from accel.resident import resident_image
+
+    lm, cm = tiny_llama, tiny_llama_cm
+    ids = lm.tokenize("A small model, run from the external memory.")
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+    plain = run_model(cm, ids, dev)
+    dev.load_image(resident_image(CFG, cm))
+    res = run_model(cm, ids, dev)
+    t.close()
+    assert plain.bit_exact and res.bit_exact
+    assert all(r.exact and r.counters_match for r in res.records)
+    assert all(r.counters["busy"] == r.predicted_cycles for r in res.records)
+    assert sum(r.link_bytes for r in res.records) < 0.7 * sum(r.link_bytes
+                                                              for r in plain.records)
