@@ -32,11 +32,12 @@ class SpikeArray(wiring.Component):
     """Multiplier-free spike-accumulate array: ``lanes`` adders and, per lane, the synaptic
     current I and membrane V of ``spike_rows`` rows (row slots) in two small memories.
 
-    Takes one event per cycle (three-stage pipeline: weight read, weights registered, add).
-    Each event names a row slot. With ``ttfs`` set it runs the two-level TTFS neuron (a
-    spike adds its weight row into the slot's I, ``STEP`` adds I into V); otherwise (rate,
-    graded, ternary) spikes add straight into V. Silent inputs send no event, so work is
-    proportional to spikes plus steps.
+    Takes one event per cycle (three-stage pipeline: weight read; the weights and the
+    slot's I and V registered; add and write back, the result forwarded to the next event
+    if it has the same slot). Each event names a row slot. With ``ttfs`` set it runs the
+    two-level TTFS neuron (a spike adds its weight row into the slot's I, ``STEP`` adds I
+    into V); otherwise (rate, graded, ternary) spikes add straight into V. Silent inputs
+    send no event, so work is proportional to spikes plus steps.
 
     Weight fetches are shared: the host orders a slot group's spikes by time step, then
     input, then slot, and a SPIKE of the input whose row the weight port holds (the
@@ -66,8 +67,7 @@ class SpikeArray(wiring.Component):
         m = Module()
         cfg = self.cfg
         slots = cfg.spike_rows
-        # one row of I (V) per slot, all lanes side by side: a slot's lanes are read
-        # (asynchronously) and written back in the same cycle, as registers would be
+        # one row of I (V) per slot, all lanes side by side (LUT RAM, asynchronous read)
         m.submodules.cur = cur = memory.Memory(
             shape=data.ArrayLayout(signed(cfg.cur_bits), cfg.lanes), depth=slots, init=[])
         m.submodules.mem = mem = memory.Memory(shape=spike_vector_layout(cfg), depth=slots,
@@ -75,12 +75,22 @@ class SpikeArray(wiring.Component):
         cur_rd, mem_rd = cur.read_port(domain="comb"), mem.read_port(domain="comb")
         cur_wr, mem_wr = cur.write_port(), mem.write_port()
         live_i, live_v = Signal(slots), Signal(slots)
-        # three stages, one event per cycle: the weight read (s1), the weights registered
-        # (s2: the block RAM's output ends in a register, for timing), the add (s3)
+        # three stages, one event per cycle: the weight read (s1); the weights registered
+        # and the slot's I and V read and registered (s2); the add and the write back (s3).
+        # A slot's read-modify-write spans two cycles, so no path runs from the slot
+        # address through the LUT RAM read and the adder into the write (timing); an
+        # event whose slot s3 is writing takes s3's result instead of the memory's
+        # (forwarding). The flags that steer s2 are computed a stage earlier (s1 -> s2),
+        # from registers, so the slot address reaches nothing but the LUT RAMs.
         s2, s3 = (SimpleNamespace(valid=Signal(name=f"{n}_valid"),
                                   op=Signal(SpikeOp, name=f"{n}_op"), neg=Signal(name=f"{n}_neg"),
-                                  slot=Signal(cfg.slot_bits, name=f"{n}_slot"))
+                                  slot=Signal(cfg.slot_bits, name=f"{n}_slot"),
+                                  wr_i=Signal(name=f"{n}_wr_i"), wr_v=Signal(name=f"{n}_wr_v"))
                   for n in ("s2", "s3"))
+        # s2's flags: take s3's new I (V) (same slot, s3 writes it), or read the memory
+        # (the slot's I (V) is live: written since its END), or zero
+        fwd_i, fwd_v = Signal(), Signal()
+        keep_i, keep_v = Signal(), Signal()
         held = Signal()  # the weight port holds row ``held_k`` (read for the last event)
         held_k = Signal(cfg.k_bits)
         hold = s3.valid & (s3.op == SpikeOp.END) & ~self.out.ready
@@ -95,28 +105,56 @@ class SpikeArray(wiring.Component):
             self.out.valid.eq(s3.valid & (s3.op == SpikeOp.END)),
             self.busy.eq(s3.valid & advance),  # held at END waiting for the sink: not work
             self.idle.eq(~s2.valid & ~s3.valid),
-            cur_rd.addr.eq(s3.slot), mem_rd.addr.eq(s3.slot),
+            cur_rd.addr.eq(s2.slot), mem_rd.addr.eq(s2.slot),
             cur_wr.addr.eq(s3.slot), mem_wr.addr.eq(s3.slot),
+            # only SPIKE and STEP write, and a held s3 is an END: no ``advance`` needed
+            cur_wr.en.eq(s3.wr_i), mem_wr.en.eq(s3.wr_v),
         ]
+        # which memory an event in s1 will write when it reaches s3
+        ev_spike, ev_step = ev.op == SpikeOp.SPIKE, ev.op == SpikeOp.STEP
+        ev_wr_i = self.ev.valid & ev_spike & self.ttfs
+        ev_wr_v = self.ev.valid & (ev_step | (ev_spike & ~self.ttfs))
+        # a slot's I (V) reads as zero until its first write after an END or a reset,
+        # whatever the memory holds: one bit per slot instead of clearing every lane. These
+        # are the live bits after this cycle's s3 (an END frees its slot, a write sets it)
+        live_i_nxt, live_v_nxt = Signal(slots), Signal(slots)
+        m.d.comb += [live_i_nxt.eq(live_i), live_v_nxt.eq(live_v)]
+        with m.If(s3.valid & advance):
+            with m.If(s3.wr_i):
+                m.d.comb += live_i_nxt.bit_select(s3.slot, 1).eq(1)
+            with m.If(s3.wr_v):
+                m.d.comb += live_v_nxt.bit_select(s3.slot, 1).eq(1)
+            with m.If(s3.op == SpikeOp.END):
+                m.d.comb += [live_i_nxt.bit_select(s3.slot, 1).eq(0),
+                             live_v_nxt.bit_select(s3.slot, 1).eq(0)]
+        m.d.sync += [live_i.eq(live_i_nxt), live_v.eq(live_v_nxt)]
         # x - w as x + ~w + 1: the inversion is one LUT per bit before the weight register
         # (merged with the weight buffer's sign extension) and the +1 the adder's carry-in,
         # no negation carry chain
         adds = Signal(weight_row_layout(cfg), name="s3_w")
         flip = s2.neg.replicate(cfg.weight_bits)
+        i_old = Signal(data.ArrayLayout(signed(cfg.cur_bits), cfg.lanes), name="s3_i")
+        v_old = Signal(spike_vector_layout(cfg), name="s3_v")
         with m.If(advance):
+            # the event in s1 meets, in s3, the event now in s2: same slot?
+            same = s2.valid & (ev.slot == s2.slot)
+            ends = same & (s2.op == SpikeOp.END)  # s2's END frees the slot first
             m.d.sync += [s2.valid.eq(self.ev.valid), s2.op.eq(ev.op), s2.neg.eq(ev.neg),
-                         s2.slot.eq(ev.slot),
+                         s2.slot.eq(ev.slot), s2.wr_i.eq(ev_wr_i), s2.wr_v.eq(ev_wr_v),
+                         fwd_i.eq(same & s2.wr_i), fwd_v.eq(same & s2.wr_v),
+                         keep_i.eq(live_i_nxt.bit_select(ev.slot, 1) & ~ends),
+                         keep_v.eq(live_v_nxt.bit_select(ev.slot, 1) & ~ends),
                          s3.valid.eq(s2.valid), s3.op.eq(s2.op), s3.neg.eq(s2.neg),
-                         s3.slot.eq(s2.slot)]
+                         s3.slot.eq(s2.slot), s3.wr_i.eq(s2.wr_i), s3.wr_v.eq(s2.wr_v)]
             m.d.sync += [adds[j].eq((self.w_data[j].as_unsigned() ^ flip).as_signed())
+                         for j in range(cfg.lanes)]
+            # s2's read (or s3's result, or zero) into s3's operand registers
+            m.d.sync += [i_old[j].eq(Mux(fwd_i, cur_wr.data[j], Mux(keep_i, cur_rd.data[j], 0)))
+                         for j in range(cfg.lanes)]
+            m.d.sync += [v_old[j].eq(Mux(fwd_v, mem_wr.data[j], Mux(keep_v, mem_rd.data[j], 0)))
                          for j in range(cfg.lanes)]
             with m.If(self.ev.valid):
                 m.d.sync += [held.eq(is_spike), held_k.eq(ev.k)]
-        # a slot's I (V) reads as zero until its first write after an END or a reset,
-        # whatever the memory holds: one bit per slot instead of clearing every lane
-        i_on, v_on = live_i.bit_select(s3.slot, 1), live_v.bit_select(s3.slot, 1)
-        i_old = [Mux(i_on, cur_rd.data[j], 0) for j in range(cfg.lanes)]
-        v_old = [Mux(v_on, mem_rd.data[j], 0) for j in range(cfg.lanes)]
         for j in range(cfg.lanes):
             m.d.comb += [self.out.payload[j].eq(v_old[j]),
                          cur_wr.data[j].eq(i_old[j] + adds[j] + s3.neg)]
@@ -133,18 +171,8 @@ class SpikeArray(wiring.Component):
             with m.Switch(s3.op):
                 with m.Case(SpikeOp.SPIKE):
                     m.d.comb += self.spike.eq(1)
-                    with m.If(self.ttfs):
-                        m.d.comb += cur_wr.en.eq(1)
-                        m.d.sync += live_i.bit_select(s3.slot, 1).eq(1)
-                    with m.Else():
-                        m.d.comb += mem_wr.en.eq(1)
-                        m.d.sync += live_v.bit_select(s3.slot, 1).eq(1)
                 with m.Case(SpikeOp.STEP):
-                    m.d.comb += [self.step.eq(1), mem_wr.en.eq(1)]
-                    m.d.sync += live_v.bit_select(s3.slot, 1).eq(1)
-                with m.Case(SpikeOp.END):
-                    m.d.sync += [live_i.bit_select(s3.slot, 1).eq(0),
-                                 live_v.bit_select(s3.slot, 1).eq(0)]
+                    m.d.comb += self.step.eq(1)
         return m
 
 
