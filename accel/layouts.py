@@ -122,10 +122,16 @@ class BufId(enum.Enum, shape=8):
     #: the external memory (the board's SDRAM, ``hw.mem``): ``dram_bits`` words; the host
     #: writes and reads it, LOAD copies from it into the buffers above
     DRAM = 10
+    #: OUT read back two bytes a word (read-only): outputs that are 16-bit codes
+    OUT16 = 11
 
 
-#: Width of an OUT8 word: results that are codes of at most this many bits are read so.
-OUT8_BITS = 8
+#: The read-only views of OUT that send fewer bytes a word, by their width: results that
+#: are codes of at most that many bits are read through the narrowest that holds them
+#: (``accel.tiling.out_read``).
+OUT_VIEWS = {BufId.OUT8: 8, BufId.OUT16: 16}
+#: Width of an OUT8 word.
+OUT8_BITS = OUT_VIEWS[BufId.OUT8]
 
 
 def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
@@ -142,6 +148,7 @@ def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
         BufId.WEIGHTS4: (narrow_row_layout(cfg), cfg.weight_depth),
         BufId.OUT8: (signed(OUT8_BITS), cfg.max_rows * cfg.lanes),
         BufId.DRAM: (unsigned(cfg.dram_bits), 1 << cfg.dram_addr_bits),
+        BufId.OUT16: (signed(OUT_VIEWS[BufId.OUT16]), cfg.max_rows * cfg.lanes),
     }
 
 
@@ -154,6 +161,20 @@ def onchip_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
 #: the external memory itself or the datapath's own buffers.
 LOADABLE = frozenset({BufId.WEIGHTS, BufId.WEIGHTS4, BufId.SPIKE_EV, BufId.MAC_EV,
                       BufId.ROWS, BufId.PARAMS, BufId.START})
+
+
+#: Widest word a WRITE_BUF may pack (``accel.protocol.PACKED``: the executor assembles
+#: packed words in a register this wide plus a byte).
+PACK_BITS = 32
+
+
+def packable(cfg: AccelConfig) -> dict[BufId, int]:
+    """Buffers whose words cross the link packed at their width, by width: host-written,
+    at most :data:`PACK_BITS` wide and not a whole number of bytes (a 17-bit spike event
+    takes 17 bits on the link instead of 24)."""
+    widths = {b: Shape.cast(s).width for b, (s, _) in buffer_shapes(cfg).items()}
+    return {b: w for b, w in widths.items()
+            if b in LOADABLE and w <= PACK_BITS and w % 8}
 
 
 def dram_words(cfg: AccelConfig, buf: BufId) -> int:
@@ -230,11 +251,11 @@ def watchdog_cycles(cfg: AccelConfig) -> int:
 #: Buffers the host can read back. Not ACC: a host read port would be a second read port on
 #: its block RAMs (doubling them) for a read the host never needs (results come through OUT).
 #: Buffer ids that are views of another buffer's memory, not memories of their own.
-VIEWS = {BufId.WEIGHTS4: BufId.WEIGHTS, BufId.OUT8: BufId.OUT}
+VIEWS = {BufId.WEIGHTS4: BufId.WEIGHTS, **{v: BufId.OUT for v in OUT_VIEWS}}
 #: Not WEIGHTS4 either: it is a write-only view of WEIGHTS.
 HOST_READABLE = frozenset(b for b in BufId if b not in (BufId.ACC, BufId.WEIGHTS4))
-#: Buffers the host can write: not OUT8, a read-only view of OUT.
-HOST_WRITABLE = frozenset(b for b in BufId if b != BufId.OUT8)
+#: Buffers the host can write: not the read-only views of OUT.
+HOST_WRITABLE = frozenset(b for b in BufId if b not in OUT_VIEWS)
 
 
 def pack_word(shape, word) -> int:

@@ -106,6 +106,9 @@ class Status(enum.Enum, shape=8):
 
 #: WRITE_BUF / READ_BUF arguments (the first bytes of the payload).
 BUF_ARGS = data.StructLayout({"buf": unsigned(8), "addr": unsigned(24), "count": unsigned(24)})
+#: Flag in ``BUF_ARGS.buf`` of a WRITE_BUF: the words are packed at their exact width, low
+#: bits first, with no padding but the last byte's (buffers of ``accel.layouts.packable``).
+PACKED = 0x80  # the code's top bit: buffer ids stay below it
 #: LOAD arguments (its whole payload): ``count`` words of ``buf`` from ``addr`` on, read from
 #: the external memory's word ``src`` on (``accel.layouts.dram_words`` words each).
 LOAD_ARGS = data.StructLayout({"buf": unsigned(8), "addr": unsigned(24), "count": unsigned(24),

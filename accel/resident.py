@@ -37,13 +37,17 @@ class DramImage:
     """The external memory's contents for one model: buffer-word blocks, each stored once
     (``find`` gives its first memory word), after a :data:`HEADER_WORDS` header."""
 
-    def __init__(self, cfg: AccelConfig):
+    def __init__(self, cfg: AccelConfig, after: DramImage | None = None):
         self.cfg = cfg
-        self.base = -(-HEADER_WORDS * 32 // cfg.dram_bits)  # header words in memory words
+        #: where the words start: after the header, or after ``after``'s words
+        self.base: int = (-(-HEADER_WORDS * 32 // cfg.dram_bits) if after is None
+                          else after.base + len(after.words))
+        self.parent = after
         self.words: list[int] = []  #: memory words from ``base`` on
         self._index: dict[tuple[BufId, bytes], int] = {}
 
-    def _key(self, buf: BufId, words: list) -> tuple[BufId, bytes]:
+    def key(self, buf: BufId, words: list) -> tuple[BufId, bytes]:
+        """What identifies a block: its buffer and the SHA-256 of its packed words."""
         shape = buffer_shapes(self.cfg)[buf][0]
         pack, nb = word_packer(shape), nbytes(Shape.cast(shape).width)
         h = hashlib.sha256()
@@ -55,7 +59,7 @@ class DramImage:
         """Store ``words`` of ``buf`` (once); their first memory word."""
         if buf not in LOADABLE:
             raise ValueError(f"{buf.name} words cannot be loaded from the external memory")
-        key = self._key(buf, words)
+        key = self.key(buf, words)
         if key not in self._index:
             pack = word_packer(buffer_shapes(self.cfg)[buf][0])
             self._index[key] = self.base + len(self.words)
@@ -67,8 +71,18 @@ class DramImage:
         return self._index[key]
 
     def find(self, buf: BufId, words: list) -> int | None:
-        """The first memory word of ``words`` of ``buf``, or None if the image lacks them."""
-        return self._index.get(self._key(buf, words)) if buf in LOADABLE else None
+        """The first memory word of ``words`` of ``buf``, or None if the image (or the one
+        it follows) lacks them."""
+        if buf not in LOADABLE:
+            return None
+        src = self.parent.find(buf, words) if self.parent is not None else None
+        return src if src is not None else self._index.get(self.key(buf, words))
+
+    def staging(self) -> DramImage:
+        """An empty image in the memory after this one, whose :meth:`find` also finds this
+        one's words: where a run stages words it sends more than once (``accel.requests.
+        gemm_requests``), so that they cross the link once and are LOADed each time."""
+        return DramImage(self.cfg, after=self)
 
     def __len__(self) -> int:
         """Distinct blocks stored."""

@@ -22,7 +22,7 @@ from models.encodings import TTFS_KINDS, Encoding, spike_events
 from models.golden import gemm_events
 
 from .config import AccelConfig
-from .layouts import OUT8_BITS, BufId, MacOp, SpikeOp, param_layout, wide_weights
+from .layouts import OUT_VIEWS, BufId, MacOp, SpikeOp, param_layout, wide_weights
 
 #: The requantizer constants a PARAMS word holds per output lane (``mcol``, ``bias``,
 #: ``zp``, ``lo``, ``hi``), in its layout's order: ``consts`` dicts carry these keys.
@@ -225,15 +225,18 @@ def _constants_of(call, t: Tile) -> dict:
 def out_read(cfg: AccelConfig, img: TileImage) -> tuple[BufId, int, int]:
     """Where an output tile's results lie: ``(buffer, first address, words)``. The engine
     packs a tile's rows ``n_active`` words apart from ``row_base * lanes``; they are read
-    back as OUT8, a byte a word, when they are codes that fit 8 bits (requantized and
-    clamped within int8), else as OUT (32-bit accumulators or wider codes)."""
+    back through the narrowest view of OUT that holds their codes (``OUT_VIEWS``: OUT8, a
+    byte a word, for codes clamped within int8; OUT16 within int16), else as OUT (32-bit
+    accumulators)."""
     d = img.descriptor
     params = img.words.get(BufId.PARAMS) or []
-    half = 1 << (OUT8_BITS - 1)
-    codes = not d["raw"] and bool(params) and all(-half <= p["lo"] and p["hi"] < half
-                                                  for p in params)
-    return (BufId.OUT8 if codes else BufId.OUT, d["row_base"] * cfg.lanes,
-            d["rows"] * d["n_active"])
+    buf = BufId.OUT
+    if not d["raw"] and params:
+        lo, hi = min(p["lo"] for p in params), max(p["hi"] for p in params)
+        fits = [v for v, bits in OUT_VIEWS.items()
+                if -(1 << bits - 1) <= lo and hi < 1 << bits - 1]
+        buf = min(fits, key=OUT_VIEWS.__getitem__, default=BufId.OUT)
+    return buf, d["row_base"] * cfg.lanes, d["rows"] * d["n_active"]
 
 
 def is_wide(cfg: AccelConfig, w: torch.Tensor) -> bool:

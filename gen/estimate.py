@@ -279,7 +279,7 @@ def kind_cost(cfg: AccelConfig, sh: KindShape, st: KindStats, seed: int = 0) -> 
             silent_w += g.silent_fraction * g.m * calls
         cost.n_int.append(int(g.n_int))
         # the host writes a K tile's weights once when all rows are resident (M <= max_rows;
-        # host.commands.BufferMirror keeps them), else once per row block
+        # accel.requests.BufferMirror keeps them), else once per row block
         loads = 1 if sh.m <= cfg.max_rows or n_slices * k_tiles == 1 else groups
         rows = sh.k * n_slices * calls
         cost.weight_rows += rows * loads

@@ -42,6 +42,7 @@ from accel.bundle import (
 )
 from accel.config import AccelConfig
 from accel.protocol import BAUD
+from accel.requests import LINK_KEYS
 from accel.resident import resident_image
 from models.arch import LoadedModel, ModelInputError, one_line
 from models.bundle import BundleError, load_bundle
@@ -222,7 +223,14 @@ def cmd_run(a) -> int:
         "config_hash": cfg.hash_text, "bit_exact": res.bit_exact,
         "wall_s": wall, "link": {"bytes": dev.link_bytes(), "retries": dev.stats["retries"],
                                  "stats": dict(dev.stats),
-                                 "faults_injected": dict(getattr(link, "injected", {}))},
+                                 "faults_injected": dict(getattr(link, "injected", {})),
+                                 # the GEMMs' requests, counted and as accel.requests prices
+                                 # them (equal without retransmissions)
+                                 **{f"gemms_{w}": {k: sum(getattr(r, f)[k]
+                                                          for r in res.records)
+                                                   for k in LINK_KEYS}
+                                    for w, f in (("measured", "link"),
+                                                 ("predicted", "predicted_link"))}},
         "layers": layers, "hybrid": hybrid, **versus,
         **({} if gen is None else {"generation": _generation(cfg, gres, cm, lm, table,
                                                               converted_decode)}),

@@ -32,21 +32,23 @@ from accel.protocol import (
     encode_frame,
     word_bytes,
 )
-from accel.resident import DramImage
-from accel.tiling import TileImage, out_read
-from models.contract import low_bits
-
-from .commands import (
+from accel.requests import (
+    READ_CHUNK,
     BufferMirror,
     Request,
-    buf_args,
+    gemm_requests,
     parse_counters,
     parse_ident,
     parse_words,
+    read_requests,
     run_payload,
     tile_requests,
     write_requests,
 )
+from accel.resident import DramImage
+from accel.tiling import TileImage
+from models.contract import low_bits
+
 from .transport import Transport
 
 #: Link error replies worth a retransmission (the request was damaged on the way).
@@ -73,7 +75,7 @@ class Device:
     def __init__(self, transport: Transport, cfg: AccelConfig, *, timeout: float = 2.0,
                  run_timeout: float = 20.0, retries: int = 8, backoff: float = 0.005,
                  verify_weights: bool = False, max_payload: int = MAX_PAYLOAD,
-                 read_chunk: int = 1024, quiet: float = 0.3):
+                 read_chunk: int = READ_CHUNK, quiet: float = 0.3):
         self.t, self.cfg = transport, cfg
         self.timeout, self.run_timeout = timeout, run_timeout
         self.retries, self.backoff = retries, backoff
@@ -175,19 +177,17 @@ class Device:
         for req in write_requests(self.cfg, self.mirror, buf, words, addr, self.max_payload):
             self._write(req)
 
-    def _write(self, req: Request) -> bool:
-        """Send one WRITE_BUF request; whether it completed a buffer write (then checked
-        by reading it back, for weights when ``verify_weights``)."""
+    def _write(self, req: Request) -> int:
+        """Send one WRITE_BUF or LOAD request; the buffer writes it completed (then
+        checked by reading them back, for weights when ``verify_weights``)."""
         self.request(req.cmd, req.payload)
-        if req.completes is None:
-            return False
-        buf, addr, words = req.completes
-        if self.verify_weights and buf in (BufId.WEIGHTS, BufId.WEIGHTS4):
-            if self.weight_rows(addr, len(words), narrow=buf == BufId.WEIGHTS4) != [
-                    [int(v) for v in row] for row in words]:
-                raise LinkError(f"{buf.name} read back at {addr}..{addr + len(words)} differs "
-                                f"from what was written")
-        return True
+        for buf, addr, words in req.completes:
+            if self.verify_weights and buf in (BufId.WEIGHTS, BufId.WEIGHTS4):
+                if self.weight_rows(addr, len(words), narrow=buf == BufId.WEIGHTS4) != [
+                        [int(v) for v in row] for row in words]:
+                    raise LinkError(f"{buf.name} read back at {addr}..{addr + len(words)} "
+                                    f"differs from what was written")
+        return len(req.completes)
 
     def weight_rows(self, addr: int, count: int, narrow: bool = False) -> list[list[int]]:
         """Weight rows read back as lists of lane weights (``narrow``: what their narrow
@@ -201,10 +201,8 @@ class Device:
 
     def read_raw(self, buf: BufId, addr: int, count: int) -> bytes:
         """Raw bytes of ``count`` words (split into frames)."""
-        per = max(1, self.read_chunk // word_bytes(self.cfg)[buf])
-        return b"".join(self.request(Cmd.READ_BUF, buf_args(buf, a, min(per,
-                                                                       addr + count - a)))
-                        for a in range(addr, addr + count, per))
+        return b"".join(self.request(r.cmd, r.payload)
+                        for r in read_requests(self.cfg, buf, addr, count, self.read_chunk))
 
     def read(self, buf: BufId, addr: int, count: int) -> list[int]:
         """Integer words of a buffer."""
@@ -242,39 +240,44 @@ class Device:
                 pass  # the device is not answering at all: the RUN's error says so
             raise
 
-    def run_tile(self, img: TileImage, following: TileImage | None = None) -> None:
-        """Write a tile's buffers (skipping words already resident; LOADs for the words the
-        external memory holds, and the ``following`` tile's weights loaded meanwhile when
-        they may be) and run it (:func:`host.commands.tile_requests`)."""
-        written = 0
-        for req in tile_requests(self.cfg, img, self.mirror, self.max_payload, self.image,
-                                 following):
-            if req.cmd == Cmd.RUN:
-                self.stats["writes_skipped"] += len(img.words) - written
-                self._run(req.payload, img.where)
-            else:
-                done = self._write(req)
-                if req.cmd == Cmd.LOAD:
-                    self.stats["loads"] += 1
-                # a prefetched write belongs to the following tile, not this one
-                if done and req.completes is not None and any(
-                        req.completes[2] is w for w in img.words.values()):
-                    written += 1
+    def run_tile(self, img: TileImage) -> None:
+        """Write a tile's buffers (skipping words already resident, LOADs for the words the
+        external memory holds) and run it (:func:`host.commands.tile_requests`)."""
+        self._send(tile_requests(self.cfg, img, self.mirror, self.max_payload, self.image),
+                   len(img.words))
 
     def gemm(self, plan) -> torch.Tensor:
         """Run a planned GEMM (``accel.tiling.plan_gemm``) in its schedule; its outputs
-        ``[M, N]`` (each slice read back as soon as its last K tile has run)."""
+        ``[M, N]`` (each slice read back as soon as its last K tile has run): the requests
+        of :func:`host.commands.gemm_requests`."""
         m = max(s.r1 for s in plan.slices)
         n = max(s.n1 for s in plan.slices)
         out = torch.zeros(m, n, dtype=torch.int64)
-        steps = list(plan.steps())
-        for i, (img, done) in enumerate(steps):
-            self.run_tile(img, steps[i + 1][0] if i + 1 < len(steps) else None)
-            if done is not None:
-                words = self.read(*out_read(self.cfg, img))
-                out[done.r0:done.r1, done.n0:done.n1] = torch.tensor(words).view(
-                    done.r1 - done.r0, done.n1 - done.n0)
+        got = self._send(gemm_requests(self.cfg, plan, self.mirror, self.max_payload,
+                                       self.read_chunk, self.image),
+                         sum(len(img.words) for img, _ in plan.steps()))
+        for (r0, r1, n0, n1), words in got.items():
+            out[r0:r1, n0:n1] = torch.tensor(words).view(r1 - r0, n1 - n0)
         return out
+
+    def _send(self, requests, blocks: int) -> dict:
+        """Send sans-IO requests one by one; the words each output slice read back
+        (``Request.reads``), by ``(r0, r1, n0, n1)``. ``blocks``: the buffer writes the
+        tiles need, of which those not sent count as skipped (already resident)."""
+        got: dict = {}
+        for req in requests:
+            if req.cmd == Cmd.RUN:
+                self._run(req.payload, req.where)
+            elif req.reads is not None:
+                done, buf = req.reads
+                got.setdefault(tuple(done[:4]), []).extend(
+                    parse_words(self.cfg, buf, self.request(req.cmd, req.payload)))
+            else:
+                done = self._write(req)
+                blocks -= done
+                self.stats["loads"] += done if req.cmd == Cmd.LOAD else 0
+        self.stats["writes_skipped"] += blocks
+        return got
 
     def load_image(self, image: DramImage, verify: bool = True, progress=None) -> None:
         """Write a model image (``accel.resident``) into the external memory: its header

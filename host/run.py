@@ -23,6 +23,8 @@ import torch
 
 from accel.counters import GOLDEN_EVENTS
 from accel.cycles import gemm_cycles
+from accel.protocol import Cmd
+from accel.requests import LINK_KEYS, Request, gemm_requests, link_cost
 from accel.tiling import plan_call, tiled_events
 from accel.workload import GemmWork
 from models.contract import Events
@@ -50,6 +52,11 @@ class GemmRecord:
     link_bytes: int
     exact: bool  #: outputs equal the golden outputs
     counters_match: bool  #: ``accel.counters.GOLDEN_EVENTS`` counters equal the golden events
+    #: ``frames_tx`` (round trips), ``bytes_tx``, ``bytes_rx`` the driver counted over this
+    #: GEMM (its requests and the counters read after it), and as ``accel.requests.
+    #: link_cost`` predicts them: equal unless a request had to be retransmitted
+    link: dict = field(default_factory=dict)
+    predicted_link: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -97,8 +104,12 @@ def run_gemm(dev: Device, call: GemmCall, plan=None,
     the outputs, the record and the counters after it (the next GEMM's ``before``)."""
     cfg = dev.cfg
     plan = plan if plan is not None else plan_call(cfg, call)
-    bytes0 = dev.link_bytes()
     before = before if before is not None else dev.counters()
+    bytes0, stats0 = dev.link_bytes(), dict(dev.stats)
+    predicted_link = link_cost(cfg, [*gemm_requests(cfg, plan, dev.mirror.copy(),
+                                                    dev.max_payload, dev.read_chunk,
+                                                    dev.image),
+                                     Request(Cmd.READ_COUNTERS, b"")])
     y = dev.gemm(plan)
     after = dev.counters()
     delta = {k: after[k] - before[k] for k in after}
@@ -108,7 +119,9 @@ def run_gemm(dev: Device, call: GemmCall, plan=None,
         call.name, call.head, call.codes.shape[0], call.codes.shape[1], call.w.shape[0],
         delta, ev, pred.cycles, pred.traffic(), dev.link_bytes() - bytes0,
         torch.equal(y, call.y),
-        all(delta[c] == getattr(ev, f) for c, f in GOLDEN_EVENTS.items()))
+        all(delta[c] == getattr(ev, f) for c, f in GOLDEN_EVENTS.items()),
+        {k: dev.stats[k] - stats0.get(k, 0) for k in LINK_KEYS},
+        {k: predicted_link[k] for k in LINK_KEYS})
     return y, rec, after
 
 

@@ -12,7 +12,17 @@ RUN              one descriptor (``engine.descriptor_layout``) none, sent when t
 READ_COUNTERS    none                                         every counter, in map order
 RESET_COUNTERS   none                                         none
 ABORT            none                                         none
+LOAD             copies (a byte, 1..255), each :data:`LOAD_ARGS` none, once the last has started
 ================ ============================================ ==============================
+
+WRITE_BUF and READ_BUF also reach the external memory (``BufId.DRAM``, through ``dram``).
+A LOAD copies words from there into a buffer (``hw.mem.Dma``) and is answered as soon as
+its last copy has started; each copy starts when the one before it is done. Commands that
+touch a buffer or the memory wait for the copy in flight; a RUN runs beside it only when
+the copy writes the half of WEIGHTS that the descriptor's ``w_base`` is not in (and the
+engine faults an event that reads that half meanwhile), else it waits too. A refused copy
+(its buffer, range or source) ends the LOAD with ``ERR_ARG``; the copies before it have
+started.
 
 A RUN whose descriptor breaks :func:`~accel.layouts.descriptor_rules` gets ``ERR_ARG`` without
 running; a RUN the engine stops (its watchdog, events that disagree with the descriptor)
@@ -41,11 +51,13 @@ from accel.layouts import (
     HOST_READABLE,
     HOST_WRITABLE,
     LOADABLE,
+    PACK_BITS,
     BufId,
     buffer_shapes,
     descriptor_layout,
     descriptor_rules,
     dram_words,
+    packable,
 )
 from accel.protocol import (
     BUF_ARGS,
@@ -113,6 +125,11 @@ class Top(wiring.Component):
         args_bytes = nbytes(BUF_ARGS.size)
         load_bytes = nbytes(LOAD_ARGS.size)
         largs = Signal(LOAD_ARGS)
+        nload = Signal(8)  # copies of the LOAD still to start (0: their number not read yet)
+        pk = packable(cfg)  # buffers written packed, by width
+        packed = Signal()  # the WRITE_BUF's words are packed at their width
+        pk_acc = Signal(PACK_BITS + 8)  # packed bits received and not yet written
+        pk_have = Signal(range(PACK_BITS + 8))
         load_words = Signal(32)  # external-memory words the LOAD reads
         load_bad = Signal()  # a bad buffer or range (registered in LOAD_SIZE)
         is_dram = Signal()
@@ -211,9 +228,9 @@ class Top(wiring.Component):
                                 m.next = "DRAIN"
                             with m.Else():
                                 m.next = "ARGS"
-                        with m.Case(Cmd.LOAD):
-                            m.d.sync += todo.eq(load_bytes)
-                            with m.If(h.length != load_bytes):
+                        with m.Case(Cmd.LOAD):  # the number of copies first
+                            m.d.sync += [todo.eq(1), nload.eq(0)]
+                            with m.If(h.length < 1 + load_bytes):
                                 m.d.sync += status.eq(Status.ERR_ARG)
                                 m.next = "DRAIN"
                             with m.Else():
@@ -259,12 +276,19 @@ class Top(wiring.Component):
                         with m.Else():
                             m.next = "SUBMIT"
                     with m.Case(Cmd.LOAD):
-                        m.d.sync += largs.eq(word_from_sr(load_bytes))
-                        m.next = "LOAD_SIZE"
+                        with m.If(nload == 0):
+                            m.d.sync += nload.eq(word_from_sr(1)[:8])
+                            m.next = "LOAD_LEN"
+                        with m.Else():
+                            m.d.sync += largs.eq(word_from_sr(load_bytes))
+                            m.next = "LOAD_SIZE"
                     with m.Default():
                         a = Signal(BUF_ARGS)
                         m.d.comb += a.eq(word_from_sr(args_bytes))
-                        m.d.sync += [args.eq(a), words.eq(a.count), addr.eq(a.addr)]
+                        m.d.sync += [args.eq(a), words.eq(a.count), addr.eq(a.addr),
+                                     # the PACKED flag is the buffer code's top bit
+                                     args.buf.eq(a.buf[:7]), packed.eq(a.buf[7]),
+                                     pk_have.eq(0), pk_acc.eq(0)]
                         m.next = "SIZE"
             with m.State("SUBMIT"):
                 # the descriptor goes to the engine from registers, a cycle after its check
@@ -278,6 +302,13 @@ class Top(wiring.Component):
                         m.d.comb += strobe["exec.descriptors"].eq(1)
                         m.d.sync += w_half.eq(dma.busy)
                         m.next = "WAIT_DONE"
+            with m.State("LOAD_LEN"):
+                with m.If((nload == 0) | (hdr.length != 1 + nload * load_bytes)):
+                    m.d.sync += status.eq(Status.ERR_ARG)
+                    m.next = "DRAIN"
+                with m.Else():
+                    m.d.sync += todo.eq(load_bytes)
+                    m.next = "ARGS"
             with m.State("LOAD_SIZE"):
                 # memory words the LOAD reads (a constant multiple per buffer) and the checks
                 # of its buffer range, registered (timing, as in SIZE)
@@ -289,20 +320,28 @@ class Top(wiring.Component):
                                          load_bad.eq(largs.addr + largs.count > shapes[b][1])]
                 m.next = "LOAD_CHECK"
             with m.State("LOAD_CHECK"):
+                # a refused copy ends the request (the ones before it have started)
                 with m.If(load_bad | (largs.src + load_words > 1 << cfg.dram_addr_bits)):
                     m.d.sync += status.eq(Status.ERR_ARG)
-                    m.next = "RESP"
+                    m.next = "DRAIN"
                 with m.Elif(largs.count == 0):
-                    m.next = "RESP"
+                    m.next = "LOAD_NEXT"
                 with m.Else():
                     m.next = "LOAD_START"
-            with m.State("LOAD_START"):  # after the LOAD before it, if one still runs
+            with m.State("LOAD_START"):  # after the copy before it, if one still runs
                 m.d.comb += [dma.start.payload.eq(largs), dma.start.valid.eq(1)]
                 with m.If(dma.start.ready):
                     m.d.comb += strobe["exec.loads"].eq(1)
-                    m.next = "RESP"
+                    m.next = "LOAD_NEXT"
                 with m.Else():
                     m.d.comb += strobe["exec.load_wait"].eq(1)
+            with m.State("LOAD_NEXT"):  # answered once the last copy has started
+                m.d.sync += nload.eq(nload - 1)
+                with m.If(nload == 1):
+                    m.next = "RESP"
+                with m.Else():
+                    m.d.sync += todo.eq(load_bytes)
+                    m.next = "ARGS"
             with m.State("SIZE"):
                 # bytes the words take, a constant multiple per buffer, and the checks that
                 # need no byte count, registered here so that no multiplier or range compare
@@ -310,8 +349,16 @@ class Top(wiring.Component):
                 with m.Switch(args.buf):
                     for b, n in wbytes.items():
                         with m.Case(b):
-                            m.d.sync += req_bytes.eq(args.count * n)
+                            if b in pk:  # a constant multiply and shift either way
+                                m.d.sync += req_bytes.eq(Mux(packed,
+                                                             (args.count * pk[b] + 7) >> 3,
+                                                             args.count * n))
+                            else:
+                                m.d.sync += req_bytes.eq(args.count * n)
                 valid_buf = args.buf <= max(b.value for b in BufId)
+                # packed words: only a WRITE_BUF of a packable buffer
+                valid_buf &= ~packed | ((hdr.cmd == Cmd.WRITE_BUF)
+                                        & args.buf.matches(*(b.value for b in pk)))
                 unreadable = (hdr.cmd == Cmd.READ_BUF) & (
                     args.buf.matches(*(b.value for b in BufId if b not in HOST_READABLE)))
                 unreadable |= (hdr.cmd == Cmd.WRITE_BUF) & (
@@ -331,11 +378,33 @@ class Top(wiring.Component):
                     m.d.sync += todo.eq(bpw)
                     with m.If(args.count == 0):
                         m.next = "RESP"
+                    with m.Elif(packed):
+                        m.next = "WR_PACKED"
                     with m.Else():
                         m.next = "WR_BYTES"
                 with m.Else():
                     m.d.sync += resp_len.eq(req_bytes)
                     m.next = "RESP"
+            with m.State("WR_PACKED"):
+                # each byte joins the bits held; a word is written once its bits are in (the
+                # last byte's spare bits are padding)
+                m.d.comb += link.data.ready.eq(1)
+                joined = Signal(PACK_BITS + 8)
+                m.d.comb += joined.eq(pk_acc | (byte_in << pk_have))
+                with m.If(link.data.valid):
+                    m.d.sync += [got.eq(got + 1), pk_acc.eq(joined), pk_have.eq(pk_have + 8)]
+                    with m.Switch(args.buf):
+                        for b, w in pk.items():
+                            with m.Case(b):
+                                with m.If(pk_have + 8 >= w):
+                                    m.d.comb += [eng.wr_en.eq(1), eng.wr_buf.eq(b),
+                                                 eng.wr_addr.eq(addr), eng.wr_data.eq(joined[:w]),
+                                                 strobe["exec.host_wr"].eq(1)]
+                                    m.d.sync += [pk_acc.eq(joined >> w),
+                                                 pk_have.eq(pk_have + 8 - w),
+                                                 addr.eq(addr + 1), words.eq(words - 1)]
+                                    with m.If(words == 1):
+                                        m.next = "RESP"
             with m.State("WR_BYTES"):
                 m.d.comb += link.data.ready.eq(1)
                 with m.If(link.data.valid):

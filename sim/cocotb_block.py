@@ -18,8 +18,8 @@ import torch
 
 from accel.config import AccelConfig
 from accel.protocol import Cmd
+from accel.requests import parse_counters
 from accel.tiling import plan_call, tiled_events
-from host.commands import parse_counters
 from models.arch import load_model
 from models.convert import ConvertOptions, convert
 from models.golden import run_golden

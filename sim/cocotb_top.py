@@ -21,9 +21,7 @@ from accel.config import PRESETS
 from accel.cycles import tile_cycles, tile_work
 from accel.layouts import BufId
 from accel.protocol import Cmd, Frame, FrameDecoder, Status, encode_frame
-from accel.resident import model_image
-from accel.tiling import REQ_CONSTS, build_tile, out_read, plan_gemm
-from host.commands import (
+from accel.requests import (
     BufferMirror,
     buf_args,
     load_payload,
@@ -34,6 +32,8 @@ from host.commands import (
     tile_requests,
     write_buf_payloads,
 )
+from accel.resident import model_image
+from accel.tiling import REQ_CONSTS, build_tile, out_read, plan_gemm
 from models.contract import requantize
 from models.encodings import Encoding
 from models.golden import GemmCall, gemm
@@ -128,7 +128,7 @@ class Testbench:
     async def run_tile(self, tile, image=None, following=None) -> None:
         """Send the requests the host driver sends for a tile: its writes (words already
         resident skipped; LOADs of what ``image`` holds, the ``following`` tile's weights
-        loaded meanwhile) and its RUN (``host.commands.tile_requests``)."""
+        loaded meanwhile) and its RUN (``accel.requests.tile_requests``)."""
         for req in tile_requests(CFG, tile, self.mirror, image=image, following=following):
             await self.request(req.cmd, req.payload)
 
@@ -331,7 +331,7 @@ async def resident_weights_load_beside_runs_and_the_loaded_half_is_guarded(dut):
             await tb.request(req.cmd, req.payload)
     tb.seq = (tb.seq + 1) & 0xFF
     tb.send_raw(encode_frame(Cmd.LOAD.value, tb.seq,
-                             load_payload(BufId.WEIGHTS4, half, half, image.base)))
+                             load_payload((BufId.WEIGHTS4, half, half, image.base))))
     tb.send_raw(encode_frame(Cmd.RUN.value, (tb.seq + 1) & 0xFF,
                              run_payload(CFG, tile.descriptor)))
     r1, r2 = await tb.reply(), await tb.reply()

@@ -1,5 +1,5 @@
 """The sans-IO request builders the driver and the cocotb bench share
-(``host.commands.write_requests`` / ``tile_requests``): which requests, and what the buffer
+(``accel.requests.write_requests`` / ``tile_requests``): which requests, and what the buffer
 mirror knows after each, with no device at all."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 
 from accel.layouts import BufId
 from accel.protocol import Cmd
+from accel.requests import BufferMirror, run_payload, tile_requests, write_requests
 from accel.tiling import build_tile
-from host.commands import BufferMirror, run_payload, tile_requests, write_requests
 from models.encodings import Encoding
 
 from .conftest import CFG
@@ -30,8 +30,8 @@ def test_tile_requests_write_every_buffer_then_run():
     img = _tile()
     reqs = list(tile_requests(CFG, img, BufferMirror(CFG)))
     assert [r.cmd for r in reqs[:-1]] == [Cmd.WRITE_BUF] * (len(reqs) - 1)
-    assert reqs[-1] == (Cmd.RUN, run_payload(CFG, img.descriptor), None)
-    done = [r.completes[0] for r in reqs if r.completes is not None]
+    assert reqs[-1][:3] == (Cmd.RUN, run_payload(CFG, img.descriptor), ())
+    done = [c[0] for r in reqs for c in r.completes]
     assert done == list(img.words)  # one completed write per buffer, in image order
 
 
@@ -46,13 +46,13 @@ def test_a_write_stopped_midway_leaves_its_range_unknown():
     rows = [[1] * CFG.lanes for _ in range(40)]
     reqs = write_requests(CFG, mirror, BufId.WEIGHTS, rows, 3, max_payload=64)
     first = next(reqs)
-    assert first.cmd == Cmd.WRITE_BUF and first.completes is None  # several frames
+    assert first.cmd == Cmd.WRITE_BUF and first.completes == ()  # several frames
     assert not mirror.holds(BufId.WEIGHTS, rows, 3)
     reqs.close()  # the caller gave up (no acknowledgement)
     assert not mirror.holds(BufId.WEIGHTS, rows, 3)
     reqs = write_requests(CFG, mirror, BufId.WEIGHTS, rows, 3, max_payload=64)
-    last = next(r for r in reqs if r.completes is not None)
-    assert last.completes == (BufId.WEIGHTS, 3, rows)
+    last = next(r for r in reqs if r.completes)
+    assert last.completes == ((BufId.WEIGHTS, 3, rows),)
     assert not mirror.holds(BufId.WEIGHTS, rows, 3)  # the last frame is not acknowledged yet
     with pytest.raises(StopIteration):
         next(reqs)  # acknowledged: the caller comes back

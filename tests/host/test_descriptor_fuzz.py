@@ -10,8 +10,8 @@ import torch
 
 from accel.layouts import BufId, descriptor_errors, descriptor_layout
 from accel.protocol import Cmd, nbytes
+from accel.requests import run_payload
 from accel.tiling import REQ_CONSTS, build_tile
-from host.commands import run_payload
 from host.driver import Device, DeviceError, LinkError
 from host.run import run_gemm
 from host.transport import SerialTransport

@@ -10,9 +10,9 @@ import torch
 
 from accel.layouts import BufId, buffer_shapes, dram_words, pack_word, to_dram_words
 from accel.protocol import Cmd, word_bytes
+from accel.requests import load_payload
 from accel.resident import DramImage, model_image
 from accel.tiling import constant_tiles
-from host.commands import load_payload
 from host.driver import Device, DeviceError, LinkError
 from host.run import run_gemm, run_model
 from host.transport import SerialTransport
@@ -65,7 +65,7 @@ def test_load_copies_buffer_words_and_the_core_refuses_bad_loads(sim):
     rows = [[(i * 5 + j) % 255 - 127 for j in range(CFG.lanes)] for i in range(9)]
     mem = to_dram_words(CFG, BufId.WEIGHTS, [pack_word(shape, r) for r in rows])
     dev.write(BufId.DRAM, mem, 1000)
-    dev.request(Cmd.LOAD, load_payload(BufId.WEIGHTS, 20, 9, 1000))
+    dev.request(Cmd.LOAD, load_payload((BufId.WEIGHTS, 20, 9, 1000)))
     assert dev.read(BufId.WEIGHTS, 20, 9) == [pack_word(shape, r) for r in rows]
     n = dram_words(CFG, BufId.WEIGHTS)
     bad = {"the external memory itself": (BufId.DRAM, 0, 1, 0),
@@ -75,13 +75,39 @@ def test_load_copies_buffer_words_and_the_core_refuses_bad_loads(sim):
            "past the memory": (BufId.WEIGHTS, 0, 2, (1 << CFG.dram_addr_bits) - 2 * n + 1)}
     for why, args in bad.items():
         with pytest.raises(DeviceError, match="LOAD .* refused: ERR_ARG"):
-            dev.request(Cmd.LOAD, load_payload(*args))
+            dev.request(Cmd.LOAD, load_payload(args))
             pytest.fail(why)
     with pytest.raises(DeviceError, match="LOAD .* refused: ERR_ARG"):
-        dev.request(Cmd.LOAD, load_payload(BufId.WEIGHTS, 0, 1, 0)[:-1])  # short payload
+        dev.request(Cmd.LOAD, load_payload((BufId.WEIGHTS, 0, 1, 0))[:-1])  # short payload
     # the last word of the memory is reachable
-    dev.request(Cmd.LOAD, load_payload(BufId.START, 0, 1, (1 << CFG.dram_addr_bits) - 1))
+    dev.request(Cmd.LOAD, load_payload((BufId.START, 0, 1, (1 << CFG.dram_addr_bits) - 1)))
     assert dev.read(BufId.START, 0, 1) == [0]
+    t.close()
+
+
+def test_a_load_carries_several_copies_and_stops_at_a_refused_one(sim):
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+    dev.write(BufId.DRAM, list(range(100, 164)), 5000)
+    dev.write(BufId.START, [0] * CFG.lanes)
+    dev.write(BufId.ROWS, [0] * 8)
+    dev.request(Cmd.LOAD, load_payload((BufId.START, 0, 4, 5000), (BufId.ROWS, 2, 3, 5010),
+                                       (BufId.START, 6, 2, 5020)))
+    assert dev.read(BufId.START, 0, 8) == [100, 101, 102, 103, 0, 0, 120, 121]
+    assert dev.read(BufId.ROWS, 0, 6) == [0, 0, 110, 111, 112, 0]
+    # the second copy runs past its buffer: the first has run, the third never does
+    with pytest.raises(DeviceError, match="LOAD .* refused: ERR_ARG"):
+        dev.request(Cmd.LOAD, load_payload((BufId.ROWS, 0, 1, 5030),
+                                           (BufId.START, CFG.lanes - 1, 2, 5000),
+                                           (BufId.START, 0, 1, 5040)))
+    assert dev.read(BufId.ROWS, 0, 1) == [130] and dev.read(BufId.START, 0, 1) == [100]
+    payload = load_payload((BufId.START, 0, 1, 5000))
+    for bad in (b"\x00" + payload[1:], b"\x02" + payload[1:], payload + b"\x00"):
+        with pytest.raises(DeviceError, match="LOAD .* refused: ERR_ARG"):
+            dev.request(Cmd.LOAD, bad)  # a count that disagrees with the length
+    with pytest.raises(ValueError, match="a LOAD carries 1..255 copies, not 0"):
+        load_payload()
+    assert dev.read(BufId.START, 0, 1) == [100]
     t.close()
 
 
@@ -113,6 +139,8 @@ def test_resident_gemms_are_exact_load_their_words_and_prefetch(sim):
         assert p.link_bytes - r.link_bytes > moved - 29 * len(blocks), r.name
         assert r.counters["busy"] == r.predicted_cycles
         assert r.counters["loads"] > 0 and r.counters["dram_rd"] > 0
+        # the link traffic is what accel.requests prices, with and without the image
+        assert p.link == p.predicted_link and r.link == r.predicted_link, r.name
     # K tiles of the whole weight buffer are never loaded beside a run (whether a prefetch
     # overlaps depends on the host's latency here: sim/cocotb_top.py checks it cycle by
     # cycle)

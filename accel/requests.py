@@ -1,0 +1,378 @@
+"""Request payloads and response parsing for the link commands, and the requests a tile
+and a GEMM need (what the host sends).
+
+Everything here is derived from the one definition the gateware also builds from
+(``accel/``): buffer word shapes (``accel.layouts.buffer_shapes``), argument and identify
+layouts (``accel.protocol``), the descriptor layout and its rules (``accel.layouts``) and
+the counter map (``accel.counters``). Sans-IO: nothing here sends or receives; the driver
+(``host.driver``) and the cocotb bench (``sim.cocotb_top``) send what it builds, and the
+generator prices it (:func:`link_cost`) without a device.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from models.contract import low_bits
+
+from .config import AccelConfig
+from .counters import COUNTERS
+from .layouts import (
+    LOADABLE,
+    BufId,
+    buffer_shapes,
+    descriptor_errors,
+    descriptor_layout,
+    packable,
+    unpack_int,
+    word_packer,
+)
+from .protocol import (
+    BUF_ARGS,
+    FRAME_OVERHEAD,
+    LOAD_ARGS,
+    MAX_PAYLOAD,
+    PACKED,
+    Cmd,
+    ident_layout,
+    nbytes,
+    word_bytes,
+)
+from .resident import DramImage
+from .tiling import TileImage, out_read
+
+
+def buf_args(buf: BufId, addr: int, count: int, packed: bool = False) -> bytes:
+    """WRITE_BUF / READ_BUF argument bytes (``packed``: the words follow packed at their
+    width, ``accel.protocol.PACKED``)."""
+    code = BufId(buf).value | (PACKED if packed else 0)
+    bits = BUF_ARGS.const({"buf": code, "addr": addr, "count": count}).as_bits()
+    return bits.to_bytes(nbytes(BUF_ARGS.size), "little")
+
+
+def load_payload(*loads: tuple[BufId, int, int, int]) -> bytes:
+    """LOAD payload for copies ``(buf, addr, count, src)``: ``count`` words of ``buf`` at
+    ``addr ..`` from memory word ``src`` on, each: their number (a byte), then each one's
+    :data:`~accel.protocol.LOAD_ARGS`."""
+    if not 1 <= len(loads) <= MAX_LOADS:
+        raise ValueError(f"a LOAD carries 1..{MAX_LOADS} copies, not {len(loads)}")
+    return bytes([len(loads)]) + b"".join(
+        LOAD_ARGS.const({"buf": BufId(buf).value, "addr": addr, "count": count, "src": src})
+        .as_bits().to_bytes(nbytes(LOAD_ARGS.size), "little")
+        for buf, addr, count, src in loads)
+
+
+def write_buf_payloads(cfg: AccelConfig, buf: BufId, words: list, addr: int = 0,
+                       max_payload: int = MAX_PAYLOAD) -> list[bytes]:
+    """WRITE_BUF payloads for ``words`` starting at ``addr``, split to fit ``max_payload``;
+    packed at their width where the buffer's words are not whole bytes
+    (``accel.layouts.packable``)."""
+    shape, depth = buffer_shapes(cfg)[buf]
+    if addr + len(words) > depth:
+        raise ValueError(f"{buf.name}: {len(words)} words at {addr} exceed depth {depth}")
+    bpw = word_bytes(cfg)[buf]
+    room = max_payload - nbytes(BUF_ARGS.size)
+    pack = word_packer(shape)
+    width = packable(cfg).get(buf)
+    if width is not None:
+        per = max(1, room * 8 // width)
+        return [buf_args(buf, addr + i, len(chunk), packed=True)
+                + sum(pack(w) << (j * width) for j, w in enumerate(chunk)).to_bytes(
+                    nbytes(len(chunk) * width), "little")
+                for i in range(0, len(words), per) for chunk in [words[i:i + per]]]
+    per = max(1, room // bpw)
+    out = []
+    for i in range(0, len(words), per):
+        chunk = words[i : i + per]
+        body = b"".join(pack(w).to_bytes(bpw, "little") for w in chunk)
+        out.append(buf_args(buf, addr + i, len(chunk)) + body)
+    return out
+
+
+def parse_words(cfg: AccelConfig, buf: BufId, payload: bytes) -> list[int]:
+    """Integer words of a READ_BUF response (sign-extended where the buffer is signed)."""
+    shape, _ = buffer_shapes(cfg)[buf]
+    bpw = word_bytes(cfg)[buf]
+    if len(payload) % bpw:
+        raise ValueError(f"READ_BUF {buf.name}: {len(payload)} bytes is not a whole number "
+                         f"of {bpw}-byte words")
+    return [unpack_int(shape, int.from_bytes(payload[i : i + bpw], "little"))
+            for i in range(0, len(payload), bpw)]
+
+
+def run_payload(cfg: AccelConfig, descriptor: dict, where: str = "RUN") -> bytes:
+    """RUN payload for a descriptor dict; refuses one the core would refuse, naming the
+    fields (``accel.layouts.descriptor_rules``)."""
+    layout = descriptor_layout(cfg)
+    unknown = sorted(set(descriptor) - {name for name, _ in layout})
+    if unknown:
+        raise ValueError(f"{where}: unknown descriptor field(s) {', '.join(unknown)}")
+    for name, field in layout:
+        width = field.width
+        if not 0 <= int(descriptor.get(name, 0)) < 1 << width:
+            raise ValueError(f"{where}: descriptor field {name}={descriptor[name]} does not "
+                             f"fit its {width} bits")
+    bad = descriptor_errors(cfg, descriptor)
+    if bad:
+        raise ValueError(f"{where}: the core would refuse this descriptor: "
+                         f"{'; '.join(bad)} (accel.layouts.descriptor_rules)")
+    return layout.const(descriptor).as_bits().to_bytes(nbytes(layout.size), "little")
+
+
+def parse_ident(payload: bytes) -> dict:
+    """IDENTIFY response as a dict."""
+    layout = ident_layout()
+    if len(payload) != nbytes(layout.size):
+        raise ValueError(f"IDENTIFY: {len(payload)} bytes, expected {nbytes(layout.size)}")
+    v = layout.from_bits(int.from_bytes(payload, "little"))
+    return {name: int(getattr(v, name)) for name, _ in layout}
+
+
+def parse_counters(cfg: AccelConfig, payload: bytes) -> dict[str, int]:
+    """READ_COUNTERS response as ``{name: value}`` in map order."""
+    cb = nbytes(cfg.counter_bits)
+    if len(payload) != cb * len(COUNTERS):
+        raise ValueError(f"READ_COUNTERS: {len(payload)} bytes, expected "
+                         f"{cb * len(COUNTERS)} ({len(COUNTERS)} counters of {cb} bytes)")
+    return {name: int.from_bytes(payload[i * cb : (i + 1) * cb], "little")
+            for i, name in enumerate(COUNTERS)}
+
+
+#: Buffers only the host writes (a write of words they already hold may be skipped).
+HOST_WRITTEN = LOADABLE  # the same buffers: what the host writes, a LOAD may fill
+#: Bytes of a READ_BUF answer at most, by default (the driver's ``read_chunk``): a whole
+#: frame (fewer round trips; a noisy line may want shorter answers, cheaper to retry).
+READ_CHUNK = MAX_PAYLOAD
+#: Copies one LOAD request carries at most (their number is a byte).
+MAX_LOADS = 255
+
+
+class BufferMirror:
+    """What every address of the host-written buffers is known to hold (None: unknown).
+
+    Sans-IO: the driver and the cocotb bench both keep one and ask :func:`tile_writes`
+    which writes a tile needs. A write whose range already holds its words is skipped;
+    the datapath's own buffers (ACC, OUT) are never mirrored."""
+
+    def __init__(self, cfg: AccelConfig):
+        self.depth = {b: d for b, (_, d) in buffer_shapes(cfg).items()}
+        self.narrow_bits = cfg.narrow_bits
+        self.words: dict[BufId, list] = {}
+
+    def holds(self, buf: BufId, words: list, addr: int = 0) -> bool:
+        """Whether ``buf`` is known to hold ``words`` at ``addr ..``."""
+        known = self.words.get(buf)
+        return known is not None and known[addr:addr + len(words)] == list(words)
+
+    def set(self, buf: BufId, addr: int, words: list | None, count: int = 0) -> None:
+        """Record ``words`` at ``addr ..`` (``None``: ``count`` addresses now unknown)."""
+        if buf not in HOST_WRITTEN:
+            return
+        n = count if words is None else len(words)
+        self._put(buf, addr, words, n)
+        # WEIGHTS4 writes the narrow halves of WEIGHTS rows: whole rows are then unknown;
+        # a whole row written makes its narrow half known
+        if buf == BufId.WEIGHTS4:
+            self._put(BufId.WEIGHTS, addr, None, n)
+        elif buf == BufId.WEIGHTS:
+            self._put(BufId.WEIGHTS4, addr, None if words is None else [
+                [low_bits(int(v), self.narrow_bits) for v in row] for row in words], n)
+
+    def _put(self, buf: BufId, addr: int, words: list | None, n: int) -> None:
+        known = self.words.setdefault(buf, [None] * self.depth[buf])
+        known[addr:addr + n] = [None] * n if words is None else list(words)
+
+    def forget(self) -> None:
+        """Everything unknown (a device that may have been reloaded)."""
+        self.words.clear()
+
+    def copy(self) -> BufferMirror:
+        """An independent mirror knowing the same (to price requests without sending them:
+        the word lists are replaced by writes, never changed in place)."""
+        twin = BufferMirror.__new__(BufferMirror)
+        twin.depth, twin.narrow_bits = self.depth, self.narrow_bits
+        twin.words = {b: list(v) for b, v in self.words.items()}
+        return twin
+
+
+def tile_writes(cfg: AccelConfig, img: TileImage,
+                mirror: BufferMirror) -> list[tuple[BufId, int, list]]:
+    """The buffer writes ``(buffer, address, words)`` that tile image ``img``
+    (``accel.tiling.TileImage``) needs before its RUN: its words the buffers do not already
+    hold."""
+    return [(buf, img.base.get(buf, 0), words) for buf, words in img.words.items()
+            if not mirror.holds(buf, words, img.base.get(buf, 0))]
+
+
+class Request(NamedTuple):
+    """One request to send: its command and payload. ``completes``: the whole buffer
+    writes ``(buffer, address, words)`` this request completes (the last WRITE_BUF frame of
+    one, or the copies of a LOAD; the driver reads weights back there when asked to verify
+    them).
+    ``reads``: a READ_BUF of a finished output slice's results (``(slice, buffer)``; the
+    slice's answers, in order, are its rows). ``where``: the tile, for messages."""
+
+    cmd: Cmd
+    payload: bytes
+    completes: tuple[tuple[BufId, int, list], ...] = ()
+    reads: tuple | None = None
+    where: str = ""
+
+
+def write_requests(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, words: list,
+                   addr: int = 0, max_payload: int = MAX_PAYLOAD) -> Iterator[Request]:
+    """The WRITE_BUF requests that write ``words`` at ``addr ..`` of ``buf``, keeping
+    ``mirror`` true whatever happens to them.
+
+    Sans-IO: the caller sends each request and asks for the next one only once it was
+    acknowledged. The range is unknown to ``mirror`` from the first request on (a failure
+    midway leaves some of it old and some new) and known to hold ``words`` only when the
+    caller comes back after the last one; a caller that stops early leaves it unknown."""
+    payloads = write_buf_payloads(cfg, buf, words, addr=addr, max_payload=max_payload)
+    mirror.set(buf, addr, None, len(words))
+    for i, p in enumerate(payloads):
+        yield Request(Cmd.WRITE_BUF, p, ((buf, addr, words),) if i == len(payloads) - 1 else ())
+    mirror.set(buf, addr, words)
+
+
+def load_requests(mirror: BufferMirror, loads: list[tuple[BufId, int, list, int]],
+                  max_payload: int = MAX_PAYLOAD) -> Iterator[Request]:
+    """The LOAD requests that copy ``(buffer, address, words, src)`` from the external
+    memory, as many copies a frame as fit, keeping ``mirror`` true (as
+    :func:`write_requests`)."""
+    per = min(MAX_LOADS, (max_payload - 1) // nbytes(LOAD_ARGS.size))
+    for i in range(0, len(loads), per):
+        batch = loads[i:i + per]
+        for buf, addr, words, _ in batch:
+            mirror.set(buf, addr, None, len(words))
+        yield Request(Cmd.LOAD, load_payload(*((b, a, len(w), src) for b, a, w, src in batch)),
+                      tuple((b, a, w) for b, a, w, _ in batch))
+        for buf, addr, words, _ in batch:
+            mirror.set(buf, addr, words)
+
+
+def tile_requests(cfg: AccelConfig, img: TileImage, mirror: BufferMirror,
+                  max_payload: int = MAX_PAYLOAD, image: DramImage | None = None,
+                  following: TileImage | None = None) -> Iterator[Request]:
+    """Every request tile image ``img`` needs, in order: the writes of its words the
+    buffers do not already hold (:func:`tile_writes`, each as :func:`write_requests`), then
+    its RUN (refused with ``ValueError`` as :func:`run_payload` refuses, before it is
+    sent). With the model in the external memory (``image``), writes it holds are LOADs
+    (after the other writes, several copies a frame), and the weights of the tile run next
+    (``following``) are loaded last, before this RUN, when they go to the other half of the
+    weight buffer (:func:`prefetch`), so that the copy overlaps the run. The host driver
+    and the cocotb bench both send exactly these."""
+    loads: list[tuple[BufId, int, list, int]] = []  # copied by LOADs after the writes
+    for buf, addr, words in tile_writes(cfg, img, mirror):
+        src = None if image is None else image.find(buf, words)
+        if src is None:
+            yield from write_requests(cfg, mirror, buf, words, addr, max_payload)
+        else:
+            loads.append((buf, addr, words, src))
+    if image is not None and following is not None:
+        for buf, addr, words in prefetch(cfg, img, following, mirror, image):
+            src = image.find(buf, words)
+            assert src is not None  # prefetch takes only what the image holds
+            loads.append((buf, addr, words, src))
+    yield from load_requests(mirror, loads, max_payload)
+    yield Request(Cmd.RUN, run_payload(cfg, img.descriptor, img.where), where=img.where)
+
+
+def read_requests(cfg: AccelConfig, buf: BufId, addr: int, count: int,
+                  read_chunk: int = READ_CHUNK) -> Iterator[Request]:
+    """The READ_BUF requests for ``count`` words of ``buf`` at ``addr ..``, each answer at
+    most ``read_chunk`` bytes (short answers are cheaper to retry on a noisy link)."""
+    per = max(1, read_chunk // word_bytes(cfg)[buf])
+    for a in range(addr, addr + count, per):
+        yield Request(Cmd.READ_BUF, buf_args(buf, a, min(per, addr + count - a)))
+
+
+def gemm_requests(cfg: AccelConfig, plan, mirror: BufferMirror,
+                  max_payload: int = MAX_PAYLOAD, read_chunk: int = READ_CHUNK,
+                  image: DramImage | None = None) -> Iterator[Request]:
+    """Every request of a planned GEMM (``accel.tiling.GemmTiles``) in run order
+    (``GemmTiles.steps``): each tile's :func:`tile_requests` (the next tile's weights
+    loaded beside it where they may be), and each output slice read back as soon as its
+    last K tile has run. The driver sends exactly these; :func:`link_cost` prices them."""
+    steps = list(plan.steps())
+    if image is not None:
+        image = yield from staged_events(cfg, [img for img, _ in steps], mirror, max_payload,
+                                         image)
+    for i, (img, done) in enumerate(steps):
+        following = steps[i + 1][0] if i + 1 < len(steps) else None
+        yield from tile_requests(cfg, img, mirror, max_payload, image, following)
+        if done is not None:
+            buf, addr, count = out_read(cfg, img)
+            for req in read_requests(cfg, buf, addr, count, read_chunk):
+                yield req._replace(reads=(done, buf))
+
+
+def staged_events(cfg: AccelConfig, imgs: list[TileImage], mirror: BufferMirror,
+                  max_payload: int, image: DramImage):
+    """Event words that several tiles of a GEMM would write (they do not all fit the event
+    buffers, so each N slice writes them again) go into the external memory once, after the
+    model's image (:meth:`DramImage.staging`), and are LOADed from there for each tile.
+    Yields those memory writes; returns the image that holds them too."""
+    seen: dict = {}
+    ahead = mirror.copy()  # what the buffers will hold tile by tile
+    for img in imgs:
+        for buf, addr, words in tile_writes(cfg, img, ahead):
+            if buf in (BufId.SPIKE_EV, BufId.MAC_EV):
+                key = image.key(buf, words)
+                seen[key] = (buf, words, seen.get(key, (0, 0, 0))[2] + 1)
+            ahead.set(buf, addr, words)
+    staged = image.staging()
+    for buf, words, uses in seen.values():
+        if uses > 1:
+            src = staged.add(buf, words)
+            dram = staged.words[src - staged.base:]
+            yield from write_requests(cfg, mirror, BufId.DRAM, dram, src, max_payload)
+    return staged
+
+
+def answer_bytes(cfg: AccelConfig, req: Request) -> int:
+    """Payload bytes of the OK answer to ``req`` (``docs/link.md``)."""
+    if req.cmd == Cmd.READ_BUF:
+        args = BUF_ARGS.from_bits(int.from_bytes(req.payload[:nbytes(BUF_ARGS.size)],
+                                                 "little"))
+        return int(args.count) * word_bytes(cfg)[BufId(int(args.buf))]
+    if req.cmd == Cmd.READ_COUNTERS:
+        return len(COUNTERS) * nbytes(cfg.counter_bits)
+    if req.cmd == Cmd.IDENTIFY:
+        return nbytes(ident_layout().size)
+    return 0
+
+
+#: What :func:`link_cost` counts (the driver's ``stats`` keys).
+LINK_KEYS = ("frames_tx", "bytes_tx", "bytes_rx")
+
+
+def link_cost(cfg: AccelConfig, requests: Iterator[Request] | list[Request]) -> Counter:
+    """What ``requests`` move over the link when every one is answered at the first try:
+    ``frames_tx`` (round trips), ``bytes_tx`` and ``bytes_rx`` (frames included), the
+    same keys the driver counts (``host.driver.Device.stats``)."""
+    cost: Counter = Counter()
+    for req in requests:
+        cost["frames_tx"] += 1
+        cost["bytes_tx"] += len(req.payload) + FRAME_OVERHEAD
+        cost["bytes_rx"] += answer_bytes(cfg, req) + FRAME_OVERHEAD
+    return cost
+
+
+def prefetch(cfg: AccelConfig, img: TileImage, following: TileImage, mirror: BufferMirror,
+             image: DramImage) -> list[tuple[BufId, int, list]]:
+    """The weight writes of ``following`` that may be LOADed while ``img`` runs: held by
+    ``image``, not yet in the buffer, and in the half of the weight buffer that ``img``'s
+    rows do not touch (the executor runs a RUN beside a LOAD only then)."""
+    half = cfg.weight_depth // 2
+    if not half:
+        return []
+    base = img.descriptor["w_base"]
+    rows = len(img.words.get(BufId.WEIGHTS) or img.words[BufId.WEIGHTS4])
+    if base // half != (base + rows - 1) // half:
+        return []  # this tile's rows span both halves
+    return [(buf, addr, words) for buf, addr, words in tile_writes(cfg, following, mirror)
+            if buf in (BufId.WEIGHTS, BufId.WEIGHTS4) and image.find(buf, words) is not None
+            and addr // half == (addr + len(words) - 1) // half != base // half]
