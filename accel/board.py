@@ -16,7 +16,7 @@ from fractions import Fraction
 from functools import cache
 from pathlib import Path
 
-from .protocol import BAUD
+from .protocol import BAUD, UART_BITS_PER_BYTE
 
 #: The ULX3S oscillator (``clk25``).
 BOARD_OSC_HZ = 25_000_000
@@ -155,3 +155,34 @@ def read_board(bundle: Path) -> dict | None:
         raise ValueError(f"{where}: uart_divisor {div} disagrees with clock_hz {clock:g} and "
                          f"baud {baud} (expected {uart_divisor(clock, baud)[0]})")
     return rec
+
+
+#: Host turnaround of one request/response round trip (the USB serial chip's latency timer
+#: set to its 1 ms minimum; the default, 16 ms, is far worse).
+ROUND_TRIP_S = 1e-3
+#: The core's clock on a board whose build recorded none (the board's oscillator).
+BOARD_CLOCK_HZ = float(BOARD_OSC_HZ)
+
+
+def board_estimate(stats: dict, cycles: int, tokens: int,
+                   clock_hz: float = BOARD_CLOCK_HZ) -> dict:
+    """What a run would take on a real board, per baud rate: the link bytes both ways at
+    10 bits a byte (8N1), a round trip per request (:data:`ROUND_TRIP_S`), and the engine's
+    cycles at ``clock_hz`` (the bundle's board clock, ``accel.board.read_board``), all
+    strictly one after another (the host waits for every answer; the engine runs only
+    inside a RUN, and a LOAD is not counted beside it). ``stats`` are the driver's counts
+    (``bytes_tx``, ``bytes_rx``, ``frames_tx``) or ``accel.requests.link_cost``'s
+    prediction; ``cycles`` the engine's (``accel.cycles``' prediction or the counters)."""
+    link_bits = UART_BITS_PER_BYTE * (stats["bytes_tx"] + stats["bytes_rx"])
+    trips = stats["frames_tx"] * ROUND_TRIP_S
+    compute = cycles / clock_hz
+    out = {"assumes": f"8N1 UART, {ROUND_TRIP_S * 1e3:g} ms per round trip, the core at "
+                      f"{clock_hz / 1e6:g} MHz, nothing overlapped",
+           "clock_hz": clock_hz, "round_trips": stats["frames_tx"], "compute_s": compute,
+           "by_baud": {}}
+    for baud in BOARD_BAUDS:
+        total = link_bits / baud + trips + compute
+        out["by_baud"][str(baud)] = {"link_s": link_bits / baud, "round_trips_s": trips,
+                                     "total_s": total, "tokens_per_s": tokens / total,
+                                     "link_share": (link_bits / baud + trips) / total}
+    return out

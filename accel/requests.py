@@ -376,3 +376,16 @@ def prefetch(cfg: AccelConfig, img: TileImage, following: TileImage, mirror: Buf
     return [(buf, addr, words) for buf, addr, words in tile_writes(cfg, following, mirror)
             if buf in (BufId.WEIGHTS, BufId.WEIGHTS4) and image.find(buf, words) is not None
             and addr // half == (addr + len(words) - 1) // half != base // half]
+
+
+def run_link_cost(cfg: AccelConfig, plans: list, image: DramImage | None = None) -> Counter:
+    """The link traffic of running planned GEMMs (``accel.tiling.plan_call`` of a forward
+    pass's calls) in order from a fresh device, as ``host run`` does: each GEMM's
+    :func:`gemm_requests`, the buffers' contents carried from one GEMM to the next, and
+    the counters read after each (the run checks every GEMM's counters). With ``image``
+    the model is in the external memory."""
+    mirror, cost = BufferMirror(cfg), Counter()
+    for plan in plans:
+        cost += link_cost(cfg, [*gemm_requests(cfg, plan, mirror, image=image),
+                                Request(Cmd.READ_COUNTERS, b"")])
+    return cost

@@ -26,9 +26,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from accel import baselines
-from accel.board import BOARD_FILE, FAST_BAUD, choose_clock
+from accel.board import BOARD_CLOCK_HZ, BOARD_FILE, FAST_BAUD, board_estimate, choose_clock
 from accel.bundle import CONFIG, PROGRAM, config_record, program_record, save_host_files
 from accel.config import AccelConfig
+from accel.requests import run_link_cost
+from accel.resident import model_image
+from accel.tiling import plan_call
 from accel.workload import GemmWork, sample_ids
 from models.arch import LoadedModel, ModelInputError, load_model, one_line
 from models.bundle import save_bundle
@@ -237,6 +240,7 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
     hybrid, events = baselines.predicted(cfg, "hybrid", steps, calls,
                                          table, baselines.MEMORY_MODELS["predicted"],
                                          preds=sizing.predictions)
+    link = board_link(cfg, calls, int(ids.numel()), sizing.predictions)
     del calls
     converted = []
     for name, enc in baselines.CONVERTED:
@@ -270,7 +274,7 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
         "fmax_mhz": None, "energy_table": o.energy_table or "default (Horowitz 45 nm)",
         "energy_table_pj": table, "layers": rows, "hybrid": hybrid, **versus,
         "totals": report.totals(rows, o.decode_steps if decode else int(ids.numel())),
-        "timings_s": times,
+        "timings_s": times, "link": link,
         "workload": {"kind": o.workload, **({"prompt_tokens": len(ids) - o.decode_steps,
                                              "decode_steps": o.decode_steps}
                                             if decode else {"tokens": int(ids.numel())})},
@@ -294,6 +298,7 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
         limit = rep["fmax_mhz"] if o.pnr and rep["fmax_mhz"] else o.freq_mhz
         clock = choose_clock(limit, o.baud)
         rep["board"] = {**clock.as_dict(), "clock_from": "pnr" if o.pnr else "freq"}
+        board_time(rep["link"], clock.clock_hz)
         (out / BOARD_FILE).write_text(json.dumps(rep["board"], indent=1))
     if o.bitstream:
         step("bitstream")
@@ -304,6 +309,32 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
     if o.synth or o.pnr or o.bitstream:
         _write_reports(rep, out)
     return rep
+
+
+def board_link(cfg: AccelConfig, calls: list, tokens: int, preds) -> dict:
+    """What the host link carries for the measured forward pass, priced request by request
+    (``accel.requests.run_link_cost``, what ``host run`` sends) with the model streamed over
+    the link and with it resident in the external memory, and the board time each gives
+    (:func:`board_time`; ``host run`` measures the same traffic and checks it)."""
+    plans = [plan_call(cfg, c) for c in calls]
+    image = model_image(cfg, calls)
+    out: dict = {"cycles": sum(p.cycles for p in preds), "tokens": tokens,
+                 "image_bytes": len(image.words) * cfg.dram_bits // 8}
+    for name, held in (("streamed", None), ("resident", image)):
+        cost = run_link_cost(cfg, plans, held)
+        out[name] = {**cost, "bytes_per_token": (cost["bytes_tx"] + cost["bytes_rx"]) / tokens,
+                     "round_trips_per_token": cost["frames_tx"] / tokens}
+    board_time(out)
+    return out
+
+
+def board_time(link: dict, clock_hz: float = BOARD_CLOCK_HZ) -> None:
+    """Add to :func:`board_link`'s figures the board time of each (``accel.board.
+    board_estimate``), the core at ``clock_hz`` (the oscillator's 25 MHz until the board
+    build picks its clock)."""
+    for name in ("streamed", "resident"):
+        link[name]["board"] = board_estimate(link[name], link["cycles"], link["tokens"],
+                                             clock_hz)
 
 
 def _write_reports(rep: dict, out: Path) -> None:

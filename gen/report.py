@@ -88,6 +88,23 @@ def totals(rows: list[dict], tokens: int) -> dict:
             "energy_pj": energy, "energy_pj_per_token": energy / tokens}
 
 
+def link_lines(link: dict) -> list[str]:
+    """The host link and board time section of a report (``gen.build.board_link``)."""
+    lines = ["## Host link and board time (predicted, request by request)", "",
+             f"The model streamed over the link, or resident in the external memory "
+             f"({link['image_bytes']:,} bytes, written once by `host load`). "
+             f"{link['resident']['board']['assumes']}.", "",
+             "| model | link bytes/token | round trips/token | tokens/s at 1 Mbaud "
+             "| tokens/s at 3 Mbaud |", "|---|---|---|---|---|"]
+    for name in ("streamed", "resident"):
+        r = link[name]
+        by = r["board"]["by_baud"]
+        lines.append(f"| {name} | {r['bytes_per_token']:,.0f} | "
+                     f"{r['round_trips_per_token']:,.1f} | {by['1000000']['tokens_per_s']:.2f} | "
+                     f"{by['3000000']['tokens_per_s']:.2f} |")
+    return lines
+
+
 def write_markdown(report: dict, path: Path) -> None:
     """A human-readable summary of ``report``."""
     c, t = report["config"], report["totals"]
@@ -110,6 +127,8 @@ def write_markdown(report: dict, path: Path) -> None:
     lines.append(f"| budget | {b['lut4']} | | {b['mult18x18d']} | {b['dp16kd']} |")
     if report.get("fmax_mhz"):
         lines += ["", f"Fmax after place and route: {report['fmax_mhz']:.1f} MHz."]
+    if report.get("link"):
+        lines += ["", *link_lines(report["link"])]
     lines += ["", "## Layers", "",
               "| layer | M | K | N | encoding | T | outliers | silent | cycles | spike units "
               "| accumulates | MACs | link bytes | energy (nJ) |",

@@ -29,7 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from accel import baselines
-from accel.board import read_board
+from accel.board import BOARD_CLOCK_HZ, board_estimate, read_board
 from accel.bundle import (
     CONFIG,
     FLOAT,
@@ -239,9 +239,9 @@ def cmd_run(a) -> int:
                    "golden_events": vars(total_events(res.golden_events))},
         "energy_table_pj": table, "resident": resident,
     }
-    rep["board"] = report.board_estimate(dev.stats, rep["totals"]["measured_cycles"],
+    rep["board"] = board_estimate(dev.stats, rep["totals"]["measured_cycles"],
                                          int(ids.numel()),
-                                         board["clock_hz"] if board else report.BOARD_CLOCK_HZ)
+                                         board["clock_hz"] if board else BOARD_CLOCK_HZ)
     out = Path(a.out or bundle / "run")
     report.write(rep, out)
     if a.json:
