@@ -384,7 +384,7 @@ def run_link_cost(cfg: AccelConfig, plans: list, image: DramImage | None = None)
     :func:`gemm_requests`, the buffers' contents carried from one GEMM to the next, and
     the counters read after each (the run checks every GEMM's counters). With ``image``
     the model is in the external memory."""
-    mirror, cost = BufferMirror(cfg), Counter()
+    mirror, cost = BufferMirror(cfg), Counter[str]()
     for plan in plans:
         cost += link_cost(cfg, [*gemm_requests(cfg, plan, mirror, image=image),
                                 Request(Cmd.READ_COUNTERS, b"")])
