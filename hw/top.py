@@ -18,7 +18,9 @@ LOAD             copies (a byte, 1..255), each :data:`LOAD_ARGS` none, once the 
 WRITE_BUF and READ_BUF also reach the external memory (``BufId.DRAM``, through ``dram``).
 A LOAD copies words from there into a buffer (``hw.mem.Dma``) and is answered as soon as
 its last copy has started; each copy starts when the one before it is done. Commands that
-touch a buffer or the memory wait for the copy in flight; a RUN runs beside it only when
+touch the memory, write a buffer or read the buffer being written wait for the copy in
+flight (reading another buffer does not: its read port is not the copy's); a RUN runs
+beside it only when
 the copy writes the half of WEIGHTS that the descriptor's ``w_base`` is not in (and the
 engine faults an event that reads that half meanwhile), else it waits too. A refused copy
 (its buffer, range or source) ends the LOAD with ``ERR_ARG``; the copies before it have
@@ -52,6 +54,7 @@ from accel.layouts import (
     HOST_WRITABLE,
     LOADABLE,
     PACK_BITS,
+    VIEWS,
     BufId,
     buffer_shapes,
     descriptor_layout,
@@ -134,6 +137,14 @@ class Top(wiring.Component):
         load_bad = Signal()  # a bad buffer or range (registered in LOAD_SIZE)
         is_dram = Signal()
         m.d.comb += is_dram.eq(args.buf == BufId.DRAM)
+        reads_dma_buf = Signal()  # args.buf is (a view of) the memory the copy writes
+        with m.Switch(args.buf):
+            for b in BufId:
+                same = [x for x in LOADABLE if VIEWS.get(x, x) == VIEWS.get(b, b)]
+                if same:
+                    with m.Case(b):
+                        m.d.comb += reads_dma_buf.eq(
+                            reduce(operator.or_, (dma.buf == x for x in same)))
         w_half = Signal()  # the RUN reads one half of WEIGHTS while a LOAD writes the other
         run_half = Signal()  # the checked descriptor may run beside the LOAD in flight
         dram_done = Signal(2)  # a host write's command and data taken by the memory
@@ -369,7 +380,9 @@ class Top(wiring.Component):
                 need = args_bytes + Mux(hdr.cmd == Cmd.WRITE_BUF, req_bytes, 0)
                 # a READ_BUF answer must fit the 16-bit length field
                 too_long = (hdr.cmd == Cmd.READ_BUF) & (req_bytes > LENGTH_LIMIT)
-                with m.If(dma.busy):  # the buffers and the memory are the LOAD's
+                # the memory and the engine's host write port are the copy's while it runs,
+                # and so is the buffer it writes; reading another buffer need not wait
+                with m.If(dma.busy & (is_dram | (hdr.cmd == Cmd.WRITE_BUF) | reads_dma_buf)):
                     m.d.comb += strobe["exec.load_wait"].eq(1)
                 with m.Elif(args_bad | (hdr.length != need) | too_long):
                     m.d.sync += status.eq(Status.ERR_ARG)
