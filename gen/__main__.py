@@ -20,6 +20,7 @@ import argparse
 import sys
 
 from accel.board import FAST_BAUD
+from hw.top import SIM_DRAMS
 from models.__main__ import _encoding
 from models.arch import BUILTIN, UnsupportedModelError
 
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--baud", type=int, default=FAST_BAUD,
                    help="the board's UART rate; the board clock is the fastest PLL clock at "
                         "or below the P&R Fmax that serves it (docs/gen.md)")
+    b.add_argument("--sim-dram", choices=SIM_DRAMS, default="model",
+                   help="the simulated device's SDRAM: a behavioural model, or LiteDRAM's "
+                        "controller on its PHY model (slower to build and run; docs/memory.md)")
     b.add_argument("--bitstream", action="store_true",
                    help="build the ULX3S 85F bitstream (accelerator behind the USB UART)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             pnr=a.pnr, bitstream=a.bitstream, freq_mhz=a.freq, progress=not a.quiet,
             seeds=tuple(range(a.seed, a.seed + max(a.seeds, 0))), baud=a.baud,
             cache=not a.no_cache, workload=a.workload, decode_steps=a.decode_steps,
-            objective=a.objective))
+            objective=a.objective, sim_dram=a.sim_dram))
     except DoesNotFit as e:
         print(f"error: the model does not fit: {one_line(e)}", file=sys.stderr)
         return 3

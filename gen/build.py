@@ -72,6 +72,9 @@ class BuildOptions:
     #: Fmax (or ``freq_mhz`` without ``--pnr``) that runs the UART at this rate
     baud: int = FAST_BAUD
     progress: bool = True
+    #: the simulated device's external memory (``spikellm_top.v``; ``hw.top.SimTop``):
+    #: ``"model"`` (behavioural) or ``"litedram"`` (LiteDRAM's controller on its PHY model)
+    sim_dram: str = "model"
     cache: bool = True  #: reuse converted models and Verilog (gen/cache.py)
     workload: str = "prefill"  #: size for ``"prefill"`` (whole sequence) or ``"decode"``
     decode_steps: int = 4  #: decode steps of the ``"decode"`` workload
@@ -255,7 +258,7 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
                                converted)
     done("baselines")
     step("emit")
-    (tmp / "spikellm_top.v").write_text(cache.verilog(cfg, o.cache)[0])
+    (tmp / "spikellm_top.v").write_text(cache.verilog(cfg, o.cache, o.sim_dram)[0])
     (tmp / CONFIG).write_text(json.dumps(config_record(cfg), indent=1))
     shifts = {n: info.shift for n, info in cm.nodes.items()}
     one_pass = works[len(works) - len(works) // o.decode_steps:] if decode else works  # last step

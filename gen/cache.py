@@ -24,6 +24,8 @@ from hw.top import emit_verilog
 from models.bundle import BundleError, load_bundle, save_bundle
 from models.convert import ConvertedModel, ConvertOptions, convert
 
+from . import sdram
+
 
 def cache_dir() -> Path:
     """Where cached results live."""
@@ -75,14 +77,19 @@ def converted(lm, opts: ConvertOptions, use: bool = True) -> tuple[ConvertedMode
     return cm, False
 
 
-def verilog(cfg: AccelConfig, use: bool = True) -> tuple[str, bool]:
-    """``hw.top.emit_verilog(cfg)``, from the cache when possible."""
+def verilog(cfg: AccelConfig, use: bool = True, dram: str = "model") -> tuple[str, bool]:
+    """``hw.top.emit_verilog(cfg, dram=dram)``, with LiteDRAM's simulation core
+    (``gen.sdram``) for ``dram="litedram"``, from the cache when possible."""
     key = _key(json.dumps(cfg.to_json(), sort_keys=True), source_digest(*HW_SOURCES),
-               amaranth.__version__)
+               amaranth.__version__, dram)
     where = cache_dir() / "verilog" / f"{key}.v"
     if use and where.exists():
         return where.read_text(), True
-    text = emit_verilog(cfg)
+    text = emit_verilog(cfg, dram=dram)
+    if dram == "litedram":
+        text += sdram.verilog(sdram.SdramConfig(sim=True, init_us=2.0,
+                                                addr_bits=cfg.dram_addr_bits,
+                                                data_bits=cfg.dram_bits))
     if use:
         where.parent.mkdir(parents=True, exist_ok=True)
         tmp = where.with_suffix(f".{os.getpid()}.tmp")

@@ -41,7 +41,7 @@ with a wrong length or an out-of-range buffer argument gets ``ERR_ARG``, an unkn
 import operator
 from functools import reduce
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, ClockDomain, ClockSignal, Module, Mux, ResetSignal, Signal
 from amaranth.back import verilog
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -80,6 +80,7 @@ from .engine import STROBES, Engine
 from .link import Link
 from .mem import DRAM_STORAGE_V, Dma, MemModel, dram_port
 from .pipe import Register
+from .sdram import Sdram
 
 #: Cycles without a byte after which the link drops a half-received frame:
 #: ``LINK_TIMEOUT_S`` (10 ms) on the 25 MHz oscillator (the board top scales it to its PLL
@@ -543,22 +544,38 @@ class Top(wiring.Component):
 
 
 class SimTop(wiring.Component):
-    """:class:`Top` with a behavioural external memory (``hw.mem.MemModel``, timing
-    :data:`SIM_DRAM`): the simulated device, with the same ``rx``/``tx`` as the board's."""
+    """:class:`Top` with a simulated external memory: the simulated device, with the same
+    ``rx``/``tx`` as the board's. ``dram``: ``"model"``, the behavioural memory
+    (``hw.mem.MemModel``, timing :data:`SIM_DRAM`), or ``"litedram"``, LiteDRAM's
+    controller on its PHY model (``hw.sdram.Sdram(sim=True)``; its Verilog comes from
+    ``gen.sdram``) at half the core's clock, as on the board (a 50 MHz controller beside a
+    60 MHz core)."""
 
     rx: In(stream.Signature(8))
     tx: Out(stream.Signature(8))
 
-    def __init__(self, cfg: AccelConfig, *, storage: str = "verilog", **kw):
-        self.cfg, self.storage, self.kw = cfg, storage, kw
+    def __init__(self, cfg: AccelConfig, *, storage: str = "verilog", dram: str = "model",
+                 **kw):
+        if dram not in SIM_DRAMS:
+            raise ValueError(f"dram must be one of {', '.join(SIM_DRAMS)}, not {dram!r}")
+        self.cfg, self.storage, self.dram, self.kw = cfg, storage, dram, kw
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.core = core = Top(self.cfg, **self.kw)
-        m.submodules.dram = mem = MemModel(self.cfg.dram_addr_bits, self.cfg.dram_bits,
-                                           storage=self.storage, **SIM_DRAM)
-        wiring.connect(m, core.dram, mem.port)
+        if self.dram == "litedram":
+            m.submodules.dram = mem = Sdram(self.cfg.dram_addr_bits, self.cfg.dram_bits,
+                                            sim=True)
+            m.domains.sdram = ClockDomain("sdram")
+            half = Signal()
+            m.d.sync += half.eq(~half)
+            m.d.comb += [ClockSignal("sdram").eq(half), ResetSignal("sdram").eq(ResetSignal())]
+            wiring.connect(m, core.dram, mem.port)
+        else:
+            m.submodules.dram = model = MemModel(self.cfg.dram_addr_bits, self.cfg.dram_bits,
+                                                 storage=self.storage, **SIM_DRAM)
+            wiring.connect(m, core.dram, model.port)
         wiring.connect(m, wiring.flipped(self.rx), core.rx)
         wiring.connect(m, core.tx, wiring.flipped(self.tx))
         return m
@@ -571,8 +588,16 @@ SIM_DRAM = dict(latency=6, word_cycles=2, row_bits=8, row_cycles=4, refresh_ever
                 refresh_cycles=8)
 
 
-def emit_verilog(cfg: AccelConfig, name: str = "spikellm_top", **kw) -> str:
+#: The simulated device's external memories (:class:`SimTop`).
+SIM_DRAMS = ("model", "litedram")
+
+
+def emit_verilog(cfg: AccelConfig, name: str = "spikellm_top", dram: str = "model",
+                 **kw) -> str:
     """Verilog of the simulated device for ``cfg`` (:class:`SimTop`, with its memory's
-    storage module): what the generator writes as ``spikellm_top.v``."""
-    top = SimTop(cfg, **kw)
-    return verilog.convert(top, name=name, emit_src=False) + DRAM_STORAGE_V
+    storage module): what the generator writes as ``spikellm_top.v``. With
+    ``dram="litedram"`` the controller's own Verilog (``gen.sdram.verilog``) must be added
+    (the generator does)."""
+    top = SimTop(cfg, dram=dram, **kw)
+    return verilog.convert(top, name=name, emit_src=False) + (DRAM_STORAGE_V
+                                                              if dram == "model" else "")

@@ -23,3 +23,15 @@ def test_board_top_with_the_sdram_controller_synthesises(tmp_path):
     lpf = (tmp_path / f"{flow.BOARD_NAME}.lpf").read_text()
     for pin in ("sdram_0__clk", "sdram_0__a", "sdram_0__dq", "sdram_0__ba", "sdram_0__we"):
         assert pin in lpf, pin
+
+
+def test_the_simulated_device_can_carry_litedrams_controller():
+    from gen import cache
+    from gen.sdram import SIM_CORE_NAME
+
+    cfg = PRESETS["tiny"]
+    text, _ = cache.verilog(cfg, use=False, dram="litedram")
+    assert f"module {SIM_CORE_NAME}" in text and "module spikellm_top" in text
+    assert "spikellm_dram_storage" not in text  # the behavioural memory is not there
+    text, _ = cache.verilog(cfg, use=False)
+    assert "module spikellm_dram_storage" in text and SIM_CORE_NAME not in text

@@ -129,3 +129,14 @@ def test_load_copies_buffer_words_from_their_memory_layout(dram_bits, lanes):
               for i, w in enumerate(raw)]
     assert writes == expect
     assert BufId.DRAM not in LOADABLE
+
+
+def test_bad_memory_settings_are_refused_by_name():
+    from hw.top import SimTop
+
+    with pytest.raises(ValueError, match="dram must be one of model, litedram, not 'ddr'"):
+        SimTop(_cfg(32), dram="ddr")
+    with pytest.raises(ValueError, match="refresh_every must be at least 9, not 8"):
+        MemModel(8, 32, refresh_cycles=8, refresh_every=8)
+    with pytest.raises(ValueError, match="storage must be 'memory' or 'verilog', not 'x'"):
+        MemModel(8, 32, storage="x")
