@@ -77,6 +77,8 @@ COUNTERS: dict[str, Counter] = {
                        ("dma.word_rd", "exec.dram_rd")),
     "dram_wr": Counter("external-memory words written by the host", ("exec.dram_wr",)),
     "load_wait": Counter("cycles a command waited for a LOAD to finish", ("exec.load_wait",)),
+    "load_busy": Counter("cycles a LOAD copy ran (the external memory's busy time)",
+                         ("dma.busy",)),
     "load_overlap": Counter("cycles a LOAD ran while a descriptor ran (a weight tile "
                             "loaded beside the run)", ("exec.load_overlap",)),
     "link_rx": Counter("bytes received on the host link", ("link.rx_byte",)),

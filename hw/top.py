@@ -211,6 +211,7 @@ class Top(wiring.Component):
                   "engine.busy": eng.busy, "engine.fault": eng.fault,
                   "link.rx_byte": link.rx_byte, "link.tx_byte": link.tx_byte,
                   "link.frame_err": link.frame_err, "dma.word_rd": dma.word_rd,
+                  "dma.busy": dma.busy,
                   **{f"exec.{n}": Signal(name=f"exec_{n}")
                      for n in ("host_wr", "host_rd", "descriptors", "loads", "dram_rd",
                                "dram_wr", "load_wait", "load_overlap")}}
