@@ -33,6 +33,15 @@ def _check_bundle(out):
     for r in rep["layers"]:
         assert r["energy_pj"]["total"] == pytest.approx(sum(
             v for k, v in r["energy_pj"].items() if k != "total"))
+    # the host link, priced request by request: the resident model moves fewer bytes
+    lk = rep["link"]
+    assert 0 < lk["resident"]["bytes_per_token"] < lk["streamed"]["bytes_per_token"]
+    for name in ("streamed", "resident"):
+        r, b = lk[name], lk[name]["board"]
+        assert r["bytes_per_token"] == (r["bytes_tx"] + r["bytes_rx"]) / rep["model"]["tokens"]
+        assert b["round_trips"] == r["frames_tx"]
+        assert set(b["by_baud"]) == {"1000000", "3000000"}
+    assert "Host link and board time" in (out / "report.md").read_text()
     load_bundle(out / "model")
     return rep
 
