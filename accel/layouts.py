@@ -299,6 +299,14 @@ def word_packer(shape):
             def pack(word):
                 raw = (np.asarray(word, dtype=np.int64) & ((1 << w) - 1)).astype(dtype)
                 return int.from_bytes(raw.astype(f"<u{w // 8}").tobytes(), "little")
+        elif not isinstance(shape.elem_shape, data.Layout):
+            # other widths (4-bit weights): every element's bits, low first, packed at once
+            shifts = np.arange(w, dtype=np.int64)
+
+            def pack(word):
+                bits = (np.asarray(word, dtype=np.int64)[:, None] >> shifts) & 1
+                return int.from_bytes(np.packbits(bits.astype(np.uint8).ravel(),
+                                                  bitorder="little").tobytes(), "little")
         else:
             sub = word_packer(shape.elem_shape)
 

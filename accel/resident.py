@@ -19,12 +19,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+import numpy as np
 import torch
-from amaranth import Shape
 
 from .config import AccelConfig
 from .layouts import LOADABLE, BufId, buffer_shapes, to_dram_words, word_packer
-from .protocol import nbytes
 from .tiling import constant_tiles
 
 #: Words at the start of the external memory that describe the image (32-bit fields).
@@ -47,13 +46,16 @@ class DramImage:
         self._index: dict[tuple[BufId, bytes], int] = {}
 
     def key(self, buf: BufId, words: list) -> tuple[BufId, bytes]:
-        """What identifies a block: its buffer and the SHA-256 of its packed words."""
-        shape = buffer_shapes(self.cfg)[buf][0]
-        pack, nb = word_packer(shape), nbytes(Shape.cast(shape).width)
-        h = hashlib.sha256()
-        for w in words:
-            h.update(pack(w).to_bytes(nb, "little"))
-        return buf, h.digest()
+        """What identifies a block: its buffer and the SHA-256 of its words as the tiling
+        builds them (integers, rows of integers, or dicts of integer fields; the same
+        words are always built alike), not packed: packing every block of a run to look
+        it up cost more than the run's planning."""
+        try:
+            raw = np.asarray(words, dtype=np.int64)
+            blob = repr(raw.shape).encode() + raw.tobytes()
+        except (TypeError, ValueError):  # dict words (events, constants)
+            blob = repr(words).encode()
+        return buf, hashlib.sha256(blob).digest()
 
     def add(self, buf: BufId, words: list) -> int:
         """Store ``words`` of ``buf`` (once); their first memory word."""
