@@ -549,17 +549,18 @@ class SimTop(wiring.Component):
     ``rx``/``tx`` as the board's. ``dram``: ``"model"``, the behavioural memory
     (``hw.mem.MemModel``, timing :data:`SIM_DRAM`), or ``"litedram"``, LiteDRAM's
     controller on its PHY model (``hw.sdram.Sdram(sim=True)``; its Verilog comes from
-    ``gen.sdram``) at half the core's clock, as on the board (a 50 MHz controller beside a
-    60 MHz core)."""
+    ``gen.sdram``) at half the core's clock (``dram_half_clock``; on the board a 50 MHz
+    controller runs beside a 60 MHz core: between half and the same clock)."""
 
     rx: In(stream.Signature(8))
     tx: Out(stream.Signature(8))
 
     def __init__(self, cfg: AccelConfig, *, storage: str = "verilog", dram: str = "model",
-                 **kw):
+                 dram_half_clock: bool = True, **kw):
         if dram not in SIM_DRAMS:
             raise ValueError(f"dram must be one of {', '.join(SIM_DRAMS)}, not {dram!r}")
         self.cfg, self.storage, self.dram, self.kw = cfg, storage, dram, kw
+        self.dram_half_clock = dram_half_clock
         super().__init__()
 
     def elaborate(self, platform):
@@ -567,11 +568,14 @@ class SimTop(wiring.Component):
         m.submodules.core = core = Top(self.cfg, **self.kw)
         if self.dram == "litedram":
             m.submodules.dram = mem = Sdram(self.cfg.dram_addr_bits, self.cfg.dram_bits,
-                                            sim=True)
-            m.domains.sdram = ClockDomain("sdram")
-            half = Signal()
-            m.d.sync += half.eq(~half)
-            m.d.comb += [ClockSignal("sdram").eq(half), ResetSignal("sdram").eq(ResetSignal())]
+                                            sim=True, sdram_domain="sdram"
+                                            if self.dram_half_clock else "sync")
+            if self.dram_half_clock:
+                m.domains.sdram = ClockDomain("sdram")
+                half = Signal()
+                m.d.sync += half.eq(~half)
+                m.d.comb += [ClockSignal("sdram").eq(half),
+                             ResetSignal("sdram").eq(ResetSignal())]
             wiring.connect(m, core.dram, mem.port)
         else:
             m.submodules.dram = model = MemModel(self.cfg.dram_addr_bits, self.cfg.dram_bits,
