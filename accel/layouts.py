@@ -170,11 +170,12 @@ PACK_BITS = 32
 
 def packable(cfg: AccelConfig) -> dict[BufId, int]:
     """Buffers whose words cross the link packed at their width, by width: host-written,
-    at most :data:`PACK_BITS` wide and not a whole number of bytes (a 17-bit spike event
-    takes 17 bits on the link instead of 24)."""
+    wider than a byte, at most :data:`PACK_BITS` wide and not a whole number of bytes (a
+    17-bit spike event takes 17 bits on the link instead of 24)."""
     widths = {b: Shape.cast(s).width for b, (s, _) in buffer_shapes(cfg).items()}
+    # wider than a byte: each byte received completes at most one word
     return {b: w for b, w in widths.items()
-            if b in LOADABLE and w <= PACK_BITS and w % 8}
+            if b in LOADABLE and 8 < w <= PACK_BITS and w % 8}
 
 
 def dram_words(cfg: AccelConfig, buf: BufId) -> int:
