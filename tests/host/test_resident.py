@@ -210,3 +210,31 @@ def test_whole_model_resident_bit_exact(sim, tiny_llama, tiny_llama_cm):
     assert all(r.counters["busy"] == r.predicted_cycles for r in res.records)
     assert sum(r.link_bytes for r in res.records) < 0.7 * sum(r.link_bytes
                                                               for r in plain.records)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dram_bits", [16, 64])
+def test_resident_gemms_on_other_memory_widths(tmp_path_factory, dram_bits):
+    """Memory words narrower and wider than the default (a weight row, a constants word and
+    a start value each take a different number of them), a small memory and odd shapes."""
+    from sim.device import SimDevice
+
+    from ..helpers import simulator_binary
+
+    cfg = dataclasses.replace(CFG, lanes=8, mac_units=2, weight_depth=32, dram_bits=dram_bits,
+                              dram_addr_bits=14)
+    calls = [_call(7, m=5, k=13, n=11), _call(8, m=9, k=40, n=19)]
+    image = model_image(cfg, calls)
+    binary = simulator_binary(cfg, tmp_path_factory.mktemp(f"dram{dram_bits}"))
+    with SimDevice(binary) as sim:
+        t = SerialTransport(sim.url)
+        dev = Device(t, cfg, **FAST)
+        dev.identify()
+        dev.load_image(image)
+        before = dev.counters()
+        for c in calls:
+            _, rec, before = run_gemm(dev, c, before=before)
+            assert rec.exact and rec.counters_match and rec.link == rec.predicted_link, c.name
+            assert rec.counters["busy"] == rec.predicted_cycles
+            assert rec.counters["loads"] > 0
+        t.close()
