@@ -17,7 +17,7 @@ from accel.layouts import BufId, buffer_shapes, pack_word
 from accel.tiling import build_tile, out_read
 from host.driver import Device
 from host.transport import FaultyTransport, SerialTransport
-from hw.top import emit_verilog
+from hw.device import emit_verilog
 from models.contract import requantize
 from models.encodings import Encoding
 from models.golden import gemm

@@ -20,7 +20,7 @@ import argparse
 import sys
 
 from accel.board import FAST_BAUD
-from hw.top import SIM_DRAMS
+from hw.device import SIM_DRAMS
 from models.__main__ import _encoding
 from models.arch import BUILTIN, UnsupportedModelError
 

@@ -72,7 +72,7 @@ class BuildOptions:
     #: Fmax (or ``freq_mhz`` without ``--pnr``) that runs the UART at this rate
     baud: int = FAST_BAUD
     progress: bool = True
-    #: the simulated device's external memory (``spikellm_top.v``; ``hw.top.SimTop``):
+    #: the simulated device's external memory (``spikellm_top.v``; ``hw.device.SimTop``):
     #: ``"model"`` (behavioural) or ``"litedram"`` (LiteDRAM's controller on its PHY model)
     sim_dram: str = "model"
     cache: bool = True  #: reuse converted models and Verilog (gen/cache.py)

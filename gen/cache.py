@@ -20,7 +20,7 @@ import amaranth
 
 from accel.bundle import HW_SOURCES, SOURCES, source_digest
 from accel.config import AccelConfig
-from hw.top import emit_verilog
+from hw.device import emit_verilog
 from models.bundle import BundleError, load_bundle, save_bundle
 from models.convert import ConvertedModel, ConvertOptions, convert
 
@@ -78,7 +78,7 @@ def converted(lm, opts: ConvertOptions, use: bool = True) -> tuple[ConvertedMode
 
 
 def verilog(cfg: AccelConfig, use: bool = True, dram: str = "model") -> tuple[str, bool]:
-    """``hw.top.emit_verilog(cfg, dram=dram)``, with LiteDRAM's simulation core
+    """``hw.device.emit_verilog(cfg, dram=dram)``, with LiteDRAM's simulation core
     (``gen.sdram``) for ``dram="litedram"``, from the cache when possible."""
     key = _key(json.dumps(cfg.to_json(), sort_keys=True), source_digest(*HW_SOURCES),
                amaranth.__version__, dram)

@@ -1,7 +1,7 @@
 """Helpers and settings shared by the tests."""
 
 from accel.config import AccelConfig
-from hw.top import emit_verilog
+from hw.device import emit_verilog
 from sim.device import build_simulator
 
 #: A short link timeout (cycles) keeps fault recovery quick in the tests.

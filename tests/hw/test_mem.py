@@ -132,7 +132,7 @@ def test_load_copies_buffer_words_from_their_memory_layout(dram_bits, lanes):
 
 
 def test_bad_memory_settings_are_refused_by_name():
-    from hw.top import SimTop
+    from hw.device import SimTop
 
     with pytest.raises(ValueError, match="dram must be one of model, litedram, not 'ddr'"):
         SimTop(_cfg(32), dram="ddr")

@@ -9,15 +9,13 @@ import os
 from pathlib import Path
 
 import pytest
-from amaranth import ClockDomain, ClockSignal, Module, ResetSignal, Signal
-from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth import Module
+from amaranth.lib import wiring
 
 from accel.config import PRESETS
 from gen.sdram import SdramConfig, geometry, verilog
 from hw.mem import Dma
 from hw.sdram import Sdram
-from hw.top import Top
 
 BUILD = Path(__file__).resolve().parents[2] / "build" / "verilator-sdram"
 
@@ -97,48 +95,16 @@ def test_sequential_bandwidth_against_the_core_clock(sys_hz, user_ns):
     assert wr["words_per_cycle"] > 0.9 * min(1.0, 1 / per_sys), line
 
 
-class LiteDramSimTop(wiring.Component):
-    """``hw.top.SimTop`` with LiteDRAM's controller on its PHY model in place of
-    ``MemModel``: what the Verilator device becomes. The controller runs at half the core's
-    clock (a divided clock; on the board, 50 MHz against a 60-67 MHz core), which also
-    keeps LOADs about as long as ``MemModel``'s two cycles a word: the bench's check that
-    a LOAD overlaps a RUN depends on it (at one word a cycle the LOADs end before the RUN
-    frame arrives)."""
-
-    rx: In(stream.Signature(8))
-    tx: Out(stream.Signature(8))
-
-    def __init__(self, cfg, **kw):
-        self.cfg, self.kw = cfg, kw
-        super().__init__()
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.core = core = Top(self.cfg, **self.kw)
-        m.submodules.dram = dram = Sdram(self.cfg.dram_addr_bits, self.cfg.dram_bits,
-                                         sim=True)
-        m.domains.sdram = ClockDomain("sdram")
-        half = Signal()
-        m.d.sync += half.eq(~half)
-        m.d.comb += [ClockSignal("sdram").eq(half), ResetSignal("sdram").eq(ResetSignal())]
-        wiring.connect(m, core.dram, dram.port)
-        wiring.connect(m, wiring.flipped(self.rx), core.rx)
-        wiring.connect(m, core.tx, wiring.flipped(self.tx))
-        return m
-
-
 @pytest.mark.benchmark
 def test_the_top_on_litedram_in_verilator_passes_the_top_level_bench():
     """The emitted top's cocotb bench (``sim/cocotb_top.py``: GEMM tiles bit-exact, bad
     frames, weights loaded from the external memory beside runs) with LiteDRAM's
     controller behind ``dram``: the Verilator device can swap ``MemModel`` for it."""
-    from amaranth.back import verilog as amaranth_verilog
-
+    from hw.device import emit_verilog
     from sim.verilator import run_cocotb
 
     cfg, timeout = PRESETS["tiny"], 3000
-    top = amaranth_verilog.convert(LiteDramSimTop(cfg, link_timeout=timeout),
-                                   name="spikellm_top", emit_src=False)
+    top = emit_verilog(cfg, dram="litedram", link_timeout=timeout)
     core = verilog(SdramConfig(sim=True, init_us=2.0, addr_bits=cfg.dram_addr_bits,
                                data_bits=cfg.dram_bits))
     run_cocotb(top + core, "spikellm_top", "sim.cocotb_top", BUILD,

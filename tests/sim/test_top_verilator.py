@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from accel.config import PRESETS
-from hw.top import emit_verilog
+from hw.device import emit_verilog
 from sim.verilator import run_cocotb
 
 BUILD = Path(__file__).resolve().parents[2] / "build" / "verilator"
