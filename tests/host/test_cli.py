@@ -50,3 +50,32 @@ def test_run_an_odd_sized_model_directory(tmp_path, capsys, small_checkpoint):
     assert "BIT-EXACT" in capsys.readouterr().out
     rep = json.loads((out / "run" / "report.json").read_text())
     assert rep["bit_exact"] and {r["k"] for r in rep["layers"]} >= {40, 100}
+
+
+@pytest.mark.slow
+def test_load_then_run_from_the_external_memory(tmp_path, capsys, small_checkpoint):
+    """``host load`` writes the model into a running simulated device's memory (verified);
+    a later ``host run`` on the same device uses it and moves fewer link bytes than a run
+    that does not (``--no-resident``)."""
+    from host.__main__ import simulator
+
+    src = small_checkpoint("gpt2", 3, hidden=40, heads=5, ffn=100, layers=1, vocab=1000)
+    out = tmp_path / "b"
+    assert gen_main(["build", "--model", str(src), "--out", str(out), "--quiet", "--fix",
+                     "lanes=8,mac_units=2", "--tokens", "12"]) == 0
+    text = ["--text", "weights from the memory"]
+    with simulator(out) as dev:
+        assert main(["load", "--bundle", str(out), "--port", dev.url, "--quiet"]) == 0
+        assert "verified by CRC-32" in capsys.readouterr().out
+        runs = {}
+        for flag in ("--no-resident", None):
+            args = ["run", "--bundle", str(out), "--port", dev.url, "--quiet", *text,
+                    "--json", str(tmp_path / f"{flag}.json")]
+            assert main(args + ([flag] if flag else [])) == 0
+            runs[flag] = json.loads((tmp_path / f"{flag}.json").read_text())
+    plain, resident = runs["--no-resident"], runs[None]
+    assert resident["resident"]["used"] and not plain["resident"]["used"]
+    assert plain["bit_exact"] and resident["bit_exact"]
+    assert resident["link"]["bytes"] < plain["link"]["bytes"]
+    for rep in (plain, resident):
+        assert rep["link"]["gemms_measured"] == rep["link"]["gemms_predicted"]
