@@ -278,13 +278,21 @@ class MacArray(wiring.Component):
             m.d.sync += [a_c.eq(c), a_shift.eq(shift), a_q.eq(q)]
             m.d.comb += self.mac.eq(1)
             m.d.comb += self.row.eq(last)
-        with m.If(a_valid):
-            m.d.sync += [p_c.eq(a_c), p_shift.eq(a_shift)]
-        # read-modify-write of the word the pending products belong to
+        # read-modify-write of the word the pending products belong to; whether that word
+        # holds a sum (``touched``) is looked up as the products are made and registered
+        # (``p_live``), so the word's address reaches only the LUT RAM before the add
+        # (timing). The lookup sees this cycle's write (one word a cycle: with one sweep
+        # cycle a row, consecutive products add into the same word); ``wb`` holds while
+        # products are in flight (a row commits only once they are added).
         word = Signal(range(banks * mc))
+        touched_nxt = Signal.like(touched)
+        p_live = Signal()
         m.d.comb += [word.eq(wb * mc + p_c), rmw.addr.eq(word), acc_wr.addr.eq(word),
                      acc_wr.en.eq(p_valid)]
-        live = touched.bit_select(word, 1)
+        with m.If(a_valid):
+            m.d.sync += [p_c.eq(a_c), p_shift.eq(a_shift),
+                         p_live.eq(touched_nxt.bit_select(wb * mc + a_c, 1))]
+        live = p_live
         for u in range(units):
             m.d.comb += acc_wr.data[u].eq(Mux(live, rmw.data[u], 0) + (prods[u] << p_shift))
         # the combiner's lane: word (slot, lane // units), unit lane % units
@@ -302,7 +310,8 @@ class MacArray(wiring.Component):
         with m.If(self.rows.release):
             m.d.comb += clear_mask.eq(((1 << mc) - 1) << (ob * mc))
             m.d.sync += ob.eq(Mux(ob == banks - 1, 0, ob + 1))
-        m.d.sync += [touched.eq((touched | set_mask) & ~clear_mask),
+        m.d.comb += touched_nxt.eq((touched | set_mask) & ~clear_mask)
+        m.d.sync += [touched.eq(touched_nxt),
                      count.eq(count + commit - self.rows.release)]
         with m.If(commit):
             m.d.sync += wb.eq(Mux(wb == banks - 1, 0, wb + 1))

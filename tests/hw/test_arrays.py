@@ -175,3 +175,29 @@ def test_spike_array_back_to_back_same_slot(case):
         assert counts["step"] == sum(e["op"] == SpikeOp.STEP for e in events)
         assert counts["busy"] == len(events)
         assert counts["w_en"] == fetch_count(events)
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_mac_array_odd_configs(case):
+    # one sweep cycle a row (lanes == mac_units: every product adds into the word the last
+    # one wrote), few accumulator rows reused many times, stalls: the accumulate's
+    # "word holds a sum" lookup is made a stage early and must see the write in flight
+    rng = random.Random(seed() * 1000 + 100 + case)
+    enc = Encoding("int", 8)
+    for _ in range(samples(3)):
+        lanes = rng.choice([1, 2, 4, 8])
+        cfg = AccelConfig(lanes=lanes, mac_units=rng.choice([u for u in (1, 2, 4, 8)
+                                                             if u <= lanes]),
+                          weight_depth=16, row_fifo_depth=rng.randrange(1, 4), spike_rows=1)
+        m, k, n = rng.randrange(1, 9), rng.randrange(1, 17), rng.randrange(1, lanes + 1)
+        q, w = _case(rng, enc, m, k, n, rng.choice([None, "extreme"]))
+        chans = sorted(rng.sample(range(k), rng.randrange(1, k + 1)))
+        mask = torch.zeros(k, dtype=torch.bool)
+        mask[chans] = True
+        shifts = torch.where(mask, torch.randint(0, 8, (k,)), 0)
+        q = q.masked_fill(~mask, 0)
+        want, ev = gemm(q[None], mask[None], shifts[None], Encoding("ttfs", 4), w[None], None, "t")
+        got, counts = rtl_mac_array(cfg, q, shifts, chans, w, stall_p=rng.choice([0.0, 0.4]),
+                                    seed=rng.random())
+        assert torch.equal(got, want[0]), cfg
+        assert counts["row"] * n == ev.macs
