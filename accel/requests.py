@@ -83,7 +83,7 @@ def write_buf_payloads(cfg: AccelConfig, buf: BufId, words: list, addr: int = 0,
                     nbytes(len(chunk) * width), "little")
                 for i in range(0, len(words), per) for chunk in [words[i:i + per]]]
     per = max(1, room // bpw)
-    out = []
+    out: list[tuple[BufId, int, list, int]] = []
     for i in range(0, len(words), per):
         chunk = words[i : i + per]
         body = b"".join(pack(w).to_bytes(bpw, "little") for w in chunk)
@@ -272,10 +272,7 @@ def tile_requests(cfg: AccelConfig, img: TileImage, mirror: BufferMirror,
         else:
             loads.append((buf, addr, words, src))
     if image is not None and following is not None:
-        for buf, addr, words in prefetch(cfg, img, following, mirror, image):
-            src = image.find(buf, words)
-            assert src is not None  # prefetch takes only what the image holds
-            loads.append((buf, addr, words, src))
+        loads += prefetch(cfg, img, following, mirror, image)
     yield from load_requests(mirror, loads, max_payload)
     yield Request(Cmd.RUN, run_payload(cfg, img.descriptor, img.where), where=img.where)
 
@@ -362,10 +359,11 @@ def link_cost(cfg: AccelConfig, requests: Iterator[Request] | list[Request]) -> 
 
 
 def prefetch(cfg: AccelConfig, img: TileImage, following: TileImage, mirror: BufferMirror,
-             image: DramImage) -> list[tuple[BufId, int, list]]:
-    """The weight writes of ``following`` that may be LOADed while ``img`` runs: held by
-    ``image``, not yet in the buffer, and in the half of the weight buffer that ``img``'s
-    rows do not touch (the executor runs a RUN beside a LOAD only then)."""
+             image: DramImage) -> list[tuple[BufId, int, list, int]]:
+    """The weight writes ``(buffer, address, words, src)`` of ``following`` that may be
+    LOADed while ``img`` runs: held by ``image`` (at memory word ``src``), not yet in the
+    buffer, and in the half of the weight buffer that ``img``'s rows do not touch (the
+    executor runs a RUN beside a LOAD only then)."""
     half = cfg.weight_depth // 2
     if not half:
         return []
@@ -373,9 +371,14 @@ def prefetch(cfg: AccelConfig, img: TileImage, following: TileImage, mirror: Buf
     rows = len(img.words.get(BufId.WEIGHTS) or img.words[BufId.WEIGHTS4])
     if base // half != (base + rows - 1) // half:
         return []  # this tile's rows span both halves
-    return [(buf, addr, words) for buf, addr, words in tile_writes(cfg, following, mirror)
-            if buf in (BufId.WEIGHTS, BufId.WEIGHTS4) and image.find(buf, words) is not None
-            and addr // half == (addr + len(words) - 1) // half != base // half]
+    out: list[tuple[BufId, int, list, int]] = []
+    for buf, addr, words in tile_writes(cfg, following, mirror):
+        if (buf in (BufId.WEIGHTS, BufId.WEIGHTS4)
+                and addr // half == (addr + len(words) - 1) // half != base // half):
+            src = image.find(buf, words)  # hashed once, here
+            if src is not None:
+                out.append((buf, addr, words, src))
+    return out
 
 
 def run_link_cost(cfg: AccelConfig, plans: list, image: DramImage | None = None) -> Counter:
