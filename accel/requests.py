@@ -83,7 +83,7 @@ def write_buf_payloads(cfg: AccelConfig, buf: BufId, words: list, addr: int = 0,
                     nbytes(len(chunk) * width), "little")
                 for i in range(0, len(words), per) for chunk in [words[i:i + per]]]
     per = max(1, room // bpw)
-    out: list[tuple[BufId, int, list, int]] = []
+    out = []
     for i in range(0, len(words), per):
         chunk = words[i : i + per]
         body = b"".join(pack(w).to_bytes(bpw, "little") for w in chunk)
