@@ -46,9 +46,9 @@ FIRST = 4
 #: registered, add), one cycle later.
 FIRST_END = {"spike": FIRST + 1, "mac": FIRST}
 #: Cycles from the combiner issuing a row's last lane to ``done``: its operands registered
-#: (C1), the lane's sum (C2), then the output unit's eight stages, the store into OUT, and
-#: the output count reaching zero.
-TAIL = 10
+#: (C1), the lane's sum (C2), then the output unit's nine stages, the store into OUT, and
+#: the count of stored rows reaching the descriptor's.
+TAIL = 11
 #: Cycles from a ``keep`` tile's last lane issued to ``done`` (its operands registered,
 #: then its sum written back).
 DRAIN = 2

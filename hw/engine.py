@@ -66,6 +66,9 @@ from .neuron import OutputUnit
 from .pipe import Register
 from .rings import RowRing
 
+#: Host reads of buffers at most this wide register the whole word before the byte select.
+WORD_REG_BITS = 64
+
 #: Strobes the engine exposes for the counters (name -> meaning).
 STROBES = {
     "spike": "unit spike events executed by the spike array",
@@ -272,11 +275,20 @@ class Engine(wiring.Component):
         with m.If(self.rd_en):
             m.d.sync += rd_sel.eq(self.rd_buf)
         # the host's byte path: each buffer's byte ``rd_byte`` registered, then the buffer
-        # select (a byte wide, not a word)
+        # select (a byte wide, not a word). A narrow buffer's word is registered first: the
+        # narrow ones are the deep ones, whose block RAMs' outputs pass a mux across the
+        # blocks (64 lanes: the critical path). The read port holds its word while the
+        # executor sends it, so a wide buffer's byte is the same a cycle later: the
+        # executor waits a cycle more (``RD_WAIT``) for the first byte of every word.
         byte_q = {b: Signal(8, name=f"rd_byte_{b.name.lower()}") for b in host_rd}
         for b, rp in host_rd.items():
             width = Shape.cast(shapes[b][0]).width
-            padded = Cat(Value.cast(rp.data), Const(0, 8 * nbytes(width) - width))
+            word = Value.cast(rp.data)
+            if width <= WORD_REG_BITS:
+                word_q = Signal(width, name=f"rd_word_{b.name.lower()}")
+                m.d.sync += word_q.eq(word)
+                word = word_q
+            padded = Cat(word, Const(0, 8 * nbytes(width) - width))
             m.d.sync += byte_q[b].eq(padded.word_select(self.rd_byte, 8))
         with m.Switch(rd_sel):
             for b in host_rd:
@@ -436,15 +448,17 @@ class Engine(wiring.Component):
             m.d.comb += [acc_wp.addr.eq(c2.addr), acc_wp.data.eq(summed), acc_wp.en.eq(1),
                          self.acc_wr.eq(1)]
         base = Signal(range(cfg.max_rows * cfg.lanes))
-        outs_left = Signal(range(cfg.max_rows * cfg.lanes + 1))
+        # rows whose every result is stored (a row's last lane is flagged): a count of
+        # rows, not of results, needs no rows x n_active multiply at the start (timing)
+        rows_out = Signal(range(cfg.max_rows + 1))
         m.d.comb += nu.out.ready.eq(1)
         with m.If(nu.out.valid):
             m.d.comb += [out_wp.addr.eq(base + nu.out.payload.lane),
                          out_wp.data.eq(nu.out.payload.value), out_wp.en.eq(1),
                          self.out_wr.eq(1)]
-            m.d.sync += outs_left.eq(outs_left - 1)
             with m.If(nu.out.payload.last):
-                m.d.sync += base.eq(base + desc.n_active)  # rows packed: n_active apart
+                m.d.sync += [base.eq(base + desc.n_active),  # rows packed: n_active apart
+                             rows_out.eq(rows_out + 1)]
 
         m.d.comb += [self.run.ready.eq(~active),
                      sr.base.eq(self.run.payload.spike_base),
@@ -456,12 +470,12 @@ class Engine(wiring.Component):
             d = self.run.payload
             m.d.sync += [desc.eq(d), active.eq(1), r.eq(0),
                          base.eq(d.row_base * cfg.lanes),
-                         outs_left.eq(Mux(d.keep, 0, d.rows * d.n_active))]
+                         rows_out.eq(0)]
             m.d.comb += [sr.start.eq(1), mr.start.eq(1)]
         # done once every row is combined, every result stored and every event consumed,
         # with no row left over; a row left over means more row ends than rows (the next
         # tile would take it)
-        combined = active & (r == desc.rows) & ~c1.valid & ~c2.valid & (outs_left == 0)
+        combined = active & (r == desc.rows) & ~c1.valid & ~c2.valid & (desc.keep | (rows_out == desc.rows))
         clean = (sr.idle & mr.idle & sa.idle & ma.idle
                  & ~Cat(*(reg.o.valid for reg in event_regs)).any())
         stopping = Signal()  # the fault is registered (timing): no done in between

@@ -10,7 +10,7 @@ event generator realises from ``y``; with ``raw`` the accumulator itself is pass
 
 Per-lane constants (``mcol``, ``bias``, ``zp``, ``lo``, ``hi``) come from a parameter
 buffer through a read port, and the row multiplier ``mrow`` comes with the lane; two
-pipelined multipliers (32x15 and 32x16 bits), each
+pipelined multipliers (32x15 and 32x16 bits, the second as two 16-bit halves), each
 followed by a register.
 """
 
@@ -23,6 +23,9 @@ from amaranth.lib.wiring import In, Out
 from accel.config import AccelConfig
 from accel.layouts import SHIFT_BITS, lane_bits, lane_in_layout, param_layout, value_layout
 from models.contract import COL_MULT_BITS, REQ_MID_BITS, ROW_FRAC, ROW_MULT_BITS
+
+#: The low bits of the middle value ``t`` in the second product's low half.
+HALF = 16
 
 
 def _shift_for_round(x, shift):
@@ -39,8 +42,9 @@ def _finish_round(z, shift):
 
 
 class OutputUnit(wiring.Component):
-    """Requantizes accumulators, one lane per cycle, eight-stage pipeline (the constants are
-    registered as they come from the parameter buffer, each multiply has its own stage,
+    """Requantizes accumulators, one lane per cycle, nine-stage pipeline (the constants are
+    registered as they come from the parameter buffer, each multiply has its own stage (the
+    second as two halves, summed in the next),
     the rounding shift is split in two, and the clamp follows the rounding and zero point
     in a stage of its own, for timing).
     Takes a lane (``inp``) whenever it can move and reads that lane's constants from the
@@ -102,11 +106,22 @@ class OutputUnit(wiring.Component):
         m.d.comb += t_sat.eq(Mux(t_full >= lim, lim - 1, Mux(t_full < -lim, -lim, t_full)))
         s2 = stage("s2", {**{k: s2s[k] for k in ("v", "acc", "mrow", "lane", "last", "bias", "zp",
                                                    "lo", "hi")}, "t": t_sat})
-        # stage 2b: second product plus bias, registered
+        # stage 2p: the second product's two halves, each a multiply that fits one DSP
+        # (18 x 18), registered; stage 2b: their sum plus the bias, registered. One 32 x 16
+        # multiply spans two DSPs and the add of their partial products, with the bias
+        # after it: the 16-lane critical path in one stage.
+        t = s2["t"]
+        mrow = Cat(s2["mrow"], 0).as_signed()
+        p_lo = Signal(signed(HALF + ROW_MULT_BITS + 2))
+        p_hi = Signal(signed(REQ_MID_BITS - HALF + ROW_MULT_BITS + 1))
+        m.d.comb += [p_lo.eq(Cat(t[:HALF], 0).as_signed() * mrow),
+                     p_hi.eq(t[HALF:].as_signed() * mrow)]
+        s2p = stage("s2p", {**{k: s2[k] for k in ("v", "acc", "lane", "last", "bias", "zp", "lo",
+                                                    "hi")}, "p_lo": p_lo, "p_hi": p_hi})
         prod2 = Signal(signed(REQ_MID_BITS + ROW_MULT_BITS + 2))
-        m.d.comb += prod2.eq(s2["t"] * Cat(s2["mrow"], 0).as_signed() + s2["bias"])
-        s2b = stage("s2b", {**{k: s2[k] for k in ("v", "acc", "lane", "last", "zp", "lo", "hi")},
-                            "prod": prod2})
+        m.d.comb += prod2.eq((s2p["p_hi"] << HALF) + s2p["p_lo"] + s2p["bias"])
+        s2b = stage("s2b", {**{k: s2p[k] for k in ("v", "acc", "lane", "last", "zp", "lo",
+                                                     "hi")}, "prod": prod2})
         # stage 3: round, ReLU, zero point, registered
         u = Signal(signed(REQ_MID_BITS + ROW_MULT_BITS + 2))
         m.d.comb += u.eq((s2b["prod"] + (1 << (ROW_FRAC - 1))) >> ROW_FRAC)

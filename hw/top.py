@@ -155,6 +155,8 @@ class Top(wiring.Component):
                 with m.Case(b):
                     m.d.comb += bpw.eq(n)
         req_bytes = Signal(range((1 << 24) * max(wbytes.values())))  # count x bytes per word
+        products = {c: Signal(range((1 << 24) * c), name=f"count_x{c}")  # count x constant
+                    for c in sorted({*wbytes.values(), *pk.values()})}
         depth_ok = Signal()
         args_bad = Signal()  # a bad buffer, range or direction (registered in SIZE)
         with m.Switch(args.buf):
@@ -300,7 +302,7 @@ class Top(wiring.Component):
                                      # the PACKED flag is the buffer code's top bit
                                      args.buf.eq(a.buf[:7]), packed.eq(a.buf[7]),
                                      pk_have.eq(0), pk_acc.eq(0)]
-                        m.next = "SIZE"
+                        m.next = "PRODUCTS"
             with m.State("SUBMIT"):
                 # the descriptor goes to the engine from registers, a cycle after its check
                 # (the rules' compares and the engine's start are not one path: timing)
@@ -353,19 +355,27 @@ class Top(wiring.Component):
                 with m.Else():
                     m.d.sync += todo.eq(load_bytes)
                     m.next = "ARGS"
+            with m.State("PRODUCTS"):
+                # the count times every constant a byte count may need, each into its own
+                # register: selected after the multiply, a buffer id never reaches a
+                # multiplier's operand (Yosys would share one multiplier behind a select
+                # of the constants: buffer id -> DSP -> carry chain, the critical path)
+                for c, r in products.items():
+                    m.d.sync += r.eq(args.count * c)
+                m.next = "SIZE"
             with m.State("SIZE"):
-                # bytes the words take, a constant multiple per buffer, and the checks that
-                # need no byte count, registered here so that no multiplier or range compare
-                # sits in the FSM's next-state logic (timing)
+                # bytes the words take, and the checks that need no byte count, registered
+                # here so that no multiplier or range compare sits in the FSM's next-state
+                # logic (timing)
                 with m.Switch(args.buf):
                     for b, n in wbytes.items():
                         with m.Case(b):
-                            if b in pk:  # a constant multiply and shift either way
+                            if b in pk:  # packed: whole bytes of count x width bits
                                 m.d.sync += req_bytes.eq(Mux(packed,
-                                                             (args.count * pk[b] + 7) >> 3,
-                                                             args.count * n))
+                                                             (products[pk[b]] + 7) >> 3,
+                                                             products[n]))
                             else:
-                                m.d.sync += req_bytes.eq(args.count * n)
+                                m.d.sync += req_bytes.eq(products[n])
                 valid_buf = args.buf <= max(b.value for b in BufId)
                 # packed words: only a WRITE_BUF of a packable buffer
                 valid_buf &= ~packed | ((hdr.cmd == Cmd.WRITE_BUF)
@@ -503,7 +513,9 @@ class Top(wiring.Component):
                     m.d.comb += [eng.rd_en.eq(1), eng.rd_buf.eq(args.buf),
                                  eng.rd_addr.eq(addr), strobe["exec.host_rd"].eq(1)]
                     m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), rbyte.eq(0)]
-                    m.next = "RD_LATCH"
+                    m.next = "RD_WAIT"
+            with m.State("RD_WAIT"):  # the engine registers a narrow buffer's word first
+                m.next = "RD_LATCH"
             with m.State("RD_DRAM"):  # the word comes back into sr and goes out from there
                 with m.If(self.dram.rdata.valid):
                     m.d.sync += [sr.eq(self.dram.rdata.payload), todo.eq(bpw)]
