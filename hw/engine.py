@@ -475,7 +475,8 @@ class Engine(wiring.Component):
         # done once every row is combined, every result stored and every event consumed,
         # with no row left over; a row left over means more row ends than rows (the next
         # tile would take it)
-        combined = active & (r == desc.rows) & ~c1.valid & ~c2.valid & (desc.keep | (rows_out == desc.rows))
+        stored = desc.keep | (rows_out == desc.rows)
+        combined = active & (r == desc.rows) & ~c1.valid & ~c2.valid & stored
         clean = (sr.idle & mr.idle & sa.idle & ma.idle
                  & ~Cat(*(reg.o.valid for reg in event_regs)).any())
         stopping = Signal()  # the fault is registered (timing): no done in between
