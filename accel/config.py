@@ -114,6 +114,13 @@ class AccelConfig:
         return (self.weight_depth - 1).bit_length()
 
     @property
+    def k_tile(self) -> int:
+        """Input channels (weight rows) of one K tile: half the weight buffer, so that the
+        next tile's weights always have a half to be loaded into while this one runs
+        (``accel.tiling.alternate_halves``; a buffer of one row: that row)."""
+        return max(1, self.weight_depth // 2)
+
+    @property
     def mac_cycles(self) -> int:
         """Cycles the MAC array spends on one weight row."""
         return self.lanes // self.mac_units

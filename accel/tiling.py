@@ -299,7 +299,7 @@ class Tile(NamedTuple):
 def tiles(cfg: AccelConfig, groups: list[tuple[int, int]], n: int, k: int) -> Iterator[Tile]:
     """The tiling every consumer walks (tile builder, cycle model, program compiler): for
     each row group, each output slice of ``lanes`` channels, each K tile of
-    ``weight_depth`` rows, in that order (:meth:`GemmTiles.schedule` reorders runs)."""
+    ``k_tile`` rows, in that order (:meth:`GemmTiles.schedule` reorders runs)."""
     ks = k_slices(cfg, k)
     for r0, r1 in groups:
         for n0 in range(0, n, cfg.lanes):
@@ -319,7 +319,7 @@ class Slice(NamedTuple):
 
 def k_slices(cfg: AccelConfig, k: int) -> list[tuple[int, int]]:
     """The K tiles ``[k0, k1)`` of a GEMM with ``k`` input channels (weight buffer rows)."""
-    return [(k0, min(k, k0 + cfg.weight_depth)) for k0 in range(0, k, cfg.weight_depth)]
+    return [(k0, min(k, k0 + cfg.k_tile)) for k0 in range(0, k, cfg.k_tile)]
 
 
 def row_groups(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
@@ -330,7 +330,7 @@ def row_groups(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     m, k = codes.shape
     ks = k_slices(cfg, k)
     ev = spike_events(spk, enc)
-    tile_of = torch.div(ev[:, 2], cfg.weight_depth, rounding_mode="floor")
+    tile_of = torch.div(ev[:, 2], cfg.k_tile, rounding_mode="floor")
     units = torch.zeros(m * len(ks), dtype=torch.int64)
     units.index_add_(0, ev[:, 0] * len(ks) + tile_of, torch.ones_like(tile_of))
     ttfs_steps = enc.time_steps if enc.kind in TTFS_KINDS else 0
@@ -371,7 +371,7 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
               consts: dict | None = None, shift: int = 0, relu: bool = False,
               raw: bool = False, where: str = "gemm") -> GemmTiles:
     """Cut ``codes [M, K] x w[N, K]^T`` into row blocks that fit the event buffers, N tiles
-    of ``lanes`` and K tiles of ``weight_depth`` rows. ``start``, ``consts`` are per output
+    of ``lanes`` and K tiles of ``k_tile`` rows. ``start``, ``consts`` are per output
     channel ``[N]``; ``mrow`` per row ``[M]``."""
     n, k = w.shape
     resident = codes.shape[0] <= cfg.max_rows
@@ -452,7 +452,7 @@ def event_bases(cfg: AccelConfig, events: dict) -> dict:
 
 def tiled_events(cfg: AccelConfig, call) -> Events:
     """The golden events of a traced GEMM (``models.golden.GemmCall``) under this tiling:
-    spikes repeat per N tile of ``lanes``, TTFS windows run per K tile of ``weight_depth``
+    spikes repeat per N tile of ``lanes``, TTFS windows run per K tile of ``k_tile`` rows
     that holds a spike channel. What the device's counters must equal."""
     return gemm_events(call.codes[None], call.int_mask[None], call.encoding, call.w.shape[0],
-                       k_tile=cfg.weight_depth, n_tile=cfg.lanes)
+                       k_tile=cfg.k_tile, n_tile=cfg.lanes)

@@ -213,11 +213,11 @@ def synth_work(sh: KindShape, st: KindStats, frac: float, rng: np.random.Generat
 def work_events(cfg: AccelConfig, g: GemmWork) -> Events:
     """The events the device counts for one GEMM under ``cfg``'s tiling (what
     :func:`accel.tiling.tiled_events` gives for a traced call): spikes repeat per output
-    slice of ``lanes``, a TTFS window per K tile of ``weight_depth`` that holds a spike
+    slice of ``lanes``, a TTFS window per K tile of ``k_tile`` rows that holds a spike
     channel. ``spikes`` counts unit spikes (equal for TTFS and binary rate spikes)."""
     units = int(g.units[:, ~g.int_mask].sum(dtype=np.int64))
     return counted_events(g.encoding, g.m, g.n, torch.from_numpy(~g.int_mask)[None], units,
-                          units, cfg.weight_depth, cfg.lanes)
+                          units, cfg.k_tile, cfg.lanes)
 
 
 @dataclass

@@ -277,7 +277,7 @@ async def gemm_k37_n70_m3_every_encoding_extremes_silent_firing(dut):
         elif fill == "firing":
             q = torch.where(spk, enc.qmax, q)
         acc, ev = gemm(q[None], mask[None], shifts[None], enc, w[None], start, "t",
-                       k_tile=CFG.weight_depth, n_tile=CFG.lanes)
+                       k_tile=CFG.k_tile, n_tile=CFG.lanes)
         await tb.request(Cmd.RESET_COUNTERS)
         ones = {c: torch.full((n,), 1 if c == "mcol" else 0) for c in REQ_CONSTS}
         plan = plan_gemm(CFG, q, mask, shifts, enc, w, start=start, consts=ones, raw=True)

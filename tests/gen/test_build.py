@@ -26,7 +26,7 @@ def _check_bundle(out):
     assert {g["gemm"] for g in prog["gemms"]} == {r["name"] for r in rep["layers"]}
     for g in prog["gemms"]:
         assert all(t["n"][1] - t["n"][0] <= cfg.lanes for t in g["tiles"])
-        assert all(t["k"][1] - t["k"][0] <= cfg.weight_depth for t in g["tiles"])
+        assert all(t["k"][1] - t["k"][0] <= cfg.k_tile for t in g["tiles"])
     t = rep["totals"]
     assert t["predicted_cycles"] == sum(r["predicted_cycles"] for r in rep["layers"]) > 0
     assert t["energy_pj"] > 0

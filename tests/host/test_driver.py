@@ -165,13 +165,13 @@ def test_gemm_with_row_blocks_k_and_n_tiles(sim):
     c = dev.counters()
     t.close()
     acc, ev = gemm(q[None], mask[None], shifts[None], enc, w[None], start, "t",
-                   k_tile=CFG.weight_depth, n_tile=CFG.lanes)
+                   k_tile=CFG.k_tile, n_tile=CFG.lanes)
     want = requantize(acc[0], consts["mcol"], 20, mrow, consts["bias"], consts["zp"],
                       consts["lo"], consts["hi"])
     assert torch.equal(got, want)
     assert (c["spikes"], c["macs"], c["acc_step"]) == (ev.spike_units, ev.macs, ev.acc_step)
     # weights: each (N slice, K tile) written once, whatever the number of row blocks
-    n_tiles, k_tiles = -(-n // CFG.lanes), -(-k // CFG.weight_depth)
+    n_tiles, k_tiles = -(-n // CFG.lanes), -(-k // CFG.k_tile)
     assert dev.stats["writes_skipped"] >= (len(blocks) - 1) * n_tiles * k_tiles
 
 
@@ -186,7 +186,7 @@ def _resident_call(m: int, mrow, seed: int, dense: bool):
     g = torch.Generator().manual_seed(seed)
     k, n = CFG.weight_depth, 6
     enc = Encoding("rate", steps=8)
-    codes = (torch.randint(1, 9, (m, k), generator=g) if dense
+    codes = (torch.randint(7, 9, (m, k), generator=g) if dense
              else torch.zeros(m, k, dtype=torch.int64))
     mask = torch.zeros(k, dtype=torch.bool)
     shifts = torch.zeros(k, dtype=torch.int64)

@@ -79,7 +79,8 @@ def random_call(cfg: AccelConfig, g: torch.Generator, i: int) -> GemmCall:
     encs = encodings(cfg)
     enc = encs[i % len(encs)]
     m = around(g, [1, cfg.max_rows, 2 * cfg.max_rows], 2 * cfg.max_rows + 1)
-    k = around(g, [1, cfg.weight_depth, 2 * cfg.weight_depth], 2 * cfg.weight_depth + 1)
+    k = around(g, [1, cfg.k_tile, cfg.weight_depth, 2 * cfg.weight_depth],
+               2 * cfg.weight_depth + 1)
     n = around(g, [1, cfg.lanes, 2 * cfg.lanes], 2 * cfg.lanes + 1)
     # integer (outlier) channels: none, all, a few, or K-tile-aligned blocks of them
     mode = rnd(0, 3) if enc.is_spiking else 1
@@ -89,9 +90,9 @@ def random_call(cfg: AccelConfig, g: torch.Generator, i: int) -> GemmCall:
     elif mode == 2:
         mask[torch.randperm(k, generator=g)[: rnd(1, min(k, 6))]] = True
     elif mode == 3:  # whole K tiles of integers (a K tile without spikes has no window)
-        for k0 in range(0, k, cfg.weight_depth):
+        for k0 in range(0, k, cfg.k_tile):
             if rnd(0, 1):
-                mask[k0:k0 + cfg.weight_depth] = True
+                mask[k0:k0 + cfg.k_tile] = True
     codes = torch.randint(enc.qmin, enc.qmax + 1, (m, k), generator=g)
     fill = ["random", "extreme", "silent", "firing", "sparse", "uneven"][rnd(0, 5)]
     if fill == "extreme":

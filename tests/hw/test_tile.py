@@ -17,7 +17,7 @@ TTFS = Encoding("ttfs", 4)
 
 def test_rows_are_grouped_by_the_events_of_each_k_tile_not_all_of_k():
     """A row firing on every input of K = 2048 needs 2048 spike words over all of K (more
-    than the buffer's 2048 with its steps and END), but only 64 + 15 + 1 per K tile of 64:
+    than the buffer's 2048 with its steps and END), but only 32 + 15 + 1 per K tile of 32:
     the GEMM fits, 16 rows to a block (max_rows); this was refused ("row 0 alone needs
     2064 spike events")."""
     m, k = 20, 2048
@@ -27,18 +27,19 @@ def test_rows_are_grouped_by_the_events_of_each_k_tile_not_all_of_k():
     plan = plan_gemm(CFG, codes[:2], mask, torch.zeros(k, dtype=torch.int64), TTFS,
                      torch.ones(3, k, dtype=torch.int64))
     (_, _, _, _, images), = plan.slices
-    assert len(images) == k // CFG.weight_depth
-    assert all(len(img.words[BufId.SPIKE_EV]) == 2 * (64 + 15 + 1) for img in images)
+    assert len(images) == k // CFG.k_tile
+    assert all(len(img.words[BufId.SPIKE_EV]) == 2 * (CFG.k_tile + 15 + 1) for img in images)
 
 
 def test_a_row_too_dense_for_one_k_tile_is_refused_by_name():
     enc = Encoding("graded", steps=8, levels=8)  # up to 64 unit spikes per input
     codes = torch.full((1, 64), 64)
-    with pytest.raises(ValueError, match=r"row 0 alone needs 4097 spike"):
+    # a K tile of 32 inputs at 64 unit spikes each, and the END
+    with pytest.raises(ValueError, match=rf"row 0 alone needs {CFG.k_tile * 64 + 1} spike"):
         row_groups(CFG, codes, torch.zeros(64, dtype=torch.bool), enc)
 
 
-@pytest.mark.parametrize("k", [1, 64, 100, 130])
+@pytest.mark.parametrize("k", [1, 32, 50, 100])
 def test_a_k_tile_of_integer_channels_only_runs_no_window(k):
     """The STEP words the tiles carry equal the golden model's windows: none in a K tile
     whose channels are all outliers (K = 1 with its one channel an outlier: the PV GEMM
@@ -46,7 +47,8 @@ def test_a_k_tile_of_integer_channels_only_runs_no_window(k):
     g = torch.Generator().manual_seed(k)
     m, n = 3, 5
     mask = torch.zeros(k, dtype=torch.bool)
-    mask[: min(k, 64)] = True  # the first K tile is all integer
+    kt = CFG.k_tile
+    mask[: min(k, kt)] = True  # the first K tile is all integer
     codes = torch.where(mask, torch.randint(-127, 128, (m, k), generator=g),
                         torch.randint(0, 16, (m, k), generator=g))
     shifts = torch.zeros(k, dtype=torch.int64)
@@ -55,9 +57,9 @@ def test_a_k_tile_of_integer_channels_only_runs_no_window(k):
     steps = sum(sum(wd["op"] == SpikeOp.STEP for wd in img.words[BufId.SPIKE_EV])
                 for *_, imgs in plan.slices for img in imgs)
     _, ev = gemm(codes[None], mask[None], shifts[None], TTFS, w[None], None, "t",
-                 k_tile=CFG.weight_depth, n_tile=CFG.lanes)
+                 k_tile=CFG.k_tile, n_tile=CFG.lanes)
     assert steps * n == ev.acc_step
-    spike_tiles = -(-(k - 64) // 64) if k > 64 else 0
+    spike_tiles = -(-(k - kt) // kt) if k > kt else 0
     assert ev.acc_step == TTFS.time_steps * m * n * spike_tiles
 
 
