@@ -26,7 +26,7 @@ the caller converts the baselines (the host directly, the generator through its 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from accel.config import AccelConfig
 from accel.counters import TRAFFIC, sram_bits
@@ -94,17 +94,43 @@ def traffic_sum(traffic: Iterable[dict]) -> dict:
     return out
 
 
-def scheme(name: str, steps: int, events: Events, table: dict, traffic: dict,
-           memory_model: str, cfg: AccelConfig) -> dict:
+def windows(pairs: Iterable[tuple[int, Events]]) -> dict[int, Events]:
+    """Events summed per time-step window: ``pairs`` of (a GEMM's or layer's window, its
+    events), e.g. ``(encoding.time_steps, events)`` of every layer. What :func:`scheme`
+    charges, each window's spike additions at the lane width that window needs."""
+    out: dict[int, Events] = {}
+    for steps, ev in pairs:
+        out[steps] = out.get(steps, Events()) + ev
+    return out
+
+
+def scheme(name: str, steps: int, events: Events | Mapping[int, Events], table: dict,
+           traffic: dict, memory_model: str, cfg: AccelConfig) -> dict:
     """A scheme on this accelerator: energy of its events, operations only and with the SRAM
-    bits of its :data:`~accel.counters.TRAFFIC` counts; its spike lanes' additions at the
-    width a window of ``steps`` needs (``AccelConfig.lane_bits``: codes up to ``steps``)."""
+    bits of its :data:`~accel.counters.TRAFFIC` counts. ``events``: one :class:`Events`,
+    whose spike lanes' additions are charged at the width a window of ``steps`` needs
+    (``AccelConfig.lane_bits``: codes up to ``steps``), or the events per window
+    (:func:`windows`), each window's additions at its own width (a model whose GEMMs have
+    different windows, e.g. PV's unsigned 15-step window beside the others' 7: the sum of
+    its layers' energies). ``steps`` is the scheme's reported time steps (its longest
+    window); ``windows`` in the result gives each window's lane width and energy."""
+    per = dict(events) if isinstance(events, Mapping) else {steps: events}
     bits = sram_bits(cfg, traffic)
-    add = cfg.lane_bits(steps)  # the lanes an accelerator for this window needs
-    return {"name": name, "time_steps": steps, "lane_bits": add,
-            "compute_energy_pj": event_energy(events, table, add_bits=add)["total"],
-            "energy_pj": event_energy(events, table, bits, add), "traffic": dict(traffic),
-            "sram_bits": bits, "memory_model": memory_model}
+    energy = dict.fromkeys(("spike_accumulate", "mac", "requantize", "sram"), 0.0)
+    rows = []
+    for w in sorted(per):
+        add = cfg.lane_bits(w)  # the lanes an accelerator for this window needs
+        e = event_energy(per[w], table, add_bits=add)
+        for k in energy:
+            energy[k] += e[k]
+        rows.append({"time_steps": w, "lane_bits": add, "compute_energy_pj": e["total"]})
+    energy["sram"] = event_energy(Events(), table, bits)["sram"]
+    energy["total"] = sum(energy.values())
+    return {"name": name, "time_steps": steps,
+            "lane_bits": max((r["lane_bits"] for r in rows), default=cfg.lane_bits(steps)),
+            "windows": rows, "compute_energy_pj": sum(r["compute_energy_pj"] for r in rows),
+            "energy_pj": energy, "traffic": dict(traffic), "sram_bits": bits,
+            "memory_model": memory_model}
 
 
 def fp16_operands(shapes: Iterable[tuple[int, int, int]], lanes: int | None = None) -> dict:
@@ -146,17 +172,23 @@ def predicted(cfg: AccelConfig, name: str, steps: int, calls: list[GemmCall], ta
               ) -> tuple[dict, dict[str, Events]]:
     """A scheme as the generator predicts it on this accelerator (the one prediction pipeline
     of ``gen build`` and the host's baselines): the golden events of every traced GEMM under
-    the device's tiling (``accel.tiling.tiled_events``: what the counters will count), and
-    the cycles and traffic ``accel.cycles.gemm_cycles`` predicts (``preds``, when the caller
-    has them already, in trace order). Returns the scheme and its events per layer."""
+    the device's tiling (``accel.tiling.tiled_events``: what the counters will count), each
+    GEMM's spike additions charged at the lane width of its own window
+    (``encoding.time_steps``, :func:`windows`), and the cycles and traffic
+    ``accel.cycles.gemm_cycles`` predicts (``preds``, when the caller has them already, in
+    trace order). ``steps``: the scheme's reported time steps (its longest window,
+    :func:`time_steps`). Returns the scheme and its events per layer."""
     if preds is None:
         preds = [gemm_cycles(cfg, GemmWork.of(c)) for c in calls]
     if len(preds) != len(calls):
         raise ValueError(f"{len(preds)} predictions for {len(calls)} GEMMs")
     layers: dict[str, Events] = {}
+    per_window: list[tuple[int, Events]] = []
     for c in calls:
-        layers[c.name] = layers.get(c.name, Events()) + tiled_events(cfg, c)
-    s = scheme(name, steps, total(layers.values()), table,
+        ev = tiled_events(cfg, c)
+        layers[c.name] = layers.get(c.name, Events()) + ev
+        per_window.append((c.encoding.time_steps, ev))
+    s = scheme(name, steps, windows(per_window), table,
                traffic_sum(p.traffic() for p in preds), memory_model, cfg)
     s["predicted_cycles"] = sum(p.cycles for p in preds)
     return s, layers

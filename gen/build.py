@@ -223,7 +223,7 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
         works = [GemmWork.of(c) for c in calls]
     done("measure")
     step("size")
-    steps = baselines.time_steps(cm)
+    steps = baselines.time_steps(cm)  # reported: the longest; energy per GEMM window
 
     def energy_of(c: AccelConfig, preds, traced=calls) -> float:  # the hybrid's, on ``c``
         return baselines.predicted(c, "hybrid", steps, traced, table,

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--unsigned-nonneg", action=argparse.BooleanOptionalAction,
                     default=d.unsigned_nonneg,
                     help="inputs that are never negative (softmax, ReLU) get the unsigned "
-                         "form of a sign-magnitude TTFS encoding")
+                         "form of a sign-magnitude TTFS encoding (default on)")
     cv.add_argument("--distill", type=_count, default=d.distill_epochs, metavar="EPOCHS",
                     help=f"quantization-aware distillation passes over the calibration text "
                          f"(minutes on a CPU; default {d.distill_epochs}: off)")

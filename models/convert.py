@@ -93,8 +93,8 @@ class ConvertOptions:
     unsigned_nonneg: a GEMM input that is never negative on the calibration text (the
         attention probabilities; ReLU outputs) gets the unsigned form of a sign-magnitude
         TTFS encoding (``ttfs-signed:4`` -> ``ttfs:4``, zero point 0): 15 levels instead
-        of 7 at the same code width (a 15-step window instead of 7). Off by default: the
-        build report's hybrid prediction (``accel.baselines``) assumes one window per model.
+        of 7 at the same code width (a 15-step window instead of 7; default on: the build
+        report charges each GEMM its own window, ``accel.baselines.windows``).
     threshold_calib: the spiking neurons' thresholds of the linear layers' inputs:
         ``"none"`` (the plain quantizer), ``"dual"`` (Dual conversion: threshold and initial
         membrane per layer) or ``"fas"`` (FAS stage 2: per layer, then per input channel),
@@ -123,7 +123,7 @@ class ConvertOptions:
     smooth_vo: float = 0.8
     outlier_rule: str = "magnitude"
     outlier_shift: str = "error"
-    unsigned_nonneg: bool = False
+    unsigned_nonneg: bool = True
     threshold_calib: str = "none"
     seed: int = 0
     calib_sentences: int = 256

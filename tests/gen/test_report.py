@@ -21,6 +21,21 @@ def test_build_report_has_the_baselines_with_and_without_memory(tmp_path):
     assert h["sram_bits"] == sum(r["traffic"]["sram_bits"] for r in layers) > 0
     assert h["memory_model"] == baselines.MEMORY_MODELS["predicted"]
     assert h["time_steps"] == max(r["time_steps"] for r in layers if r["encoding"] != "int")
+    # each GEMM is charged its own window's lanes: PV's unsigned probabilities (15 steps,
+    # ``unsigned_nonneg``, default) beside the others' sign-magnitude 7; per window, the
+    # hybrid's operations energy is that of the layers with that window
+    assert rep["model"]["options"]["unsigned_nonneg"] is True
+    assert {r["time_steps"] for r in layers if r["name"].endswith(".av")} == {15}
+    assert {r["time_steps"] for r in layers if r["name"].endswith(".q")} == {7}
+    wins = {w["time_steps"]: w for w in h["windows"]}
+    assert {7, 15} <= set(wins) and wins[15]["lane_bits"] > wins[7]["lane_bits"]
+    assert h["lane_bits"] == wins[15]["lane_bits"]
+    for steps, w in wins.items():
+        assert w["compute_energy_pj"] == pytest.approx(sum(
+            r["energy_pj"]["total"] - r["energy_pj"]["sram"] for r in layers
+            if r["time_steps"] == steps))
+    assert sum(w["compute_energy_pj"] for w in wins.values()) == pytest.approx(
+        h["compute_energy_pj"])
     base, reds = rep["baselines"], rep["reductions"]
     assert [b["name"] for b in base] == list(baselines.NAMES)
     for b, r in zip(base, reds, strict=True):

@@ -437,7 +437,8 @@ def test_outlier_shift_fits_the_row_step_the_row_really_gets():
     assert plan.outliers == [0] and plan.outlier_shifts[0] <= MAX_OUTLIER_SHIFT
     codes, _ = quantize_act(x, plan)
     assert int(codes[3, 0]) > 0
-    assert isinstance(plan, ActPlan) and plan.encoding == Encoding("ttfs-signed", 4)
+    # never negative: the unsigned form of the default code (``unsigned_nonneg``, default)
+    assert isinstance(plan, ActPlan) and plan.encoding == Encoding("ttfs", 4)
 
 
 def test_evaluate_shows_progress(small_bundle, capsys):

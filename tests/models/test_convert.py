@@ -62,10 +62,13 @@ def test_per_layer_overrides_pick_the_encoding_and_outliers(tiny_opt):
 
 
 def test_default_hybrid_is_sign_magnitude_so_zero_is_silent(tiny_opt_cm):
-    # the default code puts real zero at code 0, which sends no spike, in a 7-step window
-    for node in tiny_opt_cm.nodes.values():
-        assert node.act.encoding == Encoding("ttfs-signed", 4), node.name
-        assert node.act.zero_point == 0 and node.act.encoding.time_steps == 7
+    # the default code puts real zero at code 0, which sends no spike, in a 7-step window;
+    # PV's never-negative probabilities get its unsigned form (``unsigned_nonneg``, default):
+    # zero still code 0, 15 levels in a 15-step window
+    for name, node in tiny_opt_cm.nodes.items():
+        pv = name.endswith(".av")
+        assert node.act.encoding == Encoding("ttfs" if pv else "ttfs-signed", 4), name
+        assert node.act.zero_point == 0 and node.act.encoding.time_steps == (15 if pv else 7)
 
 
 def test_attention_inputs_get_a_form_without_zero_point(tiny_opt):

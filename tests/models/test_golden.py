@@ -54,7 +54,8 @@ def test_events_cover_every_gemm_in_order(tiny_opt_cm, tiny_opt):
     assert qk.gemms == spec.heads and qk.outs == spec.heads * m * m
     tot = total_events(ev)
     assert tot.spikes == sum(e.spikes for e in ev.values())
-    assert tot.time_steps == 7  # the default sign-magnitude TTFS window
+    assert tot.time_steps == 15  # the longest window: PV's unsigned TTFS (the others 7)
+    assert ev["layers.0.av"].time_steps == 15 and ev["layers.0.up"].time_steps == 7
 
 
 def test_gemm_events_by_hand():
