@@ -76,7 +76,7 @@ from accel.protocol import (
 
 from .counters import CounterFile
 from .engine import STROBES, Engine
-from .link import Link
+from .link import DATA_LAYOUT, Link
 from .mem import Dma, dram_port
 from .pipe import Register
 
@@ -106,6 +106,11 @@ class Top(wiring.Component):
         m.submodules.dma = dma = Dma(cfg)
         wiring.connect(m, wiring.flipped(self.rx), link.rx)
         wiring.connect(m, link.tx, wiring.flipped(self.tx))
+        # payload bytes pass a register on their way from the link's frame buffer (block
+        # RAM, no output register) into the executor's shifts and the buffers' write ports
+        # (timing: the 16-lane critical path ended in the START LUT RAM)
+        m.submodules.data_in = data_in = Register(DATA_LAYOUT)
+        wiring.connect(m, link.data, data_in.i)
 
         shapes = buffer_shapes(cfg)
         wbytes = word_bytes(cfg)
@@ -164,7 +169,7 @@ class Top(wiring.Component):
                 with m.Case(b):
                     m.d.comb += depth_ok.eq(args.addr + args.count <= depth)
 
-        byte_in = link.data.payload.byte
+        byte_in = data_in.o.payload.byte
         shifted_in = (sr >> 8) | (byte_in << (width - 8))
 
         def word_from_sr(nb: int):
@@ -259,8 +264,8 @@ class Top(wiring.Component):
                             m.d.sync += status.eq(Status.ERR_COMMAND)
                             m.next = "DRAIN"
             with m.State("ARGS"):  # collect the fixed arguments into sr
-                m.d.comb += link.data.ready.eq(1)
-                with m.If(link.data.valid):
+                m.d.comb += data_in.o.ready.eq(1)
+                with m.If(data_in.o.valid):
                     m.d.sync += [sr.eq(shifted_in), got.eq(got + 1), todo.eq(todo - 1)]
                     with m.If(todo == 1):
                         m.next = "CHECK"
@@ -411,10 +416,10 @@ class Top(wiring.Component):
             with m.State("WR_PACKED"):
                 # each byte joins the bits held; a word is written once its bits are in (the
                 # last byte's spare bits are padding)
-                m.d.comb += link.data.ready.eq(1)
+                m.d.comb += data_in.o.ready.eq(1)
                 joined = Signal(PACK_BITS + 8)
                 m.d.comb += joined.eq(pk_acc | (byte_in << pk_have))
-                with m.If(link.data.valid):
+                with m.If(data_in.o.valid):
                     m.d.sync += [got.eq(got + 1), pk_acc.eq(joined), pk_have.eq(pk_have + 8)]
                     with m.Switch(args.buf):
                         for b, w in pk.items():
@@ -429,8 +434,8 @@ class Top(wiring.Component):
                                     with m.If(words == 1):
                                         m.next = "RESP"
             with m.State("WR_BYTES"):
-                m.d.comb += link.data.ready.eq(1)
-                with m.If(link.data.valid):
+                m.d.comb += data_in.o.ready.eq(1)
+                with m.If(data_in.o.valid):
                     m.d.sync += [sr.eq(shifted_in), got.eq(got + 1), todo.eq(todo - 1)]
                     with m.If(todo == 1):
                         m.d.sync += dram_done.eq(0)
@@ -483,8 +488,8 @@ class Top(wiring.Component):
                 with m.If(got >= hdr.length):
                     m.next = "RESP"
                 with m.Else():
-                    m.d.comb += link.data.ready.eq(1)
-                    with m.If(link.data.valid):
+                    m.d.comb += data_in.o.ready.eq(1)
+                    with m.If(data_in.o.valid):
                         m.d.sync += got.eq(got + 1)
             with m.State("RESP"):
                 m.d.comb += link.resp.valid.eq(1)
