@@ -41,7 +41,7 @@ from .protocol import (
     word_bytes,
 )
 from .resident import DramImage
-from .tiling import TileImage, out_read
+from .tiling import PassPlanner, TileImage, out_read
 
 
 def buf_args(buf: BufId, addr: int, count: int, packed: bool = False) -> bytes:
@@ -288,17 +288,20 @@ def read_requests(cfg: AccelConfig, buf: BufId, addr: int, count: int,
 
 def gemm_requests(cfg: AccelConfig, plan, mirror: BufferMirror,
                   max_payload: int = MAX_PAYLOAD, read_chunk: int = READ_CHUNK,
-                  image: DramImage | None = None) -> Iterator[Request]:
+                  image: DramImage | None = None,
+                  lead: TileImage | None = None) -> Iterator[Request]:
     """Every request of a planned GEMM (``accel.tiling.GemmTiles``) in run order
     (``GemmTiles.steps``): each tile's :func:`tile_requests` (the next tile's weights
-    loaded beside it where they may be), and each output slice read back as soon as its
-    last K tile has run. The driver sends exactly these; :func:`link_cost` prices them."""
+    loaded beside it where they may be; beside the last, ``lead``: the first weights of
+    the GEMM that follows, ``accel.tiling.PassPlanner.lead``), and each output slice read
+    back as soon as its last K tile has run. The driver sends exactly these;
+    :func:`link_cost` prices them."""
     steps = list(plan.steps())
     if image is not None:
         image = yield from staged_events(cfg, [img for img, _ in steps], mirror, max_payload,
                                          image)
     for i, (img, done) in enumerate(steps):
-        following = steps[i + 1][0] if i + 1 < len(steps) else None
+        following = steps[i + 1][0] if i + 1 < len(steps) else lead
         yield from tile_requests(cfg, img, mirror, max_payload, image, following)
         if done is not None:
             buf, addr, count = out_read(cfg, img)
@@ -381,14 +384,18 @@ def prefetch(cfg: AccelConfig, img: TileImage, following: TileImage, mirror: Buf
     return out
 
 
-def run_link_cost(cfg: AccelConfig, plans: list, image: DramImage | None = None) -> Counter:
-    """The link traffic of running planned GEMMs (``accel.tiling.plan_call`` of a forward
-    pass's calls) in order from a fresh device, as ``host run`` does: each GEMM's
-    :func:`gemm_requests`, the buffers' contents carried from one GEMM to the next, and
-    the counters read after each (the run checks every GEMM's counters). With ``image``
-    the model is in the external memory."""
-    mirror, cost = BufferMirror(cfg), Counter[str]()
-    for plan in plans:
-        cost += link_cost(cfg, [*gemm_requests(cfg, plan, mirror, image=image),
+def run_link_cost(cfg: AccelConfig, calls: list, image: DramImage | None = None) -> Counter:
+    """The link traffic of running a forward pass's traced GEMMs (``models.golden.GemmCall``)
+    in order from a fresh device, as ``host run`` does: each GEMM planned by one
+    :class:`~accel.tiling.PassPlanner`, its :func:`gemm_requests` (with the next GEMM's
+    lead weights when the model is in the external memory, ``image``), the buffers'
+    contents carried from one GEMM to the next, and the counters read after each (the run
+    checks every GEMM's counters)."""
+    mirror, cost, planner = BufferMirror(cfg), Counter[str](), PassPlanner(cfg)
+    for i, call in enumerate(calls):
+        plan = planner.plan(call)
+        lead = planner.lead(calls[i + 1] if i + 1 < len(calls) else None)
+        cost += link_cost(cfg, [*gemm_requests(cfg, plan, mirror, image=image,
+                                               lead=None if image is None else lead),
                                 Request(Cmd.READ_COUNTERS, b"")])
     return cost

@@ -260,6 +260,9 @@ class GemmTiles:
 
     slices: list[Slice]
     rows_resident: bool = False
+    #: the half of the weight buffer the last tile's weights lie in (None: the whole
+    #: buffer), set by :func:`alternate_halves`
+    last_half: int | None = None
 
     def schedule(self) -> list[tuple[int, int]]:
         """(slice index, K-tile index) in run order."""
@@ -397,14 +400,16 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     return out
 
 
-def alternate_halves(cfg: AccelConfig, gt: GemmTiles) -> None:
+def alternate_halves(cfg: AccelConfig, gt: GemmTiles, first: int = 0) -> None:
     """Place each run's weights in the half of the weight buffer the run before did not
     use, whenever they change and fit half the buffer, so that the next tile's weights can
     be loaded from the external memory while this one runs (the executor lets a RUN run
     beside a LOAD into the other half only). Weights that do not change keep their place
-    (they are not written again)."""
+    (they are not written again). The first tile's go into half ``first``: a forward
+    pass starts each GEMM in the half the GEMM before it ended outside of
+    (:class:`PassPlanner`), so that its first tile is loaded while that one's last runs."""
     half_rows = cfg.weight_depth // 2
-    prev, half = None, 1
+    prev, half = None, 1 - first
     for img, _ in gt.steps():
         buf = BufId.WEIGHTS if BufId.WEIGHTS in img.words else BufId.WEIGHTS4
         rows = img.words[buf]
@@ -418,6 +423,52 @@ def alternate_halves(cfg: AccelConfig, gt: GemmTiles) -> None:
         prev = rows
         img.base[BufId.WEIGHTS] = img.base[BufId.WEIGHTS4] = base
         img.descriptor["w_base"] = base
+        gt.last_half = half if half_rows and len(rows) <= half_rows else None
+
+
+def lead_image(cfg: AccelConfig, w: torch.Tensor, half: int) -> TileImage:
+    """The weight words of the first tile a GEMM with weights ``w [N, K]`` runs, placed in
+    half ``half`` of the weight buffer, as :func:`plan_gemm` and :func:`alternate_halves`
+    (``first=half``) place them whatever the activations: what may be loaded while the GEMM
+    before it runs its last tile (``accel.requests.prefetch``)."""
+    n, k = w.shape
+    words = tile_constants(cfg, w[:min(n, cfg.lanes), :min(k, cfg.k_tile)])
+    buf = BufId.WEIGHTS if BufId.WEIGHTS in words else BufId.WEIGHTS4
+    base = half * (cfg.weight_depth // 2)
+    return TileImage({buf: words[buf]}, base={BufId.WEIGHTS: base, BufId.WEIGHTS4: base},
+                     where="lead")
+
+
+class PassPlanner:
+    """Plans a forward pass's GEMMs one after another as the device runs them: each one's
+    first tile in the half of the weight buffer the GEMM before it did not end in, and the
+    weights of the next linear layer's first tile (:func:`lead_image`) known while the last
+    tile of the GEMM before it runs. The host (a GEMM at a time) and the generator's link
+    prices (a traced pass) both walk one."""
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        self.last_half: int | None = None  # where the previous GEMM's last tile lies
+
+    @property
+    def next_half(self) -> int:
+        """The half the next GEMM's first tile goes into."""
+        return 0 if self.last_half is None else 1 - self.last_half
+
+    def plan(self, call) -> GemmTiles:
+        """:func:`plan_call` of the next GEMM, placed after the one before."""
+        gt = plan_call(self.cfg, call)
+        if self.next_half:
+            alternate_halves(self.cfg, gt, first=self.next_half)
+        self.last_half = gt.last_half
+        return gt
+
+    def lead(self, call) -> TileImage | None:
+        """The first tile's weights of ``call`` (the GEMM that follows the one planned
+        last), if it is a linear layer (weights that the external memory may hold)."""
+        if call is None or not getattr(call, "constant", False):
+            return None
+        return lead_image(self.cfg, call.w, self.next_half)
 
 
 def plan_call(cfg: AccelConfig, call) -> GemmTiles:

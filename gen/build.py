@@ -31,7 +31,6 @@ from accel.bundle import CONFIG, PROGRAM, config_record, program_record, save_ho
 from accel.config import AccelConfig
 from accel.requests import run_link_cost
 from accel.resident import model_image
-from accel.tiling import plan_call
 from accel.workload import GemmWork, sample_ids
 from models.arch import LoadedModel, ModelInputError, load_model, one_line
 from models.bundle import save_bundle
@@ -319,12 +318,11 @@ def board_link(cfg: AccelConfig, calls: list, tokens: int, preds) -> dict:
     (``accel.requests.run_link_cost``, what ``host run`` sends) with the model streamed over
     the link and with it resident in the external memory, and the board time each gives
     (:func:`board_time`; ``host run`` measures the same traffic and checks it)."""
-    plans = [plan_call(cfg, c) for c in calls]
     image = model_image(cfg, calls)
     out: dict = {"cycles": sum(p.cycles for p in preds), "tokens": tokens,
                  "image_bytes": len(image.words) * cfg.dram_bits // 8}
     for name, held in (("streamed", None), ("resident", image)):
-        cost = run_link_cost(cfg, plans, held)
+        cost = run_link_cost(cfg, calls, held)
         out[name] = {**cost, "bytes_per_token": (cost["bytes_tx"] + cost["bytes_rx"]) / tokens,
                      "round_trips_per_token": cost["frames_tx"] / tokens}
     board_time(out)

@@ -246,15 +246,18 @@ class Device:
         self._send(tile_requests(self.cfg, img, self.mirror, self.max_payload, self.image),
                    len(img.words))
 
-    def gemm(self, plan) -> torch.Tensor:
+    def gemm(self, plan, lead=None) -> torch.Tensor:
         """Run a planned GEMM (``accel.tiling.plan_gemm``) in its schedule; its outputs
         ``[M, N]`` (each slice read back as soon as its last K tile has run): the requests
-        of :func:`host.commands.gemm_requests`."""
+        of :func:`accel.requests.gemm_requests` (``lead``: the first weights of the GEMM
+        that follows, ``accel.tiling.PassPlanner.lead``, loaded beside the last tile when
+        the external memory holds them)."""
         m = max(s.r1 for s in plan.slices)
         n = max(s.n1 for s in plan.slices)
         out = torch.zeros(m, n, dtype=torch.int64)
         got = self._send(gemm_requests(self.cfg, plan, self.mirror, self.max_payload,
-                                       self.read_chunk, self.image),
+                                       self.read_chunk, self.image,
+                                       lead if self.image is not None else None),
                          sum(len(img.words) for img, _ in plan.steps()))
         for (r0, r1, n0, n1), words in got.items():
             out[r0:r1, n0:n1] = torch.tensor(words).view(r1 - r0, n1 - n0)

@@ -25,7 +25,7 @@ from accel.counters import GOLDEN_EVENTS
 from accel.cycles import gemm_cycles
 from accel.protocol import Cmd
 from accel.requests import LINK_KEYS, Request, gemm_requests, link_cost
-from accel.tiling import plan_call, tiled_events
+from accel.tiling import PassPlanner, TileImage, plan_call, tiled_events
 from accel.workload import GemmWork
 from models.contract import Events
 from models.convert import ConvertedModel
@@ -96,21 +96,24 @@ def check_program(entry: dict, call: GemmCall, plan) -> None:
                          f"(N range, K tiles)")
 
 
-def run_gemm(dev: Device, call: GemmCall, plan=None,
-             before: dict | None = None) -> tuple[torch.Tensor, GemmRecord, dict]:
+def run_gemm(dev: Device, call: GemmCall, plan=None, before: dict | None = None,
+             lead: TileImage | None = None) -> tuple[torch.Tensor, GemmRecord, dict]:
     """Run one GEMM on ``dev`` and compare it with the golden model: its outputs, its
     counter deltas against the golden events under the device's tiling, and the cycle
     model's prediction. ``before`` is the counters before it (read if not given); returns
-    the outputs, the record and the counters after it (the next GEMM's ``before``)."""
+    the outputs, the record and the counters after it (the next GEMM's ``before``).
+    ``lead``: the next GEMM's first weights, loaded beside the last tile
+    (``accel.tiling.PassPlanner.lead``; only with the model in the external memory)."""
     cfg = dev.cfg
     plan = plan if plan is not None else plan_call(cfg, call)
     before = before if before is not None else dev.counters()
     bytes0, stats0 = dev.link_bytes(), dict(dev.stats)
+    lead = lead if dev.image is not None else None
     predicted_link = link_cost(cfg, [*gemm_requests(cfg, plan, dev.mirror.copy(),
                                                     dev.max_payload, dev.read_chunk,
-                                                    dev.image),
+                                                    dev.image, lead),
                                      Request(Cmd.READ_COUNTERS, b"")])
-    y = dev.gemm(plan)
+    y = dev.gemm(plan, lead)
     after = dev.counters()
     delta = {k: after[k] - before[k] for k in after}
     ev = tiled_events(cfg, call)
@@ -126,31 +129,51 @@ def run_gemm(dev: Device, call: GemmCall, plan=None,
 
 
 class _Executor:
-    """``GoldenOps.execute`` on the device: plans each GEMM, checks it against the compiled
-    program (restarted per forward pass), runs it and keeps its record."""
+    """``GoldenOps.execute`` on the device: plans each GEMM (one
+    ``accel.tiling.PassPlanner``), checks it against the compiled program (restarted per
+    forward pass), runs it and keeps its record. ``upcoming``: the pass's GEMMs in order
+    (a golden trace), so that each GEMM's last tile loads the next one's first weights."""
 
-    def __init__(self, dev: Device, program: list[dict] | None, progress=None):
+    def __init__(self, dev: Device, program: list[dict] | None, progress=None,
+                 upcoming: list[GemmCall] | None = None):
         self.dev, self.program, self.progress = dev, program, progress
         self.records: list[GemmRecord] = []
         self.order: Iterator[dict] | None = None
         self.counters: dict[str, int] | None = None
+        self.planner = PassPlanner(dev.cfg)
+        self.upcoming = upcoming
+        self.pos = 0  # calls of this pass so far
 
     def start(self) -> None:
         """A new forward pass: the program starts again."""
         self.order = iter(self.program) if self.program is not None else None
+        self.pos = 0
         if self.counters is None:
             self.counters = self.dev.counters()  # each GEMM's "after" is the next "before"
 
+    def _next(self, call: GemmCall) -> GemmCall | None:
+        """The GEMM the pass runs after ``call`` (None: unknown, or the last)."""
+        if self.upcoming is None:
+            return None
+        pos = self.pos
+        self.pos += 1
+        if pos >= len(self.upcoming) or (self.upcoming[pos].name, self.upcoming[pos].head) != (
+                call.name, call.head):
+            self.upcoming = None  # not the traced order: no guesses
+            return None
+        return self.upcoming[pos + 1] if pos + 1 < len(self.upcoming) else None
+
     def __call__(self, call: GemmCall) -> torch.Tensor:
         where = call.name + ("" if call.head is None else f"[head {call.head}]")
-        plan = plan_call(self.dev.cfg, call)
+        plan = self.planner.plan(call)
         if self.order is not None:
             entry = next(self.order, None)
             if entry is None and call.name != HEAD:
                 raise ValueError(f"program.json ends before {where}")
             if entry is not None:  # a prefill-sized program (a forward pass) has no head
                 check_program(entry, call, plan)
-        y, rec, self.counters = run_gemm(self.dev, call, plan, self.counters)
+        y, rec, self.counters = run_gemm(self.dev, call, plan, self.counters,
+                                         self.planner.lead(self._next(call)))
         self.records.append(rec)
         if self.progress is not None:
             self.progress.update()
@@ -165,7 +188,11 @@ def run_model(cm: ConvertedModel, ids: torch.Tensor, dev: Device, progress=None,
     golden_hidden, golden_events = golden if golden is not None else run_golden(cm, ids)
     dev.identify()
     res = RunResult(golden_hidden, golden_hidden, golden_events)
-    ex = _Executor(dev, program, progress)
+    upcoming: list[GemmCall] | None = None
+    if dev.image is not None:  # the order of the pass's GEMMs, for their lead weights
+        upcoming = []
+        run_golden(cm, ids, trace=upcoming)
+    ex = _Executor(dev, program, progress, upcoming)
     ex.start()
     t0 = time.perf_counter()
     res.hidden, _ = run_golden(cm, ids, execute=ex)

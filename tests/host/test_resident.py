@@ -10,9 +10,9 @@ import torch
 
 from accel.layouts import BufId, buffer_shapes, dram_words, pack_word, to_dram_words
 from accel.protocol import Cmd, word_bytes
-from accel.requests import load_payload
+from accel.requests import BufferMirror, gemm_requests, load_payload
 from accel.resident import DramImage, model_image
-from accel.tiling import constant_tiles
+from accel.tiling import PassPlanner, constant_tiles, plan_call
 from host.driver import Device, DeviceError, LinkError
 from host.run import run_gemm, run_model
 from host.transport import SerialTransport
@@ -44,6 +44,35 @@ def _call(seed: int, m: int = 12, k: int = 150, n: int = 40) -> GemmCall:
                    consts["lo"], consts["hi"])
     return GemmCall(f"lin{seed}", None, codes, mask, shifts, enc, w, start, consts, mrow, 20,
                     y, constant=True)
+
+
+def test_each_gemm_loads_the_next_ones_first_weights_beside_its_last_tile():
+    """Sans-IO: with a pass planned by one PassPlanner, each GEMM's last RUN follows a LOAD
+    of the next linear layer's first weights into the half of the weight buffer that GEMM
+    starts in, the other one than its own last tile's, and the next GEMM then does not
+    load them again before its first RUN."""
+    calls = [_call(1, k=150, n=40), _call(2, k=CFG.k_tile - 5, n=17), _call(3, k=70, n=9)]
+    image, planner, mirror = model_image(CFG, calls), PassPlanner(CFG), BufferMirror(CFG)
+    for i, call in enumerate(calls):
+        plan = planner.plan(call)
+        first = next(plan.steps())[0]
+        lead = planner.lead(calls[i + 1] if i + 1 < len(calls) else None)
+        reqs = list(gemm_requests(CFG, plan, mirror, image=image, lead=lead))
+        runs = [j for j, r in enumerate(reqs) if r.cmd == Cmd.RUN]
+        weights = lambda r: [c for c in r.completes  # noqa: E731
+                             if c[0] in (BufId.WEIGHTS, BufId.WEIGHTS4)]
+        if i:  # loaded beside the previous GEMM's last tile, not before its own first RUN
+            # (the weights loaded there are the next tile's, into the other half)
+            assert not any(c[1] == first.descriptor["w_base"]
+                           for r in reqs[:runs[0]] for c in weights(r)), call.name
+        if lead is None:
+            assert i == len(calls) - 1
+            continue
+        before_last = [c for r in reqs[runs[-2] + 1:runs[-1]] for c in weights(r)]
+        lead_base = lead.base[BufId.WEIGHTS4]
+        assert (BufId.WEIGHTS4, lead_base, lead.words[BufId.WEIGHTS4]) in before_last
+        last_base = [img for img, _ in plan.steps()][-1].descriptor["w_base"]
+        assert lead_base // (CFG.weight_depth // 2) != last_base // (CFG.weight_depth // 2)
 
 
 def test_external_memory_written_and_read_through_the_link(sim):
@@ -112,7 +141,7 @@ def test_a_load_carries_several_copies_and_stops_at_a_refused_one(sim):
 
 
 def test_resident_gemms_are_exact_load_their_words_and_prefetch(sim):
-    # K tiles of half the weight buffer or less (prefetched) and of all of it (not)
+    # K within half the weight buffer (one K tile) and beyond it (several)
     calls = [_call(1, k=CFG.weight_depth // 2 - 3, n=40), _call(2, k=150, n=17)]
     image = model_image(CFG, calls)
     t = SerialTransport(sim.url)
@@ -141,10 +170,11 @@ def test_resident_gemms_are_exact_load_their_words_and_prefetch(sim):
         assert r.counters["loads"] > 0 and r.counters["dram_rd"] > 0
         # the link traffic is what accel.requests prices, with and without the image
         assert p.link == p.predicted_link and r.link == r.predicted_link, r.name
-    # K tiles of the whole weight buffer are never loaded beside a run (whether a prefetch
-    # overlaps depends on the host's latency here: sim/cocotb_top.py checks it cycle by
-    # cycle)
-    assert resident[1].counters["load_overlap"] == 0
+    # K tiles are at most half the weight buffer (AccelConfig.k_tile), so every next
+    # tile's weights may be loaded beside a run (whether a prefetch overlaps depends on the
+    # host's latency here: sim/cocotb_top.py checks it cycle by cycle)
+    assert all(len(img.words.get(BufId.WEIGHTS4) or img.words[BufId.WEIGHTS]) <= CFG.k_tile
+               for c in calls for img, _ in plan_call(CFG, c).steps())
     assert dev.stats["loads"] == sum(r.counters["loads"] for r in resident)
 
 
@@ -208,6 +238,8 @@ def test_whole_model_resident_bit_exact(sim, tiny_llama, tiny_llama_cm):
     assert plain.bit_exact and res.bit_exact
     assert all(r.exact and r.counters_match for r in res.records)
     assert all(r.counters["busy"] == r.predicted_cycles for r in res.records)
+    # each GEMM's traffic, the next one's first weights loaded with its last tile included
+    assert all(r.link == r.predicted_link for r in res.records)
     assert sum(r.link_bytes for r in res.records) < 0.7 * sum(r.link_bytes
                                                               for r in plain.records)
 
