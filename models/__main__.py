@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--distill-lr", type=float, default=d.distill_lr,
                     help=f"distillation learning rate, weight codes per step "
                          f"(default {d.distill_lr:g})")
+    cv.add_argument("--learn-rotation", type=_count, default=d.learn_rotation, metavar="STEPS",
+                    help=f"learned per-head V->o rotation (SpinQuant R2), Adam steps per block "
+                         f"(default {d.learn_rotation}: off, the seeded Hadamard only)")
     for sp in (ev, cv):
         sp.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     a = p.parse_args(argv)
@@ -202,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                               outlier_rule=a.outlier_rule, threshold_calib=a.threshold_calib,
                               calib_sentences=a.calib_sentences,
                               outlier_shift=a.outlier_shift, unsigned_nonneg=a.unsigned_nonneg,
-                              distill_epochs=a.distill, distill_lr=a.distill_lr)
+                              distill_epochs=a.distill, distill_lr=a.distill_lr,
+                              learn_rotation=a.learn_rotation)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             cm = convert(lm, opts, progress=not a.quiet)

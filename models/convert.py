@@ -50,6 +50,7 @@ from .quant import (
     rotation_signs,
     token_steps,
 )
+from .rotation import fold_learned_rotations
 from .weights import quantize_linears
 
 #: Host-bound outputs get this much headroom over the calibrated maximum.
@@ -104,6 +105,10 @@ class ConvertOptions:
         (:mod:`models.distill`: the 4-bit weight codes, biases and host norms fine-tuned
         against the float model's hidden states, straight-through rounding); 0 is off.
     distill_lr: its learning rate, in weight codes per step (biases and norms: 1/100 of it).
+    learn_rotation: Adam steps of a learned per-head rotation between V and the ``o``
+        projection, folded into their weights (:mod:`models.rotation`: SpinQuant's R2,
+        minimising the ``o`` projection's output error from its quantized input on the
+        calibration text); 0 is off (the seeded Hadamard only).
     layers: per-GEMM overrides, ``{glob: {"encoding": Encoding, "outlier_count": int, ...}}``
         matched with :func:`fnmatch.fnmatch` against node names (``layers.*.down``), applied
         in order; e.g. keep one layer all-integer W4A8 inside a hybrid model.
@@ -130,6 +135,7 @@ class ConvertOptions:
     max_tokens: int = 128
     distill_epochs: int = 0
     distill_lr: float = 0.01
+    learn_rotation: int = 0
     layers: dict[str, dict] = field(default_factory=dict)
 
     def for_node(self, name: str) -> ConvertOptions:
@@ -180,6 +186,8 @@ class ConvertOptions:
             raise bad("distill_epochs", "must be an integer >= 0")
         if self.distill_epochs and not self.encoding.exact:  # if-adaptive
             raise bad("distill_epochs", f"must be 0 for {self.encoding.name()}")
+        if not (is_int(self.learn_rotation) and self.learn_rotation >= 0):
+            raise bad("learn_rotation", "must be an integer >= 0")
         if not isinstance(self.layers, dict):
             raise bad("layers", "must be a dict of node-name pattern -> overrides")
         known = {f.name for f in fields(self)} - {"layers"}
@@ -420,9 +428,10 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None,
         if lm.spec.family == "mamba":
             from .mamba_convert import convert_mamba  # it imports this module
 
-            if opts.distill_epochs:  # models.distill runs the transformer graph only
-                raise ModelInputError(f"option distill_epochs: must be 0 for the mamba "
-                                      f"family, not {opts.distill_epochs}")
+            for name in ("distill_epochs", "learn_rotation"):  # transformer graph only
+                if getattr(opts, name):
+                    raise ModelInputError(f"option {name}: must be 0 for the mamba family, "
+                                          f"not {getattr(opts, name)}")
             return convert_mamba(lm, opts, progress)
         return _convert(lm, opts, progress)
 
@@ -434,6 +443,9 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
     rec = calibrate(lm, opts, progress)
     if opts.smooth_vo > 0:
         lm = replace(lm, params=smooth_vo(spec, lm.params, rec, opts.smooth_vo))
+    if opts.learn_rotation:
+        lm = replace(lm, params=fold_learned_rotations(spec, lm.params, rec, opts,
+                                                       progress)[0])
     cache: dict[tuple[str, str], torch.Tensor] = {}
 
     def rows(node: str, role: str) -> torch.Tensor:
