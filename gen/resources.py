@@ -123,6 +123,9 @@ def estimate(cfg: AccelConfig) -> Resources:
         if b in HOST_READABLE:
             readable = max(readable, width)
         blocks = dp16kd_blocks(width, depth)
+        if b == BufId.WEIGHTS:  # two memories: the narrow halves of the rows and the rest
+            lo = cfg.lanes * cfg.narrow_bits
+            blocks = dp16kd_blocks(lo, depth) + dp16kd_blocks(width - lo, depth)
         if blocks:
             bram += blocks * READ_PORTS[b]
         else:
@@ -144,7 +147,8 @@ def estimate(cfg: AccelConfig) -> Resources:
     # lane-serial)
     ff = int(lanes * (2 * cfg.weight_bits + 34)
              + (14 + cfg.weight_bits) * cfg.mac_units) + FF_FIXED
-    # one MULT18X18D per MAC unit (8 x 8); the requantizer's 32x15 and 32x16 products and
-    # the counters' lane scaling take seven
-    dsp = cfg.mac_units + 7
+    # one MULT18X18D per MAC unit (8 x 8); the requantizer's 32x15 and 32x16 products (the
+    # second as two 17x17 halves) and the counters' lane scaling take nine (measured: 17 at
+    # 8 units)
+    dsp = cfg.mac_units + 9
     return Resources(int(lut), int(ff), dsp, bram)

@@ -133,6 +133,9 @@ class Top(wiring.Component):
         load_bytes = nbytes(LOAD_ARGS.size)
         largs = Signal(LOAD_ARGS)
         nload = Signal(8)  # copies of the LOAD still to start (0: their number not read yet)
+        # the LOAD's length for its number of copies, made from the shift register as the
+        # number is taken (a multiply ahead of the compare, not before it: timing)
+        load_need = Signal(range(1 + 255 * load_bytes + 1))
         pk = packable(cfg)  # buffers written packed, by width
         packed = Signal()  # the WRITE_BUF's words are packed at their width
         pk_acc = Signal(PACK_BITS + 8)  # packed bits received and not yet written
@@ -295,7 +298,8 @@ class Top(wiring.Component):
                             m.next = "SUBMIT"
                     with m.Case(Cmd.LOAD):
                         with m.If(nload == 0):
-                            m.d.sync += nload.eq(word_from_sr(1)[:8])
+                            count = word_from_sr(1)[:8]
+                            m.d.sync += [nload.eq(count), load_need.eq(1 + count * load_bytes)]
                             m.next = "LOAD_LEN"
                         with m.Else():
                             m.d.sync += largs.eq(word_from_sr(load_bytes))
@@ -321,7 +325,7 @@ class Top(wiring.Component):
                         m.d.sync += w_half.eq(dma.busy)
                         m.next = "WAIT_DONE"
             with m.State("LOAD_LEN"):
-                with m.If((nload == 0) | (hdr.length != 1 + nload * load_bytes)):
+                with m.If((nload == 0) | (hdr.length != load_need)):
                     m.d.sync += status.eq(Status.ERR_ARG)
                     m.next = "DRAIN"
                 with m.Else():
