@@ -161,6 +161,8 @@ class ConvertedModel:
                 exp[f"{n.name}.w_scale"] = (torch.float64, (s.kv_heads * s.head_dim,))
             if n.act.rotate:
                 exp[f"rot.{n.K}"] = (torch.int8, (n.K,))
+            if n.act.learned_rotation:
+                exp[f"{n.name}.rotq"] = (torch.float32, (n.K, n.K))
         if self.head is not None:  # raw accumulators: no requantizer constants
             h = self.head
             exp |= {f"{h.name}.w": (torch.int8, (h.N, h.K)), f"{h.name}.w_scale":
@@ -267,6 +269,11 @@ class ConvertedModel:
                 raise BundleError(f"tensor {name}: contains NaN or Inf")
             if name.startswith("rot.") and not bool((t.abs() == 1).all()):
                 raise BundleError(f"tensor {name}: rotation signs must be +-1")
+            if name.endswith(".rotq"):
+                q = t.to(torch.float64)
+                eye = torch.eye(q.shape[0], dtype=torch.float64)
+                if float((q @ q.t() - eye).abs().max()) > 1e-4:
+                    raise BundleError(f"tensor {name}: a learned rotation must be orthogonal")
         if self.head is not None:
             self._validate_head()
         for n in self.nodes.values():

@@ -50,7 +50,7 @@ from .quant import (
     rotation_signs,
     token_steps,
 )
-from .rotation import fold_learned_rotations
+from .rotation import HOST_ROT_MAX_K, fold_learned_rotations, learn_host_rotation
 from .weights import quantize_linears
 
 #: Host-bound outputs get this much headroom over the calibrated maximum.
@@ -109,6 +109,11 @@ class ConvertOptions:
         projection, folded into their weights (:mod:`models.rotation`: SpinQuant's R2,
         minimising the ``o`` projection's output error from its quantized input on the
         calibration text); 0 is off (the seeded Hadamard only).
+    learn_host_rotation: Adam steps of a learned orthogonal matrix the host applies after
+        its rotation of the inputs it produces (``x R Q``, stored as ``<node>.rotq``; the
+        weights absorb it), per input of width at most ``models.rotation.HOST_ROT_MAX_K``,
+        minimising the output error of the layers reading it from the quantized input
+        (:func:`models.rotation.learn_host_rotation`); 0 is off.
     layers: per-GEMM overrides, ``{glob: {"encoding": Encoding, "outlier_count": int, ...}}``
         matched with :func:`fnmatch.fnmatch` against node names (``layers.*.down``), applied
         in order; e.g. keep one layer all-integer W4A8 inside a hybrid model.
@@ -136,6 +141,7 @@ class ConvertOptions:
     distill_epochs: int = 0
     distill_lr: float = 0.01
     learn_rotation: int = 0
+    learn_host_rotation: int = 0
     layers: dict[str, dict] = field(default_factory=dict)
 
     def for_node(self, name: str) -> ConvertOptions:
@@ -186,8 +192,9 @@ class ConvertOptions:
             raise bad("distill_epochs", "must be an integer >= 0")
         if self.distill_epochs and not self.encoding.exact:  # if-adaptive
             raise bad("distill_epochs", f"must be 0 for {self.encoding.name()}")
-        if not (is_int(self.learn_rotation) and self.learn_rotation >= 0):
-            raise bad("learn_rotation", "must be an integer >= 0")
+        for name in ("learn_rotation", "learn_host_rotation"):
+            if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
+                raise bad(name, "must be an integer >= 0")
         if not isinstance(self.layers, dict):
             raise bad("layers", "must be a dict of node-name pattern -> overrides")
         known = {f.name for f in fields(self)} - {"layers"}
@@ -428,7 +435,7 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None,
         if lm.spec.family == "mamba":
             from .mamba_convert import convert_mamba  # it imports this module
 
-            for name in ("distill_epochs", "learn_rotation"):  # transformer graph only
+            for name in ("distill_epochs", "learn_rotation", "learn_host_rotation"):
                 if getattr(opts, name):
                     raise ModelInputError(f"option {name}: must be 0 for the mamba family, "
                                           f"not {getattr(opts, name)}")
@@ -460,6 +467,7 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
     rotary = spec.position == "rotary"
     d, heads, kvh = spec.head_dim, spec.heads, spec.kv_heads
     lin_w: dict[str, torch.Tensor] = {}  # linear weights as quantized (rotated)
+    rotq: dict[str, torch.Tensor] = {}  # learned host rotations (learn_host_rotation)
     lin_x: dict[str, torch.Tensor] = {}  # their calibration inputs (rotated)
     raw_x: dict[str, torch.Tensor] = {}
 
@@ -483,8 +491,15 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
             raw_x[name] = x
             lin_w[name] = w
             lin_x[name] = same if same is not None else (_rotate32(x, signs[k]) if rot else x)
+            learned = _host_rotation(name, nopts, rot and host_in, lin_x, rotq, graph,
+                                     lambda n: rows(n, "x"), lm.params, signs, same)
+            if learned is not None:
+                lin_x[name], lin_w[name] = learned[0], w @ rotq[name]
+                w = lin_w[name]
+                tensors[name + ".rotq"] = rotq[name].to(torch.float32)
             plan = plan_activation(lin_x[name], nopts, nopts.per_token and host_in, rot, True,
                                    wnorm=w.norm(dim=0))
+            plan.learned_rotation = learned is not None
         elif kind == "qk":
             plan = plan_activation(rows(name, "q"), nopts, nopts.per_token and rotary, False, False)
         else:
@@ -512,7 +527,7 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
         w_scales = {n: tensors[n + ".w_scale"] for n in nodes if nodes[n].kind != "linear"}
         codes_of, new_bias, params = distill(lm, nodes, codes_of, s_of, bias_of, w_scales,
                                              signs, texts, opts.distill_epochs,
-                                             opts.distill_lr, opts.seed, progress)
+                                             opts.distill_lr, opts.seed, progress, rotq)
         # host-bound outputs move with their trained bias: their 16-bit steps make room
         moved = {n: (new_bias[n] - bias_of[n]).abs() for n in new_bias}
         lm, bias_of = replace(lm, params=params), new_bias
@@ -587,6 +602,40 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
                 f"channels or a narrower encoding")
     cm.validate()
     return cm
+
+
+def _host_rotation(name: str, opts: ConvertOptions, host_rotated: bool,
+                   lin_x: dict[str, torch.Tensor], rotq: dict[str, torch.Tensor], graph,
+                   raw_rows, params: dict, signs: dict[int, torch.Tensor],
+                   same: torch.Tensor | None) -> tuple[torch.Tensor] | None:
+    """The learned host rotation of linear layer ``name`` (``learn_host_rotation``), or
+    None: learned once per input (with the weights of every layer of the block that reads
+    it, e.g. q, k and v), shared by the layers reading that input. Records it in ``rotq``;
+    returns the calibration rows rotated by it."""
+    x = lin_x[name]
+    k = x.shape[-1]
+    enc = opts.encoding
+    if not (opts.learn_host_rotation and host_rotated and k <= HOST_ROT_MAX_K
+            and enc.is_spiking and enc.signed):
+        return None
+    if same is not None:  # another layer's input, rotated by its learned matrix already
+        src = next((n for n in rotq if lin_x[n] is same), None)
+        if src is None:
+            return None
+        rotq[name] = rotq[src]
+        return (same,)
+    block = name.rsplit(".", 1)[0] + "."
+    raw = raw_rows(name)
+    peers = [g["name"] for g in graph if g["kind"] == "linear" and g["name"].startswith(block)
+             and not g["name"].endswith(".o") and raw_rows(g["name"]).shape == raw.shape
+             and torch.equal(raw_rows(g["name"]), raw)]
+    w = torch.cat([rotate(params[n + ".w"].to(F), signs[k]) for n in peers])
+    n_out = opts.outlier_count if opts.outlier_count is not None else \
+        round(opts.outlier_fraction * k)
+    q, _, _ = learn_host_rotation(x, w, enc.qmax // enc.fine, max(0, min(k, n_out)),
+                                  opts.per_token, opts.learn_host_rotation)
+    rotq[name] = q
+    return ((x.to(torch.float32) @ q.to(torch.float32)).to(F),)
 
 
 def _fit_outlier_shifts(cm: ConvertedModel, node: NodeInfo, opts: ConvertOptions) -> None:

@@ -90,8 +90,9 @@ class FakeQuantOps(FloatOps):
     def __init__(self, spec: ArchSpec, params: dict, nodes: dict[str, NodeInfo],
                  codes: dict[str, torch.Tensor], steps: dict[str, torch.Tensor],
                  biases: dict[str, torch.Tensor], w_scales: dict[str, torch.Tensor],
-                 signs: dict[int, torch.Tensor]):
+                 signs: dict[int, torch.Tensor], rotq: dict[str, torch.Tensor] | None = None):
         super().__init__(spec, params)
+        self.rotq = {n: q.to(F32) for n, q in (rotq or {}).items()}
         self.nodes, self.codes, self.steps, self.biases = nodes, codes, steps, biases
         self.w_scales = {k: v.to(F32) for k, v in w_scales.items()}
         self.quant = {n: _ActQuant(node.act) for n, node in nodes.items()}
@@ -119,6 +120,8 @@ class FakeQuantOps(FloatOps):
         x = x.to(F32)
         if self.nodes[name].act.rotate:
             x = self._rotate(x)
+        if self.nodes[name].act.learned_rotation:
+            x = x @ self.rotq[name]
         y = self.quant[name](x) @ self.weight(name).t() + self.biases[name]
         return y.to(F)
 
@@ -171,7 +174,8 @@ def distill(lm: LoadedModel, nodes: dict[str, NodeInfo], codes: dict[str, torch.
             steps: dict[str, torch.Tensor], biases: dict[str, torch.Tensor],
             w_scales: dict[str, torch.Tensor], signs: dict[int, torch.Tensor],
             texts: list[torch.Tensor], epochs: int, lr: float, seed: int,
-            progress: bool = False) -> tuple[dict, dict, dict]:
+            progress: bool = False, rotq: dict[str, torch.Tensor] | None = None,
+            ) -> tuple[dict, dict, dict]:
     """Fine-tune the fake-quantized model against the float one on the token sequences
     ``texts`` for ``epochs`` passes (Adam, ``lr`` in weight codes per step for the weights,
     ``lr * CONTINUOUS_LR`` for biases and norm parameters, cosine decay; sentences in a
@@ -209,7 +213,7 @@ def distill(lm: LoadedModel, nodes: dict[str, NodeInfo], codes: dict[str, torch.
             opt.zero_grad(set_to_none=True)
             batch = order[i0:i0 + BATCH]
             for j in batch:
-                ops = FakeQuantOps(spec, params, nodes, u, st, b, w_scales, signs)
+                ops = FakeQuantOps(spec, params, nodes, u, st, b, w_scales, signs, rotq)
                 out = forward(spec, params, texts[j], ops)
                 loss = _loss([t.to(F32) for t in ops.taps] + [out.to(F32)], teacher[j])
                 (loss / len(batch)).backward()

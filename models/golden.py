@@ -202,6 +202,8 @@ class GoldenOps:
         x = a
         if node.act.rotate:
             x = rotate(x, self.t[f"rot.{x.shape[-1]}"])
+        if node.act.learned_rotation:
+            x = x @ self.t[f"{node.name}.rotq"].to(x.dtype)
         return quantize_act(x, node.act)
 
     def _epi(self, node: NodeInfo, acc: torch.Tensor, mrow: torch.Tensor, shape=(-1,)):

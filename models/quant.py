@@ -65,6 +65,8 @@ class ActPlan:
     outliers: indices of the outlier channels (8-bit integers on the MAC array).
     outlier_shifts: ``p_k`` per outlier channel: its step is ``step * 2**p_k``.
     rotate: the host rotates the activation (``x @ R``) before quantizing it.
+    learned_rotation: then multiplies it by the node's learned orthogonal matrix
+        (``<node>.rotq``, ``[K, K]``; :mod:`models.rotation`): ``x @ R @ Q``.
     clip: per-token steps are ``clip`` times the row's range (calibrated; < 1 clips).
     offset: the quantizer's rounding offset on spike channels, ``round(x / s + offset)``:
         the IF neuron's initial membrane ``v(0) = theta * (offset + 1/2)`` (0: ``theta/2``,
@@ -85,9 +87,10 @@ class ActPlan:
     clip: float = 1.0
     offset: float = 0.0
     scales: list[float] = field(default_factory=list)
+    learned_rotation: bool = False
 
     def to_json(self) -> dict:
-        """Manifest form (``offset`` and ``scales`` only where calibration set them)."""
+        """Manifest form (``offset``, ``scales`` and ``learned_rotation`` only where set)."""
         d = dict(encoding=self.encoding.to_json(), zero_point=self.zero_point,
                  step=self.step, per_token=self.per_token, outliers=list(self.outliers),
                  outlier_shifts=list(self.outlier_shifts), rotate=self.rotate, clip=self.clip)
@@ -95,6 +98,8 @@ class ActPlan:
             d["offset"] = self.offset
         if self.scales:
             d["scales"] = list(self.scales)
+        if self.learned_rotation:
+            d["learned_rotation"] = True
         return d
 
     @classmethod
@@ -144,8 +149,11 @@ class ActPlan:
             raise bad("offset", "must be a number in [-0.5, 0.5)")
         if not isinstance(sc, list) or not all(_is_num(c) and 0 < c < math.inf for c in sc):
             raise bad("scales", "must be a list of positive finite numbers")
+        lr = d.get("learned_rotation", False)
+        if not isinstance(lr, bool) or (lr and not d["rotate"]):
+            raise bad("learned_rotation", "must be true or false, and true only with rotate")
         return cls(enc, z, float(d["step"]), d["per_token"], list(out), list(sh), d["rotate"],
-                   float(d["clip"]), float(off), [float(c) for c in sc])
+                   float(d["clip"]), float(off), [float(c) for c in sc], lr)
 
     def spike_scales(self, k: int) -> torch.Tensor:
         """Per-channel step multipliers ``[k]`` (float64) of the spike channels: ``scales``,

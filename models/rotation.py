@@ -146,3 +146,68 @@ def fold_learned_rotations(spec: ArchSpec, params: dict, rec: dict, opts,
                        ((p + "v", "y"), rot)):
             rec[key] = [_block(t.to(F), r).to(torch.float32) for t in rec[key]]
     return out, errors
+
+
+# -- learned rotations of the host-rotated inputs ------------------------------------------
+#: Widest GEMM input whose host rotation is learned (a dense ``K x K`` matrix the host
+#: multiplies each row by, and its ``K^3`` matrix exponential each optimisation step): the
+#: inputs after the norms (q, k, v, up: the hidden size) on MiniLM, not ``down`` (1,536).
+HOST_ROT_MAX_K = 512
+#: Calibration rows of the host rotation's objective.
+HOST_ROT_ROWS = 2048
+#: Adam's learning rate on the host rotation's skew-symmetric generator.
+HOST_ROT_LR = 0.003
+
+
+def learn_host_rotation(x: torch.Tensor, w: torch.Tensor, qmax: int, n_out: int,
+                        per_token: bool, steps: int) -> tuple[torch.Tensor, float, float]:
+    """An orthogonal ``Q`` ``[K, K]`` the host applies after today's rotation (``x R Q``;
+    the weights absorb it, ``W R Q``), with the least output error of the layers that read
+    this input: ``|(Q(x Q) Q^T - x) W^T|^2`` on ``HOST_ROT_ROWS`` evenly spaced calibration
+    rows ``x`` (already rotated by ``R``), ``W`` the rotated weights of every layer reading
+    it, stacked; ``Q(.)``: the plain quantizer (per-token or static step from the spike
+    channels' range times the least-error clip ratio, sign-magnitude codes up to ``qmax``,
+    the ``n_out`` largest channels int8, taken as exact), straight-through rounding; after
+    ``steps`` Adam steps from ``Q = I``. Unlike the Hadamard, which spreads every direction
+    evenly, a learned ``Q`` can also turn the input's few dominant directions onto the int8
+    channels. Returns ``Q`` (float64, rounded through float32 as the bundle stores it) and
+    the relative output error before and after (the best iterate is kept)."""
+    k = x.shape[-1]
+    idx = torch.linspace(0, len(x) - 1, min(HOST_ROT_ROWS, len(x))).round().long()
+    xs = x[idx].to(F32)
+    w32 = w.to(F32)
+    gram = w32.t() @ w32
+    ref = xs @ w32.t()
+    norm = float((ref * ref).sum().clamp(min=1e-30))
+    grid = torch.tensor(CLIP_GRID, dtype=F32)
+    s = torch.zeros(k, k, dtype=F32, requires_grad=True)
+    opt = torch.optim.Adam([s], lr=HOST_ROT_LR)
+    best_q, first, best = torch.eye(k, dtype=F32), float("inf"), float("inf")
+    for i in range(steps + 1):
+        opt.zero_grad(set_to_none=True)
+        q = _orth(s)
+        xr = xs @ q
+        with torch.no_grad():
+            mask = torch.zeros(k, dtype=torch.bool)
+            if n_out:
+                mask[torch.topk(xr.abs().amax(0), n_out).indices] = True
+            spk = xr.masked_fill(mask, 0.0)
+            base = spk.abs().amax(1, keepdim=True) if per_token else spk.abs().amax().expand(
+                len(xr), 1)
+            base = (base / qmax).clamp(min=1e-12)
+            u = spk / base
+            errs = [float((((torch.round(u / c).clamp(-qmax, qmax) * c - u) * base) ** 2).sum())
+                    for c in CLIP_GRID]
+            step = base * grid[min(range(len(errs)), key=errs.__getitem__)]
+        xq = torch.where(mask, xr, ste_round(xr / step, -qmax, qmax) * step)
+        e = xq @ q.t() - xs
+        loss = ((e @ gram) * e).sum() / norm
+        v = float(loss.detach())
+        if i == 0:
+            first = v
+        if v < best:
+            best, best_q = v, q.detach().clone()
+        if i < steps:
+            loss.backward()
+            opt.step()
+    return best_q.to(F), first, best
