@@ -29,7 +29,7 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -s -m benchmark bench tests/sim/test_block_verilator.py
 
-# ruff everywhere; mypy on the packages [tool.mypy] in pyproject.toml names (accel/, host/)
+# ruff everywhere; mypy on the packages [tool.mypy] in pyproject.toml names (accel/, host/, hw/, sim/)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m mypy

@@ -118,7 +118,8 @@ class Testbench:
     async def request(self, cmd: Cmd | int, payload: bytes = b"", expect=Status.OK) -> bytes:
         name = getattr(cmd, "name", hex(cmd) if isinstance(cmd, int) else str(cmd))
         self.seq = (self.seq + 1) & 0xFF
-        self.send_raw(encode_frame(getattr(cmd, "value", cmd), self.seq, payload))
+        self.send_raw(encode_frame(cmd.value if isinstance(cmd, Cmd) else cmd, self.seq,
+                                   payload))
         r = await self.reply()
         assert isinstance(r, Frame), f"{name}: bad response frame {r}"
         assert (r.cmd, r.seq) == (expect.value, self.seq), \

@@ -62,6 +62,7 @@ class SimDevice:
         self.proc = subprocess.Popen(
             [str(binary), "--idle-timeout", repr(float(idle_timeout)), str(port)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None  # stdout=PIPE
         line = self.proc.stdout.readline()
         if not line.startswith("listening "):
             self.close()
