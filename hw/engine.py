@@ -37,7 +37,6 @@ from amaranth import (
     Shape,
     Signal,
     Value,
-    signed,
 )
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -62,6 +61,7 @@ from accel.layouts import (
 from accel.protocol import nbytes
 
 from .arrays import MacArray, SpikeArray
+from .combiner import Combiner
 from .neuron import OutputUnit
 from .pipe import Register
 from .rings import RowRing
@@ -361,92 +361,30 @@ class Engine(wiring.Component):
         m.d.comb += [sa.ttfs.eq(desc.ttfs), nu.shift.eq(desc.shift), nu.relu.eq(desc.relu),
                      nu.raw.eq(desc.raw), self.busy.eq(active)]
 
-        # combiner: row r's two partials + its start value, lane by lane (one lane per
-        # cycle, the output unit's pace): C0 issues lane j of row r (the synchronous reads
-        # of its start value and row multiplier), C1 registers the three operands (the
-        # block RAM and LUT RAM reads end there, for timing), C2 adds and writes the sum
-        # back to ACC (keep) or hands it to the output unit
+        # combiner: each row's two partials + its start value, lane by lane (hw.combiner)
         m.submodules.spike_rows = ring = RowRing(spike_vector_layout(cfg), cfg.spike_fifo_depth)
         wiring.connect(m, sa.out, ring.w)
+        m.submodules.combiner = comb = Combiner(cfg)
         acc_rp, acc_wp = mems[BufId.ACC].read_port(), mems[BufId.ACC].write_port()
-        start_rp, rows_rp = mems[BufId.START].read_port(), mems[BufId.ROWS].read_port()
         out_wp = mems[BufId.OUT].write_port()
-        srcs = (ring.rd, ma.rows)
-        # per array: rows committed and not yet issued, the slot of the next one to issue,
-        # the slot of the row being issued
-        depths = {"spike": cfg.spike_fifo_depth, "mac": cfg.row_fifo_depth}
-        avail = [Signal(range(d + 1), name=f"avail_{n}") for n, d in depths.items()]
-        nxt = [Signal(range(d), name=f"next_{n}") for n, d in depths.items()]
-        cur = [Signal.like(x, name=f"cur_{i}") for i, x in enumerate(nxt)]
-        r = Signal(range(cfg.max_rows + 1))  # rows issued
-        j = Signal(range(cfg.lanes))  # next lane of the row being issued
-        going = Signal()  # a row is being issued
-        c1 = SimpleNamespace(valid=Signal(name="c1_valid"), lane=Signal(range(cfg.lanes),
-                             name="c1_lane"), last=Signal(name="c1_last"),
-                             addr=Signal(range(cfg.max_rows * cfg.lanes), name="c1_addr"),
-                             slot=[Signal.like(x, name=f"c1_slot{i}") for i, x in enumerate(nxt)])
-        c2 = SimpleNamespace(valid=Signal(name="c2_valid"),
-                             lane=Signal.like(c1.lane, name="c2_lane"), last=Signal(name="c2_last"),
-                             addr=Signal.like(c1.addr, name="c2_addr"),
-                             mrow=Signal.like(rows_rp.data, name="c2_mrow"),
-                             **{k: Signal(signed(cfg.acc_bits), name=f"c2_{k}")
-                                for k in ("start", "spike", "mac")})
-        adv = ~(c2.valid & ~desc.keep & ~nu.inp.ready)  # the output unit takes C2's lane
-        begin = Signal()  # C0 starts row r
-        issue = Signal()  # C0 issues a lane
-        lane = Mux(going, j, 0)
-        last = lane + 1 >= desc.n_active
-        m.d.comb += [begin.eq(active & adv & ~going & (r < desc.rows) & (avail[0] != 0)
-                              & (avail[1] != 0)),
-                     issue.eq(begin | (adv & going))]
-        addr = Signal.like(c1.addr)
-        m.d.comb += [
-            addr.eq((desc.row_base + r) * cfg.lanes + lane),
-            acc_rp.addr.eq(addr), acc_rp.en.eq(issue & desc.resume),
-            start_rp.addr.eq(lane), start_rp.en.eq(issue & ~desc.resume),
-            rows_rp.addr.eq(desc.row_base + r), rows_rp.en.eq(begin),
-            self.acc_rd.eq(issue & desc.resume), self.start_rd.eq(issue & ~desc.resume),
-        ]
-        for i in range(2):
-            m.d.sync += avail[i].eq(avail[i] + srcs[i].commit - begin)
-            with m.If(begin):
-                d = list(depths.values())[i]
-                m.d.sync += [cur[i].eq(nxt[i]), nxt[i].eq(Mux(nxt[i] == d - 1, 0, nxt[i] + 1))]
-        with m.If(issue):
-            m.d.sync += [j.eq(lane + 1), going.eq(~last)]
-            with m.If(last):
-                m.d.sync += r.eq(r + 1)
-        with m.If(adv):
-            m.d.sync += [c1.valid.eq(issue), c1.lane.eq(lane), c1.last.eq(last),
-                         c1.addr.eq(addr)]
-            for i in range(2):
-                m.d.sync += c1.slot[i].eq(Mux(going, cur[i], nxt[i]))
-        # C1: lane c1.lane's operands; the row's slots are free once its last lane's are
-        # registered
-        for i in range(2):
-            m.d.comb += [srcs[i].slot.eq(c1.slot[i]), srcs[i].lane.eq(c1.lane),
-                         srcs[i].release.eq(c1.valid & c1.last & adv)]
-        with m.If(adv):
-            m.d.sync += [c2.valid.eq(c1.valid), c2.lane.eq(c1.lane), c2.last.eq(c1.last),
-                         c2.addr.eq(c1.addr),
-                         c2.start.eq(Mux(desc.resume, acc_rp.data, start_rp.data)),
-                         c2.spike.eq(srcs[0].data), c2.mac.eq(srcs[1].data),
-                         c2.mrow.eq(rows_rp.data)]
-        # C2: the sum of lane c2.lane
-        summed = Signal(signed(cfg.acc_bits))
-        m.d.comb += [summed.eq(c2.start + c2.spike + c2.mac),
-                     nu.inp.payload.acc.eq(summed), nu.inp.payload.mrow.eq(c2.mrow),
-                     nu.inp.payload.lane.eq(c2.lane), nu.inp.payload.last.eq(c2.last),
-                     nu.inp.valid.eq(c2.valid & ~desc.keep),
+        wiring.connect(m, ring.rd, comb.spike)
+        wiring.connect(m, ma.rows, comb.mac)
+        wiring.connect(m, acc_rp, comb.acc_rd)
+        wiring.connect(m, mems[BufId.START].read_port(), comb.start_rd)
+        wiring.connect(m, mems[BufId.ROWS].read_port(), comb.rows_rd)
+        wiring.connect(m, comb.out, nu.inp)
+        issue = comb.issue
+        m.d.comb += [comb.desc.eq(desc), comb.active.eq(active),
+                     self.acc_rd.eq(comb.acc_rd_strobe), self.start_rd.eq(comb.start_rd_strobe),
                      self.par_rd.eq(nu.p_en)]
         # host access to ACC and OUT shares their single write ports with the datapath
         m.d.comb += [acc_wp.addr.eq(self.wr_addr), acc_wp.data.eq(self.wr_data),
                      acc_wp.en.eq(self.wr_en & (self.wr_buf == BufId.ACC)),
                      out_wp.addr.eq(self.wr_addr), out_wp.data.eq(self.wr_data),
                      out_wp.en.eq(self.wr_en & (self.wr_buf == BufId.OUT))]
-        with m.If(c2.valid & desc.keep):
-            m.d.comb += [acc_wp.addr.eq(c2.addr), acc_wp.data.eq(summed), acc_wp.en.eq(1),
-                         self.acc_wr.eq(1)]
+        with m.If(comb.acc_we):
+            m.d.comb += [acc_wp.addr.eq(comb.acc_w_addr), acc_wp.data.eq(comb.out.payload.acc),
+                         acc_wp.en.eq(1), self.acc_wr.eq(1)]
         base = Signal(range(cfg.max_rows * cfg.lanes))
         # rows whose every result is stored (a row's last lane is flagged): a count of
         # rows, not of results, needs no rows x n_active multiply at the start (timing)
@@ -468,19 +406,19 @@ class Engine(wiring.Component):
         leftover = Signal()
         with m.If(~active & self.run.valid):
             d = self.run.payload
-            m.d.sync += [desc.eq(d), active.eq(1), r.eq(0),
+            m.d.sync += [desc.eq(d), active.eq(1),
                          base.eq(d.row_base * cfg.lanes),
                          rows_out.eq(0)]
-            m.d.comb += [sr.start.eq(1), mr.start.eq(1)]
+            m.d.comb += [sr.start.eq(1), mr.start.eq(1), comb.start.eq(1)]
         # done once every row is combined, every result stored and every event consumed,
         # with no row left over; a row left over means more row ends than rows (the next
         # tile would take it)
         stored = desc.keep | (rows_out == desc.rows)
-        combined = active & (r == desc.rows) & ~c1.valid & ~c2.valid & stored
+        combined = active & comb.drained & stored
         clean = (sr.idle & mr.idle & sa.idle & ma.idle
                  & ~Cat(*(reg.o.valid for reg in event_regs)).any())
         stopping = Signal()  # the fault is registered (timing): no done in between
-        with m.If(combined & ((avail[0] != 0) | (avail[1] != 0))):
+        with m.If(combined & comb.leftover):
             m.d.comb += leftover.eq(1)
         with m.Elif(combined & clean & ~stopping):
             m.d.comb += self.done.eq(1)
