@@ -47,6 +47,10 @@ BEFORE_14 = dict(calib_sentences=48, gptq_damp=0.01, smooth_vo=0.0, weight_searc
                  unsigned_nonneg=False)
 #: Distillation passes of the ablation's distillation row.
 DISTILL_EPOCHS = 4
+#: Adam steps of the ablation's learned rotation rows (``learn_host_rotation``,
+#: ``learn_rotation``).
+HOST_ROT_STEPS = 100
+ROT_STEPS = 150
 
 
 def ablation() -> dict[str, ConvertOptions]:
@@ -77,6 +81,10 @@ def ablation() -> dict[str, ConvertOptions]:
         "  + unsigned TTFS for never-negative inputs (PV) (default)": best,
         f"  + quantization-aware distillation, {DISTILL_EPOCHS} epochs":
             replace(best, distill_epochs=DISTILL_EPOCHS),
+        f"  + learned host rotations (q/k/v, up), {HOST_ROT_STEPS} steps (not default: cost)":
+            replace(best, learn_host_rotation=HOST_ROT_STEPS),
+        f"not kept: learned V->o rotation (SpinQuant R2), {ROT_STEPS} steps":
+            replace(best, learn_rotation=ROT_STEPS),
         "not kept: PV unsigned, GPTQ act-order off": replace(best, act_order=False),
         "not kept: PV unsigned + outliers by output effect": replace(best,
                                                                      outlier_rule="effect"),
