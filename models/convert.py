@@ -484,15 +484,18 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
                 k = x.shape[-1]
                 signs.setdefault(k, rotation_signs(k, opts.seed))
                 w = rotate(w, signs[k])
-            # layers that read the same input (q, k, v; gate, up) share one rows tensor
+            # layers that read the same input (q, k, v; gate, up) share one rows tensor (and
+            # its learned host rotation, where they learn one)
+            learns = _learns_host_rotation(nopts, rot and host_in, x.shape[-1])
             same = next((lin_x[n] for n in lin_x if n.startswith(name.rsplit(".", 1)[0] + ".")
                          and lin_x[n].shape == x.shape and nodes[n].act.rotate == rot
+                         and nodes[n].act.learned_rotation == learns
                          and torch.equal(raw_x[n], x)), None)
             raw_x[name] = x
             lin_w[name] = w
             lin_x[name] = same if same is not None else (_rotate32(x, signs[k]) if rot else x)
-            learned = _host_rotation(name, nopts, rot and host_in, lin_x, rotq, graph,
-                                     lambda n: rows(n, "x"), lm.params, signs, same)
+            learned = None if not learns else _host_rotation(
+                name, opts, lin_x, rotq, graph, lambda n: rows(n, "x"), lm.params, signs, same)
             if learned is not None:
                 lin_x[name], lin_w[name] = learned[0], w @ rotq[name]
                 w = lin_w[name]
@@ -604,31 +607,36 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
     return cm
 
 
-def _host_rotation(name: str, opts: ConvertOptions, host_rotated: bool,
-                   lin_x: dict[str, torch.Tensor], rotq: dict[str, torch.Tensor], graph,
-                   raw_rows, params: dict, signs: dict[int, torch.Tensor],
-                   same: torch.Tensor | None) -> tuple[torch.Tensor] | None:
-    """The learned host rotation of linear layer ``name`` (``learn_host_rotation``), or
-    None: learned once per input (with the weights of every layer of the block that reads
-    it, e.g. q, k and v), shared by the layers reading that input. Records it in ``rotq``;
-    returns the calibration rows rotated by it."""
+def _learns_host_rotation(opts: ConvertOptions, host_rotated: bool, k: int) -> bool:
+    """Whether a linear layer's input gets a learned host rotation: ``learn_host_rotation``
+    on, an input the host rotates, at most ``HOST_ROT_MAX_K`` wide, sign-magnitude spikes
+    (the objective's quantizer)."""
+    enc = opts.encoding
+    return bool(opts.learn_host_rotation) and host_rotated and k <= HOST_ROT_MAX_K and \
+        enc.is_spiking and enc.signed
+
+
+def _host_rotation(name: str, all_opts: ConvertOptions, lin_x: dict[str, torch.Tensor],
+                   rotq: dict[str, torch.Tensor], graph, raw_rows, params: dict,
+                   signs: dict[int, torch.Tensor],
+                   same: torch.Tensor | None) -> tuple[torch.Tensor]:
+    """The learned host rotation of linear layer ``name`` (which learns one): learned once
+    per input (with the weights of every layer of the block that reads it and learns one,
+    e.g. q, k and v), shared by those layers (``same``: the rows of an earlier one). Records
+    it in ``rotq``; returns the calibration rows rotated by it."""
+    opts = all_opts.for_node(name)
     x = lin_x[name]
     k = x.shape[-1]
     enc = opts.encoding
-    if not (opts.learn_host_rotation and host_rotated and k <= HOST_ROT_MAX_K
-            and enc.is_spiking and enc.signed):
-        return None
-    if same is not None:  # another layer's input, rotated by its learned matrix already
-        src = next((n for n in rotq if lin_x[n] is same), None)
-        if src is None:
-            return None
-        rotq[name] = rotq[src]
+    if same is not None:  # an earlier layer's input, rotated by its learned matrix already
+        rotq[name] = rotq[next(n for n in rotq if lin_x[n] is same)]
         return (same,)
     block = name.rsplit(".", 1)[0] + "."
     raw = raw_rows(name)
     peers = [g["name"] for g in graph if g["kind"] == "linear" and g["name"].startswith(block)
              and not g["name"].endswith(".o") and raw_rows(g["name"]).shape == raw.shape
-             and torch.equal(raw_rows(g["name"]), raw)]
+             and torch.equal(raw_rows(g["name"]), raw)
+             and _learns_host_rotation(all_opts.for_node(g["name"]), True, k)]
     w = torch.cat([rotate(params[n + ".w"].to(F), signs[k]) for n in peers])
     n_out = opts.outlier_count if opts.outlier_count is not None else \
         round(opts.outlier_fraction * k)

@@ -163,3 +163,18 @@ def test_learned_rotations_run_bit_exactly_on_the_simulated_device(tiny_llama, t
         t.close()
     assert res.bit_exact
     assert all(r.exact and r.counters_match for r in res.records)
+
+
+def test_a_layer_that_learns_no_host_rotation_does_not_see_its_neighbours(tiny_opt):
+    # v kept all-integer reads q's input: q and k learn a rotation, v must be converted from
+    # the input as the host gives it to v (no learned rotation), exactly as without learning
+    from models.encodings import Encoding
+
+    over = {"layers.0.v": {"encoding": Encoding("int", 8)}}
+    cm = convert(tiny_opt, replace(HOST, layers=over))
+    plain = convert(tiny_opt, replace(HOST, learn_host_rotation=0, layers=over))
+    assert cm.nodes["layers.0.q"].act.learned_rotation
+    assert not cm.nodes["layers.0.v"].act.learned_rotation
+    assert "layers.0.v.rotq" not in cm.tensors
+    assert cm.nodes["layers.0.v"].act == plain.nodes["layers.0.v"].act
+    assert torch.equal(cm.tensors["layers.0.v.w"], plain.tensors["layers.0.v.w"])
