@@ -59,8 +59,9 @@ SOF = 0xA5
 #: Default largest payload the gateware buffers (its ``max_payload`` parameter).
 MAX_PAYLOAD = 4096
 #: Reported by IDENTIFY; bumped whenever a frame, command or payload layout changes.
-#: 2: a repeated RUN is not re-run; 3: ABORT, ERR_FAULT, RUN checked; 4: DRAM, LOAD
-PROTOCOL_VERSION = 4
+#: 2: a repeated RUN is not re-run; 3: ABORT, ERR_FAULT, RUN checked; 4: DRAM, LOAD;
+#: 5: LOAD_RUN
+PROTOCOL_VERSION = 5
 
 #: Frame header after the SOF byte (little-endian on the wire).
 HEADER = data.StructLayout({"cmd": unsigned(8), "seq": unsigned(8), "length": unsigned(16)})
@@ -87,6 +88,9 @@ class Cmd(enum.Enum, shape=8):
     #: start copying words from the external memory into a buffer (:data:`LOAD_ARGS`);
     #: answered when the copy has started, and it runs on while RUNs execute
     LOAD = 0x08
+    #: a LOAD's copies, then a RUN's descriptor, in one request (one round trip instead
+    #: of two): answered as the RUN
+    LOAD_RUN = 0x09
 
 
 class Status(enum.Enum, shape=8):

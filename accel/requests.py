@@ -238,19 +238,29 @@ def write_requests(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, words: li
 
 
 def load_requests(mirror: BufferMirror, loads: list[tuple[BufId, int, list, int]],
-                  max_payload: int = MAX_PAYLOAD) -> Iterator[Request]:
+                  max_payload: int = MAX_PAYLOAD,
+                  run: Request | None = None) -> Iterator[Request]:
     """The LOAD requests that copy ``(buffer, address, words, src)`` from the external
     memory, as many copies a frame as fit, keeping ``mirror`` true (as
-    :func:`write_requests`)."""
+    :func:`write_requests`); then ``run`` (a RUN request), joined to the last LOAD as one
+    ``LOAD_RUN`` when both fit a frame (one round trip fewer)."""
     per = min(MAX_LOADS, (max_payload - 1) // nbytes(LOAD_ARGS.size))
     for i in range(0, len(loads), per):
         batch = loads[i:i + per]
         for buf, addr, words, _ in batch:
             mirror.set(buf, addr, None, len(words))
-        yield Request(Cmd.LOAD, load_payload(*((b, a, len(w), src) for b, a, w, src in batch)),
-                      tuple((b, a, w) for b, a, w, _ in batch))
+        payload = load_payload(*((b, a, len(w), src) for b, a, w, src in batch))
+        done = tuple((b, a, w) for b, a, w, _ in batch)
+        if (run is not None and i + per >= len(loads)
+                and len(payload) + len(run.payload) <= max_payload):
+            yield Request(Cmd.LOAD_RUN, payload + run.payload, done, where=run.where)
+            run = None
+        else:
+            yield Request(Cmd.LOAD, payload, done)
         for buf, addr, words, _ in batch:
             mirror.set(buf, addr, words)
+    if run is not None:
+        yield run
 
 
 def tile_requests(cfg: AccelConfig, img: TileImage, mirror: BufferMirror,
@@ -260,7 +270,8 @@ def tile_requests(cfg: AccelConfig, img: TileImage, mirror: BufferMirror,
     buffers do not already hold (:func:`tile_writes`, each as :func:`write_requests`), then
     its RUN (refused with ``ValueError`` as :func:`run_payload` refuses, before it is
     sent). With the model in the external memory (``image``), writes it holds are LOADs
-    (after the other writes, several copies a frame), and the weights of the tile run next
+    (after the other writes, several copies a frame; the last joined to the RUN as a
+    ``LOAD_RUN``), and the weights of the tile run next
     (``following``) are loaded last, before this RUN, when they go to the other half of the
     weight buffer (:func:`prefetch`), so that the copy overlaps the run. The host driver
     and the cocotb bench both send exactly these."""
@@ -273,8 +284,9 @@ def tile_requests(cfg: AccelConfig, img: TileImage, mirror: BufferMirror,
             loads.append((buf, addr, words, src))
     if image is not None and following is not None:
         loads += prefetch(cfg, img, following, mirror, image)
-    yield from load_requests(mirror, loads, max_payload)
-    yield Request(Cmd.RUN, run_payload(cfg, img.descriptor, img.where), where=img.where)
+    yield from load_requests(mirror, loads, max_payload,
+                             Request(Cmd.RUN, run_payload(cfg, img.descriptor, img.where),
+                                     where=img.where))
 
 
 def read_requests(cfg: AccelConfig, buf: BufId, addr: int, count: int,

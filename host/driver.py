@@ -102,7 +102,8 @@ class Device:
         """Send one request and return the payload of its OK answer (see module doc)."""
         self.seq = (self.seq + 1) & 0xFF
         frame = encode_frame(cmd.value, self.seq, payload)
-        wait = timeout or (self.run_timeout if cmd == Cmd.RUN else self.timeout)
+        wait = timeout or (self.run_timeout if cmd in (Cmd.RUN, Cmd.LOAD_RUN)
+                           else self.timeout)
         why: list[str] = []
         for attempt in range(self.retries + 1):
             if attempt:
@@ -181,6 +182,10 @@ class Device:
         """Send one WRITE_BUF or LOAD request; the buffer writes it completed (then
         checked by reading them back, for weights when ``verify_weights``)."""
         self.request(req.cmd, req.payload)
+        return self._verify(req)
+
+    def _verify(self, req: Request) -> int:
+        """Read back the weights ``req`` completed when ``verify_weights``; their number."""
         for buf, addr, words in req.completes:
             if self.verify_weights and buf in (BufId.WEIGHTS, BufId.WEIGHTS4):
                 if self.weight_rows(addr, len(words), narrow=buf == BufId.WEIGHTS4) != [
@@ -228,9 +233,9 @@ class Device:
         :class:`LinkError`."""
         self._run(run_payload(self.cfg, descriptor, where), where)
 
-    def _run(self, payload: bytes, where: str) -> None:
+    def _run(self, payload: bytes, where: str, cmd: Cmd = Cmd.RUN) -> None:
         try:
-            self.request(Cmd.RUN, payload)
+            self.request(cmd, payload)
         except DeviceError as e:
             raise DeviceError(f"{where}: {e}") from None
         except LinkError:
@@ -271,6 +276,11 @@ class Device:
         for req in requests:
             if req.cmd == Cmd.RUN:
                 self._run(req.payload, req.where)
+            elif req.cmd == Cmd.LOAD_RUN:  # copies, then the run: its weights read back after
+                self._run(req.payload, req.where, req.cmd)
+                done = self._verify(req)
+                blocks -= done
+                self.stats["loads"] += done
             elif req.reads is not None:
                 done, buf = req.reads
                 got.setdefault(tuple(done[:4]), []).extend(

@@ -133,6 +133,7 @@ class Top(wiring.Component):
         load_bytes = nbytes(LOAD_ARGS.size)
         largs = Signal(LOAD_ARGS)
         nload = Signal(8)  # copies of the LOAD still to start (0: their number not read yet)
+        in_run = Signal()  # a LOAD_RUN's copies have started: its descriptor follows
         # the LOAD's length for its number of copies, made from the shift register as the
         # number is taken (a multiply ahead of the compare, not before it: timing)
         load_need = Signal(range(1 + 255 * load_bytes + 1))
@@ -231,8 +232,9 @@ class Top(wiring.Component):
                 m.d.comb += link.cmd.ready.eq(1)
                 with m.If(link.cmd.valid):
                     h = link.cmd.payload
-                    m.d.sync += [hdr.eq(h), got.eq(0), resp_len.eq(0), status.eq(Status.OK)]
-                    with m.If(h.cmd != Cmd.RUN):
+                    m.d.sync += [hdr.eq(h), got.eq(0), resp_len.eq(0), status.eq(Status.OK),
+                                 in_run.eq(0)]
+                    with m.If((h.cmd != Cmd.RUN) & (h.cmd != Cmd.LOAD_RUN)):
                         m.d.sync += last_run_valid.eq(0)
                     with m.Switch(h.cmd):
                         with m.Case(Cmd.IDENTIFY, Cmd.READ_COUNTERS, Cmd.RESET_COUNTERS,
@@ -249,9 +251,10 @@ class Top(wiring.Component):
                                 m.next = "DRAIN"
                             with m.Else():
                                 m.next = "ARGS"
-                        with m.Case(Cmd.LOAD):  # the number of copies first
+                        with m.Case(Cmd.LOAD, Cmd.LOAD_RUN):  # the number of copies first
                             m.d.sync += [todo.eq(1), nload.eq(0)]
-                            with m.If(h.length < 1 + load_bytes):
+                            with m.If(h.length < 1 + load_bytes
+                                      + Mux(h.cmd == Cmd.LOAD_RUN, desc_bytes, 0)):
                                 m.d.sync += status.eq(Status.ERR_ARG)
                                 m.next = "DRAIN"
                             with m.Else():
@@ -273,7 +276,7 @@ class Top(wiring.Component):
                     with m.If(todo == 1):
                         m.next = "CHECK"
             with m.State("CHECK"):
-                with m.Switch(hdr.cmd):
+                with m.Switch(Mux(in_run, Cmd.RUN, hdr.cmd)):
                     with m.Case(Cmd.RUN):
                         layout = descriptor_layout(cfg)
                         desc = layout(word_from_sr(desc_bytes)[:layout.size])
@@ -296,10 +299,12 @@ class Top(wiring.Component):
                             m.next = "RESP"
                         with m.Else():
                             m.next = "SUBMIT"
-                    with m.Case(Cmd.LOAD):
+                    with m.Case(Cmd.LOAD, Cmd.LOAD_RUN):
                         with m.If(nload == 0):
                             count = word_from_sr(1)[:8]
-                            m.d.sync += [nload.eq(count), load_need.eq(1 + count * load_bytes)]
+                            m.d.sync += [nload.eq(count), load_need.eq(
+                                1 + count * load_bytes
+                                + Mux(hdr.cmd == Cmd.LOAD_RUN, desc_bytes, 0))]
                             m.next = "LOAD_LEN"
                         with m.Else():
                             m.d.sync += largs.eq(word_from_sr(load_bytes))
@@ -359,7 +364,11 @@ class Top(wiring.Component):
                     m.d.comb += strobe["exec.load_wait"].eq(1)
             with m.State("LOAD_NEXT"):  # answered once the last copy has started
                 m.d.sync += nload.eq(nload - 1)
-                with m.If(nload == 1):
+                with m.If((nload == 1) & (hdr.cmd == Cmd.LOAD_RUN)):
+                    # then the descriptor, checked and run as a RUN's
+                    m.d.sync += [todo.eq(desc_bytes), in_run.eq(1)]
+                    m.next = "ARGS"
+                with m.Elif(nload == 1):
                     m.next = "RESP"
                 with m.Else():
                     m.d.sync += todo.eq(load_bytes)

@@ -320,6 +320,22 @@ async def resident_weights_load_beside_runs_and_the_loaded_half_is_guarded(dut):
     c = parse_counters(CFG, await tb.request(Cmd.READ_COUNTERS))
     assert c["loads"] > 0 and c["load_overlap"] > 0, c
     assert c["busy"] == sum(tile_cycles(CFG, tile_work(CFG, img)) for img, _ in plan.steps())
+    # the last tile again as one LOAD_RUN (its constants copied, then its descriptor): OK
+    # and run; resent with its seq (a retry): OK, copied again, not re-run; one byte
+    # short: refused
+    last, done = list(plan.steps())[-1]
+    params = last.words[BufId.PARAMS]
+    payload = (load_payload((BufId.PARAMS, 0, len(params), image.find(BufId.PARAMS, params)))
+               + run_payload(CFG, last.descriptor))
+    before = parse_counters(CFG, await tb.request(Cmd.READ_COUNTERS))["descriptors"]
+    await tb.request(Cmd.LOAD_RUN, payload)
+    tb.send_raw(encode_frame(Cmd.LOAD_RUN.value, tb.seq, payload))
+    r = await tb.reply()
+    assert (r.cmd, r.seq) == (Status.OK.value, tb.seq), r
+    await tb.request(Cmd.LOAD_RUN, payload[:-1], expect=Status.ERR_ARG)
+    c = parse_counters(CFG, await tb.request(Cmd.READ_COUNTERS))
+    assert c["descriptors"] == before + 1, (before, c["descriptors"])
+    assert torch.equal(await tb.read_out(last), want[done.r0:done.r1, done.n0:done.n1])
     # a tile at w_base 0 whose only spikes are on inputs of the upper half, sent right
     # behind a LOAD into the upper half: the engine stops it
     q2 = torch.zeros(1, half + 4, dtype=torch.int64)

@@ -58,17 +58,19 @@ def test_each_gemm_loads_the_next_ones_first_weights_beside_its_last_tile():
         first = next(plan.steps())[0]
         lead = planner.lead(calls[i + 1] if i + 1 < len(calls) else None)
         reqs = list(gemm_requests(CFG, plan, mirror, image=image, lead=lead))
-        runs = [j for j, r in enumerate(reqs) if r.cmd == Cmd.RUN]
+        # each RUN goes with its tile's last LOAD (one LOAD_RUN request)
+        runs = [j for j, r in enumerate(reqs) if r.cmd in (Cmd.RUN, Cmd.LOAD_RUN)]
+        assert reqs[runs[-1]].cmd == Cmd.LOAD_RUN or lead is None
         weights = lambda r: [c for c in r.completes  # noqa: E731
                              if c[0] in (BufId.WEIGHTS, BufId.WEIGHTS4)]
         if i:  # loaded beside the previous GEMM's last tile, not before its own first RUN
             # (the weights loaded there are the next tile's, into the other half)
             assert not any(c[1] == first.descriptor["w_base"]
-                           for r in reqs[:runs[0]] for c in weights(r)), call.name
+                           for r in reqs[:runs[0] + 1] for c in weights(r)), call.name
         if lead is None:
             assert i == len(calls) - 1
             continue
-        before_last = [c for r in reqs[runs[-2] + 1:runs[-1]] for c in weights(r)]
+        before_last = [c for r in reqs[runs[-2] + 1:runs[-1] + 1] for c in weights(r)]
         lead_base = lead.base[BufId.WEIGHTS4]
         assert (BufId.WEIGHTS4, lead_base, lead.words[BufId.WEIGHTS4]) in before_last
         last_base = [img for img, _ in plan.steps()][-1].descriptor["w_base"]
