@@ -91,6 +91,28 @@ STROBES = {
 }
 
 
+def strobe_signature() -> wiring.Signature:
+    """The engine's counter strobes (:data:`STROBES`), one bit each, from the engine's
+    side; ``accel.counters`` names each counter's source among them."""
+    return wiring.Signature({name: Out(1) for name in STROBES})
+
+
+def host_bus_signature(cfg: AccelConfig) -> wiring.Signature:
+    """The engine's host port, from the side that drives it (the executor, or the copier
+    while a LOAD runs): a word written into any buffer (``wr_*``), and a word read from any
+    readable buffer (``rd_*``) and sent byte by byte: ``rd_byte_data`` is byte ``rd_byte``
+    of the word read, a cycle after ``rd_data`` (registered per buffer: the read port's
+    block RAM output ends there, for timing)."""
+    shapes = onchip_shapes(cfg)
+    widest = max(Shape.cast(s).width for s, _ in shapes.values())
+    abits = max(d for _, d in shapes.values()).bit_length()
+    return wiring.Signature({
+        "wr_en": Out(1), "wr_buf": Out(BufId), "wr_addr": Out(abits), "wr_data": Out(widest),
+        "rd_en": Out(1), "rd_buf": Out(BufId), "rd_addr": Out(abits), "rd_data": In(widest),
+        "rd_byte": Out(range(max(1, nbytes(widest)))), "rd_byte_data": In(8),
+    })
+
+
 class _Reader(wiring.Component):
     """Streams words ``base .. base+count-1`` of a memory through a synchronous read port.
 
@@ -213,13 +235,9 @@ class Engine(wiring.Component):
         shapes = onchip_shapes(cfg)
         self.shapes = shapes
         widest = max(Shape.cast(s).width for s, _ in shapes.values())
-        abits = max(d for _, d in shapes.values()).bit_length()
         members = {
-            "wr_en": In(1), "wr_buf": In(BufId), "wr_addr": In(abits), "wr_data": In(widest),
-            "rd_en": In(1), "rd_buf": In(BufId), "rd_addr": In(abits), "rd_data": Out(widest),
-            #: byte ``rd_byte`` of the word read, a cycle after ``rd_data`` (registered per
-            #: buffer: the read port's block RAM output ends there, for timing)
-            "rd_byte": In(range(max(1, nbytes(widest)))), "rd_byte_data": Out(8),
+            "host": In(host_bus_signature(cfg)),
+            "strobes": Out(strobe_signature()),
             "run": In(stream.Signature(descriptor_layout(cfg))),
             "done": Out(1),
             "busy": Out(1),
@@ -229,7 +247,6 @@ class Engine(wiring.Component):
             #: its ``w_base`` (a LOAD is writing the other half): held for the whole RUN
             "w_half": In(1),
         }
-        members.update({name: Out(1) for name in STROBES})
         self.word_bits = widest
         super().__init__(members)
 
@@ -255,25 +272,26 @@ class Engine(wiring.Component):
             if b in (BufId.ACC, BufId.OUT):
                 continue  # shared with the datapath below
             wp = mem.write_port()
-            m.d.comb += [wp.addr.eq(self.wr_addr), wp.data.eq(self.wr_data),
-                         wp.en.eq(self.wr_en & (self.wr_buf == b))]
-        m.d.comb += [weights.wr_addr.eq(self.wr_addr), weights.wr_data.eq(self.wr_data),
-                     weights.wr_en.eq(self.wr_en & ((self.wr_buf == BufId.WEIGHTS)
-                                                    | (self.wr_buf == BufId.WEIGHTS4))),
-                     weights.wr_narrow.eq(self.wr_buf == BufId.WEIGHTS4)]
+            m.d.comb += [wp.addr.eq(self.host.wr_addr), wp.data.eq(self.host.wr_data),
+                         wp.en.eq(self.host.wr_en & (self.host.wr_buf == b))]
+        m.d.comb += [weights.wr_addr.eq(self.host.wr_addr), weights.wr_data.eq(self.host.wr_data),
+                     weights.wr_en.eq(self.host.wr_en & ((self.host.wr_buf == BufId.WEIGHTS)
+                                                    | (self.host.wr_buf == BufId.WEIGHTS4))),
+                     weights.wr_narrow.eq(self.host.wr_buf == BufId.WEIGHTS4)]
         host_rd = {}
         for b in (HOST_READABLE - VIEWS.keys()) & shapes.keys():  # DRAM: hw.mem, not here
             rp = weights.read_port() if b == BufId.WEIGHTS else mems[b].read_port()
-            m.d.comb += [rp.addr.eq(self.rd_addr), rp.en.eq(self.rd_en & (self.rd_buf == b))]
+            m.d.comb += [rp.addr.eq(self.host.rd_addr),
+                         rp.en.eq(self.host.rd_en & (self.host.rd_buf == b))]
             host_rd[b] = rp
         # a readable view (OUT8: OUT a byte a word) reads through its buffer's port
         for v in HOST_READABLE & VIEWS.keys():
             host_rd[v] = host_rd[VIEWS[v]]
-            with m.If(self.rd_en & (self.rd_buf == v)):
+            with m.If(self.host.rd_en & (self.host.rd_buf == v)):
                 m.d.comb += host_rd[v].en.eq(1)
         rd_sel = Signal(BufId)
-        with m.If(self.rd_en):
-            m.d.sync += rd_sel.eq(self.rd_buf)
+        with m.If(self.host.rd_en):
+            m.d.sync += rd_sel.eq(self.host.rd_buf)
         # the host's byte path: each buffer's byte ``rd_byte`` registered, then the buffer
         # select (a byte wide, not a word). A narrow buffer's word is registered first: the
         # narrow ones are the deep ones, whose block RAMs' outputs pass a mux across the
@@ -289,21 +307,21 @@ class Engine(wiring.Component):
                 m.d.sync += word_q.eq(word)
                 word = word_q
             padded = Cat(word, Const(0, 8 * nbytes(width) - width))
-            m.d.sync += byte_q[b].eq(padded.word_select(self.rd_byte, 8))
+            m.d.sync += byte_q[b].eq(padded.word_select(self.host.rd_byte, 8))
         with m.Switch(rd_sel):
             for b in host_rd:
                 with m.Case(b):
-                    m.d.comb += self.rd_byte_data.eq(byte_q[b])
+                    m.d.comb += self.host.rd_byte_data.eq(byte_q[b])
         # the widest buffer (a weight row) drives every bit, the others only their own: bits
         # above a word's width are never sent, so they need no select
         widest_b = max(host_rd, key=lambda b: Shape.cast(shapes[b][0]).width)
-        m.d.comb += self.rd_data.eq(host_rd[widest_b].data)
+        m.d.comb += self.host.rd_data.eq(host_rd[widest_b].data)
         with m.Switch(rd_sel):
             for b, rp in host_rd.items():
                 if b != widest_b:
                     with m.Case(b):
                         width = Shape.cast(shapes[b][0]).width
-                        m.d.comb += self.rd_data[:width].eq(rp.data)
+                        m.d.comb += self.host.rd_data[:width].eq(rp.data)
 
         # datapath blocks
         desc = Signal(descriptor_layout(cfg))
@@ -352,8 +370,8 @@ class Engine(wiring.Component):
                 m.d.comb += bad.eq(1)
             rp = weights.read_port(desc.wide, extend=arr is sa)
             m.d.comb += [rp.addr.eq(arr.w_addr), rp.en.eq(arr.w_en), arr.w_data.eq(rp.data),
-                         getattr(self, f"w_rd_{name}").eq(arr.w_en),
-                         getattr(self, f"w_rd_hi_{name}").eq(arr.w_en & desc.wide)]
+                         getattr(self.strobes, f"w_rd_{name}").eq(arr.w_en),
+                         getattr(self.strobes, f"w_rd_hi_{name}").eq(arr.w_en & desc.wide)]
         prp = mems[BufId.PARAMS].read_port()
         m.d.comb += [prp.addr.eq(nu.p_addr), prp.en.eq(nu.p_en), nu.p_data.eq(prp.data)]
 
@@ -375,16 +393,17 @@ class Engine(wiring.Component):
         wiring.connect(m, comb.out, nu.inp)
         issue = comb.issue
         m.d.comb += [comb.desc.eq(desc), comb.active.eq(active),
-                     self.acc_rd.eq(comb.acc_rd_strobe), self.start_rd.eq(comb.start_rd_strobe),
-                     self.par_rd.eq(nu.p_en)]
+                     self.strobes.acc_rd.eq(comb.acc_rd_strobe),
+                     self.strobes.start_rd.eq(comb.start_rd_strobe),
+                     self.strobes.par_rd.eq(nu.p_en)]
         # host access to ACC and OUT shares their single write ports with the datapath
-        m.d.comb += [acc_wp.addr.eq(self.wr_addr), acc_wp.data.eq(self.wr_data),
-                     acc_wp.en.eq(self.wr_en & (self.wr_buf == BufId.ACC)),
-                     out_wp.addr.eq(self.wr_addr), out_wp.data.eq(self.wr_data),
-                     out_wp.en.eq(self.wr_en & (self.wr_buf == BufId.OUT))]
+        m.d.comb += [acc_wp.addr.eq(self.host.wr_addr), acc_wp.data.eq(self.host.wr_data),
+                     acc_wp.en.eq(self.host.wr_en & (self.host.wr_buf == BufId.ACC)),
+                     out_wp.addr.eq(self.host.wr_addr), out_wp.data.eq(self.host.wr_data),
+                     out_wp.en.eq(self.host.wr_en & (self.host.wr_buf == BufId.OUT))]
         with m.If(comb.acc_we):
             m.d.comb += [acc_wp.addr.eq(comb.acc_w_addr), acc_wp.data.eq(comb.out.payload.acc),
-                         acc_wp.en.eq(1), self.acc_wr.eq(1)]
+                         acc_wp.en.eq(1), self.strobes.acc_wr.eq(1)]
         base = Signal(range(cfg.max_rows * cfg.lanes))
         # rows whose every result is stored (a row's last lane is flagged): a count of
         # rows, not of results, needs no rows x n_active multiply at the start (timing)
@@ -393,7 +412,7 @@ class Engine(wiring.Component):
         with m.If(nu.out.valid):
             m.d.comb += [out_wp.addr.eq(base + nu.out.payload.lane),
                          out_wp.data.eq(nu.out.payload.value), out_wp.en.eq(1),
-                         self.out_wr.eq(1)]
+                         self.strobes.out_wr.eq(1)]
             with m.If(nu.out.payload.last):
                 m.d.sync += [base.eq(base + desc.n_active),  # rows packed: n_active apart
                              rows_out.eq(rows_out + 1)]
@@ -426,7 +445,7 @@ class Engine(wiring.Component):
 
         # watchdog: cycles of a running descriptor since the last progress
         idle_cycles = Signal(range(watchdog_cycles(cfg) + 1))
-        progress = sr.en | mr.en | issue | self.out_wr
+        progress = sr.en | mr.en | issue | self.strobes.out_wr
         with m.If(~active | progress):
             m.d.sync += idle_cycles.eq(0)
         with m.Else():
@@ -438,10 +457,11 @@ class Engine(wiring.Component):
         m.d.comb += [self.fault.eq(stopping), flush.eq(stopping | self.abort)]
 
         m.d.comb += [
-            self.spike.eq(sa.spike), self.step.eq(sa.step), self.mac_row.eq(ma.row),
-            self.spike_busy.eq(sa.busy), self.mac_busy.eq(ma.busy),
-            self.stall.eq(active & ~sa.busy & ~ma.busy),
-            self.spike_ev_rd.eq(sr.en), self.mac_ev_rd.eq(mr.en),
+            self.strobes.spike.eq(sa.spike), self.strobes.step.eq(sa.step),
+            self.strobes.mac_row.eq(ma.row),
+            self.strobes.spike_busy.eq(sa.busy), self.strobes.mac_busy.eq(ma.busy),
+            self.strobes.stall.eq(active & ~sa.busy & ~ma.busy),
+            self.strobes.spike_ev_rd.eq(sr.en), self.strobes.mac_ev_rd.eq(mr.en),
         ]
         wrapper = Module()
         wrapper.submodules.core = ResetInserter(flush)(m)

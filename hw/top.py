@@ -102,6 +102,7 @@ class Top(wiring.Component):
         cfg = self.cfg
         m.submodules.link = link = Link(timeout_cycles=self.link_timeout)
         m.submodules.engine = eng = Engine(cfg)
+        hb = eng.host  # the engine's host bus (hw.engine.host_bus_signature)
         m.submodules.counters = cnt = CounterFile(cfg, inc_bits=(cfg.lanes).bit_length() + 1)
         m.submodules.dma = dma = Dma(cfg)
         wiring.connect(m, wiring.flipped(self.rx), link.rx)
@@ -186,9 +187,9 @@ class Top(wiring.Component):
         wiring.connect(m, resp_data.o, link.resp_data)
         m.d.comb += [link.resp.payload.cmd.eq(status), link.resp.payload.seq.eq(hdr.seq),
                      link.resp.payload.length.eq(resp_len),
-                     eng.rd_byte.eq(rbyte),
+                     hb.rd_byte.eq(rbyte),
                      resp_data.i.payload.eq(Mux((hdr.cmd == Cmd.READ_BUF) & ~is_dram,
-                                                eng.rd_byte_data, sr[:8]))]
+                                                hb.rd_byte_data, sr[:8]))]
         m.d.comb += cnt.sel.eq(ctr)
 
         # The external memory is the copier's while a LOAD runs, else the executor's (which
@@ -207,8 +208,8 @@ class Top(wiring.Component):
             dma.mem.rdata.valid.eq(dma.busy & self.dram.rdata.valid),
             dma.mem.rdata.payload.eq(self.dram.rdata.payload),
             self.dram.rdata.ready.eq(1),
-            eng.wr_en.eq(dma.wr_en), eng.wr_buf.eq(dma.wr_buf), eng.wr_addr.eq(dma.wr_addr),
-            eng.wr_data.eq(dma.wr_data), eng.w_half.eq(w_half),
+            hb.wr_en.eq(dma.wr_en), hb.wr_buf.eq(dma.wr_buf), hb.wr_addr.eq(dma.wr_addr),
+            hb.wr_data.eq(dma.wr_data), eng.w_half.eq(w_half),
         ]
 
         # A RUN repeated with the seq of the RUN just before it (a retry after a lost
@@ -216,7 +217,7 @@ class Top(wiring.Component):
         # sums of a K-split tile and the counters must not be added twice. Any other command
         # in between forgets the last RUN, so a wrapped seq cannot match by accident.
         # the counters' sources by name (accel.counters.Counter.sources)
-        strobe = {"one": 1, **{f"engine.{n}": getattr(eng, n) for n in STROBES},
+        strobe = {"one": 1, **{f"engine.{n}": getattr(eng.strobes, n) for n in STROBES},
                   "engine.busy": eng.busy, "engine.fault": eng.fault,
                   "link.rx_byte": link.rx_byte, "link.tx_byte": link.tx_byte,
                   "link.frame_err": link.frame_err, "dma.word_rd": dma.word_rd,
@@ -438,8 +439,8 @@ class Top(wiring.Component):
                         for b, w in pk.items():
                             with m.Case(b):
                                 with m.If(pk_have + 8 >= w):
-                                    m.d.comb += [eng.wr_en.eq(1), eng.wr_buf.eq(b),
-                                                 eng.wr_addr.eq(addr), eng.wr_data.eq(joined[:w]),
+                                    m.d.comb += [hb.wr_en.eq(1), hb.wr_buf.eq(b),
+                                                 hb.wr_addr.eq(addr), hb.wr_data.eq(joined[:w]),
                                                  strobe["exec.host_wr"].eq(1)]
                                     m.d.sync += [pk_acc.eq(joined >> w),
                                                  pk_have.eq(pk_have + 8 - w),
@@ -466,12 +467,12 @@ class Top(wiring.Component):
                                  strobe["exec.dram_wr"].eq(c_ok & d_ok)]
                     m.d.sync += dram_done.eq(Mux(c_ok & d_ok, 0, Cat(c_ok, d_ok)))
                 with m.Else():
-                    m.d.comb += [eng.wr_en.eq(1), eng.wr_buf.eq(args.buf), eng.wr_addr.eq(addr),
+                    m.d.comb += [hb.wr_en.eq(1), hb.wr_buf.eq(args.buf), hb.wr_addr.eq(addr),
                                  written.eq(1)]
                     with m.Switch(args.buf):
                         for b, n in wbytes.items():
                             with m.Case(b):
-                                m.d.comb += eng.wr_data.eq(word_from_sr(n))
+                                m.d.comb += hb.wr_data.eq(word_from_sr(n))
                 with m.If(written):
                     m.d.comb += strobe["exec.host_wr"].eq(1)
                     m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), todo.eq(bpw)]
@@ -528,8 +529,8 @@ class Top(wiring.Component):
                         m.d.sync += [addr.eq(addr + 1), words.eq(words - 1)]
                         m.next = "RD_DRAM"
                 with m.Else():
-                    m.d.comb += [eng.rd_en.eq(1), eng.rd_buf.eq(args.buf),
-                                 eng.rd_addr.eq(addr), strobe["exec.host_rd"].eq(1)]
+                    m.d.comb += [hb.rd_en.eq(1), hb.rd_buf.eq(args.buf),
+                                 hb.rd_addr.eq(addr), strobe["exec.host_rd"].eq(1)]
                     m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), rbyte.eq(0)]
                     m.next = "RD_WAIT"
             with m.State("RD_WAIT"):  # the engine registers a narrow buffer's word first

@@ -52,12 +52,13 @@ class WithMemory(Elaboratable):
         return m
 
 
-def count_strobes(dut, names, counts: dict, finished: list):
-    """A background testbench adding up 1-bit strobes ``names`` (and cycles) into ``counts``
-    until ``finished`` is non-empty."""
+def count_strobes(strobes: dict, counts: dict, finished: list):
+    """A background testbench adding up 1-bit strobes (``{name: signal}``; and cycles) into
+    ``counts`` until ``finished`` is non-empty."""
+    names = list(strobes)
 
     async def monitor(ctx):
-        async for vals in ctx.tick().sample(*[getattr(dut, s) for s in names]):
+        async for vals in ctx.tick().sample(*strobes.values()):
             if finished:
                 return
             counts["cycles"] = counts.get("cycles", 0) + 1
@@ -100,7 +101,8 @@ def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=No
 
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
-    sim.add_testbench(count_strobes(dut, strobes, counts, done), background=True)
+    sim.add_testbench(count_strobes({s: getattr(dut, s) for s in strobes}, counts, done),
+                      background=True)
     if rows_port is None:
         sim.add_testbench(stream_rules({"out": dut.out}), background=True)
     sim.run()

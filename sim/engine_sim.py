@@ -30,12 +30,12 @@ def rtl_engine(cfg: AccelConfig, tiles: list[TileImage], rows: int, n: int,
     finished = []
 
     async def write(ctx, buf, addr, word):
-        ctx.set(dut.wr_buf, buf)
-        ctx.set(dut.wr_addr, addr)
-        ctx.set(dut.wr_data, pack_word(shapes[buf][0], word))
-        ctx.set(dut.wr_en, 1)
+        ctx.set(dut.host.wr_buf, buf)
+        ctx.set(dut.host.wr_addr, addr)
+        ctx.set(dut.host.wr_data, pack_word(shapes[buf][0], word))
+        ctx.set(dut.host.wr_en, 1)
         await ctx.tick()
-        ctx.set(dut.wr_en, 0)
+        ctx.set(dut.host.wr_en, 0)
 
     async def host(ctx):
         for tile in tiles:
@@ -59,16 +59,17 @@ def rtl_engine(cfg: AccelConfig, tiles: list[TileImage], rows: int, n: int,
             buf, base, _ = out_read(cfg, tile)
             for r in range(min(d["rows"], rows - d["row_base"])):
                 for j in range(min(n, d["n_active"])):
-                    ctx.set(dut.rd_buf, buf)
-                    ctx.set(dut.rd_addr, base + r * d["n_active"] + j)
-                    ctx.set(dut.rd_en, 1)
+                    ctx.set(dut.host.rd_buf, buf)
+                    ctx.set(dut.host.rd_addr, base + r * d["n_active"] + j)
+                    ctx.set(dut.host.rd_en, 1)
                     await ctx.tick()
                     result[d["row_base"] + r][j] = unpack_int(shapes[buf][0],
-                                                              ctx.get(dut.rd_data))
-        ctx.set(dut.rd_en, 0)
+                                                              ctx.get(dut.host.rd_data))
+        ctx.set(dut.host.rd_en, 0)
         finished.append(True)
 
     sim.add_testbench(host)
-    sim.add_testbench(count_strobes(dut, [*STROBES, "busy"], counts, finished), background=True)
+    strobes = {**{n: getattr(dut.strobes, n) for n in STROBES}, "busy": dut.busy}
+    sim.add_testbench(count_strobes(strobes, counts, finished), background=True)
     sim.run()
     return torch.tensor(result, dtype=torch.int64), counts

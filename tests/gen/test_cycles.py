@@ -111,13 +111,13 @@ def _busy_per_descriptor(cfg: AccelConfig, tiles: list) -> list[int]:
             writes = [(buf, addr, word_packer(shapes[buf][0])(word))
                       for buf, words in tile.words.items()
                       for addr, word in enumerate(words, start=tile.base.get(buf, 0))]
-            ctx.set(dut.wr_en, 1)
+            ctx.set(dut.host.wr_en, 1)
             for buf, addr, bits in writes:
-                ctx.set(dut.wr_buf, buf)
-                ctx.set(dut.wr_addr, addr)
-                ctx.set(dut.wr_data, bits)
+                ctx.set(dut.host.wr_buf, buf)
+                ctx.set(dut.host.wr_addr, addr)
+                ctx.set(dut.host.wr_data, bits)
                 await ctx.tick()
-            ctx.set(dut.wr_en, 0)
+            ctx.set(dut.host.wr_en, 0)
             ctx.set(dut.run.payload, layout.const(tile.descriptor))
             ctx.set(dut.run.valid, 1)
             await ctx.tick().until(dut.run.ready)
