@@ -86,10 +86,16 @@ class Dma(wiring.Component):
         wr = Signal()  # a whole buffer word is in ``word`` (written this cycle)
         addr = Signal(24)
 
-        m.d.comb += [self.busy.eq(left != 0), self.start.ready.eq(~self.busy)]
+        # busy is a register (set by a start, cleared with the last word written), not a
+        # compare of ``left``: it selects the memory port and the buffers' write port for
+        # the whole core (timing: left -> busy -> port mux -> counters -> executor was the
+        # 16-lane critical path at 74 MHz)
+        busy = Signal()
+        m.d.comb += [self.busy.eq(busy), self.start.ready.eq(~busy)]
         with m.If(self.start.valid & self.start.ready):
             a = self.start.payload
             m.d.sync += [self.buf.eq(a.buf), addr.eq(a.addr), left.eq(a.count),
+                         busy.eq(a.count != 0),
                          self.lo.eq(a.addr), self.hi.eq(a.addr + a.count),
                          cmd_addr.eq(a.src), got.eq(0)]
             with m.Switch(a.buf):
@@ -112,6 +118,8 @@ class Dma(wiring.Component):
                      self.wr_data.eq(word)]
         with m.If(wr):
             m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
+            with m.If(left == 1):
+                m.d.sync += busy.eq(0)
         return m
 
 
