@@ -75,9 +75,13 @@ def layer_rows(cfg: AccelConfig, res: RunResult, table: dict) -> list[dict]:
 
 
 def hybrid(cfg: AccelConfig, layers: list[dict], steps: int, table: dict) -> dict:
-    """The hybrid as the device ran it: counted events, and the SRAM traffic of its counters."""
+    """The hybrid as the device ran it: counted events, each layer's at the lane width of its
+    own window (``accel.baselines.windows``, as the build's prediction charges them), and
+    the SRAM traffic of its counters."""
     h = baselines.scheme(
-        "hybrid", steps, baselines.total(counted_events(r["counters"]) for r in layers), table,
+        "hybrid", steps,
+        baselines.windows((r["time_steps"], counted_events(r["counters"])) for r in layers),
+        table,
         baselines.traffic_sum(r["counters"] for r in layers), baselines.MEMORY_MODELS["measured"],
         cfg)
     h["measured_cycles"] = sum(r["measured_cycles"] for r in layers)

@@ -45,7 +45,23 @@ def _layer(scale: int) -> dict:
              acc_step=70 * scale, macs=30 * scale)
     for k in TRAFFIC:  # whatever the traffic counters are called
         c[k] = 40 * scale
-    return {"counters": c, "measured_cycles": c["busy"]}
+    return {"counters": c, "measured_cycles": c["busy"], "time_steps": 7}
+
+
+def test_the_measured_hybrid_charges_each_layer_its_own_window():
+    """A 7-step and a 15-step layer (PV's unsigned window beside the others): each layer's
+    spike additions at its own lane width, as the build's prediction charges them."""
+    a, b = _layer(1), {**_layer(2), "time_steps": 15}
+    h = report.hybrid(CFG, [a, b], 15, DEFAULT_TABLE)
+    none = dict.fromkeys(TRAFFIC, 0)
+
+    def alone(rows, steps):
+        ev = baselines.total(report.counted_events(r["counters"]) for r in rows)
+        return baselines.scheme("x", steps, ev, DEFAULT_TABLE, none,
+                                baselines.MEMORY_MODELS["measured"], CFG)["compute_energy_pj"]
+
+    assert h["compute_energy_pj"] == pytest.approx(alone([a], 7) + alone([b], 15))
+    assert h["compute_energy_pj"] < alone([a, b], 15)  # both at the longest window: more
 
 
 def _versus(traffic_scale: int = 1):
