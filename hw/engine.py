@@ -126,9 +126,10 @@ class _Reader(wiring.Component):
             "base": In(range(depth)),
             "count": In(range(depth + 1)),
             "out": Out(stream.Signature(shape)),
-            "addr": Out(range(depth)),
-            "en": Out(1),
-            "data": In(shape),
+            #: the memory's read port (``memory.ReadPort.Signature``, joined with
+            #: ``wiring.connect``)
+            "port": In(memory.ReadPort.Signature(addr_width=(depth - 1).bit_length(),
+                                                 shape=shape)),
             "idle": Out(1),  #: every word up to ``base + count`` delivered
         })
         self._depth = depth
@@ -139,8 +140,9 @@ class _Reader(wiring.Component):
         end = Signal.like(ptr)
         left = ptr < end
         take = ~self.out.valid | self.out.ready
-        m.d.comb += [self.addr.eq(ptr), self.en.eq(take & left & ~self.start),
-                     self.out.payload.eq(self.data), self.idle.eq(~left & ~self.out.valid)]
+        m.d.comb += [self.port.addr.eq(ptr), self.port.en.eq(take & left & ~self.start),
+                     self.out.payload.eq(self.port.data),
+                     self.idle.eq(~left & ~self.out.valid)]
         with m.If(self.start):
             m.d.sync += [ptr.eq(self.base), end.eq(self.base + self.count),
                          self.out.valid.eq(0)]
@@ -331,8 +333,7 @@ class Engine(wiring.Component):
         m.submodules.spike_rd = sr = _Reader(spike_event_layout(cfg), cfg.spike_event_depth)
         m.submodules.mac_rd = mr = _Reader(mac_event_layout(cfg), cfg.mac_event_depth)
         for reader, b in ((sr, BufId.SPIKE_EV), (mr, BufId.MAC_EV)):
-            rp = mems[b].read_port()
-            m.d.comb += [rp.addr.eq(reader.addr), rp.en.eq(reader.en), reader.data.eq(rp.data)]
+            wiring.connect(m, mems[b].read_port(), reader.port)
         # Each event passes a register (hw.pipe.Register) on its way to its array, where
         # its ``k`` becomes the weight buffer address (``k + w_base``): the event buffer's
         # output and the address adder end there instead of running on into the weight
@@ -445,7 +446,7 @@ class Engine(wiring.Component):
 
         # watchdog: cycles of a running descriptor since the last progress
         idle_cycles = Signal(range(watchdog_cycles(cfg) + 1))
-        progress = sr.en | mr.en | issue | self.strobes.out_wr
+        progress = sr.port.en | mr.port.en | issue | self.strobes.out_wr
         with m.If(~active | progress):
             m.d.sync += idle_cycles.eq(0)
         with m.Else():
@@ -461,7 +462,7 @@ class Engine(wiring.Component):
             self.strobes.mac_row.eq(ma.row),
             self.strobes.spike_busy.eq(sa.busy), self.strobes.mac_busy.eq(ma.busy),
             self.strobes.stall.eq(active & ~sa.busy & ~ma.busy),
-            self.strobes.spike_ev_rd.eq(sr.en), self.strobes.mac_ev_rd.eq(mr.en),
+            self.strobes.spike_ev_rd.eq(sr.port.en), self.strobes.mac_ev_rd.eq(mr.port.en),
         ]
         wrapper = Module()
         wrapper.submodules.core = ResetInserter(flush)(m)
