@@ -185,13 +185,16 @@ def run_model(cm: ConvertedModel, ids: torch.Tensor, dev: Device, progress=None,
     """Forward ``ids`` with every GEMM on ``dev``; see module doc. With ``program`` (the
     bundle's compiled program) each GEMM's tiling is checked against it. ``golden``: the
     result of ``run_golden(cm, ids)`` if the caller has it already."""
-    golden_hidden, golden_events = golden if golden is not None else run_golden(cm, ids)
+    # with the model resident, the pass's GEMMs in order (their lead weights): traced by
+    # the golden run itself when this function makes it, else by one more
+    upcoming: list[GemmCall] | None = [] if dev.image is not None else None
+    if golden is None:
+        golden = run_golden(cm, ids, trace=upcoming)
+    elif upcoming is not None:
+        run_golden(cm, ids, trace=upcoming)
+    golden_hidden, golden_events = golden
     dev.identify()
     res = RunResult(golden_hidden, golden_hidden, golden_events)
-    upcoming: list[GemmCall] | None = None
-    if dev.image is not None:  # the order of the pass's GEMMs, for their lead weights
-        upcoming = []
-        run_golden(cm, ids, trace=upcoming)
     ex = _Executor(dev, program, progress, upcoming)
     ex.start()
     t0 = time.perf_counter()

@@ -77,19 +77,26 @@ def test_spike_array_work_is_proportional_to_spikes():
     assert counts["busy"] == 1 + 2 * 15 + 2
 
 
+def _mac_case(rng, enc, m, k, n, fill):
+    """Codes and weights (``_case``) with a random set of integer channels (the others
+    zero), their shifts, and the golden accumulators and events."""
+    q, w = _case(rng, enc, m, k, n, fill)
+    chans = sorted(rng.sample(range(k), rng.randrange(1, k + 1)))
+    mask = torch.zeros(k, dtype=torch.bool)
+    mask[chans] = True
+    shifts = torch.where(mask, torch.randint(0, 8, (k,)), 0)
+    q = q.masked_fill(~mask, 0)
+    want, ev = gemm(q[None], mask[None], shifts[None], Encoding("ttfs", 4), w[None], None, "t")
+    return q, w, chans, shifts, want, ev
+
+
 @pytest.mark.parametrize("fill", [None, "extreme"])
 def test_mac_array_equals_golden(fill):
     rng = random.Random(seed() + 7)
     enc = Encoding("int", 8)
     for _ in range(samples(2)):
         m, k, n = 3, rng.randrange(1, 38), rng.randrange(1, CFG.lanes + 1)
-        q, w = _case(rng, enc, m, k, n, fill)
-        chans = sorted(rng.sample(range(k), rng.randrange(1, k + 1)))
-        mask = torch.zeros(k, dtype=torch.bool)
-        mask[chans] = True
-        shifts = torch.where(mask, torch.randint(0, 8, (k,)), 0)
-        q = q.masked_fill(~mask, 0)
-        want, ev = gemm(q[None], mask[None], shifts[None], Encoding("ttfs", 4), w[None], None, "t")
+        q, w, chans, shifts, want, ev = _mac_case(rng, enc, m, k, n, fill)
         got, counts = rtl_mac_array(CFG, q, shifts, chans, w, stall_p=0.25, seed=rng.random())
         assert torch.equal(got, want[0])
         assert counts["row"] * n == ev.macs
@@ -190,13 +197,8 @@ def test_mac_array_odd_configs(case):
                                                              if u <= lanes]),
                           weight_depth=16, row_fifo_depth=rng.randrange(1, 4), spike_rows=1)
         m, k, n = rng.randrange(1, 9), rng.randrange(1, 17), rng.randrange(1, lanes + 1)
-        q, w = _case(rng, enc, m, k, n, rng.choice([None, "extreme"]))
-        chans = sorted(rng.sample(range(k), rng.randrange(1, k + 1)))
-        mask = torch.zeros(k, dtype=torch.bool)
-        mask[chans] = True
-        shifts = torch.where(mask, torch.randint(0, 8, (k,)), 0)
-        q = q.masked_fill(~mask, 0)
-        want, ev = gemm(q[None], mask[None], shifts[None], Encoding("ttfs", 4), w[None], None, "t")
+        q, w, chans, shifts, want, ev = _mac_case(rng, enc, m, k, n,
+                                                  rng.choice([None, "extreme"]))
         got, counts = rtl_mac_array(cfg, q, shifts, chans, w, stall_p=rng.choice([0.0, 0.4]),
                                     seed=rng.random())
         assert torch.equal(got, want[0]), cfg
