@@ -4,10 +4,17 @@ and how a run finds it.
 The image is content-addressed: it holds every distinct block of buffer words a linear
 layer's tiles write (weight rows, requantizer constants, start values:
 ``accel.tiling.constant_tiles``), each laid out as a LOAD reads it
-(``accel.layouts.to_dram_words``). At run time any tile write whose words are in the image
-becomes a LOAD from there (:meth:`DramImage.find`); everything else (events, attention
-operands) still crosses the link. Nothing names a layer, so the image needs no map of the
-program, and a block shared by several tiles is stored once.
+(``accel.layouts.to_dram_words``), and the requantizer constants and start values of the
+attention GEMMs (QK^T, PV: their weights are activations, their constants are the
+model's). At run time any tile write whose words are in the image, or are the first words
+of a block there, becomes a LOAD from there (:meth:`DramImage.find`); everything else
+(events, attention operands) still crosses the link. Nothing names a layer, so the image
+needs no map of the program, and a block shared by several tiles is stored once.
+
+An attention GEMM's output lanes are key tokens (QK^T) whose constants are one value per
+head, so how many lanes a tile has depends on the sequence: such a block is stored
+``lanes`` words wide and found by any tile that writes a prefix of it
+(:meth:`DramImage.add` with ``prefixes``), whatever sequence the image was traced on.
 
 Words ``0 .. HEADER_WORDS`` hold a header written last by `host load`: a magic word, the
 image's length and its SHA-256. A run uses the external memory only when the device's
@@ -43,7 +50,8 @@ class DramImage:
                           else after.base + len(after.words))
         self.parent = after
         self.words: list[int] = []  #: memory words from ``base`` on
-        self._index: dict[tuple[BufId, bytes], int] = {}
+        self._index: dict[tuple[BufId, bytes], int] = {}  #: blocks and their prefixes
+        self._blocks = 0
 
     def key(self, buf: BufId, words: list) -> tuple[BufId, bytes]:
         """What identifies a block: its buffer and the SHA-256 of its words as the tiling
@@ -57,20 +65,27 @@ class DramImage:
             blob = repr(words).encode()
         return buf, hashlib.sha256(blob).digest()
 
-    def add(self, buf: BufId, words: list) -> int:
-        """Store ``words`` of ``buf`` (once); their first memory word."""
+    def add(self, buf: BufId, words: list, prefixes: bool = False) -> int:
+        """Store ``words`` of ``buf`` (once); their first memory word. ``prefixes``: a
+        tile that writes only the first words of the block finds it too (a buffer word
+        is a whole number of memory words, so a LOAD of ``j`` words from the block's
+        start copies exactly its first ``j``)."""
         if buf not in LOADABLE:
             raise ValueError(f"{buf.name} words cannot be loaded from the external memory")
         key = self.key(buf, words)
         if key not in self._index:
             pack = word_packer(buffer_shapes(self.cfg)[buf][0])
             self._index[key] = self.base + len(self.words)
+            self._blocks += 1
             self.words += to_dram_words(self.cfg, buf, [pack(w) for w in words])
             if self.base + len(self.words) > 1 << self.cfg.dram_addr_bits:
                 raise ValueError(f"the model's image needs {self.base + len(self.words):,} "
                                  f"memory words, more than the {1 << self.cfg.dram_addr_bits:,}"
                                  f" of the external memory (dram_addr_bits)")
-        return self._index[key]
+        at = self._index[key]
+        for j in range(1, len(words) if prefixes else 0):
+            self._index.setdefault(self.key(buf, words[:j]), at)  # any equal words will do
+        return at
 
     def find(self, buf: BufId, words: list) -> int | None:
         """The first memory word of ``words`` of ``buf``, or None if the image (or the one
@@ -88,7 +103,7 @@ class DramImage:
 
     def __len__(self) -> int:
         """Distinct blocks stored."""
-        return len(self._index)
+        return self._blocks
 
     def header(self) -> list[int]:
         """The header's memory words: magic, length in memory words, SHA-256 of the
@@ -103,15 +118,26 @@ class DramImage:
         return [(bits >> (self.cfg.dram_bits * i)) & mask for i in range(self.base)]
 
 
+#: What an attention GEMM's tiles may load from the image (its weights are activations).
+ATTENTION_CONSTANTS = (BufId.PARAMS, BufId.START)
+
+
 def model_image(cfg: AccelConfig, calls: Iterable) -> DramImage:
-    """The image of every constant GEMM among ``calls`` (``models.golden.GemmCall`` with
-    ``constant``, as a traced forward pass gives them; the activations do not matter)."""
+    """The image of the GEMMs among ``calls`` (``models.golden.GemmCall``, as a traced
+    forward pass gives them; the activations do not matter): every tile word of a constant
+    GEMM (a linear layer), and the :data:`ATTENTION_CONSTANTS` of the others, a block
+    whose words are all equal (one constant per head) widened to ``lanes`` words, so that
+    the image is the same whatever sequence length was traced."""
     image = DramImage(cfg)
     for call in calls:
-        if call.constant:
-            for words in constant_tiles(cfg, call):
-                for buf, block in words.items():
+        for words in constant_tiles(cfg, call):
+            for buf, block in words.items():
+                if call.constant:
                     image.add(buf, block)
+                elif buf in ATTENTION_CONSTANTS:
+                    if block and all(b == block[0] for b in block):
+                        block = [block[0]] * max(cfg.lanes, len(block))
+                    image.add(buf, block, prefixes=True)
     return image
 
 

@@ -46,6 +46,48 @@ def _call(seed: int, m: int = 12, k: int = 150, n: int = 40) -> GemmCall:
                     y, constant=True)
 
 
+def _attn(seed: int, m: int = 9, k: int = 20, n: int = 17) -> GemmCall:
+    """An attention GEMM (QK^T of one head): its weights are activations (int8 keys, one
+    row per key token: ``n`` of them), its requantizer constants one value per head
+    expanded to every lane, no start values (``models.golden.GoldenOps.attn_scores``)."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-7, 8, (m, k), generator=g) * (torch.rand(m, k, generator=g) < 0.4)
+    mask, shifts = torch.zeros(k, dtype=torch.bool), torch.zeros(k, dtype=torch.int64)
+    w = torch.randint(-127, 128, (n, k), generator=g)
+    one = {"mcol": 20000 + seed, "bias": seed - 3, "zp": 0, "lo": -127, "hi": 127}
+    consts = {c: torch.full((n,), v) for c, v in one.items()}
+    mrow = torch.randint(1, 2**16, (m,), generator=g)
+    acc, _ = gemm(codes[None], mask[None], shifts[None], Encoding("ttfs-signed", steps=7),
+                  w[None], None, "qk")
+    y = requantize(acc[0], consts["mcol"], 18, mrow, consts["bias"], consts["zp"],
+                   consts["lo"], consts["hi"])
+    return GemmCall("qk", 0, codes, mask, shifts, Encoding("ttfs-signed", steps=7), w, None,
+                    consts, mrow, 18, y)
+
+
+def _written(reqs) -> set[BufId]:
+    """The buffers ``reqs`` write through the link."""
+    return {BufId(r.payload[0] & 0x7F) for r in reqs if r.cmd == Cmd.WRITE_BUF}
+
+
+def test_attention_constants_are_loaded_whatever_the_sequence_length():
+    """Sans-IO: an image traced on two key tokens holds a head's constants ``lanes`` wide
+    and the zero start values, so a QK^T over any number of key tokens (one N slice or
+    several) loads them instead of writing them; its key rows still cross the link."""
+    image = model_image(CFG, [_attn(1, n=2), _attn(2, n=2)])
+    assert len(image) == 3  # two heads' constants, one block of zero start values
+    for n in (1, 17, CFG.lanes, CFG.lanes + 5):
+        for seed in (1, 2):
+            reqs = list(gemm_requests(CFG, plan_call(CFG, _attn(seed, n=n)),
+                                      BufferMirror(CFG), image=image))
+            assert BufId.PARAMS not in _written(reqs) and BufId.START not in _written(reqs)
+            assert _written(reqs) & {BufId.WEIGHTS, BufId.WEIGHTS4}
+            assert any(r.cmd in (Cmd.LOAD, Cmd.LOAD_RUN) for r in reqs)
+    # another head's constants are not there: written as before
+    other = list(gemm_requests(CFG, plan_call(CFG, _attn(3)), BufferMirror(CFG), image=image))
+    assert BufId.PARAMS in _written(other)
+
+
 def test_each_gemm_loads_the_next_ones_first_weights_beside_its_last_tile():
     """Sans-IO: with a pass planned by one PassPlanner, each GEMM's last RUN follows a LOAD
     of the next linear layer's first weights into the half of the weight buffer that GEMM
@@ -144,8 +186,9 @@ def test_a_load_carries_several_copies_and_stops_at_a_refused_one(sim):
 
 def test_resident_gemms_are_exact_load_their_words_and_prefetch(sim):
     # K within half the weight buffer (one K tile) and beyond it (several)
-    calls = [_call(1, k=CFG.weight_depth // 2 - 3, n=40), _call(2, k=150, n=17)]
-    image = model_image(CFG, calls)
+    calls = [_call(1, k=CFG.weight_depth // 2 - 3, n=40), _call(2, k=150, n=17),
+             _attn(7, n=CFG.lanes + 3)]
+    image = model_image(CFG, [*calls[:2], _attn(7, n=1)])  # attention traced on one token
     t = SerialTransport(sim.url)
     dev = Device(t, CFG, **FAST)
     dev.identify()
@@ -165,7 +208,8 @@ def test_resident_gemms_are_exact_load_their_words_and_prefetch(sim):
         assert p.exact and r.exact and r.counters_match, r.name
         # weights, constants and start values no longer cross the link: a LOAD request
         # and its answer (29 bytes) replace each block's words
-        blocks = [(b, w) for words in constant_tiles(CFG, c) for b, w in words.items()]
+        blocks = [(b, w) for words in constant_tiles(CFG, c) for b, w in words.items()
+                  if c.constant or b in (BufId.PARAMS, BufId.START)]
         moved = sum(len(w) * wb[b] for b, w in blocks)
         assert p.link_bytes - r.link_bytes > moved - 29 * len(blocks), r.name
         assert r.counters["busy"] == r.predicted_cycles
@@ -217,7 +261,12 @@ def test_image_stores_each_block_once_and_refuses_what_does_not_fit():
     image = model_image(CFG, [call, call])
     assert len(model_image(CFG, [call])) == len(image)
     assert image.find(BufId.ROWS, [12345]) is None
-    assert model_image(CFG, [dataclasses.replace(call, constant=False)]).words == []
+    # an activation-weighted GEMM (attention) keeps only its constants and start values
+    dyn = model_image(CFG, [dataclasses.replace(call, constant=False)])
+    assert len(dyn) == len({(b, repr(w)) for words in constant_tiles(CFG, call)
+                            for b, w in words.items() if b in (BufId.PARAMS, BufId.START)})
+    assert not any(dyn.find(b, w) for words in constant_tiles(CFG, call)
+                   for b, w in words.items() if b in (BufId.WEIGHTS, BufId.WEIGHTS4))
     small = dataclasses.replace(CFG, dram_addr_bits=8)
     with pytest.raises(ValueError, match="more than the 256 of the external memory"):
         model_image(small, [call])
