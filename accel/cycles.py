@@ -7,8 +7,8 @@ stages work on the rows of the tile, decoupled by the arrays' finished rows (a r
 * the spike array takes one event per cycle: a row costs its unit spikes, one STEP per time
   step (TTFS only) and one END;
 * the MAC array spends ``lanes / mac_units`` cycles per integer (outlier) channel and one
-  cycle on END (:data:`MAC_DRAIN` more after MAC events: the last weights are still being
-  selected, multiplied and added);
+  cycle on END (three after MAC events: the last products are still being multiplied and
+  added);
 * the combiner takes a row once both arrays have finished it and adds it lane by lane,
   one lane per cycle, into the output unit (or back into the accumulator buffer for a
   ``keep`` tile).
@@ -52,10 +52,6 @@ TAIL = 11
 #: Cycles from a ``keep`` tile's last lane issued to ``done`` (its operands registered,
 #: then its sum written back).
 DRAIN = 2
-#: Cycles a row's END waits after its last MAC event: the MAC array's stages after the
-#: weight row read (row registered, weights selected, products, add: ``hw.arrays.MacArray``)
-#: that must be empty before END commits the row.
-MAC_DRAIN = 3
 #: Cycles of a descriptor with no rows (the host refuses one; the engine is done at once).
 EMPTY = 1
 
@@ -72,7 +68,7 @@ class TileWork:
 
 def mac_row_cost(cfg: AccelConfig, n_int: int) -> int:
     """MAC-array cycles of one row with ``n_int`` integer channels."""
-    return n_int * cfg.mac_cycles + 1 + MAC_DRAIN * (n_int > 0)
+    return n_int * cfg.mac_cycles + 1 + 2 * (n_int > 0)
 
 
 def tile_cycles(cfg: AccelConfig, work: TileWork) -> int:
