@@ -114,11 +114,18 @@ class AccelConfig:
         return (self.weight_depth - 1).bit_length()
 
     @property
+    def half_rows(self) -> int:
+        """Rows of one half of the weight buffer (0 for a buffer of one row): a LOAD
+        writes one half while a RUN reads the other (``accel.tiling.alternate_halves``,
+        ``accel.requests.prefetch``, the executor's ``w_base`` check)."""
+        return self.weight_depth // 2
+
+    @property
     def k_tile(self) -> int:
         """Input channels (weight rows) of one K tile: half the weight buffer, so that the
         next tile's weights always have a half to be loaded into while this one runs
         (``accel.tiling.alternate_halves``; a buffer of one row: that row)."""
-        return max(1, self.weight_depth // 2)
+        return max(1, self.half_rows)
 
     @property
     def mac_cycles(self) -> int:

@@ -379,7 +379,7 @@ def prefetch(cfg: AccelConfig, img: TileImage, following: TileImage, mirror: Buf
     LOADed while ``img`` runs: held by ``image`` (at memory word ``src``), not yet in the
     buffer, and in the half of the weight buffer that ``img``'s rows do not touch (the
     executor runs a RUN beside a LOAD only then)."""
-    half = cfg.weight_depth // 2
+    half = cfg.half_rows
     if not half:
         return []
     base = img.descriptor["w_base"]

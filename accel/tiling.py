@@ -408,7 +408,7 @@ def alternate_halves(cfg: AccelConfig, gt: GemmTiles, first: int = 0) -> None:
     (they are not written again). The first tile's go into half ``first``: a forward
     pass starts each GEMM in the half the GEMM before it ended outside of
     (:class:`PassPlanner`), so that its first tile is loaded while that one's last runs."""
-    half_rows = cfg.weight_depth // 2
+    half_rows = cfg.half_rows
     prev, half = None, 1 - first
     for img, _ in gt.steps():
         buf = BufId.WEIGHTS if BufId.WEIGHTS in img.words else BufId.WEIGHTS4
@@ -434,7 +434,7 @@ def lead_image(cfg: AccelConfig, w: torch.Tensor, half: int) -> TileImage:
     n, k = w.shape
     words = tile_constants(cfg, w[:min(n, cfg.lanes), :min(k, cfg.k_tile)])
     buf = BufId.WEIGHTS if BufId.WEIGHTS in words else BufId.WEIGHTS4
-    base = half * (cfg.weight_depth // 2)
+    base = half * cfg.half_rows
     return TileImage({buf: words[buf]}, base={BufId.WEIGHTS: base, BufId.WEIGHTS4: base},
                      where="lead")
 

@@ -301,7 +301,7 @@ async def resident_weights_load_beside_runs_and_the_loaded_half_is_guarded(dut):
     await tb.start()
     rng = random.Random(seed() + 4)
     enc = Encoding("ttfs", 4)
-    half = CFG.weight_depth // 2
+    half = CFG.half_rows
     m, k, n = 3, half - 1, 3 * CFG.lanes - 1
     q, mask, shifts, w, start, consts, mrow = _gemm_case(rng, enc, m, k, n, 2)
     acc, _ = gemm(q[None], mask[None], shifts[None], enc, w[None], start, "t")

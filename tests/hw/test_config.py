@@ -48,3 +48,9 @@ def test_lane_widths_follow_the_contract_bounds_of_one_k_tile():
     assert AccelConfig().spike_fifo_depth == 16  # a 16-slot group, one LUT RAM deep
     assert AccelConfig(spike_rows=1, row_fifo_depth=1).spike_fifo_depth == 1
     assert AccelConfig(spike_rows=2, row_fifo_depth=4).spike_fifo_depth == 4
+
+
+@pytest.mark.parametrize(("depth", "half", "k_tile"), [(1024, 512, 512), (2, 1, 1), (1, 0, 1)])
+def test_half_rows_is_half_the_weight_buffer_and_k_tile_at_least_one_row(depth, half, k_tile):
+    cfg = AccelConfig(weight_depth=depth)
+    assert (cfg.half_rows, cfg.k_tile) == (half, k_tile)
