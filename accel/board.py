@@ -167,19 +167,22 @@ BOARD_CLOCK_HZ = float(BOARD_OSC_HZ)
 def board_estimate(stats: dict, cycles: int, tokens: int,
                    clock_hz: float = BOARD_CLOCK_HZ) -> dict:
     """What a run would take on a real board, per baud rate: the link bytes both ways at
-    10 bits a byte (8N1), a round trip per request (:data:`ROUND_TRIP_S`), and the engine's
-    cycles at ``clock_hz`` (the bundle's board clock, ``accel.board.read_board``), all
-    strictly one after another (the host waits for every answer; the engine runs only
-    inside a RUN, and a LOAD is not counted beside it). ``stats`` are the driver's counts
-    (``bytes_tx``, ``bytes_rx``, ``frames_tx``) or ``accel.requests.link_cost``'s
-    prediction; ``cycles`` the engine's (``accel.cycles``' prediction or the counters)."""
+    10 bits a byte (8N1), a round trip (:data:`ROUND_TRIP_S`) each time the host waits for
+    answers (``waits``: once per group of pipelined requests,
+    ``accel.requests.pipeline_groups``), and the engine's cycles at ``clock_hz`` (the
+    bundle's board clock, ``accel.board.read_board``), all strictly one after another (no
+    byte is counted as sent while another is, the engine runs only inside a RUN, and a
+    LOAD is not counted beside it). ``stats`` are the driver's counts (``bytes_tx``,
+    ``bytes_rx``, ``frames_tx``, ``waits``) or ``accel.requests.link_cost``'s prediction;
+    ``cycles`` the engine's (``accel.cycles``' prediction or the counters)."""
     link_bits = UART_BITS_PER_BYTE * (stats["bytes_tx"] + stats["bytes_rx"])
-    trips = stats["frames_tx"] * ROUND_TRIP_S
+    trips = stats["waits"] * ROUND_TRIP_S
     compute = cycles / clock_hz
-    out = {"assumes": f"8N1 UART, {ROUND_TRIP_S * 1e3:g} ms per round trip, the core at "
-                      f"{clock_hz / 1e6:g} MHz, nothing overlapped",
-           "clock_hz": clock_hz, "round_trips": stats["frames_tx"], "compute_s": compute,
-           "by_baud": {}}
+    out = {"assumes": f"8N1 UART, {ROUND_TRIP_S * 1e3:g} ms per round trip (one a group of "
+                      f"pipelined requests), the core at {clock_hz / 1e6:g} MHz, nothing "
+                      f"overlapped",
+           "clock_hz": clock_hz, "round_trips": stats["waits"], "requests": stats["frames_tx"],
+           "compute_s": compute, "by_baud": {}}
     for baud in BOARD_BAUDS:
         total = link_bits / baud + trips + compute
         out["by_baud"][str(baud)] = {"link_s": link_bits / baud, "round_trips_s": trips,

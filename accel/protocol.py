@@ -58,10 +58,15 @@ UART_BITS_PER_BYTE = 10
 SOF = 0xA5
 #: Default largest payload the gateware buffers (its ``max_payload`` parameter).
 MAX_PAYLOAD = 4096
+#: Bytes of requests the board holds while its core handles the request before them (the
+#: receive FIFO between its UART and the link, ``hw.board``; the link takes no byte while
+#: a request is handled, and the UART has no flow control): what the host may send ahead
+#: without waiting for an answer (``accel.requests.pipeline_groups``).
+RX_FIFO_BYTES = 512
 #: Reported by IDENTIFY; bumped whenever a frame, command or payload layout changes.
 #: 2: a repeated RUN is not re-run; 3: ABORT, ERR_FAULT, RUN checked; 4: DRAM, LOAD;
-#: 5: LOAD_RUN
-PROTOCOL_VERSION = 5
+#: 5: LOAD_RUN; 6: reads do not make the core forget the last RUN's seq (pipelining)
+PROTOCOL_VERSION = 6
 
 #: Frame header after the SOF byte (little-endian on the wire).
 HEADER = data.StructLayout({"cmd": unsigned(8), "seq": unsigned(8), "length": unsigned(16)})

@@ -21,6 +21,7 @@ from .config import AccelConfig
 from .counters import COUNTERS
 from .layouts import (
     LOADABLE,
+    VIEWS,
     BufId,
     buffer_shapes,
     descriptor_errors,
@@ -35,6 +36,7 @@ from .protocol import (
     LOAD_ARGS,
     MAX_PAYLOAD,
     PACKED,
+    RX_FIFO_BYTES,
     Cmd,
     ident_layout,
     nbytes,
@@ -358,18 +360,65 @@ def answer_bytes(cfg: AccelConfig, req: Request) -> int:
 
 
 #: What :func:`link_cost` counts (the driver's ``stats`` keys).
-LINK_KEYS = ("frames_tx", "bytes_tx", "bytes_rx")
+LINK_KEYS = ("frames_tx", "bytes_tx", "bytes_rx", "waits")
+#: Requests without side effects that may follow anything in a pipelined group: the core
+#: keeps the last RUN's seq across them (a RUN retried behind them is not run again;
+#: IDENTIFY, which starts a session, makes it forget).
+READ_ONLY = frozenset({Cmd.READ_BUF, Cmd.READ_COUNTERS})
 
 
-def link_cost(cfg: AccelConfig, requests: Iterator[Request] | list[Request]) -> Counter:
-    """What ``requests`` move over the link when every one is answered at the first try:
-    ``frames_tx`` (round trips), ``bytes_tx`` and ``bytes_rx`` (frames included), the
-    same keys the driver counts (``host.driver.Device.stats``)."""
-    cost: Counter = Counter()
+def _memory(req: Request) -> BufId:
+    """The memory a WRITE_BUF or READ_BUF names (a view's own memory)."""
+    buf = BufId(req.payload[0] & ~PACKED & 0xFF)
+    return VIEWS.get(buf, buf)
+
+
+def pipeline_groups(requests: Iterator[Request] | list[Request],
+                    window: int = RX_FIFO_BYTES) -> Iterator[list[Request]]:
+    """``requests`` in the groups the host sends without waiting in between: one wait for
+    answers (one round trip's latency) a group. A group starts with any request; what may
+    follow it is what is still right to have sent when an earlier request of the group
+    fails, since the driver then sends again from the failed one on, one at a time:
+    reads (no side effects: read again) and, behind a write, writes (to other words:
+    written again, the same words). Never a RUN, LOAD or LOAD_RUN: one may not be repeated
+    (a RUN with a new seq accumulates again) and would run on buffers a lost write left
+    stale. A read does not follow a write to its own memory in a group, and the requests
+    after the first fit ``window`` bytes together (they wait in the board's receive FIFO,
+    :data:`~accel.protocol.RX_FIFO_BYTES`, while it handles the first)."""
+    group: list[Request] = []
+    ahead = 0  # frame bytes after the group's first request
+    written: set[BufId] = set()
     for req in requests:
-        cost["frames_tx"] += 1
-        cost["bytes_tx"] += len(req.payload) + FRAME_OVERHEAD
-        cost["bytes_rx"] += answer_bytes(cfg, req) + FRAME_OVERHEAD
+        size = len(req.payload) + FRAME_OVERHEAD
+        joins = bool(group) and ahead + size <= window and (
+            (req.cmd in READ_ONLY and not (req.cmd == Cmd.READ_BUF and _memory(req) in written))
+            or (req.cmd == Cmd.WRITE_BUF and group[0].cmd == Cmd.WRITE_BUF))
+        if joins:
+            group.append(req)
+            ahead += size
+        else:
+            if group:
+                yield group
+            group, ahead, written = [req], 0, set()
+        if req.cmd == Cmd.WRITE_BUF:
+            written.add(_memory(req))
+    if group:
+        yield group
+
+
+def link_cost(cfg: AccelConfig, requests: Iterator[Request] | list[Request],
+              window: int = RX_FIFO_BYTES) -> Counter:
+    """What ``requests`` move over the link when every one is answered at the first try:
+    ``frames_tx`` (requests), ``bytes_tx`` and ``bytes_rx`` (frames included) and
+    ``waits`` (round trips: :func:`pipeline_groups` with ``window``; as many as requests
+    with ``window`` 0), the same keys the driver counts (``host.driver.Device.stats``)."""
+    cost: Counter = Counter()
+    for group in pipeline_groups(requests, window):
+        cost["waits"] += 1
+        for req in group:
+            cost["frames_tx"] += 1
+            cost["bytes_tx"] += len(req.payload) + FRAME_OVERHEAD
+            cost["bytes_rx"] += answer_bytes(cfg, req) + FRAME_OVERHEAD
     return cost
 
 

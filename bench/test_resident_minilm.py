@@ -33,8 +33,10 @@ def test_minilm_resident_in_the_simulated_sdram(tmp_path):
          for k in ("busy", "load_wait", "load_busy", "dram_rd")}
     tokens = run["tokens"]
     board = run["board"]["by_baud"]
+    stats = run["link"]["stats"]
     print(f"\n{dram}: {link['bytes'] / tokens:,.0f} link bytes/token "
-          f"({run['link']['stats']['frames_tx'] / tokens:.1f} round trips/token); build "
+          f"({stats['frames_tx'] / tokens:.1f} requests, {stats['waits'] / tokens:.1f} round "
+          f"trips/token); build "
           f"predicted {build['link']['resident']['bytes_per_token']:,.0f} on its own "
           f"{build['link']['tokens']} tokens; "
           + ", ".join(f"{v['tokens_per_s']:.2f} tokens/s at {int(b) / 1e6:g} Mbaud"

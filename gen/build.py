@@ -324,7 +324,8 @@ def board_link(cfg: AccelConfig, calls: list, tokens: int, preds) -> dict:
     for name, held in (("streamed", None), ("resident", image)):
         cost = run_link_cost(cfg, calls, held)
         out[name] = {**cost, "bytes_per_token": (cost["bytes_tx"] + cost["bytes_rx"]) / tokens,
-                     "round_trips_per_token": cost["frames_tx"] / tokens}
+                     "requests_per_token": cost["frames_tx"] / tokens,
+                     "round_trips_per_token": cost["waits"] / tokens}
     board_time(out)
     return out
 

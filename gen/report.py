@@ -94,13 +94,14 @@ def link_lines(link: dict) -> list[str]:
              f"The model streamed over the link, or resident in the external memory "
              f"({link['image_bytes']:,} bytes, written once by `host load`). "
              f"{link['resident']['board']['assumes']}.", "",
-             "| model | link bytes/token | round trips/token | tokens/s at 1 Mbaud "
-             "| tokens/s at 3 Mbaud |", "|---|---|---|---|---|"]
+             "| model | link bytes/token | requests/token | round trips/token "
+             "| tokens/s at 1 Mbaud | tokens/s at 3 Mbaud |", "|---|---|---|---|---|---|"]
     for name in ("streamed", "resident"):
         r = link[name]
         by = r["board"]["by_baud"]
         lines.append(f"| {name} | {r['bytes_per_token']:,.0f} | "
-                     f"{r['round_trips_per_token']:,.1f} | {by['1000000']['tokens_per_s']:.2f} | "
+                     f"{r['requests_per_token']:,.1f} | {r['round_trips_per_token']:,.1f} | "
+                     f"{by['1000000']['tokens_per_s']:.2f} | "
                      f"{by['3000000']['tokens_per_s']:.2f} |")
     return lines
 

@@ -10,6 +10,12 @@ are idempotent and the gateware answers a repeated RUN without running it again
 (``docs/link.md``). After ``retries`` attempts the driver raises :class:`LinkError`; a
 refusal by the core (``ERR_ARG``, ``ERR_COMMAND``) raises :class:`DeviceError` at once.
 Nothing is ever returned that did not arrive in a frame with a good CRC and the right seq.
+
+A GEMM's requests go out pipelined (``accel.requests.pipeline_groups``): the requests of a
+group are sent together and their answers awaited together, one round trip's latency for
+the group. If an answer in a group is missing or damaged, that request is retransmitted
+with its seq (so a RUN whose answer was lost is not run again) and the rest of the group
+is sent again one request at a time: a group holds only requests for which that is right.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from accel.config import AccelConfig
 from accel.layouts import BufId, unpack_int
 from accel.protocol import (
     MAX_PAYLOAD,
+    RX_FIFO_BYTES,
     Cmd,
     Frame,
     FrameDecoder,
@@ -34,12 +41,14 @@ from accel.protocol import (
 )
 from accel.requests import (
     READ_CHUNK,
+    READ_ONLY,
     BufferMirror,
     Request,
     gemm_requests,
     parse_counters,
     parse_ident,
     parse_words,
+    pipeline_groups,
     read_requests,
     run_payload,
     tile_requests,
@@ -69,13 +78,16 @@ class Device:
     Parameters: ``cfg`` is the bundle's configuration (:meth:`identify` checks the device
     has the same hash); ``timeout`` / ``run_timeout`` bound the wait for an answer (RUN
     answers when its tile is done); ``retries`` bounds retransmissions; ``verify_weights``
-    reads every weight write back and compares.
+    reads every weight write back and compares; ``window``: the bytes of requests sent
+    ahead of an answer (the board's receive FIFO; 0: each request waits for the answer
+    before it).
     """
 
     def __init__(self, transport: Transport, cfg: AccelConfig, *, timeout: float = 2.0,
                  run_timeout: float = 20.0, retries: int = 8, backoff: float = 0.005,
                  verify_weights: bool = False, max_payload: int = MAX_PAYLOAD,
-                 read_chunk: int = READ_CHUNK, quiet: float = 0.3):
+                 read_chunk: int = READ_CHUNK, quiet: float = 0.3,
+                 window: int = RX_FIFO_BYTES):
         self.t, self.cfg = transport, cfg
         self.timeout, self.run_timeout = timeout, run_timeout
         self.retries, self.backoff = retries, backoff
@@ -88,7 +100,13 @@ class Device:
         #: before the retransmission; otherwise the retry's bytes would complete it
         self.quiet = quiet
         self.decoder = FrameDecoder(max_payload)
+        self.window = window
         self.seq = 0
+        #: seqs of a pipelined group still to be answered, and answers (or "bad frame")
+        #: that came for them while the driver waited for an earlier one
+        self._pending: set[int] = set()
+        self._early: dict[int, Frame | str] = {}
+        self._last_run: int | None = None  #: seq of the RUN the core may still hold
         self.stats: Counter = Counter()
         #: what each address of the host-written buffers holds, as far as this driver knows
         self.mirror = BufferMirror(cfg)
@@ -100,32 +118,88 @@ class Device:
     # -- framing ---------------------------------------------------------------------------
     def request(self, cmd: Cmd, payload: bytes = b"", timeout: float | None = None) -> bytes:
         """Send one request and return the payload of its OK answer (see module doc)."""
+        self.stats["waits"] += 1
+        return self._transact(cmd, payload, self._next_seq(cmd), timeout or self._wait(cmd))
+
+    def _next_seq(self, cmd: Cmd | None = None) -> int:
+        """A fresh seq for ``cmd``; never, for a new RUN, the seq of the last RUN the
+        core may still hold (it keeps it across reads: it would answer without running)."""
         self.seq = (self.seq + 1) & 0xFF
-        frame = encode_frame(cmd.value, self.seq, payload)
-        wait = timeout or (self.run_timeout if cmd in (Cmd.RUN, Cmd.LOAD_RUN)
-                           else self.timeout)
+        if cmd in (Cmd.RUN, Cmd.LOAD_RUN):
+            if self.seq == self._last_run:
+                self.seq = (self.seq + 1) & 0xFF
+            self._last_run = self.seq
+        elif cmd not in READ_ONLY:
+            self._last_run = None  # any other command makes the core forget it
+        return self.seq
+
+    def _wait(self, cmd: Cmd) -> float:
+        """How long an answer to ``cmd`` may take (a RUN answers when its tile is done)."""
+        return self.run_timeout if cmd in (Cmd.RUN, Cmd.LOAD_RUN) else self.timeout
+
+    def _put(self, frame: bytes) -> None:
+        self.t.send(frame)
+        self.stats["frames_tx"] += 1
+        self.stats["bytes_tx"] += len(frame)
+
+    def _transact(self, cmd: Cmd, payload: bytes, seq: int, wait: float,
+                  got: Frame | str | None = None) -> bytes:
+        """Send a request as ``seq`` until an OK answer comes (retransmitting after a link
+        error, with backoff); its payload. ``got``: the outcome of a first attempt already
+        sent (in a pipelined group), not an OK answer."""
+        frame = encode_frame(cmd.value, seq, payload)
         why: list[str] = []
         for attempt in range(self.retries + 1):
-            if attempt:
-                self.stats["retries"] += 1
-                pause = min(0.5, self.backoff * 2 ** (attempt - 1))
-                time.sleep(max(pause, self.quiet) if why[-1] == "timeout" else pause)
-            self.t.send(frame)
-            self.stats["frames_tx"] += 1
-            self.stats["bytes_tx"] += len(frame)
-            got = self._answer(self.seq, wait)
+            if got is None:
+                if attempt:
+                    self.stats["retries"] += 1
+                    pause = min(0.5, self.backoff * 2 ** (attempt - 1))
+                    time.sleep(max(pause, self.quiet) if why[-1] == "timeout" else pause)
+                self._put(frame)
+                got = self._answer(seq, wait)
             if isinstance(got, Frame):
                 if got.cmd == Status.OK.value:
                     return got.payload
-                if got.cmd in TRANSIENT:
-                    why.append(Status(got.cmd).name)
-                    continue
-                name = Status(got.cmd).name if got.cmd in {s.value for s in Status} \
-                    else hex(got.cmd)
-                raise DeviceError(f"{cmd.name} (seq {self.seq}) refused: {name}")
-            why.append(got)
-        raise LinkError(f"{cmd.name} (seq {self.seq}): no good answer after "
+                if got.cmd not in TRANSIENT:
+                    name = Status(got.cmd).name if got.cmd in {s.value for s in Status} \
+                        else hex(got.cmd)
+                    raise DeviceError(f"{cmd.name} (seq {seq}) refused: {name}")
+                why.append(Status(got.cmd).name)
+            else:
+                why.append(got)
+            got = None
+        raise LinkError(f"{cmd.name} (seq {seq}): no good answer after "
                         f"{self.retries + 1} attempts ({', '.join(why)})")
+
+    def exchange(self, group: list[Request]) -> list[bytes]:
+        """Send a pipelined group of requests (``accel.requests.pipeline_groups``) and
+        return their OK answers' payloads, in order (see module doc)."""
+        if len(group) == 1:
+            return [self.request(group[0].cmd, group[0].payload)]
+        self.stats["waits"] += 1
+        seqs = [self._next_seq(r.cmd) for r in group]
+        for req, seq in zip(group, seqs, strict=True):
+            self._put(encode_frame(req.cmd.value, seq, req.payload))
+        self._pending = set(seqs[1:])
+        out: list[bytes] = []
+        try:
+            for i, (req, seq) in enumerate(zip(group, seqs, strict=True)):
+                self._pending.discard(seq)
+                got = self._early.pop(seq, None) or self._answer(seq, self._wait(req.cmd))
+                if isinstance(got, Frame) and got.cmd == Status.OK.value:
+                    out.append(got.payload)
+                    continue
+                # this one again with its own seq, then the rest one at a time: they may
+                # have run on what this one left undone
+                self._pending.clear()
+                self._early.clear()
+                out.append(self._transact(req.cmd, req.payload, seq, self._wait(req.cmd), got))
+                out += [self.request(r.cmd, r.payload) for r in group[i + 1:]]
+                break
+        finally:
+            self._pending.clear()
+            self._early.clear()
+        return out
 
     def _answer(self, seq: int, wait: float) -> Frame | str:
         """The response to ``seq``, or why there is none ("timeout", "bad frame")."""
@@ -141,15 +215,22 @@ class Device:
                     continue
                 self.stats["bytes_rx"] += len(data)
                 items, timed_out = self.decoder.feed(data), False
-            damaged = False
-            for item in items:
+            damaged, found = False, None
+            for item in items:  # every one: answers to later requests of a group may follow
                 if not isinstance(item, Frame):
                     self.stats["bad_frames"] += 1
                     damaged |= item.seq == seq
-                elif item.seq == seq or (item.seq == 0 and item.cmd in TRANSIENT):
-                    return item  # a good answer wins over a damaged copy beside it
+                    if item.seq in self._pending:  # a later request of the group
+                        self._early.setdefault(item.seq, "bad frame")
+                elif found is None and (item.seq == seq
+                                        or (item.seq == 0 and item.cmd in TRANSIENT)):
+                    found = item
+                elif item.seq in self._pending:
+                    self._early[item.seq] = item  # answered while an earlier one is awaited
                 else:
                     self.stats["stale_frames"] += 1
+            if found is not None:
+                return found  # a good answer wins over a damaged copy beside it
             if damaged:
                 return "bad frame"
             if timed_out:
@@ -234,8 +315,14 @@ class Device:
         self._run(run_payload(self.cfg, descriptor, where), where)
 
     def _run(self, payload: bytes, where: str, cmd: Cmd = Cmd.RUN) -> None:
+        self._running(where, lambda: self.request(cmd, payload))
+
+    def _running(self, where: str, send):
+        """``send()``, which sends a RUN of tile ``where``: a refusal names the tile; a
+        RUN that never answers is followed by an ABORT, so that the engine is idle for
+        whatever comes next."""
         try:
-            self.request(cmd, payload)
+            return send()
         except DeviceError as e:
             raise DeviceError(f"{where}: {e}") from None
         except LinkError:
@@ -257,38 +344,51 @@ class Device:
         of :func:`accel.requests.gemm_requests` (``lead``: the first weights of the GEMM
         that follows, ``accel.tiling.PassPlanner.lead``, loaded beside the last tile when
         the external memory holds them)."""
+        return self._gemm(plan, lead, [])[0]
+
+    def gemm_counted(self, plan, lead=None) -> tuple[torch.Tensor, dict[str, int]]:
+        """:meth:`gemm`, and the counters after it (their read pipelined behind the
+        GEMM's last requests: no round trip of its own)."""
+        out, counters = self._gemm(plan, lead, [Request(Cmd.READ_COUNTERS, b"")])
+        assert counters is not None
+        return out, counters
+
+    def _gemm(self, plan, lead, then: list[Request]) -> tuple[torch.Tensor, dict | None]:
         m = max(s.r1 for s in plan.slices)
         n = max(s.n1 for s in plan.slices)
         out = torch.zeros(m, n, dtype=torch.int64)
-        got = self._send(gemm_requests(self.cfg, plan, self.mirror, self.max_payload,
-                                       self.read_chunk, self.image,
-                                       lead if self.image is not None else None),
+        got = self._send([*gemm_requests(self.cfg, plan, self.mirror, self.max_payload,
+                                         self.read_chunk, self.image,
+                                         lead if self.image is not None else None), *then],
                          sum(len(img.words) for img, _ in plan.steps()))
+        counters = got.pop(Cmd.READ_COUNTERS, None)
         for (r0, r1, n0, n1), words in got.items():
             out[r0:r1, n0:n1] = torch.tensor(words).view(r1 - r0, n1 - n0)
-        return out
+        return out, counters
 
     def _send(self, requests, blocks: int) -> dict:
-        """Send sans-IO requests one by one; the words each output slice read back
-        (``Request.reads``), by ``(r0, r1, n0, n1)``. ``blocks``: the buffer writes the
+        """Send sans-IO requests in pipelined groups (:meth:`exchange`); the words each
+        output slice read back (``Request.reads``), by ``(r0, r1, n0, n1)``, and the
+        counters under ``Cmd.READ_COUNTERS`` if read. ``blocks``: the buffer writes the
         tiles need, of which those not sent count as skipped (already resident)."""
         got: dict = {}
-        for req in requests:
-            if req.cmd == Cmd.RUN:
-                self._run(req.payload, req.where)
-            elif req.cmd == Cmd.LOAD_RUN:  # copies, then the run: its weights read back after
-                self._run(req.payload, req.where, req.cmd)
-                done = self._verify(req)
-                blocks -= done
-                self.stats["loads"] += done
-            elif req.reads is not None:
-                done, buf = req.reads
-                got.setdefault(tuple(done[:4]), []).extend(
-                    parse_words(self.cfg, buf, self.request(req.cmd, req.payload)))
+        for group in pipeline_groups(requests, self.window):
+            head = group[0]
+            if head.cmd in (Cmd.RUN, Cmd.LOAD_RUN):
+                answers = self._running(head.where, lambda g=group: self.exchange(g))
             else:
-                done = self._write(req)
-                blocks -= done
-                self.stats["loads"] += done if req.cmd == Cmd.LOAD else 0
+                answers = self.exchange(group)
+            for req, answer in zip(group, answers, strict=True):
+                if req.reads is not None:
+                    done, buf = req.reads
+                    got.setdefault(tuple(done[:4]), []).extend(
+                        parse_words(self.cfg, buf, answer))
+                elif req.cmd == Cmd.READ_COUNTERS:
+                    got[Cmd.READ_COUNTERS] = parse_counters(self.cfg, answer)
+                else:  # writes and copies (a LOAD_RUN's too): weights read back if asked
+                    done = self._verify(req)
+                    blocks -= done
+                    self.stats["loads"] += done if req.cmd in (Cmd.LOAD, Cmd.LOAD_RUN) else 0
         self.stats["writes_skipped"] += blocks
         return got
 

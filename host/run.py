@@ -52,9 +52,10 @@ class GemmRecord:
     link_bytes: int
     exact: bool  #: outputs equal the golden outputs
     counters_match: bool  #: ``accel.counters.GOLDEN_EVENTS`` counters equal the golden events
-    #: ``frames_tx`` (round trips), ``bytes_tx``, ``bytes_rx`` the driver counted over this
-    #: GEMM (its requests and the counters read after it), and as ``accel.requests.
-    #: link_cost`` predicts them: equal unless a request had to be retransmitted
+    #: ``frames_tx`` (requests), ``waits`` (round trips), ``bytes_tx``, ``bytes_rx`` the
+    #: driver counted over this GEMM (its requests and the counters read after it), and as
+    #: ``accel.requests.link_cost`` predicts them: equal unless a request had to be
+    #: retransmitted
     link: dict = field(default_factory=dict)
     predicted_link: dict = field(default_factory=dict)
 
@@ -112,9 +113,8 @@ def run_gemm(dev: Device, call: GemmCall, plan=None, before: dict | None = None,
     predicted_link = link_cost(cfg, [*gemm_requests(cfg, plan, dev.mirror.copy(),
                                                     dev.max_payload, dev.read_chunk,
                                                     dev.image, lead),
-                                     Request(Cmd.READ_COUNTERS, b"")])
-    y = dev.gemm(plan, lead)
-    after = dev.counters()
+                                     Request(Cmd.READ_COUNTERS, b"")], dev.window)
+    y, after = dev.gemm_counted(plan, lead)
     delta = {k: after[k] - before[k] for k in after}
     ev = tiled_events(cfg, call)
     pred = gemm_cycles(cfg, GemmWork.of(call))

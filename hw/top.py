@@ -212,10 +212,12 @@ class Top(wiring.Component):
             hb.wr_data.eq(dma.wr_data), eng.w_half.eq(w_half),
         ]
 
-        # A RUN repeated with the seq of the RUN just before it (a retry after a lost
-        # response, or a duplicated frame) is answered OK without running again: partial
-        # sums of a K-split tile and the counters must not be added twice. Any other command
-        # in between forgets the last RUN, so a wrapped seq cannot match by accident.
+        # A RUN repeated with the seq of the last RUN (a retry after a lost response, or a
+        # duplicated frame) is answered OK without running again: partial sums of a
+        # K-split tile and the counters must not be added twice. Reads in between do not
+        # forget it (the host pipelines them behind a RUN, accel.requests.pipeline_groups,
+        # and retries the RUN if its answer is lost); any other command does, so a wrapped
+        # seq cannot match by accident (the host never gives a new RUN the last one's seq).
         # the counters' sources by name (accel.counters.Counter.sources)
         strobe = {"one": 1, **{f"engine.{n}": getattr(eng.strobes, n) for n in STROBES},
                   "engine.busy": eng.busy, "engine.fault": eng.fault,
@@ -235,7 +237,8 @@ class Top(wiring.Component):
                     h = link.cmd.payload
                     m.d.sync += [hdr.eq(h), got.eq(0), resp_len.eq(0), status.eq(Status.OK),
                                  in_run.eq(0)]
-                    with m.If((h.cmd != Cmd.RUN) & (h.cmd != Cmd.LOAD_RUN)):
+                    with m.If((h.cmd != Cmd.RUN) & (h.cmd != Cmd.LOAD_RUN)
+                              & (h.cmd != Cmd.READ_BUF) & (h.cmd != Cmd.READ_COUNTERS)):
                         m.d.sync += last_run_valid.eq(0)
                     with m.Switch(h.cmd):
                         with m.Case(Cmd.IDENTIFY, Cmd.READ_COUNTERS, Cmd.RESET_COUNTERS,

@@ -195,10 +195,13 @@ async def gemm_tiles_bit_exact_with_counters(dut):
         tile = build_tile(CFG, q, mask, shifts, enc, w, start=start, mrow=mrow,
                           consts=consts, shift=18)
         await tb.run_tile(tile)
-        # the same RUN again with the same seq (a retry, a duplicated frame): OK, not re-run
-        tb.send_raw(encode_frame(Cmd.RUN.value, tb.seq, run_payload(CFG, tile.descriptor)))
+        run_seq = tb.seq
+        # the same RUN again with the same seq (a retry, a duplicated frame): OK, not re-run,
+        # also after a read in between (the host pipelines reads behind a RUN)
+        await tb.request(Cmd.READ_COUNTERS)
+        tb.send_raw(encode_frame(Cmd.RUN.value, run_seq, run_payload(CFG, tile.descriptor)))
         r = await tb.reply()
-        assert (r.cmd, r.seq) == (Status.OK.value, tb.seq), r
+        assert (r.cmd, r.seq) == (Status.OK.value, run_seq), r
         got = await tb.read_out(tile)
         assert torch.equal(got, want), f"{enc.name()}: {got.tolist()} != {want.tolist()}"
         c = parse_counters(CFG, await tb.request(Cmd.READ_COUNTERS))

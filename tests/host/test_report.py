@@ -160,8 +160,8 @@ def test_a_converted_baseline_is_predicted_on_this_accelerator(tiny_opt):
 
 
 def test_board_estimate_adds_link_time_round_trips_and_compute():
-    # 1,000 bytes out, 500 back, 10 round trips, 250,000 cycles, 5 tokens
-    b = board_estimate({"bytes_tx": 1000, "bytes_rx": 500, "frames_tx": 10},
+    # 1,000 bytes out, 500 back, 14 requests in 10 round trips, 250,000 cycles, 5 tokens
+    b = board_estimate({"bytes_tx": 1000, "bytes_rx": 500, "frames_tx": 14, "waits": 10},
                               250_000, 5)
     assert b["compute_s"] == pytest.approx(0.01)  # 25 MHz
     one = b["by_baud"]["1000000"]
@@ -172,6 +172,6 @@ def test_board_estimate_adds_link_time_round_trips_and_compute():
     assert one["link_share"] == pytest.approx(0.025 / 0.035)
     assert b["by_baud"]["3000000"]["link_s"] == pytest.approx(0.005)
     # at the bundle's board clock (board.json): 75 MHz makes the compute three times shorter
-    fast = board_estimate({"bytes_tx": 1000, "bytes_rx": 500, "frames_tx": 10},
+    fast = board_estimate({"bytes_tx": 1000, "bytes_rx": 500, "frames_tx": 14, "waits": 10},
                                  250_000, 5, clock_hz=75e6)
     assert fast["compute_s"] == pytest.approx(0.01 / 3) and "75 MHz" in fast["assumes"]

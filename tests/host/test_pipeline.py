@@ -1,0 +1,144 @@
+"""Pipelined requests: which requests may be sent before the answer to the one ahead
+(``accel.requests.pipeline_groups``), the round trips ``link_cost`` counts for them, and
+the driver recovering from a lost answer inside a group without running a RUN twice."""
+
+import pytest
+import torch
+
+from accel.cycles import gemm_cycles
+from accel.layouts import BufId
+from accel.protocol import (
+    FRAME_OVERHEAD,
+    LENGTH_LIMIT,
+    RX_FIFO_BYTES,
+    Cmd,
+    FrameDecoder,
+    encode_frame,
+)
+from accel.requests import (
+    BufferMirror,
+    Request,
+    buf_args,
+    gemm_requests,
+    link_cost,
+    pipeline_groups,
+)
+from accel.tiling import plan_call
+from accel.workload import GemmWork
+from host.driver import Device
+from host.transport import SerialTransport
+
+from .conftest import CFG, FAST
+from .test_resident import _call
+
+
+def _w(buf: BufId, n: int = 8) -> Request:
+    return Request(Cmd.WRITE_BUF, buf_args(buf, 0, n) + bytes(n))
+
+
+def _r(buf: BufId, n: int = 8) -> Request:
+    return Request(Cmd.READ_BUF, buf_args(buf, 0, n))
+
+
+RUN = Request(Cmd.RUN, b"\0" * 8)
+COUNTERS = Request(Cmd.READ_COUNTERS, b"")
+
+
+def _cmds(groups) -> list[list[str]]:
+    return [[r.cmd.name for r in g] for g in groups]
+
+
+def test_groups_keep_runs_first_and_reads_off_what_the_group_writes():
+    reqs = [_w(BufId.SPIKE_EV), _w(BufId.MAC_EV), _r(BufId.OUT8), RUN, _r(BufId.OUT8),
+            _r(BufId.OUT16), COUNTERS, _w(BufId.PARAMS), _r(BufId.OUT),
+            Request(Cmd.LOAD_RUN, b"\1" * 16), _w(BufId.START), RUN]
+    assert _cmds(pipeline_groups(reqs)) == [
+        ["WRITE_BUF", "WRITE_BUF", "READ_BUF"],          # reads and writes behind writes
+        ["RUN", "READ_BUF", "READ_BUF", "READ_COUNTERS"],  # only reads behind a RUN
+        ["WRITE_BUF", "READ_BUF"],
+        ["LOAD_RUN"],                                      # a write never follows a run
+        ["WRITE_BUF"],
+        ["RUN"]]                                           # nor a run a write
+    # a read of a memory the group writes (OUT8 is a view of OUT) starts a group
+    assert _cmds(pipeline_groups([_w(BufId.OUT), _r(BufId.OUT8), _r(BufId.ROWS)])) == [
+        ["WRITE_BUF"], ["READ_BUF", "READ_BUF"]]
+    # window 0: every request waits for the answer before it
+    assert [len(g) for g in pipeline_groups(reqs, 0)] == [1] * len(reqs)
+
+
+def test_what_follows_the_first_request_fits_the_receive_fifo():
+    full = RX_FIFO_BYTES - FRAME_OVERHEAD  # a payload whose frame fills the FIFO
+    reqs = [RUN, _w(BufId.ROWS, 1), Request(Cmd.WRITE_BUF, b"\x05" + bytes(full - 1)),
+            Request(Cmd.WRITE_BUF, b"\x05" + bytes(full - 2)), _r(BufId.OUT8)]
+    groups = list(pipeline_groups(reqs))
+    # the FIFO-sized write fits behind a small one, the next does not fit behind it
+    assert _cmds(groups) == [["RUN"], ["WRITE_BUF", "WRITE_BUF"], ["WRITE_BUF", "READ_BUF"]]
+    for g in groups:
+        assert sum(len(r.payload) + FRAME_OVERHEAD for r in g[1:]) <= RX_FIFO_BYTES
+    cost = link_cost(CFG, reqs)
+    assert (cost["waits"], cost["frames_tx"]) == (3, 5)
+    assert link_cost(CFG, reqs, 0)["waits"] == 5
+
+
+class _LoseAnswer:
+    """A transport that loses the answer to the first ``cmd`` request it sends that
+    others were sent behind before its answer came (a request inside a pipelined group)."""
+
+    def __init__(self, inner, cmd: Cmd):
+        self.inner, self.cmd = inner, cmd.value
+        self.decoder = FrameDecoder(LENGTH_LIMIT)
+        self.last: tuple[int, int] | None = None  # (cmd, seq) of the frame sent before
+        self.target: int | None = None
+        self.lost = 0
+
+    def send(self, data: bytes) -> None:
+        cmd, seq = data[1], data[2]
+        if self.target is None and self.last is not None and self.last[0] == self.cmd:
+            self.target = self.last[1]  # a request follows it before its answer
+        self.last = (cmd, seq)
+        self.inner.send(data)
+
+    def recv(self, timeout: float) -> bytes:
+        out = b""
+        self.last = None  # waiting for answers: what was sent before is a group's end
+        for f in self.decoder.feed(self.inner.recv(timeout)):
+            if f.seq == self.target and not self.lost:
+                self.lost += 1
+                continue
+            out += encode_frame(f.cmd, f.seq, f.payload)
+        return out
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize("cmd", [Cmd.RUN, Cmd.READ_BUF])
+def test_a_lost_answer_in_a_group_is_recovered_without_running_twice(sim, cmd):
+    call = _call(11, m=20, k=45, n=CFG.lanes + 9)  # two output slices, K tiles
+    t = _LoseAnswer(SerialTransport(sim.url), cmd)
+    dev = Device(t, CFG, **FAST)
+    dev.identify()
+    before = dev.counters()
+    y, after = dev.gemm_counted(plan_call(CFG, call))
+    t.close()
+    assert t.lost == 1 and dev.stats["retries"] >= 1
+    assert torch.equal(y, call.y)
+    # every RUN ran once: the busy cycles are the cycle model's for the GEMM
+    assert after["busy"] - before["busy"] == gemm_cycles(CFG, GemmWork.of(call)).cycles
+    assert dev.stats["waits"] < dev.stats["frames_tx"]  # requests were pipelined
+
+
+def test_pipelined_gemm_moves_what_link_cost_predicts(sim):
+    call = _call(12, m=9, k=70, n=21)
+    dev = Device(SerialTransport(sim.url), CFG, **FAST)
+    dev.identify()
+    plan = plan_call(CFG, call)
+    s0 = dict(dev.stats)
+    predicted = link_cost(CFG, [*gemm_requests(CFG, plan, BufferMirror(CFG)), COUNTERS])
+    y, _ = dev.gemm_counted(plan)
+    dev.t.close()
+    assert torch.equal(y, call.y)
+    got = {k: dev.stats[k] - s0.get(k, 0) for k in ("frames_tx", "waits", "bytes_tx",
+                                                     "bytes_rx")}
+    assert got == {k: predicted[k] for k in got}
+    assert got["waits"] < got["frames_tx"]
