@@ -17,15 +17,23 @@ from accel.config import AccelConfig
 from accel.counters import COUNTERS
 
 
+def counter_read_signature(cfg: AccelConfig) -> wiring.Signature:
+    """The counters' read side, from the reader's side (the executor): ``value`` is counter
+    ``sel`` (its index in :data:`COUNTERS`) in the same cycle; ``clear`` zeroes them all."""
+    return wiring.Signature({"sel": Out(range(len(COUNTERS))), "value": In(cfg.counter_bits),
+                             "clear": Out(1)})
+
+
 class CounterFile(wiring.Component):
-    """All counters; ``inc[name]`` is added every cycle; ``clear`` zeroes them all."""
+    """All counters; ``inc[name]`` is added every cycle; ``read`` reads one of them by
+    index, or clears them all (:func:`counter_read_signature`)."""
 
     def __init__(self, cfg: AccelConfig, inc_bits: int):
         self.cfg = cfg
         super().__init__({
             #: one increment per counter of the map, by name (``inc.busy``, ``inc["busy"]``)
             "inc": In(data.StructLayout({n: unsigned(inc_bits) for n in COUNTERS})),
-            "clear": In(1), "sel": In(range(len(COUNTERS))), "value": Out(cfg.counter_bits)})
+            "read": In(counter_read_signature(cfg))})
 
     def elaborate(self, platform):
         m = Module()
@@ -35,14 +43,14 @@ class CounterFile(wiring.Component):
         # cycle late; the host only reads counters between requests. ``clear`` drops the
         # increment in flight too, as the unregistered counter dropped this cycle's.
         inc = Signal.like(self.inc, name="inc_q")
-        m.d.sync += inc.eq(Mux(self.clear, 0, self.inc))
+        m.d.sync += inc.eq(Mux(self.read.clear, 0, self.inc))
         for n, reg in zip(COUNTERS, regs, strict=True):
-            with m.If(self.clear):
+            with m.If(self.read.clear):
                 m.d.sync += reg.eq(0)
             with m.Else():
                 m.d.sync += reg.eq(reg + inc[n])
-        with m.Switch(self.sel):
+        with m.Switch(self.read.sel):
             for i, reg in enumerate(regs):
                 with m.Case(i):
-                    m.d.comb += self.value.eq(reg)
+                    m.d.comb += self.read.value.eq(reg)
         return m

@@ -44,6 +44,16 @@ def dram_port(cfg: AccelConfig) -> wiring.Signature:
     return mem_port_signature(cfg.dram_addr_bits, cfg.dram_bits)
 
 
+def copier_signature(cfg: AccelConfig) -> wiring.Signature:
+    """The copier's control, from the side that drives it (the executor): ``start`` takes a
+    checked LOAD; ``busy``, ``buf``, ``lo`` and ``hi`` tell the copy in flight (its buffer
+    and row range, for the executor's interlock)."""
+    return wiring.Signature({
+        "start": Out(stream.Signature(LOAD_ARGS)),
+        "busy": In(1), "buf": In(BufId), "lo": In(24), "hi": In(25),
+    })
+
+
 def load_word_bits(cfg: AccelConfig) -> int:
     """Width of the word a LOAD assembles: the widest loadable buffer word, in whole
     external-memory words."""
@@ -55,18 +65,16 @@ class Dma(wiring.Component):
     word ``src`` on (:func:`accel.layouts.dram_words` memory words each, low bits first),
     and writes them into the buffer from ``addr`` on through the engine's host write port.
 
-    ``start`` takes a LOAD whose arguments the executor has checked, only while idle.
-    ``busy`` holds until its last word is written; ``buf``, ``lo`` and ``hi`` name the
-    range it writes meanwhile (for the executor's interlock). Commands are issued as fast
-    as the memory takes them; every returned word is taken at once."""
+    ``control.start`` takes a LOAD whose arguments the executor has checked, only while
+    idle. ``control.busy`` holds until its last word is written; ``control.buf``, ``lo``
+    and ``hi`` name the range it writes meanwhile (for the executor's interlock). Commands
+    are issued as fast as the memory takes them; every returned word is taken at once."""
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
         super().__init__({
-            "start": In(stream.Signature(LOAD_ARGS)),
+            "control": In(copier_signature(cfg)),
             "mem": Out(dram_port(cfg)),
-            "busy": Out(1),
-            "buf": Out(BufId), "lo": Out(24), "hi": Out(25),
             "wr_en": Out(1), "wr_buf": Out(BufId), "wr_addr": Out(24),
             "wr_data": Out(load_word_bits(cfg)),
             "word_rd": Out(1),  #: strobe: one external-memory word arrived
@@ -75,6 +83,7 @@ class Dma(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
+        ctl = self.control
         b = cfg.dram_bits
         per = {buf: dram_words(cfg, buf) for buf in LOADABLE}
         n = Signal(range(max(per.values()) + 1))  # memory words per buffer word
@@ -91,12 +100,12 @@ class Dma(wiring.Component):
         # the whole core (timing: left -> busy -> port mux -> counters -> executor was the
         # 16-lane critical path at 74 MHz)
         busy = Signal()
-        m.d.comb += [self.busy.eq(busy), self.start.ready.eq(~busy)]
-        with m.If(self.start.valid & self.start.ready):
-            a = self.start.payload
-            m.d.sync += [self.buf.eq(a.buf), addr.eq(a.addr), left.eq(a.count),
+        m.d.comb += [ctl.busy.eq(busy), ctl.start.ready.eq(~busy)]
+        with m.If(ctl.start.valid & ctl.start.ready):
+            a = ctl.start.payload
+            m.d.sync += [ctl.buf.eq(a.buf), addr.eq(a.addr), left.eq(a.count),
                          busy.eq(a.count != 0),
-                         self.lo.eq(a.addr), self.hi.eq(a.addr + a.count),
+                         ctl.lo.eq(a.addr), ctl.hi.eq(a.addr + a.count),
                          cmd_addr.eq(a.src), got.eq(0)]
             with m.Switch(a.buf):
                 for buf, k in per.items():
@@ -114,7 +123,7 @@ class Dma(wiring.Component):
             last = got == n - 1
             m.d.sync += [word.word_select(got, b).eq(self.mem.rdata.payload),
                          got.eq(Mux(last, 0, got + 1)), wr.eq(last)]
-        m.d.comb += [self.wr_en.eq(wr), self.wr_buf.eq(self.buf), self.wr_addr.eq(addr),
+        m.d.comb += [self.wr_en.eq(wr), self.wr_buf.eq(ctl.buf), self.wr_addr.eq(addr),
                      self.wr_data.eq(word)]
         with m.If(wr):
             m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]

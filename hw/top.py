@@ -1,84 +1,27 @@
-"""Top level: host link + command executor + GEMM engine + counters; Verilog emission.
+"""Top level: host link + command executor + GEMM engine + copier + counters.
 
-The executor turns link frames (``accel.protocol``) into engine operations:
-
-================ ============================================ ==============================
-command          request payload                              response payload (status OK)
-================ ============================================ ==============================
-IDENTIFY         none                                         :func:`ident_layout` word
-WRITE_BUF        :data:`BUF_ARGS` + ``count`` words           none
-READ_BUF         :data:`BUF_ARGS`                             ``count`` words
-RUN              one descriptor (``engine.descriptor_layout``) none, sent when the tile is done
-READ_COUNTERS    none                                         every counter, in map order
-RESET_COUNTERS   none                                         none
-ABORT            none                                         none
-LOAD             copies (a byte, 1..255), each :data:`LOAD_ARGS` none, once the last has started
-================ ============================================ ==============================
-
-WRITE_BUF and READ_BUF also reach the external memory (``BufId.DRAM``, through ``dram``).
-A LOAD copies words from there into a buffer (``hw.mem.Dma``) and is answered as soon as
-its last copy has started; each copy starts when the one before it is done. Commands that
-touch the memory, write a buffer or read the buffer being written wait for the copy in
-flight (reading another buffer does not: its read port is not the copy's); a RUN runs
-beside it only when
-the copy writes the half of WEIGHTS that the descriptor's ``w_base`` is not in (and the
-engine faults an event that reads that half meanwhile), else it waits too. A refused copy
-(its buffer, range or source) ends the LOAD with ``ERR_ARG``; the copies before it have
-started.
-
-A RUN whose descriptor breaks :func:`~accel.layouts.descriptor_rules` gets ``ERR_ARG`` without
-running; a RUN the engine stops (its watchdog, events that disagree with the descriptor)
-gets ``ERR_FAULT`` once the engine is idle again. ABORT returns the engine to idle (the
-engine never stays busy longer than its watchdog, so ABORT is taken between requests)
-and forgets the last RUN's ``seq``; buffer contents are kept.
-
-Words travel little-endian in ``ceil(width / 8)`` bytes (:func:`word_bytes`). A request
-with a wrong length or an out-of-range buffer argument gets ``ERR_ARG``, an unknown command
-``ERR_COMMAND``; the payload is drained first, so the next frame starts clean.
+:class:`Top` is wiring only: the link (``hw.link``) hands request frames to the command
+executor (``hw.executor``, which documents the commands), the executor drives the engine
+(``hw.engine``), the LOAD copier (``hw.mem.Dma``) and the counters' read side
+(``hw.counters``), and everything's strobes count into the counter file. Two things are
+shared here: the external memory (``dram``) and the engine's host write port are the
+copier's while a LOAD runs, else the executor's (which waits for the LOAD before it
+touches the memory or a buffer the copier writes).
 """
 
-
-import operator
-from functools import reduce
-
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from accel.board import BOARD_OSC_HZ, LINK_TIMEOUT_S
 from accel.config import AccelConfig
 from accel.counters import COUNTERS
-from accel.layouts import (
-    HOST_READABLE,
-    HOST_WRITABLE,
-    LOADABLE,
-    PACK_BITS,
-    VIEWS,
-    BufId,
-    buffer_shapes,
-    descriptor_layout,
-    descriptor_rules,
-    dram_words,
-    packable,
-)
-from accel.protocol import (
-    BUF_ARGS,
-    HEADER,
-    LENGTH_LIMIT,
-    LOAD_ARGS,
-    Cmd,
-    Status,
-    ident_layout,
-    ident_value,
-    nbytes,
-    word_bytes,
-)
 
 from .counters import CounterFile
 from .engine import STROBES, Engine
-from .link import DATA_LAYOUT, Link
+from .executor import EXEC_STROBES, Executor
+from .link import Link
 from .mem import Dma, dram_port
-from .pipe import Register
 
 #: Cycles without a byte after which the link drops a half-received frame:
 #: ``LINK_TIMEOUT_S`` (10 ms) on the 25 MHz oscillator (the board top scales it to its PLL
@@ -101,470 +44,63 @@ class Top(wiring.Component):
         m = Module()
         cfg = self.cfg
         m.submodules.link = link = Link(timeout_cycles=self.link_timeout)
+        m.submodules.executor = exe = Executor(cfg)
         m.submodules.engine = eng = Engine(cfg)
-        hb = eng.host  # the engine's host bus (hw.engine.host_bus_signature)
         m.submodules.counters = cnt = CounterFile(cfg, inc_bits=(cfg.lanes).bit_length() + 1)
         m.submodules.dma = dma = Dma(cfg)
         wiring.connect(m, wiring.flipped(self.rx), link.rx)
         wiring.connect(m, link.tx, wiring.flipped(self.tx))
-        # payload bytes pass a register on their way from the link's frame buffer (block
-        # RAM, no output register) into the executor's shifts and the buffers' write ports
-        # (timing: the 16-lane critical path ended in the START LUT RAM)
-        m.submodules.data_in = data_in = Register(DATA_LAYOUT)
-        wiring.connect(m, link.data, data_in.i)
+        wiring.connect(m, link.cmd, exe.cmd)
+        wiring.connect(m, link.data, exe.data)
+        wiring.connect(m, exe.resp, link.resp)
+        wiring.connect(m, exe.resp_data, link.resp_data)
+        wiring.connect(m, exe.copier, dma.control)
+        wiring.connect(m, exe.counters, cnt.read)
+        # the engine's control is flat ports (its benches drive them by name)
+        wiring.connect(m, exe.engine.run, eng.run)
+        m.d.comb += [eng.abort.eq(exe.engine.abort), eng.w_half.eq(exe.engine.w_half),
+                     exe.engine.done.eq(eng.done), exe.engine.fault.eq(eng.fault)]
 
-        shapes = buffer_shapes(cfg)
-        wbytes = word_bytes(cfg)
-        width = 8 * max(max(wbytes.values()), nbytes(BUF_ARGS.size), nbytes(LOAD_ARGS.size),
-                        nbytes(descriptor_layout(cfg).size), nbytes(ident_layout().size),
-                        nbytes(cfg.counter_bits))
-        sr = Signal(width)  # assembles incoming words (from the top) / shifts out outgoing
-        rbyte = Signal(range(max(wbytes.values()) + 1))  # byte of a READ_BUF word being sent
-        hdr = Signal(HEADER)
-        got = Signal(16)  # payload bytes consumed
-        todo = Signal(16)  # bytes left in the current field
-        args = Signal(BUF_ARGS)
-        words = Signal(24)
-        addr = Signal(24)
-        status = Signal(Status, init=Status.OK)
-        resp_len = Signal(16)
-        ctr = Signal(range(len(COUNTERS) + 1))
-        desc_bytes = nbytes(descriptor_layout(cfg).size)
-        args_bytes = nbytes(BUF_ARGS.size)
-        load_bytes = nbytes(LOAD_ARGS.size)
-        largs = Signal(LOAD_ARGS)
-        nload = Signal(8)  # copies of the LOAD still to start (0: their number not read yet)
-        in_run = Signal()  # a LOAD_RUN's copies have started: its descriptor follows
-        # the LOAD's length for its number of copies, made from the shift register as the
-        # number is taken (a multiply ahead of the compare, not before it: timing)
-        load_need = Signal(range(1 + 255 * load_bytes + 1))
-        pk = packable(cfg)  # buffers written packed, by width
-        packed = Signal()  # the WRITE_BUF's words are packed at their width
-        pk_acc = Signal(PACK_BITS + 8)  # packed bits received and not yet written
-        pk_have = Signal(range(PACK_BITS + 8))
-        load_words = Signal(32)  # external-memory words the LOAD reads
-        load_bad = Signal()  # a bad buffer or range (registered in LOAD_SIZE)
-        is_dram = Signal()
-        m.d.comb += is_dram.eq(args.buf == BufId.DRAM)
-        reads_dma_buf = Signal()  # args.buf is (a view of) the memory the copy writes
-        with m.Switch(args.buf):
-            for b in BufId:
-                same = [x for x in LOADABLE if VIEWS.get(x, x) == VIEWS.get(b, b)]
-                if same:
-                    with m.Case(b):
-                        m.d.comb += reads_dma_buf.eq(
-                            reduce(operator.or_, (dma.buf == x for x in same)))
-        w_half = Signal()  # the RUN reads one half of WEIGHTS while a LOAD writes the other
-        run_half = Signal()  # the checked descriptor may run beside the LOAD in flight
-        dram_done = Signal(2)  # a host write's command and data taken by the memory
-        cb = nbytes(cfg.counter_bits)
-        # bytes per word of args.buf (an ACC word is 4 x lanes bytes: 256 at 64 lanes)
-        bpw = Signal(range(max(wbytes.values()) + 1))
-        with m.Switch(args.buf):
-            for b, n in wbytes.items():
-                with m.Case(b):
-                    m.d.comb += bpw.eq(n)
-        req_bytes = Signal(range((1 << 24) * max(wbytes.values())))  # count x bytes per word
-        products = {c: Signal(range((1 << 24) * c), name=f"count_x{c}")  # count x constant
-                    for c in sorted({*wbytes.values(), *pk.values()})}
-        depth_ok = Signal()
-        args_bad = Signal()  # a bad buffer, range or direction (registered in SIZE)
-        with m.Switch(args.buf):
-            for b, (_, depth) in shapes.items():
-                with m.Case(b):
-                    m.d.comb += depth_ok.eq(args.addr + args.count <= depth)
-
-        byte_in = data_in.o.payload.byte
-        shifted_in = (sr >> 8) | (byte_in << (width - 8))
-
-        def word_from_sr(nb: int):
-            return sr >> (width - 8 * nb)
-
-        # response bytes pass a register on their way to the link: the engine's read port
-        # (block RAM), the buffer select and the byte select end there instead of running
-        # on into the link's CRC (timing)
-        m.submodules.resp_data = resp_data = Register(8)
-        wiring.connect(m, resp_data.o, link.resp_data)
-        m.d.comb += [link.resp.payload.cmd.eq(status), link.resp.payload.seq.eq(hdr.seq),
-                     link.resp.payload.length.eq(resp_len),
-                     hb.rd_byte.eq(rbyte),
-                     resp_data.i.payload.eq(Mux((hdr.cmd == Cmd.READ_BUF) & ~is_dram,
-                                                hb.rd_byte_data, sr[:8]))]
-        m.d.comb += cnt.sel.eq(ctr)
-
-        # The external memory is the copier's while a LOAD runs, else the executor's (which
-        # waits for the LOAD before it touches the memory or a buffer); the same for the
-        # engine's host write port.
-        x_cmd = self.dram.cmd.signature.create(path=("x_cmd",))
-        x_wdata = self.dram.wdata.signature.create(path=("x_wdata",))
+        # The external memory is the copier's while a LOAD runs (busy is a register: the
+        # port select starts at a flip-flop), else the executor's. The executor takes read
+        # data only in a state it enters with the copier idle, so its rdata is not gated.
+        busy, x = dma.control.busy, exe.dram
         m.d.comb += [
-            self.dram.cmd.valid.eq(Mux(dma.busy, dma.mem.cmd.valid, x_cmd.valid)),
-            self.dram.cmd.payload.eq(Mux(dma.busy, dma.mem.cmd.payload, x_cmd.payload)),
-            dma.mem.cmd.ready.eq(dma.busy & self.dram.cmd.ready),
-            x_cmd.ready.eq(~dma.busy & self.dram.cmd.ready),
-            self.dram.wdata.valid.eq(~dma.busy & x_wdata.valid),
-            self.dram.wdata.payload.eq(x_wdata.payload),
-            x_wdata.ready.eq(~dma.busy & self.dram.wdata.ready),
-            dma.mem.rdata.valid.eq(dma.busy & self.dram.rdata.valid),
+            self.dram.cmd.valid.eq(Mux(busy, dma.mem.cmd.valid, x.cmd.valid)),
+            self.dram.cmd.payload.eq(Mux(busy, dma.mem.cmd.payload, x.cmd.payload)),
+            dma.mem.cmd.ready.eq(busy & self.dram.cmd.ready),
+            x.cmd.ready.eq(~busy & self.dram.cmd.ready),
+            self.dram.wdata.valid.eq(~busy & x.wdata.valid),
+            self.dram.wdata.payload.eq(x.wdata.payload),
+            x.wdata.ready.eq(~busy & self.dram.wdata.ready),
+            dma.mem.rdata.valid.eq(busy & self.dram.rdata.valid),
             dma.mem.rdata.payload.eq(self.dram.rdata.payload),
+            x.rdata.valid.eq(self.dram.rdata.valid),
+            x.rdata.payload.eq(self.dram.rdata.payload),
             self.dram.rdata.ready.eq(1),
-            hb.wr_en.eq(dma.wr_en), hb.wr_buf.eq(dma.wr_buf), hb.wr_addr.eq(dma.wr_addr),
-            hb.wr_data.eq(dma.wr_data), eng.w_half.eq(w_half),
+        ]
+        # The engine's host bus: reads are the executor's; a write is the executor's in
+        # the cycle it writes, else the copier's (the executor writes only with the copier
+        # idle, and the copier writes only while busy).
+        hb, xh = eng.host, exe.host
+        m.d.comb += [
+            hb.wr_en.eq(xh.wr_en | dma.wr_en),
+            hb.wr_buf.eq(Mux(xh.wr_en, xh.wr_buf, dma.wr_buf)),
+            hb.wr_addr.eq(Mux(xh.wr_en, xh.wr_addr, dma.wr_addr)),
+            hb.wr_data.eq(Mux(xh.wr_en, xh.wr_data, dma.wr_data)),
+            hb.rd_en.eq(xh.rd_en), hb.rd_buf.eq(xh.rd_buf), hb.rd_addr.eq(xh.rd_addr),
+            hb.rd_byte.eq(xh.rd_byte),
+            xh.rd_data.eq(hb.rd_data), xh.rd_byte_data.eq(hb.rd_byte_data),
         ]
 
-        # A RUN repeated with the seq of the last RUN (a retry after a lost response, or a
-        # duplicated frame) is answered OK without running again: partial sums of a
-        # K-split tile and the counters must not be added twice. Reads in between do not
-        # forget it (the host pipelines them behind a RUN, accel.requests.pipeline_groups,
-        # and retries the RUN if its answer is lost); any other command does, so a wrapped
-        # seq cannot match by accident (the host never gives a new RUN the last one's seq).
         # the counters' sources by name (accel.counters.Counter.sources)
         strobe = {"one": 1, **{f"engine.{n}": getattr(eng.strobes, n) for n in STROBES},
                   "engine.busy": eng.busy, "engine.fault": eng.fault,
                   "link.rx_byte": link.rx_byte, "link.tx_byte": link.tx_byte,
                   "link.frame_err": link.frame_err, "dma.word_rd": dma.word_rd,
-                  "dma.busy": dma.busy,
-                  **{f"exec.{n}": Signal(name=f"exec_{n}")
-                     for n in ("host_wr", "host_rd", "descriptors", "loads", "dram_rd",
-                               "dram_wr", "load_wait", "load_overlap")}}
-        m.d.comb += strobe["exec.load_overlap"].eq(dma.busy & eng.busy)
-        last_run_seq = Signal(8)
-        last_run_valid = Signal()
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += link.cmd.ready.eq(1)
-                with m.If(link.cmd.valid):
-                    h = link.cmd.payload
-                    m.d.sync += [hdr.eq(h), got.eq(0), resp_len.eq(0), status.eq(Status.OK),
-                                 in_run.eq(0)]
-                    with m.If((h.cmd != Cmd.RUN) & (h.cmd != Cmd.LOAD_RUN)
-                              & (h.cmd != Cmd.READ_BUF) & (h.cmd != Cmd.READ_COUNTERS)):
-                        m.d.sync += last_run_valid.eq(0)
-                    with m.Switch(h.cmd):
-                        with m.Case(Cmd.IDENTIFY, Cmd.READ_COUNTERS, Cmd.RESET_COUNTERS,
-                                    Cmd.ABORT):
-                            with m.If(h.length != 0):
-                                m.d.sync += status.eq(Status.ERR_ARG)
-                                m.next = "DRAIN"
-                            with m.Else():
-                                m.next = "EXEC"
-                        with m.Case(Cmd.RUN):
-                            m.d.sync += todo.eq(desc_bytes)
-                            with m.If(h.length != desc_bytes):
-                                m.d.sync += status.eq(Status.ERR_ARG)
-                                m.next = "DRAIN"
-                            with m.Else():
-                                m.next = "ARGS"
-                        with m.Case(Cmd.LOAD, Cmd.LOAD_RUN):  # the number of copies first
-                            m.d.sync += [todo.eq(1), nload.eq(0)]
-                            with m.If(h.length < 1 + load_bytes
-                                      + Mux(h.cmd == Cmd.LOAD_RUN, desc_bytes, 0)):
-                                m.d.sync += status.eq(Status.ERR_ARG)
-                                m.next = "DRAIN"
-                            with m.Else():
-                                m.next = "ARGS"
-                        with m.Case(Cmd.WRITE_BUF, Cmd.READ_BUF):
-                            m.d.sync += todo.eq(args_bytes)
-                            with m.If(h.length < args_bytes):
-                                m.d.sync += status.eq(Status.ERR_ARG)
-                                m.next = "DRAIN"
-                            with m.Else():
-                                m.next = "ARGS"
-                        with m.Default():
-                            m.d.sync += status.eq(Status.ERR_COMMAND)
-                            m.next = "DRAIN"
-            with m.State("ARGS"):  # collect the fixed arguments into sr
-                m.d.comb += data_in.o.ready.eq(1)
-                with m.If(data_in.o.valid):
-                    m.d.sync += [sr.eq(shifted_in), got.eq(got + 1), todo.eq(todo - 1)]
-                    with m.If(todo == 1):
-                        m.next = "CHECK"
-            with m.State("CHECK"):
-                with m.Switch(Mux(in_run, Cmd.RUN, hdr.cmd)):
-                    with m.Case(Cmd.RUN):
-                        layout = descriptor_layout(cfg)
-                        desc = layout(word_from_sr(desc_bytes)[:layout.size])
-                        ok = reduce(operator.and_, (rule(desc) for rule in
-                                                    descriptor_rules(cfg).values()))
-                        # it may run beside a LOAD that writes the other half of WEIGHTS
-                        # (the engine faults an event that reads into that half)
-                        top_ = cfg.k_bits - 1
-                        if top_ >= 0:
-                            m.d.sync += run_half.eq(
-                                ((dma.buf == BufId.WEIGHTS) | (dma.buf == BufId.WEIGHTS4))
-                                & (dma.lo[top_] == (dma.hi - 1)[top_])
-                                & (dma.lo[top_] != desc.w_base[top_]))
-                        else:
-                            m.d.sync += run_half.eq(0)
-                        with m.If(last_run_valid & (last_run_seq == hdr.seq)):
-                            m.next = "RESP"
-                        with m.Elif(~ok):
-                            m.d.sync += status.eq(Status.ERR_ARG)
-                            m.next = "RESP"
-                        with m.Else():
-                            m.next = "SUBMIT"
-                    with m.Case(Cmd.LOAD, Cmd.LOAD_RUN):
-                        with m.If(nload == 0):
-                            count = word_from_sr(1)[:8]
-                            m.d.sync += [nload.eq(count), load_need.eq(
-                                1 + count * load_bytes
-                                + Mux(hdr.cmd == Cmd.LOAD_RUN, desc_bytes, 0))]
-                            m.next = "LOAD_LEN"
-                        with m.Else():
-                            m.d.sync += largs.eq(word_from_sr(load_bytes))
-                            m.next = "LOAD_SIZE"
-                    with m.Default():
-                        a = Signal(BUF_ARGS)
-                        m.d.comb += a.eq(word_from_sr(args_bytes))
-                        m.d.sync += [args.eq(a), words.eq(a.count), addr.eq(a.addr),
-                                     # the PACKED flag is the buffer code's top bit
-                                     args.buf.eq(a.buf[:7]), packed.eq(a.buf[7]),
-                                     pk_have.eq(0), pk_acc.eq(0)]
-                        m.next = "PRODUCTS"
-            with m.State("SUBMIT"):
-                # the descriptor goes to the engine from registers, a cycle after its check
-                # (the rules' compares and the engine's start are not one path: timing)
-                with m.If(dma.busy & ~run_half):
-                    m.d.comb += strobe["exec.load_wait"].eq(1)
-                with m.Else():
-                    m.d.comb += [eng.run.payload.eq(word_from_sr(desc_bytes)),
-                                 eng.run.valid.eq(1)]
-                    with m.If(eng.run.ready):
-                        m.d.comb += strobe["exec.descriptors"].eq(1)
-                        m.d.sync += w_half.eq(dma.busy)
-                        m.next = "WAIT_DONE"
-            with m.State("LOAD_LEN"):
-                with m.If((nload == 0) | (hdr.length != load_need)):
-                    m.d.sync += status.eq(Status.ERR_ARG)
-                    m.next = "DRAIN"
-                with m.Else():
-                    m.d.sync += todo.eq(load_bytes)
-                    m.next = "ARGS"
-            with m.State("LOAD_SIZE"):
-                # memory words the LOAD reads (a constant multiple per buffer) and the checks
-                # of its buffer range, registered (timing, as in SIZE)
-                m.d.sync += load_bad.eq(1)
-                with m.Switch(largs.buf):
-                    for b in LOADABLE:
-                        with m.Case(b):
-                            m.d.sync += [load_words.eq(largs.count * dram_words(cfg, b)),
-                                         load_bad.eq(largs.addr + largs.count > shapes[b][1])]
-                m.next = "LOAD_CHECK"
-            with m.State("LOAD_CHECK"):
-                # a refused copy ends the request (the ones before it have started)
-                with m.If(load_bad | (largs.src + load_words > 1 << cfg.dram_addr_bits)):
-                    m.d.sync += status.eq(Status.ERR_ARG)
-                    m.next = "DRAIN"
-                with m.Elif(largs.count == 0):
-                    m.next = "LOAD_NEXT"
-                with m.Else():
-                    m.next = "LOAD_START"
-            with m.State("LOAD_START"):  # after the copy before it, if one still runs
-                m.d.comb += [dma.start.payload.eq(largs), dma.start.valid.eq(1)]
-                with m.If(dma.start.ready):
-                    m.d.comb += strobe["exec.loads"].eq(1)
-                    m.next = "LOAD_NEXT"
-                with m.Else():
-                    m.d.comb += strobe["exec.load_wait"].eq(1)
-            with m.State("LOAD_NEXT"):  # answered once the last copy has started
-                m.d.sync += nload.eq(nload - 1)
-                with m.If((nload == 1) & (hdr.cmd == Cmd.LOAD_RUN)):
-                    # then the descriptor, checked and run as a RUN's
-                    m.d.sync += [todo.eq(desc_bytes), in_run.eq(1)]
-                    m.next = "ARGS"
-                with m.Elif(nload == 1):
-                    m.next = "RESP"
-                with m.Else():
-                    m.d.sync += todo.eq(load_bytes)
-                    m.next = "ARGS"
-            with m.State("PRODUCTS"):
-                # the count times every constant a byte count may need, each into its own
-                # register: selected after the multiply, a buffer id never reaches a
-                # multiplier's operand (Yosys would share one multiplier behind a select
-                # of the constants: buffer id -> DSP -> carry chain, the critical path)
-                for c, r in products.items():
-                    m.d.sync += r.eq(args.count * c)
-                m.next = "SIZE"
-            with m.State("SIZE"):
-                # bytes the words take, and the checks that need no byte count, registered
-                # here so that no multiplier or range compare sits in the FSM's next-state
-                # logic (timing)
-                with m.Switch(args.buf):
-                    for b, n in wbytes.items():
-                        with m.Case(b):
-                            if b in pk:  # packed: whole bytes of count x width bits
-                                m.d.sync += req_bytes.eq(Mux(packed,
-                                                             (products[pk[b]] + 7) >> 3,
-                                                             products[n]))
-                            else:
-                                m.d.sync += req_bytes.eq(products[n])
-                valid_buf = args.buf <= max(b.value for b in BufId)
-                # packed words: only a WRITE_BUF of a packable buffer
-                valid_buf &= ~packed | ((hdr.cmd == Cmd.WRITE_BUF)
-                                        & args.buf.matches(*(b.value for b in pk)))
-                unreadable = (hdr.cmd == Cmd.READ_BUF) & (
-                    args.buf.matches(*(b.value for b in BufId if b not in HOST_READABLE)))
-                unreadable |= (hdr.cmd == Cmd.WRITE_BUF) & (
-                    args.buf.matches(*(b.value for b in BufId if b not in HOST_WRITABLE)))
-                m.d.sync += args_bad.eq(~valid_buf | ~depth_ok | unreadable)
-                m.next = "CHECK_BUF"
-            with m.State("CHECK_BUF"):
-                need = args_bytes + Mux(hdr.cmd == Cmd.WRITE_BUF, req_bytes, 0)
-                # a READ_BUF answer must fit the 16-bit length field
-                too_long = (hdr.cmd == Cmd.READ_BUF) & (req_bytes > LENGTH_LIMIT)
-                # the memory and the engine's host write port are the copy's while it runs,
-                # and so is the buffer it writes; reading another buffer need not wait
-                with m.If(dma.busy & (is_dram | (hdr.cmd == Cmd.WRITE_BUF) | reads_dma_buf)):
-                    m.d.comb += strobe["exec.load_wait"].eq(1)
-                with m.Elif(args_bad | (hdr.length != need) | too_long):
-                    m.d.sync += status.eq(Status.ERR_ARG)
-                    m.next = "DRAIN"
-                with m.Elif(hdr.cmd == Cmd.WRITE_BUF):
-                    m.d.sync += todo.eq(bpw)
-                    with m.If(args.count == 0):
-                        m.next = "RESP"
-                    with m.Elif(packed):
-                        m.next = "WR_PACKED"
-                    with m.Else():
-                        m.next = "WR_BYTES"
-                with m.Else():
-                    m.d.sync += resp_len.eq(req_bytes)
-                    m.next = "RESP"
-            with m.State("WR_PACKED"):
-                # each byte joins the bits held; a word is written once its bits are in (the
-                # last byte's spare bits are padding)
-                m.d.comb += data_in.o.ready.eq(1)
-                joined = Signal(PACK_BITS + 8)
-                m.d.comb += joined.eq(pk_acc | (byte_in << pk_have))
-                with m.If(data_in.o.valid):
-                    m.d.sync += [got.eq(got + 1), pk_acc.eq(joined), pk_have.eq(pk_have + 8)]
-                    with m.Switch(args.buf):
-                        for b, w in pk.items():
-                            with m.Case(b):
-                                with m.If(pk_have + 8 >= w):
-                                    m.d.comb += [hb.wr_en.eq(1), hb.wr_buf.eq(b),
-                                                 hb.wr_addr.eq(addr), hb.wr_data.eq(joined[:w]),
-                                                 strobe["exec.host_wr"].eq(1)]
-                                    m.d.sync += [pk_acc.eq(joined >> w),
-                                                 pk_have.eq(pk_have + 8 - w),
-                                                 addr.eq(addr + 1), words.eq(words - 1)]
-                                    with m.If(words == 1):
-                                        m.next = "RESP"
-            with m.State("WR_BYTES"):
-                m.d.comb += data_in.o.ready.eq(1)
-                with m.If(data_in.o.valid):
-                    m.d.sync += [sr.eq(shifted_in), got.eq(got + 1), todo.eq(todo - 1)]
-                    with m.If(todo == 1):
-                        m.d.sync += dram_done.eq(0)
-                        m.next = "WR_WORD"
-            with m.State("WR_WORD"):
-                written = Signal()
-                with m.If(is_dram):
-                    # the memory may take the command and the data in different cycles
-                    c_ok = dram_done[0] | x_cmd.ready
-                    d_ok = dram_done[1] | x_wdata.ready
-                    m.d.comb += [x_cmd.valid.eq(~dram_done[0]), x_cmd.payload.addr.eq(addr),
-                                 x_cmd.payload.we.eq(1), x_wdata.valid.eq(~dram_done[1]),
-                                 x_wdata.payload.eq(word_from_sr(wbytes[BufId.DRAM])),
-                                 written.eq(c_ok & d_ok),
-                                 strobe["exec.dram_wr"].eq(c_ok & d_ok)]
-                    m.d.sync += dram_done.eq(Mux(c_ok & d_ok, 0, Cat(c_ok, d_ok)))
-                with m.Else():
-                    m.d.comb += [hb.wr_en.eq(1), hb.wr_buf.eq(args.buf), hb.wr_addr.eq(addr),
-                                 written.eq(1)]
-                    with m.Switch(args.buf):
-                        for b, n in wbytes.items():
-                            with m.Case(b):
-                                m.d.comb += hb.wr_data.eq(word_from_sr(n))
-                with m.If(written):
-                    m.d.comb += strobe["exec.host_wr"].eq(1)
-                    m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), todo.eq(bpw)]
-                    with m.If(words == 1):
-                        m.next = "RESP"
-                    with m.Else():
-                        m.next = "WR_BYTES"
-            with m.State("WAIT_DONE"):
-                with m.If(eng.done):
-                    m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
-                    m.next = "RESP"
-                with m.Elif(eng.fault):
-                    m.d.sync += status.eq(Status.ERR_FAULT)
-                    m.next = "RESP"
-            with m.State("EXEC"):
-                with m.Switch(hdr.cmd):
-                    with m.Case(Cmd.IDENTIFY):
-                        m.d.sync += resp_len.eq(nbytes(ident_layout().size))
-                    with m.Case(Cmd.READ_COUNTERS):
-                        m.d.sync += [resp_len.eq(len(COUNTERS) * cb), ctr.eq(0)]
-                    with m.Case(Cmd.RESET_COUNTERS):
-                        m.d.comb += cnt.clear.eq(1)
-                    with m.Case(Cmd.ABORT):
-                        m.d.comb += eng.abort.eq(1)
-                m.next = "RESP"
-            with m.State("DRAIN"):  # swallow the rest of a refused request's payload
-                with m.If(got >= hdr.length):
-                    m.next = "RESP"
-                with m.Else():
-                    m.d.comb += data_in.o.ready.eq(1)
-                    with m.If(data_in.o.valid):
-                        m.d.sync += got.eq(got + 1)
-            with m.State("RESP"):
-                m.d.comb += link.resp.valid.eq(1)
-                with m.If(link.resp.ready):
-                    with m.If((status != Status.OK) | (resp_len == 0)):
-                        m.next = "IDLE"
-                    with m.Elif(hdr.cmd == Cmd.IDENTIFY):
-                        m.d.sync += [sr.eq(ident_layout().const(ident_value(cfg)).as_bits()),
-                                     todo.eq(nbytes(ident_layout().size))]
-                        m.next = "SEND"
-                    with m.Elif(hdr.cmd == Cmd.READ_COUNTERS):
-                        m.next = "LOAD_CTR"
-                    with m.Else():
-                        m.next = "RD_WORD"
-            with m.State("LOAD_CTR"):
-                m.d.sync += [sr.eq(cnt.value), todo.eq(cb), ctr.eq(ctr + 1)]
-                m.next = "SEND"
-            with m.State("RD_WORD"):
-                with m.If(is_dram):
-                    m.d.comb += [x_cmd.valid.eq(1), x_cmd.payload.addr.eq(addr)]
-                    with m.If(x_cmd.ready):
-                        m.d.comb += [strobe["exec.host_rd"].eq(1), strobe["exec.dram_rd"].eq(1)]
-                        m.d.sync += [addr.eq(addr + 1), words.eq(words - 1)]
-                        m.next = "RD_DRAM"
-                with m.Else():
-                    m.d.comb += [hb.rd_en.eq(1), hb.rd_buf.eq(args.buf),
-                                 hb.rd_addr.eq(addr), strobe["exec.host_rd"].eq(1)]
-                    m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), rbyte.eq(0)]
-                    m.next = "RD_WAIT"
-            with m.State("RD_WAIT"):  # the engine registers a narrow buffer's word first
-                m.next = "RD_LATCH"
-            with m.State("RD_DRAM"):  # the word comes back into sr and goes out from there
-                with m.If(self.dram.rdata.valid):
-                    m.d.sync += [sr.eq(self.dram.rdata.payload), todo.eq(bpw)]
-                    m.next = "SEND"
-            with m.State("RD_LATCH"):
-                # the word stays on the engine's read port (nothing else reads it while the
-                # executor sends it) and goes out byte by byte from there, not through sr;
-                # the engine registers the byte first (rd_byte_data), so each byte takes a
-                # cycle here before SEND
-                m.d.sync += todo.eq(bpw)
-                m.next = "SEND"
-            with m.State("RD_BYTE"):
-                m.next = "SEND"
-            with m.State("SEND"):
-                m.d.comb += resp_data.i.valid.eq(1)
-                with m.If(resp_data.i.ready):
-                    m.d.sync += [sr.eq(sr >> 8), todo.eq(todo - 1), rbyte.eq(rbyte + 1)]
-                    with m.If((todo != 1) & (hdr.cmd == Cmd.READ_BUF) & ~is_dram):
-                        m.next = "RD_BYTE"
-                    with m.If(todo == 1):
-                        with m.If((hdr.cmd == Cmd.READ_COUNTERS) & (ctr < len(COUNTERS))):
-                            m.next = "LOAD_CTR"
-                        with m.Elif((hdr.cmd == Cmd.READ_BUF) & (words != 0)):
-                            m.next = "RD_WORD"
-                        with m.Else():
-                            m.next = "IDLE"
-
+                  "dma.busy": busy,
+                  **{f"exec.{n}": getattr(exe.strobes, n) for n in EXEC_STROBES},
+                  "exec.load_overlap": busy & eng.busy}
         n_act = Signal(range(cfg.lanes + 1))
         with m.If(eng.run.valid & eng.run.ready):
             m.d.sync += n_act.eq(eng.run.payload.n_active)

@@ -16,9 +16,9 @@ def test_counters_add_increments_clear_and_read_by_index():
     seen = {}
 
     async def read(ctx, name):
-        ctx.set(dut.sel, INDEX[name])
+        ctx.set(dut.read.sel, INDEX[name])
         await ctx.delay(1e-9)
-        return ctx.get(dut.value)
+        return ctx.get(dut.read.value)
 
     async def tb(ctx):
         ctx.set(dut.inc.spikes, 3)
@@ -33,9 +33,9 @@ def test_counters_add_increments_clear_and_read_by_index():
         ctx.set(dut.inc.spikes, 3)
         await ctx.tick()  # this increment is in flight while clear is high
         ctx.set(dut.inc.spikes, 0)
-        ctx.set(dut.clear, 1)
+        ctx.set(dut.read.clear, 1)
         await ctx.tick()
-        ctx.set(dut.clear, 0)
+        ctx.set(dut.read.clear, 0)
         await ctx.tick()
         await ctx.tick()
         seen["after_clear"] = await read(ctx, "spikes")
@@ -43,5 +43,5 @@ def test_counters_add_increments_clear_and_read_by_index():
     sim.add_testbench(tb)
     sim.run()
     assert seen == {"lagging": 12, "spikes": 15, "cycles": 5, "macs": 0, "after_clear": 0}
-    assert len(dut.value) == cfg.counter_bits >= 48
+    assert len(dut.read.value) == cfg.counter_bits >= 48
     assert len(COUNTERS) == len(INDEX)

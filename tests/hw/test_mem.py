@@ -104,11 +104,11 @@ def test_load_copies_buffer_words_from_their_memory_layout(dram_bits, lanes):
 
     async def tb(ctx):
         for buf, addr, count, src, _raw in loads:
-            ctx.set(dma.start.payload, {"buf": buf.value, "addr": addr, "count": count,
-                                        "src": src})
-            ctx.set(dma.start.valid, 1)
-            await ctx.tick().until(dma.start.ready)
-            ctx.set(dma.start.valid, 0)
+            ctx.set(dma.control.start.payload, {"buf": buf.value, "addr": addr,
+                                                "count": count, "src": src})
+            ctx.set(dma.control.start.valid, 1)
+            await ctx.tick().until(dma.control.start.ready)
+            ctx.set(dma.control.start.valid, 0)
             await ctx.tick()
             n = dram_words(cfg, buf)
             width = Shape.cast(shapes[buf][0]).width
@@ -116,10 +116,10 @@ def test_load_copies_buffer_words_from_their_memory_layout(dram_bits, lanes):
                 if ctx.get(dma.wr_en):
                     writes.append((ctx.get(dma.wr_buf), ctx.get(dma.wr_addr),
                                    ctx.get(dma.wr_data) & ((1 << width) - 1)))
-                if not ctx.get(dma.busy):
+                if not ctx.get(dma.control.busy):
                     break
                 await ctx.tick()
-            assert not ctx.get(dma.busy), f"LOAD of {buf.name} never finished"
+            assert not ctx.get(dma.control.busy), f"LOAD of {buf.name} never finished"
 
     sim = Simulator(top)
     sim.add_clock(1e-8)
