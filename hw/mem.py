@@ -24,6 +24,8 @@ from accel.config import AccelConfig
 from accel.layouts import LOADABLE, BufId, dram_words
 from accel.protocol import LOAD_ARGS
 
+from .engine import host_bus_signature
+
 
 def mem_cmd_layout(addr_bits: int) -> data.StructLayout:
     """One command: the word address and whether it writes."""
@@ -63,7 +65,8 @@ def load_word_bits(cfg: AccelConfig) -> int:
 class Dma(wiring.Component):
     """The LOAD copier: reads ``count`` words of a buffer from the external memory, from
     word ``src`` on (:func:`accel.layouts.dram_words` memory words each, low bits first),
-    and writes them into the buffer from ``addr`` on through the engine's host write port.
+    and writes them into the buffer from ``addr`` on through the engine's host bus (``host``,
+    ``hw.engine.host_bus_signature``: its write half; the read half stays idle).
 
     ``control.start`` takes a LOAD whose arguments the executor has checked, only while
     idle. ``control.busy`` holds until its last word is written; ``control.buf``, ``lo``
@@ -75,8 +78,7 @@ class Dma(wiring.Component):
         super().__init__({
             "control": In(copier_signature(cfg)),
             "mem": Out(dram_port(cfg)),
-            "wr_en": Out(1), "wr_buf": Out(BufId), "wr_addr": Out(24),
-            "wr_data": Out(load_word_bits(cfg)),
+            "host": Out(host_bus_signature(cfg)),
             "word_rd": Out(1),  #: strobe: one external-memory word arrived
         })
 
@@ -123,8 +125,8 @@ class Dma(wiring.Component):
             last = got == n - 1
             m.d.sync += [word.word_select(got, b).eq(self.mem.rdata.payload),
                          got.eq(Mux(last, 0, got + 1)), wr.eq(last)]
-        m.d.comb += [self.wr_en.eq(wr), self.wr_buf.eq(ctl.buf), self.wr_addr.eq(addr),
-                     self.wr_data.eq(word)]
+        m.d.comb += [self.host.wr_en.eq(wr), self.host.wr_buf.eq(ctl.buf),
+                     self.host.wr_addr.eq(addr), self.host.wr_data.eq(word)]
         with m.If(wr):
             m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
             with m.If(left == 1):

@@ -79,15 +79,15 @@ class Top(wiring.Component):
             x.rdata.payload.eq(self.dram.rdata.payload),
             self.dram.rdata.ready.eq(1),
         ]
-        # The engine's host bus: reads are the executor's; a write is the executor's in
-        # the cycle it writes, else the copier's (the executor writes only with the copier
-        # idle, and the copier writes only while busy).
-        hb, xh = eng.host, exe.host
+        # The engine's host bus (executor and copier drive one each): reads are the
+        # executor's; a write is the executor's in the cycle it writes, else the copier's
+        # (the executor writes only with the copier idle, the copier only while busy).
+        hb, xh, ch = eng.host, exe.host, dma.host
         m.d.comb += [
-            hb.wr_en.eq(xh.wr_en | dma.wr_en),
-            hb.wr_buf.eq(Mux(xh.wr_en, xh.wr_buf, dma.wr_buf)),
-            hb.wr_addr.eq(Mux(xh.wr_en, xh.wr_addr, dma.wr_addr)),
-            hb.wr_data.eq(Mux(xh.wr_en, xh.wr_data, dma.wr_data)),
+            hb.wr_en.eq(xh.wr_en | ch.wr_en),
+            hb.wr_buf.eq(Mux(xh.wr_en, xh.wr_buf, ch.wr_buf)),
+            hb.wr_addr.eq(Mux(xh.wr_en, xh.wr_addr, ch.wr_addr)),
+            hb.wr_data.eq(Mux(xh.wr_en, xh.wr_data, ch.wr_data)),
             hb.rd_en.eq(xh.rd_en), hb.rd_buf.eq(xh.rd_buf), hb.rd_addr.eq(xh.rd_addr),
             hb.rd_byte.eq(xh.rd_byte),
             xh.rd_data.eq(hb.rd_data), xh.rd_byte_data.eq(hb.rd_byte_data),

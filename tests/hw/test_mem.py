@@ -113,9 +113,9 @@ def test_load_copies_buffer_words_from_their_memory_layout(dram_bits, lanes):
             n = dram_words(cfg, buf)
             width = Shape.cast(shapes[buf][0]).width
             for _ in range(count * n * 12 + 200):
-                if ctx.get(dma.wr_en):
-                    writes.append((ctx.get(dma.wr_buf), ctx.get(dma.wr_addr),
-                                   ctx.get(dma.wr_data) & ((1 << width) - 1)))
+                if ctx.get(dma.host.wr_en):
+                    writes.append((ctx.get(dma.host.wr_buf), ctx.get(dma.host.wr_addr),
+                                   ctx.get(dma.host.wr_data) & ((1 << width) - 1)))
                 if not ctx.get(dma.control.busy):
                     break
                 await ctx.tick()
