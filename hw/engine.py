@@ -25,8 +25,6 @@ sum from the previous K tile in ACC), one lane per cycle, and either writes the 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from amaranth import (
     Cat,
     Const,
@@ -157,8 +155,9 @@ class WeightBuffer(Elaboratable):
     """The weight buffer: the narrow half (``narrow_row_layout``) and the high half
     (``high_row_layout``) of every row in two memories with one write port for whole rows
     (``weight_row_layout``, what the host writes). :meth:`read_port` gives a port that reads
-    whole rows; given ``wide`` it reads the high half only while ``wide`` is set and
-    otherwise sign-extends the narrow half, so a narrow row read moves half the bits."""
+    whole rows, shaped like a memory's (``memory.ReadPort.Signature``); given ``wide`` it
+    reads the high half only while ``wide`` is set and otherwise sign-extends the narrow
+    half, so a narrow row read moves half the bits."""
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
@@ -170,16 +169,16 @@ class WeightBuffer(Elaboratable):
         self.wr_narrow = Signal()
         self._ports: list = []
 
-    def read_port(self, wide=None, extend: bool = True):
-        """A port with ``addr``, ``en`` and ``data`` (a whole row, ``weight_row_layout``).
-        With ``extend`` False a narrow read leaves the high halves stale: the reader
-        sign-extends what it selects (``hw.arrays.MacArray``: per unit, not per lane)."""
+    def read_port(self, wide=None, extend: bool = True) -> wiring.PureInterface:
+        """A port with ``addr``, ``en`` and ``data`` (a whole row, ``weight_row_layout``), of
+        ``memory.ReadPort.Signature`` like ``Memory.read_port()``'s, so that a reader joins
+        either with ``wiring.connect``. With ``extend`` False a narrow read leaves the high
+        halves stale: the reader sign-extends what it selects (``hw.arrays.MacArray``: per
+        unit, not per lane)."""
         cfg = self.cfg
-        port = SimpleNamespace(addr=Signal(cfg.k_bits, name="w_rd_addr"),
-                               en=Signal(name="w_rd_en"),
-                               data=Signal(weight_row_layout(cfg), name="w_rd_data"), wide=wide,
-                               extend=extend)
-        self._ports.append(port)
+        sig = memory.ReadPort.Signature(addr_width=cfg.k_bits, shape=weight_row_layout(cfg))
+        port = sig.create(path=(f"w_rd{len(self._ports)}",))
+        self._ports.append((port, wide, extend))
         return port
 
     def elaborate(self, platform):
@@ -201,7 +200,7 @@ class WeightBuffer(Elaboratable):
             m.d.comb += [hi_wp.addr.eq(self.wr_addr), hi_wp.en.eq(self.wr_en & ~self.wr_narrow)]
             for j in range(cfg.lanes):
                 m.d.comb += hi_wp.data[j].eq(row[j][nb:])
-        for p in self._ports:
+        for p, p_wide, p_extend in self._ports:
             lo_rp = lo.read_port()
             m.d.comb += [lo_rp.addr.eq(p.addr), lo_rp.en.eq(p.en)]
             if not hb:
@@ -209,11 +208,11 @@ class WeightBuffer(Elaboratable):
                     m.d.comb += p.data[j].eq(lo_rp.data[j])
                 continue
             hi_rp = hi.read_port()
-            wide = 1 if p.wide is None else p.wide
+            wide = 1 if p_wide is None else p_wide
             m.d.comb += [hi_rp.addr.eq(p.addr), hi_rp.en.eq(p.en & wide)]
             for j in range(cfg.lanes):
                 whole = Cat(lo_rp.data[j], hi_rp.data[j]).as_signed()
-                m.d.comb += p.data[j].eq(Mux(wide, whole, lo_rp.data[j]) if p.extend else whole)
+                m.d.comb += p.data[j].eq(Mux(wide, whole, lo_rp.data[j]) if p_extend else whole)
         return m
 
 
