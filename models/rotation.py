@@ -95,22 +95,35 @@ def learn_rotation(x: torch.Tensor, w: torch.Tensor, kv_heads: int, group: int, 
     d = x.shape[-1] // (kv_heads * group)
     prob = _OInput(x, w, qmax, n_out, group)
     s = torch.zeros(kv_heads, d, d, dtype=F32, requires_grad=True)
-    opt = torch.optim.Adam([s], lr=ROT_LR)
-    best_rot = torch.eye(d, dtype=F32).expand(kv_heads, d, d).clone()
-    first = best = float("inf")
+
+    def loss_of() -> tuple[torch.Tensor, torch.Tensor]:
+        rot = _orth(s)
+        return prob.loss(rot), rot
+
+    best_rot, first, best = _least(s, ROT_LR, steps, loss_of,
+                                   torch.eye(d, dtype=F32).expand(kv_heads, d, d).clone())
+    return best_rot.to(F), first, best
+
+
+def _least(s: torch.Tensor, lr: float, steps: int, loss_of,
+           start: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """``steps`` Adam steps at rate ``lr`` on the parameters ``s``; ``loss_of()`` gives the
+    loss and the candidate it belongs to. Returns the candidate of least loss (``start``
+    if none is finite), the first loss and the least."""
+    opt = torch.optim.Adam([s], lr=lr)
+    best_c, first, best = start, float("inf"), float("inf")
     for i in range(steps + 1):
         opt.zero_grad(set_to_none=True)
-        rot = _orth(s)
-        loss = prob.loss(rot)
+        loss, cand = loss_of()
         v = float(loss.detach())
         if i == 0:
             first = v
         if v < best:
-            best, best_rot = v, rot.detach().clone()
+            best, best_c = v, cand.detach().clone()
         if i < steps:
             loss.backward()
             opt.step()
-    return best_rot.to(F), first, best
+    return best_c, first, best
 
 
 def fold_learned_rotations(spec: ArchSpec, params: dict, rec: dict, opts,
@@ -181,10 +194,8 @@ def learn_host_rotation(x: torch.Tensor, w: torch.Tensor, qmax: int, n_out: int,
     norm = float((ref * ref).sum().clamp(min=1e-30))
     grid = torch.tensor(CLIP_GRID, dtype=F32)
     s = torch.zeros(k, k, dtype=F32, requires_grad=True)
-    opt = torch.optim.Adam([s], lr=HOST_ROT_LR)
-    best_q, first, best = torch.eye(k, dtype=F32), float("inf"), float("inf")
-    for i in range(steps + 1):
-        opt.zero_grad(set_to_none=True)
+
+    def loss_of() -> tuple[torch.Tensor, torch.Tensor]:
         q = _orth(s)
         xr = xs @ q
         with torch.no_grad():
@@ -201,13 +212,7 @@ def learn_host_rotation(x: torch.Tensor, w: torch.Tensor, qmax: int, n_out: int,
             step = base * grid[min(range(len(errs)), key=errs.__getitem__)]
         xq = torch.where(mask, xr, ste_round(xr / step, -qmax, qmax) * step)
         e = xq @ q.t() - xs
-        loss = ((e @ gram) * e).sum() / norm
-        v = float(loss.detach())
-        if i == 0:
-            first = v
-        if v < best:
-            best, best_q = v, q.detach().clone()
-        if i < steps:
-            loss.backward()
-            opt.step()
+        return ((e @ gram) * e).sum() / norm, q
+
+    best_q, first, best = _least(s, HOST_ROT_LR, steps, loss_of, torch.eye(k, dtype=F32))
     return best_q.to(F), first, best
