@@ -113,6 +113,10 @@ class Status(enum.Enum, shape=8):
     ERR_FAULT = 0x86
 
 
+#: Requests without side effects: the core keeps the last RUN's seq across them (a RUN
+#: retried behind them is not run again; protocol 6), so the host may pipeline them behind
+#: anything (``accel.requests.pipeline_groups``). IDENTIFY, which starts a session, is not.
+READ_ONLY = frozenset({Cmd.READ_BUF, Cmd.READ_COUNTERS})
 #: WRITE_BUF / READ_BUF arguments (the first bytes of the payload).
 BUF_ARGS = data.StructLayout({"buf": unsigned(8), "addr": unsigned(24), "count": unsigned(24)})
 #: Flag in ``BUF_ARGS.buf`` of a WRITE_BUF: the words are packed at their exact width, low

@@ -36,6 +36,7 @@ from .protocol import (
     LOAD_ARGS,
     MAX_PAYLOAD,
     PACKED,
+    READ_ONLY,
     RX_FIFO_BYTES,
     Cmd,
     ident_layout,
@@ -361,10 +362,6 @@ def answer_bytes(cfg: AccelConfig, req: Request) -> int:
 
 #: What :func:`link_cost` counts (the driver's ``stats`` keys).
 LINK_KEYS = ("frames_tx", "bytes_tx", "bytes_rx", "waits")
-#: Requests without side effects that may follow anything in a pipelined group: the core
-#: keeps the last RUN's seq across them (a RUN retried behind them is not run again;
-#: IDENTIFY, which starts a session, makes it forget).
-READ_ONLY = frozenset({Cmd.READ_BUF, Cmd.READ_COUNTERS})
 
 
 def _memory(req: Request) -> BufId:

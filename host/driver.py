@@ -31,6 +31,7 @@ from accel.config import AccelConfig
 from accel.layouts import BufId, unpack_int
 from accel.protocol import (
     MAX_PAYLOAD,
+    READ_ONLY,
     RX_FIFO_BYTES,
     Cmd,
     Frame,
@@ -41,7 +42,6 @@ from accel.protocol import (
 )
 from accel.requests import (
     READ_CHUNK,
-    READ_ONLY,
     BufferMirror,
     Request,
     gemm_requests,

@@ -64,6 +64,7 @@ from accel.protocol import (
     HEADER,
     LENGTH_LIMIT,
     LOAD_ARGS,
+    READ_ONLY,
     Cmd,
     Status,
     ident_layout,
@@ -229,8 +230,8 @@ class Executor(wiring.Component):
                     h = self.cmd.payload
                     m.d.sync += [hdr.eq(h), got.eq(0), resp_len.eq(0), status.eq(Status.OK),
                                  in_run.eq(0)]
-                    with m.If((h.cmd != Cmd.RUN) & (h.cmd != Cmd.LOAD_RUN)
-                              & (h.cmd != Cmd.READ_BUF) & (h.cmd != Cmd.READ_COUNTERS)):
+                    keeps = [Cmd.RUN, Cmd.LOAD_RUN, *READ_ONLY]  # accel.protocol
+                    with m.If(~Cat(h.cmd == c for c in keeps).any()):
                         m.d.sync += last_run_valid.eq(0)
                     with m.Switch(h.cmd):
                         with m.Case(Cmd.IDENTIFY, Cmd.READ_COUNTERS, Cmd.RESET_COUNTERS,
