@@ -21,6 +21,12 @@ from models.contract import (
 )
 from models.encodings import KINDS, TTFS_KINDS
 
+#: Width of a code in the spike encoder's code buffer (``BufId.CODES``): a 4-bit TTFS code,
+#: sign-magnitude (-7..7) or unsigned (0..15), as ``models.encodings`` makes them.
+CODE_BITS = 4
+#: Codes in one word of the code buffer (32 bits: one external-memory word, whole bytes).
+CODES_PER_WORD = 8
+
 
 def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
@@ -67,6 +73,10 @@ class AccelConfig:
     #: Word-address width of the external memory: ``2 ** dram_addr_bits`` words (the
     #: ULX3S's 32 MB SDRAM is 2 ** 23 words of 32 bits).
     dram_addr_bits: int = 23
+    #: The on-chip spike encoder (``hw.encoder``): the host sends a row group's TTFS codes
+    #: (4 bits each, ``BufId.CODES``) and an ``EXPAND`` request instead of its spike-event
+    #: words, and the encoder writes those words into the spike-event buffer.
+    spike_encoder: bool = False
 
     def __post_init__(self) -> None:
         if self.dram_bits not in (8, 16, 32, 64, 128):
@@ -126,6 +136,13 @@ class AccelConfig:
         next tile's weights always have a half to be loaded into while this one runs
         (``accel.tiling.alternate_halves``; a buffer of one row: that row)."""
         return max(1, self.half_rows)
+
+    @property
+    def code_words(self) -> int:
+        """Depth of the code buffer (``BufId.CODES``): one row group (``spike_rows`` rows)
+        of one K tile's codes, ``CODES_PER_WORD`` to a word, each row starting a word
+        (``accel.layouts``); 0 without the spike encoder."""
+        return self.spike_rows * -(-self.k_tile // CODES_PER_WORD) if self.spike_encoder else 0
 
     @property
     def mac_cycles(self) -> int:

@@ -15,7 +15,7 @@ from amaranth.lib import data, enum
 
 from models.contract import COL_MULT_BITS, MAX_REQ_SHIFT, ROW_MULT_BITS
 
-from .config import AccelConfig
+from .config import CODE_BITS, CODES_PER_WORD, AccelConfig
 
 
 class SpikeOp(enum.Enum, shape=2):
@@ -124,6 +124,10 @@ class BufId(enum.Enum, shape=8):
     DRAM = 10
     #: OUT read back two bytes a word (read-only): outputs that are 16-bit codes
     OUT16 = 11
+    #: the spike encoder's codes (``hw.encoder``; only with ``AccelConfig.spike_encoder``):
+    #: one row group of one K tile, :data:`~accel.config.CODES_PER_WORD` 4-bit codes a
+    #: word, each row from a word's first code (:func:`code_words`)
+    CODES = 12
 
 
 #: The read-only views of OUT that send fewer bytes a word, by their width: results that
@@ -149,7 +153,24 @@ def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
         BufId.OUT8: (signed(OUT8_BITS), cfg.max_rows * cfg.lanes),
         BufId.DRAM: (unsigned(cfg.dram_bits), 1 << cfg.dram_addr_bits),
         BufId.OUT16: (signed(OUT_VIEWS[BufId.OUT16]), cfg.max_rows * cfg.lanes),
-    }
+    } | ({BufId.CODES: (code_word_layout(), cfg.code_words)} if cfg.code_words else {})
+
+
+def code_word_layout() -> data.ArrayLayout:
+    """One word of the code buffer (``BufId.CODES``): ``CODES_PER_WORD`` raw 4-bit codes,
+    the first in the low bits (the ``EXPAND`` request says whether they are signed)."""
+    return data.ArrayLayout(unsigned(CODE_BITS), CODES_PER_WORD)
+
+
+def code_words(codes) -> list[list[int]]:
+    """The code-buffer words of a row group's codes ``[rows, K]`` (an integer tensor or
+    array): each row padded with zeros to whole words, rows one after another, each code
+    as its low ``CODE_BITS`` bits (two's complement for a negative code)."""
+    arr = np.asarray(codes, dtype=np.int64)
+    per = -(-arr.shape[1] // CODES_PER_WORD)
+    padded = np.zeros((arr.shape[0], per * CODES_PER_WORD), dtype=np.int64)
+    padded[:, :arr.shape[1]] = arr & ((1 << CODE_BITS) - 1)
+    return padded.reshape(-1, CODES_PER_WORD).tolist()
 
 
 def onchip_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:

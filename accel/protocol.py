@@ -65,8 +65,9 @@ MAX_PAYLOAD = 4096
 RX_FIFO_BYTES = 512
 #: Reported by IDENTIFY; bumped whenever a frame, command or payload layout changes.
 #: 2: a repeated RUN is not re-run; 3: ABORT, ERR_FAULT, RUN checked; 4: DRAM, LOAD;
-#: 5: LOAD_RUN; 6: reads do not make the core forget the last RUN's seq (pipelining)
-PROTOCOL_VERSION = 6
+#: 5: LOAD_RUN; 6: reads do not make the core forget the last RUN's seq (pipelining);
+#: 7: EXPAND and the code buffer (the on-chip spike encoder)
+PROTOCOL_VERSION = 7
 
 #: Frame header after the SOF byte (little-endian on the wire).
 HEADER = data.StructLayout({"cmd": unsigned(8), "seq": unsigned(8), "length": unsigned(16)})
@@ -96,6 +97,9 @@ class Cmd(enum.Enum, shape=8):
     #: a LOAD's copies, then a RUN's descriptor, in one request (one round trip instead
     #: of two): answered as the RUN
     LOAD_RUN = 0x09
+    #: the spike encoder turns the code buffer's codes into one row group's spike-event
+    #: words (:data:`EXPAND_ARGS`); answered when they are written
+    EXPAND = 0x0A
 
 
 class Status(enum.Enum, shape=8):
@@ -126,6 +130,16 @@ PACKED = 0x80  # the code's top bit: buffer ids stay below it
 #: the external memory's word ``src`` on (``accel.layouts.dram_words`` words each).
 LOAD_ARGS = data.StructLayout({"buf": unsigned(8), "addr": unsigned(24), "count": unsigned(24),
                                "src": unsigned(32)})
+
+
+#: EXPAND arguments (its whole payload): the TTFS spike-event words of the code buffer's
+#: ``rows`` rows of ``k`` codes (``signed``: sign-magnitude codes, else unsigned), a
+#: window of ``steps`` time steps, written at ``dst ..`` of the spike-event buffer; the
+#: host says how many words that is (``count``), and the core refuses the request
+#: (``ERR_ARG``) when the codes make any other number, or a code does not fit the window.
+EXPAND_ARGS = data.StructLayout({"dst": unsigned(24), "count": unsigned(24),
+                                 "rows": unsigned(8), "k": unsigned(16), "steps": unsigned(8),
+                                 "signed": unsigned(8)})
 
 
 def nbytes(bits: int) -> int:

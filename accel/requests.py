@@ -19,6 +19,7 @@ from models.contract import low_bits
 
 from .config import AccelConfig
 from .counters import COUNTERS
+from .encoder import expand_groups
 from .layouts import (
     LOADABLE,
     VIEWS,
@@ -240,6 +241,24 @@ def write_requests(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, words: li
     mirror.set(buf, addr, words)
 
 
+def expand_requests(cfg: AccelConfig, mirror: BufferMirror, img: TileImage, addr: int,
+                    words: list, max_payload: int = MAX_PAYLOAD) -> Iterator[Request]:
+    """The requests that have the on-chip encoder write tile ``img``'s spike words
+    ``words`` at ``addr ..``: per row group, its codes into the code buffer and an EXPAND
+    (``accel.encoder.expand_groups``), keeping ``mirror`` true as :func:`write_requests`
+    does."""
+    if img.codes is None or img.enc is None:
+        raise ValueError(f"{img.where}: no codes for the spike encoder")
+    mirror.set(BufId.SPIKE_EV, addr, None, len(words))
+    groups = expand_groups(cfg, img.codes, img.enc, words, addr)
+    for i, (codes, payload) in enumerate(groups):
+        for req in write_requests(cfg, mirror, BufId.CODES, codes, 0, max_payload):
+            yield req._replace(completes=())  # the tile's write is the events, below
+        yield Request(Cmd.EXPAND, payload, ((BufId.SPIKE_EV, addr, words),)
+                      if i == len(groups) - 1 else (), where=img.where)
+    mirror.set(BufId.SPIKE_EV, addr, words)
+
+
 def load_requests(mirror: BufferMirror, loads: list[tuple[BufId, int, list, int]],
                   max_payload: int = MAX_PAYLOAD,
                   run: Request | None = None) -> Iterator[Request]:
@@ -281,7 +300,9 @@ def tile_requests(cfg: AccelConfig, img: TileImage, mirror: BufferMirror,
     loads: list[tuple[BufId, int, list, int]] = []  # copied by LOADs after the writes
     for buf, addr, words in tile_writes(cfg, img, mirror):
         src = None if image is None else image.find(buf, words)
-        if src is None:
+        if src is None and buf == BufId.SPIKE_EV and img.codes is not None:
+            yield from expand_requests(cfg, mirror, img, addr, words, max_payload)
+        elif src is None:
             yield from write_requests(cfg, mirror, buf, words, addr, max_payload)
         else:
             loads.append((buf, addr, words, src))

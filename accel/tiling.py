@@ -22,6 +22,7 @@ from models.encodings import TTFS_KINDS, Encoding, spike_events
 from models.golden import gemm_events
 
 from .config import AccelConfig
+from .encoder import encodable
 from .layouts import OUT_VIEWS, BufId, MacOp, SpikeOp, param_layout, wide_weights
 
 #: The requantizer constants a PARAMS word holds per output lane (``mcol``, ``bias``,
@@ -37,6 +38,10 @@ class TileImage:
     descriptor: dict = field(default_factory=dict)
     base: dict[BufId, int] = field(default_factory=dict)  #: first address of each buffer
     where: str = "tile"  #: the GEMM and tile, for messages
+    #: the spike codes ``[M, K]`` (integer channels zeroed) whose spike words the on-chip
+    #: encoder can make (``accel.encoder``), and their encoding; None: it cannot
+    codes: torch.Tensor | None = None
+    enc: Encoding | None = None
 
 
 def spike_words(codes: torch.Tensor, enc: Encoding, window: bool = True,
@@ -163,6 +168,8 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     spike_ev, mac_ev = events or tile_events(cfg, codes, int_mask, shifts, enc)
     img.words[BufId.SPIKE_EV] = spike_ev
     img.words[BufId.MAC_EV] = mac_ev
+    if encodable(cfg, enc) and bool((~int_mask).any()):
+        img.codes, img.enc = spk, enc
     for b, depth in ((BufId.SPIKE_EV, cfg.spike_event_depth),
                      (BufId.MAC_EV, cfg.mac_event_depth)):
         if len(img.words[b]) + bases[b] > depth:

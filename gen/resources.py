@@ -33,7 +33,8 @@ LOGIC_MEM_DEPTH = 32
 FIXED_BRAM = 2
 #: Read ports of each buffer (host read port + datapath readers): Yosys makes one copy each.
 READ_PORTS = {BufId.WEIGHTS: 3, BufId.SPIKE_EV: 2, BufId.MAC_EV: 2, BufId.ROWS: 2,
-              BufId.ACC: 1, BufId.PARAMS: 2, BufId.OUT: 1, BufId.START: 2}
+              BufId.ACC: 1, BufId.PARAMS: 2, BufId.OUT: 1, BufId.START: 2,
+              BufId.CODES: 1}
 
 #: Logic coefficients (LUT4 per unit of each term), fitted to Yosys (see module doc).
 LUT_COEF = {
@@ -49,6 +50,10 @@ LUT_COEF = {
     "counter_bit": 1.1,  # counters
     "logic_mem_bit": 0.1,  # memories in logic
     "fixed": 4010.0,  # link, CRC, executor, output unit datapath, sequencer
+    # the spike encoder (hw.encoder): its counters, item pipeline, code select and the
+    # host bus's third master (not yet fitted to a synthesis: a count of its adders,
+    # compares and muxes)
+    "encoder": 300.0,
 }
 #: Flip-flops outside the lanes and units (refitted for the timing stages of issue 12: the
 #: counters' increment registers, the event registers, the combiner's operand registers,
@@ -139,7 +144,8 @@ def estimate(cfg: AccelConfig) -> Resources:
            + c["host_sr_bit"] * widest
            + c["host_rd_bit"] * readable
            + c["counter_bit"] * len(COUNTERS) * cfg.counter_bits
-           + c["logic_mem_bit"] * logic_bits)
+           + c["logic_mem_bit"] * logic_bits
+           + c["encoder"] * cfg.spike_encoder)
     # flip-flops: per lane the host word's bits (a weight row), the spike array's weight
     # register and 34 more (measured: 42 per lane at 8-bit weights before the weight
     # register), 14 per MAC unit and its weight register; no lane keeps a row register (the

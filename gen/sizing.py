@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from accel.config import AccelConfig
 from accel.cycles import GemmPrediction, gemm_cycles
+from accel.encoder import codes_fit
 from accel.workload import GemmWork
 
 from .resources import Budget, Resources, estimate
@@ -95,6 +96,9 @@ def base_config(works: list[GemmWork], **over) -> AccelConfig:
              max_steps=min(4095, max_steps), encodings=kinds)
     d.update(over)
     d.setdefault("spike_rows", min(16, d["max_rows"]))
+    # the on-chip spike encoder, where the model has codes it encodes (its code buffer is
+    # one row group of one K tile: a few block RAMs)
+    d.setdefault("spike_encoder", any(codes_fit(g.encoding) for g in works))
     missing = sorted(set(kinds) - set(d["encodings"]))
     if missing:
         raise ValueError(f"the model's GEMMs use {', '.join(missing)} spikes, which the fixed "

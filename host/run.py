@@ -23,6 +23,7 @@ import torch
 
 from accel.counters import GOLDEN_EVENTS
 from accel.cycles import gemm_cycles
+from accel.encoder import encoder_counts
 from accel.protocol import Cmd
 from accel.requests import LINK_KEYS, Request, gemm_requests, link_cost
 from accel.tiling import PassPlanner, TileImage, plan_call, tiled_events
@@ -58,6 +59,9 @@ class GemmRecord:
     #: retransmitted
     link: dict = field(default_factory=dict)
     predicted_link: dict = field(default_factory=dict)
+    #: the spike encoder's counters (``enc_busy``, ``enc_wr``) as the GEMM's EXPANDs
+    #: predict them (``accel.encoder.encoder_counts``)
+    predicted_encoder: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -110,10 +114,9 @@ def run_gemm(dev: Device, call: GemmCall, plan=None, before: dict | None = None,
     before = before if before is not None else dev.counters()
     bytes0, stats0 = dev.link_bytes(), dict(dev.stats)
     lead = lead if dev.image is not None else None
-    predicted_link = link_cost(cfg, [*gemm_requests(cfg, plan, dev.mirror.copy(),
-                                                    dev.max_payload, dev.read_chunk,
-                                                    dev.image, lead),
-                                     Request(Cmd.READ_COUNTERS, b"")], dev.window)
+    requests = [*gemm_requests(cfg, plan, dev.mirror.copy(), dev.max_payload, dev.read_chunk,
+                               dev.image, lead), Request(Cmd.READ_COUNTERS, b"")]
+    predicted_link = link_cost(cfg, requests, dev.window)
     y, after = dev.gemm_counted(plan, lead)
     delta = {k: after[k] - before[k] for k in after}
     ev = tiled_events(cfg, call)
@@ -124,7 +127,7 @@ def run_gemm(dev: Device, call: GemmCall, plan=None, before: dict | None = None,
         torch.equal(y, call.y),
         all(delta[c] == getattr(ev, f) for c, f in GOLDEN_EVENTS.items()),
         {k: dev.stats[k] - stats0.get(k, 0) for k in LINK_KEYS},
-        {k: predicted_link[k] for k in LINK_KEYS})
+        {k: predicted_link[k] for k in LINK_KEYS}, encoder_counts(requests))
     return y, rec, after
 
 

@@ -13,7 +13,13 @@ READ_COUNTERS    none                                         every counter, in 
 RESET_COUNTERS   none                                         none
 ABORT            none                                         none
 LOAD             copies (a byte, 1..255), each :data:`LOAD_ARGS` none, once the last has started
+LOAD_RUN         a LOAD's copies, then a RUN's descriptor     as RUN
+EXPAND           :data:`EXPAND_ARGS`                          none, once the words are written
 ================ ============================================ ==============================
+
+EXPAND exists with the spike encoder only (``AccelConfig.spike_encoder``, ``hw.encoder``;
+else ``ERR_COMMAND``): it waits for a copy in flight (the copier may be writing the
+spike-event buffer), then for the encoder, and answers ``ERR_ARG`` if the encoder refused.
 
 WRITE_BUF and READ_BUF also reach the external memory (``BufId.DRAM``, through ``dram``).
 A LOAD copies words from there into a buffer (``hw.mem.Dma``) and is answered as soon as
@@ -61,6 +67,7 @@ from accel.layouts import (
 )
 from accel.protocol import (
     BUF_ARGS,
+    EXPAND_ARGS,
     HEADER,
     LENGTH_LIMIT,
     LOAD_ARGS,
@@ -83,6 +90,13 @@ from .pipe import Register
 #: ``accel.counters``), one bit each.
 EXEC_STROBES = ("host_wr", "host_rd", "descriptors", "loads", "dram_rd", "dram_wr",
                 "load_wait")
+
+
+def encoder_signature() -> wiring.Signature:
+    """The spike encoder's control, from the executor's side: ``start`` takes an EXPAND's
+    arguments; ``done`` pulses with ``bad`` beside it (``hw.encoder.SpikeEncoder``)."""
+    return wiring.Signature({"start": Out(stream.Signature(EXPAND_ARGS)),
+                             "done": In(1), "bad": In(1)})
 
 
 def run_signature(cfg: AccelConfig) -> wiring.Signature:
@@ -121,7 +135,7 @@ class Executor(wiring.Component):
             "copier": Out(copier_signature(cfg)),
             "counters": Out(counter_read_signature(cfg)),
             "strobes": Out(wiring.Signature({n: Out(1) for n in EXEC_STROBES})),
-        })
+        } | ({"encoder": Out(encoder_signature())} if cfg.spike_encoder else {}))
 
     def elaborate(self, platform):
         m = Module()
@@ -138,7 +152,7 @@ class Executor(wiring.Component):
         wbytes = word_bytes(cfg)
         width = 8 * max(max(wbytes.values()), nbytes(BUF_ARGS.size), nbytes(LOAD_ARGS.size),
                         nbytes(descriptor_layout(cfg).size), nbytes(ident_layout().size),
-                        nbytes(cfg.counter_bits))
+                        nbytes(cfg.counter_bits), nbytes(EXPAND_ARGS.size))
         sr = Signal(width)  # assembles incoming words (from the top) / shifts out outgoing
         rbyte = Signal(range(max(wbytes.values()) + 1))  # byte of a READ_BUF word being sent
         hdr = Signal(HEADER)
@@ -151,6 +165,7 @@ class Executor(wiring.Component):
         resp_len = Signal(16)
         ctr = Signal(range(len(COUNTERS) + 1))
         desc_bytes = nbytes(descriptor_layout(cfg).size)
+        exp_bytes = nbytes(EXPAND_ARGS.size)
         args_bytes = nbytes(BUF_ARGS.size)
         load_bytes = nbytes(LOAD_ARGS.size)
         largs = Signal(LOAD_ARGS)
@@ -256,6 +271,14 @@ class Executor(wiring.Component):
                                 m.next = "DRAIN"
                             with m.Else():
                                 m.next = "ARGS"
+                        if cfg.spike_encoder:
+                            with m.Case(Cmd.EXPAND):
+                                m.d.sync += todo.eq(exp_bytes)
+                                with m.If(h.length != exp_bytes):
+                                    m.d.sync += status.eq(Status.ERR_ARG)
+                                    m.next = "DRAIN"
+                                with m.Else():
+                                    m.next = "ARGS"
                         with m.Case(Cmd.WRITE_BUF, Cmd.READ_BUF):
                             m.d.sync += todo.eq(args_bytes)
                             with m.If(h.length < args_bytes):
@@ -306,6 +329,9 @@ class Executor(wiring.Component):
                         with m.Else():
                             m.d.sync += largs.eq(word_from_sr(load_bytes))
                             m.next = "LOAD_SIZE"
+                    if cfg.spike_encoder:
+                        with m.Case(Cmd.EXPAND):
+                            m.next = "EXPAND"
                     with m.Default():
                         a = Signal(BUF_ARGS)
                         m.d.comb += a.eq(word_from_sr(args_bytes))
@@ -326,6 +352,21 @@ class Executor(wiring.Component):
                         m.d.comb += self.strobes.descriptors.eq(1)
                         m.d.sync += w_half.eq(cp.busy)
                         m.next = "WAIT_DONE"
+            if cfg.spike_encoder:
+                en = self.encoder
+                with m.State("EXPAND"):  # after a copy in flight: it may write SPIKE_EV
+                    with m.If(cp.busy):
+                        m.d.comb += self.strobes.load_wait.eq(1)
+                    with m.Else():
+                        m.d.comb += [en.start.payload.eq(word_from_sr(exp_bytes)),
+                                     en.start.valid.eq(1)]
+                        with m.If(en.start.ready):
+                            m.next = "EXPAND_WAIT"
+                with m.State("EXPAND_WAIT"):
+                    with m.If(en.done):
+                        with m.If(en.bad):
+                            m.d.sync += status.eq(Status.ERR_ARG)
+                        m.next = "RESP"
             with m.State("LOAD_LEN"):
                 with m.If((nload == 0) | (hdr.length != load_need)):
                     m.d.sync += status.eq(Status.ERR_ARG)

@@ -1,4 +1,5 @@
-"""Top level: host link + command executor + GEMM engine + copier + counters.
+"""Top level: host link + command executor + GEMM engine + copier + spike encoder +
+counters.
 
 :class:`Top` is wiring only: the link (``hw.link``) hands request frames to the command
 executor (``hw.executor``, which documents the commands), the executor drives the engine
@@ -18,6 +19,7 @@ from accel.config import AccelConfig
 from accel.counters import COUNTERS
 
 from .counters import CounterFile
+from .encoder import SpikeEncoder
 from .engine import STROBES, Engine
 from .executor import EXEC_STROBES, Executor
 from .link import Link
@@ -48,6 +50,11 @@ class Top(wiring.Component):
         m.submodules.engine = eng = Engine(cfg)
         m.submodules.counters = cnt = CounterFile(cfg, inc_bits=(cfg.lanes).bit_length() + 1)
         m.submodules.dma = dma = Dma(cfg)
+        enc = None
+        if cfg.spike_encoder:
+            m.submodules.encoder = enc = SpikeEncoder(cfg)
+            wiring.connect(m, exe.encoder.start, enc.start)
+            m.d.comb += [exe.encoder.done.eq(enc.done), exe.encoder.bad.eq(enc.bad)]
         wiring.connect(m, wiring.flipped(self.rx), link.rx)
         wiring.connect(m, link.tx, wiring.flipped(self.tx))
         wiring.connect(m, link.cmd, exe.cmd)
@@ -79,16 +86,29 @@ class Top(wiring.Component):
             x.rdata.payload.eq(self.dram.rdata.payload),
             self.dram.rdata.ready.eq(1),
         ]
-        # The engine's host bus (executor and copier drive one each): reads are the
-        # executor's; a write is the executor's in the cycle it writes, else the copier's
-        # (the executor writes only with the copier idle, the copier only while busy).
+        # The engine's host bus (executor, copier and encoder drive one each): a read is
+        # the encoder's while it reads, else the executor's; a write is the executor's in
+        # the cycle it writes, else the encoder's while it writes, else the copier's (the
+        # executor writes only with the copier and the encoder idle, the copier only while
+        # busy, the encoder only while the executor waits for it with the copier idle).
         hb, xh, ch = eng.host, exe.host, dma.host
+        if enc is not None:
+            eh = enc.host
+            other = {n: Mux(eh.wr_en, getattr(eh, n), getattr(ch, n))
+                     for n in ("wr_buf", "wr_addr", "wr_data")}
+            other["wr_en"] = eh.wr_en | ch.wr_en
+            m.d.comb += eh.rd_data.eq(hb.rd_data)
+            rd = {n: Mux(eh.rd_en, getattr(eh, n), getattr(xh, n))
+                  for n in ("rd_buf", "rd_addr")} | {"rd_en": eh.rd_en | xh.rd_en}
+        else:
+            other = {n: getattr(ch, n) for n in ("wr_en", "wr_buf", "wr_addr", "wr_data")}
+            rd = {n: getattr(xh, n) for n in ("rd_en", "rd_buf", "rd_addr")}
         m.d.comb += [
-            hb.wr_en.eq(xh.wr_en | ch.wr_en),
-            hb.wr_buf.eq(Mux(xh.wr_en, xh.wr_buf, ch.wr_buf)),
-            hb.wr_addr.eq(Mux(xh.wr_en, xh.wr_addr, ch.wr_addr)),
-            hb.wr_data.eq(Mux(xh.wr_en, xh.wr_data, ch.wr_data)),
-            hb.rd_en.eq(xh.rd_en), hb.rd_buf.eq(xh.rd_buf), hb.rd_addr.eq(xh.rd_addr),
+            hb.wr_en.eq(xh.wr_en | other["wr_en"]),
+            hb.wr_buf.eq(Mux(xh.wr_en, xh.wr_buf, other["wr_buf"])),
+            hb.wr_addr.eq(Mux(xh.wr_en, xh.wr_addr, other["wr_addr"])),
+            hb.wr_data.eq(Mux(xh.wr_en, xh.wr_data, other["wr_data"])),
+            hb.rd_en.eq(rd["rd_en"]), hb.rd_buf.eq(rd["rd_buf"]), hb.rd_addr.eq(rd["rd_addr"]),
             hb.rd_byte.eq(xh.rd_byte),
             xh.rd_data.eq(hb.rd_data), xh.rd_byte_data.eq(hb.rd_byte_data),
         ]
@@ -100,7 +120,9 @@ class Top(wiring.Component):
                   "link.frame_err": link.frame_err, "dma.word_rd": dma.word_rd,
                   "dma.busy": busy,
                   **{f"exec.{n}": getattr(exe.strobes, n) for n in EXEC_STROBES},
-                  "exec.load_overlap": busy & eng.busy}
+                  "exec.load_overlap": busy & eng.busy,
+                  "enc.busy": 0 if enc is None else enc.busy,
+                  "enc.word_wr": 0 if enc is None else enc.word_wr}
         n_act = Signal(range(cfg.lanes + 1))
         with m.If(eng.run.valid & eng.run.ready):
             m.d.sync += n_act.eq(eng.run.payload.n_active)

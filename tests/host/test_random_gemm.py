@@ -1,7 +1,9 @@
 """Constrained-random GEMMs through one simulated device per odd configuration.
 
 Every GEMM's outputs, every counter the golden model defines, the datapath traffic counters
-and the ``busy`` cycles are compared with the golden model and the cycle model. Shapes sit
+and the ``busy`` cycles are compared with the golden model and the cycle model; on the
+configuration with the spike encoder, its TTFS events are made on chip (EXPAND) and its
+counters are compared with ``accel.encoder.encoder_counts``. Shapes sit
 at and around every tile and buffer boundary; encodings, outlier counts (0 to K), fills
 and requantizer constants are drawn at random. ``SPIKELLM_SEED`` / ``SPIKELLM_SAMPLES``
 (GEMMs per configuration) set the run; the benchmark run is
@@ -39,7 +41,7 @@ from ..helpers import FAST, simulator_binary
 CONFIGS = {
     "l8m2": AccelConfig(lanes=8, mac_units=2, weight_depth=32, max_rows=8,
                         spike_event_depth=512, mac_event_depth=64, row_fifo_depth=2,
-                        max_steps=15, spike_rows=8),
+                        max_steps=15, spike_rows=8, spike_encoder=True),
     "l4m4": AccelConfig(lanes=4, mac_units=4, weight_depth=16, max_rows=4,
                         spike_event_depth=256, mac_event_depth=32, row_fifo_depth=1,
                         max_steps=31, max_shift=7, spike_rows=1),
@@ -161,6 +163,9 @@ def run_random(dev: Device, count: int, base_seed: int) -> list[str]:
         got = {c: rec.counters[c] for c in rec.predicted_traffic}
         if got != rec.predicted_traffic:
             why.append(f"traffic {got} vs predicted {rec.predicted_traffic}")
+        got = {c: rec.counters[c] for c in rec.predicted_encoder}
+        if got != rec.predicted_encoder:
+            why.append(f"encoder {got} vs predicted {rec.predicted_encoder}")
         if rec.counters["faults"]:
             why.append("fault")
         if why:

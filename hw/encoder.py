@@ -1,0 +1,171 @@
+"""The on-chip spike encoder: a row group's 4-bit TTFS codes in, its spike-event words out.
+
+The host sends codes at 4 bits each (``BufId.CODES``, ``accel.layouts.code_words``) and an
+``EXPAND`` request (``accel.protocol.EXPAND_ARGS``) instead of the event words, which take
+2 to 3 bytes a spike plus a STEP per row and time step. The encoder writes exactly the
+words ``accel.tiling.spike_words`` makes for those codes (TTFS, one group of
+``spike_rows`` rows): for each time step ``t``, for each input ``k``, for each row (slot)
+``s``, a SPIKE when the code's magnitude is ``steps - t`` (``models.encodings.spike_events``:
+a code ``c`` spikes once, at ``T - |c|``, negative for a negative code); then a STEP per
+row; after the window an END per row.
+
+It scans every code once per time step, one code a cycle, so an EXPAND takes
+``accel.cycles.encode_cycles`` cycles: ``rows x (k x steps + steps + 1)`` plus a fixed
+overhead. That is slower than a counting sort, and it does not matter here: the link
+takes longer to bring the codes than the scan takes to expand them.
+
+It trusts nothing: a row count, width or window the code buffer or the event buffer
+cannot hold, a code too large for the window, or a number of words other than the host's
+``count`` ends the request with ``bad`` (the executor answers ``ERR_ARG``); it never
+writes outside ``dst .. dst + count - 1``.
+
+The encoder drives the engine's host bus (``hw.engine.host_bus_signature``) like the
+executor and the copier do: it reads the code buffer and writes the spike-event buffer,
+while the executor waits for it (``hw.top.Top`` shares the bus).
+"""
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from accel.config import CODE_BITS, CODES_PER_WORD, AccelConfig
+from accel.layouts import BufId, SpikeOp, spike_event_layout
+from accel.protocol import EXPAND_ARGS
+
+from .engine import host_bus_signature
+
+#: The largest window the encoder runs: a 4-bit code's largest magnitude (an unsigned
+#: code of 15 spikes at step 0 of a 15-step window).
+MAX_ENCODE_STEPS = (1 << CODE_BITS) - 1
+
+
+class SpikeEncoder(wiring.Component):
+    """``start`` takes an ``EXPAND``'s arguments; ``busy`` until the cycle after ``done``,
+    a pulse with ``bad`` (the request is refused) valid beside it. ``host``: the engine's
+    host bus (reads ``CODES``, writes ``SPIKE_EV``). ``word_wr``: a word was written (the
+    ``enc_wr`` counter)."""
+
+    def __init__(self, cfg: AccelConfig):
+        if not cfg.spike_encoder:
+            raise ValueError("SpikeEncoder needs AccelConfig(spike_encoder=True)")
+        self.cfg = cfg
+        super().__init__({
+            "start": In(stream.Signature(EXPAND_ARGS)),
+            "busy": Out(1), "done": Out(1), "bad": Out(1),
+            "host": Out(host_bus_signature(cfg)),
+            "word_wr": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        args = Signal(EXPAND_ARGS)
+        rows_m1 = Signal(8)  # the last slot
+        k_m1 = Signal(16)  # the last input
+        stride = Signal(16)  # code-buffer words per row
+        k = Signal(16)
+        s = Signal(8)
+        want = Signal(8)  # the code magnitude that spikes at this step: steps - t
+        rowbase = Signal(range(cfg.code_words + 1))  # the word of row s's first code
+        bad = Signal()
+        room = Signal(24)  # words the host's count still allows
+        wa = Signal(24)  # next event-buffer address
+        ev = spike_event_layout(cfg)
+
+        # the item pipeline: A issues (a code read, or a STEP / END), B has the read's
+        # word, C has the code and writes the word if it spikes
+        kind_a = Signal(SpikeOp)
+        valid_a = Signal()
+        vb, vc = Signal(), Signal()
+        kind_b, kind_c = Signal(SpikeOp), Signal(SpikeOp)
+        k_b, k_c = Signal(16), Signal(16)
+        s_b, s_c = Signal(8), Signal(8)
+        want_b, want_c = Signal(8), Signal(8)
+        code_c = Signal(CODE_BITS)
+        m.d.sync += [vb.eq(valid_a), kind_b.eq(kind_a), k_b.eq(k), s_b.eq(s), want_b.eq(want),
+                     vc.eq(vb), kind_c.eq(kind_b), k_c.eq(k_b), s_c.eq(s_b),
+                     want_c.eq(want_b)]
+        word = self.host.rd_data[:CODE_BITS * CODES_PER_WORD]
+        m.d.sync += code_c.eq(word.word_select(k_b[:(CODES_PER_WORD - 1).bit_length()],
+                                               CODE_BITS))
+        m.d.comb += [self.host.rd_buf.eq(BufId.CODES),
+                     self.host.rd_addr.eq(rowbase + (k >> (CODES_PER_WORD - 1).bit_length()))]
+
+        # stage C: the code's spike (models.encodings.spike_events: at T - |c|, signed by c)
+        neg = Signal()
+        mag = Signal(CODE_BITS)
+        m.d.comb += neg.eq(args.signed[0] & code_c[-1])
+        m.d.comb += mag.eq(Mux(neg, -code_c, code_c))
+        is_read = kind_c == SpikeOp.SPIKE
+        emit = vc & (~is_read | (mag == want_c))
+        out = Signal(ev)
+        m.d.comb += [out.op.eq(kind_c), out.slot.eq(s_c),
+                     out.k.eq(Mux(is_read, k_c, 0)), out.neg.eq(is_read & neg)]
+        with m.If(emit & (room != 0)):
+            m.d.comb += [self.host.wr_en.eq(1), self.host.wr_buf.eq(BufId.SPIKE_EV),
+                         self.host.wr_addr.eq(wa), self.host.wr_data.eq(out),
+                         self.word_wr.eq(1)]
+            m.d.sync += [room.eq(room - 1), wa.eq(wa + 1)]
+        with m.If((emit & (room == 0)) | (vc & is_read & (mag > args.steps))):
+            m.d.sync += bad.eq(1)
+
+        drain = Signal(2)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.start.ready.eq(1)
+                with m.If(self.start.valid):
+                    a = self.start.payload
+                    m.d.sync += [args.eq(a), bad.eq(0), room.eq(a.count), wa.eq(a.dst),
+                                 rows_m1.eq(a.rows - 1), k_m1.eq(a.k - 1),
+                                 stride.eq((a.k + CODES_PER_WORD - 1)
+                                           >> (CODES_PER_WORD - 1).bit_length()),
+                                 k.eq(0), s.eq(0), rowbase.eq(0), want.eq(a.steps)]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                # what the buffers cannot hold, or a window a 4-bit code cannot fill
+                m.d.comb += self.busy.eq(1)
+                wrong = Cat(
+                    args.rows == 0, args.rows > cfg.spike_rows,
+                    args.k == 0, args.k > cfg.k_tile,
+                    args.steps == 0, args.steps > min(MAX_ENCODE_STEPS, cfg.max_steps),
+                    args.signed > 1,
+                    args.dst + args.count > cfg.spike_event_depth).any()
+                with m.If(wrong):
+                    m.d.sync += bad.eq(1)
+                    m.next = "DONE"
+                with m.Else():
+                    m.next = "READ"
+            with m.State("READ"):  # every code of the group, input by input
+                m.d.comb += [self.busy.eq(1), valid_a.eq(1), kind_a.eq(SpikeOp.SPIKE),
+                             self.host.rd_en.eq(1)]
+                with m.If(s == rows_m1):
+                    m.d.sync += [s.eq(0), rowbase.eq(0), k.eq(k + 1)]
+                    with m.If(k == k_m1):
+                        m.d.sync += k.eq(0)
+                        m.next = "STEP"
+                with m.Else():
+                    m.d.sync += [s.eq(s + 1), rowbase.eq(rowbase + stride)]
+            with m.State("STEP"):  # the end of the time step, a STEP per row
+                m.d.comb += [self.busy.eq(1), valid_a.eq(1), kind_a.eq(SpikeOp.STEP)]
+                m.d.sync += s.eq(s + 1)
+                with m.If(s == rows_m1):
+                    m.d.sync += [s.eq(0), want.eq(want - 1)]
+                    with m.If(want == 1):
+                        m.next = "END"
+                    with m.Else():
+                        m.next = "READ"
+            with m.State("END"):
+                m.d.comb += [self.busy.eq(1), valid_a.eq(1), kind_a.eq(SpikeOp.END)]
+                m.d.sync += s.eq(s + 1)
+                with m.If(s == rows_m1):
+                    m.d.sync += drain.eq(2)
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):  # the last items through B and C
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += drain.eq(drain - 1)
+                with m.If(drain == 1):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += [self.busy.eq(1), self.done.eq(1), self.bad.eq(bad | (room != 0))]
+                m.next = "IDLE"
+        return m
