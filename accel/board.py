@@ -174,7 +174,8 @@ def board_estimate(stats: dict, cycles: int, tokens: int,
     byte is counted as sent while another is, the engine runs only inside a RUN, and a
     LOAD is not counted beside it). ``stats`` are the driver's counts (``bytes_tx``,
     ``bytes_rx``, ``frames_tx``, ``waits``) or ``accel.requests.link_cost``'s prediction;
-    ``cycles`` the engine's (``accel.cycles``' prediction or the counters)."""
+    ``cycles`` the core's: the engine's (``accel.cycles``' prediction or the counters) and
+    the spike encoder's (``enc_busy``)."""
     link_bits = UART_BITS_PER_BYTE * (stats["bytes_tx"] + stats["bytes_rx"])
     trips = stats["waits"] * ROUND_TRIP_S
     compute = cycles / clock_hz

@@ -19,7 +19,7 @@ from models.contract import low_bits
 
 from .config import AccelConfig
 from .counters import COUNTERS
-from .encoder import expand_groups
+from .encoder import encoder_counts, expand_groups
 from .layouts import (
     LOADABLE,
     VIEWS,
@@ -469,12 +469,15 @@ def run_link_cost(cfg: AccelConfig, calls: list, image: DramImage | None = None)
     :class:`~accel.tiling.PassPlanner`, its :func:`gemm_requests` (with the next GEMM's
     lead weights when the model is in the external memory, ``image``), the buffers'
     contents carried from one GEMM to the next, and the counters read after each (the run
-    checks every GEMM's counters)."""
+    checks every GEMM's counters). Besides :data:`LINK_KEYS`, ``enc_busy``: the cycles the
+    spike encoder takes for the EXPANDs among them (``accel.encoder.encoder_counts``)."""
     mirror, cost, planner = BufferMirror(cfg), Counter[str](), PassPlanner(cfg)
     for i, call in enumerate(calls):
         plan = planner.plan(call)
         lead = planner.lead(calls[i + 1] if i + 1 < len(calls) else None)
-        cost += link_cost(cfg, [*gemm_requests(cfg, plan, mirror, image=image,
-                                               lead=None if image is None else lead),
-                                Request(Cmd.READ_COUNTERS, b"")])
+        reqs = [*gemm_requests(cfg, plan, mirror, image=image,
+                               lead=None if image is None else lead),
+                Request(Cmd.READ_COUNTERS, b"")]
+        cost += link_cost(cfg, reqs)
+        cost["enc_busy"] += encoder_counts(reqs)["enc_busy"]
     return cost

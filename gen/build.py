@@ -335,8 +335,10 @@ def board_time(link: dict, clock_hz: float = BOARD_CLOCK_HZ) -> None:
     board_estimate``), the core at ``clock_hz`` (the oscillator's 25 MHz until the board
     build picks its clock)."""
     for name in ("streamed", "resident"):
-        link[name]["board"] = board_estimate(link[name], link["cycles"], link["tokens"],
-                                             clock_hz)
+        # the engine's cycles and the spike encoder's (it runs between RUNs)
+        link[name]["board"] = board_estimate(
+            link[name], link["cycles"] + link[name].get("enc_busy", 0), link["tokens"],
+            clock_hz)
 
 
 def _write_reports(rep: dict, out: Path) -> None:

@@ -52,7 +52,9 @@ class GemmRecord:
     predicted_traffic: dict  #: ``accel.counters.TRAFFIC`` counts predicted by ``accel.cycles``
     link_bytes: int
     exact: bool  #: outputs equal the golden outputs
-    counters_match: bool  #: ``accel.counters.GOLDEN_EVENTS`` counters equal the golden events
+    #: ``accel.counters.GOLDEN_EVENTS`` counters equal the golden events, and the spike
+    #: encoder's counters its EXPANDs' (``predicted_encoder``)
+    counters_match: bool
     #: ``frames_tx`` (requests), ``waits`` (round trips), ``bytes_tx``, ``bytes_rx`` the
     #: driver counted over this GEMM (its requests and the counters read after it), and as
     #: ``accel.requests.link_cost`` predicts them: equal unless a request had to be
@@ -121,13 +123,15 @@ def run_gemm(dev: Device, call: GemmCall, plan=None, before: dict | None = None,
     delta = {k: after[k] - before[k] for k in after}
     ev = tiled_events(cfg, call)
     pred = gemm_cycles(cfg, GemmWork.of(call))
+    encoder = encoder_counts(requests)
     rec = GemmRecord(
         call.name, call.head, call.codes.shape[0], call.codes.shape[1], call.w.shape[0],
         delta, ev, pred.cycles, pred.traffic(), dev.link_bytes() - bytes0,
         torch.equal(y, call.y),
-        all(delta[c] == getattr(ev, f) for c, f in GOLDEN_EVENTS.items()),
+        all(delta[c] == getattr(ev, f) for c, f in GOLDEN_EVENTS.items())
+        and all(delta[c] == v for c, v in encoder.items()),
         {k: dev.stats[k] - stats0.get(k, 0) for k in LINK_KEYS},
-        {k: predicted_link[k] for k in LINK_KEYS}, encoder_counts(requests))
+        {k: predicted_link[k] for k in LINK_KEYS}, encoder)
     return y, rec, after
 
 
