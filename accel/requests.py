@@ -398,7 +398,9 @@ def pipeline_groups(requests: Iterator[Request] | list[Request],
     follow it is what is still right to have sent when an earlier request of the group
     fails, since the driver then sends again from the failed one on, one at a time:
     reads (no side effects: read again) and, behind a write, writes (to other words:
-    written again, the same words). Never a RUN, LOAD or LOAD_RUN: one may not be repeated
+    written again, the same words). Never a RUN, LOAD, LOAD_RUN or EXPAND: one may not be
+    repeated (an EXPAND, like a RUN, is not run again for its own seq, so its counters count
+    it once; a write behind it would make the core forget its seq, or change its codes)
     (a RUN with a new seq accumulates again) and would run on buffers a lost write left
     stale. A read does not follow a write to its own memory in a group, and the requests
     after the first fit ``window`` bytes together (they wait in the board's receive FIFO,
@@ -420,6 +422,8 @@ def pipeline_groups(requests: Iterator[Request] | list[Request],
             group, ahead, written = [req], 0, set()
         if req.cmd == Cmd.WRITE_BUF:
             written.add(_memory(req))
+        elif req.cmd == Cmd.EXPAND:
+            written.add(BufId.SPIKE_EV)
     if group:
         yield group
 

@@ -125,7 +125,7 @@ class Device:
         """A fresh seq for ``cmd``; never, for a new RUN, the seq of the last RUN the
         core may still hold (it keeps it across reads: it would answer without running)."""
         self.seq = (self.seq + 1) & 0xFF
-        if cmd in (Cmd.RUN, Cmd.LOAD_RUN):
+        if cmd in (Cmd.RUN, Cmd.LOAD_RUN, Cmd.EXPAND):  # the core keeps an EXPAND's too
             if self.seq == self._last_run:
                 self.seq = (self.seq + 1) & 0xFF
             self._last_run = self.seq

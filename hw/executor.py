@@ -20,6 +20,8 @@ EXPAND           :data:`EXPAND_ARGS`                          none, once the wor
 EXPAND exists with the spike encoder only (``AccelConfig.spike_encoder``, ``hw.encoder``;
 else ``ERR_COMMAND``): it waits for a copy in flight (the copier may be writing the
 spike-event buffer), then for the encoder, and answers ``ERR_ARG`` if the encoder refused.
+Like a RUN, an EXPAND repeated with the seq of the last RUN or EXPAND is answered OK
+without running again (its counters would count it twice).
 
 WRITE_BUF and READ_BUF also reach the external memory (``BufId.DRAM``, through ``dram``).
 A LOAD copies words from there into a buffer (``hw.mem.Dma``) and is answered as soon as
@@ -246,6 +248,8 @@ class Executor(wiring.Component):
                     m.d.sync += [hdr.eq(h), got.eq(0), resp_len.eq(0), status.eq(Status.OK),
                                  in_run.eq(0)]
                     keeps = [Cmd.RUN, Cmd.LOAD_RUN, *READ_ONLY]  # accel.protocol
+                    if cfg.spike_encoder:
+                        keeps.append(Cmd.EXPAND)  # an EXPAND repeated is not re-run either
                     with m.If(~Cat(h.cmd == c for c in keeps).any()):
                         m.d.sync += last_run_valid.eq(0)
                     with m.Switch(h.cmd):
@@ -331,7 +335,12 @@ class Executor(wiring.Component):
                             m.next = "LOAD_SIZE"
                     if cfg.spike_encoder:
                         with m.Case(Cmd.EXPAND):
-                            m.next = "EXPAND"
+                            # repeated with the seq of the last RUN or EXPAND: done already
+                            # (its counters must not count it twice)
+                            with m.If(last_run_valid & (last_run_seq == hdr.seq)):
+                                m.next = "RESP"
+                            with m.Else():
+                                m.next = "EXPAND"
                     with m.Default():
                         a = Signal(BUF_ARGS)
                         m.d.comb += a.eq(word_from_sr(args_bytes))
@@ -366,6 +375,8 @@ class Executor(wiring.Component):
                     with m.If(en.done):
                         with m.If(en.bad):
                             m.d.sync += status.eq(Status.ERR_ARG)
+                        with m.Else():
+                            m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
                         m.next = "RESP"
             with m.State("LOAD_LEN"):
                 with m.If((nload == 0) | (hdr.length != load_need)):

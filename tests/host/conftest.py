@@ -7,9 +7,10 @@ from sim.device import SimDevice
 
 from ..helpers import FAST, LINK_TIMEOUT, simulator_binary  # noqa: F401 (re-exported)
 
-#: Small enough to build quickly, with several N and K tiles for tiny-llama.
+#: Small enough to build quickly, with several N and K tiles for tiny-llama; with the spike
+#: encoder, so that every host test's TTFS tiles go through it.
 CFG = AccelConfig(lanes=16, mac_units=4, weight_depth=64, max_rows=32,
-                  spike_event_depth=4096, mac_event_depth=256)
+                  spike_event_depth=4096, mac_event_depth=256, spike_encoder=True)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ mirror knows after each, with no device at all."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -16,21 +18,31 @@ from models.encodings import Encoding
 from .conftest import CFG
 
 
-def _tile(seed: int = 0):
+def _tile(seed: int = 0, cfg=CFG):
     g = torch.Generator().manual_seed(seed)
-    k, n = 5, CFG.lanes - 1
+    k, n = 5, cfg.lanes - 1
     codes = torch.randint(0, 16, (2, k), generator=g)
     mask = torch.zeros(k, dtype=torch.bool)
     w = torch.randint(-7, 8, (n, k), generator=g)
-    return build_tile(CFG, codes, mask, torch.zeros(k, dtype=torch.int64),
+    return build_tile(cfg, codes, mask, torch.zeros(k, dtype=torch.int64),
                       Encoding("ttfs", 4), w, raw=True)
 
 
-def test_tile_requests_write_every_buffer_then_run():
-    img = _tile()
-    reqs = list(tile_requests(CFG, img, BufferMirror(CFG)))
-    assert [r.cmd for r in reqs[:-1]] == [Cmd.WRITE_BUF] * (len(reqs) - 1)
-    assert reqs[-1][:3] == (Cmd.RUN, run_payload(CFG, img.descriptor), ())
+@pytest.mark.parametrize("encoder", [False, True])
+def test_tile_requests_write_every_buffer_then_run(encoder):
+    """With the spike encoder (CFG's), the spike events are its codes' write and an
+    EXPAND; without it, a write like every other buffer's."""
+    cfg = replace(CFG, spike_encoder=encoder)
+    img = _tile(cfg=cfg)
+    reqs = list(tile_requests(cfg, img, BufferMirror(cfg)))
+    cmds = [r.cmd for r in reqs[:-1]]
+    if encoder:
+        i = cmds.index(Cmd.EXPAND)
+        assert reqs[i - 1].payload[0] == BufId.CODES.value and cmds.count(Cmd.EXPAND) == 1
+        assert reqs[i].completes == ((BufId.SPIKE_EV, 0, img.words[BufId.SPIKE_EV]),)
+        del cmds[i]
+    assert cmds == [Cmd.WRITE_BUF] * len(cmds)
+    assert reqs[-1][:3] == (Cmd.RUN, run_payload(cfg, img.descriptor), ())
     done = [c[0] for r in reqs for c in r.completes]
     assert done == list(img.words)  # one completed write per buffer, in image order
 

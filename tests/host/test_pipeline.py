@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from accel.cycles import gemm_cycles
+from accel.encoder import encoder_counts
 from accel.layouts import BufId
 from accel.protocol import (
     FRAME_OVERHEAD,
@@ -62,6 +63,13 @@ def test_groups_keep_runs_first_and_reads_off_what_the_group_writes():
     # a read of a memory the group writes (OUT8 is a view of OUT) starts a group
     assert _cmds(pipeline_groups([_w(BufId.OUT), _r(BufId.OUT8), _r(BufId.ROWS)])) == [
         ["WRITE_BUF"], ["READ_BUF", "READ_BUF"]]
+    # an EXPAND is a RUN's like: it follows nothing and only reads follow it (a write
+    # behind it could change its codes before it is sent again, and makes the core forget
+    # its seq), and it writes the spike-event buffer
+    expand = Request(Cmd.EXPAND, bytes(11))
+    assert _cmds(pipeline_groups([_w(BufId.CODES), expand, _w(BufId.MAC_EV),
+                                  _r(BufId.SPIKE_EV), expand, _r(BufId.OUT8), RUN])) == [
+        ["WRITE_BUF"], ["EXPAND"], ["WRITE_BUF", "READ_BUF"], ["EXPAND", "READ_BUF"], ["RUN"]]
     # window 0: every request waits for the answer before it
     assert [len(g) for g in pipeline_groups(reqs, 0)] == [1] * len(reqs)
 
@@ -82,10 +90,11 @@ def test_what_follows_the_first_request_fits_the_receive_fifo():
 
 class _LoseAnswer:
     """A transport that loses the answer to the first ``cmd`` request it sends that
-    others were sent behind before its answer came (a request inside a pipelined group)."""
+    others were sent behind before its answer came (a request inside a pipelined group),
+    or (``grouped`` False) to the first ``cmd`` request."""
 
-    def __init__(self, inner, cmd: Cmd):
-        self.inner, self.cmd = inner, cmd.value
+    def __init__(self, inner, cmd: Cmd, grouped: bool = True):
+        self.inner, self.cmd, self.grouped = inner, cmd.value, grouped
         self.decoder = FrameDecoder(LENGTH_LIMIT)
         self.last: tuple[int, int] | None = None  # (cmd, seq) of the frame sent before
         self.target: int | None = None
@@ -93,6 +102,8 @@ class _LoseAnswer:
 
     def send(self, data: bytes) -> None:
         cmd, seq = data[1], data[2]
+        if self.target is None and not self.grouped and cmd == self.cmd:
+            self.target = seq
         if self.target is None and self.last is not None and self.last[0] == self.cmd:
             self.target = self.last[1]  # a request follows it before its answer
         self.last = (cmd, seq)
@@ -112,10 +123,13 @@ class _LoseAnswer:
         self.inner.close()
 
 
-@pytest.mark.parametrize("cmd", [Cmd.RUN, Cmd.READ_BUF])
+@pytest.mark.parametrize("cmd", [(Cmd.RUN, True), (Cmd.READ_BUF, True), (Cmd.EXPAND, False)])
 def test_a_lost_answer_in_a_group_is_recovered_without_running_twice(sim, cmd):
+    """Also the answer to an EXPAND (CFG has the encoder; nothing is sent behind one in
+    practice): it is sent again with its seq and not run again (its counters equal the
+    prediction)."""
     call = _call(11, m=20, k=45, n=CFG.lanes + 9)  # two output slices, K tiles
-    t = _LoseAnswer(SerialTransport(sim.url), cmd)
+    t = _LoseAnswer(SerialTransport(sim.url), *cmd)
     dev = Device(t, CFG, **FAST)
     dev.identify()
     before = dev.counters()
@@ -125,7 +139,10 @@ def test_a_lost_answer_in_a_group_is_recovered_without_running_twice(sim, cmd):
     assert torch.equal(y, call.y)
     # every RUN ran once: the busy cycles are the cycle model's for the GEMM
     assert after["busy"] - before["busy"] == gemm_cycles(CFG, GemmWork.of(call)).cycles
+    reqs = gemm_requests(CFG, plan_call(CFG, call), BufferMirror(CFG))
+    assert {k: after[k] - before[k] for k in ("enc_busy", "enc_wr")} == encoder_counts(reqs)
     assert dev.stats["waits"] < dev.stats["frames_tx"]  # requests were pipelined
+    assert cmd[0] != Cmd.EXPAND or dev.stats["timeouts"] == 1  # it was the one lost
 
 
 def test_pipelined_gemm_moves_what_link_cost_predicts(sim):
