@@ -156,6 +156,13 @@ def buffer_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
     } | ({BufId.CODES: (code_word_layout(), cfg.code_words)} if cfg.code_words else {})
 
 
+def row_lane_bytes(cfg: AccelConfig) -> int:
+    """Bytes a lane of a weight row takes in a WRITE_ROWS (``accel.protocol.ROW_ARGS``,
+    which writes only ``BufId.WEIGHTS``): its weight's, when that is whole bytes; 0 when it
+    is not (then the core has no WRITE_ROWS)."""
+    return cfg.weight_bits // 8 if cfg.weight_bits % 8 == 0 else 0
+
+
 def code_word_layout() -> data.ArrayLayout:
     """One word of the code buffer (``BufId.CODES``): ``CODES_PER_WORD`` raw 4-bit codes,
     the first in the low bits (the ``EXPAND`` request says whether they are signed)."""

@@ -66,7 +66,7 @@ RX_FIFO_BYTES = 512
 #: Reported by IDENTIFY; bumped whenever a frame, command or payload layout changes.
 #: 2: a repeated RUN is not re-run; 3: ABORT, ERR_FAULT, RUN checked; 4: DRAM, LOAD;
 #: 5: LOAD_RUN; 6: reads do not make the core forget the last RUN's seq (pipelining);
-#: 7: EXPAND and the code buffer (the on-chip spike encoder)
+#: 7: EXPAND and the code buffer (the on-chip spike encoder), WRITE_ROWS
 PROTOCOL_VERSION = 7
 
 #: Frame header after the SOF byte (little-endian on the wire).
@@ -100,6 +100,10 @@ class Cmd(enum.Enum, shape=8):
     #: the spike encoder turns the code buffer's codes into one row group's spike-event
     #: words (:data:`EXPAND_ARGS`); answered when they are written
     EXPAND = 0x0A
+    #: write whole rows of a buffer of byte-wide lanes from their low ``lanes`` lanes
+    #: (:data:`ROW_ARGS`; the rest of each row becomes zero): an attention operand's rows
+    #: for a few key tokens cross the link at those lanes' bytes
+    WRITE_ROWS = 0x0B
 
 
 class Status(enum.Enum, shape=8):
@@ -140,6 +144,14 @@ LOAD_ARGS = data.StructLayout({"buf": unsigned(8), "addr": unsigned(24), "count"
 EXPAND_ARGS = data.StructLayout({"dst": unsigned(24), "count": unsigned(24),
                                  "rows": unsigned(8), "k": unsigned(16), "steps": unsigned(8),
                                  "signed": unsigned(8)})
+
+
+#: WRITE_ROWS arguments: ``count`` rows of ``buf`` from ``addr`` on, each given by its low
+#: ``lanes`` lanes; the payload then carries each row's ``lanes x lane bytes`` bytes, the
+#: highest lane's most significant byte first (the core shifts each byte in at the bottom
+#: of the row it assembles, so the row's other lanes end up zero).
+ROW_ARGS = data.StructLayout({"buf": unsigned(8), "addr": unsigned(24), "count": unsigned(24),
+                              "lanes": unsigned(8)})
 
 
 def nbytes(bits: int) -> int:

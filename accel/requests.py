@@ -28,6 +28,7 @@ from .layouts import (
     descriptor_errors,
     descriptor_layout,
     packable,
+    row_lane_bytes,
     unpack_int,
     word_packer,
 )
@@ -38,6 +39,7 @@ from .protocol import (
     MAX_PAYLOAD,
     PACKED,
     READ_ONLY,
+    ROW_ARGS,
     RX_FIFO_BYTES,
     Cmd,
     ident_layout,
@@ -92,6 +94,38 @@ def write_buf_payloads(cfg: AccelConfig, buf: BufId, words: list, addr: int = 0,
         chunk = words[i : i + per]
         body = b"".join(pack(w).to_bytes(bpw, "little") for w in chunk)
         out.append(buf_args(buf, addr + i, len(chunk)) + body)
+    return out
+
+
+def row_lanes(cfg: AccelConfig, buf: BufId, words: list) -> int:
+    """The lanes a WRITE_ROWS of weight rows ``words`` needs (every lane above them zero in
+    every row), or 0 when a WRITE_BUF is as short (the rows use every lane, or the core has
+    no WRITE_ROWS for ``buf``)."""
+    if buf != BufId.WEIGHTS or not row_lane_bytes(cfg) or not words:
+        return 0
+    used = max(max((j for j, v in enumerate(row) if v), default=-1) for row in words)
+    return max(1, used + 1) if used + 1 < cfg.lanes else 0
+
+
+def write_rows_payloads(cfg: AccelConfig, words: list, lanes: int, addr: int = 0,
+                        max_payload: int = MAX_PAYLOAD) -> list[bytes]:
+    """WRITE_ROWS payloads (:data:`~accel.protocol.ROW_ARGS`) for weight rows ``words`` at
+    ``addr ..``, each row by its low ``lanes`` lanes (the rest zero: :func:`row_lanes`),
+    split to fit ``max_payload``."""
+    shape, depth = buffer_shapes(cfg)[BufId.WEIGHTS]
+    if addr + len(words) > depth:
+        raise ValueError(f"WEIGHTS: {len(words)} words at {addr} exceed depth {depth}")
+    pack = word_packer(shape)
+    size = lanes * row_lane_bytes(cfg)
+    mask = (1 << (8 * size)) - 1
+    per = max(1, (max_payload - nbytes(ROW_ARGS.size)) // size)
+    out = []
+    for i in range(0, len(words), per):
+        chunk = words[i:i + per]
+        args = ROW_ARGS.const({"buf": BufId.WEIGHTS.value, "addr": addr + i,
+                               "count": len(chunk), "lanes": lanes}).as_bits()
+        out.append(args.to_bytes(nbytes(ROW_ARGS.size), "little") + b"".join(
+            (pack(row) & mask).to_bytes(size, "big") for row in chunk))
     return out
 
 
@@ -227,17 +261,21 @@ class Request(NamedTuple):
 
 def write_requests(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, words: list,
                    addr: int = 0, max_payload: int = MAX_PAYLOAD) -> Iterator[Request]:
-    """The WRITE_BUF requests that write ``words`` at ``addr ..`` of ``buf``, keeping
+    """The WRITE_BUF requests (WRITE_ROWS for weight rows whose high lanes are all zero,
+    :func:`row_lanes`) that write ``words`` at ``addr ..`` of ``buf``, keeping
     ``mirror`` true whatever happens to them.
 
     Sans-IO: the caller sends each request and asks for the next one only once it was
     acknowledged. The range is unknown to ``mirror`` from the first request on (a failure
     midway leaves some of it old and some new) and known to hold ``words`` only when the
     caller comes back after the last one; a caller that stops early leaves it unknown."""
-    payloads = write_buf_payloads(cfg, buf, words, addr=addr, max_payload=max_payload)
+    lanes = row_lanes(cfg, buf, words)
+    cmd = Cmd.WRITE_ROWS if lanes else Cmd.WRITE_BUF
+    payloads = (write_rows_payloads(cfg, words, lanes, addr, max_payload) if lanes else
+                write_buf_payloads(cfg, buf, words, addr=addr, max_payload=max_payload))
     mirror.set(buf, addr, None, len(words))
     for i, p in enumerate(payloads):
-        yield Request(Cmd.WRITE_BUF, p, ((buf, addr, words),) if i == len(payloads) - 1 else ())
+        yield Request(cmd, p, ((buf, addr, words),) if i == len(payloads) - 1 else ())
     mirror.set(buf, addr, words)
 
 
@@ -385,8 +423,12 @@ def answer_bytes(cfg: AccelConfig, req: Request) -> int:
 LINK_KEYS = ("frames_tx", "bytes_tx", "bytes_rx", "waits")
 
 
+#: The requests that write words the host gives (the same words if sent again).
+WRITES = frozenset({Cmd.WRITE_BUF, Cmd.WRITE_ROWS})
+
+
 def _memory(req: Request) -> BufId:
-    """The memory a WRITE_BUF or READ_BUF names (a view's own memory)."""
+    """The memory a WRITE_BUF, WRITE_ROWS or READ_BUF names (a view's own memory)."""
     buf = BufId(req.payload[0] & ~PACKED & 0xFF)
     return VIEWS.get(buf, buf)
 
@@ -412,7 +454,7 @@ def pipeline_groups(requests: Iterator[Request] | list[Request],
         size = len(req.payload) + FRAME_OVERHEAD
         joins = bool(group) and ahead + size <= window and (
             (req.cmd in READ_ONLY and not (req.cmd == Cmd.READ_BUF and _memory(req) in written))
-            or (req.cmd == Cmd.WRITE_BUF and group[0].cmd == Cmd.WRITE_BUF))
+            or (req.cmd in WRITES and group[0].cmd in WRITES))
         if joins:
             group.append(req)
             ahead += size
@@ -420,7 +462,7 @@ def pipeline_groups(requests: Iterator[Request] | list[Request],
             if group:
                 yield group
             group, ahead, written = [req], 0, set()
-        if req.cmd == Cmd.WRITE_BUF:
+        if req.cmd in WRITES:
             written.add(_memory(req))
         elif req.cmd == Cmd.EXPAND:
             written.add(BufId.SPIKE_EV)

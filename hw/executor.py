@@ -15,7 +15,13 @@ ABORT            none                                         none
 LOAD             copies (a byte, 1..255), each :data:`LOAD_ARGS` none, once the last has started
 LOAD_RUN         a LOAD's copies, then a RUN's descriptor     as RUN
 EXPAND           :data:`EXPAND_ARGS`                          none, once the words are written
+WRITE_ROWS       :data:`ROW_ARGS` + ``count`` rows' low lanes   none
 ================ ============================================ ==============================
+
+WRITE_ROWS writes whole weight rows (``BufId.WEIGHTS`` only, lanes of whole bytes,
+:func:`~accel.layouts.row_lane_bytes`) from their low ``lanes`` lanes, the other lanes
+zero: each row's bytes come most significant first and are shifted in at the bottom of
+the assembly register, cleared for each row, so no byte is moved by a variable amount.
 
 EXPAND exists with the spike encoder only (``AccelConfig.spike_encoder``, ``hw.encoder``;
 else ``ERR_COMMAND``): it waits for a copy in flight (the copier may be writing the
@@ -66,6 +72,7 @@ from accel.layouts import (
     descriptor_rules,
     dram_words,
     packable,
+    row_lane_bytes,
 )
 from accel.protocol import (
     BUF_ARGS,
@@ -74,6 +81,7 @@ from accel.protocol import (
     LENGTH_LIMIT,
     LOAD_ARGS,
     READ_ONLY,
+    ROW_ARGS,
     Cmd,
     Status,
     ident_layout,
@@ -168,6 +176,11 @@ class Executor(wiring.Component):
         ctr = Signal(range(len(COUNTERS) + 1))
         desc_bytes = nbytes(descriptor_layout(cfg).size)
         exp_bytes = nbytes(EXPAND_ARGS.size)
+        rows_bytes = nbytes(ROW_ARGS.size)
+        lane_bytes = row_lane_bytes(cfg)
+        row_lanes = Signal(8)  # WRITE_ROWS: the lanes each row brings
+        row_len = Signal(range(cfg.lanes * max(1, lane_bytes) + 1))  # and their bytes
+        rows_need = Signal(32)  # the rows' bytes (count x row_len)
         args_bytes = nbytes(BUF_ARGS.size)
         load_bytes = nbytes(LOAD_ARGS.size)
         largs = Signal(LOAD_ARGS)
@@ -283,6 +296,14 @@ class Executor(wiring.Component):
                                     m.next = "DRAIN"
                                 with m.Else():
                                     m.next = "ARGS"
+                        if lane_bytes:
+                            with m.Case(Cmd.WRITE_ROWS):
+                                m.d.sync += todo.eq(rows_bytes)
+                                with m.If(h.length < rows_bytes):
+                                    m.d.sync += status.eq(Status.ERR_ARG)
+                                    m.next = "DRAIN"
+                                with m.Else():
+                                    m.next = "ARGS"
                         with m.Case(Cmd.WRITE_BUF, Cmd.READ_BUF):
                             m.d.sync += todo.eq(args_bytes)
                             with m.If(h.length < args_bytes):
@@ -341,6 +362,15 @@ class Executor(wiring.Component):
                                 m.next = "RESP"
                             with m.Else():
                                 m.next = "EXPAND"
+                    if lane_bytes:
+                        with m.Case(Cmd.WRITE_ROWS):
+                            ra = Signal(ROW_ARGS)
+                            m.d.comb += ra.eq(word_from_sr(rows_bytes))
+                            m.d.sync += [args.buf.eq(ra.buf), args.addr.eq(ra.addr),
+                                         args.count.eq(ra.count), words.eq(ra.count),
+                                         addr.eq(ra.addr), row_lanes.eq(ra.lanes),
+                                         row_len.eq(ra.lanes * lane_bytes)]
+                            m.next = "ROWS_SIZE"
                     with m.Default():
                         a = Signal(BUF_ARGS)
                         m.d.comb += a.eq(word_from_sr(args_bytes))
@@ -378,6 +408,41 @@ class Executor(wiring.Component):
                         with m.Else():
                             m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
                         m.next = "RESP"
+            if lane_bytes:
+                with m.State("ROWS_SIZE"):
+                    # the rows' bytes and the checks, registered (timing, as in SIZE)
+                    m.d.sync += [rows_need.eq(args.count * row_len),
+                                 args_bad.eq((args.buf != BufId.WEIGHTS) | ~depth_ok
+                                             | (row_lanes == 0) | (row_lanes > cfg.lanes))]
+                    m.next = "ROWS_CHECK"
+                with m.State("ROWS_CHECK"):
+                    with m.If(cp.busy):  # the engine's host write port is the copier's
+                        m.d.comb += self.strobes.load_wait.eq(1)
+                    with m.Elif(args_bad | (hdr.length != rows_bytes + rows_need)):
+                        m.d.sync += status.eq(Status.ERR_ARG)
+                        m.next = "DRAIN"
+                    with m.Elif(args.count == 0):
+                        m.next = "RESP"
+                    with m.Else():
+                        m.d.sync += [sr.eq(0), todo.eq(row_len)]
+                        m.next = "WR_ROW"
+                with m.State("WR_ROW"):  # a row's bytes in at the bottom, top lane first
+                    m.d.comb += data_in.o.ready.eq(1)
+                    with m.If(data_in.o.valid):
+                        m.d.sync += [sr.eq(Cat(byte_in, sr[:-8])), got.eq(got + 1),
+                                     todo.eq(todo - 1)]
+                        with m.If(todo == 1):
+                            m.next = "WR_ROW_WORD"
+                with m.State("WR_ROW_WORD"):
+                    m.d.comb += [hb.wr_en.eq(1), hb.wr_buf.eq(BufId.WEIGHTS),
+                                 hb.wr_addr.eq(addr), hb.wr_data.eq(sr),
+                                 self.strobes.host_wr.eq(1)]
+                    m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), sr.eq(0),
+                                 todo.eq(row_len)]
+                    with m.If(words == 1):
+                        m.next = "RESP"
+                    with m.Else():
+                        m.next = "WR_ROW"
             with m.State("LOAD_LEN"):
                 with m.If((nload == 0) | (hdr.length != load_need)):
                     m.d.sync += status.eq(Status.ERR_ARG)

@@ -67,7 +67,7 @@ def _attn(seed: int, m: int = 9, k: int = 20, n: int = 17) -> GemmCall:
 
 def _written(reqs) -> set[BufId]:
     """The buffers ``reqs`` write through the link."""
-    return {BufId(r.payload[0] & 0x7F) for r in reqs if r.cmd == Cmd.WRITE_BUF}
+    return {BufId(r.payload[0] & 0x7F) for r in reqs if r.cmd in (Cmd.WRITE_BUF, Cmd.WRITE_ROWS)}
 
 
 def test_attention_constants_are_loaded_whatever_the_sequence_length():
