@@ -273,13 +273,6 @@ class Executor(wiring.Component):
                                 m.next = "DRAIN"
                             with m.Else():
                                 m.next = "EXEC"
-                        with m.Case(Cmd.RUN):
-                            m.d.sync += todo.eq(desc_bytes)
-                            with m.If(h.length != desc_bytes):
-                                m.d.sync += status.eq(Status.ERR_ARG)
-                                m.next = "DRAIN"
-                            with m.Else():
-                                m.next = "ARGS"
                         with m.Case(Cmd.LOAD, Cmd.LOAD_RUN):  # the number of copies first
                             m.d.sync += [todo.eq(1), nload.eq(0)]
                             with m.If(h.length < 1 + load_bytes
@@ -288,29 +281,22 @@ class Executor(wiring.Component):
                                 m.next = "DRAIN"
                             with m.Else():
                                 m.next = "ARGS"
+                        # commands whose fixed arguments come first: their bytes, and
+                        # whether that is the whole payload (else the least of it)
+                        fixed = {(Cmd.RUN,): (desc_bytes, True),
+                                 (Cmd.WRITE_BUF, Cmd.READ_BUF): (args_bytes, False)}
                         if cfg.spike_encoder:
-                            with m.Case(Cmd.EXPAND):
-                                m.d.sync += todo.eq(exp_bytes)
-                                with m.If(h.length != exp_bytes):
-                                    m.d.sync += status.eq(Status.ERR_ARG)
-                                    m.next = "DRAIN"
-                                with m.Else():
-                                    m.next = "ARGS"
+                            fixed[(Cmd.EXPAND,)] = (exp_bytes, True)
                         if lane_bytes:
-                            with m.Case(Cmd.WRITE_ROWS):
-                                m.d.sync += todo.eq(rows_bytes)
-                                with m.If(h.length < rows_bytes):
+                            fixed[(Cmd.WRITE_ROWS,)] = (rows_bytes, False)
+                        for cmds, (n, whole) in fixed.items():
+                            with m.Case(*cmds):
+                                m.d.sync += todo.eq(n)
+                                with m.If((h.length != n) if whole else (h.length < n)):
                                     m.d.sync += status.eq(Status.ERR_ARG)
                                     m.next = "DRAIN"
                                 with m.Else():
                                     m.next = "ARGS"
-                        with m.Case(Cmd.WRITE_BUF, Cmd.READ_BUF):
-                            m.d.sync += todo.eq(args_bytes)
-                            with m.If(h.length < args_bytes):
-                                m.d.sync += status.eq(Status.ERR_ARG)
-                                m.next = "DRAIN"
-                            with m.Else():
-                                m.next = "ARGS"
                         with m.Default():
                             m.d.sync += status.eq(Status.ERR_COMMAND)
                             m.next = "DRAIN"
