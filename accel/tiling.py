@@ -168,7 +168,8 @@ def build_tile(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     spike_ev, mac_ev = events or tile_events(cfg, codes, int_mask, shifts, enc)
     img.words[BufId.SPIKE_EV] = spike_ev
     img.words[BufId.MAC_EV] = mac_ev
-    if encodable(cfg, enc) and bool((~int_mask).any()):
+    # the encoder takes a K tile's codes (a wider tile, built by hand, sends its words)
+    if encodable(cfg, enc) and bool((~int_mask).any()) and k <= cfg.k_tile:
         img.codes, img.enc = spk, enc
     for b, depth in ((BufId.SPIKE_EV, cfg.spike_event_depth),
                      (BufId.MAC_EV, cfg.mac_event_depth)):
