@@ -282,7 +282,8 @@ def watchdog_cycles(cfg: AccelConfig) -> int:
 #: Buffer ids that are views of another buffer's memory, not memories of their own.
 VIEWS = {BufId.WEIGHTS4: BufId.WEIGHTS, **{v: BufId.OUT for v in OUT_VIEWS}}
 #: Not WEIGHTS4 either: it is a write-only view of WEIGHTS.
-HOST_READABLE = frozenset(b for b in BufId if b not in (BufId.ACC, BufId.WEIGHTS4))
+HOST_READABLE = frozenset(b for b in BufId
+                          if b not in (BufId.ACC, BufId.WEIGHTS4, BufId.CODES))
 #: Buffers the host can write: not the read-only views of OUT.
 HOST_WRITABLE = frozenset(b for b in BufId if b not in OUT_VIEWS)
 

@@ -19,12 +19,14 @@ cannot hold, a code too large for the window, or a number of words other than th
 ``count`` ends the request with ``bad`` (the executor answers ``ERR_ARG``); it never
 writes outside ``dst .. dst + count - 1``.
 
-The encoder drives the engine's host bus (``hw.engine.host_bus_signature``) like the
-executor and the copier do: it reads the code buffer and writes the spike-event buffer,
-while the executor waits for it (``hw.top.Top`` shares the bus).
+The encoder writes the spike-event buffer through the engine's host bus
+(``hw.engine.host_bus_signature``) like the executor and the copier do, while the
+executor waits for it (``hw.top.Top`` shares the bus), and reads the code buffer through
+a read port of its own (``hw.engine.code_read_signature``: the code buffer is not
+host-readable, and the host's read data passes a select across every buffer).
 """
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Module, Mux, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -32,7 +34,7 @@ from accel.config import CODE_BITS, CODES_PER_WORD, AccelConfig
 from accel.layouts import BufId, SpikeOp, spike_event_layout
 from accel.protocol import EXPAND_ARGS
 
-from .engine import host_bus_signature
+from .engine import code_read_signature, host_bus_signature
 
 #: The largest window the encoder runs: a 4-bit code's largest magnitude (an unsigned
 #: code of 15 spikes at step 0 of a 15-step window).
@@ -42,8 +44,8 @@ MAX_ENCODE_STEPS = (1 << CODE_BITS) - 1
 class SpikeEncoder(wiring.Component):
     """``start`` takes an ``EXPAND``'s arguments; ``busy`` until the cycle after ``done``,
     a pulse with ``bad`` (the request is refused) valid beside it. ``host``: the engine's
-    host bus (reads ``CODES``, writes ``SPIKE_EV``). ``word_wr``: a word was written (the
-    ``enc_wr`` counter)."""
+    host bus (its write half: ``SPIKE_EV``); ``codes``: its own read port on the code
+    buffer. ``word_wr``: a word was written (the ``enc_wr`` counter)."""
 
     def __init__(self, cfg: AccelConfig):
         if not cfg.spike_encoder:
@@ -53,6 +55,7 @@ class SpikeEncoder(wiring.Component):
             "start": In(stream.Signature(EXPAND_ARGS)),
             "busy": Out(1), "done": Out(1), "bad": Out(1),
             "host": Out(host_bus_signature(cfg)),
+            "codes": In(code_read_signature(cfg)),
             "word_wr": Out(1),
         })
 
@@ -85,11 +88,10 @@ class SpikeEncoder(wiring.Component):
         m.d.sync += [vb.eq(valid_a), kind_b.eq(kind_a), k_b.eq(k), s_b.eq(s), want_b.eq(want),
                      vc.eq(vb), kind_c.eq(kind_b), k_c.eq(k_b), s_c.eq(s_b),
                      want_c.eq(want_b)]
-        word = self.host.rd_data[:CODE_BITS * CODES_PER_WORD]
+        word = Value.cast(self.codes.data)
         m.d.sync += code_c.eq(word.word_select(k_b[:(CODES_PER_WORD - 1).bit_length()],
                                                CODE_BITS))
-        m.d.comb += [self.host.rd_buf.eq(BufId.CODES),
-                     self.host.rd_addr.eq(rowbase + (k >> (CODES_PER_WORD - 1).bit_length()))]
+        m.d.comb += self.codes.addr.eq(rowbase + (k >> (CODES_PER_WORD - 1).bit_length()))
 
         # stage C: the code's spike (models.encodings.spike_events: at T - |c|, signed by c)
         neg = Signal()
@@ -137,7 +139,7 @@ class SpikeEncoder(wiring.Component):
                     m.next = "READ"
             with m.State("READ"):  # every code of the group, input by input
                 m.d.comb += [self.busy.eq(1), valid_a.eq(1), kind_a.eq(SpikeOp.SPIKE),
-                             self.host.rd_en.eq(1)]
+                             self.codes.en.eq(1)]
                 with m.If(s == rows_m1):
                     m.d.sync += [s.eq(0), rowbase.eq(0), k.eq(k + 1)]
                     with m.If(k == k_m1):

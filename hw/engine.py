@@ -38,6 +38,7 @@ from amaranth import (
 )
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from accel.config import AccelConfig
 from accel.layouts import (
@@ -46,6 +47,7 @@ from accel.layouts import (
     BufId,
     MacOp,
     SpikeOp,
+    buffer_shapes,
     descriptor_layout,
     high_row_layout,
     mac_event_layout,
@@ -93,6 +95,13 @@ def strobe_signature() -> wiring.Signature:
     """The engine's counter strobes (:data:`STROBES`), one bit each, from the engine's
     side; ``accel.counters`` names each counter's source among them."""
     return wiring.Signature({name: Out(1) for name in STROBES})
+
+
+def code_read_signature(cfg: AccelConfig) -> memory.ReadPort.Signature:
+    """A read port on the code buffer (``BufId.CODES``), as its memory has it: the spike
+    encoder drives ``addr`` and ``en`` and takes ``data`` a cycle later."""
+    shape, depth = buffer_shapes(cfg)[BufId.CODES]
+    return memory.ReadPort.Signature(addr_width=ceil_log2(depth), shape=shape)
 
 
 def host_bus_signature(cfg: AccelConfig) -> wiring.Signature:
@@ -248,6 +257,10 @@ class Engine(wiring.Component):
             #: its ``w_base`` (a LOAD is writing the other half): held for the whole RUN
             "w_half": In(1),
         }
+        if cfg.spike_encoder:
+            #: the spike encoder's read port on the code buffer (``hw.encoder``): its own,
+            #: not the host's, whose read data passes the select across every buffer
+            members["codes_rd"] = Out(code_read_signature(cfg))
         self.word_bits = widest
         super().__init__(members)
 
@@ -279,6 +292,8 @@ class Engine(wiring.Component):
                      weights.wr_en.eq(self.host.wr_en & ((self.host.wr_buf == BufId.WEIGHTS)
                                                     | (self.host.wr_buf == BufId.WEIGHTS4))),
                      weights.wr_narrow.eq(self.host.wr_buf == BufId.WEIGHTS4)]
+        if cfg.spike_encoder:
+            wiring.connect(m, mems[BufId.CODES].read_port(), wiring.flipped(self.codes_rd))
         host_rd = {}
         for b in (HOST_READABLE - VIEWS.keys()) & shapes.keys():  # DRAM: hw.mem, not here
             rp = weights.read_port() if b == BufId.WEIGHTS else mems[b].read_port()

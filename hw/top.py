@@ -55,6 +55,7 @@ class Top(wiring.Component):
             m.submodules.encoder = enc = SpikeEncoder(cfg)
             wiring.connect(m, exe.encoder.start, enc.start)
             m.d.comb += [exe.encoder.done.eq(enc.done), exe.encoder.bad.eq(enc.bad)]
+            wiring.connect(m, enc.codes, eng.codes_rd)
         wiring.connect(m, wiring.flipped(self.rx), link.rx)
         wiring.connect(m, link.tx, wiring.flipped(self.tx))
         wiring.connect(m, link.cmd, exe.cmd)
@@ -86,29 +87,25 @@ class Top(wiring.Component):
             x.rdata.payload.eq(self.dram.rdata.payload),
             self.dram.rdata.ready.eq(1),
         ]
-        # The engine's host bus (executor, copier and encoder drive one each): a read is
-        # the encoder's while it reads, else the executor's; a write is the executor's in
-        # the cycle it writes, else the encoder's while it writes, else the copier's (the
-        # executor writes only with the copier and the encoder idle, the copier only while
-        # busy, the encoder only while the executor waits for it with the copier idle).
+        # The engine's host bus (executor, copier and encoder drive one each): reads are
+        # the executor's; a write is the executor's in the cycle it writes, else the
+        # encoder's while it writes, else the copier's (the executor writes only with the
+        # copier and the encoder idle, the copier only while busy, the encoder only while
+        # the executor waits for it with the copier idle).
         hb, xh, ch = eng.host, exe.host, dma.host
         if enc is not None:
             eh = enc.host
             other = {n: Mux(eh.wr_en, getattr(eh, n), getattr(ch, n))
                      for n in ("wr_buf", "wr_addr", "wr_data")}
             other["wr_en"] = eh.wr_en | ch.wr_en
-            m.d.comb += eh.rd_data.eq(hb.rd_data)
-            rd = {n: Mux(eh.rd_en, getattr(eh, n), getattr(xh, n))
-                  for n in ("rd_buf", "rd_addr")} | {"rd_en": eh.rd_en | xh.rd_en}
         else:
             other = {n: getattr(ch, n) for n in ("wr_en", "wr_buf", "wr_addr", "wr_data")}
-            rd = {n: getattr(xh, n) for n in ("rd_en", "rd_buf", "rd_addr")}
         m.d.comb += [
             hb.wr_en.eq(xh.wr_en | other["wr_en"]),
             hb.wr_buf.eq(Mux(xh.wr_en, xh.wr_buf, other["wr_buf"])),
             hb.wr_addr.eq(Mux(xh.wr_en, xh.wr_addr, other["wr_addr"])),
             hb.wr_data.eq(Mux(xh.wr_en, xh.wr_data, other["wr_data"])),
-            hb.rd_en.eq(rd["rd_en"]), hb.rd_buf.eq(rd["rd_buf"]), hb.rd_addr.eq(rd["rd_addr"]),
+            hb.rd_en.eq(xh.rd_en), hb.rd_buf.eq(xh.rd_buf), hb.rd_addr.eq(xh.rd_addr),
             hb.rd_byte.eq(xh.rd_byte),
             xh.rd_data.eq(hb.rd_data), xh.rd_byte_data.eq(hb.rd_byte_data),
         ]

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 from amaranth import Module
-from amaranth.lib import memory
+from amaranth.lib import memory, wiring
 from amaranth.sim import Simulator
 
 from accel.config import AccelConfig
@@ -31,10 +31,7 @@ def _run(cfg, words, args):
     m.submodules.enc = enc = SpikeEncoder(cfg)
     m.submodules.mem = mem = memory.Memory(shape=code_word_layout(), depth=cfg.code_words,
                                            init=[])
-    rp = mem.read_port()
-    m.d.comb += [rp.addr.eq(enc.host.rd_addr),
-                 rp.en.eq(enc.host.rd_en & (enc.host.rd_buf == BufId.CODES)),
-                 enc.host.rd_data.eq(rp.data)]
+    wiring.connect(m, mem.read_port(), enc.codes)
     wp = mem.write_port()
     sim = Simulator(m)
     sim.add_clock(1e-6)
