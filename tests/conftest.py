@@ -1,13 +1,21 @@
-"""Test-wide settings and fixtures: the build cache (gen/cache.py) lives in a temporary
-folder; the small models every test tree uses, loaded and converted once per session (the
-built-in tiny ones by name, odd-sized ones through the :func:`small_model` factory)."""
+"""Test-wide settings and fixtures: Hypothesis without wall-clock checks; the build cache
+(gen/cache.py) lives in a temporary folder; the small models every test tree uses, loaded
+and converted once per session (the built-in tiny ones by name, odd-sized ones through the
+:func:`small_model` factory)."""
 
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from models.arch import load_model, random_model, tiny_config
 from models.convert import ConvertOptions, convert
+
+# The machines are shared: Hypothesis's wall-clock checks (input generation "too slow",
+# per-example deadlines) fail on load, not on a defect. Every example still runs.
+settings.register_profile("shared", suppress_health_check=[HealthCheck.too_slow],
+                          deadline=None)
+settings.load_profile("shared")
 
 
 @pytest.fixture(scope="session", autouse=True)
