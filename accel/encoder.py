@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from models.encodings import TTFS_KINDS, Encoding
+from models.encodings import TTFS_KINDS, Encoding, spike_events
 
 from .config import CODE_BITS, AccelConfig
 from .layouts import SpikeOp, code_words
@@ -36,6 +36,34 @@ def codes_fit(enc: Encoding) -> bool:
     """Whether an encoder would make ``enc``'s events: TTFS codes of at most
     ``CODE_BITS``."""
     return enc.kind in TTFS_KINDS and enc.bits <= CODE_BITS
+
+
+def spike_table(cfg: AccelConfig) -> dict[tuple[int, int], list[tuple[int, int] | None]]:
+    """What the encoder does with each raw ``CODE_BITS``-bit code, per encoding it runs
+    (those :func:`codes_fit` admits, with a window ``cfg`` allows), keyed by ``(signed,
+    steps)`` as EXPAND names them: ``(t, neg)`` for the code's one spike at step ``t``,
+    ``(-1, 0)`` for a silent code, None for a code outside the encoding. Made by
+    ``models.encodings.spike_events`` itself (the gateware builds its table from this, so
+    the TTFS timing rule has one home)."""
+    table = {}
+    for kind in TTFS_KINDS:
+        for bits in range(1, CODE_BITS + 1):
+            try:
+                enc = Encoding(kind, bits)
+            except ValueError:
+                continue  # ttfs-signed needs a sign bit and one more
+            if not codes_fit(enc) or enc.time_steps > cfg.max_steps:
+                continue
+            row: list[tuple[int, int] | None] = []
+            for raw in range(1 << CODE_BITS):
+                v = raw - (1 << CODE_BITS) if enc.signed and raw >> (CODE_BITS - 1) else raw
+                if not enc.qmin <= v <= enc.qmax:
+                    row.append(None)
+                    continue
+                ev = spike_events(torch.tensor([[v]]), enc).tolist()
+                row.append((ev[0][1], int(ev[0][3] < 0)) if ev else (-1, 0))
+            table[(int(enc.signed), enc.time_steps)] = row
+    return table
 
 
 def encodable(cfg: AccelConfig, enc: Encoding) -> bool:

@@ -5,17 +5,19 @@ The host sends codes at 4 bits each (``BufId.CODES``, ``accel.layouts.code_words
 2 to 3 bytes a spike plus a STEP per row and time step. The encoder writes exactly the
 words ``accel.tiling.spike_words`` makes for those codes (TTFS, one group of
 ``spike_rows`` rows): for each time step ``t``, for each input ``k``, for each row (slot)
-``s``, a SPIKE when the code's magnitude is ``steps - t`` (``models.encodings.spike_events``:
-a code ``c`` spikes once, at ``T - |c|``, negative for a negative code); then a STEP per
-row; after the window an END per row.
+``s``, a SPIKE when the code spikes at step ``t``; then a STEP per row; after the window an
+END per row. When each code spikes, and with which sign, is a table made at elaboration
+by ``models.encodings.spike_events`` (``accel.encoder.spike_table``), one row per encoding
+it runs: the TTFS timing rule is not written again here.
 
 It scans every code once per time step, one code a cycle, so an EXPAND takes
-``accel.cycles.encode_cycles`` cycles: ``rows x (k x steps + steps + 1)`` plus a fixed
+``accel.encoder.encode_cycles`` cycles: ``rows x (k x steps + steps + 1)`` plus a fixed
 overhead. That is slower than a counting sort, and it does not matter here: the link
 takes longer to bring the codes than the scan takes to expand them.
 
 It trusts nothing: a row count, width or window the code buffer or the event buffer
-cannot hold, a code too large for the window, or a number of words other than the host's
+cannot hold, a window no encoding it runs has, a code outside the encoding, or a number of
+words other than the host's
 ``count`` ends the request with ``bad`` (the executor answers ``ERR_ARG``); it never
 writes outside ``dst .. dst + count - 1``.
 
@@ -31,14 +33,11 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from accel.config import CODE_BITS, CODES_PER_WORD, AccelConfig
+from accel.encoder import spike_table
 from accel.layouts import BufId, SpikeOp, spike_event_layout
 from accel.protocol import EXPAND_ARGS
 
 from .engine import code_read_signature, host_bus_signature
-
-#: The largest window the encoder runs: a 4-bit code's largest magnitude (an unsigned
-#: code of 15 spikes at step 0 of a 15-step window).
-MAX_ENCODE_STEPS = (1 << CODE_BITS) - 1
 
 
 class SpikeEncoder(wiring.Component):
@@ -68,7 +67,9 @@ class SpikeEncoder(wiring.Component):
         stride = Signal(16)  # code-buffer words per row
         k = Signal(16)
         s = Signal(8)
-        want = Signal(8)  # the code magnitude that spikes at this step: steps - t
+        t = Signal(8)  # the time step
+        table = spike_table(cfg)  # (signed, steps) -> what each raw code does
+        enc_id = Signal(range(len(table) + 1))  # the request's row of it (len: none)
         rowbase = Signal(range(cfg.code_words + 1))  # the word of row s's first code
         bad = Signal()
         room = Signal(24)  # words the host's count still allows
@@ -83,23 +84,28 @@ class SpikeEncoder(wiring.Component):
         kind_b, kind_c = Signal(SpikeOp), Signal(SpikeOp)
         k_b, k_c = Signal(16), Signal(16)
         s_b, s_c = Signal(8), Signal(8)
-        want_b, want_c = Signal(8), Signal(8)
+        t_b, t_c = Signal(8), Signal(8)
         code_c = Signal(CODE_BITS)
-        m.d.sync += [vb.eq(valid_a), kind_b.eq(kind_a), k_b.eq(k), s_b.eq(s), want_b.eq(want),
-                     vc.eq(vb), kind_c.eq(kind_b), k_c.eq(k_b), s_c.eq(s_b),
-                     want_c.eq(want_b)]
+        m.d.sync += [vb.eq(valid_a), kind_b.eq(kind_a), k_b.eq(k), s_b.eq(s), t_b.eq(t),
+                     vc.eq(vb), kind_c.eq(kind_b), k_c.eq(k_b), s_c.eq(s_b), t_c.eq(t_b)]
         word = Value.cast(self.codes.data)
         m.d.sync += code_c.eq(word.word_select(k_b[:(CODES_PER_WORD - 1).bit_length()],
                                                CODE_BITS))
         m.d.comb += self.codes.addr.eq(rowbase + (k >> (CODES_PER_WORD - 1).bit_length()))
 
-        # stage C: the code's spike (models.encodings.spike_events: at T - |c|, signed by c)
-        neg = Signal()
-        mag = Signal(CODE_BITS)
-        m.d.comb += neg.eq(args.signed[0] & code_c[-1])
-        m.d.comb += mag.eq(Mux(neg, -code_c, code_c))
+        # stage C: the code's spike, from the table (models.encodings.spike_events)
+        neg, fires, invalid = Signal(), Signal(), Signal()
+        when = Signal(8)  # the step it spikes at
+        with m.Switch(Cat(code_c, enc_id)):
+            for i, row in enumerate(table.values()):
+                for raw, what in enumerate(row):
+                    with m.Case(raw | (i << CODE_BITS)):
+                        if what is None:
+                            m.d.comb += invalid.eq(1)
+                        elif what[0] >= 0:
+                            m.d.comb += [fires.eq(1), when.eq(what[0]), neg.eq(what[1])]
         is_read = kind_c == SpikeOp.SPIKE
-        emit = vc & (~is_read | (mag == want_c))
+        emit = vc & (~is_read | (fires & (when == t_c)))
         out = Signal(ev)
         m.d.comb += [out.op.eq(kind_c), out.slot.eq(s_c),
                      out.k.eq(Mux(is_read, k_c, 0)), out.neg.eq(is_read & neg)]
@@ -108,7 +114,7 @@ class SpikeEncoder(wiring.Component):
                          self.host.wr_addr.eq(wa), self.host.wr_data.eq(out),
                          self.word_wr.eq(1)]
             m.d.sync += [room.eq(room - 1), wa.eq(wa + 1)]
-        with m.If((emit & (room == 0)) | (vc & is_read & (mag > args.steps))):
+        with m.If((emit & (room == 0)) | (vc & is_read & invalid)):
             m.d.sync += bad.eq(1)
 
         drain = Signal(2)
@@ -121,7 +127,11 @@ class SpikeEncoder(wiring.Component):
                                  rows_m1.eq(a.rows - 1), k_m1.eq(a.k - 1),
                                  stride.eq((a.k + CODES_PER_WORD - 1)
                                            >> (CODES_PER_WORD - 1).bit_length()),
-                                 k.eq(0), s.eq(0), rowbase.eq(0), want.eq(a.steps)]
+                                 k.eq(0), s.eq(0), rowbase.eq(0), t.eq(0),
+                                 enc_id.eq(len(table))]
+                    for i, (signed, steps) in enumerate(table):
+                        with m.If((a.signed == signed) & (a.steps == steps)):
+                            m.d.sync += enc_id.eq(i)
                     m.next = "CHECK"
             with m.State("CHECK"):
                 # what the buffers cannot hold, or a window a 4-bit code cannot fill
@@ -129,8 +139,7 @@ class SpikeEncoder(wiring.Component):
                 wrong = Cat(
                     args.rows == 0, args.rows > cfg.spike_rows,
                     args.k == 0, args.k > cfg.k_tile,
-                    args.steps == 0, args.steps > min(MAX_ENCODE_STEPS, cfg.max_steps),
-                    args.signed > 1,
+                    enc_id == len(table),  # no encoding it runs has this window
                     args.dst + args.count > cfg.spike_event_depth).any()
                 with m.If(wrong):
                     m.d.sync += bad.eq(1)
@@ -151,8 +160,8 @@ class SpikeEncoder(wiring.Component):
                 m.d.comb += [self.busy.eq(1), valid_a.eq(1), kind_a.eq(SpikeOp.STEP)]
                 m.d.sync += s.eq(s + 1)
                 with m.If(s == rows_m1):
-                    m.d.sync += [s.eq(0), want.eq(want - 1)]
-                    with m.If(want == 1):
+                    m.d.sync += [s.eq(0), t.eq(t + 1)]
+                    with m.If(t == args.steps - 1):
                         m.next = "END"
                     with m.Else():
                         m.next = "READ"
