@@ -56,6 +56,16 @@ def _count(s: str) -> int:
     return n
 
 
+def _share(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a share in [0, 1]")
+    return v
+
+
 def _steps(s: str) -> tuple[int, ...]:
     try:
         steps = tuple(int(v) for v in s.split(","))
@@ -171,6 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--learn-rotation", type=_count, default=d.learn_rotation, metavar="STEPS",
                     help=f"learned per-head V->o rotation (SpinQuant R2), Adam steps per block "
                          f"(default {d.learn_rotation}: off, the seeded Hadamard only)")
+    cv.add_argument("--learn-host-rotation", type=_count, default=d.learn_host_rotation,
+                    metavar="STEPS",
+                    help=f"learned orthogonal matrix the host applies after its rotation, per "
+                         f"input up to 512 wide, Adam steps (default {d.learn_host_rotation})")
+    cv.add_argument("--min-spike-share", type=_share, default=d.min_spike_share,
+                    metavar="SHARE",
+                    help=f"mixed hybrid: move the linear GEMMs whose spike inputs cost most on "
+                         f"the calibration text to int8 inputs while at least SHARE of the "
+                         f"linear input channels stay spikes; 0 = off (default "
+                         f"{d.min_spike_share:g})")
     for sp in (ev, cv):
         sp.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     a = p.parse_args(argv)
@@ -206,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                               calib_sentences=a.calib_sentences,
                               outlier_shift=a.outlier_shift, unsigned_nonneg=a.unsigned_nonneg,
                               distill_epochs=a.distill, distill_lr=a.distill_lr,
-                              learn_rotation=a.learn_rotation)
+                              learn_rotation=a.learn_rotation,
+                              learn_host_rotation=a.learn_host_rotation,
+                              min_spike_share=a.min_spike_share)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             cm = convert(lm, opts, progress=not a.quiet)

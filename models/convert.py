@@ -41,6 +41,7 @@ from .distill import distill
 from .encodings import Encoding
 from .graph import FloatOps, forward, gemm_nodes
 from .lm_head import HEAD, convert_head, is_host_param
+from .mixed import SENSITIVITY_SENTENCES, choose, sensitivity
 from .quant import (
     ActPlan,
     fixed_point,
@@ -114,6 +115,10 @@ class ConvertOptions:
         weights absorb it), per input of width at most ``models.rotation.HOST_ROT_MAX_K``,
         minimising the output error of the layers reading it from the quantized input
         (:func:`models.rotation.learn_host_rotation`); 0 is off.
+    min_spike_share: a mixed hybrid (:mod:`models.mixed`): the converter moves the linear
+        GEMMs whose spike inputs cost the model most on the calibration text to int8 inputs
+        (W4A8), as long as at least this share of the linear layers' input channels stay
+        spikes; the bundle's options list them as ``integer_gemms``. 0 is off.
     layers: per-GEMM overrides, ``{glob: {"encoding": Encoding, "outlier_count": int, ...}}``
         matched with :func:`fnmatch.fnmatch` against node names (``layers.*.down``), applied
         in order; e.g. keep one layer all-integer W4A8 inside a hybrid model.
@@ -142,6 +147,7 @@ class ConvertOptions:
     distill_lr: float = 0.01
     learn_rotation: int = 0
     learn_host_rotation: int = 0
+    min_spike_share: float = 0.0
     layers: dict[str, dict] = field(default_factory=dict)
 
     def for_node(self, name: str) -> ConvertOptions:
@@ -174,7 +180,7 @@ class ConvertOptions:
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be True or False")
         for name, lo, hi in (("gptq_damp", 1e-6, 10.0), ("smooth_vo", 0.0, 1.0),
-                             ("distill_lr", 1e-6, 1.0)):
+                             ("distill_lr", 1e-6, 1.0), ("min_spike_share", 0.0, 1.0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
                 raise bad(name, f"must be a number in [{lo:g}, {hi:g}]")
@@ -508,6 +514,7 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
         else:
             plan = plan_activation(rows(name, "p"), nopts, nopts.per_token, False, False)
         nodes[name] = NodeInfo(name, kind, g["K"], g["N"], g["heads"], g["direct"], plan, 0, 0)
+    mixed = _mix(lm, opts, nodes, lin_w, lin_x, signs, rotq) if opts.min_spike_share else []
 
     # 2. weight operands of the attention matmuls: int8, K per head, V per channel
     def head_max(t: torch.Tensor) -> torch.Tensor:
@@ -590,6 +597,8 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
         tensors[f"rot.{k}"] = sg
     head = convert_head(lm, opts, _rows(rec[(HEAD, "x")]), tensors) if spec.causal else None
     options = opts.to_json() | {"model": lm.name}
+    if opts.min_spike_share:
+        options["integer_gemms"] = mixed
     cm = ConvertedModel(spec, options, nodes, tensors, host_params, head)
     for n in nodes.values():  # a model its own contract would refuse is not produced
         bound = cm.acc_bound(n)
@@ -605,6 +614,30 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
                 f"channels or a narrower encoding")
     cm.validate()
     return cm
+
+
+def _mix(lm: LoadedModel, opts: ConvertOptions, nodes: dict[str, NodeInfo],
+         lin_w: dict[str, torch.Tensor], lin_x: dict[str, torch.Tensor],
+         signs: dict[int, torch.Tensor], rotq: dict[str, torch.Tensor]) -> list[str]:
+    """Move the linear GEMMs whose spike inputs cost most to int8 inputs while the spike
+    share stays >= ``opts.min_spike_share`` (:mod:`models.mixed`); a GEMM whose encoding a
+    ``layers`` override sets is left as set. Returns the moved nodes' names."""
+    alt = {}
+    for name, node in nodes.items():
+        pinned = any(fnmatch.fnmatch(name, p) and "encoding" in o for p, o in opts.layers.items())
+        if node.kind != "linear" or not node.act.encoding.is_spiking or pinned:
+            continue
+        iopts = replace(opts.for_node(name), encoding=Encoding("int", 8))
+        alt[name] = plan_activation(lin_x[name], iopts, node.act.per_token, node.act.rotate, True)
+        alt[name].learned_rotation = node.act.learned_rotation
+    texts = builtin_text("calibration")[: opts.calib_sentences]
+    pick = torch.linspace(0, len(texts) - 1, min(SENSITIVITY_SENTENCES, len(texts))).long()
+    ids = [lm.tokenize(texts[int(i)], calibration_tokens(lm.spec, opts)) for i in pick]
+    gains = sensitivity(lm, nodes, lin_w, signs, rotq, ids, alt)
+    chosen = choose(nodes, gains, opts.min_spike_share)
+    for name in chosen:
+        nodes[name].act = alt[name]
+    return chosen
 
 
 def _learns_host_rotation(opts: ConvertOptions, host_rotated: bool, k: int) -> bool:
