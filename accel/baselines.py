@@ -68,7 +68,8 @@ def options(enc: Encoding) -> ConvertOptions:
     """Conversion options of an accelerator baseline: only its event counts are used, so a
     light calibration is enough."""
     return ConvertOptions(encoding=enc, calib_sentences=8, gptq=False, weight_search="weight",
-                          bias_correction=False, smooth_vo=0)
+                          bias_correction=False, smooth_vo=0, distill_epochs=0,
+                          min_spike_share=0)
 
 
 def time_steps(cm: ConvertedModel) -> int:

@@ -203,7 +203,7 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
     done("load")
     step("convert")
     opts = ConvertOptions() if o.encoding is None else ConvertOptions(encoding=o.encoding)
-    cm, cached = cache.converted(lm, opts, o.cache)
+    cm, cached = cache.converted(lm, opts, o.cache, o.progress)
     _check_pinned_shift(cm, o.fixed)
     save_bundle(cm, tmp / "model")
     save_host_files(lm, cm, tmp)

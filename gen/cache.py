@@ -51,12 +51,15 @@ def _key(*parts) -> str:
     return h.hexdigest()[:32]
 
 
-def converted(lm, opts: ConvertOptions, use: bool = True) -> tuple[ConvertedModel, bool]:
-    """``convert(lm, opts)``, from the cache when possible; returns (model, was_cached)."""
+def converted(lm, opts: ConvertOptions, use: bool = True,
+              progress: bool = False) -> tuple[ConvertedModel, bool]:
+    """``convert(lm, opts)``, from the cache when possible; returns (model, was_cached).
+    ``progress``: the conversion's progress bars (distillation takes minutes)."""
     h = hashlib.sha256()
     for name in sorted(lm.params):
         h.update(name.encode())
         h.update(lm.params[name].detach().contiguous().numpy().tobytes())
+    opts = opts.resolved(lm.spec.family)  # the default and its explicit form: one entry
     key = _key(h.hexdigest(), json.dumps(jsonable(asdict(opts)), sort_keys=True),
                json.dumps(jsonable(asdict(lm.spec)), sort_keys=True), source_digest("models"))
     where = cache_dir() / "converted" / key
@@ -65,7 +68,7 @@ def converted(lm, opts: ConvertOptions, use: bool = True) -> tuple[ConvertedMode
             return load_bundle(where), True
         except BundleError:
             shutil.rmtree(where, ignore_errors=True)  # damaged entry: rebuild it
-    cm = convert(lm, opts)
+    cm = convert(lm, opts, progress=progress)
     if use:
         where.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=where.parent))

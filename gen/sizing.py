@@ -120,8 +120,12 @@ def evaluate(cand: Candidate, works: list[GemmWork]) -> list[GemmPrediction]:
 OBJECTIVES = ("speed", "energy")
 
 
+#: How much slower than the fastest fitting candidate the chosen (smallest) one may be.
+SLACK = 0.02
+
+
 def size(works: list[GemmWork], budget: Budget, *, lanes: tuple[int, ...] = (8, 16, 32, 64,
-         128, 256), slack: float = 0.02, fixed: dict | None = None, objective: str = "speed",
+         128, 256), slack: float = SLACK, fixed: dict | None = None, objective: str = "speed",
          energy_of: Callable[[AccelConfig, list[GemmPrediction]], float] | None = None
          ) -> Sizing:
     """Choose the configuration; raises :class:`DoesNotFit` when nothing fits.

@@ -15,7 +15,13 @@ from dataclasses import asdict
 from .arch import BUILTIN, ModelInputError, load_model
 from .bundle import save_bundle
 from .calibrate import dual_encoding
-from .convert import CHOICES, ConvertOptions, builtin_text
+from .convert import (
+    CHOICES,
+    DEFAULT_DISTILL_EPOCHS,
+    DEFAULT_MIN_SPIKE_SHARE,
+    ConvertOptions,
+    builtin_text,
+)
 from .encodings import Encoding
 from .evaluate import (
     ADAPTIVE_STEPS,
@@ -172,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                     default=d.unsigned_nonneg,
                     help="inputs that are never negative (softmax, ReLU) get the unsigned "
                          "form of a sign-magnitude TTFS encoding (default on)")
-    cv.add_argument("--distill", type=_count, default=d.distill_epochs, metavar="EPOCHS",
+    cv.add_argument("--distill", type=_count, default=None, metavar="EPOCHS",
                     help=f"quantization-aware distillation passes over the calibration text "
-                         f"(minutes on a CPU; default {d.distill_epochs}: off)")
+                         f"(minutes on a CPU; 0 = off; default {DEFAULT_DISTILL_EPOCHS} for "
+                         f"transformer models and exact encodings)")
     cv.add_argument("--distill-lr", type=float, default=d.distill_lr,
                     help=f"distillation learning rate, weight codes per step "
                          f"(default {d.distill_lr:g})")
@@ -185,12 +192,13 @@ def main(argv: list[str] | None = None) -> int:
                     metavar="STEPS",
                     help=f"learned orthogonal matrix the host applies after its rotation, per "
                          f"input up to 512 wide, Adam steps (default {d.learn_host_rotation})")
-    cv.add_argument("--min-spike-share", type=_share, default=d.min_spike_share,
+    cv.add_argument("--min-spike-share", type=_share, default=None,
                     metavar="SHARE",
                     help=f"mixed hybrid: move the linear GEMMs whose spike inputs cost most on "
                          f"the calibration text to int8 inputs while at least SHARE of the "
                          f"linear input channels stay spikes; 0 = off (default "
-                         f"{d.min_spike_share:g})")
+                         f"{DEFAULT_MIN_SPIKE_SHARE:g} for transformer models and spiking "
+                         f"encodings)")
     for sp in (ev, cv):
         sp.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     a = p.parse_args(argv)

@@ -62,6 +62,14 @@ CHOICES = {"weight_search": ("weight", "output", "none"), "gptq_target": ("float
            "outlier_shift": ("max", "error")}
 
 
+#: Distillation passes of the default conversion (:mod:`models.distill`; measured in
+#: ``docs/quantization.md``: 6 passes gained no more).
+DEFAULT_DISTILL_EPOCHS = 4
+#: The spike share the default conversion's mixed choice keeps (:mod:`models.mixed`; the
+#: floor of issue 14: at least 90 % of the linear layers' input channels are spikes).
+DEFAULT_MIN_SPIKE_SHARE = 0.9
+
+
 @dataclass
 class ConvertOptions:
     """Conversion choices (all recorded in the bundle manifest).
@@ -104,7 +112,9 @@ class ConvertOptions:
     calib_sentences / max_tokens: size of the calibration run.
     distill_epochs: passes of quantization-aware distillation over the calibration text
         (:mod:`models.distill`: the 4-bit weight codes, biases and host norms fine-tuned
-        against the float model's hidden states, straight-through rounding); 0 is off.
+        against the float model's hidden states, straight-through rounding); 0 is off; None
+        (default): :data:`DEFAULT_DISTILL_EPOCHS` where the family and encoding have it
+        (:meth:`ConvertOptions.resolved`).
     distill_lr: its learning rate, in weight codes per step (biases and norms: 1/100 of it).
     learn_rotation: Adam steps of a learned per-head rotation between V and the ``o``
         projection, folded into their weights (:mod:`models.rotation`: SpinQuant's R2,
@@ -118,7 +128,9 @@ class ConvertOptions:
     min_spike_share: a mixed hybrid (:mod:`models.mixed`): the converter moves the linear
         GEMMs whose spike inputs cost the model most on the calibration text to int8 inputs
         (W4A8), as long as at least this share of the linear layers' input channels stay
-        spikes; the bundle's options list them as ``integer_gemms``. 0 is off.
+        spikes; the bundle's options list them as ``integer_gemms``. 0 is off; None
+        (default): :data:`DEFAULT_MIN_SPIKE_SHARE` for spiking encodings outside the mamba
+        family (:meth:`ConvertOptions.resolved`).
     layers: per-GEMM overrides, ``{glob: {"encoding": Encoding, "outlier_count": int, ...}}``
         matched with :func:`fnmatch.fnmatch` against node names (``layers.*.down``), applied
         in order; e.g. keep one layer all-integer W4A8 inside a hybrid model.
@@ -143,12 +155,26 @@ class ConvertOptions:
     seed: int = 0
     calib_sentences: int = 256
     max_tokens: int = 128
-    distill_epochs: int = 0
+    distill_epochs: int | None = None
     distill_lr: float = 0.01
     learn_rotation: int = 0
     learn_host_rotation: int = 0
-    min_spike_share: float = 0.0
+    min_spike_share: float | None = None
     layers: dict[str, dict] = field(default_factory=dict)
+
+    def resolved(self, family: str) -> ConvertOptions:
+        """These options with the defaults left as None made concrete for a model of
+        ``family``: distillation and the mixed choice are on for the transformer families
+        (the mamba converter has neither), distillation only for exact encodings, the
+        mixed choice only for spiking ones."""
+        d: dict = {}
+        if self.distill_epochs is None:
+            d["distill_epochs"] = (DEFAULT_DISTILL_EPOCHS
+                                   if family != "mamba" and self.encoding.exact else 0)
+        if self.min_spike_share is None:
+            d["min_spike_share"] = (DEFAULT_MIN_SPIKE_SHARE
+                                    if family != "mamba" and self.encoding.is_spiking else 0.0)
+        return replace(self, **d)
 
     def for_node(self, name: str) -> ConvertOptions:
         """The options in force for GEMM ``name`` after the per-layer overrides."""
@@ -182,6 +208,8 @@ class ConvertOptions:
         for name, lo, hi in (("gptq_damp", 1e-6, 10.0), ("smooth_vo", 0.0, 1.0),
                              ("distill_lr", 1e-6, 1.0), ("min_spike_share", 0.0, 1.0)):
             v = getattr(self, name)
+            if name == "min_spike_share" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
                 raise bad(name, f"must be a number in [{lo:g}, {hi:g}]")
         for name, allowed in CHOICES.items():
@@ -194,7 +222,8 @@ class ConvertOptions:
         for name in ("calib_sentences", "max_tokens"):
             if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
                 raise bad(name, "must be a positive integer")
-        if not (is_int(self.distill_epochs) and self.distill_epochs >= 0):
+        if self.distill_epochs is not None and not (is_int(self.distill_epochs)
+                                                    and self.distill_epochs >= 0):
             raise bad("distill_epochs", "must be an integer >= 0")
         if self.distill_epochs and not self.encoding.exact:  # if-adaptive
             raise bad("distill_epochs", f"must be 0 for {self.encoding.name()}")
@@ -435,13 +464,14 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None,
     """Convert a loaded model to the integer/spike contract. Refuses bad options and a
     conversion whose GEMMs could overflow the accumulator (:class:`ModelInputError` naming
     the option and the layer); ``progress`` shows progress bars on stderr."""
-    opts = opts or ConvertOptions()
+    opts = (opts or ConvertOptions()).resolved(lm.spec.family)
     opts.check()
     with _Threads(1):
         if lm.spec.family == "mamba":
             from .mamba_convert import convert_mamba  # it imports this module
 
-            for name in ("distill_epochs", "learn_rotation", "learn_host_rotation"):
+            for name in ("distill_epochs", "learn_rotation", "learn_host_rotation",
+                         "min_spike_share"):
                 if getattr(opts, name):
                     raise ModelInputError(f"option {name}: must be 0 for the mamba family, "
                                           f"not {getattr(opts, name)}")

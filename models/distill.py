@@ -101,6 +101,9 @@ class FakeQuantOps(FloatOps):
             b = rotation_block(k)
             self.rot[k] = (sg.to(F32), (hadamard(b) / math.sqrt(b)).to(F32))
         self.taps: list[torch.Tensor] = []
+        #: the lengths of the sequences laid end to end when :func:`models.graph.forward`
+        #: runs with ``lengths`` (the same list); None: one sequence
+        self.lengths: list[int] | None = None
 
     def _param(self, key: str) -> torch.Tensor:  # no cached copies: they are trained
         return self.params[key].to(F)
@@ -140,7 +143,17 @@ class FakeQuantOps(FloatOps):
         spec = self.spec
         vh = split_heads(self._int8(name, v), spec.kv_heads)
         vh = vh.repeat_interleave(spec.heads // spec.kv_heads, 0)
-        return merge_heads(self.quant[name](p.to(F32)) @ vh).to(F)
+        p = p.to(F32)
+        if self.lengths is None:
+            return merge_heads(self.quant[name](p) @ vh).to(F)
+        # several sequences: the keys are the channels of PV's input (the outlier channels
+        # are key positions), so each sequence's block is quantized alone; the probabilities
+        # outside the blocks are exactly 0 and stay 0
+        out, a = [], 0
+        for n in self.lengths:
+            out.append(self.quant[name](p[:, a:a + n, a:a + n]) @ vh[:, a:a + n])
+            a += n
+        return merge_heads(torch.cat(out, 1)).to(F)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("distillation matches hidden states, not logits")
@@ -170,6 +183,33 @@ def _loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Ten
     return total / len(student)
 
 
+def float_taps(lm: LoadedModel, texts: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """The float model's taps (every block input, then the output) per sequence of
+    ``texts``, float32; run ``BATCH`` sequences at a time."""
+    out = []
+    with torch.no_grad():
+        for i0 in range(0, len(texts), BATCH):
+            chunk = texts[i0:i0 + BATCH]
+            lengths = [len(t) for t in chunk]
+            ops = _TapOps(lm.spec, lm.params)
+            y = forward(lm.spec, lm.params, torch.cat(chunk), ops, lengths=lengths)
+            taps = [t.to(F32).split(lengths) for t in [*ops.taps, y]]
+            out += [[t[j] for t in taps] for j in range(len(chunk))]
+    return out
+
+
+def batch_loss(ops: FakeQuantOps, texts: list[torch.Tensor],
+               teacher: list[list[torch.Tensor]]) -> torch.Tensor:
+    """The mean over ``texts`` of each sequence's :func:`_loss` against its ``teacher``
+    taps, the sequences run through ``ops`` together (laid end to end)."""
+    lengths = [len(t) for t in texts]
+    ops.lengths = lengths
+    y = forward(ops.spec, ops.params, torch.cat(texts), ops, lengths=lengths)
+    taps = [t.to(F32).split(lengths) for t in [*ops.taps, y]]
+    return sum((_loss([t[j] for t in taps], teacher[j]) for j in range(len(texts))),
+               torch.zeros((), dtype=F32)) / len(texts)
+
+
 def distill(lm: LoadedModel, nodes: dict[str, NodeInfo], codes: dict[str, torch.Tensor],
             steps: dict[str, torch.Tensor], biases: dict[str, torch.Tensor],
             w_scales: dict[str, torch.Tensor], signs: dict[int, torch.Tensor],
@@ -187,12 +227,7 @@ def distill(lm: LoadedModel, nodes: dict[str, NodeInfo], codes: dict[str, torch.
     attention node. Returns (codes int64, biases float64, host parameters float32): the
     trained codes, the trained biases, and ``lm.params`` with the trained norms."""
     spec = lm.spec
-    teacher = []
-    with torch.no_grad():
-        for ids in texts:
-            ops = _TapOps(spec, lm.params)
-            out = forward(spec, lm.params, ids, ops)
-            teacher.append([t.to(F32) for t in ops.taps] + [out.to(F32)])
+    teacher = float_taps(lm, texts)
     u = {n: c.to(F32).clone().requires_grad_(True) for n, c in codes.items()}
     b = {n: biases[n].to(F32).clone().requires_grad_(True) for n in codes}
     norms = {k: v.to(F32).clone().requires_grad_(True) for k, v in lm.params.items()
@@ -212,11 +247,9 @@ def distill(lm: LoadedModel, nodes: dict[str, NodeInfo], codes: dict[str, torch.
         for i0 in range(0, len(order), BATCH):
             opt.zero_grad(set_to_none=True)
             batch = order[i0:i0 + BATCH]
-            for j in batch:
-                ops = FakeQuantOps(spec, params, nodes, u, st, b, w_scales, signs, rotq)
-                out = forward(spec, params, texts[j], ops)
-                loss = _loss([t.to(F32) for t in ops.taps] + [out.to(F32)], teacher[j])
-                (loss / len(batch)).backward()
+            ops = FakeQuantOps(spec, params, nodes, u, st, b, w_scales, signs, rotq)
+            loss = batch_loss(ops, [texts[j] for j in batch], [teacher[j] for j in batch])
+            loss.backward()
             opt.step()
             sched.step()
             bar.update()

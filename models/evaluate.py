@@ -21,21 +21,34 @@ from .arch import LoadedModel
 from .bundle import ConvertedModel
 from .calibrate import dual_encoding
 from .contract import Events
-from .convert import ConvertOptions, _Threads, builtin_text, convert
+from .convert import (
+    DEFAULT_DISTILL_EPOCHS,
+    DEFAULT_MIN_SPIKE_SHARE,
+    ConvertOptions,
+    _Threads,
+    builtin_text,
+    convert,
+)
 from .encodings import Encoding
 from .energy import DEFAULT_TABLE, event_energy
 from .golden import run_golden, total_events
 from .graph import FloatOps, forward
 
+#: Options of a scheme that every linear GEMM has, as converted: no mixed choice, no
+#: distillation (the default hybrid has both).
+PURE = dict(distill_epochs=0, min_spike_share=0)
+
 
 def schemes() -> dict[str, ConvertOptions]:
     """The schemes of the standard report, by display name."""
+    pure = PURE
     return {
-        "hybrid W4A4&8 (TTFS + int8 outliers)": ConvertOptions(),
-        "all-integer W4A8": ConvertOptions(encoding=Encoding("int", 8)),
-        "all-spike W4A4 (TTFS, no outliers)": ConvertOptions(outlier_count=0),
+        "hybrid W4A4&8 (TTFS + int8 outliers; mixed, distilled: the default)": ConvertOptions(),
+        "all-integer W4A8 (no distillation)": ConvertOptions(encoding=Encoding("int", 8), **pure),
+        "all-spike W4A4 (TTFS, no outliers; no distillation)": ConvertOptions(outlier_count=0,
+                                                                              **pure),
         "rate-coded IF T=8 (no outliers)": ConvertOptions(encoding=Encoding("rate", steps=8),
-                                                          outlier_count=0),
+                                                          outlier_count=0, **pure),
     }
 
 
@@ -44,7 +57,7 @@ def schemes() -> dict[str, ConvertOptions]:
 #: no bias correction).
 BEFORE_14 = dict(calib_sentences=48, gptq_damp=0.01, smooth_vo=0.0, weight_search="weight",
                  gptq_target="float", bias_correction=False, outlier_shift="max",
-                 unsigned_nonneg=False)
+                 unsigned_nonneg=False, distill_epochs=0, min_spike_share=0)
 #: Distillation passes of the ablation's distillation row.
 DISTILL_EPOCHS = 4
 #: Adam steps of the ablation's learned rotation rows (``learn_host_rotation``,
@@ -58,10 +71,11 @@ def ablation() -> dict[str, ConvertOptions]:
     of the first version, then issue 14's levers on top), then the levers that were
     measured and not kept, each on top of the default, and a mixed configuration."""
     old = ConvertOptions(**BEFORE_14)
-    d = ConvertOptions()
-    signed = replace(d, unsigned_nonneg=False)  # PV's probabilities sign-magnitude
+    # every linear GEMM spiking, not distilled: the default of issue 14's third round
+    spiking = ConvertOptions(distill_epochs=0, min_spike_share=0)
+    signed = replace(spiking, unsigned_nonneg=False)  # PV's probabilities sign-magnitude
     before = replace(signed, outlier_shift="max")  # the first round's levers
-    best = d  # PV unsigned (default since the report charges each GEMM its own window)
+    best = spiking  # PV unsigned (since the report charges each GEMM its own window)
     int8 = {"encoding": Encoding("int", 8)}
     return {
         "hybrid, naive (static steps, RTN, no rotation)":
@@ -78,7 +92,7 @@ def ablation() -> dict[str, ConvertOptions]:
         "  + GPTQ target from quantized inputs": replace(before, bias_correction=False),
         "  + bias correction, median": before,
         "  + outlier shifts by least calibration error": signed,
-        "  + unsigned TTFS for never-negative inputs (PV) (default)": best,
+        "  + unsigned TTFS for never-negative inputs (PV) (default of the third round)": best,
         f"  + quantization-aware distillation, {DISTILL_EPOCHS} epochs":
             replace(best, distill_epochs=DISTILL_EPOCHS),
         f"  + learned host rotations (q/k/v, up), {HOST_ROT_STEPS} steps (not default: cost)":
@@ -91,6 +105,9 @@ def ablation() -> dict[str, ConvertOptions]:
         "not kept: PV unsigned + 1/16 outlier channels": replace(best, outlier_fraction=1 / 16),
         "mixed: PV unsigned + block 4's v, o, up all-integer W4A8 (spike share 91.5%)":
             replace(best, layers={"layers.4.v": int8, "layers.4.o": int8, "layers.4.up": int8}),
+        f"  + mixed chosen on calibration text (spike share >= {DEFAULT_MIN_SPIKE_SHARE:g}) "
+        "instead": replace(best, min_spike_share=DEFAULT_MIN_SPIKE_SHARE),
+        f"  + distillation, {DEFAULT_DISTILL_EPOCHS} epochs (default)": ConvertOptions(),
     }
 
 
@@ -102,7 +119,7 @@ def adaptive(steps: tuple[int, ...] = ADAPTIVE_STEPS) -> dict[str, ConvertOption
     """All-spike schemes (no outlier channels) of SNN2ANN's neuron (``if-adaptive``: IF with
     hard reset and an adaptive threshold, inexact) at each T in ``steps``."""
     return {f"IF hard reset + adaptive threshold T={t} (no outliers)":
-            ConvertOptions(encoding=Encoding("if-adaptive", steps=t), outlier_count=0)
+            ConvertOptions(encoding=Encoding("if-adaptive", steps=t), outlier_count=0, **PURE)
             for t in steps}
 
 
@@ -122,7 +139,7 @@ def calibration(steps: tuple[int, ...] = CALIBRATION_STEPS) -> dict[str, Convert
             for method, what in (("none", "uncalibrated"), ("dual", "Dual calibration"),
                                  ("fas", "FAS stage 2 calibration")):
                 out[f"{label}, {what}"] = ConvertOptions(encoding=enc, outlier_count=0,
-                                                         threshold_calib=method)
+                                                         threshold_calib=method, **PURE)
     return out
 
 

@@ -18,7 +18,7 @@ FFNs only), ``.up``, ``.down``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -82,13 +82,14 @@ def _norm(spec: ArchSpec, params, key: str, x: torch.Tensor) -> torch.Tensor:
     return nl.layer_norm(x, w, params[key + ".b"].to(F), spec.norm_eps)
 
 
-def embed(spec: ArchSpec, params, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+def embed(spec: ArchSpec, params, ids: torch.Tensor, start: int = 0,
+          positions: torch.Tensor | None = None) -> torch.Tensor:
     """Token (+ position, + segment 0) embeddings, normalised for BERT; ``ids`` sit at the
-    positions from ``start`` on."""
+    positions from ``start`` on, or at ``positions``."""
     x = params["embed.tok.w"][ids].to(F)
     if spec.position == "absolute":
-        pos = torch.arange(start, start + len(ids)) + spec.position_offset
-        x = x + params["embed.pos.w"][pos].to(F)
+        pos = torch.arange(start, start + len(ids)) if positions is None else positions
+        x = x + params["embed.pos.w"][pos + spec.position_offset].to(F)
     if "embed.type.w" in params:
         x = x + params["embed.type.w"].to(F)
     if spec.emb_norm:
@@ -106,15 +107,25 @@ class KVCache:
         self.length = 0  #: tokens cached (the next token's position)
 
 
+def segment_ids(lengths: Sequence[int]) -> torch.Tensor:
+    """For sequences of ``lengths`` laid end to end: each token's sequence number."""
+    return torch.repeat_interleave(torch.arange(len(lengths)), torch.as_tensor(list(lengths)))
+
+
 def forward(spec: ArchSpec, params, ids: torch.Tensor, ops,
-            cache: KVCache | None = None) -> torch.Tensor:
+            cache: KVCache | None = None, lengths: Sequence[int] | None = None) -> torch.Tensor:
     """Run one sequence ``ids`` ``[M]``; returns the final hidden states ``[M, hidden]``.
 
     With ``cache`` (causal models only) ``ids`` are the tokens after the ``cache.length``
     cached ones: their queries attend over the cached keys and values and their own, and
-    their keys and values are appended to the cache. Mamba models run
+    their keys and values are appended to the cache. With ``lengths``, ``ids`` are several
+    sequences laid end to end (a batch, for training): each has its own positions and
+    attends only to itself (``ops`` that quantize across keys must quantize each
+    sequence's block alone: :class:`models.distill.FakeQuantOps`). Mamba models run
     :func:`models.mamba.forward`."""
     if spec.family == "mamba":
+        if lengths is not None:
+            raise ValueError("lengths: the mamba family runs one sequence at a time")
         from . import mamba
 
         return mamba.forward(spec, params, ids, ops, cache)
@@ -122,14 +133,21 @@ def forward(spec: ArchSpec, params, ids: torch.Tensor, ops,
         raise ValueError(f"ids must be a non-empty 1-D token sequence, not {tuple(ids.shape)}")
     if cache is not None and not spec.causal:
         raise ValueError(f"a KV cache needs a causal (decoder) model; {spec.family} is not")
+    if lengths is not None and (cache is not None or sum(lengths) != len(ids)
+                                or min(lengths) < 1):
+        raise ValueError(f"lengths {list(lengths)} must be positive, sum to the {len(ids)} "
+                         f"tokens, and have no KV cache")
     start = 0 if cache is None else cache.length
+    longest = len(ids) if lengths is None else max(lengths)
     if (spec.position == "absolute"
-            and start + len(ids) + spec.position_offset > spec.max_positions):
-        raise ValueError(f"{start + len(ids)} tokens exceed the model's {spec.max_positions} "
+            and start + longest + spec.position_offset > spec.max_positions):
+        raise ValueError(f"{start + longest} tokens exceed the model's {spec.max_positions} "
                          f"positions")
     act = nl.ACTIVATIONS[spec.act]
-    x = embed(spec, params, ids, start)
-    positions = torch.arange(start, start + len(ids))
+    segments = None if lengths is None else segment_ids(lengths)
+    positions = (torch.arange(start, start + len(ids)) if lengths is None else
+                 torch.cat([torch.arange(n) for n in lengths]))
+    x = embed(spec, params, ids, start, positions)
     for i in range(spec.layers):
         p = f"layers.{i}."
         h = x if spec.post_norm else _norm(spec, params, p + "norm1", x)
@@ -141,7 +159,7 @@ def forward(spec: ArchSpec, params, ids: torch.Tensor, ops,
                                       positions))
         if cache is not None:  # attend over the cached tokens and the new ones
             k, v = cache.layers[i] = ops.extend_kv(p, cache.layers[i], k, v)
-        probs = nl.softmax(ops.attn_scores(p + "qk", q, k), spec.causal)
+        probs = nl.softmax(ops.attn_scores(p + "qk", q, k), spec.causal, segments)
         o = ops.host(ops.linear(p + "o", ops.attn_values(p + "av", probs, v)))
         x = _norm(spec, params, p + "norm1", x + o) if spec.post_norm else x + o
         h = x if spec.post_norm else _norm(spec, params, p + "norm2", x)

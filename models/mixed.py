@@ -7,9 +7,10 @@ measured on the calibration text, never on evaluation text: the model runs fake-
 (:class:`models.distill.FakeQuantOps`: every GEMM input quantized by its plan, the weights
 in float so that only the activations' error is seen), once as planned and once per
 candidate with that one input quantized by its int8 plan instead; a candidate's gain is how
-much that lowers the distillation's loss (each token's relative error of every block input
-and of the output). Candidates are taken by gain per spike channel given up, largest first,
-while the floor holds (one that would break it is skipped, a narrower one may still fit).
+much that lowers the loss of the output (the distillation's: each token's relative error,
+averaged; with the block inputs too, the choice favoured early blocks and measured worse).
+Candidates are taken by gain per spike channel given up, largest first, while the floor
+holds (one that would break it is skipped, a narrower one may still fit).
 
 Measurements: ``docs/quantization.md`` ("Mixed hybrids").
 """
@@ -20,7 +21,7 @@ import torch
 
 from .arch import LoadedModel
 from .bundle import NodeInfo
-from .distill import F32, FakeQuantOps, _loss, _TapOps
+from .distill import BATCH, F32, FakeQuantOps, _loss, float_taps
 from .graph import forward
 from .quant import ActPlan
 
@@ -59,21 +60,20 @@ def sensitivity(lm: LoadedModel, nodes: dict[str, NodeInfo], weights: dict[str, 
          else torch.zeros(w[n].shape[0], dtype=F32) for n in w}
     ones = {n: torch.ones(t.shape[0], dtype=F32) for n, t in w.items()}
     w_scales = {n: torch.ones(1, dtype=F32) for n in nodes if nodes[n].kind != "linear"}
-    teacher = []
-    for ids in texts:
-        ops = _TapOps(spec, lm.params)
-        out = forward(spec, lm.params, ids, ops)
-        teacher.append([t.to(F32) for t in ops.taps] + [out.to(F32)])
+    teacher = [t[-1] for t in float_taps(lm, texts)]
 
     def loss(swap: str | None) -> float:
         total = 0.0
-        for ids, t in zip(texts, teacher, strict=True):
+        for i0 in range(0, len(texts), BATCH):
+            chunk = texts[i0:i0 + BATCH]
             ops = _FloatWeightOps(spec, lm.params, nodes, w, ones, b, w_scales, signs, rotq)
             ops._int8 = lambda _name, x: x.to(F32)  # K and V exact: only the swap differs
             if swap is not None:
                 ops.quant[swap] = type(ops.quant[swap])(alternatives[swap])
-            out = forward(spec, lm.params, ids, ops)
-            total += float(_loss([out.to(F32)], t[-1:]))
+            ops.lengths = [len(t) for t in chunk]
+            out = forward(spec, lm.params, torch.cat(chunk), ops, lengths=ops.lengths)
+            for y, t in zip(out.to(F32).split(ops.lengths), teacher[i0:i0 + BATCH], strict=True):
+                total += float(_loss([y], [t]))
         return total
 
     with torch.no_grad():

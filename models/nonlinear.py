@@ -52,11 +52,17 @@ def silu(x: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu, "silu": silu}
 
 
-def softmax(scores: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Row softmax over keys, max-subtracted; with ``causal`` key j > query i gets 0."""
-    if causal:
-        m, n = scores.shape[-2:]
-        mask = torch.ones(m, n, dtype=torch.bool).triu(1 + n - m)
+def softmax(scores: torch.Tensor, causal: bool,
+            segments: torch.Tensor | None = None) -> torch.Tensor:
+    """Row softmax over keys, max-subtracted; with ``causal`` key j > query i gets 0; with
+    ``segments`` (each query's and key's sequence number, queries and keys the same
+    tokens) a key of another sequence gets 0."""
+    m, n = scores.shape[-2:]
+    mask = torch.ones(m, n, dtype=torch.bool).triu(1 + n - m) if causal else None
+    if segments is not None:
+        other = segments[:, None] != segments[None, :]
+        mask = other if mask is None else mask | other
+    if mask is not None:
         scores = scores.masked_fill(mask, -math.inf)
     e = torch.exp(scores - scores.amax(-1, keepdim=True))
     return e / e.sum(-1, keepdim=True)

@@ -3,24 +3,15 @@ and what it changes against sizing for the prefill."""
 
 import json
 
-import pytest
-
 import gen.build as gen_build
 from gen.__main__ import main
+from gen.sizing import SLACK
 from models.arch import random_model, tiny_config
 from models.generate import decode_trace
 
 from ..helpers import one_error_line
 
 ARGS = ["build", "--model", "tiny-llama", "--quiet", "--tokens", "16", "--fix", "lanes=8"]
-
-
-@pytest.fixture
-def fast_model(tiny_llama_cm, tiny_llama, monkeypatch):
-    """Builds from the session's converted tiny-llama (no loading or converting)."""
-    monkeypatch.setattr(gen_build, "load", lambda name: tiny_llama)
-    monkeypatch.setattr(gen_build.cache, "converted",
-                        lambda lm_, opts, use=True: (tiny_llama_cm, False))
 
 
 def test_decode_sizing_reports_how_it_differs_from_prefill(fast_model, tiny_llama,
@@ -43,11 +34,13 @@ def test_decode_sizing_reports_how_it_differs_from_prefill(fast_model, tiny_llam
     assert not d["same_config"]
     assert all(d["decode_choice"][f] == d["prefill_choice"][f] for f in gen_build.SIZED
                if f not in d["differs"])
-    # each configuration is predicted on both workloads; each is no slower on its own
+    # each configuration is predicted on both workloads; on its own, each is at most the
+    # sizer's slack slower than the other (it takes the smallest within the slack of the
+    # fastest, and the other configuration is one of its candidates)
     c = d["cycles_per_token"]
     assert c["decode"]["decode_config"] == rep["totals"]["cycles_per_token"]
-    assert c["decode"]["decode_config"] <= c["decode"]["prefill_config"]
-    assert c["prefill"]["prefill_config"] <= c["prefill"]["decode_config"]
+    assert c["decode"]["decode_config"] <= c["decode"]["prefill_config"] * (1 + SLACK)
+    assert c["prefill"]["prefill_config"] <= c["prefill"]["decode_config"] * (1 + SLACK)
     assert "## Sized for decode" in (out / "report.md").read_text()
     # the hybrid and the converted baselines are charged for the same decode steps
     ids = gen_build.sample_ids(tiny_llama, 16)

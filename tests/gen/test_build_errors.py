@@ -95,14 +95,6 @@ def test_a_bad_model_directory_is_one_line_exit_2(bad_builds, name, words):
     assert list(parent.iterdir()) == [], "a failed build left something at --out"
 
 
-@pytest.fixture
-def fast_model(tiny_llama_cm, tiny_llama, monkeypatch):
-    """Builds from the session's converted tiny-llama (no loading or converting)."""
-    cm, lm = tiny_llama_cm, tiny_llama
-    monkeypatch.setattr(gen_build, "load", lambda name: lm)
-    monkeypatch.setattr(gen_build.cache, "converted", lambda lm_, opts, use=True: (cm, False))
-
-
 ARGS = ["build", "--model", "tiny-llama", "--quiet", "--tokens", "16", "--fix", "lanes=8"]
 
 

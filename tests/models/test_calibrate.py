@@ -20,6 +20,7 @@ from models.calibrate import (
 from models.contract import requantize
 from models.convert import ConvertOptions, _rows, calibrate, convert, plan_activation
 from models.encodings import Encoding
+from models.evaluate import PURE
 from models.golden import run_golden
 from models.quant import ActPlan, dequantize_act, quantize_act, row_multipliers, token_steps
 
@@ -45,7 +46,7 @@ def _error(x, plan, w) -> float:
 
 @pytest.mark.parametrize("enc", [RATE4, dual_encoding(2)], ids=["rate4", "graded2x8"])
 def test_calibration_lowers_the_layer_output_error(tiny_llama, llama_rows, enc):
-    opts = ConvertOptions(encoding=enc, outlier_count=0)
+    opts = ConvertOptions(encoding=enc, outlier_count=0, **PURE)
     for method in ("dual", "fas"):
         totals = torch.zeros(4, dtype=torch.float64)  # plain / calibrated, seen / held out
         changed = 0
@@ -122,7 +123,7 @@ def test_a_calibrated_model_is_exact_and_round_trips(request, tmp_path, model, m
     spike trains and neurons) equals the integer one bit for bit, and the bundle keeps them."""
     lm = request.getfixturevalue(model)
     enc = RATE4 if method == "fas" else dual_encoding(4)
-    opts = ConvertOptions(encoding=enc, outlier_count=0, calib_sentences=6,
+    opts = ConvertOptions(encoding=enc, outlier_count=0, calib_sentences=6, **PURE,
                           threshold_calib=method)
     cm = convert(lm, opts)
     acts = [n.act for n in cm.nodes.values() if n.kind == "linear"]
@@ -140,7 +141,8 @@ def test_a_calibrated_model_is_exact_and_round_trips(request, tmp_path, model, m
     assert [n.act for n in back.nodes.values()] == [n.act for n in cm.nodes.values()]
     assert torch.equal(run_golden(back, ids)[0], hidden)
     # the uncalibrated model differs (the thresholds did something) and is as close to float
-    plain = convert(lm, ConvertOptions(encoding=enc, outlier_count=0, calib_sentences=6))
+    plain = convert(lm, ConvertOptions(encoding=enc, outlier_count=0, calib_sentences=6,
+                                       **PURE))
     assert not torch.equal(run_golden(plain, ids)[0], hidden)
 
 
@@ -195,7 +197,7 @@ def test_a_calibrated_model_runs_bit_exactly_on_the_simulated_device(tiny_llama,
     ids = tiny_llama.tokenize("Calibrated thresholds, on simulated hardware.")
     with SimDevice(simulator_binary(cfg, tmp_path)) as sim:
         for enc, method in ((RATE4, "fas"), (dual_encoding(4), "dual")):
-            cm = convert(tiny_llama, ConvertOptions(encoding=enc, outlier_count=0,
+            cm = convert(tiny_llama, ConvertOptions(encoding=enc, outlier_count=0, **PURE,
                                                     calib_sentences=6, threshold_calib=method))
             t = SerialTransport(sim.url)
             res = run_model(cm, ids, Device(t, cfg, **FAST))

@@ -17,6 +17,7 @@ from models.arch import (
 )
 from models.bundle import load_bundle
 from models.convert import (
+    DEFAULT_MIN_SPIKE_SHARE,
     ConvertOptions,
     _rows,
     builtin_text,
@@ -26,7 +27,7 @@ from models.convert import (
     smooth_vo,
 )
 from models.encodings import Encoding
-from models.evaluate import spike_share
+from models.evaluate import PURE, spike_share
 from models.golden import GoldenOps, run_golden
 from models.graph import FloatOps, forward
 from models.quant import rotate
@@ -85,8 +86,10 @@ def test_attention_inputs_get_a_form_without_zero_point(tiny_opt):
 def test_cli_convert_writes_a_valid_bundle(tmp_path, capsys):
     out = tmp_path / "b"
     assert main(["convert", "--model", "tiny-llama", "--out", str(out), "--encoding",
-                 "graded:5x3", "--outliers", "3"]) == 0
+                 "graded:5x3", "--outliers", "3", "--distill", "0", "--min-spike-share",
+                 "0"]) == 0
     cm = load_bundle(out)
+    assert (cm.options["distill_epochs"], cm.options["min_spike_share"]) == (0, 0)
     assert cm.nodes["layers.0.up"].act.encoding == Encoding("graded", steps=5, levels=3)
     assert len(cm.nodes["layers.0.up"].act.outliers) == 3
 
@@ -169,7 +172,7 @@ def test_bias_correction_removes_the_typical_output_error_on_calibration(tiny_op
     # output error per channel shrinks once the conversion folds the calibration median
     # into the bias (the median, not the mean: a token with a massive activation must not
     # decide it)
-    opts = ConvertOptions(calib_sentences=4, gptq=False)
+    opts = ConvertOptions(calib_sentences=4, gptq=False, **PURE)  # no training on top
     rec = calibrate(tiny_opt, opts)
 
     def median_err(cm, name) -> float:
@@ -219,8 +222,13 @@ def test_conversion_is_deterministic_and_reports_its_spike_share(tiny_llama):
     share = spike_share(a)
     lin = [n for n in a.nodes.values() if n.kind == "linear"]
     k = sum(int(n.K) for n in lin)
-    assert share == pytest.approx(1 - sum(len(n.act.outliers) for n in lin) / k)
-    assert 0.9 <= share < 1.0
+    spiking = [n for n in lin if n.act.encoding.is_spiking]
+    assert share == pytest.approx(sum(int(n.K) - len(n.act.outliers) for n in spiking) / k)
+    # the default is a mixed hybrid: never below its floor
+    assert DEFAULT_MIN_SPIKE_SHARE <= share < 1.0
+    assert a.options["min_spike_share"] == DEFAULT_MIN_SPIKE_SHARE
+    assert {n.name for n in lin if not n.act.encoding.is_spiking} == set(
+        a.options["integer_gemms"])
     w4a8 = convert(tiny_llama, replace(opts, encoding=Encoding("int", 8)))
     assert spike_share(w4a8) == 0.0
 

@@ -112,3 +112,47 @@ def test_cli_takes_the_second_round_options(tmp_path, capsys):
     assert main(["eval", "--model", "tiny-opt", "--sentences", "heldout_sentences",
                  "--quiet"]) == 0
     assert "hybrid W4A4&8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_opt"])
+def test_sequences_laid_end_to_end_give_each_sequence_alone(request, model, monkeypatch):
+    # the distillation runs BATCH sequences as one (own positions, attention inside each,
+    # PV's keys quantized per sequence): the float taps and the fake-quantized loss equal
+    # the one-at-a-time forwards' (rotary LLaMA and absolute-position OPT; lengths differ)
+    import models.convert as mc
+    from models.distill import batch_loss, distill, float_taps
+
+    lm = request.getfixturevalue(model)
+    seen = {}
+
+    def spy(lm_, nodes, codes, steps, biases, w_scales, signs, texts, *args, **kw):
+        seen.update(lm=lm_, nodes=nodes, signs=signs, w_scales=w_scales, texts=texts,
+                    u={n: v.to(torch.float32) for n, v in codes.items()},
+                    st={n: v.to(torch.float32) for n, v in steps.items()},
+                    b={n: v.to(torch.float32) for n, v in biases.items()})
+        return distill(lm_, nodes, codes, steps, biases, w_scales, signs, texts, *args, **kw)
+
+    monkeypatch.setattr(mc, "distill", spy)
+    convert(lm, replace(OPTS, calib_sentences=5, distill_epochs=1))
+    lm_, texts = seen["lm"], seen["texts"]
+    assert len({len(t) for t in texts}) > 1
+    taps = float_taps(lm_, texts)
+
+    def fake():
+        return FakeQuantOps(lm_.spec, lm_.params, seen["nodes"], seen["u"], seen["st"],
+                            seen["b"], seen["w_scales"], seen["signs"])
+
+    with torch.no_grad():
+        one = []
+        for ids, t in zip(texts, taps, strict=True):
+            ref = _TapOps(lm_.spec, lm_.params)
+            y = forward(lm_.spec, lm_.params, ids, ref)
+            for a, c in zip([*ref.taps, y], t, strict=True):
+                torch.testing.assert_close(a.to(torch.float32), c, rtol=1e-5, atol=1e-5)
+            ops = fake()
+            s = forward(lm_.spec, lm_.params, ids, ops)
+            one.append(float(_loss([*ops.taps, s], t)))
+        together = float(batch_loss(fake(), texts, taps))
+    assert together == pytest.approx(sum(one) / len(one), rel=1e-4)
+    with pytest.raises(ValueError, match="lengths"):
+        forward(lm_.spec, lm_.params, torch.cat(texts), fake(), lengths=[1, 2])

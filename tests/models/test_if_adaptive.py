@@ -21,6 +21,7 @@ from models.encodings import (
     spike_events,
     spike_values,
 )
+from models.evaluate import PURE
 from models.golden import gemm, run_golden
 
 
@@ -141,7 +142,7 @@ def test_golden_gemm_computes_from_spike_counts_not_codes():
 @pytest.fixture(scope="module")
 def tiny():
     lm = load_model("tiny-llama")
-    cm = convert(lm, ConvertOptions(encoding=Encoding("if-adaptive", steps=4),
+    cm = convert(lm, ConvertOptions(encoding=Encoding("if-adaptive", steps=4), **PURE,
                                     calib_sentences=6))
     return lm, cm
 
