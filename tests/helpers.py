@@ -25,3 +25,13 @@ def one_error_line(err: str) -> str:
     assert len(errors) == 1 and errors[0].startswith("error: "), err
     assert err.rstrip("\n").splitlines()[-1] == errors[0], err
     return errors[0]
+
+
+def reuse_conversion(mp, lm, cm) -> None:
+    """Make ``gen build`` (through the monkeypatch ``mp``) take ``lm`` as its model and
+    ``cm`` as its conversion: no loading or converting."""
+    import gen.build as gen_build
+
+    mp.setattr(gen_build, "load", lambda name: lm)
+    mp.setattr(gen_build.cache, "converted",
+               lambda lm_, opts, use=True, progress=False: (cm, False))

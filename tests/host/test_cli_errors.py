@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 
-import gen.build as gen_build
 from accel.config import AccelConfig
 from gen.__main__ import main as gen_main
 from host import __main__ as host_main
 from host.__main__ import main
 
-from ..helpers import one_error_line
+from ..helpers import one_error_line, reuse_conversion
 from .conftest import CFG
 
 
@@ -46,8 +45,7 @@ def bundle(tmp_path_factory, tiny_llama, tiny_llama_cm):
     lm, cm = tiny_llama, tiny_llama_cm
     out = tmp_path_factory.mktemp("bundle") / "b"
     with pytest.MonkeyPatch.context() as mp:  # reuse the session's model and conversion
-        mp.setattr(gen_build, "load", lambda name: lm)
-        mp.setattr(gen_build.cache, "converted", lambda lm_, opts, use=True: (cm, False))
+        reuse_conversion(mp, lm, cm)
         assert gen_main(["build", "--model", "tiny-llama", "--out", str(out), "--quiet",
                          "--tokens", "16", "--fix", FIX]) == 0
     cfg = AccelConfig.from_json(json.loads((out / "config.json").read_text())["config"])

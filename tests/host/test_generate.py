@@ -15,6 +15,7 @@ from models.convert import ConvertOptions, convert
 from models.energy import load_table
 from models.generate import generate, pass_traces
 
+from ..helpers import reuse_conversion
 from .conftest import CFG, FAST
 
 
@@ -129,9 +130,7 @@ def test_host_run_generate_writes_the_report(sim, odd_llama, tmp_path, monkeypat
     import host.__main__ as host_main
 
     lm, cm = odd_llama
-    monkeypatch.setattr(gen_build, "load", lambda name: lm)
-    monkeypatch.setattr(gen_build.cache, "converted",
-                        lambda lm_, opts, use=True: (cm, False))
+    reuse_conversion(monkeypatch, lm, cm)
     fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in CFG.to_json().items()}
     out = tmp_path / "b"
     rep = gen_build.build(gen_build.BuildOptions(model="tiny-llama", out=out, tokens=16,
