@@ -517,13 +517,23 @@ def run_link_cost(cfg: AccelConfig, calls: list, image: DramImage | None = None)
     contents carried from one GEMM to the next, and the counters read after each (the run
     checks every GEMM's counters). Besides :data:`LINK_KEYS`, ``enc_busy``: the cycles the
     spike encoder takes for the EXPANDs among them (``accel.encoder.encoder_counts``)."""
-    mirror, cost, planner = BufferMirror(cfg), Counter[str](), PassPlanner(cfg)
+    return run_link_costs(cfg, calls, [image])[0]
+
+
+def run_link_costs(cfg: AccelConfig, calls: list,
+                   images: list[DramImage | None]) -> list[Counter]:
+    """:func:`run_link_cost` for each of ``images`` (a device of its own each), every GEMM
+    planned once for all of them (the plan does not depend on the image)."""
+    mirrors = [BufferMirror(cfg) for _ in images]
+    costs = [Counter[str]() for _ in images]
+    planner = PassPlanner(cfg)
     for i, call in enumerate(calls):
         plan = planner.plan(call)
         lead = planner.lead(calls[i + 1] if i + 1 < len(calls) else None)
-        reqs = [*gemm_requests(cfg, plan, mirror, image=image,
-                               lead=None if image is None else lead),
-                Request(Cmd.READ_COUNTERS, b"")]
-        cost += link_cost(cfg, reqs)
-        cost["enc_busy"] += encoder_counts(reqs)["enc_busy"]
-    return cost
+        for image, mirror, cost in zip(images, mirrors, costs, strict=True):
+            reqs = [*gemm_requests(cfg, plan, mirror, image=image,
+                                   lead=None if image is None else lead),
+                    Request(Cmd.READ_COUNTERS, b"")]
+            cost += link_cost(cfg, reqs)
+            cost["enc_busy"] += encoder_counts(reqs)["enc_busy"]
+    return costs

@@ -29,7 +29,7 @@ from accel import baselines
 from accel.board import BOARD_CLOCK_HZ, BOARD_FILE, FAST_BAUD, board_estimate, choose_clock
 from accel.bundle import CONFIG, PROGRAM, config_record, program_record, save_host_files
 from accel.config import AccelConfig
-from accel.requests import run_link_cost
+from accel.requests import run_link_costs
 from accel.resident import model_image
 from accel.workload import GemmWork, sample_ids
 from models.arch import LoadedModel, ModelInputError, load_model, one_line
@@ -315,14 +315,14 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
 
 def board_link(cfg: AccelConfig, calls: list, tokens: int, preds) -> dict:
     """What the host link carries for the measured forward pass, priced request by request
-    (``accel.requests.run_link_cost``, what ``host run`` sends) with the model streamed over
+    (``accel.requests.run_link_costs``, what ``host run`` sends) with the model streamed over
     the link and with it resident in the external memory, and the board time each gives
     (:func:`board_time`; ``host run`` measures the same traffic and checks it)."""
     image = model_image(cfg, calls)
     out: dict = {"cycles": sum(p.cycles for p in preds), "tokens": tokens,
                  "image_bytes": len(image.words) * cfg.dram_bits // 8}
-    for name, held in (("streamed", None), ("resident", image)):
-        cost = run_link_cost(cfg, calls, held)
+    costs = run_link_costs(cfg, calls, [None, image])  # each GEMM planned once
+    for name, cost in zip(("streamed", "resident"), costs, strict=True):
         out[name] = {**cost, "bytes_per_token": (cost["bytes_tx"] + cost["bytes_rx"]) / tokens,
                      "requests_per_token": cost["frames_tx"] / tokens,
                      "round_trips_per_token": cost["waits"] / tokens}

@@ -321,3 +321,16 @@ def test_resident_gemms_on_other_memory_widths(tmp_path_factory, dram_bits):
             assert rec.counters["busy"] == rec.predicted_cycles
             assert rec.counters["loads"] > 0
         t.close()
+
+
+def test_link_costs_of_several_images_equal_each_priced_alone(tiny_llama, tiny_llama_cm):
+    # gen build prices the pass streamed and resident with each GEMM planned once
+    from accel.requests import run_link_cost, run_link_costs
+    from models.golden import run_golden
+
+    calls = []
+    run_golden(tiny_llama_cm, tiny_llama.tokenize("Priced once, sent twice."), trace=calls)
+    image = model_image(CFG, calls)
+    both = run_link_costs(CFG, calls, [None, image])
+    assert both == [run_link_cost(CFG, calls), run_link_cost(CFG, calls, image)]
+    assert both[0]["bytes_tx"] > both[1]["bytes_tx"] > 0
