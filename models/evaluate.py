@@ -33,6 +33,7 @@ from .encodings import Encoding
 from .energy import DEFAULT_TABLE, event_energy
 from .golden import run_golden, total_events
 from .graph import FloatOps, forward
+from .mixed import spike_channels
 
 #: Options of a scheme that every linear GEMM has, as converted: no mixed choice, no
 #: distillation (the default hybrid has both).
@@ -164,13 +165,7 @@ class Row:
 def spike_share(cm: ConvertedModel) -> float:
     """Share of the linear layers' input channels that are spikes (the rest are int8
     outlier channels, or whole integer GEMMs where a layer or scheme uses ``int``)."""
-    total = spikes = 0
-    for n in cm.nodes.values():
-        if n.kind == "linear":
-            k = int(n.K)
-            total += k
-            if n.act.encoding.is_spiking:
-                spikes += k - len(n.act.outliers)
+    spikes, total = spike_channels(cm.nodes)
     return spikes / total if total else 0.0
 
 
