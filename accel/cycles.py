@@ -52,6 +52,10 @@ TAIL = 11
 #: Cycles from a ``keep`` tile's last lane issued to ``done`` (its operands registered,
 #: then its sum written back).
 DRAIN = 2
+#: Cycles a MAC row's END waits behind its last product: the weight row registered at the
+#: block RAM's output, the selected weights registered, the products registered (the MAC
+#: array's three stages before the add, for timing).
+MAC_DRAIN = 3
 #: Cycles of a descriptor with no rows (the host refuses one; the engine is done at once).
 EMPTY = 1
 
@@ -68,7 +72,7 @@ class TileWork:
 
 def mac_row_cost(cfg: AccelConfig, n_int: int) -> int:
     """MAC-array cycles of one row with ``n_int`` integer channels."""
-    return n_int * cfg.mac_cycles + 1 + 2 * (n_int > 0)
+    return n_int * cfg.mac_cycles + 1 + MAC_DRAIN * (n_int > 0)
 
 
 def tile_cycles(cfg: AccelConfig, work: TileWork) -> int:

@@ -180,9 +180,10 @@ class MacArray(wiring.Component):
     """Integer MAC array: ``mac_units`` multipliers sweep a weight row in ``lanes/mac_units``
     cycles, adding ``(w * q) << shift`` into the row's accumulators. The next event's weight
     row is read during the last cycle of the current one, so rows follow back to back. The
-    selected weights are registered, then the products, before the shift and add (a
-    three-stage datapath, for timing), so a row's END takes two more cycles when MAC events
-    precede it.
+    weight row is registered at the block RAM's output, then the selected weights, then the
+    products, before the shift and add (a four-stage datapath, for timing: the row's words
+    reach the select from a register rather than from the block RAMs' pins), so a row's END
+    takes :data:`accel.cycles.MAC_DRAIN` more cycles when MAC events precede it.
 
     The accumulators are ``row_fifo_depth`` rows of LUT RAM, one word per cycle of the sweep
     holding ``mac_units`` lanes (``rows``, :func:`hw.rings.rows_signature`): the array adds
@@ -228,13 +229,16 @@ class MacArray(wiring.Component):
         c = Signal(range(mc))
         last = c == mc - 1
         is_end = op == MacOp.END
-        # three stages per word of the sweep, each within a cycle (timing): the selected
-        # weights are registered (BRAM -> select), multiplied and registered (multiply),
-        # then shifted and added (shift -> add); END waits for the last pending product
+        # four stages per word of the sweep, each within a cycle (timing): the weight row is
+        # registered (BRAM -> register), the selected weights (select), the products
+        # (multiply), then they are shifted and added (shift -> add); END waits for the
+        # last pending product
+        r_valid = Signal()  # weight row registered
         a_valid = Signal()  # selected weights registered
         p_valid = Signal()  # products registered
+        pending = r_valid | a_valid | p_valid
         run = valid & free  # the event in hand may proceed
-        done = run & Mux(is_end, ~a_valid & ~p_valid, last)  # event finishes now
+        done = run & Mux(is_end, ~pending, last)  # event finishes now
         take = ~valid | done
         commit = done & is_end
         m.d.comb += [
@@ -242,7 +246,7 @@ class MacArray(wiring.Component):
             self.w_addr.eq(self.ev.payload.k),
             self.w_en.eq(take & self.ev.valid & (self.ev.payload.op == MacOp.MAC)),
             self.busy.eq(run),  # an event waiting for a free row is not work
-            self.idle.eq(~valid & ~a_valid & ~p_valid),
+            self.idle.eq(~valid & ~pending),
             self.rows.commit.eq(commit),
         ]
         with m.If(take):
@@ -252,32 +256,39 @@ class MacArray(wiring.Component):
             m.d.sync += c.eq(c + 1)
         # one multiplier per unit: unit u takes lane c * mac_units + u in cycle c (selecting
         # the weight before the multiply keeps synthesis from building one per lane)
-        a_c, p_c = Signal.like(c, name="a_c"), Signal.like(c, name="p_c")
-        a_shift, p_shift = Signal.like(shift, name="a_shift"), Signal.like(shift, name="p_shift")
-        a_q = Signal.like(q, name="a_q")
+        # the row register follows the block RAM's output every cycle: the port holds its
+        # data between reads, so ``r_row`` is the row of the word ``r_c`` selects from
+        r_row = Signal.like(self.w_data, name="r_row")
+        r_c, a_c, p_c = (Signal.like(c, name=n) for n in ("r_c", "a_c", "p_c"))
+        r_shift, a_shift, p_shift = (Signal.like(shift, name=n)
+                                     for n in ("r_shift", "a_shift", "p_shift"))
+        r_q, a_q = Signal.like(q, name="r_q"), Signal.like(q, name="a_q")
+        m.d.sync += r_row.eq(self.w_data)
         prods = []
         for u in range(units):
             w_sel = Signal(signed(cfg.weight_bits), name=f"w_sel{u}")
-            with m.Switch(c):
+            with m.Switch(r_c):
                 for cyc in range(mc):
                     with m.Case(cyc):
-                        m.d.comb += w_sel.eq(self.w_data[cyc * units + u])
+                        m.d.comb += w_sel.eq(r_row[cyc * units + u])
             if cfg.narrow_bits < cfg.weight_bits:
                 w_ext = Signal.like(w_sel, name=f"w_ext{u}")
                 m.d.comb += w_ext.eq(Mux(self.wide, w_sel, w_sel[:cfg.narrow_bits].as_signed()))
                 w_sel = w_ext
             a_w = Signal.like(w_sel, name=f"a_w{u}")
             prod = Signal(signed(cfg.weight_bits + cfg.act_bits), name=f"prod{u}")
-            with m.If(run & ~is_end):
+            with m.If(r_valid):
                 m.d.sync += a_w.eq(w_sel)
             with m.If(a_valid):
                 m.d.sync += prod.eq(a_w * a_q)
             prods.append(prod)
-        m.d.sync += [a_valid.eq(run & ~is_end), p_valid.eq(a_valid)]
+        m.d.sync += [r_valid.eq(run & ~is_end), a_valid.eq(r_valid), p_valid.eq(a_valid)]
         with m.If(run & ~is_end):
-            m.d.sync += [a_c.eq(c), a_shift.eq(shift), a_q.eq(q)]
+            m.d.sync += [r_c.eq(c), r_shift.eq(shift), r_q.eq(q)]
             m.d.comb += self.mac.eq(1)
             m.d.comb += self.row.eq(last)
+        with m.If(r_valid):
+            m.d.sync += [a_c.eq(r_c), a_shift.eq(r_shift), a_q.eq(r_q)]
         # read-modify-write of the word the pending products belong to; whether that word
         # holds a sum (``touched``) is looked up as the products are made and registered
         # (``p_live``), so the word's address reaches only the LUT RAM before the add

@@ -281,17 +281,33 @@ class Engine(wiring.Component):
         weights = WeightBuffer(cfg)
         m.submodules.buf_weights = weights
 
+        # Host writes land a cycle after the bus presents them: address, data and each
+        # buffer's enable leave registers (timing: a word's bits fan out to every block RAM
+        # of a buffer, 64 lanes' weight rows across the die, and the bus is a mux of the
+        # executor, the copier and the encoder behind their state machines). Nothing reads
+        # a word that soon: the engine's first read is cycles after it takes a descriptor
+        # (``accel.cycles.FIRST``), and a host read or a RUN is a later request. The
+        # registers are reset-less, so that a flush (fault or abort) loses no write.
+        wr_addr = Signal.like(self.host.wr_addr, name="wr_addr_q", reset_less=True)
+        wr_data = Signal.like(self.host.wr_data, name="wr_data_q", reset_less=True)
+        wr_narrow = Signal(name="wr_narrow_q", reset_less=True)
+        m.d.sync += [wr_addr.eq(self.host.wr_addr), wr_data.eq(self.host.wr_data),
+                     wr_narrow.eq(self.host.wr_buf == BufId.WEIGHTS4)]
+
+        def wr_en(*bufs: BufId) -> Signal:
+            en = Signal(name=f"wr_en_{bufs[0].name.lower()}_q", reset_less=True)
+            m.d.sync += en.eq(self.host.wr_en & Cat(self.host.wr_buf == b for b in bufs).any())
+            return en
+
         # host write ports (one per buffer) and read ports (muxed by rd_buf, registered)
         for b, mem in mems.items():
             if b in (BufId.ACC, BufId.OUT):
                 continue  # shared with the datapath below
             wp = mem.write_port()
-            m.d.comb += [wp.addr.eq(self.host.wr_addr), wp.data.eq(self.host.wr_data),
-                         wp.en.eq(self.host.wr_en & (self.host.wr_buf == b))]
-        m.d.comb += [weights.wr_addr.eq(self.host.wr_addr), weights.wr_data.eq(self.host.wr_data),
-                     weights.wr_en.eq(self.host.wr_en & ((self.host.wr_buf == BufId.WEIGHTS)
-                                                    | (self.host.wr_buf == BufId.WEIGHTS4))),
-                     weights.wr_narrow.eq(self.host.wr_buf == BufId.WEIGHTS4)]
+            m.d.comb += [wp.addr.eq(wr_addr), wp.data.eq(wr_data), wp.en.eq(wr_en(b))]
+        m.d.comb += [weights.wr_addr.eq(wr_addr), weights.wr_data.eq(wr_data),
+                     weights.wr_en.eq(wr_en(BufId.WEIGHTS, BufId.WEIGHTS4)),
+                     weights.wr_narrow.eq(wr_narrow)]
         if cfg.spike_encoder:
             wiring.connect(m, mems[BufId.CODES].read_port(), wiring.flipped(self.codes_rd))
         host_rd = {}
@@ -412,10 +428,12 @@ class Engine(wiring.Component):
                      self.strobes.start_rd.eq(comb.start_rd_strobe),
                      self.strobes.par_rd.eq(nu.p_en)]
         # host access to ACC and OUT shares their single write ports with the datapath
-        m.d.comb += [acc_wp.addr.eq(self.host.wr_addr), acc_wp.data.eq(self.host.wr_data),
-                     acc_wp.en.eq(self.host.wr_en & (self.host.wr_buf == BufId.ACC)),
-                     out_wp.addr.eq(self.host.wr_addr), out_wp.data.eq(self.host.wr_data),
-                     out_wp.en.eq(self.host.wr_en & (self.host.wr_buf == BufId.OUT))]
+        # (the datapath's first write comes cycles after a RUN starts: a host write still in
+        # the register stage above lands before it)
+        m.d.comb += [acc_wp.addr.eq(wr_addr), acc_wp.data.eq(wr_data),
+                     acc_wp.en.eq(wr_en(BufId.ACC)),
+                     out_wp.addr.eq(wr_addr), out_wp.data.eq(wr_data),
+                     out_wp.en.eq(wr_en(BufId.OUT))]
         with m.If(comb.acc_we):
             m.d.comb += [acc_wp.addr.eq(comb.acc_w_addr), acc_wp.data.eq(comb.out.payload.acc),
                          acc_wp.en.eq(1), self.strobes.acc_wr.eq(1)]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from accel.config import AccelConfig
+from accel.cycles import mac_row_cost
 from accel.layouts import SpikeOp, spike_event_layout
 from accel.tiling import fetch_count, spike_words
 from hw.arrays import SpikeArray
@@ -108,9 +109,9 @@ def test_mac_array_rows_follow_back_to_back():
     w = torch.ones(4, 8, dtype=torch.int64)
     _, counts = rtl_mac_array(CFG, q, torch.zeros(8, dtype=torch.int64), list(range(8)), w,
                               stall_p=0.0)
-    # 8 rows of 2 cycles, then END (three cycles: the last products are multiplied and
-    # added first)
-    assert counts["busy"] == 8 * CFG.mac_cycles + 3
+    # 8 rows of mac_cycles, then END (four cycles: the last row is registered, its
+    # weights selected, multiplied and added first), as the cycle model says
+    assert counts["busy"] == 8 * CFG.mac_cycles + 4 == mac_row_cost(CFG, 8)
 
 
 def _wrap(x: int, bits: int) -> int:
