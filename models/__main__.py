@@ -15,13 +15,7 @@ from dataclasses import asdict
 from .arch import BUILTIN, ModelInputError, load_model
 from .bundle import save_bundle
 from .calibrate import dual_encoding
-from .convert import (
-    CHOICES,
-    DEFAULT_DISTILL_EPOCHS,
-    DEFAULT_MIN_SPIKE_SHARE,
-    ConvertOptions,
-    builtin_text,
-)
+from .convert import builtin_text
 from .encodings import Encoding
 from .evaluate import (
     ADAPTIVE_STEPS,
@@ -33,6 +27,7 @@ from .evaluate import (
     format_table,
     schemes,
 )
+from .options import CHOICES, DEFAULT_DISTILL_EPOCHS, DEFAULT_MIN_SPIKE_SHARE, ConvertOptions
 
 
 def _encoding(s: str) -> Encoding:

@@ -22,9 +22,6 @@ from .bundle import ConvertedModel
 from .calibrate import dual_encoding
 from .contract import Events
 from .convert import (
-    DEFAULT_DISTILL_EPOCHS,
-    DEFAULT_MIN_SPIKE_SHARE,
-    ConvertOptions,
     _Threads,
     builtin_text,
     convert,
@@ -34,6 +31,7 @@ from .energy import DEFAULT_TABLE, event_energy
 from .golden import run_golden, total_events
 from .graph import FloatOps, forward
 from .mixed import spike_channels
+from .options import DEFAULT_DISTILL_EPOCHS, DEFAULT_MIN_SPIKE_SHARE, ConvertOptions
 
 #: Options of a scheme that every linear GEMM has, as converted: no mixed choice, no
 #: distillation (the default hybrid has both).

@@ -4,7 +4,7 @@ A decoder's next token comes from ``logits = h @ W^T`` over the vocabulary (``h`
 norm's output of the row, ``W`` ``[vocab, hidden]``: the token embeddings for a tied head,
 as OPT and GPT-2 have, or the checkpoint's own ``lm_head.weight``, as most LLaMA models
 have). It is converted like every other linear layer: 4-bit weight codes per output channel
-(rotated, MSE-clipped, GPTQ, per the model's :class:`~models.convert.ConvertOptions`), its
+(rotated, MSE-clipped, GPTQ, per the model's :class:`~models.options.ConvertOptions`), its
 input encoded by the host like other linear inputs (hybrid spikes and int8 outliers,
 per-token steps, rotation). It differs in two ways:
 

@@ -17,7 +17,6 @@ from models.arch import (
 )
 from models.bundle import load_bundle
 from models.convert import (
-    DEFAULT_MIN_SPIKE_SHARE,
     ConvertOptions,
     _rows,
     builtin_text,
@@ -30,6 +29,7 @@ from models.encodings import Encoding
 from models.evaluate import PURE, spike_share
 from models.golden import GoldenOps, run_golden
 from models.graph import FloatOps, forward
+from models.options import DEFAULT_MIN_SPIKE_SHARE
 from models.quant import rotate
 
 
