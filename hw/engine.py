@@ -228,8 +228,9 @@ class WeightBuffer(Elaboratable):
 class Engine(wiring.Component):
     """Buffers + arrays + output unit + sequencer for one descriptor at a time.
 
-    Host access: ``wr`` writes one word of a buffer; ``rd_*`` reads one (data the next
-    cycle). ``run`` takes a descriptor; ``done`` pulses when its last result is stored.
+    Host access: ``wr`` writes one word of a buffer (it lands the next cycle); ``rd_*``
+    reads one (data two cycles later: the request is registered, then the word read).
+    ``run`` takes a descriptor; ``done`` pulses when its last result is stored.
 
     The engine trusts no descriptor: ``fault`` pulses instead of ``done``, and everything
     but the buffer contents returns to its reset state, when the descriptor makes no
@@ -310,17 +311,21 @@ class Engine(wiring.Component):
                      weights.wr_narrow.eq(wr_narrow)]
         if cfg.spike_encoder:
             wiring.connect(m, mems[BufId.CODES].read_port(), wiring.flipped(self.codes_rd))
+        # A host read's request (address, and each buffer's enable) is registered too, so
+        # the executor's state machine does not reach the block RAMs' enables in the cycle
+        # it asks (timing); its word comes a cycle later (the executor's ``RD_WAIT2``).
         host_rd = {}
+        rd_addr = Signal.like(self.host.rd_addr, name="rd_addr_q")
+        m.d.sync += rd_addr.eq(self.host.rd_addr)
         for b in (HOST_READABLE - VIEWS.keys()) & shapes.keys():  # DRAM: hw.mem, not here
             rp = weights.read_port() if b == BufId.WEIGHTS else mems[b].read_port()
-            m.d.comb += [rp.addr.eq(self.host.rd_addr),
-                         rp.en.eq(self.host.rd_en & (self.host.rd_buf == b))]
-            host_rd[b] = rp
-        # a readable view (OUT8: OUT a byte a word) reads through its buffer's port
-        for v in HOST_READABLE & VIEWS.keys():
-            host_rd[v] = host_rd[VIEWS[v]]
-            with m.If(self.host.rd_en & (self.host.rd_buf == v)):
-                m.d.comb += host_rd[v].en.eq(1)
+            # a readable view (OUT8: OUT a byte a word) reads through its buffer's port
+            names = [b] + [v for v in HOST_READABLE & VIEWS.keys() if VIEWS[v] == b]
+            en = Signal(name=f"rd_en_{b.name.lower()}_q")
+            m.d.sync += en.eq(self.host.rd_en & Cat(self.host.rd_buf == n for n in names).any())
+            m.d.comb += [rp.addr.eq(rd_addr), rp.en.eq(en)]
+            for n in names:
+                host_rd[n] = rp
         rd_sel = Signal(BufId)
         with m.If(self.host.rd_en):
             m.d.sync += rd_sel.eq(self.host.rd_buf)
@@ -329,7 +334,7 @@ class Engine(wiring.Component):
         # narrow ones are the deep ones, whose block RAMs' outputs pass a mux across the
         # blocks (64 lanes: the critical path). The read port holds its word while the
         # executor sends it, so a wide buffer's byte is the same a cycle later: the
-        # executor waits a cycle more (``RD_WAIT``) for the first byte of every word.
+        # executor waits a cycle more (``RD_WAIT2``) for the first byte of every word.
         byte_q = {b: Signal(8, name=f"rd_byte_{b.name.lower()}") for b in host_rd}
         for b, rp in host_rd.items():
             width = Shape.cast(shapes[b][0]).width

@@ -632,7 +632,9 @@ class Executor(wiring.Component):
                                  hb.rd_addr.eq(addr), self.strobes.host_rd.eq(1)]
                     m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), rbyte.eq(0)]
                     m.next = "RD_WAIT"
-            with m.State("RD_WAIT"):  # the engine registers a narrow buffer's word first
+            with m.State("RD_WAIT"):  # the engine registers the request
+                m.next = "RD_WAIT2"
+            with m.State("RD_WAIT2"):  # the engine registers a narrow buffer's word first
                 m.next = "RD_LATCH"
             with m.State("RD_DRAM"):  # the word comes back into sr and goes out from there
                 with m.If(self.dram.rdata.valid):

@@ -62,7 +62,9 @@ def rtl_engine(cfg: AccelConfig, tiles: list[TileImage], rows: int, n: int,
                     ctx.set(dut.host.rd_buf, buf)
                     ctx.set(dut.host.rd_addr, base + r * d["n_active"] + j)
                     ctx.set(dut.host.rd_en, 1)
-                    await ctx.tick()
+                    await ctx.tick()  # the engine registers the request,
+                    ctx.set(dut.host.rd_en, 0)
+                    await ctx.tick()  # then reads the word
                     result[d["row_base"] + r][j] = unpack_int(shapes[buf][0],
                                                               ctx.get(dut.host.rd_data))
         ctx.set(dut.host.rd_en, 0)

@@ -198,6 +198,8 @@ def test_host_writes_land_beside_an_abort_and_back_to_back(abort):
             ctx.set(dut.host.rd_buf, b)
             ctx.set(dut.host.rd_addr, addr)
             ctx.set(dut.host.rd_en, 1)
+            await ctx.tick()  # the request is registered, then the word read
+            ctx.set(dut.host.rd_en, 0)
             await ctx.tick()
             width = Shape.cast(shapes[b][0]).width
             assert ctx.get(dut.host.rd_data) & ((1 << width) - 1) == bits, b.name
