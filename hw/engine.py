@@ -317,10 +317,13 @@ class Engine(wiring.Component):
         host_rd = {}
         rd_addr = Signal.like(self.host.rd_addr, name="rd_addr_q")
         m.d.sync += rd_addr.eq(self.host.rd_addr)
-        for b in (HOST_READABLE - VIEWS.keys()) & shapes.keys():  # DRAM: hw.mem, not here
+        # in buffer-id order, not a set's (DRAM: hw.mem, not here)
+        for b in sorted((HOST_READABLE - VIEWS.keys()) & shapes.keys(), key=lambda b: b.value):
             rp = weights.read_port() if b == BufId.WEIGHTS else mems[b].read_port()
             # a readable view (OUT8: OUT a byte a word) reads through its buffer's port
-            names = [b] + [v for v in HOST_READABLE & VIEWS.keys() if VIEWS[v] == b]
+            views = sorted((v for v in HOST_READABLE & VIEWS.keys() if VIEWS[v] == b),
+                           key=lambda v: v.value)
+            names = [b, *views]
             en = Signal(name=f"rd_en_{b.name.lower()}_q")
             m.d.sync += en.eq(self.host.rd_en & Cat(self.host.rd_buf == n for n in names).any())
             m.d.comb += [rp.addr.eq(rd_addr), rp.en.eq(en)]
