@@ -56,6 +56,10 @@ DRAIN = 2
 #: block RAM's output, the selected weights registered, the products registered (the MAC
 #: array's three stages before the add, for timing).
 MAC_DRAIN = 3
+#: Cycles from the spike array taking an END that waited at its input for room in the ring
+#: of finished rows to the END committing its row (its two stages after the input: the
+#: stages have no stall, ``hw.arrays.SpikeArray``).
+SPIKE_HOLD = 2
 #: Cycles of a descriptor with no rows (the host refuses one; the engine is done at once).
 EMPTY = 1
 
@@ -85,9 +89,9 @@ def tile_cycles(cfg: AccelConfig, work: TileWork) -> int:
     ``W(r) + 1``):
 
     * ``B(r) = max(Ws(r) + 1, Wm(r) + 1, B(r-1) + n)``;
-    * spike array, a ring of ``spike_fifo_depth`` rows: the END waits in the array
-      (stalling its event reader, no bubble) until the ring has room,
-      ``Ws(r) = max(Ws(r-1) + cost(r), B(r - depth) + n + 1)``;
+    * spike array, a ring of ``spike_fifo_depth`` rows: the END waits at the array's
+      input (stalling its event reader) until the ring has room, then passes its stages,
+      ``Ws(r) = max(Ws(r-1) + cost(r), B(r - depth) + n + 1 + SPIKE_HOLD)``;
     * MAC array, ``row_fifo_depth`` rows of accumulators including the one it adds into:
       a row's first event waits until a row is free,
       ``Wm(r) = max(Wm(r-1), B(r - depth) + n) + cost``.
@@ -101,7 +105,7 @@ def tile_cycles(cfg: AccelConfig, work: TileWork) -> int:
     b: list[int] = []
     ws, wm = FIRST_END["spike"], FIRST_END["mac"]
     for r, c in enumerate(costs):
-        ws = max(ws + c, b[r - ds] + n + 1 if r >= ds else 0)
+        ws = max(ws + c, b[r - ds] + n + 1 + SPIKE_HOLD if r >= ds else 0)
         wm = max(wm, b[r - dm] + n if r >= dm else 0) + mac
         b.append(max(ws + 1, wm + 1, b[-1] + n if b else 0))
     return b[-1] + n + (DRAIN if work.keep else TAIL)

@@ -46,13 +46,22 @@ class SpikeArray(wiring.Component):
     END ends the reuse. The lane registers are as wide as the contract's bounds for one K
     tile (``cur_bits``, ``mem_bits``); a slot is zero until its first write after an END
     or a reset (``live_i``, ``live_v``), whatever its memory holds.
+
+    The stages have no enable: an END waits at the array's input until the ring of
+    finished rows (``hw.rings.RowRing``, ``spike_fifo_depth`` rows, freed by ``release``)
+    has room for it counting the ENDs already in the stages, so an END never waits in the
+    last stage and ``out`` is never refused (timing: a stall from the ring's count would
+    enable every lane's stage registers, a net across the die at 64 lanes). The held END
+    reaches the ring :data:`accel.cycles.SPIKE_HOLD` cycles after it is taken.
     """
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
         super().__init__({
             "ev": In(stream.Signature(spike_event_layout(cfg))),
+            #: a finished row (at an END): the ring always has room, ``ready`` is not read
             "out": Out(stream.Signature(spike_vector_layout(cfg))),
+            "release": In(1),  #: the ring frees its oldest row (room from the next cycle)
             "ttfs": In(1),
             "w_addr": Out(cfg.k_bits),
             "w_en": Out(1),
@@ -93,22 +102,30 @@ class SpikeArray(wiring.Component):
         keep_i, keep_v = Signal(), Signal()
         held = Signal()  # the weight port holds row ``held_k`` (read for the last event)
         held_k = Signal(cfg.k_bits)
-        hold = s3.valid & (s3.op == SpikeOp.END) & ~self.out.ready
-        advance = ~hold
         ev = self.ev.payload
         is_spike = self.ev.valid & (ev.op == SpikeOp.SPIKE)
+        # ring slots neither holding a finished row nor promised to an END in the stages:
+        # an END is taken only while one is left (``roomy``, registered: the count's
+        # compare does not reach the reader's stall)
+        depth = cfg.spike_fifo_depth
+        room = Signal(range(depth + 1), init=depth)
+        roomy = Signal(init=1)
+        is_end = ev.op == SpikeOp.END
+        take = self.ev.valid & (~is_end | roomy)
+        room_nxt = Signal.like(room)
+        m.d.comb += room_nxt.eq(room - (take & is_end) + self.release)
+        m.d.sync += [room.eq(room_nxt), roomy.eq(room_nxt != 0)]
         m.d.comb += [
-            self.ev.ready.eq(advance),
+            self.ev.ready.eq(~is_end | roomy),
             self.w_addr.eq(ev.k),
             # only spikes read a weight row, and only if the port does not hold it already
-            self.w_en.eq(advance & is_spike & ~(held & (held_k == ev.k))),
+            self.w_en.eq(is_spike & ~(held & (held_k == ev.k))),
             self.out.valid.eq(s3.valid & (s3.op == SpikeOp.END)),
-            self.busy.eq(s3.valid & advance),  # held at END waiting for the sink: not work
+            self.busy.eq(s3.valid),
             self.idle.eq(~s2.valid & ~s3.valid),
             cur_rd.addr.eq(s2.slot), mem_rd.addr.eq(s2.slot),
             cur_wr.addr.eq(s3.slot), mem_wr.addr.eq(s3.slot),
-            # only SPIKE and STEP write, and a held s3 is an END: no ``advance`` needed
-            cur_wr.en.eq(s3.wr_i), mem_wr.en.eq(s3.wr_v),
+            cur_wr.en.eq(s3.wr_i), mem_wr.en.eq(s3.wr_v),  # only SPIKE and STEP write
         ]
         # which memory an event in s1 will write when it reaches s3
         ev_spike, ev_step = ev.op == SpikeOp.SPIKE, ev.op == SpikeOp.STEP
@@ -119,7 +136,7 @@ class SpikeArray(wiring.Component):
         # are the live bits after this cycle's s3 (an END frees its slot, a write sets it)
         live_i_nxt, live_v_nxt = Signal(slots), Signal(slots)
         m.d.comb += [live_i_nxt.eq(live_i), live_v_nxt.eq(live_v)]
-        with m.If(s3.valid & advance):
+        with m.If(s3.valid):
             with m.If(s3.wr_i):
                 m.d.comb += live_i_nxt.bit_select(s3.slot, 1).eq(1)
             with m.If(s3.wr_v):
@@ -135,26 +152,26 @@ class SpikeArray(wiring.Component):
         flip = s2.neg.replicate(cfg.weight_bits)
         i_old = Signal(data.ArrayLayout(signed(cfg.cur_bits), cfg.lanes), name="s3_i")
         v_old = Signal(spike_vector_layout(cfg), name="s3_v")
-        with m.If(advance):
-            # the event in s1 meets, in s3, the event now in s2: same slot?
-            same = s2.valid & (ev.slot == s2.slot)
-            ends = same & (s2.op == SpikeOp.END)  # s2's END frees the slot first
-            m.d.sync += [s2.valid.eq(self.ev.valid), s2.op.eq(ev.op), s2.neg.eq(ev.neg),
-                         s2.slot.eq(ev.slot), s2.wr_i.eq(ev_wr_i), s2.wr_v.eq(ev_wr_v),
-                         fwd_i.eq(same & s2.wr_i), fwd_v.eq(same & s2.wr_v),
-                         keep_i.eq(live_i_nxt.bit_select(ev.slot, 1) & ~ends),
-                         keep_v.eq(live_v_nxt.bit_select(ev.slot, 1) & ~ends),
-                         s3.valid.eq(s2.valid), s3.op.eq(s2.op), s3.neg.eq(s2.neg),
-                         s3.slot.eq(s2.slot), s3.wr_i.eq(s2.wr_i), s3.wr_v.eq(s2.wr_v)]
-            m.d.sync += [adds[j].eq((self.w_data[j].as_unsigned() ^ flip).as_signed())
-                         for j in range(cfg.lanes)]
-            # s2's read (or s3's result, or zero) into s3's operand registers
-            m.d.sync += [i_old[j].eq(Mux(fwd_i, cur_wr.data[j], Mux(keep_i, cur_rd.data[j], 0)))
-                         for j in range(cfg.lanes)]
-            m.d.sync += [v_old[j].eq(Mux(fwd_v, mem_wr.data[j], Mux(keep_v, mem_rd.data[j], 0)))
-                         for j in range(cfg.lanes)]
-            with m.If(self.ev.valid):
-                m.d.sync += [held.eq(is_spike), held_k.eq(ev.k)]
+        # every stage moves on every cycle (a held END leaves a bubble behind it)
+        # the event in s1 meets, in s3, the event now in s2: same slot?
+        same = s2.valid & (ev.slot == s2.slot)
+        ends = same & (s2.op == SpikeOp.END)  # s2's END frees the slot first
+        m.d.sync += [s2.valid.eq(take), s2.op.eq(ev.op), s2.neg.eq(ev.neg),
+                     s2.slot.eq(ev.slot), s2.wr_i.eq(ev_wr_i), s2.wr_v.eq(ev_wr_v),
+                     fwd_i.eq(same & s2.wr_i), fwd_v.eq(same & s2.wr_v),
+                     keep_i.eq(live_i_nxt.bit_select(ev.slot, 1) & ~ends),
+                     keep_v.eq(live_v_nxt.bit_select(ev.slot, 1) & ~ends),
+                     s3.valid.eq(s2.valid), s3.op.eq(s2.op), s3.neg.eq(s2.neg),
+                     s3.slot.eq(s2.slot), s3.wr_i.eq(s2.wr_i), s3.wr_v.eq(s2.wr_v)]
+        m.d.sync += [adds[j].eq((self.w_data[j].as_unsigned() ^ flip).as_signed())
+                     for j in range(cfg.lanes)]
+        # s2's read (or s3's result, or zero) into s3's operand registers
+        m.d.sync += [i_old[j].eq(Mux(fwd_i, cur_wr.data[j], Mux(keep_i, cur_rd.data[j], 0)))
+                     for j in range(cfg.lanes)]
+        m.d.sync += [v_old[j].eq(Mux(fwd_v, mem_wr.data[j], Mux(keep_v, mem_rd.data[j], 0)))
+                     for j in range(cfg.lanes)]
+        with m.If(self.ev.valid):  # a held END ends the reuse as a taken one does
+            m.d.sync += [held.eq(is_spike), held_k.eq(ev.k)]
         for j in range(cfg.lanes):
             m.d.comb += [self.out.payload[j].eq(v_old[j]),
                          cur_wr.data[j].eq(i_old[j] + adds[j] + s3.neg)]
@@ -167,7 +184,7 @@ class SpikeArray(wiring.Component):
             m.d.comb += mem_wr.data[j].eq(
                 Mux(s3.op == SpikeOp.STEP, step_v, spike_v) if timed and direct
                 else step_v if timed else spike_v)
-        with m.If(s3.valid & advance):
+        with m.If(s3.valid):
             with m.Switch(s3.op):
                 with m.Case(SpikeOp.SPIKE):
                     m.d.comb += self.spike.eq(1)

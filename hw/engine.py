@@ -421,6 +421,7 @@ class Engine(wiring.Component):
         # combiner: each row's two partials + its start value, lane by lane (hw.combiner)
         m.submodules.spike_rows = ring = RowRing(spike_vector_layout(cfg), cfg.spike_fifo_depth)
         wiring.connect(m, sa.out, ring.w)
+        m.d.comb += sa.release.eq(ring.rd.release)  # the array counts the ring's room
         m.submodules.combiner = comb = Combiner(cfg)
         acc_rp, acc_wp = mems[BufId.ACC].read_port(), mems[BufId.ACC].write_port()
         out_wp = mems[BufId.OUT].write_port()

@@ -73,6 +73,27 @@ async def take_rows(ctx, port, n_rows: int, lanes: int, depth: int, stall: Stall
     ctx.set(port.release, 0)
 
 
+async def ring_rows(ctx, stream, release, n_rows: int, depth: int, stall: Stalls | None,
+                    out: list) -> None:
+    """Be the ring of ``depth`` finished rows behind a block that counts the ring's room
+    itself (``hw.arrays.SpikeArray``): take every row ``stream`` offers, failing if one
+    comes while ``depth`` rows are held, and release the oldest (``release``, room from the
+    next cycle) on cycles not stalled, until ``n_rows`` rows are out (lists of ints)."""
+    held: list = []
+    ctx.set(stream.ready, 1)
+    while len(out) < n_rows:
+        free = bool(held) and not (stall is not None and stall())
+        ctx.set(release, int(free))
+        _clk, _rst, valid, payload = await ctx.tick().sample(stream.valid, stream.payload)
+        if valid:
+            assert len(held) < depth, f"a row offered while the ring holds {depth}"
+        if free:
+            out.append(held.pop(0))
+        if valid:
+            held.append([int(payload[j]) for j in range(len(payload))])
+    ctx.set(release, 0)
+
+
 def stream_rules(streams: dict, failures: list | None = None):
     """A background testbench checking ``lib.stream`` rules on the block's output
     ``streams`` (name -> stream): once ``valid`` is offered without ``ready``, the next

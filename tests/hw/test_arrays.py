@@ -154,7 +154,8 @@ def test_spike_array_back_to_back_same_slot(case):
         cfg = AccelConfig(lanes=rng.choice([1, 2, 4, 8]), mac_units=1,
                           weight_bits=rng.choice([4, 5, 8]),
                           weight_depth=rng.choice([2, 4, 16]), max_steps=rng.choice([1, 3, 7]),
-                          spike_rows=rng.choice([1, 2, 4, 8]), encodings=enc)
+                          spike_rows=rng.choice([1, 2, 4, 8]), encodings=enc,
+                          row_fifo_depth=rng.choice([1, 2, 4]))  # the ring: 1 row and up
         ttfs = enc[0] in TTFS_KINDS if len(enc) == 1 else rng.random() < 0.5
         n = rng.randrange(1, cfg.lanes + 1)
         lim = 2 ** (cfg.weight_bits - 1)
@@ -177,7 +178,8 @@ def test_spike_array_back_to_back_same_slot(case):
         got, counts = _run(cfg, dut, w, events, spike_event_layout(cfg), ends,
                            rng.choice([0.0, 0.3, 0.6]), rng.random(),
                            ("spike", "step", "busy", "w_en"),
-                           setup=lambda ctx, d=dut, t=ttfs: ctx.set(d.ttfs, int(t)))
+                           setup=lambda ctx, d=dut, t=ttfs: ctx.set(d.ttfs, int(t)),
+                           ring=True)
         assert torch.equal(got, _spike_array_model(cfg, events, w, ttfs)), (cfg, events)
         assert counts["spike"] == sum(e["op"] == SpikeOp.SPIKE for e in events)
         assert counts["step"] == sum(e["op"] == SpikeOp.STEP for e in events)
