@@ -634,7 +634,7 @@ class Executor(wiring.Component):
                     m.next = "RD_WAIT"
             with m.State("RD_WAIT"):  # the engine registers the request
                 m.next = "RD_WAIT2"
-            with m.State("RD_WAIT2"):  # the engine registers a narrow buffer's word first
+            with m.State("RD_WAIT2"):  # the engine registers the word first
                 m.next = "RD_LATCH"
             with m.State("RD_DRAM"):  # the word comes back into sr and goes out from there
                 with m.If(self.dram.rdata.valid):
