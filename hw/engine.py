@@ -60,6 +60,7 @@ from accel.layouts import (
 from accel.protocol import nbytes
 
 from .arrays import MacArray, SpikeArray
+from .bram import ColumnMemory
 from .combiner import Combiner
 from .neuron import OutputUnit
 from .pipe import Register
@@ -190,8 +191,8 @@ class WeightBuffer(Elaboratable):
         m = Module()
         cfg = self.cfg
         nb, hb = cfg.narrow_bits, cfg.weight_bits - cfg.narrow_bits
-        m.submodules.lo = lo = memory.Memory(shape=narrow_row_layout(cfg),
-                                             depth=cfg.weight_depth, init=[])
+        m.submodules.lo = lo = ColumnMemory(shape=narrow_row_layout(cfg),
+                                            depth=cfg.weight_depth)
         row = data.View(weight_row_layout(cfg), self.wr_data)
         narrow = data.View(narrow_row_layout(cfg), self.wr_data[:narrow_row_layout(cfg).size])
         lo_wp = lo.write_port()
@@ -199,8 +200,8 @@ class WeightBuffer(Elaboratable):
         for j in range(cfg.lanes):
             m.d.comb += lo_wp.data[j].eq(Mux(self.wr_narrow, narrow[j], row[j][:nb]))
         if hb:
-            m.submodules.hi = hi = memory.Memory(shape=high_row_layout(cfg),
-                                                 depth=cfg.weight_depth, init=[])
+            m.submodules.hi = hi = ColumnMemory(shape=high_row_layout(cfg),
+                                                depth=cfg.weight_depth)
             hi_wp = hi.write_port()
             m.d.comb += [hi_wp.addr.eq(self.wr_addr), hi_wp.en.eq(self.wr_en & ~self.wr_narrow)]
             for j in range(cfg.lanes):
@@ -270,7 +271,7 @@ class Engine(wiring.Component):
         for b, (shape, depth) in shapes.items():
             if b == BufId.WEIGHTS or b in VIEWS:
                 continue  # two memories, below; a view uses its buffer's memory
-            mems[b] = memory.Memory(shape=shape, depth=depth, init=[])
+            mems[b] = ColumnMemory(shape=shape, depth=depth)  # columns: accel.bram
             m.submodules[f"buf_{b.name.lower()}"] = mems[b]
         # The weight buffer is two memories side by side: the narrow half of every row (a
         # 4-bit weight entire) is read for every tile, the high half only for wide tiles

@@ -1,0 +1,49 @@
+"""How a buffer maps onto the ECP5's block RAMs (DP16KD), defined once for the gateware,
+which builds each buffer in columns of this width (``hw.bram.ColumnMemory``), and the
+resource model, which counts their blocks (``gen.resources``).
+
+A DP16KD holds 18 Kbit in one of six aspect ratios. A memory deeper than one block stacks
+blocks, and its read passes a mux across them: at 64 lanes a 32,768-deep event buffer
+(2048 x 9 blocks, 16 deep) made a 16-to-1 mux after the blocks' 5.8 ns clock-to-data, the
+critical path (60.3 MHz). A buffer is therefore built of columns narrow enough that at
+most :data:`MAX_DEEP` blocks stack, at the cost of a few blocks where the narrow ratios
+waste bits (the 32,768 x 17 spike-event buffer: 34 blocks instead of 32).
+"""
+
+from __future__ import annotations
+
+import math
+
+#: DP16KD aspect ratios (width, depth) in pseudo-dual-port mode.
+DP16KD_MODES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
+#: Memories smaller than this many bits, or at most this deep, are built from logic (LUT
+#: RAM / flip-flops): Yosys maps the 32-deep parameter buffer of a 32-lane top to LUT RAM.
+LOGIC_MEM_BITS = 2048
+LOGIC_MEM_DEPTH = 32
+#: Blocks stacked in a column at most (a read's mux across blocks: 2-to-1, one LUT).
+MAX_DEEP = 2
+
+
+def in_logic(width: int, depth: int) -> bool:
+    """Whether a ``width x depth`` memory is built from logic rather than block RAM."""
+    return width * depth < LOGIC_MEM_BITS or depth <= LOGIC_MEM_DEPTH
+
+
+def column_mode(width: int, depth: int) -> tuple[int, int]:
+    """The DP16KD ratio ``(width, depth)`` of a ``width x depth`` memory's columns: the
+    fewest blocks among the ratios at most :data:`MAX_DEEP` blocks deep (the shallowest on
+    a tie). Every ratio is, for depths up to ``MAX_DEEP x 16,384``."""
+    fits = [(w, d) for w, d in DP16KD_MODES if math.ceil(depth / d) <= MAX_DEEP]
+    if not fits:
+        raise ValueError(f"a {depth}-deep memory needs more than {MAX_DEEP} DP16KD stacked")
+    return min(fits, key=lambda m: (math.ceil(width / m[0]) * math.ceil(depth / m[1]),
+                                    math.ceil(depth / m[1])))
+
+
+def dp16kd_blocks(width: int, depth: int) -> int:
+    """DP16KD blocks for one copy (one read port) of a ``width x depth`` memory, built in
+    columns (:func:`column_mode`); 0 if built from logic."""
+    if in_logic(width, depth):
+        return 0
+    w, d = column_mode(width, depth)
+    return math.ceil(width / w) * math.ceil(depth / d)
