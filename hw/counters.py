@@ -19,7 +19,8 @@ from accel.counters import COUNTERS
 
 def counter_read_signature(cfg: AccelConfig) -> wiring.Signature:
     """The counters' read side, from the reader's side (the executor): ``value`` is counter
-    ``sel`` (its index in :data:`COUNTERS`) in the same cycle; ``clear`` zeroes them all."""
+    ``sel`` (its index in :data:`COUNTERS`) a cycle later (registered); ``clear`` zeroes
+    them all."""
     return wiring.Signature({"sel": Out(range(len(COUNTERS))), "value": In(cfg.counter_bits),
                              "clear": Out(1)})
 
@@ -49,8 +50,11 @@ class CounterFile(wiring.Component):
                 m.d.sync += reg.eq(0)
             with m.Else():
                 m.d.sync += reg.eq(reg + inc[n])
+        # the select across every counter is registered (timing: at 16 lanes it ran into
+        # the executor's response shift register, 76.1 MHz); the executor selects a
+        # counter cycles before it loads it
         with m.Switch(self.read.sel):
             for i, reg in enumerate(regs):
                 with m.Case(i):
-                    m.d.comb += self.read.value.eq(reg)
+                    m.d.sync += self.read.value.eq(reg)
         return m

@@ -617,7 +617,7 @@ class Executor(wiring.Component):
                         m.next = "LOAD_CTR"
                     with m.Else():
                         m.next = "RD_WORD"
-            with m.State("LOAD_CTR"):
+            with m.State("LOAD_CTR"):  # ``ctr`` was set a cycle or more ago (RESP, SEND)
                 m.d.sync += [sr.eq(self.counters.value), todo.eq(cb), ctr.eq(ctr + 1)]
                 m.next = "SEND"
             with m.State("RD_WORD"):
