@@ -40,10 +40,27 @@ def column_mode(width: int, depth: int) -> tuple[int, int]:
                                     math.ceil(depth / m[1])))
 
 
+def columns(width: int, depth: int) -> list[int]:
+    """The widths of a ``width x depth`` memory's columns, low bits first: the
+    :func:`column_mode` width, the last one what is left (one column if built from logic)."""
+    if in_logic(width, depth):
+        return [width]
+    w = column_mode(width, depth)[0]
+    return [min(w, width - lo) for lo in range(0, width, w)]
+
+
 def dp16kd_blocks(width: int, depth: int) -> int:
     """DP16KD blocks for one copy (one read port) of a ``width x depth`` memory, built in
-    columns (:func:`column_mode`); 0 if built from logic."""
-    if in_logic(width, depth):
-        return 0
-    w, d = column_mode(width, depth)
-    return math.ceil(width / w) * math.ceil(depth / d)
+    :func:`columns`; a column small enough for logic (the last) takes none."""
+    total = 0
+    for c in columns(width, depth):
+        if not in_logic(c, depth):
+            w, d = column_mode(c, depth)
+            total += math.ceil(c / w) * math.ceil(depth / d)
+    return total
+
+
+def logic_bits(width: int, depth: int) -> int:
+    """Bits of one copy of a ``width x depth`` memory built from logic (its columns that
+    are too small for a block RAM)."""
+    return sum(c * depth for c in columns(width, depth) if in_logic(c, depth))

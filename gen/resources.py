@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from amaranth import Shape
 
 from accel.bram import dp16kd_blocks
+from accel.bram import logic_bits as bram_logic_bits
 from accel.config import AccelConfig
 from accel.counters import COUNTERS
 from accel.layouts import HOST_READABLE, VIEWS, BufId, onchip_shapes
@@ -115,14 +116,13 @@ def estimate(cfg: AccelConfig) -> Resources:
         widest = max(widest, width)
         if b in HOST_READABLE:
             readable = max(readable, width)
-        blocks = dp16kd_blocks(width, depth)
-        if b == BufId.WEIGHTS:  # two memories: the narrow halves of the rows and the rest
-            lo = cfg.lanes * cfg.narrow_bits
-            blocks = dp16kd_blocks(lo, depth) + dp16kd_blocks(width - lo, depth)
-        if blocks:
-            bram += blocks * READ_PORTS[b]
-        else:
-            logic_bits += width * depth * READ_PORTS[b]
+        # the weight buffer is two memories: the narrow halves of the rows and the rest
+        parts = ([cfg.lanes * cfg.narrow_bits, width - cfg.lanes * cfg.narrow_bits]
+                 if b == BufId.WEIGHTS else [width])
+        for w in parts:
+            if w:
+                bram += dp16kd_blocks(w, depth) * READ_PORTS[b]
+                logic_bits += bram_logic_bits(w, depth) * READ_PORTS[b]
     lanes, mem = cfg.lanes, cfg.mem_bits
     direct = any(e not in ("ttfs", "ttfs-signed", "int") for e in cfg.encodings)
     spike_lane = c["spike_lane_bit"] * (cfg.cur_bits + mem) + c["direct_bit"] * mem * direct
