@@ -129,6 +129,11 @@ class BufId(enum.Enum, shape=8):
     #: word, each row from a word's first code (:func:`code_words`)
     CODES = 12
 
+    def __hash__(self):
+        # by value, not by name (``Enum``'s): sets of buffer ids (``LOADABLE``) iterate in
+        # the same order whatever ``PYTHONHASHSEED``, so the emitted Verilog is the same
+        return hash(self.value)
+
 
 #: The read-only views of OUT that send fewer bytes a word, by their width: results that
 #: are codes of at most that many bits are read through the narrowest that holds them

@@ -105,6 +105,10 @@ class Cmd(enum.Enum, shape=8):
     #: for a few key tokens cross the link at those lanes' bytes
     WRITE_ROWS = 0x0B
 
+    def __hash__(self):
+        # by value, as ``accel.layouts.BufId``: sets of commands iterate in one order
+        return hash(self.value)
+
 
 class Status(enum.Enum, shape=8):
     """Response codes (the ``cmd`` field of a response); all have the top bit set."""
