@@ -20,7 +20,7 @@ from accel.counters import COUNTERS
 def counter_read_signature(cfg: AccelConfig) -> wiring.Signature:
     """The counters' read side, from the reader's side (the executor): ``value`` is counter
     ``sel`` (its index in :data:`COUNTERS`) a cycle later (registered); ``clear`` zeroes
-    them all."""
+    them all (two cycles later, dropping the events up to then)."""
     return wiring.Signature({"sel": Out(range(len(COUNTERS))), "value": In(cfg.counter_bits),
                              "clear": Out(1)})
 
@@ -41,12 +41,16 @@ class CounterFile(wiring.Component):
         regs = [Signal(unsigned(self.cfg.counter_bits), name=f"c_{n}") for n in COUNTERS]
         # the increments are registered first (timing: the strobes come from all over the
         # chip and a 48-bit carry chain follows), so a counter shows a cycle's events one
-        # cycle late; the host only reads counters between requests. ``clear`` drops the
-        # increment in flight too, as the unregistered counter dropped this cycle's.
+        # cycle late; the host only reads counters between requests. ``clear`` is
+        # registered too (it resets every counter bit, about 1,000, from the executor's
+        # decode): the counters are zero two cycles after it, the events of the cycles up
+        # to then dropped (the increment in flight too).
+        clear = Signal(name="clear_q")
+        m.d.sync += clear.eq(self.read.clear)
         inc = Signal.like(self.inc, name="inc_q")
-        m.d.sync += inc.eq(Mux(self.read.clear, 0, self.inc))
+        m.d.sync += inc.eq(Mux(clear, 0, self.inc))
         for n, reg in zip(COUNTERS, regs, strict=True):
-            with m.If(self.read.clear):
+            with m.If(clear):
                 m.d.sync += reg.eq(0)
             with m.Else():
                 m.d.sync += reg.eq(reg + inc[n])

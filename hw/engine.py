@@ -249,7 +249,8 @@ class Engine(wiring.Component):
             "run": In(stream.Signature(descriptor_layout(cfg))),
             "done": Out(1),
             "busy": Out(1),
-            "abort": In(1),  #: return to idle now (buffer contents are kept)
+            #: return to idle (from the cycle after next; buffer contents are kept)
+            "abort": In(1),
             "fault": Out(1),  #: pulse: the running descriptor was stopped (see below)
             #: the running descriptor may read only the half of the weight buffer that holds
             #: its ``w_base`` (a LOAD is writing the other half): held for the whole RUN
@@ -487,10 +488,13 @@ class Engine(wiring.Component):
         with m.Else():
             m.d.sync += idle_cycles.eq(idle_cycles + 1)
         hung = active & (idle_cycles == watchdog_cycles(cfg))
-        # the fault pulses the cycle after its cause: it resets the whole engine, a net
-        # that reaches every register, so it starts from a register
-        m.d.sync += stopping.eq(active & (bad | leftover) | hung)
-        m.d.comb += [self.fault.eq(stopping), flush.eq(stopping | self.abort)]
+        # the fault pulses the cycle after its cause, and so does the flush that resets
+        # the whole engine: a net that reaches every register (about 6,400 at 64 lanes)
+        # starts from one register, not from an OR of the fault and the executor's decode
+        # of an ABORT (which takes a cycle more)
+        cause = active & (bad | leftover) | hung
+        m.d.sync += stopping.eq(cause)
+        m.d.comb += self.fault.eq(stopping)
 
         m.d.comb += [
             self.strobes.spike.eq(sa.spike), self.strobes.step.eq(sa.step),
@@ -500,6 +504,7 @@ class Engine(wiring.Component):
             self.strobes.spike_ev_rd.eq(sr.port.en), self.strobes.mac_ev_rd.eq(mr.port.en),
         ]
         wrapper = Module()
+        wrapper.d.sync += flush.eq(cause | self.abort)  # not reset by itself: outside m
         wrapper.submodules.core = ResetInserter(flush)(m)
         return wrapper
 

@@ -8,7 +8,8 @@ from hw.counters import CounterFile
 
 
 def test_counters_add_increments_clear_and_read_by_index():
-    """Increments land one cycle late (they are registered); clear drops the one in flight."""
+    """Increments land one cycle late (they are registered); clear is registered too: it drops
+    the increment in flight and the events of the cycle after it."""
     cfg = PRESETS["tiny"]
     dut = CounterFile(cfg, inc_bits=3)
     sim = Simulator(dut)
@@ -37,12 +38,16 @@ def test_counters_add_increments_clear_and_read_by_index():
         ctx.set(dut.read.clear, 1)
         await ctx.tick()
         ctx.set(dut.read.clear, 0)
+        ctx.set(dut.inc.spikes, 5)  # the cycle after clear: dropped (clear is registered)
         await ctx.tick()
+        ctx.set(dut.inc.spikes, 7)  # the next one counts
+        await ctx.tick()
+        ctx.set(dut.inc.spikes, 0)
         await ctx.tick()
         seen["after_clear"] = await read(ctx, "spikes")
 
     sim.add_testbench(tb)
     sim.run()
-    assert seen == {"lagging": 12, "spikes": 15, "cycles": 5, "macs": 0, "after_clear": 0}
+    assert seen == {"lagging": 12, "spikes": 15, "cycles": 5, "macs": 0, "after_clear": 7}
     assert len(dut.read.value) == cfg.counter_bits >= 48
     assert len(COUNTERS) == len(INDEX)
