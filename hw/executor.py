@@ -161,9 +161,13 @@ class Executor(wiring.Component):
         shapes = buffer_shapes(cfg)
         wbytes = word_bytes(cfg)
         width = 8 * max(max(wbytes.values()), nbytes(BUF_ARGS.size), nbytes(LOAD_ARGS.size),
-                        nbytes(descriptor_layout(cfg).size), nbytes(ident_layout().size),
-                        nbytes(cfg.counter_bits), nbytes(EXPAND_ARGS.size))
-        sr = Signal(width)  # assembles incoming words (from the top) / shifts out outgoing
+                        nbytes(descriptor_layout(cfg).size), nbytes(EXPAND_ARGS.size))
+        sr = Signal(width)  # assembles incoming words and arguments (from the top)
+        # outgoing words shift out of a register of their own (an identity, a counter, a
+        # memory word): the wide one above then has four sources instead of eight, each a
+        # select fanned out to every one of its bits (timing: a 64-lane weight row)
+        so = Signal(8 * max(nbytes(ident_layout().size), nbytes(cfg.counter_bits),
+                            nbytes(cfg.dram_bits)))
         rbyte = Signal(range(max(wbytes.values()) + 1))  # byte of a READ_BUF word being sent
         hdr = Signal(HEADER)
         got = Signal(16)  # payload bytes consumed
@@ -240,7 +244,7 @@ class Executor(wiring.Component):
                      self.resp.payload.length.eq(resp_len),
                      hb.rd_byte.eq(rbyte),
                      resp_data.i.payload.eq(Mux((hdr.cmd == Cmd.READ_BUF) & ~is_dram,
-                                                hb.rd_byte_data, sr[:8]))]
+                                                hb.rd_byte_data, so[:8]))]
         m.d.comb += self.counters.sel.eq(ctr)
 
         m.d.comb += [self.dram.rdata.ready.eq(1), ec.w_half.eq(w_half)]
@@ -610,7 +614,7 @@ class Executor(wiring.Component):
                     with m.If((status != Status.OK) | (resp_len == 0)):
                         m.next = "IDLE"
                     with m.Elif(hdr.cmd == Cmd.IDENTIFY):
-                        m.d.sync += [sr.eq(ident_layout().const(ident_value(cfg)).as_bits()),
+                        m.d.sync += [so.eq(ident_layout().const(ident_value(cfg)).as_bits()),
                                      todo.eq(nbytes(ident_layout().size))]
                         m.next = "SEND"
                     with m.Elif(hdr.cmd == Cmd.READ_COUNTERS):
@@ -618,7 +622,7 @@ class Executor(wiring.Component):
                     with m.Else():
                         m.next = "RD_WORD"
             with m.State("LOAD_CTR"):  # ``ctr`` was set a cycle or more ago (RESP, SEND)
-                m.d.sync += [sr.eq(self.counters.value), todo.eq(cb), ctr.eq(ctr + 1)]
+                m.d.sync += [so.eq(self.counters.value), todo.eq(cb), ctr.eq(ctr + 1)]
                 m.next = "SEND"
             with m.State("RD_WORD"):
                 with m.If(is_dram):
@@ -636,13 +640,13 @@ class Executor(wiring.Component):
                 m.next = "RD_WAIT2"
             with m.State("RD_WAIT2"):  # the engine registers the word first
                 m.next = "RD_LATCH"
-            with m.State("RD_DRAM"):  # the word comes back into sr and goes out from there
+            with m.State("RD_DRAM"):  # the word comes back into so and goes out from there
                 with m.If(self.dram.rdata.valid):
-                    m.d.sync += [sr.eq(self.dram.rdata.payload), todo.eq(bpw)]
+                    m.d.sync += [so.eq(self.dram.rdata.payload), todo.eq(bpw)]
                     m.next = "SEND"
             with m.State("RD_LATCH"):
                 # the word stays on the engine's read port (nothing else reads it while the
-                # executor sends it) and goes out byte by byte from there, not through sr;
+                # executor sends it) and goes out byte by byte from there, not through so;
                 # the engine registers the byte first (rd_byte_data), so each byte takes a
                 # cycle here before SEND
                 m.d.sync += todo.eq(bpw)
@@ -652,7 +656,7 @@ class Executor(wiring.Component):
             with m.State("SEND"):
                 m.d.comb += resp_data.i.valid.eq(1)
                 with m.If(resp_data.i.ready):
-                    m.d.sync += [sr.eq(sr >> 8), todo.eq(todo - 1), rbyte.eq(rbyte + 1)]
+                    m.d.sync += [so.eq(so >> 8), todo.eq(todo - 1), rbyte.eq(rbyte + 1)]
                     with m.If((todo != 1) & (hdr.cmd == Cmd.READ_BUF) & ~is_dram):
                         m.next = "RD_BYTE"
                     with m.If(todo == 1):
