@@ -100,6 +100,7 @@ class SpikeArray(wiring.Component):
         # (the slot's I (V) is live: written since its END), or zero
         fwd_i, fwd_v = Signal(), Signal()
         keep_i, keep_v = Signal(), Signal()
+        s3_end = Signal()  # s3 holds an END (``s3.valid & s3.op == END``)
         held = Signal()  # the weight port holds row ``held_k`` (read for the last event)
         held_k = Signal(cfg.k_bits)
         ev = self.ev.payload
@@ -120,7 +121,7 @@ class SpikeArray(wiring.Component):
             self.w_addr.eq(ev.k),
             # only spikes read a weight row, and only if the port does not hold it already
             self.w_en.eq(is_spike & ~(held & (held_k == ev.k))),
-            self.out.valid.eq(s3.valid & (s3.op == SpikeOp.END)),
+            self.out.valid.eq(s3_end),
             self.busy.eq(s3.valid),
             self.idle.eq(~s2.valid & ~s3.valid),
             cur_rd.addr.eq(s2.slot), mem_rd.addr.eq(s2.slot),
@@ -156,6 +157,9 @@ class SpikeArray(wiring.Component):
         # the event in s1 meets, in s3, the event now in s2: same slot?
         same = s2.valid & (ev.slot == s2.slot)
         ends = same & (s2.op == SpikeOp.END)  # s2's END frees the slot first
+        # an END in s3 is a register of its own: the ring's write enable, on every lane's
+        # LUT RAM, leaves a flip-flop (timing)
+        m.d.sync += s3_end.eq(s2.valid & (s2.op == SpikeOp.END))
         m.d.sync += [s2.valid.eq(take), s2.op.eq(ev.op), s2.neg.eq(ev.neg),
                      s2.slot.eq(ev.slot), s2.wr_i.eq(ev_wr_i), s2.wr_v.eq(ev_wr_v),
                      fwd_i.eq(same & s2.wr_i), fwd_v.eq(same & s2.wr_v),

@@ -32,8 +32,11 @@ def rows_signature(shape, depth: int, lanes: int) -> wiring.Signature:
 
 class RowRing(wiring.Component):
     """Up to ``depth`` rows (``layout``, an ``ArrayLayout`` of lanes) written whole from a
-    stream and read lane by lane (:func:`rows_signature`). Takes a row while fewer than
-    ``depth`` rows are held (a release frees its slot from the next cycle)."""
+    stream and read lane by lane (:func:`rows_signature`). It takes every row offered
+    (``ready`` is constant): its writer counts the room left, releases included (a release
+    frees its slot from the next cycle; ``hw.arrays.SpikeArray``). A full ring's
+    ``ready`` would gate the write enable of every lane's LUT RAM (timing: a logic-driven
+    net of hundreds of sinks at 64 lanes)."""
 
     def __init__(self, layout: data.ArrayLayout, depth: int):
         self.layout, self.depth = layout, depth
@@ -46,17 +49,15 @@ class RowRing(wiring.Component):
         m.submodules.mem = mem = memory.Memory(shape=self.layout, depth=depth, init=[])
         wp, rp = mem.write_port(), mem.read_port(domain="comb")
         wptr = Signal(range(depth))
-        count = Signal(range(depth + 1))
         push = Signal()
         m.d.comb += [
-            self.w.ready.eq(count < depth),
-            push.eq(self.w.valid & self.w.ready),
+            self.w.ready.eq(1),
+            push.eq(self.w.valid),
             wp.addr.eq(wptr), wp.data.eq(self.w.payload), wp.en.eq(push),
             self.rd.commit.eq(push),
             rp.addr.eq(self.rd.slot),
             self.rd.data.eq(rp.data[self.rd.lane]),
         ]
-        m.d.sync += count.eq(count + push - self.rd.release)
         with m.If(push):
             m.d.sync += wptr.eq(Mux(wptr == depth - 1, 0, wptr + 1))
         return m
