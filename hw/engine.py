@@ -63,7 +63,7 @@ from .arrays import MacArray, SpikeArray
 from .bram import ColumnMemory
 from .combiner import Combiner
 from .neuron import OutputUnit
-from .pipe import Register
+from .pipe import Register, Skid
 from .rings import RowRing
 
 #: Strobes the engine exposes for the counters (name -> meaning).
@@ -379,8 +379,10 @@ class Engine(wiring.Component):
         for name, reader, arr, op in (("spike", sr, sa, SpikeOp.SPIKE),
                                       ("mac", mr, ma, MacOp.MAC)):
             # the event buffer's word is registered as it leaves the block RAMs (a deep
-            # buffer's output mux across its blocks and the address adder were one path)
-            raw = Register(reader.out.payload.shape())
+            # buffer's output mux across its blocks and the address adder were one path),
+            # in a skid register: the array's stall reaches the reader (and the event
+            # buffer's read enable) from a register, not through the stage register below
+            raw = Skid(reader.out.payload.shape())
             m.submodules[f"{name}_word"] = raw
             wiring.connect(m, reader.out, raw.i)
             ev = raw.o.payload
