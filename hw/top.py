@@ -100,11 +100,21 @@ class Top(wiring.Component):
             other["wr_en"] = eh.wr_en | ch.wr_en
         else:
             other = {n: getattr(ch, n) for n in ("wr_en", "wr_buf", "wr_addr", "wr_data")}
+        # The chosen write is registered here, and again in the engine before its buffers
+        # (timing: at 64 lanes the executor's packed-word logic, this mux and the engine's
+        # buffer decode were one path, 14 of its 17 ns routing between the executor and
+        # the engine). Reset-less, like the engine's stage: a flush loses no write. Nothing
+        # reads a word that soon (``hw.engine``: the host writes).
+        bus = {n: Signal.like(getattr(hb, n), name=f"bus_{n}_q", reset_less=True)
+               for n in ("wr_en", "wr_buf", "wr_addr", "wr_data")}
+        m.d.sync += [
+            bus["wr_en"].eq(xh.wr_en | other["wr_en"]),
+            bus["wr_buf"].eq(Mux(xh.wr_en, xh.wr_buf, other["wr_buf"])),
+            bus["wr_addr"].eq(Mux(xh.wr_en, xh.wr_addr, other["wr_addr"])),
+            bus["wr_data"].eq(Mux(xh.wr_en, xh.wr_data, other["wr_data"])),
+        ]
+        m.d.comb += [getattr(hb, n).eq(v) for n, v in bus.items()]
         m.d.comb += [
-            hb.wr_en.eq(xh.wr_en | other["wr_en"]),
-            hb.wr_buf.eq(Mux(xh.wr_en, xh.wr_buf, other["wr_buf"])),
-            hb.wr_addr.eq(Mux(xh.wr_en, xh.wr_addr, other["wr_addr"])),
-            hb.wr_data.eq(Mux(xh.wr_en, xh.wr_data, other["wr_data"])),
             hb.rd_en.eq(xh.rd_en), hb.rd_buf.eq(xh.rd_buf), hb.rd_addr.eq(xh.rd_addr),
             hb.rd_byte.eq(xh.rd_byte),
             xh.rd_data.eq(hb.rd_data), xh.rd_byte_data.eq(hb.rd_byte_data),
