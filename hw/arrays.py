@@ -98,8 +98,10 @@ class SpikeArray(wiring.Component):
                   for n in ("s2", "s3"))
         # s2's flags: take s3's new I (V) (same slot, s3 writes it), or read the memory
         # (the slot's I (V) is live: written since its END), or zero
-        fwd_i, fwd_v = Signal(), Signal()
-        keep_i, keep_v = Signal(), Signal()
+        # (one-hot: a forwarded slot is not read; each select a register of its own, so
+        # that every lane's bit takes the two selects straight from flip-flops)
+        fwd_i, fwd_v = Signal(name="fwd_i"), Signal(name="fwd_v")
+        keep_i, keep_v = Signal(name="keep_i"), Signal(name="keep_v")
         s3_end = Signal()  # s3 holds an END (``s3.valid & s3.op == END``)
         held = Signal()  # the weight port holds row ``held_k`` (read for the last event)
         held_k = Signal(cfg.k_bits)
@@ -163,16 +165,16 @@ class SpikeArray(wiring.Component):
         m.d.sync += [s2.valid.eq(take), s2.op.eq(ev.op), s2.neg.eq(ev.neg),
                      s2.slot.eq(ev.slot), s2.wr_i.eq(ev_wr_i), s2.wr_v.eq(ev_wr_v),
                      fwd_i.eq(same & s2.wr_i), fwd_v.eq(same & s2.wr_v),
-                     keep_i.eq(live_i_nxt.bit_select(ev.slot, 1) & ~ends),
-                     keep_v.eq(live_v_nxt.bit_select(ev.slot, 1) & ~ends),
+                     keep_i.eq(live_i_nxt.bit_select(ev.slot, 1) & ~ends & ~(same & s2.wr_i)),
+                     keep_v.eq(live_v_nxt.bit_select(ev.slot, 1) & ~ends & ~(same & s2.wr_v)),
                      s3.valid.eq(s2.valid), s3.op.eq(s2.op), s3.neg.eq(s2.neg),
                      s3.slot.eq(s2.slot), s3.wr_i.eq(s2.wr_i), s3.wr_v.eq(s2.wr_v)]
         m.d.sync += [adds[j].eq((self.w_data[j].as_unsigned() ^ flip).as_signed())
                      for j in range(cfg.lanes)]
         # s2's read (or s3's result, or zero) into s3's operand registers
-        m.d.sync += [i_old[j].eq(Mux(fwd_i, cur_wr.data[j], Mux(keep_i, cur_rd.data[j], 0)))
+        m.d.sync += [i_old[j].eq(Mux(fwd_i, cur_wr.data[j], 0) | Mux(keep_i, cur_rd.data[j], 0))
                      for j in range(cfg.lanes)]
-        m.d.sync += [v_old[j].eq(Mux(fwd_v, mem_wr.data[j], Mux(keep_v, mem_rd.data[j], 0)))
+        m.d.sync += [v_old[j].eq(Mux(fwd_v, mem_wr.data[j], 0) | Mux(keep_v, mem_rd.data[j], 0))
                      for j in range(cfg.lanes)]
         with m.If(self.ev.valid):  # a held END ends the reuse as a taken one does
             m.d.sync += [held.eq(is_spike), held_k.eq(ev.k)]
