@@ -244,13 +244,16 @@ class MacArray(wiring.Component):
         wb = Signal(range(banks))  # the row being accumulated
         ob = Signal(range(banks))  # the oldest finished row (the next to be released)
         count = Signal(range(banks + 1))  # finished rows not yet released
-        free = count < banks  # row wb holds no finished row
+        # ``take`` (the event stall, the weight read enable) decides from flip-flops only
+        # (timing): whether a row is free, the sweep's last cycle and products in flight
+        # are registers kept beside the counts they summarise
+        free = Signal(init=1)  # count < banks: row wb holds no finished row
         valid = Signal()
         op = Signal(MacOp)
         q = Signal(signed(cfg.act_bits))
         shift = Signal(unsigned(cfg.shift_bits))
         c = Signal(range(mc))
-        last = c == mc - 1
+        last = Signal(init=mc == 1)  # c == mc - 1
         is_end = op == MacOp.END
         # four stages per word of the sweep, each within a cycle (timing): the weight row is
         # registered (BRAM -> register), the selected weights (select), the products
@@ -259,7 +262,7 @@ class MacArray(wiring.Component):
         r_valid = Signal()  # weight row registered
         a_valid = Signal()  # selected weights registered
         p_valid = Signal()  # products registered
-        pending = r_valid | a_valid | p_valid
+        pending = Signal()  # r_valid | a_valid | p_valid
         run = valid & free  # the event in hand may proceed
         done = run & Mux(is_end, ~pending, last)  # event finishes now
         take = ~valid | done
@@ -274,9 +277,10 @@ class MacArray(wiring.Component):
         ]
         with m.If(take):
             m.d.sync += [valid.eq(self.ev.valid), op.eq(self.ev.payload.op),
-                         q.eq(self.ev.payload.q), shift.eq(self.ev.payload.shift), c.eq(0)]
-        with m.Elif(run & ~is_end):
-            m.d.sync += c.eq(c + 1)
+                         q.eq(self.ev.payload.q), shift.eq(self.ev.payload.shift), c.eq(0),
+                         last.eq(mc == 1)]
+        with m.Elif(run & ~is_end):  # not the last cycle (that one is ``done``)
+            m.d.sync += [c.eq(c + 1), last.eq(c == mc - 2)]
         # one multiplier per unit: unit u takes lane c * mac_units + u in cycle c (selecting
         # the weight before the multiply keeps synthesis from building one per lane)
         # the row register follows the block RAM's output every cycle: the port holds its
@@ -305,7 +309,8 @@ class MacArray(wiring.Component):
             with m.If(a_valid):
                 m.d.sync += prod.eq(a_w * a_q)
             prods.append(prod)
-        m.d.sync += [r_valid.eq(run & ~is_end), a_valid.eq(r_valid), p_valid.eq(a_valid)]
+        m.d.sync += [r_valid.eq(run & ~is_end), a_valid.eq(r_valid), p_valid.eq(a_valid),
+                     pending.eq((run & ~is_end) | r_valid | a_valid)]
         with m.If(run & ~is_end):
             m.d.sync += [r_c.eq(c), r_shift.eq(shift), r_q.eq(q)]
             m.d.comb += self.mac.eq(1)
@@ -345,8 +350,9 @@ class MacArray(wiring.Component):
             m.d.comb += clear_mask.eq(((1 << mc) - 1) << (ob * mc))
             m.d.sync += ob.eq(Mux(ob == banks - 1, 0, ob + 1))
         m.d.comb += touched_nxt.eq((touched | set_mask) & ~clear_mask)
-        m.d.sync += [touched.eq(touched_nxt),
-                     count.eq(count + commit - self.rows.release)]
+        count_nxt = Signal.like(count)
+        m.d.comb += count_nxt.eq(count + commit - self.rows.release)
+        m.d.sync += [touched.eq(touched_nxt), count.eq(count_nxt), free.eq(count_nxt < banks)]
         with m.If(commit):
             m.d.sync += wb.eq(Mux(wb == banks - 1, 0, wb + 1))
         return m
