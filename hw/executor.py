@@ -406,6 +406,9 @@ class Executor(wiring.Component):
                                              | (row_lanes == 0) | (row_lanes > cfg.lanes))]
                     m.next = "ROWS_CHECK"
                 with m.State("ROWS_CHECK"):
+                    # sr is cleared whatever the checks decide (a refused request does not
+                    # need it): its 512 bits' select is then the state alone (timing)
+                    m.d.sync += sr.eq(0)
                     with m.If(cp.busy):  # the engine's host write port is the copier's
                         m.d.comb += self.strobes.load_wait.eq(1)
                     with m.Elif(args_bad | (hdr.length != rows_bytes + rows_need)):
@@ -414,7 +417,7 @@ class Executor(wiring.Component):
                     with m.Elif(args.count == 0):
                         m.next = "RESP"
                     with m.Else():
-                        m.d.sync += [sr.eq(0), todo.eq(row_len)]
+                        m.d.sync += todo.eq(row_len)
                         m.next = "WR_ROW"
                 with m.State("WR_ROW"):  # a row's bytes in at the bottom, top lane first
                     m.d.comb += data_in.o.ready.eq(1)
