@@ -88,31 +88,29 @@ class Top(wiring.Component):
             self.dram.rdata.ready.eq(1),
         ]
         # The engine's host bus (executor, copier and encoder drive one each): reads are
-        # the executor's; a write is the executor's in the cycle it writes, else the
-        # encoder's while it writes, else the copier's (the executor writes only with the
-        # copier and the encoder idle, the copier only while busy, the encoder only while
-        # the executor waits for it with the copier idle).
+        # the executor's; a write is the encoder's while it is busy, else the copier's
+        # while it is busy, else the executor's (the executor writes only with the copier
+        # and the encoder idle, the copier only while busy, the encoder only while the
+        # executor waits for it with the copier idle).
         hb, xh, ch = eng.host, exe.host, dma.host
+        # The writer is chosen by who is busy (the copier's busy is a register, the
+        # encoder's its state), not by the executor's write enable: that one is its state
+        # machine's decode, and it would select among 512 bits (timing). The enables are
+        # ORed: only one source writes at a time.
+        names = ("wr_buf", "wr_addr", "wr_data")
+        pick = {n: Mux(dma.control.busy, getattr(ch, n), getattr(xh, n)) for n in names}
+        wr_en = xh.wr_en | ch.wr_en
         if enc is not None:
-            eh = enc.host
-            other = {n: Mux(eh.wr_en, getattr(eh, n), getattr(ch, n))
-                     for n in ("wr_buf", "wr_addr", "wr_data")}
-            other["wr_en"] = eh.wr_en | ch.wr_en
-        else:
-            other = {n: getattr(ch, n) for n in ("wr_en", "wr_buf", "wr_addr", "wr_data")}
+            pick = {n: Mux(enc.busy, getattr(enc.host, n), pick[n]) for n in names}
+            wr_en |= enc.host.wr_en
         # The chosen write is registered here, and again in the engine before its buffers
         # (timing: at 64 lanes the executor's packed-word logic, this mux and the engine's
         # buffer decode were one path, 14 of its 17 ns routing between the executor and
         # the engine). Reset-less, like the engine's stage: a flush loses no write. Nothing
         # reads a word that soon (``hw.engine``: the host writes).
         bus = {n: Signal.like(getattr(hb, n), name=f"bus_{n}_q", reset_less=True)
-               for n in ("wr_en", "wr_buf", "wr_addr", "wr_data")}
-        m.d.sync += [
-            bus["wr_en"].eq(xh.wr_en | other["wr_en"]),
-            bus["wr_buf"].eq(Mux(xh.wr_en, xh.wr_buf, other["wr_buf"])),
-            bus["wr_addr"].eq(Mux(xh.wr_en, xh.wr_addr, other["wr_addr"])),
-            bus["wr_data"].eq(Mux(xh.wr_en, xh.wr_data, other["wr_data"])),
-        ]
+               for n in ("wr_en", *names)}
+        m.d.sync += [bus["wr_en"].eq(wr_en), *(bus[n].eq(pick[n]) for n in names)]
         m.d.comb += [getattr(hb, n).eq(v) for n, v in bus.items()]
         m.d.comb += [
             hb.rd_en.eq(xh.rd_en), hb.rd_buf.eq(xh.rd_buf), hb.rd_addr.eq(xh.rd_addr),
