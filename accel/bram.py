@@ -32,10 +32,9 @@ def in_logic(width: int, depth: int) -> bool:
 def column_mode(width: int, depth: int) -> tuple[int, int]:
     """The DP16KD ratio ``(width, depth)`` of a ``width x depth`` memory's columns: the
     fewest blocks among the ratios at most :data:`MAX_DEEP` blocks deep (the shallowest on
-    a tie). Every ratio is, for depths up to ``MAX_DEEP x 16,384``."""
-    fits = [(w, d) for w, d in DP16KD_MODES if math.ceil(depth / d) <= MAX_DEEP]
-    if not fits:
-        raise ValueError(f"a {depth}-deep memory needs more than {MAX_DEEP} DP16KD stacked")
+    a tie). A memory deeper than ``MAX_DEEP x 16,384`` stacks as few as it can (16K x 1)."""
+    deep = max(MAX_DEEP, min(math.ceil(depth / d) for _, d in DP16KD_MODES))
+    fits = [(w, d) for w, d in DP16KD_MODES if math.ceil(depth / d) <= deep]
     return min(fits, key=lambda m: (math.ceil(width / m[0]) * math.ceil(depth / m[1]),
                                     math.ceil(depth / m[1])))
 

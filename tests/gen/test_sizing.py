@@ -1,9 +1,13 @@
 """Sizing: the choice fits, balances the arrays, honours pins, and refuses what cannot fit."""
 
+from dataclasses import replace
+
 import pytest
 
+from accel.bram import dp16kd_blocks, logic_bits
+from accel.config import PRESETS
 from accel.workload import measure, sample_ids
-from gen.resources import TARGETS, Budget, dp16kd_blocks, estimate
+from gen.resources import TARGETS, Budget, estimate
 from gen.sizing import DoesNotFit, size
 
 
@@ -52,6 +56,14 @@ def test_dp16kd_packing():
     assert dp16kd_blocks(512, 1024) == 29  # 18-bit wide mode, 1024 deep
     assert dp16kd_blocks(16, 64) == 0  # small: logic
     assert dp16kd_blocks(1, 16384) == 1
+    # columns at most two blocks deep (accel.bram): 1-bit columns of two 16K blocks, not
+    # 2048 x 9 blocks sixteen deep (32)
+    assert dp16kd_blocks(17, 32768) == 34
+    # deeper than two 16K blocks: as shallow as it goes, four deep, not refused
+    assert dp16kd_blocks(17, 65536) == 68
+    assert estimate(replace(PRESETS["tiny"], spike_event_depth=65536)).bram > 0
+    # a last column small enough for logic takes no block
+    assert (dp16kd_blocks(127, 64), logic_bits(127, 64)) == (3, 19 * 64)
 
 
 def test_row_slots_follow_the_rows_unless_pinned(works):
