@@ -69,11 +69,11 @@ def count_strobes(strobes: dict, counts: dict, finished: list):
 
 
 def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=None,
-         rows_port=None, ring=False):
-    """Run an array on ``events``; its finished rows come from its output stream, from
-    ``rows_port`` (a :func:`hw.rings.rows_signature` port of ``row_fifo_depth`` slots), or
-    with ``ring`` from its output into a ring of ``spike_fifo_depth`` rows that the block
-    must not overfill (``dut.release`` frees one)."""
+         rows_port=None):
+    """Run an array on ``events``; its finished rows come from ``rows_port`` (a
+    :func:`hw.rings.rows_signature` port of ``row_fifo_depth`` slots, the MAC array), or
+    from its output into a ring of ``spike_fifo_depth`` rows that the block must not
+    overfill (``dut.release`` frees one; the spike array)."""
     top = WithMemory(dut, "w", weight_row_layout(cfg), cfg.weight_depth, weight_rows(cfg, w))
     sim = Simulator(top)
     sim.add_clock(1e-8)
@@ -95,12 +95,9 @@ def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=No
         if rows_port is not None:
             await take_rows(ctx, rows_port, rows_out, cfg.lanes, cfg.row_fifo_depth, snk,
                             result)
-        elif ring:
+        else:
             await ring_rows(ctx, dut.out, dut.release, rows_out, cfg.spike_fifo_depth, snk,
                             result)
-        for _ in range(rows_out if rows_port is None and not ring else 0):
-            p = await get(ctx, dut.out, snk)
-            result.append([int(p[j]) for j in range(cfg.lanes)])
         await ctx.tick()  # let the monitor see the cycle of the last transfer
         done.append(True)
 
@@ -108,8 +105,6 @@ def _run(cfg, dut, w, events, layout, rows_out, stall_p, seed, strobes, setup=No
     sim.add_testbench(consumer)
     sim.add_testbench(count_strobes({s: getattr(dut, s) for s in strobes}, counts, done),
                       background=True)
-    if rows_port is None and not ring:
-        sim.add_testbench(stream_rules({"out": dut.out}), background=True)
     sim.run()
     return torch.tensor(result, dtype=torch.int64)[:, : w.shape[0]], counts
 
@@ -123,8 +118,7 @@ def rtl_spike_array(cfg: AccelConfig, codes: torch.Tensor, w: torch.Tensor, enc:
     dut = SpikeArray(cfg)
     ttfs = int(enc.kind in TTFS_KINDS)
     return _run(cfg, dut, w, events, spike_event_layout(cfg), codes.shape[0], stall_p, seed,
-                ("spike", "step", "busy", "w_en"), setup=lambda ctx: ctx.set(dut.ttfs, ttfs),
-                ring=True)
+                ("spike", "step", "busy", "w_en"), setup=lambda ctx: ctx.set(dut.ttfs, ttfs))
 
 
 def rtl_mac_array(cfg: AccelConfig, codes: torch.Tensor, shifts: torch.Tensor,

@@ -178,8 +178,7 @@ def test_spike_array_back_to_back_same_slot(case):
         got, counts = _run(cfg, dut, w, events, spike_event_layout(cfg), ends,
                            rng.choice([0.0, 0.3, 0.6]), rng.random(),
                            ("spike", "step", "busy", "w_en"),
-                           setup=lambda ctx, d=dut, t=ttfs: ctx.set(d.ttfs, int(t)),
-                           ring=True)
+                           setup=lambda ctx, d=dut, t=ttfs: ctx.set(d.ttfs, int(t)))
         assert torch.equal(got, _spike_array_model(cfg, events, w, ttfs)), (cfg, events)
         assert counts["spike"] == sum(e["op"] == SpikeOp.SPIKE for e in events)
         assert counts["step"] == sum(e["op"] == SpikeOp.STEP for e in events)
