@@ -52,10 +52,11 @@ TAIL = 11
 #: Cycles from a ``keep`` tile's last lane issued to ``done`` (its operands registered,
 #: then its sum written back).
 DRAIN = 2
-#: Cycles a MAC row's END waits behind its last product: the weight row registered at the
-#: block RAM's output, the selected weights registered, the products registered (the MAC
-#: array's three stages before the add, for timing).
-MAC_DRAIN = 3
+#: Cycles a MAC row's END waits behind its last product: the weight row read from
+#: registered address and enable, registered at the block RAM's output, the selected
+#: weights registered, the products registered (the MAC array's four stages before the
+#: add, for timing).
+MAC_DRAIN = 4
 #: Cycles from the spike array taking an END that waited at its input for room in the ring
 #: of finished rows to the END committing its row (its two stages after the input: the
 #: stages have no stall, ``hw.arrays.SpikeArray``).

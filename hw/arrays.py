@@ -201,12 +201,15 @@ class SpikeArray(wiring.Component):
 
 class MacArray(wiring.Component):
     """Integer MAC array: ``mac_units`` multipliers sweep a weight row in ``lanes/mac_units``
-    cycles, adding ``(w * q) << shift`` into the row's accumulators. The next event's weight
-    row is read during the last cycle of the current one, so rows follow back to back. The
-    weight row is registered at the block RAM's output, then the selected weights, then the
-    products, before the shift and add (a four-stage datapath, for timing: the row's words
-    reach the select from a register rather than from the block RAMs' pins), so a row's END
-    takes :data:`accel.cycles.MAC_DRAIN` more cycles when MAC events precede it.
+    cycles, adding ``(w * q) << shift`` into the row's accumulators. The weight buffer's
+    address and read enable are registers (``w_addr``, ``w_en``: the event taken in the
+    last cycle of the current row is read in the first of its own), so rows follow back to
+    back and the read enable reaches the block RAMs from a flip-flop (timing: it fans out
+    to every block of the buffer, across the die). The row read, the row registered at the
+    block RAM's output, the selected weights, then the products come before the shift and
+    add (a five-stage datapath, for timing: the row's words reach the select from a
+    register rather than from the block RAMs' pins), so a row's END takes
+    :data:`accel.cycles.MAC_DRAIN` more cycles when MAC events precede it.
 
     The accumulators are ``row_fifo_depth`` rows of LUT RAM, one word per cycle of the sweep
     holding ``mac_units`` lanes (``rows``, :func:`hw.rings.rows_signature`): the array adds
@@ -259,24 +262,25 @@ class MacArray(wiring.Component):
         # registered (BRAM -> register), the selected weights (select), the products
         # (multiply), then they are shifted and added (shift -> add); END waits for the
         # last pending product
+        b_valid = Signal()  # weight row being read (the block RAM's output next cycle)
         r_valid = Signal()  # weight row registered
         a_valid = Signal()  # selected weights registered
         p_valid = Signal()  # products registered
-        pending = Signal()  # r_valid | a_valid | p_valid
+        pending = Signal()  # b_valid | r_valid | a_valid | p_valid
         run = valid & free  # the event in hand may proceed
         done = run & Mux(is_end, ~pending, last)  # event finishes now
         take = ~valid | done
         commit = done & is_end
         m.d.comb += [
             self.ev.ready.eq(take),
-            self.w_addr.eq(self.ev.payload.k),
-            self.w_en.eq(take & self.ev.valid & (self.ev.payload.op == MacOp.MAC)),
             self.busy.eq(run),  # an event waiting for a free row is not work
             self.idle.eq(~valid & ~pending),
             self.rows.commit.eq(commit),
         ]
+        # the port reads the row of the event taken a cycle ago, from registers
+        m.d.sync += self.w_en.eq(take & self.ev.valid & (self.ev.payload.op == MacOp.MAC))
         with m.If(take):
-            m.d.sync += [valid.eq(self.ev.valid), op.eq(self.ev.payload.op),
+            m.d.sync += [self.w_addr.eq(self.ev.payload.k), valid.eq(self.ev.valid), op.eq(self.ev.payload.op),
                          q.eq(self.ev.payload.q), shift.eq(self.ev.payload.shift), c.eq(0),
                          last.eq(mc == 1)]
         with m.Elif(run & ~is_end):  # not the last cycle (that one is ``done``)
@@ -284,12 +288,14 @@ class MacArray(wiring.Component):
         # one multiplier per unit: unit u takes lane c * mac_units + u in cycle c (selecting
         # the weight before the multiply keeps synthesis from building one per lane)
         # the row register follows the block RAM's output every cycle: the port holds its
-        # data between reads, so ``r_row`` is the row of the word ``r_c`` selects from
+        # data between reads (the next row is read in the first cycle of its sweep, ``b``,
+        # so the current row's last word is registered from it the cycle after), and
+        # ``r_row`` is the row of the word ``r_c`` selects from
         r_row = Signal.like(self.w_data, name="r_row")
-        r_c, a_c, p_c = (Signal.like(c, name=n) for n in ("r_c", "a_c", "p_c"))
-        r_shift, a_shift, p_shift = (Signal.like(shift, name=n)
-                                     for n in ("r_shift", "a_shift", "p_shift"))
-        r_q, a_q = Signal.like(q, name="r_q"), Signal.like(q, name="a_q")
+        b_c, r_c, a_c, p_c = (Signal.like(c, name=n) for n in ("b_c", "r_c", "a_c", "p_c"))
+        b_shift, r_shift, a_shift, p_shift = (Signal.like(shift, name=n)
+                                              for n in ("b_shift", "r_shift", "a_shift", "p_shift"))
+        b_q, r_q, a_q = (Signal.like(q, name=n) for n in ("b_q", "r_q", "a_q"))
         m.d.sync += r_row.eq(self.w_data)
         prods = []
         for u in range(units):
@@ -309,12 +315,15 @@ class MacArray(wiring.Component):
             with m.If(a_valid):
                 m.d.sync += prod.eq(a_w * a_q)
             prods.append(prod)
-        m.d.sync += [r_valid.eq(run & ~is_end), a_valid.eq(r_valid), p_valid.eq(a_valid),
-                     pending.eq((run & ~is_end) | r_valid | a_valid)]
+        m.d.sync += [b_valid.eq(run & ~is_end), r_valid.eq(b_valid), a_valid.eq(r_valid),
+                     p_valid.eq(a_valid),
+                     pending.eq((run & ~is_end) | b_valid | r_valid | a_valid)]
         with m.If(run & ~is_end):
-            m.d.sync += [r_c.eq(c), r_shift.eq(shift), r_q.eq(q)]
+            m.d.sync += [b_c.eq(c), b_shift.eq(shift), b_q.eq(q)]
             m.d.comb += self.mac.eq(1)
             m.d.comb += self.row.eq(last)
+        with m.If(b_valid):
+            m.d.sync += [r_c.eq(b_c), r_shift.eq(b_shift), r_q.eq(b_q)]
         with m.If(r_valid):
             m.d.sync += [a_c.eq(r_c), a_shift.eq(r_shift), a_q.eq(r_q)]
         # read-modify-write of the word the pending products belong to; whether that word
