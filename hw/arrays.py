@@ -280,9 +280,9 @@ class MacArray(wiring.Component):
         # the port reads the row of the event taken a cycle ago, from registers
         m.d.sync += self.w_en.eq(take & self.ev.valid & (self.ev.payload.op == MacOp.MAC))
         with m.If(take):
-            m.d.sync += [self.w_addr.eq(self.ev.payload.k), valid.eq(self.ev.valid), op.eq(self.ev.payload.op),
-                         q.eq(self.ev.payload.q), shift.eq(self.ev.payload.shift), c.eq(0),
-                         last.eq(mc == 1)]
+            m.d.sync += [self.w_addr.eq(self.ev.payload.k), valid.eq(self.ev.valid),
+                         op.eq(self.ev.payload.op), q.eq(self.ev.payload.q),
+                         shift.eq(self.ev.payload.shift), c.eq(0), last.eq(mc == 1)]
         with m.Elif(run & ~is_end):  # not the last cycle (that one is ``done``)
             m.d.sync += [c.eq(c + 1), last.eq(c == mc - 2)]
         # one multiplier per unit: unit u takes lane c * mac_units + u in cycle c (selecting
