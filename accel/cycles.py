@@ -204,17 +204,28 @@ def gemm_cycles(cfg: AccelConfig, g) -> GemmPrediction:
     from .tiling import events_resident, k_slices, row_groups_of, tiles
 
     kt = k_slices(cfg, g.k)
-    # unit spikes and integer channels per row and K tile
-    cum = np.concatenate([np.zeros((g.m, 1), np.int64), np.cumsum(g.units, axis=1)], axis=1)
-    icum = np.concatenate([[0], np.cumsum(g.int_mask)])
-    tile_units = np.stack([cum[:, k1] - cum[:, k0] for k0, k1 in kt], axis=1)
-    tile_int = [int(icum[k1] - icum[k0]) for k0, k1 in kt]
-    # a K tile whose channels are all integer runs no TTFS window (accel.tiling.spike_words)
-    tile_steps = [g.steps if n_int < k1 - k0 else 0
-                  for (k0, k1), n_int in zip(kt, tile_int, strict=True)]
-    groups = row_groups_of(cfg, tile_units, tile_steps, tile_int)
     slots = cfg.spike_rows
-    fetches = shared_fetches(g, groups, kt, slots)
+    # the cut and the shared reads depend on the buffers, not the lanes: kept per GEMM for
+    # the next configuration with the same buffers (the sizer tries every lane count)
+    split_key = (tuple(kt), cfg.max_rows, cfg.spike_event_depth, cfg.mac_event_depth, slots)
+    memo_split = getattr(g, "split_memo", None)  # (a GemmWork; tests pass plain records)
+    if memo_split is not None and split_key in memo_split:
+        tile_units, tile_int, tile_steps, groups, fetches = memo_split[split_key]
+    else:
+        # unit spikes and integer channels per row and K tile
+        cum = np.concatenate([np.zeros((g.m, 1), np.int64), np.cumsum(g.units, axis=1)],
+                             axis=1)
+        icum = np.concatenate([[0], np.cumsum(g.int_mask)])
+        tile_units = np.stack([cum[:, k1] - cum[:, k0] for k0, k1 in kt], axis=1)
+        tile_int = [int(icum[k1] - icum[k0]) for k0, k1 in kt]
+        # a K tile whose channels are all integer runs no TTFS window
+        # (accel.tiling.spike_words)
+        tile_steps = [g.steps if n_int < k1 - k0 else 0
+                      for (k0, k1), n_int in zip(kt, tile_int, strict=True)]
+        groups = row_groups_of(cfg, tile_units, tile_steps, tile_int)
+        fetches = shared_fetches(g, groups, kt, slots)
+        if memo_split is not None:
+            memo_split[split_key] = (tile_units, tile_int, tile_steps, groups, fetches)
     first_sg = {}  # first slot group of each row group
     n_sg = 0
     for r0, r1 in groups:

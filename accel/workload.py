@@ -3,7 +3,7 @@ statistics the sizing needs, measured by running the golden model on calibration
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ class GemmWork:
     wide: np.ndarray | bool = True
     #: results leave as accumulators (no requantization, no requantizer constants read)
     raw: bool = False
+    #: ``accel.cycles.gemm_cycles``' cut of this GEMM per buffer configuration (derived
+    #: from the fields above, which are not changed after construction)
+    split_memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_int(self) -> int:

@@ -4,7 +4,8 @@ of the converted model within a target's resource budget.
 Candidates are every power-of-two pair (spike lanes, MAC units), each with the buffer
 depths the workload asks for (weight rows for the largest K, rows for the sequence, event
 buffers for the densest row group) and, when that does not fit, smaller buffers (more
-tiles). Each candidate gets a resource estimate (:mod:`gen.resources`) and, if it fits, a
+tiles; the halving that costs the fewest predicted cycles per resource freed first).
+Each candidate gets a resource estimate (:mod:`gen.resources`) and, if it fits, a
 cycle prediction over every GEMM of the measured forward pass (:mod:`accel.cycles`). The
 choice is the *smallest* fitting candidate (fewest LUTs) whose cycles are within
 ``slack`` of the fastest: more lanes that the model's work split cannot keep busy are not
@@ -149,7 +150,7 @@ def size(works: list[GemmWork], budget: Budget, *, lanes: tuple[int, ...] = (8, 
             units = [fixed["mac_units"]]
         for u in units:
             cfg = replace(base, lanes=n_lanes, mac_units=u)
-            cand = _fit_buffers(cfg, budget, fixed)
+            cand = _fit_buffers(cfg, budget, fixed, works)
             cands.append(cand)
     preds = {}
     for c in cands:
@@ -188,18 +189,30 @@ def size(works: list[GemmWork], budget: Budget, *, lanes: tuple[int, ...] = (8, 
     return Sizing(chosen, cands, preds[id(chosen)], why)
 
 
-def _fit_buffers(cfg: AccelConfig, budget: Budget, fixed: dict) -> Candidate:
-    """Halve buffers until the candidate fits, each time the one whose halving saves the
-    most (block RAMs, then LUTs); returns the last one tried, with what it overran."""
+def _fit_buffers(cfg: AccelConfig, budget: Budget, fixed: dict,
+                 works: list[GemmWork]) -> Candidate:
+    """Halve buffers until the candidate fits; returns the last one tried, with what it
+    overran.
+
+    Each step halves the buffer that gives up the fewest predicted cycles of ``works`` per
+    share of the overrun resources it frees (each resource's saving as a fraction of its
+    budget), and the one that frees the most among those that cost nothing. A halving
+    after which a row's events overflow their buffer is not taken. Halving the weight
+    buffer adds K tiles (cycles, and a LOAD a tile on the board's link); halving an event
+    buffer may cost nothing for the model at hand: the cheapest cut is taken first, not
+    the biggest. When the unshrunk candidate overflows already (no cycles to compare), the
+    step frees the most."""
     shrink = [f for f in ("weight_depth", "max_rows", "spike_event_depth", "mac_event_depth")
               if f not in fixed]
     floor = {"weight_depth": 64, "max_rows": 8, "spike_event_depth": 1024,
              "mac_event_depth": 256}
+    start = cfg
     res = estimate(cfg)
+    cycles = _cycles(cfg, works)
     while True:
         over = budget.over(res)
         if not over:
-            return Candidate(cfg, res)
+            return _grow_back(start, Candidate(cfg, res), budget, works, cycles)
         options = []
         for f in shrink:
             if getattr(cfg, f) > floor[f]:
@@ -210,8 +223,57 @@ def _fit_buffers(cfg: AccelConfig, budget: Budget, fixed: dict) -> Candidate:
                     smaller = replace(cfg, **half)
                 except ValueError:
                     continue
-                options.append((estimate(smaller), smaller))
-        options = [(r, c) for r, c in options if (r.bram, r.lut4) < (res.bram, res.lut4)]
+                r = estimate(smaller)
+                freed = _freed(budget, res, r)
+                if freed <= 0:
+                    continue
+                cyc = None if cycles is None else _cycles(smaller, works)
+                if cycles is not None and cyc is None:
+                    continue  # a row's events no longer fit
+                lost = 0 if cycles is None else max(0, cyc - cycles)
+                options.append((lost / freed, -freed, r, smaller, cyc))
         if not options:
             return Candidate(cfg, res, over)
-        res, cfg = min(options, key=lambda rc: (rc[0].bram, rc[0].lut4))
+        _, _, res, cfg, cycles = min(options, key=lambda o: o[:2])
+
+
+def _grow_back(start: AccelConfig, cand: Candidate, budget: Budget, works: list[GemmWork],
+               cycles: int | None) -> Candidate:
+    """Undo halvings the fitting candidate can afford: the small cuts taken first may leave
+    room for a big one to be undone. Each step doubles back the buffer that saves the most
+    predicted cycles and still fits, until none does."""
+    if cycles is None:
+        return cand
+    while True:
+        best = None
+        for f in ("weight_depth", "max_rows", "spike_event_depth", "mac_event_depth"):
+            if getattr(cand.cfg, f) < getattr(start, f):
+                grown = {f: getattr(cand.cfg, f) * 2}
+                if f == "max_rows":
+                    grown["spike_rows"] = min(start.spike_rows, grown[f])
+                bigger = replace(cand.cfg, **grown)
+                r = estimate(bigger)
+                if budget.over(r):
+                    continue
+                cyc = _cycles(bigger, works)
+                if cyc is not None and cyc < (cycles if best is None else best[0]):
+                    best = (cyc, Candidate(bigger, r))
+        if best is None:
+            return cand
+        cycles, cand = best
+
+
+def _cycles(cfg: AccelConfig, works: list[GemmWork]) -> int | None:
+    """Predicted cycles of ``works`` on ``cfg``; None when a row's events overflow."""
+    try:
+        return sum(gemm_cycles(cfg, g).cycles for g in works)
+    except ValueError:
+        return None
+
+
+def _freed(budget: Budget, before: Resources, after: Resources) -> float:
+    """What a change frees of the resources ``before`` overruns, each as a share of its
+    budget (LUTs of the usable fill)."""
+    caps = {"lut4": int(budget.lut4 * budget.lut_fill), "dsp": budget.dsp, "bram": budget.bram}
+    return sum((getattr(before, k) - getattr(after, k)) / max(cap, 1) for k, cap in caps.items()
+               if getattr(before, k) > cap)

@@ -8,7 +8,7 @@ from accel.bram import dp16kd_blocks, logic_bits
 from accel.config import PRESETS
 from accel.workload import measure, sample_ids
 from gen.resources import TARGETS, Budget, estimate
-from gen.sizing import DoesNotFit, size
+from gen.sizing import Candidate, DoesNotFit, evaluate, size
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,43 @@ def test_the_energy_objective_takes_the_least_energy_and_says_so(works):
         size(works, TARGETS["ulx3s-85f"], objective="area")
     with pytest.raises(ValueError, match="needs an energy function"):
         size(works, TARGETS["ulx3s-85f"], objective="energy")
+
+
+SHRINKABLE = ("weight_depth", "max_rows", "spike_event_depth", "mac_event_depth")
+
+
+def _cycles_of(cfg, works):
+    return sum(p.cycles for p in evaluate(Candidate(cfg, estimate(cfg)), works))
+
+
+@pytest.mark.parametrize("share", [0.5, 0.7, 0.85])
+def test_buffers_shrink_where_it_costs_the_fewest_cycles(works, share):
+    fixed = {"lanes": 16, "mac_units": 4}
+    full = size(works, TARGETS["ulx3s-85f"], fixed=fixed).chosen
+    budget = Budget(83_640, 156, int(full.res.bram * share))
+    got = size(works, budget, fixed=fixed).chosen
+    assert not budget.over(got.res) and got.cfg != full.cfg
+    # no halving it took can be undone within the budget for fewer cycles
+    for f in SHRINKABLE:
+        if getattr(got.cfg, f) < getattr(full.cfg, f):
+            grown = {f: getattr(got.cfg, f) * 2}
+            if f == "max_rows":
+                grown["spike_rows"] = min(full.cfg.spike_rows, grown[f])
+            bigger = replace(got.cfg, **grown)
+            if not budget.over(estimate(bigger)):
+                assert _cycles_of(bigger, works) >= got.cycles, f
+    # and no single buffer halved alone until the design fits is faster (the rule
+    # before: the biggest saving first, which halved the weight buffer at 64 lanes)
+    for f in SHRINKABLE:
+        cfg = full.cfg
+        while budget.over(estimate(cfg)) and getattr(cfg, f) > 64:
+            half = {f: getattr(cfg, f) // 2}
+            if f == "max_rows":
+                half["spike_rows"] = min(cfg.spike_rows, half[f])
+            cfg = replace(cfg, **half)
+        if not budget.over(estimate(cfg)):
+            try:
+                alone = _cycles_of(cfg, works)
+            except ValueError:  # a row no longer fits its event buffers
+                continue
+            assert got.cycles <= alone, f
