@@ -43,9 +43,12 @@ class SpikeArray(wiring.Component):
     input, then slot, and a SPIKE of the input whose row the weight port holds (the
     previous event was a SPIKE of the same ``k``) reuses it instead of reading the buffer
     again, so one read serves every row that spikes on that input at that step. A STEP or
-    END ends the reuse. The lane registers are as wide as the contract's bounds for one K
-    tile (``cur_bits``, ``mem_bits``); a slot is zero until its first write after an END
-    or a reset (``live_i``, ``live_v``), whatever its memory holds.
+    END ends the reuse. Whether an event repeats the row is decided a stage ahead, by the
+    register that feeds the array (:func:`row_reuse`, the ``reuse`` input), so the weight
+    read enable is one gate from flip-flops (timing: it fans out to every block of the
+    weight buffer, across the die). The lane registers are as wide as the contract's bounds
+    for one K tile (``cur_bits``, ``mem_bits``); a slot is zero until its first write after
+    an END or a reset (``live_i``, ``live_v``), whatever its memory holds.
 
     The stages have no enable: an END waits at the array's input until the ring of
     finished rows (``hw.rings.RowRing``, ``spike_fifo_depth`` rows, freed by ``release``)
@@ -62,6 +65,8 @@ class SpikeArray(wiring.Component):
             #: a finished row (at an END): the ring always has room, ``ready`` is not read
             "out": Out(stream.Signature(spike_vector_layout(cfg))),
             "release": In(1),  #: the ring frees its oldest row (room from the next cycle)
+            #: with ``ev``: the event repeats the weight row the port holds (:func:`row_reuse`)
+            "reuse": In(1),
             "ttfs": In(1),
             "w_addr": Out(cfg.k_bits),
             "w_en": Out(1),
@@ -103,8 +108,6 @@ class SpikeArray(wiring.Component):
         fwd_i, fwd_v = Signal(name="fwd_i"), Signal(name="fwd_v")
         keep_i, keep_v = Signal(name="keep_i"), Signal(name="keep_v")
         s3_end = Signal()  # s3 holds an END (``s3.valid & s3.op == END``)
-        held = Signal()  # the weight port holds row ``held_k`` (read for the last event)
-        held_k = Signal(cfg.k_bits)
         ev = self.ev.payload
         is_spike = self.ev.valid & (ev.op == SpikeOp.SPIKE)
         # ring slots neither holding a finished row nor promised to an END in the stages:
@@ -122,7 +125,7 @@ class SpikeArray(wiring.Component):
             self.ev.ready.eq(~is_end | roomy),
             self.w_addr.eq(ev.k),
             # only spikes read a weight row, and only if the port does not hold it already
-            self.w_en.eq(is_spike & ~(held & (held_k == ev.k))),
+            self.w_en.eq(is_spike & ~self.reuse),
             self.out.valid.eq(s3_end),
             self.busy.eq(s3.valid),
             self.idle.eq(~s2.valid & ~s3.valid),
@@ -176,8 +179,6 @@ class SpikeArray(wiring.Component):
                      for j in range(cfg.lanes)]
         m.d.sync += [v_old[j].eq(Mux(fwd_v, mem_wr.data[j], 0) | Mux(keep_v, mem_rd.data[j], 0))
                      for j in range(cfg.lanes)]
-        with m.If(self.ev.valid):  # a held END ends the reuse as a taken one does
-            m.d.sync += [held.eq(is_spike), held_k.eq(ev.k)]
         for j in range(cfg.lanes):
             m.d.comb += [self.out.payload[j].eq(v_old[j]),
                          cur_wr.data[j].eq(i_old[j] + adds[j] + s3.neg)]
@@ -197,6 +198,24 @@ class SpikeArray(wiring.Component):
                 with m.Case(SpikeOp.STEP):
                     m.d.comb += self.step.eq(1)
         return m
+
+
+def row_reuse(m: Module, taken, ev, k) -> Signal:
+    """The :class:`SpikeArray`'s ``reuse`` for the event entering the register that feeds
+    it: ``ev`` (a ``spike_event_layout`` view) with weight row ``k`` enters when ``taken``.
+    It repeats the row the weight port holds when it is a SPIKE and the event that entered
+    before it was a SPIKE of the same row: every event that enters reaches the array in
+    order (the array takes all but an END, which reads no row), so the event before it in
+    the register is the event before it at the port. Register the result beside the event;
+    the comparison ends there instead of in the weight buffer's read enable (timing)."""
+    prev_k = Signal(len(k), name="reuse_prev_k")
+    prev_spike = Signal(name="reuse_prev_spike")  # the event before was a SPIKE
+    spike = ev.op == SpikeOp.SPIKE
+    with m.If(taken):
+        m.d.sync += [prev_k.eq(k), prev_spike.eq(spike)]
+    reuse = Signal(name="reuse_next")
+    m.d.comb += reuse.eq(spike & prev_spike & (k == prev_k))
+    return reuse
 
 
 class MacArray(wiring.Component):

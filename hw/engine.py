@@ -59,7 +59,7 @@ from accel.layouts import (
 )
 from accel.protocol import nbytes
 
-from .arrays import MacArray, SpikeArray
+from .arrays import MacArray, SpikeArray, row_reuse
 from .bram import ColumnMemory
 from .combiner import Combiner
 from .neuron import OutputUnit
@@ -386,7 +386,7 @@ class Engine(wiring.Component):
             m.submodules[f"{name}_word"] = raw
             wiring.connect(m, reader.out, raw.i)
             ev = raw.o.payload
-            st = Register(data.StructLayout({"ev": ev.shape(), "bad": 1}))
+            st = Register(data.StructLayout({"ev": ev.shape(), "bad": 1, "reuse": 1}))
             m.submodules[f"{name}_stage"] = st
             event_regs += [raw, st]
             w_addr = Signal(cfg.k_bits + 1, name=f"w_addr_{name}")
@@ -402,6 +402,10 @@ class Engine(wiring.Component):
                          st.i.payload.bad.eq(flag),
                          arr.ev.valid.eq(st.o.valid), arr.ev.payload.eq(st.o.payload.ev),
                          st.o.ready.eq(arr.ev.ready)]
+            if arr is sa:  # whether the spike repeats the row the weight port holds
+                m.d.comb += [st.i.payload.reuse.eq(row_reuse(
+                                 m, st.i.valid & st.i.ready, ev, w_addr[:-1])),
+                             sa.reuse.eq(st.o.payload.reuse)]
             with m.If(st.o.valid & st.o.ready & st.o.payload.bad):
                 m.d.comb += bad.eq(1)
             rp = weights.read_port(desc.wide, extend=arr is sa)

@@ -12,13 +12,14 @@ import random
 
 import torch
 from amaranth import Elaboratable, Module
-from amaranth.lib import memory
+from amaranth.lib import data, memory, wiring
 from amaranth.sim import Simulator
 
 from accel.config import AccelConfig
 from accel.layouts import mac_event_layout, spike_event_layout, weight_row_layout, wide_weights
 from accel.tiling import REQ_CONSTS, mac_words, spike_words
-from hw.arrays import MacArray, SpikeArray
+from hw.arrays import MacArray, SpikeArray, row_reuse
+from hw.pipe import Register
 from models.encodings import TTFS_KINDS, Encoding
 
 from .streams import Stalls, get, put, ring_rows, stream_rules, take_rows
@@ -49,6 +50,40 @@ class WithMemory(Elaboratable):
         rp = mem.read_port()
         port = lambda s: getattr(self.dut, f"{self.prefix}_{s}")  # noqa: E731
         m.d.comb += [rp.addr.eq(port("addr")), rp.en.eq(port("en")), port("data").eq(rp.data)]
+        return m
+
+
+class FedSpikeArray(wiring.Component):
+    """The spike array behind the register that feeds it in the engine (``hw.engine``): the
+    register carries each event's ``reuse`` (:func:`hw.arrays.row_reuse`), one cycle of
+    latency. Its ports are the array's but ``reuse``."""
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        self.array = SpikeArray(cfg)
+        super().__init__(wiring.Signature({n: mb for n, mb in self.array.signature.members.items()
+                                           if n != "reuse"}))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.array = arr = self.array
+        m.submodules.stage = st = Register(data.StructLayout(
+            {"ev": spike_event_layout(self.cfg), "reuse": 1}))
+        m.d.comb += [st.i.valid.eq(self.ev.valid), self.ev.ready.eq(st.i.ready),
+                     st.i.payload.ev.eq(self.ev.payload),
+                     st.i.payload.reuse.eq(row_reuse(m, self.ev.valid & st.i.ready,
+                                                     self.ev.payload, self.ev.payload.k)),
+                     arr.ev.valid.eq(st.o.valid), st.o.ready.eq(arr.ev.ready),
+                     arr.ev.payload.eq(st.o.payload.ev), arr.reuse.eq(st.o.payload.reuse)]
+        for name, member in self.signature.members.items():
+            if name == "ev":
+                continue
+            if name == "out":
+                wiring.connect(m, arr.out, wiring.flipped(self.out))
+            elif member.flow == wiring.Out:
+                m.d.comb += getattr(self, name).eq(getattr(arr, name))
+            else:
+                m.d.comb += getattr(arr, name).eq(getattr(self, name))
         return m
 
 
@@ -115,7 +150,7 @@ def rtl_spike_array(cfg: AccelConfig, codes: torch.Tensor, w: torch.Tensor, enc:
     with counts of its ``spike`` and ``step`` strobes, its weight reads (``w_en``) and of
     cycles. Rows are interleaved ``cfg.spike_rows`` at a time."""
     events = spike_words(codes, enc, slots=cfg.spike_rows)
-    dut = SpikeArray(cfg)
+    dut = FedSpikeArray(cfg)
     ttfs = int(enc.kind in TTFS_KINDS)
     return _run(cfg, dut, w, events, spike_event_layout(cfg), codes.shape[0], stall_p, seed,
                 ("spike", "step", "busy", "w_en"), setup=lambda ctx: ctx.set(dut.ttfs, ttfs))

@@ -10,10 +10,9 @@ from accel.config import AccelConfig
 from accel.cycles import mac_row_cost
 from accel.layouts import SpikeOp, spike_event_layout
 from accel.tiling import fetch_count, spike_words
-from hw.arrays import SpikeArray
 from models.encodings import TTFS_KINDS, Encoding
 from models.golden import gemm
-from sim.blocks import _run, rtl_mac_array, rtl_spike_array
+from sim.blocks import FedSpikeArray, _run, rtl_mac_array, rtl_spike_array
 from sim.streams import samples, seed
 
 CFG = AccelConfig(lanes=4, mac_units=2, weight_depth=64, max_steps=15, spike_rows=2)
@@ -173,7 +172,7 @@ def test_spike_array_back_to_back_same_slot(case):
                            "slot": slot})
         events += [{"op": SpikeOp.END, "k": 0, "neg": 0, "slot": s}
                    for s in range(cfg.spike_rows)]
-        dut = SpikeArray(cfg)
+        dut = FedSpikeArray(cfg)
         ends = sum(e["op"] == SpikeOp.END for e in events)
         got, counts = _run(cfg, dut, w, events, spike_event_layout(cfg), ends,
                            rng.choice([0.0, 0.3, 0.6]), rng.random(),
