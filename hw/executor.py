@@ -257,6 +257,15 @@ class Executor(wiring.Component):
         # seq cannot match by accident (the host never gives a new RUN the last one's seq).
         last_run_seq = Signal(8)
         last_run_valid = Signal()
+        # CHECK decides from registers (timing: the seq compare and the LOAD_RUN mux ran
+        # through the FSM's next-state logic into its state, the 64-lane critical path).
+        # Both are registered every cycle; ``hdr``, ``in_run`` and the last RUN's seq are
+        # set at least one ARGS cycle before CHECK, so the registers hold them there.
+        check_cmd = Signal(Cmd, init=Cmd.RUN)  # the command CHECK checks (a LOAD_RUN's descriptor: RUN)
+        repeat = Signal()  # the request repeats the last RUN's (or EXPAND's) seq
+        desc_ok = Signal()  # the descriptor in sr passes every rule (RUN_CHECK)
+        m.d.sync += [check_cmd.eq(Mux(in_run, Cmd.RUN, hdr.cmd)),
+                     repeat.eq(last_run_valid & (last_run_seq == hdr.seq))]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -311,7 +320,7 @@ class Executor(wiring.Component):
                     with m.If(todo == 1):
                         m.next = "CHECK"
             with m.State("CHECK"):
-                with m.Switch(Mux(in_run, Cmd.RUN, hdr.cmd)):
+                with m.Switch(check_cmd):
                     with m.Case(Cmd.RUN):
                         layout = descriptor_layout(cfg)
                         desc = layout(word_from_sr(desc_bytes)[:layout.size])
@@ -327,13 +336,8 @@ class Executor(wiring.Component):
                                 & (cp.lo[top_] != desc.w_base[top_]))
                         else:
                             m.d.sync += run_half.eq(0)
-                        with m.If(last_run_valid & (last_run_seq == hdr.seq)):
-                            m.next = "RESP"
-                        with m.Elif(~ok):
-                            m.d.sync += status.eq(Status.ERR_ARG)
-                            m.next = "RESP"
-                        with m.Else():
-                            m.next = "SUBMIT"
+                        m.d.sync += desc_ok.eq(ok)
+                        m.next = "RUN_CHECK"
                     with m.Case(Cmd.LOAD, Cmd.LOAD_RUN):
                         with m.If(nload == 0):
                             count = word_from_sr(1)[:8]
@@ -348,7 +352,7 @@ class Executor(wiring.Component):
                         with m.Case(Cmd.EXPAND):
                             # repeated with the seq of the last RUN or EXPAND: done already
                             # (its counters must not count it twice)
-                            with m.If(last_run_valid & (last_run_seq == hdr.seq)):
+                            with m.If(repeat):
                                 m.next = "RESP"
                             with m.Else():
                                 m.next = "EXPAND"
@@ -369,6 +373,14 @@ class Executor(wiring.Component):
                                      args.buf.eq(a.buf[:7]), packed.eq(a.buf[7]),
                                      pk_have.eq(0), pk_acc.eq(0)]
                         m.next = "PRODUCTS"
+            with m.State("RUN_CHECK"):  # the descriptor's rules, registered (timing)
+                with m.If(repeat):
+                    m.next = "RESP"
+                with m.Elif(~desc_ok):
+                    m.d.sync += status.eq(Status.ERR_ARG)
+                    m.next = "RESP"
+                with m.Else():
+                    m.next = "SUBMIT"
             with m.State("SUBMIT"):
                 # the descriptor goes to the engine from registers, a cycle after its check
                 # (the rules' compares and the engine's start are not one path: timing)
