@@ -17,9 +17,12 @@ import math
 #: DP16KD aspect ratios (width, depth) in pseudo-dual-port mode.
 DP16KD_MODES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
 #: Memories smaller than this many bits, or at most this deep, are built from logic (LUT
-#: RAM / flip-flops): Yosys maps the 32-deep parameter buffer of a 32-lane top to LUT RAM.
+#: RAM): the gateware marks such a column so (``hw.bram.ColumnMemory``, ``ram_style``),
+#: whatever Yosys would pick. Up to 64 deep: the parameter and start buffers of a 64-lane
+#: build (one row a lane) take LUT RAM instead of 8 DP16KD, which pays for the weight
+#: buffer's 1,024 rows there (Yosys alone put them in block RAM).
 LOGIC_MEM_BITS = 2048
-LOGIC_MEM_DEPTH = 32
+LOGIC_MEM_DEPTH = 64
 #: Blocks stacked in a column at most (a read's mux across blocks: 2-to-1, one LUT).
 MAX_DEEP = 2
 

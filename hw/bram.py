@@ -6,14 +6,15 @@ from __future__ import annotations
 from amaranth import Elaboratable, Module, Shape, Value
 from amaranth.lib import memory
 
-from accel.bram import columns
+from accel.bram import columns, in_logic
 
 
 class ColumnMemory(Elaboratable):
     """A ``lib.memory.Memory`` stand-in (``shape``, ``depth``; contents start undefined):
     ``read_port()`` (synchronous) and ``write_port()`` give ports of the memory's own
     signatures over the whole word, and the word is stored in
-    :func:`accel.bram.columns`, one memory each."""
+    :func:`accel.bram.columns`, one memory each (in LUT RAM where
+    :func:`accel.bram.in_logic` says so)."""
 
     def __init__(self, *, shape, depth: int):
         self.shape, self.depth = shape, depth
@@ -41,7 +42,11 @@ class ColumnMemory(Elaboratable):
         lo = 0
         for i, col in enumerate(columns(self.width, self.depth)):
             hi = lo + col
-            m.submodules[f"c{i}"] = mem = memory.Memory(shape=col, depth=self.depth, init=[])
+            # a column the resource model counts as logic is built so (LUT RAM), not left
+            # to Yosys, which would put a 64-deep one in block RAM
+            attrs = {"ram_style": "distributed"} if in_logic(col, self.depth) else None
+            m.submodules[f"c{i}"] = mem = memory.Memory(shape=col, depth=self.depth, init=[],
+                                                        attrs=attrs)
             for p in self._read:
                 rp = mem.read_port()
                 m.d.comb += [rp.addr.eq(p.addr), rp.en.eq(p.en),

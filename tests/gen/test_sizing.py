@@ -63,7 +63,10 @@ def test_dp16kd_packing():
     assert dp16kd_blocks(17, 65536) == 68
     assert estimate(replace(PRESETS["tiny"], spike_event_depth=65536)).bram > 0
     # a last column small enough for logic takes no block
-    assert (dp16kd_blocks(127, 64), logic_bits(127, 64)) == (3, 19 * 64)
+    assert (dp16kd_blocks(127, 96), logic_bits(127, 96)) == (3, 19 * 96)
+    # up to 64 deep (a 64-lane build's parameter rows) in LUT RAM, from 65 in blocks
+    assert (dp16kd_blocks(127, 64), logic_bits(127, 64)) == (0, 127 * 64)
+    assert (dp16kd_blocks(127, 65), logic_bits(127, 65)) == (3, 19 * 65)
 
 
 def test_row_slots_follow_the_rows_unless_pinned(works):
