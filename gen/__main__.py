@@ -174,7 +174,8 @@ def _estimate_parser(sub) -> None:
 def _run_estimate(a) -> int:
     from pathlib import Path
 
-    from .estimate import EstimateOptions, estimate, format_table, write
+    from .estimate import EstimateOptions, estimate
+    from .estimate_report import format_table, write
 
     try:
         rep = estimate(EstimateOptions(

@@ -261,7 +261,7 @@ class Executor(wiring.Component):
         # through the FSM's next-state logic into its state, the 64-lane critical path).
         # Both are registered every cycle; ``hdr``, ``in_run`` and the last RUN's seq are
         # set at least one ARGS cycle before CHECK, so the registers hold them there.
-        check_cmd = Signal(Cmd, init=Cmd.RUN)  # the command CHECK checks (a LOAD_RUN's descriptor: RUN)
+        check_cmd = Signal(Cmd, init=Cmd.RUN)  # what CHECK checks (a LOAD_RUN's descriptor: RUN)
         repeat = Signal()  # the request repeats the last RUN's (or EXPAND's) seq
         desc_ok = Signal()  # the descriptor in sr passes every rule (RUN_CHECK)
         m.d.sync += [check_cmd.eq(Mux(in_run, Cmd.RUN, hdr.cmd)),
