@@ -197,6 +197,12 @@ class Executor(wiring.Component):
         packed = Signal()  # the WRITE_BUF's words are packed at their width
         pk_acc = Signal(PACK_BITS + 8)  # packed bits received and not yet written
         pk_have = Signal(range(PACK_BITS + 8))
+        # the packed word's width and whether the next byte completes a word, registers:
+        # the write decision is the byte's valid and one flip-flop, not the buffer id's
+        # decode and a compare (timing: args.buf -> pk_have + 8 >= width -> the host write
+        # strobe into the counters, the 70.4 MHz path)
+        pk_w = Signal(range(PACK_BITS + 1))
+        pk_full = Signal()  # pk_have + 8 >= pk_w
         load_words = Signal(32)  # external-memory words the LOAD reads
         load_bad = Signal()  # a bad buffer or range (registered in LOAD_SIZE)
         is_dram = Signal()
@@ -266,6 +272,22 @@ class Executor(wiring.Component):
         desc_ok = Signal()  # the descriptor in sr passes every rule (RUN_CHECK)
         m.d.sync += [check_cmd.eq(Mux(in_run, Cmd.RUN, hdr.cmd)),
                      repeat.eq(last_run_valid & (last_run_seq == hdr.seq))]
+        # sr's three moves are chosen by flags registered as the FSM moves (``goto``), not
+        # decoded from its state: each select reaches the 512 bits from a flip-flop (timing)
+        sr_moves = {"down": ("ARGS", "WR_BYTES"), "up": ("WR_ROW",),
+                    "clear": ("ROWS_CHECK", "WR_ROW_WORD")}
+        sr_move = {k: Signal(name=f"sr_{k}") for k in sr_moves}
+
+        def goto(state: str):
+            m.next = state
+            m.d.sync += [sig.eq(state in sr_moves[k]) for k, sig in sr_move.items()]
+
+        with m.If(sr_move["clear"]):
+            m.d.sync += sr.eq(0)
+        with m.Elif(data_in.o.valid & sr_move["down"]):  # the byte taken in ARGS, WR_BYTES
+            m.d.sync += sr.eq(shifted_in)
+        with m.Elif(data_in.o.valid & sr_move["up"]):  # in WR_ROW
+            m.d.sync += sr.eq(Cat(byte_in, sr[:-8]))
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -283,17 +305,17 @@ class Executor(wiring.Component):
                                     Cmd.ABORT):
                             with m.If(h.length != 0):
                                 m.d.sync += status.eq(Status.ERR_ARG)
-                                m.next = "DRAIN"
+                                goto("DRAIN")
                             with m.Else():
-                                m.next = "EXEC"
+                                goto("EXEC")
                         with m.Case(Cmd.LOAD, Cmd.LOAD_RUN):  # the number of copies first
                             m.d.sync += [todo.eq(1), nload.eq(0)]
                             with m.If(h.length < 1 + load_bytes
                                       + Mux(h.cmd == Cmd.LOAD_RUN, desc_bytes, 0)):
                                 m.d.sync += status.eq(Status.ERR_ARG)
-                                m.next = "DRAIN"
+                                goto("DRAIN")
                             with m.Else():
-                                m.next = "ARGS"
+                                goto("ARGS")
                         # commands whose fixed arguments come first: their bytes, and
                         # whether that is the whole payload (else the least of it)
                         fixed = {(Cmd.RUN,): (desc_bytes, True),
@@ -307,18 +329,18 @@ class Executor(wiring.Component):
                                 m.d.sync += todo.eq(n)
                                 with m.If((h.length != n) if whole else (h.length < n)):
                                     m.d.sync += status.eq(Status.ERR_ARG)
-                                    m.next = "DRAIN"
+                                    goto("DRAIN")
                                 with m.Else():
-                                    m.next = "ARGS"
+                                    goto("ARGS")
                         with m.Default():
                             m.d.sync += status.eq(Status.ERR_COMMAND)
-                            m.next = "DRAIN"
+                            goto("DRAIN")
             with m.State("ARGS"):  # collect the fixed arguments into sr
                 m.d.comb += data_in.o.ready.eq(1)
                 with m.If(data_in.o.valid):
-                    m.d.sync += [sr.eq(shifted_in), got.eq(got + 1), todo.eq(todo - 1)]
+                    m.d.sync += [got.eq(got + 1), todo.eq(todo - 1)]
                     with m.If(todo == 1):
-                        m.next = "CHECK"
+                        goto("CHECK")
             with m.State("CHECK"):
                 with m.Switch(check_cmd):
                     with m.Case(Cmd.RUN):
@@ -337,25 +359,25 @@ class Executor(wiring.Component):
                         else:
                             m.d.sync += run_half.eq(0)
                         m.d.sync += desc_ok.eq(ok)
-                        m.next = "RUN_CHECK"
+                        goto("RUN_CHECK")
                     with m.Case(Cmd.LOAD, Cmd.LOAD_RUN):
                         with m.If(nload == 0):
                             count = word_from_sr(1)[:8]
                             m.d.sync += [nload.eq(count), load_need.eq(
                                 1 + count * load_bytes
                                 + Mux(hdr.cmd == Cmd.LOAD_RUN, desc_bytes, 0))]
-                            m.next = "LOAD_LEN"
+                            goto("LOAD_LEN")
                         with m.Else():
                             m.d.sync += largs.eq(word_from_sr(load_bytes))
-                            m.next = "LOAD_SIZE"
+                            goto("LOAD_SIZE")
                     if cfg.spike_encoder:
                         with m.Case(Cmd.EXPAND):
                             # repeated with the seq of the last RUN or EXPAND: done already
                             # (its counters must not count it twice)
                             with m.If(repeat):
-                                m.next = "RESP"
+                                goto("RESP")
                             with m.Else():
-                                m.next = "EXPAND"
+                                goto("EXPAND")
                     if lane_bytes:
                         with m.Case(Cmd.WRITE_ROWS):
                             ra = Signal(ROW_ARGS)
@@ -364,7 +386,7 @@ class Executor(wiring.Component):
                                          args.count.eq(ra.count), words.eq(ra.count),
                                          addr.eq(ra.addr), row_lanes.eq(ra.lanes),
                                          row_len.eq(ra.lanes * lane_bytes)]
-                            m.next = "ROWS_SIZE"
+                            goto("ROWS_SIZE")
                     with m.Default():
                         a = Signal(BUF_ARGS)
                         m.d.comb += a.eq(word_from_sr(args_bytes))
@@ -372,15 +394,15 @@ class Executor(wiring.Component):
                                      # the PACKED flag is the buffer code's top bit
                                      args.buf.eq(a.buf[:7]), packed.eq(a.buf[7]),
                                      pk_have.eq(0), pk_acc.eq(0)]
-                        m.next = "PRODUCTS"
+                        goto("PRODUCTS")
             with m.State("RUN_CHECK"):  # the descriptor's rules, registered (timing)
                 with m.If(repeat):
-                    m.next = "RESP"
+                    goto("RESP")
                 with m.Elif(~desc_ok):
                     m.d.sync += status.eq(Status.ERR_ARG)
-                    m.next = "RESP"
+                    goto("RESP")
                 with m.Else():
-                    m.next = "SUBMIT"
+                    goto("SUBMIT")
             with m.State("SUBMIT"):
                 # the descriptor goes to the engine from registers, a cycle after its check
                 # (the rules' compares and the engine's start are not one path: timing)
@@ -392,7 +414,7 @@ class Executor(wiring.Component):
                     with m.If(ec.run.ready):
                         m.d.comb += self.strobes.descriptors.eq(1)
                         m.d.sync += w_half.eq(cp.busy)
-                        m.next = "WAIT_DONE"
+                        goto("WAIT_DONE")
             if cfg.spike_encoder:
                 en = self.encoder
                 with m.State("EXPAND"):  # after a copy in flight: it may write SPIKE_EV
@@ -402,59 +424,56 @@ class Executor(wiring.Component):
                         m.d.comb += [en.start.payload.eq(word_from_sr(exp_bytes)),
                                      en.start.valid.eq(1)]
                         with m.If(en.start.ready):
-                            m.next = "EXPAND_WAIT"
+                            goto("EXPAND_WAIT")
                 with m.State("EXPAND_WAIT"):
                     with m.If(en.done):
                         with m.If(en.bad):
                             m.d.sync += status.eq(Status.ERR_ARG)
                         with m.Else():
                             m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
-                        m.next = "RESP"
+                        goto("RESP")
             if lane_bytes:
                 with m.State("ROWS_SIZE"):
                     # the rows' bytes and the checks, registered (timing, as in SIZE)
                     m.d.sync += [rows_need.eq(args.count * row_len),
                                  args_bad.eq((args.buf != BufId.WEIGHTS) | ~depth_ok
                                              | (row_lanes == 0) | (row_lanes > cfg.lanes))]
-                    m.next = "ROWS_CHECK"
+                    goto("ROWS_CHECK")
                 with m.State("ROWS_CHECK"):
                     # sr is cleared whatever the checks decide (a refused request does not
                     # need it): its 512 bits' select is then the state alone (timing)
-                    m.d.sync += sr.eq(0)
                     with m.If(cp.busy):  # the engine's host write port is the copier's
                         m.d.comb += self.strobes.load_wait.eq(1)
                     with m.Elif(args_bad | (hdr.length != rows_bytes + rows_need)):
                         m.d.sync += status.eq(Status.ERR_ARG)
-                        m.next = "DRAIN"
+                        goto("DRAIN")
                     with m.Elif(args.count == 0):
-                        m.next = "RESP"
+                        goto("RESP")
                     with m.Else():
                         m.d.sync += todo.eq(row_len)
-                        m.next = "WR_ROW"
+                        goto("WR_ROW")
                 with m.State("WR_ROW"):  # a row's bytes in at the bottom, top lane first
                     m.d.comb += data_in.o.ready.eq(1)
                     with m.If(data_in.o.valid):
-                        m.d.sync += [sr.eq(Cat(byte_in, sr[:-8])), got.eq(got + 1),
-                                     todo.eq(todo - 1)]
+                        m.d.sync += [got.eq(got + 1), todo.eq(todo - 1)]
                         with m.If(todo == 1):
-                            m.next = "WR_ROW_WORD"
+                            goto("WR_ROW_WORD")
                 with m.State("WR_ROW_WORD"):
                     m.d.comb += [hb.wr_en.eq(1), hb.wr_buf.eq(BufId.WEIGHTS),
                                  hb.wr_addr.eq(addr), hb.wr_data.eq(sr),
                                  self.strobes.host_wr.eq(1)]
-                    m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), sr.eq(0),
-                                 todo.eq(row_len)]
+                    m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), todo.eq(row_len)]
                     with m.If(words == 1):
-                        m.next = "RESP"
+                        goto("RESP")
                     with m.Else():
-                        m.next = "WR_ROW"
+                        goto("WR_ROW")
             with m.State("LOAD_LEN"):
                 with m.If((nload == 0) | (hdr.length != load_need)):
                     m.d.sync += status.eq(Status.ERR_ARG)
-                    m.next = "DRAIN"
+                    goto("DRAIN")
                 with m.Else():
                     m.d.sync += todo.eq(load_bytes)
-                    m.next = "ARGS"
+                    goto("ARGS")
             with m.State("LOAD_SIZE"):
                 # memory words the LOAD reads (a constant multiple per buffer) and the checks
                 # of its buffer range, registered (timing, as in SIZE)
@@ -464,21 +483,21 @@ class Executor(wiring.Component):
                         with m.Case(b):
                             m.d.sync += [load_words.eq(largs.count * dram_words(cfg, b)),
                                          load_bad.eq(largs.addr + largs.count > shapes[b][1])]
-                m.next = "LOAD_CHECK"
+                goto("LOAD_CHECK")
             with m.State("LOAD_CHECK"):
                 # a refused copy ends the request (the ones before it have started)
                 with m.If(load_bad | (largs.src + load_words > 1 << cfg.dram_addr_bits)):
                     m.d.sync += status.eq(Status.ERR_ARG)
-                    m.next = "DRAIN"
+                    goto("DRAIN")
                 with m.Elif(largs.count == 0):
-                    m.next = "LOAD_NEXT"
+                    goto("LOAD_NEXT")
                 with m.Else():
-                    m.next = "LOAD_START"
+                    goto("LOAD_START")
             with m.State("LOAD_START"):  # after the copy before it, if one still runs
                 m.d.comb += [cp.start.payload.eq(largs), cp.start.valid.eq(1)]
                 with m.If(cp.start.ready):
                     m.d.comb += self.strobes.loads.eq(1)
-                    m.next = "LOAD_NEXT"
+                    goto("LOAD_NEXT")
                 with m.Else():
                     m.d.comb += self.strobes.load_wait.eq(1)
             with m.State("LOAD_NEXT"):  # answered once the last copy has started
@@ -486,12 +505,12 @@ class Executor(wiring.Component):
                 with m.If((nload == 1) & (hdr.cmd == Cmd.LOAD_RUN)):
                     # then the descriptor, checked and run as a RUN's
                     m.d.sync += [todo.eq(desc_bytes), in_run.eq(1)]
-                    m.next = "ARGS"
+                    goto("ARGS")
                 with m.Elif(nload == 1):
-                    m.next = "RESP"
+                    goto("RESP")
                 with m.Else():
                     m.d.sync += todo.eq(load_bytes)
-                    m.next = "ARGS"
+                    goto("ARGS")
             with m.State("PRODUCTS"):
                 # the count times every constant a byte count may need, each into its own
                 # register: selected after the multiply, a buffer id never reaches a
@@ -499,7 +518,7 @@ class Executor(wiring.Component):
                 # of the constants: buffer id -> DSP -> carry chain, the critical path)
                 for c, r in products.items():
                     m.d.sync += r.eq(args.count * c)
-                m.next = "SIZE"
+                goto("SIZE")
             with m.State("SIZE"):
                 # bytes the words take, and the checks that need no byte count, registered
                 # here so that no multiplier or range compare sits in the FSM's next-state
@@ -507,6 +526,8 @@ class Executor(wiring.Component):
                 with m.Switch(args.buf):
                     for b, n in wbytes.items():
                         with m.Case(b):
+                            if b in pk:
+                                m.d.sync += [pk_w.eq(pk[b]), pk_full.eq(pk[b] <= 8)]
                             if b in pk:  # packed: whole bytes of count x width bits
                                 m.d.sync += req_bytes.eq(Mux(packed,
                                                              (products[pk[b]] + 7) >> 3,
@@ -522,7 +543,7 @@ class Executor(wiring.Component):
                 unreadable |= (hdr.cmd == Cmd.WRITE_BUF) & (
                     args.buf.matches(*(b.value for b in BufId if b not in HOST_WRITABLE)))
                 m.d.sync += args_bad.eq(~valid_buf | ~depth_ok | unreadable)
-                m.next = "CHECK_BUF"
+                goto("CHECK_BUF")
             with m.State("CHECK_BUF"):
                 need = args_bytes + Mux(hdr.cmd == Cmd.WRITE_BUF, req_bytes, 0)
                 # a READ_BUF answer must fit the 16-bit length field
@@ -533,45 +554,47 @@ class Executor(wiring.Component):
                     m.d.comb += self.strobes.load_wait.eq(1)
                 with m.Elif(args_bad | (hdr.length != need) | too_long):
                     m.d.sync += status.eq(Status.ERR_ARG)
-                    m.next = "DRAIN"
+                    goto("DRAIN")
                 with m.Elif(hdr.cmd == Cmd.WRITE_BUF):
                     m.d.sync += todo.eq(bpw)
                     with m.If(args.count == 0):
-                        m.next = "RESP"
+                        goto("RESP")
                     with m.Elif(packed):
-                        m.next = "WR_PACKED"
+                        goto("WR_PACKED")
                     with m.Else():
-                        m.next = "WR_BYTES"
+                        goto("WR_BYTES")
                 with m.Else():
                     m.d.sync += resp_len.eq(req_bytes)
-                    m.next = "RESP"
+                    goto("RESP")
             with m.State("WR_PACKED"):
                 # each byte joins the bits held; a word is written once its bits are in (the
                 # last byte's spare bits are padding)
                 m.d.comb += data_in.o.ready.eq(1)
                 joined = Signal(PACK_BITS + 8)
                 m.d.comb += joined.eq(pk_acc | (byte_in << pk_have))
+                have = Signal.like(pk_have)  # bits held after this byte
+                m.d.comb += have.eq(pk_have + 8 - Mux(pk_full, pk_w, 0))
                 with m.If(data_in.o.valid):
-                    m.d.sync += [got.eq(got + 1), pk_acc.eq(joined), pk_have.eq(pk_have + 8)]
-                    with m.Switch(args.buf):
-                        for b, w in pk.items():
-                            with m.Case(b):
-                                with m.If(pk_have + 8 >= w):
-                                    m.d.comb += [hb.wr_en.eq(1), hb.wr_buf.eq(b),
-                                                 hb.wr_addr.eq(addr), hb.wr_data.eq(joined[:w]),
-                                                 self.strobes.host_wr.eq(1)]
-                                    m.d.sync += [pk_acc.eq(joined >> w),
-                                                 pk_have.eq(pk_have + 8 - w),
-                                                 addr.eq(addr + 1), words.eq(words - 1)]
-                                    with m.If(words == 1):
-                                        m.next = "RESP"
+                    m.d.sync += [got.eq(got + 1), pk_acc.eq(joined), pk_have.eq(have),
+                                 pk_full.eq(have + 8 >= pk_w)]
+                    with m.If(pk_full):
+                        m.d.comb += [hb.wr_en.eq(1), hb.wr_buf.eq(args.buf),
+                                     hb.wr_addr.eq(addr), self.strobes.host_wr.eq(1)]
+                        m.d.sync += [addr.eq(addr + 1), words.eq(words - 1)]
+                        with m.Switch(args.buf):
+                            for b, w in pk.items():
+                                with m.Case(b):
+                                    m.d.comb += hb.wr_data.eq(joined[:w])
+                                    m.d.sync += pk_acc.eq(joined >> w)
+                        with m.If(words == 1):
+                            goto("RESP")
             with m.State("WR_BYTES"):
                 m.d.comb += data_in.o.ready.eq(1)
                 with m.If(data_in.o.valid):
-                    m.d.sync += [sr.eq(shifted_in), got.eq(got + 1), todo.eq(todo - 1)]
+                    m.d.sync += [got.eq(got + 1), todo.eq(todo - 1)]
                     with m.If(todo == 1):
                         m.d.sync += dram_done.eq(0)
-                        m.next = "WR_WORD"
+                        goto("WR_WORD")
             with m.State("WR_WORD"):
                 written = Signal()
                 with m.If(is_dram):
@@ -595,16 +618,16 @@ class Executor(wiring.Component):
                     m.d.comb += self.strobes.host_wr.eq(1)
                     m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), todo.eq(bpw)]
                     with m.If(words == 1):
-                        m.next = "RESP"
+                        goto("RESP")
                     with m.Else():
-                        m.next = "WR_BYTES"
+                        goto("WR_BYTES")
             with m.State("WAIT_DONE"):
                 with m.If(ec.done):
                     m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
-                    m.next = "RESP"
+                    goto("RESP")
                 with m.Elif(ec.fault):
                     m.d.sync += status.eq(Status.ERR_FAULT)
-                    m.next = "RESP"
+                    goto("RESP")
             with m.State("EXEC"):
                 with m.Switch(hdr.cmd):
                     with m.Case(Cmd.IDENTIFY):
@@ -615,10 +638,10 @@ class Executor(wiring.Component):
                         m.d.comb += self.counters.clear.eq(1)
                     with m.Case(Cmd.ABORT):
                         m.d.comb += ec.abort.eq(1)
-                m.next = "RESP"
+                goto("RESP")
             with m.State("DRAIN"):  # swallow the rest of a refused request's payload
                 with m.If(got >= hdr.length):
-                    m.next = "RESP"
+                    goto("RESP")
                 with m.Else():
                     m.d.comb += data_in.o.ready.eq(1)
                     with m.If(data_in.o.valid):
@@ -627,58 +650,58 @@ class Executor(wiring.Component):
                 m.d.comb += self.resp.valid.eq(1)
                 with m.If(self.resp.ready):
                     with m.If((status != Status.OK) | (resp_len == 0)):
-                        m.next = "IDLE"
+                        goto("IDLE")
                     with m.Elif(hdr.cmd == Cmd.IDENTIFY):
                         m.d.sync += [so.eq(ident_layout().const(ident_value(cfg)).as_bits()),
                                      todo.eq(nbytes(ident_layout().size))]
-                        m.next = "SEND"
+                        goto("SEND")
                     with m.Elif(hdr.cmd == Cmd.READ_COUNTERS):
-                        m.next = "LOAD_CTR"
+                        goto("LOAD_CTR")
                     with m.Else():
-                        m.next = "RD_WORD"
+                        goto("RD_WORD")
             with m.State("LOAD_CTR"):  # ``ctr`` was set a cycle or more ago (RESP, SEND)
                 m.d.sync += [so.eq(self.counters.value), todo.eq(cb), ctr.eq(ctr + 1)]
-                m.next = "SEND"
+                goto("SEND")
             with m.State("RD_WORD"):
                 with m.If(is_dram):
                     m.d.comb += [x_cmd.valid.eq(1), x_cmd.payload.addr.eq(addr)]
                     with m.If(x_cmd.ready):
                         m.d.comb += [self.strobes.host_rd.eq(1), self.strobes.dram_rd.eq(1)]
                         m.d.sync += [addr.eq(addr + 1), words.eq(words - 1)]
-                        m.next = "RD_DRAM"
+                        goto("RD_DRAM")
                 with m.Else():
                     m.d.comb += [hb.rd_en.eq(1), hb.rd_buf.eq(args.buf),
                                  hb.rd_addr.eq(addr), self.strobes.host_rd.eq(1)]
                     m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), rbyte.eq(0)]
-                    m.next = "RD_WAIT"
+                    goto("RD_WAIT")
             with m.State("RD_WAIT"):  # the engine registers the request
-                m.next = "RD_WAIT2"
+                goto("RD_WAIT2")
             with m.State("RD_WAIT2"):  # the engine registers the word first
-                m.next = "RD_LATCH"
+                goto("RD_LATCH")
             with m.State("RD_DRAM"):  # the word comes back into so and goes out from there
                 with m.If(self.dram.rdata.valid):
                     m.d.sync += [so.eq(self.dram.rdata.payload), todo.eq(bpw)]
-                    m.next = "SEND"
+                    goto("SEND")
             with m.State("RD_LATCH"):
                 # the word stays on the engine's read port (nothing else reads it while the
                 # executor sends it) and goes out byte by byte from there, not through so;
                 # the engine registers the byte first (rd_byte_data), so each byte takes a
                 # cycle here before SEND
                 m.d.sync += todo.eq(bpw)
-                m.next = "SEND"
+                goto("SEND")
             with m.State("RD_BYTE"):
-                m.next = "SEND"
+                goto("SEND")
             with m.State("SEND"):
                 m.d.comb += resp_data.i.valid.eq(1)
                 with m.If(resp_data.i.ready):
                     m.d.sync += [so.eq(so >> 8), todo.eq(todo - 1), rbyte.eq(rbyte + 1)]
                     with m.If((todo != 1) & (hdr.cmd == Cmd.READ_BUF) & ~is_dram):
-                        m.next = "RD_BYTE"
+                        goto("RD_BYTE")
                     with m.If(todo == 1):
                         with m.If((hdr.cmd == Cmd.READ_COUNTERS) & (ctr < len(COUNTERS))):
-                            m.next = "LOAD_CTR"
+                            goto("LOAD_CTR")
                         with m.Elif((hdr.cmd == Cmd.READ_BUF) & (words != 0)):
-                            m.next = "RD_WORD"
+                            goto("RD_WORD")
                         with m.Else():
-                            m.next = "IDLE"
+                            goto("IDLE")
         return m
