@@ -178,6 +178,10 @@ class Executor(wiring.Component):
         status = Signal(Status, init=Status.OK)
         resp_len = Signal(16)
         ctr = Signal(range(len(COUNTERS) + 1))
+        # counters left to send, a register: the FSM does not read ``ctr``, whose decode
+        # Yosys shares with the counters' read select beside them (timing: ctr -> that
+        # select -> across the die -> the FSM's next state, the 69.4 MHz path)
+        ctr_more = Signal()
         desc_bytes = nbytes(descriptor_layout(cfg).size)
         exp_bytes = nbytes(EXPAND_ARGS.size)
         rows_bytes = nbytes(ROW_ARGS.size)
@@ -633,7 +637,8 @@ class Executor(wiring.Component):
                     with m.Case(Cmd.IDENTIFY):
                         m.d.sync += resp_len.eq(nbytes(ident_layout().size))
                     with m.Case(Cmd.READ_COUNTERS):
-                        m.d.sync += [resp_len.eq(len(COUNTERS) * cb), ctr.eq(0)]
+                        m.d.sync += [resp_len.eq(len(COUNTERS) * cb), ctr.eq(0),
+                                     ctr_more.eq(1)]
                     with m.Case(Cmd.RESET_COUNTERS):
                         m.d.comb += self.counters.clear.eq(1)
                     with m.Case(Cmd.ABORT):
@@ -660,7 +665,8 @@ class Executor(wiring.Component):
                     with m.Else():
                         goto("RD_WORD")
             with m.State("LOAD_CTR"):  # ``ctr`` was set a cycle or more ago (RESP, SEND)
-                m.d.sync += [so.eq(self.counters.value), todo.eq(cb), ctr.eq(ctr + 1)]
+                m.d.sync += [so.eq(self.counters.value), todo.eq(cb), ctr.eq(ctr + 1),
+                             ctr_more.eq(ctr + 1 < len(COUNTERS))]
                 goto("SEND")
             with m.State("RD_WORD"):
                 with m.If(is_dram):
@@ -698,7 +704,7 @@ class Executor(wiring.Component):
                     with m.If((todo != 1) & (hdr.cmd == Cmd.READ_BUF) & ~is_dram):
                         goto("RD_BYTE")
                     with m.If(todo == 1):
-                        with m.If((hdr.cmd == Cmd.READ_COUNTERS) & (ctr < len(COUNTERS))):
+                        with m.If((hdr.cmd == Cmd.READ_COUNTERS) & ctr_more):
                             goto("LOAD_CTR")
                         with m.Elif((hdr.cmd == Cmd.READ_BUF) & (words != 0)):
                             goto("RD_WORD")
