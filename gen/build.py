@@ -42,7 +42,7 @@ from models.generate import decode_trace
 from . import cache, flow, report
 from .program import compile_program, link_description
 from .resources import TARGETS, Budget, estimate
-from .sizing import OBJECTIVES, Candidate, Sizing, evaluate, size
+from .sizing import OBJECTIVES, Sizing, predicted_cycles, size
 
 
 class BuildError(ValueError):
@@ -356,14 +356,6 @@ SIZED = ("lanes", "mac_units", "weight_depth", "max_rows", "spike_rows", "spike_
          "mac_event_depth")
 
 
-def _cycles_on(cfg: AccelConfig, works: list[GemmWork]) -> int | None:
-    """Predicted cycles of ``works`` on ``cfg`` (None: a row overflows its event buffers)."""
-    try:
-        return sum(p.cycles for p in evaluate(Candidate(cfg, estimate(cfg)), works))
-    except ValueError:
-        return None
-
-
 def decode_sizing(dec: Sizing, pre: Sizing, dec_works: list[GemmWork],
                   pre_works: list[GemmWork], steps: int, tokens: int) -> dict:
     """How the decode sizing differs from the prefill sizing of the same text: both choices,
@@ -373,7 +365,8 @@ def decode_sizing(dec: Sizing, pre: Sizing, dec_works: list[GemmWork],
     per = {"decode": (dec_works, steps), "prefill": (pre_works, tokens)}
     cross = {}
     for name, (works, n) in per.items():
-        on = {"decode_config": _cycles_on(a, works), "prefill_config": _cycles_on(b, works)}
+        on = {"decode_config": predicted_cycles(a, works),
+              "prefill_config": predicted_cycles(b, works)}
         cross[name] = {k: None if v is None else v / n for k, v in on.items()}
     choice = lambda s: {**{f: getattr(s.chosen.cfg, f) for f in SIZED},  # noqa: E731
                         "luts": s.chosen.res.lut4, "dsp": s.chosen.res.dsp,

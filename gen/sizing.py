@@ -202,13 +202,12 @@ def _fit_buffers(cfg: AccelConfig, budget: Budget, fixed: dict,
     buffer may cost nothing for the model at hand: the cheapest cut is taken first, not
     the biggest. When the unshrunk candidate overflows already (no cycles to compare), the
     step frees the most."""
-    shrink = [f for f in ("weight_depth", "max_rows", "spike_event_depth", "mac_event_depth")
-              if f not in fixed]
+    shrink = [f for f in SHRINKABLE if f not in fixed]
     floor = {"weight_depth": 64, "max_rows": 8, "spike_event_depth": 1024,
              "mac_event_depth": 256}
     start = cfg
     res = estimate(cfg)
-    cycles = _cycles(cfg, works)
+    cycles = predicted_cycles(cfg, works)
     while True:
         over = budget.over(res)
         if not over:
@@ -216,18 +215,15 @@ def _fit_buffers(cfg: AccelConfig, budget: Budget, fixed: dict,
         options = []
         for f in shrink:
             if getattr(cfg, f) > floor[f]:
-                half = {f: getattr(cfg, f) // 2}
-                if f == "max_rows" and "spike_rows" not in fixed:  # the slots follow the rows
-                    half["spike_rows"] = min(cfg.spike_rows, half[f])
                 try:
-                    smaller = replace(cfg, **half)
+                    smaller = _resized(cfg, f, getattr(cfg, f) // 2, cfg.spike_rows, fixed)
                 except ValueError:
                     continue
                 r = estimate(smaller)
                 freed = _freed(budget, res, r)
                 if freed <= 0:
                     continue
-                cyc = None if cycles is None else _cycles(smaller, works)
+                cyc = None if cycles is None else predicted_cycles(smaller, works)
                 if cycles is not None and cyc is None:
                     continue  # a row's events no longer fit
                 lost = 0 if cycles is None else max(0, cyc - cycles)
@@ -235,6 +231,19 @@ def _fit_buffers(cfg: AccelConfig, budget: Budget, fixed: dict,
         if not options:
             return Candidate(cfg, res, over)
         _, _, res, cfg, cycles = min(options, key=lambda o: o[:2])
+
+
+#: The buffer depths the sizer halves when a candidate does not fit.
+SHRINKABLE = ("weight_depth", "max_rows", "spike_event_depth", "mac_event_depth")
+
+
+def _resized(cfg: AccelConfig, f: str, value: int, slots: int, fixed: dict) -> AccelConfig:
+    """``cfg`` with buffer ``f`` at ``value``; the row slots follow the rows (at most
+    ``slots``) unless pinned."""
+    new = {f: value}
+    if f == "max_rows" and "spike_rows" not in fixed:
+        new["spike_rows"] = min(slots, value)
+    return replace(cfg, **new)
 
 
 def _grow_back(start: AccelConfig, cand: Candidate, budget: Budget, works: list[GemmWork],
@@ -246,16 +255,13 @@ def _grow_back(start: AccelConfig, cand: Candidate, budget: Budget, works: list[
         return cand
     while True:
         best = None
-        for f in ("weight_depth", "max_rows", "spike_event_depth", "mac_event_depth"):
+        for f in SHRINKABLE:
             if getattr(cand.cfg, f) < getattr(start, f):
-                grown = {f: getattr(cand.cfg, f) * 2}
-                if f == "max_rows":
-                    grown["spike_rows"] = min(start.spike_rows, grown[f])
-                bigger = replace(cand.cfg, **grown)
+                bigger = _resized(cand.cfg, f, getattr(cand.cfg, f) * 2, start.spike_rows, {})
                 r = estimate(bigger)
                 if budget.over(r):
                     continue
-                cyc = _cycles(bigger, works)
+                cyc = predicted_cycles(bigger, works)
                 if cyc is not None and cyc < (cycles if best is None else best[0]):
                     best = (cyc, Candidate(bigger, r))
         if best is None:
@@ -263,8 +269,9 @@ def _grow_back(start: AccelConfig, cand: Candidate, budget: Budget, works: list[
         cycles, cand = best
 
 
-def _cycles(cfg: AccelConfig, works: list[GemmWork]) -> int | None:
-    """Predicted cycles of ``works`` on ``cfg``; None when a row's events overflow."""
+def predicted_cycles(cfg: AccelConfig, works: list[GemmWork]) -> int | None:
+    """Predicted cycles of ``works`` on ``cfg``; None when a row's events overflow its
+    event buffers."""
     try:
         return sum(gemm_cycles(cfg, g).cycles for g in works)
     except ValueError:
