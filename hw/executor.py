@@ -53,6 +53,7 @@ with a wrong length or an out-of-range buffer argument gets ``ERR_ARG``, an unkn
 
 import operator
 from functools import reduce
+from types import SimpleNamespace
 
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
@@ -61,8 +62,6 @@ from amaranth.lib.wiring import In, Out
 from accel.config import AccelConfig
 from accel.counters import COUNTERS
 from accel.layouts import (
-    HOST_READABLE,
-    HOST_WRITABLE,
     LOADABLE,
     PACK_BITS,
     VIEWS,
@@ -70,7 +69,6 @@ from accel.layouts import (
     buffer_shapes,
     descriptor_layout,
     descriptor_rules,
-    dram_words,
     packable,
     row_lane_bytes,
 )
@@ -78,7 +76,6 @@ from accel.protocol import (
     BUF_ARGS,
     EXPAND_ARGS,
     HEADER,
-    LENGTH_LIMIT,
     LOAD_ARGS,
     READ_ONLY,
     ROW_ARGS,
@@ -92,6 +89,7 @@ from accel.protocol import (
 
 from .counters import counter_read_signature
 from .engine import host_bus_signature
+from .executor_buf import load_states, read_states, row_states, write_states
 from .link import DATA_LAYOUT
 from .mem import copier_signature, dram_port
 from .pipe import Register
@@ -292,6 +290,19 @@ class Executor(wiring.Component):
             m.d.sync += sr.eq(shifted_in)
         with m.Elif(data_in.o.valid & sr_move["up"]):  # in WR_ROW
             m.d.sync += sr.eq(Cat(byte_in, sr[:-8]))
+        # what the request families' states (hw.executor_buf) read and write, by name
+        e = SimpleNamespace(
+            addr=addr, args=args, args_bad=args_bad, args_bytes=args_bytes, bpw=bpw,
+            byte_in=byte_in, cfg=cfg, cp=cp, data_in=data_in, depth_ok=depth_ok,
+            desc_bytes=desc_bytes, dram_done=dram_done, got=got, goto=goto, hb=hb, hdr=hdr,
+            in_run=in_run, is_dram=is_dram, largs=largs, load_bad=load_bad, load_bytes=load_bytes,
+            load_need=load_need, load_words=load_words, nload=nload, packed=packed, pk=pk,
+            pk_acc=pk_acc, pk_full=pk_full, pk_have=pk_have, pk_w=pk_w, products=products,
+            rbyte=rbyte, reads_dma_buf=reads_dma_buf, req_bytes=req_bytes, resp_len=resp_len,
+            row_lanes=row_lanes, row_len=row_len, rows_bytes=rows_bytes, rows_need=rows_need,
+            shapes=shapes, so=so, sr=sr, status=status, todo=todo, wbytes=wbytes,
+            word_from_sr=word_from_sr, words=words, x_cmd=x_cmd, x_wdata=x_wdata,
+            strobes=self.strobes, dram=self.dram)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -437,194 +448,9 @@ class Executor(wiring.Component):
                             m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
                         goto("RESP")
             if lane_bytes:
-                with m.State("ROWS_SIZE"):
-                    # the rows' bytes and the checks, registered (timing, as in SIZE)
-                    m.d.sync += [rows_need.eq(args.count * row_len),
-                                 args_bad.eq((args.buf != BufId.WEIGHTS) | ~depth_ok
-                                             | (row_lanes == 0) | (row_lanes > cfg.lanes))]
-                    goto("ROWS_CHECK")
-                with m.State("ROWS_CHECK"):
-                    # sr is cleared whatever the checks decide (a refused request does not
-                    # need it): its 512 bits' select is then the state alone (timing)
-                    with m.If(cp.busy):  # the engine's host write port is the copier's
-                        m.d.comb += self.strobes.load_wait.eq(1)
-                    with m.Elif(args_bad | (hdr.length != rows_bytes + rows_need)):
-                        m.d.sync += status.eq(Status.ERR_ARG)
-                        goto("DRAIN")
-                    with m.Elif(args.count == 0):
-                        goto("RESP")
-                    with m.Else():
-                        m.d.sync += todo.eq(row_len)
-                        goto("WR_ROW")
-                with m.State("WR_ROW"):  # a row's bytes in at the bottom, top lane first
-                    m.d.comb += data_in.o.ready.eq(1)
-                    with m.If(data_in.o.valid):
-                        m.d.sync += [got.eq(got + 1), todo.eq(todo - 1)]
-                        with m.If(todo == 1):
-                            goto("WR_ROW_WORD")
-                with m.State("WR_ROW_WORD"):
-                    m.d.comb += [hb.wr_en.eq(1), hb.wr_buf.eq(BufId.WEIGHTS),
-                                 hb.wr_addr.eq(addr), hb.wr_data.eq(sr),
-                                 self.strobes.host_wr.eq(1)]
-                    m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), todo.eq(row_len)]
-                    with m.If(words == 1):
-                        goto("RESP")
-                    with m.Else():
-                        goto("WR_ROW")
-            with m.State("LOAD_LEN"):
-                with m.If((nload == 0) | (hdr.length != load_need)):
-                    m.d.sync += status.eq(Status.ERR_ARG)
-                    goto("DRAIN")
-                with m.Else():
-                    m.d.sync += todo.eq(load_bytes)
-                    goto("ARGS")
-            with m.State("LOAD_SIZE"):
-                # memory words the LOAD reads (a constant multiple per buffer) and the checks
-                # of its buffer range, registered (timing, as in SIZE)
-                m.d.sync += load_bad.eq(1)
-                with m.Switch(largs.buf):
-                    for b in LOADABLE:
-                        with m.Case(b):
-                            m.d.sync += [load_words.eq(largs.count * dram_words(cfg, b)),
-                                         load_bad.eq(largs.addr + largs.count > shapes[b][1])]
-                goto("LOAD_CHECK")
-            with m.State("LOAD_CHECK"):
-                # a refused copy ends the request (the ones before it have started)
-                with m.If(load_bad | (largs.src + load_words > 1 << cfg.dram_addr_bits)):
-                    m.d.sync += status.eq(Status.ERR_ARG)
-                    goto("DRAIN")
-                with m.Elif(largs.count == 0):
-                    goto("LOAD_NEXT")
-                with m.Else():
-                    goto("LOAD_START")
-            with m.State("LOAD_START"):  # after the copy before it, if one still runs
-                m.d.comb += [cp.start.payload.eq(largs), cp.start.valid.eq(1)]
-                with m.If(cp.start.ready):
-                    m.d.comb += self.strobes.loads.eq(1)
-                    goto("LOAD_NEXT")
-                with m.Else():
-                    m.d.comb += self.strobes.load_wait.eq(1)
-            with m.State("LOAD_NEXT"):  # answered once the last copy has started
-                m.d.sync += nload.eq(nload - 1)
-                with m.If((nload == 1) & (hdr.cmd == Cmd.LOAD_RUN)):
-                    # then the descriptor, checked and run as a RUN's
-                    m.d.sync += [todo.eq(desc_bytes), in_run.eq(1)]
-                    goto("ARGS")
-                with m.Elif(nload == 1):
-                    goto("RESP")
-                with m.Else():
-                    m.d.sync += todo.eq(load_bytes)
-                    goto("ARGS")
-            with m.State("PRODUCTS"):
-                # the count times every constant a byte count may need, each into its own
-                # register: selected after the multiply, a buffer id never reaches a
-                # multiplier's operand (Yosys would share one multiplier behind a select
-                # of the constants: buffer id -> DSP -> carry chain, the critical path)
-                for c, r in products.items():
-                    m.d.sync += r.eq(args.count * c)
-                goto("SIZE")
-            with m.State("SIZE"):
-                # bytes the words take, and the checks that need no byte count, registered
-                # here so that no multiplier or range compare sits in the FSM's next-state
-                # logic (timing)
-                with m.Switch(args.buf):
-                    for b, n in wbytes.items():
-                        with m.Case(b):
-                            if b in pk:
-                                m.d.sync += [pk_w.eq(pk[b]), pk_full.eq(pk[b] <= 8)]
-                            if b in pk:  # packed: whole bytes of count x width bits
-                                m.d.sync += req_bytes.eq(Mux(packed,
-                                                             (products[pk[b]] + 7) >> 3,
-                                                             products[n]))
-                            else:
-                                m.d.sync += req_bytes.eq(products[n])
-                valid_buf = args.buf <= max(b.value for b in BufId)
-                # packed words: only a WRITE_BUF of a packable buffer
-                valid_buf &= ~packed | ((hdr.cmd == Cmd.WRITE_BUF)
-                                        & args.buf.matches(*(b.value for b in pk)))
-                unreadable = (hdr.cmd == Cmd.READ_BUF) & (
-                    args.buf.matches(*(b.value for b in BufId if b not in HOST_READABLE)))
-                unreadable |= (hdr.cmd == Cmd.WRITE_BUF) & (
-                    args.buf.matches(*(b.value for b in BufId if b not in HOST_WRITABLE)))
-                m.d.sync += args_bad.eq(~valid_buf | ~depth_ok | unreadable)
-                goto("CHECK_BUF")
-            with m.State("CHECK_BUF"):
-                need = args_bytes + Mux(hdr.cmd == Cmd.WRITE_BUF, req_bytes, 0)
-                # a READ_BUF answer must fit the 16-bit length field
-                too_long = (hdr.cmd == Cmd.READ_BUF) & (req_bytes > LENGTH_LIMIT)
-                # the memory and the engine's host write port are the copy's while it runs,
-                # and so is the buffer it writes; reading another buffer need not wait
-                with m.If(cp.busy & (is_dram | (hdr.cmd == Cmd.WRITE_BUF) | reads_dma_buf)):
-                    m.d.comb += self.strobes.load_wait.eq(1)
-                with m.Elif(args_bad | (hdr.length != need) | too_long):
-                    m.d.sync += status.eq(Status.ERR_ARG)
-                    goto("DRAIN")
-                with m.Elif(hdr.cmd == Cmd.WRITE_BUF):
-                    m.d.sync += todo.eq(bpw)
-                    with m.If(args.count == 0):
-                        goto("RESP")
-                    with m.Elif(packed):
-                        goto("WR_PACKED")
-                    with m.Else():
-                        goto("WR_BYTES")
-                with m.Else():
-                    m.d.sync += resp_len.eq(req_bytes)
-                    goto("RESP")
-            with m.State("WR_PACKED"):
-                # each byte joins the bits held; a word is written once its bits are in (the
-                # last byte's spare bits are padding)
-                m.d.comb += data_in.o.ready.eq(1)
-                joined = Signal(PACK_BITS + 8)
-                m.d.comb += joined.eq(pk_acc | (byte_in << pk_have))
-                have = Signal.like(pk_have)  # bits held after this byte
-                m.d.comb += have.eq(pk_have + 8 - Mux(pk_full, pk_w, 0))
-                with m.If(data_in.o.valid):
-                    m.d.sync += [got.eq(got + 1), pk_acc.eq(joined), pk_have.eq(have),
-                                 pk_full.eq(have + 8 >= pk_w)]
-                    with m.If(pk_full):
-                        m.d.comb += [hb.wr_en.eq(1), hb.wr_buf.eq(args.buf),
-                                     hb.wr_addr.eq(addr), self.strobes.host_wr.eq(1)]
-                        m.d.sync += [addr.eq(addr + 1), words.eq(words - 1)]
-                        with m.Switch(args.buf):
-                            for b, w in pk.items():
-                                with m.Case(b):
-                                    m.d.comb += hb.wr_data.eq(joined[:w])
-                                    m.d.sync += pk_acc.eq(joined >> w)
-                        with m.If(words == 1):
-                            goto("RESP")
-            with m.State("WR_BYTES"):
-                m.d.comb += data_in.o.ready.eq(1)
-                with m.If(data_in.o.valid):
-                    m.d.sync += [got.eq(got + 1), todo.eq(todo - 1)]
-                    with m.If(todo == 1):
-                        m.d.sync += dram_done.eq(0)
-                        goto("WR_WORD")
-            with m.State("WR_WORD"):
-                written = Signal()
-                with m.If(is_dram):
-                    # the memory may take the command and the data in different cycles
-                    c_ok = dram_done[0] | x_cmd.ready
-                    d_ok = dram_done[1] | x_wdata.ready
-                    m.d.comb += [x_cmd.valid.eq(~dram_done[0]), x_cmd.payload.addr.eq(addr),
-                                 x_cmd.payload.we.eq(1), x_wdata.valid.eq(~dram_done[1]),
-                                 x_wdata.payload.eq(word_from_sr(wbytes[BufId.DRAM])),
-                                 written.eq(c_ok & d_ok),
-                                 self.strobes.dram_wr.eq(c_ok & d_ok)]
-                    m.d.sync += dram_done.eq(Mux(c_ok & d_ok, 0, Cat(c_ok, d_ok)))
-                with m.Else():
-                    m.d.comb += [hb.wr_en.eq(1), hb.wr_buf.eq(args.buf), hb.wr_addr.eq(addr),
-                                 written.eq(1)]
-                    with m.Switch(args.buf):
-                        for b, n in wbytes.items():
-                            with m.Case(b):
-                                m.d.comb += hb.wr_data.eq(word_from_sr(n))
-                with m.If(written):
-                    m.d.comb += self.strobes.host_wr.eq(1)
-                    m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), todo.eq(bpw)]
-                    with m.If(words == 1):
-                        goto("RESP")
-                    with m.Else():
-                        goto("WR_BYTES")
+                row_states(m, e)
+            load_states(m, e)
+            write_states(m, e)
             with m.State("WAIT_DONE"):
                 with m.If(ec.done):
                     m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
@@ -668,35 +494,7 @@ class Executor(wiring.Component):
                 m.d.sync += [so.eq(self.counters.value), todo.eq(cb), ctr.eq(ctr + 1),
                              ctr_more.eq(ctr + 1 < len(COUNTERS))]
                 goto("SEND")
-            with m.State("RD_WORD"):
-                with m.If(is_dram):
-                    m.d.comb += [x_cmd.valid.eq(1), x_cmd.payload.addr.eq(addr)]
-                    with m.If(x_cmd.ready):
-                        m.d.comb += [self.strobes.host_rd.eq(1), self.strobes.dram_rd.eq(1)]
-                        m.d.sync += [addr.eq(addr + 1), words.eq(words - 1)]
-                        goto("RD_DRAM")
-                with m.Else():
-                    m.d.comb += [hb.rd_en.eq(1), hb.rd_buf.eq(args.buf),
-                                 hb.rd_addr.eq(addr), self.strobes.host_rd.eq(1)]
-                    m.d.sync += [addr.eq(addr + 1), words.eq(words - 1), rbyte.eq(0)]
-                    goto("RD_WAIT")
-            with m.State("RD_WAIT"):  # the engine registers the request
-                goto("RD_WAIT2")
-            with m.State("RD_WAIT2"):  # the engine registers the word first
-                goto("RD_LATCH")
-            with m.State("RD_DRAM"):  # the word comes back into so and goes out from there
-                with m.If(self.dram.rdata.valid):
-                    m.d.sync += [so.eq(self.dram.rdata.payload), todo.eq(bpw)]
-                    goto("SEND")
-            with m.State("RD_LATCH"):
-                # the word stays on the engine's read port (nothing else reads it while the
-                # executor sends it) and goes out byte by byte from there, not through so;
-                # the engine registers the byte first (rd_byte_data), so each byte takes a
-                # cycle here before SEND
-                m.d.sync += todo.eq(bpw)
-                goto("SEND")
-            with m.State("RD_BYTE"):
-                goto("SEND")
+            read_states(m, e)
             with m.State("SEND"):
                 m.d.comb += resp_data.i.valid.eq(1)
                 with m.If(resp_data.i.ready):
