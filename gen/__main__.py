@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="JSON file of pJ per operation (keys of models.energy.DEFAULT_TABLE)")
     b.add_argument("--synth", action="store_true", help="run Yosys synth_ecp5")
     b.add_argument("--pnr", action="store_true", help="also place and route (nextpnr-ecp5)")
-    b.add_argument("--freq", type=float, default=100.0,
-                   help="place-and-route target, MHz (without --pnr: the board's clock limit)")
+    b.add_argument("--freq", type=float, default=None,
+                   help="place-and-route target, MHz (default 100); without --pnr, the board "
+                        "clock's limit (a measured Fmax) that the board estimate charges "
+                        "(default: the 25 MHz oscillator)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     b.add_argument("--seeds", type=int, default=1,
                    help="place and route with this many seeds from --seed on, in parallel "

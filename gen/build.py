@@ -64,7 +64,10 @@ class BuildOptions:
     synth: bool = False
     pnr: bool = False
     bitstream: bool = False
-    freq_mhz: float = 100.0
+    #: the place-and-route target (:data:`PNR_TARGET_MHZ` when None); without ``--pnr``, when
+    #: given, the board clock's limit (a Fmax measured before): the board estimate and
+    #: ``board.json`` then charge the PLL clock at or below it, not the 25 MHz oscillator
+    freq_mhz: float | None = None
     #: place-and-route seeds: one run per seed, in parallel, the best kept (``--seeds``)
     seeds: tuple[int, ...] = (1,)
     #: the board's link rate; its core clock is the fastest PLL clock at or below the P&R
@@ -81,8 +84,21 @@ class BuildOptions:
     #: hybrid's predicted energy with memory)
     objective: str = "speed"
 
+    @property
+    def freq(self) -> float:
+        """The place-and-route target, and the board clock's limit without ``--pnr``."""
+        return PNR_TARGET_MHZ if self.freq_mhz is None else self.freq_mhz
+
+    @property
+    def clocked(self) -> bool:
+        """Whether the build picks the board's clock (from the P&R's Fmax, else from
+        ``--freq``); else the estimates charge the oscillator's 25 MHz."""
+        return self.pnr or self.bitstream or self.freq_mhz is not None
+
 
 WORKLOADS = ("prefill", "decode")
+#: The place-and-route target without ``--freq`` (issue 12's goal), MHz.
+PNR_TARGET_MHZ = 100.0
 
 
 def _check_pinned_shift(cm, fixed: dict) -> None:
@@ -161,11 +177,11 @@ def build(o: BuildOptions) -> dict:
     if not o.seeds or len(set(o.seeds)) != len(o.seeds):
         raise BuildError(f"place-and-route seeds must be distinct and at least one, not "
                          f"{list(o.seeds)}")
-    if o.pnr or o.bitstream:
+    if o.clocked:
         try:  # a rate no PLL clock can serve is refused before the long steps
-            choose_clock(o.freq_mhz, o.baud)
+            choose_clock(o.freq, o.baud)
         except ValueError as e:
-            raise BuildError(f"--baud {o.baud} with --freq {o.freq_mhz:g}: {e}") from None
+            raise BuildError(f"--baud {o.baud} with --freq {o.freq:g}: {e}") from None
     budget = o.budget or TARGETS[o.target]
     steps = ["load", "convert", "measure", "size", "baselines", "emit"] + (
         ["synth"] * (o.synth or o.pnr) + ["pnr"] * o.pnr + ["bitstream"] * o.bitstream)
@@ -292,12 +308,12 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
         done("synth")
     if o.pnr:
         step("pnr")
-        p = flow.pnr_sweep(out / "synth", o.freq_mhz, list(o.seeds))
+        p = flow.pnr_sweep(out / "synth", o.freq, list(o.seeds))
         rep["fmax_mhz"] = p["fmax_mhz"]
         rep["pnr"] = p
         done("pnr")
-    if o.pnr or o.bitstream:
-        limit = rep["fmax_mhz"] if o.pnr and rep["fmax_mhz"] else o.freq_mhz
+    if o.clocked:
+        limit = rep["fmax_mhz"] if o.pnr and rep["fmax_mhz"] else o.freq
         clock = choose_clock(limit, o.baud)
         rep["board"] = {**clock.as_dict(), "clock_from": "pnr" if o.pnr else "freq"}
         board_time(rep["link"], clock.clock_hz)
@@ -308,7 +324,7 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
         rep["bitstream"] = str(bit)
         rep["board"]["fmax_mhz"] = board_fmax
         done("bitstream")
-    if o.synth or o.pnr or o.bitstream:
+    if o.synth or o.clocked:
         _write_reports(rep, out)
     return rep
 

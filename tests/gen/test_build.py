@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from accel.board import BOARD_CLOCK_HZ, BOARD_FILE, read_board
 from accel.config import AccelConfig
 from gen.__main__ import main
 from models.arch import random_model, tiny_config
@@ -83,9 +84,19 @@ def test_refusals_are_clear(tmp_path, capsys):
 def test_a_second_build_reuses_the_conversion_and_the_verilog(tmp_path):
     args = ["build", "--model", "tiny-llama", "--quiet", "--fix", "lanes=8", "--tokens", "16"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
-    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    # b also names the clock a place and route met before (--freq without --pnr)
+    assert main([*args, "--out", str(tmp_path / "b"), "--freq", "60"]) == 0
     assert main([*args, "--out", str(tmp_path / "c"), "--no-cache"]) == 0
     reps = [json.loads((tmp_path / d / "report.json").read_text()) for d in "abc"]
+    # without --freq or --pnr the board estimate charges the 25 MHz oscillator, with it
+    # the PLL clock at or below it, recorded for the host (board.json)
+    assert not (tmp_path / "a" / BOARD_FILE).exists() and "board" not in reps[0]
+    board = read_board(tmp_path / "b")
+    assert board == reps[1]["board"] and board["clock_from"] == "freq"
+    assert 55e6 < board["clock_hz"] <= 60e6
+    for name in ("streamed", "resident"):
+        clocks = [r["link"][name]["board"]["clock_hz"] for r in reps]
+        assert clocks == [BOARD_CLOCK_HZ, board["clock_hz"], BOARD_CLOCK_HZ]
     assert [r["model"]["conversion_cached"] for r in reps] == [False, True, False]
     for d in "bc":
         for f in ("spikellm_top.v", "model/tensors.safetensors", "program.json"):
