@@ -27,7 +27,7 @@ def row_states(m: Module, e: SimpleNamespace) -> None:
         # need it): its 512 bits' select is then the state alone (timing)
         with m.If(e.cp.busy):  # the engine's host write port is the copier's
             m.d.comb += e.strobes.load_wait.eq(1)
-        with m.Elif(e.args_bad | (e.hdr.length != e.rows_bytes + e.rows_need)):
+        with m.Elif(e.args_bad | (e.body != e.rows_need)):
             m.d.sync += e.status.eq(Status.ERR_ARG)
             e.goto("DRAIN")
         with m.Elif(e.args.count == 0):
@@ -138,14 +138,14 @@ def write_states(m: Module, e: SimpleNamespace) -> None:
         m.d.sync += e.args_bad.eq(~valid_buf | ~e.depth_ok | unreadable)
         e.goto("CHECK_BUF")
     with m.State("CHECK_BUF"):
-        need = e.args_bytes + Mux(e.hdr.cmd == Cmd.WRITE_BUF, e.req_bytes, 0)
+        need = Mux(e.hdr.cmd == Cmd.WRITE_BUF, e.req_bytes, 0)  # after the arguments
         # a READ_BUF answer must fit the 16-bit length field
         too_long = (e.hdr.cmd == Cmd.READ_BUF) & (e.req_bytes > LENGTH_LIMIT)
         # the memory and the engine's host write port are the copy's while it runs,
         # and so is the buffer it writes; reading another buffer need not wait
         with m.If(e.cp.busy & (e.is_dram | (e.hdr.cmd == Cmd.WRITE_BUF) | e.reads_dma_buf)):
             m.d.comb += e.strobes.load_wait.eq(1)
-        with m.Elif(e.args_bad | (e.hdr.length != need) | too_long):
+        with m.Elif(e.args_bad | (e.body != need) | too_long):
             m.d.sync += e.status.eq(Status.ERR_ARG)
             e.goto("DRAIN")
         with m.Elif(e.hdr.cmd == Cmd.WRITE_BUF):

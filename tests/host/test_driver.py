@@ -5,8 +5,8 @@ import pytest
 from accel.config import PRESETS
 from accel.counters import TRAFFIC
 from accel.layouts import BufId, buffer_shapes, pack_word
-from accel.protocol import BUF_ARGS, FRAME_OVERHEAD, nbytes
-from accel.requests import write_buf_payloads
+from accel.protocol import BUF_ARGS, FRAME_OVERHEAD, Cmd, nbytes, word_bytes
+from accel.requests import buf_args, write_buf_payloads
 from host.driver import Device, DeviceError, LinkError
 from host.run import run_model
 from host.transport import FAULTS, FaultyTransport, SerialTransport
@@ -33,6 +33,24 @@ def test_write_read_back_and_verify(sim):
     assert raw == [pack_word(shape, r) for r in rows]
     with pytest.raises(DeviceError, match="READ_BUF .* refused: ERR_ARG"):
         dev.read(BufId.WEIGHTS, CFG.weight_depth - 1, 2)  # past the end: the core refuses
+    t.close()
+
+
+def test_a_buffer_request_of_the_wrong_length_is_refused_and_the_next_one_runs(sim):
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+    wb = word_bytes(CFG)[BufId.START]
+    for cmd, count, extra in ((Cmd.WRITE_BUF, 2, -1), (Cmd.WRITE_BUF, 2, 1),
+                              (Cmd.WRITE_BUF, 0, 1), (Cmd.READ_BUF, 2, 1)):
+        body = 2 * wb if cmd == Cmd.WRITE_BUF else 0  # what count words take
+        payload = buf_args(BufId.START, 5, count) + bytes(range(body + extra))
+        with pytest.raises(DeviceError, match=f"{cmd.name} .* refused: ERR_ARG"):
+            dev.request(cmd, payload)
+    # the refused payloads were drained: a write and its read-back are whole
+    dev.mirror.forget()
+    words = [-1 - 1000 * i for i in range(3)]
+    dev.write(BufId.START, words, 5)
+    assert dev.read(BufId.START, 5, 3) == words
     t.close()
 
 
