@@ -66,8 +66,8 @@ RX_FIFO_BYTES = 512
 #: Reported by IDENTIFY; bumped whenever a frame, command or payload layout changes.
 #: 2: a repeated RUN is not re-run; 3: ABORT, ERR_FAULT, RUN checked; 4: DRAM, LOAD;
 #: 5: LOAD_RUN; 6: reads do not make the core forget the last RUN's seq (pipelining);
-#: 7: EXPAND and the code buffer (the on-chip spike encoder), WRITE_ROWS
-PROTOCOL_VERSION = 7
+#: 7: EXPAND and the code buffer (the on-chip spike encoder), WRITE_ROWS; 8: CHAIN
+PROTOCOL_VERSION = 8
 
 #: Frame header after the SOF byte (little-endian on the wire).
 HEADER = data.StructLayout({"cmd": unsigned(8), "seq": unsigned(8), "length": unsigned(16)})
@@ -104,6 +104,10 @@ class Cmd(enum.Enum, shape=8):
     #: (:data:`ROW_ARGS`; the rest of each row becomes zero): an attention operand's rows
     #: for a few key tokens cross the link at those lanes' bytes
     WRITE_ROWS = 0x0B
+    #: several requests without answer payloads in one frame (:data:`CHAINABLE`, each
+    #: :data:`SUB_HEADER` and its payload), run in order and answered once: one round trip
+    #: for a tile's writes, EXPAND and LOAD_RUN instead of three (:func:`chain_payload`)
+    CHAIN = 0x0C
 
     def __hash__(self):
         # by value, as ``accel.layouts.BufId``: sets of commands iterate in one order
@@ -129,6 +133,49 @@ class Status(enum.Enum, shape=8):
 #: retried behind them is not run again; protocol 6), so the host may pipeline them behind
 #: anything (``accel.requests.pipeline_groups``). IDENTIFY, which starts a session, is not.
 READ_ONLY = frozenset({Cmd.READ_BUF, Cmd.READ_COUNTERS})
+#: Requests the core does not run again when one comes with the seq of the last of them it
+#: ran (a retry after a lost answer): it answers OK. The host never gives a new one that
+#: seq (``host.driver.Device``).
+RUNS_ONCE = frozenset({Cmd.RUN, Cmd.LOAD_RUN, Cmd.EXPAND, Cmd.CHAIN})
+#: The requests a CHAIN may carry: those answered with no payload that the core runs
+#: without the host in between. A CHAIN stops at the first one refused (the rest of its
+#: payload is drained, not run) and is answered with that one's status, else OK; repeated
+#: with the seq of the last RUN, EXPAND or CHAIN it is answered OK without running again.
+CHAINABLE = frozenset({Cmd.WRITE_BUF, Cmd.WRITE_ROWS, Cmd.RUN, Cmd.LOAD, Cmd.LOAD_RUN,
+                       Cmd.EXPAND})
+#: Header of each request inside a CHAIN's payload (little-endian), its payload after it.
+SUB_HEADER = data.StructLayout({"cmd": unsigned(8), "length": unsigned(16)})
+#: Bytes of a packed :data:`SUB_HEADER`.
+SUB_HEADER_BYTES = SUB_HEADER.size // 8
+
+
+def chain_payload(parts: list[tuple[Cmd, bytes]]) -> bytes:
+    """A CHAIN's payload: each ``(cmd, payload)`` of :data:`CHAINABLE` after its
+    :data:`SUB_HEADER`. Raises ``ValueError`` for a command a CHAIN cannot carry."""
+    out = bytearray()
+    for cmd, payload in parts:
+        if cmd not in CHAINABLE:
+            raise ValueError(f"a CHAIN cannot carry {cmd.name}")
+        out += bytes([cmd.value]) + len(payload).to_bytes(2, "little") + payload
+    return bytes(out)
+
+
+def parse_chain(payload: bytes) -> list[tuple[int, bytes]]:
+    """A CHAIN's requests as ``(cmd code, payload)``, the inverse of :func:`chain_payload`.
+    Raises ``ValueError`` where a request's header or payload runs past the end."""
+    out, i = [], 0
+    while i < len(payload):
+        if i + SUB_HEADER_BYTES > len(payload):
+            raise ValueError(f"CHAIN: {len(payload) - i} stray bytes at {i}, not a header")
+        n = int.from_bytes(payload[i + 1:i + SUB_HEADER_BYTES], "little")
+        body = payload[i + SUB_HEADER_BYTES:i + SUB_HEADER_BYTES + n]
+        if len(body) != n:
+            raise ValueError(f"CHAIN: the request at {i} declares {n} bytes, {len(body)} left")
+        out.append((payload[i], body))
+        i += SUB_HEADER_BYTES + n
+    return out
+
+
 #: WRITE_BUF / READ_BUF arguments (the first bytes of the payload).
 BUF_ARGS = data.StructLayout({"buf": unsigned(8), "addr": unsigned(24), "count": unsigned(24)})
 #: Flag in ``BUF_ARGS.buf`` of a WRITE_BUF: the words are packed at their exact width, low

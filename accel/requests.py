@@ -34,6 +34,7 @@ from .layouts import (
 )
 from .protocol import (
     BUF_ARGS,
+    CHAINABLE,
     FRAME_OVERHEAD,
     LOAD_ARGS,
     MAX_PAYLOAD,
@@ -41,7 +42,9 @@ from .protocol import (
     READ_ONLY,
     ROW_ARGS,
     RX_FIFO_BYTES,
+    SUB_HEADER_BYTES,
     Cmd,
+    chain_payload,
     ident_layout,
     nbytes,
     word_bytes,
@@ -250,13 +253,15 @@ class Request(NamedTuple):
     one, or the copies of a LOAD; the driver reads weights back there when asked to verify
     them).
     ``reads``: a READ_BUF of a finished output slice's results (``(slice, buffer)``; the
-    slice's answers, in order, are its rows). ``where``: the tile, for messages."""
+    slice's answers, in order, are its rows). ``where``: the tile, for messages.
+    ``parts``: a CHAIN's requests (:func:`chained`)."""
 
     cmd: Cmd
     payload: bytes
     completes: tuple[tuple[BufId, int, list], ...] = ()
     reads: tuple | None = None
     where: str = ""
+    parts: tuple[Request, ...] = ()
 
 
 def write_requests(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, words: list,
@@ -406,6 +411,40 @@ def staged_events(cfg: AccelConfig, imgs: list[TileImage], mirror: BufferMirror,
     return staged
 
 
+def chained(requests: Iterator[Request] | list[Request],
+            max_payload: int = MAX_PAYLOAD) -> Iterator[Request]:
+    """``requests`` with each run of consecutive :data:`~accel.protocol.CHAINABLE` ones
+    sent as one CHAIN request, as many as fit ``max_payload`` (a run of one stays as it
+    is): a tile's writes, EXPAND and LOAD_RUN cross in one frame and one round trip. The
+    core runs them in order and stops at the first refused; a CHAIN is retried whole, and
+    one already run is answered OK without running again (``accel.protocol.Cmd.CHAIN``).
+    Like :func:`pipeline_groups`, it asks for the request after a run before sending it
+    (a sans-IO request's buffer mirror runs one request ahead)."""
+    run: list[Request] = []
+    size = 0
+
+    def close() -> Iterator[Request]:
+        if len(run) == 1:
+            yield run[0]
+        elif run:
+            where = [r.where for r in run if r.where]
+            yield Request(Cmd.CHAIN, chain_payload([(r.cmd, r.payload) for r in run]),
+                          tuple(c for r in run for c in r.completes),
+                          where=where[-1] if where else "", parts=tuple(run))
+
+    for req in requests:
+        part = SUB_HEADER_BYTES + len(req.payload)
+        if req.cmd not in CHAINABLE or size + part > max_payload:
+            yield from close()
+            run, size = [], 0
+        if req.cmd in CHAINABLE:
+            run.append(req)
+            size += part
+        else:
+            yield req
+    yield from close()
+
+
 def answer_bytes(cfg: AccelConfig, req: Request) -> int:
     """Payload bytes of the OK answer to ``req`` (``docs/link.md``)."""
     if req.cmd == Cmd.READ_BUF:
@@ -440,7 +479,7 @@ def pipeline_groups(requests: Iterator[Request] | list[Request],
     follow it is what is still right to have sent when an earlier request of the group
     fails, since the driver then sends again from the failed one on, one at a time:
     reads (no side effects: read again) and, behind a write, writes (to other words:
-    written again, the same words). Never a RUN, LOAD, LOAD_RUN or EXPAND: one may not be
+    written again, the same words). Never a RUN, LOAD, LOAD_RUN, EXPAND or CHAIN: one may not be
     repeated (an EXPAND, like a RUN, is not run again for its own seq, so its counters count
     it once; a write behind it would make the core forget its seq, or change its codes)
     (a RUN with a new seq accumulates again) and would run on buffers a lost write left
@@ -462,21 +501,25 @@ def pipeline_groups(requests: Iterator[Request] | list[Request],
             if group:
                 yield group
             group, ahead, written = [req], 0, set()
-        if req.cmd in WRITES:
-            written.add(_memory(req))
-        elif req.cmd == Cmd.EXPAND:
-            written.add(BufId.SPIKE_EV)
+        for part in req.parts or (req,):  # a CHAIN's writes count as its requests'
+            if part.cmd in WRITES:
+                written.add(_memory(part))
+            elif part.cmd == Cmd.EXPAND:
+                written.add(BufId.SPIKE_EV)
     if group:
         yield group
 
 
 def link_cost(cfg: AccelConfig, requests: Iterator[Request] | list[Request],
-              window: int = RX_FIFO_BYTES) -> Counter:
-    """What ``requests`` move over the link when every one is answered at the first try:
-    ``frames_tx`` (requests), ``bytes_tx`` and ``bytes_rx`` (frames included) and
-    ``waits`` (round trips: :func:`pipeline_groups` with ``window``; as many as requests
+              window: int = RX_FIFO_BYTES, max_payload: int | None = MAX_PAYLOAD) -> Counter:
+    """What ``requests`` move over the link when every one is answered at the first try,
+    sent as the driver sends them (:func:`chained` to ``max_payload``, None: each on its
+    own frame): ``frames_tx`` (frames), ``bytes_tx`` and ``bytes_rx`` (frames included)
+    and ``waits`` (round trips: :func:`pipeline_groups` with ``window``; as many as frames
     with ``window`` 0), the same keys the driver counts (``host.driver.Device.stats``)."""
     cost: Counter = Counter()
+    if max_payload is not None:
+        requests = chained(requests, max_payload)
     for group in pipeline_groups(requests, window):
         cost["waits"] += 1
         for req in group:

@@ -32,6 +32,7 @@ from accel.layouts import BufId, unpack_int
 from accel.protocol import (
     MAX_PAYLOAD,
     READ_ONLY,
+    RUNS_ONCE,
     RX_FIFO_BYTES,
     Cmd,
     Frame,
@@ -44,6 +45,7 @@ from accel.requests import (
     READ_CHUNK,
     BufferMirror,
     Request,
+    chained,
     gemm_requests,
     parse_counters,
     parse_ident,
@@ -125,7 +127,7 @@ class Device:
         """A fresh seq for ``cmd``; never, for a new RUN, the seq of the last RUN the
         core may still hold (it keeps it across reads: it would answer without running)."""
         self.seq = (self.seq + 1) & 0xFF
-        if cmd in (Cmd.RUN, Cmd.LOAD_RUN, Cmd.EXPAND):  # the core keeps an EXPAND's too
+        if cmd in RUNS_ONCE:  # the core keeps an EXPAND's and a CHAIN's too
             if self.seq == self._last_run:
                 self.seq = (self.seq + 1) & 0xFF
             self._last_run = self.seq
@@ -135,7 +137,7 @@ class Device:
 
     def _wait(self, cmd: Cmd) -> float:
         """How long an answer to ``cmd`` may take (a RUN answers when its tile is done)."""
-        return self.run_timeout if cmd in (Cmd.RUN, Cmd.LOAD_RUN) else self.timeout
+        return self.run_timeout if cmd in (Cmd.RUN, Cmd.LOAD_RUN, Cmd.CHAIN) else self.timeout
 
     def _put(self, frame: bytes) -> None:
         self.t.send(frame)
@@ -372,9 +374,9 @@ class Device:
         counters under ``Cmd.READ_COUNTERS`` if read. ``blocks``: the buffer writes the
         tiles need, of which those not sent count as skipped (already resident)."""
         got: dict = {}
-        for group in pipeline_groups(requests, self.window):
+        for group in pipeline_groups(chained(requests, self.max_payload), self.window):
             head = group[0]
-            if head.cmd in (Cmd.RUN, Cmd.LOAD_RUN):
+            if any(r.cmd in (Cmd.RUN, Cmd.LOAD_RUN) for r in head.parts or (head,)):
                 answers = self._running(head.where, lambda g=group: self.exchange(g))
             else:
                 answers = self.exchange(group)
@@ -385,10 +387,11 @@ class Device:
                         parse_words(self.cfg, buf, answer))
                 elif req.cmd == Cmd.READ_COUNTERS:
                     got[Cmd.READ_COUNTERS] = parse_counters(self.cfg, answer)
-                else:  # writes and copies (a LOAD_RUN's too): weights read back if asked
-                    done = self._verify(req)
-                    blocks -= done
-                    self.stats["loads"] += done if req.cmd in (Cmd.LOAD, Cmd.LOAD_RUN) else 0
+                else:  # writes and copies (a LOAD_RUN's, a CHAIN's): weights read back if asked
+                    for part in req.parts or (req,):
+                        done = self._verify(part)
+                        blocks -= done
+                        self.stats["loads"] += done if part.cmd in (Cmd.LOAD, Cmd.LOAD_RUN) else 0
         self.stats["writes_skipped"] += blocks
         return got
 

@@ -16,7 +16,15 @@ LOAD             copies (a byte, 1..255), each :data:`LOAD_ARGS` none, once the 
 LOAD_RUN         a LOAD's copies, then a RUN's descriptor     as RUN
 EXPAND           :data:`EXPAND_ARGS`                          none, once the words are written
 WRITE_ROWS       :data:`ROW_ARGS` + ``count`` rows' low lanes   none
+CHAIN            requests of ``CHAINABLE``, each after its    none, once the last is done
+                 ``SUB_HEADER``
 ================ ============================================ ==============================
+
+A CHAIN's requests are checked and run as frames of their own would be (the length each
+declares, against what is left of the frame), in order; the first refused ends it: the rest
+of the frame is drained, not run, and the answer carries its status. A CHAIN repeated with
+the seq of the last RUN, EXPAND or CHAIN is answered OK without running (its RUNs and
+EXPANDs do not set that seq themselves: the CHAIN does, once it is done).
 
 WRITE_ROWS writes whole weight rows (``BufId.WEIGHTS`` only, lanes of whole bytes,
 :func:`~accel.layouts.row_lane_bytes`) from their low ``lanes`` lanes, the other lanes
@@ -79,6 +87,9 @@ from accel.protocol import (
     LOAD_ARGS,
     READ_ONLY,
     ROW_ARGS,
+    RUNS_ONCE,
+    SUB_HEADER,
+    SUB_HEADER_BYTES,
     Cmd,
     Status,
     ident_layout,
@@ -168,7 +179,17 @@ class Executor(wiring.Component):
                             nbytes(cfg.dram_bits)))
         rbyte = Signal(range(max(wbytes.values()) + 1))  # byte of a READ_BUF word being sent
         hdr = Signal(HEADER)
-        got = Signal(16)  # payload bytes consumed
+        got = Signal(16)  # bytes of the frame's payload consumed
+        frame_len = Signal(16)  # the frame's payload bytes (hdr.length: a CHAIN's request's)
+        chain = Signal()  # running a CHAIN's requests
+        chain_head = Signal()  # its first is next: a repeated CHAIN is not run
+        sub_over = Signal()  # the CHAIN's request claims more than the frame has left
+        # whether the frame has bytes left (at least a SUB_HEADER's), registers: up to date
+        # a cycle after the last byte taken, which SUB_END always is (RESP before it)
+        frame_more = Signal()
+        frame_more3 = Signal()
+        m.d.sync += [frame_more.eq(got < frame_len),
+                     frame_more3.eq(got + SUB_HEADER_BYTES <= frame_len)]
         # the payload's bytes after the fixed arguments, a register set with the header: the
         # length checks compare it with the bytes the words need, with no add before the
         # compare (timing: hdr.length != args_bytes + req_bytes -> the FSM, the 16-lane
@@ -281,7 +302,7 @@ class Executor(wiring.Component):
                      repeat.eq(last_run_valid & (last_run_seq == hdr.seq))]
         # sr's three moves are chosen by flags registered as the FSM moves (``goto``), not
         # decoded from its state: each select reaches the 512 bits from a flip-flop (timing)
-        sr_moves = {"down": ("ARGS", "WR_BYTES"), "up": ("WR_ROW",),
+        sr_moves = {"down": ("ARGS", "WR_BYTES", "SUB_HDR"), "up": ("WR_ROW",),
                     "clear": ("ROWS_CHECK", "WR_ROW_WORD")}
         sr_move = {k: Signal(name=f"sr_{k}") for k in sr_moves}
 
@@ -308,53 +329,99 @@ class Executor(wiring.Component):
             shapes=shapes, so=so, sr=sr, status=status, todo=todo, wbytes=wbytes,
             word_from_sr=word_from_sr, words=words, x_cmd=x_cmd, x_wdata=x_wdata,
             strobes=self.strobes, dram=self.dram)
+        def dispatch(h, sub: bool):
+            """Start request ``h`` (a frame's header, or a CHAIN's ``sub`` request's): check
+            its length against its command and go where its payload is taken."""
+            with m.Switch(h.cmd):
+                if not sub:  # none of these in a CHAIN: they answer with data, or stop it
+                    with m.Case(Cmd.IDENTIFY, Cmd.READ_COUNTERS, Cmd.RESET_COUNTERS,
+                                Cmd.ABORT):
+                        with m.If(h.length != 0):
+                            m.d.sync += status.eq(Status.ERR_ARG)
+                            goto("DRAIN")
+                        with m.Else():
+                            goto("EXEC")
+                    with m.Case(Cmd.CHAIN):  # its first request's header first
+                        m.d.sync += [chain.eq(1), chain_head.eq(1), todo.eq(SUB_HEADER_BYTES)]
+                        with m.If(h.length < SUB_HEADER_BYTES):
+                            m.d.sync += status.eq(Status.ERR_ARG)
+                            goto("DRAIN")
+                        with m.Else():
+                            goto("SUB_HDR")
+                with m.Case(Cmd.LOAD, Cmd.LOAD_RUN):  # the number of copies first
+                    m.d.sync += [todo.eq(1), nload.eq(0)]
+                    with m.If(h.length < 1 + load_bytes
+                              + Mux(h.cmd == Cmd.LOAD_RUN, desc_bytes, 0)):
+                        m.d.sync += status.eq(Status.ERR_ARG)
+                        goto("DRAIN")
+                    with m.Else():
+                        goto("ARGS")
+                # commands whose fixed arguments come first: their bytes, and whether that
+                # is the whole payload (else the least of it)
+                fixed = {(Cmd.RUN,): (desc_bytes, True),
+                         (Cmd.WRITE_BUF,) if sub else (Cmd.WRITE_BUF, Cmd.READ_BUF):
+                         (args_bytes, False)}
+                if cfg.spike_encoder:
+                    fixed[(Cmd.EXPAND,)] = (exp_bytes, True)
+                if lane_bytes:
+                    fixed[(Cmd.WRITE_ROWS,)] = (rows_bytes, False)
+                for cmds, (n, whole) in fixed.items():
+                    with m.Case(*cmds):
+                        m.d.sync += [todo.eq(n), body.eq(h.length - n)]
+                        with m.If((h.length != n) if whole else (h.length < n)):
+                            m.d.sync += status.eq(Status.ERR_ARG)
+                            goto("DRAIN")
+                        with m.Else():
+                            goto("ARGS")
+                with m.Default():  # in a CHAIN, what it may not carry is a bad argument
+                    m.d.sync += status.eq(Status.ERR_ARG if sub else Status.ERR_COMMAND)
+                    goto("DRAIN")
+
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     h = self.cmd.payload
-                    m.d.sync += [hdr.eq(h), got.eq(0), resp_len.eq(0), status.eq(Status.OK),
-                                 in_run.eq(0)]
-                    keeps = [Cmd.RUN, Cmd.LOAD_RUN, *READ_ONLY]  # accel.protocol
-                    if cfg.spike_encoder:
-                        keeps.append(Cmd.EXPAND)  # an EXPAND repeated is not re-run either
+                    m.d.sync += [hdr.eq(h), got.eq(0), frame_len.eq(h.length), resp_len.eq(0),
+                                 status.eq(Status.OK), in_run.eq(0), chain.eq(0)]
+                    # the last RUN's seq is kept across these (accel.protocol)
+                    keeps = [*READ_ONLY, *(c for c in RUNS_ONCE
+                                           if cfg.spike_encoder or c != Cmd.EXPAND)]
                     with m.If(~Cat(h.cmd == c for c in keeps).any()):
                         m.d.sync += last_run_valid.eq(0)
-                    with m.Switch(h.cmd):
-                        with m.Case(Cmd.IDENTIFY, Cmd.READ_COUNTERS, Cmd.RESET_COUNTERS,
-                                    Cmd.ABORT):
-                            with m.If(h.length != 0):
-                                m.d.sync += status.eq(Status.ERR_ARG)
-                                goto("DRAIN")
-                            with m.Else():
-                                goto("EXEC")
-                        with m.Case(Cmd.LOAD, Cmd.LOAD_RUN):  # the number of copies first
-                            m.d.sync += [todo.eq(1), nload.eq(0)]
-                            with m.If(h.length < 1 + load_bytes
-                                      + Mux(h.cmd == Cmd.LOAD_RUN, desc_bytes, 0)):
-                                m.d.sync += status.eq(Status.ERR_ARG)
-                                goto("DRAIN")
-                            with m.Else():
-                                goto("ARGS")
-                        # commands whose fixed arguments come first: their bytes, and
-                        # whether that is the whole payload (else the least of it)
-                        fixed = {(Cmd.RUN,): (desc_bytes, True),
-                                 (Cmd.WRITE_BUF, Cmd.READ_BUF): (args_bytes, False)}
-                        if cfg.spike_encoder:
-                            fixed[(Cmd.EXPAND,)] = (exp_bytes, True)
-                        if lane_bytes:
-                            fixed[(Cmd.WRITE_ROWS,)] = (rows_bytes, False)
-                        for cmds, (n, whole) in fixed.items():
-                            with m.Case(*cmds):
-                                m.d.sync += [todo.eq(n), body.eq(h.length - n)]
-                                with m.If((h.length != n) if whole else (h.length < n)):
-                                    m.d.sync += status.eq(Status.ERR_ARG)
-                                    goto("DRAIN")
-                                with m.Else():
-                                    goto("ARGS")
-                        with m.Default():
-                            m.d.sync += status.eq(Status.ERR_COMMAND)
-                            goto("DRAIN")
+                    dispatch(h, sub=False)
+            # a CHAIN's requests: each one's SUB_HEADER into sr, then into hdr (cmd and
+            # length; the seq stays the frame's), checked against the frame's rest, run
+            with m.State("SUB_HDR"):
+                m.d.comb += data_in.o.ready.eq(1)
+                with m.If(data_in.o.valid):
+                    m.d.sync += [got.eq(got + 1), todo.eq(todo - 1)]
+                    with m.If(todo == 1):
+                        goto("SUB_LATCH")
+            with m.State("SUB_LATCH"):
+                sh = SUB_HEADER(word_from_sr(SUB_HEADER_BYTES)[:SUB_HEADER.size])
+                m.d.sync += [hdr.cmd.eq(sh.cmd), hdr.length.eq(sh.length),
+                             sub_over.eq(got + sh.length > frame_len)]
+                goto("SUB_GO")
+            with m.State("SUB_GO"):
+                m.d.sync += [in_run.eq(0), chain_head.eq(0)]
+                with m.If(chain_head & repeat):  # run before: drained, answered OK
+                    goto("DRAIN")
+                with m.Elif(sub_over):  # longer than what is left of the frame
+                    m.d.sync += status.eq(Status.ERR_ARG)
+                    goto("DRAIN")
+                with m.Else():
+                    dispatch(hdr, sub=True)
+            with m.State("SUB_END"):  # one done: the next, or the CHAIN's answer
+                with m.If(~frame_more):
+                    m.d.sync += [chain.eq(0), last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
+                    goto("RESP")
+                with m.Elif(~frame_more3):  # a byte or two: not a request's header
+                    m.d.sync += status.eq(Status.ERR_ARG)
+                    goto("DRAIN")
+                with m.Else():
+                    m.d.sync += todo.eq(SUB_HEADER_BYTES)
+                    goto("SUB_HDR")
             with m.State("ARGS"):  # collect the fixed arguments into sr
                 m.d.comb += data_in.o.ready.eq(1)
                 with m.If(data_in.o.valid):
@@ -449,7 +516,7 @@ class Executor(wiring.Component):
                     with m.If(en.done):
                         with m.If(en.bad):
                             m.d.sync += status.eq(Status.ERR_ARG)
-                        with m.Else():
+                        with m.Elif(~chain):  # a CHAIN's seq is kept once it is done
                             m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
                         goto("RESP")
             if lane_bytes:
@@ -458,7 +525,8 @@ class Executor(wiring.Component):
             write_states(m, e)
             with m.State("WAIT_DONE"):
                 with m.If(ec.done):
-                    m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
+                    with m.If(~chain):  # a CHAIN's seq is kept once it is done
+                        m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
                     goto("RESP")
                 with m.Elif(ec.fault):
                     m.d.sync += status.eq(Status.ERR_FAULT)
@@ -475,26 +543,31 @@ class Executor(wiring.Component):
                     with m.Case(Cmd.ABORT):
                         m.d.comb += ec.abort.eq(1)
                 goto("RESP")
-            with m.State("DRAIN"):  # swallow the rest of a refused request's payload
-                with m.If(got >= hdr.length):
+            with m.State("DRAIN"):  # swallow the rest of a refused request's frame
+                with m.If(got >= frame_len):
                     goto("RESP")
                 with m.Else():
                     m.d.comb += data_in.o.ready.eq(1)
                     with m.If(data_in.o.valid):
                         m.d.sync += got.eq(got + 1)
             with m.State("RESP"):
-                m.d.comb += self.resp.valid.eq(1)
-                with m.If(self.resp.ready):
-                    with m.If((status != Status.OK) | (resp_len == 0)):
-                        goto("IDLE")
-                    with m.Elif(hdr.cmd == Cmd.IDENTIFY):
-                        m.d.sync += [so.eq(ident_layout().const(ident_value(cfg)).as_bits()),
-                                     todo.eq(nbytes(ident_layout().size))]
-                        goto("SEND")
-                    with m.Elif(hdr.cmd == Cmd.READ_COUNTERS):
-                        goto("LOAD_CTR")
-                    with m.Else():
-                        goto("RD_WORD")
+                with m.If(chain & (status == Status.OK)):  # a CHAIN answers once, at its end
+                    goto("SUB_END")
+                with m.Elif(chain & frame_more):  # refused in a CHAIN: the rest drained first
+                    goto("DRAIN")
+                with m.Else():
+                    m.d.comb += self.resp.valid.eq(1)
+                    with m.If(self.resp.ready):
+                        with m.If((status != Status.OK) | (resp_len == 0)):
+                            goto("IDLE")
+                        with m.Elif(hdr.cmd == Cmd.IDENTIFY):
+                            m.d.sync += [so.eq(ident_layout().const(ident_value(cfg)).as_bits()),
+                                         todo.eq(nbytes(ident_layout().size))]
+                            goto("SEND")
+                        with m.Elif(hdr.cmd == Cmd.READ_COUNTERS):
+                            goto("LOAD_CTR")
+                        with m.Else():
+                            goto("RD_WORD")
             with m.State("LOAD_CTR"):  # ``ctr`` was set a cycle or more ago (RESP, SEND)
                 m.d.sync += [so.eq(self.counters.value), todo.eq(cb), ctr.eq(ctr + 1),
                              ctr_more.eq(ctr + 1 < len(COUNTERS))]

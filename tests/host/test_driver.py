@@ -4,8 +4,8 @@ import pytest
 
 from accel.config import PRESETS
 from accel.counters import TRAFFIC
-from accel.layouts import BufId, buffer_shapes, pack_word
-from accel.protocol import BUF_ARGS, FRAME_OVERHEAD, Cmd, nbytes, word_bytes
+from accel.layouts import BufId, buffer_shapes, descriptor_layout, pack_word
+from accel.protocol import BUF_ARGS, FRAME_OVERHEAD, Cmd, chain_payload, nbytes, word_bytes
 from accel.requests import buf_args, write_buf_payloads
 from host.driver import Device, DeviceError, LinkError
 from host.run import run_model
@@ -51,6 +51,52 @@ def test_a_buffer_request_of_the_wrong_length_is_refused_and_the_next_one_runs(s
     words = [-1 - 1000 * i for i in range(3)]
     dev.write(BufId.START, words, 5)
     assert dev.read(BufId.START, 5, 3) == words
+    t.close()
+
+
+def test_a_chain_runs_its_requests_in_order_and_stops_at_the_first_refused(sim):
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+
+    def write(addr, words):  # a WRITE_BUF of START words, as a CHAIN part
+        (payload,) = write_buf_payloads(CFG, BufId.START, words, addr)
+        return Cmd.WRITE_BUF, payload
+
+    old = [-7] * 12
+    dev.write(BufId.START, old, 0)
+    assert dev.request(Cmd.CHAIN, chain_payload([write(0, [1, 2]), write(4, [3])])) == b""
+    assert dev.read(BufId.START, 0, 6) == [1, 2, -7, -7, 3, -7]
+    # refused in the middle (past the buffer's end; a read; a header the frame cannot
+    # hold): the requests before it ran, none after it, and the link is clean after it
+    past = (Cmd.WRITE_BUF, buf_args(BufId.START, buffer_shapes(CFG)[BufId.START][1], 1)
+            + bytes(word_bytes(CFG)[BufId.START]))
+    read = (Cmd.READ_BUF, buf_args(BufId.START, 0, 1))
+    with pytest.raises(ValueError, match="cannot carry READ_BUF"):
+        chain_payload([read])  # the host does not build it; the core refuses it too
+    # a RUN whose descriptor breaks a rule (rows 0) is refused after its payload is in
+    desc = (Cmd.RUN, bytes(nbytes(descriptor_layout(CFG).size)))
+    for bad, tail in ((past, b""), (read, b""), (desc, b""), (write(9, [9]), b"\x02\x05")):
+        dev.write(BufId.START, old, 0)
+        payload = b"".join(bytes([c.value]) + len(p).to_bytes(2, "little") + p
+                           for c, p in (write(1, [5]), bad)) + tail
+        if tail == b"":
+            payload += chain_payload([write(2, [6])])
+        with pytest.raises(DeviceError, match="CHAIN .* refused: ERR_ARG"):
+            dev.request(Cmd.CHAIN, payload)
+        got = dev.read(BufId.START, 0, 12)
+        assert got[1] == 5 and got[2] == -7, bad[0]
+        assert got[9] == (9 if tail else -7)  # before the bad tail: it ran
+    # a request claiming more bytes than the frame has left is not run
+    (p,) = write_buf_payloads(CFG, BufId.START, [8], 3)
+    with pytest.raises(DeviceError, match="CHAIN .* refused: ERR_ARG"):
+        dev.request(Cmd.CHAIN, bytes([Cmd.WRITE_BUF.value]) + (len(p) + 1).to_bytes(2, "little")
+                    + p)
+    assert dev.read(BufId.START, 3, 1) == [-7]
+    # sent again with its seq (its answer lost), a CHAIN is answered OK and not run again
+    dev.request(Cmd.CHAIN, chain_payload([write(0, [11]), write(1, [12])]))
+    assert dev._transact(Cmd.CHAIN, chain_payload([write(0, [21]), write(1, [22])]), dev.seq,
+                         1.0) == b""
+    assert dev.read(BufId.START, 0, 2) == [11, 12]
     t.close()
 
 

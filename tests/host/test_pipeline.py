@@ -12,6 +12,7 @@ from accel.protocol import (
     FRAME_OVERHEAD,
     LENGTH_LIMIT,
     RX_FIFO_BYTES,
+    SUB_HEADER_BYTES,
     Cmd,
     FrameDecoder,
     encode_frame,
@@ -83,9 +84,14 @@ def test_what_follows_the_first_request_fits_the_receive_fifo():
     assert _cmds(groups) == [["RUN"], ["WRITE_BUF", "WRITE_BUF"], ["WRITE_BUF", "READ_BUF"]]
     for g in groups:
         assert sum(len(r.payload) + FRAME_OVERHEAD for r in g[1:]) <= RX_FIFO_BYTES
-    cost = link_cost(CFG, reqs)
+    cost = link_cost(CFG, reqs, max_payload=None)  # each request its own frame
     assert (cost["waits"], cost["frames_tx"]) == (3, 5)
-    assert link_cost(CFG, reqs, 0)["waits"] == 5
+    assert link_cost(CFG, reqs, 0, max_payload=None)["waits"] == 5
+    # as the driver sends them: the RUN and the writes are one CHAIN, the read behind it
+    cost = link_cost(CFG, reqs)
+    assert (cost["waits"], cost["frames_tx"]) == (1, 2)
+    assert cost["bytes_tx"] == sum(len(r.payload) + SUB_HEADER_BYTES for r in reqs[:4]) + len(
+        reqs[4].payload) + 2 * FRAME_OVERHEAD
 
 
 class _LoseAnswer:
@@ -123,11 +129,11 @@ class _LoseAnswer:
         self.inner.close()
 
 
-@pytest.mark.parametrize("cmd", [(Cmd.RUN, True), (Cmd.READ_BUF, True), (Cmd.EXPAND, False)])
+@pytest.mark.parametrize("cmd", [(Cmd.CHAIN, True), (Cmd.READ_BUF, True), (Cmd.CHAIN, False)])
 def test_a_lost_answer_in_a_group_is_recovered_without_running_twice(sim, cmd):
-    """Also the answer to an EXPAND (CFG has the encoder; nothing is sent behind one in
-    practice): it is sent again with its seq and not run again (its counters equal the
-    prediction)."""
+    """A tile's writes, EXPAND (CFG has the encoder) and RUN go as one CHAIN, reads behind
+    it: a CHAIN whose answer is lost is sent again with its seq and not run again (the
+    busy cycles and the encoder's counters equal the prediction)."""
     call = _call(11, m=20, k=45, n=CFG.lanes + 9)  # two output slices, K tiles
     t = _LoseAnswer(SerialTransport(sim.url), *cmd)
     dev = Device(t, CFG, **FAST)

@@ -5,21 +5,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accel.protocol import (
+    CHAINABLE,
     CRC_BYTES,
     FRAME_OVERHEAD,
     HEADER,
     HEADER_BYTES,
     MAX_PAYLOAD,
     SOF,
+    SUB_HEADER_BYTES,
     Cmd,
     Frame,
     FrameDecoder,
     FrameError,
     Status,
+    chain_payload,
     crc32,
     decode_header,
     encode_frame,
     encode_header,
+    parse_chain,
 )
 
 
@@ -29,7 +33,7 @@ def test_codes_are_the_documented_ones():
     assert {c.name: c.value for c in Cmd} == {
         "IDENTIFY": 0x01, "WRITE_BUF": 0x02, "READ_BUF": 0x03, "RUN": 0x04,
         "READ_COUNTERS": 0x05, "RESET_COUNTERS": 0x06, "ABORT": 0x07, "LOAD": 0x08,
-        "LOAD_RUN": 0x09, "EXPAND": 0x0A, "WRITE_ROWS": 0x0B}
+        "LOAD_RUN": 0x09, "EXPAND": 0x0A, "WRITE_ROWS": 0x0B, "CHAIN": 0x0C}
     assert {s.name: s.value for s in Status} == {
         "OK": 0x80, "ERR_CRC": 0x81, "ERR_LENGTH": 0x82, "ERR_COMMAND": 0x83,
         "ERR_ARG": 0x84, "ERR_TIMEOUT": 0x85, "ERR_FAULT": 0x86}
@@ -159,3 +163,18 @@ def test_bad_decoder_arguments_are_refused():
     with pytest.raises(ValueError) as exc:
         decode_header(b"\x01\x02")
     assert str(exc.value) == "a header is 4 bytes, not 2"
+
+
+def test_a_chain_payload_parses_back_and_refuses_what_it_cannot_carry():
+    parts = [(Cmd.WRITE_BUF, bytes(range(9))), (Cmd.EXPAND, b""), (Cmd.RUN, b"\x01" * 300)]
+    payload = chain_payload(parts)
+    assert len(payload) == sum(SUB_HEADER_BYTES + len(p) for _, p in parts)
+    assert payload[:3] == bytes([Cmd.WRITE_BUF.value, 9, 0])  # cmd, length little-endian
+    assert parse_chain(payload) == [(c.value, p) for c, p in parts]
+    for cmd in set(Cmd) - CHAINABLE:
+        with pytest.raises(ValueError, match=f"cannot carry {cmd.name}"):
+            chain_payload([(cmd, b"")])
+    with pytest.raises(ValueError, match="2 stray bytes"):
+        parse_chain(payload + b"\x02\x00")
+    with pytest.raises(ValueError, match="declares 300 bytes, 299 left"):
+        parse_chain(payload[:-1])
