@@ -316,6 +316,15 @@ class Executor(wiring.Component):
             m.d.sync += sr.eq(shifted_in)
         with m.Elif(data_in.o.valid & sr_move["up"]):  # in WR_ROW
             m.d.sync += sr.eq(Cat(byte_in, sr[:-8]))
+        def take_bytes(then: str):
+            """Take ``todo`` payload bytes (into sr, by the state's move flag), then go
+            to ``then``."""
+            m.d.comb += data_in.o.ready.eq(1)
+            with m.If(data_in.o.valid):
+                m.d.sync += [got.eq(got + 1), todo.eq(todo - 1)]
+                with m.If(todo == 1):
+                    goto(then)
+
         # what the request families' states (hw.executor_buf) read and write, by name
         e = SimpleNamespace(
             addr=addr, args=args, args_bad=args_bad, body=body, bpw=bpw,
@@ -328,7 +337,7 @@ class Executor(wiring.Component):
             row_lanes=row_lanes, row_len=row_len, rows_need=rows_need,
             shapes=shapes, so=so, sr=sr, status=status, todo=todo, wbytes=wbytes,
             word_from_sr=word_from_sr, words=words, x_cmd=x_cmd, x_wdata=x_wdata,
-            strobes=self.strobes, dram=self.dram)
+            take_bytes=take_bytes, strobes=self.strobes, dram=self.dram)
         def dispatch(h, sub: bool):
             """Start request ``h`` (a frame's header, or a CHAIN's ``sub`` request's): check
             its length against its command and go where its payload is taken."""
@@ -393,11 +402,7 @@ class Executor(wiring.Component):
             # a CHAIN's requests: each one's SUB_HEADER into sr, then into hdr (cmd and
             # length; the seq stays the frame's), checked against the frame's rest, run
             with m.State("SUB_HDR"):
-                m.d.comb += data_in.o.ready.eq(1)
-                with m.If(data_in.o.valid):
-                    m.d.sync += [got.eq(got + 1), todo.eq(todo - 1)]
-                    with m.If(todo == 1):
-                        goto("SUB_LATCH")
+                take_bytes("SUB_LATCH")
             with m.State("SUB_LATCH"):
                 sh = SUB_HEADER(word_from_sr(SUB_HEADER_BYTES)[:SUB_HEADER.size])
                 m.d.sync += [hdr.cmd.eq(sh.cmd), hdr.length.eq(sh.length),
@@ -423,11 +428,7 @@ class Executor(wiring.Component):
                     m.d.sync += todo.eq(SUB_HEADER_BYTES)
                     goto("SUB_HDR")
             with m.State("ARGS"):  # collect the fixed arguments into sr
-                m.d.comb += data_in.o.ready.eq(1)
-                with m.If(data_in.o.valid):
-                    m.d.sync += [got.eq(got + 1), todo.eq(todo - 1)]
-                    with m.If(todo == 1):
-                        goto("CHECK")
+                take_bytes("CHECK")
             with m.State("CHECK"):
                 with m.Switch(check_cmd):
                     with m.Case(Cmd.RUN):

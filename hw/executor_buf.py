@@ -36,11 +36,7 @@ def row_states(m: Module, e: SimpleNamespace) -> None:
             m.d.sync += e.todo.eq(e.row_len)
             e.goto("WR_ROW")
     with m.State("WR_ROW"):  # a row's bytes in at the bottom, top lane first
-        m.d.comb += e.data_in.o.ready.eq(1)
-        with m.If(e.data_in.o.valid):
-            m.d.sync += [e.got.eq(e.got + 1), e.todo.eq(e.todo - 1)]
-            with m.If(e.todo == 1):
-                e.goto("WR_ROW_WORD")
+        e.take_bytes("WR_ROW_WORD")
     with m.State("WR_ROW_WORD"):
         m.d.comb += [e.hb.wr_en.eq(1), e.hb.wr_buf.eq(BufId.WEIGHTS),
                      e.hb.wr_addr.eq(e.addr), e.hb.wr_data.eq(e.sr),
