@@ -67,10 +67,17 @@ def load_states(m: Module, e: SimpleNamespace) -> None:
                 with m.Case(b):
                     m.d.sync += [e.load_words.eq(e.largs.count * dram_words(e.cfg, b)),
                                  e.load_bad.eq(e.largs.addr + e.largs.count > e.shapes[b][1])]
+        e.goto("LOAD_SRC")
+    with m.State("LOAD_SRC"):
+        # and the source range, registered too: the add and its compare do not feed the
+        # FSM's next state (timing: load_words -> this compare -> the FSM, the 16-lane
+        # critical path once CHAIN had grown the FSM)
+        with m.If(e.largs.src + e.load_words > 1 << e.cfg.dram_addr_bits):
+            m.d.sync += e.load_bad.eq(1)
         e.goto("LOAD_CHECK")
     with m.State("LOAD_CHECK"):
         # a refused copy ends the request (the ones before it have started)
-        with m.If(e.load_bad | (e.largs.src + e.load_words > 1 << e.cfg.dram_addr_bits)):
+        with m.If(e.load_bad):
             m.d.sync += e.status.eq(Status.ERR_ARG)
             e.goto("DRAIN")
         with m.Elif(e.largs.count == 0):
