@@ -156,7 +156,8 @@ def chain_payload(parts: list[tuple[Cmd, bytes]]) -> bytes:
     for cmd, payload in parts:
         if cmd not in CHAINABLE:
             raise ValueError(f"a CHAIN cannot carry {cmd.name}")
-        out += bytes([cmd.value]) + len(payload).to_bytes(2, "little") + payload
+        head = SUB_HEADER.const({"cmd": cmd.value, "length": len(payload)}).as_value().value
+        out += head.to_bytes(SUB_HEADER_BYTES, "little") + payload
     return bytes(out)
 
 
@@ -167,11 +168,12 @@ def parse_chain(payload: bytes) -> list[tuple[int, bytes]]:
     while i < len(payload):
         if i + SUB_HEADER_BYTES > len(payload):
             raise ValueError(f"CHAIN: {len(payload) - i} stray bytes at {i}, not a header")
-        n = int.from_bytes(payload[i + 1:i + SUB_HEADER_BYTES], "little")
+        head = SUB_HEADER.from_bits(int.from_bytes(payload[i:i + SUB_HEADER_BYTES], "little"))
+        n = int(head.length)
         body = payload[i + SUB_HEADER_BYTES:i + SUB_HEADER_BYTES + n]
         if len(body) != n:
             raise ValueError(f"CHAIN: the request at {i} declares {n} bytes, {len(body)} left")
-        out.append((payload[i], body))
+        out.append((int(head.cmd), body))
         i += SUB_HEADER_BYTES + n
     return out
 
