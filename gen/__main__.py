@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--freq", type=float, default=None,
                    help="place-and-route target, MHz (default 100); without --pnr, the board "
                         "clock's limit (a measured Fmax) that the board estimate charges "
-                        "(default: the 25 MHz oscillator)")
+                        "(default: the 25 MHz oscillator). The sizer chooses only designs no "
+                        "larger than one placed at this clock (default 75; gen/placed.json)")
     b.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     b.add_argument("--seeds", type=int, default=1,
                    help="place and route with this many seeds from --seed on, in parallel "

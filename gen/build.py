@@ -40,6 +40,7 @@ from models.energy import load_table
 from models.generate import decode_trace
 
 from . import cache, flow, report
+from .placed import SIZING_CLOCK_MHZ, Envelope
 from .program import compile_program, link_description
 from .resources import TARGETS, Budget, estimate
 from .sizing import OBJECTIVES, Sizing, predicted_cycles, size
@@ -88,6 +89,12 @@ class BuildOptions:
     def freq(self) -> float:
         """The place-and-route target, and the board clock's limit without ``--pnr``."""
         return PNR_TARGET_MHZ if self.freq_mhz is None else self.freq_mhz
+
+    @property
+    def sizing_clock(self) -> float:
+        """The clock the sizer's choice must be proven at (``gen.placed``): ``--freq``, else
+        :data:`gen.placed.SIZING_CLOCK_MHZ`."""
+        return SIZING_CLOCK_MHZ if self.freq_mhz is None else self.freq_mhz
 
     @property
     def clocked(self) -> bool:
@@ -245,12 +252,15 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
                                    baselines.MEMORY_MODELS["predicted"],
                                    preds=preds)[0]["energy_pj"]["total"]
 
-    sizing = size(works, budget, fixed=o.fixed, objective=o.objective, energy_of=energy_of)
+    clock = Envelope.at(o.sizing_clock)
+    sizing = size(works, budget, fixed=o.fixed, objective=o.objective, energy_of=energy_of,
+                  clock=clock)
     cfg: AccelConfig = sizing.chosen.cfg
     versus_prefill = None
     if decode:
-        versus_prefill = decode_sizing(sizing, size(prefill_works, budget, fixed=o.fixed),  # speed
-                                       works, prefill_works, o.decode_steps, len(ids))
+        prefill = size(prefill_works, budget, fixed=o.fixed, clock=clock)  # speed
+        versus_prefill = decode_sizing(sizing, prefill, works, prefill_works, o.decode_steps,
+                                       len(ids))
     del prefill_works
     done("size")
     step("baselines")
@@ -287,7 +297,8 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
                   "options": cache.jsonable(asdict(opts)), "conversion_cached": cached},
         "target": o.target, "budget": budget.as_dict(), "config": cfg.to_json(),
         "config_hash": cfg.hash_text,
-        "choice": {"why": sizing.why, "candidates": [c.as_dict() for c in sizing.candidates]},
+        "choice": {"why": sizing.why, "clock_mhz": clock.clock_mhz,
+                   "candidates": [c.as_dict() for c in sizing.candidates]},
         "resources": {"estimate": estimate(cfg).as_dict(), "synth": None},
         "fmax_mhz": None, "energy_table": o.energy_table or "default (Horowitz 45 nm)",
         "energy_table_pj": table, "layers": rows, "hybrid": hybrid, **versus,

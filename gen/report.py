@@ -127,7 +127,11 @@ def write_markdown(report: dict, path: Path) -> None:
     b = report["budget"]
     lines.append(f"| budget | {b['lut4']} | | {b['mult18x18d']} | {b['dp16kd']} |")
     if report.get("fmax_mhz"):
-        lines += ["", f"Fmax after place and route: {report['fmax_mhz']:.1f} MHz."]
+        clock = report["choice"].get("clock_mhz")
+        met = "" if clock is None else (
+            f" (the clock the sizer chose for, {clock:g} MHz: "
+            f"{'met' if report['fmax_mhz'] >= clock else 'MISSED'})")
+        lines += ["", f"Fmax after place and route: {report['fmax_mhz']:.1f} MHz{met}."]
     if report.get("link"):
         lines += ["", *link_lines(report["link"])]
     lines += ["", "## Layers", "",
@@ -148,14 +152,18 @@ def write_markdown(report: dict, path: Path) -> None:
         lines += baselines.markdown(report["hybrid"], "hybrid (predicted)",
                                     report["baselines"], report["reductions"])
     lines += ["", "## Candidates", "",
-              "| lanes | MAC units | weight rows | LUT4 | DSP | BRAM | cycles | bound |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| lanes | MAC units | weight rows | LUT4 | DSP | BRAM | cycles | clock proven "
+              "by | bound |", "|---|---|---|---|---|---|---|---|---|"]
     for k in report["choice"]["candidates"]:
         r = k["resources"]
         lines.append(f"| {k['lanes']} | {k['mac_units']} | {k['weight_depth']} | {r['lut4']} | "
                      f"{r['mult18x18d']} | {r['dp16kd']} | {k['cycles'] or '-'} | "
-                     f"{k['bound']} |")
+                     f"{_proven(k.get('placed'))} | {k['bound']} |")
     path.write_text("\n".join(lines) + "\n")
+
+
+def _proven(placed: dict | None) -> str:
+    return f"{placed['name']} at {placed['fmax_mhz']:g} MHz" if placed else "-"
 
 
 def plot(report: dict, path: Path) -> None:

@@ -13,6 +13,10 @@ worth their LUTs. With the ``energy`` objective it is instead the fitting candid
 predicted energy with memory (a caller's function of the configuration and its
 predictions) is least. Each candidate records what bound it (spike array, MAC array,
 output unit or the resource that refused it).
+
+Given a clock (:class:`gen.placed.Envelope`), a candidate must also be no larger than a
+design placed and routed at that clock or faster; one whose lanes and MAC units are both
+pinned is kept, with its clock called unproven (the user asked for it).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from accel.cycles import GemmPrediction, gemm_cycles
 from accel.encoder import codes_fit
 from accel.workload import GemmWork
 
+from .placed import Envelope, Placed
 from .resources import Budget, Resources, estimate
 
 
@@ -44,6 +49,7 @@ class Candidate:
     mac_work: int = 0
     out_work: int = 0
     energy_pj: float | None = None  #: predicted energy with memory (the energy objective)
+    placed: Placed | None = None  #: the placed design that vouches for its clock, if any
 
     @property
     def bound(self) -> str:
@@ -62,6 +68,7 @@ class Candidate:
                 "mac_event_depth": self.cfg.mac_event_depth,
                 "resources": self.res.as_dict(), "fits": not self.refused,
                 "cycles": self.cycles, "bound": self.bound, "energy_pj": self.energy_pj,
+                "placed": self.placed.as_dict() if self.placed else None,
                 "spike_util": self.spike_work / self.cycles if self.cycles else None,
                 "mac_util": self.mac_work / self.cycles if self.cycles else None}
 
@@ -127,13 +134,15 @@ SLACK = 0.02
 
 def size(works: list[GemmWork], budget: Budget, *, lanes: tuple[int, ...] = (8, 16, 32, 64,
          128, 256), slack: float = SLACK, fixed: dict | None = None, objective: str = "speed",
-         energy_of: Callable[[AccelConfig, list[GemmPrediction]], float] | None = None
-         ) -> Sizing:
+         energy_of: Callable[[AccelConfig, list[GemmPrediction]], float] | None = None,
+         clock: Envelope | None = None) -> Sizing:
     """Choose the configuration; raises :class:`DoesNotFit` when nothing fits.
 
     ``fixed`` pins configuration fields (``{"lanes": 64}``) instead of exploring them.
     ``objective`` ``"speed"``: the smallest within ``slack`` of the fastest; ``"energy"``:
     the least ``energy_of(cfg, predictions)`` (pJ with memory), then the fewest cycles.
+    ``clock``: refuse candidates larger than every design placed at its clock (none: no
+    timing check).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}")
@@ -152,8 +161,13 @@ def size(works: list[GemmWork], budget: Budget, *, lanes: tuple[int, ...] = (8, 
             cfg = replace(base, lanes=n_lanes, mac_units=u)
             cand = _fit_buffers(cfg, budget, fixed, works)
             cands.append(cand)
+    pinned = "lanes" in fixed and "mac_units" in fixed
     preds = {}
     for c in cands:
+        if clock is not None and not c.refused:
+            c.placed = clock.covering(c.res)
+            if c.placed is None and not pinned:
+                c.refused.append(clock.refusal(c.res))
         if not c.refused:
             try:
                 preds[id(c)] = evaluate(c, works)
@@ -161,12 +175,18 @@ def size(works: list[GemmWork], budget: Budget, *, lanes: tuple[int, ...] = (8, 
                 c.refused.append(str(e))
     fitting = [c for c in cands if not c.refused]
     if not fitting:
-        smallest = min(cands, key=lambda c: (c.res.bram, c.res.lut4))
+        # when some fit the die but not the clock, the smallest of those says why
+        timed = [c for c in cands if c.refused[0].startswith("timing:")]
+        smallest = (min(timed, key=lambda c: (c.res.lut4, c.res.dsp)) if timed
+                    else min(cands, key=lambda c: (c.res.bram, c.res.lut4)))
         raise DoesNotFit(
             f"no configuration fits the budget (LUT4 {budget.lut4}, MULT18X18D {budget.dsp}, "
-            f"DP16KD {budget.bram}); the smallest, lanes={smallest.cfg.lanes} mac_units="
-            f"{smallest.cfg.mac_units} weight_depth={smallest.cfg.weight_depth} max_rows="
-            f"{smallest.cfg.max_rows}: {'; '.join(smallest.refused)}")
+            f"DP16KD {budget.bram}{_clock_text(clock)}); the smallest, lanes="
+            f"{smallest.cfg.lanes} mac_units={smallest.cfg.mac_units} weight_depth="
+            f"{smallest.cfg.weight_depth} max_rows={smallest.cfg.max_rows}: "
+            f"{'; '.join(smallest.refused)}"
+            + ("; pin lanes and mac_units (--fix) to build a design larger than the placed "
+               "ones anyway, or size for a lower clock (--freq)" if timed else ""))
     fastest = min(fitting, key=lambda c: c.cycles)
     why = (f"{len(cands)} candidates, {len(fitting)} fit the budget; the fastest "
            f"(lanes={fastest.cfg.lanes}, mac_units={fastest.cfg.mac_units}) needs "
@@ -186,7 +206,16 @@ def size(works: list[GemmWork], budget: Budget, *, lanes: tuple[int, ...] = (8, 
     why += (f", bound by the {chosen.bound}; spike array "
             f"{chosen.spike_work / chosen.cycles:.0%} busy, MAC array "
             f"{chosen.mac_work / chosen.cycles:.0%} busy)")
+    if clock is not None:
+        why += (f"; its clock: no larger than {chosen.placed.name}, placed at "
+                f"{chosen.placed.fmax_mhz:g} MHz ({chosen.placed.commit})" if chosen.placed
+                else f"; its clock is unproven: larger than every design placed at "
+                     f"{clock.clock_mhz:g} MHz or faster")
     return Sizing(chosen, cands, preds[id(chosen)], why)
+
+
+def _clock_text(clock: Envelope | None) -> str:
+    return "" if clock is None else f", no larger than a design placed at {clock.clock_mhz:g} MHz"
 
 
 def _fit_buffers(cfg: AccelConfig, budget: Budget, fixed: dict,

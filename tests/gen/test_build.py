@@ -98,6 +98,11 @@ def test_a_second_build_reuses_the_conversion_and_the_verilog(tmp_path):
         clocks = [r["link"][name]["board"]["clock_hz"] for r in reps]
         assert clocks == [BOARD_CLOCK_HZ, board["clock_hz"], BOARD_CLOCK_HZ]
     assert [r["model"]["conversion_cached"] for r in reps] == [False, True, False]
+    # the sizer's clock is --freq, else 75 MHz; the choice names the placed design that
+    # vouches for it (gen.placed)
+    assert [r["choice"]["clock_mhz"] for r in reps] == [75.0, 60.0, 75.0]
+    chosen = [c for c in reps[0]["choice"]["candidates"] if c["lanes"] == 8 and c["fits"]]
+    assert chosen and all(c["placed"]["fmax_mhz"] >= 75.0 for c in chosen)
     for d in "bc":
         for f in ("spikellm_top.v", "model/tensors.safetensors", "program.json"):
             assert (tmp_path / d / f).read_bytes() == (tmp_path / "a" / f).read_bytes(), f

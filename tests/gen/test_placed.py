@@ -1,0 +1,96 @@
+"""The sizer's clock: it chooses only designs no larger than one placed and routed at the
+clock (``gen.placed``), keeps a pinned one with its clock called unproven, and refuses
+with a way out when nothing placed met the clock."""
+
+import json
+
+import pytest
+
+from accel.workload import measure, sample_ids
+from gen.placed import PLACED_JSON, SIZING_CLOCK_MHZ, Envelope, Placed, load
+from gen.resources import TARGETS
+from gen.sizing import DoesNotFit, size
+
+
+@pytest.fixture(scope="module")
+def works(tiny_llama_cm, tiny_llama):
+    return measure(tiny_llama_cm, sample_ids(tiny_llama, 32))[0]
+
+
+@pytest.fixture(scope="module")
+def free(works):
+    """The sizing with no clock: every candidate that fits the die."""
+    return size(works, TARGETS["ulx3s-85f"])
+
+
+def _placed(free, lanes, units, fmax):
+    c = next(c for c in free.candidates if (c.cfg.lanes, c.cfg.mac_units) == (lanes, units))
+    return Placed(f"{lanes}/{units}", "test", "none", 1, fmax, c.cfg)
+
+
+def test_the_choice_is_the_fastest_within_the_designs_that_met_the_clock(works, free):
+    # the free choice is wider than 8 lanes / 2 units, so a clock only that design met
+    # changes it
+    assert (free.chosen.cfg.lanes, free.chosen.cfg.mac_units) != (8, 2)
+    wide = free.chosen.cfg
+    rows = (_placed(free, 8, 2, 90.0), _placed(free, wide.lanes, wide.mac_units, 60.0))
+    s = size(works, TARGETS["ulx3s-85f"], clock=Envelope.at(75.0, rows))
+    small = rows[0]
+    for c in s.candidates:
+        inside = c.res.lut4 <= small.res.lut4 and c.res.dsp <= small.res.dsp
+        timed = [r for r in c.refused if r.startswith("timing:")]
+        assert bool(timed) == (not inside and not TARGETS["ulx3s-85f"].over(c.res)), c.cfg
+        assert (c.placed is small) == inside
+    assert s.chosen.placed is small and "no larger than 8/2, placed at 90 MHz" in s.why
+    inside = [c for c in s.candidates if not c.refused]
+    assert s.chosen.cycles <= min(c.cycles for c in inside) * 1.02
+    # at 60 MHz the free choice vouches for itself: the choice is the free one again
+    low = size(works, TARGETS["ulx3s-85f"], clock=Envelope.at(60.0, rows))
+    assert low.chosen.cfg == free.chosen.cfg and low.chosen.cycles < s.chosen.cycles
+
+
+def test_a_pinned_design_outside_the_envelope_is_built_and_called_unproven(works, free):
+    rows = (_placed(free, 8, 2, 90.0),)
+    s = size(works, TARGETS["ulx3s-85f"], fixed={"lanes": 32, "mac_units": 8},
+             clock=Envelope.at(75.0, rows))
+    assert (s.chosen.cfg.lanes, s.chosen.cfg.mac_units) == (32, 8)
+    assert s.chosen.placed is None and "its clock is unproven" in s.why
+    # pinning lanes alone still explores the units, so the envelope still holds
+    with pytest.raises(DoesNotFit, match=r"timing: larger than every design placed at 75 MHz"
+                                         r".*pin lanes and mac_units \(--fix\)"):
+        size(works, TARGETS["ulx3s-85f"], fixed={"lanes": 32}, clock=Envelope.at(75.0, rows))
+
+
+def test_a_clock_no_design_met_is_refused_saying_so(works, free):
+    rows = (_placed(free, 8, 2, 90.0),)
+    with pytest.raises(DoesNotFit, match=r"no larger than a design placed at 120 MHz.*"
+                                         r"timing: no placed design met 120 MHz"):
+        size(works, TARGETS["ulx3s-85f"], clock=Envelope.at(120.0, rows))
+    with pytest.raises(ValueError, match="sizing clock must be positive"):
+        Envelope.at(0.0, rows)
+
+
+def test_the_placed_designs_load_and_the_minilm_one_has_64_lanes():
+    rows = load()
+    assert rows and all(p.fmax_mhz > 0 and p.res.lut4 > 0 for p in rows)
+    env = Envelope.at(SIZING_CLOCK_MHZ)
+    # issue 12's floor: a design of at least 64 spike lanes is placed at 75 MHz or faster,
+    # so the default MiniLM sizing may choose one
+    assert max(p.cfg.lanes for p in env.placed) >= 64
+    # each row's own configuration is inside the envelope at its own clock
+    for p in rows:
+        assert Envelope.at(p.fmax_mhz, rows).covering(p.res) is not None
+
+
+def test_a_malformed_row_is_refused_naming_it(tmp_path):
+    doc = json.loads(PLACED_JSON.read_text())
+    doc["placed"][0].pop("fmax_mhz")
+    bad = tmp_path / "placed.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"placed.json: row 0 \(tiny-llama.*fmax_mhz"):
+        load(bad)
+    doc = json.loads(PLACED_JSON.read_text())
+    doc["placed"][1]["config"]["lanes"] = 3
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"row 1 \(minilm"):
+        load(bad)
