@@ -12,14 +12,14 @@ from amaranth.lib import fifo, wiring
 
 from accel.board import LINK_TIMEOUT_S, BoardClock, choose_clock
 from accel.config import AccelConfig
-from accel.protocol import BAUD
+from accel.protocol import BAUD, RX_FIFO_BYTES
 
 from .sdram import Sdram
 from .top import Top
 from .uart import UartRx, UartTx
 
-#: Receive FIFO depth (bytes).
-RX_FIFO = 512
+#: Receive FIFO depth (bytes): the host's pipelining window (``accel.protocol``) is its size.
+RX_FIFO = RX_FIFO_BYTES
 
 
 def pll(m: Module, clock: BoardClock, clk_in, locked) -> Signal:
