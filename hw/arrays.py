@@ -348,13 +348,9 @@ class MacArray(wiring.Component):
         # read-modify-write of the word the pending products belong to; whether that word
         # holds a sum (``touched``) is looked up as the products are made and registered
         # (``p_live``), so the word's address reaches only the LUT RAM before the add
-        # (timing). The lookup sees this cycle's write (one word a cycle: with
-        # one sweep cycle a row, consecutive products add into the same word); ``wb`` holds
-        # while products are in flight (a row commits only once they are added), so the
-        # word written now is the one looked up when ``p_c == a_c``: a compare of a few
-        # bits, not the next ``touched`` vector through a mux (timing: that was the 64-lane
-        # design's worst path). A release never clears row ``wb`` while its products are
-        # in flight: they were made while it was free, and it fills only at their END.
+        # (timing). The lookup sees this cycle's write (one word a cycle: with one sweep
+        # cycle a row, consecutive products add into the same word); ``wb`` holds while
+        # products are in flight (a row commits only once they are added).
         word = Signal(range(banks * mc))
         touched_nxt = Signal.like(touched)
         p_live = Signal()
@@ -362,8 +358,7 @@ class MacArray(wiring.Component):
                      acc_wr.en.eq(p_valid)]
         with m.If(a_valid):
             m.d.sync += [p_c.eq(a_c), p_shift.eq(a_shift),
-                         p_live.eq(touched.bit_select(wb * mc + a_c, 1)
-                                    | (p_valid & (p_c == a_c)))]
+                         p_live.eq(touched_nxt.bit_select(wb * mc + a_c, 1))]
         live = p_live
         for u in range(units):
             m.d.comb += acc_wr.data[u].eq(Mux(live, rmw.data[u], 0) + (prods[u] << p_shift))
