@@ -33,6 +33,8 @@ from .resources import Resources, estimate
 #: The clock the sizer makes sure of without ``--freq`` (issue 12's floor; LiteX's tested
 #: default on ECP5 boards), MHz.
 SIZING_CLOCK_MHZ = 75.0
+#: How a refusal for the clock begins (the sizer tells these from resource refusals).
+TIMING = "timing: "
 #: The measured designs, kept beside this module.
 PLACED_JSON = Path(__file__).with_name("placed.json")
 
@@ -98,8 +100,8 @@ class Envelope:
     def refusal(self, res: Resources) -> str:
         """Why ``res`` is outside the envelope (for the candidate's refusal)."""
         if not self.placed:
-            return f"timing: no placed design met {self.clock_mhz:g} MHz"
+            return f"{TIMING}no placed design met {self.clock_mhz:g} MHz"
         widest = max(self.placed, key=lambda p: p.res.lut4)
-        return (f"timing: larger than every design placed at {self.clock_mhz:g} MHz or "
+        return (f"{TIMING}larger than every design placed at {self.clock_mhz:g} MHz or "
                 f"faster (LUT4 {res.lut4}, MULT18X18D {res.dsp}; the largest, {widest.name}, "
                 f"{widest.res.lut4} / {widest.res.dsp} at {widest.fmax_mhz:g} MHz)")

@@ -29,7 +29,7 @@ from accel.cycles import GemmPrediction, gemm_cycles
 from accel.encoder import codes_fit
 from accel.workload import GemmWork
 
-from .placed import Envelope, Placed
+from .placed import TIMING, Envelope, Placed
 from .resources import Budget, Resources, estimate
 
 
@@ -176,7 +176,7 @@ def size(works: list[GemmWork], budget: Budget, *, lanes: tuple[int, ...] = (8, 
     fitting = [c for c in cands if not c.refused]
     if not fitting:
         # when some fit the die but not the clock, the smallest of those says why
-        timed = [c for c in cands if c.refused[0].startswith("timing:")]
+        timed = [c for c in cands if c.refused[0].startswith(TIMING)]
         smallest = (min(timed, key=lambda c: (c.res.lut4, c.res.dsp)) if timed
                     else min(cands, key=lambda c: (c.res.bram, c.res.lut4)))
         raise DoesNotFit(

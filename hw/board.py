@@ -18,9 +18,6 @@ from .sdram import Sdram
 from .top import Top
 from .uart import UartRx, UartTx
 
-#: Receive FIFO depth (bytes): the host's pipelining window (``accel.protocol``) is its size.
-RX_FIFO = RX_FIFO_BYTES
-
 
 def pll(m: Module, clock: BoardClock, clk_in, locked) -> Signal:
     """Instantiate the EHXPLLL for ``clock`` (feedback from CLKOP, phase 0, as Lattice's
@@ -61,7 +58,7 @@ class Ulx3sTop(wiring.Component):
                                        link_timeout=round(clock.clock_hz * LINK_TIMEOUT_S))
         m.submodules.uart_rx = urx = UartRx(clock.divisor)
         m.submodules.uart_tx = utx = UartTx(clock.divisor)
-        m.submodules.rx_fifo = q = fifo.SyncFIFOBuffered(width=8, depth=RX_FIFO)
+        m.submodules.rx_fifo = q = fifo.SyncFIFOBuffered(width=8, depth=RX_FIFO_BYTES)
         wiring.connect(m, urx.out, q.w_stream)
         wiring.connect(m, q.r_stream, core.rx)
         wiring.connect(m, core.tx, utx.data)
