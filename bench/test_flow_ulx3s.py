@@ -42,3 +42,7 @@ def test_minilm_ulx3s_synth_and_pnr(tmp_path, design):
     assert res["mult18x18d"] <= b["mult18x18d"]
     assert p["fmax_mhz"] and (out / "synth" / "timing.md").exists()
     assert rep["board"]["clock_hz"] <= p["fmax_mhz"] * 1e6
+    # the row that records this measurement in gen/placed.json (gen.placed)
+    row = rep["placed_row"]
+    assert row["design"] == p["design"] and row["fmax_mhz"] == p["fmax_mhz"]
+    print("placed.json row:", json.dumps(row))

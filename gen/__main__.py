@@ -1,6 +1,7 @@
 """Command line: ``python -m gen build --model NAME_OR_DIR --out DIR``, and
 ``python -m gen estimate --arch NAME_OR_CONFIG`` (per-token cost at a model's full size from
-its configuration alone: docs/estimate.md).
+its configuration alone: docs/estimate.md), and ``python -m gen placed`` (the placed designs
+the sizer's clock rests on, and whether the present gateware still emits each).
 
 Converts the model, measures its GEMMs on calibration text, sizes the accelerator for the
 target's budget and writes into DIR: the Verilog (``spikellm_top.v``), ``config.json``, the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from accel.board import FAST_BAUD
 from hw.device import SIM_DRAMS
@@ -26,6 +28,7 @@ from models.arch import BUILTIN, UnsupportedModelError
 
 from .build import WORKLOADS, BuildOptions, build, decode_sizing_text, one_line
 from .flow import FlowError
+from .placed import load, stale_warning
 from .resources import TARGETS, Budget
 from .sizing import OBJECTIVES, DoesNotFit
 
@@ -107,9 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-cache", action="store_true",
                    help="convert and emit afresh (default: reuse ~/.cache/spikellm results)")
     _estimate_parser(sub)
+    pl = sub.add_parser("placed", help="the placed designs the sizer's clock rests on "
+                        "(gen/placed.json), and whether the present gateware still emits "
+                        "each; exit status 1 when one is stale")
+    pl.add_argument("--file", help="another placed.json (default: the one beside gen/placed.py)")
     a = p.parse_args(argv)
     if a.cmd == "estimate":
         return _run_estimate(a)
+    if a.cmd == "placed":
+        return _run_placed(a)
     try:
         rep = build(BuildOptions(
             model=a.model, out=a.out, target=a.target, budget=a.budget, encoding=a.encoding,
@@ -134,7 +143,29 @@ def main(argv: list[str] | None = None) -> int:
           + (" (decode)" if a.workload == "decode" else ""))
     if "decode_sizing" in rep:
         print(decode_sizing_text(rep["decode_sizing"]))
+    warn = stale_warning(rep["choice"]["clock_proof"])
+    if warn:
+        print(f"warning: {warn}", file=sys.stderr)
     return 0
+
+
+def _run_placed(a) -> int:
+    """``python -m gen placed``: the placed designs, and which the present gateware still
+    emits (a stale row's clock is of other gateware)."""
+    try:
+        rows = load(Path(a.file)) if a.file else load()
+    except (OSError, ValueError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    stale = 0
+    print("| design | Fmax (MHz) | seed | commit | LUT4 est. | MULT18X18D est. | current |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        now = r.current()
+        stale += not now
+        print(f"| {r.name} | {r.fmax_mhz:g} | {r.seed} | {r.commit} | {r.res.lut4} | "
+              f"{r.res.dsp} | {'yes' if now else 'STALE'} |")
+    return 1 if stale else 0
 
 
 def _estimate_parser(sub) -> None:

@@ -39,7 +39,7 @@ from models.encodings import Encoding
 from models.energy import load_table
 from models.generate import decode_trace
 
-from . import cache, flow, report
+from . import cache, flow, placed, report
 from .placed import SIZING_CLOCK_MHZ, Envelope
 from .program import compile_program, link_description
 from .resources import TARGETS, Budget, estimate
@@ -298,6 +298,8 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
         "target": o.target, "budget": budget.as_dict(), "config": cfg.to_json(),
         "config_hash": cfg.hash_text,
         "choice": {"why": sizing.why, "clock_mhz": clock.clock_mhz,
+                   "clock_proof": (sizing.chosen.placed.proof(cfg, o.cache)
+                                   if sizing.chosen.placed else None),
                    "candidates": [c.as_dict() for c in sizing.candidates]},
         "resources": {"estimate": estimate(cfg).as_dict(), "synth": None},
         "fmax_mhz": None, "energy_table": o.energy_table or "default (Horowitz 45 nm)",
@@ -321,7 +323,12 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
         step("pnr")
         p = flow.pnr_sweep(out / "synth", o.freq, list(o.seeds))
         rep["fmax_mhz"] = p["fmax_mhz"]
-        rep["pnr"] = p
+        rep["pnr"] = {**p, "design": cache.design_digest(cfg, o.cache)}
+        rep["placed_row"] = placed.row(
+            rep, f"{o.model}, {cfg.lanes} lanes / {cfg.mac_units} MAC units",
+            f"python -m gen build --model {o.model} --target {o.target} "
+            f"--fix lanes={cfg.lanes},mac_units={cfg.mac_units} --pnr --seed {p['seed']}",
+            placed.git_commit())
         done("pnr")
     if o.clocked:
         limit = rep["fmax_mhz"] if o.pnr and rep["fmax_mhz"] else o.freq

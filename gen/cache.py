@@ -17,10 +17,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import amaranth
+from amaranth.back import rtlil
 
 from accel.bundle import HW_SOURCES, SOURCES, source_digest
 from accel.config import AccelConfig
 from hw.device import emit_verilog
+from hw.top import Top
 from models.bundle import BundleError, load_bundle, save_bundle
 from models.convert import ConvertedModel, ConvertOptions, convert
 
@@ -94,11 +96,32 @@ def verilog(cfg: AccelConfig, use: bool = True, dram: str = "model") -> tuple[st
                                                 addr_bits=cfg.dram_addr_bits,
                                                 data_bits=cfg.dram_bits))
     if use:
-        where.parent.mkdir(parents=True, exist_ok=True)
-        tmp = where.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(where)
+        _store(where, text)
     return text, False
+
+
+def design_digest(cfg: AccelConfig, use: bool = True) -> str:
+    """SHA-256 of the accelerator core that place and route measures (``hw.top.Top(cfg)``
+    as RTLIL, without source locations, which name the checkout): equal digests are the
+    same design, so a place and route of one stands for the other (``gen.placed``)."""
+    key = _key(json.dumps(cfg.to_json(), sort_keys=True), source_digest(*HW_SOURCES),
+               amaranth.__version__)
+    where = cache_dir() / "design" / f"{key}.sha256"
+    if use and where.exists():
+        return where.read_text().strip()
+    text = rtlil.convert(Top(cfg), name="top", emit_src=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    if use:
+        _store(where, digest)
+    return digest
+
+
+def _store(where: Path, text: str) -> None:
+    """Write a cache entry whole (a reader never sees half of one)."""
+    where.parent.mkdir(parents=True, exist_ok=True)
+    tmp = where.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(where)
 
 
 # the code this process has imported, digested now rather than when a result is stored

@@ -17,15 +17,25 @@ route of a larger design that meets the clock adds a row, and so widens what the
 picks. The rows are measurements of one seed, on the gateware of the commit they name:
 a later change to a path can lose (or win) a few MHz, which the build's own place and
 route (``--pnr``) measures and reports.
+
+Each row also keeps the digest of the design it measured (:func:`gen.cache.design_digest`:
+the core's RTLIL, which the present code emits again for the row's configuration). A row
+whose design the present gateware no longer emits is *stale*: it still vouches, since the
+sizer has nothing better, but the build says so (``report.json``'s ``choice.clock_proof``,
+``report.md``, a warning on the command line), and ``python -m gen placed`` lists which
+rows are current. A build with ``--pnr`` writes the row that would record it
+(``report.json``'s ``placed_row``).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from accel.bundle import HW_SOURCES
 from accel.config import AccelConfig
 
 from .resources import Resources, estimate
@@ -49,6 +59,7 @@ class Placed:
     seed: int
     fmax_mhz: float
     cfg: AccelConfig
+    design: str  #: :func:`gen.cache.design_digest` of what was placed
 
     @cached_property
     def res(self) -> Resources:
@@ -61,6 +72,19 @@ class Placed:
                 "seed": self.seed, "lut4_estimate": self.res.lut4,
                 "mult18x18d_estimate": self.res.dsp}
 
+    def current(self, use_cache: bool = True) -> bool:
+        """Whether the present gateware still emits the design this row measured."""
+        from .cache import design_digest  # the gateware: only when asked
+
+        return design_digest(self.cfg, use_cache) == self.design
+
+    def proof(self, cfg: AccelConfig, use_cache: bool = True) -> dict:
+        """How this row vouches for ``cfg``'s clock: which measurement, whether ``cfg`` is
+        the very configuration it placed, and whether that measurement is still of the
+        present gateware (``current``; when not, the build warns: :func:`stale_warning`)."""
+        return {**self.as_dict(), "same_config": cfg == self.cfg,
+                "current": self.current(use_cache)}
+
 
 def load(path: Path = PLACED_JSON) -> tuple[Placed, ...]:
     """The placed designs of ``path``; a malformed row is refused, naming it."""
@@ -70,10 +94,54 @@ def load(path: Path = PLACED_JSON) -> tuple[Placed, ...]:
         try:
             out.append(Placed(str(r["name"]), str(r["command"]), str(r["commit"]),
                               int(r["seed"]), float(r["fmax_mhz"]),
-                              AccelConfig.from_json(r["config"])))
+                              AccelConfig.from_json(r["config"]), _digest(r["design"])))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path.name}: row {i} ({r.get('name', '?')}): {e}") from None
     return tuple(out)
+
+
+def _digest(x) -> str:
+    if not (isinstance(x, str) and len(x) == 64 and all(c in "0123456789abcdef" for c in x)):
+        raise ValueError(f"design must be a SHA-256 in hex, not {x!r}")
+    return x
+
+
+def stale_warning(proof: dict | None) -> str | None:
+    """The warning for a clock vouched for by a measurement of other gateware (None when
+    the measurement is current or there is none)."""
+    if not proof or proof["current"]:
+        return None
+    return (f"the clock rests on {proof['name']}, placed at {proof['fmax_mhz']:g} MHz on "
+            f"the gateware of {proof['commit']}, which the present gateware no longer emits: "
+            f"place and route again (--pnr) and update gen/placed.json")
+
+
+def row(report: dict, name: str, command: str, commit: str) -> dict:
+    """The ``placed.json`` row that records a build's place and route (``report`` is its
+    ``report.json`` after ``--pnr``); refused without a place and route."""
+    pnr = report.get("pnr")
+    if not pnr or not pnr.get("fmax_mhz"):
+        raise ValueError("the build has no place and route result (build with --pnr)")
+    synth = report["resources"]["synth"]
+    return {"name": name, "command": command, "commit": commit, "seed": pnr["seed"],
+            "fmax_mhz": pnr["fmax_mhz"], "pnr_s": round(pnr["seconds"]),
+            "synth": {k: synth[k] for k in ("lut4", "ff", "dp16kd", "mult18x18d")},
+            "config": report["config"], "design": pnr["design"]}
+
+
+def git_commit() -> str:
+    """The checkout's commit for a new row (``+changes`` when the gateware's packages have
+    uncommitted edits); ``unknown`` outside a git checkout. The row's ``design`` is what
+    identifies the design; this says where to find its source."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *HW_SOURCES], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 @dataclass(frozen=True)

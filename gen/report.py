@@ -17,6 +17,8 @@ from accel.workload import GemmWork
 from models.contract import Events
 from models.energy import event_energy
 
+from .placed import stale_warning
+
 #: Version of the report's key set; bumped when a key changes meaning or goes away.
 SCHEMA = 2
 
@@ -114,6 +116,7 @@ def write_markdown(report: dict, path: Path) -> None:
              f"{c['mac_units']} MAC units, weight buffer {c['weight_depth']} rows, "
              f"{c['max_rows']} rows per tile, event buffers {c['spike_event_depth']} / "
              f"{c['mac_event_depth']}.", "", f"Why: {report['choice']['why']}.", "",
+             *_proof_lines(report["choice"].get("clock_proof")),
              f"Predicted: {t['predicted_cycles']:,} cycles for {t['tokens']} tokens "
              f"({t['cycles_per_token']:,.0f} cycles/token), {t['energy_pj'] / 1e6:,.3f} uJ "
              f"({report['energy_table']} table).", ""]
@@ -160,6 +163,18 @@ def write_markdown(report: dict, path: Path) -> None:
                      f"{r['mult18x18d']} | {r['dp16kd']} | {k['cycles'] or '-'} | "
                      f"{_proven(k.get('placed'))} | {k['bound']} |")
     path.write_text("\n".join(lines) + "\n")
+
+
+def _proof_lines(proof: dict | None) -> list[str]:
+    """What the clock rests on: the placed design, and whether it is still this gateware's."""
+    if not proof:
+        return []
+    what = "this configuration" if proof["same_config"] else "a design no smaller"
+    warn = stale_warning(proof)
+    return [f"Clock proof: {what}, {proof['name']}, placed and routed at "
+            f"{proof['fmax_mhz']:g} MHz (seed {proof['seed']}, {proof['commit']}); "
+            + (f"**STALE**: {warn}." if warn else "the present gateware emits the same design."),
+            ""]
 
 
 def _proven(placed: dict | None) -> str:

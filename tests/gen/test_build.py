@@ -7,6 +7,7 @@ import pytest
 from accel.board import BOARD_CLOCK_HZ, BOARD_FILE, read_board
 from accel.config import AccelConfig
 from gen.__main__ import main
+from gen.placed import load
 from models.arch import random_model, tiny_config
 from models.bundle import load_bundle
 
@@ -103,6 +104,14 @@ def test_a_second_build_reuses_the_conversion_and_the_verilog(tmp_path):
     assert [r["choice"]["clock_mhz"] for r in reps] == [75.0, 60.0, 75.0]
     chosen = [c for c in reps[0]["choice"]["candidates"] if c["lanes"] == 8 and c["fits"]]
     assert chosen and all(c["placed"]["fmax_mhz"] >= 75.0 for c in chosen)
+    # ... and the report says whether the present gateware still emits the design that
+    # measurement placed
+    proof = reps[0]["choice"]["clock_proof"]
+    row = next(p for p in load() if p.name == proof["name"])
+    assert proof["fmax_mhz"] == row.fmax_mhz >= 75.0 and not proof["same_config"]
+    assert proof["current"] == row.current()
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert f"Clock proof: a design no smaller, {row.name}, placed and routed at" in md
     for d in "bc":
         for f in ("spikellm_top.v", "model/tensors.safetensors", "program.json"):
             assert (tmp_path / d / f).read_bytes() == (tmp_path / "a" / f).read_bytes(), f

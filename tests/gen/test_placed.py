@@ -7,7 +7,9 @@ import json
 import pytest
 
 from accel.workload import measure, sample_ids
-from gen.placed import PLACED_JSON, SIZING_CLOCK_MHZ, Envelope, Placed, load
+from gen.__main__ import main
+from gen.cache import design_digest
+from gen.placed import PLACED_JSON, SIZING_CLOCK_MHZ, Envelope, Placed, load, row, stale_warning
 from gen.resources import TARGETS
 from gen.sizing import DoesNotFit, size
 
@@ -25,7 +27,7 @@ def free(works):
 
 def _placed(free, lanes, units, fmax):
     c = next(c for c in free.candidates if (c.cfg.lanes, c.cfg.mac_units) == (lanes, units))
-    return Placed(f"{lanes}/{units}", "test", "none", 1, fmax, c.cfg)
+    return Placed(f"{lanes}/{units}", "test", "none", 1, fmax, c.cfg, "0" * 64)
 
 
 def test_the_choice_is_the_fastest_within_the_designs_that_met_the_clock(works, free):
@@ -94,3 +96,60 @@ def test_a_malformed_row_is_refused_naming_it(tmp_path):
     bad.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"row 1 \(minilm"):
         load(bad)
+    doc = json.loads(PLACED_JSON.read_text())
+    doc["placed"][0]["design"] = "3cfd"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"row 0 \(tiny-llama.*SHA-256 in hex, not '3cfd'"):
+        load(bad)
+
+
+def test_a_row_is_current_only_while_the_gateware_emits_its_design(free, tmp_path, capsys):
+    """A row vouches for the gateware whose design it measured: another design (here, its
+    digest altered or another configuration's) is stale, the proof and the build say so,
+    and ``python -m gen placed`` lists it and exits 1."""
+    small = _placed(free, 8, 2, 90.0)
+    now = Placed("8/2 now", "test", "abc1234", 3, 90.0, small.cfg, design_digest(small.cfg))
+    other = _placed(free, 16, 4, 90.0).cfg
+    assert design_digest(other) != now.design
+    old = Placed("8/2 old", "test", "abc1234", 3, 90.0, small.cfg, design_digest(other))
+    assert now.current() and not old.current()
+    proof = now.proof(small.cfg)
+    assert proof["same_config"] and proof["current"] and stale_warning(proof) is None
+    proof = old.proof(other)
+    assert not proof["same_config"] and not proof["current"]
+    assert stale_warning(proof).startswith("the clock rests on 8/2 old, placed at 90 MHz on "
+                                           "the gateware of abc1234, which the present")
+    assert stale_warning(None) is None
+    doc = json.loads(PLACED_JSON.read_text())
+    base = doc["placed"][0]
+    doc["placed"] = [{**base, "name": r.name, "commit": r.commit, "seed": r.seed,
+                      "fmax_mhz": r.fmax_mhz, "config": r.cfg.to_json(), "design": r.design}
+                     for r in (now, old)]
+    f = tmp_path / "placed.json"
+    f.write_text(json.dumps(doc))
+    assert [r.current() for r in load(f)] == [True, False]
+    assert main(["placed", "--file", str(f)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("| 8/2 now | 90 | 3 | abc1234 |") and lines[2].endswith("| yes |")
+    assert lines[3].startswith("| 8/2 old | 90 |") and lines[3].endswith("| STALE |")
+    doc["placed"] = doc["placed"][:1]
+    f.write_text(json.dumps(doc))
+    assert main(["placed", "--file", str(f)]) == 0
+    assert main(["placed", "--file", str(tmp_path / "none.json")]) == 2
+
+
+def test_a_builds_place_and_route_becomes_a_row_that_loads(free, tmp_path):
+    cfg = _placed(free, 8, 2, 90.0).cfg
+    rep = {"config": cfg.to_json(), "pnr": None,
+           "resources": {"synth": {"lut4": 9000, "ff": 5000, "dp16kd": 30, "mult18x18d": 9,
+                                   "cells": {}}}}
+    with pytest.raises(ValueError, match="no place and route result"):
+        row(rep, "x", "cmd", "abc")
+    rep["pnr"] = {"fmax_mhz": 81.25, "seed": 7, "seconds": 99.6, "design": design_digest(cfg)}
+    r = row(rep, "8 lanes", "python -m gen build ...", "abc1234")
+    assert r["synth"] == {"lut4": 9000, "ff": 5000, "dp16kd": 30, "mult18x18d": 9}
+    assert (r["seed"], r["fmax_mhz"], r["pnr_s"]) == (7, 81.25, 100)
+    f = tmp_path / "placed.json"
+    f.write_text(json.dumps({"about": "", "placed": [r]}))
+    (p,) = load(f)
+    assert (p.name, p.cfg, p.seed, p.fmax_mhz) == ("8 lanes", cfg, 7, 81.25) and p.current()
