@@ -28,7 +28,7 @@ from models.arch import BUILTIN, UnsupportedModelError
 
 from .build import WORKLOADS, BuildOptions, build, decode_sizing_text, one_line
 from .flow import FlowError
-from .placed import load, stale_warning
+from .placed import PLACED_JSON, add, load, stale_warning
 from .resources import TARGETS, Budget
 from .sizing import OBJECTIVES, DoesNotFit
 
@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(gen/placed.json), and whether the present gateware still emits "
                         "each; exit status 1 when one is stale")
     pl.add_argument("--file", help="another placed.json (default: the one beside gen/placed.py)")
+    pl.add_argument("--add", metavar="BUILD_DIR",
+                    help="first add the row of a build with --pnr (its report.json's "
+                         "placed_row; refused when built from other gateware or already there)")
     a = p.parse_args(argv)
     if a.cmd == "estimate":
         return _run_estimate(a)
@@ -152,8 +155,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run_placed(a) -> int:
     """``python -m gen placed``: the placed designs, and which the present gateware still
     emits (a stale row's clock is of other gateware)."""
+    file = Path(a.file) if a.file else PLACED_JSON
     try:
-        rows = load(Path(a.file)) if a.file else load()
+        if a.add:
+            r = add(Path(a.add), file)
+            print(f"added to {file}: {r.name}, {r.fmax_mhz:g} MHz at seed {r.seed}")
+        rows = load(file)
     except (OSError, ValueError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2

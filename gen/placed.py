@@ -129,6 +129,36 @@ def row(report: dict, name: str, command: str, commit: str) -> dict:
             "config": report["config"], "design": pnr["design"]}
 
 
+def add(build: Path, path: Path = PLACED_JSON) -> Placed:
+    """Append to ``path`` the row a build with ``--pnr`` wrote (``build/report.json``'s
+    ``placed_row``). Refused, naming why, when the report has no such row, when its design
+    is not what the present gateware emits (a measurement of other gateware), or when
+    ``path`` already has that design at that seed."""
+    rep = build / "report.json"
+    try:
+        new = json.loads(rep.read_text()).get("placed_row")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{rep}: {e}") from None
+    if not new:
+        raise ValueError(f"{rep} has no placed_row: build with --pnr")
+    doc = json.loads(path.read_text())
+    doc["placed"].append(new)
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    try:
+        *old, row = load(tmp)
+        if not row.current():
+            raise ValueError(f"{rep}: its design is not what the present gateware emits for "
+                             f"its configuration (built from other gateware)")
+        if any((o.design, o.seed) == (row.design, row.seed) for o in old):
+            raise ValueError(f"{path.name} already has {row.name} at seed {row.seed}")
+    except ValueError:
+        tmp.unlink()
+        raise
+    tmp.replace(path)
+    return row
+
+
 def git_commit() -> str:
     """The checkout's commit for a new row (``+changes`` when the gateware's packages have
     uncommitted edits); ``unknown`` outside a git checkout. The row's ``design`` is what

@@ -153,3 +153,33 @@ def test_a_builds_place_and_route_becomes_a_row_that_loads(free, tmp_path):
     f.write_text(json.dumps({"about": "", "placed": [r]}))
     (p,) = load(f)
     assert (p.name, p.cfg, p.seed, p.fmax_mhz) == ("8 lanes", cfg, 7, 81.25) and p.current()
+
+
+def test_gen_placed_add_appends_a_builds_row_and_refuses_a_stale_or_repeated_one(
+        free, tmp_path, capsys):
+    cfg = _placed(free, 8, 2, 90.0).cfg
+    rep = {"config": cfg.to_json(), "resources": {"synth": {
+        "lut4": 9000, "ff": 5000, "dp16kd": 30, "mult18x18d": 9}},
+        "pnr": {"fmax_mhz": 81.25, "seed": 7, "seconds": 99.6, "design": design_digest(cfg)}}
+    build = tmp_path / "build"
+    build.mkdir()
+    f = tmp_path / "placed.json"
+    f.write_text(json.dumps({"about": "test", "placed": []}))  # exit 1 if a row is stale
+    before = f.read_text()
+    add = ["placed", "--file", str(f), "--add", str(build)]
+    (build / "report.json").write_text(json.dumps(rep))  # no --pnr: no placed_row
+    assert main(add) == 2 and "has no placed_row: build with --pnr" in capsys.readouterr().err
+    stale = {**row(rep, "8 lanes", "cmd", "abc1234"), "design": "f" * 64}
+    (build / "report.json").write_text(json.dumps({**rep, "placed_row": stale}))
+    assert main(add) == 2 and "built from other gateware" in capsys.readouterr().err
+    assert f.read_text() == before and not (tmp_path / "placed.json.new").exists()
+    (build / "report.json").write_text(json.dumps({**rep, "placed_row": row(
+        rep, "8 lanes", "cmd", "abc1234")}))
+    assert main(add) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"added to {f}: 8 lanes, 81.25 MHz at seed 7")
+    assert "| 8 lanes | 81.25 | 7 | abc1234 |" in out
+    assert [r.name for r in load(f)] == ["8 lanes"]
+    after = f.read_text()
+    assert main(add) == 2 and "already has 8 lanes at seed 7" in capsys.readouterr().err
+    assert f.read_text() == after
