@@ -15,7 +15,7 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from .verilator import VERILATOR_ARGS, ensure_verilator
+from .verilator import VERILATOR_ARGS, build_lock, ensure_verilator
 
 TOP = "spikellm_top"
 
@@ -27,9 +27,15 @@ def build_simulator(verilog: str, base: Path, jobs: int = 2) -> Path:
     key = hashlib.sha256((verilog + harness).encode()).hexdigest()[:16]
     out = Path(base) / key
     binary = out / "obj" / "spikellm_sim"
-    if binary.exists():
-        return binary
-    out.mkdir(parents=True, exist_ok=True)
+    # another process may be building it (its binary half-linked): wait, then use it
+    with build_lock(out):
+        if not binary.exists():
+            _compile(verilog, harness, out, jobs)
+    return binary
+
+
+def _compile(verilog: str, harness: str, out: Path, jobs: int) -> None:
+    binary = out / "obj" / "spikellm_sim"
     (out / f"{TOP}.v").write_text(verilog)
     (out / "server.cpp").write_text(harness)
     exe = ensure_verilator()
@@ -41,7 +47,6 @@ def build_simulator(verilog: str, base: Path, jobs: int = 2) -> Path:
     (out / "build.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode or not binary.exists():
         raise RuntimeError(f"Verilator build of the simulator failed; log {out / 'build.log'}")
-    return binary
 
 
 #: Seconds a connected client may move no byte before the simulator drops it (server.cpp).
