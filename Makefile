@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# the suite on TEST_WORKERS processes (pytest-xdist), a test file per worker at a time
+# (module fixtures are built once); the slowest tests are listed at the end
+TEST_WORKERS ?= 2
+
 test: lint
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 report: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m models eval --model minilm

@@ -1,6 +1,7 @@
 """Test-wide settings and fixtures: Hypothesis without wall-clock checks; the build cache
-(gen/cache.py) lives in a temporary folder; the small models every test tree uses, loaded
-and converted once per session (the built-in tiny ones by name, odd-sized ones through the
+(gen/cache.py) lives in a temporary folder; simulators are built once per run, whatever
+the number of test workers; the small models every test tree uses, loaded and converted
+once per session (the built-in tiny ones by name, odd-sized ones through the
 :func:`small_model` factory)."""
 
 import os
@@ -27,6 +28,19 @@ def _private_build_cache(tmp_path_factory):
         os.environ.pop("SPIKELLM_CACHE", None)
     else:
         os.environ["SPIKELLM_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def sim_builds(tmp_path_factory):
+    """Where simulators are built in this run: one folder shared by parallel test workers
+    (pytest-xdist, ``make test``), which take turns building a design
+    (``sim.verilator.build_lock``) and then share its binary."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each worker's own
+    folder = base / "sim-builds"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ CFG = AccelConfig(lanes=16, mac_units=4, weight_depth=64, max_rows=32,
 
 
 @pytest.fixture(scope="session")
-def sim_binary(tmp_path_factory):
-    return simulator_binary(CFG, tmp_path_factory.mktemp("sim"))
+def sim_binary(sim_builds):
+    return simulator_binary(CFG, sim_builds)
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ CFG = PRESETS["tiny"]
 
 
 @pytest.fixture(scope="module")
-def sim_binary(tmp_path_factory):
-    return simulator_binary(CFG, tmp_path_factory.mktemp("sim"))
+def sim_binary(sim_builds):
+    return simulator_binary(CFG, sim_builds)
 
 
 def connect(port: int) -> socket.socket:
