@@ -165,13 +165,15 @@ def _run_placed(a) -> int:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     stale = 0
-    print("| design | Fmax (MHz) | seed | commit | LUT4 est. | MULT18X18D est. | current |")
-    print("|---|---|---|---|---|---|---|")
+    print("| design | Fmax (MHz) | seed | other seeds (MHz) | commit | LUT4 est. | "
+          "MULT18X18D est. | current |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         now = r.current()
         stale += not now
-        print(f"| {r.name} | {r.fmax_mhz:g} | {r.seed} | {r.commit} | {r.res.lut4} | "
-              f"{r.res.dsp} | {'yes' if now else 'STALE'} |")
+        others = ", ".join(f"{sd}: {f:g}" for sd, f in r.others) or "-"
+        print(f"| {r.name} | {r.fmax_mhz:g} | {r.seed} | {others} | {r.commit} | "
+              f"{r.res.lut4} | {r.res.dsp} | {'yes' if now else 'STALE'} |")
     return 1 if stale else 0
 
 

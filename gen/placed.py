@@ -60,6 +60,10 @@ class Placed:
     fmax_mhz: float
     cfg: AccelConfig
     design: str  #: :func:`gen.cache.design_digest` of what was placed
+    #: (seed, Fmax) of other seeds of the same design (a sweep's others; none: unknown).
+    #: nextpnr is deterministic for a netlist and a seed, so ``seed`` reproduces
+    #: ``fmax_mhz``; these say how much that owes to the seed.
+    others: tuple[tuple[int, float], ...] = ()
 
     @cached_property
     def res(self) -> Resources:
@@ -69,8 +73,8 @@ class Placed:
     def as_dict(self) -> dict:
         """JSON form (the report's note of the design that vouches for a candidate)."""
         return {"name": self.name, "fmax_mhz": self.fmax_mhz, "commit": self.commit,
-                "seed": self.seed, "lut4_estimate": self.res.lut4,
-                "mult18x18d_estimate": self.res.dsp}
+                "seed": self.seed, "other_seeds": {str(k): f for k, f in self.others},
+                "lut4_estimate": self.res.lut4, "mult18x18d_estimate": self.res.dsp}
 
     def current(self, use_cache: bool = True) -> bool:
         """Whether the present gateware still emits the design this row measured."""
@@ -94,7 +98,9 @@ def load(path: Path = PLACED_JSON) -> tuple[Placed, ...]:
         try:
             out.append(Placed(str(r["name"]), str(r["command"]), str(r["commit"]),
                               int(r["seed"]), float(r["fmax_mhz"]),
-                              AccelConfig.from_json(r["config"]), _digest(r["design"])))
+                              AccelConfig.from_json(r["config"]), _digest(r["design"]),
+                              tuple(sorted((int(k), float(f))
+                                           for k, f in r.get("other_seeds", {}).items()))))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path.name}: row {i} ({r.get('name', '?')}): {e}") from None
     return tuple(out)
@@ -126,7 +132,9 @@ def row(report: dict, name: str, command: str, commit: str) -> dict:
     return {"name": name, "command": command, "commit": commit, "seed": pnr["seed"],
             "fmax_mhz": pnr["fmax_mhz"], "pnr_s": round(pnr["seconds"]),
             "synth": {k: synth[k] for k in ("lut4", "ff", "dp16kd", "mult18x18d")},
-            "config": report["config"], "design": pnr["design"]}
+            "config": report["config"], "design": pnr["design"],
+            "other_seeds": {k: f for k, f in (pnr.get("seeds") or {}).items()
+                            if int(k) != pnr["seed"]}}
 
 
 def add(build: Path, path: Path = PLACED_JSON) -> Placed:

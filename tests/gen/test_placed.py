@@ -130,7 +130,8 @@ def test_a_row_is_current_only_while_the_gateware_emits_its_design(free, tmp_pat
     assert [r.current() for r in load(f)] == [True, False]
     assert main(["placed", "--file", str(f)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2].startswith("| 8/2 now | 90 | 3 | abc1234 |") and lines[2].endswith("| yes |")
+    assert lines[2].startswith("| 8/2 now | 90 | 3 | - | abc1234 |")
+    assert lines[2].endswith("| yes |")
     assert lines[3].startswith("| 8/2 old | 90 |") and lines[3].endswith("| STALE |")
     doc["placed"] = doc["placed"][:1]
     f.write_text(json.dumps(doc))
@@ -145,14 +146,18 @@ def test_a_builds_place_and_route_becomes_a_row_that_loads(free, tmp_path):
                                    "cells": {}}}}
     with pytest.raises(ValueError, match="no place and route result"):
         row(rep, "x", "cmd", "abc")
-    rep["pnr"] = {"fmax_mhz": 81.25, "seed": 7, "seconds": 99.6, "design": design_digest(cfg)}
+    rep["pnr"] = {"fmax_mhz": 81.25, "seed": 7, "seconds": 99.6, "design": design_digest(cfg),
+                  "seeds": {"6": 70.5, "7": 81.25, "8": 74.0}}  # a sweep: 7 was the best
     r = row(rep, "8 lanes", "python -m gen build ...", "abc1234")
+    assert r["other_seeds"] == {"6": 70.5, "8": 74.0}
     assert r["synth"] == {"lut4": 9000, "ff": 5000, "dp16kd": 30, "mult18x18d": 9}
     assert (r["seed"], r["fmax_mhz"], r["pnr_s"]) == (7, 81.25, 100)
     f = tmp_path / "placed.json"
     f.write_text(json.dumps({"about": "", "placed": [r]}))
     (p,) = load(f)
     assert (p.name, p.cfg, p.seed, p.fmax_mhz) == ("8 lanes", cfg, 7, 81.25) and p.current()
+    assert p.others == ((6, 70.5), (8, 74.0))
+    assert p.as_dict()["other_seeds"] == {"6": 70.5, "8": 74.0}
 
 
 def test_gen_placed_add_appends_a_builds_row_and_refuses_a_stale_or_repeated_one(
@@ -178,7 +183,7 @@ def test_gen_placed_add_appends_a_builds_row_and_refuses_a_stale_or_repeated_one
     assert main(add) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"added to {f}: 8 lanes, 81.25 MHz at seed 7")
-    assert "| 8 lanes | 81.25 | 7 | abc1234 |" in out
+    assert "| 8 lanes | 81.25 | 7 | - | abc1234 |" in out
     assert [r.name for r in load(f)] == ["8 lanes"]
     after = f.read_text()
     assert main(add) == 2 and "already has 8 lanes at seed 7" in capsys.readouterr().err
