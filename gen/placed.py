@@ -154,17 +154,17 @@ def add(build: Path, path: Path = PLACED_JSON) -> Placed:
     tmp = path.with_name(path.name + ".new")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     try:
-        *old, row = load(tmp)
-        if not row.current():
+        *old, added = load(tmp)
+        if not added.current():
             raise ValueError(f"{rep}: its design is not what the present gateware emits for "
                              f"its configuration (built from other gateware)")
-        if any((o.design, o.seed) == (row.design, row.seed) for o in old):
-            raise ValueError(f"{path.name} already has {row.name} at seed {row.seed}")
+        if any((o.design, o.seed) == (added.design, added.seed) for o in old):
+            raise ValueError(f"{path.name} already has {added.name} at seed {added.seed}")
     except ValueError:
         tmp.unlink()
         raise
     tmp.replace(path)
-    return row
+    return added
 
 
 def git_commit() -> str:

@@ -135,6 +135,11 @@ def write_markdown(report: dict, path: Path) -> None:
             f" (the clock the sizer chose for, {clock:g} MHz: "
             f"{'met' if report['fmax_mhz'] >= clock else 'MISSED'})")
         lines += ["", f"Fmax after place and route: {report['fmax_mhz']:.1f} MHz{met}."]
+        if clock is not None and report["fmax_mhz"] < clock:
+            # at 64 lanes one design's seeds spread over 14.5 MHz (docs/gen.md, seeds)
+            lines += ["", "The Fmax of a design depends on the placement seed as much as on "
+                      "the design: place it with more seeds (`--seeds N`, the best kept)"
+                      + _seed_hint(report["choice"].get("clock_proof")) + "."]
     if report.get("link"):
         lines += ["", *link_lines(report["link"])]
     lines += ["", "## Layers", "",
@@ -163,6 +168,13 @@ def write_markdown(report: dict, path: Path) -> None:
                      f"{r['mult18x18d']} | {r['dp16kd']} | {k['cycles'] or '-'} | "
                      f"{_proven(k.get('placed'))} | {k['bound']} |")
     path.write_text("\n".join(lines) + "\n")
+
+
+def _seed_hint(proof: dict | None) -> str:
+    """The seed that met the clock, when this very design was placed before."""
+    if proof and proof["same_config"] and proof["current"]:
+        return f"; this design met {proof['fmax_mhz']:g} MHz at `--seed {proof['seed']}`"
+    return ""
 
 
 def _proof_lines(proof: dict | None) -> list[str]:

@@ -8,6 +8,7 @@ from accel.board import BOARD_CLOCK_HZ, BOARD_FILE, read_board
 from accel.config import AccelConfig
 from gen.__main__ import main
 from gen.placed import load
+from gen.report import write_markdown
 from models.arch import random_model, tiny_config
 from models.bundle import load_bundle
 
@@ -112,6 +113,19 @@ def test_a_second_build_reuses_the_conversion_and_the_verilog(tmp_path):
     assert proof["current"] == row.current()
     md = (tmp_path / "a" / "report.md").read_text()
     assert f"Clock proof: a design no smaller, {row.name}, placed and routed at" in md
+    # a place and route that misses the sizer's clock is told to sweep seeds, and the seed
+    # that met it when this very design was placed before
+    live = {**proof, "same_config": True, "current": True}
+    for fmax, clock_proof, says in ((80.0, proof, None), (60.0, proof, "`--seeds N`"),
+                                    (60.0, live, f"met {row.fmax_mhz:g} MHz at `--seed 1`")):
+        rep = {**reps[0], "fmax_mhz": fmax,
+               "choice": {**reps[0]["choice"], "clock_proof": clock_proof}}
+        write_markdown(rep, tmp_path / "r.md")
+        md = (tmp_path / "r.md").read_text()
+        assert f"Fmax after place and route: {fmax:.1f} MHz" in md
+        assert ("MISSED" in md) == (says is not None)
+        assert ("place it with more seeds" in md) == (says is not None)
+        assert says is None or says in md
     for d in "bc":
         for f in ("spikellm_top.v", "model/tensors.safetensors", "program.json"):
             assert (tmp_path / d / f).read_bytes() == (tmp_path / "a" / f).read_bytes(), f
