@@ -92,7 +92,10 @@ class Placed:
 
 def load(path: Path = PLACED_JSON) -> tuple[Placed, ...]:
     """The placed designs of ``path``; a malformed row is refused, naming it."""
-    rows = json.loads(path.read_text())["placed"]
+    doc = json.loads(path.read_text())
+    rows = doc.get("placed") if isinstance(doc, dict) else None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: no list of placed designs (\"placed\")")
     out = []
     for i, r in enumerate(rows):
         try:

@@ -96,6 +96,9 @@ def test_a_malformed_row_is_refused_naming_it(tmp_path):
     bad.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"row 1 \(minilm"):
         load(bad)
+    bad.write_text(json.dumps({"about": "no rows"}))
+    with pytest.raises(ValueError, match=r"placed.json: no list of placed designs"):
+        load(bad)
     doc = json.loads(PLACED_JSON.read_text())
     doc["placed"][0]["design"] = "3cfd"
     bad.write_text(json.dumps(doc))
