@@ -53,6 +53,13 @@ def _key(*parts) -> str:
     return h.hexdigest()[:32]
 
 
+def _gateware_key(cfg: AccelConfig, *more) -> str:
+    """Key of a result the gateware computes from ``cfg``: the configuration, the source of
+    the packages the Verilog depends on, and Amaranth's version (plus ``more``)."""
+    return _key(json.dumps(cfg.to_json(), sort_keys=True), source_digest(*HW_SOURCES),
+                amaranth.__version__, *more)
+
+
 def converted(lm, opts: ConvertOptions, use: bool = True,
               progress: bool = False) -> tuple[ConvertedModel, bool]:
     """``convert(lm, opts)``, from the cache when possible; returns (model, was_cached).
@@ -85,8 +92,7 @@ def converted(lm, opts: ConvertOptions, use: bool = True,
 def verilog(cfg: AccelConfig, use: bool = True, dram: str = "model") -> tuple[str, bool]:
     """``hw.device.emit_verilog(cfg, dram=dram)``, with LiteDRAM's simulation core
     (``gen.sdram``) for ``dram="litedram"``, from the cache when possible."""
-    key = _key(json.dumps(cfg.to_json(), sort_keys=True), source_digest(*HW_SOURCES),
-               amaranth.__version__, dram)
+    key = _gateware_key(cfg, dram)
     where = cache_dir() / "verilog" / f"{key}.v"
     if use and where.exists():
         return where.read_text(), True
@@ -104,8 +110,7 @@ def design_digest(cfg: AccelConfig, use: bool = True) -> str:
     """SHA-256 of the accelerator core that place and route measures (``hw.top.Top(cfg)``
     as RTLIL, without source locations, which name the checkout): equal digests are the
     same design, so a place and route of one stands for the other (``gen.placed``)."""
-    key = _key(json.dumps(cfg.to_json(), sort_keys=True), source_digest(*HW_SOURCES),
-               amaranth.__version__)
+    key = _gateware_key(cfg)
     where = cache_dir() / "design" / f"{key}.sha256"
     if use and where.exists():
         return where.read_text().strip()
