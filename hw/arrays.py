@@ -233,9 +233,9 @@ class MacArray(wiring.Component):
     The accumulators are ``row_fifo_depth`` rows of LUT RAM, one word per cycle of the sweep
     holding ``mac_units`` lanes (``rows``, :func:`hw.rings.rows_signature`): the array adds
     into one row while the combiner reads finished ones lane by lane, and waits with its
-    next event while every row holds a finished row. A row of LUT RAM is zero until its
-    first write after the combiner released it (one bit per word, ``touched``), whatever
-    the memory holds, so a row is never cleared lane by lane."""
+    next event while every row holds a finished row. A row's first MAC event writes its
+    products over whatever the LUT RAM holds, and a row with no MAC event reads as zero
+    (one bit per row, ``has_mac``), so a row is never cleared lane by lane."""
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
@@ -262,9 +262,9 @@ class MacArray(wiring.Component):
             shape=data.ArrayLayout(signed(cfg.acc_bits), units), depth=banks * mc, init=[])
         rmw, out_rd = acc.read_port(domain="comb"), acc.read_port(domain="comb")
         acc_wr = acc.write_port()
-        touched = Signal(banks * mc)  # word written since its row was released
+        has_mac = Signal(banks)  # the finished row in each slot had a MAC event
+        later = Signal()  # a MAC event of row wb has been swept: the next one adds to it
         wb = Signal(range(banks))  # the row being accumulated
-        ob = Signal(range(banks))  # the oldest finished row (the next to be released)
         count = Signal(range(banks + 1))  # finished rows not yet released
         # ``take`` (the event stall, the weight read enable) decides from flip-flops only
         # (timing): whether a row is free, the sweep's last cycle and products in flight
@@ -315,6 +315,8 @@ class MacArray(wiring.Component):
         b_shift, r_shift, a_shift, p_shift = (Signal.like(shift, name=n)
                                               for n in ("b_shift", "r_shift", "a_shift", "p_shift"))
         b_q, r_q, a_q = (Signal.like(q, name=n) for n in ("b_q", "r_q", "a_q"))
+        b_live, r_live, a_live, p_live = (Signal(name=n) for n in
+                                          ("b_live", "r_live", "a_live", "p_live"))
         m.d.sync += r_row.eq(self.w_data)
         prods = []
         for u in range(units):
@@ -338,49 +340,42 @@ class MacArray(wiring.Component):
                      p_valid.eq(a_valid),
                      pending.eq((run & ~is_end) | b_valid | r_valid | a_valid)]
         with m.If(run & ~is_end):
-            m.d.sync += [b_c.eq(c), b_shift.eq(shift), b_q.eq(q)]
+            m.d.sync += [b_c.eq(c), b_shift.eq(shift), b_q.eq(q), b_live.eq(later)]
             m.d.comb += self.mac.eq(1)
             m.d.comb += self.row.eq(last)
         with m.If(b_valid):
-            m.d.sync += [r_c.eq(b_c), r_shift.eq(b_shift), r_q.eq(b_q)]
+            m.d.sync += [r_c.eq(b_c), r_shift.eq(b_shift), r_q.eq(b_q), r_live.eq(b_live)]
         with m.If(r_valid):
-            m.d.sync += [a_c.eq(r_c), a_shift.eq(r_shift), a_q.eq(r_q)]
-        # read-modify-write of the word the pending products belong to; whether that word
-        # holds a sum (``touched``) is looked up as the products are made and registered
-        # (``p_live``), so the word's address reaches only the LUT RAM before the add
-        # (timing). The lookup sees this cycle's write (one word a cycle: with one sweep
-        # cycle a row, consecutive products add into the same word); ``wb`` holds while
-        # products are in flight (a row commits only once they are added).
+            m.d.sync += [a_c.eq(r_c), a_shift.eq(r_shift), a_q.eq(r_q), a_live.eq(r_live)]
+        # read-modify-write of the word the pending products belong to. Every MAC event
+        # sweeps all ``mc`` words of row ``wb``, so a word holds a sum exactly when an
+        # earlier MAC event of the row was swept (``later``, set on a MAC event's last
+        # cycle, cleared when the row commits): that bit travels with the products
+        # (``*_live``), and the add needs no per-word lookup (timing: a word-indexed
+        # ``touched`` vector through a banks x mc mux was the 64-lane critical path). With
+        # one sweep cycle a row, consecutive products add into the same word: the LUT RAM's
+        # read port is asynchronous, so it sees the write of the cycle before. ``wb`` holds
+        # while products are in flight (a row commits only once they are added).
         word = Signal(range(banks * mc))
-        touched_nxt = Signal.like(touched)
-        p_live = Signal()
         m.d.comb += [word.eq(wb * mc + p_c), rmw.addr.eq(word), acc_wr.addr.eq(word),
                      acc_wr.en.eq(p_valid)]
         with m.If(a_valid):
-            m.d.sync += [p_c.eq(a_c), p_shift.eq(a_shift),
-                         p_live.eq(touched_nxt.bit_select(wb * mc + a_c, 1))]
-        live = p_live
+            m.d.sync += [p_c.eq(a_c), p_shift.eq(a_shift), p_live.eq(a_live)]
         for u in range(units):
-            m.d.comb += acc_wr.data[u].eq(Mux(live, rmw.data[u], 0) + (prods[u] << p_shift))
+            m.d.comb += acc_wr.data[u].eq(Mux(p_live, rmw.data[u], 0) + (prods[u] << p_shift))
+        with m.If(done & ~is_end):
+            m.d.sync += later.eq(1)
+        with m.If(commit):  # the slot's row is finished: whether it holds sums or reads 0
+            m.d.sync += [later.eq(0), has_mac.bit_select(wb, 1).eq(later)]
+            m.d.sync += wb.eq(Mux(wb == banks - 1, 0, wb + 1))
         # the combiner's lane: word (slot, lane // units), unit lane % units
         lane_u = units.bit_length() - 1  # units and lanes are powers of two
         rd_word = Signal(range(banks * mc))
         m.d.comb += [rd_word.eq(self.rows.slot * mc + (self.rows.lane >> lane_u)),
                      out_rd.addr.eq(rd_word)]
         unit_data = out_rd.data[self.rows.lane[:lane_u]] if lane_u else out_rd.data[0]
-        m.d.comb += self.rows.data.eq(Mux(touched.bit_select(rd_word, 1), unit_data, 0))
-        # a write marks its word; a release unmarks the oldest row's words
-        set_mask = Signal.like(touched)
-        clear_mask = Signal.like(touched)
-        with m.If(p_valid):
-            m.d.comb += set_mask.eq(1 << word)
-        with m.If(self.rows.release):
-            m.d.comb += clear_mask.eq(((1 << mc) - 1) << (ob * mc))
-            m.d.sync += ob.eq(Mux(ob == banks - 1, 0, ob + 1))
-        m.d.comb += touched_nxt.eq((touched | set_mask) & ~clear_mask)
+        m.d.comb += self.rows.data.eq(Mux(has_mac.bit_select(self.rows.slot, 1), unit_data, 0))
         count_nxt = Signal.like(count)
         m.d.comb += count_nxt.eq(count + commit - self.rows.release)
-        m.d.sync += [touched.eq(touched_nxt), count.eq(count_nxt), free.eq(count_nxt < banks)]
-        with m.If(commit):
-            m.d.sync += wb.eq(Mux(wb == banks - 1, 0, wb + 1))
+        m.d.sync += [count.eq(count_nxt), free.eq(count_nxt < banks)]
         return m

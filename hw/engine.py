@@ -121,8 +121,13 @@ class _Reader(wiring.Component):
     """Streams words ``base .. base+count-1`` of a memory through a synchronous read port.
 
     ``base`` and ``count`` are taken on ``start`` (the cycle reads nothing): the pointer
-    and the end are registers from then on, so nothing reaches the read port's enable from
-    the descriptor hand-off in the same cycle (timing)."""
+    and the end are registers from then on. ``start`` comes only while the reader is idle
+    (the engine takes a descriptor once the last one's events are all consumed, or after a
+    flush, which empties the reader), so the read enable needs no term of ``start``: the
+    descriptor hand-off (the executor's state machine, through the engine's ``active``)
+    reaches the pointer's registers only, not the enables of the event buffer's block
+    RAMs across the die (timing: that net was 5.9 ns of a 13.9 ns critical path at 64
+    lanes)."""
 
     def __init__(self, shape, depth: int):
         super().__init__({
@@ -144,7 +149,7 @@ class _Reader(wiring.Component):
         end = Signal.like(ptr)
         left = ptr < end
         take = ~self.out.valid | self.out.ready
-        m.d.comb += [self.port.addr.eq(ptr), self.port.en.eq(take & left & ~self.start),
+        m.d.comb += [self.port.addr.eq(ptr), self.port.en.eq(take & left),
                      self.out.payload.eq(self.port.data),
                      self.idle.eq(~left & ~self.out.valid)]
         with m.If(self.start):

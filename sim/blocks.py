@@ -16,7 +16,13 @@ from amaranth.lib import data, memory, wiring
 from amaranth.sim import Simulator
 
 from accel.config import AccelConfig
-from accel.layouts import mac_event_layout, spike_event_layout, weight_row_layout, wide_weights
+from accel.layouts import (
+    MacOp,
+    mac_event_layout,
+    spike_event_layout,
+    weight_row_layout,
+    wide_weights,
+)
 from accel.tiling import REQ_CONSTS, mac_words, spike_words
 from hw.arrays import MacArray, SpikeArray, row_reuse
 from hw.pipe import Register
@@ -157,12 +163,19 @@ def rtl_spike_array(cfg: AccelConfig, codes: torch.Tensor, w: torch.Tensor, enc:
 
 
 def rtl_mac_array(cfg: AccelConfig, codes: torch.Tensor, shifts: torch.Tensor,
-                  channels: list[int], w: torch.Tensor, stall_p: float = 0.2, seed: int = 0):
+                  channels: list[int], w: torch.Tensor, stall_p: float = 0.2, seed: int = 0,
+                  bare_rows: frozenset[int] = frozenset()):
     """MAC-array accumulators ``[M, N]`` for the integer channels ``channels`` of codes
-    ``[M, K]`` (shift per channel), every channel sent whatever its value."""
+    ``[M, K]`` (shift per channel), every channel sent whatever its value, except in the
+    rows ``bare_rows``: those get their END only (the array must read them as zero, even
+    in a slot an earlier row left sums in)."""
     mask = torch.zeros(codes.shape[1], dtype=torch.bool)
     mask[channels] = True
-    events = mac_words(codes, mask, shifts)
+    events, row = [], 0
+    for e in mac_words(codes, mask, shifts):
+        if e["op"] == MacOp.END or row not in bare_rows:
+            events.append(e)
+        row += e["op"] == MacOp.END
     dut = MacArray(cfg)
     # whole rows only when the weights need them: narrow tiles sign-extend the low bits
     wide = int(bool(wide_weights(w, cfg.narrow_bits).any()))
