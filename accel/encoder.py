@@ -20,9 +20,9 @@ from .config import CODE_BITS, AccelConfig
 from .layouts import SpikeOp, code_words
 from .protocol import EXPAND_ARGS, Cmd, nbytes
 
-#: Cycles of an EXPAND besides its items: its arguments' check, the two pipeline stages
+#: Cycles of an EXPAND besides its items: its arguments' check, the three pipeline stages
 #: after the last item, and the ``done`` cycle (``hw.encoder.SpikeEncoder``).
-ENCODE_OVERHEAD = 4
+ENCODE_OVERHEAD = 5
 
 
 def encode_cycles(rows: int, k: int, steps: int) -> int:
