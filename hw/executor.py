@@ -179,8 +179,14 @@ class Executor(wiring.Component):
                             nbytes(cfg.dram_bits)))
         rbyte = Signal(range(max(wbytes.values()) + 1))  # byte of a READ_BUF word being sent
         hdr = Signal(HEADER)
-        got = Signal(16)  # bytes of the frame's payload consumed
-        frame_len = Signal(16)  # the frame's payload bytes (hdr.length: a CHAIN's request's)
+        # the frame's payload bytes not yet consumed (hdr.length at the header: a CHAIN's
+        # frame's), counted down, so that whether any are left is a test for zero, not a
+        # compare of two counts (timing: got >= frame_len -> DRAIN's next state -> the
+        # link's frame buffer address was a 16-lane critical path); the top bit would mean
+        # more consumed than the frame has, which no state does
+        rest = Signal(17)
+        spent = Signal()  # no byte left
+        m.d.comb += spent.eq(rest[16] | (rest[:16] == 0))
         chain = Signal()  # running a CHAIN's requests
         chain_head = Signal()  # its first is next: a repeated CHAIN is not run
         sub_over = Signal()  # the CHAIN's request claims more than the frame has left
@@ -188,8 +194,8 @@ class Executor(wiring.Component):
         # a cycle after the last byte taken, which SUB_END always is (RESP before it)
         frame_more = Signal()
         frame_more3 = Signal()
-        m.d.sync += [frame_more.eq(got < frame_len),
-                     frame_more3.eq(got + SUB_HEADER_BYTES <= frame_len)]
+        m.d.sync += [frame_more.eq(~spent),
+                     frame_more3.eq(~rest[16] & (rest[:16] >= SUB_HEADER_BYTES))]
         # the payload's bytes after the fixed arguments, a register set with the header: the
         # length checks compare it with the bytes the words need, with no add before the
         # compare (timing: hdr.length != args_bytes + req_bytes -> the FSM, the 16-lane
@@ -321,7 +327,7 @@ class Executor(wiring.Component):
             to ``then``."""
             m.d.comb += data_in.o.ready.eq(1)
             with m.If(data_in.o.valid):
-                m.d.sync += [got.eq(got + 1), todo.eq(todo - 1)]
+                m.d.sync += [rest.eq(rest - 1), todo.eq(todo - 1)]
                 with m.If(todo == 1):
                     goto(then)
 
@@ -329,7 +335,7 @@ class Executor(wiring.Component):
         e = SimpleNamespace(
             addr=addr, args=args, args_bad=args_bad, body=body, bpw=bpw,
             byte_in=byte_in, cfg=cfg, cp=cp, data_in=data_in, depth_ok=depth_ok,
-            desc_bytes=desc_bytes, dram_done=dram_done, got=got, goto=goto, hb=hb, hdr=hdr,
+            desc_bytes=desc_bytes, dram_done=dram_done, rest=rest, goto=goto, hb=hb, hdr=hdr,
             in_run=in_run, is_dram=is_dram, largs=largs, load_bad=load_bad, load_bytes=load_bytes,
             load_need=load_need, load_words=load_words, nload=nload, packed=packed, pk=pk,
             pk_acc=pk_acc, pk_full=pk_full, pk_have=pk_have, pk_w=pk_w, products=products,
@@ -391,7 +397,7 @@ class Executor(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     h = self.cmd.payload
-                    m.d.sync += [hdr.eq(h), got.eq(0), frame_len.eq(h.length), resp_len.eq(0),
+                    m.d.sync += [hdr.eq(h), rest.eq(h.length), resp_len.eq(0),
                                  status.eq(Status.OK), in_run.eq(0), chain.eq(0)]
                     # the last RUN's seq is kept across these (accel.protocol)
                     keeps = [*READ_ONLY, *(c for c in RUNS_ONCE
@@ -406,7 +412,7 @@ class Executor(wiring.Component):
             with m.State("SUB_LATCH"):
                 sh = SUB_HEADER(word_from_sr(SUB_HEADER_BYTES)[:SUB_HEADER.size])
                 m.d.sync += [hdr.cmd.eq(sh.cmd), hdr.length.eq(sh.length),
-                             sub_over.eq(got + sh.length > frame_len)]
+                             sub_over.eq(rest[16] | (sh.length > rest[:16]))]
                 goto("SUB_GO")
             with m.State("SUB_GO"):
                 m.d.sync += [in_run.eq(0), chain_head.eq(0)]
@@ -545,12 +551,12 @@ class Executor(wiring.Component):
                         m.d.comb += ec.abort.eq(1)
                 goto("RESP")
             with m.State("DRAIN"):  # swallow the rest of a refused request's frame
-                with m.If(got >= frame_len):
+                with m.If(spent):
                     goto("RESP")
                 with m.Else():
                     m.d.comb += data_in.o.ready.eq(1)
                     with m.If(data_in.o.valid):
-                        m.d.sync += got.eq(got + 1)
+                        m.d.sync += rest.eq(rest - 1)
             with m.State("RESP"):
                 with m.If(chain & (status == Status.OK)):  # a CHAIN answers once, at its end
                     goto("SUB_END")

@@ -176,7 +176,7 @@ def write_states(m: Module, e: SimpleNamespace) -> None:
         have = Signal.like(e.pk_have)  # bits held after this byte
         m.d.comb += have.eq(e.pk_have + 8 - Mux(e.pk_full, e.pk_w, 0))
         with m.If(e.data_in.o.valid):
-            m.d.sync += [e.got.eq(e.got + 1), e.pk_acc.eq(joined), e.pk_have.eq(have),
+            m.d.sync += [e.rest.eq(e.rest - 1), e.pk_acc.eq(joined), e.pk_have.eq(have),
                          e.pk_full.eq(have + 8 >= e.pk_w)]
             with m.If(e.pk_full):
                 m.d.comb += [e.hb.wr_en.eq(1), e.hb.wr_buf.eq(e.args.buf),
@@ -192,7 +192,7 @@ def write_states(m: Module, e: SimpleNamespace) -> None:
     with m.State("WR_BYTES"):
         m.d.comb += e.data_in.o.ready.eq(1)
         with m.If(e.data_in.o.valid):
-            m.d.sync += [e.got.eq(e.got + 1), e.todo.eq(e.todo - 1)]
+            m.d.sync += [e.rest.eq(e.rest - 1), e.todo.eq(e.todo - 1)]
             with m.If(e.todo == 1):
                 m.d.sync += e.dram_done.eq(0)
                 e.goto("WR_WORD")
