@@ -68,11 +68,11 @@ def test_write_rows_writes_whole_rows_and_refuses_what_does_not_fit(sim):
     n_args = nbytes(ROW_ARGS.size)
     huge = ROW_ARGS.const({"buf": BufId.WEIGHTS.value, "addr": 12,
                            "count": 2 + (1 << CFG.weight_depth.bit_length()), "lanes": 2})
-    held = dev.weight_rows(12, 2)
+    held_12 = dev.weight_rows(12, 2)
     for payload in (ok[:-1], ok + b"\0",  # a length that disagrees with the rows
                     huge.as_bits().to_bytes(n_args, "little") + ok[n_args:]):
         with pytest.raises(DeviceError, match="WRITE_ROWS .* refused: ERR_ARG"):
             dev.request(Cmd.WRITE_ROWS, payload)
-        assert dev.weight_rows(12, 2) == held
+        assert dev.weight_rows(12, 2) == held_12
     assert dev.counters()["faults"] == 0  # and the core still answers
     t.close()
