@@ -81,7 +81,11 @@ class Combiner(wiring.Component):
         nxt = [Signal(range(d), name=f"next_{n}") for n, d in depths.items()]
         cur = [Signal.like(x, name=f"cur_{i}") for i, x in enumerate(nxt)]
         r = Signal(range(cfg.max_rows + 1))  # rows issued
-        j = Signal(range(cfg.lanes))  # next lane of the row being issued
+        # the next lane of the row being issued, 0 between rows; whether it is the row's last
+        # lane is a register too (``last_j``), worked out a lane ahead: the add and compare on
+        # ``j`` fed ``going`` and the enables behind it in one cycle (a 64-lane critical path)
+        j = Signal(range(cfg.lanes))
+        last_j = Signal()  # lane j is the last (valid while going)
         going = Signal()  # a row is being issued
         acc_addr = len(self.acc_w_addr)
         c1_valid, c1_lane, c1_last = Signal(), Signal(range(cfg.lanes)), Signal()
@@ -95,8 +99,8 @@ class Combiner(wiring.Component):
         adv = ~(c2_valid & ~desc.keep & ~self.out.ready)
         begin = Signal()  # C0 starts row r
         issue = Signal()  # C0 issues a lane
-        lane = Mux(going, j, 0)
-        last = lane + 1 >= desc.n_active
+        lane = j
+        last = Mux(going, last_j, desc.n_active <= 1)
         m.d.comb += [begin.eq(self.active & adv & ~going & (r < desc.rows) & (avail[0] != 0)
                               & (avail[1] != 0)),
                      issue.eq(begin | (adv & going)), self.issue.eq(issue)]
@@ -115,7 +119,8 @@ class Combiner(wiring.Component):
                 d = list(depths.values())[i]
                 m.d.sync += [cur[i].eq(nxt[i]), nxt[i].eq(Mux(nxt[i] == d - 1, 0, nxt[i] + 1))]
         with m.If(issue):
-            m.d.sync += [j.eq(lane + 1), going.eq(~last)]
+            m.d.sync += [j.eq(Mux(last, 0, lane + 1)), last_j.eq(lane + 2 >= desc.n_active),
+                         going.eq(~last)]
             with m.If(last):
                 m.d.sync += r.eq(r + 1)
         with m.If(self.start):  # no lane is issued then (not yet active)

@@ -184,9 +184,11 @@ class Executor(wiring.Component):
         # compare of two counts (timing: got >= frame_len -> DRAIN's next state -> the
         # link's frame buffer address was a 16-lane critical path); the top bit would mean
         # more consumed than the frame has, which no state does
-        rest = Signal(17)
+        lbits = len(hdr.length)
+        rest = Signal(lbits + 1)
+        over, left = rest[lbits], rest[:lbits]  # more consumed than the frame has; bytes left
         spent = Signal()  # no byte left
-        m.d.comb += spent.eq(rest[16] | (rest[:16] == 0))
+        m.d.comb += spent.eq(over | (left == 0))
         chain = Signal()  # running a CHAIN's requests
         chain_head = Signal()  # its first is next: a repeated CHAIN is not run
         sub_over = Signal()  # the CHAIN's request claims more than the frame has left
@@ -195,7 +197,7 @@ class Executor(wiring.Component):
         frame_more = Signal()
         frame_more3 = Signal()
         m.d.sync += [frame_more.eq(~spent),
-                     frame_more3.eq(~rest[16] & (rest[:16] >= SUB_HEADER_BYTES))]
+                     frame_more3.eq(~over & (left >= SUB_HEADER_BYTES))]
         # the payload's bytes after the fixed arguments, a register set with the header: the
         # length checks compare it with the bytes the words need, with no add before the
         # compare (timing: hdr.length != args_bytes + req_bytes -> the FSM, the 16-lane
@@ -392,6 +394,12 @@ class Executor(wiring.Component):
                     m.d.sync += status.eq(Status.ERR_ARG if sub else Status.ERR_COMMAND)
                     goto("DRAIN")
 
+        # the engine's done and fault, registered here: its done is an AND across the
+        # engine (rows combined, results stored, readers and arrays idle) and reached
+        # the state register's enable in the same cycle (a 16-lane critical path). The
+        # cycle it adds per RUN is outside the engine's busy count (the cycle model's)
+        done_q, fault_q = Signal(), Signal()
+        m.d.sync += [done_q.eq(ec.done), fault_q.eq(ec.fault)]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -412,7 +420,7 @@ class Executor(wiring.Component):
             with m.State("SUB_LATCH"):
                 sh = SUB_HEADER(word_from_sr(SUB_HEADER_BYTES)[:SUB_HEADER.size])
                 m.d.sync += [hdr.cmd.eq(sh.cmd), hdr.length.eq(sh.length),
-                             sub_over.eq(rest[16] | (sh.length > rest[:16]))]
+                             sub_over.eq(over | (sh.length > left))]
                 goto("SUB_GO")
             with m.State("SUB_GO"):
                 m.d.sync += [in_run.eq(0), chain_head.eq(0)]
@@ -531,11 +539,11 @@ class Executor(wiring.Component):
             load_states(m, e)
             write_states(m, e)
             with m.State("WAIT_DONE"):
-                with m.If(ec.done):
+                with m.If(done_q):
                     with m.If(~chain):  # a CHAIN's seq is kept once it is done
                         m.d.sync += [last_run_seq.eq(hdr.seq), last_run_valid.eq(1)]
                     goto("RESP")
-                with m.Elif(ec.fault):
+                with m.Elif(fault_q):
                     m.d.sync += status.eq(Status.ERR_FAULT)
                     goto("RESP")
             with m.State("EXEC"):

@@ -34,8 +34,10 @@ def _operands(rng, enc, m, k, n, n_int):
                          ids=lambda e: e.name())
 def test_engine_tile_requantized_equals_golden(enc):
     rng = random.Random(seed() + 3)
-    for _ in range(samples(1)):
-        m, k, n = 3, rng.randrange(8, 40), rng.randrange(1, CFG.lanes + 1)
+    # one active lane (the combiner's row is its first lane's), some, and all lanes
+    widths = [w for _ in range(samples(1)) for w in (1, rng.randrange(2, CFG.lanes), CFG.lanes)]
+    for n in widths:
+        m, k = 3, rng.randrange(8, 40)
         q, mask, shifts, w, start = _operands(rng, enc, m, k, n, rng.randrange(0, 4))
         acc, ev = gemm(q[None], mask[None], shifts[None], enc, w[None], start, "t")
         g = torch.Generator().manual_seed(rng.randrange(2**31))
