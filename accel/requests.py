@@ -510,13 +510,34 @@ def pipeline_groups(requests: Iterator[Request] | list[Request],
         yield group
 
 
+def carries(req: Request) -> str:
+    """What a request's payload and answer carry, as :func:`link_cost`'s breakdown names
+    it: ``write <buffer>`` / ``read <buffer>`` (the buffer or view a WRITE_BUF, WRITE_ROWS
+    or READ_BUF names, so ``read out16`` says the width too; its arguments included), else
+    the command (``run``, ``load_run``, ``expand``, ``read_counters``, ...)."""
+    if req.cmd in WRITES or req.cmd == Cmd.READ_BUF:
+        way = "read" if req.cmd == Cmd.READ_BUF else "write"
+        return f"{way} {BufId(req.payload[0] & ~PACKED & 0xFF).name.lower()}"
+    return req.cmd.name.lower()
+
+
+#: Key prefix of :func:`link_cost`'s breakdown: ``part:<label>:<what>``.
+PART = "part:"
+
+
 def link_cost(cfg: AccelConfig, requests: Iterator[Request] | list[Request],
-              window: int = RX_FIFO_BYTES, max_payload: int | None = MAX_PAYLOAD) -> Counter:
+              window: int = RX_FIFO_BYTES, max_payload: int | None = MAX_PAYLOAD,
+              label: str | None = None) -> Counter:
     """What ``requests`` move over the link when every one is answered at the first try,
     sent as the driver sends them (:func:`chained` to ``max_payload``, None: each on its
     own frame): ``frames_tx`` (frames), ``bytes_tx`` and ``bytes_rx`` (frames included)
     and ``waits`` (round trips: :func:`pipeline_groups` with ``window``; as many as frames
-    with ``window`` 0), the same keys the driver counts (``host.driver.Device.stats``)."""
+    with ``window`` 0), the same keys the driver counts (``host.driver.Device.stats``).
+
+    With ``label``, also those bytes by what they carry: ``part:<label>:<what>``
+    (:func:`carries`; a CHAIN's requests each by their own) for the payloads both ways,
+    and ``part:<label>:framing`` for the frames' overhead both ways and a CHAIN's
+    sub-headers. The parts add up to ``bytes_tx + bytes_rx``."""
     cost: Counter = Counter()
     if max_payload is not None:
         requests = chained(requests, max_payload)
@@ -526,7 +547,22 @@ def link_cost(cfg: AccelConfig, requests: Iterator[Request] | list[Request],
             cost["frames_tx"] += 1
             cost["bytes_tx"] += len(req.payload) + FRAME_OVERHEAD
             cost["bytes_rx"] += answer_bytes(cfg, req) + FRAME_OVERHEAD
+            if label is None:
+                continue
+            parts = req.parts or (req,)
+            cost[f"{PART}{label}:framing"] += (2 * FRAME_OVERHEAD + len(req.payload)
+                                               + answer_bytes(cfg, req)
+                                               - sum(len(p.payload) + answer_bytes(cfg, p)
+                                                     for p in parts))
+            for p in parts:
+                cost[f"{PART}{label}:{carries(p)}"] += len(p.payload) + answer_bytes(cfg, p)
     return cost
+
+
+def gemm_label(name: str) -> str:
+    """A GEMM's name without its layer (``layers.3.up`` -> ``up``): the breakdown of
+    :func:`run_link_costs` adds the layers of one kind together."""
+    return name.rsplit(".", 1)[-1]
 
 
 def prefetch(cfg: AccelConfig, img: TileImage, following: TileImage, mirror: BufferMirror,
@@ -559,7 +595,8 @@ def run_link_cost(cfg: AccelConfig, calls: list, image: DramImage | None = None)
     lead weights when the model is in the external memory, ``image``), the buffers'
     contents carried from one GEMM to the next, and the counters read after each (the run
     checks every GEMM's counters). Besides :data:`LINK_KEYS`, ``enc_busy``: the cycles the
-    spike encoder takes for the EXPANDs among them (``accel.encoder.encoder_counts``)."""
+    spike encoder takes for the EXPANDs among them (``accel.encoder.encoder_counts``), and
+    :func:`link_cost`'s breakdown, each GEMM labelled by :func:`gemm_label`."""
     return run_link_costs(cfg, calls, [image])[0]
 
 
@@ -577,6 +614,6 @@ def run_link_costs(cfg: AccelConfig, calls: list,
             reqs = [*gemm_requests(cfg, plan, mirror, image=image,
                                    lead=None if image is None else lead),
                     Request(Cmd.READ_COUNTERS, b"")]
-            cost += link_cost(cfg, reqs)
+            cost += link_cost(cfg, reqs, label=gemm_label(call.name))
             cost["enc_busy"] += encoder_counts(reqs)["enc_busy"]
     return costs

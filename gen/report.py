@@ -105,6 +105,29 @@ def link_lines(link: dict) -> list[str]:
                      f"{r['requests_per_token']:,.1f} | {r['round_trips_per_token']:,.1f} | "
                      f"{by['1000000']['tokens_per_s']:.2f} | "
                      f"{by['3000000']['tokens_per_s']:.2f} |")
+    return lines + parts_lines(link["resident"].get("parts", {}))
+
+
+def parts_lines(parts: dict[str, dict[str, float]], widest: int = 6) -> list[str]:
+    """What crosses the link with the model resident, bytes a token per GEMM kind (every
+    layer's together) by what the requests carry (``accel.requests.carries``): the
+    ``widest`` largest columns over all GEMMs, the rest as ``other``."""
+    if not parts:
+        return []
+    total: dict[str, float] = {}
+    for row in parts.values():
+        for what, b in row.items():
+            total[what] = total.get(what, 0.0) + b
+    cols = sorted(total, key=lambda w: -total[w])[:widest]
+    lines = ["", "What crosses with the model resident, bytes a token (payloads both ways, "
+             "every layer of a kind together; `framing`: frame overhead and CHAIN "
+             "sub-headers):", "",
+             "| GEMM | " + " | ".join(cols) + " | other | total |",
+             "|---" * (len(cols) + 3) + "|"]
+    for label, row in [*parts.items(), ("all", total)]:
+        rest = sum(b for w, b in row.items() if w not in cols)
+        lines.append(f"| {label} | " + " | ".join(f"{row.get(w, 0.0):,.0f}" for w in cols)
+                     + f" | {rest:,.0f} | {sum(row.values()):,.0f} |")
     return lines
 
 

@@ -45,7 +45,13 @@ def _check_bundle(out):
         # a round trip per group of pipelined requests: fewer than the requests
         assert b["round_trips"] == r["waits"] < r["frames_tx"] == b["requests"]
         assert set(b["by_baud"]) == {"1000000", "3000000"}
-    assert "Host link and board time" in (out / "report.md").read_text()
+    # what crosses, per GEMM kind: the parts add up to the resident bytes
+    parts = lk["resident"]["parts"]
+    assert {g["gemm"].rsplit(".", 1)[-1] for g in prog["gemms"]} == set(parts)
+    assert sum(b for row in parts.values() for b in row.values()) == pytest.approx(
+        lk["resident"]["bytes_per_token"])
+    text = (out / "report.md").read_text()
+    assert "Host link and board time" in text and "What crosses with the model resident" in text
     load_bundle(out / "model")
     return rep
 

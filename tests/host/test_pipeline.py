@@ -18,8 +18,10 @@ from accel.protocol import (
     encode_frame,
 )
 from accel.requests import (
+    PART,
     BufferMirror,
     Request,
+    answer_bytes,
     buf_args,
     gemm_requests,
     link_cost,
@@ -92,6 +94,17 @@ def test_what_follows_the_first_request_fits_the_receive_fifo():
     assert (cost["waits"], cost["frames_tx"]) == (1, 2)
     assert cost["bytes_tx"] == sum(len(r.payload) + SUB_HEADER_BYTES for r in reqs[:4]) + len(
         reqs[4].payload) + 2 * FRAME_OVERHEAD
+    # by what they carry: each request of the CHAIN by its own, the read's answer with it,
+    # both frames' overhead and the CHAIN's four sub-headers as framing
+    parts = {k: v for k, v in link_cost(CFG, reqs, label="g").items() if k.startswith(PART)}
+    words = answer_bytes(CFG, reqs[4])
+    assert words > 0 and parts == {
+        "part:g:run": len(RUN.payload),
+        "part:g:write rows": len(reqs[1].payload),
+        "part:g:write params": len(reqs[2].payload) + len(reqs[3].payload),
+        "part:g:read out8": len(reqs[4].payload) + words,
+        "part:g:framing": 4 * FRAME_OVERHEAD + 4 * SUB_HEADER_BYTES}
+    assert sum(parts.values()) == cost["bytes_tx"] + cost["bytes_rx"]
 
 
 class _LoseAnswer:

@@ -325,7 +325,7 @@ def test_resident_gemms_on_other_memory_widths(tmp_path_factory, dram_bits):
 
 def test_link_costs_of_several_images_equal_each_priced_alone(tiny_llama, tiny_llama_cm):
     # gen build prices the pass streamed and resident with each GEMM planned once
-    from accel.requests import run_link_cost, run_link_costs
+    from accel.requests import PART, run_link_cost, run_link_costs
     from models.golden import run_golden
 
     calls = []
@@ -334,3 +334,13 @@ def test_link_costs_of_several_images_equal_each_priced_alone(tiny_llama, tiny_l
     both = run_link_costs(CFG, calls, [None, image])
     assert both == [run_link_cost(CFG, calls), run_link_cost(CFG, calls, image)]
     assert both[0]["bytes_tx"] > both[1]["bytes_tx"] > 0
+    # the breakdown: every GEMM kind, parts that add up to the bytes, and the resident
+    # pass LOADs the weights the streamed one writes
+    for cost in both:
+        parts = {k[len(PART):]: v for k, v in cost.items() if k.startswith(PART)}
+        assert {k.split(":")[0] for k in parts} == {c.name.rsplit(".", 1)[-1] for c in calls}
+        assert sum(parts.values()) == cost["bytes_tx"] + cost["bytes_rx"]
+    weights = [sum(v for k, v in c.items() if k.endswith(("write weights", "write weights4")))
+               for c in both]
+    loads = [sum(v for k, v in c.items() if k.endswith(("load", "load_run"))) for c in both]
+    assert weights[0] > weights[1] and loads[1] > loads[0] == 0
