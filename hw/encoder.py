@@ -39,6 +39,9 @@ from accel.protocol import EXPAND_ARGS
 
 from .engine import code_read_signature, host_bus_signature
 
+#: Bits of a code's index within its word (``CODES_PER_WORD`` is a power of two).
+WORD_SHIFT = (CODES_PER_WORD - 1).bit_length()
+
 
 class SpikeEncoder(wiring.Component):
     """``start`` takes an ``EXPAND``'s arguments; ``busy`` until the cycle after ``done``,
@@ -93,9 +96,9 @@ class SpikeEncoder(wiring.Component):
                      vr.eq(vb), kind_r.eq(kind_b), k_r.eq(k_b), s_r.eq(s_b), t_r.eq(t_b),
                      word_r.eq(self.codes.data),
                      vc.eq(vr), kind_c.eq(kind_r), k_c.eq(k_r), s_c.eq(s_r), t_c.eq(t_r)]
-        m.d.sync += code_c.eq(word_r.word_select(k_r[:(CODES_PER_WORD - 1).bit_length()],
+        m.d.sync += code_c.eq(word_r.word_select(k_r[:WORD_SHIFT],
                                                  CODE_BITS))
-        m.d.comb += self.codes.addr.eq(rowbase + (k >> (CODES_PER_WORD - 1).bit_length()))
+        m.d.comb += self.codes.addr.eq(rowbase + (k >> WORD_SHIFT))
 
         # stage C: the code's spike, from the table (models.encodings.spike_events)
         neg, fires, invalid = Signal(), Signal(), Signal()
@@ -129,8 +132,7 @@ class SpikeEncoder(wiring.Component):
                     a = self.start.payload
                     m.d.sync += [args.eq(a), bad.eq(0), room.eq(a.count), wa.eq(a.dst),
                                  rows_m1.eq(a.rows - 1), k_m1.eq(a.k - 1),
-                                 stride.eq((a.k + CODES_PER_WORD - 1)
-                                           >> (CODES_PER_WORD - 1).bit_length()),
+                                 stride.eq((a.k + CODES_PER_WORD - 1) >> WORD_SHIFT),
                                  k.eq(0), s.eq(0), rowbase.eq(0), t.eq(0),
                                  enc_id.eq(len(table))]
                     for i, (signed, steps) in enumerate(table):
