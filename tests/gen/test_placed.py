@@ -126,7 +126,8 @@ def test_a_row_is_current_only_while_the_gateware_emits_its_design(free, tmp_pat
     doc = json.loads(PLACED_JSON.read_text())
     base = doc["placed"][0]
     doc["placed"] = [{**base, "name": r.name, "commit": r.commit, "seed": r.seed,
-                      "fmax_mhz": r.fmax_mhz, "config": r.cfg.to_json(), "design": r.design}
+                      "fmax_mhz": r.fmax_mhz, "config": r.cfg.to_json(), "design": r.design,
+                      "other_seeds": {}}  # as the rows above have none, whatever row 0 has
                      for r in (now, old)]
     f = tmp_path / "placed.json"
     f.write_text(json.dumps(doc))
