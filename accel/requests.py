@@ -466,9 +466,14 @@ LINK_KEYS = ("frames_tx", "bytes_tx", "bytes_rx", "waits")
 WRITES = frozenset({Cmd.WRITE_BUF, Cmd.WRITE_ROWS})
 
 
+def _named(req: Request) -> BufId:
+    """The buffer or view a WRITE_BUF, WRITE_ROWS or READ_BUF names."""
+    return BufId(req.payload[0] & ~PACKED & 0xFF)
+
+
 def _memory(req: Request) -> BufId:
     """The memory a WRITE_BUF, WRITE_ROWS or READ_BUF names (a view's own memory)."""
-    buf = BufId(req.payload[0] & ~PACKED & 0xFF)
+    buf = _named(req)
     return VIEWS.get(buf, buf)
 
 
@@ -517,7 +522,7 @@ def carries(req: Request) -> str:
     the command (``run``, ``load_run``, ``expand``, ``read_counters``, ...)."""
     if req.cmd in WRITES or req.cmd == Cmd.READ_BUF:
         way = "read" if req.cmd == Cmd.READ_BUF else "write"
-        return f"{way} {BufId(req.payload[0] & ~PACKED & 0xFF).name.lower()}"
+        return f"{way} {_named(req).name.lower()}"
     return req.cmd.name.lower()
 
 
@@ -549,14 +554,24 @@ def link_cost(cfg: AccelConfig, requests: Iterator[Request] | list[Request],
             cost["bytes_rx"] += answer_bytes(cfg, req) + FRAME_OVERHEAD
             if label is None:
                 continue
-            parts = req.parts or (req,)
+            # a request alone is its own part; a CHAIN's sub-headers are framing
+            parts = [(p, len(p.payload) + answer_bytes(cfg, p)) for p in req.parts or (req,)]
             cost[f"{PART}{label}:framing"] += (2 * FRAME_OVERHEAD + len(req.payload)
                                                + answer_bytes(cfg, req)
-                                               - sum(len(p.payload) + answer_bytes(cfg, p)
-                                                     for p in parts))
-            for p in parts:
-                cost[f"{PART}{label}:{carries(p)}"] += len(p.payload) + answer_bytes(cfg, p)
+                                               - sum(b for _, b in parts))
+            for p, b in parts:
+                cost[f"{PART}{label}:{carries(p)}"] += b
     return cost
+
+
+def link_parts(cost: Counter) -> dict[str, dict[str, int]]:
+    """:func:`link_cost`'s breakdown in ``cost``, as ``{label: {what: bytes}}``."""
+    out: dict[str, dict[str, int]] = {}
+    for key, b in cost.items():
+        if key.startswith(PART):
+            label, what = key[len(PART):].split(":", 1)
+            out.setdefault(label, {})[what] = b
+    return out
 
 
 def gemm_label(name: str) -> str:

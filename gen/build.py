@@ -29,7 +29,7 @@ from accel import baselines
 from accel.board import BOARD_CLOCK_HZ, BOARD_FILE, FAST_BAUD, board_estimate, choose_clock
 from accel.bundle import CONFIG, PROGRAM, config_record, program_record, save_host_files
 from accel.config import AccelConfig
-from accel.requests import PART, run_link_costs
+from accel.requests import PART, link_parts, run_link_costs
 from accel.resident import model_image
 from accel.workload import GemmWork, sample_ids
 from models.arch import LoadedModel, ModelInputError, load_model, one_line
@@ -358,11 +358,10 @@ def board_link(cfg: AccelConfig, calls: list, tokens: int, preds) -> dict:
     costs = run_link_costs(cfg, calls, [None, image])  # each GEMM planned once
     for name, cost in zip(("streamed", "resident"), costs, strict=True):
         # what crosses, per GEMM kind (all layers): bytes a token by what they carry
-        parts: dict[str, dict[str, float]] = {}
-        for key in [k for k in cost if k.startswith(PART)]:
-            label, what = key[len(PART):].split(":", 1)
-            parts.setdefault(label, {})[what] = cost.pop(key) / tokens
-        out[name] = {**cost, "parts": parts,
+        parts = {label: {w: b / tokens for w, b in row.items()}
+                 for label, row in link_parts(cost).items()}
+        out[name] = {**{k: v for k, v in cost.items() if not k.startswith(PART)},
+                     "parts": parts,
                      "bytes_per_token": (cost["bytes_tx"] + cost["bytes_rx"]) / tokens,
                      "requests_per_token": cost["frames_tx"] / tokens,
                      "round_trips_per_token": cost["waits"] / tokens}

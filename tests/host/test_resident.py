@@ -325,7 +325,7 @@ def test_resident_gemms_on_other_memory_widths(tmp_path_factory, dram_bits):
 
 def test_link_costs_of_several_images_equal_each_priced_alone(tiny_llama, tiny_llama_cm):
     # gen build prices the pass streamed and resident with each GEMM planned once
-    from accel.requests import PART, run_link_cost, run_link_costs
+    from accel.requests import gemm_label, link_parts, run_link_cost, run_link_costs
     from models.golden import run_golden
 
     calls = []
@@ -337,9 +337,10 @@ def test_link_costs_of_several_images_equal_each_priced_alone(tiny_llama, tiny_l
     # the breakdown: every GEMM kind, parts that add up to the bytes, and the resident
     # pass LOADs the weights the streamed one writes
     for cost in both:
-        parts = {k[len(PART):]: v for k, v in cost.items() if k.startswith(PART)}
-        assert {k.split(":")[0] for k in parts} == {c.name.rsplit(".", 1)[-1] for c in calls}
-        assert sum(parts.values()) == cost["bytes_tx"] + cost["bytes_rx"]
+        parts = link_parts(cost)
+        assert set(parts) == {gemm_label(c.name) for c in calls}
+        assert sum(sum(row.values()) for row in parts.values()) == (cost["bytes_tx"]
+                                                                   + cost["bytes_rx"])
     weights = [sum(v for k, v in c.items() if k.endswith(("write weights", "write weights4")))
                for c in both]
     loads = [sum(v for k, v in c.items() if k.endswith(("load", "load_run"))) for c in both]
