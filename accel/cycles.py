@@ -34,13 +34,14 @@ from models.encodings import TTFS_KINDS
 # the cycle of ``done``.
 
 #: Cycle the first event word is at both arrays' inputs (the readers start their pointers
-#: on cycle 0, read the event buffer on cycle 1, present the word on cycle 2 to two
-#: registers, the word's and the event stage's, which hold it from cycles 3 and 4). A row
+#: on cycle 0, read the event buffer on cycle 1, register the word as it leaves the block
+#: RAMs on cycle 2 and present it on cycle 3 to two registers, the word's skid and the
+#: event stage's, which hold it from cycles 4 and 5). A row
 #: of an array whose previous END
 #: left at cycle ``w`` (:data:`FIRST_END` for the first row) has its END ready to leave at
 #: ``w + cost``: the readers deliver one word per cycle, and a held END stalls the reader
 #: without a bubble.
-FIRST = 4
+FIRST = 5
 #: Per array, the ``w`` of its first row: the MAC array takes an END in the cycle it
 #: arrives; the spike array's END leaves from its third stage (weight read, weights
 #: registered, add), one cycle later.
