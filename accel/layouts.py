@@ -191,9 +191,16 @@ def onchip_shapes(cfg: AccelConfig) -> dict[BufId, tuple[object, int]]:
 
 
 #: Buffers a LOAD may fill from the external memory: those the host may write, but not
-#: the external memory itself or the datapath's own buffers.
+#: the external memory itself or the datapath's own buffers. The code buffer is one, so
+#: that a GEMM's spike codes, staged in the memory once, are LOADed and EXPANDed for each
+#: of its N slices instead of crossing the link as event words (``accel.requests``).
 LOADABLE = frozenset({BufId.WEIGHTS, BufId.WEIGHTS4, BufId.SPIKE_EV, BufId.MAC_EV,
-                      BufId.ROWS, BufId.PARAMS, BufId.START})
+                      BufId.ROWS, BufId.PARAMS, BufId.START, BufId.CODES})
+
+
+def loadable(cfg: AccelConfig) -> frozenset:
+    """The :data:`LOADABLE` buffers ``cfg`` has (the code buffer only with the encoder)."""
+    return LOADABLE & buffer_shapes(cfg).keys()
 
 
 #: Widest word a WRITE_BUF may pack (``accel.protocol.PACKED``: the executor assembles

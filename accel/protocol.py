@@ -66,8 +66,9 @@ RX_FIFO_BYTES = 512
 #: Reported by IDENTIFY; bumped whenever a frame, command or payload layout changes.
 #: 2: a repeated RUN is not re-run; 3: ABORT, ERR_FAULT, RUN checked; 4: DRAM, LOAD;
 #: 5: LOAD_RUN; 6: reads do not make the core forget the last RUN's seq (pipelining);
-#: 7: EXPAND and the code buffer (the on-chip spike encoder), WRITE_ROWS; 8: CHAIN
-PROTOCOL_VERSION = 8
+#: 7: EXPAND and the code buffer (the on-chip spike encoder), WRITE_ROWS; 8: CHAIN;
+#: 9: LOAD into the code buffer
+PROTOCOL_VERSION = 9
 
 #: Frame header after the SOF byte (little-endian on the wire).
 HEADER = data.StructLayout({"cmd": unsigned(8), "seq": unsigned(8), "length": unsigned(16)})

@@ -27,6 +27,7 @@ from .layouts import (
     buffer_shapes,
     descriptor_errors,
     descriptor_layout,
+    dram_words,
     packable,
     row_lane_bytes,
     unpack_int,
@@ -285,18 +286,27 @@ def write_requests(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, words: li
 
 
 def expand_requests(cfg: AccelConfig, mirror: BufferMirror, img: TileImage, addr: int,
-                    words: list, max_payload: int = MAX_PAYLOAD) -> Iterator[Request]:
+                    words: list, max_payload: int = MAX_PAYLOAD,
+                    image: DramImage | None = None) -> Iterator[Request]:
     """The requests that have the on-chip encoder write tile ``img``'s spike words
-    ``words`` at ``addr ..``: per row group, its codes into the code buffer and an EXPAND
-    (``accel.encoder.expand_groups``), keeping ``mirror`` true as :func:`write_requests`
-    does."""
+    ``words`` at ``addr ..``: per row group, its codes into the code buffer (nothing if it
+    holds them already; a LOAD where ``image`` holds them, :func:`staged_events`) and an
+    EXPAND (``accel.encoder.expand_groups``), keeping ``mirror`` true as
+    :func:`write_requests` does."""
     if img.codes is None or img.enc is None:
         raise ValueError(f"{img.where}: no codes for the spike encoder")
     mirror.set(BufId.SPIKE_EV, addr, None, len(words))
     groups = expand_groups(cfg, img.codes, img.enc, words, addr)
     for i, (codes, payload) in enumerate(groups):
-        for req in write_requests(cfg, mirror, BufId.CODES, codes, 0, max_payload):
-            yield req._replace(completes=())  # the tile's write is the events, below
+        src = None if image is None else image.find(BufId.CODES, codes)
+        if mirror.holds(BufId.CODES, codes):
+            pass
+        elif src is not None:  # the tile's write is the events, below
+            yield from (r._replace(completes=())
+                        for r in load_requests(mirror, [(BufId.CODES, 0, codes, src)]))
+        else:
+            for req in write_requests(cfg, mirror, BufId.CODES, codes, 0, max_payload):
+                yield req._replace(completes=())
         yield Request(Cmd.EXPAND, payload, ((BufId.SPIKE_EV, addr, words),)
                       if i == len(groups) - 1 else (), where=img.where)
     mirror.set(BufId.SPIKE_EV, addr, words)
@@ -344,7 +354,7 @@ def tile_requests(cfg: AccelConfig, img: TileImage, mirror: BufferMirror,
     for buf, addr, words in tile_writes(cfg, img, mirror):
         src = None if image is None else image.find(buf, words)
         if src is None and buf == BufId.SPIKE_EV and img.codes is not None:
-            yield from expand_requests(cfg, mirror, img, addr, words, max_payload)
+            yield from expand_requests(cfg, mirror, img, addr, words, max_payload, image)
         elif src is None:
             yield from write_requests(cfg, mirror, buf, words, addr, max_payload)
         else:
@@ -393,22 +403,41 @@ def staged_events(cfg: AccelConfig, imgs: list[TileImage], mirror: BufferMirror,
     """Event words that several tiles of a GEMM would write (they do not all fit the event
     buffers, so each N slice writes them again) go into the external memory once, after the
     model's image (:meth:`DramImage.staging`), and are LOADed from there for each tile.
-    Yields those memory writes; returns the image that holds them too."""
+    Spike words the encoder makes (the tile has codes) are staged as their codes instead,
+    when those take fewer memory words, and each tile LOADs them into the code buffer and
+    EXPANDs them (:func:`expand_requests`): a 4-bit code an input, not a 17-bit word a
+    spike. Yields those memory writes; returns the image that holds them too."""
     seen: dict = {}
     ahead = mirror.copy()  # what the buffers will hold tile by tile
     for img in imgs:
         for buf, addr, words in tile_writes(cfg, img, ahead):
             if buf in (BufId.SPIKE_EV, BufId.MAC_EV):
                 key = image.key(buf, words)
-                seen[key] = (buf, words, seen.get(key, (0, 0, 0))[2] + 1)
+                first = seen.get(key, (buf, words, img, addr, 0))
+                seen[key] = (*first[:4], first[4] + 1)
             ahead.set(buf, addr, words)
     staged = image.staging()
-    for buf, words, uses in seen.values():
-        if uses > 1:
-            src = staged.add(buf, words)
-            dram = staged.words[src - staged.base:]
-            yield from write_requests(cfg, mirror, BufId.DRAM, dram, src, max_payload)
+    for buf, words, img, addr, uses in seen.values():
+        if uses < 2:
+            continue
+        blocks = [(buf, words)]
+        if buf == BufId.SPIKE_EV and img.codes is not None:
+            codes = [(BufId.CODES, c) for c, _ in
+                     expand_groups(cfg, img.codes, img.enc, words, addr)]
+            if sum(memory_words(cfg, *b) for b in codes) < memory_words(cfg, buf, words):
+                blocks = codes
+        for b, w in blocks:
+            if staged.find(b, w) is None:
+                src = staged.add(b, w)
+                dram = staged.words[src - staged.base:]
+                yield from write_requests(cfg, mirror, BufId.DRAM, dram, src, max_payload)
     return staged
+
+
+def memory_words(cfg: AccelConfig, buf: BufId, words: list) -> int:
+    """External-memory words ``words`` of ``buf`` take there (``accel.layouts.dram_words``
+    each)."""
+    return len(words) * dram_words(cfg, buf)
 
 
 def chained(requests: Iterator[Request] | list[Request],

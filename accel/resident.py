@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .config import AccelConfig
-from .layouts import LOADABLE, BufId, buffer_shapes, to_dram_words, word_packer
+from .layouts import BufId, buffer_shapes, loadable, to_dram_words, word_packer
 from .tiling import constant_tiles
 
 #: Words at the start of the external memory that describe the image (32-bit fields).
@@ -70,7 +70,7 @@ class DramImage:
         tile that writes only the first words of the block finds it too (a buffer word
         is a whole number of memory words, so a LOAD of ``j`` words from the block's
         start copies exactly its first ``j``)."""
-        if buf not in LOADABLE:
+        if buf not in loadable(self.cfg):
             raise ValueError(f"{buf.name} words cannot be loaded from the external memory")
         key = self.key(buf, words)
         if key not in self._index:
@@ -90,7 +90,7 @@ class DramImage:
     def find(self, buf: BufId, words: list) -> int | None:
         """The first memory word of ``words`` of ``buf``, or None if the image (or the one
         it follows) lacks them."""
-        if buf not in LOADABLE:
+        if buf not in loadable(self.cfg):
             return None
         src = self.parent.find(buf, words) if self.parent is not None else None
         return src if src is not None else self._index.get(self.key(buf, words))

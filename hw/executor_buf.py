@@ -9,7 +9,14 @@ from types import SimpleNamespace
 
 from amaranth import Cat, Module, Mux, Signal
 
-from accel.layouts import HOST_READABLE, HOST_WRITABLE, LOADABLE, PACK_BITS, BufId, dram_words
+from accel.layouts import (
+    HOST_READABLE,
+    HOST_WRITABLE,
+    PACK_BITS,
+    BufId,
+    dram_words,
+    loadable,
+)
 from accel.protocol import LENGTH_LIMIT, Cmd, Status
 
 
@@ -68,7 +75,7 @@ def load_states(m: Module, e: SimpleNamespace) -> None:
         # of its buffer range, registered (timing, as in SIZE)
         m.d.sync += e.load_bad.eq(1)
         with m.Switch(e.largs.buf):
-            for b in LOADABLE:
+            for b in sorted(loadable(e.cfg), key=lambda b: b.value):
                 with m.Case(b):
                     m.d.sync += [e.load_words.eq(e.largs.count * dram_words(e.cfg, b)),
                                  e.load_bad.eq(e.largs.addr + e.largs.count > e.shapes[b][1])]

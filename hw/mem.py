@@ -21,7 +21,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from accel.config import AccelConfig
-from accel.layouts import LOADABLE, BufId, dram_words
+from accel.layouts import BufId, dram_words, loadable
 from accel.protocol import LOAD_ARGS
 
 from .engine import host_bus_signature
@@ -59,7 +59,7 @@ def copier_signature(cfg: AccelConfig) -> wiring.Signature:
 def load_word_bits(cfg: AccelConfig) -> int:
     """Width of the word a LOAD assembles: the widest loadable buffer word, in whole
     external-memory words."""
-    return max(dram_words(cfg, b) for b in LOADABLE) * cfg.dram_bits
+    return max(dram_words(cfg, b) for b in loadable(cfg)) * cfg.dram_bits
 
 
 class Dma(wiring.Component):
@@ -87,7 +87,7 @@ class Dma(wiring.Component):
         cfg = self.cfg
         ctl = self.control
         b = cfg.dram_bits
-        per = {buf: dram_words(cfg, buf) for buf in LOADABLE}
+        per = {buf: dram_words(cfg, buf) for buf in loadable(cfg)}
         n = Signal(range(max(per.values()) + 1))  # memory words per buffer word
         issue = Signal(32)  # memory words still to request
         cmd_addr = Signal(cfg.dram_addr_bits)

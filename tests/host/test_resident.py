@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from accel.layouts import BufId, buffer_shapes, dram_words, pack_word, to_dram_words
-from accel.protocol import Cmd, word_bytes
+from accel.protocol import BUF_ARGS, LOAD_ARGS, Cmd, nbytes, word_bytes
 from accel.requests import BufferMirror, gemm_requests, load_payload
 from accel.resident import DramImage, model_image
 from accel.tiling import PassPlanner, constant_tiles, plan_call
@@ -222,6 +222,47 @@ def test_resident_gemms_are_exact_load_their_words_and_prefetch(sim):
     assert all(len(img.words.get(BufId.WEIGHTS4) or img.words[BufId.WEIGHTS]) <= CFG.k_tile
                for c in calls for img, _ in plan_call(CFG, c).steps())
     assert dev.stats["loads"] == sum(r.counters["loads"] for r in resident)
+
+
+def _loaded(requests) -> set:
+    """The buffers the LOADs among ``requests`` (and their CHAINs' parts) copy into."""
+    out = set()
+    for req in requests:
+        for r in req.parts or (req,):
+            if r.cmd in (Cmd.LOAD, Cmd.LOAD_RUN):
+                size = nbytes(LOAD_ARGS.size)
+                for i in range(r.payload[0]):
+                    raw = r.payload[1 + i * size:1 + (i + 1) * size]
+                    out.add(BufId(LOAD_ARGS.from_bits(int.from_bytes(raw, "little")).buf))
+    return out
+
+
+def test_spike_codes_staged_once_are_loaded_and_expanded_for_each_n_slice(sim):
+    # 96 rows of 150 inputs: the spike events of all K tiles do not fit the event buffer
+    # together, so each of the 3 N slices needs them again; their codes (4 bits an input)
+    # are staged in the memory instead of the event words (17 bits a spike)
+    call = _call(9, m=96, k=150, n=40)
+    image = model_image(CFG, [call])
+    plan = plan_call(CFG, call)
+    requests = list(gemm_requests(CFG, plan, BufferMirror(CFG), image=image))
+    assert BufId.CODES in _loaded(requests) and BufId.SPIKE_EV not in _loaded(requests)
+    args = [BUF_ARGS.from_bits(int.from_bytes(r.payload[:nbytes(BUF_ARGS.size)], "little"))
+            for r in requests if r.cmd == Cmd.WRITE_BUF]
+    events = {image.key(b, w): (b, w) for img, _ in plan.steps()
+              for b, w in img.words.items() if b == BufId.SPIKE_EV}
+    event_words = sum(len(w) * dram_words(CFG, b) for b, w in events.values())
+    staged_words = sum(int(a.count) for a in args if BufId(int(a.buf)) == BufId.DRAM)
+    assert 0 < staged_words < event_words / 2
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+    dev.load_image(image)
+    _, rec, _ = run_gemm(dev, call)
+    t.close()
+    assert rec.exact and rec.counters_match and rec.link == rec.predicted_link
+    assert rec.counters["busy"] == rec.predicted_cycles
+    # every tile's spike words made on chip, from codes written or loaded
+    assert rec.counters["enc_wr"] == sum(len(w) for img, _ in plan.steps()
+                                         for b, w in img.words.items() if b == BufId.SPIKE_EV)
 
 
 def test_an_image_is_used_only_where_the_device_holds_it(sim):

@@ -10,14 +10,14 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from accel.config import AccelConfig
-from accel.layouts import LOADABLE, BufId, buffer_shapes, dram_words, to_dram_words
+from accel.layouts import LOADABLE, BufId, buffer_shapes, dram_words, loadable, to_dram_words
 from hw.mem import Dma, MemModel
 
 
-def _cfg(dram_bits, lanes=4):
+def _cfg(dram_bits, lanes=4, spike_encoder=False):
     return AccelConfig(lanes=lanes, mac_units=2, weight_depth=64, max_rows=8,
                        spike_event_depth=256, mac_event_depth=64, spike_rows=4, max_steps=15,
-                       dram_bits=dram_bits, dram_addr_bits=10)
+                       dram_bits=dram_bits, dram_addr_bits=10, spike_encoder=spike_encoder)
 
 
 @pytest.mark.parametrize("timing", [dict(), dict(latency=1, row_cycles=0, refresh_cycles=0,
@@ -70,15 +70,17 @@ def test_memory_model_returns_what_was_written_in_command_order(timing):
     assert got == expect
 
 
-@pytest.mark.parametrize("dram_bits,lanes", [(8, 4), (16, 8), (32, 4), (64, 8), (128, 4)])
-def test_load_copies_buffer_words_from_their_memory_layout(dram_bits, lanes):
-    cfg = _cfg(dram_bits, lanes)
+@pytest.mark.parametrize("dram_bits,lanes,encoder", [(8, 4, False), (16, 8, True), (32, 4, True),
+                                                     (64, 8, False), (128, 4, True)])
+def test_load_copies_buffer_words_from_their_memory_layout(dram_bits, lanes, encoder):
+    cfg = _cfg(dram_bits, lanes, encoder)
+    assert (BufId.CODES in loadable(cfg)) == encoder  # the code buffer too, where it is
     rng = random.Random(dram_bits + lanes)
     shapes = buffer_shapes(cfg)
     image = {}
     loads = []
     next_src = 0
-    for buf in sorted(LOADABLE, key=lambda b: b.value):
+    for buf in sorted(loadable(cfg), key=lambda b: b.value):
         width = Shape.cast(shapes[buf][0]).width
         depth = shapes[buf][1]
         count = rng.randint(1, min(depth, 9))
