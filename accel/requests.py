@@ -36,6 +36,7 @@ from .layouts import (
 from .protocol import (
     BUF_ARGS,
     CHAINABLE,
+    EXPAND_ARGS,
     FRAME_OVERHEAD,
     LOAD_ARGS,
     MAX_PAYLOAD,
@@ -424,7 +425,7 @@ def staged_events(cfg: AccelConfig, imgs: list[TileImage], mirror: BufferMirror,
         if buf == BufId.SPIKE_EV and img.codes is not None:
             codes = [(BufId.CODES, c) for c, _ in
                      expand_groups(cfg, img.codes, img.enc, words, addr)]
-            if sum(memory_words(cfg, *b) for b in codes) < memory_words(cfg, buf, words):
+            if staging_bytes(cfg, codes, uses) < staging_bytes(cfg, blocks, uses):
                 blocks = codes
         for b, w in blocks:
             if staged.find(b, w) is None:
@@ -434,10 +435,20 @@ def staged_events(cfg: AccelConfig, imgs: list[TileImage], mirror: BufferMirror,
     return staged
 
 
-def memory_words(cfg: AccelConfig, buf: BufId, words: list) -> int:
-    """External-memory words ``words`` of ``buf`` take there (``accel.layouts.dram_words``
-    each)."""
-    return len(words) * dram_words(cfg, buf)
+def staging_bytes(cfg: AccelConfig, blocks: list[tuple[BufId, list]], uses: int) -> int:
+    """Link bytes (payloads) of staging ``blocks`` ``(buffer, words)`` in the external
+    memory and copying them ``uses`` times: their memory words written once, then per use
+    a LOAD copy of each; code blocks (row groups) also a LOAD request of their own and an
+    EXPAND each, in a CHAIN. What decides whether :func:`staged_events` stages a tile's
+    codes or its spike words (the encoder's cycles are not link time: not counted)."""
+    wb = word_bytes(cfg)[BufId.DRAM]
+    copy = nbytes(LOAD_ARGS.size)
+    total = 0
+    for buf, words in blocks:
+        total += len(words) * dram_words(cfg, buf) * wb + uses * copy
+        if buf == BufId.CODES:  # the LOAD's count byte, the EXPAND, both sub-headers
+            total += uses * (1 + nbytes(EXPAND_ARGS.size) + 2 * SUB_HEADER_BYTES)
+    return total
 
 
 def chained(requests: Iterator[Request] | list[Request],

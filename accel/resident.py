@@ -49,6 +49,7 @@ class DramImage:
         self.base: int = (-(-HEADER_WORDS * 32 // cfg.dram_bits) if after is None
                           else after.base + len(after.words))
         self.parent = after
+        self._loadable = loadable(cfg)
         self.words: list[int] = []  #: memory words from ``base`` on
         self._index: dict[tuple[BufId, bytes], int] = {}  #: blocks and their prefixes
         self._blocks = 0
@@ -70,7 +71,7 @@ class DramImage:
         tile that writes only the first words of the block finds it too (a buffer word
         is a whole number of memory words, so a LOAD of ``j`` words from the block's
         start copies exactly its first ``j``)."""
-        if buf not in loadable(self.cfg):
+        if buf not in self._loadable:
             raise ValueError(f"{buf.name} words cannot be loaded from the external memory")
         key = self.key(buf, words)
         if key not in self._index:
@@ -90,7 +91,7 @@ class DramImage:
     def find(self, buf: BufId, words: list) -> int | None:
         """The first memory word of ``words`` of ``buf``, or None if the image (or the one
         it follows) lacks them."""
-        if buf not in loadable(self.cfg):
+        if buf not in self._loadable:
             return None
         src = self.parent.find(buf, words) if self.parent is not None else None
         return src if src is not None else self._index.get(self.key(buf, words))

@@ -31,6 +31,7 @@ from accel.config import AccelConfig
 from accel.layouts import BufId, unpack_int
 from accel.protocol import (
     MAX_PAYLOAD,
+    PROTOCOL_VERSION,
     READ_ONLY,
     RUNS_ONCE,
     RX_FIFO_BYTES,
@@ -250,6 +251,10 @@ class Device:
                 f"{self.cfg.hash_text} (lanes {ident['lanes']} vs {self.cfg.lanes}, "
                 f"MAC units {ident['mac_units']} vs {self.cfg.mac_units}): program the "
                 f"device with this bundle's design")
+        if ident["version"] != PROTOCOL_VERSION:
+            raise DeviceError(
+                f"device speaks link protocol {ident['version']}, this host "
+                f"{PROTOCOL_VERSION}: program the device with a design built by this version")
         return ident
 
     def forget(self) -> None:
@@ -373,6 +378,15 @@ class Device:
         output slice read back (``Request.reads``), by ``(r0, r1, n0, n1)``, and the
         counters under ``Cmd.READ_COUNTERS`` if read. ``blocks``: the buffer writes the
         tiles need, of which those not sent count as skipped (already resident)."""
+        try:
+            return self._send_all(requests, blocks)
+        except (DeviceError, LinkError):
+            # the requests are built ahead of their answers (chained, pipelined), so the
+            # mirror may already hold words a refused or lost request never wrote
+            self.forget()
+            raise
+
+    def _send_all(self, requests, blocks: int) -> dict:
         got: dict = {}
         for group in pipeline_groups(chained(requests, self.max_payload), self.window):
             head = group[0]
@@ -391,7 +405,9 @@ class Device:
                     for part in req.parts or (req,):
                         done = self._verify(part)
                         blocks -= done
-                        self.stats["loads"] += done if part.cmd in (Cmd.LOAD, Cmd.LOAD_RUN) else 0
+                        # every copy, the code buffer's too (its LOADs complete no tile write)
+                        self.stats["loads"] += (part.payload[0] if part.cmd in (
+                            Cmd.LOAD, Cmd.LOAD_RUN) else 0)
         self.stats["writes_skipped"] += blocks
         return got
 

@@ -297,8 +297,9 @@ class Engine(wiring.Component):
         # buffer's enable leave registers (timing: a word's bits fan out to every block RAM
         # of a buffer, 64 lanes' weight rows across the die, and the bus is a mux of the
         # executor, the copier and the encoder behind their state machines). Nothing reads
-        # a word that soon: the engine's first read is cycles after it takes a descriptor
-        # (``accel.cycles.FIRST``), and a host read or a RUN is a later request. The
+        # a word that soon: a host read, a RUN or an EXPAND is a later request, and each
+        # waits for a copy in flight (the executor's interlock) a cycle after its last
+        # write is presented. The
         # registers are reset-less, so that a flush (fault or abort) loses no write.
         wr_addr = Signal.like(self.host.wr_addr, name="wr_addr_q", reset_less=True)
         wr_data = Signal.like(self.host.wr_data, name="wr_data_q", reset_less=True)
@@ -391,9 +392,8 @@ class Engine(wiring.Component):
         event_regs = []  # both registers of both event streams (empty before done)
         for name, reader, arr, op in (("spike", sr, sa, SpikeOp.SPIKE),
                                       ("mac", mr, ma, MacOp.MAC)):
-            # the event buffer's word is registered as it leaves the block RAMs (a deep
-            # buffer's output mux across its blocks and the address adder were one path),
-            # in a skid register: the array's stall reaches the reader (and the event
+            # the event buffer's word (registered by the reader as it leaves the block
+            # RAMs) passes a skid register: the array's stall reaches the reader (and the event
             # buffer's read enable) from a register, not through the stage register below
             raw = Skid(reader.out.payload.shape())
             m.submodules[f"{name}_word"] = raw

@@ -33,7 +33,8 @@ the assembly register, cleared for each row, so no byte is moved by a variable a
 
 EXPAND exists with the spike encoder only (``AccelConfig.spike_encoder``, ``hw.encoder``;
 else ``ERR_COMMAND``): it waits for a copy in flight (the copier may be writing the
-spike-event buffer), then for the encoder, and answers ``ERR_ARG`` if the encoder refused.
+spike-event buffer or the code buffer the encoder reads), then for the encoder, and
+answers ``ERR_ARG`` if the encoder refused.
 Like a RUN, an EXPAND repeated with the seq of the last RUN or EXPAND is answered OK
 without running again (its counters would count it twice).
 
@@ -70,13 +71,13 @@ from amaranth.lib.wiring import In, Out
 from accel.config import AccelConfig
 from accel.counters import COUNTERS
 from accel.layouts import (
-    LOADABLE,
     PACK_BITS,
     VIEWS,
     BufId,
     buffer_shapes,
     descriptor_layout,
     descriptor_rules,
+    loadable,
     packable,
     row_lane_bytes,
 )
@@ -246,7 +247,8 @@ class Executor(wiring.Component):
         reads_dma_buf = Signal()  # args.buf is (a view of) the memory the copy writes
         with m.Switch(args.buf):
             for b in BufId:
-                same = [x for x in LOADABLE if VIEWS.get(x, x) == VIEWS.get(b, b)]
+                same = [x for x in sorted(loadable(cfg), key=lambda x: x.value)
+                        if VIEWS.get(x, x) == VIEWS.get(b, b)]
                 if same:
                     with m.Case(b):
                         m.d.comb += reads_dma_buf.eq(
@@ -519,7 +521,7 @@ class Executor(wiring.Component):
                         goto("WAIT_DONE")
             if cfg.spike_encoder:
                 en = self.encoder
-                with m.State("EXPAND"):  # after a copy in flight: it may write SPIKE_EV
+                with m.State("EXPAND"):  # after a copy in flight: it may write SPIKE_EV or CODES
                     with m.If(cp.busy):
                         m.d.comb += self.strobes.load_wait.eq(1)
                     with m.Else():

@@ -20,7 +20,7 @@ from cocotb.triggers import ClockCycles, RisingEdge
 from accel.config import PRESETS
 from accel.cycles import tile_cycles, tile_work
 from accel.layouts import BufId
-from accel.protocol import Cmd, Frame, FrameDecoder, Status, encode_frame
+from accel.protocol import PROTOCOL_VERSION, Cmd, Frame, FrameDecoder, Status, encode_frame
 from accel.requests import (
     BufferMirror,
     buf_args,
@@ -176,6 +176,7 @@ async def identify_reports_config_hash(dut):
     await tb.start()
     ident = parse_ident(await tb.request(Cmd.IDENTIFY))
     assert ident["hash"] == CFG.hash32() and ident["lanes"] == CFG.lanes
+    assert ident["version"] == PROTOCOL_VERSION
 
 
 @cocotb.test()

@@ -7,6 +7,7 @@ from accel.counters import TRAFFIC
 from accel.layouts import BufId, buffer_shapes, descriptor_layout, pack_word
 from accel.protocol import BUF_ARGS, FRAME_OVERHEAD, Cmd, chain_payload, nbytes, word_bytes
 from accel.requests import buf_args, write_buf_payloads
+from host import driver
 from host.driver import Device, DeviceError, LinkError
 from host.run import run_model
 from host.transport import FAULTS, FaultyTransport, SerialTransport
@@ -14,11 +15,16 @@ from host.transport import FAULTS, FaultyTransport, SerialTransport
 from .conftest import CFG, FAST
 
 
-def test_identify_and_refuse_another_config(sim):
+def test_identify_and_refuse_another_config(sim, monkeypatch):
     t = SerialTransport(sim.url)
     assert Device(t, CFG, **FAST).identify()["lanes"] == CFG.lanes
     with pytest.raises(DeviceError, match="config hash .* differs from the bundle's"):
         Device(t, PRESETS["tiny"], **FAST).identify()
+    # a core of the same configuration built by another protocol version is refused too
+    # (a LOAD of the code buffer, say, would be refused halfway through a GEMM)
+    monkeypatch.setattr(driver, "PROTOCOL_VERSION", driver.PROTOCOL_VERSION + 1)
+    with pytest.raises(DeviceError, match=f"speaks link protocol {driver.PROTOCOL_VERSION - 1}"):
+        Device(t, CFG, **FAST).identify()
     t.close()
 
 

@@ -260,9 +260,26 @@ def test_spike_codes_staged_once_are_loaded_and_expanded_for_each_n_slice(sim):
     t.close()
     assert rec.exact and rec.counters_match and rec.link == rec.predicted_link
     assert rec.counters["busy"] == rec.predicted_cycles
+    assert dev.stats["loads"] == rec.counters["loads"]  # the code buffer's copies too
     # every tile's spike words made on chip, from codes written or loaded
     assert rec.counters["enc_wr"] == sum(len(w) for img, _ in plan.steps()
                                          for b, w in img.words.items() if b == BufId.SPIKE_EV)
+
+
+@pytest.mark.parametrize("density,staged", [(0.02, BufId.SPIKE_EV), (1.0, BufId.CODES)])
+def test_staged_spikes_are_codes_or_event_words_whichever_crosses_less(density, staged):
+    # K tiles of 512 inputs: a row's codes take 256 bytes whatever its spikes; its event
+    # words (a spike's, a STEP a step, an END) 4 bytes each. At 2 % a tile's event words
+    # are fewer bytes than its codes, at _call's 26 % more: whichever is cheaper is staged
+    cfg = dataclasses.replace(CFG, weight_depth=1024)
+    call = _call(9, m=320, k=900, n=40)
+    g = torch.Generator().manual_seed(1)
+    keep = (torch.rand(call.codes.shape, generator=g) < density) | call.codes.abs().gt(7)
+    call = dataclasses.replace(call, codes=call.codes * keep)
+    loaded = _loaded(gemm_requests(cfg, plan_call(cfg, call), BufferMirror(cfg),
+                                   image=model_image(cfg, [call])))
+    other = ({BufId.SPIKE_EV, BufId.CODES} - {staged}).pop()
+    assert staged in loaded and other not in loaded
 
 
 def test_an_image_is_used_only_where_the_device_holds_it(sim):
