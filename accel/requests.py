@@ -36,7 +36,6 @@ from .layouts import (
 from .protocol import (
     BUF_ARGS,
     CHAINABLE,
-    EXPAND_ARGS,
     FRAME_OVERHEAD,
     LOAD_ARGS,
     MAX_PAYLOAD,
@@ -73,6 +72,18 @@ def load_payload(*loads: tuple[BufId, int, int, int]) -> bytes:
         LOAD_ARGS.const({"buf": BufId(buf).value, "addr": addr, "count": count, "src": src})
         .as_bits().to_bytes(nbytes(LOAD_ARGS.size), "little")
         for buf, addr, count, src in loads)
+
+
+def parse_load_payload(payload: bytes) -> list[tuple[BufId, int, int, int]]:
+    """The copies ``(buf, addr, count, src)`` a LOAD (or LOAD_RUN: its copies first)
+    payload carries, as :func:`load_payload` builds them."""
+    size = nbytes(LOAD_ARGS.size)
+    out = []
+    for i in range(payload[0]):
+        a = LOAD_ARGS.from_bits(int.from_bytes(payload[1 + i * size:1 + (i + 1) * size],
+                                               "little"))
+        out.append((BufId(int(a.buf)), int(a.addr), int(a.count), int(a.src)))
+    return out
 
 
 def write_buf_payloads(cfg: AccelConfig, buf: BufId, words: list, addr: int = 0,
@@ -423,9 +434,12 @@ def staged_events(cfg: AccelConfig, imgs: list[TileImage], mirror: BufferMirror,
             continue
         blocks = [(buf, words)]
         if buf == BufId.SPIKE_EV and img.codes is not None:
-            codes = [(BufId.CODES, c) for c, _ in
-                     expand_groups(cfg, img.codes, img.enc, words, addr)]
-            if staging_bytes(cfg, codes, uses) < staging_bytes(cfg, blocks, uses):
+            groups = expand_groups(cfg, img.codes, img.enc, words, addr)
+            codes = [(BufId.CODES, c) for c, _ in groups]
+            # each use: a LOAD of each group's codes and its EXPAND, in a CHAIN
+            use = sum(len(load_payload((BufId.CODES, 0, len(c), 0))) + len(p)
+                      + 2 * SUB_HEADER_BYTES for c, p in groups)
+            if staging_bytes(cfg, codes, uses, use) < staging_bytes(cfg, blocks, uses):
                 blocks = codes
         for b, w in blocks:
             if staged.find(b, w) is None:
@@ -435,20 +449,17 @@ def staged_events(cfg: AccelConfig, imgs: list[TileImage], mirror: BufferMirror,
     return staged
 
 
-def staging_bytes(cfg: AccelConfig, blocks: list[tuple[BufId, list]], uses: int) -> int:
+def staging_bytes(cfg: AccelConfig, blocks: list[tuple[BufId, list]], uses: int,
+                  use: int | None = None) -> int:
     """Link bytes (payloads) of staging ``blocks`` ``(buffer, words)`` in the external
-    memory and copying them ``uses`` times: their memory words written once, then per use
-    a LOAD copy of each; code blocks (row groups) also a LOAD request of their own and an
-    EXPAND each, in a CHAIN. What decides whether :func:`staged_events` stages a tile's
-    codes or its spike words (the encoder's cycles are not link time: not counted)."""
+    memory and copying them ``uses`` times: their memory words written once, then ``use``
+    bytes a use (default: a copy of each block within a LOAD). What decides whether
+    :func:`staged_events` stages a tile's codes or its spike words (the encoder's cycles
+    are not link time: not counted)."""
     wb = word_bytes(cfg)[BufId.DRAM]
-    copy = nbytes(LOAD_ARGS.size)
-    total = 0
-    for buf, words in blocks:
-        total += len(words) * dram_words(cfg, buf) * wb + uses * copy
-        if buf == BufId.CODES:  # the LOAD's count byte, the EXPAND, both sub-headers
-            total += uses * (1 + nbytes(EXPAND_ARGS.size) + 2 * SUB_HEADER_BYTES)
-    return total
+    if use is None:
+        use = len(blocks) * nbytes(LOAD_ARGS.size)
+    return sum(len(w) * dram_words(cfg, b) * wb for b, w in blocks) + uses * use
 
 
 def chained(requests: Iterator[Request] | list[Request],

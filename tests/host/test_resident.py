@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from accel.layouts import BufId, buffer_shapes, dram_words, pack_word, to_dram_words
-from accel.protocol import BUF_ARGS, LOAD_ARGS, Cmd, nbytes, word_bytes
-from accel.requests import BufferMirror, gemm_requests, load_payload
+from accel.protocol import BUF_ARGS, Cmd, nbytes, word_bytes
+from accel.requests import BufferMirror, gemm_requests, load_payload, parse_load_payload
 from accel.resident import DramImage, model_image
 from accel.tiling import PassPlanner, constant_tiles, plan_call
 from host.driver import Device, DeviceError, LinkError
@@ -164,8 +164,9 @@ def test_a_load_carries_several_copies_and_stops_at_a_refused_one(sim):
     dev.write(BufId.DRAM, list(range(100, 164)), 5000)
     dev.write(BufId.START, [0] * CFG.lanes)
     dev.write(BufId.ROWS, [0] * 8)
-    dev.request(Cmd.LOAD, load_payload((BufId.START, 0, 4, 5000), (BufId.ROWS, 2, 3, 5010),
-                                       (BufId.START, 6, 2, 5020)))
+    copies = [(BufId.START, 0, 4, 5000), (BufId.ROWS, 2, 3, 5010), (BufId.START, 6, 2, 5020)]
+    assert parse_load_payload(load_payload(*copies)) == copies
+    dev.request(Cmd.LOAD, load_payload(*copies))
     assert dev.read(BufId.START, 0, 8) == [100, 101, 102, 103, 0, 0, 120, 121]
     assert dev.read(BufId.ROWS, 0, 6) == [0, 0, 110, 111, 112, 0]
     # the second copy runs past its buffer: the first has run, the third never does
@@ -226,15 +227,8 @@ def test_resident_gemms_are_exact_load_their_words_and_prefetch(sim):
 
 def _loaded(requests) -> set:
     """The buffers the LOADs among ``requests`` (and their CHAINs' parts) copy into."""
-    out = set()
-    for req in requests:
-        for r in req.parts or (req,):
-            if r.cmd in (Cmd.LOAD, Cmd.LOAD_RUN):
-                size = nbytes(LOAD_ARGS.size)
-                for i in range(r.payload[0]):
-                    raw = r.payload[1 + i * size:1 + (i + 1) * size]
-                    out.add(BufId(LOAD_ARGS.from_bits(int.from_bytes(raw, "little")).buf))
-    return out
+    return {buf for req in requests for r in req.parts or (req,)
+            if r.cmd in (Cmd.LOAD, Cmd.LOAD_RUN) for buf, *_ in parse_load_payload(r.payload)}
 
 
 def test_spike_codes_staged_once_are_loaded_and_expanded_for_each_n_slice(sim):
