@@ -67,6 +67,10 @@ from .pipe import Register, Skid
 from .rings import RowRing
 
 #: Strobes the engine exposes for the counters (name -> meaning).
+#: Register stages between the engine's host bus and its buffers' write ports: a word the
+#: bus presents in cycle t is in its buffer for a read in cycle t + 1 + HOST_WRITE_STAGES.
+HOST_WRITE_STAGES = 1
+
 STROBES = {
     "spike": "unit spike events executed by the spike array",
     "step": "TTFS membrane steps (V += I) executed",
@@ -293,14 +297,13 @@ class Engine(wiring.Component):
         weights = WeightBuffer(cfg)
         m.submodules.buf_weights = weights
 
-        # Host writes land a cycle after the bus presents them: address, data and each
-        # buffer's enable leave registers (timing: a word's bits fan out to every block RAM
-        # of a buffer, 64 lanes' weight rows across the die, and the bus is a mux of the
-        # executor, the copier and the encoder behind their state machines). Nothing reads
-        # a word that soon: a host read, a RUN or an EXPAND is a later request, and each
-        # waits for a copy in flight (the executor's interlock) a cycle after its last
-        # write is presented. The
-        # registers are reset-less, so that a flush (fault or abort) loses no write.
+        # Host writes land a cycle after the bus presents them (HOST_WRITE_STAGES):
+        # address, data and each buffer's enable leave registers (timing: a word's bits fan
+        # out to every block RAM of a buffer, 64 lanes' weight rows across the die, and the
+        # bus is a mux of the executor, the copier and the encoder behind their state
+        # machines). What reads a word the copier wrote waits for the copier's busy, which
+        # holds until its writes have landed (``hw.mem.Dma``'s ``settle``). The registers
+        # are reset-less, so that a flush (fault or abort) loses no write.
         wr_addr = Signal.like(self.host.wr_addr, name="wr_addr_q", reset_less=True)
         wr_data = Signal.like(self.host.wr_data, name="wr_data_q", reset_less=True)
         wr_narrow = Signal(name="wr_narrow_q", reset_less=True)

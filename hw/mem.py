@@ -69,12 +69,15 @@ class Dma(wiring.Component):
     ``hw.engine.host_bus_signature``: its write half; the read half stays idle).
 
     ``control.start`` takes a LOAD whose arguments the executor has checked, only while
-    idle. ``control.busy`` holds until its last word is written; ``control.buf``, ``lo``
-    and ``hi`` name the range it writes meanwhile (for the executor's interlock). Commands
-    are issued as fast as the memory takes them; every returned word is taken at once."""
+    idle. ``control.busy`` holds until its last word is written and ``settle`` cycles more
+    (the register stages between ``host`` and the buffers, so that what waits for busy
+    reads the new word: ``hw.top``); ``control.buf``, ``lo`` and ``hi`` name the range it
+    writes meanwhile (for the executor's interlock). Commands are issued as fast as the
+    memory takes them; every returned word is taken at once."""
 
-    def __init__(self, cfg: AccelConfig):
+    def __init__(self, cfg: AccelConfig, settle: int = 0):
         self.cfg = cfg
+        self.settle = settle
         super().__init__({
             "control": In(copier_signature(cfg)),
             "mem": Out(dram_port(cfg)),
@@ -102,6 +105,7 @@ class Dma(wiring.Component):
         # the whole core (timing: left -> busy -> port mux -> counters -> executor was the
         # 16-lane critical path at 74 MHz)
         busy = Signal()
+        tail = Signal(range(self.settle + 1))  # cycles busy still holds after the last write
         m.d.comb += [ctl.busy.eq(busy), ctl.start.ready.eq(~busy)]
         with m.If(ctl.start.valid & ctl.start.ready):
             a = ctl.start.payload
@@ -130,6 +134,13 @@ class Dma(wiring.Component):
         with m.If(wr):
             m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
             with m.If(left == 1):
+                if self.settle:
+                    m.d.sync += tail.eq(self.settle)
+                else:
+                    m.d.sync += busy.eq(0)
+        with m.If(tail != 0):
+            m.d.sync += tail.eq(tail - 1)
+            with m.If(tail == 1):
                 m.d.sync += busy.eq(0)
         return m
 

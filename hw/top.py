@@ -20,7 +20,7 @@ from accel.counters import COUNTERS
 
 from .counters import CounterFile
 from .encoder import SpikeEncoder
-from .engine import STROBES, Engine
+from .engine import HOST_WRITE_STAGES, STROBES, Engine
 from .executor import EXEC_STROBES, Executor
 from .link import Link
 from .mem import Dma, dram_port
@@ -30,6 +30,8 @@ from .mem import Dma, dram_port
 #: clock), about 0.2 s in the simulator. The host stays quiet longer than this before it
 #: retransmits after a timeout (``host.driver.Device.quiet``).
 LINK_TIMEOUT = round(BOARD_OSC_HZ * LINK_TIMEOUT_S)
+#: Register stages of the host bus between the writers' mux and the engine (below).
+BUS_STAGES = 1
 
 
 class Top(wiring.Component):
@@ -49,7 +51,10 @@ class Top(wiring.Component):
         m.submodules.executor = exe = Executor(cfg)
         m.submodules.engine = eng = Engine(cfg)
         m.submodules.counters = cnt = CounterFile(cfg, inc_bits=(cfg.lanes).bit_length() + 1)
-        m.submodules.dma = dma = Dma(cfg)
+        # the copier stays busy until its last word is in its buffer: the bus register
+        # below and the engine's own (a RUN, EXPAND or host read that waits for it reads
+        # the new word; tests/host/test_load_interlock.py)
+        m.submodules.dma = dma = Dma(cfg, settle=BUS_STAGES + HOST_WRITE_STAGES)
         enc = None
         if cfg.spike_encoder:
             m.submodules.encoder = enc = SpikeEncoder(cfg)
@@ -106,8 +111,8 @@ class Top(wiring.Component):
         # The chosen write is registered here, and again in the engine before its buffers
         # (timing: at 64 lanes the executor's packed-word logic, this mux and the engine's
         # buffer decode were one path, 14 of its 17 ns routing between the executor and
-        # the engine). Reset-less, like the engine's stage: a flush loses no write. Nothing
-        # reads a word that soon (``hw.engine``: the host writes).
+        # the engine). Reset-less, like the engine's stage: a flush loses no write. The
+        # copier's busy covers both stages (``settle``).
         bus = {n: Signal.like(getattr(hb, n), name=f"bus_{n}_q", reset_less=True)
                for n in ("wr_en", *names)}
         m.d.sync += [bus["wr_en"].eq(wr_en), *(bus[n].eq(pick[n]) for n in names)]
