@@ -67,8 +67,8 @@ RX_FIFO_BYTES = 512
 #: 2: a repeated RUN is not re-run; 3: ABORT, ERR_FAULT, RUN checked; 4: DRAM, LOAD;
 #: 5: LOAD_RUN; 6: reads do not make the core forget the last RUN's seq (pipelining);
 #: 7: EXPAND and the code buffer (the on-chip spike encoder), WRITE_ROWS; 8: CHAIN;
-#: 9: LOAD into the code buffer
-PROTOCOL_VERSION = 9
+#: 9: LOAD into the code buffer; 10: STORE
+PROTOCOL_VERSION = 10
 
 #: Frame header after the SOF byte (little-endian on the wire).
 HEADER = data.StructLayout({"cmd": unsigned(8), "seq": unsigned(8), "length": unsigned(16)})
@@ -109,6 +109,10 @@ class Cmd(enum.Enum, shape=8):
     #: :data:`SUB_HEADER` and its payload), run in order and answered once: one round trip
     #: for a tile's writes, EXPAND and LOAD_RUN instead of three (:func:`chain_payload`)
     CHAIN = 0x0C
+    #: weight rows gathered from the output buffer's codes into the external memory
+    #: (:data:`STORE_ARGS`), where a LOAD finds them: one GEMM's outputs become a later
+    #: GEMM's weights (K of QK^T, V of PV) without crossing the link; answered when written
+    STORE = 0x0D
 
     def __hash__(self):
         # by value, as ``accel.layouts.BufId``: sets of commands iterate in one order
@@ -143,7 +147,7 @@ RUNS_ONCE = frozenset({Cmd.RUN, Cmd.LOAD_RUN, Cmd.EXPAND, Cmd.CHAIN})
 #: payload is drained, not run) and is answered with that one's status, else OK; repeated
 #: with the seq of the last RUN, EXPAND or CHAIN it is answered OK without running again.
 CHAINABLE = frozenset({Cmd.WRITE_BUF, Cmd.WRITE_ROWS, Cmd.RUN, Cmd.LOAD, Cmd.LOAD_RUN,
-                       Cmd.EXPAND})
+                       Cmd.EXPAND, Cmd.STORE})
 #: Header of each request inside a CHAIN's payload (little-endian), its payload after it.
 SUB_HEADER = data.StructLayout({"cmd": unsigned(8), "length": unsigned(16)})
 #: Bytes of a packed :data:`SUB_HEADER`.
@@ -206,6 +210,18 @@ EXPAND_ARGS = data.StructLayout({"dst": unsigned(24), "count": unsigned(24),
 #: of the row it assembles, so the row's other lanes end up zero).
 ROW_ARGS = data.StructLayout({"buf": unsigned(8), "addr": unsigned(24), "count": unsigned(24),
                               "lanes": unsigned(8)})
+
+
+#: STORE arguments (its whole payload): ``rows`` words of ``buf`` (``WEIGHTS``: lanes of
+#: ``weight_bits``; ``WEIGHTS4``: of ``narrow_bits``) assembled from the output buffer and
+#: written into the external memory from word ``dst`` on, laid out as a LOAD of them reads
+#: them (``accel.layouts.to_dram_words``). Lane ``l < lanes`` of row ``r`` is the low bits
+#: of OUT word ``src + r * row_stride + l * lane_stride`` (a code the requantizer clamped to
+#: the lane's range), the other lanes zero. Every OUT word it names must lie in the buffer,
+#: and every memory word in the memory, or the core refuses it (``ERR_ARG``).
+STORE_ARGS = data.StructLayout({"buf": unsigned(8), "src": unsigned(24), "rows": unsigned(16),
+                                "lanes": unsigned(8), "row_stride": unsigned(16),
+                                "lane_stride": unsigned(16), "dst": unsigned(32)})
 
 
 def nbytes(bits: int) -> int:

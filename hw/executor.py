@@ -18,6 +18,7 @@ EXPAND           :data:`EXPAND_ARGS`                          none, once the wor
 WRITE_ROWS       :data:`ROW_ARGS` + ``count`` rows' low lanes   none
 CHAIN            requests of ``CHAINABLE``, each after its    none, once the last is done
                  ``SUB_HEADER``
+STORE            :data:`STORE_ARGS`                           none, once the rows are written
 ================ ============================================ ==============================
 
 A CHAIN's requests are checked and run as frames of their own would be (the length each
@@ -89,6 +90,7 @@ from accel.protocol import (
     READ_ONLY,
     ROW_ARGS,
     RUNS_ONCE,
+    STORE_ARGS,
     SUB_HEADER,
     SUB_HEADER_BYTES,
     Cmd,
@@ -102,6 +104,7 @@ from accel.protocol import (
 from .counters import counter_read_signature
 from .engine import host_bus_signature
 from .executor_buf import load_states, read_states, row_states, write_states
+from .executor_store import store_states
 from .link import DATA_LAYOUT
 from .mem import copier_signature, dram_port
 from .pipe import Register
@@ -171,7 +174,8 @@ class Executor(wiring.Component):
         shapes = buffer_shapes(cfg)
         wbytes = word_bytes(cfg)
         width = 8 * max(max(wbytes.values()), nbytes(BUF_ARGS.size), nbytes(LOAD_ARGS.size),
-                        nbytes(descriptor_layout(cfg).size), nbytes(EXPAND_ARGS.size))
+                        nbytes(descriptor_layout(cfg).size), nbytes(EXPAND_ARGS.size),
+                        nbytes(STORE_ARGS.size))
         sr = Signal(width)  # assembles incoming words and arguments (from the top)
         # outgoing words shift out of a register of their own (an identity, a counter, a
         # memory word): the wide one above then has four sources instead of eight, each a
@@ -378,6 +382,7 @@ class Executor(wiring.Component):
                 # commands whose fixed arguments come first: their bytes, and whether that
                 # is the whole payload (else the least of it)
                 fixed = {(Cmd.RUN,): (desc_bytes, True),
+                         (Cmd.STORE,): (nbytes(STORE_ARGS.size), True),
                          (Cmd.WRITE_BUF,) if sub else (Cmd.WRITE_BUF, Cmd.READ_BUF):
                          (args_bytes, False)}
                 if cfg.spike_encoder:
@@ -482,6 +487,8 @@ class Executor(wiring.Component):
                                 goto("RESP")
                             with m.Else():
                                 goto("EXPAND")
+                    with m.Case(Cmd.STORE):
+                        goto("STORE_LATCH")
                     if lane_bytes:
                         with m.Case(Cmd.WRITE_ROWS):
                             ra = Signal(ROW_ARGS)
@@ -539,6 +546,7 @@ class Executor(wiring.Component):
             if lane_bytes:
                 row_states(m, e)
             load_states(m, e)
+            store_states(m, e)
             write_states(m, e)
             with m.State("WAIT_DONE"):
                 with m.If(done_q):

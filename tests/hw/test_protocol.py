@@ -33,7 +33,8 @@ def test_codes_are_the_documented_ones():
     assert {c.name: c.value for c in Cmd} == {
         "IDENTIFY": 0x01, "WRITE_BUF": 0x02, "READ_BUF": 0x03, "RUN": 0x04,
         "READ_COUNTERS": 0x05, "RESET_COUNTERS": 0x06, "ABORT": 0x07, "LOAD": 0x08,
-        "LOAD_RUN": 0x09, "EXPAND": 0x0A, "WRITE_ROWS": 0x0B, "CHAIN": 0x0C}
+        "LOAD_RUN": 0x09, "EXPAND": 0x0A, "WRITE_ROWS": 0x0B, "CHAIN": 0x0C,
+        "STORE": 0x0D}
     assert {s.name: s.value for s in Status} == {
         "OK": 0x80, "ERR_CRC": 0x81, "ERR_LENGTH": 0x82, "ERR_COMMAND": 0x83,
         "ERR_ARG": 0x84, "ERR_TIMEOUT": 0x85, "ERR_FAULT": 0x86}

@@ -1,0 +1,64 @@
+"""STORE on the simulated device: weight rows gathered from the output buffer's codes into
+the external memory exactly as ``accel.chain.gathered`` predicts them (transposed or
+not, wide or narrow lanes, some lanes, odd strides), where a LOAD finds them; and the
+STOREs the core must refuse."""
+
+import random
+
+import pytest
+
+from accel.chain import Gather, gathered, store_payload
+from accel.layouts import BufId, buffer_shapes, dram_words
+from accel.protocol import Cmd
+from accel.requests import load_payload
+from host.driver import Device, DeviceError
+from host.transport import SerialTransport
+
+from .conftest import CFG, FAST
+
+
+def test_store_gathers_codes_into_weight_rows_a_load_reads(sim):
+    rng = random.Random(5)
+    depth = buffer_shapes(CFG)[BufId.OUT][1]
+    out = [rng.randint(-127, 127) for _ in range(depth)]
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+    dev.identify()
+    dev.write(BufId.OUT, [v & 0xFFFFFFFF for v in out])
+    cases = [Gather(BufId.WEIGHTS, 5, 7, CFG.lanes, 1, 31, 100),  # a transpose (K of QK^T)
+             Gather(BufId.WEIGHTS, 40, 9, 11, 23, 1, 300),  # rows as they are (V of PV)
+             Gather(BufId.WEIGHTS4, 3, 4, 5, 2, 3, 500),  # narrow lanes: low 4 bits
+             Gather(BufId.WEIGHTS, depth - 1, 1, 1, 0, 0, 700)]  # the buffer's last word
+    for g in cases:
+        want = gathered(CFG, g, out)
+        dev.request(Cmd.STORE, store_payload(g))
+        assert dev.read(BufId.DRAM, g.dst, len(want)) == want, g
+    # a LOAD of the first one's rows puts them in the weight buffer
+    g = cases[0]
+    dev.request(Cmd.LOAD, load_payload((BufId.WEIGHTS, 0, g.rows, g.dst)))
+    rows = dev.weight_rows(0, g.rows)
+    assert rows == [[out[g.src + r + j * g.lane_stride] for j in range(CFG.lanes)]
+                    for r in range(g.rows)]
+    n = dram_words(CFG, BufId.WEIGHTS)
+    top = 1 << CFG.dram_addr_bits
+    bad = {"no weight layout": Gather(BufId.OUT, 0, 1, 1, 0, 0, 0),
+           "no lanes": Gather(BufId.WEIGHTS, 0, 1, 0, 0, 1, 0),
+           "more lanes than the array": Gather(BufId.WEIGHTS, 0, 1, CFG.lanes + 1, 0, 1, 0),
+           "a lane past OUT": Gather(BufId.WEIGHTS, depth - 3, 1, 4, 0, 1, 0),
+           "a row past OUT": Gather(BufId.WEIGHTS, 10, 3, 1, (depth - 10) // 2, 0, 0),
+           "past the memory": Gather(BufId.WEIGHTS, 0, 2, 1, 1, 1, top - 2 * n + 1)}
+    before = dev.read(BufId.DRAM, 0, 8)
+    for why, g in bad.items():
+        with pytest.raises(DeviceError, match="STORE .* refused: ERR_ARG"):
+            dev.request(Cmd.STORE, store_payload(g))
+            pytest.fail(why)
+    assert dev.read(BufId.DRAM, 0, 8) == before  # a refused STORE writes nothing
+    with pytest.raises(DeviceError, match="STORE .* refused: ERR_ARG"):
+        dev.request(Cmd.STORE, store_payload(cases[0])[:-1])  # a short payload
+    # the last memory word is reachable, and no rows is nothing to do
+    g = Gather(BufId.WEIGHTS, 0, 1, 2, 0, 1, top - n)
+    dev.request(Cmd.STORE, store_payload(g))
+    assert dev.read(BufId.DRAM, top - n, n) == gathered(CFG, g, out)
+    dev.request(Cmd.STORE, store_payload(Gather(BufId.WEIGHTS, 0, 0, 1, 0, 0, 0)))
+    assert dev.read(BufId.DRAM, 0, 8) == before
+    t.close()
