@@ -12,11 +12,18 @@ checked against the golden values (it plans nothing it cannot show to be equal).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import NamedTuple
+
+import numpy as np
+import torch
+from amaranth import Shape
 
 from .config import AccelConfig
 from .layouts import BufId, buffer_shapes, to_dram_words, word_packer
 from .protocol import STORE_ARGS, nbytes
+from .resident import DramImage
+from .tiling import out_read, plan_call, tile_constants, tiles
 
 
 class Gather(NamedTuple):
@@ -51,3 +58,145 @@ def gathered(cfg: AccelConfig, g: Gather, out: list[int]) -> list[int]:
         rows.append(pack(low + [0] * (cfg.lanes - g.lanes)))
     return to_dram_words(cfg, g.buf, rows)
 
+
+
+@dataclass
+class Chain:
+    """A GEMM whose outputs are STOREd as later GEMMs' weights instead of read back:
+    ``stores[i]`` are the STOREs to send after step ``i`` of its plan
+    (``accel.tiling.GemmTiles.steps``: each once the OUT words it gathers are all there,
+    before a later tile overwrites them); ``consumers`` are the GEMMs ``(name, head)``
+    that LOAD them (its outputs are checked through theirs)."""
+
+    stores: dict[int, list[Gather]] = field(default_factory=dict)
+    consumers: list[tuple[str, int | None]] = field(default_factory=list)
+
+
+class PassChains:
+    """The chains of a traced forward pass (``models.golden.GemmCall`` in run order, with
+    the model in the external memory: ``image``). ``image``: where the stored weight
+    blocks lie, after the model's, for every GEMM of the pass to find (and to stage
+    after); ``by_call[i]``: the :class:`Chain` of ``calls[i]``, where it has one.
+
+    A linear layer's output (requantized codes) chains when later GEMMs of its layer
+    (``layers.3.k`` -> ``layers.3.*``) that are not linear layers have weights equal to a
+    window of its channels, as they are (V of PV, transposed in the weight rows) or as
+    rows (K of QK^T), and when every weight block their tiles LOAD (``accel.tiling.
+    tiles``, :func:`accel.tiling.tile_constants`) is one STORE of the output buffer as the
+    producer's tiles leave it (every OUT word of the block there at once, at addresses
+    ``src + r * row_stride + l * lane_stride``), and those blocks cover every output.
+    Anything else is read back and written as before."""
+
+    def __init__(self, cfg: AccelConfig, calls: list, image: DramImage):
+        self.image = image.staging()
+        self.by_call: dict[int, Chain] = {}
+        for i, call in enumerate(calls):
+            if not call.constant or call.raw:
+                continue
+            layer = call.name.rsplit(".", 1)[0]
+            users = [c for c in calls[i + 1:] if not c.constant
+                     and c.name.rsplit(".", 1)[0] == layer]
+            chain = _chain(cfg, call, users, self.image)
+            if chain is not None:
+                self.by_call[i] = chain
+
+
+def _window(y: torch.Tensor, w: torch.Tensor) -> tuple[bool, int] | None:
+    """``(transposed, c0)`` such that ``w [N, K]`` is ``y[:, c0:c0 + K]`` (False) or
+    ``y[:, c0:c0 + N]`` transposed (True), the first such ``c0``; None if neither."""
+    m, n_y = y.shape
+    n, k = w.shape
+    for transposed, width, rows in ((False, k, n), (True, n, k)):
+        if rows != m or width > n_y:
+            continue
+        win = y.unfold(1, width, 1)  # [m, windows, width]
+        want = w.t() if transposed else w  # [m, width]
+        hits = (win == want[:, None, :]).all(dim=2).all(dim=0).nonzero()
+        if len(hits):
+            return transposed, int(hits[0])
+    return None
+
+
+def _blocks(cfg: AccelConfig, user, transposed: bool, c0: int, n_y: int):
+    """Each weight block ``(buf, words, codes)`` the tiles of ``user`` load: ``codes[r, l]``
+    is the producer output ``m * n_y + c`` that lane ``l`` of row ``r`` holds."""
+    n, k = user.w.shape
+    for t in tiles(cfg, [(0, 1)], n, k):
+        words = tile_constants(cfg, user.w[t.n0:t.n1, t.k0:t.k1])
+        (buf, rows), = ((b, v) for b, v in words.items() if b in (BufId.WEIGHTS,
+                                                                  BufId.WEIGHTS4))
+        ks = torch.arange(t.k0, t.k1)[:, None]
+        ns = torch.arange(t.n0, t.n1)[None, :]
+        m, c = (ks, c0 + ns) if transposed else (ns, c0 + ks)
+        yield buf, rows, (m * n_y + c).numpy()
+
+
+def _chain(cfg: AccelConfig, call, users: list, image: DramImage) -> Chain | None:
+    """:class:`Chain` of ``call`` for ``users`` (None if it does not chain); its blocks
+    added to ``image``."""
+    y = call.y
+    m_y, n_y = y.shape
+    pending = []
+    consumers = []
+    for user in users:
+        win = _window(y, user.w)
+        if win is not None:
+            consumers.append((user.name, user.head))
+            pending += list(_blocks(cfg, user, *win, n_y))
+    if not pending:
+        return None
+    covered = np.zeros(m_y * n_y, dtype=bool)
+    for _, _, codes in pending:
+        covered[codes.ravel()] = True
+    if not covered.all():
+        return None
+    # where each output is in OUT as the producer's tiles complete (-1: not there)
+    pos = np.full(m_y * n_y, -1, dtype=np.int64)
+    owner = np.full(buffer_shapes(cfg)[BufId.OUT][1], -1, dtype=np.int64)
+    stores: dict[int, list] = {}
+    for i, (img, done) in enumerate(plan_call(cfg, call).steps()):
+        if done is None:
+            continue
+        _, base, _ = out_read(cfg, img)
+        ms = np.arange(done.r0, done.r1)[:, None]
+        cs = np.arange(done.n0, done.n1)[None, :]
+        addrs = base + (ms - done.r0) * (done.n1 - done.n0) + (cs - done.n0)
+        old = owner[addrs]
+        pos[old[old >= 0]] = -1
+        owner[addrs] = ms * n_y + cs
+        pos[ms * n_y + cs] = addrs
+        left = []
+        for buf, rows, codes in pending:
+            at = pos[codes]
+            if (at < 0).any():
+                left.append((buf, rows, codes))
+                continue
+            g = _gather(buf, at)
+            if g is None:
+                return None
+            stores.setdefault(i, []).append((g, rows))
+        pending = left
+    if pending:
+        return None
+    chain = Chain(consumers=consumers)
+    for i, gs in stores.items():
+        for g, rows in gs:
+            if image.find(g.buf, rows) is None:  # equal words stored already will do
+                chain.stores.setdefault(i, []).append(g._replace(dst=image.add(g.buf, rows)))
+    return chain
+
+
+def _gather(buf: BufId, at: np.ndarray) -> Gather | None:
+    """The STORE of the OUT words ``at[r, l]`` (lane ``l`` of row ``r``), if they are
+    ``src + r * row_stride + l * lane_stride`` with strides a STORE can carry."""
+    rows, lanes = at.shape
+    src = int(at[0, 0])
+    rs = int(at[1, 0] - src) if rows > 1 else 0
+    ls = int(at[0, 1] - src) if lanes > 1 else 0
+    r = np.arange(rows)[:, None]
+    lane = np.arange(lanes)[None, :]
+    limit = 1 << Shape.cast(STORE_ARGS["row_stride"].shape).width
+    if not (0 <= rs < limit and 0 <= ls < limit and rows < limit
+            and (at == src + r * rs + lane * ls).all()):
+        return None
+    return Gather(buf, src, rows, lanes, rs, ls, 0)

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from models.contract import low_bits
 
+from .chain import Chain, PassChains, store_payload
 from .config import AccelConfig
 from .counters import COUNTERS
 from .encoder import encoder_counts, expand_groups
@@ -389,14 +390,16 @@ def read_requests(cfg: AccelConfig, buf: BufId, addr: int, count: int,
 
 def gemm_requests(cfg: AccelConfig, plan, mirror: BufferMirror,
                   max_payload: int = MAX_PAYLOAD, read_chunk: int = READ_CHUNK,
-                  image: DramImage | None = None,
-                  lead: TileImage | None = None) -> Iterator[Request]:
+                  image: DramImage | None = None, lead: TileImage | None = None,
+                  chain: Chain | None = None) -> Iterator[Request]:
     """Every request of a planned GEMM (``accel.tiling.GemmTiles``) in run order
     (``GemmTiles.steps``): each tile's :func:`tile_requests` (the next tile's weights
     loaded beside it where they may be; beside the last, ``lead``: the first weights of
     the GEMM that follows, ``accel.tiling.PassPlanner.lead``), and each output slice read
-    back as soon as its last K tile has run. The driver sends exactly these;
-    :func:`link_cost` prices them."""
+    back as soon as its last K tile has run, or, for a GEMM whose outputs are later GEMMs'
+    weights (``chain``, ``accel.chain.PassChains``), not read: STOREd into the external
+    memory as the chain says. The driver sends exactly these; :func:`link_cost` prices
+    them."""
     steps = list(plan.steps())
     if image is not None:
         image = yield from staged_events(cfg, [img for img, _ in steps], mirror, max_payload,
@@ -404,7 +407,10 @@ def gemm_requests(cfg: AccelConfig, plan, mirror: BufferMirror,
     for i, (img, done) in enumerate(steps):
         following = steps[i + 1][0] if i + 1 < len(steps) else lead
         yield from tile_requests(cfg, img, mirror, max_payload, image, following)
-        if done is not None:
+        if chain is not None:
+            for g in chain.stores.get(i, ()):
+                yield Request(Cmd.STORE, store_payload(g), where=img.where)
+        elif done is not None:
             buf, addr, count = out_read(cfg, img)
             for req in read_requests(cfg, buf, addr, count, read_chunk):
                 yield req._replace(reads=(done, buf))
@@ -658,7 +664,8 @@ def run_link_cost(cfg: AccelConfig, calls: list, image: DramImage | None = None)
     """The link traffic of running a forward pass's traced GEMMs (``models.golden.GemmCall``)
     in order from a fresh device, as ``host run`` does: each GEMM planned by one
     :class:`~accel.tiling.PassPlanner`, its :func:`gemm_requests` (with the next GEMM's
-    lead weights when the model is in the external memory, ``image``), the buffers'
+    lead weights when the model is in the external memory, ``image``, and the outputs that
+    are later GEMMs' weights STOREd there, ``accel.chain.PassChains``), the buffers'
     contents carried from one GEMM to the next, and the counters read after each (the run
     checks every GEMM's counters). Besides :data:`LINK_KEYS`, ``enc_busy``: the cycles the
     spike encoder takes for the EXPANDs among them (``accel.encoder.encoder_counts``), and
@@ -672,13 +679,16 @@ def run_link_costs(cfg: AccelConfig, calls: list,
     planned once for all of them (the plan does not depend on the image)."""
     mirrors = [BufferMirror(cfg) for _ in images]
     costs = [Counter[str]() for _ in images]
+    # with the model in the external memory, outputs that are later weights are STOREd
+    chains = [None if image is None else PassChains(cfg, calls, image) for image in images]
     planner = PassPlanner(cfg)
     for i, call in enumerate(calls):
         plan = planner.plan(call)
         lead = planner.lead(calls[i + 1] if i + 1 < len(calls) else None)
-        for image, mirror, cost in zip(images, mirrors, costs, strict=True):
-            reqs = [*gemm_requests(cfg, plan, mirror, image=image,
-                                   lead=None if image is None else lead),
+        for ch, mirror, cost in zip(chains, mirrors, costs, strict=True):
+            reqs = [*gemm_requests(cfg, plan, mirror, image=None if ch is None else ch.image,
+                                   lead=None if ch is None else lead,
+                                   chain=None if ch is None else ch.by_call.get(i)),
                     Request(Cmd.READ_COUNTERS, b"")]
             cost += link_cost(cfg, reqs, label=gemm_label(call.name))
             cost["enc_busy"] += encoder_counts(reqs)["enc_busy"]

@@ -27,6 +27,7 @@ from collections import Counter
 import torch
 from amaranth import signed
 
+from accel.chain import Chain
 from accel.config import AccelConfig
 from accel.layouts import BufId, unpack_int
 from accel.protocol import (
@@ -353,20 +354,28 @@ class Device:
         the external memory holds them)."""
         return self._gemm(plan, lead, [])[0]
 
-    def gemm_counted(self, plan, lead=None) -> tuple[torch.Tensor, dict[str, int]]:
+    def gemm_counted(self, plan, lead=None, image: DramImage | None = None,
+                     chain: Chain | None = None) -> tuple[torch.Tensor, dict[str, int]]:
         """:meth:`gemm`, and the counters after it (their read pipelined behind the
-        GEMM's last requests: no round trip of its own)."""
-        out, counters = self._gemm(plan, lead, [Request(Cmd.READ_COUNTERS, b"")])
+        GEMM's last requests: no round trip of its own). ``image``: what the external
+        memory holds for this GEMM, if more than the model (``accel.chain.PassChains``);
+        ``chain``: its outputs STOREd there for later GEMMs, not read back (the outputs
+        returned are then zeros)."""
+        out, counters = self._gemm(plan, lead, [Request(Cmd.READ_COUNTERS, b"")], image,
+                                   chain)
         assert counters is not None
         return out, counters
 
-    def _gemm(self, plan, lead, then: list[Request]) -> tuple[torch.Tensor, dict | None]:
+    def _gemm(self, plan, lead, then: list[Request], image: DramImage | None = None,
+              chain: Chain | None = None) -> tuple[torch.Tensor, dict | None]:
         m = max(s.r1 for s in plan.slices)
         n = max(s.n1 for s in plan.slices)
         out = torch.zeros(m, n, dtype=torch.int64)
+        image = image if self.image is not None and image is not None else self.image
         got = self._send([*gemm_requests(self.cfg, plan, self.mirror, self.max_payload,
-                                         self.read_chunk, self.image,
-                                         lead if self.image is not None else None), *then],
+                                         self.read_chunk, image,
+                                         lead if image is not None else None,
+                                         chain if image is not None else None), *then],
                          sum(len(img.words) for img, _ in plan.steps()))
         counters = got.pop(Cmd.READ_COUNTERS, None)
         for (r0, r1, n0, n1), words in got.items():

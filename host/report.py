@@ -51,7 +51,7 @@ def layer_rows(cfg: AccelConfig, res: RunResult, table: dict) -> list[dict]:
         for k in TRAFFIC:
             row["predicted_traffic"][k] += r.predicted_traffic[k]
         row["link_bytes"] += r.link_bytes
-        row["bit_exact"] &= r.exact
+        row["bit_exact"] &= bool(r.exact)
         row["counters_match"] &= r.counters_match
     out = []
     for row in rows.values():

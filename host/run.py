@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from accel.chain import Chain, PassChains
 from accel.counters import GOLDEN_EVENTS
 from accel.cycles import gemm_cycles
 from accel.encoder import encoder_counts
@@ -51,7 +52,9 @@ class GemmRecord:
     predicted_cycles: int
     predicted_traffic: dict  #: ``accel.counters.TRAFFIC`` counts predicted by ``accel.cycles``
     link_bytes: int
-    exact: bool  #: outputs equal the golden outputs
+    #: outputs equal the golden outputs; for a GEMM whose outputs stayed on the device as
+    #: later GEMMs' weights (``accel.chain``), those GEMMs all exact (None until they ran)
+    exact: bool | None
     #: ``accel.counters.GOLDEN_EVENTS`` counters equal the golden events, and the spike
     #: encoder's counters its EXPANDs' (``predicted_encoder``)
     counters_match: bool
@@ -104,22 +107,30 @@ def check_program(entry: dict, call: GemmCall, plan) -> None:
 
 
 def run_gemm(dev: Device, call: GemmCall, plan=None, before: dict | None = None,
-             lead: TileImage | None = None) -> tuple[torch.Tensor, GemmRecord, dict]:
+             lead: TileImage | None = None, chains: PassChains | None = None,
+             chain: Chain | None = None) -> tuple[torch.Tensor, GemmRecord, dict]:
     """Run one GEMM on ``dev`` and compare it with the golden model: its outputs, its
     counter deltas against the golden events under the device's tiling, and the cycle
     model's prediction. ``before`` is the counters before it (read if not given); returns
     the outputs, the record and the counters after it (the next GEMM's ``before``).
     ``lead``: the next GEMM's first weights, loaded beside the last tile
-    (``accel.tiling.PassPlanner.lead``; only with the model in the external memory)."""
+    (``accel.tiling.PassPlanner.lead``; only with the model in the external memory).
+    ``chains``: the pass's chains (``accel.chain.PassChains``), ``chain`` this GEMM's: its
+    outputs are STOREd for later GEMMs and not read back, so it returns the golden outputs
+    and its record's ``exact`` is None until :func:`settle_chains` sets it from theirs."""
     cfg = dev.cfg
     plan = plan if plan is not None else plan_call(cfg, call)
     before = before if before is not None else dev.counters()
     bytes0, stats0 = dev.link_bytes(), dict(dev.stats)
     lead = lead if dev.image is not None else None
+    image = chains.image if chains is not None and dev.image is not None else dev.image
+    chain = chain if image is not None else None
     requests = [*gemm_requests(cfg, plan, dev.mirror.copy(), dev.max_payload, dev.read_chunk,
-                               dev.image, lead), Request(Cmd.READ_COUNTERS, b"")]
+                               image, lead, chain), Request(Cmd.READ_COUNTERS, b"")]
     predicted_link = link_cost(cfg, requests, dev.window)
-    y, after = dev.gemm_counted(plan, lead)
+    y, after = dev.gemm_counted(plan, lead, image, chain)
+    if chain is not None:
+        y = call.y  # on the device only: checked where it is used
     delta = {k: after[k] - before[k] for k in after}
     ev = tiled_events(cfg, call)
     pred = gemm_cycles(cfg, GemmWork.of(call))
@@ -127,7 +138,7 @@ def run_gemm(dev: Device, call: GemmCall, plan=None, before: dict | None = None,
     rec = GemmRecord(
         call.name, call.head, call.codes.shape[0], call.codes.shape[1], call.w.shape[0],
         delta, ev, pred.cycles, pred.traffic(), dev.link_bytes() - bytes0,
-        torch.equal(y, call.y),
+        None if chain is not None else torch.equal(y, call.y),
         all(delta[c] == getattr(ev, f) for c, f in GOLDEN_EVENTS.items())
         and all(delta[c] == v for c, v in encoder.items()),
         {k: dev.stats[k] - stats0.get(k, 0) for k in LINK_KEYS},
@@ -150,6 +161,18 @@ class _Executor:
         self.planner = PassPlanner(dev.cfg)
         self.upcoming = upcoming
         self.pos = 0  # calls of this pass so far
+        # outputs STOREd as later GEMMs' weights (accel.chain), planned on the trace: used
+        # while the pass follows it (a GEMM whose outputs differ from the trace's, or the
+        # order, ends them: what the plan stores is then not what the GEMMs need)
+        self.chains = (PassChains(dev.cfg, upcoming, dev.image)
+                       if upcoming and dev.image is not None else None)
+        self.chained: list[tuple[GemmRecord, Chain]] = []
+
+    def settle(self) -> None:
+        """Each chained GEMM's ``exact``: its consumers' (all of them ran, all exact)."""
+        for rec, chain in self.chained:
+            users = [r for r in self.records if (r.name, r.head) in chain.consumers]
+            rec.exact = len(users) == len(chain.consumers) and all(r.exact for r in users)
 
     def start(self) -> None:
         """A new forward pass: the program starts again."""
@@ -179,8 +202,18 @@ class _Executor:
                 raise ValueError(f"program.json ends before {where}")
             if entry is not None:  # a prefill-sized program (a forward pass) has no head
                 check_program(entry, call, plan)
-        y, rec, self.counters = run_gemm(self.dev, call, plan, self.counters,
-                                         self.planner.lead(self._next(call)))
+        pos, traced = self.pos, self.upcoming
+        lead = self.planner.lead(self._next(call))
+        chain = None
+        if self.chains is not None:
+            chain = self.chains.by_call.get(pos)
+            if traced is None or self.upcoming is None or (
+                    chain is not None and not torch.equal(call.y, traced[pos].y)):
+                self.chains = chain = None
+        y, rec, self.counters = run_gemm(self.dev, call, plan, self.counters, lead,
+                                         self.chains, chain)
+        if chain is not None:
+            self.chained.append((rec, chain))
         self.records.append(rec)
         if self.progress is not None:
             self.progress.update()
@@ -207,6 +240,7 @@ def run_model(cm: ConvertedModel, ids: torch.Tensor, dev: Device, progress=None,
     t0 = time.perf_counter()
     res.hidden, _ = run_golden(cm, ids, execute=ex)
     res.wall_s = time.perf_counter() - t0
+    ex.settle()
     res.records = ex.records
     return res
 

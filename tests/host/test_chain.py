@@ -1,0 +1,90 @@
+"""Outputs that stay on the device as later GEMMs' weights (``accel.chain``): the plan's
+STOREs gather exactly the weight blocks the consumers' tiles LOAD, a whole model runs
+bit-exact with keys and values never crossing the link, and what does not fit a STORE is
+read back and written as before."""
+
+from accel.baselines import trace
+from accel.chain import PassChains, gathered
+from accel.layouts import BufId, buffer_shapes
+from accel.requests import BufferMirror, Cmd, gemm_requests, run_link_cost
+from accel.resident import resident_image
+from accel.tiling import PassPlanner, out_read
+from host.driver import Device
+from host.run import run_model
+from host.transport import SerialTransport
+
+from .conftest import CFG, FAST
+
+
+def _out_after(cfg, plan, upto: int) -> dict[int, int]:
+    """What the output buffer holds after step ``upto`` of ``plan``: address -> the
+    producer's output ``(m, c)``."""
+    out = {}
+    for i, (img, done) in enumerate(plan.steps()):
+        if done is not None:
+            _, base, _ = out_read(cfg, img)
+            for m in range(done.r0, done.r1):
+                for c in range(done.n0, done.n1):
+                    out[base + (m - done.r0) * (done.n1 - done.n0) + (c - done.n0)] = (m, c)
+        if i == upto:
+            return out
+    raise AssertionError("no such step")
+
+
+def test_stores_gather_the_blocks_the_consumers_load(tiny_opt, tiny_opt_cm):
+    ids = tiny_opt.tokenize("Keys and values stay on the board.")
+    calls = trace(tiny_opt_cm, ids)
+    image = resident_image(CFG, tiny_opt_cm)
+    chains = PassChains(CFG, calls, image)
+    names = {calls[i].name.rsplit(".", 1)[1] for i in chains.by_call}
+    assert names == {"k", "v"}  # q and v feed QK^T's and PV's weights in OPT: no rotary
+    depth = buffer_shapes(CFG)[BufId.OUT][1]
+    stored = {}
+    for i, chain in chains.by_call.items():
+        y = calls[i].y
+        plan = PassPlanner(CFG).plan(calls[i])
+        for step, gathers in chain.stores.items():
+            held = _out_after(CFG, plan, step)
+            out = [0] * depth
+            for a, (m, c) in held.items():
+                out[a] = int(y[m, c])
+            for g in gathers:
+                stored[g.dst] = gathered(CFG, g, out)
+    # every weight block a consumer loads is one the STOREs wrote, word for word
+    mirror = BufferMirror(CFG)
+    loads = 0
+    planner = PassPlanner(CFG)
+    for i, call in enumerate(calls):
+        reqs = list(gemm_requests(CFG, planner.plan(call), mirror, image=chains.image,
+                                  chain=chains.by_call.get(i)))
+        if i in chains.by_call:
+            assert not any(r.cmd == Cmd.READ_BUF for r in reqs)  # nothing read back
+            assert sum(r.cmd == Cmd.STORE for r in reqs) == sum(
+                len(g) for g in chains.by_call[i].stores.values())
+        for r in reqs:
+            if r.cmd in (Cmd.LOAD, Cmd.LOAD_RUN):
+                for buf, _addr, words in r.completes:
+                    src = chains.image.find(buf, words)
+                    if buf in (BufId.WEIGHTS, BufId.WEIGHTS4) and src in stored:
+                        assert stored[src] == chains.image.words[
+                            src - chains.image.base:src - chains.image.base + len(stored[src])]
+                        loads += 1
+    assert loads >= sum(len(c.consumers) for c in chains.by_call.values())
+    # and it crosses fewer bytes than reading the outputs and writing the weights
+    assert run_link_cost(CFG, calls, image)["bytes_tx"] < run_link_cost(CFG, calls, None)[
+        "bytes_tx"]
+
+
+def test_a_model_runs_bit_exact_with_keys_and_values_on_the_device(sim, tiny_opt,
+                                                                  tiny_opt_cm):
+    ids = tiny_opt.tokenize("Keys and values stay on the board.")
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+    dev.load_image(resident_image(CFG, tiny_opt_cm))
+    res = run_model(tiny_opt_cm, ids, dev)
+    t.close()
+    assert res.bit_exact
+    chained = [r for r in res.records if r.name.endswith((".k", ".v"))]
+    assert chained and all(r.exact is True and r.counters_match for r in chained)
+    assert all(r.link == r.predicted_link for r in res.records)
+    assert all(r.counters["busy"] == r.predicted_cycles for r in res.records)
