@@ -20,7 +20,7 @@ import torch
 from amaranth import Shape
 
 from .config import AccelConfig
-from .layouts import BufId, buffer_shapes, to_dram_words, word_packer
+from .layouts import BufId, buffer_shapes, dram_words, to_dram_words, word_packer
 from .protocol import STORE_ARGS, nbytes
 from .resident import DramImage
 from .tiling import out_read, plan_call, tile_constants, tiles
@@ -177,6 +177,11 @@ def _chain(cfg: AccelConfig, call, users: list, image: DramImage) -> Chain | Non
             stores.setdefault(i, []).append((g, rows))
         pending = left
     if pending:
+        return None
+    # the blocks must all fit the memory (a block planned but never stored would be
+    # LOADed): else nothing of this GEMM is stored
+    need = sum(g.rows * dram_words(cfg, g.buf) for gs in stores.values() for g, _ in gs)
+    if image.base + len(image.words) + need > 1 << cfg.dram_addr_bits:
         return None
     chain = Chain(consumers=consumers)
     for i, gs in stores.items():

@@ -3,17 +3,22 @@ STOREs gather exactly the weight blocks the consumers' tiles LOAD, a whole model
 bit-exact with keys and values never crossing the link, and what does not fit a STORE is
 read back and written as before."""
 
+import dataclasses
+
+import pytest
+
 from accel.baselines import trace
 from accel.chain import PassChains, gathered
 from accel.layouts import BufId, buffer_shapes
 from accel.requests import BufferMirror, Cmd, gemm_requests, run_link_cost
-from accel.resident import resident_image
-from accel.tiling import PassPlanner, out_read
+from accel.resident import DramImage, resident_image
+from accel.tiling import PassPlanner, out_read, tile_constants, tiles
 from host.driver import Device
 from host.run import run_model
 from host.transport import SerialTransport
 
 from .conftest import CFG, FAST
+from .test_resident import _attn, _call
 
 
 def _out_after(cfg, plan, upto: int) -> dict[int, int]:
@@ -88,3 +93,46 @@ def test_a_model_runs_bit_exact_with_keys_and_values_on_the_device(sim, tiny_opt
     assert chained and all(r.exact is True and r.counters_match for r in chained)
     assert all(r.link == r.predicted_link for r in res.records)
     assert all(r.counters["busy"] == r.predicted_cycles for r in res.records)
+
+
+def _stored_blocks(cfg, calls, chains) -> dict[int, list[int]]:
+    """Memory word -> the words the plan's STOREs write there, from the producers' golden
+    outputs placed in the output buffer as their tiles leave them."""
+    depth = buffer_shapes(cfg)[BufId.OUT][1]
+    stored = {}
+    for i, chain in chains.by_call.items():
+        plan = PassPlanner(cfg).plan(calls[i])
+        for step, gathers in chain.stores.items():
+            out = [0] * depth
+            for a, (m, c) in _out_after(cfg, plan, step).items():
+                out[a] = int(calls[i].y[m, c])
+            for g in gathers:
+                stored[g.dst] = gathered(cfg, g, out)
+    return stored
+
+
+@pytest.mark.parametrize("m", [12, CFG.max_rows + 9])  # rows in OUT at once, or in two turns
+def test_only_outputs_every_one_of_which_a_store_covers_chain(m):
+    producer = dataclasses.replace(_call(11, m=m, k=40, n=20), name="L.v")
+    y = producer.y
+    consumer = dataclasses.replace(_attn(3), name="L.av", head=0)
+    full = dataclasses.replace(consumer, w=y[:, :20].t().contiguous())
+    part = dataclasses.replace(consumer, w=y[:, :10].t().contiguous())
+    other = dataclasses.replace(consumer, w=-y[:, :20].t().contiguous())
+    image = DramImage(CFG)
+    chains = PassChains(CFG, [producer, full], image)
+    assert list(chains.by_call) == [0] and chains.by_call[0].consumers == [("L.av", 0)]
+    stored = _stored_blocks(CFG, [producer, full], chains)
+    n, k = full.w.shape
+    blocks = [next((b, w) for b, w in tile_constants(CFG, full.w[t.n0:t.n1, t.k0:t.k1]).items()
+                   if b in (BufId.WEIGHTS, BufId.WEIGHTS4)) for t in tiles(CFG, [(0, 1)], n, k)]
+    assert len(stored) == len(blocks) > (1 if m > CFG.max_rows else 0)
+    for buf, w in blocks:  # each block the consumer loads is a STORE's words
+        src = chains.image.find(buf, w)
+        assert stored[src] == chains.image.words[src - chains.image.base:][:len(stored[src])]
+    # a consumer of half the channels leaves the rest unchecked: read back as before
+    assert not PassChains(CFG, [producer, part], DramImage(CFG)).by_call
+    assert not PassChains(CFG, [producer, other], DramImage(CFG)).by_call
+    # a later layer's GEMM is not a consumer
+    assert not PassChains(CFG, [producer, dataclasses.replace(full, name="M.av")],
+                          DramImage(CFG)).by_call
