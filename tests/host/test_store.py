@@ -9,7 +9,7 @@ import pytest
 
 from accel.chain import Gather, gathered, store_payload
 from accel.layouts import BufId, buffer_shapes, dram_words
-from accel.protocol import Cmd
+from accel.protocol import Cmd, chain_payload
 from accel.requests import load_payload
 from host.driver import Device, DeviceError
 from host.transport import SerialTransport
@@ -39,6 +39,19 @@ def test_store_gathers_codes_into_weight_rows_a_load_reads(sim):
     rows = dev.weight_rows(0, g.rows)
     assert rows == [[out[g.src + r + j * g.lane_stride] for j in range(CFG.lanes)]
                     for r in range(g.rows)]
+    # a STORE right behind a long copy gathers beside it and writes once it is done: both
+    # land whole (the memory port is the copier's meanwhile)
+    n = dram_words(CFG, BufId.WEIGHTS)
+    long = [rng.getrandbits(32) for _ in range(CFG.weight_depth * n)]
+    dev.write(BufId.DRAM, long, 2000)
+    g = cases[1]._replace(dst=1000)
+    dev.request(Cmd.CHAIN, chain_payload([
+        (Cmd.LOAD, load_payload((BufId.WEIGHTS, 0, CFG.weight_depth, 2000))),
+        (Cmd.STORE, store_payload(g))]))
+    assert dev.read(BufId.DRAM, g.dst, g.rows * n) == gathered(CFG, g, out)
+    assert dev.read(BufId.WEIGHTS, 0, CFG.weight_depth) == [
+        sum(w << (32 * i) for i, w in enumerate(long[r * n:(r + 1) * n]))
+        for r in range(CFG.weight_depth)]
     n = dram_words(CFG, BufId.WEIGHTS)
     top = 1 << CFG.dram_addr_bits
     bad = {"no weight layout": Gather(BufId.OUT, 0, 1, 1, 0, 0, 0),
