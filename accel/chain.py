@@ -20,7 +20,7 @@ import torch
 from amaranth import Shape
 
 from .config import AccelConfig
-from .layouts import BufId, buffer_shapes, dram_words, to_dram_words, word_packer
+from .layouts import BufId, buffer_shapes, to_dram_words, word_packer
 from .protocol import STORE_ARGS, nbytes
 from .resident import DramImage
 from .tiling import out_read, plan_call, tile_constants, tiles
@@ -72,11 +72,17 @@ class Chain:
     consumers: list[tuple[str, int | None]] = field(default_factory=list)
 
 
+def store_supported(cfg: AccelConfig) -> bool:
+    """Whether a core of ``cfg`` has STORE: its lanes (``weight_bits``, ``narrow_bits``)
+    fit the byte the gather reads a lane from and divide a memory word."""
+    return all(b <= 8 and cfg.dram_bits % b == 0 for b in (cfg.weight_bits, cfg.narrow_bits))
+
+
 class PassChains:
     """The chains of a traced forward pass (``models.golden.GemmCall`` in run order, with
-    the model in the external memory: ``image``). ``image``: where the stored weight
-    blocks lie, after the model's, for every GEMM of the pass to find (and to stage
-    after); ``by_call[i]``: the :class:`Chain` of ``calls[i]``, where it has one.
+    the model in the external memory: ``image``): ``by_call[i]``, the :class:`Chain` of
+    ``calls[i]`` where it has one, and :meth:`image_for`, what each GEMM finds in the
+    memory.
 
     A linear layer's output (requantized codes) chains when later GEMMs of its layer
     (``layers.3.k`` -> ``layers.3.*``) that are not linear layers have weights equal to a
@@ -84,21 +90,40 @@ class PassChains:
     rows (K of QK^T), and when every weight block their tiles LOAD (``accel.tiling.
     tiles``, :func:`accel.tiling.tile_constants`) is one STORE of the output buffer as the
     producer's tiles leave it (every OUT word of the block there at once, at addresses
-    ``src + r * row_stride + l * lane_stride``), and those blocks cover every output.
-    Anything else is read back and written as before."""
+    ``src + r * row_stride + l * lane_stride``), those blocks cover every output, and the
+    consumers would LOAD them from where this producer stores them (not equal words that
+    the model or an earlier producer holds: its outputs are checked through them).
+    Anything else is read back and written as before.
+
+    Each chaining GEMM's blocks lie after the model's image and the earlier ones' (a layer
+    of its own, :meth:`DramImage.staging`); a GEMM finds the blocks of the chains up to its
+    own (stored before it runs, or its own: none of its tiles loads those) and stages its
+    events after them. The blocks of a pass may take half the memory the model leaves; the
+    rest is for staging."""
 
     def __init__(self, cfg: AccelConfig, calls: list, image: DramImage):
-        self.image = image.staging()
         self.by_call: dict[int, Chain] = {}
+        self._layers: list[tuple[int, DramImage]] = [(-1, image)]
+        if not store_supported(cfg):
+            return
+        room = image.base + len(image.words) + ((1 << cfg.dram_addr_bits)
+                                                - image.base - len(image.words)) // 2
         for i, call in enumerate(calls):
             if not call.constant or call.raw:
                 continue
             layer = call.name.rsplit(".", 1)[0]
             users = [c for c in calls[i + 1:] if not c.constant
                      and c.name.rsplit(".", 1)[0] == layer]
-            chain = _chain(cfg, call, users, self.image)
-            if chain is not None:
+            stored = self._layers[-1][1].staging()
+            chain = _chain(cfg, call, users, stored)
+            if chain is not None and stored.base + len(stored.words) <= room:
                 self.by_call[i] = chain
+                self._layers.append((i, stored))
+
+    def image_for(self, i: int) -> DramImage:
+        """What GEMM ``i`` of the pass finds in the external memory: the model and the
+        blocks of every chain up to it."""
+        return next(img for at, img in reversed(self._layers) if at <= i)
 
 
 def _window(y: torch.Tensor, w: torch.Tensor) -> tuple[bool, int] | None:
@@ -178,16 +203,23 @@ def _chain(cfg: AccelConfig, call, users: list, image: DramImage) -> Chain | Non
         pending = left
     if pending:
         return None
-    # the blocks must all fit the memory (a block planned but never stored would be
-    # LOADed): else nothing of this GEMM is stored
-    need = sum(g.rows * dram_words(cfg, g.buf) for gs in stores.values() for g, _ in gs)
-    if image.base + len(image.words) + need > 1 << cfg.dram_addr_bits:
-        return None
+    # into this GEMM's own layer of the memory (``image``: fresh, dropped with the chain)
     chain = Chain(consumers=consumers)
+    seen: set[int] = set()
     for i, gs in stores.items():
         for g, rows in gs:
-            if image.find(g.buf, rows) is None:  # equal words stored already will do
-                chain.stores.setdefault(i, []).append(g._replace(dst=image.add(g.buf, rows)))
+            at = image.find(g.buf, rows)
+            if at is not None and at < image.base:
+                # the model or an earlier GEMM holds these words: the consumer would LOAD
+                # those, and this GEMM's outputs would go unchecked
+                return None
+            try:
+                dst = image.add(g.buf, rows)  # equal blocks of this GEMM: stored once
+            except ValueError:  # past the memory
+                return None
+            if dst not in seen:
+                seen.add(dst)
+                chain.stores.setdefault(i, []).append(g._replace(dst=dst))
     return chain
 
 

@@ -686,7 +686,7 @@ def run_link_costs(cfg: AccelConfig, calls: list,
         plan = planner.plan(call)
         lead = planner.lead(calls[i + 1] if i + 1 < len(calls) else None)
         for ch, mirror, cost in zip(chains, mirrors, costs, strict=True):
-            reqs = [*gemm_requests(cfg, plan, mirror, image=None if ch is None else ch.image,
+            reqs = [*gemm_requests(cfg, plan, mirror, image=None if ch is None else ch.image_for(i),
                                    lead=None if ch is None else lead,
                                    chain=None if ch is None else ch.by_call.get(i)),
                     Request(Cmd.READ_COUNTERS, b"")]

@@ -27,6 +27,7 @@ from accel.cycles import gemm_cycles
 from accel.encoder import encoder_counts
 from accel.protocol import Cmd
 from accel.requests import LINK_KEYS, Request, gemm_requests, link_cost
+from accel.resident import DramImage
 from accel.tiling import PassPlanner, TileImage, plan_call, tiled_events
 from accel.workload import GemmWork
 from models.contract import Events
@@ -107,7 +108,7 @@ def check_program(entry: dict, call: GemmCall, plan) -> None:
 
 
 def run_gemm(dev: Device, call: GemmCall, plan=None, before: dict | None = None,
-             lead: TileImage | None = None, chains: PassChains | None = None,
+             lead: TileImage | None = None, image: DramImage | None = None,
              chain: Chain | None = None) -> tuple[torch.Tensor, GemmRecord, dict]:
     """Run one GEMM on ``dev`` and compare it with the golden model: its outputs, its
     counter deltas against the golden events under the device's tiling, and the cycle
@@ -115,15 +116,16 @@ def run_gemm(dev: Device, call: GemmCall, plan=None, before: dict | None = None,
     the outputs, the record and the counters after it (the next GEMM's ``before``).
     ``lead``: the next GEMM's first weights, loaded beside the last tile
     (``accel.tiling.PassPlanner.lead``; only with the model in the external memory).
-    ``chains``: the pass's chains (``accel.chain.PassChains``), ``chain`` this GEMM's: its
-    outputs are STOREd for later GEMMs and not read back, so it returns the golden outputs
-    and its record's ``exact`` is None until :func:`settle_chains` sets it from theirs."""
+    ``image``: what the external memory holds for it, if more than the model
+    (``accel.chain.PassChains.image_for``); ``chain``: its own, if its outputs are STOREd
+    for later GEMMs: not read back, so it returns the golden outputs and its record's
+    ``exact`` is None until the pass sets it from theirs (``_Executor.settle``)."""
     cfg = dev.cfg
     plan = plan if plan is not None else plan_call(cfg, call)
     before = before if before is not None else dev.counters()
     bytes0, stats0 = dev.link_bytes(), dict(dev.stats)
     lead = lead if dev.image is not None else None
-    image = chains.image if chains is not None and dev.image is not None else dev.image
+    image = image if image is not None and dev.image is not None else dev.image
     chain = chain if image is not None else None
     requests = [*gemm_requests(cfg, plan, dev.mirror.copy(), dev.max_payload, dev.read_chunk,
                                image, lead, chain), Request(Cmd.READ_COUNTERS, b"")]
@@ -167,11 +169,16 @@ class _Executor:
         self.chains = (PassChains(dev.cfg, upcoming, dev.image)
                        if upcoming and dev.image is not None else None)
         self.chained: list[tuple[GemmRecord, Chain]] = []
+        self.loaded: set[tuple[str, int | None]] = set()  # GEMMs run while chains held
 
     def settle(self) -> None:
-        """Each chained GEMM's ``exact``: its consumers' (all of them ran, all exact)."""
+        """Each chained GEMM's ``exact``: its consumers' (all of them ran while the chains
+        held, so they LOADed what it stored, and all exact). A stored code that only ever
+        meets silent inputs changes no consumer's output, so it is not checked: nor does
+        it change the pass's result."""
         for rec, chain in self.chained:
-            users = [r for r in self.records if (r.name, r.head) in chain.consumers]
+            users = [r for r in self.records if (r.name, r.head) in chain.consumers
+                     and (r.name, r.head) in self.loaded]
             rec.exact = len(users) == len(chain.consumers) and all(r.exact for r in users)
 
     def start(self) -> None:
@@ -210,10 +217,13 @@ class _Executor:
             if traced is None or self.upcoming is None or (
                     chain is not None and not torch.equal(call.y, traced[pos].y)):
                 self.chains = chain = None
-        y, rec, self.counters = run_gemm(self.dev, call, plan, self.counters, lead,
-                                         self.chains, chain)
+        image = None if self.chains is None else self.chains.image_for(pos)
+        y, rec, self.counters = run_gemm(self.dev, call, plan, self.counters, lead, image,
+                                         chain)
         if chain is not None:
             self.chained.append((rec, chain))
+        if self.chains is not None:
+            self.loaded.add((call.name, call.head))
         self.records.append(rec)
         if self.progress is not None:
             self.progress.update()

@@ -69,6 +69,7 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from accel.chain import store_supported
 from accel.config import AccelConfig
 from accel.counters import COUNTERS
 from accel.layouts import (
@@ -382,11 +383,12 @@ class Executor(wiring.Component):
                 # commands whose fixed arguments come first: their bytes, and whether that
                 # is the whole payload (else the least of it)
                 fixed = {(Cmd.RUN,): (desc_bytes, True),
-                         (Cmd.STORE,): (nbytes(STORE_ARGS.size), True),
                          (Cmd.WRITE_BUF,) if sub else (Cmd.WRITE_BUF, Cmd.READ_BUF):
                          (args_bytes, False)}
                 if cfg.spike_encoder:
                     fixed[(Cmd.EXPAND,)] = (exp_bytes, True)
+                if store_supported(cfg):
+                    fixed[(Cmd.STORE,)] = (nbytes(STORE_ARGS.size), True)
                 if lane_bytes:
                     fixed[(Cmd.WRITE_ROWS,)] = (rows_bytes, False)
                 for cmds, (n, whole) in fixed.items():
@@ -487,8 +489,9 @@ class Executor(wiring.Component):
                                 goto("RESP")
                             with m.Else():
                                 goto("EXPAND")
-                    with m.Case(Cmd.STORE):
-                        goto("STORE_LATCH")
+                    if store_supported(cfg):
+                        with m.Case(Cmd.STORE):
+                            goto("STORE_LATCH")
                     if lane_bytes:
                         with m.Case(Cmd.WRITE_ROWS):
                             ra = Signal(ROW_ARGS)
@@ -546,7 +549,8 @@ class Executor(wiring.Component):
             if lane_bytes:
                 row_states(m, e)
             load_states(m, e)
-            store_states(m, e)
+            if store_supported(cfg):
+                store_states(m, e)
             write_states(m, e)
             with m.State("WAIT_DONE"):
                 with m.If(done_q):

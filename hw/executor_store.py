@@ -25,10 +25,9 @@ READ_CYCLES = 4
 
 def store_lanes(cfg, buf: BufId) -> tuple[int, int]:
     """``(bits, lanes)`` of one memory word of a STORE into ``buf``'s layout: a lane's bits
-    and how many lanes a memory word holds."""
+    and how many lanes a memory word holds (whole lanes of at most a byte: the core has
+    STORE only then, ``accel.chain.store_supported``)."""
     bits = cfg.weight_bits if buf == BufId.WEIGHTS else cfg.narrow_bits
-    if cfg.dram_bits % bits:
-        raise ValueError(f"a {cfg.dram_bits}-bit memory word holds no whole {bits}-bit lanes")
     return bits, cfg.dram_bits // bits
 
 
@@ -85,17 +84,18 @@ def store_states(m: Module, e: SimpleNamespace) -> None:
     with m.State("STORE_RANGE"):  # the products registered, then the sums and compares
         last_out = sa.src + p_rows + p_lanes
         end = sa.dst + Mux(narrow, need[BufId.WEIGHTS4], need[BufId.WEIGHTS])
-        with m.If((last_out >= out_depth) | (end > 1 << cfg.dram_addr_bits)):
+        # (no rows: nothing to range-check; rows - 1 would wrap)
+        with m.If((sa.rows != 0) & ((last_out >= out_depth) | (end > 1 << cfg.dram_addr_bits))):
             m.d.sync += bad.eq(1)
         e.goto("STORE_CHECK")
     with m.State("STORE_CHECK"):
         # no wait for a copy in flight: it writes no OUT word, and the memory takes the
         # STORE's writes once the copy is done (``hw.top``: the port is the copier's while
         # it is busy), so the gather runs beside the copy of the next GEMM's weights
-        with m.If(sa.rows == 0):
-            e.goto("RESP")
-        with m.Elif(bad):
+        with m.If(bad):
             m.d.sync += e.status.eq(Status.ERR_ARG)
+            e.goto("RESP")
+        with m.Elif(sa.rows == 0):
             e.goto("RESP")
         with m.Else():
             m.d.sync += [row_ptr.eq(sa.src), dst.eq(sa.dst), left.eq(sa.rows), e.rbyte.eq(0)]

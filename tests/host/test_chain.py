@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from accel.baselines import trace
-from accel.chain import PassChains, gathered
-from accel.layouts import BufId, buffer_shapes
+from accel.chain import PassChains, gathered, store_supported
+from accel.layouts import BufId, buffer_shapes, to_dram_words, word_packer
 from accel.requests import BufferMirror, Cmd, gemm_requests, run_link_cost
 from accel.resident import DramImage, resident_image
 from accel.tiling import PassPlanner, out_read, tile_constants, tiles
@@ -19,6 +19,12 @@ from host.transport import SerialTransport
 
 from .conftest import CFG, FAST
 from .test_resident import _attn, _call
+
+
+def _packed(buf, words) -> list[int]:
+    """A block's memory words, as a LOAD reads them."""
+    pack = word_packer(buffer_shapes(CFG)[buf][0])
+    return to_dram_words(CFG, buf, [pack(w) for w in words])
 
 
 def _out_after(cfg, plan, upto: int) -> dict[int, int]:
@@ -60,7 +66,7 @@ def test_stores_gather_the_blocks_the_consumers_load(tiny_opt, tiny_opt_cm):
     loads = 0
     planner = PassPlanner(CFG)
     for i, call in enumerate(calls):
-        reqs = list(gemm_requests(CFG, planner.plan(call), mirror, image=chains.image,
+        reqs = list(gemm_requests(CFG, planner.plan(call), mirror, image=chains.image_for(i),
                                   chain=chains.by_call.get(i)))
         if i in chains.by_call:
             assert not any(r.cmd == Cmd.READ_BUF for r in reqs)  # nothing read back
@@ -69,10 +75,9 @@ def test_stores_gather_the_blocks_the_consumers_load(tiny_opt, tiny_opt_cm):
         for r in reqs:
             if r.cmd in (Cmd.LOAD, Cmd.LOAD_RUN):
                 for buf, _addr, words in r.completes:
-                    src = chains.image.find(buf, words)
+                    src = chains.image_for(i).find(buf, words)
                     if buf in (BufId.WEIGHTS, BufId.WEIGHTS4) and src in stored:
-                        assert stored[src] == chains.image.words[
-                            src - chains.image.base:src - chains.image.base + len(stored[src])]
+                        assert stored[src] == _packed(buf, words)
                         loads += 1
     assert loads >= sum(len(c.consumers) for c in chains.by_call.values())
     # and it crosses fewer bytes than reading the outputs and writing the weights
@@ -128,11 +133,44 @@ def test_only_outputs_every_one_of_which_a_store_covers_chain(m):
                    if b in (BufId.WEIGHTS, BufId.WEIGHTS4)) for t in tiles(CFG, [(0, 1)], n, k)]
     assert len(stored) == len(blocks) > (1 if m > CFG.max_rows else 0)
     for buf, w in blocks:  # each block the consumer loads is a STORE's words
-        src = chains.image.find(buf, w)
-        assert stored[src] == chains.image.words[src - chains.image.base:][:len(stored[src])]
+        src = chains.image_for(1).find(buf, w)
+        assert stored[src] == _packed(buf, w)
     # a consumer of half the channels leaves the rest unchecked: read back as before
     assert not PassChains(CFG, [producer, part], DramImage(CFG)).by_call
     assert not PassChains(CFG, [producer, other], DramImage(CFG)).by_call
     # a later layer's GEMM is not a consumer
     assert not PassChains(CFG, [producer, dataclasses.replace(full, name="M.av")],
                           DramImage(CFG)).by_call
+
+
+def test_a_block_is_found_only_once_it_is_stored_and_only_where_this_gemm_stores_it():
+    producer = dataclasses.replace(_call(12, m=12, k=40, n=CFG.lanes), name="L1.v")
+    w = producer.y.t().contiguous()  # one tile: one block
+    before = dataclasses.replace(_attn(4), name="L0.av", head=0, w=w)  # equal, earlier
+    after = dataclasses.replace(before, name="L1.av")
+    calls = [before, producer, after]
+    chains = PassChains(CFG, calls, DramImage(CFG))
+    assert list(chains.by_call) == [1]
+    (block,) = [x for b, x in tile_constants(CFG, w).items() if b == BufId.WEIGHTS]
+    (g,) = [g for gs in chains.by_call[1].stores.values() for g in gs]
+    # the GEMM before the producer finds nothing (not yet stored); the one after, its STORE
+    assert chains.image_for(0).find(BufId.WEIGHTS, block) is None
+    assert chains.image_for(2).find(BufId.WEIGHTS, block) == g.dst
+    # where the model's image holds equal words, the consumer would LOAD those: no chain
+    model = DramImage(CFG)
+    model.add(BufId.WEIGHTS, block)
+    assert not PassChains(CFG, calls, model).by_call
+
+
+def test_a_core_whose_lanes_a_store_cannot_gather_has_no_store_and_no_chains():
+    from amaranth.back import rtlil
+
+    from hw.executor import Executor
+
+    cfg = dataclasses.replace(CFG, weight_bits=6)
+    assert store_supported(CFG) and not store_supported(cfg)
+    rtlil.convert(Executor(cfg))  # elaborates, without STORE (ERR_COMMAND)
+    producer = dataclasses.replace(_call(12, m=12, k=40, n=20), name="L1.v")
+    user = dataclasses.replace(_attn(4), name="L1.av", head=0,
+                               w=producer.y[:, :20].t().contiguous())
+    assert not PassChains(cfg, [producer, user], DramImage(cfg)).by_call

@@ -72,6 +72,8 @@ def test_store_gathers_codes_into_weight_rows_a_load_reads(sim):
     g = Gather(BufId.WEIGHTS, 0, 1, 2, 0, 1, top - n)
     dev.request(Cmd.STORE, store_payload(g))
     assert dev.read(BufId.DRAM, top - n, n) == gathered(CFG, g, out)
-    dev.request(Cmd.STORE, store_payload(Gather(BufId.WEIGHTS, 0, 0, 1, 0, 0, 0)))
+    dev.request(Cmd.STORE, store_payload(Gather(BufId.WEIGHTS, 0, 0, 1, 9, 9, 0)))
     assert dev.read(BufId.DRAM, 0, 8) == before
+    with pytest.raises(DeviceError, match="STORE .* refused: ERR_ARG"):  # still a bad one
+        dev.request(Cmd.STORE, store_payload(Gather(BufId.OUT, 0, 0, 1, 0, 0, 0)))
     t.close()
