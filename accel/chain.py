@@ -126,19 +126,30 @@ class PassChains:
         return next(img for at, img in reversed(self._layers) if at <= i)
 
 
+#: Largest comparison (elements) an unaligned window search may make (a window at any
+#: channel, where the aligned ones, multiples of its width, found none).
+SEARCH_LIMIT = 1 << 24
+
+
 def _window(y: torch.Tensor, w: torch.Tensor) -> tuple[bool, int] | None:
     """``(transposed, c0)`` such that ``w [N, K]`` is ``y[:, c0:c0 + K]`` (False) or
-    ``y[:, c0:c0 + N]`` transposed (True), the first such ``c0``; None if neither."""
+    ``y[:, c0:c0 + N]`` transposed (True), the first such ``c0``; None if neither. Windows
+    at multiples of their width (a head's channels) are tried first; any other only while
+    the search stays within :data:`SEARCH_LIMIT`."""
     m, n_y = y.shape
     n, k = w.shape
     for transposed, width, rows in ((False, k, n), (True, n, k)):
         if rows != m or width > n_y:
             continue
-        win = y.unfold(1, width, 1)  # [m, windows, width]
         want = w.t() if transposed else w  # [m, width]
-        hits = (win == want[:, None, :]).all(dim=2).all(dim=0).nonzero()
-        if len(hits):
-            return transposed, int(hits[0])
+        for c0 in range(0, n_y - width + 1, width):
+            if torch.equal(y[:, c0:c0 + width], want):
+                return transposed, c0
+        if m * (n_y - width + 1) * width <= SEARCH_LIMIT:
+            win = y.unfold(1, width, 1)  # [m, windows, width]
+            hits = (win == want[:, None, :]).all(dim=2).all(dim=0).nonzero()
+            if len(hits):
+                return transposed, int(hits[0])
     return None
 
 

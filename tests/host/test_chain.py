@@ -6,6 +6,7 @@ read back and written as before."""
 import dataclasses
 
 import pytest
+import torch
 
 from accel.baselines import trace
 from accel.chain import PassChains, gathered, store_supported
@@ -174,3 +175,15 @@ def test_a_core_whose_lanes_a_store_cannot_gather_has_no_store_and_no_chains():
     user = dataclasses.replace(_attn(4), name="L1.av", head=0,
                                w=producer.y[:, :20].t().contiguous())
     assert not PassChains(cfg, [producer, user], DramImage(cfg)).by_call
+
+
+def test_a_consumer_s_window_is_found_aligned_or_not_as_they_are_or_transposed(monkeypatch):
+    from accel import chain
+
+    y = torch.arange(5 * 40).view(5, 40)
+    assert chain._window(y, y[:, 8:16]) == (False, 8)  # a head's channels: aligned
+    assert chain._window(y, y[:, 3:11]) == (False, 3)  # anywhere, small enough
+    assert chain._window(y, y[:, 3:9].t()) == (True, 3)  # as rows
+    assert chain._window(y, -y[:, 3:11]) is None
+    monkeypatch.setattr(chain, "SEARCH_LIMIT", 0)  # a large output: aligned windows only
+    assert chain._window(y, y[:, 8:16]) == (False, 8) and chain._window(y, y[:, 3:11]) is None
