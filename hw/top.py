@@ -103,8 +103,16 @@ class Top(wiring.Component):
         # machine's decode, and it would select among 512 bits (timing). The enables are
         # ORed: only one source writes at a time.
         names = ("wr_buf", "wr_addr", "wr_data")
-        pick = {n: Mux(dma.control.busy, getattr(ch, n), getattr(xh, n)) for n in names}
-        wr_en = xh.wr_en | ch.wr_en
+        # The executor's write leaves a register before the mux: its enable, buffer and
+        # word are its state machine's decode, which reached the bus register and the
+        # host-write counter across the die (timing: 64 lanes at 62.7 MHz once STORE had
+        # grown the FSM). Nothing it writes is read that soon, and neither the copier nor
+        # the encoder starts within a cycle of its last write (each is a later request).
+        xq = {n: Signal.like(getattr(xh, n), name=f"exec_{n}_q", reset_less=True)
+              for n in ("wr_en", *names)}
+        m.d.sync += [xq[n].eq(getattr(xh, n)) for n in xq]
+        pick = {n: Mux(dma.control.busy, getattr(ch, n), xq[n]) for n in names}
+        wr_en = xq["wr_en"] | ch.wr_en
         if enc is not None:
             pick = {n: Mux(enc.busy, getattr(enc.host, n), pick[n]) for n in names}
             wr_en |= enc.host.wr_en
@@ -123,13 +131,18 @@ class Top(wiring.Component):
             xh.rd_data.eq(hb.rd_data), xh.rd_byte_data.eq(hb.rd_byte_data),
         ]
 
+        # the executor's strobes registered on their way to the counters (as its writes:
+        # its state decode does not cross the die to the counter file in one cycle); a
+        # count lands a cycle later, long before any READ_COUNTERS can read it
+        exec_q = {n: Signal(name=f"exec_{n}_q") for n in EXEC_STROBES}
+        m.d.sync += [q.eq(getattr(exe.strobes, n)) for n, q in exec_q.items()]
         # the counters' sources by name (accel.counters.Counter.sources)
         strobe = {"one": 1, **{f"engine.{n}": getattr(eng.strobes, n) for n in STROBES},
                   "engine.busy": eng.busy, "engine.fault": eng.fault,
                   "link.rx_byte": link.rx_byte, "link.tx_byte": link.tx_byte,
                   "link.frame_err": link.frame_err, "dma.word_rd": dma.word_rd,
                   "dma.busy": busy,
-                  **{f"exec.{n}": getattr(exe.strobes, n) for n in EXEC_STROBES},
+                  **{f"exec.{n}": s for n, s in exec_q.items()},
                   "exec.load_overlap": busy & eng.busy,
                   "enc.busy": 0 if enc is None else enc.busy,
                   "enc.word_wr": 0 if enc is None else enc.word_wr}
