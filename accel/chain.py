@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from amaranth import Shape
 
+from models.contract import low_bits
+
 from .config import AccelConfig
 from .layouts import BufId, buffer_shapes, to_dram_words, word_packer
 from .protocol import STORE_ARGS, nbytes
@@ -54,7 +56,7 @@ def gathered(cfg: AccelConfig, g: Gather, out: list[int]) -> list[int]:
     rows = []
     for r in range(g.rows):
         lanes = [out[g.src + r * g.row_stride + j * g.lane_stride] for j in range(g.lanes)]
-        low = [((v & ((1 << bits) - 1)) ^ (1 << bits - 1)) - (1 << bits - 1) for v in lanes]
+        low = [low_bits(v, bits) for v in lanes]  # the contract's two's complement
         rows.append(pack(low + [0] * (cfg.lanes - g.lanes)))
     return to_dram_words(cfg, g.buf, rows)
 
