@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--encoding", type=_encoding, default=None,
                    help="spike encoding: ttfs[:bits] | ttfs-signed[:bits] | rate[:T] | "
                         "ternary[:T[xL]] | int[:bits]; default: the converter's (ttfs-signed:4)")
+    b.add_argument("--host-out8", action="append", default=[], metavar="GLOB",
+                   help="convert with the GEMMs whose names match GLOB (e.g. 'layers.*.up'; "
+                        "repeatable) sending their outputs to the host at 8 bits, not 16")
     b.add_argument("--tokens", type=int, default=64,
                    help="tokens of calibration text the workload is measured on")
     b.add_argument("--workload", choices=WORKLOADS, default="prefill",
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rep = build(BuildOptions(
             model=a.model, out=a.out, target=a.target, budget=a.budget, encoding=a.encoding,
+            host_out8=tuple(a.host_out8),
             tokens=a.tokens, fixed=a.fix, energy_table=a.energy_table, synth=a.synth,
             pnr=a.pnr, bitstream=a.bitstream, freq_mhz=a.freq, progress=not a.quiet,
             seeds=tuple(range(a.seed, a.seed + max(a.seeds, 0))), baud=a.baud,

@@ -47,9 +47,21 @@ MAX_REQ_SHIFT = 47
 COL_MULT_BITS = 15
 COL_MULT_MAX = 2**COL_MULT_BITS - 1
 
-#: Outputs that go back to the host are signed 16-bit at a per-channel step.
+#: Outputs that go back to the host are signed 16-bit at a per-channel step (the default;
+#: a conversion may choose 8 bits per GEMM, ``ConvertOptions.host_out_bits``: half the
+#: link bytes of reading them back, at a coarser step).
 HOST_OUT_BITS = 16
 HOST_OUT_QMAX = 2 ** (HOST_OUT_BITS - 1) - 1
+#: The widths a host output may have (the output buffer's narrow views, OUT8 and OUT16).
+HOST_OUT_WIDTHS = (8, 16)
+
+
+def host_out_qmax(bits: int = HOST_OUT_BITS) -> int:
+    """Largest magnitude of a ``bits``-bit host output (symmetric: ``-qmax .. qmax``)."""
+    if bits not in HOST_OUT_WIDTHS:
+        raise ValueError(f"host outputs are {' or '.join(map(str, HOST_OUT_WIDTHS))} bits, "
+                         f"not {bits}")
+    return 2 ** (bits - 1) - 1
 
 #: Intermediate of the two-stage requantizer saturates to this signed width.
 REQ_MID_BITS = 32

@@ -29,12 +29,12 @@ from .calibrate import (
 from .contract import (
     ACC_BITS,
     ACC_MAX,
-    HOST_OUT_QMAX,
     INT8_QMAX,
     REQ_MID_BITS,
     ROW_FRAC,
     ContractError,
     F,
+    host_out_qmax,
 )
 from .distill import distill
 from .encodings import Encoding
@@ -56,6 +56,14 @@ from .weights import quantize_linears
 
 #: Host-bound outputs get this much headroom over the calibrated maximum.
 HOST_HEADROOM = 2.0
+
+
+def host_out_step(peak: torch.Tensor, bits: int) -> tuple[torch.Tensor, int, int, int]:
+    """``(step, zp, lo, hi)`` of a GEMM's outputs to the host at ``bits`` bits (the
+    contract's ``host_out_qmax``), from their calibration peak per channel (or head):
+    :data:`HOST_HEADROOM` times the peak at full scale, symmetric, no zero point."""
+    qmax = host_out_qmax(bits)
+    return (peak * HOST_HEADROOM / qmax).clamp(min=1e-12), 0, -qmax, qmax
 
 
 def builtin_text(name: str) -> list[str]:
@@ -273,6 +281,11 @@ def convert(lm: LoadedModel, opts: ConvertOptions | None = None,
     the option and the layer); ``progress`` shows progress bars on stderr."""
     opts = (opts or ConvertOptions()).resolved(lm.spec.family)
     opts.check()
+    gemms = [g["name"] for g in gemm_nodes(lm.spec)]
+    for pattern in opts.layers:  # a pattern that matches nothing is a typo, not a no-op
+        if not any(fnmatch.fnmatch(n, pattern) for n in gemms):
+            raise ModelInputError(f"option layers: {pattern!r} names no GEMM of {lm.name} "
+                                  f"(they are {gemms[0]!r} .. {gemms[-1]!r})")
     with _Threads(1):
         if lm.spec.family == "mamba":
             from .mamba_convert import convert_mamba  # it imports this module
@@ -405,18 +418,18 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
                 else:
                     scale, zp, lo, hi = tensors[f"{base}{cname}.w_scale"], 0, -INT8_QMAX, INT8_QMAX
             else:
-                scale = (rows(name, "y").abs().amax(0) + moved.get(name, 0.0)) * \
-                    HOST_HEADROOM / HOST_OUT_QMAX
-                scale, zp, lo, hi = scale.clamp(min=1e-12), 0, -HOST_OUT_QMAX, HOST_OUT_QMAX
+                scale, zp, lo, hi = host_out_step(
+                    rows(name, "y").abs().amax(0) + moved.get(name, 0.0),
+                    opts.for_node(name).host_out_bits)
             ratio = fit_ratio(plan, plan.step * s_w / scale, lin_x[name])
             node.shift = _epilogue(tensors, name, ratio, scale, bias, zp, lo, hi)
         elif node.kind == "qk":
             s_k = tensors[name + ".w_scale"].reshape(kvh, d)[:, 0].repeat_interleave(heads // kvh)
             scale = torch.stack([s.abs().amax((1, 2)) for s in rec[(name, "s")]]).amax(0).to(F)
-            scale = (scale * HOST_HEADROOM / HOST_OUT_QMAX).clamp(min=1e-12)
+            scale, zp, lo, hi = host_out_step(scale, opts.for_node(name).host_out_bits)
             ratio = fit_ratio(plan, plan.step * s_k / (math.sqrt(d) * scale), rows(name, "q"))
-            node.shift = _epilogue(tensors, name, ratio, scale, torch.zeros(heads, dtype=F), 0,
-                                   -HOST_OUT_QMAX, HOST_OUT_QMAX)
+            node.shift = _epilogue(tensors, name, ratio, scale, torch.zeros(heads, dtype=F), zp,
+                                   lo, hi)
         else:  # av -> the o projection's activation codes
             s_v = tensors[name + ".w_scale"].reshape(kvh, d).repeat_interleave(heads // kvh, 0)
             mult, zp, lo, hi = nodes[base + "o"].act.channel_targets(heads * d)

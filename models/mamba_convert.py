@@ -20,9 +20,8 @@ from tqdm import tqdm
 from .arch import LoadedModel, ModelInputError
 from .bundle import ConvertedModel, NodeInfo
 from .calibrate import calibrate_thresholds, fit_ratio, weight_space
-from .contract import ACC_BITS, ACC_MAX, HOST_OUT_QMAX, F
+from .contract import ACC_BITS, ACC_MAX, F
 from .convert import (
-    HOST_HEADROOM,
     ConvertOptions,
     _CalibOps,
     _epilogue,
@@ -30,6 +29,7 @@ from .convert import (
     _rotate32,
     _rows,
     builtin_text,
+    host_out_step,
     plan_activation,
 )
 from .graph import gemm_nodes
@@ -100,13 +100,13 @@ def convert_mamba(lm: LoadedModel, opts: ConvertOptions,
     probe = ConvertedModel(spec, {}, nodes, tensors)
     for node in nodes.values():
         _fit_outlier_shifts(probe, node, opts)
-    # 4. epilogues: 16-bit values for the host, one step per output channel
+    # 4. epilogues: values for the host (16 bits unless the options say 8), one step per
+    # output channel
     for name, node in nodes.items():
-        scale = _rows(rec[(name, "y")]).abs().amax(0) * HOST_HEADROOM / HOST_OUT_QMAX
-        scale = scale.clamp(min=1e-12)
+        scale, zp, lo, hi = host_out_step(_rows(rec[(name, "y")]).abs().amax(0),
+                                          opts.for_node(name).host_out_bits)
         ratio = fit_ratio(node.act, node.act.step * s_of[name] / scale, lin_x[name])
-        node.shift = _epilogue(tensors, name, ratio, scale, bias_of[name], 0, -HOST_OUT_QMAX,
-                               HOST_OUT_QMAX)
+        node.shift = _epilogue(tensors, name, ratio, scale, bias_of[name], zp, lo, hi)
         node.epi = len(tensors[name + ".scale"])
     host_params = sorted(k for k in lm.params if k in mamba_host_shapes(spec))
     for k in host_params:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from .arch import ModelInputError
 from .calibrate import METHODS
+from .contract import HOST_OUT_BITS, HOST_OUT_WIDTHS
 from .encodings import Encoding
 
 #: The allowed values of the options that name a rule.
@@ -85,6 +86,10 @@ class ConvertOptions:
         spikes; the bundle's options list them as ``integer_gemms``. 0 is off; None
         (default): :data:`DEFAULT_MIN_SPIKE_SHARE` for spiking encodings outside the mamba
         family (:meth:`ConvertOptions.resolved`).
+    host_out_bits: the width of the GEMM's outputs that go back to the host (those no
+        later GEMM takes as codes): 16 (default) or 8 (``models.contract.HOST_OUT_WIDTHS``;
+        read back through OUT8 at half the link bytes, at a step 258 times coarser), e.g.
+        ``layers={"layers.*.up": {"host_out_bits": 8}}`` for the GELU's inputs.
     layers: per-GEMM overrides, ``{glob: {"encoding": Encoding, "outlier_count": int, ...}}``
         matched with :func:`fnmatch.fnmatch` against node names (``layers.*.down``), applied
         in order; e.g. keep one layer all-integer W4A8 inside a hybrid model.
@@ -114,6 +119,7 @@ class ConvertOptions:
     learn_rotation: int = 0
     learn_host_rotation: int = 0
     min_spike_share: float | None = None
+    host_out_bits: int = HOST_OUT_BITS
     layers: dict[str, dict] = field(default_factory=dict)
 
     def resolved(self, family: str) -> ConvertOptions:
@@ -184,6 +190,8 @@ class ConvertOptions:
         for name in ("learn_rotation", "learn_host_rotation"):
             if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
                 raise bad(name, "must be an integer >= 0")
+        if self.host_out_bits not in HOST_OUT_WIDTHS or isinstance(self.host_out_bits, bool):
+            raise bad("host_out_bits", f"must be one of {', '.join(map(str, HOST_OUT_WIDTHS))}")
         if not isinstance(self.layers, dict):
             raise bad("layers", "must be a dict of node-name pattern -> overrides")
         known = {f.name for f in fields(self)} - {"layers"}
@@ -203,3 +211,13 @@ class ConvertOptions:
         d["layers"] = {k: {kk: vv.to_json() if isinstance(vv, Encoding) else vv
                            for kk, vv in v.items()} for k, v in self.layers.items()}
         return d
+
+
+def host_out8(opts: ConvertOptions, patterns: tuple[str, ...]) -> ConvertOptions:
+    """``opts`` with the GEMMs whose names match any of ``patterns`` (``fnmatch``, e.g.
+    ``layers.*.up``; ``*`` for all) sending their outputs to the host at 8 bits
+    (:attr:`ConvertOptions.host_out_bits`), kept as per-layer overrides."""
+    layers = dict(opts.layers)
+    for p in patterns:
+        layers[p] = {**layers.get(p, {}), "host_out_bits": 8}
+    return replace(opts, layers=layers)

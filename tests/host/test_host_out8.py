@@ -1,0 +1,49 @@
+"""A model whose outputs to the host are 8 bits (``ConvertOptions.host_out_bits``) runs
+bit-exact on the simulated device, reading them back through OUT8 at the bytes the pricing
+predicts: half those of 16-bit outputs."""
+
+import pytest
+
+from accel.baselines import trace
+from accel.requests import link_parts, run_link_cost
+from accel.resident import resident_image
+from host.driver import Device
+from host.run import run_model
+from host.transport import SerialTransport
+from models.convert import ConvertOptions, convert
+from models.options import host_out8
+
+from .conftest import CFG, FAST
+
+TEXT = "Eight bits of every output the host reads back."
+
+
+@pytest.fixture(scope="module")
+def out8(tiny_opt):
+    """tiny-opt with every output to the host at 8 bits (the scores too)."""
+    return convert(tiny_opt, host_out8(ConvertOptions(calib_sentences=6), ("*",)))
+
+
+def test_8_bit_host_outputs_are_priced_as_reads_of_out8_at_half_the_bytes(tiny_opt,
+                                                                        tiny_opt_cm, out8):
+    ids = tiny_opt.tokenize(TEXT)
+    wide, narrow = (link_parts(run_link_cost(CFG, trace(cm, ids)))
+                    for cm in (tiny_opt_cm, out8))
+    for kind in ("qk", "o", "up", "down"):
+        assert narrow[kind].get("read out16", 0) == 0, kind
+        # the same words, a byte each instead of two, plus their read requests' arguments
+        n8, n16 = narrow[kind]["read out8"], wide[kind]["read out16"]
+        assert n16 / 2 <= n8 < 0.6 * n16, (kind, n8, n16)
+
+
+def test_a_model_with_8_bit_host_outputs_runs_bit_exact(sim, tiny_opt, out8):
+    ids = tiny_opt.tokenize(TEXT)
+    t = SerialTransport(sim.url)
+    dev = Device(t, CFG, **FAST)
+    dev.load_image(resident_image(CFG, out8))
+    res = run_model(out8, ids, dev)
+    t.close()
+    assert res.bit_exact
+    assert all(r.counters_match for r in res.records)
+    assert all(r.link == r.predicted_link for r in res.records)
+    assert all(r.counters["busy"] == r.predicted_cycles for r in res.records)
