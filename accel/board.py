@@ -174,8 +174,12 @@ def board_estimate(stats: dict, cycles: int, tokens: int,
     byte is counted as sent while another is, the engine runs only inside a RUN, and a
     LOAD is not counted beside it). ``stats`` are the driver's counts (``bytes_tx``,
     ``bytes_rx``, ``frames_tx``, ``waits``) or ``accel.requests.link_cost``'s prediction;
-    ``cycles`` the core's: the engine's (``accel.cycles``' prediction or the counters) and
-    the spike encoder's (``enc_busy``)."""
+    ``cycles`` the core's: the engine's (``accel.cycles``' prediction or the counters), the
+    spike encoder's (``enc_busy``) and, measured only, the RUNs' waits for their weights'
+    copies (``load_wait``; the prediction has no model of the memory's timing). Not
+    charged: a STORE's gather (``accel.chain``; no counter counts it: estimated from its
+    state machine at about 550,000 cycles, 22 ms at 25 MHz, of the 3.5 s a 15-token
+    MiniLM pass takes at 3 Mbaud, ``docs/memory.md``)."""
     link_bits = UART_BITS_PER_BYTE * (stats["bytes_tx"] + stats["bytes_rx"])
     trips = stats["waits"] * ROUND_TRIP_S
     compute = cycles / clock_hz

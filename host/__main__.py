@@ -239,9 +239,11 @@ def cmd_run(a) -> int:
                    "golden_events": vars(total_events(res.golden_events))},
         "energy_table_pj": table, "resident": resident,
     }
-    # the engine's cycles and the spike encoder's (it runs between RUNs)
+    # the engine's cycles, the spike encoder's (it runs between RUNs) and the cycles a RUN
+    # waited for its weights' copy (neither busy nor link time)
     rep["board"] = board_estimate(dev.stats, rep["totals"]["measured_cycles"]
-                                  + sum(r.counters["enc_busy"] for r in res.records),
+                                  + sum(r.counters["enc_busy"] + r.counters["load_wait"]
+                                        for r in res.records),
                                   int(ids.numel()),
                                   board["clock_hz"] if board else BOARD_CLOCK_HZ)
     out = Path(a.out or bundle / "run")

@@ -79,3 +79,9 @@ def test_load_then_run_from_the_external_memory(tmp_path, capsys, small_checkpoi
     assert resident["link"]["bytes"] < plain["link"]["bytes"]
     for rep in (plain, resident):
         assert rep["link"]["gemms_measured"] == rep["link"]["gemms_predicted"]
+        # the board time charges the core's counted cycles: the engine's, the encoder's
+        # and the RUNs' waits for their weights' copies
+        core = rep["totals"]["measured_cycles"] + sum(
+            r["counters"]["enc_busy"] + r["counters"]["load_wait"] for r in rep["layers"])
+        assert rep["board"]["compute_s"] * rep["board"]["clock_hz"] == pytest.approx(core)
+    assert sum(r["counters"]["load_wait"] for r in resident["layers"]) > 0
