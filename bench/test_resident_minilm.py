@@ -4,8 +4,9 @@ trips per token against the build's prediction, the board's tokens/s at 1 and 3 
 the arrays' busy fraction with the weights streaming from the memory.
 
 Run: ``python -m pytest -m benchmark bench/test_resident_minilm.py -s`` (``SIM_DRAM=litedram``
-for LiteDRAM's controller on its PHY model; ``HOST_OUT8=GLOB[,GLOB]`` to convert with those
-GEMMs' outputs to the host at 8 bits, e.g. ``HOST_OUT8='layers.*.up'``; a build, a Verilator
+for LiteDRAM's controller on its PHY model; ``HOST_OUT16=GLOB[,GLOB]`` to convert with those
+GEMMs' outputs to the host at 16 bits, e.g. ``HOST_OUT16='*'`` as before 8-bit up outputs
+were the default, and ``HOST_OUT8`` likewise; a build, a Verilator
 compile of minutes and a run of one to three minutes).
 """
 
@@ -22,10 +23,10 @@ from host.__main__ import main as host_main
 def test_minilm_resident_in_the_simulated_sdram(tmp_path):
     out = tmp_path / "minilm"
     dram = os.environ.get("SIM_DRAM", "model")
-    out8 = [a for g in os.environ.get("HOST_OUT8", "").split(",") if g
-            for a in ("--host-out8", g)]
+    widths = [a for bits in (8, 16) for g in os.environ.get(f"HOST_OUT{bits}", "").split(",")
+              if g for a in (f"--host-out{bits}", g)]
     assert gen_main(["build", "--model", "minilm", "--out", str(out), "--fix",
-                     "lanes=64,mac_units=8", "--sim-dram", dram, *out8, "--quiet"]) == 0
+                     "lanes=64,mac_units=8", "--sim-dram", dram, *widths, "--quiet"]) == 0
     assert host_main(["run", "--bundle", str(out), "--sim", "--load", "--quiet"]) == 0
     run = json.loads((out / "run" / "report.json").read_text())
     build = json.loads((out / "report.json").read_text())

@@ -25,6 +25,7 @@ from accel.board import FAST_BAUD
 from hw.device import SIM_DRAMS
 from models.__main__ import _encoding
 from models.arch import BUILTIN, UnsupportedModelError
+from models.options import host_out_flags
 
 from .build import WORKLOADS, BuildOptions, build, decode_sizing_text, one_line
 from .flow import FlowError
@@ -71,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--encoding", type=_encoding, default=None,
                    help="spike encoding: ttfs[:bits] | ttfs-signed[:bits] | rate[:T] | "
                         "ternary[:T[xL]] | int[:bits]; default: the converter's (ttfs-signed:4)")
-    b.add_argument("--host-out8", action="append", default=[], metavar="GLOB",
-                   help="convert with the GEMMs whose names match GLOB (e.g. 'layers.*.up'; "
-                        "repeatable) sending their outputs to the host at 8 bits, not 16")
+    host_out_flags(b)
     b.add_argument("--tokens", type=int, default=64,
                    help="tokens of calibration text the workload is measured on")
     b.add_argument("--workload", choices=WORKLOADS, default="prefill",
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rep = build(BuildOptions(
             model=a.model, out=a.out, target=a.target, budget=a.budget, encoding=a.encoding,
-            host_out8=tuple(a.host_out8),
+            host_out=tuple(a.host_out),
             tokens=a.tokens, fixed=a.fix, energy_table=a.energy_table, synth=a.synth,
             pnr=a.pnr, bitstream=a.bitstream, freq_mhz=a.freq, progress=not a.quiet,
             seeds=tuple(range(a.seed, a.seed + max(a.seeds, 0))), baud=a.baud,

@@ -38,7 +38,7 @@ from models.convert import ConvertOptions
 from models.encodings import Encoding
 from models.energy import load_table
 from models.generate import decode_trace
-from models.options import host_out8
+from models.options import host_out
 
 from . import cache, flow, placed, report
 from .placed import SIZING_CLOCK_MHZ, Envelope
@@ -60,8 +60,9 @@ class BuildOptions:
     target: str = "ulx3s-85f"
     budget: Budget | None = None  #: overrides the target's
     encoding: Encoding | None = None  #: None: the converter's default
-    #: GEMM-name patterns whose host outputs are 8 bits (``models.options.host_out8``)
-    host_out8: tuple[str, ...] = ()
+    #: ``(GEMM-name pattern, bits)`` of the host outputs' widths, in order
+    #: (``models.options.host_out``; none: the converter's defaults)
+    host_out: tuple[tuple[str, int], ...] = ()
     tokens: int = 64  #: length of the measured calibration sequence
     fixed: dict = field(default_factory=dict)  #: pinned configuration fields
     energy_table: str | None = None
@@ -228,8 +229,8 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
                          f"only decoder models generate")
     done("load")
     step("convert")
-    opts = host_out8(ConvertOptions() if o.encoding is None else
-                     ConvertOptions(encoding=o.encoding), o.host_out8)
+    opts = host_out(ConvertOptions() if o.encoding is None else
+                    ConvertOptions(encoding=o.encoding), o.host_out)
     cm, cached = cache.converted(lm, opts, o.cache, o.progress)
     _check_pinned_shift(cm, o.fixed)
     save_bundle(cm, tmp / "model")

@@ -32,7 +32,8 @@ from .options import (
     DEFAULT_DISTILL_EPOCHS,
     DEFAULT_MIN_SPIKE_SHARE,
     ConvertOptions,
-    host_out8,
+    host_out,
+    host_out_flags,
 )
 
 
@@ -193,10 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                     metavar="STEPS",
                     help=f"learned orthogonal matrix the host applies after its rotation, per "
                          f"input up to 512 wide, Adam steps (default {d.learn_host_rotation})")
-    cv.add_argument("--host-out8", action="append", default=[], metavar="GLOB",
-                    help="the GEMMs whose names match GLOB (e.g. 'layers.*.up'; repeatable) "
-                         "send their outputs to the host at 8 bits instead of 16 (half the "
-                         "link bytes of reading them, a coarser step)")
+    host_out_flags(cv)
     cv.add_argument("--min-spike-share", type=_share, default=None,
                     metavar="SHARE",
                     help=f"mixed hybrid: move the linear GEMMs whose spike inputs cost most on "
@@ -242,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                               learn_rotation=a.learn_rotation,
                               learn_host_rotation=a.learn_host_rotation,
                               min_spike_share=a.min_spike_share)
-        opts = host_out8(opts, tuple(a.host_out8))
+        opts = host_out(opts, a.host_out)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             cm = convert(lm, opts, progress=not a.quiet)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .arch import LoadedModel, ModelInputError
 from .bundle import ConvertedModel, NodeInfo
 from .calibrate import calibrate_thresholds, fit_ratio, weight_space
-from .contract import ACC_BITS, ACC_MAX, F
+from .contract import ACC_BITS, ACC_MAX, HOST_OUT_BITS, F
 from .convert import (
     ConvertOptions,
     _CalibOps,
@@ -104,7 +104,7 @@ def convert_mamba(lm: LoadedModel, opts: ConvertOptions,
     # output channel
     for name, node in nodes.items():
         scale, zp, lo, hi = host_out_step(_rows(rec[(name, "y")]).abs().amax(0),
-                                          opts.for_node(name).host_out_bits)
+                                          opts.for_node(name).host_out_bits or HOST_OUT_BITS)
         ratio = fit_ratio(node.act, node.act.step * s_of[name] / scale, lin_x[name])
         node.shift = _epilogue(tensors, name, ratio, scale, bias_of[name], zp, lo, hi)
         node.epi = len(tensors[name + ".scale"])

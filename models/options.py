@@ -4,11 +4,12 @@ manifest, and made concrete per model family (:meth:`ConvertOptions.resolved`)."
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from .arch import ModelInputError
 from .calibrate import METHODS
-from .contract import HOST_OUT_BITS, HOST_OUT_WIDTHS
+from .contract import HOST_OUT_WIDTHS
 from .encodings import Encoding
 
 #: The allowed values of the options that name a rule.
@@ -87,9 +88,11 @@ class ConvertOptions:
         (default): :data:`DEFAULT_MIN_SPIKE_SHARE` for spiking encodings outside the mamba
         family (:meth:`ConvertOptions.resolved`).
     host_out_bits: the width of the GEMM's outputs that go back to the host (those no
-        later GEMM takes as codes): 16 (default) or 8 (``models.contract.HOST_OUT_WIDTHS``;
-        read back through OUT8 at half the link bytes, at a step 258 times coarser), e.g.
-        ``layers={"layers.*.up": {"host_out_bits": 8}}`` for the GELU's inputs.
+        later GEMM takes as codes): 16 or 8 (``models.contract.HOST_OUT_WIDTHS``; 8 is read
+        back through OUT8 at half the link bytes, at a coarser step), for every GEMM or per
+        layer (``layers={"layers.*.o": {"host_out_bits": 8}}``); None (default): 8 for the
+        up projection of an MLP that is not gated (GELU's or ReLU's input), 16 elsewhere
+        (``models.convert.host_out_bits``).
     layers: per-GEMM overrides, ``{glob: {"encoding": Encoding, "outlier_count": int, ...}}``
         matched with :func:`fnmatch.fnmatch` against node names (``layers.*.down``), applied
         in order; e.g. keep one layer all-integer W4A8 inside a hybrid model.
@@ -119,7 +122,7 @@ class ConvertOptions:
     learn_rotation: int = 0
     learn_host_rotation: int = 0
     min_spike_share: float | None = None
-    host_out_bits: int = HOST_OUT_BITS
+    host_out_bits: int | None = None
     layers: dict[str, dict] = field(default_factory=dict)
 
     def resolved(self, family: str) -> ConvertOptions:
@@ -190,7 +193,8 @@ class ConvertOptions:
         for name in ("learn_rotation", "learn_host_rotation"):
             if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
                 raise bad(name, "must be an integer >= 0")
-        if self.host_out_bits not in HOST_OUT_WIDTHS or isinstance(self.host_out_bits, bool):
+        if self.host_out_bits is not None and (self.host_out_bits not in HOST_OUT_WIDTHS
+                                               or isinstance(self.host_out_bits, bool)):
             raise bad("host_out_bits", f"must be one of {', '.join(map(str, HOST_OUT_WIDTHS))}")
         if not isinstance(self.layers, dict):
             raise bad("layers", "must be a dict of node-name pattern -> overrides")
@@ -213,11 +217,25 @@ class ConvertOptions:
         return d
 
 
-def host_out8(opts: ConvertOptions, patterns: tuple[str, ...]) -> ConvertOptions:
-    """``opts`` with the GEMMs whose names match any of ``patterns`` (``fnmatch``, e.g.
-    ``layers.*.up``; ``*`` for all) sending their outputs to the host at 8 bits
-    (:attr:`ConvertOptions.host_out_bits`), kept as per-layer overrides."""
+def host_out(opts: ConvertOptions, widths: Iterable[tuple[str, int]]) -> ConvertOptions:
+    """``opts`` with, for each ``(pattern, bits)`` in order, the GEMMs whose names match
+    ``pattern`` (``fnmatch``, e.g. ``layers.*.up``; ``*`` for all) sending their outputs to
+    the host at ``bits`` bits (:attr:`ConvertOptions.host_out_bits`), kept as per-layer
+    overrides after the others (the last match wins: the command lines'
+    ``--host-out8 GLOB`` and ``--host-out16 GLOB``, in the order given)."""
     layers = dict(opts.layers)
-    for p in patterns:
-        layers[p] = {**layers.get(p, {}), "host_out_bits": 8}
+    for p, bits in widths:
+        layers[p] = {**layers.pop(p, {}), "host_out_bits": bits}
     return replace(opts, layers=layers)
+
+
+def host_out_flags(parser) -> None:
+    """The ``--host-out8 GLOB`` / ``--host-out16 GLOB`` flags of ``parser`` (an argparse
+    parser; both append ``(GLOB, bits)`` to ``host_out``, for :func:`host_out`)."""
+    for bits in sorted(HOST_OUT_WIDTHS):
+        parser.add_argument(f"--host-out{bits}", dest="host_out", action="append", default=[],
+                            metavar="GLOB", type=lambda g, b=bits: (g, b),
+                            help=f"the GEMMs whose names match GLOB (e.g. 'layers.*.up', '*'; "
+                                 f"repeatable, the last match wins) send their outputs to the "
+                                 f"host at {bits} bits (default: 8 for the up projection of "
+                                 f"a non-gated MLP, 16 elsewhere)")

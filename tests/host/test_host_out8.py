@@ -11,24 +11,27 @@ from host.driver import Device
 from host.run import run_model
 from host.transport import SerialTransport
 from models.convert import ConvertOptions, convert
-from models.options import host_out8
+from models.options import host_out
 
 from .conftest import CFG, FAST
 
 TEXT = "Eight bits of every output the host reads back."
 
 
+def _converted(tiny_opt, bits):
+    """tiny-opt with every output to the host at ``bits`` bits (the scores too)."""
+    return convert(tiny_opt, host_out(ConvertOptions(calib_sentences=6), [("*", bits)]))
+
+
 @pytest.fixture(scope="module")
 def out8(tiny_opt):
-    """tiny-opt with every output to the host at 8 bits (the scores too)."""
-    return convert(tiny_opt, host_out8(ConvertOptions(calib_sentences=6), ("*",)))
+    return _converted(tiny_opt, 8)
 
 
-def test_8_bit_host_outputs_are_priced_as_reads_of_out8_at_half_the_bytes(tiny_opt,
-                                                                        tiny_opt_cm, out8):
+def test_8_bit_host_outputs_are_priced_as_reads_of_out8_at_half_the_bytes(tiny_opt, out8):
     ids = tiny_opt.tokenize(TEXT)
     wide, narrow = (link_parts(run_link_cost(CFG, trace(cm, ids)))
-                    for cm in (tiny_opt_cm, out8))
+                    for cm in (_converted(tiny_opt, 16), out8))
     for kind in ("qk", "o", "up", "down"):
         assert narrow[kind].get("read out16", 0) == 0, kind
         # the same words, a byte each instead of two, plus their read requests' arguments

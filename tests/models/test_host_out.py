@@ -1,6 +1,7 @@
-"""Host outputs at 8 bits (``ConvertOptions.host_out_bits``): only the GEMMs named get the
-narrow range and the coarser step, the golden model then clamps them to int8, and a bad
-width or a pattern that names no GEMM is refused by name."""
+"""Host outputs at 8 bits (``ConvertOptions.host_out_bits``): by default the up projection
+of a non-gated MLP, else only the GEMMs named get the narrow range and the coarser step;
+the golden model then clamps them to int8; a bad width or a pattern that names no GEMM is
+refused by name."""
 
 import pytest
 import torch
@@ -9,20 +10,21 @@ from models.__main__ import main
 from models.arch import ModelInputError
 from models.bundle import load_bundle
 from models.contract import HOST_OUT_QMAX, host_out_qmax
-from models.convert import ConvertOptions, convert
+from models.convert import HOST_HEADROOM, ConvertOptions, convert
 from models.golden import run_golden
-from models.options import host_out8
+from models.options import host_out
 
 OPTS = ConvertOptions(calib_sentences=4)
 
 
 @pytest.fixture(scope="module")
 def pair(tiny_opt):
-    """tiny-opt converted as is and with its up projections' outputs at 8 bits."""
-    return convert(tiny_opt, OPTS), convert(tiny_opt, host_out8(OPTS, ("layers.*.up",)))
+    """tiny-opt converted with every output to the host at 16 bits, and by default (its
+    up projections' at 8: OPT's MLP is not gated)."""
+    return convert(tiny_opt, host_out(OPTS, [("*", 16)])), convert(tiny_opt, OPTS)
 
 
-def test_only_the_named_gemms_send_8_bit_outputs_at_a_coarser_step(pair):
+def test_by_default_only_a_plain_mlp_s_up_sends_8_bit_outputs_at_a_coarser_step(pair):
     ref, up8 = pair
     assert host_out_qmax(8) == 127 and host_out_qmax(16) == HOST_OUT_QMAX
     narrowed = []
@@ -31,13 +33,25 @@ def test_only_the_named_gemms_send_8_bit_outputs_at_a_coarser_step(pair):
         if name.endswith(".up"):
             narrowed.append(name)
             assert int(b[name + ".lo"].min()) == -127 and int(b[name + ".hi"].max()) == 127
-            # the same calibration peak at 127 levels instead of 32,767
+            # the same calibration peak at 127 levels instead of 32,767, each with its
+            # width's headroom
             ratio = b[name + ".scale"].double() / a[name + ".scale"].double()
-            assert torch.allclose(ratio, torch.full_like(ratio, HOST_OUT_QMAX / 127))
+            want = HOST_HEADROOM[8] / 127 / (HOST_HEADROOM[16] / HOST_OUT_QMAX)
+            assert torch.allclose(ratio, torch.full_like(ratio, want))
         elif int(a[name + ".hi"].max()) == HOST_OUT_QMAX:  # other outputs to the host
             assert torch.equal(a[name + ".hi"], b[name + ".hi"]), name
             assert torch.equal(a[name + ".scale"], b[name + ".scale"]), name
     assert narrowed == ["layers.0.up", "layers.1.up"]
+
+
+def test_a_gated_mlp_keeps_16_bits_unless_told(tiny_llama_cm, tiny_llama):
+    # LLaMA's up meets SiLU(gate) in a product, not an activation function on its own
+    for name in ("layers.0.up", "layers.0.gate", "layers.0.down"):
+        assert int(tiny_llama_cm.tensors[name + ".hi"].max()) == HOST_OUT_QMAX, name
+    cm = convert(tiny_llama, host_out(ConvertOptions(calib_sentences=2, distill_epochs=0),
+                                      [("layers.1.gate", 8)]))
+    assert int(cm.tensors["layers.1.gate.hi"].max()) == 127
+    assert int(cm.tensors["layers.0.gate.hi"].max()) == HOST_OUT_QMAX
 
 
 def test_the_golden_model_runs_with_8_bit_outputs_close_to_the_16_bit_one(pair, tiny_opt):
@@ -55,8 +69,8 @@ def test_the_golden_model_runs_with_8_bit_outputs_close_to_the_16_bit_one(pair, 
     (ConvertOptions(host_out_bits=True), r"option host_out_bits: must be one of 8, 16"),
     (ConvertOptions(layers={"layers.*.up": {"host_out_bits": 4}}),
      r"option host_out_bits: must be one of 8, 16, not 4"),
-    (host_out8(OPTS, ("layers.*.gate",)), r"option layers: 'layers.\*.gate' names no GEMM "
-                                          r"of tiny-opt"),
+    (host_out(OPTS, [("layers.*.gate", 8)]), r"option layers: 'layers.\*.gate' names no GEMM "
+                                             r"of tiny-opt"),
 ])
 def test_bad_widths_and_patterns_that_match_nothing_are_refused_by_name(tiny_opt, opts,
                                                                        message):
@@ -64,14 +78,17 @@ def test_bad_widths_and_patterns_that_match_nothing_are_refused_by_name(tiny_opt
         convert(tiny_opt, opts)
 
 
-def test_the_convert_command_takes_host_out8(tmp_path, capsys):
+def test_the_convert_command_takes_host_out_widths_the_last_match_winning(tmp_path, capsys):
     out = tmp_path / "b"
     assert main(["convert", "--model", "tiny-opt", "--out", str(out), "--calib-sentences",
-                 "3", "--distill", "0", "--host-out8", "layers.1.*", "--quiet"]) == 0
+                 "3", "--distill", "0", "--host-out8", "layers.1.*", "--host-out16",
+                 "layers.*.up", "--quiet"]) == 0
     cm = load_bundle(out)
-    assert cm.options["layers"] == {"layers.1.*": {"host_out_bits": 8}}
+    assert cm.options["layers"] == {"layers.1.*": {"host_out_bits": 8},
+                                    "layers.*.up": {"host_out_bits": 16}}
     assert int(cm.tensors["layers.1.down.hi"].max()) == 127
-    assert int(cm.tensors["layers.0.down.hi"].max()) == HOST_OUT_QMAX
+    for name in ("layers.0.down", "layers.0.up", "layers.1.up"):
+        assert int(cm.tensors[name + ".hi"].max()) == HOST_OUT_QMAX, name
     assert main(["convert", "--model", "tiny-opt", "--out", str(tmp_path / "c"),
                  "--host-out8", "layers.9.up", "--quiet"]) == 2
     assert "option layers: 'layers.9.up' names no GEMM" in capsys.readouterr().err
