@@ -56,7 +56,7 @@ def schemes() -> dict[str, ConvertOptions]:
 #: no bias correction).
 BEFORE_14 = dict(calib_sentences=48, gptq_damp=0.01, smooth_vo=0.0, weight_search="weight",
                  gptq_target="float", bias_correction=False, outlier_shift="max",
-                 unsigned_nonneg=False, distill_epochs=0, min_spike_share=0)
+                 unsigned_nonneg=False, distill_epochs=0, min_spike_share=0, host_out_bits=16)
 #: Distillation passes of the ablation's distillation row.
 DISTILL_EPOCHS = 4
 #: Adam steps of the ablation's learned rotation rows (``learn_host_rotation``,
@@ -71,7 +71,8 @@ def ablation() -> dict[str, ConvertOptions]:
     measured and not kept, each on top of the default, and a mixed configuration."""
     old = ConvertOptions(**BEFORE_14)
     # every linear GEMM spiking, not distilled: the default of issue 14's third round
-    spiking = ConvertOptions(distill_epochs=0, min_spike_share=0)
+    # (every output to the host at 16 bits, as they were measured, until the last row)
+    spiking = ConvertOptions(distill_epochs=0, min_spike_share=0, host_out_bits=16)
     signed = replace(spiking, unsigned_nonneg=False)  # PV's probabilities sign-magnitude
     before = replace(signed, outlier_shift="max")  # the first round's levers
     best = spiking  # PV unsigned (since the report charges each GEMM its own window)
@@ -106,7 +107,10 @@ def ablation() -> dict[str, ConvertOptions]:
             replace(best, layers={"layers.4.v": int8, "layers.4.o": int8, "layers.4.up": int8}),
         f"  + mixed chosen on calibration text (spike share >= {DEFAULT_MIN_SPIKE_SHARE:g}) "
         "instead": replace(best, min_spike_share=DEFAULT_MIN_SPIKE_SHARE),
-        f"  + distillation, {DEFAULT_DISTILL_EPOCHS} epochs (default)": ConvertOptions(),
+        f"  + distillation, {DEFAULT_DISTILL_EPOCHS} epochs (issue 14's default)":
+            ConvertOptions(host_out_bits=16),
+        "  + a plain MLP's up outputs to the host at 8 bits, headroom 1.25 (default)":
+            ConvertOptions(),
     }
 
 
