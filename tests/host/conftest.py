@@ -3,6 +3,10 @@
 import pytest
 
 from accel.config import AccelConfig
+from accel.resident import resident_image
+from host.driver import Device
+from host.run import RunResult, run_model
+from host.transport import SerialTransport
 from sim.device import SimDevice
 
 from ..helpers import FAST, LINK_TIMEOUT, simulator_binary  # noqa: F401 (re-exported)
@@ -22,3 +26,15 @@ def sim_binary(sim_builds):
 def sim(sim_binary):
     with SimDevice(sim_binary) as dev:
         yield dev
+
+
+def run_resident(sim, cm, ids) -> RunResult:
+    """``cm`` run on ``ids`` on the simulated device ``sim``, its model loaded into the
+    device's memory first (``accel.resident.resident_image``)."""
+    t = SerialTransport(sim.url)
+    try:
+        dev = Device(t, CFG, **FAST)
+        dev.load_image(resident_image(CFG, cm))
+        return run_model(cm, ids, dev)
+    finally:
+        t.close()

@@ -14,11 +14,8 @@ from accel.layouts import BufId, buffer_shapes, to_dram_words, word_packer
 from accel.requests import BufferMirror, Cmd, gemm_requests, run_link_cost
 from accel.resident import DramImage, resident_image
 from accel.tiling import PassPlanner, out_read, tile_constants, tiles
-from host.driver import Device
-from host.run import run_model
-from host.transport import SerialTransport
 
-from .conftest import CFG, FAST
+from .conftest import CFG, run_resident
 from .test_resident import _attn, _call
 
 
@@ -88,12 +85,7 @@ def test_stores_gather_the_blocks_the_consumers_load(tiny_opt, tiny_opt_cm):
 
 def test_a_model_runs_bit_exact_with_keys_and_values_on_the_device(sim, tiny_opt,
                                                                   tiny_opt_cm):
-    ids = tiny_opt.tokenize("Keys and values stay on the board.")
-    t = SerialTransport(sim.url)
-    dev = Device(t, CFG, **FAST)
-    dev.load_image(resident_image(CFG, tiny_opt_cm))
-    res = run_model(tiny_opt_cm, ids, dev)
-    t.close()
+    res = run_resident(sim, tiny_opt_cm, tiny_opt.tokenize("Keys and values stay on the board."))
     assert res.bit_exact
     chained = [r for r in res.records if r.name.endswith((".k", ".v"))]
     assert chained and all(r.exact is True and r.counters_match for r in chained)

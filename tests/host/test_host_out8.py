@@ -6,14 +6,10 @@ import pytest
 
 from accel.baselines import trace
 from accel.requests import link_parts, run_link_cost
-from accel.resident import resident_image
-from host.driver import Device
-from host.run import run_model
-from host.transport import SerialTransport
 from models.convert import ConvertOptions, convert
 from models.options import host_out
 
-from .conftest import CFG, FAST
+from .conftest import CFG, run_resident
 
 TEXT = "Eight bits of every output the host reads back."
 
@@ -40,12 +36,7 @@ def test_8_bit_host_outputs_are_priced_as_reads_of_out8_at_half_the_bytes(tiny_o
 
 
 def test_a_model_with_8_bit_host_outputs_runs_bit_exact(sim, tiny_opt, out8):
-    ids = tiny_opt.tokenize(TEXT)
-    t = SerialTransport(sim.url)
-    dev = Device(t, CFG, **FAST)
-    dev.load_image(resident_image(CFG, out8))
-    res = run_model(out8, ids, dev)
-    t.close()
+    res = run_resident(sim, out8, tiny_opt.tokenize(TEXT))
     assert res.bit_exact
     assert all(r.counters_match for r in res.records)
     assert all(r.link == r.predicted_link for r in res.records)
