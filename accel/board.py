@@ -164,6 +164,12 @@ ROUND_TRIP_S = 1e-3
 BOARD_CLOCK_HZ = float(BOARD_OSC_HZ)
 
 
+#: Counted cycles a measured board estimate charges besides the engine's busy cycles
+#: (``accel.counters``): the spike encoder's, the waits for copies, the STOREs'. None of
+#: them overlaps a RUN's busy cycles or another (the executor runs one command at a time).
+BOARD_CYCLES = ("enc_busy", "load_wait", "store_busy")
+
+
 def board_estimate(stats: dict, cycles: int, tokens: int,
                    clock_hz: float = BOARD_CLOCK_HZ) -> dict:
     """What a run would take on a real board, per baud rate: the link bytes both ways at
@@ -175,11 +181,10 @@ def board_estimate(stats: dict, cycles: int, tokens: int,
     LOAD is not counted beside it). ``stats`` are the driver's counts (``bytes_tx``,
     ``bytes_rx``, ``frames_tx``, ``waits``) or ``accel.requests.link_cost``'s prediction;
     ``cycles`` the core's: the engine's (``accel.cycles``' prediction or the counters), the
-    spike encoder's (``enc_busy``) and, measured only, the RUNs' waits for their weights'
-    copies (``load_wait``; the prediction has no model of the memory's timing). Not
-    charged: a STORE's gather (``accel.chain``; no counter counts it: estimated from its
-    state machine at about 550,000 cycles, 22 ms at 25 MHz, of the 3.5 s a 15-token
-    MiniLM pass takes at 3 Mbaud, ``docs/memory.md``)."""
+    spike encoder's (``enc_busy``) and, measured only (:data:`BOARD_CYCLES`), the RUNs'
+    waits for their weights' copies (``load_wait``) and the STOREs (``store_busy``,
+    ``accel.chain``): the prediction has no model of the memory's timing, and does not
+    count the STOREs' cycles."""
     link_bits = UART_BITS_PER_BYTE * (stats["bytes_tx"] + stats["bytes_rx"])
     trips = stats["waits"] * ROUND_TRIP_S
     compute = cycles / clock_hz

@@ -21,11 +21,11 @@ from amaranth import Shape
 
 from models.contract import low_bits
 
-from .config import AccelConfig
-from .layouts import BufId, buffer_shapes, to_dram_words, word_packer
+from .config import CODE_BITS, AccelConfig
+from .layouts import BufId, buffer_shapes, code_words, to_dram_words, word_packer
 from .protocol import STORE_ARGS, nbytes
 from .resident import DramImage
-from .tiling import out_read, plan_call, tile_constants, tiles
+from .tiling import k_slices, out_read, plan_call, tile_constants, tiles
 
 
 class Gather(NamedTuple):
@@ -51,13 +51,15 @@ def store_payload(g: Gather) -> bytes:
 def gathered(cfg: AccelConfig, g: Gather, out: list[int]) -> list[int]:
     """The memory words a STORE writes when the output buffer holds ``out`` (its words as
     integers, the requantized codes): what the core computes, as the host predicts it."""
-    bits = cfg.weight_bits if g.buf == BufId.WEIGHTS else cfg.narrow_bits
+    lanes = [[out[g.src + r * g.row_stride + j * g.lane_stride] for j in range(g.lanes)]
+             for r in range(g.rows)]
     pack = word_packer(buffer_shapes(cfg)[g.buf][0])
-    rows = []
-    for r in range(g.rows):
-        lanes = [out[g.src + r * g.row_stride + j * g.lane_stride] for j in range(g.lanes)]
-        low = [low_bits(v, bits) for v in lanes]  # the contract's two's complement
-        rows.append(pack(low + [0] * (cfg.lanes - g.lanes)))
+    if g.buf == BufId.CODES:  # rows of codes, each padded to whole code words
+        words = code_words(np.asarray(lanes, dtype=np.int64).reshape(g.rows, g.lanes))
+        return to_dram_words(cfg, g.buf, [pack(w) for w in words])
+    bits = cfg.weight_bits if g.buf == BufId.WEIGHTS else cfg.narrow_bits
+    rows = [pack([low_bits(v, bits) for v in row]  # the contract's two's complement
+                 + [0] * (cfg.lanes - g.lanes)) for row in lanes]
     return to_dram_words(cfg, g.buf, rows)
 
 
@@ -72,12 +74,29 @@ class Chain:
 
     stores: dict[int, list[Gather]] = field(default_factory=dict)
     consumers: list[tuple[str, int | None]] = field(default_factory=list)
+    #: steps whose output slice is still read back: some of its outputs are in no STOREd
+    #: block (or only in an integer channel of one, which the consumer takes from the host)
+    reads: set[int] = field(default_factory=set)
 
 
 def store_supported(cfg: AccelConfig) -> bool:
     """Whether a core of ``cfg`` has STORE: its lanes (``weight_bits``, ``narrow_bits``)
     fit the byte the gather reads a lane from and divide a memory word."""
     return all(b <= 8 and cfg.dram_bits % b == 0 for b in (cfg.weight_bits, cfg.narrow_bits))
+
+
+def store_lanes(cfg: AccelConfig, buf: BufId) -> tuple[int, int]:
+    """``(bits, lanes)`` of one memory word of a STORE into ``buf``'s layout: a lane's bits
+    and how many lanes a memory word holds (whole lanes of at most a byte: the core has
+    STORE only then, ``accel.chain.store_supported``)."""
+    bits = {BufId.WEIGHTS: cfg.weight_bits, BufId.CODES: CODE_BITS}.get(buf, cfg.narrow_bits)
+    return bits, cfg.dram_bits // bits
+
+
+def store_bufs(cfg: AccelConfig) -> tuple[BufId, ...]:
+    """The layouts a STORE of a core of ``cfg`` writes: weight rows, and code rows where it
+    has the spike encoder's code buffer."""
+    return (BufId.WEIGHTS, BufId.WEIGHTS4) + ((BufId.CODES,) if cfg.code_words else ())
 
 
 class PassChains:
@@ -133,15 +152,16 @@ class PassChains:
 SEARCH_LIMIT = 1 << 24
 
 
-def _window(y: torch.Tensor, w: torch.Tensor) -> tuple[bool, int] | None:
+def _window(y: torch.Tensor, w: torch.Tensor,
+            transposes: tuple[bool, ...] = (False, True)) -> tuple[bool, int] | None:
     """``(transposed, c0)`` such that ``w [N, K]`` is ``y[:, c0:c0 + K]`` (False) or
-    ``y[:, c0:c0 + N]`` transposed (True), the first such ``c0``; None if neither. Windows
-    at multiples of their width (a head's channels) are tried first; any other only while
-    the search stays within :data:`SEARCH_LIMIT`."""
+    ``y[:, c0:c0 + N]`` transposed (True), the first such ``c0``; None if neither (of those
+    ``transposes`` allows). Windows at multiples of their width (a head's channels) are
+    tried first; any other only while the search stays within :data:`SEARCH_LIMIT`."""
     m, n_y = y.shape
     n, k = w.shape
     for transposed, width, rows in ((False, k, n), (True, n, k)):
-        if rows != m or width > n_y:
+        if transposed not in transposes or rows != m or width > n_y:
             continue
         want = w.t() if transposed else w  # [m, width]
         for c0 in range(0, n_y - width + 1, width):
@@ -155,9 +175,21 @@ def _window(y: torch.Tensor, w: torch.Tensor) -> tuple[bool, int] | None:
     return None
 
 
+class _Block(NamedTuple):
+    """A block of buffer words a consumer's tiles LOAD (``rows``, as the tiling builds
+    them), ``index[r, l]`` the producer output (``m * n_y + c``) that lane ``l`` of row
+    ``r`` holds, and ``checked``, those of them a wrong value of would change the
+    consumer's outputs (a code of an integer channel is zero in the block: the consumer
+    takes that input from the host)."""
+
+    buf: BufId
+    rows: list
+    index: np.ndarray
+    checked: np.ndarray
+
+
 def _blocks(cfg: AccelConfig, user, transposed: bool, c0: int, n_y: int):
-    """Each weight block ``(buf, words, codes)`` the tiles of ``user`` load: ``codes[r, l]``
-    is the producer output ``m * n_y + c`` that lane ``l`` of row ``r`` holds."""
+    """Each weight :class:`_Block` the tiles of ``user`` load."""
     n, k = user.w.shape
     for t in tiles(cfg, [(0, 1)], n, k):
         words = tile_constants(cfg, user.w[t.n0:t.n1, t.k0:t.k1])
@@ -166,7 +198,36 @@ def _blocks(cfg: AccelConfig, user, transposed: bool, c0: int, n_y: int):
         ks = torch.arange(t.k0, t.k1)[:, None]
         ns = torch.arange(t.n0, t.n1)[None, :]
         m, c = (ks, c0 + ns) if transposed else (ns, c0 + ks)
-        yield buf, rows, (m * n_y + c).numpy()
+        index = (m * n_y + c).numpy()
+        yield _Block(buf, rows, index, np.ones(index.shape, dtype=bool))
+
+
+def _code_blocks(cfg: AccelConfig, user, y: torch.Tensor, c0: int):
+    """Each code :class:`_Block` the spike encoder of ``user``'s tiles LOADs (a row group's
+    codes, ``accel.encoder.expand_groups``) whose words a STORE of the producer's outputs
+    ``y`` makes: ``user``'s input codes are ``y[:, c0 ..]``, so a group's spike codes are
+    those outputs, unless an integer channel of the group has a nonzero one (zero in the
+    block) or a code row is wider than a STORE's lanes."""
+    if BufId.CODES not in buffer_shapes(cfg):
+        return
+    n_y = y.shape[1]
+    plan = plan_call(cfg, user)
+    ks = k_slices(cfg, user.codes.shape[1])
+    flat = y.reshape(-1).numpy()
+    for s in plan.slices:
+        for (k0, k1), img in zip(ks, s.images, strict=True):
+            if img.codes is None or k1 - k0 > cfg.lanes:
+                continue
+            for g0 in range(0, img.codes.shape[0], cfg.spike_rows):
+                block = img.codes[g0:g0 + cfg.spike_rows]
+                ms = np.arange(s.r0 + g0, s.r0 + g0 + block.shape[0])[:, None]
+                index = ms * n_y + c0 + np.arange(k0, k1)[None, :]
+                rows = code_words(block)
+                if code_words(flat[index]) != rows:
+                    continue
+                spike = ~user.int_mask[k0:k1].numpy()
+                yield _Block(BufId.CODES, rows, index,
+                             np.broadcast_to(spike[None, :], index.shape))
 
 
 def _chain(cfg: AccelConfig, call, users: list, image: DramImage) -> Chain | None:
@@ -174,25 +235,27 @@ def _chain(cfg: AccelConfig, call, users: list, image: DramImage) -> Chain | Non
     added to ``image``."""
     y = call.y
     m_y, n_y = y.shape
-    pending = []
+    pending: list[_Block] = []
     consumers = []
     for user in users:
+        found = []
         win = _window(y, user.w)
         if win is not None:
+            found += list(_blocks(cfg, user, *win, n_y))
+        win = _window(y, user.codes, transposes=(False,))
+        if win is not None:
+            found += list(_code_blocks(cfg, user, y, win[1]))
+        if found:
             consumers.append((user.name, user.head))
-            pending += list(_blocks(cfg, user, *win, n_y))
+            pending += found
     if not pending:
-        return None
-    covered = np.zeros(m_y * n_y, dtype=bool)
-    for _, _, codes in pending:
-        covered[codes.ravel()] = True
-    if not covered.all():
         return None
     # where each output is in OUT as the producer's tiles complete (-1: not there)
     pos = np.full(m_y * n_y, -1, dtype=np.int64)
     owner = np.full(buffer_shapes(cfg)[BufId.OUT][1], -1, dtype=np.int64)
     stores: dict[int, list] = {}
-    for i, (img, done) in enumerate(plan_call(cfg, call).steps()):
+    steps = list(plan_call(cfg, call).steps())
+    for i, (img, done) in enumerate(steps):
         if done is None:
             continue
         _, base, _ = out_read(cfg, img)
@@ -204,35 +267,41 @@ def _chain(cfg: AccelConfig, call, users: list, image: DramImage) -> Chain | Non
         owner[addrs] = ms * n_y + cs
         pos[ms * n_y + cs] = addrs
         left = []
-        for buf, rows, codes in pending:
-            at = pos[codes]
+        for b in pending:
+            at = pos[b.index]
             if (at < 0).any():
-                left.append((buf, rows, codes))
+                left.append(b)
                 continue
-            g = _gather(buf, at)
-            if g is None:
-                return None
-            stores.setdefault(i, []).append((g, rows))
+            g = _gather(b.buf, at)
+            if g is not None:  # else not one STORE: the consumer's words come from the host
+                stores.setdefault(i, []).append((g, b))
         pending = left
-    if pending:
-        return None
     # into this GEMM's own layer of the memory (``image``: fresh, dropped with the chain)
     chain = Chain(consumers=consumers)
+    covered = np.zeros(m_y * n_y, dtype=bool)
     seen: set[int] = set()
     for i, gs in stores.items():
-        for g, rows in gs:
-            at = image.find(g.buf, rows)
+        for g, b in gs:
+            at = image.find(g.buf, b.rows)
             if at is not None and at < image.base:
-                # the model or an earlier GEMM holds these words: the consumer would LOAD
-                # those, and this GEMM's outputs would go unchecked
-                return None
+                # the model or an earlier GEMM holds these words: the consumer LOADs
+                # those, and does not check these outputs
+                continue
             try:
-                dst = image.add(g.buf, rows)  # equal blocks of this GEMM: stored once
+                dst = image.add(g.buf, b.rows)  # equal blocks of this GEMM: stored once
             except ValueError:  # past the memory
-                return None
+                continue
+            covered[b.index[b.checked]] = True
             if dst not in seen:
                 seen.add(dst)
                 chain.stores.setdefault(i, []).append(g._replace(dst=dst))
+    if not chain.stores:
+        return None
+    # a slice is read back unless a consumer checks every one of its outputs
+    for i, (_, done) in enumerate(steps):
+        if done is not None and not covered.reshape(m_y, n_y)[
+                done.r0:done.r1, done.n0:done.n1].all():
+            chain.reads.add(i)
     return chain
 
 

@@ -81,6 +81,8 @@ COUNTERS: dict[str, Counter] = {
                        ("dma.word_rd", "exec.dram_rd")),
     "dram_wr": Counter("external-memory words written by the host", ("exec.dram_wr",)),
     "load_wait": Counter("cycles a command waited for a LOAD to finish", ("exec.load_wait",)),
+    "store_busy": Counter("cycles a STORE ran (its gather from OUT and its memory writes)",
+                          ("exec.store_busy",)),
     "load_busy": Counter("cycles a LOAD copy ran (the external memory's busy time)",
                          ("dma.busy",)),
     "load_overlap": Counter("cycles a LOAD ran while a descriptor ran (a weight tile "

@@ -67,8 +67,8 @@ RX_FIFO_BYTES = 512
 #: 2: a repeated RUN is not re-run; 3: ABORT, ERR_FAULT, RUN checked; 4: DRAM, LOAD;
 #: 5: LOAD_RUN; 6: reads do not make the core forget the last RUN's seq (pipelining);
 #: 7: EXPAND and the code buffer (the on-chip spike encoder), WRITE_ROWS; 8: CHAIN;
-#: 9: LOAD into the code buffer; 10: STORE
-PROTOCOL_VERSION = 10
+#: 9: LOAD into the code buffer; 10: STORE; 11: STORE of code rows (``CODES``)
+PROTOCOL_VERSION = 11
 
 #: Frame header after the SOF byte (little-endian on the wire).
 HEADER = data.StructLayout({"cmd": unsigned(8), "seq": unsigned(8), "length": unsigned(16)})
@@ -213,7 +213,9 @@ ROW_ARGS = data.StructLayout({"buf": unsigned(8), "addr": unsigned(24), "count":
 
 
 #: STORE arguments (its whole payload): ``rows`` words of ``buf`` (``WEIGHTS``: lanes of
-#: ``weight_bits``; ``WEIGHTS4``: of ``narrow_bits``) assembled from the output buffer and
+#: ``weight_bits``; ``WEIGHTS4``: of ``narrow_bits``; ``CODES``, with the spike encoder: a
+#: row of ``lanes`` 4-bit codes, ``ceil(lanes / CODES_PER_WORD)`` code-buffer words as
+#: ``accel.layouts.code_words`` pads a row) assembled from the output buffer and
 #: written into the external memory from word ``dst`` on, laid out as a LOAD of them reads
 #: them (``accel.layouts.to_dram_words``). Lane ``l < lanes`` of row ``r`` is the low bits
 #: of OUT word ``src + r * row_stride + l * lane_stride`` (a code the requantizer clamped to

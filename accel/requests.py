@@ -397,9 +397,9 @@ def gemm_requests(cfg: AccelConfig, plan, mirror: BufferMirror,
     loaded beside it where they may be; beside the last, ``lead``: the first weights of
     the GEMM that follows, ``accel.tiling.PassPlanner.lead``), and each output slice read
     back as soon as its last K tile has run, or, for a GEMM whose outputs are later GEMMs'
-    weights (``chain``, ``accel.chain.PassChains``), not read: STOREd into the external
-    memory as the chain says. The driver sends exactly these; :func:`link_cost` prices
-    them."""
+    weights or input codes (``chain``, ``accel.chain.PassChains``), STOREd into the
+    external memory as the chain says and read only where the chain still reads them.
+    The driver sends exactly these; :func:`link_cost` prices them."""
     steps = list(plan.steps())
     if image is not None:
         image = yield from staged_events(cfg, [img for img, _ in steps], mirror, max_payload,
@@ -410,7 +410,7 @@ def gemm_requests(cfg: AccelConfig, plan, mirror: BufferMirror,
         if chain is not None:
             for g in chain.stores.get(i, ()):
                 yield Request(Cmd.STORE, store_payload(g), where=img.where)
-        elif done is not None:
+        if done is not None and (chain is None or i in chain.reads):
             buf, addr, count = out_read(cfg, img)
             for req in read_requests(cfg, buf, addr, count, read_chunk):
                 yield req._replace(reads=(done, buf))

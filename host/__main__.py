@@ -29,7 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from accel import baselines
-from accel.board import BOARD_CLOCK_HZ, board_estimate, read_board
+from accel.board import BOARD_CLOCK_HZ, BOARD_CYCLES, board_estimate, read_board
 from accel.bundle import (
     CONFIG,
     FLOAT,
@@ -239,11 +239,11 @@ def cmd_run(a) -> int:
                    "golden_events": vars(total_events(res.golden_events))},
         "energy_table_pj": table, "resident": resident,
     }
-    # the engine's cycles, the spike encoder's (it runs between RUNs) and the cycles a RUN
-    # waited for its weights' copy (neither busy nor link time)
+    # the engine's cycles, the spike encoder's (it runs between RUNs), the cycles a RUN
+    # waited for its weights' copy and the STOREs' (none of them busy or link time)
     rep["board"] = board_estimate(dev.stats, rep["totals"]["measured_cycles"]
-                                  + sum(r.counters["enc_busy"] + r.counters["load_wait"]
-                                        for r in res.records),
+                                  + sum(r.counters[k] for r in res.records
+                                        for k in BOARD_CYCLES),
                                   int(ids.numel()),
                                   board["clock_hz"] if board else BOARD_CLOCK_HZ)
     out = Path(a.out or bundle / "run")

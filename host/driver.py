@@ -359,8 +359,8 @@ class Device:
         """:meth:`gemm`, and the counters after it (their read pipelined behind the
         GEMM's last requests: no round trip of its own). ``image``: what the external
         memory holds for this GEMM, if more than the model (``accel.chain.PassChains``);
-        ``chain``: its outputs STOREd there for later GEMMs, not read back (the outputs
-        returned are then zeros)."""
+        ``chain``: its outputs STOREd there for later GEMMs, not read back but for the
+        slices the chain reads (the outputs returned are zeros elsewhere)."""
         out, counters = self._gemm(plan, lead, [Request(Cmd.READ_COUNTERS, b"")], image,
                                    chain)
         assert counters is not None

@@ -118,8 +118,9 @@ def run_gemm(dev: Device, call: GemmCall, plan=None, before: dict | None = None,
     (``accel.tiling.PassPlanner.lead``; only with the model in the external memory).
     ``image``: what the external memory holds for it, if more than the model
     (``accel.chain.PassChains.image_for``); ``chain``: its own, if its outputs are STOREd
-    for later GEMMs: not read back, so it returns the golden outputs and its record's
-    ``exact`` is None until the pass sets it from theirs (``_Executor.settle``)."""
+    for later GEMMs: not read back (but for the slices the chain still reads, compared
+    here), so it returns the golden outputs and its record's ``exact`` is None until the
+    pass sets it from theirs (``_Executor.settle``; False at once if a slice read differs)."""
     cfg = dev.cfg
     plan = plan if plan is not None else plan_call(cfg, call)
     before = before if before is not None else dev.counters()
@@ -131,16 +132,21 @@ def run_gemm(dev: Device, call: GemmCall, plan=None, before: dict | None = None,
                                image, lead, chain), Request(Cmd.READ_COUNTERS, b"")]
     predicted_link = link_cost(cfg, requests, dev.window)
     y, after = dev.gemm_counted(plan, lead, image, chain)
+    exact: bool | None = torch.equal(y, call.y)
     if chain is not None:
-        y = call.y  # on the device only: checked where it is used
+        # the slices still read are checked here, the rest where they are used (None
+        # until then, ``_Executor.settle``); the pass goes on with the golden outputs
+        exact = None if all(torch.equal(y[d.r0:d.r1, d.n0:d.n1], call.y[d.r0:d.r1, d.n0:d.n1])
+                            for i, (_, d) in enumerate(plan.steps())
+                            if i in chain.reads) else False
+        y = call.y
     delta = {k: after[k] - before[k] for k in after}
     ev = tiled_events(cfg, call)
     pred = gemm_cycles(cfg, GemmWork.of(call))
     encoder = encoder_counts(requests)
     rec = GemmRecord(
         call.name, call.head, call.codes.shape[0], call.codes.shape[1], call.w.shape[0],
-        delta, ev, pred.cycles, pred.traffic(), dev.link_bytes() - bytes0,
-        None if chain is not None else torch.equal(y, call.y),
+        delta, ev, pred.cycles, pred.traffic(), dev.link_bytes() - bytes0, exact,
         all(delta[c] == getattr(ev, f) for c, f in GOLDEN_EVENTS.items())
         and all(delta[c] == v for c, v in encoder.items()),
         {k: dev.stats[k] - stats0.get(k, 0) for k in LINK_KEYS},
@@ -173,13 +179,14 @@ class _Executor:
 
     def settle(self) -> None:
         """Each chained GEMM's ``exact``: its consumers' (all of them ran while the chains
-        held, so they LOADed what it stored, and all exact). A stored code that only ever
-        meets silent inputs changes no consumer's output, so it is not checked: nor does
-        it change the pass's result."""
+        held, so they LOADed what it stored, and all exact), and its slices read back
+        equal. A stored code that only ever meets silent inputs changes no consumer's
+        output, so it is not checked: nor does it change the pass's result."""
         for rec, chain in self.chained:
             users = [r for r in self.records if (r.name, r.head) in chain.consumers
                      and (r.name, r.head) in self.loaded]
-            rec.exact = len(users) == len(chain.consumers) and all(r.exact for r in users)
+            rec.exact = (rec.exact is not False and len(users) == len(chain.consumers)
+                         and all(r.exact for r in users))
 
     def start(self) -> None:
         """A new forward pass: the program starts again."""

@@ -113,7 +113,7 @@ from .pipe import Register
 #: The executor's counter strobes (``exec.<name>`` among the counters' sources,
 #: ``accel.counters``), one bit each.
 EXEC_STROBES = ("host_wr", "host_rd", "descriptors", "loads", "dram_rd", "dram_wr",
-                "load_wait")
+                "load_wait", "store_busy")
 
 
 def encoder_signature() -> wiring.Signature:

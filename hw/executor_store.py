@@ -1,8 +1,13 @@
 """The executor's STORE (``accel.protocol.STORE_ARGS``), as states of its FSM
-(``hw.executor.Executor``; ``e`` as in ``hw.executor_buf``): weight rows gathered from the
-output buffer's codes and written into the external memory, laid out as a LOAD of them
-reads them, so that one GEMM's outputs become a later GEMM's weights (K of QK^T, V of PV)
+(``hw.executor.Executor``; ``e`` as in ``hw.executor_buf``): weight rows (or, with the
+spike encoder, rows of spike codes) gathered from the output buffer's codes and written
+into the external memory, laid out as a LOAD of them reads them, so that one GEMM's
+outputs become a later GEMM's weights (K of QK^T, V of PV) or its input codes (Q of QK^T)
 without crossing the link.
+
+A weight row is one buffer word (``lanes`` lanes of the array, the rest zero); a code row
+is ``ceil(lanes / CODES_PER_WORD)`` code-buffer words (``accel.layouts.code_words``: each
+row padded to whole words), so its length comes from ``lanes``.
 
 The gather is sequential: each lane's OUT word is read through the engine's host read
 port (its byte path: the word's low byte, registered in the engine, five cycles a lane)
@@ -15,20 +20,14 @@ from types import SimpleNamespace
 
 from amaranth import Cat, Const, Module, Mux, Signal
 
+from accel.chain import store_bufs, store_lanes
+from accel.config import CODES_PER_WORD
 from accel.layouts import BufId, dram_words
 from accel.protocol import STORE_ARGS, Status, nbytes
 
 #: Cycles from a host read's request to its byte on ``rd_byte_data`` (``hw.engine``: the
 #: request, the read and the word registered, then the byte).
 READ_CYCLES = 4
-
-
-def store_lanes(cfg, buf: BufId) -> tuple[int, int]:
-    """``(bits, lanes)`` of one memory word of a STORE into ``buf``'s layout: a lane's bits
-    and how many lanes a memory word holds (whole lanes of at most a byte: the core has
-    STORE only then, ``accel.chain.store_supported``)."""
-    bits = cfg.weight_bits if buf == BufId.WEIGHTS else cfg.narrow_bits
-    return bits, cfg.dram_bits // bits
 
 
 def store_states(m: Module, e: SimpleNamespace) -> None:
@@ -38,10 +37,16 @@ def store_states(m: Module, e: SimpleNamespace) -> None:
     cfg = e.cfg
     out_depth = e.shapes[BufId.OUT][1]
     db = cfg.dram_bits
-    shape = {b: (*store_lanes(cfg, b), dram_words(cfg, b))
-             for b in (BufId.WEIGHTS, BufId.WEIGHTS4)}
+    shape = {b: (*store_lanes(cfg, b), dram_words(cfg, b)) for b in store_bufs(cfg)}
+    codes = BufId.CODES in shape
+    # a code row's memory words: whole code words of CODES_PER_WORD codes
+    assert not codes or (shape[BufId.CODES][0] == cfg.narrow_bits
+                         and CODES_PER_WORD & (CODES_PER_WORD - 1) == 0)
+    per_shift = CODES_PER_WORD.bit_length() - 1
     sa = Signal(STORE_ARGS)
-    narrow = Signal()
+    narrow = Signal()  # 4-bit lanes: WEIGHTS4 or CODES
+    is_codes = Signal()
+    code_row = Signal(range((255 >> per_shift) + 2))  # a code row's code words
     bad = Signal()
     p_rows = Signal(32)  # (rows - 1) x row_stride
     p_lanes = Signal(24)  # (lanes - 1) x lane_stride
@@ -49,13 +54,15 @@ def store_states(m: Module, e: SimpleNamespace) -> None:
     row_ptr, lane_ptr = Signal(34), Signal(34)
     dst = Signal(cfg.dram_addr_bits)
     left = Signal(16)  # rows still to write
-    most = max(n * w for _, n, w in shape.values())  # lanes of a row's memory words
+    # lanes of a row's memory words (a code row: up to 255 lanes, padded to a code word)
+    most = max([n * w for b, (_, n, w) in shape.items() if b != BufId.CODES]
+               + [256 if codes else 0])
     lane = Signal(range(most + 1))
     c = Signal(range(most + 1))  # lanes in the memory word so far
     wi = Signal(range(most + 1))  # memory words of the row so far
     acc = Signal(db)
     c_last = Mux(narrow, shape[BufId.WEIGHTS4][1] - 1, shape[BufId.WEIGHTS][1] - 1)
-    w_last = Mux(narrow, shape[BufId.WEIGHTS4][2] - 1, shape[BufId.WEIGHTS][2] - 1)
+    w_last = Signal(range(most + 1))  # the row's last memory word, set by STORE_SIZE
 
     def shift_in(value):
         """``value``'s lane bits in at the top of ``acc``; the next lane, and the memory
@@ -71,24 +78,45 @@ def store_states(m: Module, e: SimpleNamespace) -> None:
             e.goto("STORE_LANE")
 
     with m.State("STORE_LATCH"):
+        m.d.comb += e.strobes.store_busy.eq(1)  # every STORE cycle
         m.d.sync += sa.eq(e.word_from_sr(nbytes(STORE_ARGS.size)))
         e.goto("STORE_SIZE")
     with m.State("STORE_SIZE"):
-        m.d.sync += [narrow.eq(sa.buf == BufId.WEIGHTS4),
-                     bad.eq(~sa.buf.matches(BufId.WEIGHTS, BufId.WEIGHTS4) | (sa.lanes == 0)
+        m.d.comb += e.strobes.store_busy.eq(1)
+        words = ((sa.lanes + CODES_PER_WORD - 1) >> per_shift) if codes else 0
+        m.d.sync += [narrow.eq(sa.buf.matches(BufId.WEIGHTS4, BufId.CODES)),
+                     is_codes.eq((sa.buf == BufId.CODES) if codes else 0),
+                     bad.eq(~sa.buf.matches(*shape) | (sa.lanes == 0)
                             | (sa.lanes > cfg.lanes)),
                      p_rows.eq((sa.rows - 1) * sa.row_stride),
                      p_lanes.eq((sa.lanes - 1) * sa.lane_stride),
-                     *(need[b].eq(sa.rows * n) for b, (_, _, n) in shape.items())]
+                     code_row.eq(words),
+                     *(need[b].eq(sa.rows * n) for b, (_, _, n) in shape.items()
+                       if b != BufId.CODES)]
+        e.goto("STORE_CODES")
+    with m.State("STORE_CODES"):  # a code row's length known: its memory words
+        m.d.comb += e.strobes.store_busy.eq(1)
+        if codes:
+            cw = shape[BufId.CODES][2]
+            m.d.sync += need[BufId.CODES].eq(sa.rows * (code_row * cw))
+        m.d.sync += w_last.eq(Mux(narrow, shape[BufId.WEIGHTS4][2] - 1,
+                                  shape[BufId.WEIGHTS][2] - 1))
+        if codes:
+            with m.If(is_codes):
+                m.d.sync += w_last.eq(code_row * shape[BufId.CODES][2] - 1)
         e.goto("STORE_RANGE")
     with m.State("STORE_RANGE"):  # the products registered, then the sums and compares
+        m.d.comb += e.strobes.store_busy.eq(1)
         last_out = sa.src + p_rows + p_lanes
         end = sa.dst + Mux(narrow, need[BufId.WEIGHTS4], need[BufId.WEIGHTS])
+        if codes:
+            end = Mux(is_codes, sa.dst + need[BufId.CODES], end)
         # (no rows: nothing to range-check; rows - 1 would wrap)
         with m.If((sa.rows != 0) & ((last_out >= out_depth) | (end > 1 << cfg.dram_addr_bits))):
             m.d.sync += bad.eq(1)
         e.goto("STORE_CHECK")
     with m.State("STORE_CHECK"):
+        m.d.comb += e.strobes.store_busy.eq(1)
         # no wait for a copy in flight: it writes no OUT word, and the memory takes the
         # STORE's writes once the copy is done (``hw.top``: the port is the copier's while
         # it is busy), so the gather runs beside the copy of the next GEMM's weights
@@ -101,9 +129,11 @@ def store_states(m: Module, e: SimpleNamespace) -> None:
             m.d.sync += [row_ptr.eq(sa.src), dst.eq(sa.dst), left.eq(sa.rows), e.rbyte.eq(0)]
             e.goto("STORE_ROW")
     with m.State("STORE_ROW"):
+        m.d.comb += e.strobes.store_busy.eq(1)
         m.d.sync += [lane_ptr.eq(row_ptr), lane.eq(0), c.eq(0), wi.eq(0)]
         e.goto("STORE_LANE")
     with m.State("STORE_LANE"):  # a lane's OUT word asked for, or a zero lane
+        m.d.comb += e.strobes.store_busy.eq(1)
         with m.If(lane < sa.lanes):
             m.d.comb += [e.hb.rd_en.eq(1), e.hb.rd_buf.eq(BufId.OUT),
                          e.hb.rd_addr.eq(lane_ptr), e.strobes.host_rd.eq(1)]
@@ -112,11 +142,14 @@ def store_states(m: Module, e: SimpleNamespace) -> None:
             shift_in(Const(0, 8))
     for i in range(1, READ_CYCLES):
         with m.State(f"STORE_W{i}"):
+            m.d.comb += e.strobes.store_busy.eq(1)
             e.goto(f"STORE_W{i + 1}" if i + 1 < READ_CYCLES else "STORE_GET")
     with m.State("STORE_GET"):
+        m.d.comb += e.strobes.store_busy.eq(1)
         m.d.sync += lane_ptr.eq(lane_ptr + sa.lane_stride)
         shift_in(e.hb.rd_byte_data)
     with m.State("STORE_WR"):  # the memory may take the command and the data apart
+        m.d.comb += e.strobes.store_busy.eq(1)
         c_ok = e.dram_done[0] | e.x_cmd.ready
         d_ok = e.dram_done[1] | e.x_wdata.ready
         m.d.comb += [e.x_cmd.valid.eq(~e.dram_done[0]), e.x_cmd.payload.addr.eq(dst),

@@ -11,7 +11,7 @@ import torch
 from accel.baselines import trace
 from accel.chain import PassChains, gathered, store_supported
 from accel.layouts import BufId, buffer_shapes, to_dram_words, word_packer
-from accel.requests import BufferMirror, Cmd, gemm_requests, run_link_cost
+from accel.requests import BufferMirror, Cmd, gemm_requests, parse_load_payload, run_link_cost
 from accel.resident import DramImage, resident_image
 from accel.tiling import PassPlanner, out_read, tile_constants, tiles
 
@@ -23,6 +23,13 @@ def _packed(buf, words) -> list[int]:
     """A block's memory words, as a LOAD reads them."""
     pack = word_packer(buffer_shapes(CFG)[buf][0])
     return to_dram_words(CFG, buf, [pack(w) for w in words])
+
+
+def _words_at(image, src: int, count: int) -> list[int]:
+    """The memory words ``src ..`` of ``image`` or the images it follows."""
+    while not image.base <= src < image.base + len(image.words):
+        image = image.parent
+    return image.words[src - image.base:src - image.base + count]
 
 
 def _out_after(cfg, plan, upto: int) -> dict[int, int]:
@@ -46,7 +53,8 @@ def test_stores_gather_the_blocks_the_consumers_load(tiny_opt, tiny_opt_cm):
     image = resident_image(CFG, tiny_opt_cm)
     chains = PassChains(CFG, calls, image)
     names = {calls[i].name.rsplit(".", 1)[1] for i in chains.by_call}
-    assert names == {"k", "v"}  # q and v feed QK^T's and PV's weights in OPT: no rotary
+    # k and v feed QK^T's and PV's weights, q QK^T's input codes, in OPT: no rotary
+    assert names == {"q", "k", "v"}
     depth = buffer_shapes(CFG)[BufId.OUT][1]
     stored = {}
     for i, chain in chains.by_call.items():
@@ -61,15 +69,18 @@ def test_stores_gather_the_blocks_the_consumers_load(tiny_opt, tiny_opt_cm):
                 stored[g.dst] = gathered(CFG, g, out)
     # every weight block a consumer loads is one the STOREs wrote, word for word
     mirror = BufferMirror(CFG)
-    loads = 0
+    loads = codes = 0
     planner = PassPlanner(CFG)
     for i, call in enumerate(calls):
         reqs = list(gemm_requests(CFG, planner.plan(call), mirror, image=chains.image_for(i),
                                   chain=chains.by_call.get(i)))
         if i in chains.by_call:
-            assert not any(r.cmd == Cmd.READ_BUF for r in reqs)  # nothing read back
+            chain = chains.by_call[i]
+            # only the slices the chain reads are read back
+            assert sum(r.cmd == Cmd.READ_BUF for r in reqs) >= len(chain.reads)
+            assert bool(chain.reads) == any(r.cmd == Cmd.READ_BUF for r in reqs)
             assert sum(r.cmd == Cmd.STORE for r in reqs) == sum(
-                len(g) for g in chains.by_call[i].stores.values())
+                len(g) for g in chain.stores.values())
         for r in reqs:
             if r.cmd in (Cmd.LOAD, Cmd.LOAD_RUN):
                 for buf, _addr, words in r.completes:
@@ -77,7 +88,14 @@ def test_stores_gather_the_blocks_the_consumers_load(tiny_opt, tiny_opt_cm):
                     if buf in (BufId.WEIGHTS, BufId.WEIGHTS4) and src in stored:
                         assert stored[src] == _packed(buf, words)
                         loads += 1
-    assert loads >= sum(len(c.consumers) for c in chains.by_call.values())
+            if r.cmd == Cmd.LOAD:  # the encoder's codes (their LOADs complete no tile write)
+                for buf, _addr, count, src in parse_load_payload(r.payload):
+                    if buf == BufId.CODES and src in stored:
+                        # the words the consumer's codes are in the memory: the STORE's
+                        assert stored[src] == _words_at(chains.image_for(i), src, count)
+                        codes += 1
+    assert codes  # QK^T's input codes, q's outputs STOREd
+    assert loads + codes >= sum(len(c.consumers) for c in chains.by_call.values())
     # and it crosses fewer bytes than reading the outputs and writing the weights
     assert run_link_cost(CFG, calls, image)["bytes_tx"] < run_link_cost(CFG, calls, None)[
         "bytes_tx"]
@@ -110,12 +128,11 @@ def _stored_blocks(cfg, calls, chains) -> dict[int, list[int]]:
 
 
 @pytest.mark.parametrize("m", [12, CFG.max_rows + 9])  # rows in OUT at once, or in two turns
-def test_only_outputs_every_one_of_which_a_store_covers_chain(m):
+def test_only_outputs_a_store_covers_go_unread(m):
     producer = dataclasses.replace(_call(11, m=m, k=40, n=20), name="L.v")
     y = producer.y
     consumer = dataclasses.replace(_attn(3), name="L.av", head=0)
     full = dataclasses.replace(consumer, w=y[:, :20].t().contiguous())
-    part = dataclasses.replace(consumer, w=y[:, :10].t().contiguous())
     other = dataclasses.replace(consumer, w=-y[:, :20].t().contiguous())
     image = DramImage(CFG)
     chains = PassChains(CFG, [producer, full], image)
@@ -128,8 +145,15 @@ def test_only_outputs_every_one_of_which_a_store_covers_chain(m):
     for buf, w in blocks:  # each block the consumer loads is a STORE's words
         src = chains.image_for(1).find(buf, w)
         assert stored[src] == _packed(buf, w)
-    # a consumer of half the channels leaves the rest unchecked: read back as before
-    assert not PassChains(CFG, [producer, part], DramImage(CFG)).by_call
+    assert not chains.by_call[0].reads  # every output checked where it is used
+    # a consumer of some channels leaves the rest unchecked: a slice with any of those is
+    # read back as before (one of CFG.lanes channels, the first slice, is not)
+    steps = list(PassPlanner(CFG).plan(producer).steps())
+    for w, unread in ((y[:, :10], ()), (y[:, :CFG.lanes], (0,))):
+        chain = PassChains(CFG, [producer, dataclasses.replace(consumer, w=w.t().contiguous())],
+                           DramImage(CFG)).by_call[0]
+        assert chain.stores and chain.reads == {
+            i for i, (_, d) in enumerate(steps) if d is not None and d.n0 not in unread}
     assert not PassChains(CFG, [producer, other], DramImage(CFG)).by_call
     # a later layer's GEMM is not a consumer
     assert not PassChains(CFG, [producer, dataclasses.replace(full, name="M.av")],

@@ -79,9 +79,13 @@ def test_load_then_run_from_the_external_memory(tmp_path, capsys, small_checkpoi
     assert resident["link"]["bytes"] < plain["link"]["bytes"]
     for rep in (plain, resident):
         assert rep["link"]["gemms_measured"] == rep["link"]["gemms_predicted"]
-        # the board time charges the core's counted cycles: the engine's, the encoder's
-        # and the RUNs' waits for their weights' copies
+        # the board time charges the core's counted cycles: the engine's, the encoder's,
+        # the RUNs' waits for their weights' copies and the STOREs'
         core = rep["totals"]["measured_cycles"] + sum(
-            r["counters"]["enc_busy"] + r["counters"]["load_wait"] for r in rep["layers"])
+            r["counters"]["enc_busy"] + r["counters"]["load_wait"] + r["counters"]["store_busy"]
+            for r in rep["layers"])
         assert rep["board"]["compute_s"] * rep["board"]["clock_hz"] == pytest.approx(core)
     assert sum(r["counters"]["load_wait"] for r in resident["layers"]) > 0
+    # GPT-2's keys and values stay on the board (STOREd), and only there
+    assert sum(r["counters"]["store_busy"] for r in resident["layers"]) > 0
+    assert sum(r["counters"]["store_busy"] for r in plain["layers"]) == 0
