@@ -177,14 +177,14 @@ def _window(y: torch.Tensor, w: torch.Tensor,
 
 class _Block(NamedTuple):
     """A block of buffer words a consumer's tiles LOAD (``rows``, as the tiling builds
-    them), ``index[r, l]`` the producer output (``m * n_y + c``) that lane ``l`` of row
+    them), ``outputs[r, l]`` the producer output (``m * n_y + c``) that lane ``l`` of row
     ``r`` holds, and ``checked``, those of them a wrong value of would change the
     consumer's outputs (a code of an integer channel is zero in the block: the consumer
     takes that input from the host)."""
 
     buf: BufId
     rows: list
-    index: np.ndarray
+    outputs: np.ndarray
     checked: np.ndarray
 
 
@@ -268,7 +268,7 @@ def _chain(cfg: AccelConfig, call, users: list, image: DramImage) -> Chain | Non
         pos[ms * n_y + cs] = addrs
         left = []
         for b in pending:
-            at = pos[b.index]
+            at = pos[b.outputs]
             if (at < 0).any():
                 left.append(b)
                 continue
@@ -291,7 +291,7 @@ def _chain(cfg: AccelConfig, call, users: list, image: DramImage) -> Chain | Non
                 dst = image.add(g.buf, b.rows)  # equal blocks of this GEMM: stored once
             except ValueError:  # past the memory
                 continue
-            covered[b.index[b.checked]] = True
+            covered[b.outputs[b.checked]] = True
             if dst not in seen:
                 seen.add(dst)
                 chain.stores.setdefault(i, []).append(g._replace(dst=dst))
