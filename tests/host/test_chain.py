@@ -10,7 +10,7 @@ import torch
 
 from accel.baselines import trace
 from accel.chain import PassChains, gathered, store_supported
-from accel.layouts import BufId, buffer_shapes, to_dram_words, word_packer
+from accel.layouts import BufId, buffer_shapes, code_words, to_dram_words, word_packer
 from accel.requests import BufferMirror, Cmd, gemm_requests, parse_load_payload, run_link_cost
 from accel.resident import DramImage, resident_image
 from accel.tiling import PassPlanner, out_read, tile_constants, tiles
@@ -158,6 +158,44 @@ def test_only_outputs_a_store_covers_go_unread(m):
     # a later layer's GEMM is not a consumer
     assert not PassChains(CFG, [producer, dataclasses.replace(full, name="M.av")],
                           DramImage(CFG)).by_call
+
+
+def test_a_consumers_input_codes_are_stored_and_outlier_channels_are_read_back():
+    """q -> QK^T: a consumer whose input codes are a window of the producer's outputs LOADs
+    its code blocks from the producer's STOREs; a block with an outlier (integer) channel,
+    whose value crosses as a MAC word, leaves that output to be read back."""
+    producer = dataclasses.replace(_call(14, m=12, k=40, n=40), name="L.q")
+    producer = dataclasses.replace(producer, y=producer.y.clamp(-7, 7))  # 4-bit codes
+    y = producer.y
+    assert (y[:, 16 + 3] != 0).any()
+    head = dataclasses.replace(_attn(5, m=12, k=16), name="L.qk", head=0, codes=y[:, :16])
+    mask = torch.zeros(16, dtype=torch.bool)
+    mask[3] = True
+    other = dataclasses.replace(head, head=1, codes=y[:, 16:32], int_mask=mask)
+    calls = [producer, head, other]
+    chains = PassChains(CFG, calls, DramImage(CFG))
+    chain = chains.by_call[0]
+    assert chain.consumers == [("L.qk", 0)]  # head 1 loads none of its blocks
+    assert {g.buf for gs in chain.stores.values() for g in gs} == {BufId.CODES}
+    # channels 0..15 all checked by head 0: not read; 16..31 hold head 1's outlier, and
+    # nothing uses 32..39: read
+    steps = list(PassPlanner(CFG).plan(producer).steps())
+    assert chain.reads == {i for i, (_, d) in enumerate(steps) if d is not None and d.n0 != 0}
+    # head 0's codes are what the STOREs write, and what its EXPANDs LOAD
+    stored = _stored_blocks(CFG, calls, chains)
+    img = next(i for i, _ in PassPlanner(CFG).plan(head).steps())
+    words = code_words(img.codes)
+    src = chains.image_for(1).find(BufId.CODES, words)
+    assert src is not None and stored[src] == _packed(BufId.CODES, words)
+    reqs = list(gemm_requests(CFG, PassPlanner(CFG).plan(head), BufferMirror(CFG),
+                              image=chains.image_for(1)))
+    assert any(r.cmd == Cmd.LOAD and parse_load_payload(r.payload)[0][0] == BufId.CODES
+               for r in reqs)
+    assert not any(r.cmd == Cmd.WRITE_BUF and r.payload[0] & 0x7F == BufId.CODES
+                   for r in reqs)
+    # head 1's block (its outlier's code zeroed, the output is not) is not the gather's
+    img = next(i for i, _ in PassPlanner(CFG).plan(other).steps())
+    assert chains.image_for(2).find(BufId.CODES, code_words(img.codes)) is None
 
 
 def test_a_block_is_found_only_once_it_is_stored_and_only_where_this_gemm_stores_it():
