@@ -73,12 +73,14 @@ def host_out_bits(spec: ArchSpec, opts: ConvertOptions, name: str) -> int:
     """The width of GEMM ``name``'s outputs to the host: the options' (per-layer overrides
     included), else the default: 8 bits for the up projection of an MLP that is not gated
     (its outputs go only to GELU or ReLU and then the down projection's per-token
-    quantizer; measured as accurate as 16 bits on MiniLM, docs/quantization.md, and half
-    the link bytes of the largest read), 16 elsewhere."""
+    quantizer) and for QK^T's scores (they go only to the softmax); both measured as
+    accurate as 16 bits on MiniLM (docs/quantization.md), at half the link bytes of those
+    reads. 16 elsewhere (o and down feed the residual and LayerNorm)."""
     bits = opts.for_node(name).host_out_bits
     if bits is not None:
         return bits
-    return 8 if name.endswith(".up") and not spec.gated else HOST_OUT_BITS
+    narrow = (name.endswith(".up") and not spec.gated) or name.endswith(".qk")
+    return 8 if narrow else HOST_OUT_BITS
 
 
 def builtin_text(name: str) -> list[str]:

@@ -1,5 +1,6 @@
 """Host outputs at 8 bits (``ConvertOptions.host_out_bits``): by default the up projection
-of a non-gated MLP, else only the GEMMs named get the narrow range and the coarser step;
+of a non-gated MLP and QK^T's scores, else only the GEMMs named get the narrow range and
+the coarser step;
 the golden model then clamps them to int8; a bad width or a pattern that names no GEMM is
 refused by name."""
 
@@ -20,17 +21,18 @@ OPTS = ConvertOptions(calib_sentences=4)
 @pytest.fixture(scope="module")
 def pair(tiny_opt):
     """tiny-opt converted with every output to the host at 16 bits, and by default (its
-    up projections' at 8: OPT's MLP is not gated)."""
+    up projections' and scores' at 8: OPT's MLP is not gated)."""
     return convert(tiny_opt, host_out(OPTS, [("*", 16)])), convert(tiny_opt, OPTS)
 
 
-def test_by_default_only_a_plain_mlp_s_up_sends_8_bit_outputs_at_a_coarser_step(pair):
+def test_by_default_a_plain_mlp_s_up_and_the_scores_send_8_bit_outputs_at_a_coarser_step(
+        pair):
     ref, up8 = pair
     assert host_out_qmax(8) == 127 and host_out_qmax(16) == HOST_OUT_QMAX
     narrowed = []
     for name in ref.nodes:
         a, b = ref.tensors, up8.tensors
-        if name.endswith(".up"):
+        if name.endswith((".up", ".qk")):
             narrowed.append(name)
             assert int(b[name + ".lo"].min()) == -127 and int(b[name + ".hi"].max()) == 127
             # the same calibration peak at 127 levels instead of 32,767, each with its
@@ -41,13 +43,14 @@ def test_by_default_only_a_plain_mlp_s_up_sends_8_bit_outputs_at_a_coarser_step(
         elif int(a[name + ".hi"].max()) == HOST_OUT_QMAX:  # other outputs to the host
             assert torch.equal(a[name + ".hi"], b[name + ".hi"]), name
             assert torch.equal(a[name + ".scale"], b[name + ".scale"]), name
-    assert narrowed == ["layers.0.up", "layers.1.up"]
+    assert narrowed == ["layers.0.qk", "layers.0.up", "layers.1.qk", "layers.1.up"]
 
 
 def test_a_gated_mlp_keeps_16_bits_unless_told(tiny_llama_cm, tiny_llama):
     # LLaMA's up meets SiLU(gate) in a product, not an activation function on its own
     for name in ("layers.0.up", "layers.0.gate", "layers.0.down"):
         assert int(tiny_llama_cm.tensors[name + ".hi"].max()) == HOST_OUT_QMAX, name
+    assert int(tiny_llama_cm.tensors["layers.0.qk.hi"].max()) == 127  # the scores: 8 bits
     cm = convert(tiny_llama, host_out(ConvertOptions(calib_sentences=2, distill_epochs=0),
                                       [("layers.1.gate", 8)]))
     assert int(cm.tensors["layers.1.gate.hi"].max()) == 127
