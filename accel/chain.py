@@ -298,10 +298,9 @@ def _chain(cfg: AccelConfig, call, users: list, image: DramImage) -> Chain | Non
     if not chain.stores:
         return None
     # a slice is read back unless a consumer checks every one of its outputs
-    for i, (_, done) in enumerate(steps):
-        if done is not None and not covered.reshape(m_y, n_y)[
-                done.r0:done.r1, done.n0:done.n1].all():
-            chain.reads.add(i)
+    grid = covered.reshape(m_y, n_y)
+    chain.reads = {i for i, (_, d) in enumerate(steps)
+                   if d is not None and not grid[d.r0:d.r1, d.n0:d.n1].all()}
     return chain
 
 
