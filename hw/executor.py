@@ -104,7 +104,7 @@ from accel.protocol import (
 
 from .counters import counter_read_signature
 from .engine import host_bus_signature
-from .executor_buf import load_states, read_states, row_states, write_states
+from .executor_buf import load_states, read_states, row_states, write_port, write_states
 from .executor_store import store_states
 from .link import DATA_LAYOUT
 from .mem import copier_signature, dram_port
@@ -239,6 +239,7 @@ class Executor(wiring.Component):
         packed = Signal()  # the WRITE_BUF's words are packed at their width
         pk_acc = Signal(PACK_BITS + 8)  # packed bits received and not yet written
         pk_have = Signal(range(PACK_BITS + 8))
+        joined = Signal(PACK_BITS + 8)  # pk_acc with the byte in (hw.executor_buf.write_port)
         # the packed word's width and whether the next byte completes a word, registers:
         # the write decision is the byte's valid and one flip-flop, not the buffer id's
         # decode and a compare (timing: args.buf -> pk_have + 8 >= width -> the host write
@@ -320,10 +321,13 @@ class Executor(wiring.Component):
         sr_moves = {"down": ("ARGS", "WR_BYTES", "SUB_HDR"), "up": ("WR_ROW",),
                     "clear": ("ROWS_CHECK", "WR_ROW_WORD")}
         sr_move = {k: Signal(name=f"sr_{k}") for k in sr_moves}
+        row_word = Signal()  # in WR_ROW_WORD: the host write's word is sr's row (write_port)
+        # every flag registered by the FSM's moves: the states it is set in, and it
+        flags = {sr_moves[k]: sr_move[k] for k in sr_moves} | {("WR_ROW_WORD",): row_word}
 
         def goto(state: str):
             m.next = state
-            m.d.sync += [sig.eq(state in sr_moves[k]) for k, sig in sr_move.items()]
+            m.d.sync += [sig.eq(state in states) for states, sig in flags.items()]
 
         with m.If(sr_move["clear"]):
             m.d.sync += sr.eq(0)
@@ -345,14 +349,15 @@ class Executor(wiring.Component):
             addr=addr, args=args, args_bad=args_bad, body=body, bpw=bpw,
             byte_in=byte_in, cfg=cfg, cp=cp, data_in=data_in, depth_ok=depth_ok,
             desc_bytes=desc_bytes, dram_done=dram_done, rest=rest, goto=goto, hb=hb, hdr=hdr,
-            in_run=in_run, is_dram=is_dram, largs=largs, load_bad=load_bad, load_bytes=load_bytes,
-            load_need=load_need, load_words=load_words, nload=nload, packed=packed, pk=pk,
-            pk_acc=pk_acc, pk_full=pk_full, pk_have=pk_have, pk_w=pk_w, products=products,
-            rbyte=rbyte, reads_dma_buf=reads_dma_buf, req_bytes=req_bytes, resp_len=resp_len,
-            row_lanes=row_lanes, row_len=row_len, rows_need=rows_need,
-            shapes=shapes, so=so, sr=sr, status=status, todo=todo, wbytes=wbytes,
-            word_from_sr=word_from_sr, words=words, x_cmd=x_cmd, x_wdata=x_wdata,
+            in_run=in_run, is_dram=is_dram, joined=joined, largs=largs, load_bad=load_bad,
+            load_bytes=load_bytes, load_need=load_need, load_words=load_words, nload=nload,
+            packed=packed, pk=pk, pk_acc=pk_acc, pk_full=pk_full, pk_have=pk_have, pk_w=pk_w,
+            products=products, rbyte=rbyte, reads_dma_buf=reads_dma_buf, req_bytes=req_bytes,
+            resp_len=resp_len, row_lanes=row_lanes, row_len=row_len, row_word=row_word,
+            rows_need=rows_need, shapes=shapes, so=so, sr=sr, status=status, todo=todo,
+            wbytes=wbytes, word_from_sr=word_from_sr, words=words, x_cmd=x_cmd, x_wdata=x_wdata,
             take_bytes=take_bytes, strobes=self.strobes, dram=self.dram)
+        write_port(m, e)
         def dispatch(h, sub: bool):
             """Start request ``h`` (a frame's header, or a CHAIN's ``sub`` request's): check
             its length against its command and go where its payload is taken."""

@@ -12,12 +12,36 @@ from amaranth import Cat, Module, Mux, Signal
 from accel.layouts import (
     HOST_READABLE,
     HOST_WRITABLE,
-    PACK_BITS,
     BufId,
     dram_words,
     loadable,
 )
 from accel.protocol import LENGTH_LIMIT, Cmd, Status
+
+
+def write_port(m: Module, e: SimpleNamespace) -> None:
+    """The host write port's buffer, address and word, driven in every state from
+    registers; only its enable is the states' (WR_ROW_WORD, WR_PACKED, WR_WORD).
+
+    Timing: gated by the write states, the 512-bit word's and the address' registers
+    (``exec_wr_*_q`` in ``hw.top``) took the state machine's decode as their reset, one net
+    across the die (64 lanes at 67.3 MHz: the FSM's state -> that decode -> the address'
+    next value). The engine takes nothing without the enable. A WRITE_ROWS names WEIGHTS
+    (ROWS_CHECK refuses any other buffer), so ``args.buf`` is the buffer of all three."""
+    m.d.comb += [e.hb.wr_buf.eq(e.args.buf), e.hb.wr_addr.eq(e.addr),
+                 e.joined.eq(e.pk_acc | (e.byte_in << e.pk_have))]
+    with m.If(e.row_word):  # a row, in at the bottom of sr
+        m.d.comb += e.hb.wr_data.eq(e.sr)
+    with m.Elif(e.packed):  # the packed word the byte completes
+        with m.Switch(e.args.buf):
+            for b, w in e.pk.items():
+                with m.Case(b):
+                    m.d.comb += e.hb.wr_data.eq(e.joined[:w])
+    with m.Else():  # a word's bytes, in at the top of sr
+        with m.Switch(e.args.buf):
+            for b, n in e.wbytes.items():
+                with m.Case(b):
+                    m.d.comb += e.hb.wr_data.eq(e.word_from_sr(n))
 
 
 def row_states(m: Module, e: SimpleNamespace) -> None:
@@ -50,9 +74,7 @@ def row_states(m: Module, e: SimpleNamespace) -> None:
     with m.State("WR_ROW"):  # a row's bytes in at the bottom, top lane first
         e.take_bytes("WR_ROW_WORD")
     with m.State("WR_ROW_WORD"):
-        m.d.comb += [e.hb.wr_en.eq(1), e.hb.wr_buf.eq(BufId.WEIGHTS),
-                     e.hb.wr_addr.eq(e.addr), e.hb.wr_data.eq(e.sr),
-                     e.strobes.host_wr.eq(1)]
+        m.d.comb += [e.hb.wr_en.eq(1), e.strobes.host_wr.eq(1)]  # sr's row (write_port)
         m.d.sync += [e.addr.eq(e.addr + 1), e.words.eq(e.words - 1), e.todo.eq(e.row_len)]
         with m.If(e.words == 1):
             e.goto("RESP")
@@ -178,21 +200,18 @@ def write_states(m: Module, e: SimpleNamespace) -> None:
         # each byte joins the bits held; a word is written once its bits are in (the
         # last byte's spare bits are padding)
         m.d.comb += e.data_in.o.ready.eq(1)
-        joined = Signal(PACK_BITS + 8)
-        m.d.comb += joined.eq(e.pk_acc | (e.byte_in << e.pk_have))
+        joined = e.joined
         have = Signal.like(e.pk_have)  # bits held after this byte
         m.d.comb += have.eq(e.pk_have + 8 - Mux(e.pk_full, e.pk_w, 0))
         with m.If(e.data_in.o.valid):
             m.d.sync += [e.rest.eq(e.rest - 1), e.pk_acc.eq(joined), e.pk_have.eq(have),
                          e.pk_full.eq(have + 8 >= e.pk_w)]
             with m.If(e.pk_full):
-                m.d.comb += [e.hb.wr_en.eq(1), e.hb.wr_buf.eq(e.args.buf),
-                             e.hb.wr_addr.eq(e.addr), e.strobes.host_wr.eq(1)]
+                m.d.comb += [e.hb.wr_en.eq(1), e.strobes.host_wr.eq(1)]
                 m.d.sync += [e.addr.eq(e.addr + 1), e.words.eq(e.words - 1)]
                 with m.Switch(e.args.buf):
                     for b, w in e.pk.items():
                         with m.Case(b):
-                            m.d.comb += e.hb.wr_data.eq(joined[:w])
                             m.d.sync += e.pk_acc.eq(joined >> w)
                 with m.If(e.words == 1):
                     e.goto("RESP")
@@ -216,12 +235,7 @@ def write_states(m: Module, e: SimpleNamespace) -> None:
                          e.strobes.dram_wr.eq(c_ok & d_ok)]
             m.d.sync += e.dram_done.eq(Mux(c_ok & d_ok, 0, Cat(c_ok, d_ok)))
         with m.Else():
-            m.d.comb += [e.hb.wr_en.eq(1), e.hb.wr_buf.eq(e.args.buf), e.hb.wr_addr.eq(e.addr),
-                         written.eq(1)]
-            with m.Switch(e.args.buf):
-                for b, n in e.wbytes.items():
-                    with m.Case(b):
-                        m.d.comb += e.hb.wr_data.eq(e.word_from_sr(n))
+            m.d.comb += [e.hb.wr_en.eq(1), written.eq(1)]
         with m.If(written):
             m.d.comb += e.strobes.host_wr.eq(1)
             m.d.sync += [e.addr.eq(e.addr + 1), e.words.eq(e.words - 1), e.todo.eq(e.bpw)]
