@@ -105,7 +105,7 @@ from accel.protocol import (
 from .counters import counter_read_signature
 from .engine import host_bus_signature
 from .executor_buf import load_states, read_states, row_states, write_port, write_states
-from .executor_store import store_states
+from .executor_store import STORE_STATES, store_states
 from .link import DATA_LAYOUT
 from .mem import copier_signature, dram_port
 from .pipe import Register
@@ -323,7 +323,9 @@ class Executor(wiring.Component):
         sr_move = {k: Signal(name=f"sr_{k}") for k in sr_moves}
         row_word = Signal()  # in WR_ROW_WORD: the host write's word is sr's row (write_port)
         # every flag registered by the FSM's moves: the states it is set in, and it
-        flags = {sr_moves[k]: sr_move[k] for k in sr_moves} | {("WR_ROW_WORD",): row_word}
+        in_store = Signal()  # in a STORE state (its cycles counted: store_busy)
+        flags = {sr_moves[k]: sr_move[k] for k in sr_moves} | {("WR_ROW_WORD",): row_word,
+                                                               STORE_STATES: in_store}
 
         def goto(state: str):
             m.next = state
@@ -349,9 +351,10 @@ class Executor(wiring.Component):
             addr=addr, args=args, args_bad=args_bad, body=body, bpw=bpw,
             byte_in=byte_in, cfg=cfg, cp=cp, data_in=data_in, depth_ok=depth_ok,
             desc_bytes=desc_bytes, dram_done=dram_done, rest=rest, goto=goto, hb=hb, hdr=hdr,
-            in_run=in_run, is_dram=is_dram, joined=joined, largs=largs, load_bad=load_bad,
-            load_bytes=load_bytes, load_need=load_need, load_words=load_words, nload=nload,
-            packed=packed, pk=pk, pk_acc=pk_acc, pk_full=pk_full, pk_have=pk_have, pk_w=pk_w,
+            in_run=in_run, in_store=in_store, is_dram=is_dram, joined=joined, largs=largs,
+            load_bad=load_bad, load_bytes=load_bytes, load_need=load_need,
+            load_words=load_words, nload=nload, packed=packed, pk=pk, pk_acc=pk_acc,
+            pk_full=pk_full, pk_have=pk_have, pk_w=pk_w,
             products=products, rbyte=rbyte, reads_dma_buf=reads_dma_buf, req_bytes=req_bytes,
             resp_len=resp_len, row_lanes=row_lanes, row_len=row_len, row_word=row_word,
             rows_need=rows_need, shapes=shapes, so=so, sr=sr, status=status, todo=todo,

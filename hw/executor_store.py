@@ -29,12 +29,19 @@ from accel.protocol import STORE_ARGS, Status, nbytes
 #: request, the read and the word registered, then the byte).
 READ_CYCLES = 4
 
+#: The FSM's STORE states: ``store_busy`` is a flag ``goto`` sets on entering any of them
+#: (``hw.executor``), not a decode of the state.
+STORE_STATES = ("STORE_LATCH", "STORE_SIZE", "STORE_CODES", "STORE_RANGE", "STORE_CHECK",
+                "STORE_ROW", "STORE_LANE", *(f"STORE_W{i}" for i in range(1, READ_CYCLES)),
+                "STORE_GET", "STORE_WR")
+
 
 def store_states(m: Module, e: SimpleNamespace) -> None:
     """STORE: its arguments latched and checked (buffer, lanes, the OUT words and memory
     words it names), then each row gathered lane by lane and written a memory word at a
     time, each write once the memory port is free of a copy in flight."""
     cfg = e.cfg
+    m.d.comb += e.strobes.store_busy.eq(e.in_store)  # every cycle in STORE_STATES
     out_depth = e.shapes[BufId.OUT][1]
     db = cfg.dram_bits
     shape = {b: (*store_lanes(cfg, b), dram_words(cfg, b)) for b in store_bufs(cfg)}
@@ -78,11 +85,9 @@ def store_states(m: Module, e: SimpleNamespace) -> None:
             e.goto("STORE_LANE")
 
     with m.State("STORE_LATCH"):
-        m.d.comb += e.strobes.store_busy.eq(1)  # every STORE cycle
         m.d.sync += sa.eq(e.word_from_sr(nbytes(STORE_ARGS.size)))
         e.goto("STORE_SIZE")
     with m.State("STORE_SIZE"):
-        m.d.comb += e.strobes.store_busy.eq(1)
         words = ((sa.lanes + CODES_PER_WORD - 1) >> per_shift) if codes else 0
         m.d.sync += [narrow.eq(sa.buf.matches(BufId.WEIGHTS4, BufId.CODES)),
                      is_codes.eq((sa.buf == BufId.CODES) if codes else 0),
@@ -95,7 +100,6 @@ def store_states(m: Module, e: SimpleNamespace) -> None:
                        if b != BufId.CODES)]
         e.goto("STORE_CODES")
     with m.State("STORE_CODES"):  # a code row's length known: its memory words
-        m.d.comb += e.strobes.store_busy.eq(1)
         if codes:
             cw = shape[BufId.CODES][2]
             m.d.sync += need[BufId.CODES].eq(sa.rows * (code_row * cw))
@@ -106,7 +110,6 @@ def store_states(m: Module, e: SimpleNamespace) -> None:
                 m.d.sync += w_last.eq(code_row * shape[BufId.CODES][2] - 1)
         e.goto("STORE_RANGE")
     with m.State("STORE_RANGE"):  # the products registered, then the sums and compares
-        m.d.comb += e.strobes.store_busy.eq(1)
         last_out = sa.src + p_rows + p_lanes
         end = sa.dst + Mux(narrow, need[BufId.WEIGHTS4], need[BufId.WEIGHTS])
         if codes:
@@ -116,7 +119,6 @@ def store_states(m: Module, e: SimpleNamespace) -> None:
             m.d.sync += bad.eq(1)
         e.goto("STORE_CHECK")
     with m.State("STORE_CHECK"):
-        m.d.comb += e.strobes.store_busy.eq(1)
         # no wait for a copy in flight: it writes no OUT word, and the memory takes the
         # STORE's writes once the copy is done (``hw.top``: the port is the copier's while
         # it is busy), so the gather runs beside the copy of the next GEMM's weights
@@ -129,11 +131,9 @@ def store_states(m: Module, e: SimpleNamespace) -> None:
             m.d.sync += [row_ptr.eq(sa.src), dst.eq(sa.dst), left.eq(sa.rows), e.rbyte.eq(0)]
             e.goto("STORE_ROW")
     with m.State("STORE_ROW"):
-        m.d.comb += e.strobes.store_busy.eq(1)
         m.d.sync += [lane_ptr.eq(row_ptr), lane.eq(0), c.eq(0), wi.eq(0)]
         e.goto("STORE_LANE")
     with m.State("STORE_LANE"):  # a lane's OUT word asked for, or a zero lane
-        m.d.comb += e.strobes.store_busy.eq(1)
         with m.If(lane < sa.lanes):
             m.d.comb += [e.hb.rd_en.eq(1), e.hb.rd_buf.eq(BufId.OUT),
                          e.hb.rd_addr.eq(lane_ptr), e.strobes.host_rd.eq(1)]
@@ -142,14 +142,11 @@ def store_states(m: Module, e: SimpleNamespace) -> None:
             shift_in(Const(0, 8))
     for i in range(1, READ_CYCLES):
         with m.State(f"STORE_W{i}"):
-            m.d.comb += e.strobes.store_busy.eq(1)
-            e.goto(f"STORE_W{i + 1}" if i + 1 < READ_CYCLES else "STORE_GET")
+                e.goto(f"STORE_W{i + 1}" if i + 1 < READ_CYCLES else "STORE_GET")
     with m.State("STORE_GET"):
-        m.d.comb += e.strobes.store_busy.eq(1)
         m.d.sync += lane_ptr.eq(lane_ptr + sa.lane_stride)
         shift_in(e.hb.rd_byte_data)
     with m.State("STORE_WR"):  # the memory may take the command and the data apart
-        m.d.comb += e.strobes.store_busy.eq(1)
         c_ok = e.dram_done[0] | e.x_cmd.ready
         d_ok = e.dram_done[1] | e.x_wdata.ready
         m.d.comb += [e.x_cmd.valid.eq(~e.dram_done[0]), e.x_cmd.payload.addr.eq(dst),
