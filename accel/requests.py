@@ -52,7 +52,7 @@ from .protocol import (
     word_bytes,
 )
 from .resident import DramImage
-from .tiling import PassPlanner, TileImage, out_read
+from .tiling import PassPlanner, Slice, TileImage, out_read
 
 
 def buf_args(buf: BufId, addr: int, count: int, packed: bool = False) -> bytes:
@@ -396,24 +396,41 @@ def gemm_requests(cfg: AccelConfig, plan, mirror: BufferMirror,
     (``GemmTiles.steps``): each tile's :func:`tile_requests` (the next tile's weights
     loaded beside it where they may be; beside the last, ``lead``: the first weights of
     the GEMM that follows, ``accel.tiling.PassPlanner.lead``), and each output slice read
-    back as soon as its last K tile has run, or, for a GEMM whose outputs are later GEMMs'
+    back once its last K tile has run, or, for a GEMM whose outputs are later GEMMs'
     weights or input codes (``chain``, ``accel.chain.PassChains``), STOREd into the
     external memory as the chain says and read only where the chain still reads them.
+    The reads wait until a tile is to write the OUT rows of a slice not read yet (slices
+    take copies of the rows in turn, ``accel.tiling.slice_rows``), or the end: the tiles'
+    requests between then cross as one CHAIN, in one round trip.
     The driver sends exactly these; :func:`link_cost` prices them."""
     steps = list(plan.steps())
     if image is not None:
         image = yield from staged_events(cfg, [img for img, _ in steps], mirror, max_payload,
                                          image)
+    # output slices not read yet (``accel.tiling.slice_rows`` gives consecutive slices
+    # rows of their own): all are read once a tile is to write the OUT rows of one, or
+    # at the end, so that the tiles between make one CHAIN and one round trip
+    unread: list[tuple[Slice, BufId, int, int]] = []
+
+    def read_unread() -> Iterator[Request]:
+        for done, buf, addr, count in unread:
+            for req in read_requests(cfg, buf, addr, count, read_chunk):
+                yield req._replace(reads=(done, buf))
+        unread.clear()
+
     for i, (img, done) in enumerate(steps):
+        lo = img.descriptor["row_base"] * cfg.lanes
+        hi = lo + img.descriptor["rows"] * cfg.lanes
+        if any(a < hi and a + count > lo for _, _, a, count in unread):
+            yield from read_unread()
         following = steps[i + 1][0] if i + 1 < len(steps) else lead
         yield from tile_requests(cfg, img, mirror, max_payload, image, following)
         if chain is not None:
             for g in chain.stores.get(i, ()):
                 yield Request(Cmd.STORE, store_payload(g), where=img.where)
         if done is not None and (chain is None or i in chain.reads):
-            buf, addr, count = out_read(cfg, img)
-            for req in read_requests(cfg, buf, addr, count, read_chunk):
-                yield req._replace(reads=(done, buf))
+            unread.append((done, *out_read(cfg, img)))
+    yield from read_unread()
 
 
 def staged_events(cfg: AccelConfig, imgs: list[TileImage], mirror: BufferMirror,

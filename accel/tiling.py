@@ -260,11 +260,11 @@ class GemmTiles:
     on chip).
 
     When all rows fit the row buffers at once (``rows_resident``: M <= ``max_rows``), each
-    row block has its own rows there (``row_base = r0``), so the K tiles of different row
-    blocks may interleave: :meth:`schedule` then runs, per output slice and K tile, every
-    row block back to back, and the weights of that K tile are written once, not once per
-    row block. Either way a slice's outputs are in OUT rows ``row_base ..`` once its last K
-    tile has run."""
+    row block has its own rows there (``row_base = r0``, plus the slice's copy of the rows,
+    :func:`slice_rows`), so the K tiles of different row blocks may interleave:
+    :meth:`schedule` then runs, per output slice and K tile, every row block back to back,
+    and the weights of that K tile are written once, not once per row block. Either way a
+    slice's outputs are in OUT rows ``row_base ..`` once its last K tile has run."""
 
     slices: list[Slice]
     rows_resident: bool = False
@@ -400,12 +400,24 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
             cfg, codes[rows, ks], int_mask[ks], shifts[ks], enc, w[t.n0:t.n1, ks],
             mrow=None if mrow is None else mrow[rows], shift=shift, relu=relu, raw=raw,
             keep=not t.last, **_constants_of(per_channel, t),
-            bases=({BufId.ROWS: t.r0} if resident else {}) | ev_base[t.r0, t.k0],
+            bases=({BufId.ROWS: t.r0 + slice_rows(cfg, codes.shape[0], t.n0)}
+                   if resident else {}) | ev_base[t.r0, t.k0],
             events=events[t.r0, t.k0],
             where=f"{where}[m {t.r0}:{t.r1}, n {t.n0}:{t.n1}, k {t.k0}:{t.k1}]"))
     out = GemmTiles([Slice(*key, imgs) for key, imgs in images.items()], resident)
     alternate_halves(cfg, out)
     return out
+
+
+def slice_rows(cfg: AccelConfig, m: int, n0: int) -> int:
+    """The first row (of ``max_rows``: the row, accumulator and output buffers) of the
+    output slice at channel ``n0`` of a GEMM of ``m`` rows that all fit at once, past its
+    row blocks' own ``row_base = r0``. Consecutive slices take the ``max_rows // m`` copies
+    of the ``m`` rows in turn, so a slice's outputs stay in OUT while the next slices run:
+    the host reads several slices after their RUNs, which then cross in one CHAIN and one
+    round trip (``accel.requests.gemm_requests``) instead of one each."""
+    copies = max(1, cfg.max_rows // max(1, m))
+    return (n0 // cfg.lanes) % copies * m
 
 
 def alternate_halves(cfg: AccelConfig, gt: GemmTiles, first: int = 0) -> None:

@@ -348,7 +348,7 @@ class Device:
 
     def gemm(self, plan, lead=None) -> torch.Tensor:
         """Run a planned GEMM (``accel.tiling.plan_gemm``) in its schedule; its outputs
-        ``[M, N]`` (each slice read back as soon as its last K tile has run): the requests
+        ``[M, N]`` (each slice read back after its last K tile has run): the requests
         of :func:`accel.requests.gemm_requests` (``lead``: the first weights of the GEMM
         that follows, ``accel.tiling.PassPlanner.lead``, loaded beside the last tile when
         the external memory holds them)."""

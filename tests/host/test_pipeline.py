@@ -23,11 +23,12 @@ from accel.requests import (
     Request,
     answer_bytes,
     buf_args,
+    chained,
     gemm_requests,
     link_cost,
     pipeline_groups,
 )
-from accel.tiling import plan_call
+from accel.tiling import plan_call, slice_rows
 from accel.workload import GemmWork
 from host.driver import Device
 from host.transport import SerialTransport
@@ -178,3 +179,31 @@ def test_pipelined_gemm_moves_what_link_cost_predicts(sim):
                                                      "bytes_rx")}
     assert got == {k: predicted[k] for k in got}
     assert got["waits"] < got["frames_tx"]
+
+
+def test_slices_take_copies_of_the_rows_so_their_runs_share_round_trips(sim):
+    # 7 output slices of 10 rows: max_rows 32 holds 3 copies of the rows, so slices 0..2
+    # run at rows 0, 10, 20 and are read after the third RUN; 3..5 and 6 likewise
+    call = _call(13, m=10, k=30, n=7 * CFG.lanes - 3)
+    plan = plan_call(CFG, call)
+    bases = [img.descriptor["row_base"] for img, _ in plan.steps()]
+    assert bases == [slice_rows(CFG, 10, n0) for n0 in range(0, 7 * CFG.lanes, CFG.lanes)]
+    assert bases == [0, 10, 20, 0, 10, 20, 0]
+    reqs = list(gemm_requests(CFG, plan, BufferMirror(CFG)))
+    groups = list(pipeline_groups(chained(reqs)))
+    runs = [sum(p.cmd in (Cmd.RUN, Cmd.LOAD_RUN) for r in g for p in (r.parts or (r,)))
+            for g in groups]
+    assert [n for n in runs if n] == [3, 3, 1]  # one round trip for each three RUNs
+    dev = Device(SerialTransport(sim.url), CFG, **FAST)
+    dev.identify()
+    before = dev.counters()
+    s0 = dict(dev.stats)
+    y, after = dev.gemm_counted(plan)
+    dev.t.close()
+    assert torch.equal(y, call.y)
+    assert after["busy"] - before["busy"] == gemm_cycles(CFG, GemmWork.of(call)).cycles
+    predicted = link_cost(CFG, [*reqs, COUNTERS])
+    got = {k: dev.stats[k] - s0.get(k, 0) for k in ("frames_tx", "waits", "bytes_tx",
+                                                     "bytes_rx")}
+    assert got == {k: predicted[k] for k in got}
+    assert got["waits"] == 3  # three groups of RUNs and reads, the counters behind the last
