@@ -105,7 +105,7 @@ from accel.protocol import (
 from .counters import counter_read_signature
 from .engine import host_bus_signature
 from .executor_buf import load_states, read_states, row_states, write_port, write_states
-from .executor_store import STORE_STATES, store_states
+from .executor_store import STORE_PREFIX, store_states
 from .link import DATA_LAYOUT
 from .mem import copier_signature, dram_port
 from .pipe import Register
@@ -322,14 +322,15 @@ class Executor(wiring.Component):
                     "clear": ("ROWS_CHECK", "WR_ROW_WORD")}
         sr_move = {k: Signal(name=f"sr_{k}") for k in sr_moves}
         row_word = Signal()  # in WR_ROW_WORD: the host write's word is sr's row (write_port)
-        # every flag registered by the FSM's moves: the states it is set in, and it
         in_store = Signal()  # in a STORE state (its cycles counted: store_busy)
-        flags = {sr_moves[k]: sr_move[k] for k in sr_moves} | {("WR_ROW_WORD",): row_word,
-                                                               STORE_STATES: in_store}
+        # every flag the FSM's moves register, and whether a state sets it
+        flags = [*((sr_move[k], sr_moves[k].__contains__) for k in sr_moves),
+                 (row_word, "WR_ROW_WORD".__eq__),
+                 (in_store, lambda state: state.startswith(STORE_PREFIX))]
 
         def goto(state: str):
             m.next = state
-            m.d.sync += [sig.eq(state in states) for states, sig in flags.items()]
+            m.d.sync += [sig.eq(sets(state)) for sig, sets in flags]
 
         with m.If(sr_move["clear"]):
             m.d.sync += sr.eq(0)
