@@ -179,7 +179,7 @@ def board_estimate(stats: dict, cycles: int, tokens: int,
     bundle's board clock, ``accel.board.read_board``), all strictly one after another (no
     byte is counted as sent while another is, the engine runs only inside a RUN, and a
     LOAD is not counted beside it). ``stats`` are the driver's counts (``bytes_tx``,
-    ``bytes_rx``, ``frames_tx``, ``waits``) or ``accel.requests.link_cost``'s prediction;
+    ``bytes_rx``, ``frames_tx``, ``waits``) or ``accel.linkcost.link_cost``'s prediction;
     ``cycles`` the core's: the engine's (``accel.cycles``' prediction or the counters), the
     spike encoder's (``enc_busy``) and, measured only (:data:`BOARD_CYCLES`), the RUNs'
     waits for their weights' copies (``load_wait``) and the STOREs (``store_busy``,

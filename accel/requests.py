@@ -6,21 +6,20 @@ Everything here is derived from the one definition the gateware also builds from
 layouts (``accel.protocol``), the descriptor layout and its rules (``accel.layouts``) and
 the counter map (``accel.counters``). Sans-IO: nothing here sends or receives; the driver
 (``host.driver``) and the cocotb bench (``sim.cocotb_top``) send what it builds, and the
-generator prices it (:func:`link_cost`) without a device.
+generator prices it (``accel.linkcost``) without a device.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from typing import NamedTuple
 
 from models.contract import low_bits
 
-from .chain import Chain, PassChains, store_payload
+from .chain import Chain, store_payload
 from .config import AccelConfig
 from .counters import COUNTERS
-from .encoder import encoder_counts, expand_groups
+from .encoder import expand_groups
 from .layouts import (
     LOADABLE,
     VIEWS,
@@ -52,7 +51,7 @@ from .protocol import (
     word_bytes,
 )
 from .resident import DramImage
-from .tiling import PassPlanner, Slice, TileImage, out_read
+from .tiling import Slice, TileImage, out_read
 
 
 def buf_args(buf: BufId, addr: int, count: int, packed: bool = False) -> bytes:
@@ -402,7 +401,7 @@ def gemm_requests(cfg: AccelConfig, plan, mirror: BufferMirror,
     The reads wait until a tile is to write the OUT rows of a slice not read yet (slices
     take copies of the rows in turn, ``accel.tiling.slice_rows``), or the end: the tiles'
     requests between then cross as one CHAIN, in one round trip.
-    The driver sends exactly these; :func:`link_cost` prices them."""
+    The driver sends exactly these; :func:`accel.linkcost.link_cost` prices them."""
     steps = list(plan.steps())
     if image is not None:
         image = yield from staged_events(cfg, [img for img, _ in steps], mirror, max_payload,
@@ -540,14 +539,14 @@ LINK_KEYS = ("frames_tx", "bytes_tx", "bytes_rx", "waits")
 WRITES = frozenset({Cmd.WRITE_BUF, Cmd.WRITE_ROWS})
 
 
-def _named(req: Request) -> BufId:
+def named_buffer(req: Request) -> BufId:
     """The buffer or view a WRITE_BUF, WRITE_ROWS or READ_BUF names."""
     return BufId(req.payload[0] & ~PACKED & 0xFF)
 
 
 def _memory(req: Request) -> BufId:
     """The memory a WRITE_BUF, WRITE_ROWS or READ_BUF names (a view's own memory)."""
-    buf = _named(req)
+    buf = named_buffer(req)
     return VIEWS.get(buf, buf)
 
 
@@ -589,71 +588,6 @@ def pipeline_groups(requests: Iterator[Request] | list[Request],
         yield group
 
 
-def carries(req: Request) -> str:
-    """What a request's payload and answer carry, as :func:`link_cost`'s breakdown names
-    it: ``write <buffer>`` / ``read <buffer>`` (the buffer or view a WRITE_BUF, WRITE_ROWS
-    or READ_BUF names, so ``read out16`` says the width too; its arguments included), else
-    the command (``run``, ``load_run``, ``expand``, ``read_counters``, ...)."""
-    if req.cmd in WRITES or req.cmd == Cmd.READ_BUF:
-        way = "read" if req.cmd == Cmd.READ_BUF else "write"
-        return f"{way} {_named(req).name.lower()}"
-    return req.cmd.name.lower()
-
-
-#: Key prefix of :func:`link_cost`'s breakdown: ``part:<label>:<what>``.
-PART = "part:"
-
-
-def link_cost(cfg: AccelConfig, requests: Iterator[Request] | list[Request],
-              window: int = RX_FIFO_BYTES, max_payload: int | None = MAX_PAYLOAD,
-              label: str | None = None) -> Counter:
-    """What ``requests`` move over the link when every one is answered at the first try,
-    sent as the driver sends them (:func:`chained` to ``max_payload``, None: each on its
-    own frame): ``frames_tx`` (frames), ``bytes_tx`` and ``bytes_rx`` (frames included)
-    and ``waits`` (round trips: :func:`pipeline_groups` with ``window``; as many as frames
-    with ``window`` 0), the same keys the driver counts (``host.driver.Device.stats``).
-
-    With ``label``, also those bytes by what they carry: ``part:<label>:<what>``
-    (:func:`carries`; a CHAIN's requests each by their own) for the payloads both ways,
-    and ``part:<label>:framing`` for the frames' overhead both ways and a CHAIN's
-    sub-headers. The parts add up to ``bytes_tx + bytes_rx``."""
-    cost: Counter = Counter()
-    if max_payload is not None:
-        requests = chained(requests, max_payload)
-    for group in pipeline_groups(requests, window):
-        cost["waits"] += 1
-        for req in group:
-            cost["frames_tx"] += 1
-            cost["bytes_tx"] += len(req.payload) + FRAME_OVERHEAD
-            cost["bytes_rx"] += answer_bytes(cfg, req) + FRAME_OVERHEAD
-            if label is None:
-                continue
-            # a request alone is its own part; a CHAIN's sub-headers are framing
-            parts = [(p, len(p.payload) + answer_bytes(cfg, p)) for p in req.parts or (req,)]
-            cost[f"{PART}{label}:framing"] += (2 * FRAME_OVERHEAD + len(req.payload)
-                                               + answer_bytes(cfg, req)
-                                               - sum(b for _, b in parts))
-            for p, b in parts:
-                cost[f"{PART}{label}:{carries(p)}"] += b
-    return cost
-
-
-def link_parts(cost: Counter) -> dict[str, dict[str, int]]:
-    """:func:`link_cost`'s breakdown in ``cost``, as ``{label: {what: bytes}}``."""
-    out: dict[str, dict[str, int]] = {}
-    for key, b in cost.items():
-        if key.startswith(PART):
-            label, what = key[len(PART):].split(":", 1)
-            out.setdefault(label, {})[what] = b
-    return out
-
-
-def gemm_label(name: str) -> str:
-    """A GEMM's name without its layer (``layers.3.up`` -> ``up``): the breakdown of
-    :func:`run_link_costs` adds the layers of one kind together."""
-    return name.rsplit(".", 1)[-1]
-
-
 def prefetch(cfg: AccelConfig, img: TileImage, following: TileImage, mirror: BufferMirror,
              image: DramImage) -> list[tuple[BufId, int, list, int]]:
     """The weight writes ``(buffer, address, words, src)`` of ``following`` that may be
@@ -675,38 +609,3 @@ def prefetch(cfg: AccelConfig, img: TileImage, following: TileImage, mirror: Buf
             if src is not None:
                 out.append((buf, addr, words, src))
     return out
-
-
-def run_link_cost(cfg: AccelConfig, calls: list, image: DramImage | None = None) -> Counter:
-    """The link traffic of running a forward pass's traced GEMMs (``models.golden.GemmCall``)
-    in order from a fresh device, as ``host run`` does: each GEMM planned by one
-    :class:`~accel.tiling.PassPlanner`, its :func:`gemm_requests` (with the next GEMM's
-    lead weights when the model is in the external memory, ``image``, and the outputs that
-    are later GEMMs' weights STOREd there, ``accel.chain.PassChains``), the buffers'
-    contents carried from one GEMM to the next, and the counters read after each (the run
-    checks every GEMM's counters). Besides :data:`LINK_KEYS`, ``enc_busy``: the cycles the
-    spike encoder takes for the EXPANDs among them (``accel.encoder.encoder_counts``), and
-    :func:`link_cost`'s breakdown, each GEMM labelled by :func:`gemm_label`."""
-    return run_link_costs(cfg, calls, [image])[0]
-
-
-def run_link_costs(cfg: AccelConfig, calls: list,
-                   images: list[DramImage | None]) -> list[Counter]:
-    """:func:`run_link_cost` for each of ``images`` (a device of its own each), every GEMM
-    planned once for all of them (the plan does not depend on the image)."""
-    mirrors = [BufferMirror(cfg) for _ in images]
-    costs = [Counter[str]() for _ in images]
-    # with the model in the external memory, outputs that are later weights are STOREd
-    chains = [None if image is None else PassChains(cfg, calls, image) for image in images]
-    planner = PassPlanner(cfg)
-    for i, call in enumerate(calls):
-        plan = planner.plan(call)
-        lead = planner.lead(calls[i + 1] if i + 1 < len(calls) else None)
-        for ch, mirror, cost in zip(chains, mirrors, costs, strict=True):
-            reqs = [*gemm_requests(cfg, plan, mirror, image=None if ch is None else ch.image_for(i),
-                                   lead=None if ch is None else lead,
-                                   chain=None if ch is None else ch.by_call.get(i)),
-                    Request(Cmd.READ_COUNTERS, b"")]
-            cost += link_cost(cfg, reqs, label=gemm_label(call.name))
-            cost["enc_busy"] += encoder_counts(reqs)["enc_busy"]
-    return costs

@@ -29,7 +29,7 @@ from accel import baselines
 from accel.board import BOARD_CLOCK_HZ, BOARD_FILE, FAST_BAUD, board_estimate, choose_clock
 from accel.bundle import CONFIG, PROGRAM, config_record, program_record, save_host_files
 from accel.config import AccelConfig
-from accel.requests import PART, link_parts, run_link_costs
+from accel.linkcost import PART, link_parts, run_link_costs
 from accel.resident import model_image
 from accel.workload import GemmWork, sample_ids
 from models.arch import LoadedModel, ModelInputError, load_model, one_line
@@ -354,7 +354,7 @@ def _build(o: BuildOptions, out: Path, tmp: Path, budget: Budget, bar) -> dict:
 
 def board_link(cfg: AccelConfig, calls: list, tokens: int, preds) -> dict:
     """What the host link carries for the measured forward pass, priced request by request
-    (``accel.requests.run_link_costs``, what ``host run`` sends) with the model streamed over
+    (``accel.linkcost.run_link_costs``, what ``host run`` sends) with the model streamed over
     the link and with it resident in the external memory, and the board time each gives
     (:func:`board_time`; ``host run`` measures the same traffic and checks it)."""
     image = model_image(cfg, calls)

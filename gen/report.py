@@ -110,7 +110,7 @@ def link_lines(link: dict) -> list[str]:
 
 def parts_lines(parts: dict[str, dict[str, float]], widest: int = 6) -> list[str]:
     """What crosses the link with the model resident, bytes a token per GEMM kind (every
-    layer's together) by what the requests carry (``accel.requests.carries``): the
+    layer's together) by what the requests carry (``accel.linkcost.carries``): the
     ``widest`` largest columns over all GEMMs, the rest as ``other``."""
     if not parts:
         return []

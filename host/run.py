@@ -25,8 +25,9 @@ from accel.chain import Chain, PassChains
 from accel.counters import GOLDEN_EVENTS
 from accel.cycles import gemm_cycles
 from accel.encoder import encoder_counts
+from accel.linkcost import link_cost
 from accel.protocol import Cmd
-from accel.requests import LINK_KEYS, Request, gemm_requests, link_cost
+from accel.requests import LINK_KEYS, Request, gemm_requests
 from accel.resident import DramImage
 from accel.tiling import PassPlanner, TileImage, plan_call, tiled_events
 from accel.workload import GemmWork
@@ -61,7 +62,7 @@ class GemmRecord:
     counters_match: bool
     #: ``frames_tx`` (requests), ``waits`` (round trips), ``bytes_tx``, ``bytes_rx`` the
     #: driver counted over this GEMM (its requests and the counters read after it), and as
-    #: ``accel.requests.link_cost`` predicts them: equal unless a request had to be
+    #: ``accel.linkcost.link_cost`` predicts them: equal unless a request had to be
     #: retransmitted
     link: dict = field(default_factory=dict)
     predicted_link: dict = field(default_factory=dict)

@@ -6,7 +6,7 @@ import pytest
 
 from accel.board import BOARD_CLOCK_HZ, BOARD_FILE, read_board
 from accel.config import AccelConfig
-from accel.requests import gemm_label
+from accel.linkcost import gemm_label
 from gen.__main__ import main
 from gen.placed import load
 from gen.report import write_markdown

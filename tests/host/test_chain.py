@@ -11,7 +11,8 @@ import torch
 from accel.baselines import trace
 from accel.chain import PassChains, gathered, store_supported
 from accel.layouts import BufId, buffer_shapes, code_words, to_dram_words, word_packer
-from accel.requests import BufferMirror, Cmd, gemm_requests, parse_load_payload, run_link_cost
+from accel.linkcost import run_link_cost
+from accel.requests import BufferMirror, Cmd, gemm_requests, parse_load_payload
 from accel.resident import DramImage, resident_image
 from accel.tiling import PassPlanner, out_read, tile_constants, tiles
 

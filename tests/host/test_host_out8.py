@@ -5,7 +5,7 @@ predicts: half those of 16-bit outputs."""
 import pytest
 
 from accel.baselines import trace
-from accel.requests import link_parts, run_link_cost
+from accel.linkcost import link_parts, run_link_cost
 from models.convert import ConvertOptions, convert
 from models.options import host_out
 

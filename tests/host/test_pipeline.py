@@ -8,6 +8,7 @@ import torch
 from accel.cycles import gemm_cycles
 from accel.encoder import encoder_counts
 from accel.layouts import BufId
+from accel.linkcost import PART, link_cost
 from accel.protocol import (
     FRAME_OVERHEAD,
     LENGTH_LIMIT,
@@ -18,14 +19,12 @@ from accel.protocol import (
     encode_frame,
 )
 from accel.requests import (
-    PART,
     BufferMirror,
     Request,
     answer_bytes,
     buf_args,
     chained,
     gemm_requests,
-    link_cost,
     pipeline_groups,
 )
 from accel.tiling import plan_call, slice_rows

@@ -389,7 +389,7 @@ def test_resident_gemms_on_other_memory_widths(tmp_path_factory, dram_bits):
 
 def test_link_costs_of_several_images_equal_each_priced_alone(tiny_llama, tiny_llama_cm):
     # gen build prices the pass streamed and resident with each GEMM planned once
-    from accel.requests import gemm_label, link_parts, run_link_cost, run_link_costs
+    from accel.linkcost import gemm_label, link_parts, run_link_cost, run_link_costs
     from models.golden import run_golden
 
     calls = []
