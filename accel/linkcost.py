@@ -24,7 +24,7 @@ from .requests import (
     pipeline_groups,
 )
 from .resident import DramImage
-from .tiling import PassPlanner
+from .tiling import PassPlanner, batches
 
 
 def carries(req: Request) -> str:
@@ -95,14 +95,16 @@ def gemm_label(name: str) -> str:
 
 def run_link_cost(cfg: AccelConfig, calls: list, image: DramImage | None = None) -> Counter:
     """The link traffic of running a forward pass's traced GEMMs (``models.golden.GemmCall``)
-    in order from a fresh device, as ``host run`` does: each GEMM planned by one
+    in order from a fresh device, as ``host run`` does: each GEMM (an attention node's heads
+    together, :func:`accel.tiling.batches`) planned by one
     :class:`~accel.tiling.PassPlanner`, its :func:`gemm_requests` (with the next GEMM's
     lead weights when the model is in the external memory, ``image``, and the outputs that
     are later GEMMs' weights STOREd there, ``accel.chain.PassChains``), the buffers'
     contents carried from one GEMM to the next, and the counters read after each (the run
-    checks every GEMM's counters). Besides :data:`LINK_KEYS`, ``enc_busy``: the cycles the
-    spike encoder takes for the EXPANDs among them (``accel.encoder.encoder_counts``), and
-    :func:`link_cost`'s breakdown, each GEMM labelled by :func:`gemm_label`."""
+    checks every GEMM's counters, a node's heads' together). Besides :data:`LINK_KEYS`,
+    ``enc_busy``: the cycles the spike encoder takes for the EXPANDs among them
+    (``accel.encoder.encoder_counts``), and :func:`link_cost`'s breakdown, each GEMM
+    labelled by :func:`gemm_label`."""
     return run_link_costs(cfg, calls, [image])[0]
 
 
@@ -115,14 +117,15 @@ def run_link_costs(cfg: AccelConfig, calls: list,
     # with the model in the external memory, outputs that are later weights are STOREd
     chains = [None if image is None else PassChains(cfg, calls, image) for image in images]
     planner = PassPlanner(cfg)
-    for i, call in enumerate(calls):
-        plan = planner.plan(call)
-        lead = planner.lead(calls[i + 1] if i + 1 < len(calls) else None)
+    for batch in batches(calls):
+        i, last = batch[0], batch[-1]
+        plan = planner.plan_batch([calls[j] for j in batch])
+        lead = planner.lead(calls[last + 1] if last + 1 < len(calls) else None)
         for ch, mirror, cost in zip(chains, mirrors, costs, strict=True):
             reqs = [*gemm_requests(cfg, plan, mirror, image=None if ch is None else ch.image_for(i),
                                    lead=None if ch is None else lead,
                                    chain=None if ch is None else ch.by_call.get(i)),
                     Request(Cmd.READ_COUNTERS, b"")]
-            cost += link_cost(cfg, reqs, label=gemm_label(call.name))
+            cost += link_cost(cfg, reqs, label=gemm_label(calls[i].name))
             cost["enc_busy"] += encoder_counts(reqs)["enc_busy"]
     return costs

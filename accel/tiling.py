@@ -380,10 +380,12 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
               shifts: torch.Tensor, enc: Encoding, w: torch.Tensor, *,
               start: torch.Tensor | None = None, mrow: torch.Tensor | None = None,
               consts: dict | None = None, shift: int = 0, relu: bool = False,
-              raw: bool = False, where: str = "gemm") -> GemmTiles:
+              raw: bool = False, where: str = "gemm", copy: int = 0) -> GemmTiles:
     """Cut ``codes [M, K] x w[N, K]^T`` into row blocks that fit the event buffers, N tiles
     of ``lanes`` and K tiles of ``k_tile`` rows. ``start``, ``consts`` are per output
-    channel ``[N]``; ``mrow`` per row ``[M]``."""
+    channel ``[N]``; ``mrow`` per row ``[M]``. ``copy``: the copy of the rows its first
+    output slice takes (:func:`slice_rows`; a batch's later GEMMs go on from the copies
+    the earlier ones took, :meth:`PassPlanner.plan_batch`)."""
     n, k = w.shape
     resident = codes.shape[0] <= cfg.max_rows
     groups = row_groups(cfg, codes, int_mask, enc)
@@ -400,7 +402,7 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
             cfg, codes[rows, ks], int_mask[ks], shifts[ks], enc, w[t.n0:t.n1, ks],
             mrow=None if mrow is None else mrow[rows], shift=shift, relu=relu, raw=raw,
             keep=not t.last, **_constants_of(per_channel, t),
-            bases=({BufId.ROWS: t.r0 + slice_rows(cfg, codes.shape[0], t.n0)}
+            bases=({BufId.ROWS: t.r0 + slice_rows(cfg, codes.shape[0], t.n0, copy)}
                    if resident else {}) | ev_base[t.r0, t.k0],
             events=events[t.r0, t.k0],
             where=f"{where}[m {t.r0}:{t.r1}, n {t.n0}:{t.n1}, k {t.k0}:{t.k1}]"))
@@ -409,15 +411,15 @@ def plan_gemm(cfg: AccelConfig, codes: torch.Tensor, int_mask: torch.Tensor,
     return out
 
 
-def slice_rows(cfg: AccelConfig, m: int, n0: int) -> int:
+def slice_rows(cfg: AccelConfig, m: int, n0: int, first: int = 0) -> int:
     """The first row (of ``max_rows``: the row, accumulator and output buffers) of the
     output slice at channel ``n0`` of a GEMM of ``m`` rows that all fit at once, past its
     row blocks' own ``row_base = r0``. Consecutive slices take the ``max_rows // m`` copies
-    of the ``m`` rows in turn, so a slice's outputs stay in OUT while the next slices run:
-    the host reads several slices after their RUNs, which then cross in one CHAIN and one
-    round trip (``accel.requests.gemm_requests``) instead of one each."""
+    of the ``m`` rows in turn, from copy ``first``, so a slice's outputs stay in OUT while
+    the next slices run: the host reads several slices after their RUNs, which then cross
+    in one CHAIN and one round trip (``accel.requests.gemm_requests``) instead of one each."""
     copies = max(1, cfg.max_rows // max(1, m))
-    return (n0 // cfg.lanes) % copies * m
+    return (first + n0 // cfg.lanes) % copies * m
 
 
 def alternate_halves(cfg: AccelConfig, gt: GemmTiles, first: int = 0) -> None:
@@ -475,13 +477,25 @@ class PassPlanner:
         """The half the next GEMM's first tile goes into."""
         return 0 if self.last_half is None else 1 - self.last_half
 
-    def plan(self, call) -> GemmTiles:
+    def plan(self, call, copy: int = 0) -> GemmTiles:
         """:func:`plan_call` of the next GEMM, placed after the one before."""
-        gt = plan_call(self.cfg, call)
+        gt = plan_call(self.cfg, call, copy)
         if self.next_half:
             alternate_halves(self.cfg, gt, first=self.next_half)
         self.last_half = gt.last_half
         return gt
+
+    def plan_batch(self, calls: list) -> GemmTiles | BatchTiles:
+        """The GEMMs of a batch (:func:`batches`) planned one after another, each one's
+        output slices going on from the copies of the rows the one before took
+        (:func:`slice_rows`), as one :class:`BatchTiles` (a batch of one: its plan)."""
+        if len(calls) == 1:
+            return self.plan(calls[0])
+        plans, copy = [], 0
+        for call in calls:
+            plans.append(self.plan(call, copy))
+            copy += len({s.n0 for s in plans[-1].slices})
+        return BatchTiles(plans)
 
     def lead(self, call) -> TileImage | None:
         """The first tile's weights of ``call`` (the GEMM that follows the one planned
@@ -491,13 +505,70 @@ class PassPlanner:
         return lead_image(self.cfg, call.w, self.next_half)
 
 
-def plan_call(cfg: AccelConfig, call) -> GemmTiles:
+def plan_call(cfg: AccelConfig, call, copy: int = 0) -> GemmTiles:
     """:func:`plan_gemm` of a traced GEMM (``models.golden.GemmCall``): the tiling the host
-    runs and the benches check, with the call's name (and head) in every tile's messages."""
+    runs and the benches check, with the call's name (and head) in every tile's messages.
+    ``copy``: :func:`plan_gemm`'s."""
     where = call.name + ("" if call.head is None else f"[head {call.head}]")
     return plan_gemm(cfg, call.codes, call.int_mask, call.shifts, call.encoding, call.w,
                      start=call.start, consts=call.consts, mrow=call.mrow, shift=call.shift,
-                     raw=call.raw, where=where)
+                     raw=call.raw, where=where, copy=copy)
+
+
+@dataclass
+class BatchTiles:
+    """The GEMMs of a batch (:func:`batches`: an attention node's heads) as one request
+    stream: each GEMM's :meth:`GemmTiles.steps` in turn, its slices' rows moved past the
+    GEMMs' before it, as if their outputs were stacked (``[sum M, max N]``), so that the
+    driver reads them as one GEMM's, and the reads of earlier GEMMs wait behind the
+    later ones' RUNs as a GEMM's slices do (their OUT rows are other copies of the rows,
+    :meth:`PassPlanner.plan_batch`). ``plans[i]``'s outputs are rows ``offsets[i] ..``."""
+
+    plans: list[GemmTiles]
+
+    @property
+    def offsets(self) -> list[int]:
+        """The first stacked row of each GEMM's outputs."""
+        m = [max(s.r1 for s in p.slices) for p in self.plans]
+        return [sum(m[:i]) for i in range(len(m))]
+
+    @property
+    def slices(self) -> list[Slice]:
+        """Every GEMM's slices, their rows stacked."""
+        return [s._replace(r0=s.r0 + off, r1=s.r1 + off)
+                for p, off in zip(self.plans, self.offsets, strict=True) for s in p.slices]
+
+    @property
+    def last_half(self) -> int | None:
+        """Where the last GEMM's last tile lies (:attr:`GemmTiles.last_half`)."""
+        return self.plans[-1].last_half
+
+    def steps(self) -> Iterator[tuple[TileImage, Slice | None]]:
+        """Every GEMM's steps in turn, each completed slice with its rows stacked."""
+        for p, off in zip(self.plans, self.offsets, strict=True):
+            for img, done in p.steps():
+                yield img, None if done is None else done._replace(r0=done.r0 + off,
+                                                                   r1=done.r1 + off)
+
+    def outputs(self, out: torch.Tensor, calls: list) -> list[torch.Tensor]:
+        """Each GEMM's outputs ``[M, N]`` from the stacked ``out``."""
+        return [out[off:off + c.codes.shape[0], :c.w.shape[0]]
+                for off, c in zip(self.offsets, calls, strict=True)]
+
+
+def batches(calls: list) -> list[list[int]]:
+    """The positions of a traced pass's GEMMs (``models.golden.GemmCall``) grouped as the
+    golden model hands them to ``execute``: an attention node's heads (consecutive calls
+    of one name with a head) together, any other GEMM alone."""
+    out: list[list[int]] = []
+    for i, call in enumerate(calls):
+        prev = calls[i - 1] if i else None
+        if (out and call.head is not None and prev is not None and prev.head is not None
+                and prev.name == call.name):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 def events_resident(cfg: AccelConfig, spike_words: int, mac_words: int) -> bool:

@@ -261,7 +261,8 @@ def cmd_run(a) -> int:
         f"({v['link_share']:.1%} waiting on the link)"
         for b, v in rep["board"]["by_baud"].items()))
     if not res.bit_exact:
-        bad = [f"{r.name}[{r.head}]" for r in res.records if not (r.exact and r.counters_match)]
+        bad = [f"{r.name}{list(r.heads) if r.heads else ''}" for r in res.records
+               if not (r.exact and r.counters_match)]
         where = ", ".join(bad) or "the final hidden states"
         print(f"error: results differ from the golden model in {where}", file=sys.stderr)
         return 1

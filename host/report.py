@@ -43,8 +43,8 @@ def layer_rows(cfg: AccelConfig, res: RunResult, table: dict) -> list[dict]:
                                        "counters": {}, "predicted_cycles": 0, "link_bytes": 0,
                                        "predicted_traffic": dict.fromkeys(TRAFFIC, 0),
                                        "bit_exact": True, "counters_match": True})
-        row["n"] = r.n if r.head is None else row["n"] + r.n
-        row["heads"] += r.head is not None
+        row["n"] = r.n if not r.heads else row["n"] + r.n * len(r.heads)
+        row["heads"] += len(r.heads)
         for k, v in r.counters.items():
             row["counters"][k] = row["counters"].get(k, 0) + v
         row["predicted_cycles"] += r.predicted_cycles
@@ -187,7 +187,7 @@ def generation_lines(g: dict) -> list[str]:
 
 def shapes(res: RunResult) -> list[tuple[int, int, int]]:
     """``(M, K, N)`` of every GEMM of the run (attention heads separately): the FP16 ANN's."""
-    return [(r.m, r.k, r.n) for r in res.records]
+    return [(r.m, r.k, r.n) for r in res.records for _ in r.heads or (None,)]
 
 
 def write(report: dict, out: Path) -> None:

@@ -29,7 +29,7 @@ from accel.linkcost import link_cost
 from accel.protocol import Cmd
 from accel.requests import LINK_KEYS, Request, gemm_requests
 from accel.resident import DramImage
-from accel.tiling import PassPlanner, TileImage, plan_call, tiled_events
+from accel.tiling import BatchTiles, PassPlanner, TileImage, tiled_events
 from accel.workload import GemmWork
 from models.contract import Events
 from models.convert import ConvertedModel
@@ -42,16 +42,18 @@ from .driver import Device
 
 @dataclass
 class GemmRecord:
-    """One GEMM (one head) as run on the device."""
+    """One GEMM as run on the device, or an attention node's heads run as one request
+    stream (``accel.tiling.BatchTiles``): their counters are read once, after the last."""
 
     name: str
-    head: int | None
+    #: the heads it ran (``m``, ``k``, ``n`` are each one's), () for a linear layer
+    heads: tuple[int, ...]
     m: int
     k: int
     n: int
-    counters: dict  #: counter deltas over this GEMM
-    expected: Events  #: golden events with the same tiling
-    predicted_cycles: int
+    counters: dict  #: counter deltas over this GEMM (all its heads)
+    expected: Events  #: golden events with the same tiling (summed over its heads)
+    predicted_cycles: int  #: summed over its heads
     predicted_traffic: dict  #: ``accel.counters.TRAFFIC`` counts predicted by ``accel.cycles``
     link_bytes: int
     #: outputs equal the golden outputs; for a GEMM whose outputs stayed on the device as
@@ -69,6 +71,11 @@ class GemmRecord:
     #: the spike encoder's counters (``enc_busy``, ``enc_wr``) as the GEMM's EXPANDs
     #: predict them (``accel.encoder.encoder_counts``)
     predicted_encoder: dict = field(default_factory=dict)
+
+    @property
+    def calls(self) -> list[tuple[str, int | None]]:
+        """The GEMMs ``(name, head)`` it ran."""
+        return [(self.name, h) for h in self.heads] or [(self.name, None)]
 
 
 @dataclass
@@ -122,8 +129,22 @@ def run_gemm(dev: Device, call: GemmCall, plan=None, before: dict | None = None,
     for later GEMMs: not read back (but for the slices the chain still reads, compared
     here), so it returns the golden outputs and its record's ``exact`` is None until the
     pass sets it from theirs (``_Executor.settle``; False at once if a slice read differs)."""
+    (y,), rec, after = run_gemms(dev, [call], plan, before, lead, image, chain)
+    return y, rec, after
+
+
+def run_gemms(dev: Device, calls: list[GemmCall], plan=None, before: dict | None = None,
+              lead: TileImage | None = None, image: DramImage | None = None,
+              chain: Chain | None = None) -> tuple[list[torch.Tensor], GemmRecord, dict]:
+    """:func:`run_gemm` of a node's GEMMs (``calls``: one, or an attention node's heads,
+    ``plan`` their ``accel.tiling.PassPlanner.plan_batch``) as one request stream, the
+    counters read once after the last and compared with the heads' golden events summed:
+    one record. ``chain`` only for a single GEMM (heads are never chain producers)."""
     cfg = dev.cfg
-    plan = plan if plan is not None else plan_call(cfg, call)
+    if plan is None:
+        plan = PassPlanner(cfg).plan_batch(calls)
+    if chain is not None and len(calls) != 1:
+        raise ValueError(f"{calls[0].name}: a chain's outputs are one GEMM's, not a batch's")
     before = before if before is not None else dev.counters()
     bytes0, stats0 = dev.link_bytes(), dict(dev.stats)
     lead = lead if dev.image is not None else None
@@ -132,29 +153,38 @@ def run_gemm(dev: Device, call: GemmCall, plan=None, before: dict | None = None,
     requests = [*gemm_requests(cfg, plan, dev.mirror.copy(), dev.max_payload, dev.read_chunk,
                                image, lead, chain), Request(Cmd.READ_COUNTERS, b"")]
     predicted_link = link_cost(cfg, requests, dev.window)
-    y, after = dev.gemm_counted(plan, lead, image, chain)
+    out, after = dev.gemm_counted(plan, lead, image, chain)
+    ys = plan.outputs(out, calls) if isinstance(plan, BatchTiles) else [out]
     exact: bool | None
     if chain is None:
-        exact = torch.equal(y, call.y)
+        exact = all(torch.equal(y, c.y) for y, c in zip(ys, calls, strict=True))
     else:
         # the slices still read are checked here, the rest where they are used (None
         # until then, ``_Executor.settle``); the pass goes on with the golden outputs
-        exact = None if all(torch.equal(y[d.r0:d.r1, d.n0:d.n1], call.y[d.r0:d.r1, d.n0:d.n1])
+        call = calls[0]
+        exact = None if all(torch.equal(out[d.r0:d.r1, d.n0:d.n1],
+                                        call.y[d.r0:d.r1, d.n0:d.n1])
                             for i, (_, d) in enumerate(plan.steps())
                             if i in chain.reads) else False
-        y = call.y
+        ys = [call.y]
     delta = {k: after[k] - before[k] for k in after}
-    ev = tiled_events(cfg, call)
-    pred = gemm_cycles(cfg, GemmWork.of(call))
+    ev = sum((tiled_events(cfg, c) for c in calls), Events())
+    preds = [gemm_cycles(cfg, GemmWork.of(c)) for c in calls]
+    traffic: dict[str, int] = {}
+    for p in preds:
+        for k, v in p.traffic().items():
+            traffic[k] = traffic.get(k, 0) + v
     encoder = encoder_counts(requests)
+    first = calls[0]
     rec = GemmRecord(
-        call.name, call.head, call.codes.shape[0], call.codes.shape[1], call.w.shape[0],
-        delta, ev, pred.cycles, pred.traffic(), dev.link_bytes() - bytes0, exact,
+        first.name, tuple(c.head for c in calls if c.head is not None),
+        first.codes.shape[0], first.codes.shape[1], first.w.shape[0],
+        delta, ev, sum(p.cycles for p in preds), traffic, dev.link_bytes() - bytes0, exact,
         all(delta[c] == getattr(ev, f) for c, f in GOLDEN_EVENTS.items())
         and all(delta[c] == v for c, v in encoder.items()),
         {k: dev.stats[k] - stats0.get(k, 0) for k in LINK_KEYS},
         {k: predicted_link[k] for k in LINK_KEYS}, encoder)
-    return y, rec, after
+    return ys, rec, after
 
 
 class _Executor:
@@ -186,9 +216,10 @@ class _Executor:
         equal. A stored code that only ever meets silent inputs changes no consumer's
         output, so it is not checked: nor does it change the pass's result."""
         for rec, chain in self.chained:
-            users = [r for r in self.records if (r.name, r.head) in chain.consumers
-                     and (r.name, r.head) in self.loaded]
-            rec.exact = (rec.exact is not False and len(users) == len(chain.consumers)
+            users = [r for r in self.records
+                     if any(c in chain.consumers and c in self.loaded for c in r.calls)]
+            ran = {c for r in users for c in r.calls if c in self.loaded}
+            rec.exact = (rec.exact is not False and all(c in ran for c in chain.consumers)
                          and all(r.exact for r in users))
 
     def start(self) -> None:
@@ -210,34 +241,41 @@ class _Executor:
             return None
         return self.upcoming[pos + 1] if pos + 1 < len(self.upcoming) else None
 
-    def __call__(self, call: GemmCall) -> torch.Tensor:
-        where = call.name + ("" if call.head is None else f"[head {call.head}]")
-        plan = self.planner.plan(call)
-        if self.order is not None:
-            entry = next(self.order, None)
-            if entry is None and call.name != HEAD:
-                raise ValueError(f"program.json ends before {where}")
-            if entry is not None:  # a prefill-sized program (a forward pass) has no head
-                check_program(entry, call, plan)
+    def __call__(self, calls: list[GemmCall]) -> list[torch.Tensor]:
+        """Run a node's GEMMs (``models.golden.GoldenOps.execute``: one, or an attention
+        node's heads) as one request stream; their outputs."""
+        plan = self.planner.plan_batch(calls)
+        plans = plan.plans if isinstance(plan, BatchTiles) else [plan]
+        for call, own in zip(calls, plans, strict=True):
+            where = call.name + ("" if call.head is None else f"[head {call.head}]")
+            if self.order is not None:
+                entry = next(self.order, None)
+                if entry is None and call.name != HEAD:
+                    raise ValueError(f"program.json ends before {where}")
+                if entry is not None:  # a prefill-sized program (a forward pass) has no head
+                    check_program(entry, call, own)
         pos, traced = self.pos, self.upcoming
-        lead = self.planner.lead(self._next(call))
+        for call in calls[:-1]:
+            self._next(call)
+        lead = self.planner.lead(self._next(calls[-1]))
         chain = None
         if self.chains is not None:
-            chain = self.chains.by_call.get(pos)
+            # chains are linear layers' (``accel.chain.PassChains``), never a batch of heads
+            chain = self.chains.by_call.get(pos) if len(calls) == 1 else None
             if traced is None or self.upcoming is None or (
-                    chain is not None and not torch.equal(call.y, traced[pos].y)):
+                    chain is not None and not torch.equal(calls[0].y, traced[pos].y)):
                 self.chains = chain = None
         image = None if self.chains is None else self.chains.image_for(pos)
-        y, rec, self.counters = run_gemm(self.dev, call, plan, self.counters, lead, image,
-                                         chain)
+        ys, rec, self.counters = run_gemms(self.dev, calls, plan, self.counters, lead, image,
+                                           chain)
         if chain is not None:
             self.chained.append((rec, chain))
         if self.chains is not None:
-            self.loaded.add((call.name, call.head))
+            self.loaded.update((c.name, c.head) for c in calls)
         self.records.append(rec)
         if self.progress is not None:
-            self.progress.update()
-        return y
+            self.progress.update(len(calls))
+        return ys
 
 
 def run_model(cm: ConvertedModel, ids: torch.Tensor, dev: Device, progress=None,

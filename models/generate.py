@@ -83,7 +83,7 @@ class Decoder:
     from ``execute`` (the accelerator) when set, every GEMM appended to ``trace``."""
 
     def __init__(self, cm: ConvertedModel, spike_domain: bool = False,
-                 execute: Callable[[GemmCall], torch.Tensor] | None = None,
+                 execute: Callable[[list[GemmCall]], list[torch.Tensor]] | None = None,
                  trace: list[GemmCall] | None = None):
         if not cm.spec.causal:
             raise ValueError(f"generation needs a decoder (causal) model; this "
@@ -126,7 +126,7 @@ def check_length(cm: ConvertedModel, prompt: int, steps: int) -> None:
 
 def generate(cm: ConvertedModel, prompt: torch.Tensor, steps: int,
              spike_domain: bool = False,
-             execute: Callable[[GemmCall], torch.Tensor] | None = None,
+             execute: Callable[[list[GemmCall]], list[torch.Tensor]] | None = None,
              trace: list[GemmCall] | None = None,
              on_pass: Callable[[int, str], None] | None = None) -> Generation:
     """Prefill ``prompt`` ``[P]``, then ``steps`` greedy decode steps, each feeding the

@@ -169,22 +169,37 @@ class GoldenOps:
         self.t = cm.tensors
         self.events: dict[str, Events] = {}
         self.trace: list[GemmCall] | None = None  #: set to a list to record every GEMM
-        #: set to run every GEMM elsewhere (the accelerator): its result ``y`` replaces the
-        #: golden one downstream, so a wrong result shows at the end, not only per GEMM
+        #: set to run every GEMM elsewhere (the accelerator): ``execute(calls)`` gets a node's
+        #: GEMMs (one, or an attention node's heads: ``accel.tiling.batches``) and returns
+        #: their results ``y``, which replace the golden ones downstream, so a wrong result
+        #: shows at the end, not only per GEMM
         self.execute = None
 
     def _record(self, node: NodeInfo, head, codes, mask, shifts, w, start, sl, mrow, y, n,
-                constant: bool = False):
-        """Record the GEMM; returns its result (from ``execute`` when set)."""
+                constant: bool = False) -> GemmCall | None:
+        """The GEMM as a :class:`GemmCall`, appended to the trace (None when neither a trace
+        nor ``execute`` wants it)."""
         if self.trace is None and self.execute is None:
-            return y
+            return None
         consts = {c: self.t[f"{node.name}.{c}"][sl].to(torch.int64).expand(n).clone()
                   for c in ("mcol", "bias", "zp", "lo", "hi")}
         call = GemmCall(node.name, head, codes, mask, shifts, node.act.encoding, w, start,
                         consts, mrow, node.shift, y, constant=constant)
         if self.trace is not None:
             self.trace.append(call)
-        return y if self.execute is None else self.execute(call)
+        return call
+
+    def _run(self, calls: list[GemmCall | None], ys: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A node's GEMMs' results: ``ys`` (golden), or ``execute``'s of the recorded
+        ``calls`` when it is set (one call for a node: its GEMMs, a head each for
+        attention, may cross the link as one request stream)."""
+        if self.execute is None:
+            return ys
+        out = list(self.execute(calls))
+        if len(out) != len(calls):
+            raise ValueError(f"execute returned {len(out)} results for {len(calls)} GEMMs "
+                             f"of {calls[0].name if calls else '?'}")
+        return out
 
     # -- helpers ---------------------------------------------------------------------------
     def host(self, a):
@@ -253,9 +268,10 @@ class GoldenOps:
                        name, self.spike_domain, ideal=self.ideal)
         self._count(name, ev)
         y = self._epi(node, acc[0], mrow)
-        y = self._record(node, None, codes, node.act.outlier_mask(k), node.act.shifts(k), w,
-                         self.t[name + ".zcorr"].to(torch.int64), slice(None), mrow, y,
-                         w.shape[0], constant=True)
+        y, = self._run([self._record(node, None, codes, node.act.outlier_mask(k),
+                                     node.act.shifts(k), w,
+                                     self.t[name + ".zcorr"].to(torch.int64), slice(None),
+                                     mrow, y, w.shape[0], constant=True)], [y])
         if node.direct:
             return Coded(y)
         return y.to(F) * self.t[name + ".scale"]
@@ -274,9 +290,10 @@ class GoldenOps:
                        self.spike_domain, ideal=self.ideal)
         self._count(name, ev)
         yi = self._epi(node, acc, mrow, (-1, 1, 1))  # per-head constants
-        yi = torch.stack([self._record(node, h, qh[h], mask[h], shifts[h], kh[h], None,
-                                       slice(h, h + 1), mrow, yi[h], kh.shape[1])
-                          for h in range(spec.heads)])
+        yi = torch.stack(self._run([self._record(node, h, qh[h], mask[h], shifts[h], kh[h],
+                                                 None, slice(h, h + 1), mrow, yi[h],
+                                                 kh.shape[1]) for h in range(spec.heads)],
+                                   list(yi)))
         return yi.to(F) * self.t[name + ".scale"].view(-1, 1, 1)
 
     def attn_values(self, name: str, p: torch.Tensor, v) -> Coded:
@@ -292,10 +309,10 @@ class GoldenOps:
         self._count(name, ev)
         d = spec.head_dim
         out = self._epi(node, acc, mrow, (spec.heads, 1, d))
-        out = torch.stack([self._record(node, h, codes[h], node.act.outlier_mask(k),
-                                        node.act.shifts(k), vh[h], None,
-                                        slice(h * d, (h + 1) * d), mrow[h], out[h], d)
-                           for h in range(spec.heads)])
+        out = torch.stack(self._run([self._record(node, h, codes[h], node.act.outlier_mask(k),
+                                                  node.act.shifts(k), vh[h], None,
+                                                  slice(h * d, (h + 1) * d), mrow[h], out[h],
+                                                  d) for h in range(spec.heads)], list(out)))
         return Coded(merge_heads(out))
 
 
@@ -322,7 +339,7 @@ class GoldenOps:
             if self.trace is not None:
                 self.trace.append(call)
             if self.execute is not None:
-                acc = self.execute(call)
+                acc, = self._run([call], [acc])
         if self._finer(node):
             acc = acc.to(F) / node.act.encoding.fine
         return head_logits(self.cm, acc, mrow)
@@ -333,7 +350,8 @@ def run_golden(cm: ConvertedModel, ids: torch.Tensor, spike_domain: bool = False
                execute=None, ideal: bool = False) -> tuple[torch.Tensor, dict[str, Events]]:
     """Forward one token sequence; returns (final hidden states float64, events per GEMM).
     With ``trace`` (a list), every GEMM is appended to it as a :class:`GemmCall`; with
-    ``execute`` (``GemmCall -> y``), every GEMM's result comes from it (the accelerator).
+    ``execute`` (``[GemmCall] -> [y]``, a node's GEMMs at a time), every GEMM's result
+    comes from it (the accelerator).
     ``ideal``: the quantized reference model instead of the hardware's (differs only for
     the inexact ``if-adaptive`` encoding; see the module docstring)."""
     if ideal and (trace is not None or execute is not None):

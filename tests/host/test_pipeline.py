@@ -2,6 +2,8 @@
 (``accel.requests.pipeline_groups``), the round trips ``link_cost`` counts for them, and
 the driver recovering from a lost answer inside a group without running a RUN twice."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -27,13 +29,13 @@ from accel.requests import (
     gemm_requests,
     pipeline_groups,
 )
-from accel.tiling import plan_call, slice_rows
+from accel.tiling import PassPlanner, plan_call, slice_rows
 from accel.workload import GemmWork
 from host.driver import Device
 from host.transport import SerialTransport
 
 from .conftest import CFG, FAST
-from .test_resident import _call
+from .test_resident import _attn, _call
 
 
 def _w(buf: BufId, n: int = 8) -> Request:
@@ -206,3 +208,37 @@ def test_slices_take_copies_of_the_rows_so_their_runs_share_round_trips(sim):
                                                      "bytes_rx")}
     assert got == {k: predicted[k] for k in got}
     assert got["waits"] == 3  # three groups of RUNs and reads, the counters behind the last
+
+
+def test_a_nodes_heads_run_as_one_stream_with_their_counters_read_once(sim):
+    """An attention node's heads (6 QK^T heads of 9 rows, 2 output slices each) as one
+    request stream: each head's slices go on from the copies of the rows the head before
+    took (3 copies in max_rows 32), so reads wait behind three RUNs whatever head they
+    belong to, and the counters are read once, after the last head, against the heads'
+    golden events summed. Bit-exact, cycles = the model, link = the prediction."""
+    from host.run import run_gemm, run_gemms
+
+    calls = [dataclasses.replace(_attn(20 + h), head=h) for h in range(6)]
+    plan = PassPlanner(CFG).plan_batch(calls)
+    bases = [img.descriptor["row_base"] for img, _ in plan.steps()]
+    assert bases == [0, 9, 18] * 4
+    assert plan.offsets == [9 * h for h in range(6)]
+    reqs = list(gemm_requests(CFG, plan, BufferMirror(CFG)))
+    groups = list(pipeline_groups(chained([*reqs, COUNTERS])))
+    runs = [sum(p.cmd in (Cmd.RUN, Cmd.LOAD_RUN) for r in g for p in (r.parts or (r,)))
+            for g in groups]
+    assert [n for n in runs if n] == [3, 3, 3, 3]
+    assert sum(r.cmd == Cmd.READ_COUNTERS for g in groups for r in g) == 1
+    dev = Device(SerialTransport(sim.url), CFG, **FAST)
+    dev.identify()
+    ys, rec, _ = run_gemms(dev, calls)
+    alone = [run_gemm(dev, c)[1] for c in calls]  # the same heads one at a time
+    dev.t.close()
+    assert all(torch.equal(y, c.y) for y, c in zip(ys, calls, strict=True))
+    assert rec.exact and rec.counters_match and rec.heads == tuple(range(6))
+    assert rec.counters["busy"] == rec.predicted_cycles == sum(a.predicted_cycles
+                                                               for a in alone)
+    assert rec.link == rec.predicted_link and rec.link["waits"] == 4
+    assert all(a.exact and a.counters_match and a.link["waits"] == 1 for a in alone)
+    # one counter read instead of six: fewer bytes back than the heads alone
+    assert rec.link["bytes_rx"] < sum(a.link["bytes_rx"] for a in alone)

@@ -121,3 +121,37 @@ def test_trace_records_every_gemm_as_the_accelerator_sees_it(tiny_opt_cm, tiny_o
         y = requantize(acc[0], c["mcol"], call.shift, call.mrow, c["bias"], c["zp"], c["lo"],
                        c["hi"])
         assert torch.equal(y, call.y), call.name
+
+
+def test_execute_gets_a_node_at_a_time_its_heads_together(tiny_opt_cm, tiny_opt):
+    """``execute`` is handed each node's GEMMs as one batch (a linear layer alone, an
+    attention matmul's heads together, the grouping ``accel.tiling.batches`` finds in a
+    trace), and what it returns is what the rest of the pass uses: a wrong head's result
+    changes the final hidden states."""
+    from accel.tiling import batches
+
+    ids = tiny_opt.tokenize(TEXT)
+    trace, seen = [], []
+
+    def execute(calls):
+        seen.append([(c.name, c.head) for c in calls])
+        return [c.y for c in calls]
+
+    golden, _ = run_golden(tiny_opt_cm, ids, trace=trace)
+    hidden, _ = run_golden(tiny_opt_cm, ids, execute=execute)
+    assert torch.equal(hidden, golden)
+    heads = tiny_opt.spec.heads
+    assert {len(b) for b in seen} == {1, heads}
+    assert all(len(b) == 1 or (len({n for n, _ in b}) == 1 and [h for _, h in b]
+                               == list(range(heads))) for b in seen)
+    assert seen == [[(trace[i].name, trace[i].head) for i in b] for b in batches(trace)]
+
+    def wrong_head(calls):
+        ys = [c.y for c in calls]
+        if len(calls) > 1 and calls[0].name.endswith("av"):
+            ys[-1] = ys[-1] + 1  # PV's last head one code off
+        return ys
+
+    assert not torch.equal(run_golden(tiny_opt_cm, ids, execute=wrong_head)[0], golden)
+    with pytest.raises(ValueError, match="returned 0 results"):
+        run_golden(tiny_opt_cm, ids, execute=lambda calls: [])
