@@ -293,9 +293,11 @@ def watchdog_cycles(cfg: AccelConfig) -> int:
 #: its block RAMs (doubling them) for a read the host never needs (results come through OUT).
 #: Buffer ids that are views of another buffer's memory, not memories of their own.
 VIEWS = {BufId.WEIGHTS4: BufId.WEIGHTS, **{v: BufId.OUT for v in OUT_VIEWS}}
-#: Not WEIGHTS4 either: it is a write-only view of WEIGHTS.
+#: Not WEIGHTS4 either: it is a write-only view of WEIGHTS. Nor SPIKE_EV: no run reads
+#: spike events back, and a host read port would be a second copy of the deepest buffer
+#: (34 of a 64-lane build's block RAMs) whose output mux was that build's critical path.
 HOST_READABLE = frozenset(b for b in BufId
-                          if b not in (BufId.ACC, BufId.WEIGHTS4, BufId.CODES))
+                          if b not in (BufId.ACC, BufId.WEIGHTS4, BufId.CODES, BufId.SPIKE_EV))
 #: Buffers the host can write: not the read-only views of OUT.
 HOST_WRITABLE = frozenset(b for b in BufId if b not in OUT_VIEWS)
 

@@ -27,10 +27,14 @@ from accel.layouts import HOST_READABLE, VIEWS, BufId, onchip_shapes
 
 #: Block RAMs outside the engine's buffers (the link's payload buffer).
 FIXED_BRAM = 2
-#: Read ports of each buffer (host read port + datapath readers): Yosys makes one copy each.
-READ_PORTS = {BufId.WEIGHTS: 3, BufId.SPIKE_EV: 2, BufId.MAC_EV: 2, BufId.ROWS: 2,
-              BufId.ACC: 1, BufId.PARAMS: 2, BufId.OUT: 1, BufId.START: 2,
-              BufId.CODES: 1}
+#: Read ports of each buffer's datapath readers (the arrays, the combiner, the output
+#: unit, the event readers, the spike encoder); OUT has the host's only.
+DATAPATH_READS = {BufId.WEIGHTS: 2, BufId.SPIKE_EV: 1, BufId.MAC_EV: 1, BufId.ROWS: 1,
+                  BufId.ACC: 1, BufId.PARAMS: 1, BufId.OUT: 0, BufId.START: 1,
+                  BufId.CODES: 1}
+#: Read ports of each buffer (datapath readers + the host's, ``HOST_READABLE``): Yosys
+#: makes a copy of the memory for each.
+READ_PORTS = {b: n + (b in HOST_READABLE) for b, n in DATAPATH_READS.items()}
 
 #: Logic coefficients (LUT4 per unit of each term), fitted to Yosys (see module doc).
 LUT_COEF = {

@@ -7,7 +7,7 @@ buffer, for ``n_active <= lanes`` output channels. Buffers (``lib.memory.Memory`
 buffer     word                                  written by / read by
 ========== ===================================== =========================================
 WEIGHTS    one weight row (``lanes`` weights)    host / spike array and MAC array (2 ports)
-SPIKE_EV   a spike-array event                   host / spike-event reader
+SPIKE_EV   a spike-array event                   host, encoder / spike-event reader only
 MAC_EV     a MAC-array event                     host / MAC-event reader
 ROWS       per-row requantizer multiplier        host / combiner
 ACC        one lane's partial sum of one row     combiner (and host) / combiner

@@ -309,7 +309,7 @@ def test_one_token_opt_runs_exactly_with_all_integer_attention(sim, tiny_opt_cm)
 
 
 def test_packed_words_cross_the_link_at_their_width_and_read_back_equal(sim):
-    """Buffers whose words are not whole bytes (spike events, 17 bits here) are written
+    """Buffers whose words are not whole bytes (event words) are written
     packed (``accel.protocol.PACKED``): fewer bytes, the same words; the core refuses a
     packed READ_BUF and a packed write of a byte-wide buffer."""
     import random
@@ -319,27 +319,32 @@ def test_packed_words_cross_the_link_at_their_width_and_read_back_equal(sim):
     from accel.requests import buf_args
 
     pk = packable(CFG)
-    assert BufId.SPIKE_EV in pk and BufId.WEIGHTS4 not in pk and BufId.START not in pk
+    assert BufId.MAC_EV in pk and BufId.WEIGHTS4 not in pk and BufId.START not in pk
     rng = random.Random(7)
     t = SerialTransport(sim.url)
     dev = Device(t, CFG, **FAST, max_payload=256)  # several frames, each its own bit string
-    shape, _ = buffer_shapes(CFG)[BufId.SPIKE_EV]
-    width = pk[BufId.SPIKE_EV]
-    for count in (1, 2, 7, 8, 9, 300):
-        words = [{"op": rng.randrange(3), "k": rng.randrange(CFG.weight_depth),
-                  "neg": rng.randrange(2), "slot": rng.randrange(CFG.spike_rows)}
+    # MAC events (not whole bytes): spike events are packed alike but have no host read port
+    shape, _ = buffer_shapes(CFG)[BufId.MAC_EV]
+    width = pk[BufId.MAC_EV]
+    assert width % 8
+    for count in (1, 2, 7, 8, 9, 200):
+        words = [{"op": rng.randrange(2), "k": rng.randrange(CFG.weight_depth),
+                  "q": rng.randrange(-128, 128), "shift": rng.randrange(CFG.max_shift + 1)}
                  for _ in range(count)]
-        addr = rng.randrange(100)
-        payloads = write_buf_payloads(CFG, BufId.SPIKE_EV, words, addr, max_payload=256)
+        addr = rng.randrange(CFG.mac_event_depth - count)
+        payloads = write_buf_payloads(CFG, BufId.MAC_EV, words, addr, max_payload=256)
         per = (256 - nbytes(BUF_ARGS.size)) * 8 // width  # words a frame
         assert [len(p) - nbytes(BUF_ARGS.size) for p in payloads] == [
             nbytes(min(per, count - i) * width) for i in range(0, count, per)]
         dev.mirror.forget()
-        dev.write(BufId.SPIKE_EV, words, addr)
-        assert dev.read(BufId.SPIKE_EV, addr, count) == [pack_word(shape, w) for w in words]
-    for buf, cmd in ((BufId.SPIKE_EV, Cmd.READ_BUF), (BufId.START, Cmd.WRITE_BUF)):
+        dev.write(BufId.MAC_EV, words, addr)
+        assert dev.read(BufId.MAC_EV, addr, count) == [pack_word(shape, w) for w in words]
+    for buf, cmd in ((BufId.MAC_EV, Cmd.READ_BUF), (BufId.START, Cmd.WRITE_BUF)):
         payload = buf_args(buf, 0, 1)
         payload = bytes([payload[0] | PACKED]) + payload[1:]
         with pytest.raises(DeviceError, match=f"{cmd.name} .* refused: ERR_ARG"):
             dev.request(cmd, payload + (b"\x00" * 4 if cmd == Cmd.WRITE_BUF else b""))
+    # spike events have no host read port (``accel.layouts.HOST_READABLE``)
+    with pytest.raises(DeviceError, match="READ_BUF .* refused: ERR_ARG"):
+        dev.request(Cmd.READ_BUF, buf_args(BufId.SPIKE_EV, 0, 1))
     t.close()
