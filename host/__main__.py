@@ -253,7 +253,9 @@ def cmd_run(a) -> int:
     t = rep["totals"]
     if gen is not None:
         return _print_generation(rep["generation"], out, wall)
-    print(f"{'BIT-EXACT' if res.bit_exact else 'MISMATCH'}: {len(res.records)} GEMMs, "
+    gemms = sum(len(r.heads) or 1 for r in res.records)
+    print(f"{'BIT-EXACT' if res.bit_exact else 'MISMATCH'}: {gemms} GEMMs "
+          f"({len(res.records)} request streams, a node's heads one), "
           f"{t['measured_cycles']:,} cycles measured / {t['predicted_cycles']:,} predicted, "
           f"{wall:.1f} s; reports in {out}")
     print("on a board (" + rep["board"]["assumes"] + "): " + ", ".join(
