@@ -242,3 +242,30 @@ def test_a_nodes_heads_run_as_one_stream_with_their_counters_read_once(sim):
     assert all(a.exact and a.counters_match and a.link["waits"] == 1 for a in alone)
     # one counter read instead of six: fewer bytes back than the heads alone
     assert rec.link["bytes_rx"] < sum(a.link["bytes_rx"] for a in alone)
+
+
+@pytest.mark.parametrize("m,k,n,heads", [(1, 20, 17, 3), (17, 70, 16, 2), (33, 20, 5, 2),
+                                         (16, 7, 40, 5)])
+def test_batches_of_odd_heads_are_exact_with_counters_cycles_and_link_predicted(sim, m, k, n,
+                                                                                heads):
+    """Heads of one row (decode), of rows filling half the row buffers (one copy each, no
+    room for two), of more rows than the row buffers hold (row blocks, no copies), K split
+    over several tiles, and N over several slices: as one request stream each is
+    bit-exact, its counters equal the heads' golden events summed, its busy cycles the
+    model's, its link traffic the prediction, and it takes no more round trips than the
+    heads one at a time."""
+    from host.run import run_gemm, run_gemms
+
+    calls = [dataclasses.replace(_attn(40 + h, m=m, k=k, n=n), head=h) for h in range(heads)]
+    dev = Device(SerialTransport(sim.url), CFG, **FAST)
+    dev.identify()
+    ys, rec, _ = run_gemms(dev, calls)
+    dev.forget()
+    alone = [run_gemm(dev, c)[1] for c in calls]
+    dev.t.close()
+    assert all(torch.equal(y, c.y) for y, c in zip(ys, calls, strict=True))
+    assert rec.exact and rec.counters_match
+    assert rec.counters["busy"] == rec.predicted_cycles
+    assert rec.link == rec.predicted_link
+    assert rec.link["waits"] <= sum(a.link["waits"] for a in alone)
+    assert all(a.exact and a.counters_match for a in alone)
