@@ -127,25 +127,31 @@ class SpikeEncoder(wiring.Component):
         drain = Signal(2)
         with m.FSM():
             with m.State("IDLE"):
+                # only the arguments are taken here: the executor's start is its state
+                # machine's decode, from across the die, and it fanned out to every
+                # register below as their enable (timing: 64 lanes at 71.6 MHz)
                 m.d.comb += self.start.ready.eq(1)
                 with m.If(self.start.valid):
-                    a = self.start.payload
-                    m.d.sync += [args.eq(a), bad.eq(0), room.eq(a.count), wa.eq(a.dst),
-                                 rows_m1.eq(a.rows - 1), k_m1.eq(a.k - 1),
-                                 stride.eq((a.k + CODES_PER_WORD - 1) >> WORD_SHIFT),
-                                 k.eq(0), s.eq(0), rowbase.eq(0), t.eq(0),
-                                 enc_id.eq(len(table))]
-                    for i, (signed, steps) in enumerate(table):
-                        with m.If((a.signed == signed) & (a.steps == steps)):
-                            m.d.sync += enc_id.eq(i)
+                    m.d.sync += [args.eq(self.start.payload), bad.eq(0)]
                     m.next = "CHECK"
             with m.State("CHECK"):
-                # what the buffers cannot hold, or a window a 4-bit code cannot fill
+                # what the buffers cannot hold, or a window a 4-bit code cannot fill; the
+                # scan's registers start from the arguments
                 m.d.comb += self.busy.eq(1)
+                a = args
+                this_id = Signal.like(enc_id)
+                m.d.comb += this_id.eq(len(table))
+                for i, (signed, steps) in enumerate(table):
+                    with m.If((a.signed == signed) & (a.steps == steps)):
+                        m.d.comb += this_id.eq(i)
+                m.d.sync += [room.eq(a.count), wa.eq(a.dst),
+                             rows_m1.eq(a.rows - 1), k_m1.eq(a.k - 1),
+                             stride.eq((a.k + CODES_PER_WORD - 1) >> WORD_SHIFT),
+                             k.eq(0), s.eq(0), rowbase.eq(0), t.eq(0), enc_id.eq(this_id)]
                 wrong = Cat(
                     args.rows == 0, args.rows > cfg.spike_rows,
                     args.k == 0, args.k > cfg.k_tile,
-                    enc_id == len(table),  # no encoding it runs has this window
+                    this_id == len(table),  # no encoding it runs has this window
                     args.dst + args.count > cfg.spike_event_depth).any()
                 with m.If(wrong):
                     m.d.sync += bad.eq(1)
