@@ -558,13 +558,12 @@ class BatchTiles:
 
 def batches(calls: list) -> list[list[int]]:
     """The positions of a traced pass's GEMMs (``models.golden.GemmCall``) grouped as the
-    golden model hands them to ``execute``: an attention node's heads (consecutive calls
-    of one name with a head) together, any other GEMM alone."""
+    golden model handed them to ``execute``: consecutive calls of one ``batch`` (an
+    attention node's heads) together, a call without one alone. The golden model marks the
+    groups; this only reads them."""
     out: list[list[int]] = []
     for i, call in enumerate(calls):
-        prev = calls[i - 1] if i else None
-        if (out and call.head is not None and prev is not None and prev.head is not None
-                and prev.name == call.name):
+        if out and call.batch is not None and calls[i - 1].batch == call.batch:
             out[-1].append(i)
         else:
             out.append([i])

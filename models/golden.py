@@ -20,6 +20,7 @@ once in the requantizer), the reference the inexact neuron's error is measured a
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -152,6 +153,16 @@ class GemmCall:
     #: for every input, so they may stay in the accelerator's external memory
     #: (``accel.resident``); False where ``w`` is an activation (attention)
     constant: bool = False
+    #: which hand-over to ``GoldenOps.execute`` this GEMM was part of (set by the golden
+    #: model, unique in the process; None: a GEMM made elsewhere, alone): the GEMMs of one
+    #: batch (an attention node's heads) cross the link as one request stream, and
+    #: ``accel.tiling.batches`` reads the groups of a trace from it
+    batch: int | None = None
+
+
+#: Batch numbers (:attr:`GemmCall.batch`): one counter for the process, so that traces of
+#: several passes (or several golden models) put together never merge two batches.
+_BATCH_IDS = itertools.count()
 
 
 @dataclass
@@ -170,7 +181,7 @@ class GoldenOps:
         self.events: dict[str, Events] = {}
         self.trace: list[GemmCall] | None = None  #: set to a list to record every GEMM
         #: set to run every GEMM elsewhere (the accelerator): ``execute(calls)`` gets a node's
-        #: GEMMs (one, or an attention node's heads: ``accel.tiling.batches``) and returns
+        #: GEMMs (one, or an attention node's heads: one ``GemmCall.batch``) and returns
         #: their results ``y``, which replace the golden ones downstream, so a wrong result
         #: shows at the end, not only per GEMM
         self.execute = None
@@ -192,7 +203,12 @@ class GoldenOps:
     def _run(self, calls: list[GemmCall | None], ys: list[torch.Tensor]) -> list[torch.Tensor]:
         """A node's GEMMs' results: ``ys`` (golden), or ``execute``'s of the recorded
         ``calls`` when it is set (one call for a node: its GEMMs, a head each for
-        attention, may cross the link as one request stream)."""
+        attention, may cross the link as one request stream). The recorded calls are
+        marked as one batch (:attr:`GemmCall.batch`) either way."""
+        batch = next(_BATCH_IDS)
+        for call in calls:
+            if call is not None:
+                call.batch = batch
         if self.execute is None:
             return ys
         out = list(self.execute(calls))
@@ -338,8 +354,7 @@ class GoldenOps:
                             raw_consts(w.shape[0]), mrow, 0, acc, raw=True, constant=True)
             if self.trace is not None:
                 self.trace.append(call)
-            if self.execute is not None:
-                acc, = self._run([call], [acc])
+            acc, = self._run([call], [acc])
         if self._finer(node):
             acc = acc.to(F) / node.act.encoding.fine
         return head_logits(self.cm, acc, mrow)

@@ -125,9 +125,9 @@ def test_trace_records_every_gemm_as_the_accelerator_sees_it(tiny_opt_cm, tiny_o
 
 def test_execute_gets_a_node_at_a_time_its_heads_together(tiny_opt_cm, tiny_opt):
     """``execute`` is handed each node's GEMMs as one batch (a linear layer alone, an
-    attention matmul's heads together, the grouping ``accel.tiling.batches`` finds in a
-    trace), and what it returns is what the rest of the pass uses: a wrong head's result
-    changes the final hidden states."""
+    attention matmul's heads together: the ``GemmCall.batch`` it marks a trace with, which
+    ``accel.tiling.batches`` reads), and what it returns is what the rest of the pass
+    uses: a wrong head's result changes the final hidden states."""
     from accel.tiling import batches
 
     ids = tiny_opt.tokenize(TEXT)
