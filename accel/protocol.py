@@ -67,8 +67,9 @@ RX_FIFO_BYTES = 512
 #: 2: a repeated RUN is not re-run; 3: ABORT, ERR_FAULT, RUN checked; 4: DRAM, LOAD;
 #: 5: LOAD_RUN; 6: reads do not make the core forget the last RUN's seq (pipelining);
 #: 7: EXPAND and the code buffer (the on-chip spike encoder), WRITE_ROWS; 8: CHAIN;
-#: 9: LOAD into the code buffer; 10: STORE; 11: STORE of code rows (``CODES``)
-PROTOCOL_VERSION = 11
+#: 9: LOAD into the code buffer; 10: STORE; 11: STORE of code rows (``CODES``); 12: EXPAND
+#: of MAC-event words (``EXPAND_ARGS.mac``)
+PROTOCOL_VERSION = 12
 
 #: Frame header after the SOF byte (little-endian on the wire).
 HEADER = data.StructLayout({"cmd": unsigned(8), "seq": unsigned(8), "length": unsigned(16)})
@@ -194,14 +195,17 @@ LOAD_ARGS = data.StructLayout({"buf": unsigned(8), "addr": unsigned(24), "count"
                                "src": unsigned(32)})
 
 
-#: EXPAND arguments (its whole payload): the TTFS spike-event words of the code buffer's
-#: ``rows`` rows of ``k`` codes (``signed``: sign-magnitude codes, else unsigned), a
-#: window of ``steps`` time steps, written at ``dst ..`` of the spike-event buffer; the
-#: host says how many words that is (``count``), and the core refuses the request
-#: (``ERR_ARG``) when the codes make any other number, or a code does not fit the window.
+#: EXPAND arguments (its whole payload). ``mac`` 0: the TTFS spike-event words of the code
+#: buffer's ``rows`` rows of ``k`` codes (``signed``: sign-magnitude codes, else unsigned),
+#: a window of ``steps`` time steps, written at ``dst ..`` of the spike-event buffer.
+#: ``mac`` 1: the MAC-event words of ``rows`` rows of ``k`` integer channels, written at
+#: ``dst ..`` of the MAC-event buffer, from the code buffer's channel table and int8 values
+#: (``accel.encoder.mac_groups``; ``steps`` and ``signed`` 0). Either way the host says how
+#: many words that is (``count``), and the core refuses the request (``ERR_ARG``) when the
+#: codes make any other number, or a code does not fit the window.
 EXPAND_ARGS = data.StructLayout({"dst": unsigned(24), "count": unsigned(24),
                                  "rows": unsigned(8), "k": unsigned(16), "steps": unsigned(8),
-                                 "signed": unsigned(8)})
+                                 "signed": unsigned(8), "mac": unsigned(8)})
 
 
 #: WRITE_ROWS arguments: ``count`` rows of ``buf`` from ``addr`` on, each given by its low

@@ -19,7 +19,7 @@ from models.contract import low_bits
 from .chain import Chain, store_payload
 from .config import AccelConfig
 from .counters import COUNTERS
-from .encoder import expand_groups
+from .encoder import ExpandGroup, expand_groups, mac_groups
 from .layouts import (
     LOADABLE,
     VIEWS,
@@ -297,31 +297,68 @@ def write_requests(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, words: li
     mirror.set(buf, addr, words)
 
 
-def expand_requests(cfg: AccelConfig, mirror: BufferMirror, img: TileImage, addr: int,
-                    words: list, max_payload: int = MAX_PAYLOAD,
+def encoder_groups(cfg: AccelConfig, img: TileImage, buf: BufId, words: list,
+                   addr: int) -> list[ExpandGroup] | None:
+    """The EXPANDs with which the on-chip encoder would write tile ``img``'s ``words`` of
+    ``buf`` at ``addr ..``: its spike words from their codes (``accel.encoder.
+    expand_groups``, where the tile has them), its MAC words from their channel table and
+    values (``accel.encoder.mac_groups``); None where the host writes the words."""
+    if buf == BufId.SPIKE_EV and img.codes is not None and img.enc is not None:
+        return expand_groups(cfg, img.codes, img.enc, words, addr)
+    if buf == BufId.MAC_EV:
+        return mac_groups(cfg, words, addr)
+    return None
+
+
+def link_bytes_of_write(cfg: AccelConfig, buf: BufId, words: list, addr: int = 0) -> int:
+    """Payload bytes (and CHAIN sub-headers) a write of ``words`` at ``addr`` of ``buf``
+    puts on the link."""
+    return sum(len(p) + SUB_HEADER_BYTES
+               for p in write_buf_payloads(cfg, buf, words, addr=addr))
+
+
+def expand_cheaper(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, words: list,
+                   addr: int, groups: list[ExpandGroup]) -> bool:
+    """Whether ``groups`` (:func:`encoder_groups`) put fewer bytes on the link than
+    writing ``words`` themselves: their code-buffer words the buffer does not hold and
+    their EXPANDs, against the words (a sparse row group's few spike words, a head's
+    handful of MAC words, may cost less than its codes, table and EXPAND)."""
+    cost = 0
+    sent: dict[int, list] = {}  # the blocks written so far, by address
+    for g in groups:
+        for at, codes in g.blocks:
+            fresh = (sent[at] != codes if at in sent
+                     else not mirror.holds(BufId.CODES, codes, at))
+            if fresh:
+                cost += link_bytes_of_write(cfg, BufId.CODES, codes, at)
+            sent[at] = codes
+        cost += len(g.payload) + SUB_HEADER_BYTES
+    return cost < link_bytes_of_write(cfg, buf, words, addr)
+
+
+def expand_requests(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, addr: int,
+                    words: list, groups: list[ExpandGroup], where: str = "",
+                    max_payload: int = MAX_PAYLOAD,
                     image: DramImage | None = None) -> Iterator[Request]:
-    """The requests that have the on-chip encoder write tile ``img``'s spike words
-    ``words`` at ``addr ..``: per row group, its codes into the code buffer (nothing if it
-    holds them already; a LOAD where ``image`` holds them, :func:`staged_events`) and an
-    EXPAND (``accel.encoder.expand_groups``), keeping ``mirror`` true as
-    :func:`write_requests` does."""
-    if img.codes is None or img.enc is None:
-        raise ValueError(f"{img.where}: no codes for the spike encoder")
-    mirror.set(BufId.SPIKE_EV, addr, None, len(words))
-    groups = expand_groups(cfg, img.codes, img.enc, words, addr)
-    for i, (codes, payload) in enumerate(groups):
-        src = None if image is None else image.find(BufId.CODES, codes)
-        if mirror.holds(BufId.CODES, codes):
-            pass
-        elif src is not None:  # the tile's write is the events, below
-            yield from (r._replace(completes=())
-                        for r in load_requests(mirror, [(BufId.CODES, 0, codes, src)]))
-        else:
-            for req in write_requests(cfg, mirror, BufId.CODES, codes, 0, max_payload):
-                yield req._replace(completes=())
-        yield Request(Cmd.EXPAND, payload, ((BufId.SPIKE_EV, addr, words),)
-                      if i == len(groups) - 1 else (), where=img.where)
-    mirror.set(BufId.SPIKE_EV, addr, words)
+    """The requests that have the on-chip encoder write ``words`` at ``addr ..`` of
+    ``buf`` (:func:`encoder_groups`): per group, its code-buffer words (nothing where the
+    buffer holds them already; a LOAD where ``image`` holds them, :func:`staged_events`)
+    and its EXPAND, keeping ``mirror`` true as :func:`write_requests` does."""
+    mirror.set(buf, addr, None, len(words))
+    for i, group in enumerate(groups):
+        for at, codes in group.blocks:
+            src = None if image is None else image.find(BufId.CODES, codes)
+            if mirror.holds(BufId.CODES, codes, at):
+                pass
+            elif src is not None:  # the tile's write is the events, below
+                yield from (r._replace(completes=()) for r in
+                            load_requests(mirror, [(BufId.CODES, at, codes, src)]))
+            else:
+                for req in write_requests(cfg, mirror, BufId.CODES, codes, at, max_payload):
+                    yield req._replace(completes=())
+        yield Request(Cmd.EXPAND, group.payload, ((buf, addr, words),)
+                      if i == len(groups) - 1 else (), where=where)
+    mirror.set(buf, addr, words)
 
 
 def load_requests(mirror: BufferMirror, loads: list[tuple[BufId, int, list, int]],
@@ -365,8 +402,10 @@ def tile_requests(cfg: AccelConfig, img: TileImage, mirror: BufferMirror,
     loads: list[tuple[BufId, int, list, int]] = []  # copied by LOADs after the writes
     for buf, addr, words in tile_writes(cfg, img, mirror):
         src = None if image is None else image.find(buf, words)
-        if src is None and buf == BufId.SPIKE_EV and img.codes is not None:
-            yield from expand_requests(cfg, mirror, img, addr, words, max_payload, image)
+        groups = None if src is not None else encoder_groups(cfg, img, buf, words, addr)
+        if groups is not None and expand_cheaper(cfg, mirror, buf, words, addr, groups):
+            yield from expand_requests(cfg, mirror, buf, addr, words, groups, img.where,
+                                       max_payload, image)
         elif src is None:
             yield from write_requests(cfg, mirror, buf, words, addr, max_payload)
         else:
@@ -437,10 +476,11 @@ def staged_events(cfg: AccelConfig, imgs: list[TileImage], mirror: BufferMirror,
     """Event words that several tiles of a GEMM would write (they do not all fit the event
     buffers, so each N slice writes them again) go into the external memory once, after the
     model's image (:meth:`DramImage.staging`), and are LOADed from there for each tile.
-    Spike words the encoder makes (the tile has codes) are staged as their codes instead,
-    when those take fewer memory words, and each tile LOADs them into the code buffer and
-    EXPANDs them (:func:`expand_requests`): a 4-bit code an input, not a 17-bit word a
-    spike. Yields those memory writes; returns the image that holds them too."""
+    Words the encoder makes (:func:`encoder_groups`) are staged as its code-buffer words
+    instead, when those take fewer memory words, and each tile LOADs them into the code
+    buffer and EXPANDs them (:func:`expand_requests`): a 4-bit code an input, not a 17-bit
+    word a spike; a byte an integer value, not a 23-bit MAC word. Yields those memory
+    writes; returns the image that holds them too."""
     seen: dict = {}
     ahead = mirror.copy()  # what the buffers will hold tile by tile
     for img in imgs:
@@ -455,12 +495,13 @@ def staged_events(cfg: AccelConfig, imgs: list[TileImage], mirror: BufferMirror,
         if uses < 2:
             continue
         blocks = [(buf, words)]
-        if buf == BufId.SPIKE_EV and img.codes is not None:
-            groups = expand_groups(cfg, img.codes, img.enc, words, addr)
-            codes = [(BufId.CODES, c) for c, _ in groups]
+        groups = encoder_groups(cfg, img, buf, words, addr)
+        if groups is not None:
+            codes = [(BufId.CODES, c) for g in groups for _, c in g.blocks]
             # each use: a LOAD of each group's codes and its EXPAND, in a CHAIN
-            use = sum(len(load_payload((BufId.CODES, 0, len(c), 0))) + len(p)
-                      + 2 * SUB_HEADER_BYTES for c, p in groups)
+            use = sum(len(load_payload((BufId.CODES, 0, len(c), 0))) + SUB_HEADER_BYTES
+                      for g in groups for _, c in g.blocks)
+            use += sum(len(g.payload) + SUB_HEADER_BYTES for g in groups)
             if staging_bytes(cfg, codes, uses, use) < staging_bytes(cfg, blocks, uses):
                 blocks = codes
         for b, w in blocks:

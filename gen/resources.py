@@ -52,8 +52,9 @@ LUT_COEF = {
     "fixed": 4010.0,  # link, CRC, executor, output unit datapath, sequencer
     # the spike encoder (hw.encoder): its counters, item pipeline, code select and the
     # host bus's third master (not yet fitted to a synthesis: a count of its adders,
-    # compares and muxes)
-    "encoder": 300.0,
+    # compares and muxes), and its MAC mode's (two registered words, the entry's and the
+    # byte's selects, the read address's adder and compare: about 150 more)
+    "encoder": 450.0,
 }
 #: Flip-flops outside the lanes and units (refitted for the timing stages of issue 12: the
 #: counters' increment registers, the event registers, the combiner's operand registers,

@@ -18,6 +18,10 @@ import pytest
 import torch
 
 from accel.config import AccelConfig
+from accel.encoder import mac_expandable
+from accel.protocol import EXPAND_ARGS, Cmd
+from accel.requests import BufferMirror, gemm_requests
+from accel.tiling import plan_call
 from host.driver import Device
 from host.run import run_gemm
 from host.transport import SerialTransport
@@ -173,9 +177,25 @@ def run_random(dev: Device, count: int, base_seed: int) -> list[str]:
     return bad
 
 
+def mac_expands(cfg: AccelConfig, count: int, base_seed: int) -> int:
+    """How many of the EXPANDs :func:`run_random`'s GEMMs send make MAC words (each GEMM
+    planned on its own: what reaches the device may be fewer, where it holds them)."""
+    g = torch.Generator().manual_seed(base_seed)
+    n = 0
+    for i in range(count):
+        plan = plan_call(cfg, random_call(cfg, g, i))
+        n += sum(bool(EXPAND_ARGS.from_bits(int.from_bytes(r.payload, "little")).mac)
+                 for req in gemm_requests(cfg, plan, BufferMirror(cfg))
+                 for r in req.parts or (req,) if r.cmd == Cmd.EXPAND)
+    return n
+
+
 def test_random_gemms_equal_golden_counters_and_cycle_model(device):
     bad = run_random(device, samples(12), seed())
     assert not bad, f"{len(bad)} mismatches:\n" + "\n".join(bad[:10])
+    # with the encoder's MAC mode, integer channels' words are made on chip too
+    if mac_expandable(device.cfg) and samples(12) >= 12:
+        assert mac_expands(device.cfg, samples(12), seed()) > 0
 
 
 @pytest.mark.benchmark

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from accel.layouts import BufId, buffer_shapes, dram_words, pack_word, to_dram_words
-from accel.protocol import BUF_ARGS, Cmd, nbytes, word_bytes
+from accel.protocol import BUF_ARGS, EXPAND_ARGS, Cmd, nbytes, word_bytes
 from accel.requests import BufferMirror, gemm_requests, load_payload, parse_load_payload
 from accel.resident import DramImage, model_image
 from accel.tiling import PassPlanner, constant_tiles, plan_call
@@ -255,9 +255,17 @@ def test_spike_codes_staged_once_are_loaded_and_expanded_for_each_n_slice(sim):
     assert rec.exact and rec.counters_match and rec.link == rec.predicted_link
     assert rec.counters["busy"] == rec.predicted_cycles
     assert dev.stats["loads"] == rec.counters["loads"]  # the code buffer's copies too
-    # every tile's spike words made on chip, from codes written or loaded
-    assert rec.counters["enc_wr"] == sum(len(w) for img, _ in plan.steps()
-                                         for b, w in img.words.items() if b == BufId.SPIKE_EV)
+    # every tile's spike words made on chip, from codes written or loaded, and the MAC
+    # words the MAC EXPANDs make (the integer channels' values a byte each)
+    macs = [EXPAND_ARGS.from_bits(int.from_bytes(r.payload, "little"))
+            for req in requests for r in req.parts or (req,) if r.cmd == Cmd.EXPAND]
+    made = sum(int(a.count) for a in macs if a.mac)
+    mac_sets = {image.key(b, w): w for img, _ in plan.steps()
+                for b, w in img.words.items() if b == BufId.MAC_EV}
+    assert made >= sum(len(w) for w in mac_sets.values()) > 0
+    assert rec.counters["enc_wr"] == made + sum(len(w) for img, _ in plan.steps()
+                                                for b, w in img.words.items()
+                                                if b == BufId.SPIKE_EV)
 
 
 @pytest.mark.parametrize("density,staged", [(0.02, BufId.SPIKE_EV), (1.0, BufId.CODES)])
@@ -269,7 +277,9 @@ def test_staged_spikes_are_codes_or_event_words_whichever_crosses_less(density, 
     call = _call(9, m=320, k=900, n=40)
     g = torch.Generator().manual_seed(1)
     keep = (torch.rand(call.codes.shape, generator=g) < density) | call.codes.abs().gt(7)
-    call = dataclasses.replace(call, codes=call.codes * keep)
+    # no integer channels: their MAC words are staged by the same rule, but as bytes
+    call = dataclasses.replace(call, codes=call.codes * keep * ~call.int_mask,
+                               int_mask=torch.zeros_like(call.int_mask))
     loaded = _loaded(gemm_requests(cfg, plan_call(cfg, call), BufferMirror(cfg),
                                    image=model_image(cfg, [call])))
     other = ({BufId.SPIKE_EV, BufId.CODES} - {staged}).pop()
