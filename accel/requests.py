@@ -318,10 +318,12 @@ def link_bytes_of_write(cfg: AccelConfig, buf: BufId, words: list, addr: int = 0
 
 
 def expand_cheaper(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, words: list,
-                   addr: int, groups: list[ExpandGroup]) -> bool:
+                   addr: int, groups: list[ExpandGroup],
+                   image: DramImage | None = None) -> bool:
     """Whether ``groups`` (:func:`encoder_groups`) put fewer bytes on the link than
-    writing ``words`` themselves: their code-buffer words the buffer does not hold and
-    their EXPANDs, against the words (a sparse row group's few spike words, a head's
+    writing ``words`` themselves: their code-buffer words the buffer does not hold
+    (written, or LOADed where ``image`` holds them, as :func:`expand_requests` sends them)
+    and their EXPANDs, against the words (a sparse row group's few spike words, a head's
     handful of MAC words, may cost less than its codes, table and EXPAND)."""
     cost = 0
     sent: dict[int, list] = {}  # the blocks written so far, by address
@@ -329,7 +331,9 @@ def expand_cheaper(cfg: AccelConfig, mirror: BufferMirror, buf: BufId, words: li
         for at, codes in g.blocks:
             fresh = (sent[at] != codes if at in sent
                      else not mirror.holds(BufId.CODES, codes, at))
-            if fresh:
+            if fresh and image is not None and image.find(BufId.CODES, codes) is not None:
+                cost += nbytes(LOAD_ARGS.size) + SUB_HEADER_BYTES
+            elif fresh:
                 cost += link_bytes_of_write(cfg, BufId.CODES, codes, at)
             sent[at] = codes
         cost += len(g.payload) + SUB_HEADER_BYTES
@@ -403,7 +407,8 @@ def tile_requests(cfg: AccelConfig, img: TileImage, mirror: BufferMirror,
     for buf, addr, words in tile_writes(cfg, img, mirror):
         src = None if image is None else image.find(buf, words)
         groups = None if src is not None else encoder_groups(cfg, img, buf, words, addr)
-        if groups is not None and expand_cheaper(cfg, mirror, buf, words, addr, groups):
+        if groups is not None and expand_cheaper(cfg, mirror, buf, words, addr, groups,
+                                                 image):
             yield from expand_requests(cfg, mirror, buf, addr, words, groups, img.where,
                                        max_payload, image)
         elif src is None:
