@@ -86,23 +86,26 @@ def test_the_placed_designs_load_and_the_minilm_one_has_64_lanes():
 
 def test_a_malformed_row_is_refused_naming_it(tmp_path):
     doc = json.loads(PLACED_JSON.read_text())
-    doc["placed"][0].pop("fmax_mhz")
+    # the rows by design, wherever they stand in the file
+    tiny, mini = (next(i for i, r in enumerate(doc["placed"]) if r["name"].startswith(n))
+                  for n in ("tiny-llama", "minilm"))
+    doc["placed"][tiny].pop("fmax_mhz")
     bad = tmp_path / "placed.json"
     bad.write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match=r"placed.json: row 0 \(tiny-llama.*fmax_mhz"):
+    with pytest.raises(ValueError, match=rf"placed.json: row {tiny} \(tiny-llama.*fmax_mhz"):
         load(bad)
     doc = json.loads(PLACED_JSON.read_text())
-    doc["placed"][1]["config"]["lanes"] = 3
+    doc["placed"][mini]["config"]["lanes"] = 3
     bad.write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match=r"row 1 \(minilm"):
+    with pytest.raises(ValueError, match=rf"row {mini} \(minilm"):
         load(bad)
     bad.write_text(json.dumps({"about": "no rows"}))
     with pytest.raises(ValueError, match=r"placed.json: no list of placed designs"):
         load(bad)
     doc = json.loads(PLACED_JSON.read_text())
-    doc["placed"][0]["design"] = "3cfd"
+    doc["placed"][tiny]["design"] = "3cfd"
     bad.write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match=r"row 0 \(tiny-llama.*SHA-256 in hex, not '3cfd'"):
+    with pytest.raises(ValueError, match=rf"row {tiny} \(tiny-llama.*SHA-256 in hex, not '3cfd'"):
         load(bad)
 
 
