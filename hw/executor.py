@@ -34,8 +34,8 @@ the assembly register, cleared for each row, so no byte is moved by a variable a
 
 EXPAND exists with the spike encoder only (``AccelConfig.spike_encoder``, ``hw.encoder``;
 else ``ERR_COMMAND``): it waits for a copy in flight (the copier may be writing the
-spike-event buffer or the code buffer the encoder reads), then for the encoder, and
-answers ``ERR_ARG`` if the encoder refused.
+event buffer the encoder writes, spike or MAC, or the code buffer it reads), then for the
+encoder, and answers ``ERR_ARG`` if the encoder refused.
 Like a RUN, an EXPAND repeated with the seq of the last RUN or EXPAND is answered OK
 without running again (its counters would count it twice).
 
@@ -540,7 +540,7 @@ class Executor(wiring.Component):
                         goto("WAIT_DONE")
             if cfg.spike_encoder:
                 en = self.encoder
-                with m.State("EXPAND"):  # after a copy in flight: it may write SPIKE_EV or CODES
+                with m.State("EXPAND"):  # after a copy in flight: it may write the buffers
                     with m.If(cp.busy):
                         m.d.comb += self.strobes.load_wait.eq(1)
                     with m.Else():
