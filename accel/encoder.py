@@ -23,7 +23,7 @@ import torch
 from models.encodings import TTFS_KINDS, Encoding, spike_events
 
 from .config import CODE_BITS, CODES_PER_WORD, AccelConfig
-from .layouts import MacOp, SpikeOp, code_words
+from .layouts import BufId, MacOp, SpikeOp, code_words
 from .protocol import EXPAND_ARGS, Cmd, nbytes
 
 #: Cycles of an EXPAND besides its items: its arguments' check, the three pipeline stages
@@ -200,6 +200,13 @@ def expand_groups(cfg: AccelConfig, codes: torch.Tensor, enc: Encoding,
             steps=enc.time_steps, signed=int(enc.signed))))
         start = end
     return out
+
+
+def expand_writes(payload: bytes) -> BufId:
+    """The event buffer an EXPAND with ``payload`` writes: the MAC-event buffer with
+    ``mac`` set, else the spike-event buffer."""
+    a = EXPAND_ARGS.from_bits(int.from_bytes(payload, "little"))
+    return BufId.MAC_EV if a.mac else BufId.SPIKE_EV
 
 
 def encoder_counts(requests) -> dict[str, int]:

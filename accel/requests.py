@@ -19,7 +19,7 @@ from models.contract import low_bits
 from .chain import Chain, store_payload
 from .config import AccelConfig
 from .counters import COUNTERS
-from .encoder import ExpandGroup, expand_groups, mac_groups
+from .encoder import ExpandGroup, expand_groups, expand_writes, mac_groups
 from .layouts import (
     LOADABLE,
     VIEWS,
@@ -629,7 +629,7 @@ def pipeline_groups(requests: Iterator[Request] | list[Request],
             if part.cmd in WRITES:
                 written.add(_memory(part))
             elif part.cmd == Cmd.EXPAND:
-                written.add(BufId.SPIKE_EV)
+                written.add(expand_writes(part.payload))
     if group:
         yield group
 

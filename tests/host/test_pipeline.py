@@ -12,6 +12,7 @@ from accel.encoder import encoder_counts
 from accel.layouts import BufId
 from accel.linkcost import PART, link_cost
 from accel.protocol import (
+    EXPAND_ARGS,
     FRAME_OVERHEAD,
     LENGTH_LIMIT,
     RX_FIFO_BYTES,
@@ -19,6 +20,7 @@ from accel.protocol import (
     Cmd,
     FrameDecoder,
     encode_frame,
+    nbytes,
 )
 from accel.requests import (
     BufferMirror,
@@ -71,10 +73,16 @@ def test_groups_keep_runs_first_and_reads_off_what_the_group_writes():
     # an EXPAND is a RUN's like: it follows nothing and only reads follow it (a write
     # behind it could change its codes before it is sent again, and makes the core forget
     # its seq), and it writes the spike-event buffer
-    expand = Request(Cmd.EXPAND, bytes(11))
+    expand = Request(Cmd.EXPAND, bytes(nbytes(EXPAND_ARGS.size)))
     assert _cmds(pipeline_groups([_w(BufId.CODES), expand, _w(BufId.MAC_EV),
                                   _r(BufId.SPIKE_EV), expand, _r(BufId.OUT8), RUN])) == [
         ["WRITE_BUF"], ["EXPAND"], ["WRITE_BUF", "READ_BUF"], ["EXPAND", "READ_BUF"], ["RUN"]]
+    # ... and with ``mac`` set the MAC-event buffer instead
+    mac = Request(Cmd.EXPAND, EXPAND_ARGS.const({"mac": 1}).as_bits().to_bytes(
+        nbytes(EXPAND_ARGS.size), "little"))
+    assert _cmds(pipeline_groups([expand, _r(BufId.MAC_EV), _r(BufId.SPIKE_EV), mac,
+                                  _r(BufId.SPIKE_EV), _r(BufId.MAC_EV)])) == [
+        ["EXPAND", "READ_BUF"], ["READ_BUF"], ["EXPAND", "READ_BUF"], ["READ_BUF"]]
     # window 0: every request waits for the answer before it
     assert [len(g) for g in pipeline_groups(reqs, 0)] == [1] * len(reqs)
 
