@@ -23,7 +23,7 @@ from models.contract import low_bits
 
 from .config import CODE_BITS, AccelConfig
 from .layouts import BufId, buffer_shapes, code_words, to_dram_words, word_packer
-from .protocol import STORE_ARGS, nbytes
+from .protocol import STORE_ARGS, pack_args
 from .resident import DramImage
 from .tiling import k_slices, out_read, plan_call, tile_constants, tiles
 
@@ -44,8 +44,7 @@ class Gather(NamedTuple):
 
 def store_payload(g: Gather) -> bytes:
     """The STORE request's payload."""
-    return STORE_ARGS.const({**g._asdict(), "buf": BufId(g.buf).value}).as_bits().to_bytes(
-        nbytes(STORE_ARGS.size), "little")
+    return pack_args(STORE_ARGS, {**g._asdict(), "buf": BufId(g.buf).value})
 
 
 def gathered(cfg: AccelConfig, g: Gather, out: list[int]) -> list[int]:

@@ -24,7 +24,7 @@ from models.encodings import TTFS_KINDS, Encoding, spike_events
 
 from .config import CODE_BITS, CODES_PER_WORD, AccelConfig
 from .layouts import BufId, MacOp, SpikeOp, code_words
-from .protocol import EXPAND_ARGS, Cmd, nbytes
+from .protocol import EXPAND_ARGS, Cmd, pack_args, unpack_args
 
 #: Cycles of an EXPAND besides its items: its arguments' check, the three pipeline stages
 #: after the last item, and the ``done`` cycle (``hw.encoder.SpikeEncoder``).
@@ -69,8 +69,7 @@ class ExpandGroup(NamedTuple):
 
 
 def _payload(**args) -> bytes:
-    return EXPAND_ARGS.const({"steps": 0, "signed": 0, "mac": 0} | args).as_bits().to_bytes(
-        nbytes(EXPAND_ARGS.size), "little")
+    return pack_args(EXPAND_ARGS, args)
 
 
 def _as_codes(values: list[int], bits: int) -> list[list[int]]:
@@ -205,7 +204,7 @@ def expand_groups(cfg: AccelConfig, codes: torch.Tensor, enc: Encoding,
 def expand_writes(payload: bytes) -> BufId:
     """The event buffer an EXPAND with ``payload`` writes: the MAC-event buffer with
     ``mac`` set, else the spike-event buffer."""
-    a = EXPAND_ARGS.from_bits(int.from_bytes(payload, "little"))
+    a = unpack_args(EXPAND_ARGS, payload)
     return BufId.MAC_EV if a.mac else BufId.SPIKE_EV
 
 
@@ -215,7 +214,7 @@ def encoder_counts(requests) -> dict[str, int]:
     out = {"enc_busy": 0, "enc_wr": 0}
     for req in requests:
         if req.cmd == Cmd.EXPAND:
-            a = EXPAND_ARGS.from_bits(int.from_bytes(req.payload, "little"))
+            a = unpack_args(EXPAND_ARGS, req.payload)
             rows, k = int(a.rows), int(a.k)
             out["enc_busy"] += (mac_cycles(rows, k) if a.mac else
                                 encode_cycles(rows, k, int(a.steps)))

@@ -162,8 +162,7 @@ def chain_payload(parts: list[tuple[Cmd, bytes]]) -> bytes:
     for cmd, payload in parts:
         if cmd not in CHAINABLE:
             raise ValueError(f"a CHAIN cannot carry {cmd.name}")
-        head = SUB_HEADER.const({"cmd": cmd.value, "length": len(payload)}).as_value().value
-        out += head.to_bytes(SUB_HEADER_BYTES, "little") + payload
+        out += pack_args(SUB_HEADER, {"cmd": cmd.value, "length": len(payload)}) + payload
     return bytes(out)
 
 
@@ -174,7 +173,7 @@ def parse_chain(payload: bytes) -> list[tuple[int, bytes]]:
     while i < len(payload):
         if i + SUB_HEADER_BYTES > len(payload):
             raise ValueError(f"CHAIN: {len(payload) - i} stray bytes at {i}, not a header")
-        head = SUB_HEADER.from_bits(int.from_bytes(payload[i:i + SUB_HEADER_BYTES], "little"))
+        head = unpack_args(SUB_HEADER, payload[i:i + SUB_HEADER_BYTES])
         n = int(head.length)
         body = payload[i + SUB_HEADER_BYTES:i + SUB_HEADER_BYTES + n]
         if len(body) != n:
@@ -244,6 +243,18 @@ def nbytes(bits: int) -> int:
         ``ceil(bits / 8)``.
     """
     return (bits + 7) // 8
+
+
+def pack_args(layout: data.StructLayout, fields: dict) -> bytes:
+    """``fields`` (those absent are zero) as ``layout``'s bytes on the link: little-endian,
+    ``nbytes(layout.size)`` of them. The one encoder of every request's arguments."""
+    return layout.const(fields).as_bits().to_bytes(nbytes(layout.size), "little")
+
+
+def unpack_args(layout: data.StructLayout, payload: bytes) -> data.Const:
+    """The ``layout`` at the start of ``payload`` (what follows it is ignored), as a
+    constant view (``.field``): the inverse of :func:`pack_args`."""
+    return layout.from_bits(int.from_bytes(payload[:nbytes(layout.size)], "little"))
 
 
 def ident_layout() -> data.StructLayout:
@@ -345,7 +356,7 @@ def decode_header(raw: bytes) -> data.Const:
     """
     if len(raw) != HEADER_BYTES:
         raise ValueError(f"a header is {HEADER_BYTES} bytes, not {len(raw)}")
-    return HEADER.from_bits(int.from_bytes(raw, "little"))
+    return unpack_args(HEADER, raw)
 
 
 def encode_frame(cmd: int, seq: int, payload: bytes = b"") -> bytes:

@@ -48,6 +48,8 @@ from .protocol import (
     chain_payload,
     ident_layout,
     nbytes,
+    pack_args,
+    unpack_args,
     word_bytes,
 )
 from .resident import DramImage
@@ -58,8 +60,7 @@ def buf_args(buf: BufId, addr: int, count: int, packed: bool = False) -> bytes:
     """WRITE_BUF / READ_BUF argument bytes (``packed``: the words follow packed at their
     width, ``accel.protocol.PACKED``)."""
     code = BufId(buf).value | (PACKED if packed else 0)
-    bits = BUF_ARGS.const({"buf": code, "addr": addr, "count": count}).as_bits()
-    return bits.to_bytes(nbytes(BUF_ARGS.size), "little")
+    return pack_args(BUF_ARGS, {"buf": code, "addr": addr, "count": count})
 
 
 def load_payload(*loads: tuple[BufId, int, int, int]) -> bytes:
@@ -69,8 +70,7 @@ def load_payload(*loads: tuple[BufId, int, int, int]) -> bytes:
     if not 1 <= len(loads) <= MAX_LOADS:
         raise ValueError(f"a LOAD carries 1..{MAX_LOADS} copies, not {len(loads)}")
     return bytes([len(loads)]) + b"".join(
-        LOAD_ARGS.const({"buf": BufId(buf).value, "addr": addr, "count": count, "src": src})
-        .as_bits().to_bytes(nbytes(LOAD_ARGS.size), "little")
+        pack_args(LOAD_ARGS, {"buf": BufId(buf).value, "addr": addr, "count": count, "src": src})
         for buf, addr, count, src in loads)
 
 
@@ -80,8 +80,7 @@ def parse_load_payload(payload: bytes) -> list[tuple[BufId, int, int, int]]:
     size = nbytes(LOAD_ARGS.size)
     out = []
     for i in range(payload[0]):
-        a = LOAD_ARGS.from_bits(int.from_bytes(payload[1 + i * size:1 + (i + 1) * size],
-                                               "little"))
+        a = unpack_args(LOAD_ARGS, payload[1 + i * size:])
         out.append((BufId(int(a.buf)), int(a.addr), int(a.count), int(a.src)))
     return out
 
@@ -138,9 +137,9 @@ def write_rows_payloads(cfg: AccelConfig, words: list, lanes: int, addr: int = 0
     out = []
     for i in range(0, len(words), per):
         chunk = words[i:i + per]
-        args = ROW_ARGS.const({"buf": BufId.WEIGHTS.value, "addr": addr + i,
-                               "count": len(chunk), "lanes": lanes}).as_bits()
-        out.append(args.to_bytes(nbytes(ROW_ARGS.size), "little") + b"".join(
+        args = pack_args(ROW_ARGS, {"buf": BufId.WEIGHTS.value, "addr": addr + i,
+                                    "count": len(chunk), "lanes": lanes})
+        out.append(args + b"".join(
             (pack(row) & mask).to_bytes(size, "big") for row in chunk))
     return out
 
@@ -172,7 +171,7 @@ def run_payload(cfg: AccelConfig, descriptor: dict, where: str = "RUN") -> bytes
     if bad:
         raise ValueError(f"{where}: the core would refuse this descriptor: "
                          f"{'; '.join(bad)} (accel.layouts.descriptor_rules)")
-    return layout.const(descriptor).as_bits().to_bytes(nbytes(layout.size), "little")
+    return pack_args(layout, descriptor)
 
 
 def parse_ident(payload: bytes) -> dict:
@@ -180,7 +179,7 @@ def parse_ident(payload: bytes) -> dict:
     layout = ident_layout()
     if len(payload) != nbytes(layout.size):
         raise ValueError(f"IDENTIFY: {len(payload)} bytes, expected {nbytes(layout.size)}")
-    v = layout.from_bits(int.from_bytes(payload, "little"))
+    v = unpack_args(layout, payload)
     return {name: int(getattr(v, name)) for name, _ in layout}
 
 
@@ -567,8 +566,7 @@ def chained(requests: Iterator[Request] | list[Request],
 def answer_bytes(cfg: AccelConfig, req: Request) -> int:
     """Payload bytes of the OK answer to ``req`` (``docs/link.md``)."""
     if req.cmd == Cmd.READ_BUF:
-        args = BUF_ARGS.from_bits(int.from_bytes(req.payload[:nbytes(BUF_ARGS.size)],
-                                                 "little"))
+        args = unpack_args(BUF_ARGS, req.payload)
         return int(args.count) * word_bytes(cfg)[BufId(int(args.buf))]
     if req.cmd == Cmd.READ_COUNTERS:
         return len(COUNTERS) * nbytes(cfg.counter_bits)

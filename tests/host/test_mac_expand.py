@@ -9,7 +9,7 @@ import torch
 import accel.requests as requests
 from accel.layouts import BufId
 from accel.linkcost import link_cost
-from accel.protocol import EXPAND_ARGS, Cmd
+from accel.protocol import EXPAND_ARGS, Cmd, unpack_args
 from accel.requests import BufferMirror, gemm_requests
 from accel.tiling import plan_call
 from models.encodings import Encoding
@@ -37,7 +37,7 @@ def _requests(call):
 
 
 def _mac_expands(reqs) -> int:
-    return sum(bool(EXPAND_ARGS.from_bits(int.from_bytes(r.payload, "little")).mac)
+    return sum(bool(unpack_args(EXPAND_ARGS, r.payload).mac)
                for req in reqs for r in req.parts or (req,) if r.cmd == Cmd.EXPAND)
 
 

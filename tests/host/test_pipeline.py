@@ -21,6 +21,7 @@ from accel.protocol import (
     FrameDecoder,
     encode_frame,
     nbytes,
+    pack_args,
 )
 from accel.requests import (
     BufferMirror,
@@ -78,8 +79,7 @@ def test_groups_keep_runs_first_and_reads_off_what_the_group_writes():
                                   _r(BufId.SPIKE_EV), expand, _r(BufId.OUT8), RUN])) == [
         ["WRITE_BUF"], ["EXPAND"], ["WRITE_BUF", "READ_BUF"], ["EXPAND", "READ_BUF"], ["RUN"]]
     # ... and with ``mac`` set the MAC-event buffer instead
-    mac = Request(Cmd.EXPAND, EXPAND_ARGS.const({"mac": 1}).as_bits().to_bytes(
-        nbytes(EXPAND_ARGS.size), "little"))
+    mac = Request(Cmd.EXPAND, pack_args(EXPAND_ARGS, {"mac": 1}))
     assert _cmds(pipeline_groups([expand, _r(BufId.MAC_EV), _r(BufId.SPIKE_EV), mac,
                                   _r(BufId.SPIKE_EV), _r(BufId.MAC_EV)])) == [
         ["EXPAND", "READ_BUF"], ["READ_BUF"], ["EXPAND", "READ_BUF"], ["READ_BUF"]]

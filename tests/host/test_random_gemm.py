@@ -19,7 +19,7 @@ import torch
 
 from accel.config import AccelConfig
 from accel.encoder import mac_expandable
-from accel.protocol import EXPAND_ARGS, Cmd
+from accel.protocol import EXPAND_ARGS, Cmd, unpack_args
 from accel.requests import BufferMirror, gemm_requests
 from accel.tiling import plan_call
 from host.driver import Device
@@ -184,7 +184,7 @@ def mac_expands(cfg: AccelConfig, count: int, base_seed: int) -> int:
     n = 0
     for i in range(count):
         plan = plan_call(cfg, random_call(cfg, g, i))
-        n += sum(bool(EXPAND_ARGS.from_bits(int.from_bytes(r.payload, "little")).mac)
+        n += sum(bool(unpack_args(EXPAND_ARGS, r.payload).mac)
                  for req in gemm_requests(cfg, plan, BufferMirror(cfg))
                  for r in req.parts or (req,) if r.cmd == Cmd.EXPAND)
     return n

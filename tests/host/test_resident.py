@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from accel.layouts import BufId, buffer_shapes, dram_words, pack_word, to_dram_words
-from accel.protocol import BUF_ARGS, EXPAND_ARGS, PACKED, Cmd, nbytes, word_bytes
+from accel.protocol import BUF_ARGS, EXPAND_ARGS, PACKED, Cmd, unpack_args, word_bytes
 from accel.requests import BufferMirror, gemm_requests, load_payload, parse_load_payload
 from accel.resident import DramImage, model_image
 from accel.tiling import PassPlanner, constant_tiles, plan_call
@@ -240,8 +240,7 @@ def test_spike_codes_staged_once_are_loaded_and_expanded_for_each_n_slice(sim):
     plan = plan_call(CFG, call)
     requests = list(gemm_requests(CFG, plan, BufferMirror(CFG), image=image))
     assert BufId.CODES in _loaded(requests) and BufId.SPIKE_EV not in _loaded(requests)
-    args = [BUF_ARGS.from_bits(int.from_bytes(r.payload[:nbytes(BUF_ARGS.size)], "little"))
-            for r in requests if r.cmd == Cmd.WRITE_BUF]
+    args = [unpack_args(BUF_ARGS, r.payload) for r in requests if r.cmd == Cmd.WRITE_BUF]
     events = {image.key(b, w): (b, w) for img, _ in plan.steps()
               for b, w in img.words.items() if b == BufId.SPIKE_EV}
     event_words = sum(len(w) * dram_words(CFG, b) for b, w in events.values())
@@ -257,7 +256,7 @@ def test_spike_codes_staged_once_are_loaded_and_expanded_for_each_n_slice(sim):
     assert dev.stats["loads"] == rec.counters["loads"]  # the code buffer's copies too
     # every tile's spike words made on chip, from codes written or loaded, and the MAC
     # words the MAC EXPANDs make (the integer channels' values a byte each)
-    macs = [EXPAND_ARGS.from_bits(int.from_bytes(r.payload, "little"))
+    macs = [unpack_args(EXPAND_ARGS, r.payload)
             for req in requests for r in req.parts or (req,) if r.cmd == Cmd.EXPAND]
     made = sum(int(a.count) for a in macs if a.mac)
     mac_sets = {image.key(b, w): w for img, _ in plan.steps()

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from accel.layouts import BufId
-from accel.protocol import ROW_ARGS, Cmd, nbytes
+from accel.protocol import ROW_ARGS, Cmd, nbytes, pack_args
 from accel.requests import BufferMirror, row_lanes, write_requests, write_rows_payloads
 from host.driver import Device, DeviceError
 from host.transport import SerialTransport
@@ -55,9 +55,8 @@ def test_write_rows_writes_whole_rows_and_refuses_what_does_not_fit(sim):
            "past the end": (BufId.WEIGHTS, CFG.weight_depth - 1, 2, 2)}
     held = dev.weight_rows(0, 2), dev.weight_rows(CFG.weight_depth - 1, 1)
     for why, (buf, addr, count, lanes) in bad.items():
-        args = ROW_ARGS.const({"buf": buf.value, "addr": addr, "count": count,
-                               "lanes": lanes}).as_bits().to_bytes(nbytes(ROW_ARGS.size),
-                                                                   "little")
+        args = pack_args(ROW_ARGS, {"buf": buf.value, "addr": addr, "count": count,
+                                    "lanes": lanes})
         with pytest.raises(DeviceError, match="WRITE_ROWS .* refused: ERR_ARG"):
             dev.request(Cmd.WRITE_ROWS, args + bytes(count * max(lanes, 1)))
         # nothing written
@@ -66,11 +65,11 @@ def test_write_rows_writes_whole_rows_and_refuses_what_does_not_fit(sim):
     # a count past the buffer whose low bits agree with the payload's length (the core
     # sizes the rows' bytes from the count's bits up to the buffer's depth only)
     n_args = nbytes(ROW_ARGS.size)
-    huge = ROW_ARGS.const({"buf": BufId.WEIGHTS.value, "addr": 12,
-                           "count": 2 + (1 << CFG.weight_depth.bit_length()), "lanes": 2})
+    huge = pack_args(ROW_ARGS, {"buf": BufId.WEIGHTS.value, "addr": 12,
+                                "count": 2 + (1 << CFG.weight_depth.bit_length()), "lanes": 2})
     held_12 = dev.weight_rows(12, 2)
     for payload in (ok[:-1], ok + b"\0",  # a length that disagrees with the rows
-                    huge.as_bits().to_bytes(n_args, "little") + ok[n_args:]):
+                    huge + ok[n_args:]):
         with pytest.raises(DeviceError, match="WRITE_ROWS .* refused: ERR_ARG"):
             dev.request(Cmd.WRITE_ROWS, payload)
         assert dev.weight_rows(12, 2) == held_12

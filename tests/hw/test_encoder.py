@@ -21,7 +21,7 @@ from accel.layouts import (
     spike_event_layout,
     word_packer,
 )
-from accel.protocol import EXPAND_ARGS
+from accel.protocol import EXPAND_ARGS, unpack_args
 from accel.tiling import mac_words, spike_words
 from hw.encoder import SpikeEncoder
 from models.encodings import Encoding
@@ -166,7 +166,7 @@ def _mac_run(cfg, words, dst):
         code = [[0] * CODES_PER_WORD for _ in range(cfg.code_words)]
         for at, block in g.blocks:
             code[at:at + len(block)] = block
-        args = EXPAND_ARGS.from_bits(int.from_bytes(g.payload, "little"))
+        args = unpack_args(EXPAND_ARGS, g.payload)
         w, bad, n = _run(cfg, code[:max(a + len(b) for a, b in g.blocks)],
                          {f: int(getattr(args, f)) for f in EXPAND_ARGS.members},
                          buf=BufId.MAC_EV)
@@ -235,7 +235,7 @@ def test_encoder_refuses_a_mac_expand_it_cannot_do(change):
     code = [[0] * CODES_PER_WORD for _ in range(cfg.code_words)]
     for at, block in g.blocks:
         code[at:at + len(block)] = block
-    args = EXPAND_ARGS.from_bits(int.from_bytes(g.payload, "little"))
+    args = unpack_args(EXPAND_ARGS, g.payload)
     args = {f: int(getattr(args, f)) for f in EXPAND_ARGS.members} | change
     written, bad, _ = _run(cfg, code, args, buf=BufId.MAC_EV)
     assert bad
