@@ -251,9 +251,10 @@ def pack_args(layout: data.StructLayout, fields: dict) -> bytes:
     return layout.const(fields).as_bits().to_bytes(nbytes(layout.size), "little")
 
 
-def unpack_args(layout: data.StructLayout, payload: bytes) -> data.Const:
+def unpack_args(layout: data.StructLayout, payload: bytes) -> Any:
     """The ``layout`` at the start of ``payload`` (what follows it is ignored), as a
-    constant view (``.field``): the inverse of :func:`pack_args`."""
+    ``data.Const`` view (``.field``; typed ``Any``: its fields are attributes made at run
+    time): the inverse of :func:`pack_args`."""
     return layout.from_bits(int.from_bytes(payload[:nbytes(layout.size)], "little"))
 
 

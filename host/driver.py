@@ -30,6 +30,7 @@ from amaranth import signed
 from accel.chain import Chain
 from accel.config import AccelConfig
 from accel.layouts import BufId, unpack_int
+from accel.payloads import parse_counters, parse_ident, parse_words, run_payload
 from accel.protocol import (
     MAX_PAYLOAD,
     PROTOCOL_VERSION,
@@ -49,12 +50,8 @@ from accel.requests import (
     Request,
     chained,
     gemm_requests,
-    parse_counters,
-    parse_ident,
-    parse_words,
     pipeline_groups,
     read_requests,
-    run_payload,
     tile_requests,
     write_requests,
 )

@@ -17,8 +17,8 @@ import cocotb
 import torch
 
 from accel.config import AccelConfig
+from accel.payloads import parse_counters
 from accel.protocol import Cmd
-from accel.requests import parse_counters
 from accel.tiling import plan_call, tiled_events
 from models.arch import load_model
 from models.convert import ConvertOptions, convert

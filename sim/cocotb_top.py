@@ -20,18 +20,17 @@ from cocotb.triggers import ClockCycles, RisingEdge
 from accel.config import PRESETS
 from accel.cycles import tile_cycles, tile_work
 from accel.layouts import BufId
-from accel.protocol import PROTOCOL_VERSION, Cmd, Frame, FrameDecoder, Status, encode_frame
-from accel.requests import (
-    BufferMirror,
+from accel.payloads import (
     buf_args,
     load_payload,
     parse_counters,
     parse_ident,
     parse_words,
     run_payload,
-    tile_requests,
     write_buf_payloads,
 )
+from accel.protocol import PROTOCOL_VERSION, Cmd, Frame, FrameDecoder, Status, encode_frame
+from accel.requests import BufferMirror, tile_requests
 from accel.resident import model_image
 from accel.tiling import REQ_CONSTS, build_tile, out_read, plan_gemm
 from models.contract import requantize

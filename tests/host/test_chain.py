@@ -12,7 +12,8 @@ from accel.baselines import trace
 from accel.chain import PassChains, gathered, store_supported
 from accel.layouts import BufId, buffer_shapes, code_words, to_dram_words, word_packer
 from accel.linkcost import run_link_cost
-from accel.requests import BufferMirror, Cmd, gemm_requests, parse_load_payload
+from accel.payloads import parse_load_payload
+from accel.requests import BufferMirror, Cmd, gemm_requests
 from accel.resident import DramImage, resident_image
 from accel.tiling import PassPlanner, out_read, tile_constants, tiles
 

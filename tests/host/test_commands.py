@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from accel.layouts import BufId
+from accel.payloads import run_payload
 from accel.protocol import Cmd
-from accel.requests import BufferMirror, run_payload, tile_requests, write_requests
+from accel.requests import BufferMirror, tile_requests, write_requests
 from accel.tiling import build_tile
 from models.encodings import Encoding
 

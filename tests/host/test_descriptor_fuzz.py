@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from accel.layouts import BufId, descriptor_errors, descriptor_layout
+from accel.payloads import run_payload
 from accel.protocol import Cmd, nbytes, parse_chain
-from accel.requests import run_payload
 from accel.tiling import REQ_CONSTS, build_tile
 from host.driver import Device, DeviceError, LinkError
 from host.run import run_gemm

@@ -5,8 +5,8 @@ import pytest
 from accel.config import PRESETS
 from accel.counters import TRAFFIC
 from accel.layouts import BufId, buffer_shapes, descriptor_layout, pack_word
+from accel.payloads import buf_args, write_buf_payloads
 from accel.protocol import BUF_ARGS, FRAME_OVERHEAD, Cmd, chain_payload, nbytes, word_bytes
-from accel.requests import buf_args, write_buf_payloads
 from host import driver
 from host.driver import Device, DeviceError, LinkError
 from host.run import run_model
@@ -315,8 +315,8 @@ def test_packed_words_cross_the_link_at_their_width_and_read_back_equal(sim):
     import random
 
     from accel.layouts import packable
+    from accel.payloads import buf_args
     from accel.protocol import PACKED, Cmd
-    from accel.requests import buf_args
 
     pk = packable(CFG)
     assert BufId.MAC_EV in pk and BufId.WEIGHTS4 not in pk and BufId.START not in pk

@@ -9,8 +9,8 @@ import pytest
 
 from accel.counters import COUNTERS
 from accel.layouts import BufId, SpikeOp, buffer_shapes, dram_words, to_dram_words, word_packer
+from accel.payloads import load_payload, run_payload
 from accel.protocol import Cmd
-from accel.requests import load_payload, run_payload
 from accel.tiling import out_read, plan_call
 from host.driver import Device
 from host.transport import SerialTransport

@@ -11,6 +11,7 @@ from accel.cycles import gemm_cycles
 from accel.encoder import encoder_counts
 from accel.layouts import BufId
 from accel.linkcost import PART, link_cost
+from accel.payloads import buf_args
 from accel.protocol import (
     EXPAND_ARGS,
     FRAME_OVERHEAD,
@@ -27,7 +28,6 @@ from accel.requests import (
     BufferMirror,
     Request,
     answer_bytes,
-    buf_args,
     chained,
     gemm_requests,
     pipeline_groups,

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from accel.layouts import BufId, buffer_shapes, dram_words, pack_word, to_dram_words
+from accel.payloads import load_payload, parse_load_payload
 from accel.protocol import BUF_ARGS, EXPAND_ARGS, PACKED, Cmd, unpack_args, word_bytes
-from accel.requests import BufferMirror, gemm_requests, load_payload, parse_load_payload
+from accel.requests import BufferMirror, gemm_requests
 from accel.resident import DramImage, model_image
 from accel.tiling import PassPlanner, constant_tiles, plan_call
 from host.driver import Device, DeviceError, LinkError

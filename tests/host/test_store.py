@@ -9,8 +9,8 @@ import pytest
 
 from accel.chain import Gather, gathered, store_lanes, store_payload
 from accel.layouts import BufId, buffer_shapes, dram_words
+from accel.payloads import load_payload
 from accel.protocol import Cmd, chain_payload
-from accel.requests import load_payload
 from host.driver import Device, DeviceError
 from host.transport import SerialTransport
 

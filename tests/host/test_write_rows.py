@@ -7,8 +7,9 @@ import random
 import pytest
 
 from accel.layouts import BufId
+from accel.payloads import row_lanes, write_rows_payloads
 from accel.protocol import ROW_ARGS, Cmd, nbytes, pack_args
-from accel.requests import BufferMirror, row_lanes, write_requests, write_rows_payloads
+from accel.requests import BufferMirror, write_requests
 from host.driver import Device, DeviceError
 from host.transport import SerialTransport
 
