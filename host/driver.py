@@ -349,7 +349,7 @@ class Device:
         of :func:`accel.requests.gemm_requests` (``lead``: the first weights of the GEMM
         that follows, ``accel.tiling.PassPlanner.lead``, loaded beside the last tile when
         the external memory holds them)."""
-        return self._gemm(plan, lead, [])[0]
+        return self.send_gemm(plan, self.gemm_requests(plan, lead))[0]
 
     def gemm_counted(self, plan, lead=None, image: DramImage | None = None,
                      chain: Chain | None = None) -> tuple[torch.Tensor, dict[str, int]]:
@@ -358,22 +358,31 @@ class Device:
         memory holds for this GEMM, if more than the model (``accel.chain.PassChains``);
         ``chain``: its outputs STOREd there for later GEMMs, not read back but for the
         slices the chain reads (the outputs returned are zeros elsewhere)."""
-        out, counters = self._gemm(plan, lead, [Request(Cmd.READ_COUNTERS, b"")], image,
-                                   chain)
+        out, counters = self.send_gemm(
+            plan, self.gemm_requests(plan, lead, image, chain, counted=True))
         assert counters is not None
         return out, counters
 
-    def _gemm(self, plan, lead, then: list[Request], image: DramImage | None = None,
-              chain: Chain | None = None) -> tuple[torch.Tensor, dict | None]:
+    def gemm_requests(self, plan, lead=None, image: DramImage | None = None,
+                      chain: Chain | None = None, counted: bool = False) -> list[Request]:
+        """The requests :meth:`gemm` (``counted``: :meth:`gemm_counted`) sends for
+        ``plan``, built on this device's buffer mirror, which then assumes them sent: pass
+        them to :meth:`send_gemm` next, or :meth:`forget`. ``lead``, ``image`` and
+        ``chain`` count only where the device has an external memory image
+        (:meth:`load_image`)."""
+        held = self.image is not None
+        image = image if held and image is not None else self.image
+        return [*gemm_requests(self.cfg, plan, self.mirror, self.max_payload, self.read_chunk,
+                               image, lead if held else None, chain if held else None),
+                *([Request(Cmd.READ_COUNTERS, b"")] if counted else [])]
+
+    def send_gemm(self, plan, requests: list[Request]) -> tuple[torch.Tensor, dict | None]:
+        """Send ``requests`` (:meth:`gemm_requests` of ``plan``); the outputs ``[M, N]``
+        and the counters, where the requests read them."""
         m = max(s.r1 for s in plan.slices)
         n = max(s.n1 for s in plan.slices)
         out = torch.zeros(m, n, dtype=torch.int64)
-        image = image if self.image is not None and image is not None else self.image
-        got = self._send([*gemm_requests(self.cfg, plan, self.mirror, self.max_payload,
-                                         self.read_chunk, image,
-                                         lead if image is not None else None,
-                                         chain if image is not None else None), *then],
-                         sum(len(img.words) for img, _ in plan.steps()))
+        got = self._send(requests, sum(len(img.words) for img, _ in plan.steps()))
         counters = got.pop(Cmd.READ_COUNTERS, None)
         for (r0, r1, n0, n1), words in got.items():
             out[r0:r1, n0:n1] = torch.tensor(words).view(r1 - r0, n1 - n0)

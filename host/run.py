@@ -26,8 +26,7 @@ from accel.counters import GOLDEN_EVENTS
 from accel.cycles import gemm_cycles
 from accel.encoder import encoder_counts
 from accel.linkcost import link_cost
-from accel.protocol import Cmd
-from accel.requests import LINK_KEYS, Request, gemm_requests
+from accel.requests import LINK_KEYS
 from accel.resident import DramImage
 from accel.tiling import BatchTiles, PassPlanner, TileImage, tiled_events
 from accel.workload import GemmWork
@@ -147,13 +146,11 @@ def run_gemms(dev: Device, calls: list[GemmCall], plan=None, before: dict | None
         raise ValueError(f"{calls[0].name}: a chain's outputs are one GEMM's, not a batch's")
     before = before if before is not None else dev.counters()
     bytes0, stats0 = dev.link_bytes(), dict(dev.stats)
-    lead = lead if dev.image is not None else None
-    image = image if image is not None and dev.image is not None else dev.image
-    chain = chain if image is not None else None
-    requests = [*gemm_requests(cfg, plan, dev.mirror.copy(), dev.max_payload, dev.read_chunk,
-                               image, lead, chain), Request(Cmd.READ_COUNTERS, b"")]
+    chain = chain if dev.image is not None else None  # as the device's requests have it
+    requests = dev.gemm_requests(plan, lead, image, chain, counted=True)
     predicted_link = link_cost(cfg, requests, dev.window)
-    out, after = dev.gemm_counted(plan, lead, image, chain)
+    out, after = dev.send_gemm(plan, requests)
+    assert after is not None
     ys = plan.outputs(out, calls) if isinstance(plan, BatchTiles) else [out]
     exact: bool | None
     if chain is None:
