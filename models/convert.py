@@ -435,9 +435,10 @@ def _convert(lm: LoadedModel, opts: ConvertOptions, progress: bool) -> Converted
                 else:
                     scale, zp, lo, hi = tensors[f"{base}{cname}.w_scale"], 0, -INT8_QMAX, INT8_QMAX
             else:
-                scale, zp, lo, hi = host_out_step(
-                    rows(name, "y").abs().amax(0) + moved.get(name, 0.0),
-                    host_out_bits(spec, opts, name))
+                peak = rows(name, "y").abs().amax(0) + moved.get(name, 0.0)
+                if opts.for_node(name).host_out_shared_step:  # one step, the widest's
+                    peak = torch.full_like(peak, float(peak.max()))
+                scale, zp, lo, hi = host_out_step(peak, host_out_bits(spec, opts, name))
             ratio = fit_ratio(plan, plan.step * s_w / scale, lin_x[name])
             node.shift = _epilogue(tensors, name, ratio, scale, bias, zp, lo, hi)
         elif node.kind == "qk":

@@ -93,6 +93,9 @@ class ConvertOptions:
         layer (``layers={"layers.*.o": {"host_out_bits": 8}}``); None (default): 8 for the
         up projection of an MLP that is not gated (GELU's or ReLU's input), 16 elsewhere
         (``models.convert.host_out_bits``).
+    host_out_shared_step: a linear GEMM's outputs to the host on one step for all its
+        channels (its largest channel's) instead of one a channel: what one GELU table on
+        the output unit would need (``docs/memory.md``); off by default.
     layers: per-GEMM overrides, ``{glob: {"encoding": Encoding, "outlier_count": int, ...}}``
         matched with :func:`fnmatch.fnmatch` against node names (``layers.*.down``), applied
         in order; e.g. keep one layer all-integer W4A8 inside a hybrid model.
@@ -123,6 +126,7 @@ class ConvertOptions:
     learn_host_rotation: int = 0
     min_spike_share: float | None = None
     host_out_bits: int | None = None
+    host_out_shared_step: bool = False
     layers: dict[str, dict] = field(default_factory=dict)
 
     def resolved(self, family: str) -> ConvertOptions:
@@ -165,7 +169,7 @@ class ConvertOptions:
                                                    self.outlier_count >= 0):
             raise bad("outlier_count", "must be an integer >= 0 (--outliers)")
         for name in ("per_token", "rotate", "gptq", "act_order", "bias_correction",
-                     "unsigned_nonneg"):
+                     "unsigned_nonneg", "host_out_shared_step"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be True or False")
         for name, lo, hi in (("gptq_damp", 1e-6, 10.0), ("smooth_vo", 0.0, 1.0),

@@ -67,6 +67,20 @@ def test_the_golden_model_runs_with_8_bit_outputs_close_to_the_16_bit_one(pair, 
     assert cos > 0.95  # ... a little (tiny-opt's random weights; MiniLM: docs/quantization.md)
 
 
+def test_a_shared_step_puts_every_channel_of_up_on_the_widest_channel_s_step(pair, tiny_opt):
+    _, up8 = pair
+    cm = convert(tiny_opt, ConvertOptions(calib_sentences=4,
+                                          layers={"layers.*.up": {"host_out_shared_step": True}}))
+    for name in up8.nodes:
+        a, b = up8.tensors[name + ".scale"], cm.tensors[name + ".scale"]
+        if name.endswith(".up"):  # one step: the per-channel steps' largest
+            assert len(set(a.tolist())) > 1
+            assert torch.equal(b, torch.full_like(b, float(a.max())))
+        else:
+            assert torch.equal(a, b), name
+    assert cm.options["layers"] == {"layers.*.up": {"host_out_shared_step": True}}
+
+
 @pytest.mark.parametrize("opts, message", [
     (ConvertOptions(host_out_bits=12), r"option host_out_bits: must be one of 8, 16, not 12"),
     (ConvertOptions(host_out_bits=True), r"option host_out_bits: must be one of 8, 16"),
@@ -74,6 +88,8 @@ def test_the_golden_model_runs_with_8_bit_outputs_close_to_the_16_bit_one(pair, 
      r"option host_out_bits: must be one of 8, 16, not 4"),
     (host_out(OPTS, [("layers.*.gate", 8)]), r"option layers: 'layers.\*.gate' names no GEMM "
                                              r"of tiny-opt"),
+    (ConvertOptions(layers={"layers.*.up": {"host_out_shared_step": 1}}),
+     r"option host_out_shared_step: must be True or False, not 1"),
 ])
 def test_bad_widths_and_patterns_that_match_nothing_are_refused_by_name(tiny_opt, opts,
                                                                        message):
