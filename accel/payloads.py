@@ -61,7 +61,7 @@ def parse_load_payload(payload: bytes) -> list[tuple[BufId, int, int, int]]:
     size = nbytes(LOAD_ARGS.size)
     out = []
     for i in range(payload[0]):
-        a = unpack_args(LOAD_ARGS, payload[1 + i * size:])
+        a = unpack_args(LOAD_ARGS, payload[1 + i * size:1 + (i + 1) * size])
         out.append((BufId(int(a.buf)), int(a.addr), int(a.count), int(a.src)))
     return out
 

@@ -369,12 +369,17 @@ class Device:
         ``plan``, built on this device's buffer mirror, which then assumes them sent: pass
         them to :meth:`send_gemm` next, or :meth:`forget`. ``lead``, ``image`` and
         ``chain`` count only where the device has an external memory image
-        (:meth:`load_image`)."""
-        held = self.image is not None
-        image = image if held and image is not None else self.image
+        (:meth:`load_image`; :meth:`chain_in_force`)."""
+        image = image if self.image is not None and image is not None else self.image
         return [*gemm_requests(self.cfg, plan, self.mirror, self.max_payload, self.read_chunk,
-                               image, lead if held else None, chain if held else None),
+                               image, lead if self.image is not None else None,
+                               self.chain_in_force(chain)),
                 *([Request(Cmd.READ_COUNTERS, b"")] if counted else [])]
+
+    def chain_in_force(self, chain: Chain | None) -> Chain | None:
+        """``chain`` where the device holds an external memory image to STORE into (as
+        :meth:`gemm_requests` sends it), else None: every output is read back."""
+        return chain if self.image is not None else None
 
     def send_gemm(self, plan, requests: list[Request]) -> tuple[torch.Tensor, dict | None]:
         """Send ``requests`` (:meth:`gemm_requests` of ``plan``); the outputs ``[M, N]``

@@ -146,7 +146,7 @@ def run_gemms(dev: Device, calls: list[GemmCall], plan=None, before: dict | None
         raise ValueError(f"{calls[0].name}: a chain's outputs are one GEMM's, not a batch's")
     before = before if before is not None else dev.counters()
     bytes0, stats0 = dev.link_bytes(), dict(dev.stats)
-    chain = chain if dev.image is not None else None  # as the device's requests have it
+    chain = dev.chain_in_force(chain)
     requests = dev.gemm_requests(plan, lead, image, chain, counted=True)
     predicted_link = link_cost(cfg, requests, dev.window)
     out, after = dev.send_gemm(plan, requests)

@@ -10,7 +10,7 @@ import accel.requests as requests
 from accel.layouts import BufId
 from accel.linkcost import link_cost
 from accel.protocol import EXPAND_ARGS, Cmd, unpack_args
-from accel.requests import BufferMirror, gemm_requests
+from accel.requests import BufferMirror, gemm_requests, named_buffer
 from accel.tiling import plan_call
 from models.encodings import Encoding
 from models.golden import GemmCall
@@ -68,5 +68,4 @@ def test_many_integer_channels_are_made_on_chip_at_a_byte_a_value():
     reqs = _requests(_call(24, 12))
     assert _mac_expands(reqs) > 0
     parts = [r for req in reqs for r in req.parts or (req,)]
-    assert not any(r.cmd == Cmd.WRITE_BUF and r.payload[0] & 0x7F == BufId.MAC_EV.value
-                   for r in parts)
+    assert not any(r.cmd == Cmd.WRITE_BUF and named_buffer(r) == BufId.MAC_EV for r in parts)

@@ -10,8 +10,8 @@ import torch
 
 from accel.layouts import BufId, buffer_shapes, dram_words, pack_word, to_dram_words
 from accel.payloads import load_payload, parse_load_payload
-from accel.protocol import BUF_ARGS, EXPAND_ARGS, PACKED, Cmd, unpack_args, word_bytes
-from accel.requests import BufferMirror, gemm_requests
+from accel.protocol import BUF_ARGS, EXPAND_ARGS, Cmd, unpack_args, word_bytes
+from accel.requests import BufferMirror, gemm_requests, named_buffer
 from accel.resident import DramImage, model_image
 from accel.tiling import PassPlanner, constant_tiles, plan_call
 from host.driver import Device, DeviceError, LinkError
@@ -241,11 +241,13 @@ def test_spike_codes_staged_once_are_loaded_and_expanded_for_each_n_slice(sim):
     plan = plan_call(CFG, call)
     requests = list(gemm_requests(CFG, plan, BufferMirror(CFG), image=image))
     assert BufId.CODES in _loaded(requests) and BufId.SPIKE_EV not in _loaded(requests)
-    args = [unpack_args(BUF_ARGS, r.payload) for r in requests if r.cmd == Cmd.WRITE_BUF]
+    writes = [r for r in requests if r.cmd == Cmd.WRITE_BUF]
+    args = [unpack_args(BUF_ARGS, r.payload) for r in writes]
     events = {image.key(b, w): (b, w) for img, _ in plan.steps()
               for b, w in img.words.items() if b == BufId.SPIKE_EV}
     event_words = sum(len(w) * dram_words(CFG, b) for b, w in events.values())
-    staged_words = sum(int(a.count) for a in args if BufId(int(a.buf)) == BufId.DRAM)
+    staged_words = sum(int(a.count) for r, a in zip(writes, args, strict=True)
+                       if named_buffer(r) == BufId.DRAM)
     assert 0 < staged_words < event_words / 2
     t = SerialTransport(sim.url)
     dev = Device(t, CFG, **FAST)
@@ -265,7 +267,7 @@ def test_spike_codes_staged_once_are_loaded_and_expanded_for_each_n_slice(sim):
     # staged as their values (a byte each) too, and made again for each N slice that
     # needs them, not written as words
     assert made > sum(len(w) for w in mac_sets.values()) > 0
-    assert not any(int(a.buf) & ~PACKED == BufId.MAC_EV.value for a in args)
+    assert not any(named_buffer(r) == BufId.MAC_EV for r in writes)
     assert rec.counters["enc_wr"] == made + sum(len(w) for img, _ in plan.steps()
                                                 for b, w in img.words.items()
                                                 if b == BufId.SPIKE_EV)
